@@ -1,0 +1,264 @@
+//! Length-delimited frames with a serde encoding on top.
+//!
+//! [`FrameCodec`] is a tokio-util codec: use it with `Framed` on any async byte stream. It checks
+//! the length prefix against its cap before buffering the body, so a hostile or corrupt prefix
+//! costs nothing. bincode is confined to this file so that it can be swapped without touching
+//! the message types.
+
+use std::io;
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::Encoding;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// A length prefix exceeded the cap.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The payload did not decode as the expected message.
+    #[error("malformed {encoding:?} frame: {message}")]
+    Decode {
+        /// Encoding in use.
+        encoding: Encoding,
+        /// Decoder's explanation.
+        message: String,
+    },
+    /// A message could not be encoded (a bug, or a message over the cap).
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+/// Frames carrying `In` messages one way and `Out` messages the other.
+#[derive(Debug)]
+pub struct FrameCodec<In, Out> {
+    frames: LengthDelimitedCodec,
+    encoding: Encoding,
+    max: usize,
+    /// The inner codec has consumed a length prefix and waits for the body; the next bytes
+    /// are payload, not a prefix to check.
+    in_body: bool,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    /// A codec for `encoding` with frames of at most `max` bytes.
+    pub fn new(encoding: Encoding, max: usize) -> Self {
+        FrameCodec {
+            frames: LengthDelimitedCodec::builder()
+                .big_endian()
+                .length_field_type::<u32>()
+                .max_frame_length(max)
+                .new_codec(),
+            encoding,
+            max,
+            in_body: false,
+            _types: PhantomData,
+        }
+    }
+
+    /// The encoding in use.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encode one message to a frame payload (without the length prefix).
+pub fn encode_payload<T: Serialize>(encoding: Encoding, msg: &T) -> Result<Vec<u8>, CodecError> {
+    match encoding {
+        Encoding::Json => serde_json::to_vec(msg).map_err(|e| CodecError::Encode(e.to_string())),
+        Encoding::Bincode => bincode::serde::encode_to_vec(msg, bincode_config())
+            .map_err(|e| CodecError::Encode(e.to_string())),
+    }
+}
+
+/// Decode one frame payload (without the length prefix).
+pub fn decode_payload<T: DeserializeOwned>(
+    encoding: Encoding,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    let err = |message: String| CodecError::Decode { encoding, message };
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| err(e.to_string())),
+        Encoding::Bincode => {
+            let (msg, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+                .map_err(|e| err(e.to_string()))?;
+            if used != bytes.len() {
+                return Err(err(format!("{} trailing bytes", bytes.len() - used)));
+            }
+            Ok(msg)
+        }
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
+        // Look at the prefix ourselves so an oversized frame is a typed error, not io::Error.
+        let has_prefix = !self.in_body && src.len() >= 4;
+        if has_prefix {
+            let len = (&src[..4]).get_u32() as usize;
+            if len > self.max {
+                return Err(CodecError::FrameTooLarge { len, max: self.max });
+            }
+        }
+        match self.frames.decode(src)? {
+            Some(frame) => {
+                self.in_body = false;
+                decode_payload(self.encoding, &frame).map(Some)
+            }
+            None => {
+                // With a whole prefix available the inner codec consumed it.
+                self.in_body |= has_prefix;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let payload = encode_payload(self.encoding, &msg)?;
+        if payload.len() > self.max {
+            return Err(CodecError::FrameTooLarge {
+                len: payload.len(),
+                max: self.max,
+            });
+        }
+        dst.reserve(4 + payload.len());
+        dst.put_u32(payload.len() as u32);
+        dst.extend_from_slice(&payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    fn frame<T: Serialize>(enc: Encoding, msg: T) -> Vec<u8> {
+        let mut codec = FrameCodec::<T, T>::new(enc, MAX_FRAME_LEN);
+        let mut buf = BytesMut::new();
+        // The Decoder bound is irrelevant for encoding; use Out = T.
+        Encoder::<T>::encode(&mut codec, msg, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn golden_bincode_frames() {
+        // Recorded bytes. If these change, old clients break: bump PROTOCOL_VERSION instead.
+        assert_eq!(frame(Encoding::Bincode, Request::Status), [0, 0, 0, 1, 2]);
+        assert_eq!(
+            frame(Encoding::Bincode, Request::Cancel { id: 300 }),
+            [0, 0, 0, 4, 1, 251, 44, 1]
+        );
+        let ev = Response::Event {
+            id: 7,
+            event: StreamEvent::TextDelta { text: "hi".into() },
+        };
+        assert_eq!(
+            frame(Encoding::Bincode, ev),
+            [0, 0, 0, 6, 0, 7, 1, 2, b'h', b'i']
+        );
+    }
+
+    #[test]
+    fn golden_json_frames() {
+        let chat = Request::Chat(ChatRequest::user_text(1, "hi"));
+        let bytes = frame(Encoding::Json, chat);
+        let text = std::str::from_utf8(&bytes[4..]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}],"system":null,"task":"chat","pin":null,"max_tokens":null,"temperature":null,"tools":[]}}"#
+        );
+        // Editor clients may leave optional fields out.
+        let short: Request = decode_payload(
+            Encoding::Json,
+            br#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(short, Request::Chat(ChatRequest::user_text(1, "hi")));
+    }
+
+    #[test]
+    fn round_trip_both_encodings() {
+        let mut req = ChatRequest::user_text(9, "write a test");
+        req.task = TaskKind::Code;
+        req.pin = Some(Pin {
+            provider: Some("deepseek".into()),
+            model: None,
+        });
+        req.temperature = Some(0.2);
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![ContentBlock::ToolUse {
+                id: "t1".into(),
+                name: "read".into(),
+                input_json: "{\"path\":\"a\"}".into(),
+            }],
+        });
+        for enc in [Encoding::Bincode, Encoding::Json] {
+            let mut codec = FrameCodec::<Request, Request>::new(enc, MAX_FRAME_LEN);
+            let mut buf = BytesMut::new();
+            codec.encode(Request::Chat(req.clone()), &mut buf).unwrap();
+            // Byte by byte: a partial frame is never an error.
+            let mut feed = BytesMut::new();
+            let mut out = None;
+            for b in buf.iter() {
+                feed.put_u8(*b);
+                if let Some(m) = codec.decode(&mut feed).unwrap() {
+                    out = Some(m);
+                }
+            }
+            assert_eq!(out, Some(Request::Chat(req.clone())));
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_rejected_before_allocation() {
+        let mut codec = FrameCodec::<Request, Request>::new(Encoding::Bincode, 1024);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        match codec.decode(&mut buf) {
+            Err(CodecError::FrameTooLarge { len, max: 1024 }) => assert_eq!(len, 0x4745_5420),
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.capacity() < 4096);
+    }
+
+    #[test]
+    fn garbage_payload_is_a_typed_error() {
+        let mut codec = FrameCodec::<Request, Request>::new(Encoding::Bincode, 1024);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 200, 1, 2][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Decode { .. })
+        ));
+        let mut codec = FrameCodec::<Request, Request>::new(Encoding::Json, 1024);
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 2, b'{', b'x'][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,212 @@
+//! Events of a chat stream, sent by the daemon.
+
+use serde::{Deserialize, Serialize};
+
+/// One event of a chat stream.
+///
+/// Order: `started`, then deltas; `rerouted` may appear between deltas (followed by a new
+/// `started`); the stream ends with exactly one `done` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// A provider accepted the request and is streaming.
+    Started {
+        /// Provider name.
+        provider: String,
+        /// Model that answers.
+        model: String,
+        /// 1 for the first attempt of this request, counting retries and failovers.
+        attempt: u32,
+    },
+    /// Answer text to append.
+    TextDelta {
+        /// The text.
+        text: String,
+    },
+    /// Reasoning text (DeepSeek `reasoning_content`, Anthropic thinking). Not part of the answer.
+    ThinkingDelta {
+        /// The text.
+        text: String,
+    },
+    /// The model starts a tool call.
+    ToolCallStart {
+        /// Position of the call in this answer.
+        index: u32,
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+    },
+    /// A fragment of a tool call's JSON arguments; concatenate fragments of the same index.
+    ToolCallDelta {
+        /// Which call.
+        index: u32,
+        /// The fragment.
+        json: String,
+    },
+    /// The daemon moved this request to another provider.
+    Rerouted {
+        /// Provider that failed.
+        from: String,
+        /// Provider taking over.
+        to: String,
+        /// Why, in words.
+        reason: String,
+        /// Whether the answer so far stands.
+        mode: RerouteMode,
+    },
+    /// Running token counts (latest wins).
+    Usage(Usage),
+    /// The answer is complete.
+    Done {
+        /// Why the model stopped.
+        finish: FinishReason,
+        /// Tokens of the whole request, summed over providers that were billed.
+        usage: Usage,
+        /// Estimated cost in US dollars.
+        cost_usd: f64,
+        /// Wall time from request to done.
+        latency_ms: u64,
+        /// Provider that finished the answer.
+        provider: String,
+        /// Model that finished the answer.
+        model: String,
+        /// Id of the routing record (`mythos why RECORD`).
+        record: u64,
+    },
+    /// The request failed; nothing more follows.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// One line for the user.
+        message: String,
+        /// When a provider is expected back, as Unix milliseconds, if known.
+        retry_at_unix_ms: Option<u64>,
+    },
+}
+
+/// What a reroute means for the text already streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RerouteMode {
+    /// Nothing had been streamed yet, or the new provider continues the answer: keep it.
+    Continue,
+    /// Discard everything received for this request so far; the answer restarts.
+    Restart,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// Component-wise sum.
+    pub fn add(self, other: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + other.input_tokens,
+            output_tokens: self.output_tokens + other.output_tokens,
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Natural end (`end_turn`, `stop`, `stop_sequence`).
+    Stop,
+    /// Hit the token limit (`max_tokens`, `length`).
+    MaxTokens,
+    /// The model wants tool results (`tool_use`, `tool_calls`).
+    ToolUse,
+    /// The model refused (`refusal`).
+    Refusal,
+    /// Output was filtered (`content_filter`).
+    ContentFilter,
+    /// Any other reason, as the provider named it.
+    Other(String),
+}
+
+impl FinishReason {
+    /// Short name for display.
+    pub fn as_str(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::MaxTokens => "max_tokens",
+            FinishReason::ToolUse => "tool_use",
+            FinishReason::Refusal => "refusal",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Other(s) => s,
+        }
+    }
+}
+
+/// Kind of a failure, for clients to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// HTTP 429.
+    RateLimited,
+    /// HTTP 529 / `overloaded_error` / 503.
+    Overloaded,
+    /// HTTP 5xx.
+    ServerError,
+    /// Could not connect, or the connection broke.
+    Network,
+    /// The watchdog saw no progress in time.
+    Timeout,
+    /// The stream ended without its terminator.
+    Truncated,
+    /// The provider sent something unparseable.
+    Malformed,
+    /// HTTP 401/403: the key is wrong or lacks permission.
+    Auth,
+    /// HTTP 400 and kin: the request itself is wrong.
+    BadRequest,
+    /// HTTP 404: unknown model or endpoint.
+    NotFound,
+    /// No provider is configured, or none matches the pin.
+    NoProviders,
+    /// Every provider is cooling down.
+    AllCoolingDown,
+    /// Every provider failed to connect at once: this machine looks offline.
+    Offline,
+    /// The client cancelled.
+    Cancelled,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// The client broke the protocol.
+    Protocol,
+    /// A bug in the daemon.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Short snake_case name for display.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::Network => "network",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Auth => "auth",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoProviders => "no_providers",
+            ErrorKind::AllCoolingDown => "all_cooling_down",
+            ErrorKind::Offline => "offline",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Answers to the non-streaming requests: status, why, usage.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorKind, TaskKind, Usage};
+
+/// The daemon's view of itself and of every provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's build.
+    pub build: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// Requests streaming right now.
+    pub in_flight: u32,
+    /// True when the pool is the built-in simulated providers (no API keys were found).
+    pub simulated: bool,
+    /// Providers, best first.
+    pub providers: Vec<ProviderStatus>,
+}
+
+/// One provider's health as the router sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    /// Name used in pins and reports.
+    pub name: String,
+    /// Wire format: `anthropic` or `openai`.
+    pub api: String,
+    /// Configured model.
+    pub model: String,
+    /// Configured priority (0 is the primary).
+    pub priority: u32,
+    /// Breaker state.
+    pub state: BreakerState,
+    /// Milliseconds until the provider is tried again, when cooling down.
+    pub cooldown_left_ms: Option<u64>,
+    /// Current routing score for a chat task (higher is better).
+    pub score: f64,
+    /// EMA of success, 0 to 1.
+    pub success: f64,
+    /// EMA of time to first token.
+    pub ttft_ms: Option<f64>,
+    /// EMA of the gap between content chunks.
+    pub gap_ms: Option<f64>,
+    /// EMA of total request latency.
+    pub latency_ms: Option<f64>,
+    /// Blended price per 1K tokens in US dollars.
+    pub cost_per_1k: f64,
+    /// Attempts sent to this provider.
+    pub requests: u64,
+    /// Attempts that failed.
+    pub failures: u64,
+    /// The last failure, in words (never contains a key).
+    pub last_error: Option<String>,
+}
+
+/// Circuit breaker state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Healthy: eligible for routing.
+    Closed,
+    /// Cooling down: skipped until the cooldown ends.
+    Open,
+    /// Cooldown over: the next request probes it.
+    HalfOpen,
+    /// Rejected our key (401/403): unusable until the key changes.
+    Unusable,
+}
+
+impl BreakerState {
+    /// Short name for display.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "healthy",
+            BreakerState::Open => "cooling down",
+            BreakerState::HalfOpen => "probing",
+            BreakerState::Unusable => "unusable",
+        }
+    }
+}
+
+/// Everything recorded about one routed request, for `mythos why`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Record id.
+    pub id: u64,
+    /// When the request arrived, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Task kind.
+    pub task: TaskKind,
+    /// The pin, if the request was deterministic.
+    pub pinned: Option<String>,
+    /// Providers considered, in the order they were ranked.
+    pub candidates: Vec<CandidateScore>,
+    /// Each attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// Provider that produced the final answer.
+    pub provider: Option<String>,
+    /// Tokens billed.
+    pub usage: Usage,
+    /// Estimated cost.
+    pub cost_usd: f64,
+    /// Wall time.
+    pub latency_ms: u64,
+    /// Final error, if the request failed.
+    pub error: Option<ErrorKind>,
+}
+
+/// A provider as ranked for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    /// Provider name.
+    pub provider: String,
+    /// Its score at the time.
+    pub score: f64,
+    /// Why it was or was not eligible, in words.
+    pub note: String,
+}
+
+/// One try at one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Provider name.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Milliseconds from the request's start to this attempt's start.
+    pub started_ms: u64,
+    /// Time to first token, if one came.
+    pub ttft_ms: Option<u64>,
+    /// How long the attempt lasted.
+    pub elapsed_ms: u64,
+    /// `None` on success.
+    pub error: Option<ErrorKind>,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+/// Totals for `mythos usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// One row per day and provider, newest day first.
+    pub rows: Vec<UsageRow>,
+}
+
+/// Totals of one provider on one day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Provider name.
+    pub provider: String,
+    /// Attempts.
+    pub requests: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Estimated cost.
+    pub cost_usd: f64,
+}

@@ -1,0 +1,250 @@
+//! Messages a client sends after the hello.
+
+use serde::{Deserialize, Serialize};
+
+/// Client-chosen id of a chat stream, unique among the streams open on one connection.
+pub type RequestId = u64;
+
+/// A message from client to daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Start a streamed chat completion. Answered by [`crate::Response::Event`]s with its id.
+    Chat(ChatRequest),
+    /// Stop a stream started on this connection.
+    Cancel {
+        /// The [`ChatRequest::id`] to stop.
+        id: RequestId,
+    },
+    /// Ask for [`crate::Response::Status`].
+    Status,
+    /// Ask the daemon to shut down gracefully. Answered by [`crate::Response::Ok`].
+    Shutdown,
+    /// Close a provider's circuit breaker by hand. Answered by `Ok` or `Error`.
+    Reset {
+        /// Provider name as shown by `status`.
+        provider: String,
+    },
+    /// Explain a routing decision. Answered by [`crate::Response::Why`].
+    Why {
+        /// A record id from [`crate::StreamEvent::Done`]; `None` means the most recent request.
+        record: Option<u64>,
+    },
+    /// Token and cost totals by provider and day. Answered by [`crate::Response::Usage`].
+    Usage {
+        /// How many days back, today included.
+        days: u32,
+    },
+    /// Queue faults on a simulated provider (demo and tests only; refused for real providers).
+    SimInject {
+        /// A simulated provider's name.
+        provider: String,
+        /// Served to the next requests in order, one each.
+        faults: Vec<SimFault>,
+    },
+}
+
+/// A streamed chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Chosen by the client; echoed on every event of this stream.
+    pub id: RequestId,
+    /// The conversation so far, oldest first, ending with the user's turn.
+    pub messages: Vec<Message>,
+    /// Optional system prompt.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// What the request is for; shapes how providers are scored.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// Send to exactly this provider (and/or model), with no fallback.
+    #[serde(default)]
+    pub pin: Option<Pin>,
+    /// Upper bound on output tokens; the daemon's default when absent.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature; the provider's default when absent.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Tools the model may call.
+    #[serde(default)]
+    pub tools: Vec<ToolSpec>,
+}
+
+impl ChatRequest {
+    /// A single-turn request with defaults everywhere.
+    pub fn user_text(id: RequestId, text: impl Into<String>) -> Self {
+        ChatRequest {
+            id,
+            messages: vec![Message::text(Role::User, text)],
+            system: None,
+            task: TaskKind::default(),
+            pin: None,
+            max_tokens: None,
+            temperature: None,
+            tools: Vec::new(),
+        }
+    }
+}
+
+/// Kind of work, used to weigh success, latency and cost differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Interactive chat: latency matters most.
+    #[default]
+    Chat,
+    /// Code generation or editing: success matters most.
+    Code,
+    /// Long-form analysis: success matters most, latency little.
+    Analysis,
+    /// Background work: cost matters most.
+    Background,
+}
+
+impl TaskKind {
+    /// Lower-case name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Chat => "chat",
+            TaskKind::Code => "code",
+            TaskKind::Analysis => "analysis",
+            TaskKind::Background => "background",
+        }
+    }
+}
+
+/// Deterministic routing: this provider and/or model only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// Provider name; `None` means any provider configured with `model`.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Model override; `None` means the provider's configured model.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: Vec<ContentBlock>,
+}
+
+impl Message {
+    /// A message holding one text block.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: vec![ContentBlock::Text { text: text.into() }],
+        }
+    }
+
+    /// The concatenated text blocks of this message.
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for block in &self.content {
+            if let ContentBlock::Text { text } = block {
+                out.push_str(text);
+            }
+        }
+        out
+    }
+}
+
+/// Speaker of a [`Message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The human (or the agent acting for them), including tool results.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// A piece of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentBlock {
+    /// Plain text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A tool call the assistant made.
+    ToolUse {
+        /// Call id, as the provider gave it.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments as a JSON document (kept as text so any encoding can carry it).
+        input_json: String,
+    },
+    /// The result of a tool call, sent back by the user side.
+    ToolResult {
+        /// The [`ContentBlock::ToolUse::id`] this answers.
+        tool_use_id: String,
+        /// Result text.
+        content: String,
+        /// Whether the tool failed.
+        #[serde(default)]
+        is_error: bool,
+    },
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Tool name.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of its arguments, as JSON text.
+    pub input_schema_json: String,
+}
+
+/// A fault a simulated provider serves instead of (or in the middle of) a normal answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimFault {
+    /// HTTP 429 with `retry-after` (seconds, rounded up) and `retry-after-ms`.
+    RateLimit {
+        /// How long the provider asks callers to wait.
+        retry_after_ms: u64,
+    },
+    /// HTTP 529 `overloaded_error` (Anthropic flavour) or 503 (OpenAI flavour).
+    Overloaded,
+    /// An HTTP error status with a JSON error body.
+    Status {
+        /// The status code, e.g. 500, 400, 401.
+        code: u16,
+    },
+    /// Headers are sent, then nothing at all (no token, no keep-alive) until the client leaves.
+    StallBeforeFirstToken,
+    /// Only SSE keep-alive comments, forever (DeepSeek under load).
+    KeepAliveOnly,
+    /// `tokens` chunks of the answer, then silence until the client leaves.
+    StallAfter {
+        /// Chunks sent before the stall.
+        tokens: u32,
+    },
+    /// `tokens` chunks, then the TCP connection is dropped without a terminator.
+    DisconnectAfter {
+        /// Chunks sent before the drop.
+        tokens: u32,
+    },
+    /// `tokens` chunks, then a `data:` line that is not valid JSON.
+    MalformedAfter {
+        /// Chunks sent before the garbage.
+        tokens: u32,
+    },
+    /// `tokens` chunks, then an in-stream `overloaded_error` event after the 200.
+    ErrorEventAfter {
+        /// Chunks sent before the error event.
+        tokens: u32,
+    },
+}
