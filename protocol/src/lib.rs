@@ -57,6 +57,7 @@
 
 pub mod event;
 pub mod hello;
+pub mod paths;
 pub mod reports;
 pub mod request;
 pub mod response;

@@ -1,0 +1,48 @@
+//! What a provider stream yields once its wire format is decoded.
+
+use mythos_protocol::{FinishReason, Usage};
+
+/// One decoded piece of an upstream stream, in provider-neutral form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// The provider named the model that answers (Anthropic `message_start`, OpenAI `model`).
+    Model(String),
+    /// Answer text.
+    Text(String),
+    /// Reasoning text (DeepSeek `reasoning_content`, Anthropic `thinking_delta`).
+    Thinking(String),
+    /// A tool call begins.
+    ToolCallStart {
+        /// Position of the call in the answer (OpenAI `index`, or the Anthropic tool block's
+        /// position among tool blocks, starting at 0).
+        index: u32,
+        /// Provider's call id.
+        id: String,
+        /// Tool name.
+        name: String,
+    },
+    /// A fragment of a tool call's JSON arguments (never empty).
+    ToolCallArgs {
+        /// Which call.
+        index: u32,
+        /// The fragment.
+        json: String,
+    },
+    /// Token counts so far; each report replaces the previous one.
+    Usage(Usage),
+    /// Why the model stopped (the stream's terminator still has to come).
+    Finish(FinishReason),
+    /// The connection is alive (ping event, `: keep-alive` comment) but nothing was produced.
+    KeepAlive,
+}
+
+impl Delta {
+    /// Whether this delta is progress for the stall watchdog: content the user (or the tool
+    /// caller) will see. Pings and keep-alives prove the socket is open, not that the model works.
+    pub fn is_progress(&self) -> bool {
+        matches!(
+            self,
+            Delta::Text(_) | Delta::Thinking(_) | Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. }
+        )
+    }
+}

@@ -1,0 +1,81 @@
+//! Where the daemon listens and keeps its files, agreed by daemon and clients.
+//!
+//! Not wire format, but both sides must compute the same socket path, so it lives here.
+
+use std::path::PathBuf;
+
+/// Environment variable that overrides the socket path (or pipe name on Windows).
+pub const SOCKET_ENV: &str = "MYTHOS_SOCKET";
+
+/// The socket path: `$MYTHOS_SOCKET`, else `mythosd.sock` in [`runtime_dir`].
+pub fn socket_path() -> PathBuf {
+    match std::env::var_os(SOCKET_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => default_socket_path(),
+    }
+}
+
+#[cfg(unix)]
+fn default_socket_path() -> PathBuf {
+    runtime_dir().join("mythosd.sock")
+}
+
+#[cfg(windows)]
+fn default_socket_path() -> PathBuf {
+    // A named pipe lives in the pipe namespace, not on disk; include the user so two users on
+    // one machine do not meet.
+    let user = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
+    PathBuf::from(format!("mythosd-{user}"))
+}
+
+/// Per-user runtime directory: `$XDG_RUNTIME_DIR/mythos`, else `mythos-<uid>` under the
+/// temp dir. The daemon creates it with mode 0700.
+pub fn runtime_dir() -> PathBuf {
+    match env_dir("XDG_RUNTIME_DIR") {
+        Some(dir) => dir.join("mythos"),
+        None => std::env::temp_dir().join(format!("mythos-{}", user_id())),
+    }
+}
+
+/// Where state (health database, logs) is kept: `$XDG_STATE_HOME/mythos`, else
+/// `~/.local/state/mythos`.
+pub fn state_dir() -> PathBuf {
+    env_dir("XDG_STATE_HOME")
+        .or_else(|| home().map(|h| h.join(".local").join("state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("mythos")
+}
+
+/// The optional config file: `$XDG_CONFIG_HOME/mythos/config.toml`, else
+/// `~/.config/mythos/config.toml`.
+pub fn config_path() -> PathBuf {
+    env_dir("XDG_CONFIG_HOME")
+        .or_else(|| home().map(|h| h.join(".config")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("mythos")
+        .join("config.toml")
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    // The XDG spec says relative paths are invalid and must be ignored.
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(PathBuf::from)
+}
+
+#[cfg(unix)]
+fn user_id() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }.to_string()
+}
+
+#[cfg(not(unix))]
+fn user_id() -> String {
+    std::env::var("USERNAME").unwrap_or_else(|_| "user".into())
+}
