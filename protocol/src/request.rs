@@ -223,7 +223,8 @@ pub enum SimFault {
         /// The status code, e.g. 500, 400, 401.
         code: u16,
     },
-    /// Headers are sent, then nothing at all (no token, no keep-alive) until the client leaves.
+    /// Status 200 and the stream preamble (Anthropic `message_start`, OpenAI role chunk) are sent,
+    /// then nothing at all (no token, no keep-alive) until the client leaves.
     StallBeforeFirstToken,
     /// Only SSE keep-alive comments, forever (DeepSeek under load).
     KeepAliveOnly,
