@@ -1,1 +1,18 @@
-//! mythosd library.
+//! mythosd: the mythos routing daemon as a library, so tests and the benchmark can run the real
+//! server in-process and the binary stays a thin `main`.
+//!
+//! - [`config`]: providers from the environment and the optional TOML file.
+//! - [`provider`]: HTTP + SSE adapters for the Anthropic and OpenAI wire formats.
+//! - [`router`]: selection, retry, breaker, watchdog, mid-stream failover, shared health.
+//! - [`server`]: the local-socket IPC server.
+//! - [`state`]: SQLite persistence of health and request records.
+//! - [`sim`]: built-in simulated providers (loopback HTTP, real wire formats, scripted faults).
+//! - [`app`]: wiring of all of the above.
+
+pub mod app;
+pub mod config;
+pub mod provider;
+pub mod router;
+pub mod server;
+pub mod sim;
+pub mod state;

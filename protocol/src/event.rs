@@ -55,7 +55,7 @@ pub enum StreamEvent {
         /// Whether the answer so far stands.
         mode: RerouteMode,
     },
-    /// Running token counts (latest wins).
+    /// Token counts of the current attempt so far (latest wins).
     Usage(Usage),
     /// The answer is complete.
     Done {

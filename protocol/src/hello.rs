@@ -126,7 +126,10 @@ mod tests {
         let ok = Hello::new("1", vec![Encoding::Json, Encoding::Bincode]);
         assert!(matches!(
             negotiate(&ok, "d"),
-            HelloReply::Accepted { encoding: Encoding::Json, .. }
+            HelloReply::Accepted {
+                encoding: Encoding::Json,
+                ..
+            }
         ));
         let mut bad = ok.clone();
         bad.protocol = 99;
@@ -136,9 +139,15 @@ mod tests {
         }
         let mut bad = ok.clone();
         bad.magic = "http".into();
-        assert!(matches!(negotiate(&bad, "d"), HelloReply::Incompatible { .. }));
+        assert!(matches!(
+            negotiate(&bad, "d"),
+            HelloReply::Incompatible { .. }
+        ));
         let mut bad = ok;
         bad.encodings.clear();
-        assert!(matches!(negotiate(&bad, "d"), HelloReply::Incompatible { .. }));
+        assert!(matches!(
+            negotiate(&bad, "d"),
+            HelloReply::Incompatible { .. }
+        ));
     }
 }

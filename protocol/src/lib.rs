@@ -68,8 +68,8 @@ pub mod codec;
 pub use event::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
-    Attempt, BreakerState, CandidateScore, ProviderStatus, RequestRecord, StatusReport, UsageReport,
-    UsageRow,
+    Attempt, BreakerState, CandidateScore, ProviderStatus, RequestRecord, StatusReport,
+    UsageReport, UsageRow,
 };
 pub use request::{
     ChatRequest, ContentBlock, Message, Pin, Request, RequestId, Role, SimFault, TaskKind, ToolSpec,

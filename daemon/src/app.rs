@@ -1,0 +1,208 @@
+//! Wiring: configuration → providers (real or simulated) → router → state → server.
+//!
+//! Kept apart from `main` so the end-to-end tests and the benchmark can start the same daemon
+//! in-process when they want to.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::config::{Api, Config, ProviderConfig, Secret};
+use crate::provider::{http_client, HttpTransport};
+use crate::router::{RecordSink, RoutedProvider, Router};
+use crate::server::Context;
+use crate::sim::{Flavor, SimOptions, SimProvider};
+use crate::state::StateStore;
+
+/// Options of one daemon run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Config file path (missing is fine).
+    pub config: PathBuf,
+    /// State directory (database, logs).
+    pub state_dir: PathBuf,
+    /// Use the simulated providers even if keys are set.
+    pub simulate: bool,
+}
+
+/// Built-in simulated providers: (name, flavor, priority, model, $/Mtok in, $/Mtok out).
+const SIMS: [(&str, Flavor, u32, f64, f64); 3] = [
+    ("sim-anthropic", Flavor::Anthropic, 0, 3.0, 15.0),
+    ("sim-deepseek", Flavor::DeepSeek, 1, 0.28, 0.42),
+    ("sim-openai", Flavor::OpenAi, 2, 2.5, 10.0),
+];
+
+/// Start the simulated providers on loopback and describe them as provider configs.
+pub async fn start_sims() -> std::io::Result<(Vec<ProviderConfig>, HashMap<String, SimProvider>)> {
+    let mut configs = Vec::new();
+    let mut sims = HashMap::new();
+    for (name, flavor, priority, p_in, p_out) in SIMS {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let opts = SimOptions::new(name, flavor);
+        let model = opts.model.clone();
+        let sim = SimProvider::start(listener, opts).await?;
+        configs.push(ProviderConfig {
+            name: name.to_string(),
+            api: match flavor {
+                Flavor::Anthropic => Api::Anthropic,
+                _ => Api::Openai,
+            },
+            base_url: sim.base_url(),
+            model,
+            api_key: Some(Secret::new("sim-key")),
+            priority,
+            price_input_per_mtok: p_in,
+            price_output_per_mtok: p_out,
+            simulated: true,
+        });
+        sims.insert(name.to_string(), sim);
+    }
+    Ok((configs, sims))
+}
+
+/// Build a router over `providers`, restoring saved health.
+pub fn build_router(
+    providers: &[ProviderConfig],
+    cfg: &Config,
+    state: Option<&StateStore>,
+    saved: &[crate::router::health::SavedHealth],
+    next_record: u64,
+) -> Router {
+    let client = http_client();
+    let routed = providers
+        .iter()
+        .map(|p| RoutedProvider {
+            cfg: p.clone(),
+            transport: Arc::new(HttpTransport::new(p.clone(), client.clone())),
+        })
+        .collect();
+    let sink = state.map(|s| Arc::new(s.clone()) as Arc<dyn RecordSink>);
+    let router = Router::new(routed, cfg.routing.clone(), sink, next_record);
+    router.health().restore(saved, Instant::now(), now_unix_ms());
+    router
+}
+
+/// Unix time in milliseconds.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A ready daemon, before it serves.
+pub struct Prepared {
+    /// Shared context for the server.
+    pub ctx: Arc<Context>,
+    /// Loaded configuration.
+    pub config: Config,
+    /// The state thread, joined at exit so the last writes land.
+    pub state_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Load config, open state, start simulated providers if needed, build the router.
+pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
+    let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
+    let (state, loaded, thread) = match std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))
+        .and_then(|_| {
+            StateStore::open(&opts.state_dir.join("state.db")).map_err(|e| e.to_string())
+        }) {
+        Ok((s, l, t)) => (Some(s), Some(l), Some(t)),
+        Err(e) => {
+            // Routing works without persistence; say so loudly and carry on.
+            tracing::error!(error = %e, "running without persistent state");
+            (None, None, None)
+        }
+    };
+    let (saved, next_record) = loaded
+        .map(|l| (l.health, l.next_record))
+        .unwrap_or_default();
+
+    let simulated = opts.simulate || config.providers.is_empty();
+    let (providers, sims) = if simulated {
+        if !opts.simulate {
+            tracing::warn!(
+                "no API keys found ({}): using the built-in simulated providers",
+                crate::config::KEY_ENV_VARS.join(", ")
+            );
+        }
+        start_sims()
+            .await
+            .map_err(|e| format!("cannot start simulated providers: {e}"))?
+    } else {
+        (config.providers.clone(), HashMap::new())
+    };
+    for p in &providers {
+        tracing::info!(provider = %p.name, api = p.api.as_str(), model = %p.model,
+                       priority = p.priority, simulated = p.simulated, "provider registered");
+    }
+    let router = build_router(&providers, &config, state.as_ref(), &saved, next_record);
+    let ctx = Arc::new(Context::new(router, simulated, sims, state));
+    Ok(Prepared {
+        ctx,
+        config,
+        state_thread: thread,
+    })
+}
+
+/// Save health now.
+pub fn save_health(ctx: &Context) {
+    if let Some(state) = &ctx.state {
+        let snapshot = ctx.router().health().save(Instant::now(), now_unix_ms());
+        state.save_health(snapshot);
+    }
+}
+
+/// Save health every few seconds while the daemon runs, off the request path.
+pub fn spawn_health_saver(ctx: Arc<Context>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => save_health(&ctx),
+                _ = ctx.draining.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Re-read the config file (SIGHUP). Real providers are rebuilt; health carries over by name;
+/// a provider whose key changed gets a fresh chance after a 401.
+pub fn reload(ctx: &Context, opts: &Options) {
+    if ctx.simulated {
+        tracing::info!("reload ignored: running on simulated providers");
+        return;
+    }
+    let config = match Config::load(&opts.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the old config");
+            return;
+        }
+    };
+    let old = ctx.router();
+    let saved = old.health().save(Instant::now(), now_unix_ms());
+    let router = build_router(
+        &config.providers,
+        &config,
+        ctx.state.as_ref(),
+        &saved,
+        old.next_record_id(),
+    );
+    for p in &config.providers {
+        let same_key = old
+            .providers()
+            .iter()
+            .find(|o| o.cfg.name == p.name)
+            .is_some_and(|o| o.cfg.api_key == p.api_key);
+        if !same_key {
+            router.health().clear_unusable(&p.name);
+        }
+    }
+    tracing::info!(providers = config.providers.len(), "config reloaded");
+    ctx.replace_router(router);
+}

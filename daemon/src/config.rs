@@ -1,0 +1,507 @@
+//! Configuration: providers from the environment, refined by an optional TOML file.
+//!
+//! With no file at all the daemon registers a provider for every API key it finds
+//! (`ANTHROPIC_API_KEY` priority 0, `DEEPSEEK_API_KEY` 1, `OPENAI_API_KEY` 2). The file can
+//! reorder them, change models and prices, tune routing, and add any OpenAI-compatible endpoint.
+//! Errors name the file, the line and the field, because toml's messages carry line and column.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Chat Completions (also DeepSeek, OpenRouter, Groq, Mistral, Ollama, vLLM...).
+    Openai,
+}
+
+impl Api {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Anthropic => "anthropic",
+            Api::Openai => "openai",
+        }
+    }
+}
+
+/// An API key. Its `Debug` and `Display` never show the value, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a key.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The key, for building the one HTTP header that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One provider the router may use.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Unique name (`anthropic`, `deepseek`, `groq`, ...).
+    pub name: String,
+    /// Wire format.
+    pub api: Api,
+    /// Base URL: Anthropic without `/v1`; OpenAI-compatible up to and including the version
+    /// segment (`https://api.openai.com/v1`), to which `/chat/completions` is appended.
+    pub base_url: String,
+    /// Model to request.
+    pub model: String,
+    /// API key, if the endpoint needs one.
+    pub api_key: Option<Secret>,
+    /// 0 is the primary; ties in score go to the lower number.
+    pub priority: u32,
+    /// US dollars per million input tokens.
+    pub price_input_per_mtok: f64,
+    /// US dollars per million output tokens.
+    pub price_output_per_mtok: f64,
+    /// Whether this is one of the built-in simulated providers.
+    pub simulated: bool,
+}
+
+impl ProviderConfig {
+    /// Blended price per 1K tokens, assuming output is a quarter of the traffic.
+    pub fn cost_per_1k(&self) -> f64 {
+        (0.75 * self.price_input_per_mtok + 0.25 * self.price_output_per_mtok) / 1000.0
+    }
+
+    /// Estimated cost of a request in US dollars.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.price_input_per_mtok
+            + output_tokens as f64 * self.price_output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+/// Tuning of retry, breaker and watchdog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Waits before each retry on the same provider; its length is the number of retries.
+    pub retry_backoff: Vec<Duration>,
+    /// Random spread applied to each wait, as a fraction (0.2 = ±20%).
+    pub retry_jitter: f64,
+    /// First cooldown of a tripped breaker.
+    pub cooldown: Duration,
+    /// Longest cooldown after repeated failed probes.
+    pub max_cooldown: Duration,
+    /// Watchdog: time to first token when the provider has no history.
+    pub first_token_timeout: Duration,
+    /// Watchdog: silence between content chunks when the provider has no history.
+    pub stall_timeout: Duration,
+    /// Adaptive watchdog thresholds never go below this.
+    pub watchdog_floor: Duration,
+    /// Adaptive watchdog thresholds never go above this.
+    pub watchdog_ceiling: Duration,
+    /// Averages decay halfway to neutral after this long without new samples.
+    pub health_half_life: Duration,
+    /// A provider not tried for this long gets one request as a probe (no starvation).
+    pub probe_interval: Duration,
+    /// Default `max_tokens` when the client does not set one.
+    pub default_max_tokens: u32,
+    /// How long in-flight streams may run on after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            retry_backoff: vec![
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                Duration::from_millis(1000),
+            ],
+            retry_jitter: 0.2,
+            cooldown: Duration::from_secs(300),
+            max_cooldown: Duration::from_secs(3600),
+            first_token_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(15),
+            watchdog_floor: Duration::from_secs(5),
+            watchdog_ceiling: Duration::from_secs(60),
+            health_half_life: Duration::from_secs(600),
+            probe_interval: Duration::from_secs(300),
+            default_max_tokens: 4096,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The daemon's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Providers, in priority order.
+    pub providers: Vec<ProviderConfig>,
+    /// Routing tuning.
+    pub routing: RoutingConfig,
+    /// The file this came from, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid (toml's message names line, column and field).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+}
+
+/// A built-in provider that registers itself from an environment variable.
+struct Builtin {
+    name: &'static str,
+    api: Api,
+    key_env: &'static str,
+    url_env: &'static str,
+    model_env: &'static str,
+    base_url: &'static str,
+    model: &'static str,
+    price_in: f64,
+    price_out: f64,
+}
+
+const BUILTINS: [Builtin; 3] = [
+    Builtin {
+        name: "anthropic",
+        api: Api::Anthropic,
+        key_env: "ANTHROPIC_API_KEY",
+        url_env: "ANTHROPIC_BASE_URL",
+        model_env: "MYTHOS_ANTHROPIC_MODEL",
+        base_url: "https://api.anthropic.com",
+        model: "claude-sonnet-4-5",
+        price_in: 3.0,
+        price_out: 15.0,
+    },
+    Builtin {
+        name: "deepseek",
+        api: Api::Openai,
+        key_env: "DEEPSEEK_API_KEY",
+        url_env: "DEEPSEEK_BASE_URL",
+        model_env: "MYTHOS_DEEPSEEK_MODEL",
+        base_url: "https://api.deepseek.com",
+        model: "deepseek-chat",
+        price_in: 0.28,
+        price_out: 0.42,
+    },
+    Builtin {
+        name: "openai",
+        api: Api::Openai,
+        key_env: "OPENAI_API_KEY",
+        url_env: "OPENAI_BASE_URL",
+        model_env: "MYTHOS_OPENAI_MODEL",
+        base_url: "https://api.openai.com/v1",
+        model: "gpt-4o",
+        price_in: 2.5,
+        price_out: 10.0,
+    },
+];
+
+/// Names of the environment variables that register providers, for help messages.
+pub const KEY_ENV_VARS: [&str; 3] = ["ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "OPENAI_API_KEY"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    routing: FileRouting,
+    #[serde(default, rename = "provider")]
+    providers: Vec<FileProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRouting {
+    retry_backoff_ms: Option<Vec<u64>>,
+    retry_jitter: Option<f64>,
+    cooldown_secs: Option<u64>,
+    max_cooldown_secs: Option<u64>,
+    first_token_timeout_ms: Option<u64>,
+    stall_timeout_ms: Option<u64>,
+    watchdog_floor_ms: Option<u64>,
+    watchdog_ceiling_ms: Option<u64>,
+    health_half_life_secs: Option<u64>,
+    probe_interval_secs: Option<u64>,
+    default_max_tokens: Option<u32>,
+    drain_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProvider {
+    name: String,
+    api: Option<Api>,
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    api_key: Option<String>,
+    priority: Option<u32>,
+    price_input_per_mtok: Option<f64>,
+    price_output_per_mtok: Option<f64>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Load from the environment and `file` (a missing file is fine; a broken one is not).
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(file, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`Config::load`] with an injected environment, for tests.
+    pub fn load_with(
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (parsed, source) = match std::fs::read_to_string(file) {
+            Ok(text) => (parse(&text, file)?, Some(file.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (FileConfig::default(), None),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: file.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let err = |message: String| ConfigError::Parse {
+            path: file.to_path_buf(),
+            message,
+        };
+
+        let mut providers: Vec<ProviderConfig> = Vec::new();
+        let mut from_file: HashMap<&str, &FileProvider> = HashMap::new();
+        for p in &parsed.providers {
+            if from_file.insert(p.name.as_str(), p).is_some() {
+                return Err(err(format!("provider `{}` is defined twice", p.name)));
+            }
+        }
+        for (i, b) in BUILTINS.iter().enumerate() {
+            let over = from_file.remove(b.name);
+            if over.is_some_and(|o| !o.enabled) {
+                continue;
+            }
+            let key_env = over.and_then(|o| o.api_key_env.as_deref()).unwrap_or(b.key_env);
+            let key = over
+                .and_then(|o| o.api_key.clone())
+                .or_else(|| env(key_env));
+            let Some(key) = key else { continue };
+            providers.push(ProviderConfig {
+                name: b.name.to_string(),
+                api: over.and_then(|o| o.api).unwrap_or(b.api),
+                base_url: over
+                    .and_then(|o| o.base_url.clone())
+                    .or_else(|| env(b.url_env))
+                    .unwrap_or_else(|| b.base_url.to_string()),
+                model: over
+                    .and_then(|o| o.model.clone())
+                    .or_else(|| env(b.model_env))
+                    .unwrap_or_else(|| b.model.to_string()),
+                api_key: Some(Secret::new(key)),
+                priority: over.and_then(|o| o.priority).unwrap_or(i as u32),
+                price_input_per_mtok: over
+                    .and_then(|o| o.price_input_per_mtok)
+                    .unwrap_or(b.price_in),
+                price_output_per_mtok: over
+                    .and_then(|o| o.price_output_per_mtok)
+                    .unwrap_or(b.price_out),
+                simulated: false,
+            });
+        }
+        // Extra endpoints, in file order after the built-ins.
+        for p in &parsed.providers {
+            if !from_file.contains_key(p.name.as_str()) || !p.enabled {
+                continue;
+            }
+            let need = |field: &str, v: &Option<String>| {
+                v.clone().ok_or_else(|| {
+                    err(format!(
+                        "provider `{}` needs `{field}` (only anthropic, deepseek and openai have defaults)",
+                        p.name
+                    ))
+                })
+            };
+            let base_url = need("base_url", &p.base_url)?;
+            let model = need("model", &p.model)?;
+            let api_key = match (&p.api_key, &p.api_key_env) {
+                (Some(k), _) => Some(Secret::new(k.clone())),
+                (None, Some(var)) => match env(var) {
+                    Some(k) => Some(Secret::new(k)),
+                    // Named a key variable that is not set: skip, as for the built-ins.
+                    None => continue,
+                },
+                // Local servers (Ollama, vLLM) need no key.
+                (None, None) => None,
+            };
+            providers.push(ProviderConfig {
+                name: p.name.clone(),
+                api: p.api.unwrap_or(Api::Openai),
+                base_url,
+                model,
+                api_key,
+                priority: p.priority.unwrap_or(10 + providers.len() as u32),
+                price_input_per_mtok: p.price_input_per_mtok.unwrap_or(0.0),
+                price_output_per_mtok: p.price_output_per_mtok.unwrap_or(0.0),
+                simulated: false,
+            });
+        }
+        providers.sort_by_key(|p| p.priority);
+
+        let r = &parsed.routing;
+        let d = RoutingConfig::default();
+        let ms = |v: Option<u64>, def: Duration| v.map(Duration::from_millis).unwrap_or(def);
+        let secs = |v: Option<u64>, def: Duration| v.map(Duration::from_secs).unwrap_or(def);
+        let routing = RoutingConfig {
+            retry_backoff: r
+                .retry_backoff_ms
+                .as_ref()
+                .map(|v| v.iter().map(|&m| Duration::from_millis(m)).collect())
+                .unwrap_or(d.retry_backoff),
+            retry_jitter: r.retry_jitter.unwrap_or(d.retry_jitter).clamp(0.0, 1.0),
+            cooldown: secs(r.cooldown_secs, d.cooldown),
+            max_cooldown: secs(r.max_cooldown_secs, d.max_cooldown),
+            first_token_timeout: ms(r.first_token_timeout_ms, d.first_token_timeout),
+            stall_timeout: ms(r.stall_timeout_ms, d.stall_timeout),
+            watchdog_floor: ms(r.watchdog_floor_ms, d.watchdog_floor),
+            watchdog_ceiling: ms(r.watchdog_ceiling_ms, d.watchdog_ceiling),
+            health_half_life: secs(r.health_half_life_secs, d.health_half_life),
+            probe_interval: secs(r.probe_interval_secs, d.probe_interval),
+            default_max_tokens: r.default_max_tokens.unwrap_or(d.default_max_tokens),
+            drain_timeout: secs(r.drain_timeout_secs, d.drain_timeout),
+        };
+        if routing.watchdog_floor > routing.watchdog_ceiling {
+            return Err(err(
+                "routing.watchdog_floor_ms is larger than routing.watchdog_ceiling_ms".into(),
+            ));
+        }
+        Ok(Config {
+            providers,
+            routing,
+            file: source,
+        })
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        // toml's message reads "TOML parse error at line 3, column 1 ... unknown field `x`".
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_with(&path, env)
+    }
+
+    #[test]
+    fn no_file_registers_from_env_in_priority_order() {
+        let env = env_of(&[
+            ("OPENAI_API_KEY", "sk-o"),
+            ("ANTHROPIC_API_KEY", "sk-a"),
+            ("DEEPSEEK_BASE_URL", "http://127.0.0.1:9"),
+        ]);
+        let c = Config::load_with(Path::new("/nonexistent/mythos.toml"), &env).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["anthropic", "openai"]);
+        assert_eq!(c.providers[1].priority, 2);
+        assert!(c.file.is_none());
+        // The key never shows in Debug output.
+        assert!(!format!("{:?}", c).contains("sk-a"));
+    }
+
+    #[test]
+    fn file_reorders_and_adds_endpoints() {
+        let env = env_of(&[("ANTHROPIC_API_KEY", "a"), ("GROQ_API_KEY", "g")]);
+        let c = load(
+            r#"
+[routing]
+cooldown_secs = 60
+retry_backoff_ms = [10, 20]
+
+[[provider]]
+name = "anthropic"
+priority = 5
+model = "claude-opus-4"
+
+[[provider]]
+name = "groq"
+base_url = "https://api.groq.com/openai/v1"
+api_key_env = "GROQ_API_KEY"
+model = "llama-3.3-70b-versatile"
+priority = 1
+
+[[provider]]
+name = "ollama"
+base_url = "http://127.0.0.1:11434/v1"
+model = "qwen2.5-coder"
+priority = 7
+"#,
+            &env,
+        )
+        .unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["groq", "anthropic", "ollama"]);
+        assert_eq!(c.providers[1].model, "claude-opus-4");
+        assert!(c.providers[2].api_key.is_none());
+        assert_eq!(c.routing.cooldown, Duration::from_secs(60));
+        assert_eq!(c.routing.retry_backoff.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let env = env_of(&[]);
+        let e = load("[routing]\ncooldown_secs = 1\ncooldwn = 3\n", &env).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("config.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("cooldwn"), "{msg}");
+
+        let e = load("[[provider]]\nname = \"x\"\npriority = \"high\"\n", &env).unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+
+        let e = load("[[provider]]\nname = \"x\"\nmodel = \"m\"\n", &env).unwrap_err();
+        assert!(e.to_string().contains("base_url"), "{e}");
+    }
+}

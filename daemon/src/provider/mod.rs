@@ -1,0 +1,375 @@
+//! Upstream providers: HTTP requests in each provider's real wire format, SSE decoding, and
+//! classification of every failure.
+//!
+//! A [`Transport`] opens one streamed completion and yields provider-neutral [`Delta`]s. The HTTP
+//! transport is the real one; the router only sees the trait, which is what lets its retry,
+//! breaker and watchdog logic run under a paused clock with scripted streams.
+//! The adapters never retry on their own: retrying is the router's job alone.
+
+pub mod anthropic;
+pub mod continuation;
+pub mod decode;
+pub mod delta;
+pub mod error;
+pub mod openai;
+pub mod sse;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use mythos_protocol::{ChatRequest, ErrorKind};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+
+use crate::config::{Api, ProviderConfig, Secret};
+pub use delta::Delta;
+pub use error::ProviderError;
+
+/// A stream of decoded deltas from one upstream response. Ends after the terminator; a failure
+/// is the last item.
+pub type DeltaStream = Pin<Box<dyn Stream<Item = Result<Delta, ProviderError>> + Send>>;
+
+/// A future that opens a [`DeltaStream`].
+pub type OpenFuture = Pin<Box<dyn Future<Output = Result<DeltaStream, ProviderError>> + Send>>;
+
+/// What to ask one provider for.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamRequest<'a> {
+    /// The client's request (conversation, system, tools, temperature).
+    pub chat: &'a ChatRequest,
+    /// Model to ask for.
+    pub model: &'a str,
+    /// Output token limit.
+    pub max_tokens: u32,
+    /// Text of an answer another provider started, to be continued rather than repeated.
+    pub prefill: Option<&'a str>,
+}
+
+/// Something that can open a streamed completion. Implemented by [`HttpTransport`] and by
+/// scripted fakes in tests.
+pub trait Transport: Send + Sync {
+    /// Start the request. The returned future owns everything it needs.
+    fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture;
+}
+
+/// The real transport: HTTPS to the provider's API.
+pub struct HttpTransport {
+    cfg: ProviderConfig,
+    client: reqwest::Client,
+}
+
+impl HttpTransport {
+    /// A transport for `cfg`, sharing `client`'s connection pool.
+    pub fn new(cfg: ProviderConfig, client: reqwest::Client) -> Self {
+        HttpTransport { cfg, client }
+    }
+}
+
+/// The HTTP client every provider shares.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .user_agent(concat!("mythosd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+impl Transport for HttpTransport {
+    fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
+        let name = self.cfg.name.clone();
+        let key = self.cfg.api_key.clone();
+        let built = match self.cfg.api {
+            Api::Anthropic => anthropic::build(&self.cfg, req),
+            Api::Openai => openai::build(&self.cfg, req),
+        };
+        let (url, headers, body) = match built {
+            Ok(b) => b,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let mut headers = headers;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let send = self.client.post(url).headers(headers).body(body).send();
+        let api = self.cfg.api;
+        Box::pin(async move {
+            let resp = send
+                .await
+                .map_err(|e| transport_error(&name, e, false))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(error_from_response(&name, key.as_ref(), resp).await);
+            }
+            Ok(match api {
+                Api::Anthropic => body_stream(
+                    name,
+                    resp,
+                    decode::StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
+                ),
+                Api::Openai => body_stream(
+                    name,
+                    resp,
+                    decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+                ),
+            })
+        })
+    }
+}
+
+/// Attach a header that holds a secret, marked sensitive so hyper never logs it.
+pub(crate) fn secret_header(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(mut v) = HeaderValue::from_str(&value) {
+        v.set_sensitive(true);
+        headers.insert(name, v);
+    }
+}
+
+/// Authorization value for an optional key.
+pub(crate) fn key_or_empty(key: Option<&Secret>) -> &str {
+    key.map(Secret::expose).unwrap_or("")
+}
+
+struct BodyState<D: decode::WireDecoder> {
+    name: String,
+    resp: reqwest::Response,
+    decoder: decode::StreamDecoder<D>,
+    queue: VecDeque<Delta>,
+    scratch: Vec<Delta>,
+    failure: Option<ProviderError>,
+    finished: bool,
+}
+
+fn body_stream<D: decode::WireDecoder + 'static>(
+    name: String,
+    resp: reqwest::Response,
+    decoder: decode::StreamDecoder<D>,
+) -> DeltaStream {
+    let state = BodyState {
+        name,
+        resp,
+        decoder,
+        queue: VecDeque::new(),
+        scratch: Vec::new(),
+        failure: None,
+        finished: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(d) = st.queue.pop_front() {
+                return Some((Ok(d), st));
+            }
+            if let Some(e) = st.failure.take() {
+                return Some((Err(e), st));
+            }
+            if st.finished {
+                // Dropping the response here releases the connection as soon as the
+                // terminator is seen, without waiting for the server to close.
+                return None;
+            }
+            let result = match st.resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    let r = st.decoder.push(&bytes, &mut st.scratch);
+                    if st.decoder.is_done() {
+                        st.finished = true;
+                    }
+                    r
+                }
+                Ok(None) => {
+                    st.finished = true;
+                    st.decoder.finish(&mut st.scratch)
+                }
+                Err(e) => {
+                    st.finished = true;
+                    Err(transport_error(&st.name, e, true))
+                }
+            };
+            st.queue.extend(st.scratch.drain(..));
+            if let Err(e) = result {
+                st.finished = true;
+                st.failure = Some(e);
+            }
+        }
+    }))
+}
+
+/// Classify a reqwest failure. `mid_stream` tells a broken body from a failed connect.
+fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Network
+    };
+    let what = if mid_stream {
+        "connection lost mid-stream"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    // without_url: the URL is configuration, and could carry credentials in its userinfo.
+    let e = e.without_url();
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    ProviderError::new(kind, format!("{name}: {what} ({detail})"))
+}
+
+/// Cap on an error body we read: error JSON is small; a proxy's HTML page need not be read whole.
+const ERROR_BODY_CAP: usize = 64 * 1024;
+
+async fn error_from_response(
+    name: &str,
+    key: Option<&Secret>,
+    resp: reqwest::Response,
+) -> ProviderError {
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(resp.headers());
+    let mut body = Vec::new();
+    let mut resp = resp;
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= ERROR_BODY_CAP {
+                break;
+            }
+        }
+    };
+    // A provider that sends an error status and then stalls must not hold us up.
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let (ty, msg) = parse_error_body(&body);
+    let mut kind = error::kind_for_status(status);
+    if let Some(t) = ty.as_deref() {
+        let by_type = error::kind_for_error_type(t);
+        // Some servers send overload or rate limits with a generic status; trust the type there.
+        if matches!(by_type, ErrorKind::Overloaded | ErrorKind::RateLimited)
+            && kind == ErrorKind::ServerError
+        {
+            kind = by_type;
+        }
+    }
+    let mut message = format!("{name} answered HTTP {status}");
+    if let Some(t) = ty {
+        message.push_str(&format!(" {t}"));
+    }
+    if let Some(m) = msg {
+        let m: String = m.chars().take(300).collect();
+        message.push_str(&format!(": {m}"));
+    }
+    ProviderError {
+        kind,
+        status: Some(status),
+        retry_after,
+        message: redact(&message, key),
+    }
+}
+
+/// Pull `(type, message)` out of an Anthropic or OpenAI error body.
+fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        error: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(rename = "type")]
+        ty: Option<String>,
+        code: Option<serde_json::Value>,
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<Outer>(body) {
+        Ok(Outer { error: Some(i) }) => {
+            let ty = i.ty.or_else(|| i.code.and_then(|c| c.as_str().map(str::to_string)));
+            (ty, i.message)
+        }
+        _ => {
+            let text = String::from_utf8_lossy(body).trim().to_string();
+            (None, (!text.is_empty()).then_some(text))
+        }
+    }
+}
+
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds (both). HTTP-date forms are ignored:
+/// no provider we speak to sends them, and a wrong guess would be worse than none.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |n: &str| headers.get(n)?.to_str().ok()?.trim().parse::<f64>().ok();
+    let valid = |v: f64| v.is_finite() && v >= 0.0;
+    if let Some(ms) = get("retry-after-ms").filter(|v| valid(*v)) {
+        return Some(Duration::from_secs_f64(ms.min(1e12) / 1000.0));
+    }
+    get("retry-after")
+        .filter(|v| valid(*v))
+        .map(|s| Duration::from_secs_f64(s.min(1e9)))
+}
+
+/// Remove anything that looks like an API key from a provider's error text. Providers echo
+/// (masked) keys back in 401 messages; masked or not, they do not belong in our logs.
+pub fn redact(text: &str, key: Option<&Secret>) -> String {
+    let mut out = text.to_string();
+    if let Some(k) = key.map(Secret::expose).filter(|k| k.len() >= 4) {
+        out = out.replace(k, "***");
+    }
+    // Mask `sk-...`-style tokens wholesale.
+    let mut masked = String::with_capacity(out.len());
+    for (i, word) in out.split(' ').enumerate() {
+        if i > 0 {
+            masked.push(' ');
+        }
+        let looks_like_key = word.len() >= 12
+            && (word.starts_with("sk-") || word.starts_with("sk_") || word.starts_with("key-"));
+        masked.push_str(if looks_like_key { "***" } else { word });
+    }
+    masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("60"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
+        h.insert("retry-after-ms", HeaderValue::from_static("1500.5"));
+        assert_eq!(retry_after(&h), Some(Duration::from_micros(1_500_500)));
+        h.insert("retry-after-ms", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
+        h.insert("retry-after", HeaderValue::from_static("-3"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (t, m) = parse_error_body(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(t.as_deref(), Some("overloaded_error"));
+        assert_eq!(m.as_deref(), Some("Overloaded"));
+        let (t, _) = parse_error_body(
+            br#"{"error":{"message":"Rate limit","type":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(t.as_deref(), Some("rate_limit_exceeded"));
+        let (t, m) = parse_error_body(b"<html>bad gateway</html>");
+        assert_eq!(t, None);
+        assert_eq!(m.as_deref(), Some("<html>bad gateway</html>"));
+    }
+
+    #[test]
+    fn keys_are_redacted() {
+        let key = Secret::new("sk-ant-abcdef123456");
+        let s = redact(
+            "Incorrect API key provided: sk-ant-abcdef123456 and sk-proj-zzzzzzzzzzzz.",
+            Some(&key),
+        );
+        assert!(!s.contains("abcdef"), "{s}");
+        assert!(!s.contains("zzzz"), "{s}");
+    }
+}

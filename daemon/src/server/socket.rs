@@ -1,0 +1,176 @@
+//! Binding the local socket safely.
+//!
+//! The order matters: take an exclusive lock on `<socket>.lock` (two daemons started at the same
+//! moment serialise here, and the loser learns that another daemon owns the socket), then try to
+//! connect to an existing socket file: if something answers, another daemon is alive and we
+//! refuse; if the connection is refused, the file is stale and is removed. Only then bind, with
+//! the directory at 0700 and the socket at 0600.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use interprocess::local_socket::tokio::Listener;
+use interprocess::local_socket::ListenerOptions;
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another daemon serves this socket.
+    #[error("another mythosd is already running on {0}")]
+    AlreadyRunning(PathBuf),
+    /// The directory or socket could not be created.
+    #[error("cannot create socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The socket directory belongs to someone else or is open to others.
+    #[error("refusing to use {path}: {why}")]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A bound listener plus what keeps it ours.
+pub struct Bound {
+    /// The listener.
+    pub listener: Listener,
+    /// The socket path.
+    pub path: PathBuf,
+    /// Held for the daemon's life; the OS releases it if we die.
+    _lock: Option<File>,
+}
+
+impl Bound {
+    /// Remove the socket file (on clean shutdown, after the listener is dropped).
+    pub fn remove_socket(path: &Path) {
+        #[cfg(unix)]
+        let _ = std::fs::remove_file(path);
+        #[cfg(not(unix))]
+        let _ = path;
+    }
+}
+
+/// Bind `path`, refusing if another daemon is alive there.
+pub async fn bind(path: &Path) -> Result<Bound, BindError> {
+    let io_err = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use interprocess::local_socket::traits::tokio::Stream as _;
+        use interprocess::local_socket::{GenericFilePath, ToFsName};
+        use interprocess::os::unix::local_socket::ListenerOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+        let meta = std::fs::metadata(dir).map_err(io_err)?;
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        if meta.uid() != uid {
+            return Err(BindError::Unsafe {
+                path: dir.to_path_buf(),
+                why: format!("owned by uid {}, not by you (uid {uid})", meta.uid()),
+            });
+        }
+        // Only tighten directories we own and that are ours alone by name; a shared parent
+        // (like /tmp when MYTHOS_SOCKET points there) is left as it is.
+        if meta.permissions().mode() & 0o077 != 0 && is_private_dir(dir) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err)?;
+        }
+
+        let lock_path = lock_path(path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(BindError::AlreadyRunning(path.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+
+        if path.exists() {
+            let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
+            match interprocess::local_socket::tokio::Stream::connect(name).await {
+                Ok(_) => return Err(BindError::AlreadyRunning(path.to_path_buf())),
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "removing stale socket");
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+            }
+        }
+        let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
+        let listener = match ListenerOptions::new().name(name.clone()).mode(0o600).create_tokio() {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                // Platforms without fchmod-before-bind: bind, then tighten. The 0700 directory
+                // keeps others out in the meantime.
+                let l = ListenerOptions::new().name(name).create_tokio().map_err(io_err)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io_err)?;
+                l
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        Ok(Bound {
+            listener,
+            path: path.to_path_buf(),
+            _lock: Some(lock),
+        })
+    }
+    #[cfg(windows)]
+    {
+        use interprocess::local_socket::{GenericNamespaced, ToNsName};
+        let name = path
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned()
+            .to_ns_name::<GenericNamespaced>()
+            .map_err(io_err)?;
+        let listener = match ListenerOptions::new().name(name).create_tokio() {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(BindError::AlreadyRunning(path.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        Ok(Bound {
+            listener,
+            path: path.to_path_buf(),
+            _lock: None,
+        })
+    }
+}
+
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Whether `dir` is a directory mythos made for itself (its name starts with `mythos`).
+fn is_private_dir(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("mythos"))
+}

@@ -1,0 +1,361 @@
+//! State that outlives the process: provider health and per-request records, in SQLite.
+//!
+//! One thread owns the connection. Everyone else talks to it through a channel, so writes are
+//! batched into one transaction per wake-up and never run on the async runtime's threads, and
+//! reads (`why`, `usage`) get their answer on a oneshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use mythos_protocol::{RequestRecord, UsageReport, UsageRow};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::router::health::SavedHealth;
+use crate::router::RecordSink;
+
+/// Schema version in `PRAGMA user_version`. Migrations go in [`migrate`].
+const SCHEMA_VERSION: i64 = 1;
+
+/// Why the state database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {source}")]
+pub struct StateError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+enum Cmd {
+    Record(Box<RequestRecord>),
+    SaveHealth(Vec<SavedHealth>),
+    Why(Option<u64>, oneshot::Sender<Option<RequestRecord>>),
+    Usage(u32, oneshot::Sender<UsageReport>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the state thread. Cheap to clone.
+#[derive(Clone)]
+pub struct StateStore {
+    tx: std_mpsc::Sender<Cmd>,
+}
+
+/// What was loaded at start-up.
+pub struct Loaded {
+    /// Saved provider health.
+    pub health: Vec<SavedHealth>,
+    /// Next free record id.
+    pub next_record: u64,
+}
+
+impl StateStore {
+    /// Open (or create) the database at `path` and start its thread.
+    pub fn open(path: &Path) -> Result<(StateStore, Loaded, JoinHandle<()>), StateError> {
+        let err = |source| StateError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        migrate(&conn).map_err(err)?;
+        let health = load_health(&conn).map_err(err)?;
+        let next_record: u64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM requests", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(err)? as u64;
+        let (tx, rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("mythosd-state".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        Ok((
+            StateStore { tx },
+            Loaded {
+                health,
+                next_record,
+            },
+            thread,
+        ))
+    }
+
+    /// Queue a health snapshot for writing.
+    pub fn save_health(&self, h: Vec<SavedHealth>) {
+        let _ = self.tx.send(Cmd::SaveHealth(h));
+    }
+
+    /// A record by id, or the latest.
+    pub async fn why(&self, id: Option<u64>) -> Option<RequestRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Why(id, tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Totals by day and provider for the last `days` days.
+    pub async fn usage(&self, days: u32) -> UsageReport {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Usage(days, tx)).is_err() {
+            return UsageReport { rows: Vec::new() };
+        }
+        rx.await.unwrap_or(UsageReport { rows: Vec::new() })
+    }
+
+    /// Wait until everything queued so far is on disk.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl RecordSink for StateStore {
+    fn record(&self, rec: RequestRecord) {
+        let _ = self.tx.send(Cmd::Record(Box::new(rec)));
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < 1 {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS health (
+                 name TEXT PRIMARY KEY,
+                 json TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS requests (
+                 id INTEGER PRIMARY KEY,
+                 unix_ms INTEGER NOT NULL,
+                 day TEXT NOT NULL,
+                 provider TEXT,
+                 input_tokens INTEGER NOT NULL,
+                 output_tokens INTEGER NOT NULL,
+                 cost_usd REAL NOT NULL,
+                 json TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS requests_day ON requests(day);",
+        )?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(())
+}
+
+fn load_health(conn: &Connection) -> rusqlite::Result<Vec<SavedHealth>> {
+    let mut stmt = conn.prepare("SELECT name, json FROM health")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, json) = row?;
+        match serde_json::from_str::<SavedHealth>(&json) {
+            Ok(h) => out.push(h),
+            // A row we cannot read is dropped, not fatal: health relearns in minutes.
+            Err(e) => tracing::warn!(provider = %name, error = %e, "ignoring unreadable saved health"),
+        }
+    }
+    Ok(out)
+}
+
+fn run(mut conn: Connection, rx: std_mpsc::Receiver<Cmd>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut replies = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for cmd in batch {
+                match cmd {
+                    Cmd::Record(rec) => insert_record(&tx, &rec)?,
+                    Cmd::SaveHealth(list) => {
+                        for h in list {
+                            let json = serde_json::to_string(&h).unwrap_or_default();
+                            tx.execute(
+                                "INSERT INTO health(name, json) VALUES (?1, ?2)
+                                 ON CONFLICT(name) DO UPDATE SET json = excluded.json",
+                                params![h.name, json],
+                            )?;
+                        }
+                    }
+                    other => replies.push(other),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot write state");
+        }
+        for cmd in replies {
+            match cmd {
+                Cmd::Why(id, reply) => {
+                    let _ = reply.send(query_why(&conn, id).unwrap_or(None));
+                }
+                Cmd::Usage(days, reply) => {
+                    let rows = query_usage(&conn, days).unwrap_or_default();
+                    let _ = reply.send(UsageReport { rows });
+                }
+                Cmd::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                Cmd::Record(_) | Cmd::SaveHealth(_) => {}
+            }
+        }
+    }
+}
+
+fn insert_record(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(rec).unwrap_or_default();
+    tx.execute(
+        "INSERT OR REPLACE INTO requests(id, unix_ms, day, provider, input_tokens, output_tokens,
+                                         cost_usd, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            rec.id as i64,
+            rec.unix_ms as i64,
+            utc_day(rec.unix_ms),
+            rec.provider,
+            rec.usage.input_tokens as i64,
+            rec.usage.output_tokens as i64,
+            rec.cost_usd,
+            json
+        ],
+    )?;
+    Ok(())
+}
+
+fn query_why(conn: &Connection, id: Option<u64>) -> rusqlite::Result<Option<RequestRecord>> {
+    let json: Option<String> = match id {
+        Some(id) => conn
+            .query_row("SELECT json FROM requests WHERE id = ?1", [id as i64], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .query_row("SELECT json FROM requests ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let since = utc_day(now_ms.saturating_sub(u64::from(days.max(1) - 1) * 86_400_000));
+    let mut stmt = conn.prepare(
+        "SELECT day, COALESCE(provider, '(failed)'), COUNT(*), SUM(input_tokens),
+                SUM(output_tokens), SUM(cost_usd)
+         FROM requests WHERE day >= ?1
+         GROUP BY day, provider ORDER BY day DESC, provider",
+    )?;
+    let rows = stmt.query_map([since], |r| {
+        Ok(UsageRow {
+            day: r.get(0)?,
+            provider: r.get(1)?,
+            requests: r.get::<_, i64>(2)? as u64,
+            input_tokens: r.get::<_, i64>(3)? as u64,
+            output_tokens: r.get::<_, i64>(4)? as u64,
+            cost_usd: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// `YYYY-MM-DD` of a Unix time in milliseconds, UTC (civil-from-days, Howard Hinnant's method).
+pub fn utc_day(unix_ms: u64) -> String {
+    let days = (unix_ms / 86_400_000) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::health::SavedBreaker;
+    use mythos_protocol::{TaskKind, Usage};
+
+    #[test]
+    fn days() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(1_795_996_800_000), "2026-11-30");
+        assert_eq!(utc_day(951_782_400_000), "2000-02-29");
+    }
+
+    #[test]
+    fn golden_saved_health_keeps_loading() {
+        // Written by version 0.1.0. Never edit: add a new golden instead.
+        let old = r#"{"name":"anthropic","success":0.42,"success_age_ms":1000,"ttft_ms":812.5,
+            "ttft_age_ms":1000,"gap_ms":null,"gap_age_ms":null,"latency_ms":null,
+            "latency_age_ms":null,"breaker":{"open":{"until_unix_ms":1900000000000,
+            "cooldown_ms":300000}},"rate_limited_until_unix_ms":null,"requests":7,"failures":3,
+            "consecutive_failures":2,"last_error":"rate_limited: 429","saved_unix_ms":1800000000000}"#;
+        let h: SavedHealth = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            h.breaker,
+            SavedBreaker::Open {
+                until_unix_ms: 1_900_000_000_000,
+                cooldown_ms: 300_000
+            }
+        );
+        assert!(!h.no_prefill);
+    }
+
+    #[tokio::test]
+    async fn records_and_health_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, loaded, thread) = StateStore::open(&path).unwrap();
+        assert_eq!(loaded.next_record, 1);
+        let rec = RequestRecord {
+            id: 5,
+            unix_ms: 1_795_996_800_000,
+            task: TaskKind::Code,
+            pinned: None,
+            candidates: vec![],
+            attempts: vec![],
+            provider: Some("deepseek".into()),
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+            },
+            cost_usd: 0.5,
+            latency_ms: 9,
+            error: None,
+        };
+        store.record(rec.clone());
+        store.save_health(vec![SavedHealth {
+            name: "deepseek".into(),
+            success: Some(1.0),
+            success_age_ms: Some(0),
+            ttft_ms: None,
+            ttft_age_ms: None,
+            gap_ms: None,
+            gap_age_ms: None,
+            latency_ms: None,
+            latency_age_ms: None,
+            breaker: SavedBreaker::Closed,
+            rate_limited_until_unix_ms: None,
+            requests: 1,
+            failures: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            no_prefill: false,
+            saved_unix_ms: 1,
+        }]);
+        assert_eq!(store.why(None).await, Some(rec.clone()));
+        assert_eq!(store.why(Some(5)).await, Some(rec));
+        assert_eq!(store.why(Some(6)).await, None);
+        drop(store);
+        thread.join().unwrap();
+        let (_store, loaded, _t) = StateStore::open(&path).unwrap();
+        assert_eq!(loaded.next_record, 6);
+        assert_eq!(loaded.health.len(), 1);
+    }
+}
