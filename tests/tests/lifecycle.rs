@@ -1,0 +1,142 @@
+//! The daemon's life: socket safety, one daemon per socket, ordered shutdown, state that
+//! survives a restart, config errors that say where, the newcomer's paths.
+
+use std::os::unix::fs::PermissionsExt;
+
+use mythos_protocol::{BreakerState, ChatRequest, SimFault};
+use mythos_tests::{mock, use_mocks, RawClient, TestEnv};
+use mythosd::sim::{answer_for, Flavor};
+
+#[test]
+fn socket_is_private_and_removed_on_sigterm() {
+    let env = TestEnv::new();
+    let daemon = env.start_daemon(&["--simulate"]);
+    let sock_mode = std::fs::metadata(&env.socket).unwrap().permissions().mode();
+    let dir_mode = std::fs::metadata(env.socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(sock_mode & 0o777, 0o600, "socket {sock_mode:o}");
+    assert_eq!(dir_mode & 0o777, 0o700, "dir {dir_mode:o}");
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(!env.socket.exists(), "socket removed on shutdown");
+}
+
+#[test]
+fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
+    let env = TestEnv::new();
+    // A stale socket file left by a crashed daemon: bound once, never removed.
+    std::fs::create_dir_all(env.socket.parent().unwrap()).unwrap();
+    std::fs::set_permissions(
+        env.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&env.socket).unwrap());
+    assert!(env.socket.exists());
+    let daemon = env.start_daemon(&["--simulate"]);
+
+    // A second daemon on the same socket refuses and leaves the first one alone.
+    let out = std::process::Command::new(mythos_tests::bin("mythosd"))
+        .args(["--simulate", "--notify-stdout", "--socket"])
+        .arg(&env.socket)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("already-running"));
+    let status = env.mythos(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    drop(daemon);
+}
+
+#[test]
+fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
+    let env = TestEnv::new();
+    let mut a1 = env.command("mythos");
+    a1.args(["status", "--json"]);
+    let mut a2 = env.command("mythos");
+    a2.args(["status", "--json"]);
+    let c1 = a1.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let c2 = a2.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let o1 = c1.wait_with_output().unwrap();
+    let o2 = c2.wait_with_output().unwrap();
+    assert!(o1.status.success() && o2.status.success());
+    let p1: serde_json::Value = serde_json::from_slice(&o1.stdout).unwrap();
+    let p2: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert_eq!(p1["pid"], p2["pid"], "both talk to the same daemon");
+    // Stop it.
+    let out = env.mythos(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_cooldown() {
+    let a = mock("anthropic", Flavor::Anthropic).await;
+    let d = mock("deepseek", Flavor::DeepSeek).await;
+    let o = mock("openai", Flavor::OpenAi).await;
+    let mut env = TestEnv::new();
+    use_mocks(&mut env, &a, &d, &o);
+    let daemon = env.start_daemon(&[]);
+    a.inject([SimFault::RateLimit {
+        retry_after_ms: 600_000,
+    }]);
+    let mut c = RawClient::connect(&env.socket).await;
+    c.chat(ChatRequest::user_text(1, "trip it")).await;
+    drop(c);
+    assert!(daemon.stop().success());
+
+    let _daemon = env.start_daemon(&[]);
+    let mut c = RawClient::connect(&env.socket).await;
+    let s = c.status().await;
+    let p = s.providers.iter().find(|p| p.name == "anthropic").unwrap();
+    assert_eq!(p.state, BreakerState::Open);
+    assert!(p.cooldown_left_ms.unwrap() > 500_000);
+    assert_eq!(p.failures, 1);
+    let ev = c.chat(ChatRequest::user_text(2, "after restart")).await;
+    assert_eq!(mythos_tests::text_of(&ev), answer_for("after restart"));
+    assert_eq!(a.stats().requests, 1, "still cooling down after the restart");
+}
+
+#[test]
+fn a_bad_config_file_names_the_file_line_and_field() {
+    let env = TestEnv::new();
+    env.write_config("[routing]\ncooldown_secs = 30\nretry_backof_ms = [1]\n");
+    let out = env.mythos(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.toml"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("retry_backof_ms"), "{err}");
+}
+
+#[test]
+fn with_no_keys_the_simulated_providers_answer() {
+    let env = TestEnv::new();
+    let out = env.mythos(&["ask", "hello mythos"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        answer_for("hello mythos")
+    );
+    let status = env.mythos(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["simulated"], true);
+    let out = env.mythos(&["daemon", "stop"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_demo_shows_routing_and_failover() {
+    let env = TestEnv::new();
+    let out = env.mythos(&["demo"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("sim-deepseek"), "{all}");
+    assert!(all.contains("sim-anthropic"), "{all}");
+}
