@@ -31,7 +31,13 @@ pub fn bin_dir() -> &'static Path {
         let exe = std::env::current_exe().expect("current exe");
         let dir = exe
             .parent()
-            .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+            .and_then(|d| {
+                if d.ends_with("deps") {
+                    d.parent()
+                } else {
+                    Some(d)
+                }
+            })
             .expect("target dir")
             .to_path_buf();
         // Make sure both binaries exist and are current: cargo test does not build the bins of
@@ -147,7 +153,10 @@ impl TestEnv {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn mythosd");
         let line = read_line_with_timeout(&mut child, Duration::from_secs(20));
-        assert!(line.starts_with("ready "), "mythosd did not start: {line:?}");
+        assert!(
+            line.starts_with("ready "),
+            "mythosd did not start: {line:?}"
+        );
         Daemon { child }
     }
 
@@ -336,7 +345,12 @@ pub async fn mock(name: &str, flavor: Flavor) -> SimProvider {
 }
 
 /// Point the daemon's built-in providers at mocks, the way a user points base URLs at a proxy.
-pub fn use_mocks(env: &mut TestEnv, anthropic: &SimProvider, deepseek: &SimProvider, openai: &SimProvider) {
+pub fn use_mocks(
+    env: &mut TestEnv,
+    anthropic: &SimProvider,
+    deepseek: &SimProvider,
+    openai: &SimProvider,
+) {
     env.var("ANTHROPIC_API_KEY", "key-anthropic")
         .var("ANTHROPIC_BASE_URL", anthropic.base_url())
         .var("DEEPSEEK_API_KEY", "key-deepseek")

@@ -47,7 +47,11 @@ fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("already-running"));
     let status = env.mythos(&["status"]);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     drop(daemon);
 }
 
@@ -68,7 +72,11 @@ fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
     assert_eq!(p1["pid"], p2["pid"], "both talk to the same daemon");
     // Stop it.
     let out = env.mythos(&["daemon", "stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +104,11 @@ async fn a_restart_keeps_the_cooldown() {
     assert_eq!(p.failures, 1);
     let ev = c.chat(ChatRequest::user_text(2, "after restart")).await;
     assert_eq!(mythos_tests::text_of(&ev), answer_for("after restart"));
-    assert_eq!(a.stats().requests, 1, "still cooling down after the restart");
+    assert_eq!(
+        a.stats().requests,
+        1,
+        "still cooling down after the restart"
+    );
 }
 
 #[test]
@@ -115,7 +127,11 @@ fn a_bad_config_file_names_the_file_line_and_field() {
 fn with_no_keys_the_simulated_providers_answer() {
     let env = TestEnv::new();
     let out = env.mythos(&["ask", "hello mythos"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim_end(),
         answer_for("hello mythos")

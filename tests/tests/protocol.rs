@@ -38,9 +38,13 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
     // Garbage bytes (an HTTP request): the length prefix is absurd and rejected before any
     // allocation; the client is told why.
     let mut s = connect_raw(&env.socket).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     match read_reply(s).await {
-        Some(HelloReply::Incompatible { reason, .. }) => assert!(reason.contains("bad hello"), "{reason}"),
+        Some(HelloReply::Incompatible { reason, .. }) => {
+            assert!(reason.contains("bad hello"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     still_serving(&env).await;
@@ -48,12 +52,18 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
     // Oversized length prefix with nothing behind it.
     let mut s = connect_raw(&env.socket).await;
     s.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
-    assert!(matches!(read_reply(s).await, Some(HelloReply::Incompatible { .. })));
+    assert!(matches!(
+        read_reply(s).await,
+        Some(HelloReply::Incompatible { .. })
+    ));
     still_serving(&env).await;
 
     // Wrong magic.
     let s = connect_raw(&env.socket).await;
-    let mut f = Framed::new(s, FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN));
+    let mut f = Framed::new(
+        s,
+        FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN),
+    );
     let mut hello = Hello::new("x", vec![Encoding::Json]);
     hello.magic = "redis".into();
     f.send(hello).await.unwrap();
@@ -65,7 +75,10 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
 
     // Unknown protocol version: the reply names the daemon's build so the user knows to restart.
     let s = connect_raw(&env.socket).await;
-    let mut f = Framed::new(s, FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN));
+    let mut f = Framed::new(
+        s,
+        FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN),
+    );
     let mut hello = Hello::new("9.9.9", vec![Encoding::Bincode]);
     hello.protocol = 99;
     f.send(hello).await.unwrap();
@@ -81,7 +94,10 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
     // A valid hello, then a frame that is not a request: typed protocol error, then close.
     let mut c = RawClient::connect(&env.socket).await;
     let inner = c.framed.get_mut();
-    inner.write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd]).await.unwrap();
+    inner
+        .write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
+        .await
+        .unwrap();
     match c.recv().await {
         Response::Error { kind, .. } => assert_eq!(kind, ErrorKind::Protocol),
         other => panic!("{other:?}"),
@@ -92,8 +108,18 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
 
     // An oversized frame after the hello.
     let mut c = RawClient::connect(&env.socket).await;
-    c.framed.get_mut().write_all(&[0xff, 0, 0, 0]).await.unwrap();
-    assert!(matches!(c.recv().await, Response::Error { kind: ErrorKind::Protocol, .. }));
+    c.framed
+        .get_mut()
+        .write_all(&[0xff, 0, 0, 0])
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.recv().await,
+        Response::Error {
+            kind: ErrorKind::Protocol,
+            ..
+        }
+    ));
     still_serving(&env).await;
 
     // A request the daemon can decode but not serve gets a typed per-stream error.
@@ -101,11 +127,18 @@ async fn bad_input_gets_typed_errors_and_never_stops_the_daemon() {
     let mut empty = ChatRequest::user_text(5, "x");
     empty.messages.clear();
     let ev = c.chat(empty).await;
-    assert!(matches!(ev.last(), Some(StreamEvent::Error { kind: ErrorKind::BadRequest, .. })));
+    assert!(matches!(
+        ev.last(),
+        Some(StreamEvent::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        })
+    ));
 
     // A client that vanishes mid-stream.
     let mut c = RawClient::connect(&env.socket).await;
-    c.send(Request::Chat(ChatRequest::user_text(1, "vanish"))).await;
+    c.send(Request::Chat(ChatRequest::user_text(1, "vanish")))
+        .await;
     drop(c);
     // A client that closes right after connecting, before any hello.
     drop(connect_raw(&env.socket).await);
@@ -127,7 +160,9 @@ async fn json_frames_for_editor_clients() {
     let s = connect_raw(&env.socket).await;
     let mut raw = s;
     let hello = br#"{"magic":"mythos","protocol":1,"build":"vim","encodings":["json"]}"#;
-    raw.write_all(&(hello.len() as u32).to_be_bytes()).await.unwrap();
+    raw.write_all(&(hello.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     raw.write_all(hello).await.unwrap();
     let mut len = [0u8; 4];
     raw.read_exact(&mut len).await.unwrap();
@@ -137,7 +172,9 @@ async fn json_frames_for_editor_clients() {
     assert_eq!(v["accepted"]["encoding"], "json");
     // Unit variants are plain strings in serde's JSON.
     let req2 = br#""status""#;
-    raw.write_all(&(req2.len() as u32).to_be_bytes()).await.unwrap();
+    raw.write_all(&(req2.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     raw.write_all(req2).await.unwrap();
     raw.read_exact(&mut len).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];

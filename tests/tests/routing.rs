@@ -104,7 +104,11 @@ async fn primary_429_with_long_retry_after_falls_back_at_once() {
     let out = w.env.mythos(&["ask", "what is a monad"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim_end(), answer_for("what is a monad"));
-    assert_eq!(w.anthropic.stats().requests, 1, "no retry against a 60 s Retry-After");
+    assert_eq!(
+        w.anthropic.stats().requests,
+        1,
+        "no retry against a 60 s Retry-After"
+    );
     assert_eq!(w.deepseek.stats().completed, 1);
     assert!(started.elapsed() < Duration::from_secs(5));
 
@@ -169,18 +173,27 @@ async fn overloaded_529_is_retried_then_tripped() {
     assert_eq!(done_provider(&ev), "deepseek");
     assert_eq!(w.anthropic.stats().requests, 4, "one try and three retries");
     let status = c.status().await;
-    let a = status.providers.iter().find(|p| p.name == "anthropic").unwrap();
+    let a = status
+        .providers
+        .iter()
+        .find(|p| p.name == "anthropic")
+        .unwrap();
     assert_eq!(a.state, mythos_protocol::BreakerState::Open);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mid_stream_disconnect_continues_with_the_exact_text() {
     let (w, _daemon) = world("").await;
-    w.anthropic.inject([SimFault::DisconnectAfter { tokens: 7 }]);
+    w.anthropic
+        .inject([SimFault::DisconnectAfter { tokens: 7 }]);
     let mut c = w.env.connect().await;
     let prompt = "explain failover";
     let ev = c.chat(ChatRequest::user_text(1, prompt)).await;
-    assert_eq!(text_of(&ev), answer_for(prompt), "no lost and no duplicated text");
+    assert_eq!(
+        text_of(&ev),
+        answer_for(prompt),
+        "no lost and no duplicated text"
+    );
     assert_eq!(
         reroutes(&ev),
         [("anthropic".into(), "deepseek".into(), RerouteMode::Continue)]
@@ -195,10 +208,7 @@ async fn mid_stream_disconnect_continues_with_the_exact_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_onto_anthropic_uses_prefill() {
     // Reverse the order so Anthropic is the fallback and receives an assistant prefill.
-    let (w, _daemon) = world(
-        "[[provider]]\nname = \"anthropic\"\npriority = 5\n",
-    )
-    .await;
+    let (w, _daemon) = world("[[provider]]\nname = \"anthropic\"\npriority = 5\n").await;
     w.deepseek.inject([SimFault::DisconnectAfter { tokens: 9 }]);
     let mut c = w.env.connect().await;
     let prompt = "continue me";
@@ -207,15 +217,28 @@ async fn continuation_onto_anthropic_uses_prefill() {
     let routes = reroutes(&ev);
     assert_eq!(routes[0].0, "deepseek");
     let to = &routes[0].1;
-    let sim = if to == "anthropic" { &w.anthropic } else { &w.openai };
+    let sim = if to == "anthropic" {
+        &w.anthropic
+    } else {
+        &w.openai
+    };
     assert!(sim.stats().completed == 1);
     if to == "anthropic" {
         let req = w.anthropic.requests().pop().unwrap();
-        let last = req.body["messages"].as_array().unwrap().last().unwrap().clone();
+        let last = req.body["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
         assert_eq!(last["role"], "assistant");
         let prefill = last["content"].as_str().unwrap();
         assert!(answer_for(prompt).starts_with(prefill));
-        assert_eq!(prefill, prefill.trim_end(), "prefill never ends in whitespace");
+        assert_eq!(
+            prefill,
+            prefill.trim_end(),
+            "prefill never ends in whitespace"
+        );
     }
 }
 
@@ -263,8 +286,11 @@ async fn malformed_chunks_and_error_events_fail_over() {
     })
     .await;
     assert_eq!(c.recv().await, Response::Ok);
-    w.anthropic.inject([SimFault::ErrorEventAfter { tokens: 2 }]);
-    let ev = c.chat(ChatRequest::user_text(2, "overloaded mid-stream")).await;
+    w.anthropic
+        .inject([SimFault::ErrorEventAfter { tokens: 2 }]);
+    let ev = c
+        .chat(ChatRequest::user_text(2, "overloaded mid-stream"))
+        .await;
     assert_eq!(text_of(&ev), answer_for("overloaded mid-stream"));
     assert!(!reroutes(&ev).is_empty());
 }
@@ -281,7 +307,10 @@ async fn two_clients_share_what_one_learned() {
     assert_eq!(done_provider(&ev), "deepseek");
     let ev = b.chat(ChatRequest::user_text(1, "second")).await;
     assert_eq!(done_provider(&ev), "deepseek");
-    assert!(reroutes(&ev).is_empty(), "the second session never waits on the 429");
+    assert!(
+        reroutes(&ev).is_empty(),
+        "the second session never waits on the 429"
+    );
     assert_eq!(w.anthropic.stats().requests, 1);
 }
 
@@ -323,13 +352,17 @@ async fn pinned_requests_surface_errors_as_they_are() {
             ..
         })
     ));
-    assert_eq!(w.anthropic.stats().requests + w.deepseek.stats().requests, 0);
+    assert_eq!(
+        w.anthropic.stats().requests + w.deepseek.stats().requests,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanishing_client_aborts_the_upstream_request() {
     let (w, _daemon) = world("").await;
-    w.anthropic.set_delays(Duration::from_millis(5), Duration::from_millis(200));
+    w.anthropic
+        .set_delays(Duration::from_millis(5), Duration::from_millis(200));
     let mut c = w.env.connect().await;
     c.send(Request::Chat(ChatRequest::user_text(1, "long answer")))
         .await;
@@ -377,7 +410,14 @@ async fn a_vanishing_client_aborts_the_upstream_request() {
         .expect("upstream aborted on cancel");
     // A cancel is nobody's fault.
     let s = c.status().await;
-    assert_eq!(s.providers.iter().find(|p| p.name == "anthropic").unwrap().failures, 0);
+    assert_eq!(
+        s.providers
+            .iter()
+            .find(|p| p.name == "anthropic")
+            .unwrap()
+            .failures,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@ pub mod delta;
 pub mod error;
 pub mod openai;
 pub mod sse;
+#[cfg(test)]
+mod transcripts;
 
 use std::collections::VecDeque;
 use std::future::Future;

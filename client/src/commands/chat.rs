@@ -1,0 +1,628 @@
+//! `mythos chat`: an interactive conversation.
+//!
+//! On a terminal, lines are edited with rustyline and kept in `history.txt` in the state dir.
+//! When stdin is not a terminal, lines are read as they come, with no prompt, banner or
+//! history, so that a script can pipe a conversation through (one message per line).
+//!
+//! The conversation keeps the user's messages and the daemon's complete answers. A question
+//! whose answer did not complete (Ctrl-C, an error) is dropped together with its partial
+//! answer, so the conversation never holds an unanswered question; rustyline's history still
+//! has it one ↑ away.
+
+use std::io::{self, BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use mythos_protocol::{
+    ChatRequest, Message, Pin, Request, Response, Role, SimFault, StreamEvent, TaskKind,
+};
+use rustyline::error::ReadlineError;
+use rustyline::history::DefaultHistory;
+use rustyline::{Config, Editor};
+use tokio::runtime::Runtime;
+
+use super::demo::PrivateDaemon;
+use super::{print, status, stream_failure, unexpected, Globals};
+use crate::connection::{Connection, Target};
+use crate::error::{Failure, EXIT_OK};
+use crate::render::{footer, status_text, PrinterOptions, StreamPrinter, Style};
+use crate::stream::{self, Ended, Outcome};
+
+/// What `mythos chat` was asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// Start pinned to this provider.
+    pub provider: Option<String>,
+    /// Task kind of every message.
+    pub task: TaskKind,
+    /// Chat with a private simulated daemon.
+    pub demo: bool,
+    /// Show thinking text, dimmed.
+    pub show_thinking: bool,
+}
+
+/// Run the chat.
+pub fn run(rt: &Runtime, g: &Globals, opts: ChatOptions) -> Result<u8, Failure> {
+    if !opts.demo {
+        return repl(rt, g.target.clone(), opts);
+    }
+    let daemon = rt.block_on(PrivateDaemon::start(&g.target.encodings))?;
+    let result = repl(rt, daemon.target().clone(), opts);
+    rt.block_on(daemon.stop());
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversation bookkeeping
+
+/// The messages sent with every request: complete exchanges, plus the question in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    messages: Vec<Message>,
+}
+
+impl Conversation {
+    /// The user asks `text`.
+    pub fn push_user(&mut self, text: &str) {
+        self.messages.push(Message::text(Role::User, text));
+    }
+
+    /// The answer to the pending question completed with `text`. An empty answer cannot be
+    /// sent back to providers, so the exchange is dropped; returns whether it was kept.
+    pub fn answer(&mut self, text: &str) -> bool {
+        if text.is_empty() {
+            self.abandon();
+            return false;
+        }
+        self.messages.push(Message::text(Role::Assistant, text));
+        true
+    }
+
+    /// The pending question got no complete answer: forget it.
+    pub fn abandon(&mut self) {
+        if self.messages.last().is_some_and(|m| m.role == Role::User) {
+            self.messages.pop();
+        }
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+    }
+
+    /// The messages, oldest first.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+/// One line typed by the user, as the REPL understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing (a blank line).
+    Empty,
+    /// A message for the model.
+    Message(String),
+    /// `/exit`, `/quit`.
+    Exit,
+    /// `/help`, `/?`.
+    Help,
+    /// `/provider NAME` pins, `/provider` shows the pin.
+    Provider(Option<String>),
+    /// `/auto`: unpin.
+    Auto,
+    /// `/task KIND`.
+    Task(Option<TaskKind>),
+    /// `/status`.
+    Status,
+    /// `/clear`.
+    Clear,
+    /// `/fault PROVIDER FAULT`: inject a fault into a simulated provider.
+    Fault(String, String),
+    /// Any other `/word`.
+    Unknown(String),
+}
+
+/// Understand one line. A line starting with `//` sends the rest, starting with `/`, as a
+/// message.
+pub fn parse_input(line: &str) -> Input {
+    let line = line.trim();
+    if line.is_empty() {
+        return Input::Empty;
+    }
+    if let Some(literal) = line.strip_prefix("//") {
+        return Input::Message(format!("/{literal}"));
+    }
+    let Some(command) = line.strip_prefix('/') else {
+        return Input::Message(line.to_string());
+    };
+    let mut words = command.split_whitespace();
+    let name = words.next().unwrap_or("");
+    let rest: Vec<&str> = words.collect();
+    match (name, rest.as_slice()) {
+        ("exit" | "quit" | "q", _) => Input::Exit,
+        ("help" | "?", _) => Input::Help,
+        ("provider" | "p", []) => Input::Provider(None),
+        ("provider" | "p", [p, ..]) => Input::Provider(Some((*p).to_string())),
+        ("auto", _) => Input::Auto,
+        ("task", [k, ..]) => Input::Task(parse_task(k)),
+        ("task", []) => Input::Task(None),
+        ("status", _) => Input::Status,
+        ("clear", _) => Input::Clear,
+        ("fault", [p, f, ..]) => Input::Fault((*p).to_string(), (*f).to_string()),
+        _ => Input::Unknown(line.to_string()),
+    }
+}
+
+fn parse_task(s: &str) -> Option<TaskKind> {
+    match s {
+        "chat" => Some(TaskKind::Chat),
+        "code" => Some(TaskKind::Code),
+        "analysis" => Some(TaskKind::Analysis),
+        "background" => Some(TaskKind::Background),
+        _ => None,
+    }
+}
+
+/// The faults `/fault` knows, by the names a user would type.
+pub fn parse_fault(s: &str) -> Option<SimFault> {
+    Some(match s {
+        "429" | "rate-limit" => SimFault::RateLimit {
+            retry_after_ms: 60_000,
+        },
+        "529" | "overloaded" => SimFault::Overloaded,
+        "500" => SimFault::Status { code: 500 },
+        "401" => SimFault::Status { code: 401 },
+        "disconnect" => SimFault::DisconnectAfter { tokens: 12 },
+        "stall" => SimFault::StallAfter { tokens: 12 },
+        "stall-first" => SimFault::StallBeforeFirstToken,
+        "keepalive" => SimFault::KeepAliveOnly,
+        "malformed" => SimFault::MalformedAfter { tokens: 12 },
+        "error-event" => SimFault::ErrorEventAfter { tokens: 12 },
+        _ => return None,
+    })
+}
+
+const HELP: &str = "\
+/provider NAME   send every message to NAME only, with no fallback
+/provider        show the current pin
+/auto            let mythos choose the provider again
+/task KIND       chat, code, analysis or background
+/status          provider health
+/clear           start a new conversation
+/fault P FAULT   simulated providers only: make P fail on its next request
+                 (429, 529, 500, 401, disconnect, stall, stall-first, keepalive,
+                 malformed, error-event)
+/exit            quit (or Ctrl-D)
+//text           send a message that starts with /
+Ctrl-C stops an answer; the question and the partial answer are dropped.
+";
+
+enum ReadLine {
+    Line(String),
+    Interrupted,
+    Eof,
+}
+
+/// Where lines come from: rustyline on a terminal, plain stdin otherwise.
+enum LineSource {
+    Editor {
+        editor: Box<Editor<(), DefaultHistory>>,
+        history: Option<PathBuf>,
+    },
+    Plain(io::StdinLock<'static>),
+}
+
+impl LineSource {
+    fn new() -> LineSource {
+        if !io::stdin().is_terminal() {
+            return LineSource::Plain(io::stdin().lock());
+        }
+        let config = Config::builder()
+            .max_history_size(1000)
+            .and_then(|b| b.history_ignore_dups(true))
+            .map(|b| b.history_ignore_space(true).auto_add_history(false).build())
+            .unwrap_or_default();
+        let Ok(mut editor) = Editor::<(), DefaultHistory>::with_config(config) else {
+            return LineSource::Plain(io::stdin().lock());
+        };
+        let dir = mythos_protocol::paths::state_dir();
+        let history = std::fs::create_dir_all(&dir)
+            .ok()
+            .map(|()| dir.join("history.txt"));
+        if let Some(path) = &history {
+            // A missing file is the normal first run.
+            let _ = editor.load_history(path);
+        }
+        LineSource::Editor {
+            editor: Box::new(editor),
+            history,
+        }
+    }
+
+    fn interactive(&self) -> bool {
+        matches!(self, LineSource::Editor { .. })
+    }
+
+    fn read(&mut self, prompt: &str) -> Result<ReadLine, Failure> {
+        match self {
+            LineSource::Editor { editor, .. } => match editor.readline(prompt) {
+                Ok(line) => Ok(ReadLine::Line(line)),
+                Err(ReadlineError::Interrupted) => Ok(ReadLine::Interrupted),
+                Err(ReadlineError::Eof) => Ok(ReadLine::Eof),
+                Err(e) => Err(Failure::new(format!("cannot read input: {e}"))),
+            },
+            LineSource::Plain(stdin) => {
+                let mut line = String::new();
+                match stdin.read_line(&mut line) {
+                    Ok(0) => Ok(ReadLine::Eof),
+                    Ok(_) => Ok(ReadLine::Line(
+                        line.trim_end_matches(['\n', '\r']).to_string(),
+                    )),
+                    Err(e) => Err(Failure::new(format!("cannot read input: {e}"))),
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, line: &str) {
+        if let LineSource::Editor { editor, history } = self {
+            if editor.add_history_entry(line).unwrap_or(false) {
+                if let Some(path) = history {
+                    // History is a convenience: a read-only state dir must not break the chat.
+                    let _ = editor.append_history(path);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+struct Session<'a> {
+    rt: &'a Runtime,
+    target: Target,
+    conn: Option<Connection>,
+    convo: Conversation,
+    pin: Option<String>,
+    task: TaskKind,
+    show_thinking: bool,
+}
+
+fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> {
+    let conn = rt.block_on(Connection::connect_or_start(&target))?;
+    let mut s = Session {
+        rt,
+        target,
+        conn: Some(conn),
+        convo: Conversation::default(),
+        pin: opts.provider,
+        task: opts.task,
+        show_thinking: opts.show_thinking,
+    };
+    let mut input = LineSource::new();
+    if input.interactive() {
+        s.banner(opts.demo)?;
+    }
+    loop {
+        let prompt = match &s.pin {
+            Some(p) => format!("[{p}]> "),
+            None => "> ".to_string(),
+        };
+        let line = match input.read(&prompt)? {
+            ReadLine::Line(l) => l,
+            // Ctrl-C at the prompt: rustyline has cleared the line.
+            ReadLine::Interrupted => continue,
+            ReadLine::Eof => break,
+        };
+        let parsed = parse_input(&line);
+        if parsed != Input::Empty {
+            input.remember(line.trim());
+        }
+        // Failures inside the loop are reported and the chat goes on.
+        let result = match parsed {
+            Input::Empty => Ok(()),
+            Input::Exit => break,
+            Input::Help => print(HELP),
+            Input::Provider(Some(p)) => {
+                let text = format!("pinned to {p}: no fallback until /auto\n");
+                s.pin = Some(p);
+                print(&text)
+            }
+            Input::Provider(None) => print(&match &s.pin {
+                Some(p) => format!("pinned to {p}\n"),
+                None => "not pinned: mythos chooses the provider\n".to_string(),
+            }),
+            Input::Auto => {
+                s.pin = None;
+                print("mythos chooses the provider again\n")
+            }
+            Input::Task(Some(k)) => {
+                s.task = k;
+                print(&format!("task: {}\n", k.as_str()))
+            }
+            Input::Task(None) => print(&format!(
+                "task: {} (choose chat, code, analysis or background)\n",
+                s.task.as_str()
+            )),
+            Input::Status => s.status(),
+            Input::Clear => {
+                s.convo.clear();
+                print("conversation cleared\n")
+            }
+            Input::Fault(p, f) => s.fault(p, &f),
+            Input::Unknown(c) => print(&format!("unknown command {c}; /help lists them\n")),
+            Input::Message(text) => s.turn(&text),
+        };
+        if let Err(f) = result {
+            if f.message.is_empty() {
+                return Err(f);
+            }
+            f.report();
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+impl Session<'_> {
+    /// The connection, reconnected (and the daemon restarted) if the last one broke.
+    fn connection(&mut self) -> Result<&mut Connection, Failure> {
+        if let Some(conn) = self.conn.take().filter(|c| !c.is_broken()) {
+            return Ok(self.conn.insert(conn));
+        }
+        let conn = self
+            .rt
+            .block_on(Connection::connect_or_start(&self.target))?;
+        Ok(self.conn.insert(conn))
+    }
+
+    fn banner(&mut self, demo: bool) -> Result<(), Failure> {
+        let rt = self.rt;
+        let conn = self.connection()?;
+        let report = rt.block_on(status::fetch(conn))?;
+        let style = Style::stdout();
+        let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
+        let mut line = format!("mythos chat · {}", names.join(", "));
+        if demo {
+            line.push_str(" · private demo daemon");
+        } else if report.simulated {
+            line.push_str(" · simulated (set an API key for real providers)");
+        }
+        print(&format!(
+            "{}\n{}\n",
+            style.bold(&line),
+            style.dim("/help for commands, Ctrl-D to quit")
+        ))
+    }
+
+    fn status(&mut self) -> Result<(), Failure> {
+        let rt = self.rt;
+        let conn = self.connection()?;
+        let report = rt.block_on(status::fetch(conn))?;
+        print(&status_text(&report, Style::stdout()))
+    }
+
+    fn fault(&mut self, provider: String, fault: &str) -> Result<(), Failure> {
+        let Some(fault) = parse_fault(fault) else {
+            return print(&format!("unknown fault {fault}; /help lists them\n"));
+        };
+        let rt = self.rt;
+        let conn = self.connection()?;
+        let req = Request::SimInject {
+            provider: provider.clone(),
+            faults: vec![fault],
+        };
+        match rt.block_on(conn.call(req))? {
+            Response::Ok => print(&format!("{provider} will fail its next request\n")),
+            other => Err(unexpected(other, "ok")),
+        }
+    }
+
+    /// Send the conversation plus `text`, stream the answer, keep it if it completes.
+    fn turn(&mut self, text: &str) -> Result<(), Failure> {
+        self.convo.push_user(text);
+        let result = self.stream_answer();
+        if !matches!(result, Ok(true)) {
+            self.convo.abandon();
+        }
+        result.map(|_| ())
+    }
+
+    /// Returns whether the answer completed (and was added to the conversation).
+    fn stream_answer(&mut self) -> Result<bool, Failure> {
+        let rt = self.rt;
+        let pin = self.pin.clone().map(|p| Pin {
+            provider: Some(p),
+            model: None,
+        });
+        let pinned = pin.is_some();
+        let opts = PrinterOptions::for_terminal(self.show_thinking);
+        for attempt in 0..2 {
+            let messages = self.convo.messages().to_vec();
+            let task = self.task;
+            let conn = self.connection()?;
+            let req = ChatRequest {
+                id: conn.next_id(),
+                messages,
+                system: None,
+                task,
+                pin: pin.clone(),
+                max_tokens: None,
+                temperature: None,
+                tools: Vec::new(),
+            };
+            let mut printer = StreamPrinter::new(io::stdout(), io::stderr(), opts);
+            let ended = {
+                let mut sink = |_id, ev: &StreamEvent| printer.event(ev);
+                rt.block_on(stream::run(conn, req, true, &mut sink))
+            };
+            let turn = match ended {
+                Ok(Ended::Finished(turn)) => turn,
+                // The daemon went away while we were idle: start it again and resend once.
+                Ok(Ended::NotDelivered(_)) if attempt == 0 => {
+                    self.conn = None;
+                    continue;
+                }
+                Ok(Ended::NotDelivered(f)) => {
+                    self.conn = None;
+                    return Err(f);
+                }
+                Ok(Ended::Interrupted) => {
+                    printer.abandon()?;
+                    let style = printer.side_style();
+                    printer.note(&style.dim("(cancelled)"))?;
+                    return Ok(false);
+                }
+                Err(f) => {
+                    printer.abandon()?;
+                    return Err(f);
+                }
+            };
+            return match turn.outcome {
+                Some(Outcome::Done {
+                    usage,
+                    cost_usd,
+                    latency_ms,
+                    provider,
+                    model,
+                    ..
+                }) => {
+                    printer.finish()?;
+                    let style = printer.side_style();
+                    printer.note(
+                        &style.dim(&footer(&provider, &model, latency_ms, usage, cost_usd)),
+                    )?;
+                    let kept = self.convo.answer(&turn.text);
+                    if !kept {
+                        printer.note(&style.dim("(empty answer: not kept in the conversation)"))?;
+                    }
+                    Ok(kept)
+                }
+                Some(Outcome::Failed {
+                    kind,
+                    message,
+                    retry_at_unix_ms,
+                }) => {
+                    printer.abandon()?;
+                    Err(stream_failure(kind, &message, retry_at_unix_ms, pinned))
+                }
+                None => Err(Failure::new("the stream ended without an answer")),
+            };
+        }
+        Err(Failure::new("could not deliver the message to mythosd"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::Turn;
+    use mythos_protocol::{FinishReason, RerouteMode, Usage};
+
+    #[test]
+    fn commands_and_messages() {
+        assert_eq!(parse_input("  "), Input::Empty);
+        assert_eq!(parse_input("hello"), Input::Message("hello".into()));
+        assert_eq!(
+            parse_input("//etc/passwd?"),
+            Input::Message("/etc/passwd?".into())
+        );
+        assert_eq!(parse_input("/exit"), Input::Exit);
+        assert_eq!(parse_input("/quit"), Input::Exit);
+        assert_eq!(
+            parse_input("/provider sim-deepseek"),
+            Input::Provider(Some("sim-deepseek".into()))
+        );
+        assert_eq!(parse_input("/provider"), Input::Provider(None));
+        assert_eq!(parse_input("/auto"), Input::Auto);
+        assert_eq!(parse_input("/task code"), Input::Task(Some(TaskKind::Code)));
+        assert_eq!(parse_input("/task nonsense"), Input::Task(None));
+        assert_eq!(parse_input("/status"), Input::Status);
+        assert_eq!(parse_input("/clear"), Input::Clear);
+        assert_eq!(
+            parse_input("/fault sim-anthropic 429"),
+            Input::Fault("sim-anthropic".into(), "429".into())
+        );
+        assert_eq!(
+            parse_input("/frobnicate"),
+            Input::Unknown("/frobnicate".into())
+        );
+        assert!(matches!(
+            parse_fault("429"),
+            Some(SimFault::RateLimit { .. })
+        ));
+        assert_eq!(parse_fault("nope"), None);
+    }
+
+    fn play(events: &[StreamEvent]) -> Turn {
+        let mut turn = Turn::default();
+        for ev in events {
+            turn.apply(ev);
+        }
+        turn
+    }
+
+    #[test]
+    fn a_restarted_answer_enters_the_conversation_once() {
+        let mut convo = Conversation::default();
+        convo.push_user("what is 6 x 7?");
+        let turn = play(&[
+            StreamEvent::Started {
+                provider: "a".into(),
+                model: "m".into(),
+                attempt: 1,
+            },
+            StreamEvent::TextDelta {
+                text: "It is forty".into(),
+            },
+            StreamEvent::Rerouted {
+                from: "a".into(),
+                to: "b".into(),
+                reason: "tool call cut off".into(),
+                mode: RerouteMode::Restart,
+            },
+            StreamEvent::TextDelta {
+                text: "6 x 7 = 42.".into(),
+            },
+            StreamEvent::Done {
+                finish: FinishReason::Stop,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                latency_ms: 1,
+                provider: "b".into(),
+                model: "m".into(),
+                record: 1,
+            },
+        ]);
+        assert!(convo.answer(&turn.text));
+        assert_eq!(
+            convo.messages(),
+            &[
+                Message::text(Role::User, "what is 6 x 7?"),
+                Message::text(Role::Assistant, "6 x 7 = 42."),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unfinished_answer_leaves_no_trace() {
+        let mut convo = Conversation::default();
+        convo.push_user("q1");
+        assert!(convo.answer("a1"));
+        convo.push_user("q2");
+        // Ctrl-C or an error: the partial answer is not added, the question is dropped.
+        convo.abandon();
+        assert_eq!(convo.messages().len(), 2);
+        // Abandoning with no pending question changes nothing.
+        convo.abandon();
+        assert_eq!(convo.messages().len(), 2);
+        convo.push_user("q3");
+        assert!(!convo.answer(""));
+        assert_eq!(convo.messages().len(), 2);
+        convo.clear();
+        assert!(convo.messages().is_empty());
+    }
+}

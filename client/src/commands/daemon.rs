@@ -1,0 +1,209 @@
+//! `mythos daemon start|stop|restart|status`: manage the shared daemon.
+
+use std::time::{Duration, Instant};
+
+use mythos_protocol::{Request, Response};
+
+use super::{eprint_line, print, status, unexpected, Globals};
+use crate::connection::{nothing_listens, open, ConnectError, Connection};
+use crate::error::{Failure, EXIT_NOT_RUNNING, EXIT_OK};
+
+/// How long `stop` waits for the daemon to go away.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two looks at a stopping daemon.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What to do with the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start it unless it runs.
+    Start,
+    /// Ask it to shut down and wait until it has.
+    Stop,
+    /// Stop, then start.
+    Restart,
+    /// Show its status without ever starting it.
+    Status {
+        /// As JSON.
+        json: bool,
+    },
+}
+
+/// Run `action`.
+pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
+    match action {
+        Action::Start => start(g).await,
+        Action::Stop => stop(g).await,
+        Action::Restart => {
+            stop(g).await?;
+            start(g).await
+        }
+        Action::Status { json } => match Connection::connect(&g.target).await {
+            Err(ConnectError::NotRunning) => {
+                let line = "mythosd is not running";
+                if json {
+                    eprint_line(line);
+                } else {
+                    print(&format!("{line}\n"))?;
+                }
+                Ok(EXIT_NOT_RUNNING)
+            }
+            Err(e) => Err(e.into_failure(&g.target)),
+            Ok(mut conn) => {
+                let report = status::fetch(&mut conn).await?;
+                status::show(&report, json)?;
+                Ok(EXIT_OK)
+            }
+        },
+    }
+}
+
+async fn start(g: &Globals) -> Result<u8, Failure> {
+    let mut conn = Connection::connect_or_start(&g.target).await?;
+    let report = status::fetch(&mut conn).await?;
+    print(&format!(
+        "mythosd running on {} (pid {})\n",
+        g.target.socket.display(),
+        report.pid
+    ))?;
+    Ok(EXIT_OK)
+}
+
+async fn stop(g: &Globals) -> Result<u8, Failure> {
+    let pid = match Connection::connect(&g.target).await {
+        Err(ConnectError::NotRunning) => {
+            print("mythosd is not running\n")?;
+            return Ok(EXIT_OK);
+        }
+        // A daemon of another protocol version cannot be asked in words; a signal works for
+        // any version (SIGTERM is its orderly shutdown).
+        Err(ConnectError::Incompatible {
+            build,
+            pid: Some(pid),
+            ..
+        }) => {
+            terminate(pid, &build)?;
+            Some(pid)
+        }
+        Err(ConnectError::Incompatible { build, .. }) => {
+            return Err(Failure::new(format!(
+                "mythosd {build} speaks another protocol and cannot be asked to stop by this client"
+            ))
+            .hint("stop it with the mythos of its version, or end the mythosd process"))
+        }
+        Err(e) => return Err(e.into_failure(&g.target)),
+        Ok(mut conn) => {
+            let pid = match status::fetch(&mut conn).await {
+                Ok(report) => Some(report.pid),
+                Err(_) => conn.daemon_pid,
+            };
+            match conn.call(Request::Shutdown).await? {
+                Response::Ok => {}
+                other => return Err(unexpected(other, "ok")),
+            }
+            pid
+        }
+    };
+    let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+    match wait_until_stopped(g, pid).await? {
+        true => print(&format!("mythosd stopped{pid_text}\n"))?,
+        false => print(&format!(
+            "mythosd stopped accepting connections and is finishing the streams in flight{pid_text}\n"
+        ))?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// Wait until the socket refuses connections, then (where we can see processes) until the
+/// process has exited. Returns false if it still runs, draining, at the deadline.
+async fn wait_until_stopped(g: &Globals, pid: Option<u32>) -> Result<bool, Failure> {
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match open(&g.target.socket).await {
+            Err(e) if nothing_listens(&e) => break,
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "cannot check on mythosd at {}: {e}",
+                    g.target.socket.display()
+                )))
+            }
+            Ok(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(format!(
+                "mythosd still accepts connections {} s after being asked to stop",
+                STOP_TIMEOUT.as_secs()
+            ))
+            .hint("try again, or end the mythosd process"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let Some(pid) = pid else { return Ok(true) };
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn terminate(pid: u32, build: &str) -> Result<(), Failure> {
+    let p = i32::try_from(pid).map_err(|_| Failure::new(format!("bad pid {pid}")))?;
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(p, libc::SIGTERM) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Failure::new(format!(
+            "cannot stop mythosd {build} (pid {pid}): {e}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn terminate(pid: u32, build: &str) -> Result<(), Failure> {
+    Err(Failure::new(format!(
+        "mythosd {build} (pid {pid}) speaks another protocol and cannot be asked to stop by this client"
+    ))
+    .hint("end the mythosd process (Task Manager), then run the command again"))
+}
+
+/// Whether process `pid` still exists (and is not a zombie waiting for its parent).
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    if unsafe { libc::kill(p, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state; Z and X are dead.
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            return !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'));
+        }
+    }
+    true
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    false
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+}

@@ -1,0 +1,33 @@
+//! `mythos status`: the daemon's view of every provider.
+
+use mythos_protocol::{Request, Response, StatusReport};
+
+use super::{print, print_json, unexpected, Globals};
+use crate::connection::Connection;
+use crate::error::{Failure, EXIT_OK};
+use crate::render::{status_text, Style};
+
+/// Show the status report (starting the daemon if needed).
+pub async fn run(g: &Globals, json: bool) -> Result<u8, Failure> {
+    let mut conn = Connection::connect_or_start(&g.target).await?;
+    let report = fetch(&mut conn).await?;
+    show(&report, json)?;
+    Ok(EXIT_OK)
+}
+
+/// Ask for the status report.
+pub async fn fetch(conn: &mut Connection) -> Result<StatusReport, Failure> {
+    match conn.call(Request::Status).await? {
+        Response::Status(report) => Ok(report),
+        other => Err(unexpected(other, "a status report")),
+    }
+}
+
+/// Print the report as a table, or as JSON.
+pub fn show(report: &StatusReport, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(report)
+    } else {
+        print(&status_text(report, Style::stdout()))
+    }
+}

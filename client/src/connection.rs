@@ -1,0 +1,610 @@
+//! Reaching mythosd: connect to its socket, say hello, exchange frames, and start the daemon
+//! when nothing listens.
+//!
+//! Readiness is always observed, never guessed: a daemon we start tells us on its stdout when
+//! its socket accepts connections (`--notify-stdout`), and a daemon started by someone else is
+//! ready once a hello succeeds.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::traits::StreamCommon as _;
+use mythos_protocol::codec::{CodecError, FrameCodec};
+use mythos_protocol::{
+    Encoding, Hello, HelloReply, Request, RequestId, Response, MAX_FRAME_LEN, MAX_HELLO_LEN,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::codec::Framed;
+
+use crate::error::{Failure, EXIT_INCOMPATIBLE};
+
+/// This client's build, sent in the hello and shown on a version mismatch.
+pub const BUILD: &str = env!("CARGO_PKG_VERSION");
+
+/// Environment variable naming the `mythosd` binary to start.
+pub const DAEMON_BIN_ENV: &str = "MYTHOSD_BIN";
+
+/// How long a daemon may take to answer the hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon we started may take to report readiness.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `already-running`: how long the other daemon gets to start accepting connections.
+const ALREADY_RUNNING_GRACE: Duration = Duration::from_secs(3);
+/// Overall bound on starting a daemon, including waiting for a previous one to finish exiting.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a non-stream request (status, why, ...) may take to be answered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the daemon is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Socket path (a pipe name on Windows).
+    pub socket: PathBuf,
+    /// Encodings offered in the hello, most preferred first.
+    pub encodings: Vec<Encoding>,
+}
+
+/// Why connecting (without starting anything) failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Nothing listens on the socket: it does not exist or refuses connections.
+    NotRunning,
+    /// The socket exists but connecting failed otherwise (permissions, ...).
+    Io(io::Error),
+    /// A daemon answered, but speaks another protocol version.
+    Incompatible {
+        /// Its build.
+        build: String,
+        /// Its protocol version.
+        protocol: u32,
+        /// Its explanation.
+        reason: String,
+        /// Its process id, if the OS tells us the peer of a local socket.
+        pid: Option<u32>,
+    },
+    /// Something answered, but the hello did not complete.
+    Handshake(String),
+}
+
+impl ConnectError {
+    /// The message to show for this error.
+    pub fn into_failure(self, target: &Target) -> Failure {
+        match self {
+            ConnectError::NotRunning => Failure::new(format!(
+                "mythosd is not running on {}",
+                target.socket.display()
+            ))
+            .hint("`mythos daemon start` starts it"),
+            ConnectError::Io(e) => Failure::new(format!(
+                "cannot connect to mythosd at {}: {e}",
+                target.socket.display()
+            ))
+            .hint("check the socket path (--socket or MYTHOS_SOCKET) and its permissions"),
+            // Same protocol, yet refused (an encoding we cannot speak, say): the reason is all
+            // there is to tell.
+            ConnectError::Incompatible {
+                build,
+                protocol,
+                reason,
+                ..
+            } if protocol == PROTOCOL_VERSION => {
+                Failure::new(format!("mythosd {build} refused this client: {reason}"))
+                    .code(EXIT_INCOMPATIBLE)
+            }
+            ConnectError::Incompatible {
+                build, protocol, ..
+            } => Failure::new(format!(
+                "mythosd {build} is running (protocol {protocol}); this client is {BUILD} \
+                 (protocol {PROTOCOL_VERSION}). Run `mythos daemon restart`."
+            ))
+            .code(EXIT_INCOMPATIBLE),
+            ConnectError::Handshake(why) => Failure::new(format!(
+                "protocol error talking to {}: {why}",
+                target.socket.display()
+            ))
+            .hint(
+                "is a mythosd of this version listening there? `mythos daemon restart` replaces it",
+            ),
+        }
+    }
+}
+
+/// An open, greeted connection to mythosd.
+pub struct Connection {
+    framed: Framed<Stream, FrameCodec<Response, Request>>,
+    /// The daemon's build, from its hello.
+    pub daemon_build: String,
+    /// The daemon's process id, when the OS reports the socket's peer.
+    pub daemon_pid: Option<u32>,
+    next_id: RequestId,
+    broken: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("daemon_build", &self.daemon_build)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open the socket, without any hello.
+pub async fn open(socket: &Path) -> io::Result<Stream> {
+    #[cfg(unix)]
+    let name = {
+        use interprocess::local_socket::{GenericFilePath, ToFsName};
+        socket.to_fs_name::<GenericFilePath>()?
+    };
+    #[cfg(windows)]
+    let name = {
+        use interprocess::local_socket::{GenericNamespaced, ToNsName};
+        socket
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned()
+            .to_ns_name::<GenericNamespaced>()?
+    };
+    Stream::connect(name).await
+}
+
+/// Whether a connect error means that no daemon listens (as opposed to one we cannot reach).
+pub fn nothing_listens(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
+}
+
+impl Connection {
+    /// Connect and say hello; never starts a daemon.
+    pub async fn connect(target: &Target) -> Result<Connection, ConnectError> {
+        let stream = match open(&target.socket).await {
+            Ok(s) => s,
+            Err(e) if nothing_listens(&e) => return Err(ConnectError::NotRunning),
+            Err(e) => return Err(ConnectError::Io(e)),
+        };
+        handshake(stream, &target.encodings).await
+    }
+
+    /// Connect, starting mythosd first if nothing listens on the socket.
+    pub async fn connect_or_start(target: &Target) -> Result<Connection, Failure> {
+        match Connection::connect(target).await {
+            Ok(c) => Ok(c),
+            Err(ConnectError::NotRunning) => start_and_connect(target).await,
+            Err(e) => Err(e.into_failure(target)),
+        }
+    }
+
+    /// A fresh request id for a chat stream on this connection.
+    pub fn next_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Whether the connection failed and must be replaced.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Mark the connection unusable (a stream was abandoned half-read).
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Send one request.
+    pub async fn send(&mut self, req: Request) -> Result<(), Failure> {
+        match self.framed.send(req).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                Err(lost(Some(e)))
+            }
+        }
+    }
+
+    /// Receive the next response.
+    pub async fn recv(&mut self) -> Result<Response, Failure> {
+        match self.framed.next().await {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => {
+                self.broken = true;
+                Err(lost(Some(e)))
+            }
+            None => {
+                self.broken = true;
+                Err(lost(None))
+            }
+        }
+    }
+
+    /// Send a non-stream request and wait for its answer (stream events in between, which can
+    /// only belong to abandoned streams, are skipped).
+    pub async fn call(&mut self, req: Request) -> Result<Response, Failure> {
+        self.send(req).await?;
+        let answer = async {
+            loop {
+                match self.recv().await? {
+                    Response::Event { .. } => continue,
+                    other => return Ok(other),
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.broken = true;
+                Err(Failure::new(format!(
+                    "mythosd did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))
+                .hint("it may be overloaded or stuck; `mythos daemon restart` replaces it"))
+            }
+        }
+    }
+}
+
+/// The failure for a connection that broke under us.
+fn lost(e: Option<CodecError>) -> Failure {
+    let hint = format!(
+        "mythosd may have stopped or crashed; its log is in {}",
+        daemon_log_dir().display()
+    );
+    match e {
+        None | Some(CodecError::Io(_)) => {
+            let detail = match e {
+                Some(CodecError::Io(io)) => format!(" ({io})"),
+                _ => String::new(),
+            };
+            Failure::new(format!("lost the connection to mythosd{detail}")).hint(hint)
+        }
+        Some(e) => Failure::new(format!("protocol error talking to mythosd: {e}")).hint(
+            "the daemon and this client may be different versions; try `mythos daemon restart`",
+        ),
+    }
+}
+
+/// Where the daemon writes its logs (for hints).
+pub fn daemon_log_dir() -> PathBuf {
+    // MYTHOS_STATE_DIR is the daemon's own override of the state directory.
+    std::env::var_os("MYTHOS_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(mythos_protocol::paths::state_dir)
+        .join("logs")
+}
+
+/// The config file the daemon reads (for hints).
+pub fn daemon_config_path() -> PathBuf {
+    std::env::var_os("MYTHOS_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(mythos_protocol::paths::config_path)
+}
+
+async fn handshake(stream: Stream, encodings: &[Encoding]) -> Result<Connection, ConnectError> {
+    // Ask the OS who is on the other end before the stream disappears into the codec; this is
+    // what lets `mythos daemon stop` stop a daemon of another protocol version.
+    let pid = stream
+        .peer_creds()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok());
+    let mut framed = Framed::new(
+        stream,
+        FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN),
+    );
+    let exchange = async {
+        framed.send(Hello::new(BUILD, encodings.to_vec())).await?;
+        framed.next().await.transpose()
+    };
+    let reply = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+        Err(_) => {
+            return Err(ConnectError::Handshake(format!(
+                "no answer to the hello within {} s",
+                HELLO_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(ConnectError::Handshake(format!("hello failed: {e}"))),
+        Ok(Ok(None)) => {
+            return Err(ConnectError::Handshake(
+                "the connection closed during the hello".into(),
+            ))
+        }
+        Ok(Ok(Some(reply))) => reply,
+    };
+    match reply {
+        HelloReply::Accepted {
+            build, encoding, ..
+        } => {
+            if !encodings.contains(&encoding) {
+                return Err(ConnectError::Handshake(format!(
+                    "the daemon chose {encoding:?}, which this client did not offer"
+                )));
+            }
+            Ok(Connection {
+                framed: framed.map_codec(|_| FrameCodec::new(encoding, MAX_FRAME_LEN)),
+                daemon_build: build,
+                daemon_pid: pid,
+                next_id: 0,
+                broken: false,
+            })
+        }
+        HelloReply::Incompatible {
+            protocol,
+            build,
+            reason,
+        } => Err(ConnectError::Incompatible {
+            build,
+            protocol,
+            reason,
+            pid,
+        }),
+    }
+}
+
+/// Connect, retrying for `grace` while nothing listens or the hello fails (a daemon that just
+/// reported `already-running` may still be binding, or be on its way out).
+pub async fn connect_with_retry(
+    target: &Target,
+    grace: Duration,
+) -> Result<Connection, ConnectError> {
+    let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match Connection::connect(target).await {
+            Ok(c) => return Ok(c),
+            Err(e @ ConnectError::Incompatible { .. }) => return Err(e),
+            Err(e) if Instant::now() + pause > deadline => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting the daemon
+
+/// The one line a daemon started with `--notify-stdout` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    /// `ready <socket>`: the socket accepts connections.
+    Ready(String),
+    /// `already-running <socket>`: another daemon owns the socket.
+    AlreadyRunning(String),
+    /// `error <message>`: the daemon could not start.
+    Error(String),
+}
+
+/// Parse the readiness line; `None` for anything else.
+pub fn parse_notify(line: &str) -> Option<Notify> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "ready" => Some(Notify::Ready(rest.to_string())),
+        "already-running" => Some(Notify::AlreadyRunning(rest.to_string())),
+        "error" => Some(Notify::Error(rest.to_string())),
+        _ => None,
+    }
+}
+
+/// What became of a daemon we spawned.
+#[derive(Debug)]
+pub enum Started {
+    /// It printed its line.
+    Line(Notify),
+    /// It closed stdout without a line (crashed, or not a mythosd).
+    Exited(Option<ExitStatus>, String),
+    /// It printed nothing in time (it was killed).
+    TimedOut,
+}
+
+/// Locate the `mythosd` binary: `$MYTHOSD_BIN`, else next to this executable, else on `PATH`.
+pub fn find_daemon() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os(DAEMON_BIN_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let name = format!("mythosd{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)));
+    if let Some(p) = beside.as_ref().filter(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(&name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let looked = beside.map_or_else(String::new, |p| format!(" at {} and", p.display()));
+    Err(
+        Failure::new(format!("cannot find mythosd (looked{looked} on PATH)")).hint(format!(
+            "install it (`cargo install --path daemon`, or `cargo build -p mythosd` next to this \
+             binary), or point {DAEMON_BIN_ENV} at it"
+        )),
+    )
+}
+
+/// A command running `mythosd --notify-stdout` with the plumbing a readiness line needs: no
+/// stdin, stdout piped to us, stderr discarded (the daemon logs to its state dir).
+pub fn daemon_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--notify-stdout")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Spawn `cmd` and wait for its readiness line.
+pub async fn spawn_and_wait(mut cmd: Command, bin: &Path) -> Result<(Started, Child), Failure> {
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::new(format!("cannot start {}: {e}", bin.display()))
+            .hint(format!("set {DAEMON_BIN_ENV} to the mythosd binary to use"))
+    })?;
+    let Some(stdout) = child.stdout.take() else {
+        return Err(Failure::new("cannot read mythosd's readiness line"));
+    };
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    let started = match tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => {
+            // It has had its chance; do not leave a half-started daemon holding the socket.
+            let _ = child.start_kill();
+            Started::TimedOut
+        }
+        Ok(Err(_)) | Ok(Ok(0)) => {
+            let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            Started::Exited(status, String::new())
+        }
+        Ok(Ok(_)) => match parse_notify(&line) {
+            Some(n) => Started::Line(n),
+            None => Started::Exited(None, line.trim().to_string()),
+        },
+    };
+    Ok((started, child))
+}
+
+/// Turn a start outcome other than ready/already-running into the failure to show.
+pub fn start_failure(started: Started, bin: &Path, socket: &Path) -> Failure {
+    let how = format!(
+        "run `{} --foreground --socket {}` to see why",
+        bin.display(),
+        socket.display()
+    );
+    match started {
+        Started::Line(Notify::Error(msg)) => {
+            Failure::new(format!("mythosd could not start: {msg}"))
+        }
+        Started::Exited(status, junk) => {
+            let status = status.map_or_else(String::new, |s| format!(" ({s})"));
+            let junk = if junk.is_empty() {
+                String::new()
+            } else {
+                format!("; it printed {junk:?}")
+            };
+            Failure::new(format!("mythosd exited before it was ready{status}{junk}")).hint(format!(
+                "{how}; its log is in {}",
+                daemon_log_dir().display()
+            ))
+        }
+        Started::TimedOut => Failure::new(format!(
+            "mythosd did not become ready within {} s",
+            READY_TIMEOUT.as_secs()
+        ))
+        .hint(how),
+        Started::Line(other) => Failure::new(format!("unexpected readiness line {other:?}")),
+    }
+}
+
+/// Start the shared daemon for `target` and connect to it.
+async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
+    let bin = find_daemon()?;
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let mut cmd = daemon_command(&bin);
+        cmd.arg("--socket").arg(&target.socket);
+        // Its own process group: the daemon outlives this client and the terminal's Ctrl-C.
+        #[cfg(unix)]
+        cmd.process_group(0);
+        #[cfg(windows)]
+        {
+            const DETACHED_PROCESS: u32 = 0x0000_0008;
+            const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+            cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+        }
+        let (started, _child) = spawn_and_wait(cmd, &bin).await?;
+        // `_child` is dropped without waiting: the daemon keeps running on its own.
+        match started {
+            Started::Line(Notify::Ready(_)) => {
+                return connect_with_retry(target, ALREADY_RUNNING_GRACE)
+                    .await
+                    .map_err(|e| e.into_failure(target));
+            }
+            Started::Line(Notify::AlreadyRunning(_)) => {
+                // Someone else started one at the same moment, or one is on its way out and
+                // still holds the socket. Connect when it is ready; start again once it is gone.
+                match connect_with_retry(target, ALREADY_RUNNING_GRACE).await {
+                    Ok(c) => return Ok(c),
+                    Err(e @ ConnectError::Incompatible { .. }) => {
+                        return Err(e.into_failure(target))
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(e.into_failure(target).hint(
+                            "another mythosd holds the socket but does not accept connections",
+                        ))
+                    }
+                    Err(_) => continue,
+                }
+            }
+            other => return Err(start_failure(other, &bin, &target.socket)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_lines() {
+        assert_eq!(
+            parse_notify("ready /run/user/1/mythos/mythosd.sock\n"),
+            Some(Notify::Ready("/run/user/1/mythos/mythosd.sock".into()))
+        );
+        assert_eq!(
+            parse_notify("already-running /tmp/a b.sock"),
+            Some(Notify::AlreadyRunning("/tmp/a b.sock".into()))
+        );
+        assert_eq!(
+            parse_notify("error config.toml line 3: unknown field `x`"),
+            Some(Notify::Error(
+                "config.toml line 3: unknown field `x`".into()
+            ))
+        );
+        assert_eq!(parse_notify("hello"), None);
+        assert_eq!(parse_notify(""), None);
+    }
+
+    #[test]
+    fn start_failures_carry_the_daemons_words() {
+        let f = start_failure(
+            Started::Line(Notify::Error("config.toml line 3: bad".into())),
+            Path::new("mythosd"),
+            Path::new("/s"),
+        );
+        assert_eq!(
+            f.message,
+            "mythosd could not start: config.toml line 3: bad"
+        );
+        assert_eq!(f.code, 1);
+        let f = start_failure(Started::TimedOut, Path::new("mythosd"), Path::new("/s"));
+        assert!(f.hint.unwrap().contains("--foreground"));
+    }
+
+    #[test]
+    fn refused_and_missing_mean_not_running() {
+        assert!(nothing_listens(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(nothing_listens(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!nothing_listens(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+    }
+}

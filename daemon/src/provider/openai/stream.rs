@@ -1,0 +1,177 @@
+//! Decoder for OpenAI Chat Completions chunks (also DeepSeek and OpenAI-compatible servers).
+//!
+//! Only choice 0 is read (the daemon never asks for `n > 1`). DeepSeek's `reasoning_content`
+//! becomes thinking; the final chunk with `"choices":[]` carries usage; `[DONE]` ends the
+//! stream. Servers report failures mid-stream as a chunk with an `error` object.
+
+use mythos_protocol::{FinishReason, Usage};
+use serde::Deserialize;
+
+use crate::provider::decode::WireDecoder;
+use crate::provider::delta::Delta;
+use crate::provider::error::{kind_for_error_type, ProviderError};
+use crate::provider::sse::SseEvent;
+
+/// State of one chat-completions stream.
+#[derive(Debug, Default)]
+pub struct OpenAiDecoder {
+    model_seen: bool,
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<ChoiceDelta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<Function>,
+}
+
+#[derive(Deserialize)]
+struct Function {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(rename = "type", default)]
+    ty: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+fn finish_reason(s: &str) -> FinishReason {
+    match s {
+        "stop" => FinishReason::Stop,
+        "length" => FinishReason::MaxTokens,
+        "tool_calls" | "function_call" => FinishReason::ToolUse,
+        "content_filter" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_string()),
+    }
+}
+
+impl WireDecoder for OpenAiDecoder {
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
+        if ev.data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let chunk: Chunk = serde_json::from_str(&ev.data)
+            .map_err(|e| ProviderError::malformed(format!("chat completion chunk: {e}")))?;
+        if let Some(e) = chunk.error {
+            let ty = e
+                .ty
+                .or_else(|| e.code.and_then(|c| c.as_str().map(str::to_string)))
+                .unwrap_or_else(|| "server_error".into());
+            return Err(ProviderError::new(
+                kind_for_error_type(&ty),
+                format!("stream error {ty}: {}", e.message.unwrap_or_default()),
+            ));
+        }
+        if !self.model_seen {
+            if let Some(m) = chunk.model.filter(|m| !m.is_empty()) {
+                self.model_seen = true;
+                out.push(Delta::Model(m));
+            }
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(d) = choice.delta {
+                if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
+                    out.push(Delta::Thinking(t));
+                }
+                if let Some(t) = d.content.filter(|t| !t.is_empty()) {
+                    out.push(Delta::Text(t));
+                }
+                if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
+                    out.push(Delta::Text(t));
+                }
+                for call in d.tool_calls.unwrap_or_default() {
+                    let (name, args) = match call.function {
+                        Some(f) => (f.name, f.arguments),
+                        None => (None, None),
+                    };
+                    if call.id.is_some() || name.is_some() {
+                        out.push(Delta::ToolCallStart {
+                            index: call.index,
+                            id: call.id.unwrap_or_default(),
+                            name: name.unwrap_or_default(),
+                        });
+                    }
+                    if let Some(a) = args.filter(|a| !a.is_empty()) {
+                        out.push(Delta::ToolCallArgs {
+                            index: call.index,
+                            json: a,
+                        });
+                    }
+                }
+            }
+            if let Some(r) = choice.finish_reason {
+                out.push(Delta::Finish(finish_reason(&r)));
+            }
+        }
+        if let Some(u) = chunk.usage {
+            out.push(Delta::Usage(Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+            }));
+        }
+        Ok(())
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn terminator(&self) -> &'static str {
+        "[DONE]"
+    }
+}

@@ -1,0 +1,261 @@
+//! The recorded transcripts from the official SDKs' test suites (`daemon/testdata/sse/`),
+//! decoded whole, split at every byte boundary, and fed one byte at a time.
+
+use mythos_protocol::{ErrorKind, FinishReason, Usage};
+
+use super::anthropic::stream::AnthropicDecoder;
+use super::decode::{StreamDecoder, WireDecoder};
+use super::delta::Delta;
+use super::openai::stream::OpenAiDecoder;
+use super::ProviderError;
+
+macro_rules! transcript {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sse/", $name))
+    };
+}
+
+/// Everything a decoded stream amounts to.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    model: Option<String>,
+    text: String,
+    thinking: String,
+    tools: Vec<(u32, String, String, String)>,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    keep_alives: usize,
+}
+
+fn fold(deltas: Vec<Delta>) -> Outcome {
+    let mut o = Outcome::default();
+    for d in deltas {
+        match d {
+            Delta::Model(m) => o.model = Some(m),
+            Delta::Text(t) => o.text.push_str(&t),
+            Delta::Thinking(t) => o.thinking.push_str(&t),
+            Delta::ToolCallStart { index, id, name } => {
+                o.tools.push((index, id, name, String::new()))
+            }
+            Delta::ToolCallArgs { index, json } => {
+                let t = o.tools.iter_mut().find(|t| t.0 == index).expect("args before start");
+                t.3.push_str(&json);
+            }
+            Delta::Usage(u) => o.usage = Some(u),
+            Delta::Finish(f) => o.finish = Some(f),
+            Delta::KeepAlive => o.keep_alives += 1,
+        }
+    }
+    o
+}
+
+fn run<D: WireDecoder>(make: impl Fn() -> D, chunks: &[&[u8]]) -> Result<Outcome, ProviderError> {
+    let mut dec = StreamDecoder::new(make());
+    let mut out = Vec::new();
+    for c in chunks {
+        dec.push(c, &mut out)?;
+    }
+    dec.finish(&mut out)?;
+    Ok(fold(out))
+}
+
+/// Decode whole, at every split point, and byte by byte; all must agree.
+fn decode_all_ways<D: WireDecoder>(
+    make: impl Fn() -> D,
+    bytes: &[u8],
+) -> Result<Outcome, ProviderError> {
+    let whole = run(&make, &[bytes]);
+    for i in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(i);
+        assert_eq!(run(&make, &[a, b]), whole, "split at byte {i}");
+    }
+    let bytes_each: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(run(&make, &bytes_each), whole, "one byte at a time");
+    whole
+}
+
+fn anthropic(bytes: &[u8]) -> Result<Outcome, ProviderError> {
+    decode_all_ways(AnthropicDecoder::default, bytes)
+}
+
+fn openai(bytes: &[u8]) -> Result<Outcome, ProviderError> {
+    decode_all_ways(OpenAiDecoder::default, bytes)
+}
+
+#[test]
+fn anthropic_basic_text_with_ping() {
+    let o = anthropic(transcript!("anthropic_basic_text_with_ping.sse")).unwrap();
+    assert_eq!(o.text, "Hello there!");
+    assert_eq!(o.model.as_deref(), Some("claude-3-opus-latest"));
+    assert_eq!(o.finish, Some(FinishReason::Stop));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 11, output_tokens: 6 }));
+    assert_eq!(o.keep_alives, 1, "the ping");
+}
+
+#[test]
+fn anthropic_tool_use() {
+    let o = anthropic(transcript!("anthropic_tool_use_input_json_delta.sse")).unwrap();
+    assert_eq!(o.text, "I'll check the current weather in Paris for you.");
+    assert_eq!(
+        o.tools,
+        [(
+            0,
+            "toolu_01NRLabsLyVHZPKxbKvkfSMn".to_string(),
+            "get_weather".to_string(),
+            r#"{"location": "Paris"}"#.to_string()
+        )]
+    );
+    assert_eq!(o.finish, Some(FinishReason::ToolUse));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 377, output_tokens: 65 }));
+}
+
+#[test]
+fn anthropic_refusal() {
+    let o = anthropic(transcript!("anthropic_refusal_response.sse")).unwrap();
+    assert_eq!(o.text, "");
+    assert_eq!(o.finish, Some(FinishReason::Refusal));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 20, output_tokens: 0 }));
+}
+
+#[test]
+fn anthropic_overloaded_error_event() {
+    let e = anthropic(transcript!("anthropic_error_event_overloaded.sse")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Overloaded);
+    assert!(e.message.contains("Overloaded"), "{}", e.message);
+}
+
+#[test]
+fn openai_text_usage_and_done() {
+    let o = openai(transcript!("openai_chat_text_usage_final_chunk_DONE.sse")).unwrap();
+    assert_eq!(
+        o.text,
+        "I'm unable to provide real-time weather updates. To get the current weather in San \
+         Francisco, I recommend checking a reliable weather website or a weather app."
+    );
+    assert_eq!(o.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(o.finish, Some(FinishReason::Stop));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 14, output_tokens: 30 }));
+}
+
+#[test]
+fn openai_finish_length() {
+    let o = openai(transcript!("openai_chat_finish_length_usage.sse")).unwrap();
+    assert_eq!(o.text, "{\"");
+    assert_eq!(o.finish, Some(FinishReason::MaxTokens));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 79, output_tokens: 1 }));
+}
+
+#[test]
+fn openai_tool_call_fragments() {
+    let o = openai(transcript!("openai_chat_tool_call_args_fragments.sse")).unwrap();
+    assert_eq!(
+        o.tools,
+        [(
+            0,
+            "call_c91SqDXlYFuETYv8mUHzz6pp".to_string(),
+            "GetWeatherArgs".to_string(),
+            r#"{"city":"Edinburgh","country":"UK","units":"c"}"#.to_string()
+        )]
+    );
+    assert_eq!(o.text, "");
+    assert_eq!(o.finish, Some(FinishReason::ToolUse));
+    assert_eq!(o.usage, Some(Usage { input_tokens: 76, output_tokens: 24 }));
+}
+
+#[test]
+fn openai_n3_reads_choice_zero_only() {
+    let o = openai(transcript!("openai_chat_multiple_choices_n3.sse")).unwrap();
+    let expected: String = {
+        // Choice 0's content, reassembled independently of the decoder.
+        let text = std::str::from_utf8(transcript!("openai_chat_multiple_choices_n3.sse")).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .flat_map(|v| v["choices"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["index"] == 0)
+            .filter_map(|c| c["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(expected.starts_with("{\"city\":\"San Francisco\""), "{expected}");
+    assert_eq!(o.text, expected);
+    assert_eq!(o.finish, Some(FinishReason::Stop));
+}
+
+#[test]
+fn truncated_streams_fail() {
+    for (name, bytes, cut) in [
+        ("anthropic", &transcript!("anthropic_basic_text_with_ping.sse")[..], "event: message_stop"),
+        ("openai", &transcript!("openai_chat_text_usage_final_chunk_DONE.sse")[..], "data: [DONE]"),
+    ] {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let short = &text[..text.find(cut).unwrap()];
+        let r = if name == "anthropic" {
+            run(AnthropicDecoder::default, &[short.as_bytes()])
+        } else {
+            run(OpenAiDecoder::default, &[short.as_bytes()])
+        };
+        assert_eq!(r.unwrap_err().kind, ErrorKind::Truncated, "{name}");
+        // An empty body too.
+        assert_eq!(
+            run(AnthropicDecoder::default, &[]).unwrap_err().kind,
+            ErrorKind::Truncated
+        );
+    }
+}
+
+#[test]
+fn line_endings_do_not_matter() {
+    let lf = transcript!("anthropic_tool_use_input_json_delta.sse");
+    let base = anthropic(lf).unwrap();
+    let text = std::str::from_utf8(lf).unwrap();
+    let crlf = text.replace('\n', "\r\n");
+    let cr = text.replace('\n', "\r");
+    assert_eq!(anthropic(crlf.as_bytes()).unwrap(), base);
+    assert_eq!(anthropic(cr.as_bytes()).unwrap(), base);
+    // A BOM at the start is not part of the first field name.
+    let bom = [&b"\xEF\xBB\xBF"[..], lf].concat();
+    assert_eq!(anthropic(&bom).unwrap(), base);
+}
+
+#[test]
+fn deepseek_reasoning_and_keep_alive() {
+    let body = b": keep-alive\n\n: keep-alive\n\n\
+        data: {\"model\":\"deepseek-reasoner\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"reasoning_content\":\"Think \"},\"finish_reason\":null}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":null,\"reasoning_content\":\"h\xc3\xa9\xf0\x9f\x9a\x80\"}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"h\xc3\xa9llo \xf0\x9f\x9a\x80\",\"reasoning_content\":null}}]}\n\n\
+        data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n\
+        data: [DONE]\n\n";
+    let o = openai(body).unwrap();
+    assert_eq!(o.thinking, "Think h\u{e9}\u{1f680}");
+    assert_eq!(o.text, "h\u{e9}llo \u{1f680}");
+    assert_eq!(o.keep_alives, 2);
+    assert_eq!(o.usage, Some(Usage { input_tokens: 3, output_tokens: 4 }));
+}
+
+#[test]
+fn in_stream_openai_error() {
+    let body = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+        data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
+    let e = openai(body).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ServerError);
+}
+
+#[test]
+fn malformed_json_and_oversized_lines() {
+    let e = openai(b"data: {\"choices\":[\n\n").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Malformed);
+    let e = anthropic(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\n\n").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Malformed);
+    assert!(e.message.contains("content_block_delta"));
+    let huge = vec![b'x'; super::sse::MAX_EVENT_BYTES + 10];
+    let e = run(OpenAiDecoder::default, &[b"data: ", &huge]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Malformed);
+}
+
+#[test]
+fn bytes_after_the_terminator_are_ignored() {
+    let mut body = transcript!("openai_chat_finish_length_usage.sse").to_vec();
+    body.extend_from_slice(b"data: {garbage\n\n");
+    assert!(run(OpenAiDecoder::default, &[&body]).is_ok());
+}

@@ -1,0 +1,625 @@
+//! What mythosd costs on a healthy request and what it saves on a sick one, side by side.
+//!
+//! `cargo run --release -p mythos-tests --bin bench -- [--quick] [--full] [--json]`
+//!
+//! Every figure is measured in this run against the same loopback mock provider (the daemon's
+//! simulated OpenAI-format provider with zero artificial delay, so its own cost is only HTTP and
+//! SSE work). "direct" is this process calling the mock with the daemon's own HTTP + SSE adapter;
+//! "via mythosd" is the real daemon binary reached over its Unix socket. Each figure is the
+//! median over repetitions, with the spread (min–max) beside it. Bounded in time and requests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mythos_protocol::{ChatRequest, Request, Response, SimFault, StreamEvent};
+use mythos_tests::{RawClient, TestEnv};
+use mythosd::config::{Api, ProviderConfig, Secret};
+use mythosd::provider::{http_client, Delta, HttpTransport, Transport, UpstreamRequest};
+use mythosd::sim::{Flavor, SimOptions, SimProvider};
+
+struct Opts {
+    quick: bool,
+    full: bool,
+    json: bool,
+}
+
+/// One row of the report.
+struct Row {
+    section: &'static str,
+    metric: String,
+    direct: Option<Stat>,
+    via: Option<Stat>,
+    unit: &'static str,
+    note: String,
+}
+
+/// Median of repetitions and their spread.
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(f64::total_cmp);
+        Stat {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+    fn one(x: f64) -> Stat {
+        Stat {
+            median: x,
+            min: x,
+            max: x,
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+async fn mock(name: &str, flavor: Flavor) -> SimProvider {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut o = SimOptions::new(name, flavor);
+    o.first_token_delay = Duration::ZERO;
+    o.token_delay = Duration::ZERO;
+    SimProvider::start(l, o).await.unwrap()
+}
+
+fn provider_cfg(name: &str, sim: &SimProvider, api: Api) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        api,
+        base_url: sim.base_url(),
+        model: "bench".into(),
+        api_key: Some(Secret::new("bench-key")),
+        priority: 0,
+        price_input_per_mtok: 0.0,
+        price_output_per_mtok: 0.0,
+        simulated: true,
+    }
+}
+
+/// (ttft, total, chunks) of one direct request.
+async fn direct_once(t: &HttpTransport, prompt: &str) -> (f64, f64, u64) {
+    let chat = ChatRequest::user_text(1, prompt);
+    let req = UpstreamRequest {
+        chat: &chat,
+        model: "bench",
+        max_tokens: 1024,
+        prefill: None,
+    };
+    let t0 = Instant::now();
+    let mut s = t.open(&req).await.expect("direct open");
+    let mut ttft = None;
+    let mut chunks = 0;
+    while let Some(d) = s.next().await {
+        if let Ok(Delta::Text(_)) = d.as_ref() {
+            chunks += 1;
+            ttft.get_or_insert_with(|| t0.elapsed());
+        }
+        d.expect("direct stream");
+    }
+    (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
+}
+
+/// (ttft, total, chunks) of one request through the daemon.
+async fn via_once(c: &mut RawClient, id: u64, prompt: &str) -> (f64, f64, u64) {
+    let t0 = Instant::now();
+    c.send(Request::Chat(ChatRequest::user_text(id, prompt)))
+        .await;
+    let mut ttft = None;
+    let mut chunks = 0;
+    loop {
+        match c.recv().await {
+            Response::Event {
+                event: StreamEvent::TextDelta { .. },
+                ..
+            } => {
+                chunks += 1;
+                ttft.get_or_insert_with(|| t0.elapsed());
+            }
+            Response::Event {
+                event: StreamEvent::Done { .. },
+                ..
+            } => break,
+            Response::Event {
+                event: StreamEvent::Error { message, .. },
+                ..
+            } => {
+                panic!("bench request failed: {message}")
+            }
+            _ => {}
+        }
+    }
+    (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Run `total` requests with `conc` workers; returns all (ttft, total) samples and wall time.
+async fn load<F, Fut>(conc: usize, total: usize, make: F) -> (Vec<f64>, Vec<f64>, u64, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Vec<(f64, f64, u64)>> + Send + 'static,
+{
+    let per = total.div_ceil(conc);
+    let t0 = Instant::now();
+    let mut handles = Vec::with_capacity(conc);
+    for w in 0..conc {
+        let _ = per;
+        handles.push(tokio::spawn(make(w)));
+    }
+    let (mut ttft, mut tot, mut chunks) = (Vec::new(), Vec::new(), 0);
+    for h in handles {
+        for (a, b, c) in h.await.unwrap() {
+            ttft.push(a);
+            tot.push(b);
+            chunks += c;
+        }
+    }
+    (ttft, tot, chunks, t0.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks.
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
+fn raise_fd_limit() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
+}
+
+fn daemon_env(providers: &[(&str, &SimProvider)], config: &str) -> TestEnv {
+    let mut env = TestEnv::new();
+    let mut text = format!("[routing]\n{config}\n");
+    for (i, (name, sim)) in providers.iter().enumerate() {
+        let api = if sim.base_url().ends_with("/v1") {
+            "openai"
+        } else {
+            "anthropic"
+        };
+        text.push_str(&format!(
+            "[[provider]]\nname = \"{name}\"\napi = \"{api}\"\nbase_url = \"{}\"\nmodel = \"bench\"\n\
+             api_key = \"bench-key\"\npriority = {i}\n",
+            sim.base_url()
+        ));
+    }
+    env.write_config(&text);
+    env.var("MYTHOS_LOG", "warn");
+    env
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let o = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+        full: args.iter().any(|a| a == "--full"),
+        json: args.iter().any(|a| a == "--json"),
+    };
+    let fd_limit = raise_fd_limit();
+    let reps = if o.quick { 3 } else { 5 };
+    let mut rows: Vec<Row> = Vec::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!("bench: {cores} cores, fd limit {fd_limit}, {reps} repetitions");
+
+    // --- 1 + 2: overhead and relay throughput on a healthy request ---------------------------
+    let sim = mock("mock", Flavor::OpenAi).await;
+    let transport = Arc::new(HttpTransport::new(
+        provider_cfg("mock", &sim, Api::Openai),
+        http_client(),
+    ));
+    let env = daemon_env(&[("mock", &sim)], "");
+    let t_spawn = Instant::now();
+    let daemon = env.start_daemon(&[]);
+    let ready_ms = ms(t_spawn.elapsed());
+    let pid = daemon.child.id();
+    let mut levels = vec![1usize, 10, 100];
+    if o.full || !o.quick {
+        levels.push(1000);
+    }
+    let prompt = "benchmark prompt";
+    for &conc in &levels {
+        let total = if o.quick {
+            (conc * 4).max(100)
+        } else {
+            (conc * 10).max(300)
+        };
+        let per = total.div_ceil(conc);
+        let (mut d_ttft50, mut d_ttft99, mut d_tot50, mut d_tot99) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut v_ttft50, mut v_ttft99, mut v_tot50, mut v_tot99) =
+            (vec![], vec![], vec![], vec![]);
+        let mut relay = vec![];
+        let mut cpu_per_m = vec![];
+        for _ in 0..reps {
+            let t = transport.clone();
+            let (mut a, mut b, _, _) = load(conc, total, move |_| {
+                let t = t.clone();
+                async move {
+                    let mut v = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        v.push(direct_once(&t, prompt).await);
+                    }
+                    v
+                }
+            })
+            .await;
+            d_ttft50.push(pct(&mut a, 0.5));
+            d_ttft99.push(pct(&mut a, 0.99));
+            d_tot50.push(pct(&mut b, 0.5));
+            d_tot99.push(pct(&mut b, 0.99));
+
+            let socket = env.socket.clone();
+            let cpu0 = cpu_secs(pid);
+            let (mut a, mut b, chunks, wall) = load(conc, total, move |_| {
+                let socket = socket.clone();
+                async move {
+                    let mut c = RawClient::connect(Path::new(&socket)).await;
+                    let mut v = Vec::with_capacity(per);
+                    for i in 0..per {
+                        v.push(via_once(&mut c, i as u64, prompt).await);
+                    }
+                    v
+                }
+            })
+            .await;
+            let cpu = cpu_secs(pid) - cpu0;
+            v_ttft50.push(pct(&mut a, 0.5));
+            v_ttft99.push(pct(&mut a, 0.99));
+            v_tot50.push(pct(&mut b, 0.5));
+            v_tot99.push(pct(&mut b, 0.99));
+            relay.push(chunks as f64 / wall);
+            cpu_per_m.push(cpu / chunks.max(1) as f64 * 1e6);
+        }
+        for (metric, d, v) in [
+            ("time to first token p50", d_ttft50, v_ttft50),
+            ("time to first token p99", d_ttft99, v_ttft99),
+            ("total time p50", d_tot50, v_tot50),
+            ("total time p99", d_tot99, v_tot99),
+        ] {
+            rows.push(Row {
+                section: "1. overhead on a healthy request",
+                metric: format!("{metric}, concurrency {conc}"),
+                direct: Some(Stat::of(d)),
+                via: Some(Stat::of(v)),
+                unit: "ms",
+                note: String::new(),
+            });
+        }
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!("chunks per second, concurrency {conc}"),
+            direct: None,
+            via: Some(Stat::of(relay)),
+            unit: "chunks/s",
+            note: String::new(),
+        });
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!("daemon CPU per 1M relayed chunks, concurrency {conc}"),
+            direct: None,
+            via: Some(Stat::of(cpu_per_m)),
+            unit: "s",
+            note: "includes the daemon's HTTP client and SSE parsing".into(),
+        });
+    }
+
+    // --- 3: memory ------------------------------------------------------------------------
+    let idle = rss_kib(pid);
+    rows.push(Row {
+        section: "3. memory",
+        metric: "daemon RSS after the load above".into(),
+        direct: None,
+        via: Some(Stat::one(idle as f64 / 1024.0)),
+        unit: "MiB",
+        note: String::new(),
+    });
+    drop(daemon);
+    let mut stream_counts = vec![1000usize];
+    if o.full {
+        stream_counts.push(10_000);
+    }
+    for n in stream_counts {
+        if (n as u64) * 3 + 100 > fd_limit {
+            rows.push(Row {
+                section: "3. memory",
+                metric: format!("{n} open streams"),
+                direct: None,
+                via: None,
+                unit: "",
+                note: format!("skipped: fd limit {fd_limit}"),
+            });
+            continue;
+        }
+        let sim = mock("mem", Flavor::OpenAi).await;
+        let env = daemon_env(
+            &[("mem", &sim)],
+            "stall_timeout_ms = 600000\nfirst_token_timeout_ms = 600000",
+        );
+        let daemon = env.start_daemon(&[]);
+        let pid = daemon.child.id();
+        let base = rss_kib(pid);
+        sim.inject(vec![SimFault::StallAfter { tokens: 1 }; n]);
+        let conns = 100.min(n);
+        let per = n / conns;
+        let mut clients = Vec::new();
+        for _ in 0..conns {
+            clients.push(RawClient::connect(&env.socket).await);
+        }
+        for c in clients.iter_mut() {
+            for i in 0..per {
+                c.send(Request::Chat(ChatRequest::user_text(i as u64, "hold")))
+                    .await;
+            }
+        }
+        // Wait until every stream has produced its first token: all are open upstream.
+        for c in clients.iter_mut() {
+            let mut got = 0;
+            while got < per {
+                if let Response::Event {
+                    event: StreamEvent::TextDelta { .. },
+                    ..
+                } = c.recv().await
+                {
+                    got += 1;
+                }
+            }
+        }
+        let loaded = rss_kib(pid);
+        let per_stream = (loaded.saturating_sub(base)) as f64 * 1024.0 / n as f64;
+        rows.push(Row {
+            section: "3. memory",
+            metric: format!("daemon RSS idle → with {n} open streams"),
+            direct: None,
+            via: Some(Stat::one(loaded as f64 / 1024.0)),
+            unit: "MiB",
+            note: format!(
+                "idle {:.1} MiB; {:.1} KiB per stream",
+                base as f64 / 1024.0,
+                per_stream / 1024.0
+            ),
+        });
+        drop(clients);
+        drop(daemon);
+        sim.shutdown();
+    }
+
+    // --- 4: failover ----------------------------------------------------------------------
+    for (label, fault) in [
+        (
+            "429 with Retry-After 60 s",
+            SimFault::RateLimit {
+                retry_after_ms: 60_000,
+            },
+        ),
+        ("529 every time", SimFault::Overloaded),
+    ] {
+        let primary = mock("primary", Flavor::Anthropic).await;
+        let fallback = mock("fallback", Flavor::OpenAi).await;
+        let ft = HttpTransport::new(
+            provider_cfg("fallback", &fallback, Api::Openai),
+            http_client(),
+        );
+        let mut own = Vec::new();
+        for _ in 0..20 {
+            own.push(direct_once(&ft, prompt).await.0);
+        }
+        let env = daemon_env(&[("primary", &primary), ("fallback", &fallback)], "");
+        let _daemon = env.start_daemon(&[]);
+        primary.inject(vec![fault.clone(); 1000]);
+        let mut c = RawClient::connect(&env.socket).await;
+        let first = via_once(&mut c, 0, prompt).await.0;
+        let mut next = Vec::new();
+        for i in 1..=100 {
+            next.push(via_once(&mut c, i, prompt).await.0);
+        }
+        rows.push(Row {
+            section: "4. failover",
+            metric: format!("{label}: first request, time to first token"),
+            direct: Some(Stat::of(own.clone())),
+            via: Some(Stat::one(first)),
+            unit: "ms",
+            note: format!("primary saw {} request(s)", primary.stats().requests),
+        });
+        rows.push(Row {
+            section: "4. failover",
+            metric: format!("{label}: next 100 requests, time to first token p50"),
+            direct: Some(Stat::of(own)),
+            via: Some(Stat::one(pct(&mut next, 0.5))),
+            unit: "ms",
+            note: format!("primary saw {} request(s) in all", primary.stats().requests),
+        });
+    }
+
+    // --- 5: watchdog ----------------------------------------------------------------------
+    {
+        let primary = mock("primary", Flavor::OpenAi).await;
+        let fallback = mock("fallback", Flavor::OpenAi).await;
+        let env = daemon_env(
+            &[("primary", &primary), ("fallback", &fallback)],
+            "stall_timeout_ms = 2000\nfirst_token_timeout_ms = 2000\nwatchdog_floor_ms = 250",
+        );
+        let _daemon = env.start_daemon(&[]);
+        let mut c = RawClient::connect(&env.socket).await;
+        // Warm the primary's averages so the adaptive threshold applies.
+        for i in 0..5 {
+            via_once(&mut c, i, prompt).await;
+        }
+        let mut samples = Vec::new();
+        for i in 0..reps as u64 {
+            let _ = c.chat(ChatRequest::user_text(100 + i, "reset")).await;
+            c.send(Request::Reset {
+                provider: "primary".into(),
+            })
+            .await;
+            let _ = c.recv().await;
+            primary.inject([SimFault::StallAfter { tokens: 5 }]);
+            c.send(Request::Chat(ChatRequest::user_text(200 + i, prompt)))
+                .await;
+            let mut last_token = Instant::now();
+            let mut rerouted = false;
+            loop {
+                match c.recv().await {
+                    Response::Event {
+                        event: StreamEvent::TextDelta { .. },
+                        ..
+                    } => {
+                        if rerouted {
+                            samples.push(ms(last_token.elapsed()));
+                            rerouted = false;
+                        }
+                        last_token = Instant::now();
+                    }
+                    Response::Event {
+                        event: StreamEvent::Rerouted { .. },
+                        ..
+                    } => rerouted = true,
+                    Response::Event {
+                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
+                        ..
+                    } => break,
+                    _ => {}
+                }
+            }
+        }
+        rows.push(Row {
+            section: "5. watchdog",
+            metric: "stall after 5 tokens → fallback's first token".into(),
+            direct: None,
+            via: Some(Stat::of(samples)),
+            unit: "ms",
+            note: "configured 2000 ms; adaptive 3x gap average, floor 250 ms".into(),
+        });
+    }
+
+    // --- 6: client start ------------------------------------------------------------------
+    {
+        let sim = mock("mock", Flavor::OpenAi).await;
+        let t = HttpTransport::new(provider_cfg("mock", &sim, Api::Openai), http_client());
+        let env = daemon_env(&[("mock", &sim)], "");
+        let _daemon = env.start_daemon(&[]);
+        let mut wall = Vec::new();
+        let mut own = Vec::new();
+        for _ in 0..(reps * 2) {
+            own.push(direct_once(&t, prompt).await.1);
+            let t0 = Instant::now();
+            let out = env
+                .command("mythos")
+                .args(["ask", prompt])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            wall.push(ms(t0.elapsed()));
+        }
+        rows.push(Row {
+            section: "6. client start",
+            metric: "`mythos ask` end to end, warm daemon".into(),
+            direct: Some(Stat::of(own)),
+            via: Some(Stat::of(wall)),
+            unit: "ms",
+            note: "direct = the mock's own request time".into(),
+        });
+        rows.push(Row {
+            section: "6. client start",
+            metric: "daemon start to ready".into(),
+            direct: None,
+            via: Some(Stat::one(ready_ms)),
+            unit: "ms",
+            note: "spawn → readiness line, first start in this run".into(),
+        });
+    }
+
+    print_report(&rows, cores, &o);
+}
+
+fn print_report(rows: &[Row], cores: usize, o: &Opts) {
+    if o.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let s = |s: &Option<Stat>| {
+                    s.map(|s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}))
+                };
+                serde_json::json!({"section": r.section, "metric": r.metric, "unit": r.unit,
+                    "direct": s(&r.direct), "via_mythosd": s(&r.via), "note": r.note})
+            })
+            .collect();
+        println!("{}", serde_json::json!({"cores": cores, "rows": v}));
+        return;
+    }
+    println!("mythosd benchmark: {cores} cores, medians of repetitions (min–max)\n");
+    println!("| section | metric | direct | via mythosd | added | note |");
+    println!("|---|---|---|---|---|---|");
+    let fmt = |s: &Option<Stat>, unit: &str| match s {
+        Some(s) if unit == "ms" => format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max),
+        Some(s) => format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max),
+        None => "–".into(),
+    };
+    for r in rows {
+        let added = match (&r.direct, &r.via) {
+            (Some(d), Some(v)) if r.unit == "ms" => {
+                let us = (v.median - d.median) * 1000.0;
+                let ratio = if d.median > 0.0 {
+                    v.median / d.median
+                } else {
+                    0.0
+                };
+                format!("{us:+.0} µs (×{ratio:.2})")
+            }
+            _ => "–".into(),
+        };
+        println!(
+            "| {} | {} ({}) | {} | {} | {} | {} |",
+            r.section,
+            r.metric,
+            r.unit,
+            fmt(&r.direct, r.unit),
+            fmt(&r.via, r.unit),
+            added,
+            r.note
+        );
+    }
+}
