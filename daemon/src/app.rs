@@ -81,7 +81,9 @@ pub fn build_router(
         .collect();
     let sink = state.map(|s| Arc::new(s.clone()) as Arc<dyn RecordSink>);
     let router = Router::new(routed, cfg.routing.clone(), sink, next_record);
-    router.health().restore(saved, Instant::now(), now_unix_ms());
+    router
+        .health()
+        .restore(saved, Instant::now(), now_unix_ms());
     router
 }
 
@@ -108,9 +110,8 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
     let (state, loaded, thread) = match std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))
-        .and_then(|_| {
-            StateStore::open(&opts.state_dir.join("state.db")).map_err(|e| e.to_string())
-        }) {
+        .and_then(|_| StateStore::open(&opts.state_dir.join("state.db")).map_err(|e| e.to_string()))
+    {
         Ok((s, l, t)) => (Some(s), Some(l), Some(t)),
         Err(e) => {
             // Routing works without persistence; say so loudly and carry on.

@@ -311,7 +311,9 @@ impl Config {
             if over.is_some_and(|o| !o.enabled) {
                 continue;
             }
-            let key_env = over.and_then(|o| o.api_key_env.as_deref()).unwrap_or(b.key_env);
+            let key_env = over
+                .and_then(|o| o.api_key_env.as_deref())
+                .unwrap_or(b.key_env);
             let key = over
                 .and_then(|o| o.api_key.clone())
                 .or_else(|| env(key_env));
@@ -425,7 +427,12 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {

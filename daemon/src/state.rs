@@ -150,7 +150,9 @@ fn load_health(conn: &Connection) -> rusqlite::Result<Vec<SavedHealth>> {
         match serde_json::from_str::<SavedHealth>(&json) {
             Ok(h) => out.push(h),
             // A row we cannot read is dropped, not fatal: health relearns in minutes.
-            Err(e) => tracing::warn!(provider = %name, error = %e, "ignoring unreadable saved health"),
+            Err(e) => {
+                tracing::warn!(provider = %name, error = %e, "ignoring unreadable saved health")
+            }
         }
     }
     Ok(out)
@@ -225,10 +227,18 @@ fn insert_record(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlit
 fn query_why(conn: &Connection, id: Option<u64>) -> rusqlite::Result<Option<RequestRecord>> {
     let json: Option<String> = match id {
         Some(id) => conn
-            .query_row("SELECT json FROM requests WHERE id = ?1", [id as i64], |r| r.get(0))
+            .query_row(
+                "SELECT json FROM requests WHERE id = ?1",
+                [id as i64],
+                |r| r.get(0),
+            )
             .optional()?,
         None => conn
-            .query_row("SELECT json FROM requests ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT json FROM requests ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?,
     };
     Ok(json.and_then(|j| serde_json::from_str(&j).ok()))

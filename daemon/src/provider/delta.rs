@@ -42,7 +42,10 @@ impl Delta {
     pub fn is_progress(&self) -> bool {
         matches!(
             self,
-            Delta::Text(_) | Delta::Thinking(_) | Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. }
+            Delta::Text(_)
+                | Delta::Thinking(_)
+                | Delta::ToolCallStart { .. }
+                | Delta::ToolCallArgs { .. }
         )
     }
 }

@@ -35,10 +35,7 @@ impl ProviderError {
 
     /// The stream ended before its terminator.
     pub fn truncated(what: &str) -> Self {
-        Self::new(
-            ErrorKind::Truncated,
-            format!("stream ended without {what}"),
-        )
+        Self::new(ErrorKind::Truncated, format!("stream ended without {what}"))
     }
 
     /// The provider sent something we could not parse.

@@ -98,9 +98,7 @@ impl Transport for HttpTransport {
         let send = self.client.post(url).headers(headers).body(body).send();
         let api = self.cfg.api;
         Box::pin(async move {
-            let resp = send
-                .await
-                .map_err(|e| transport_error(&name, e, false))?;
+            let resp = send.await.map_err(|e| transport_error(&name, e, false))?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(error_from_response(&name, key.as_ref(), resp).await);
@@ -287,7 +285,8 @@ fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     }
     match serde_json::from_slice::<Outer>(body) {
         Ok(Outer { error: Some(i) }) => {
-            let ty = i.ty.or_else(|| i.code.and_then(|c| c.as_str().map(str::to_string)));
+            let ty =
+                i.ty.or_else(|| i.code.and_then(|c| c.as_str().map(str::to_string)));
             (ty, i.message)
         }
         _ => {

@@ -38,7 +38,11 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
                 o.tools.push((index, id, name, String::new()))
             }
             Delta::ToolCallArgs { index, json } => {
-                let t = o.tools.iter_mut().find(|t| t.0 == index).expect("args before start");
+                let t = o
+                    .tools
+                    .iter_mut()
+                    .find(|t| t.0 == index)
+                    .expect("args before start");
                 t.3.push_str(&json);
             }
             Delta::Usage(u) => o.usage = Some(u),
@@ -88,7 +92,13 @@ fn anthropic_basic_text_with_ping() {
     assert_eq!(o.text, "Hello there!");
     assert_eq!(o.model.as_deref(), Some("claude-3-opus-latest"));
     assert_eq!(o.finish, Some(FinishReason::Stop));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 11, output_tokens: 6 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 11,
+            output_tokens: 6
+        })
+    );
     assert_eq!(o.keep_alives, 1, "the ping");
 }
 
@@ -106,7 +116,13 @@ fn anthropic_tool_use() {
         )]
     );
     assert_eq!(o.finish, Some(FinishReason::ToolUse));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 377, output_tokens: 65 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 377,
+            output_tokens: 65
+        })
+    );
 }
 
 #[test]
@@ -114,7 +130,13 @@ fn anthropic_refusal() {
     let o = anthropic(transcript!("anthropic_refusal_response.sse")).unwrap();
     assert_eq!(o.text, "");
     assert_eq!(o.finish, Some(FinishReason::Refusal));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 20, output_tokens: 0 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 20,
+            output_tokens: 0
+        })
+    );
 }
 
 #[test]
@@ -134,7 +156,13 @@ fn openai_text_usage_and_done() {
     );
     assert_eq!(o.model.as_deref(), Some("gpt-4o-2024-08-06"));
     assert_eq!(o.finish, Some(FinishReason::Stop));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 14, output_tokens: 30 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 14,
+            output_tokens: 30
+        })
+    );
 }
 
 #[test]
@@ -142,7 +170,13 @@ fn openai_finish_length() {
     let o = openai(transcript!("openai_chat_finish_length_usage.sse")).unwrap();
     assert_eq!(o.text, "{\"");
     assert_eq!(o.finish, Some(FinishReason::MaxTokens));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 79, output_tokens: 1 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 79,
+            output_tokens: 1
+        })
+    );
 }
 
 #[test]
@@ -159,7 +193,13 @@ fn openai_tool_call_fragments() {
     );
     assert_eq!(o.text, "");
     assert_eq!(o.finish, Some(FinishReason::ToolUse));
-    assert_eq!(o.usage, Some(Usage { input_tokens: 76, output_tokens: 24 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 76,
+            output_tokens: 24
+        })
+    );
 }
 
 #[test]
@@ -177,7 +217,10 @@ fn openai_n3_reads_choice_zero_only() {
             .filter_map(|c| c["delta"]["content"].as_str().map(str::to_string))
             .collect()
     };
-    assert!(expected.starts_with("{\"city\":\"San Francisco\""), "{expected}");
+    assert!(
+        expected.starts_with("{\"city\":\"San Francisco\""),
+        "{expected}"
+    );
     assert_eq!(o.text, expected);
     assert_eq!(o.finish, Some(FinishReason::Stop));
 }
@@ -185,8 +228,16 @@ fn openai_n3_reads_choice_zero_only() {
 #[test]
 fn truncated_streams_fail() {
     for (name, bytes, cut) in [
-        ("anthropic", &transcript!("anthropic_basic_text_with_ping.sse")[..], "event: message_stop"),
-        ("openai", &transcript!("openai_chat_text_usage_final_chunk_DONE.sse")[..], "data: [DONE]"),
+        (
+            "anthropic",
+            &transcript!("anthropic_basic_text_with_ping.sse")[..],
+            "event: message_stop",
+        ),
+        (
+            "openai",
+            &transcript!("openai_chat_text_usage_final_chunk_DONE.sse")[..],
+            "data: [DONE]",
+        ),
     ] {
         let text = std::str::from_utf8(bytes).unwrap();
         let short = &text[..text.find(cut).unwrap()];
@@ -230,7 +281,13 @@ fn deepseek_reasoning_and_keep_alive() {
     assert_eq!(o.thinking, "Think h\u{e9}\u{1f680}");
     assert_eq!(o.text, "h\u{e9}llo \u{1f680}");
     assert_eq!(o.keep_alives, 2);
-    assert_eq!(o.usage, Some(Usage { input_tokens: 3, output_tokens: 4 }));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 3,
+            output_tokens: 4
+        })
+    );
 }
 
 #[test]
@@ -245,7 +302,8 @@ fn in_stream_openai_error() {
 fn malformed_json_and_oversized_lines() {
     let e = openai(b"data: {\"choices\":[\n\n").unwrap_err();
     assert_eq!(e.kind, ErrorKind::Malformed);
-    let e = anthropic(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\n\n").unwrap_err();
+    let e = anthropic(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\n\n")
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Malformed);
     assert!(e.message.contains("content_block_delta"));
     let huge = vec![b'x'; super::sse::MAX_EVENT_BYTES + 10];

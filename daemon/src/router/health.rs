@@ -150,7 +150,10 @@ pub struct HealthBook {
 
 impl HealthBook {
     /// A book with fresh health for each `(name, priority, cost_per_1k)`.
-    pub fn new(providers: impl IntoIterator<Item = (String, u32, f64)>, cfg: RoutingConfig) -> Self {
+    pub fn new(
+        providers: impl IntoIterator<Item = (String, u32, f64)>,
+        cfg: RoutingConfig,
+    ) -> Self {
         HealthBook {
             providers: providers
                 .into_iter()
@@ -216,7 +219,11 @@ impl HealthBook {
             task,
             success: p.success.get(PRIOR_SUCCESS, now, hl),
             ttft_ms: p.ttft.get(PRIOR_TTFT_MS, now, hl),
-            cost_share: if max_cost > 0.0 { p.cost_per_1k / max_cost } else { 0.0 },
+            cost_share: if max_cost > 0.0 {
+                p.cost_per_1k / max_cost
+            } else {
+                0.0
+            },
             priority: p.priority,
         })
     }
@@ -244,9 +251,11 @@ impl HealthBook {
                         format!("rate limited, {} s left", secs_left(t, now)),
                         Some(t),
                     ),
-                    (Breaker::HalfOpen { .. }, None) => {
-                        (true, "cooldown over: this request probes it".to_string(), None)
-                    }
+                    (Breaker::HalfOpen { .. }, None) => (
+                        true,
+                        "cooldown over: this request probes it".to_string(),
+                        None,
+                    ),
                     (Breaker::Closed, None) => (true, "healthy".to_string(), None),
                 };
                 Ranked {
@@ -262,7 +271,11 @@ impl HealthBook {
             b.eligible
                 .cmp(&a.eligible)
                 .then(b.score.total_cmp(&a.score))
-                .then(self.providers[a.index].priority.cmp(&self.providers[b.index].priority))
+                .then(
+                    self.providers[a.index]
+                        .priority
+                        .cmp(&self.providers[b.index].priority),
+                )
         });
         // A provider whose cooldown is over is probed by the next request, whatever its old
         // score: that is the only way a breaker closes again. Otherwise, the first eligible
@@ -272,7 +285,10 @@ impl HealthBook {
             .iter()
             .position(|r| {
                 r.eligible
-                    && matches!(self.providers[r.index].breaker, Breaker::HalfOpen { probing: false, .. })
+                    && matches!(
+                        self.providers[r.index].breaker,
+                        Breaker::HalfOpen { probing: false, .. }
+                    )
             })
             .or_else(|| {
                 ranked.iter().position(|r| {
@@ -338,7 +354,9 @@ impl HealthBook {
     /// Average gap between content chunks of a finished stream.
     pub fn record_gap(&mut self, i: usize, gap: Duration, now: Instant) {
         let hl = self.cfg.health_half_life;
-        self.providers[i].gap.observe(ms(gap), PRIOR_GAP_MS, now, hl);
+        self.providers[i]
+            .gap
+            .observe(ms(gap), PRIOR_GAP_MS, now, hl);
     }
 
     /// The attempt completed.
@@ -410,7 +428,8 @@ impl HealthBook {
         let c = &self.cfg;
         let p = &self.providers[i];
         let adapt = |ema: &Ema, default: Duration| match ema.raw() {
-            Some(v) => Duration::from_secs_f64(3.0 * v / 1000.0).clamp(c.watchdog_floor, c.watchdog_ceiling),
+            Some(v) => Duration::from_secs_f64(3.0 * v / 1000.0)
+                .clamp(c.watchdog_floor, c.watchdog_ceiling),
             None => default,
         };
         (
@@ -422,10 +441,7 @@ impl HealthBook {
     /// Public breaker state and cooldown left.
     pub fn state_of(&self, i: usize, now: Instant) -> (BreakerState, Option<Duration>) {
         let p = &self.providers[i];
-        let limited = p
-            .rate_limited_until
-            .filter(|&t| t > now)
-            .map(|t| t - now);
+        let limited = p.rate_limited_until.filter(|&t| t > now).map(|t| t - now);
         match p.breaker {
             Breaker::Closed => match limited {
                 Some(d) => (BreakerState::Open, Some(d)),
@@ -439,8 +455,12 @@ impl HealthBook {
 
     /// Snapshot for persistence, with deadlines as Unix milliseconds.
     pub fn save(&self, now: Instant, now_unix_ms: u64) -> Vec<SavedHealth> {
-        let to_unix = |t: Instant| now_unix_ms + t.saturating_duration_since(now).as_millis() as u64;
-        let age_ms = |e: &Ema| e.updated.map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        let to_unix =
+            |t: Instant| now_unix_ms + t.saturating_duration_since(now).as_millis() as u64;
+        let age_ms = |e: &Ema| {
+            e.updated
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+        };
         self.providers
             .iter()
             .map(|p| SavedHealth {
@@ -479,11 +499,12 @@ impl HealthBook {
     /// their age (time while the daemon was down counts), so they decay as if it had run.
     /// `key_changed` names providers whose key differs from the one that was rejected.
     pub fn restore(&mut self, saved: &[SavedHealth], now: Instant, now_unix_ms: u64) {
-        let from_unix = |ms: u64| {
-            (ms > now_unix_ms).then(|| now + Duration::from_millis(ms - now_unix_ms))
-        };
+        let from_unix =
+            |ms: u64| (ms > now_unix_ms).then(|| now + Duration::from_millis(ms - now_unix_ms));
         for s in saved {
-            let Some(i) = self.index_of(&s.name) else { continue };
+            let Some(i) = self.index_of(&s.name) else {
+                continue;
+            };
             let down_ms = now_unix_ms.saturating_sub(s.saved_unix_ms);
             let ema = |v: Option<f64>, age: Option<u64>| Ema {
                 value: v,

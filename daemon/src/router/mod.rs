@@ -231,7 +231,10 @@ impl Router {
                 format!(
                     "{}{}",
                     p.provider.as_deref().unwrap_or("*"),
-                    p.model.as_deref().map(|m| format!("/{m}")).unwrap_or_default()
+                    p.model
+                        .as_deref()
+                        .map(|m| format!("/{m}"))
+                        .unwrap_or_default()
                 )
             }),
             candidates: Vec::new(),
@@ -324,7 +327,10 @@ impl Router {
                 return Err((
                     ProviderError::new(
                         ErrorKind::NoProviders,
-                        format!("no provider matches `{what}`; configured: {}", names.join(", ")),
+                        format!(
+                            "no provider matches `{what}`; configured: {}",
+                            names.join(", ")
+                        ),
                     ),
                     None,
                 ));
@@ -332,7 +338,11 @@ impl Router {
             // Deterministic mode: exactly what was asked for, breaker or not.
             return Ok((matching.into_iter().take(1).collect(), true));
         }
-        let eligible: Vec<usize> = ranked.iter().filter(|r| r.eligible).map(|r| r.index).collect();
+        let eligible: Vec<usize> = ranked
+            .iter()
+            .filter(|r| r.eligible)
+            .map(|r| r.index)
+            .collect();
         if eligible.is_empty() {
             let back = ranked.iter().filter_map(|r| r.back_at).min();
             let kind = if back.is_some() {
@@ -441,7 +451,7 @@ impl Router {
                     .attempt(i, &upstream, attempt_no, out, cancel, &mut partial)
                     .await;
                 let elapsed = attempt_start.elapsed();
-                rec.usage = rec.usage.add(end.usage);
+                rec.usage = rec.usage + end.usage;
                 rec.cost_usd += p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
                 rec.attempts.push(Attempt {
                     provider: p.cfg.name.clone(),
@@ -615,7 +625,10 @@ impl Router {
             return Err((last, None));
         }
         let mut summary: Vec<String> = Vec::new();
-        for (i, e) in errors.iter().chain(std::iter::once(&(usize::MAX, last.clone()))) {
+        for (i, e) in errors
+            .iter()
+            .chain(std::iter::once(&(usize::MAX, last.clone())))
+        {
             let name = self
                 .providers
                 .get(*i)

@@ -22,10 +22,23 @@ mod tests {
 
     #[test]
     fn steps_with_jitter_bounds() {
-        let steps = [Duration::from_millis(100), Duration::from_millis(500), Duration::from_millis(1000)];
-        assert_eq!(backoff(&steps, 0.2, 0, 0.5), Some(Duration::from_millis(100)));
-        assert_eq!(backoff(&steps, 0.2, 1, 0.0), Some(Duration::from_millis(400)));
-        assert_eq!(backoff(&steps, 0.2, 2, 1.0), Some(Duration::from_millis(1200)));
+        let steps = [
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            Duration::from_millis(1000),
+        ];
+        assert_eq!(
+            backoff(&steps, 0.2, 0, 0.5),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            backoff(&steps, 0.2, 1, 0.0),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(
+            backoff(&steps, 0.2, 2, 1.0),
+            Some(Duration::from_millis(1200))
+        );
         assert_eq!(backoff(&steps, 0.2, 3, 0.5), None);
         assert_eq!(remaining_budget(&steps, 0), Duration::from_millis(1600));
         assert_eq!(remaining_budget(&steps, 2), Duration::from_millis(1000));

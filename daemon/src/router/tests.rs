@@ -109,11 +109,12 @@ impl Transport for Script {
             match step {
                 Step::Fail(e) => Err(e),
                 Step::Hang => {
-                    let s = futures_util::stream::pending::<Result<Delta, ProviderError>>()
-                        .map(move |x| {
+                    let s = futures_util::stream::pending::<Result<Delta, ProviderError>>().map(
+                        move |x| {
                             let _ = &flag;
                             x
-                        });
+                        },
+                    );
                     Ok(Box::pin(s) as DeltaStream)
                 }
                 Step::Stream(items) => {
@@ -237,7 +238,11 @@ async fn rate_limit_with_long_retry_after_fails_over_at_once() {
     // No retry burned on a provider that asked for a minute.
     assert_eq!(h.scripts[0].calls(), 1);
     assert_eq!(done_provider(&ev), Some("beta"));
-    assert!(t0.elapsed() < Duration::from_millis(100), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { from, to, mode: RerouteMode::Continue, .. } if from == "alpha" && to == "beta")));
     // The breaker respects the longer of cooldown and Retry-After, and other requests skip it.
     let (state, left) = h.router.health().state_of(0, Instant::now());
@@ -262,18 +267,27 @@ async fn overloaded_is_retried_with_backoff_then_tripped() {
         "100 + 500 + 1000 ms of backoff, got {waited:?}"
     );
     assert_eq!(done_provider(&ev), Some("beta"));
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::Open);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Open
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn transient_blip_is_absorbed_by_one_retry() {
     let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Fail(err(ErrorKind::ServerError, None)), answer(&["fine"])]);
+    h.scripts[0].push([
+        Step::Fail(err(ErrorKind::ServerError, None)),
+        answer(&["fine"]),
+    ]);
     let ev = ask(&h.router, req("hi")).await;
     assert_eq!(done_provider(&ev), Some("alpha"));
     assert_eq!(h.scripts[1].calls(), 0);
     assert!(!ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::Closed);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -282,10 +296,16 @@ async fn half_open_allows_exactly_one_probe() {
     h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
     ask(&h.router, req("trip")).await;
     tokio::time::advance(Duration::from_secs(301)).await;
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::HalfOpen);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::HalfOpen
+    );
 
     // A slow probe holds the half-open slot; a second request meanwhile goes elsewhere.
-    h.scripts[0].push([Step::Stream(vec![(2000, Ok(Delta::Text("probe ok".into())))])]);
+    h.scripts[0].push([Step::Stream(vec![(
+        2000,
+        Ok(Delta::Text("probe ok".into())),
+    )])]);
     let r1 = tokio::spawn({
         let r = h.router.clone();
         async move { ask(&r, req("probe")).await }
@@ -296,7 +316,10 @@ async fn half_open_allows_exactly_one_probe() {
     let ev1 = r1.await.unwrap();
     assert_eq!(done_provider(&ev1), Some("alpha"));
     assert_eq!(h.scripts[0].calls(), 2);
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::Closed);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -345,7 +368,10 @@ async fn stall_before_first_token_is_caught_and_rerouted() {
     let took = t0.elapsed();
     assert_eq!(done_provider(&ev), Some("beta"));
     // The watchdog fires at the 15 s default, not later; the hung stream is dropped (aborted).
-    assert!(took >= Duration::from_secs(15) && took < Duration::from_secs(16), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(15) && took < Duration::from_secs(16),
+        "{took:?}"
+    );
     assert!(h.scripts[0].dropped.load(Ordering::SeqCst) >= 1);
     let rerouted = ev.iter().find_map(|e| match e {
         StreamEvent::Rerouted { reason, .. } => Some(reason.clone()),
@@ -376,7 +402,13 @@ async fn long_tool_call_argument_stream_is_not_killed() {
     )];
     // 40 fragments 10 s apart: 400 s in all, each gap under the 15 s stall limit.
     for _ in 0..40 {
-        items.push((10_000, Ok(Delta::ToolCallArgs { index: 0, json: "xxxx".into() })));
+        items.push((
+            10_000,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "xxxx".into(),
+            }),
+        ));
     }
     items.push((0, Ok(Delta::Finish(FinishReason::ToolUse))));
     h.scripts[0].push([Step::Stream(items)]);
@@ -387,7 +419,13 @@ async fn long_tool_call_argument_stream_is_not_killed() {
         .filter(|e| matches!(e, StreamEvent::ToolCallDelta { .. }))
         .count();
     assert_eq!(args, 40);
-    assert!(matches!(ev.last(), Some(StreamEvent::Done { finish: FinishReason::ToolUse, .. })));
+    assert!(matches!(
+        ev.last(),
+        Some(StreamEvent::Done {
+            finish: FinishReason::ToolUse,
+            ..
+        })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -396,7 +434,13 @@ async fn mid_stream_disconnect_continues_without_duplicates() {
     h.scripts[0].push([Step::Stream(vec![
         text("Hello"),
         text(" wor"),
-        (10, Err(ProviderError::new(ErrorKind::Network, "connection lost mid-stream"))),
+        (
+            10,
+            Err(ProviderError::new(
+                ErrorKind::Network,
+                "connection lost mid-stream",
+            )),
+        ),
     ])]);
     // The fallback continues from the prefill it was given.
     h.scripts[1].push([answer(&["ld", ", how are you?"])]);
@@ -433,7 +477,10 @@ async fn trimmed_prefill_whitespace_is_not_duplicated() {
 #[tokio::test(start_paused = true)]
 async fn stall_after_first_token_continues_on_fallback() {
     let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Stream(vec![text("Hello"), (60_000, Ok(Delta::Text(" late".into())))])]);
+    h.scripts[0].push([Step::Stream(vec![
+        text("Hello"),
+        (60_000, Ok(Delta::Text(" late".into()))),
+    ])]);
     h.scripts[1].push([answer(&[" world"])]);
     let ev = ask(&h.router, req("greet")).await;
     assert_eq!(final_text(&ev), "Hello world");
@@ -445,13 +492,32 @@ async fn half_streamed_tool_call_restarts_with_discard() {
     let h = harness(2, no_jitter());
     h.scripts[0].push([Step::Stream(vec![
         text("Let me look."),
-        (10, Ok(Delta::ToolCallStart { index: 0, id: "a".into(), name: "read".into() })),
-        (10, Ok(Delta::ToolCallArgs { index: 0, json: "{\"pa".into() })),
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "read".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "{\"pa".into(),
+            }),
+        ),
         (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
     ])]);
     h.scripts[1].push([answer(&["Restarted answer."])]);
     let ev = ask(&h.router, req("tool")).await;
-    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { mode: RerouteMode::Restart, .. })));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        StreamEvent::Rerouted {
+            mode: RerouteMode::Restart,
+            ..
+        }
+    )));
     assert_eq!(final_text(&ev), "Restarted answer.");
     // No prefill: the fallback starts over.
     assert_eq!(h.scripts[1].prefills.lock().unwrap()[0], None);
@@ -464,12 +530,19 @@ async fn rejected_continuation_restarts_explicitly() {
         text("Partial"),
         (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
     ])]);
-    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None)), answer(&["Full answer."])]);
+    h.scripts[1].push([
+        Step::Fail(err(ErrorKind::BadRequest, None)),
+        answer(&["Full answer."]),
+    ]);
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(final_text(&ev), "Full answer.");
     assert_eq!(done_provider(&ev), Some("beta"));
     assert!(h.router.health().providers[1].no_prefill);
-    assert_eq!(h.router.health().providers[1].failures, 0, "a rejected prefill is not a failure");
+    assert_eq!(
+        h.router.health().providers[1].failures,
+        0,
+        "a rejected prefill is not a failure"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -508,7 +581,10 @@ async fn auth_failure_marks_unusable_and_fails_over() {
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(done_provider(&ev), Some("beta"));
     assert_eq!(h.scripts[0].calls(), 1, "401 is not retried");
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::Unusable);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Unusable
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -520,7 +596,10 @@ async fn offline_is_not_blamed_on_providers() {
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::Offline));
     for i in 0..3 {
-        assert_eq!(h.router.health().state_of(i, Instant::now()).0, BreakerState::Closed);
+        assert_eq!(
+            h.router.health().state_of(i, Instant::now()).0,
+            BreakerState::Closed
+        );
     }
     // Back online: the primary answers straight away.
     let ev = ask(&h.router, req("x")).await;
@@ -533,7 +612,10 @@ async fn one_unreachable_provider_is_blamed_when_another_answers() {
     h.scripts[0].push([Step::Fail(connect_refused())]);
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(done_provider(&ev), Some("beta"));
-    assert_eq!(h.router.health().state_of(0, Instant::now()).0, BreakerState::Open);
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Open
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -574,8 +656,18 @@ async fn cancel_aborts_upstream_and_blames_nobody() {
     while let Ok(Response::Event { event, .. }) = rx.try_recv() {
         last = Some(event);
     }
-    assert!(matches!(last, Some(StreamEvent::Error { kind: ErrorKind::Cancelled, .. })));
-    assert_eq!(h.scripts[0].dropped.load(Ordering::SeqCst), 1, "upstream dropped");
+    assert!(matches!(
+        last,
+        Some(StreamEvent::Error {
+            kind: ErrorKind::Cancelled,
+            ..
+        })
+    ));
+    assert_eq!(
+        h.scripts[0].dropped.load(Ordering::SeqCst),
+        1,
+        "upstream dropped"
+    );
     assert_eq!(h.scripts[1].calls(), 0);
     assert_eq!(h.router.health().providers[0].failures, 0);
 }
@@ -596,14 +688,21 @@ async fn a_slow_primary_is_not_starved_forever() {
     let mut chosen = Vec::new();
     for _ in 0..6 {
         tokio::time::advance(Duration::from_secs(60)).await;
-        chosen.push(done_provider(&ask(&h.router, req("x")).await).unwrap().to_string());
+        chosen.push(
+            done_provider(&ask(&h.router, req("x")).await)
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(chosen[..4], ["beta", "beta", "beta", "beta"]);
     assert_eq!(chosen[4], "alpha", "{chosen:?}");
     // And its old slowness decays toward neutral with time (half-life 10 min).
     let now = Instant::now();
     let s_now = h.router.health().score_of(0, TaskKind::Chat, now);
-    let s_later = h.router.health().score_of(0, TaskKind::Chat, now + Duration::from_secs(3600));
+    let s_later = h
+        .router
+        .health()
+        .score_of(0, TaskKind::Chat, now + Duration::from_secs(3600));
     assert!(s_later >= s_now);
 }
 
@@ -613,7 +712,10 @@ async fn two_sessions_share_one_breaker() {
     // Session A hits a 429 with a long Retry-After; session B starts right after and must not
     // touch the primary at all.
     h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(120)))]);
-    h.scripts[1].push([Step::Stream(vec![(500, Ok(Delta::Text("a".into())))]), answer(&["b"])]);
+    h.scripts[1].push([
+        Step::Stream(vec![(500, Ok(Delta::Text("a".into())))]),
+        answer(&["b"]),
+    ]);
     let a = tokio::spawn({
         let r = h.router.clone();
         async move { ask(&r, req("a")).await }
@@ -647,7 +749,10 @@ fn health_survives_a_restart() {
         let (state, left) = h2.router.health().state_of(0, later);
         assert_eq!(state, BreakerState::Open);
         let left = left.unwrap();
-        assert!(left > Duration::from_secs(280) && left <= Duration::from_secs(290), "{left:?}");
+        assert!(
+            left > Duration::from_secs(280) && left <= Duration::from_secs(290),
+            "{left:?}"
+        );
         // Averages carried over.
         assert!(h2.router.health().providers[0].success.raw().unwrap() < 1.0);
     });

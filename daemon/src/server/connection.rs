@@ -152,9 +152,10 @@ async fn handle(
                 refuse(ErrorKind::BadRequest, "the request has no messages")
             } else {
                 match streams.entry(id) {
-                    Entry::Occupied(_) => {
-                        refuse(ErrorKind::Protocol, "a stream with this id is already running")
-                    }
+                    Entry::Occupied(_) => refuse(
+                        ErrorKind::Protocol,
+                        "a stream with this id is already running",
+                    ),
                     Entry::Vacant(slot) => {
                         let token = ctx.hard_stop.child_token();
                         slot.insert(token.clone());

@@ -67,7 +67,10 @@ impl Context {
 
     /// The router in force (replaced on config reload; running streams keep the old one).
     pub fn router(&self) -> Arc<Router> {
-        self.router.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Swap in a new router.
@@ -103,11 +106,17 @@ pub async fn run(
             _ = ctx.shutdown_requested.cancelled() => break,
         }
     }
-    tracing::info!(in_flight = ctx.router().in_flight(), "shutting down: draining streams");
+    tracing::info!(
+        in_flight = ctx.router().in_flight(),
+        "shutting down: draining streams"
+    );
     drop(listener);
     ctx.draining.cancel();
     ctx.streams.close();
-    if tokio::time::timeout(drain, ctx.streams.wait()).await.is_err() {
+    if tokio::time::timeout(drain, ctx.streams.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline passed; cancelling the streams still running");
     }
     ctx.hard_stop.cancel();

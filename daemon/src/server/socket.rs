@@ -120,12 +120,19 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             }
         }
         let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
-        let listener = match ListenerOptions::new().name(name.clone()).mode(0o600).create_tokio() {
+        let listener = match ListenerOptions::new()
+            .name(name.clone())
+            .mode(0o600)
+            .create_tokio()
+        {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                 // Platforms without fchmod-before-bind: bind, then tighten. The 0700 directory
                 // keeps others out in the meantime.
-                let l = ListenerOptions::new().name(name).create_tokio().map_err(io_err)?;
+                let l = ListenerOptions::new()
+                    .name(name)
+                    .create_tokio()
+                    .map_err(io_err)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map_err(io_err)?;
                 l

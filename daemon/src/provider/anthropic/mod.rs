@@ -19,8 +19,15 @@ pub fn build(
 ) -> Result<(String, HeaderMap, Vec<u8>), ProviderError> {
     let url = format!("{}/v1/messages", cfg.base_url.trim_end_matches('/'));
     let mut headers = HeaderMap::new();
-    headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
-    secret_header(&mut headers, "x-api-key", key_or_empty(cfg.api_key.as_ref()).to_string());
+    headers.insert(
+        "anthropic-version",
+        HeaderValue::from_static(ANTHROPIC_VERSION),
+    );
+    secret_header(
+        &mut headers,
+        "x-api-key",
+        key_or_empty(cfg.api_key.as_ref()).to_string(),
+    );
 
     let mut messages = Vec::with_capacity(req.chat.messages.len() + 1);
     for m in &req.chat.messages {
@@ -88,7 +95,10 @@ pub fn build(
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
 pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, ProviderError> {
     serde_json::from_str(text).map_err(|e| {
-        ProviderError::new(ErrorKind::BadRequest, format!("invalid JSON in {what}: {e}"))
+        ProviderError::new(
+            ErrorKind::BadRequest,
+            format!("invalid JSON in {what}: {e}"),
+        )
     })
 }
 

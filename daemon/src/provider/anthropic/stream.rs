@@ -119,8 +119,9 @@ impl AnthropicDecoder {
 
 impl WireDecoder for AnthropicDecoder {
     fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
-        let parsed: Event<'_> = serde_json::from_str(&ev.data)
-            .map_err(|e| ProviderError::malformed(format!("anthropic `{}` event: {e}", ev.event)))?;
+        let parsed: Event<'_> = serde_json::from_str(&ev.data).map_err(|e| {
+            ProviderError::malformed(format!("anthropic `{}` event: {e}", ev.event))
+        })?;
         let ty = parsed.ty.unwrap_or(ev.event.as_str());
         match ty {
             "message_start" => {

@@ -20,7 +20,11 @@ pub fn build(
     let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
     let mut headers = HeaderMap::new();
     if let Some(key) = &cfg.api_key {
-        secret_header(&mut headers, "authorization", format!("Bearer {}", key.expose()));
+        secret_header(
+            &mut headers,
+            "authorization",
+            format!("Bearer {}", key.expose()),
+        );
     }
 
     let mut messages = Vec::with_capacity(req.chat.messages.len() + 3);

@@ -108,10 +108,9 @@ impl WireDecoder for OpenAiDecoder {
         let chunk: Chunk = serde_json::from_str(&ev.data)
             .map_err(|e| ProviderError::malformed(format!("chat completion chunk: {e}")))?;
         if let Some(e) = chunk.error {
-            let ty = e
-                .ty
-                .or_else(|| e.code.and_then(|c| c.as_str().map(str::to_string)))
-                .unwrap_or_else(|| "server_error".into());
+            let ty =
+                e.ty.or_else(|| e.code.and_then(|c| c.as_str().map(str::to_string)))
+                    .unwrap_or_else(|| "server_error".into());
             return Err(ProviderError::new(
                 kind_for_error_type(&ty),
                 format!("stream error {ty}: {}", e.message.unwrap_or_default()),

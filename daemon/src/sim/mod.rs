@@ -1,0 +1,363 @@
+//! Built-in simulated providers: real HTTP servers on 127.0.0.1 speaking the Anthropic Messages
+//! and OpenAI Chat Completions streaming formats, with faults injected on cue.
+//!
+//! They let a newcomer with no API keys watch routing and failover, and they are the mock
+//! providers of the end-to-end tests and the benchmark. Answers are deterministic and depend only
+//! on the prompt ([`answer_for`]), never on which simulated provider answers, so a continuation
+//! on another provider yields exactly the text a single provider would have: that is what makes
+//! "no lost and no duplicated text" testable to the byte.
+//!
+//! Each request pops one [`SimFault`] from a FIFO queue (none: a healthy answer). The response
+//! is a plan of steps (send an SSE frame, sleep, stall, cut the connection) played by the body
+//! stream with tokio timers, so a paused clock drives it too.
+
+mod answer;
+mod wire;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use mythos_protocol::SimFault;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use answer::{answer_for, chunk_answer};
+use wire::{Plan, Step};
+
+/// Which wire format a simulated provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// OpenAI format plus DeepSeek's `reasoning_content` and `: keep-alive` comments.
+    DeepSeek,
+}
+
+/// How a simulated provider behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Name, used in ids and logs.
+    pub name: String,
+    /// Wire format.
+    pub flavor: Flavor,
+    /// Model name reported in the stream.
+    pub model: String,
+    /// Wait before the first token.
+    pub first_token_delay: Duration,
+    /// Wait between tokens.
+    pub token_delay: Duration,
+    /// Keep-alive comment period (DeepSeek flavour, and the keep-alive-only fault).
+    pub keep_alive_every: Duration,
+    /// When set, requests must carry exactly this key.
+    pub expect_key: Option<String>,
+}
+
+impl SimOptions {
+    /// Defaults that look like streaming to a person: 150 ms to the first token, 25 ms per token.
+    pub fn new(name: impl Into<String>, flavor: Flavor) -> Self {
+        SimOptions {
+            name: name.into(),
+            flavor,
+            model: match flavor {
+                Flavor::Anthropic => "claude-sim-1",
+                Flavor::OpenAi => "gpt-sim-1",
+                Flavor::DeepSeek => "deepseek-sim-chat",
+            }
+            .to_string(),
+            first_token_delay: Duration::from_millis(150),
+            token_delay: Duration::from_millis(25),
+            keep_alive_every: Duration::from_millis(50),
+            expect_key: None,
+        }
+    }
+}
+
+/// Counters of a simulated provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Streams that sent their terminator.
+    pub completed: u64,
+    /// Streams the client left before the script was over.
+    pub aborted: u64,
+    /// Streams open now.
+    pub active: u64,
+}
+
+/// A request as the simulated provider saw it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// URL path.
+    pub path: String,
+    /// The JSON body (`Null` if it was not JSON).
+    pub body: serde_json::Value,
+    /// Whether an auth header was present (its value is never kept).
+    pub auth_present: bool,
+}
+
+struct Inner {
+    opts: Mutex<SimOptions>,
+    faults: Mutex<VecDeque<SimFault>>,
+    stats: Mutex<SimStats>,
+    aborted: watch::Sender<u64>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running simulated provider. Cheap to clone.
+#[derive(Clone)]
+pub struct SimProvider {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    flavor: Flavor,
+}
+
+impl SimProvider {
+    /// Serve on `listener` (bound by the caller, so there is no start-up race).
+    pub async fn start(
+        listener: tokio::net::TcpListener,
+        opts: SimOptions,
+    ) -> std::io::Result<SimProvider> {
+        let addr = listener.local_addr()?;
+        let flavor = opts.flavor;
+        let inner = Arc::new(Inner {
+            opts: Mutex::new(opts),
+            faults: Mutex::new(VecDeque::new()),
+            stats: Mutex::new(SimStats::default()),
+            aborted: watch::channel(0).0,
+            requests: Mutex::new(Vec::new()),
+            server: Mutex::new(None),
+        });
+        let app = axum::Router::new()
+            .route("/v1/messages", post(handle))
+            .route("/v1/chat/completions", post(handle))
+            .route("/chat/completions", post(handle))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        *Inner::lock(&inner.server) = Some(task);
+        Ok(SimProvider {
+            inner,
+            addr,
+            flavor,
+        })
+    }
+
+    /// The socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL as a client configures it: without `/v1` for Anthropic, with it for OpenAI.
+    pub fn base_url(&self) -> String {
+        match self.flavor {
+            Flavor::Anthropic => format!("http://{}", self.addr),
+            Flavor::OpenAi | Flavor::DeepSeek => format!("http://{}/v1", self.addr),
+        }
+    }
+
+    /// Queue faults; each request takes the next one.
+    pub fn inject(&self, faults: impl IntoIterator<Item = SimFault>) {
+        Inner::lock(&self.inner.faults).extend(faults);
+    }
+
+    /// Change the delays of later requests.
+    pub fn set_delays(&self, first_token: Duration, per_token: Duration) {
+        let mut o = Inner::lock(&self.inner.opts);
+        o.first_token_delay = first_token;
+        o.token_delay = per_token;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        Inner::lock(&self.inner.stats).clone()
+    }
+
+    /// Requests received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        Inner::lock(&self.inner.requests).clone()
+    }
+
+    /// Resolves once `n` streams have been aborted by their clients.
+    pub async fn wait_for_aborted(&self, n: u64) {
+        let mut rx = self.inner.aborted.subscribe();
+        let _ = rx.wait_for(|&v| v >= n).await;
+    }
+
+    /// Stop accepting connections.
+    pub fn shutdown(&self) {
+        if let Some(task) = Inner::lock(&self.inner.server).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Counts a stream as completed or aborted when the body is dropped.
+struct StreamGuard {
+    inner: Arc<Inner>,
+    /// The script ran to its end (terminator or scripted failure).
+    finished: bool,
+    /// The terminator was sent.
+    completed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut s = Inner::lock(&self.inner.stats);
+        s.active -= 1;
+        if self.completed {
+            s.completed += 1;
+        } else if !self.finished {
+            s.aborted += 1;
+            let n = s.aborted;
+            drop(s);
+            self.inner.aborted.send_replace(n);
+        }
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let opts = Inner::lock(&inner.opts).clone();
+    let anthropic = opts.flavor == Flavor::Anthropic;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let key = if anthropic {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    } else {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string)
+    };
+    Inner::lock(&inner.stats).requests += 1;
+    Inner::lock(&inner.requests).push(RecordedRequest {
+        path: uri.path().to_string(),
+        body: json.clone(),
+        auth_present: key.is_some(),
+    });
+
+    let wrong_api = anthropic != (uri.path() == "/v1/messages");
+    if wrong_api {
+        return wire::error(
+            opts.flavor,
+            404,
+            "not_found_error",
+            "no such endpoint",
+            None,
+        );
+    }
+    match (&key, &opts.expect_key) {
+        (None, _) => {
+            return wire::error(
+                opts.flavor,
+                401,
+                "authentication_error",
+                "missing API key",
+                None,
+            )
+        }
+        (Some(k), Some(want)) if k != want || k.is_empty() => {
+            return wire::error(
+                opts.flavor,
+                401,
+                "authentication_error",
+                "invalid x-api-key",
+                None,
+            )
+        }
+        _ => {}
+    }
+    if anthropic && headers.get("anthropic-version").is_none() {
+        return wire::error(
+            opts.flavor,
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+            None,
+        );
+    }
+    if json.is_null() || json["stream"] != serde_json::Value::Bool(true) {
+        return wire::error(
+            opts.flavor,
+            400,
+            "invalid_request_error",
+            "this simulator only serves streaming requests with a JSON body",
+            None,
+        );
+    }
+
+    let fault = Inner::lock(&inner.faults).pop_front();
+    let plan = match wire::plan(&opts, &json, fault) {
+        Plan::Respond(r) => return r,
+        Plan::Stream(steps) => steps,
+    };
+    Inner::lock(&inner.stats).active += 1;
+    let guard = StreamGuard {
+        inner: inner.clone(),
+        finished: false,
+        completed: false,
+    };
+    let keep_alive = opts.keep_alive_every;
+    let stream = futures_util::stream::unfold(
+        (VecDeque::from(plan), guard),
+        move |(mut steps, mut guard)| async move {
+            loop {
+                match steps.pop_front()? {
+                    Step::Sleep(d) => tokio::time::sleep(d).await,
+                    Step::Send(bytes) => return Some((Ok(bytes), (steps, guard))),
+                    Step::Complete => guard.completed = true,
+                    Step::Finished => guard.finished = true,
+                    Step::Stall => std::future::pending::<()>().await,
+                    Step::KeepAliveForever => {
+                        tokio::time::sleep(keep_alive).await;
+                        steps.push_front(Step::KeepAliveForever);
+                        return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (steps, guard)));
+                    }
+                    Step::Cut => {
+                        // An error from the body makes hyper drop the connection without the
+                        // final chunk: the client sees a broken stream, not a clean end.
+                        guard.finished = true;
+                        let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut");
+                        return Some((Err(e), (steps, guard)));
+                    }
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,472 @@
+//! What the simulated providers put on the wire: error bodies and streaming plans in the
+//! Anthropic and OpenAI formats (shapes as in the recorded transcripts of the official SDKs).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mythos_protocol::SimFault;
+use serde_json::{json, Value};
+
+use super::answer::{answer_for, chunk_answer};
+use super::{Flavor, SimOptions};
+use crate::provider::continuation::CONTINUE_INSTRUCTION;
+
+/// One step of a streamed response.
+pub enum Step {
+    /// Write these bytes.
+    Send(Bytes),
+    /// Wait.
+    Sleep(Duration),
+    /// The terminator was sent.
+    Complete,
+    /// The script ended without a terminator (scripted failure).
+    Finished,
+    /// Never send anything again.
+    Stall,
+    /// Send a keep-alive comment every period, forever.
+    KeepAliveForever,
+    /// Drop the connection mid-body.
+    Cut,
+}
+
+/// How to answer.
+pub enum Plan {
+    /// A complete (error) response.
+    Respond(Response),
+    /// A 200 with this streamed body.
+    Stream(Vec<Step>),
+}
+
+/// An error response in the flavour's format.
+pub fn error(
+    flavor: Flavor,
+    status: u16,
+    ty: &str,
+    msg: &str,
+    retry_after_ms: Option<u64>,
+) -> Response {
+    let body = match flavor {
+        Flavor::Anthropic => json!({"type": "error", "error": {"type": ty, "message": msg}}),
+        _ => json!({"error": {"message": msg, "type": ty, "param": null, "code": null}}),
+    };
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(ms) = retry_after_ms {
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).to_string()) {
+            h.insert("retry-after", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ms.to_string()) {
+            h.insert("retry-after-ms", v);
+        }
+    }
+    resp
+}
+
+fn status_error(flavor: Flavor, code: u16) -> Response {
+    let anthropic = flavor == Flavor::Anthropic;
+    let (ty, msg) = match code {
+        400 => ("invalid_request_error", "simulated bad request"),
+        401 => ("authentication_error", "simulated invalid API key"),
+        403 => ("permission_error", "simulated permission denied"),
+        404 => ("not_found_error", "simulated unknown model"),
+        429 => (
+            if anthropic {
+                "rate_limit_error"
+            } else {
+                "rate_limit_exceeded"
+            },
+            "simulated rate limit",
+        ),
+        529 => ("overloaded_error", "Overloaded"),
+        _ => (
+            if anthropic {
+                "api_error"
+            } else {
+                "server_error"
+            },
+            "simulated server error",
+        ),
+    };
+    error(flavor, code, ty, msg, None)
+}
+
+/// Text of a message's content: a string, or the text blocks of an array.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// Decide the response to a request and a fault.
+pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>) -> Plan {
+    let flavor = opts.flavor;
+    match &fault {
+        Some(SimFault::RateLimit { retry_after_ms }) => {
+            let ty = if flavor == Flavor::Anthropic {
+                "rate_limit_error"
+            } else {
+                "rate_limit_exceeded"
+            };
+            return Plan::Respond(error(
+                flavor,
+                429,
+                ty,
+                "simulated rate limit: slow down",
+                Some(*retry_after_ms),
+            ));
+        }
+        Some(SimFault::Overloaded) => {
+            return Plan::Respond(match flavor {
+                Flavor::Anthropic => error(flavor, 529, "overloaded_error", "Overloaded", None),
+                _ => error(
+                    flavor,
+                    503,
+                    "server_error",
+                    "The server is overloaded",
+                    None,
+                ),
+            });
+        }
+        Some(SimFault::Status { code }) => return Plan::Respond(status_error(flavor, *code)),
+        _ => {}
+    }
+
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let texts: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or("").to_string(),
+                text_of(&m["content"]),
+            )
+        })
+        .collect();
+    let input_tokens: usize = texts
+        .iter()
+        .map(|(_, t)| t.split_whitespace().count())
+        .sum::<usize>()
+        + req["system"]
+            .as_str()
+            .map_or(0, |s| s.split_whitespace().count());
+
+    // Find the prompt and, for a continuation, the partial answer to extend.
+    let mut partial = String::new();
+    let mut upto = texts.len();
+    match flavor {
+        Flavor::Anthropic => {
+            if let Some((role, text)) = texts.last() {
+                if role == "assistant" {
+                    if text.trim_end() != text {
+                        return Plan::Respond(error(
+                            flavor,
+                            400,
+                            "invalid_request_error",
+                            "messages: final assistant content cannot end with trailing whitespace",
+                            None,
+                        ));
+                    }
+                    partial = text.clone();
+                    upto -= 1;
+                }
+            }
+        }
+        _ => {
+            let n = texts.len();
+            if n >= 2
+                && texts[n - 1].0 == "user"
+                && texts[n - 1].1 == CONTINUE_INSTRUCTION
+                && texts[n - 2].0 == "assistant"
+            {
+                partial = texts[n - 2].1.clone();
+                upto -= 2;
+            }
+        }
+    }
+    let prompt = texts[..upto]
+        .iter()
+        .rev()
+        .find(|(r, _)| r == "user")
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default();
+    let full = answer_for(&prompt);
+    let rest = full
+        .strip_prefix(partial.as_str())
+        .unwrap_or(&full)
+        .to_string();
+    let tool = req["tools"]
+        .as_array()
+        .and_then(|t| t.first())
+        .and_then(|t| {
+            t["name"]
+                .as_str()
+                .or_else(|| t["function"]["name"].as_str())
+                .map(str::to_string)
+        });
+    let tool = tool.filter(|_| prompt.starts_with("call:"));
+
+    let w = Writer {
+        flavor,
+        model: opts.model.clone(),
+        id: format!("{}-{}", opts.name, fastrand::u64(..)),
+        include_usage: req["stream_options"]["include_usage"] == true,
+    };
+    let mut steps = Vec::new();
+    if let Some(SimFault::KeepAliveOnly) = fault {
+        steps.push(Step::KeepAliveForever);
+        return Plan::Stream(steps);
+    }
+    steps.extend(
+        w.preamble(input_tokens, tool.as_deref())
+            .into_iter()
+            .map(Step::Send),
+    );
+    if let Some(SimFault::StallBeforeFirstToken) = fault {
+        steps.push(Step::Stall);
+        return Plan::Stream(steps);
+    }
+    // The wait for the first token; DeepSeek fills it with keep-alive comments.
+    let mut wait = opts.first_token_delay;
+    if flavor == Flavor::DeepSeek && !opts.keep_alive_every.is_zero() {
+        while wait > opts.keep_alive_every {
+            steps.push(Step::Sleep(opts.keep_alive_every));
+            steps.push(Step::Send(Bytes::from_static(b": keep-alive\n\n")));
+            wait -= opts.keep_alive_every;
+        }
+    }
+    steps.push(Step::Sleep(wait));
+    if flavor == Flavor::DeepSeek && tool.is_none() && partial.is_empty() {
+        for t in ["Considering", " the", " question."] {
+            steps.push(Step::Send(
+                w.openai_delta(json!({"content": null, "reasoning_content": t})),
+            ));
+        }
+    }
+
+    let pieces: Vec<Bytes> = match &tool {
+        Some(_) => {
+            let args = json!({"text": full}).to_string();
+            let mut frames = Vec::new();
+            let mut start = 0;
+            while start < args.len() {
+                let mut end = (start + 10).min(args.len());
+                while !args.is_char_boundary(end) {
+                    end += 1;
+                }
+                frames.push(w.tool_args(&args[start..end]));
+                start = end;
+            }
+            frames
+        }
+        None => chunk_answer(&rest).into_iter().map(|c| w.text(c)).collect(),
+    };
+    let cut_at = match &fault {
+        Some(
+            SimFault::StallAfter { tokens }
+            | SimFault::DisconnectAfter { tokens }
+            | SimFault::MalformedAfter { tokens }
+            | SimFault::ErrorEventAfter { tokens },
+        ) => Some(*tokens as usize),
+        _ => None,
+    };
+    let output_tokens = pieces.len();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        if cut_at == Some(i) {
+            break;
+        }
+        if i > 0 {
+            steps.push(Step::Sleep(opts.token_delay));
+        }
+        steps.push(Step::Send(piece));
+    }
+    match fault {
+        Some(SimFault::StallAfter { .. }) => steps.push(Step::Stall),
+        Some(SimFault::DisconnectAfter { .. }) => {
+            // Let the frames already written reach the client before the connection dies (an
+            // error from the body makes hyper drop its unflushed buffer too).
+            steps.push(Step::Sleep(Duration::from_millis(20)));
+            steps.push(Step::Cut);
+        }
+        Some(SimFault::MalformedAfter { .. }) => {
+            steps.push(Step::Send(Bytes::from_static(
+                b"data: {\"type\":\"content_block_delta\",\n\n",
+            )));
+            steps.push(Step::Finished);
+        }
+        Some(SimFault::ErrorEventAfter { .. }) => {
+            steps.push(Step::Send(w.error_event()));
+            steps.push(Step::Finished);
+        }
+        _ => {
+            steps.extend(
+                w.epilogue(input_tokens, output_tokens, tool.is_some())
+                    .into_iter()
+                    .map(Step::Send),
+            );
+            steps.push(Step::Complete);
+        }
+    }
+    Plan::Stream(steps)
+}
+
+/// Frame builder for one response.
+struct Writer {
+    flavor: Flavor,
+    model: String,
+    id: String,
+    include_usage: bool,
+}
+
+fn sse(event: &str, data: Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn data(v: Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+impl Writer {
+    fn anthropic(&self) -> bool {
+        self.flavor == Flavor::Anthropic
+    }
+
+    fn created() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn openai_chunk(&self, choices: Value) -> Bytes {
+        data(json!({
+            "id": format!("chatcmpl-{}", self.id),
+            "object": "chat.completion.chunk",
+            "created": Self::created(),
+            "model": self.model,
+            "system_fingerprint": "fp_sim",
+            "choices": choices,
+        }))
+    }
+
+    fn openai_delta(&self, delta: Value) -> Bytes {
+        self.openai_chunk(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]),
+        )
+    }
+
+    fn preamble(&self, input_tokens: usize, tool: Option<&str>) -> Vec<Bytes> {
+        if self.anthropic() {
+            let block = if let Some(name) = tool {
+                json!({"type": "tool_use", "id": format!("toolu_{}", self.id), "name": name, "input": {}})
+            } else {
+                json!({"type": "text", "text": ""})
+            };
+            vec![
+                sse(
+                    "message_start",
+                    json!({"type": "message_start", "message": {
+                    "id": format!("msg_{}", self.id), "type": "message", "role": "assistant",
+                    "content": [], "model": self.model, "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+                ),
+                sse(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0,
+                    "content_block": block}),
+                ),
+                Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"),
+            ]
+        } else if let Some(name) = tool {
+            vec![
+                self.openai_delta(json!({"role": "assistant", "content": null, "tool_calls": [
+                {"index": 0, "id": format!("call_{}", self.id), "type": "function",
+                 "function": {"name": name, "arguments": ""}}], "refusal": null})),
+            ]
+        } else {
+            vec![self.openai_delta(json!({"role": "assistant", "content": "", "refusal": null}))]
+        }
+    }
+
+    fn text(&self, t: &str) -> Bytes {
+        if self.anthropic() {
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": t}}),
+            )
+        } else {
+            self.openai_delta(json!({"content": t}))
+        }
+    }
+
+    fn tool_args(&self, fragment: &str) -> Bytes {
+        if self.anthropic() {
+            sse(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+            )
+        } else {
+            self.openai_delta(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
+            )
+        }
+    }
+
+    fn error_event(&self) -> Bytes {
+        if self.anthropic() {
+            Bytes::from_static(
+                b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n",
+            )
+        } else {
+            data(
+                json!({"error": {"message": "The server had an error while processing your request.",
+                "type": "server_error", "param": null, "code": null}}),
+            )
+        }
+    }
+
+    fn epilogue(&self, input_tokens: usize, output_tokens: usize, tool: bool) -> Vec<Bytes> {
+        if self.anthropic() {
+            vec![
+                sse(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                sse(
+                    "message_delta",
+                    json!({"type": "message_delta",
+                    "delta": {"stop_reason": if tool { "tool_use" } else { "end_turn" }, "stop_sequence": null},
+                    "usage": {"output_tokens": output_tokens}}),
+                ),
+                sse("message_stop", json!({"type": "message_stop"})),
+            ]
+        } else {
+            let mut v = vec![
+                self.openai_chunk(json!([{"index": 0, "delta": {}, "logprobs": null,
+                "finish_reason": if tool { "tool_calls" } else { "stop" }}])),
+            ];
+            if self.include_usage {
+                v.push(data(json!({
+                    "id": format!("chatcmpl-{}", self.id), "object": "chat.completion.chunk",
+                    "created": Self::created(), "model": self.model, "choices": [],
+                    "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                              "total_tokens": input_tokens + output_tokens}})));
+            }
+            v.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            v
+        }
+    }
+}
