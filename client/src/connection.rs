@@ -473,6 +473,25 @@ pub async fn spawn_and_wait(mut cmd: Command, bin: &Path) -> Result<(Started, Ch
             Started::Exited(status, String::new())
         }
         Ok(Ok(_)) => match parse_notify(&line) {
+            Some(Notify::Error(first)) => {
+                // A failing daemon exits right after its line, but some of its messages (a
+                // config parse error with its source excerpt) span several lines: take what
+                // follows too, up to its exit, within reason.
+                let mut rest = Vec::new();
+                let mut tail = tokio::io::AsyncReadExt::take(reader, 16 * 1024);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::AsyncReadExt::read_to_end(&mut tail, &mut rest),
+                )
+                .await;
+                let rest = String::from_utf8_lossy(&rest);
+                let rest = rest.trim_end();
+                if rest.is_empty() {
+                    Started::Line(Notify::Error(first))
+                } else {
+                    Started::Line(Notify::Error(format!("{first}\n{rest}")))
+                }
+            }
             Some(n) => Started::Line(n),
             None => Started::Exited(None, line.trim().to_string()),
         },

@@ -227,7 +227,8 @@ pub fn error_hint(
     });
     match kind {
         ErrorKind::NoProviders if pinned => Some(
-            "`mythos status` lists the provider names; leave out --provider to let mythos choose"
+            "`mythos status` (/status in chat) lists the provider names; without a pin \
+             (no --provider, /auto in chat) mythos chooses"
                 .to_string(),
         ),
         ErrorKind::NoProviders => Some(format!(
@@ -240,20 +241,22 @@ pub fn error_hint(
         )),
         ErrorKind::AllCoolingDown => Some(match back_in {
             Some(t) => format!(
-                "the first provider is back in {t}; `mythos status` shows every cooldown and \
-                 `mythos reset PROVIDER` ends one by hand"
+                "every provider is cooling down; the first is back in {t}. `mythos status` \
+                 shows each cooldown and `mythos reset PROVIDER` ends one by hand"
             ),
-            None => {
-                "`mythos status` shows every cooldown; `mythos reset PROVIDER` ends one by hand"
-                    .to_string()
-            }
+            None => "every provider is cooling down; `mythos status` shows each cooldown and \
+                     `mythos reset PROVIDER` ends one by hand"
+                .to_string(),
         }),
         ErrorKind::RateLimited | ErrorKind::Overloaded => match (back_in, pinned) {
             (Some(t), true) => Some(format!(
-                "the provider asks to wait {t}; leave out --provider to let mythos route around it"
+                "the provider asks to wait {t}; without a pin (no --provider, /auto in chat) \
+                 mythos routes around it"
             )),
             (Some(t), false) => Some(format!("the provider asks to wait {t}")),
-            (None, true) => Some("leave out --provider to let mythos route around it".into()),
+            (None, true) => {
+                Some("without a pin (no --provider, /auto in chat) mythos routes around it".into())
+            }
             (None, false) => None,
         },
         ErrorKind::Offline => Some("every provider failed to connect: check the network".into()),
@@ -772,6 +775,8 @@ pub struct StreamPrinter<O: Write, S: Write> {
     out_mid_line: bool,
     /// Thinking text was written to `side` without a final newline.
     side_mid_line: bool,
+    /// We broke the answer's line on screen for a notice; the answer has not gone on yet.
+    broke_line: bool,
     buffer: String,
 }
 
@@ -784,6 +789,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             opts,
             out_mid_line: false,
             side_mid_line: false,
+            broke_line: false,
             buffer: String::new(),
         }
     }
@@ -806,9 +812,20 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                     self.side.flush()?;
                     self.side_mid_line = false;
                 }
-                self.out.write_all(text.as_bytes())?;
+                // Right after a line break we inserted for a notice, the space that joined the
+                // two halves of the answer would only indent the new line.
+                let shown = if self.broke_line {
+                    text.trim_start_matches([' ', '\t'])
+                } else {
+                    text
+                };
+                if shown.is_empty() {
+                    return Ok(());
+                }
+                self.broke_line = false;
+                self.out.write_all(shown.as_bytes())?;
                 self.out.flush()?;
-                self.out_mid_line = !text.ends_with('\n');
+                self.out_mid_line = !shown.ends_with('\n');
             }
             StreamEvent::ThinkingDelta { text } if self.opts.show_thinking && !text.is_empty() => {
                 if self.out_mid_line && self.opts.same_screen {
@@ -892,6 +909,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             self.out.write_all(b"\n")?;
             self.out.flush()?;
             self.out_mid_line = false;
+            self.broke_line = true;
         }
         Ok(())
     }
@@ -972,7 +990,10 @@ mod tests {
         );
         assert!(h.contains("config.toml"), "{h}");
         let h = error_hint(ErrorKind::AllCoolingDown, Some(61_000), 1_000, cfg, false).unwrap();
-        assert!(h.contains("back in 1 m"), "{h}");
+        assert!(
+            h.contains("cooling down") && h.contains("back in 1 m"),
+            "{h}"
+        );
         let h = error_hint(ErrorKind::Auth, None, 0, cfg, false).unwrap();
         assert!(h.contains("key"), "{h}");
         assert!(error_hint(ErrorKind::BadRequest, None, 0, cfg, false).is_none());
@@ -1213,12 +1234,17 @@ Attempts:
     #[test]
     fn continue_on_a_shared_screen_puts_the_notice_on_its_own_line() {
         let mut p = printer(false, true);
-        for ev in [text("Hel"), reroute(RerouteMode::Continue), text("lo")] {
+        for ev in [
+            text("Hello,"),
+            reroute(RerouteMode::Continue),
+            text(" "),
+            text(" world"),
+        ] {
             p.event(&ev).unwrap();
         }
         p.finish().unwrap();
         let (out, side) = outputs(p);
-        assert_eq!(out, "Hel\nlo\n");
+        assert_eq!(out, "Hello,\nworld\n");
         assert_eq!(
             side,
             "↪ sim-deepseek failed (connection dropped): continuing on sim-openai\n"

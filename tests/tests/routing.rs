@@ -280,19 +280,23 @@ async fn malformed_chunks_and_error_events_fail_over() {
     let ev = c.chat(ChatRequest::user_text(1, "garbled")).await;
     assert_eq!(text_of(&ev), answer_for("garbled"));
 
-    // Reset so the next fault is on a healthy primary.
-    c.send(Request::Reset {
-        provider: "anthropic".into(),
-    })
-    .await;
-    assert_eq!(c.recv().await, Response::Ok);
-    w.anthropic
-        .inject([SimFault::ErrorEventAfter { tokens: 2 }]);
+    // The primary's score dropped, so the next request starts on deepseek, then openai: both
+    // fail with an in-stream error after a 200, and the answer is finished by anthropic.
+    for sim in [&w.deepseek, &w.openai] {
+        sim.inject([SimFault::ErrorEventAfter { tokens: 2 }]);
+    }
     let ev = c
         .chat(ChatRequest::user_text(2, "overloaded mid-stream"))
         .await;
     assert_eq!(text_of(&ev), answer_for("overloaded mid-stream"));
-    assert!(!reroutes(&ev).is_empty());
+    let routes: Vec<_> = reroutes(&ev).into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        routes,
+        [
+            ("deepseek".to_string(), "openai".to_string()),
+            ("openai".to_string(), "anthropic".to_string())
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

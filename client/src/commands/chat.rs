@@ -327,11 +327,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
             Input::Empty => Ok(()),
             Input::Exit => break,
             Input::Help => print(HELP),
-            Input::Provider(Some(p)) => {
-                let text = format!("pinned to {p}: no fallback until /auto\n");
-                s.pin = Some(p);
-                print(&text)
-            }
+            Input::Provider(Some(p)) => s.pin_to(p),
             Input::Provider(None) => print(&match &s.pin {
                 Some(p) => format!("pinned to {p}\n"),
                 None => "not pinned: mythos chooses the provider\n".to_string(),
@@ -396,6 +392,24 @@ impl Session<'_> {
             style.bold(&line),
             style.dim("/help for commands, Ctrl-D to quit")
         ))
+    }
+
+    /// Pin to `name` if the daemon knows such a provider.
+    fn pin_to(&mut self, name: String) -> Result<(), Failure> {
+        let rt = self.rt;
+        let conn = self.connection()?;
+        let report = rt.block_on(status::fetch(conn))?;
+        if report.providers.iter().any(|p| p.name == name) {
+            print(&format!("pinned to {name}: no fallback until /auto\n"))?;
+            self.pin = Some(name);
+            Ok(())
+        } else {
+            let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
+            print(&format!(
+                "no provider named {name}; choose one of: {}\n",
+                names.join(", ")
+            ))
+        }
     }
 
     fn status(&mut self) -> Result<(), Failure> {

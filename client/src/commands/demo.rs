@@ -20,7 +20,7 @@ use crate::connection::{
     Notify, Started, Target,
 };
 use crate::error::{Failure, EXIT_INTERRUPTED, EXIT_OK};
-use crate::render::{footer, status_text, PrinterOptions, StreamPrinter, Style};
+use crate::render::{fmt_duration_ms, footer, status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome, Turn};
 
 /// Variables that would point the private daemon at the user's world.
@@ -174,7 +174,11 @@ pub async fn run(g: &Globals) -> Result<u8, Failure> {
     let daemon = PrivateDaemon::start(&g.target.encodings).await?;
     let result = tokio::select! {
         r = tour(&daemon, style) => r,
-        _ = tokio::signal::ctrl_c() => Err(Failure::silent(EXIT_INTERRUPTED)),
+        _ = tokio::signal::ctrl_c() => {
+            // End the line the interrupted answer was on.
+            let _ = print("\n");
+            Err(Failure::silent(EXIT_INTERRUPTED))
+        }
     };
     daemon.stop().await;
     if result.is_ok() {
@@ -226,10 +230,13 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
         (Some(r), Some(after)) => say(
             style,
             &format!(
-                "mythos did not wait 60 s: it moved the request to {} {} ms after sending it, \
+                "mythos did not wait 60 s: it moved the request to {} {} after sending it, \
                  and {} is cooling down.",
                 r.to,
-                after.as_millis(),
+                match after.as_millis() {
+                    0 => "less than a millisecond".to_string(),
+                    ms => fmt_duration_ms(ms as u64),
+                },
                 r.from
             ),
         )?,
