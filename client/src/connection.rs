@@ -616,6 +616,179 @@ mod tests {
         assert!(f.hint.unwrap().contains("--foreground"));
     }
 
+    /// A stand-in daemon on a real local socket: answers the hello as `reply` says, then
+    /// plays `events` for the first chat request and answers `status` with an error.
+    #[cfg(unix)]
+    async fn fake_daemon(
+        socket: PathBuf,
+        accept: bool,
+        events: Vec<mythos_protocol::StreamEvent>,
+    ) -> tokio::task::JoinHandle<Option<Hello>> {
+        use interprocess::local_socket::traits::tokio::Listener as _;
+        use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+        let name = socket.as_path().to_fs_name::<GenericFilePath>().unwrap();
+        let listener = ListenerOptions::new().name(name).create_tokio().unwrap();
+        tokio::spawn(async move {
+            let stream = listener.accept().await.ok()?;
+            let mut framed = Framed::new(
+                stream,
+                FrameCodec::<Hello, HelloReply>::new(Encoding::Json, MAX_HELLO_LEN),
+            );
+            let hello = framed.next().await?.ok()?;
+            if !accept {
+                let reply = HelloReply::Incompatible {
+                    protocol: 99,
+                    build: "9.9.9".into(),
+                    reason: "too new".into(),
+                };
+                framed.send(reply).await.ok()?;
+                return Some(hello);
+            }
+            let encoding = hello.encodings[0];
+            let reply = HelloReply::Accepted {
+                protocol: PROTOCOL_VERSION,
+                build: "fake".into(),
+                encoding,
+            };
+            framed.send(reply).await.ok()?;
+            let mut framed =
+                framed.map_codec(|_| FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN));
+            while let Some(Ok(req)) = framed.next().await {
+                match req {
+                    Request::Chat(c) => {
+                        for event in events.clone() {
+                            let ev = Response::Event { id: c.id, event };
+                            framed.send(ev).await.ok()?;
+                        }
+                    }
+                    _ => {
+                        let err = Response::Error {
+                            kind: mythos_protocol::ErrorKind::BadRequest,
+                            message: "not here".into(),
+                        };
+                        framed.send(err).await.ok()?;
+                    }
+                }
+            }
+            Some(hello)
+        })
+    }
+
+    #[cfg(unix)]
+    fn scratch_socket(tag: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("mythos-client-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("d.sock");
+        (dir, socket)
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_stream_end_to_end_over_a_real_socket() {
+        use crate::stream::{self, Ended, Outcome};
+        use mythos_protocol::{ChatRequest, FinishReason, RerouteMode, StreamEvent, Usage};
+
+        let (dir, socket) = scratch_socket("stream");
+        let events = vec![
+            StreamEvent::Started {
+                provider: "a".into(),
+                model: "m".into(),
+                attempt: 1,
+            },
+            StreamEvent::TextDelta {
+                text: "Discarded".into(),
+            },
+            StreamEvent::Rerouted {
+                from: "a".into(),
+                to: "b".into(),
+                reason: "cut off".into(),
+                mode: RerouteMode::Restart,
+            },
+            StreamEvent::TextDelta {
+                text: "Whole answer.".into(),
+            },
+            StreamEvent::Done {
+                finish: FinishReason::Stop,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                latency_ms: 5,
+                provider: "b".into(),
+                model: "m".into(),
+                record: 9,
+            },
+        ];
+        let daemon = fake_daemon(socket.clone(), true, events.clone()).await;
+        let target = Target {
+            socket,
+            encodings: vec![Encoding::Bincode, Encoding::Json],
+        };
+        let mut conn = Connection::connect(&target).await.unwrap();
+        assert_eq!(conn.daemon_build, "fake");
+        assert_eq!(conn.daemon_pid, Some(std::process::id()));
+        let id = conn.next_id();
+        let mut seen = Vec::new();
+        let mut sink = |got: RequestId, ev: &StreamEvent| {
+            assert_eq!(got, id);
+            seen.push(ev.clone());
+            Ok(())
+        };
+        let ended = stream::run(&mut conn, ChatRequest::user_text(id, "q"), false, &mut sink)
+            .await
+            .unwrap();
+        let Ended::Finished(turn) = ended else {
+            panic!("{ended:?}")
+        };
+        assert_eq!(turn.text, "Whole answer.");
+        assert!(matches!(
+            turn.outcome,
+            Some(Outcome::Done { record: 9, .. })
+        ));
+        assert_eq!(seen, events);
+
+        // A non-stream request answered by an error becomes a failure with the daemon's words.
+        let resp = conn.call(Request::Status).await.unwrap();
+        assert!(matches!(resp, Response::Error { .. }));
+        drop(conn);
+        let hello = daemon.await.unwrap().unwrap();
+        assert_eq!(hello.build, BUILD);
+        assert_eq!(hello.encodings, [Encoding::Bincode, Encoding::Json]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_incompatible_daemon_is_named_with_its_version() {
+        let (dir, socket) = scratch_socket("incompatible");
+        let daemon = fake_daemon(socket.clone(), false, Vec::new()).await;
+        let target = Target {
+            socket,
+            encodings: vec![Encoding::Json],
+        };
+        let err = Connection::connect(&target).await.unwrap_err();
+        assert!(matches!(
+            err,
+            ConnectError::Incompatible { protocol: 99, .. }
+        ));
+        let f = err.into_failure(&target);
+        assert_eq!(f.code, EXIT_INCOMPATIBLE);
+        assert_eq!(
+            f.message,
+            format!(
+                "mythosd 9.9.9 is running (protocol 99); this client is {BUILD} (protocol \
+                 {PROTOCOL_VERSION}). Run `mythos daemon restart`."
+            )
+        );
+        daemon.await.unwrap();
+        // Nothing listens any more: the socket file is stale, which means "not running".
+        assert!(matches!(
+            Connection::connect(&target).await,
+            Err(ConnectError::NotRunning)
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn refused_and_missing_mean_not_running() {
         assert!(nothing_listens(&io::Error::from(io::ErrorKind::NotFound)));

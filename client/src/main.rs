@@ -53,6 +53,11 @@ enum Command {
     /// Chat interactively (/help inside lists the commands).
     Chat(ChatArgs),
     /// Ask one question; the answer goes to stdout.
+    ///
+    /// On a terminal the answer streams. Otherwise it is written once complete, so a file or
+    /// pipe never holds text the daemon discarded; use --json to follow a stream from a
+    /// program. Reroute notices, the footer and errors go to stderr. Exit status: 0 when the
+    /// answer completed, 1 when it failed.
     Ask(AskArgs),
     /// Show every provider's health, score and cooldown.
     Status {
@@ -148,8 +153,6 @@ struct ChatArgs {
     show_thinking: bool,
 }
 
-/// When stdout is not a terminal, the answer is written once complete (so a file never holds
-/// text the daemon discarded); use --json to follow a stream from a program.
 #[derive(Debug, Args)]
 struct AskArgs {
     /// The prompt; read from stdin when absent or `-`.

@@ -209,13 +209,14 @@ fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderE
     } else {
         "request failed"
     };
-    // without_url: the URL is configuration, and could carry credentials in its userinfo.
+    // The innermost cause says what happened ("unexpected EOF during chunk size line",
+    // "Connection refused"); the layers above it only repeat "error sending request". The URL
+    // is left out: it is configuration, and could carry credentials in its userinfo.
     let e = e.without_url();
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
+        detail = s.to_string();
         source = s.source();
     }
     ProviderError::new(kind, format!("{name}: {what} ({detail})"))

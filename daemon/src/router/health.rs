@@ -43,9 +43,23 @@ impl Ema {
         self.value
     }
 
-    /// Fold in a sample taken at `now`.
+    /// Fold in a sample taken at `now`. The first sample is taken as it is: for a latency it
+    /// is the best estimate there is.
     pub fn observe(&mut self, x: f64, prior: f64, now: Instant, half_life: Duration) {
-        // The first sample moves the prior like any other: one failure is evidence, not proof.
+        let next = match self.value {
+            None => x,
+            Some(_) => {
+                let current = self.get(prior, now, half_life);
+                current + ALPHA * (x - current)
+            }
+        };
+        self.value = Some(next);
+        self.updated = Some(now);
+    }
+
+    /// Fold in a sample, starting from the prior rather than from the first sample: for the
+    /// success rate, one failure is evidence, not proof that a provider is dead.
+    pub fn observe_from_prior(&mut self, x: f64, prior: f64, now: Instant, half_life: Duration) {
         let current = self.get(prior, now, half_life);
         self.value = Some(current + ALPHA * (x - current));
         self.updated = Some(now);
@@ -363,7 +377,7 @@ impl HealthBook {
     pub fn record_success(&mut self, i: usize, latency: Duration, now: Instant) {
         let hl = self.cfg.health_half_life;
         let p = &mut self.providers[i];
-        p.success.observe(1.0, PRIOR_SUCCESS, now, hl);
+        p.success.observe_from_prior(1.0, PRIOR_SUCCESS, now, hl);
         p.latency.observe(ms(latency), PRIOR_LATENCY_MS, now, hl);
         p.consecutive_failures = 0;
         if matches!(p.breaker, Breaker::HalfOpen { .. } | Breaker::Open { .. }) {
@@ -375,7 +389,7 @@ impl HealthBook {
     pub fn record_failure(&mut self, i: usize, kind: ErrorKind, message: &str, now: Instant) {
         let hl = self.cfg.health_half_life;
         let p = &mut self.providers[i];
-        p.success.observe(0.0, PRIOR_SUCCESS, now, hl);
+        p.success.observe_from_prior(0.0, PRIOR_SUCCESS, now, hl);
         p.failures += 1;
         p.consecutive_failures += 1;
         p.last_error = Some(format!("{}: {message}", kind.as_str()));
