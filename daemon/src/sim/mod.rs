@@ -24,6 +24,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use mythos_protocol::SimFault;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,6 +150,11 @@ impl SimProvider {
             .route("/v1/chat/completions", post(handle))
             .route("/chat/completions", post(handle))
             .with_state(inner.clone());
+        // Small SSE frames must leave at once, as from a real provider; with Nagle on, each
+        // would wait for the previous one's delayed ACK (40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
