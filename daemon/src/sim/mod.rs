@@ -334,6 +334,9 @@ async fn handle(
         move |(mut steps, mut guard)| async move {
             loop {
                 match steps.pop_front()? {
+                    // A zero sleep would still wait for the next timer tick (1 ms): skip it, so a
+                    // zero-delay mock streams as fast as the socket allows.
+                    Step::Sleep(d) if d.is_zero() => {}
                     Step::Sleep(d) => tokio::time::sleep(d).await,
                     Step::Send(bytes) => return Some((Ok(bytes), (steps, guard))),
                     Step::Complete => guard.completed = true,

@@ -476,6 +476,51 @@ async fn main() {
         });
     }
 
+    // Mid-stream disconnect: from the reroute to the fallback's first token, next to the
+    // fallback's own time to first token.
+    {
+        let primary = mock("primary", Flavor::OpenAi).await;
+        let fallback = mock("fallback", Flavor::OpenAi).await;
+        let ft = HttpTransport::new(provider_cfg("fallback", &fallback, Api::Openai), http_client());
+        let mut own = Vec::new();
+        for _ in 0..20 {
+            own.push(direct_once(&ft, prompt).await.0);
+        }
+        let env = daemon_env(&[("primary", &primary), ("fallback", &fallback)], "");
+        let _daemon = env.start_daemon(&[]);
+        let mut c = RawClient::connect(&env.socket).await;
+        let mut samples = Vec::new();
+        for i in 0..(reps as u64 * 3) {
+            c.send(Request::Reset { provider: "primary".into() }).await;
+            let _ = c.recv().await;
+            primary.inject([SimFault::DisconnectAfter { tokens: 5 }]);
+            c.send(Request::Chat(ChatRequest::user_text(300 + i, prompt))).await;
+            let mut rerouted_at = None;
+            loop {
+                match c.recv().await {
+                    Response::Event { event: StreamEvent::Rerouted { .. }, .. } => {
+                        rerouted_at = Some(Instant::now())
+                    }
+                    Response::Event { event: StreamEvent::TextDelta { .. }, .. } => {
+                        if let Some(t) = rerouted_at.take() {
+                            samples.push(ms(t.elapsed()));
+                        }
+                    }
+                    Response::Event { event: StreamEvent::Done { .. } | StreamEvent::Error { .. }, .. } => break,
+                    _ => {}
+                }
+            }
+        }
+        rows.push(Row {
+            section: "4. failover",
+            metric: "disconnect after 5 tokens: reroute → fallback's first new token".into(),
+            direct: Some(Stat::of(own)),
+            via: Some(Stat::of(samples)),
+            unit: "ms",
+            note: "direct = the fallback's own time to first token".into(),
+        });
+    }
+
     // --- 5: watchdog ----------------------------------------------------------------------
     {
         let primary = mock("primary", Flavor::OpenAi).await;
