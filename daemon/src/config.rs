@@ -415,10 +415,22 @@ impl Config {
 }
 
 fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        // toml's message reads "TOML parse error at line 3, column 1 ... unknown field `x`".
-        message: e.to_string().trim_end().to_string(),
+    toml::from_str(text).map_err(|e| {
+        // One line, compiler style: "line 3, column 1: unknown field `x`, expected ...". The
+        // daemon reports start-up errors on a single line, and editors jump to line:column.
+        let message = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {}", e.message().trim())
+            }
+            None => e.message().trim().to_string(),
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: message.replace('\n', " "),
+        }
     })
 }
 
@@ -504,6 +516,7 @@ priority = 7
         assert!(msg.contains("config.toml"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("cooldwn"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
 
         let e = load("[[provider]]\nname = \"x\"\npriority = \"high\"\n", &env).unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");

@@ -156,3 +156,69 @@ fn the_demo_shows_routing_and_failover() {
     assert!(all.contains("sim-deepseek"), "{all}");
     assert!(all.contains("sim-anthropic"), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_keeps_health() {
+    let a = mock("anthropic", Flavor::Anthropic).await;
+    let d = mock("deepseek", Flavor::DeepSeek).await;
+    let o = mock("openai", Flavor::OpenAi).await;
+    let mut env = TestEnv::new();
+    use_mocks(&mut env, &a, &d, &o);
+    let daemon = env.start_daemon(&[]);
+    a.inject([SimFault::RateLimit {
+        retry_after_ms: 600_000,
+    }]);
+    let mut c = RawClient::connect(&env.socket).await;
+    c.chat(ChatRequest::user_text(1, "trip it")).await;
+
+    // Demote deepseek below openai and change its model; reload.
+    env.write_config(
+        "[[provider]]\nname = \"deepseek\"\npriority = 7\nmodel = \"deepseek-reasoner\"\n",
+    );
+    daemon.signal(libc::SIGHUP);
+    // Observe the reload instead of sleeping for it.
+    let mut reloaded = None;
+    for _ in 0..200 {
+        let s = c.status().await;
+        let p = s
+            .providers
+            .iter()
+            .find(|p| p.name == "deepseek")
+            .cloned()
+            .unwrap();
+        if p.model == "deepseek-reasoner" {
+            reloaded = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let s = reloaded.expect("config reloaded after SIGHUP");
+    assert_eq!(
+        s.providers
+            .iter()
+            .find(|p| p.name == "deepseek")
+            .unwrap()
+            .priority,
+        7
+    );
+    // Health carried over: anthropic is still cooling down.
+    let p = s.providers.iter().find(|p| p.name == "anthropic").unwrap();
+    assert_eq!(p.state, BreakerState::Open);
+    let ev = c.chat(ChatRequest::user_text(2, "after reload")).await;
+    assert_eq!(mythos_tests::text_of(&ev), answer_for("after reload"));
+    assert_eq!(a.stats().requests, 1);
+    drop(daemon);
+}
+
+#[test]
+fn an_unwritable_socket_path_is_a_clear_error() {
+    let mut env = TestEnv::new();
+    let blocker = env.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    env.socket = blocker.join("mythosd.sock");
+    let out = env.mythos(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not-a-dir"), "{err}");
+    assert!(err.lines().count() <= 3, "short and clear: {err}");
+}

@@ -427,10 +427,13 @@ impl HealthBook {
         until
     }
 
-    /// Close a breaker by hand (`mythos reset`).
+    /// Close a breaker by hand (`mythos reset`), and forget the failures behind it: whoever
+    /// resets a provider has reason to trust it again.
     pub fn reset(&mut self, i: usize) {
         let p = &mut self.providers[i];
         p.breaker = Breaker::Closed;
+        p.success = Ema::default();
+        p.no_prefill = false;
         p.rate_limited_until = None;
         p.consecutive_failures = 0;
     }

@@ -481,7 +481,10 @@ async fn main() {
     {
         let primary = mock("primary", Flavor::OpenAi).await;
         let fallback = mock("fallback", Flavor::OpenAi).await;
-        let ft = HttpTransport::new(provider_cfg("fallback", &fallback, Api::Openai), http_client());
+        let ft = HttpTransport::new(
+            provider_cfg("fallback", &fallback, Api::Openai),
+            http_client(),
+        );
         let mut own = Vec::new();
         for _ in 0..20 {
             own.push(direct_once(&ft, prompt).await.0);
@@ -491,22 +494,33 @@ async fn main() {
         let mut c = RawClient::connect(&env.socket).await;
         let mut samples = Vec::new();
         for i in 0..(reps as u64 * 3) {
-            c.send(Request::Reset { provider: "primary".into() }).await;
+            c.send(Request::Reset {
+                provider: "primary".into(),
+            })
+            .await;
             let _ = c.recv().await;
             primary.inject([SimFault::DisconnectAfter { tokens: 5 }]);
-            c.send(Request::Chat(ChatRequest::user_text(300 + i, prompt))).await;
+            c.send(Request::Chat(ChatRequest::user_text(300 + i, prompt)))
+                .await;
             let mut rerouted_at = None;
             loop {
                 match c.recv().await {
-                    Response::Event { event: StreamEvent::Rerouted { .. }, .. } => {
-                        rerouted_at = Some(Instant::now())
-                    }
-                    Response::Event { event: StreamEvent::TextDelta { .. }, .. } => {
+                    Response::Event {
+                        event: StreamEvent::Rerouted { .. },
+                        ..
+                    } => rerouted_at = Some(Instant::now()),
+                    Response::Event {
+                        event: StreamEvent::TextDelta { .. },
+                        ..
+                    } => {
                         if let Some(t) = rerouted_at.take() {
                             samples.push(ms(t.elapsed()));
                         }
                     }
-                    Response::Event { event: StreamEvent::Done { .. } | StreamEvent::Error { .. }, .. } => break,
+                    Response::Event {
+                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
+                        ..
+                    } => break,
                     _ => {}
                 }
             }
