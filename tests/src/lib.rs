@@ -43,9 +43,10 @@ pub fn bin_dir() -> &'static Path {
         // Make sure both binaries exist and are current: cargo test does not build the bins of
         // other packages. A no-op build takes a fraction of a second. Outside cargo (a copied
         // bench binary, say), binaries that are already there are used as they are.
-        let present = ["mythosd", "mythos"]
-            .iter()
-            .all(|b| dir.join(format!("{b}{}", std::env::consts::EXE_SUFFIX)).exists());
+        let present = ["mythosd", "mythos"].iter().all(|b| {
+            dir.join(format!("{b}{}", std::env::consts::EXE_SUFFIX))
+                .exists()
+        });
         if std::env::var_os("CARGO").is_some() || !present {
             let release = dir.ends_with("release");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

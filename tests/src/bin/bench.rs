@@ -148,17 +148,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Run `total` requests with `conc` workers; returns all (ttft, total) samples and wall time.
-async fn load<F, Fut>(conc: usize, total: usize, make: F) -> (Vec<f64>, Vec<f64>, u64, f64)
+/// Run `conc` workers made by `make` (each runs its share of the requests); returns all
+/// (ttft, total) samples, the chunks relayed and the wall time.
+async fn load<F, Fut>(conc: usize, make: F) -> (Vec<f64>, Vec<f64>, u64, f64)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Vec<(f64, f64, u64)>> + Send + 'static,
 {
-    let per = total.div_ceil(conc);
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(conc);
     for w in 0..conc {
-        let _ = per;
         handles.push(tokio::spawn(make(w)));
     }
     let (mut ttft, mut tot, mut chunks) = (Vec::new(), Vec::new(), 0);
@@ -278,7 +277,7 @@ async fn main() {
         let mut cpu_per_m = vec![];
         for _ in 0..reps {
             let t = transport.clone();
-            let (mut a, mut b, _, _) = load(conc, total, move |_| {
+            let (mut a, mut b, _, _) = load(conc, move |_| {
                 let t = t.clone();
                 async move {
                     let mut v = Vec::with_capacity(per);
@@ -296,7 +295,7 @@ async fn main() {
 
             let socket = env.socket.clone();
             let cpu0 = cpu_secs(pid);
-            let (mut a, mut b, chunks, wall) = load(conc, total, move |_| {
+            let (mut a, mut b, chunks, wall) = load(conc, move |_| {
                 let socket = socket.clone();
                 async move {
                     let mut c = RawClient::connect(Path::new(&socket)).await;
@@ -347,6 +346,71 @@ async fn main() {
             unit: "s",
             note: "includes the daemon's HTTP client and SSE parsing".into(),
         });
+    }
+
+    // The same comparison with a provider that paces its tokens like a real one (50 ms to the
+    // first token, 20 ms per token): the CPU is no longer saturated, so this shows the
+    // daemon's per-request cost at high concurrency without the queueing above.
+    {
+        let paced = mock("paced", Flavor::OpenAi).await;
+        paced.set_delays(Duration::from_millis(50), Duration::from_millis(20));
+        let transport = Arc::new(HttpTransport::new(
+            provider_cfg("paced", &paced, Api::Openai),
+            http_client(),
+        ));
+        let env = daemon_env(&[("paced", &paced)], "");
+        let _daemon = env.start_daemon(&[]);
+        let mut paced_levels = vec![100usize];
+        if !o.quick {
+            paced_levels.push(1000);
+        }
+        for conc in paced_levels {
+            let per = 2;
+            let (mut d50, mut d99, mut v50, mut v99) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..reps {
+                let t = transport.clone();
+                let (mut a, _, _, _) = load(conc, move |_| {
+                    let t = t.clone();
+                    async move {
+                        let mut v = Vec::with_capacity(per);
+                        for _ in 0..per {
+                            v.push(direct_once(&t, prompt).await);
+                        }
+                        v
+                    }
+                })
+                .await;
+                d50.push(pct(&mut a, 0.5));
+                d99.push(pct(&mut a, 0.99));
+                let socket = env.socket.clone();
+                let (mut a, _, _, _) = load(conc, move |_| {
+                    let socket = socket.clone();
+                    async move {
+                        let mut c = RawClient::connect(Path::new(&socket)).await;
+                        let mut v = Vec::with_capacity(per);
+                        for i in 0..per {
+                            v.push(via_once(&mut c, i as u64, prompt).await);
+                        }
+                        v
+                    }
+                })
+                .await;
+                v50.push(pct(&mut a, 0.5));
+                v99.push(pct(&mut a, 0.99));
+            }
+            for (metric, d, v) in [("p50", d50, v50), ("p99", d99, v99)] {
+                rows.push(Row {
+                    section: "1. overhead on a healthy request",
+                    metric: format!(
+                        "paced provider: time to first token {metric}, concurrency {conc}"
+                    ),
+                    direct: Some(Stat::of(d)),
+                    via: Some(Stat::of(v)),
+                    unit: "ms",
+                    note: "50 ms to first token, 20 ms per token".into(),
+                });
+            }
+        }
     }
 
     // --- 3: memory ------------------------------------------------------------------------
