@@ -111,8 +111,10 @@ pub struct ProviderHealth {
     pub name: String,
     /// Configured priority.
     pub priority: u32,
-    /// Blended price per 1K tokens.
+    /// Configured blended price per 1K tokens: the prior of [`ProviderHealth::cost`].
     pub cost_per_1k: f64,
+    /// Cost per 1K tokens as billed (configured prices applied to the real token mix).
+    pub cost: Ema,
     /// Success average.
     pub success: Ema,
     /// Time to first token average, ms.
@@ -175,6 +177,7 @@ impl HealthBook {
                     name,
                     priority,
                     cost_per_1k,
+                    cost: Ema::default(),
                     success: Ema::default(),
                     ttft: Ema::default(),
                     gap: Ema::default(),
@@ -224,17 +227,14 @@ impl HealthBook {
     pub fn score_of(&self, i: usize, task: TaskKind, now: Instant) -> f64 {
         let p = &self.providers[i];
         let hl = self.cfg.health_half_life;
-        let max_cost = self
-            .providers
-            .iter()
-            .map(|p| p.cost_per_1k)
-            .fold(0.0, f64::max);
+        let cost = |p: &ProviderHealth| p.cost.get(p.cost_per_1k, now, hl);
+        let max_cost = self.providers.iter().map(cost).fold(0.0, f64::max);
         score(&ScoreInputs {
             task,
             success: p.success.get(PRIOR_SUCCESS, now, hl),
             ttft_ms: p.ttft.get(PRIOR_TTFT_MS, now, hl),
             cost_share: if max_cost > 0.0 {
-                p.cost_per_1k / max_cost
+                cost(p) / max_cost
             } else {
                 0.0
             },
@@ -371,6 +371,15 @@ impl HealthBook {
         self.providers[i]
             .gap
             .observe(ms(gap), PRIOR_GAP_MS, now, hl);
+    }
+
+    /// What an answer cost per 1K tokens, as billed: a provider whose answers run to long,
+    /// expensive outputs costs more than its list price suggests.
+    pub fn record_cost(&mut self, i: usize, cost_per_1k: f64, now: Instant) {
+        let hl = self.cfg.health_half_life;
+        let p = &mut self.providers[i];
+        let prior = p.cost_per_1k;
+        p.cost.observe(cost_per_1k, prior, now, hl);
     }
 
     /// The attempt completed.
@@ -643,4 +652,29 @@ fn ms(d: Duration) -> f64 {
 
 fn secs_left(t: Instant, now: Instant) -> u64 {
     t.saturating_duration_since(now).as_secs_f64().ceil() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn billed_cost_moves_the_background_ranking() {
+        // Same list price, but the primary's answers turn out 10x as expensive per 1K tokens
+        // (long, output-heavy answers at a steep output price).
+        let mut book = HealthBook::new(
+            [("a".to_string(), 0, 0.01), ("b".to_string(), 1, 0.01)],
+            RoutingConfig::default(),
+        );
+        let now = Instant::now();
+        let first = |book: &mut HealthBook| book.rank(TaskKind::Background, now)[0].index;
+        assert_eq!(first(&mut book), 0);
+        for _ in 0..5 {
+            book.record_cost(0, 0.1, now);
+            book.record_cost(1, 0.01, now);
+        }
+        assert_eq!(first(&mut book), 1);
+        // For chat, a 10x price difference alone does not unseat the primary.
+        assert_eq!(book.rank(TaskKind::Chat, now)[0].index, 0);
+    }
 }

@@ -209,7 +209,7 @@ impl Router {
                     ttft_ms: p.ttft.raw().map(|_| p.ttft.get(1000.0, now, hl)),
                     gap_ms: p.gap.raw().map(|_| p.gap.get(50.0, now, hl)),
                     latency_ms: p.latency.raw().map(|_| p.latency.get(5000.0, now, hl)),
-                    cost_per_1k: cfg.cost_per_1k(),
+                    cost_per_1k: p.cost.get(cfg.cost_per_1k(), now, hl),
                     requests: p.requests,
                     failures: p.failures,
                     last_error: p.last_error.clone(),
@@ -470,6 +470,11 @@ impl Router {
                 let Some(err) = end.error else {
                     let mut book = self.health();
                     book.record_success(i, elapsed, now);
+                    let tokens = end.usage.input_tokens + end.usage.output_tokens;
+                    if tokens > 0 {
+                        let cost = p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
+                        book.record_cost(i, cost * 1000.0 / tokens as f64, now);
+                    }
                     if let Some(g) = end.mean_gap {
                         book.record_gap(i, g, now);
                     }
