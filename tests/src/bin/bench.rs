@@ -19,6 +19,10 @@ use mythosd::config::{Api, ProviderConfig, Secret};
 use mythosd::provider::{http_client, Delta, HttpTransport, Transport, UpstreamRequest};
 use mythosd::sim::{Flavor, SimOptions, SimProvider};
 
+/// The simulated provider holds the connection this long after its last frame before it cuts
+/// it (see `daemon/src/sim/wire.rs`).
+const CUT_DELAY_MS: f64 = 20.0;
+
 struct Opts {
     quick: bool,
     full: bool,
@@ -566,36 +570,33 @@ async fn main() {
             primary.inject([SimFault::DisconnectAfter { tokens: 5 }]);
             c.send(Request::Chat(ChatRequest::user_text(300 + i, prompt)))
                 .await;
-            let mut rerouted_at = None;
+            let mut last_token = Instant::now();
+            let mut rerouted = false;
             loop {
                 match c.recv().await {
-                    Response::Event {
-                        event: StreamEvent::Rerouted { .. },
-                        ..
-                    } => rerouted_at = Some(Instant::now()),
-                    Response::Event {
-                        event: StreamEvent::TextDelta { .. },
-                        ..
-                    } => {
-                        if let Some(t) = rerouted_at.take() {
-                            samples.push(ms(t.elapsed()));
+                    Response::Event { event: StreamEvent::Rerouted { .. }, .. } => rerouted = true,
+                    Response::Event { event: StreamEvent::TextDelta { .. }, .. } => {
+                        if std::mem::take(&mut rerouted) {
+                            samples.push(ms(last_token.elapsed()) - CUT_DELAY_MS);
                         }
+                        last_token = Instant::now();
                     }
-                    Response::Event {
-                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
-                        ..
-                    } => break,
+                    Response::Event { event: StreamEvent::Done { .. } | StreamEvent::Error { .. }, .. } => break,
                     _ => {}
                 }
             }
         }
+        eprintln!("disconnect samples: {}", samples.len());
         rows.push(Row {
             section: "4. failover",
-            metric: "disconnect after 5 tokens: reroute → fallback's first new token".into(),
+            metric: "disconnect after 5 tokens: connection lost → fallback's first new token".into(),
             direct: Some(Stat::of(own)),
             via: Some(Stat::of(samples)),
             unit: "ms",
-            note: "direct = the fallback's own time to first token".into(),
+            note: format!(
+                "direct = the fallback's own time to first token; the mock waits {CUT_DELAY_MS} ms \
+                 after its last token before cutting, which is subtracted"
+            ),
         });
     }
 
