@@ -557,16 +557,12 @@ async fn main() {
         for _ in 0..20 {
             own.push(direct_once(&ft, prompt).await.0);
         }
-        let env = daemon_env(&[("primary", &primary), ("fallback", &fallback)], "");
-        let _daemon = env.start_daemon(&[]);
-        let mut c = RawClient::connect(&env.socket).await;
         let mut samples = Vec::new();
         for i in 0..(reps as u64 * 3) {
-            c.send(Request::Reset {
-                provider: "primary".into(),
-            })
-            .await;
-            let _ = c.recv().await;
+            // A fresh daemon each time (6 ms): every sample starts from a healthy primary.
+            let env = daemon_env(&[("primary", &primary), ("fallback", &fallback)], "");
+            let _daemon = env.start_daemon(&[]);
+            let mut c = RawClient::connect(&env.socket).await;
             primary.inject([SimFault::DisconnectAfter { tokens: 5 }]);
             c.send(Request::Chat(ChatRequest::user_text(300 + i, prompt)))
                 .await;
