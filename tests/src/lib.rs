@@ -353,17 +353,36 @@ pub async fn mock(name: &str, flavor: Flavor) -> SimProvider {
     SimProvider::start(listener, opts).await.expect("mock")
 }
 
-/// Point the daemon's built-in providers at mocks, the way a user points base URLs at a proxy.
-pub fn use_mocks(
-    env: &mut TestEnv,
-    anthropic: &SimProvider,
-    deepseek: &SimProvider,
-    openai: &SimProvider,
-) {
-    env.var("ANTHROPIC_API_KEY", "key-anthropic")
-        .var("ANTHROPIC_BASE_URL", anthropic.base_url())
-        .var("DEEPSEEK_API_KEY", "key-deepseek")
-        .var("DEEPSEEK_BASE_URL", deepseek.base_url())
-        .var("OPENAI_API_KEY", "key-openai")
-        .var("OPENAI_BASE_URL", openai.base_url());
+/// The three built-in providers' mocks: Anthropic, DeepSeek and OpenAI formats.
+pub struct Mocks {
+    /// Anthropic Messages format, key `key-anthropic`.
+    pub anthropic: SimProvider,
+    /// DeepSeek (OpenAI format with reasoning and keep-alives), key `key-deepseek`.
+    pub deepseek: SimProvider,
+    /// OpenAI Chat Completions format, key `key-openai`.
+    pub openai: SimProvider,
+}
+
+impl Mocks {
+    /// Start all three on loopback.
+    pub async fn start() -> Mocks {
+        Mocks {
+            anthropic: mock("anthropic", Flavor::Anthropic).await,
+            deepseek: mock("deepseek", Flavor::DeepSeek).await,
+            openai: mock("openai", Flavor::OpenAi).await,
+        }
+    }
+
+    /// A test environment whose built-in providers point at these mocks, the way a user points
+    /// base URLs at a proxy.
+    pub fn env(&self) -> TestEnv {
+        let mut env = TestEnv::new();
+        env.var("ANTHROPIC_API_KEY", "key-anthropic")
+            .var("ANTHROPIC_BASE_URL", self.anthropic.base_url())
+            .var("DEEPSEEK_API_KEY", "key-deepseek")
+            .var("DEEPSEEK_BASE_URL", self.deepseek.base_url())
+            .var("OPENAI_API_KEY", "key-openai")
+            .var("OPENAI_BASE_URL", self.openai.base_url());
+        env
+    }
 }

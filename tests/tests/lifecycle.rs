@@ -4,8 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 
 use mythos_protocol::{BreakerState, ChatRequest, SimFault};
-use mythos_tests::{mock, use_mocks, RawClient, TestEnv};
-use mythosd::sim::{answer_for, Flavor};
+use mythos_tests::{Daemon, Mocks, RawClient, TestEnv};
+use mythosd::sim::answer_for;
 
 #[test]
 fn socket_is_private_and_removed_on_sigterm() {
@@ -79,19 +79,23 @@ fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_the_cooldown() {
-    let a = mock("anthropic", Flavor::Anthropic).await;
-    let d = mock("deepseek", Flavor::DeepSeek).await;
-    let o = mock("openai", Flavor::OpenAi).await;
-    let mut env = TestEnv::new();
-    use_mocks(&mut env, &a, &d, &o);
+/// A daemon on mocks whose Anthropic provider answered 429 with a 10-minute Retry-After.
+async fn anthropic_cooling_down() -> (Mocks, TestEnv, Daemon, RawClient) {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
     let daemon = env.start_daemon(&[]);
-    a.inject([SimFault::RateLimit {
+    mocks.anthropic.inject([SimFault::RateLimit {
         retry_after_ms: 600_000,
     }]);
     let mut c = RawClient::connect(&env.socket).await;
     c.chat(ChatRequest::user_text(1, "trip it")).await;
+    (mocks, env, daemon, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_cooldown() {
+    let (mocks, env, daemon, c) = anthropic_cooling_down().await;
+    let a = &mocks.anthropic;
     drop(c);
     assert!(daemon.stop().success());
 
@@ -159,17 +163,8 @@ fn the_demo_shows_routing_and_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_and_keeps_health() {
-    let a = mock("anthropic", Flavor::Anthropic).await;
-    let d = mock("deepseek", Flavor::DeepSeek).await;
-    let o = mock("openai", Flavor::OpenAi).await;
-    let mut env = TestEnv::new();
-    use_mocks(&mut env, &a, &d, &o);
-    let daemon = env.start_daemon(&[]);
-    a.inject([SimFault::RateLimit {
-        retry_after_ms: 600_000,
-    }]);
-    let mut c = RawClient::connect(&env.socket).await;
-    c.chat(ChatRequest::user_text(1, "trip it")).await;
+    let (mocks, env, daemon, mut c) = anthropic_cooling_down().await;
+    let a = &mocks.anthropic;
 
     // Demote deepseek below openai and change its model; reload.
     env.write_config(

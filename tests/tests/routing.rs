@@ -6,9 +6,9 @@ use std::time::Duration;
 use mythos_protocol::{
     ChatRequest, ErrorKind, Pin, Request, RerouteMode, Response, SimFault, StreamEvent,
 };
-use mythos_tests::{mock, text_of, use_mocks, TestEnv};
+use mythos_tests::{text_of, Mocks, TestEnv};
 use mythosd::provider::continuation::CONTINUE_INSTRUCTION;
-use mythosd::sim::{answer_for, Flavor, SimProvider};
+use mythosd::sim::{answer_for, SimProvider};
 
 struct World {
     env: TestEnv,
@@ -19,11 +19,13 @@ struct World {
 
 /// Three mocks, fast retries, a tight watchdog, and a daemon pointed at them.
 async fn world(extra_config: &str) -> (World, mythos_tests::Daemon) {
-    let anthropic = mock("anthropic", Flavor::Anthropic).await;
-    let deepseek = mock("deepseek", Flavor::DeepSeek).await;
-    let openai = mock("openai", Flavor::OpenAi).await;
-    let mut env = TestEnv::new();
-    use_mocks(&mut env, &anthropic, &deepseek, &openai);
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let Mocks {
+        anthropic,
+        deepseek,
+        openai,
+    } = mocks;
     env.write_config(&format!(
         "[routing]\nretry_backoff_ms = [10, 20, 30]\nfirst_token_timeout_ms = 1500\n\
          stall_timeout_ms = 1500\nwatchdog_floor_ms = 300\n{extra_config}"

@@ -175,6 +175,47 @@ where
     (ttft, tot, chunks, t0.elapsed().as_secs_f64())
 }
 
+/// `per` direct requests on each of `conc` workers.
+async fn load_direct(
+    t: &Arc<HttpTransport>,
+    conc: usize,
+    per: usize,
+    prompt: &'static str,
+) -> (Vec<f64>, Vec<f64>, u64, f64) {
+    load(conc, |_| {
+        let t = t.clone();
+        async move {
+            let mut v = Vec::with_capacity(per);
+            for _ in 0..per {
+                v.push(direct_once(&t, prompt).await);
+            }
+            v
+        }
+    })
+    .await
+}
+
+/// `per` requests through the daemon on each of `conc` connections.
+async fn load_via(
+    socket: &Path,
+    conc: usize,
+    per: usize,
+    prompt: &'static str,
+) -> (Vec<f64>, Vec<f64>, u64, f64) {
+    load(conc, |_| {
+        let socket = socket.to_path_buf();
+        async move {
+            let mut c = RawClient::connect(&socket).await;
+            let mut v = Vec::with_capacity(per);
+            for i in 0..per {
+                v.push(via_once(&mut c, i as u64, prompt).await);
+            }
+            v
+        }
+    })
+    .await
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -280,37 +321,14 @@ async fn main() {
         let mut relay = vec![];
         let mut cpu_per_m = vec![];
         for _ in 0..reps {
-            let t = transport.clone();
-            let (mut a, mut b, _, _) = load(conc, move |_| {
-                let t = t.clone();
-                async move {
-                    let mut v = Vec::with_capacity(per);
-                    for _ in 0..per {
-                        v.push(direct_once(&t, prompt).await);
-                    }
-                    v
-                }
-            })
-            .await;
+            let (mut a, mut b, _, _) = load_direct(&transport, conc, per, prompt).await;
             d_ttft50.push(pct(&mut a, 0.5));
             d_ttft99.push(pct(&mut a, 0.99));
             d_tot50.push(pct(&mut b, 0.5));
             d_tot99.push(pct(&mut b, 0.99));
 
-            let socket = env.socket.clone();
             let cpu0 = cpu_secs(pid);
-            let (mut a, mut b, chunks, wall) = load(conc, move |_| {
-                let socket = socket.clone();
-                async move {
-                    let mut c = RawClient::connect(Path::new(&socket)).await;
-                    let mut v = Vec::with_capacity(per);
-                    for i in 0..per {
-                        v.push(via_once(&mut c, i as u64, prompt).await);
-                    }
-                    v
-                }
-            })
-            .await;
+            let (mut a, mut b, chunks, wall) = load_via(&env.socket, conc, per, prompt).await;
             let cpu = cpu_secs(pid) - cpu0;
             v_ttft50.push(pct(&mut a, 0.5));
             v_ttft99.push(pct(&mut a, 0.99));
@@ -372,33 +390,10 @@ async fn main() {
             let per = 2;
             let (mut d50, mut d99, mut v50, mut v99) = (vec![], vec![], vec![], vec![]);
             for _ in 0..reps {
-                let t = transport.clone();
-                let (mut a, _, _, _) = load(conc, move |_| {
-                    let t = t.clone();
-                    async move {
-                        let mut v = Vec::with_capacity(per);
-                        for _ in 0..per {
-                            v.push(direct_once(&t, prompt).await);
-                        }
-                        v
-                    }
-                })
-                .await;
+                let (mut a, _, _, _) = load_direct(&transport, conc, per, prompt).await;
                 d50.push(pct(&mut a, 0.5));
                 d99.push(pct(&mut a, 0.99));
-                let socket = env.socket.clone();
-                let (mut a, _, _, _) = load(conc, move |_| {
-                    let socket = socket.clone();
-                    async move {
-                        let mut c = RawClient::connect(Path::new(&socket)).await;
-                        let mut v = Vec::with_capacity(per);
-                        for i in 0..per {
-                            v.push(via_once(&mut c, i as u64, prompt).await);
-                        }
-                        v
-                    }
-                })
-                .await;
+                let (mut a, _, _, _) = load_via(&env.socket, conc, per, prompt).await;
                 v50.push(pct(&mut a, 0.5));
                 v99.push(pct(&mut a, 0.99));
             }
@@ -570,14 +565,23 @@ async fn main() {
             let mut rerouted = false;
             loop {
                 match c.recv().await {
-                    Response::Event { event: StreamEvent::Rerouted { .. }, .. } => rerouted = true,
-                    Response::Event { event: StreamEvent::TextDelta { .. }, .. } => {
+                    Response::Event {
+                        event: StreamEvent::Rerouted { .. },
+                        ..
+                    } => rerouted = true,
+                    Response::Event {
+                        event: StreamEvent::TextDelta { .. },
+                        ..
+                    } => {
                         if std::mem::take(&mut rerouted) {
                             samples.push(ms(last_token.elapsed()) - CUT_DELAY_MS);
                         }
                         last_token = Instant::now();
                     }
-                    Response::Event { event: StreamEvent::Done { .. } | StreamEvent::Error { .. }, .. } => break,
+                    Response::Event {
+                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
+                        ..
+                    } => break,
                     _ => {}
                 }
             }
@@ -585,7 +589,8 @@ async fn main() {
         eprintln!("disconnect samples: {}", samples.len());
         rows.push(Row {
             section: "4. failover",
-            metric: "disconnect after 5 tokens: connection lost → fallback's first new token".into(),
+            metric: "disconnect after 5 tokens: connection lost → fallback's first new token"
+                .into(),
             direct: Some(Stat::of(own)),
             via: Some(Stat::of(samples)),
             unit: "ms",
