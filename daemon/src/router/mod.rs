@@ -122,6 +122,15 @@ fn unix_ms_at(t: Instant) -> u64 {
     }
 }
 
+/// `reason` without a leading "`name`: ": the reroute event names the provider already.
+fn unprefixed(reason: &str, name: &str) -> String {
+    reason
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(reason)
+        .to_string()
+}
+
 fn human(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 120.0 {
@@ -517,7 +526,8 @@ impl Router {
                     !end.opened && err.status.is_none() && err.kind == ErrorKind::Network;
                 if connect_failure && !pinned {
                     unreachable.push((i, claim));
-                    pending_reroute = Some((p.cfg.name.clone(), err.message.clone()));
+                    pending_reroute =
+                        Some((p.cfg.name.clone(), unprefixed(&err.message, &p.cfg.name)));
                     errors.push((i, err));
                     break;
                 }
@@ -582,7 +592,7 @@ impl Router {
                     Err(reason) => reason,
                 };
                 tracing::warn!(provider = %p.cfg.name, error = %err, "provider failed; failing over");
-                pending_reroute = Some((p.cfg.name.clone(), reason));
+                pending_reroute = Some((p.cfg.name.clone(), unprefixed(&reason, &p.cfg.name)));
                 errors.push((i, err));
                 break;
             }
