@@ -813,19 +813,27 @@ impl Router {
                 }
                 Delta::KeepAlive => continue,
             };
-            if matches!(
+            let progress = matches!(
                 event,
                 StreamEvent::TextDelta { .. }
                     | StreamEvent::ThinkingDelta { .. }
                     | StreamEvent::ToolCallStart { .. }
                     | StreamEvent::ToolCallDelta { .. }
-            ) {
+            );
+            if progress {
                 partial.emitted = true;
                 end.progressed = true;
             }
+            let sent_at = Instant::now();
             if !out.send(event).await {
                 end.error = Some(cancelled());
                 return end;
+            }
+            // A client that reads slowly holds us in `send` (backpressure) while the provider
+            // waits on TCP: that time is not the provider's silence.
+            let blocked = sent_at.elapsed();
+            if progress && blocked > Duration::from_millis(1) {
+                deadline.as_mut().reset(Instant::now() + gap_limit);
             }
         }
         if gaps > 0 {

@@ -757,3 +757,34 @@ fn health_survives_a_restart() {
         assert!(h2.router.health().providers[0].success.raw().unwrap() < 1.0);
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_is_not_blamed_on_the_provider() {
+    let h = harness(2, no_jitter());
+    let words: Vec<String> = (0..50).map(|i| format!(" w{i}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    h.scripts[0].push([answer(&refs)]);
+    // A channel of one: every event waits for the reader, who takes 20 s per event.
+    let (tx, mut rx) = mpsc::channel(1);
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        async move {
+            r.route(req("x"), Emitter::new(1, tx), CancellationToken::new())
+                .await
+        }
+    });
+    let mut events = Vec::new();
+    while let Some(Response::Event { event, .. }) = rx.recv().await {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    task.await.unwrap();
+    assert_eq!(done_provider(&events), Some("alpha"), "{:?}", events.last());
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+}
