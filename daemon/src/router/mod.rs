@@ -717,9 +717,14 @@ impl Router {
             model: upstream.model.to_string(),
             attempt: attempt_no,
         };
+        let sent_at = Instant::now();
         if !out.send(started).await {
             end.error = Some(cancelled());
             return end;
+        }
+        if sent_at.elapsed() > Duration::from_millis(1) {
+            // Blocked on a slow reader, as below: not the provider's time.
+            deadline.as_mut().reset(Instant::now() + ttft_limit);
         }
 
         // After a trimmed Anthropic prefill the continuation starts with the whitespace that
