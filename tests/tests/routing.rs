@@ -138,6 +138,18 @@ async fn primary_429_with_long_retry_after_falls_back_at_once() {
     let text = stdout(&why);
     assert!(text.contains("deepseek"), "{text}");
 
+    // `usage` sums tokens and cost by provider and day.
+    let usage = w.env.mythos(&["usage", "--json"]);
+    assert!(usage.status.success(), "{}", stderr(&usage));
+    let v: serde_json::Value = serde_json::from_slice(&usage.stdout).expect("usage json");
+    let rows = v["rows"].as_array().expect("rows");
+    let ds = rows
+        .iter()
+        .find(|r| r["provider"] == "deepseek")
+        .expect("deepseek row");
+    assert_eq!(ds["requests"], 2, "{v}");
+    assert!(ds["output_tokens"].as_u64().unwrap() > 0);
+
     // No key ever reaches logs or the state database.
     let stop = daemon.stop();
     assert!(stop.success());
