@@ -509,6 +509,20 @@ priority = 7
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("a toml block in the README")
+            + 8;
+        let len = readme[start..].find("```").unwrap();
+        let env = env_of(&[("ANTHROPIC_API_KEY", "a"), ("GROQ_API_KEY", "g")]);
+        let c = load(&readme[start..start + len], &env).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["anthropic", "groq", "anthropic-opus", "ollama"]);
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let env = env_of(&[]);
         let e = load("[routing]\ncooldown_secs = 1\ncooldwn = 3\n", &env).unwrap_err();
