@@ -74,6 +74,9 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
+        // Enough warm connections for every session on one machine; a burst of 1,000 streams
+        // would otherwise leave 1,000 idle connections and their buffers (~100 MiB) behind.
+        .pool_max_idle_per_host(32)
         .tcp_nodelay(true)
         .user_agent(concat!("mythosd/", env!("CARGO_PKG_VERSION")))
         .build()
