@@ -158,17 +158,43 @@ pub fn save_health(ctx: &Context) {
     }
 }
 
-/// Save health every few seconds while the daemon runs, off the request path.
+/// Every few seconds while the daemon runs, off the request path: save health, and once a burst
+/// of traffic is over, hand freed memory back to the OS.
 pub fn spawn_health_saver(ctx: Arc<Context>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut seen = ctx.router().next_record_id();
+        let mut busy_since_trim = false;
         loop {
             tokio::select! {
-                _ = tick.tick() => save_health(&ctx),
+                _ = tick.tick() => {
+                    save_health(&ctx);
+                    let router = ctx.router();
+                    let served = router.next_record_id();
+                    if served != seen || router.in_flight() > 0 {
+                        seen = served;
+                        busy_since_trim = true;
+                    } else if busy_since_trim {
+                        busy_since_trim = false;
+                        release_free_memory();
+                    }
+                }
                 _ = ctx.draining.cancelled() => return,
             }
         }
     });
+}
+
+/// glibc keeps the heap pages of a burst for reuse: after 1,000 concurrent streams an idle
+/// daemon stayed at ~110 MiB resident. `malloc_trim` hands the free pages back (measured: 23 MiB
+/// a few seconds after the same burst). Other allocators and platforms manage this themselves.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks glibc's own heap; it is safe to call at any time.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(released, "returned free heap pages to the OS");
+    }
 }
 
 /// Re-read the config file (SIGHUP). Real providers are rebuilt; health carries over by name;

@@ -416,7 +416,7 @@ async fn main() {
     let idle = rss_kib(pid);
     rows.push(Row {
         section: "3. memory",
-        metric: "daemon RSS after the load above".into(),
+        metric: "daemon RSS after the load above, once idle".into(),
         direct: None,
         via: Some(Stat::one(idle as f64 / 1024.0)),
         unit: "MiB",
