@@ -315,6 +315,20 @@ impl RawClient {
         }
     }
 
+    /// Start a chat request and return once its first text arrives (the stream stays open).
+    pub async fn start_until_first_token(&mut self, req: ChatRequest) {
+        self.send(Request::Chat(req)).await;
+        loop {
+            if let Response::Event {
+                event: StreamEvent::TextDelta { .. },
+                ..
+            } = self.recv().await
+            {
+                return;
+            }
+        }
+    }
+
     /// Ask for the status report.
     pub async fn status(&mut self) -> mythos_protocol::StatusReport {
         self.send(Request::Status).await;

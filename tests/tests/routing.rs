@@ -382,18 +382,9 @@ async fn a_vanishing_client_aborts_the_upstream_request() {
     w.anthropic
         .set_delays(Duration::from_millis(5), Duration::from_millis(200));
     let mut c = w.env.connect().await;
-    c.send(Request::Chat(ChatRequest::user_text(1, "long answer")))
-        .await;
     // Wait for the first token, then vanish.
-    loop {
-        if let Response::Event {
-            event: StreamEvent::TextDelta { .. },
-            ..
-        } = c.recv().await
-        {
-            break;
-        }
-    }
+    c.start_until_first_token(ChatRequest::user_text(1, "long answer"))
+        .await;
     drop(c);
     tokio::time::timeout(Duration::from_secs(5), w.anthropic.wait_for_aborted(1))
         .await
@@ -401,17 +392,8 @@ async fn a_vanishing_client_aborts_the_upstream_request() {
 
     // And an explicit cancel does the same.
     let mut c = w.env.connect().await;
-    c.send(Request::Chat(ChatRequest::user_text(7, "cancel me")))
+    c.start_until_first_token(ChatRequest::user_text(7, "cancel me"))
         .await;
-    loop {
-        if let Response::Event {
-            event: StreamEvent::TextDelta { .. },
-            ..
-        } = c.recv().await
-        {
-            break;
-        }
-    }
     c.send(Request::Cancel { id: 7 }).await;
     loop {
         if let Response::Event {
