@@ -71,6 +71,29 @@ pub struct Turn {
     pub outcome: Option<Outcome>,
 }
 
+impl Outcome {
+    /// The dim one-line summary printed after a finished answer; `None` for a failure.
+    pub fn footer(&self) -> Option<String> {
+        match self {
+            Outcome::Done {
+                usage,
+                cost_usd,
+                latency_ms,
+                provider,
+                model,
+                ..
+            } => Some(crate::render::footer(
+                provider,
+                model,
+                *latency_ms,
+                *usage,
+                *cost_usd,
+            )),
+            Outcome::Failed { .. } => None,
+        }
+    }
+}
+
 impl Turn {
     /// Take one event into account; returns true when it ends the stream.
     pub fn apply(&mut self, ev: &StreamEvent) -> bool {

@@ -17,7 +17,7 @@ use mythos_protocol::{ChatRequest, Pin, RequestId, Response, StreamEvent, TaskKi
 use super::{eprint_line, stream_failure, Globals};
 use crate::connection::Connection;
 use crate::error::{Failure, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
-use crate::render::{footer, PrinterOptions, StreamPrinter};
+use crate::render::{PrinterOptions, StreamPrinter};
 use crate::stream::{self, Ended, Outcome};
 
 /// What `mythos ask` was asked.
@@ -77,21 +77,12 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
             Ended::Interrupted => return Err(Failure::silent(EXIT_INTERRUPTED)),
         };
         return match turn.outcome {
-            Some(Outcome::Done {
-                usage,
-                cost_usd,
-                latency_ms,
-                provider,
-                model,
-                ..
-            }) => {
+            Some(done @ Outcome::Done { .. }) => {
                 if !opts.json {
                     printer.finish()?;
                     if opts.verbose || io::stderr().is_terminal() {
                         let style = printer.side_style();
-                        printer.note(
-                            &style.dim(&footer(&provider, &model, latency_ms, usage, cost_usd)),
-                        )?;
+                        printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
                     }
                 }
                 Ok(EXIT_OK)

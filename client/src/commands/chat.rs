@@ -24,7 +24,7 @@ use super::demo::PrivateDaemon;
 use super::{print, status, stream_failure, unexpected, Globals};
 use crate::connection::{Connection, Target};
 use crate::error::{Failure, EXIT_OK};
-use crate::render::{footer, status_text, PrinterOptions, StreamPrinter, Style};
+use crate::render::{status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome};
 
 /// What `mythos chat` was asked.
@@ -496,19 +496,10 @@ impl Session<'_> {
                 }
             };
             return match turn.outcome {
-                Some(Outcome::Done {
-                    usage,
-                    cost_usd,
-                    latency_ms,
-                    provider,
-                    model,
-                    ..
-                }) => {
+                Some(done @ Outcome::Done { .. }) => {
                     printer.finish()?;
                     let style = printer.side_style();
-                    printer.note(
-                        &style.dim(&footer(&provider, &model, latency_ms, usage, cost_usd)),
-                    )?;
+                    printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
                     let kept = self.convo.answer(&turn.text);
                     if !kept {
                         printer.note(&style.dim("(empty answer: not kept in the conversation)"))?;

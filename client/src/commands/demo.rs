@@ -20,7 +20,7 @@ use crate::connection::{
     Notify, Started, Target,
 };
 use crate::error::{Failure, EXIT_INTERRUPTED, EXIT_OK};
-use crate::render::{fmt_duration_ms, footer, status_text, PrinterOptions, StreamPrinter, Style};
+use crate::render::{fmt_duration_ms, status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome, Turn};
 
 /// Variables that would point the private daemon at the user's world.
@@ -360,16 +360,9 @@ async fn ask(conn: &mut Connection, style: Style, prompt: &str) -> Result<Asked,
         Ended::Interrupted => return Err(Failure::silent(EXIT_INTERRUPTED)),
     };
     match &turn.outcome {
-        Some(Outcome::Done {
-            usage,
-            cost_usd,
-            latency_ms,
-            provider,
-            model,
-            ..
-        }) => {
+        Some(done @ Outcome::Done { .. }) => {
             printer.finish()?;
-            printer.note(&style.dim(&footer(provider, model, *latency_ms, *usage, *cost_usd)))?;
+            printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
         }
         Some(Outcome::Failed {
             kind,
