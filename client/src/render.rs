@@ -184,6 +184,31 @@ pub fn reroute_notice(from: &str, to: &str, reason: &str, mode: RerouteMode) -> 
     }
 }
 
+/// The line shown while a request waits for capacity.
+pub fn queued_notice(
+    reason: &str,
+    until_unix_ms: Option<u64>,
+    deadline_unix_ms: u64,
+    now_ms: u64,
+) -> String {
+    let expected = match until_unix_ms {
+        Some(at) => format!("expected in {}", fmt_wait_ms(at.saturating_sub(now_ms))),
+        None => "expected when a provider frees up".to_string(),
+    };
+    format!(
+        "⏳ waiting for capacity ({reason}): {expected}; gives up in {}",
+        fmt_wait_ms(deadline_unix_ms.saturating_sub(now_ms))
+    )
+}
+
+/// A reason without its figures, to tell news from a countdown.
+fn gist(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_ascii_digit() && *c != '.')
+        .collect()
+}
+
 /// An error kind in words a user understands.
 pub fn kind_words(kind: ErrorKind) -> &'static str {
     match kind {
@@ -198,12 +223,14 @@ pub fn kind_words(kind: ErrorKind) -> &'static str {
         ErrorKind::BadRequest => "request rejected",
         ErrorKind::NotFound => "model or endpoint not found",
         ErrorKind::NoProviders => "no provider available",
-        ErrorKind::AllCoolingDown => "every provider cooling down",
+        ErrorKind::AllCoolingDown => "no provider has capacity",
         ErrorKind::Offline => "offline",
         ErrorKind::Cancelled => "cancelled",
         ErrorKind::ShuttingDown => "daemon shutting down",
         ErrorKind::Protocol => "protocol error",
         ErrorKind::Internal => "internal error",
+        ErrorKind::Billing => "account cannot pay",
+        ErrorKind::ContextLength => "prompt too long for the model",
     }
 }
 
@@ -241,10 +268,11 @@ pub fn error_hint(
         )),
         ErrorKind::AllCoolingDown => Some(match back_in {
             Some(t) => format!(
-                "every provider is cooling down; the first is back in {t}. `mythos status` \
-                 shows each cooldown and `mythos reset PROVIDER` ends one by hand"
+                "no provider has capacity (rate limits, quotas, cooldowns); the first is back in \
+                 {t}. `mythos status` shows each one and `mythos reset PROVIDER` ends a cooldown \
+                 by hand"
             ),
-            None => "every provider is cooling down; `mythos status` shows each cooldown and \
+            None => "no provider has capacity; `mythos status` shows each cooldown and \
                      `mythos reset PROVIDER` ends one by hand"
                 .to_string(),
         }),
@@ -260,6 +288,16 @@ pub fn error_hint(
             (None, false) => None,
         },
         ErrorKind::Offline => Some("every provider failed to connect: check the network".into()),
+        ErrorKind::Billing => Some(
+            "the provider's account has no credit left: top it up, then `mythos reset PROVIDER` \
+             (mythos routes around it meanwhile)"
+                .into(),
+        ),
+        ErrorKind::ContextLength => Some(
+            "the conversation is longer than the model's context window: start a new one \
+             (/clear in chat), or configure a provider with a larger `context_window`"
+                .into(),
+        ),
         ErrorKind::ShuttingDown => {
             Some("mythosd is shutting down; run the command again to start a new one".into())
         }
@@ -481,7 +519,9 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
         ("LATENCY", true),
         ("REQUESTS", true),
         ("FAILURES", true),
-        ("COOLDOWN", true),
+        ("LIVE", true),
+        ("QUOTA LEFT", true),
+        ("WAIT", true),
     ]);
     for p in &report.providers {
         let tint = match p.state {
@@ -500,23 +540,56 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
             plain(opt_ms(p.latency_ms)),
             plain(fmt_count(p.requests)),
             plain(fmt_count(p.failures)),
+            plain(p.in_flight.to_string()),
+            plain(tightest_quota(&p.quotas)),
             plain(p.cooldown_left_ms.map_or("-".to_string(), fmt_wait_ms)),
         ]);
     }
     out.push_str(&table.render(style));
-    let errors: Vec<_> = report
+    let notes: Vec<String> = report
         .providers
         .iter()
-        .filter_map(|p| p.last_error.as_ref().map(|e| (&p.name, e)))
+        .filter_map(|p| {
+            let note = (!p.note.is_empty() && p.note != "healthy").then_some(p.note.as_str());
+            let line = match (note, &p.last_error) {
+                (None, None) => return None,
+                (Some(n), None) => format!("{}: {n}", p.name),
+                (None, Some(e)) => format!("{}: last error: {e}", p.name),
+                (Some(n), Some(e)) => format!("{}: {n}; last error: {e}", p.name),
+            };
+            Some(line)
+        })
         .collect();
-    if !errors.is_empty() {
+    if !notes.is_empty() {
         out.push('\n');
-        for (name, e) in errors {
-            out.push_str(&style.dim(&format!("{name}: last error: {e}")));
+        for line in notes {
+            out.push_str(&style.dim(&line));
             out.push('\n');
         }
     }
     out
+}
+
+/// The quota closest to running out, as `remaining/limit unit` (`-` when none is announced).
+fn tightest_quota(quotas: &[mythos_protocol::QuotaStatus]) -> String {
+    let share = |q: &mythos_protocol::QuotaStatus| match q.limit {
+        Some(l) if l > 0 => q.remaining as f64 / l as f64,
+        _ => 1.0,
+    };
+    let Some(q) = quotas.iter().min_by(|a, b| share(a).total_cmp(&share(b))) else {
+        return "-".to_string();
+    };
+    let unit = match q.what.as_str() {
+        "requests" => "req",
+        "tokens" => "tok",
+        "input tokens" => "in tok",
+        "output tokens" => "out tok",
+        other => other,
+    };
+    match q.limit {
+        Some(l) => format!("{}/{} {unit}", fmt_count(q.remaining), fmt_count(l)),
+        None => format!("{} {unit}", fmt_count(q.remaining)),
+    }
 }
 
 /// `mythos usage`: one row per day and provider, then the totals.
@@ -653,6 +726,12 @@ pub fn explain_why(rec: &RequestRecord, when: &str, style: Style) -> String {
         story.push_str(&steps.join("; "));
         story.push('.');
     }
+    if rec.queued_ms > 0 {
+        story.push_str(&format!(
+            " It waited {} in the queue for a provider with capacity.",
+            fmt_duration_ms(rec.queued_ms)
+        ));
+    }
     let tokens = format!(
         "{} input + {} output tokens, {}, {} in total",
         fmt_count(rec.usage.input_tokens),
@@ -744,17 +823,21 @@ pub struct PrinterOptions {
     pub same_screen: bool,
     /// Styling of the side stream.
     pub side_style: Style,
+    /// The side stream is a terminal: a waiting request's countdown redraws in place.
+    pub live: bool,
 }
 
 impl PrinterOptions {
     /// The usual layout: answer on stdout, everything else on stderr.
     pub fn for_terminal(show_thinking: bool) -> Self {
         let stdout_tty = io::stdout().is_terminal();
+        let stderr_tty = io::stderr().is_terminal();
         PrinterOptions {
             buffer_text: !stdout_tty,
             show_thinking,
-            same_screen: stdout_tty && io::stderr().is_terminal(),
+            same_screen: stdout_tty && stderr_tty,
             side_style: Style::stderr(),
+            live: stderr_tty,
         }
     }
 }
@@ -778,6 +861,11 @@ pub struct StreamPrinter<O: Write, S: Write> {
     /// We broke the answer's line on screen for a notice; the answer has not gone on yet.
     broke_line: bool,
     buffer: String,
+    /// A live "waiting for capacity" line is on the side stream, to be cleared before anything
+    /// else is shown.
+    status_line: bool,
+    /// The gist of the last waiting reason shown (plain output shows each one once).
+    last_wait: Option<String>,
 }
 
 impl<O: Write, S: Write> StreamPrinter<O, S> {
@@ -791,6 +879,8 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             side_mid_line: false,
             broke_line: false,
             buffer: String::new(),
+            status_line: false,
+            last_wait: None,
         }
     }
 
@@ -801,6 +891,28 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
 
     /// Show one event. `Done` and `Error` only end the text; the caller decides what to say.
     pub fn event(&mut self, ev: &StreamEvent) -> io::Result<()> {
+        if let StreamEvent::Queued {
+            reason,
+            until_unix_ms,
+            deadline_unix_ms,
+        } = ev
+        {
+            let line = queued_notice(reason, *until_unix_ms, *deadline_unix_ms, now_unix_ms());
+            let line = self.opts.side_style.yellow(&line);
+            if self.opts.live {
+                if !self.status_line {
+                    self.fresh_line()?;
+                }
+                write!(self.side, "\r\x1b[2K{line}")?;
+                self.side.flush()?;
+                self.status_line = true;
+            } else if self.last_wait.as_deref() != Some(gist(reason).as_str()) {
+                self.last_wait = Some(gist(reason));
+                self.note(&line)?;
+            }
+            return Ok(());
+        }
+        self.clear_status()?;
         match ev {
             StreamEvent::TextDelta { text } if !text.is_empty() => {
                 if self.opts.buffer_text {
@@ -862,8 +974,19 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
         Ok(())
     }
 
+    /// Take a live waiting line off the screen.
+    fn clear_status(&mut self) -> io::Result<()> {
+        if self.status_line {
+            self.side.write_all(b"\r\x1b[2K")?;
+            self.side.flush()?;
+            self.status_line = false;
+        }
+        Ok(())
+    }
+
     /// Print `line` (already styled) on a line of its own on the side stream.
     pub fn note(&mut self, line: &str) -> io::Result<()> {
+        self.clear_status()?;
         self.fresh_line()?;
         writeln!(self.side, "{line}")?;
         self.side.flush()
@@ -871,6 +994,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
 
     /// The answer is complete: write a held-back answer and end the last line.
     pub fn finish(&mut self) -> io::Result<()> {
+        self.clear_status()?;
         if self.opts.buffer_text && !self.buffer.is_empty() {
             let text = std::mem::take(&mut self.buffer);
             self.out.write_all(text.as_bytes())?;
@@ -882,6 +1006,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
     /// The answer will not complete (error, cancel): drop a held-back answer and end the lines
     /// already started.
     pub fn abandon(&mut self) -> io::Result<()> {
+        self.clear_status()?;
         self.buffer.clear();
         self.end_lines()
     }
@@ -991,9 +1116,13 @@ mod tests {
         assert!(h.contains("config.toml"), "{h}");
         let h = error_hint(ErrorKind::AllCoolingDown, Some(61_000), 1_000, cfg, false).unwrap();
         assert!(
-            h.contains("cooling down") && h.contains("back in 1 m"),
+            h.contains("no provider has capacity") && h.contains("back in 1 m"),
             "{h}"
         );
+        let h = error_hint(ErrorKind::Billing, None, 0, cfg, false).unwrap();
+        assert!(h.contains("mythos reset"), "{h}");
+        let h = error_hint(ErrorKind::ContextLength, None, 0, cfg, false).unwrap();
+        assert!(h.contains("context window"), "{h}");
         let h = error_hint(ErrorKind::Auth, None, 0, cfg, false).unwrap();
         assert!(h.contains("key"), "{h}");
         assert!(error_hint(ErrorKind::BadRequest, None, 0, cfg, false).is_none());
@@ -1016,6 +1145,9 @@ mod tests {
             requests: 1200,
             failures: 3,
             last_error: None,
+            note: "healthy".into(),
+            in_flight: 0,
+            quotas: Vec::new(),
         }
     }
 
@@ -1024,25 +1156,42 @@ mod tests {
         let mut cooling = provider("sim-anthropic", BreakerState::Open);
         cooling.cooldown_left_ms = Some(58_200);
         cooling.last_error = Some("429 rate limited (retry after 60 s)".into());
+        cooling.note = "rate limited, 59 s left".into();
         cooling.ttft_ms = None;
+        cooling.quotas = vec![
+            mythos_protocol::QuotaStatus {
+                what: "requests".into(),
+                remaining: 0,
+                limit: Some(50),
+                reset_in_ms: Some(58_200),
+            },
+            mythos_protocol::QuotaStatus {
+                what: "input tokens".into(),
+                remaining: 30_000,
+                limit: Some(40_000),
+                reset_in_ms: Some(1_000),
+            },
+        ];
+        let mut busy = provider("sim-deepseek", BreakerState::Closed);
+        busy.in_flight = 3;
         let report = StatusReport {
             build: "0.1.0".into(),
             pid: 4242,
             uptime_secs: 192,
             in_flight: 1,
             simulated: true,
-            providers: vec![cooling, provider("sim-deepseek", BreakerState::Closed)],
+            providers: vec![cooling, busy],
         };
         let text = status_text(&report, Style::PLAIN);
         let expected = "\
 mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
 simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY)
 
-PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  COOLDOWN
-sim-anthropic  cooling down  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3      59 s
-sim-deepseek   healthy       sim-deepseek-model    97.1      99%  212 ms    1.2 s     1,200         3         -
+PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  LIVE  QUOTA LEFT  WAIT
+sim-anthropic  cooling down  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3     0    0/50 req  59 s
+sim-deepseek   healthy       sim-deepseek-model    97.1      99%  212 ms    1.2 s     1,200         3     3           -     -
 
-sim-anthropic: last error: 429 rate limited (retry after 60 s)
+sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry after 60 s)
 ";
         assert_eq!(text, expected);
         // Colour never changes the layout: strip the escapes and compare.
@@ -1145,6 +1294,7 @@ total                            15         1,500            150  $0.2512
             cost_usd: 0.0012,
             latency_ms: 1104,
             error: None,
+            queued_ms: 0,
         }
     }
 
@@ -1209,6 +1359,7 @@ Attempts:
                 show_thinking: true,
                 same_screen,
                 side_style: Style::PLAIN,
+                live: same_screen,
             },
         )
     }
@@ -1229,6 +1380,57 @@ Attempts:
     fn outputs(p: StreamPrinter<Vec<u8>, Vec<u8>>) -> (String, String) {
         let (o, s) = p.into_inner();
         (String::from_utf8(o).unwrap(), String::from_utf8(s).unwrap())
+    }
+
+    fn queued(reason: &str, wait_ms: u64) -> StreamEvent {
+        let now = now_unix_ms();
+        StreamEvent::Queued {
+            reason: reason.into(),
+            until_unix_ms: Some(now + wait_ms),
+            deadline_unix_ms: now + 30_000,
+        }
+    }
+
+    #[test]
+    fn a_wait_is_a_countdown_line_that_goes_away() {
+        let mut p = printer(false, true);
+        for ev in [
+            queued("anthropic: rate limited, 4.0 s left", 4_000),
+            queued("anthropic: rate limited, 3.0 s left", 3_000),
+            text("Hello"),
+        ] {
+            p.event(&ev).unwrap();
+        }
+        p.finish().unwrap();
+        let (out, side) = outputs(p);
+        assert_eq!(out, "Hello\n");
+        // Drawn, redrawn in place, then erased before the answer.
+        assert_eq!(side.matches("\r\x1b[2K").count(), 3, "{side:?}");
+        assert!(
+            side.contains(
+                "waiting for capacity (anthropic: rate limited, 3.0 s left): expected in 3"
+            ),
+            "{side:?}"
+        );
+        assert!(side.ends_with("\r\x1b[2K"), "{side:?}");
+    }
+
+    #[test]
+    fn a_wait_in_a_pipe_is_one_line_per_reason() {
+        let mut p = printer(true, false);
+        for ev in [
+            queued("anthropic: rate limited, 4.0 s left", 4_000),
+            queued("anthropic: rate limited, 3.0 s left", 3_000),
+            queued("deepseek: cooling down, 9 s left", 9_000),
+            text("Hello"),
+        ] {
+            p.event(&ev).unwrap();
+        }
+        p.finish().unwrap();
+        let (out, side) = outputs(p);
+        assert_eq!(out, "Hello\n");
+        assert_eq!(side.lines().count(), 2, "{side}");
+        assert!(!side.contains('\x1b'));
     }
 
     #[test]

@@ -157,11 +157,15 @@ impl Turn {
             StreamEvent::ThinkingDelta { .. }
             | StreamEvent::ToolCallStart { .. }
             | StreamEvent::ToolCallDelta { .. }
+            | StreamEvent::Queued { .. }
             | StreamEvent::Usage(_) => {}
         }
         false
     }
 }
+
+/// How often a waiting request's `queued` event is shown again, so a countdown can redraw.
+const QUEUED_REDRAW: Duration = Duration::from_secs(1);
 
 /// How [`run`] ended.
 #[derive(Debug)]
@@ -178,7 +182,8 @@ pub enum Ended {
 /// How long to wait for the daemon to confirm a cancel before abandoning the connection.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
-/// Run `req` on `conn`, passing every event of it to `sink`.
+/// Run `req` on `conn`, passing every event of it to `sink`. While the request waits for
+/// capacity, its last `queued` event is passed again every second (so a countdown can redraw).
 ///
 /// With `ctrl_c`, the first Ctrl-C sends [`Request::Cancel`] and waits (briefly, and without
 /// passing further events on) for the stream's end, keeping the connection usable; a second
@@ -197,16 +202,30 @@ pub async fn run(
     let mut got_event = false;
     let interrupt = interrupt_signal(ctrl_c);
     tokio::pin!(interrupt);
+    let mut waiting: Option<StreamEvent> = None;
+    let mut redraw = tokio::time::interval(QUEUED_REDRAW);
     loop {
         let resp = tokio::select! {
             r = conn.recv() => r,
             _ = &mut interrupt => {
                 return cancel(conn, id).await;
             }
+            _ = redraw.tick(), if waiting.is_some() => {
+                if let Some(ev) = &waiting {
+                    sink(id, ev)?;
+                }
+                continue;
+            }
         };
         match resp {
             Ok(Response::Event { id: got, event }) if got == id => {
                 got_event = true;
+                if matches!(event, StreamEvent::Queued { .. }) {
+                    waiting = Some(event.clone());
+                    redraw.reset();
+                } else {
+                    waiting = None;
+                }
                 let end = turn.apply(&event);
                 sink(id, &event)?;
                 if end {

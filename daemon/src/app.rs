@@ -44,19 +44,18 @@ pub async fn start_sims() -> std::io::Result<(Vec<ProviderConfig>, HashMap<Strin
         let opts = SimOptions::new(name, flavor);
         let model = opts.model.clone();
         let sim = SimProvider::start(listener, opts).await?;
+        let api = match flavor {
+            Flavor::Anthropic => Api::Anthropic,
+            _ => Api::Openai,
+        };
         configs.push(ProviderConfig {
-            name: name.to_string(),
-            api: match flavor {
-                Flavor::Anthropic => Api::Anthropic,
-                _ => Api::Openai,
-            },
-            base_url: sim.base_url(),
-            model,
             api_key: Some(Secret::new("sim-key")),
             priority,
             price_input_per_mtok: p_in,
             price_output_per_mtok: p_out,
             simulated: true,
+            context_window: Some(128_000),
+            ..ProviderConfig::new(name, api, sim.base_url(), model)
         });
         sims.insert(name.to_string(), sim);
     }

@@ -75,9 +75,56 @@ pub struct ProviderConfig {
     pub price_output_per_mtok: f64,
     /// Whether this is one of the built-in simulated providers.
     pub simulated: bool,
+    /// Attempts that may stream from this provider at once; more wait their turn or go
+    /// elsewhere.
+    pub max_concurrent: u32,
+    /// The model's context window in tokens, if known: a prompt that does not fit is sent to a
+    /// provider whose window does.
+    pub context_window: Option<u64>,
+    /// The model thinks before it answers without streaming its thoughts (OpenAI o-series and
+    /// gpt-5): the first token may take minutes.
+    pub reasoning: bool,
+}
+
+/// Default of [`ProviderConfig::max_concurrent`]: generous, so it only stops a runaway burst.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 64;
+
+/// Whether a model name belongs to a model that reasons silently before its first token.
+pub fn is_silent_reasoner(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let m = m.rsplit('/').next().unwrap_or(&m);
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|p| {
+        m.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
+    })
 }
 
 impl ProviderConfig {
+    /// A provider with defaults for everything but its identity: priority 0, no key, no
+    /// price, the default concurrency limit, reasoning guessed from the model name.
+    pub fn new(
+        name: impl Into<String>,
+        api: Api,
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        let model = model.into();
+        ProviderConfig {
+            name: name.into(),
+            api,
+            base_url: base_url.into(),
+            reasoning: is_silent_reasoner(&model),
+            model,
+            api_key: None,
+            priority: 0,
+            price_input_per_mtok: 0.0,
+            price_output_per_mtok: 0.0,
+            simulated: false,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            context_window: None,
+        }
+    }
+
     /// Blended price per 1K tokens, assuming output is a quarter of the traffic.
     pub fn cost_per_1k(&self) -> f64 {
         (0.75 * self.price_input_per_mtok + 0.25 * self.price_output_per_mtok) / 1000.0
@@ -118,6 +165,16 @@ pub struct RoutingConfig {
     pub default_max_tokens: u32,
     /// How long in-flight streams may run on after a shutdown signal.
     pub drain_timeout: Duration,
+    /// How long a request may wait in the queue for capacity (rate limits, quotas, cooldowns,
+    /// busy providers) before it fails; longer waits fail at once and say when capacity returns.
+    pub max_queue_wait: Duration,
+    /// Retries may add at most this share to a provider's requests (plus a small floor).
+    pub retry_budget_ratio: f64,
+    /// Watchdog: extra time to first token per 1,000 prompt tokens (a long prompt takes
+    /// longer to read).
+    pub first_token_per_1k_input: Duration,
+    /// Watchdog: time to first token for models that reason silently first.
+    pub reasoning_first_token_timeout: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -129,8 +186,8 @@ impl Default for RoutingConfig {
                 Duration::from_millis(1000),
             ],
             retry_jitter: 0.2,
-            cooldown: Duration::from_secs(300),
-            max_cooldown: Duration::from_secs(3600),
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(900),
             first_token_timeout: Duration::from_secs(15),
             stall_timeout: Duration::from_secs(15),
             watchdog_floor: Duration::from_secs(5),
@@ -139,6 +196,10 @@ impl Default for RoutingConfig {
             probe_interval: Duration::from_secs(300),
             default_max_tokens: 4096,
             drain_timeout: Duration::from_secs(10),
+            max_queue_wait: Duration::from_secs(30),
+            retry_budget_ratio: 0.2,
+            first_token_per_1k_input: Duration::from_millis(200),
+            reasoning_first_token_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -186,6 +247,7 @@ struct Builtin {
     model: &'static str,
     price_in: f64,
     price_out: f64,
+    context_window: u64,
 }
 
 const BUILTINS: [Builtin; 3] = [
@@ -199,6 +261,7 @@ const BUILTINS: [Builtin; 3] = [
         model: "claude-sonnet-4-5",
         price_in: 3.0,
         price_out: 15.0,
+        context_window: 200_000,
     },
     Builtin {
         name: "deepseek",
@@ -210,6 +273,7 @@ const BUILTINS: [Builtin; 3] = [
         model: "deepseek-chat",
         price_in: 0.28,
         price_out: 0.42,
+        context_window: 128_000,
     },
     Builtin {
         name: "openai",
@@ -221,6 +285,7 @@ const BUILTINS: [Builtin; 3] = [
         model: "gpt-4o",
         price_in: 2.5,
         price_out: 10.0,
+        context_window: 128_000,
     },
 ];
 
@@ -251,6 +316,10 @@ struct FileRouting {
     probe_interval_secs: Option<u64>,
     default_max_tokens: Option<u32>,
     drain_timeout_secs: Option<u64>,
+    max_queue_wait_ms: Option<u64>,
+    retry_budget_ratio: Option<f64>,
+    first_token_ms_per_1k_input: Option<u64>,
+    reasoning_first_token_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,12 +334,30 @@ struct FileProvider {
     priority: Option<u32>,
     price_input_per_mtok: Option<f64>,
     price_output_per_mtok: Option<f64>,
+    max_concurrent: Option<u32>,
+    context_window: Option<u64>,
+    reasoning: Option<bool>,
     #[serde(default = "yes")]
     enabled: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+impl FileProvider {
+    /// The optional limits a file entry may set on any provider.
+    fn apply_limits(&self, p: &mut ProviderConfig) {
+        if let Some(n) = self.max_concurrent {
+            p.max_concurrent = n.max(1);
+        }
+        if let Some(w) = self.context_window {
+            p.context_window = Some(w);
+        }
+        if let Some(r) = self.reasoning {
+            p.reasoning = r;
+        }
+    }
 }
 
 impl Config {
@@ -318,27 +405,31 @@ impl Config {
                 .and_then(|o| o.api_key.clone())
                 .or_else(|| env(key_env));
             let Some(key) = key else { continue };
-            providers.push(ProviderConfig {
-                name: b.name.to_string(),
-                api: over.and_then(|o| o.api).unwrap_or(b.api),
-                base_url: over
-                    .and_then(|o| o.base_url.clone())
+            let mut p = ProviderConfig::new(
+                b.name,
+                over.and_then(|o| o.api).unwrap_or(b.api),
+                over.and_then(|o| o.base_url.clone())
                     .or_else(|| env(b.url_env))
                     .unwrap_or_else(|| b.base_url.to_string()),
-                model: over
-                    .and_then(|o| o.model.clone())
+                over.and_then(|o| o.model.clone())
                     .or_else(|| env(b.model_env))
                     .unwrap_or_else(|| b.model.to_string()),
-                api_key: Some(Secret::new(key)),
-                priority: over.and_then(|o| o.priority).unwrap_or(i as u32),
-                price_input_per_mtok: over
-                    .and_then(|o| o.price_input_per_mtok)
-                    .unwrap_or(b.price_in),
-                price_output_per_mtok: over
-                    .and_then(|o| o.price_output_per_mtok)
-                    .unwrap_or(b.price_out),
-                simulated: false,
-            });
+            );
+            p.api_key = Some(Secret::new(key));
+            p.priority = over.and_then(|o| o.priority).unwrap_or(i as u32);
+            p.price_input_per_mtok = over
+                .and_then(|o| o.price_input_per_mtok)
+                .unwrap_or(b.price_in);
+            p.price_output_per_mtok = over
+                .and_then(|o| o.price_output_per_mtok)
+                .unwrap_or(b.price_out);
+            // The built-in window belongs to the built-in model; another model's is unknown.
+            let same_model = p.model == b.model;
+            p.context_window = same_model.then_some(b.context_window);
+            if let Some(o) = over {
+                o.apply_limits(&mut p);
+            }
+            providers.push(p);
         }
         // Extra endpoints, in file order after the built-ins.
         for p in &parsed.providers {
@@ -365,17 +456,13 @@ impl Config {
                 // Local servers (Ollama, vLLM) need no key.
                 (None, None) => None,
             };
-            providers.push(ProviderConfig {
-                name: p.name.clone(),
-                api: p.api.unwrap_or(Api::Openai),
-                base_url,
-                model,
-                api_key,
-                priority: p.priority.unwrap_or(10 + providers.len() as u32),
-                price_input_per_mtok: p.price_input_per_mtok.unwrap_or(0.0),
-                price_output_per_mtok: p.price_output_per_mtok.unwrap_or(0.0),
-                simulated: false,
-            });
+            let mut c = ProviderConfig::new(&p.name, p.api.unwrap_or(Api::Openai), base_url, model);
+            c.api_key = api_key;
+            c.priority = p.priority.unwrap_or(10 + providers.len() as u32);
+            c.price_input_per_mtok = p.price_input_per_mtok.unwrap_or(0.0);
+            c.price_output_per_mtok = p.price_output_per_mtok.unwrap_or(0.0);
+            p.apply_limits(&mut c);
+            providers.push(c);
         }
         providers.sort_by_key(|p| p.priority);
 
@@ -400,6 +487,16 @@ impl Config {
             probe_interval: secs(r.probe_interval_secs, d.probe_interval),
             default_max_tokens: r.default_max_tokens.unwrap_or(d.default_max_tokens),
             drain_timeout: secs(r.drain_timeout_secs, d.drain_timeout),
+            max_queue_wait: ms(r.max_queue_wait_ms, d.max_queue_wait),
+            retry_budget_ratio: r
+                .retry_budget_ratio
+                .unwrap_or(d.retry_budget_ratio)
+                .clamp(0.0, 10.0),
+            first_token_per_1k_input: ms(r.first_token_ms_per_1k_input, d.first_token_per_1k_input),
+            reasoning_first_token_timeout: ms(
+                r.reasoning_first_token_timeout_ms,
+                d.reasoning_first_token_timeout,
+            ),
         };
         if routing.watchdog_floor > routing.watchdog_ceiling {
             return Err(err(
@@ -520,6 +617,29 @@ priority = 7
         let c = load(&readme[start..start + len], &env).unwrap();
         let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["anthropic", "groq", "anthropic-opus", "ollama"]);
+    }
+
+    #[test]
+    fn silent_reasoners_by_name() {
+        for m in [
+            "o1",
+            "o3-mini",
+            "o4-mini-2025-04-16",
+            "gpt-5",
+            "gpt-5.1",
+            "openai/o3",
+        ] {
+            assert!(is_silent_reasoner(m), "{m}");
+        }
+        for m in [
+            "gpt-4o",
+            "claude-sonnet-4-5",
+            "deepseek-reasoner",
+            "o1x",
+            "gpt-50",
+        ] {
+            assert!(!is_silent_reasoner(m), "{m}");
+        }
     }
 
     #[test]

@@ -338,6 +338,7 @@ mod tests {
             cost_usd: 0.5,
             latency_ms: 9,
             error: None,
+            queued_ms: 0,
         };
         store.record(rec.clone());
         store.save_health(vec![SavedHealth {
@@ -357,6 +358,9 @@ mod tests {
             consecutive_failures: 0,
             last_error: None,
             no_prefill: false,
+            no_prefill_until_unix_ms: None,
+            quota: None,
+            success_counts: Some((1.0, 1.0)),
             saved_unix_ms: 1,
         }]);
         assert_eq!(store.why(None).await, Some(rec.clone()));

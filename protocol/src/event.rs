@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 /// One event of a chat stream.
 ///
 /// Order: `started`, then deltas; `rerouted` may appear between deltas (followed by a new
-/// `started`); the stream ends with exactly one `done` or `error`.
+/// `started`); `queued` may come before any `started` (or after a `rerouted`) while the request
+/// waits for capacity; the stream ends with exactly one `done` or `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamEvent {
@@ -82,6 +83,19 @@ pub enum StreamEvent {
         message: String,
         /// When a provider is expected back, as Unix milliseconds, if known.
         retry_at_unix_ms: Option<u64>,
+    },
+    /// No provider can take the request right now (rate limits, quotas, cooldowns, every
+    /// provider busy), but one is expected to within the daemon's `max_queue_wait`: the request
+    /// waits in a fair queue and goes out the moment capacity returns. Sent again when the
+    /// expectation changes; the next `started` ends the wait.
+    Queued {
+        /// Why, in words (`anthropic: rate limited for 4 s; deepseek: cooling down`).
+        reason: String,
+        /// When capacity is expected back, as Unix milliseconds; `None` when it depends on
+        /// another request finishing (a probe, a provider's concurrency limit).
+        until_unix_ms: Option<u64>,
+        /// When the daemon gives up waiting, as Unix milliseconds.
+        deadline_unix_ms: u64,
     },
 }
 
@@ -184,8 +198,14 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The client broke the protocol.
     Protocol,
-    /// A bug in the daemon.
+    /// A bug in the daemon, or a local resource ran out (file descriptors, memory): nothing a
+    /// provider did.
     Internal,
+    /// The provider's account cannot pay (HTTP 402, `insufficient_quota`, a low credit
+    /// balance): unusable until reset by hand or a long cooldown.
+    Billing,
+    /// The prompt does not fit the model's context window (HTTP 413, or a 400 that says so).
+    ContextLength,
 }
 
 impl ErrorKind {
@@ -209,6 +229,8 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Internal => "internal",
+            ErrorKind::Billing => "billing",
+            ErrorKind::ContextLength => "context_length",
         }
     }
 }

@@ -103,7 +103,7 @@ mod tests {
         let json = serde_json::to_string(&hello).unwrap();
         assert_eq!(
             json,
-            r#"{"magic":"mythos","protocol":1,"build":"0.1.0","encodings":["bincode","json"]}"#
+            r#"{"magic":"mythos","protocol":2,"build":"0.1.0","encodings":["bincode","json"]}"#
         );
         let reply = HelloReply::Accepted {
             protocol: 1,

@@ -16,12 +16,12 @@
 //! The client sends one frame whose payload is a JSON [`Hello`]:
 //!
 //! ```json
-//! {"magic":"mythos","protocol":1,"build":"0.1.0","encodings":["bincode","json"]}
+//! {"magic":"mythos","protocol":2,"build":"0.1.0","encodings":["bincode","json"]}
 //! ```
 //!
 //! The daemon answers with one JSON [`HelloReply`] frame, either
-//! `{"accepted":{"protocol":1,"build":"0.1.0","encoding":"json"}}` or
-//! `{"incompatible":{"protocol":1,"build":"0.1.0","reason":"..."}}`, after which it closes the
+//! `{"accepted":{"protocol":2,"build":"0.1.0","encoding":"json"}}` or
+//! `{"incompatible":{"protocol":2,"build":"0.1.0","reason":"..."}}`, after which it closes the
 //! connection. The shape of these two messages is frozen: a client from any version can always
 //! learn which version of the daemon is running and tell its user what to do.
 //!
@@ -55,6 +55,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod event;
 pub mod hello;
 pub mod paths;
@@ -68,8 +69,8 @@ pub mod codec;
 pub use event::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
-    Attempt, BreakerState, CandidateScore, ProviderStatus, RequestRecord, StatusReport,
-    UsageReport, UsageRow,
+    Attempt, BreakerState, CandidateScore, ProviderStatus, QuotaStatus, RequestRecord,
+    StatusReport, UsageReport, UsageRow,
 };
 pub use request::{
     ChatRequest, ContentBlock, Message, Pin, Request, RequestId, Role, SimFault, TaskKind, ToolSpec,
@@ -80,7 +81,7 @@ pub use response::Response;
 pub const MAGIC: &str = "mythos";
 
 /// Version of the message model after the hello. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Cap on a hello frame. Hellos are tiny; a larger length prefix means the peer is not a mythos
 /// client (an HTTP request's `GET ` reads as a 1.2 GB length, for instance).

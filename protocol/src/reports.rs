@@ -54,6 +54,30 @@ pub struct ProviderStatus {
     pub failures: u64,
     /// The last failure, in words (never contains a key).
     pub last_error: Option<String>,
+    /// Why the provider is or is not eligible right now, in words (`healthy`, `rate limited,
+    /// 3 s left`, `quota: 0 of 50 requests left, refills in 1.2 s`).
+    #[serde(default)]
+    pub note: String,
+    /// Attempts streaming from this provider right now.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Rate-limit quotas the provider announced in its response headers, as estimated now
+    /// (the announced figures minus what was sent since); empty when it announces none.
+    #[serde(default)]
+    pub quotas: Vec<QuotaStatus>,
+}
+
+/// One rate-limit quota of a provider (requests, tokens, input or output tokens per window).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaStatus {
+    /// What is counted: `requests`, `tokens`, `input tokens` or `output tokens`.
+    pub what: String,
+    /// Estimated amount left now.
+    pub remaining: u64,
+    /// The announced limit per window, if the provider sends it.
+    pub limit: Option<u64>,
+    /// Milliseconds until the quota is whole again, if known.
+    pub reset_in_ms: Option<u64>,
 }
 
 /// Circuit breaker state.
@@ -66,7 +90,8 @@ pub enum BreakerState {
     Open,
     /// Cooldown over: the next request probes it.
     HalfOpen,
-    /// Rejected our key (401/403): unusable until the key changes.
+    /// Rejected our key (401/403) or our account (402, billing): unusable until the key
+    /// changes or `mythos reset`; a billing failure also ends after a long cooldown.
     Unusable,
 }
 
@@ -107,6 +132,9 @@ pub struct RequestRecord {
     pub latency_ms: u64,
     /// Final error, if the request failed.
     pub error: Option<ErrorKind>,
+    /// Milliseconds spent waiting in the queue for capacity (rate limits, cooldowns).
+    #[serde(default)]
+    pub queued_ms: u64,
 }
 
 /// A provider as ranked for one request.

@@ -57,9 +57,18 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
             PrinterOptions::for_terminal(opts.show_thinking),
         );
         let mut json_out = io::stdout();
+        let mut last_queued: Option<StreamEvent> = None;
         let ended = {
             let mut sink = |id: RequestId, ev: &StreamEvent| {
                 if opts.json {
+                    // A waiting request's `queued` event comes again each second for the
+                    // countdown; a JSON reader wants each one once.
+                    if matches!(ev, StreamEvent::Queued { .. }) {
+                        if last_queued.as_ref() == Some(ev) {
+                            return Ok(());
+                        }
+                        last_queued = Some(ev.clone());
+                    }
                     json_line(&mut json_out, id, ev)
                 } else {
                     printer.event(ev)

@@ -5,7 +5,7 @@
 //! that dir and every provider variable removed, and removes it all at the end (also on
 //! Ctrl-C or failure). `mythos chat --demo` uses the same private daemon.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -340,6 +340,7 @@ async fn ask(conn: &mut Connection, style: Style, prompt: &str) -> Result<Asked,
             show_thinking: false,
             same_screen: true,
             side_style: style,
+            live: io::stdout().is_terminal(),
         },
     );
     let req = ChatRequest::user_text(conn.next_id(), prompt);

@@ -2,6 +2,8 @@
 
 use mythos_protocol::{FinishReason, Usage};
 
+use super::ratelimit::RateLimits;
+
 /// One decoded piece of an upstream stream, in provider-neutral form.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delta {
@@ -34,6 +36,9 @@ pub enum Delta {
     Finish(FinishReason),
     /// The connection is alive (ping event, `: keep-alive` comment) but nothing was produced.
     KeepAlive,
+    /// What the response's headers said about the provider's quotas; the first item of every
+    /// HTTP stream, before any content.
+    RateLimits(Box<RateLimits>),
 }
 
 impl Delta {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use mythos_protocol::ErrorKind;
 
+use super::ratelimit::RateLimits;
+
 /// A failed attempt at one provider.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -20,6 +22,8 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
     /// One line for logs and users.
     pub message: String,
+    /// Quotas announced in the error response's headers (a 429 usually says when it resets).
+    pub limits: Option<Box<RateLimits>>,
 }
 
 impl ProviderError {
@@ -30,6 +34,7 @@ impl ProviderError {
             status: None,
             retry_after: None,
             message: message.into(),
+            limits: None,
         }
     }
 
@@ -58,14 +63,18 @@ impl ProviderError {
     }
 }
 
-/// Kind of failure for an HTTP status code.
+/// Kind of failure for an HTTP status code alone.
 pub fn kind_for_status(status: u16) -> ErrorKind {
     match status {
         429 => ErrorKind::RateLimited,
         529 | 503 => ErrorKind::Overloaded,
         401 | 403 => ErrorKind::Auth,
+        402 => ErrorKind::Billing,
         404 => ErrorKind::NotFound,
         408 => ErrorKind::Timeout,
+        // 409 is a lock or conflict on the provider's side; the official SDKs retry it.
+        409 => ErrorKind::ServerError,
+        413 => ErrorKind::ContextLength,
         400..=499 => ErrorKind::BadRequest,
         _ => ErrorKind::ServerError,
     }
@@ -76,11 +85,168 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
 pub fn kind_for_error_type(ty: &str) -> ErrorKind {
     match ty {
         "overloaded_error" => ErrorKind::Overloaded,
-        "rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota" => ErrorKind::RateLimited,
+        "rate_limit_error" | "rate_limit_exceeded" | "tokens_exceeded" => ErrorKind::RateLimited,
+        // OpenAI answers a spent account with 429 insufficient_quota: waiting does not help.
+        "insufficient_quota" | "billing_error" | "billing_hard_limit_reached" => ErrorKind::Billing,
         "authentication_error" | "permission_error" | "invalid_api_key" => ErrorKind::Auth,
-        "not_found_error" => ErrorKind::NotFound,
-        "invalid_request_error" | "request_too_large" | "invalid_request" => ErrorKind::BadRequest,
+        "not_found_error" | "model_not_found" => ErrorKind::NotFound,
+        "context_length_exceeded" | "request_too_large" | "string_above_max_length" => {
+            ErrorKind::ContextLength
+        }
+        "invalid_request_error" | "invalid_request" => ErrorKind::BadRequest,
         "timeout_error" => ErrorKind::Timeout,
         _ => ErrorKind::ServerError,
+    }
+}
+
+/// Phrases providers use for a prompt that does not fit (in 400 bodies with a generic type).
+const CONTEXT_PHRASES: [&str; 7] = [
+    "prompt is too long",
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "reduce the length",
+];
+
+/// Phrases providers use for an account that cannot pay.
+const BILLING_PHRASES: [&str; 5] = [
+    "credit balance is too low",
+    "insufficient balance",
+    "insufficient_quota",
+    "exceeded your current quota",
+    "billing",
+];
+
+/// Kind of an error response from its status, its body's error `type` and its message.
+///
+/// The status decides, except where providers are known to be vaguer than their words: a 400
+/// or 429 whose text says the account cannot pay is [`ErrorKind::Billing`]; a 400 whose text
+/// says the prompt is too long is [`ErrorKind::ContextLength`]; a generic 5xx whose type says
+/// overload or rate limit is that.
+pub fn classify(status: u16, ty: Option<&str>, message: Option<&str>) -> ErrorKind {
+    let by_status = kind_for_status(status);
+    let by_type = ty.map(kind_for_error_type);
+    let text = message.unwrap_or("").to_ascii_lowercase();
+    let says = |phrases: &[&str]| phrases.iter().any(|p| text.contains(p));
+    match by_status {
+        ErrorKind::RateLimited | ErrorKind::BadRequest | ErrorKind::Auth
+            if by_type == Some(ErrorKind::Billing) || says(&BILLING_PHRASES) =>
+        {
+            ErrorKind::Billing
+        }
+        ErrorKind::BadRequest
+            if by_type == Some(ErrorKind::ContextLength) || says(&CONTEXT_PHRASES) =>
+        {
+            ErrorKind::ContextLength
+        }
+        ErrorKind::ServerError
+            if matches!(
+                by_type,
+                Some(ErrorKind::Overloaded | ErrorKind::RateLimited)
+            ) =>
+        {
+            by_type.unwrap_or(by_status)
+        }
+        k => k,
+    }
+}
+
+/// Whether a rejected continuation was rejected *because* it was a continuation (the provider
+/// refuses an assistant prefill), as opposed to any other 400.
+pub fn is_prefill_rejection(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "prefill",
+        "final assistant content",
+        "assistant message",
+        "last message",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let k = |status, ty: Option<&str>, msg: Option<&str>| classify(status, ty, msg);
+        assert_eq!(
+            k(429, Some("rate_limit_error"), None),
+            ErrorKind::RateLimited
+        );
+        assert_eq!(
+            k(
+                429,
+                Some("insufficient_quota"),
+                Some("You exceeded your current quota")
+            ),
+            ErrorKind::Billing
+        );
+        assert_eq!(
+            k(402, None, Some("Insufficient Balance")),
+            ErrorKind::Billing
+        );
+        assert_eq!(
+            k(
+                400,
+                Some("invalid_request_error"),
+                Some("Your credit balance is too low")
+            ),
+            ErrorKind::Billing
+        );
+        assert_eq!(
+            k(
+                400,
+                Some("invalid_request_error"),
+                Some("prompt is too long: 210000 tokens > 200000 maximum")
+            ),
+            ErrorKind::ContextLength
+        );
+        assert_eq!(
+            k(
+                400,
+                None,
+                Some("This model's maximum context length is 128000 tokens")
+            ),
+            ErrorKind::ContextLength
+        );
+        assert_eq!(
+            k(413, Some("request_too_large"), None),
+            ErrorKind::ContextLength
+        );
+        assert_eq!(
+            k(400, Some("invalid_request_error"), Some("bad")),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(k(422, None, Some("unprocessable")), ErrorKind::BadRequest);
+        assert_eq!(k(409, None, None), ErrorKind::ServerError);
+        assert_eq!(k(408, None, None), ErrorKind::Timeout);
+        assert_eq!(
+            k(500, Some("overloaded_error"), None),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(
+            k(529, Some("overloaded_error"), None),
+            ErrorKind::Overloaded
+        );
+        assert_eq!(k(520, None, Some("<html>")), ErrorKind::ServerError);
+        assert_eq!(k(401, Some("authentication_error"), None), ErrorKind::Auth);
+        assert_eq!(k(404, Some("not_found_error"), None), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn prefill_rejections_are_told_apart() {
+        assert!(is_prefill_rejection(
+            "messages: final assistant content cannot end with trailing whitespace"
+        ));
+        assert!(is_prefill_rejection(
+            "This model does not support assistant message prefill"
+        ));
+        assert!(!is_prefill_rejection("prompt is too long"));
+        assert!(!is_prefill_rejection("max_tokens: must be at most 8192"));
     }
 }

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod delta;
 pub mod error;
 pub mod openai;
+pub mod ratelimit;
 pub mod sse;
 #[cfg(test)]
 mod transcripts;
@@ -103,19 +104,25 @@ impl Transport for HttpTransport {
         Box::pin(async move {
             let resp = send.await.map_err(|e| transport_error(&name, e, false))?;
             let status = resp.status();
+            let limits =
+                ratelimit::from_headers(resp.headers(), mythos_protocol::clock::now_unix_ms());
             if !status.is_success() {
-                return Err(error_from_response(&name, key.as_ref(), resp).await);
+                return Err(error_from_response(&name, key.as_ref(), resp, limits).await);
             }
+            // The quotas come first, so the router counts this response before any content.
+            let first = Delta::RateLimits(Box::new(limits));
             Ok(match api {
                 Api::Anthropic => body_stream(
                     name,
                     resp,
                     decode::StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
+                    first,
                 ),
                 Api::Openai => body_stream(
                     name,
                     resp,
                     decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+                    first,
                 ),
             })
         })
@@ -149,12 +156,13 @@ fn body_stream<D: decode::WireDecoder + 'static>(
     name: String,
     resp: reqwest::Response,
     decoder: decode::StreamDecoder<D>,
+    first: Delta,
 ) -> DeltaStream {
     let state = BodyState {
         name,
         resp,
         decoder,
-        queue: VecDeque::new(),
+        queue: VecDeque::from([first]),
         scratch: Vec::new(),
         failure: None,
         finished: false,
@@ -200,6 +208,13 @@ fn body_stream<D: decode::WireDecoder + 'static>(
 
 /// Classify a reqwest failure. `mid_stream` tells a broken body from a failed connect.
 fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderError {
+    if let Some(local) = local_exhaustion(&e) {
+        // Out of file descriptors or memory here: no provider is to blame.
+        return ProviderError::new(
+            ErrorKind::Internal,
+            format!("{name}: cannot open a connection: this machine is out of resources ({local})"),
+        );
+    }
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
     } else {
@@ -225,6 +240,36 @@ fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderE
     ProviderError::new(kind, format!("{name}: {what} ({detail})"))
 }
 
+/// A local resource shortage somewhere in `e`'s causes (too many open files, no memory for
+/// buffers), in words.
+fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                if is_local_exhaustion(code) {
+                    return Some(io.to_string());
+                }
+            }
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// errno values that mean this machine ran out of something, not that a peer misbehaved.
+fn is_local_exhaustion(code: i32) -> bool {
+    #[cfg(unix)]
+    {
+        [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::ENOBUFS].contains(&code)
+    }
+    #[cfg(not(unix))]
+    {
+        // WSAEMFILE, WSAENOBUFS
+        [10024, 10055].contains(&code)
+    }
+}
+
 /// Cap on an error body we read: error JSON is small; a proxy's HTML page need not be read whole.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 
@@ -232,9 +277,9 @@ async fn error_from_response(
     name: &str,
     key: Option<&Secret>,
     resp: reqwest::Response,
+    limits: ratelimit::RateLimits,
 ) -> ProviderError {
     let status = resp.status().as_u16();
-    let retry_after = retry_after(resp.headers());
     let mut body = Vec::new();
     let mut resp = resp;
     let read = async {
@@ -248,29 +293,22 @@ async fn error_from_response(
     // A provider that sends an error status and then stalls must not hold us up.
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
     let (ty, msg) = parse_error_body(&body);
-    let mut kind = error::kind_for_status(status);
-    if let Some(t) = ty.as_deref() {
-        let by_type = error::kind_for_error_type(t);
-        // Some servers send overload or rate limits with a generic status; trust the type there.
-        if matches!(by_type, ErrorKind::Overloaded | ErrorKind::RateLimited)
-            && kind == ErrorKind::ServerError
-        {
-            kind = by_type;
-        }
-    }
+    let kind = error::classify(status, ty.as_deref(), msg.as_deref());
     let mut message = format!("{name} answered HTTP {status}");
     if let Some(t) = ty {
         message.push_str(&format!(" {t}"));
     }
     if let Some(m) = msg {
-        let m: String = m.chars().take(300).collect();
         message.push_str(&format!(": {m}"));
     }
+    // Redact before cutting: a key that straddles the cut would otherwise leak its first part.
+    let message: String = redact(&message, key).chars().take(400).collect();
     ProviderError {
         kind,
         status: Some(status),
-        retry_after,
-        message: redact(&message, key),
+        retry_after: limits.retry_after,
+        message,
+        limits: Some(Box::new(limits)),
     }
 }
 
@@ -300,19 +338,6 @@ fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
-/// `retry-after-ms` (OpenAI) or `retry-after` in seconds (both). HTTP-date forms are ignored:
-/// no provider we speak to sends them, and a wrong guess would be worse than none.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |n: &str| headers.get(n)?.to_str().ok()?.trim().parse::<f64>().ok();
-    let valid = |v: f64| v.is_finite() && v >= 0.0;
-    if let Some(ms) = get("retry-after-ms").filter(|v| valid(*v)) {
-        return Some(Duration::from_secs_f64(ms.min(1e12) / 1000.0));
-    }
-    get("retry-after")
-        .filter(|v| valid(*v))
-        .map(|s| Duration::from_secs_f64(s.min(1e9)))
-}
-
 /// Remove anything that looks like an API key from a provider's error text. Providers echo
 /// (masked) keys back in 401 messages; masked or not, they do not belong in our logs.
 pub fn redact(text: &str, key: Option<&Secret>) -> String {
@@ -336,20 +361,6 @@ pub fn redact(text: &str, key: Option<&Secret>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_headers() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("60"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
-        h.insert("retry-after-ms", HeaderValue::from_static("1500.5"));
-        assert_eq!(retry_after(&h), Some(Duration::from_micros(1_500_500)));
-        h.insert("retry-after-ms", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
-        h.insert("retry-after", HeaderValue::from_static("-3"));
-        assert_eq!(retry_after(&h), None);
-    }
 
     #[test]
     fn error_bodies() {

@@ -48,6 +48,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::Usage(u) => o.usage = Some(u),
             Delta::Finish(f) => o.finish = Some(f),
             Delta::KeepAlive => o.keep_alives += 1,
+            Delta::RateLimits(_) => {}
         }
     }
     o

@@ -1,21 +1,54 @@
-//! Live health of every provider: averages, breaker, rate-limit windows, counters.
+//! Live health of every provider: averages, breaker, quotas, retry budget, streams in flight.
 //!
 //! [`HealthBook`] is the one owner of this state; every change goes through its methods, which
 //! take the current time as an argument. That is what lets a 5-minute cooldown be tested in
 //! microseconds, and what makes the state the same for every client of the daemon: when one
-//! session trips a breaker, the next selection by any session sees it.
+//! session trips a breaker or meets a `429`, the next selection by any session sees it.
+//!
+//! Three kinds of evidence are kept apart, because they mean different things:
+//! - **success rate**, one sample per request and provider (a `500` that a retry recovered is a
+//!   success), as decaying counts over a prior: it ranks providers;
+//! - **breaker window**, one sample per attempt: the breaker opens only on repeated faults (at
+//!   least [`BREAKER_MIN_FAULTS`] of the last [`BREAKER_WINDOW`] attempts within
+//!   [`BREAKER_HORIZON`], with under [`BREAKER_MAX_SUCCESS`] of them successful);
+//! - **quota**, from the provider's own headers ([`super::quota`]): running out is not a fault.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use mythos_protocol::{BreakerState, ErrorKind, TaskKind};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::admission::WaitQueue;
+use super::budget::RetryBudget;
+use super::policy::Disable;
+use super::quota::{Quota, SavedQuota};
 use super::score::{score, ScoreInputs};
-use crate::config::RoutingConfig;
+use crate::config::{ProviderConfig, RoutingConfig};
 
-/// Weight of a new sample in an average.
+/// Weight of a new sample in a latency or cost average.
 const ALPHA: f64 = 0.3;
+
+/// Weight, in requests, of the prior belief that a provider succeeds: one failure among no other
+/// evidence moves the success rate to 50/51 (2 points, half a priority step), while a sustained
+/// 5 % error rate over a busy half-life moves it past one step.
+pub const SUCCESS_PRIOR_WEIGHT: f64 = 50.0;
+
+/// Attempts the breaker looks back on.
+pub const BREAKER_WINDOW: usize = 20;
+/// How far back the breaker looks.
+pub const BREAKER_HORIZON: Duration = Duration::from_secs(60);
+/// Faults needed, within the window, to open the breaker.
+pub const BREAKER_MIN_FAULTS: usize = 5;
+/// The breaker opens only while fewer than this share of the window's attempts succeeded: a
+/// provider failing 30 % of its requests at random stays in (the score steers around it), a
+/// dead one is out after five tries.
+pub const BREAKER_MAX_SUCCESS: f64 = 0.2;
+/// How long a billing failure (402, spent account) keeps a provider out unless reset by hand.
+pub const BILLING_COOLDOWN: Duration = Duration::from_secs(3600);
+/// How long a provider's refusal to continue another provider's answer is remembered.
+pub const NO_PREFILL_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// An exponential moving average that relaxes toward a neutral prior as it ages, so old
 /// evidence (one slow answer an hour ago) cannot exile a provider forever.
@@ -56,12 +89,40 @@ impl Ema {
         self.value = Some(next);
         self.updated = Some(now);
     }
+}
 
-    /// Fold in a sample, starting from the prior rather than from the first sample: for the
-    /// success rate, one failure is evidence, not proof that a provider is dead.
-    pub fn observe_from_prior(&mut self, x: f64, prior: f64, now: Instant, half_life: Duration) {
-        let current = self.get(prior, now, half_life);
-        self.value = Some(current + ALPHA * (x - current));
+/// A success rate from decaying counts of request outcomes, pulled toward 1.0 by a prior worth
+/// [`SUCCESS_PRIOR_WEIGHT`] requests. Counts halve every half-life, so old failures fade.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SuccessRate {
+    good: f64,
+    total: f64,
+    updated: Option<Instant>,
+}
+
+impl SuccessRate {
+    fn decayed(&self, now: Instant, half_life: Duration) -> (f64, f64) {
+        match self.updated {
+            Some(t) => {
+                let age = now.saturating_duration_since(t).as_secs_f64();
+                let keep = 0.5f64.powf(age / half_life.as_secs_f64().max(1e-9));
+                (self.good * keep, self.total * keep)
+            }
+            None => (0.0, 0.0),
+        }
+    }
+
+    /// The rate as of `now`, 0..1.
+    pub fn get(&self, now: Instant, half_life: Duration) -> f64 {
+        let (good, total) = self.decayed(now, half_life);
+        (good + SUCCESS_PRIOR_WEIGHT) / (total + SUCCESS_PRIOR_WEIGHT)
+    }
+
+    /// One request's outcome at this provider.
+    pub fn observe(&mut self, ok: bool, now: Instant, half_life: Duration) {
+        let (good, total) = self.decayed(now, half_life);
+        self.good = good + if ok { 1.0 } else { 0.0 };
+        self.total = total + 1.0;
         self.updated = Some(now);
     }
 }
@@ -85,21 +146,17 @@ pub enum Breaker {
         /// Cooldown level to double if the probe fails.
         cooldown: Duration,
     },
-    /// The provider rejected our key. Only a key change (a config reload) clears this.
-    Unusable,
-}
-
-/// How a selected provider may be used by one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// Normal use.
-    Normal,
-    /// The half-open probe: its outcome closes or re-opens the breaker.
-    Probe,
+    /// The provider rejected our key or account. Auth: until the key changes (a reload) or a
+    /// reset. Billing: until a reset, or `until`, when one request probes it again.
+    Disabled {
+        /// Why.
+        why: Disable,
+        /// When it may be tried again on its own.
+        until: Option<Instant>,
+    },
 }
 
 /// Prior values the averages relax toward.
-const PRIOR_SUCCESS: f64 = 1.0;
 const PRIOR_TTFT_MS: f64 = 1000.0;
 const PRIOR_GAP_MS: f64 = 50.0;
 const PRIOR_LATENCY_MS: f64 = 5000.0;
@@ -115,8 +172,8 @@ pub struct ProviderHealth {
     pub cost_per_1k: f64,
     /// Cost per 1K tokens as billed (configured prices applied to the real token mix).
     pub cost: Ema,
-    /// Success average.
-    pub success: Ema,
+    /// Success rate per request.
+    pub success: SuccessRate,
     /// Time to first token average, ms.
     pub ttft: Ema,
     /// Gap between content chunks average, ms.
@@ -125,20 +182,30 @@ pub struct ProviderHealth {
     pub latency: Ema,
     /// Breaker.
     pub breaker: Breaker,
-    /// The provider asked us not to call before this (429 Retry-After).
-    pub rate_limited_until: Option<Instant>,
+    /// Recent attempts for the breaker: (when, was a fault).
+    pub recent: VecDeque<(Instant, bool)>,
+    /// Announced quotas and what was sent since.
+    pub quota: Quota,
+    /// Retry budget.
+    pub budget: RetryBudget,
+    /// Attempts streaming now.
+    pub in_flight: u32,
+    /// Most attempts at once.
+    pub max_concurrent: u32,
+    /// Context window in tokens, if known.
+    pub context_window: Option<u64>,
+    /// The model reasons silently before its first token.
+    pub reasoning: bool,
     /// Attempts.
     pub requests: u64,
-    /// Failed attempts.
+    /// Failed attempts (faults only).
     pub failures: u64,
-    /// Failures since the last success.
-    pub consecutive_failures: u32,
     /// When it was last selected.
     pub last_selected: Option<Instant>,
     /// Last failure in words.
     pub last_error: Option<String>,
-    /// The provider rejected an assistant prefill; continue with a restart instead.
-    pub no_prefill: bool,
+    /// The provider rejected an assistant prefill; until then, continue with a restart instead.
+    pub no_prefill_until: Option<Instant>,
 }
 
 /// A provider ranked for one request.
@@ -148,7 +215,7 @@ pub struct Ranked {
     pub index: usize,
     /// Score for the request's task.
     pub score: f64,
-    /// Eligible now.
+    /// Eligible as far as health goes (quotas and concurrency are checked at admission).
     pub eligible: bool,
     /// Why (not) eligible, in words.
     pub note: String,
@@ -161,38 +228,46 @@ pub struct Ranked {
 pub struct HealthBook {
     /// Per provider, in configured order.
     pub providers: Vec<ProviderHealth>,
-    cfg: RoutingConfig,
+    pub(super) cfg: RoutingConfig,
+    /// Requests waiting for capacity.
+    pub(super) queue: WaitQueue,
 }
 
 impl HealthBook {
-    /// A book with fresh health for each `(name, priority, cost_per_1k)`.
-    pub fn new(
-        providers: impl IntoIterator<Item = (String, u32, f64)>,
+    /// A book with fresh health for each provider.
+    pub fn new<'a>(
+        providers: impl IntoIterator<Item = &'a ProviderConfig>,
         cfg: RoutingConfig,
     ) -> Self {
         HealthBook {
             providers: providers
                 .into_iter()
-                .map(|(name, priority, cost_per_1k)| ProviderHealth {
-                    name,
-                    priority,
-                    cost_per_1k,
+                .map(|p| ProviderHealth {
+                    name: p.name.clone(),
+                    priority: p.priority,
+                    cost_per_1k: p.cost_per_1k(),
                     cost: Ema::default(),
-                    success: Ema::default(),
+                    success: SuccessRate::default(),
                     ttft: Ema::default(),
                     gap: Ema::default(),
                     latency: Ema::default(),
                     breaker: Breaker::Closed,
-                    rate_limited_until: None,
+                    recent: VecDeque::new(),
+                    quota: Quota::default(),
+                    budget: RetryBudget::new(cfg.retry_budget_ratio, 5),
+                    in_flight: 0,
+                    max_concurrent: p.max_concurrent.max(1),
+                    context_window: p.context_window,
+                    reasoning: p.reasoning,
                     requests: 0,
                     failures: 0,
-                    consecutive_failures: 0,
                     last_selected: None,
                     last_error: None,
-                    no_prefill: false,
+                    no_prefill_until: None,
                 })
                 .collect(),
             cfg,
+            queue: WaitQueue::default(),
         }
     }
 
@@ -206,19 +281,25 @@ impl HealthBook {
         self.providers.iter().position(|p| p.name == name)
     }
 
-    /// Advance time-driven transitions (open → half-open, expired rate-limit windows).
-    fn tick(&mut self, now: Instant) {
+    /// Advance time-driven transitions (open → half-open, billing cooldown over).
+    pub(super) fn tick(&mut self, now: Instant) {
         for p in &mut self.providers {
-            if let Breaker::Open { until, cooldown } = p.breaker {
-                if now >= until {
+            match p.breaker {
+                Breaker::Open { until, cooldown } if now >= until => {
                     p.breaker = Breaker::HalfOpen {
                         probing: false,
                         cooldown,
                     };
                 }
-            }
-            if p.rate_limited_until.is_some_and(|t| now >= t) {
-                p.rate_limited_until = None;
+                Breaker::Disabled {
+                    until: Some(until), ..
+                } if now >= until => {
+                    p.breaker = Breaker::HalfOpen {
+                        probing: false,
+                        cooldown: self.cfg.cooldown,
+                    };
+                }
+                _ => {}
             }
         }
     }
@@ -231,7 +312,7 @@ impl HealthBook {
         let max_cost = self.providers.iter().map(cost).fold(0.0, f64::max);
         score(&ScoreInputs {
             task,
-            success: p.success.get(PRIOR_SUCCESS, now, hl),
+            success: p.success.get(now, hl),
             ttft_ms: p.ttft.get(PRIOR_TTFT_MS, now, hl),
             cost_share: if max_cost > 0.0 {
                 cost(p) / max_cost
@@ -243,34 +324,36 @@ impl HealthBook {
     }
 
     /// Rank every provider for a request of `task`: eligible ones first, best score first, ties
-    /// to priority. A provider unused for `probe_interval` is moved to the front once, so that
-    /// stale evidence gets refreshed instead of starving it.
+    /// to priority. A provider whose cooldown is over, or that was not used for
+    /// `probe_interval`, is moved to the front once, so that stale evidence gets refreshed
+    /// instead of starving it.
     pub fn rank(&mut self, task: TaskKind, now: Instant) -> Vec<Ranked> {
         self.tick(now);
         let mut ranked: Vec<Ranked> = (0..self.providers.len())
             .map(|i| {
                 let p = &self.providers[i];
-                let (eligible, note, back_at) = match (p.breaker, p.rate_limited_until) {
-                    (Breaker::Unusable, _) => (false, "key rejected (401/403)".to_string(), None),
-                    (Breaker::Open { until, .. }, _) => (
+                let (eligible, note, back_at) = match p.breaker {
+                    Breaker::Disabled {
+                        why: Disable::Auth, ..
+                    } => (false, "key rejected (401/403)".to_string(), None),
+                    Breaker::Disabled {
+                        why: Disable::Billing,
+                        until,
+                    } => (false, "account cannot pay (billing)".to_string(), until),
+                    Breaker::Open { until, .. } => (
                         false,
                         format!("cooling down, {} s left", secs_left(until, now)),
                         Some(until),
                     ),
-                    (Breaker::HalfOpen { probing: true, .. }, _) => {
+                    Breaker::HalfOpen { probing: true, .. } => {
                         (false, "being probed by another request".to_string(), None)
                     }
-                    (_, Some(t)) => (
-                        false,
-                        format!("rate limited, {} s left", secs_left(t, now)),
-                        Some(t),
-                    ),
-                    (Breaker::HalfOpen { .. }, None) => (
+                    Breaker::HalfOpen { .. } => (
                         true,
                         "cooldown over: this request probes it".to_string(),
                         None,
                     ),
-                    (Breaker::Closed, None) => (true, "healthy".to_string(), None),
+                    Breaker::Closed => (true, "healthy".to_string(), None),
                 };
                 Ranked {
                     index: i,
@@ -291,10 +374,6 @@ impl HealthBook {
                         .cmp(&self.providers[b.index].priority),
                 )
         });
-        // A provider whose cooldown is over is probed by the next request, whatever its old
-        // score: that is the only way a breaker closes again. Otherwise, the first eligible
-        // provider not selected for a long time jumps to the front once (selecting it resets
-        // its clock), so stale evidence is refreshed instead of starving it.
         let jump = ranked
             .iter()
             .position(|r| {
@@ -324,39 +403,6 @@ impl HealthBook {
         ranked
     }
 
-    /// Take provider `i` for one attempt. `None` if it became ineligible since ranking (another
-    /// request tripped it, or took the half-open probe).
-    pub fn claim(&mut self, i: usize, now: Instant) -> Option<Claim> {
-        self.tick(now);
-        let p = &mut self.providers[i];
-        if p.rate_limited_until.is_some() {
-            return None;
-        }
-        let claim = match &mut p.breaker {
-            Breaker::Closed => Claim::Normal,
-            Breaker::HalfOpen { probing, .. } if !*probing => {
-                *probing = true;
-                Claim::Probe
-            }
-            _ => return None,
-        };
-        p.last_selected = Some(now);
-        p.requests += 1;
-        Some(claim)
-    }
-
-    /// The attempt ended without blame either way (client cancel, the caller's 400): give a
-    /// probe slot back.
-    pub fn release(&mut self, i: usize, claim: Claim) {
-        let p = &mut self.providers[i];
-        p.requests = p.requests.saturating_sub(1);
-        if claim == Claim::Probe {
-            if let Breaker::HalfOpen { probing, .. } = &mut p.breaker {
-                *probing = false;
-            }
-        }
-    }
-
     /// First token arrived after `ttft`.
     pub fn record_ttft(&mut self, i: usize, ttft: Duration, now: Instant) {
         let hl = self.cfg.health_half_life;
@@ -382,52 +428,92 @@ impl HealthBook {
         p.cost.observe(cost_per_1k, prior, now, hl);
     }
 
-    /// The attempt completed.
-    pub fn record_success(&mut self, i: usize, latency: Duration, now: Instant) {
+    /// A whole answer took `latency`.
+    pub fn record_latency(&mut self, i: usize, latency: Duration, now: Instant) {
         let hl = self.cfg.health_half_life;
-        let p = &mut self.providers[i];
-        p.success.observe_from_prior(1.0, PRIOR_SUCCESS, now, hl);
-        p.latency.observe(ms(latency), PRIOR_LATENCY_MS, now, hl);
-        p.consecutive_failures = 0;
-        if matches!(p.breaker, Breaker::HalfOpen { .. } | Breaker::Open { .. }) {
-            p.breaker = Breaker::Closed;
-        }
+        self.providers[i]
+            .latency
+            .observe(ms(latency), PRIOR_LATENCY_MS, now, hl);
     }
 
-    /// The attempt failed with `kind`. Lowers the success average; does not trip by itself.
-    pub fn record_failure(&mut self, i: usize, kind: ErrorKind, message: &str, now: Instant) {
+    /// One request's outcome at provider `i` (once per request and provider).
+    pub fn record_outcome(&mut self, i: usize, ok: bool, now: Instant) {
         let hl = self.cfg.health_half_life;
+        self.providers[i].success.observe(ok, now, hl);
+    }
+
+    /// One attempt ended, as a fault or not; `probe` if it was the half-open probe. Opens the
+    /// breaker on repeated faults, closes it on a successful probe. Returns the cooldown's end
+    /// when this fault opened the breaker.
+    pub fn record_attempt(
+        &mut self,
+        i: usize,
+        fault: bool,
+        probe: bool,
+        now: Instant,
+    ) -> Option<Instant> {
         let p = &mut self.providers[i];
-        p.success.observe_from_prior(0.0, PRIOR_SUCCESS, now, hl);
+        p.recent.push_back((now, fault));
+        while p.recent.len() > BREAKER_WINDOW
+            || p.recent
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > BREAKER_HORIZON)
+        {
+            p.recent.pop_front();
+        }
+        if !fault {
+            if probe || matches!(p.breaker, Breaker::HalfOpen { .. }) {
+                p.breaker = Breaker::Closed;
+                p.recent.clear();
+            }
+            return None;
+        }
         p.failures += 1;
-        p.consecutive_failures += 1;
-        p.last_error = Some(format!("{}: {message}", kind.as_str()));
-        if kind == ErrorKind::Auth {
-            p.breaker = Breaker::Unusable;
-        }
+        let faults = p.recent.iter().filter(|(_, f)| *f).count();
+        let success_share = (p.recent.len() - faults) as f64 / p.recent.len() as f64;
+        let repeated = faults >= BREAKER_MIN_FAULTS && success_share < BREAKER_MAX_SUCCESS;
+        let failed_probe = probe && matches!(p.breaker, Breaker::HalfOpen { .. });
+        (repeated || failed_probe).then(|| self.trip(i, now))
     }
 
-    /// The provider asked for a pause (429 Retry-After): nobody calls it until then.
-    pub fn rate_limit(&mut self, i: usize, wait: Duration, now: Instant) {
-        let until = now + wait;
-        let p = &mut self.providers[i];
-        p.rate_limited_until = Some(p.rate_limited_until.map_or(until, |t| t.max(until)));
+    /// Remember the last failure, in words.
+    pub fn note_error(&mut self, i: usize, kind: ErrorKind, message: &str) {
+        self.providers[i].last_error = Some(format!("{}: {message}", kind.as_str()));
     }
 
-    /// Open the breaker: retries are exhausted, or the provider asked for a long pause. The
-    /// cooldown is the configured one, doubled per failed probe (bounded), or `at_least`.
-    pub fn trip(&mut self, i: usize, at_least: Option<Duration>, now: Instant) -> Instant {
+    /// The provider rejected our key or account.
+    pub fn disable(&mut self, i: usize, why: Disable, now: Instant) {
+        self.providers[i].breaker = Breaker::Disabled {
+            why,
+            until: match why {
+                Disable::Auth => None,
+                Disable::Billing => Some(after(now, BILLING_COOLDOWN)),
+            },
+        };
+    }
+
+    /// The provider refused to continue another provider's answer.
+    pub fn refuse_prefill(&mut self, i: usize, now: Instant) {
+        self.providers[i].no_prefill_until = Some(after(now, NO_PREFILL_FOR));
+    }
+
+    /// Whether provider `i` accepts a continuation of another provider's answer now.
+    pub fn accepts_prefill(&self, i: usize, now: Instant) -> bool {
+        self.providers[i].no_prefill_until.is_none_or(|t| now >= t)
+    }
+
+    /// Open the breaker for the configured cooldown, doubled per failed probe (bounded).
+    pub fn trip(&mut self, i: usize, now: Instant) -> Instant {
         let base = self.cfg.cooldown;
-        let max = self.cfg.max_cooldown;
+        let max = self.cfg.max_cooldown.max(base);
         let p = &mut self.providers[i];
         let level = match p.breaker {
-            Breaker::HalfOpen { cooldown, .. } => (cooldown * 2).min(max),
+            Breaker::HalfOpen { cooldown, .. } => cooldown.saturating_mul(2).min(max),
             Breaker::Open { cooldown, .. } => cooldown,
             _ => base,
         };
-        let wait = at_least.map_or(level, |w| w.max(level));
-        let until = now + wait;
-        if p.breaker != Breaker::Unusable {
+        let until = after(now, level);
+        if !matches!(p.breaker, Breaker::Disabled { .. }) {
             p.breaker = Breaker::Open {
                 until,
                 cooldown: level,
@@ -441,41 +527,50 @@ impl HealthBook {
     pub fn reset(&mut self, i: usize) {
         let p = &mut self.providers[i];
         p.breaker = Breaker::Closed;
-        p.success = Ema::default();
-        p.no_prefill = false;
-        p.rate_limited_until = None;
-        p.consecutive_failures = 0;
+        p.success = SuccessRate::default();
+        p.recent.clear();
+        p.no_prefill_until = None;
+        p.quota.clear_block();
     }
 
-    /// Watchdog thresholds for provider `i`: (first token, gap between chunks). Three times
-    /// the provider's own averages, within the floor and ceiling; the configured defaults while
-    /// there is no history.
-    pub fn watchdog(&self, i: usize) -> (Duration, Duration) {
+    /// Watchdog thresholds for provider `i` and a prompt of `input_tokens`: (first token, gap
+    /// between chunks). Three times the provider's own averages within the floor and ceiling
+    /// (the configured defaults while there is no history); the first-token limit grows with the
+    /// prompt, since a provider reads a long prompt before it answers, and a model that reasons
+    /// silently gets the reasoning allowance.
+    pub fn watchdog(&self, i: usize, input_tokens: u64) -> (Duration, Duration) {
         let c = &self.cfg;
         let p = &self.providers[i];
         let adapt = |ema: &Ema, default: Duration| match ema.raw() {
-            Some(v) => Duration::from_secs_f64(3.0 * v / 1000.0)
-                .clamp(c.watchdog_floor, c.watchdog_ceiling),
+            Some(v) => Duration::from_secs_f64((3.0 * v / 1000.0).min(1e6))
+                .clamp(c.watchdog_floor, c.watchdog_ceiling.max(c.watchdog_floor)),
             None => default,
         };
-        (
-            adapt(&p.ttft, c.first_token_timeout),
-            adapt(&p.gap, c.stall_timeout),
-        )
+        let reading = c
+            .first_token_per_1k_input
+            .mul_f64((input_tokens as f64 / 1000.0).min(1e6));
+        let mut first = adapt(&p.ttft, c.first_token_timeout).saturating_add(reading);
+        if p.reasoning {
+            first = first.max(c.reasoning_first_token_timeout);
+        }
+        (first, adapt(&p.gap, c.stall_timeout))
     }
 
     /// Public breaker state and cooldown left.
     pub fn state_of(&self, i: usize, now: Instant) -> (BreakerState, Option<Duration>) {
         let p = &self.providers[i];
-        let limited = p.rate_limited_until.filter(|&t| t > now).map(|t| t - now);
+        let paused = p.quota.blocked_until(now).map(|t| t - now);
         match p.breaker {
-            Breaker::Closed => match limited {
+            Breaker::Closed => match paused {
                 Some(d) => (BreakerState::Open, Some(d)),
                 None => (BreakerState::Closed, None),
             },
             Breaker::Open { until, .. } if until > now => (BreakerState::Open, Some(until - now)),
             Breaker::Open { .. } | Breaker::HalfOpen { .. } => (BreakerState::HalfOpen, None),
-            Breaker::Unusable => (BreakerState::Unusable, None),
+            Breaker::Disabled { until, .. } => (
+                BreakerState::Unusable,
+                until.filter(|&t| t > now).map(|t| t - now),
+            ),
         }
     }
 
@@ -487,60 +582,91 @@ impl HealthBook {
             e.updated
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64)
         };
+        let hl = self.cfg.health_half_life;
         self.providers
             .iter()
-            .map(|p| SavedHealth {
-                name: p.name.clone(),
-                success: p.success.value,
-                success_age_ms: age_ms(&p.success),
-                ttft_ms: p.ttft.value,
-                ttft_age_ms: age_ms(&p.ttft),
-                gap_ms: p.gap.value,
-                gap_age_ms: age_ms(&p.gap),
-                latency_ms: p.latency.value,
-                latency_age_ms: age_ms(&p.latency),
-                breaker: match p.breaker {
-                    Breaker::Closed => SavedBreaker::Closed,
-                    Breaker::Open { until, cooldown } => SavedBreaker::Open {
-                        until_unix_ms: to_unix(until),
-                        cooldown_ms: cooldown.as_millis() as u64,
+            .map(|p| {
+                let (good, total) = p.success.decayed(now, hl);
+                SavedHealth {
+                    name: p.name.clone(),
+                    success: Some(p.success.get(now, hl)),
+                    success_age_ms: Some(0),
+                    success_counts: Some((good, total)),
+                    ttft_ms: p.ttft.value,
+                    ttft_age_ms: age_ms(&p.ttft),
+                    gap_ms: p.gap.value,
+                    gap_age_ms: age_ms(&p.gap),
+                    latency_ms: p.latency.value,
+                    latency_age_ms: age_ms(&p.latency),
+                    breaker: match p.breaker {
+                        Breaker::Closed => SavedBreaker::Closed,
+                        Breaker::Open { until, cooldown } => SavedBreaker::Open {
+                            until_unix_ms: to_unix(until),
+                            cooldown_ms: cooldown.as_millis() as u64,
+                        },
+                        Breaker::HalfOpen { cooldown, .. } => SavedBreaker::HalfOpen {
+                            cooldown_ms: cooldown.as_millis() as u64,
+                        },
+                        Breaker::Disabled {
+                            why: Disable::Auth, ..
+                        } => SavedBreaker::Unusable,
+                        Breaker::Disabled {
+                            why: Disable::Billing,
+                            until,
+                        } => SavedBreaker::Billing {
+                            until_unix_ms: until.map(to_unix),
+                        },
                     },
-                    Breaker::HalfOpen { cooldown, .. } => SavedBreaker::HalfOpen {
-                        cooldown_ms: cooldown.as_millis() as u64,
-                    },
-                    Breaker::Unusable => SavedBreaker::Unusable,
-                },
-                rate_limited_until_unix_ms: p.rate_limited_until.map(to_unix),
-                requests: p.requests,
-                failures: p.failures,
-                consecutive_failures: p.consecutive_failures,
-                last_error: p.last_error.clone(),
-                no_prefill: p.no_prefill,
-                saved_unix_ms: now_unix_ms,
+                    rate_limited_until_unix_ms: p.quota.blocked_until(now).map(to_unix),
+                    quota: Some(p.quota.save(now, now_unix_ms)),
+                    requests: p.requests,
+                    failures: p.failures,
+                    consecutive_failures: p.recent.iter().rev().take_while(|(_, f)| *f).count()
+                        as u32,
+                    last_error: p.last_error.clone(),
+                    no_prefill: p.no_prefill_until.is_some_and(|t| t > now),
+                    no_prefill_until_unix_ms: p.no_prefill_until.filter(|&t| t > now).map(to_unix),
+                    saved_unix_ms: now_unix_ms,
+                }
             })
             .collect()
     }
 
     /// Restore what [`HealthBook::save`] wrote. Deadlines in the past are dropped; averages keep
     /// their age (time while the daemon was down counts), so they decay as if it had run.
-    /// `key_changed` names providers whose key differs from the one that was rejected.
     pub fn restore(&mut self, saved: &[SavedHealth], now: Instant, now_unix_ms: u64) {
         let from_unix =
             |ms: u64| (ms > now_unix_ms).then(|| now + Duration::from_millis(ms - now_unix_ms));
+        let hl = self.cfg.health_half_life;
         for s in saved {
             let Some(i) = self.index_of(&s.name) else {
                 continue;
             };
             let down_ms = now_unix_ms.saturating_sub(s.saved_unix_ms);
+            let back = |age: u64| {
+                now.checked_sub(Duration::from_millis(age.saturating_add(down_ms)))
+                    .unwrap_or(now)
+            };
             let ema = |v: Option<f64>, age: Option<u64>| Ema {
                 value: v,
-                updated: age.map(|a| {
-                    let back = Duration::from_millis(a + down_ms);
-                    now.checked_sub(back).unwrap_or(now)
-                }),
+                updated: age.map(back),
             };
             let p = &mut self.providers[i];
-            p.success = ema(s.success, s.success_age_ms);
+            p.success = match (s.success_counts, s.success) {
+                (Some((good, total)), _) => SuccessRate {
+                    good,
+                    total,
+                    updated: Some(back(0)),
+                },
+                // Saved by a version that kept a moving average: weigh it as ten requests.
+                (None, Some(v)) => SuccessRate {
+                    good: v.clamp(0.0, 1.0) * 10.0,
+                    total: 10.0,
+                    updated: Some(back(s.success_age_ms.unwrap_or(0))),
+                },
+                (None, None) => SuccessRate::default(),
+            };
+            let _ = p.success.get(now, hl);
             p.ttft = ema(s.ttft_ms, s.ttft_age_ms);
             p.gap = ema(s.gap_ms, s.gap_age_ms);
             p.latency = ema(s.latency_ms, s.latency_age_ms);
@@ -563,36 +689,68 @@ impl HealthBook {
                     probing: false,
                     cooldown: Duration::from_millis(cooldown_ms),
                 },
-                SavedBreaker::Unusable => Breaker::Unusable,
+                SavedBreaker::Unusable => Breaker::Disabled {
+                    why: Disable::Auth,
+                    until: None,
+                },
+                SavedBreaker::Billing { until_unix_ms } => match until_unix_ms {
+                    Some(ms) => match from_unix(ms) {
+                        Some(until) => Breaker::Disabled {
+                            why: Disable::Billing,
+                            until: Some(until),
+                        },
+                        None => Breaker::HalfOpen {
+                            probing: false,
+                            cooldown: self.cfg.cooldown,
+                        },
+                    },
+                    None => Breaker::Disabled {
+                        why: Disable::Billing,
+                        until: None,
+                    },
+                },
             };
-            p.rate_limited_until = s.rate_limited_until_unix_ms.and_then(from_unix);
+            p.quota = match &s.quota {
+                Some(q) => Quota::restore(q, now, now_unix_ms),
+                None => Quota::default(),
+            };
+            if let Some(until) = s.rate_limited_until_unix_ms.and_then(from_unix) {
+                p.quota.block(until);
+            }
             p.requests = s.requests;
             p.failures = s.failures;
-            p.consecutive_failures = s.consecutive_failures;
             p.last_error = s.last_error.clone();
-            p.no_prefill = s.no_prefill;
+            p.no_prefill_until = match s.no_prefill_until_unix_ms {
+                Some(ms) => from_unix(ms),
+                // Saved before refusals expired: give it the full period from now.
+                None => s.no_prefill.then(|| now + NO_PREFILL_FOR),
+            };
         }
     }
 
     /// Forget that a provider's key was rejected (its key changed on reload).
     pub fn clear_unusable(&mut self, name: &str) {
         if let Some(i) = self.index_of(name) {
-            if self.providers[i].breaker == Breaker::Unusable {
+            if matches!(self.providers[i].breaker, Breaker::Disabled { .. }) {
                 self.providers[i].breaker = Breaker::Closed;
             }
         }
     }
 }
 
-/// Persisted form of one provider's health (JSON in the state database).
+/// Persisted form of one provider's health (JSON in the state database). Fields are only ever
+/// added, with defaults, so an old database keeps loading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedHealth {
     /// Provider name.
     pub name: String,
-    /// Success average.
+    /// Success rate when saved (kept for older readers).
     pub success: Option<f64>,
-    /// Age of the success average at save time.
+    /// Age of the success figure at save time.
     pub success_age_ms: Option<u64>,
+    /// Decayed (successes, requests) behind the success rate.
+    #[serde(default)]
+    pub success_counts: Option<(f64, f64)>,
     /// TTFT average.
     pub ttft_ms: Option<f64>,
     /// Its age.
@@ -607,19 +765,25 @@ pub struct SavedHealth {
     pub latency_age_ms: Option<u64>,
     /// Breaker with absolute deadline.
     pub breaker: SavedBreaker,
-    /// Retry-After deadline.
+    /// The provider's pause (Retry-After) deadline.
     pub rate_limited_until_unix_ms: Option<u64>,
+    /// Quota estimate.
+    #[serde(default)]
+    pub quota: Option<SavedQuota>,
     /// Counters.
     pub requests: u64,
     /// Counters.
     pub failures: u64,
-    /// Counters.
+    /// Faults since the last success.
     pub consecutive_failures: u32,
     /// Last failure.
     pub last_error: Option<String>,
-    /// Prefill rejected.
+    /// Prefill rejected (kept for older readers).
     #[serde(default)]
     pub no_prefill: bool,
+    /// Prefill rejected until then.
+    #[serde(default)]
+    pub no_prefill_until_unix_ms: Option<u64>,
     /// When this was written.
     pub saved_unix_ms: u64,
 }
@@ -644,28 +808,52 @@ pub enum SavedBreaker {
     },
     /// Key rejected.
     Unusable,
+    /// Account cannot pay.
+    Billing {
+        /// Until then, unless reset.
+        until_unix_ms: Option<u64>,
+    },
+}
+
+/// `now + d`, saturating far in the future instead of overflowing (a config value of
+/// `u64::MAX` seconds must not panic the daemon).
+pub fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn secs_left(t: Instant, now: Instant) -> u64 {
+/// Whole seconds from `now` to `t`, rounded up.
+pub fn secs_left(t: Instant, now: Instant) -> u64 {
     t.saturating_duration_since(now).as_secs_f64().ceil() as u64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Api;
+
+    fn book(n: usize) -> HealthBook {
+        let cfgs: Vec<ProviderConfig> = (0..n)
+            .map(|i| ProviderConfig {
+                priority: i as u32,
+                price_input_per_mtok: 10.0,
+                price_output_per_mtok: 10.0,
+                ..ProviderConfig::new(format!("p{i}"), Api::Openai, "http://x", "m")
+            })
+            .collect();
+        HealthBook::new(&cfgs, RoutingConfig::default())
+    }
 
     #[tokio::test(start_paused = true)]
     async fn billed_cost_moves_the_background_ranking() {
         // Same list price, but the primary's answers turn out 10x as expensive per 1K tokens
         // (long, output-heavy answers at a steep output price).
-        let mut book = HealthBook::new(
-            [("a".to_string(), 0, 0.01), ("b".to_string(), 1, 0.01)],
-            RoutingConfig::default(),
-        );
+        let mut book = book(2);
         let now = Instant::now();
         let first = |book: &mut HealthBook| book.rank(TaskKind::Background, now)[0].index;
         assert_eq!(first(&mut book), 0);
@@ -676,5 +864,122 @@ mod tests {
         assert_eq!(first(&mut book), 1);
         // For chat, a 10x price difference alone does not unseat the primary.
         assert_eq!(book.rank(TaskKind::Chat, now)[0].index, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failure_keeps_the_route_a_sustained_five_percent_moves_it() {
+        let mut book = book(2);
+        let now = Instant::now();
+        let first = |book: &mut HealthBook| book.rank(TaskKind::Chat, now)[0].index;
+        // One request that failed outright (no retry recovered it).
+        book.record_outcome(0, false, now);
+        assert_eq!(first(&mut book), 0, "one failure is noise");
+        // A busy afternoon at a 5 % error rate: 400 requests.
+        let mut book = book_with(2, |b| {
+            for n in 0..400 {
+                b.record_outcome(0, n % 20 != 0, now);
+                b.record_outcome(1, true, now);
+            }
+        });
+        assert_eq!(
+            first(&mut book),
+            1,
+            "a sustained 5 % error rate is not noise"
+        );
+    }
+
+    fn book_with(n: usize, f: impl FnOnce(&mut HealthBook)) -> HealthBook {
+        let mut b = book(n);
+        f(&mut b);
+        b
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_on_repeated_faults_only() {
+        let mut book = book(1);
+        let now = Instant::now();
+        // 30 % faults at random stay in.
+        for n in 0..100 {
+            let fault = n % 10 < 3;
+            assert_eq!(
+                book.record_attempt(0, fault, false, now),
+                None,
+                "attempt {n}"
+            );
+        }
+        // A dead provider is out after five faults in a row.
+        let mut book = book_with(1, |_| {});
+        for n in 0..4 {
+            assert_eq!(book.record_attempt(0, true, false, now), None, "fault {n}");
+        }
+        let until = book.record_attempt(0, true, false, now).expect("tripped");
+        assert_eq!(until, now + RoutingConfig::default().cooldown);
+        // Faults spread over more than the horizon do not add up.
+        let mut book = book_with(1, |_| {});
+        for n in 0..10u64 {
+            let t = now + BREAKER_HORIZON.mul_f64(0.3) * n as u32;
+            assert_eq!(book.record_attempt(0, true, false, t), None, "fault {n}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_close_or_double() {
+        let mut book = book(1);
+        let now = Instant::now();
+        let cooldown = RoutingConfig::default().cooldown;
+        let t0 = book.trip(0, now);
+        book.tick(t0);
+        assert!(matches!(
+            book.providers[0].breaker,
+            Breaker::HalfOpen { .. }
+        ));
+        // A failed probe doubles the cooldown.
+        let t1 = book.record_attempt(0, true, true, t0).expect("reopened");
+        assert_eq!(t1 - t0, cooldown * 2);
+        book.tick(t1);
+        // A successful one closes it.
+        assert_eq!(book.record_attempt(0, false, true, t1), None);
+        assert_eq!(book.providers[0].breaker, Breaker::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_scales_with_the_prompt_and_allows_reasoning() {
+        let cfgs = [
+            ProviderConfig::new("fast", Api::Openai, "http://x", "gpt-4o"),
+            ProviderConfig::new("thinker", Api::Openai, "http://x", "o3"),
+        ];
+        let mut book = HealthBook::new(&cfgs, RoutingConfig::default());
+        let now = Instant::now();
+        for _ in 0..10 {
+            book.record_ttft(0, Duration::from_millis(400), now);
+        }
+        let c = RoutingConfig::default();
+        // Short chats: the floor.
+        assert_eq!(
+            book.watchdog(0, 100).0,
+            c.watchdog_floor + c.first_token_per_1k_input / 10
+        );
+        // A 100k-token prompt gets 20 s more to be read.
+        assert_eq!(
+            book.watchdog(0, 100_000).0,
+            c.watchdog_floor + Duration::from_secs(20)
+        );
+        // A silent reasoner gets minutes.
+        assert_eq!(book.watchdog(1, 100).0, c.reasoning_first_token_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overflowing_cooldowns_are_bounded() {
+        let cfg = RoutingConfig {
+            cooldown: Duration::from_secs(u64::MAX / 2),
+            max_cooldown: Duration::from_secs(u64::MAX / 2),
+            ..RoutingConfig::default()
+        };
+        let cfgs = [ProviderConfig::new("p", Api::Openai, "http://x", "m")];
+        let mut book = HealthBook::new(&cfgs, cfg);
+        let now = Instant::now();
+        let t = book.trip(0, now);
+        book.tick(t.min(now + Duration::from_secs(1)));
+        let _ = book.record_attempt(0, true, true, now);
     }
 }

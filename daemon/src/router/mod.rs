@@ -1,10 +1,20 @@
-//! The routing engine: pick the best healthy provider, retry transient failures with backoff,
-//! trip breakers, watch streams for stalls, and fail over mid-answer without losing or
-//! duplicating text.
+//! The routing engine: pick the best provider that can take a request now, pace by the quotas
+//! providers announce, wait in a fair queue when none can, retry and fail over by a written
+//! policy, trip breakers on repeated faults, watch streams for stalls, and fail over mid-answer
+//! without losing or duplicating text.
 //!
-//! One [`Router`] serves every connection. Provider health lives in a [`health::HealthBook`]
-//! behind a mutex that is never held across an await: selection, claims and outcomes are short
-//! critical sections, so all sessions share one view of which provider is healthy.
+//! The parts, each with one job:
+//! - [`health`]: the one owner of provider state (averages, breaker, quotas, budgets), behind a
+//!   mutex never held across an await, shared by every connection;
+//! - [`quota`]: estimates of each provider's announced quotas;
+//! - [`admission`]: who may use which provider now, the wait queue, and the [`admission::Lease`]
+//!   that is an attempt's claim on a provider;
+//! - [`policy`]: the pure decision after a failed attempt (retry, fail over, restart, surface)
+//!   and what it says about the provider;
+//! - [`budget`]: per-provider retry budgets;
+//! - [`score`]: the ranking;
+//! - this module: the loop that carries a request through attempts, and `attempt`, which
+//!   streams one attempt under the watchdog.
 //!
 //! Failover keeps the answer whole. Text already streamed is kept in `Partial`; the next provider
 //! is asked to continue it (Anthropic: assistant prefill; OpenAI-compatible: the partial answer
@@ -12,26 +22,35 @@
 //! the new text. When continuation is impossible (a tool call was half streamed, or the provider
 //! rejects prefill), the client gets `rerouted` with mode `restart` and the answer starts over.
 
+pub mod admission;
+mod attempt;
+pub mod budget;
 pub mod health;
+pub mod policy;
+pub mod quota;
 pub mod retry;
 pub mod score;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::StreamExt;
+use mythos_protocol::clock::now_unix_ms;
 use mythos_protocol::{
-    Attempt, CandidateScore, ChatRequest, ErrorKind, FinishReason, ProviderStatus, RequestRecord,
-    RerouteMode, Response, StreamEvent, Usage,
+    Attempt, CandidateScore, ChatRequest, ContentBlock, ErrorKind, FinishReason, ProviderStatus,
+    QuotaStatus, RequestRecord, RerouteMode, Response, StreamEvent, TaskKind, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ProviderConfig, RoutingConfig};
-use crate::provider::{Delta, ProviderError, Transport, UpstreamRequest};
-use health::{Claim, HealthBook};
+use crate::provider::{ProviderError, Transport, UpstreamRequest};
+use admission::{Lease, Refusal, Want};
+use attempt::Partial;
+use health::HealthBook;
+use policy::{Facts, Next};
+use quota::Cost;
 
 /// A provider as the router holds it.
 pub struct RoutedProvider {
@@ -72,7 +91,7 @@ impl Emitter {
 /// The engine.
 pub struct Router {
     providers: Vec<RoutedProvider>,
-    health: Mutex<HealthBook>,
+    book: Arc<Mutex<HealthBook>>,
     cfg: RoutingConfig,
     records: Option<Arc<dyn RecordSink>>,
     next_record: AtomicU64,
@@ -80,37 +99,8 @@ pub struct Router {
     last_record: AtomicU64,
 }
 
-/// What the answer so far looks like, across providers.
-#[derive(Default)]
-struct Partial {
-    /// Answer text the client has received.
-    text: String,
-    /// A tool call was started: the answer cannot be continued, only restarted.
-    tool_started: bool,
-    /// Anything at all was sent to the client (text, thinking, tool call).
-    emitted: bool,
-}
-
-/// How an attempt ended.
-struct AttemptEnd {
-    usage: Usage,
-    model: String,
-    ttft: Option<Duration>,
-    mean_gap: Option<Duration>,
-    finish: Option<FinishReason>,
-    /// The upstream answered with a stream (not an HTTP error, not a failed connect).
-    opened: bool,
-    /// This attempt sent content to the client.
-    progressed: bool,
-    error: Option<ProviderError>,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// A failure as the request's caller sees it: the error, and when capacity is expected back.
+type Failure = (ProviderError, Option<u64>);
 
 fn unix_ms_at(t: Instant) -> u64 {
     let now = Instant::now();
@@ -142,6 +132,92 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// Estimated prompt tokens of a request: its text at ~4 bytes a token (the usual figure for
+/// English and code with BPE tokenizers), plus a little per message. Used for quotas, context
+/// windows and the first-token watchdog, where an estimate within tens of percent is enough.
+pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
+    let mut bytes = req.system.as_ref().map_or(0, String::len);
+    for m in &req.messages {
+        bytes += 16;
+        for b in &m.content {
+            bytes += match b {
+                ContentBlock::Text { text } => text.len(),
+                ContentBlock::ToolUse {
+                    id,
+                    name,
+                    input_json,
+                } => id.len() + name.len() + input_json.len(),
+                ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } => tool_use_id.len() + content.len(),
+            };
+        }
+    }
+    for t in &req.tools {
+        bytes += t.name.len() + t.description.len() + t.input_schema_json.len();
+    }
+    (bytes as u64).div_ceil(4)
+}
+
+/// What a request is, decided once before its first attempt.
+struct Plan {
+    /// Providers it may use, best configured first.
+    candidates: Vec<usize>,
+    pinned: bool,
+    input_tokens: u64,
+    max_tokens: u32,
+    cost: Cost,
+}
+
+/// Everything one request learns on its way through providers.
+#[derive(Default)]
+struct Journey {
+    /// Failed over from in the current round.
+    tried_round: Vec<usize>,
+    /// Out for the rest of the request (key or account rejected, window too small, ...).
+    excluded: Vec<usize>,
+    /// Attempted at least once (a further attempt is a retry and needs budget).
+    attempted: Vec<usize>,
+    /// Their success-rate sample for this request is taken.
+    outcome_taken: Vec<usize>,
+    /// Failed to connect; blamed only once some provider proves the network works.
+    unreachable: Vec<usize>,
+    /// Retries on each provider: (index, count).
+    retries: Vec<(usize, u32)>,
+    /// Every error, in order.
+    errors: Vec<(usize, ProviderError)>,
+    /// Time spent in the wait queue.
+    queued: Duration,
+    /// When a provider is expected back, if the request ended for want of capacity.
+    back_at: Option<Instant>,
+    /// Why the providers left could not take the request, if that ended it.
+    unavailable: Option<String>,
+}
+
+impl Journey {
+    fn retries_at(&self, i: usize) -> u32 {
+        self.retries
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn count_retry(&mut self, i: usize) {
+        match self.retries.iter_mut().find(|(j, _)| *j == i) {
+            Some((_, n)) => *n += 1,
+            None => self.retries.push((i, 1)),
+        }
+    }
+}
+
+fn push_once(v: &mut Vec<usize>, i: usize) {
+    if !v.contains(&i) {
+        v.push(i);
+    }
+}
+
 impl Router {
     /// A router over `providers` (in priority order).
     pub fn new(
@@ -150,15 +226,10 @@ impl Router {
         records: Option<Arc<dyn RecordSink>>,
         first_record_id: u64,
     ) -> Self {
-        let book = HealthBook::new(
-            providers
-                .iter()
-                .map(|p| (p.cfg.name.clone(), p.cfg.priority, p.cfg.cost_per_1k())),
-            cfg.clone(),
-        );
+        let book = HealthBook::new(providers.iter().map(|p| &p.cfg), cfg.clone());
         Router {
             providers,
-            health: Mutex::new(book),
+            book: Arc::new(Mutex::new(book)),
             cfg,
             records,
             next_record: AtomicU64::new(first_record_id.max(1)),
@@ -174,9 +245,7 @@ impl Router {
 
     /// Lock the health book. Never held across an await.
     pub fn health(&self) -> MutexGuard<'_, HealthBook> {
-        // A panic while holding the lock cannot leave the book half-updated in a way that
-        // matters more than losing all routing; keep serving.
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+        admission::lock(&self.book)
     }
 
     /// Requests streaming now.
@@ -198,11 +267,20 @@ impl Router {
     pub fn status(&self) -> Vec<ProviderStatus> {
         let now = Instant::now();
         let mut book = self.health();
-        let ranked = book.rank(mythos_protocol::TaskKind::Chat, now);
+        let ranked = book.rank(TaskKind::Chat, now);
         let hl = self.cfg.health_half_life;
+        // Availability for a typical chat request.
+        let typical = Want {
+            task: TaskKind::Chat,
+            candidates: (0..self.providers.len()).collect(),
+            retry_at: Vec::new(),
+            cost: Cost::request(1_000, self.cfg.default_max_tokens),
+            pinned: false,
+        };
         ranked
             .iter()
             .map(|r| {
+                let (_, why) = book.availability(r.index, &typical, now);
                 let p = &book.providers[r.index];
                 let cfg = &self.providers[r.index].cfg;
                 let (state, left) = book.state_of(r.index, now);
@@ -214,7 +292,7 @@ impl Router {
                     state,
                     cooldown_left_ms: left.map(|d| d.as_millis() as u64),
                     score: r.score,
-                    success: p.success.get(1.0, now, hl),
+                    success: p.success.get(now, hl),
                     ttft_ms: p.ttft.raw().map(|_| p.ttft.get(1000.0, now, hl)),
                     gap_ms: p.gap.raw().map(|_| p.gap.get(50.0, now, hl)),
                     latency_ms: p.latency.raw().map(|_| p.latency.get(5000.0, now, hl)),
@@ -222,6 +300,19 @@ impl Router {
                     requests: p.requests,
                     failures: p.failures,
                     last_error: p.last_error.clone(),
+                    note: if why.is_empty() { r.note.clone() } else { why },
+                    in_flight: p.in_flight,
+                    quotas: p
+                        .quota
+                        .report(now)
+                        .into_iter()
+                        .map(|(kind, remaining, limit, reset)| QuotaStatus {
+                            what: kind.as_str().to_string(),
+                            remaining,
+                            limit,
+                            reset_in_ms: reset.map(|d| d.as_millis() as u64),
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -253,6 +344,7 @@ impl Router {
             cost_usd: 0.0,
             latency_ms: 0,
             error: None,
+            queued_ms: 0,
         };
         let result = self.run(&req, &out, &cancel, &mut rec, start).await;
         rec.latency_ms = start.elapsed().as_millis() as u64;
@@ -284,13 +376,12 @@ impl Router {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Candidates for a request: indices in the order to try them.
-    fn candidates(
-        &self,
-        req: &ChatRequest,
-        rec: &mut RequestRecord,
-    ) -> Result<(Vec<usize>, bool), (ProviderError, Option<u64>)> {
+    /// Decide the candidates and the estimates of a request, and record the ranking.
+    fn plan(&self, req: &ChatRequest, rec: &mut RequestRecord) -> Result<Plan, Failure> {
         let now = Instant::now();
+        let input_tokens = estimate_input_tokens(req);
+        let max_tokens = req.max_tokens.unwrap_or(self.cfg.default_max_tokens);
+        let cost = Cost::request(input_tokens, max_tokens);
         let mut book = self.health();
         let ranked = book.rank(req.task, now);
         rec.candidates = ranked
@@ -301,6 +392,7 @@ impl Router {
                 note: r.note.clone(),
             })
             .collect();
+        drop(book);
         if self.providers.is_empty() {
             return Err((
                 ProviderError::new(
@@ -314,19 +406,15 @@ impl Router {
             ));
         }
         if let Some(pin) = &req.pin {
-            let matching: Vec<usize> = ranked
-                .iter()
-                .map(|r| r.index)
-                .filter(|&i| {
-                    let c = &self.providers[i].cfg;
-                    match (&pin.provider, &pin.model) {
-                        (Some(p), _) => &c.name == p,
-                        (None, Some(m)) => &c.model == m,
-                        (None, None) => true,
-                    }
-                })
-                .collect();
-            if matching.is_empty() {
+            let matching = ranked.iter().map(|r| r.index).find(|&i| {
+                let c = &self.providers[i].cfg;
+                match (&pin.provider, &pin.model) {
+                    (Some(p), _) => &c.name == p,
+                    (None, Some(m)) => &c.model == m,
+                    (None, None) => true,
+                }
+            });
+            let Some(i) = matching else {
                 let names: Vec<_> = self.providers.iter().map(|p| p.cfg.name.as_str()).collect();
                 let what = pin
                     .provider
@@ -343,32 +431,100 @@ impl Router {
                     ),
                     None,
                 ));
-            }
+            };
             // Deterministic mode: exactly what was asked for, breaker or not.
-            return Ok((matching.into_iter().take(1).collect(), true));
+            return Ok(Plan {
+                candidates: vec![i],
+                pinned: true,
+                input_tokens,
+                max_tokens,
+                cost,
+            });
         }
-        let eligible: Vec<usize> = ranked
+        // A prompt that cannot fit a provider's context window is not sent there, unless it
+        // fits nowhere (then the providers say so themselves).
+        let all: Vec<usize> = ranked.iter().map(|r| r.index).collect();
+        let fits: Vec<usize> = all
             .iter()
-            .filter(|r| r.eligible)
-            .map(|r| r.index)
+            .copied()
+            .filter(|&i| {
+                self.providers[i]
+                    .cfg
+                    .context_window
+                    .is_none_or(|w| input_tokens <= w)
+            })
             .collect();
-        if eligible.is_empty() {
-            let back = ranked.iter().filter_map(|r| r.back_at).min();
-            let kind = if back.is_some() {
-                ErrorKind::AllCoolingDown
+        Ok(Plan {
+            candidates: if fits.is_empty() { all } else { fits },
+            pinned: false,
+            input_tokens,
+            max_tokens,
+            cost,
+        })
+    }
+
+    /// Wait for a provider that can take `want`, for at most `allowed`, telling the client why
+    /// it waits. Adds the time waited to `journey.queued`.
+    async fn acquire(
+        &self,
+        want: &Want,
+        allowed: Duration,
+        out: &Emitter,
+        cancel: &CancellationToken,
+        journey: &mut Journey,
+    ) -> Result<Lease, Refusal> {
+        let start = Instant::now();
+        let deadline = start + allowed;
+        let mut ticket = match admission::try_acquire(&self.book, want, deadline)? {
+            Ok(lease) => return Ok(lease),
+            Err(ticket) => ticket,
+        };
+        // A wait of a few milliseconds (another request's first answer, a slot freeing) is not
+        // worth a line on the user's screen.
+        let quiet_until = start + QUIET_WAIT;
+        let mut told: Option<(Option<u64>, String)> = None;
+        let result = loop {
+            let now = Instant::now();
+            let worth_telling = now >= quiet_until || ticket.eta.is_some_and(|t| t > quiet_until);
+            let news = (ticket.eta.map(unix_ms_at), ticket.reason.clone());
+            let changed = told.as_ref().is_none_or(|(eta, reason)| {
+                gist(reason) != gist(&news.1)
+                    || eta.unwrap_or(0).abs_diff(news.0.unwrap_or(0)) > 1_000
+                    || eta.is_some() != news.0.is_some()
+            });
+            if worth_telling && changed {
+                let ev = StreamEvent::Queued {
+                    reason: news.1.clone(),
+                    until_unix_ms: news.0,
+                    deadline_unix_ms: unix_ms_at(deadline),
+                };
+                if !out.send(ev).await {
+                    break Err(Refusal::Cancelled);
+                }
+                told = Some(news);
+            }
+            let tell_at = if told.is_none() {
+                quiet_until
             } else {
-                ErrorKind::NoProviders
+                deadline
             };
-            let msg = match back {
-                Some(t) => format!(
-                    "every provider is cooling down; the first is back in {}",
-                    human(t.saturating_duration_since(now))
-                ),
-                None => "no usable provider: every key was rejected".to_string(),
-            };
-            return Err((ProviderError::new(kind, msg), back.map(unix_ms_at)));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Err(Refusal::Cancelled),
+                r = ticket.wait(&self.book, want, deadline) => match r {
+                    Ok(Some(lease)) => break Ok(lease),
+                    Ok(None) => {}
+                    Err(refusal) => break Err(refusal),
+                },
+                _ = tokio::time::sleep_until(tell_at), if told.is_none() && now < quiet_until => {}
+            }
+        };
+        journey.queued += start.elapsed();
+        if let Err(Refusal::Cancelled) = result {
+            // A grant that raced with the cancel is given back as it drops.
+            drop(ticket.leave(&self.book));
         }
-        Ok((eligible, false))
+        result
     }
 
     async fn run(
@@ -378,269 +534,422 @@ impl Router {
         cancel: &CancellationToken,
         rec: &mut RequestRecord,
         start: Instant,
-    ) -> Result<(FinishReason, String), (ProviderError, Option<u64>)> {
-        let (candidates, pinned) = self.candidates(req, rec)?;
-        let mut partial = Partial::default();
-        let mut attempt_no = 0u32;
-        let mut errors: Vec<(usize, ProviderError)> = Vec::new();
-        // Connect failures are blamed on the provider only once some other provider answers:
-        // if none does, this machine is probably offline and no breaker should trip.
-        let mut unreachable: Vec<(usize, Claim)> = Vec::new();
-        let mut pending_reroute: Option<(String, String)> = None;
+    ) -> Result<(FinishReason, String), Failure> {
+        let plan = self.plan(req, rec)?;
         let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
+        let mut partial = Partial::default();
+        let mut j = Journey::default();
+        let mut attempt_no = 0u32;
+        let mut round = 0usize;
+        let mut same: Option<usize> = None;
+        let mut restart = false;
+        let mut pending_reroute: Option<(String, String)> = None;
+        let max_attempts = (1 + self.cfg.retry_backoff.len()) * (plan.candidates.len() + 1);
+        let steps = &self.cfg.retry_backoff;
+        let jitter = self.cfg.retry_jitter;
 
-        for &i in &candidates {
+        let outcome = 'request: loop {
+            if cancel.is_cancelled() {
+                break 'request Err((cancelled(), None));
+            }
+            if attempt_no as usize >= max_attempts {
+                break 'request Ok(());
+            }
+            let candidates: Vec<usize> = match same {
+                Some(i) => vec![i],
+                None => plan
+                    .candidates
+                    .iter()
+                    .copied()
+                    .filter(|i| !j.excluded.contains(i) && !j.tried_round.contains(i))
+                    .collect(),
+            };
+            if candidates.is_empty() {
+                // Every candidate had its turn this round: back off, then try them again.
+                if plan.candidates.iter().all(|i| j.excluded.contains(i)) {
+                    break 'request Ok(());
+                }
+                let Some(wait) = retry::backoff(steps, jitter, round, fastrand::f64()) else {
+                    break 'request Ok(());
+                };
+                round += 1;
+                j.tried_round.clear();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
+                }
+                continue;
+            }
+            let want = Want {
+                task: req.task,
+                retry_at: candidates
+                    .iter()
+                    .copied()
+                    .filter(|i| j.attempted.contains(i))
+                    .collect(),
+                candidates,
+                cost: plan.cost,
+                pinned: plan.pinned,
+            };
+            let allowed = if same.is_some() && !plan.pinned {
+                // A retry goes to the same provider only if it is free now; else elsewhere.
+                Duration::ZERO
+            } else {
+                self.cfg.max_queue_wait.saturating_sub(j.queued)
+            };
+            let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
+                Ok(lease) => lease,
+                Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
+                Err(Refusal::NoCapacity { reason, back_at }) => {
+                    if let Some(i) = same.take() {
+                        // The provider to retry cannot be had in time: go elsewhere.
+                        push_once(&mut j.tried_round, i);
+                        continue;
+                    }
+                    if j.errors.is_empty() {
+                        break 'request Err(self.no_capacity(&reason, back_at));
+                    }
+                    // Nothing can take it within the wait left: report what went wrong.
+                    j.back_at = back_at;
+                    j.unavailable = Some(reason);
+                    break 'request Ok(());
+                }
+            };
+            let i = lease.index;
             let p = &self.providers[i];
-            let mut retry = 0usize;
-            loop {
-                if cancel.is_cancelled() {
-                    return Err((cancelled(), None));
-                }
-                let now = Instant::now();
-                let claim = {
-                    let mut book = self.health();
-                    match book.claim(i, now) {
-                        Some(c) => c,
-                        None if pinned => Claim::Normal,
-                        None => {
-                            // Tripped or rate limited by another request since ranking.
-                            rec.attempts.push(Attempt {
-                                provider: p.cfg.name.clone(),
-                                model: p.cfg.model.clone(),
-                                started_ms: start.elapsed().as_millis() as u64,
-                                ttft_ms: None,
-                                elapsed_ms: 0,
-                                error: None,
-                                detail: "skipped: became unavailable while this request waited"
-                                    .into(),
-                            });
-                            break;
-                        }
-                    }
-                };
-                attempt_no += 1;
+            same = None;
+            attempt_no += 1;
 
-                // Decide whether the answer so far can be continued here.
-                let no_prefill = self.health().providers[i].no_prefill;
-                let restart = partial.tool_started || (!partial.text.is_empty() && no_prefill);
-                if restart {
-                    partial = Partial::default();
-                }
-                if let Some((from, reason)) = pending_reroute.take() {
-                    let mode = if restart {
-                        RerouteMode::Restart
-                    } else {
-                        RerouteMode::Continue
-                    };
-                    let ev = StreamEvent::Rerouted {
-                        from,
-                        to: p.cfg.name.clone(),
-                        reason,
-                        mode,
-                    };
-                    if !out.send(ev).await {
-                        self.health().release(i, claim);
-                        return Err((cancelled(), None));
-                    }
-                }
-                let prefill = (!partial.text.is_empty()).then(|| partial.text.clone());
-                let model = req
-                    .pin
-                    .as_ref()
-                    .and_then(|pin| pin.model.clone())
-                    .unwrap_or_else(|| p.cfg.model.clone());
-                let upstream = UpstreamRequest {
-                    chat: req,
-                    model: &model,
-                    max_tokens: req.max_tokens.unwrap_or(self.cfg.default_max_tokens),
-                    prefill: prefill.as_deref(),
+            // Decide whether the answer so far can be continued here.
+            let accepts_prefill = self.health().accepts_prefill(i, Instant::now());
+            let must_restart =
+                partial.tool_started || (!partial.text.is_empty() && (restart || !accepts_prefill));
+            restart = false;
+            if must_restart {
+                partial = Partial::default();
+            }
+            if let Some((from, reason)) = pending_reroute.take() {
+                let mode = if must_restart {
+                    RerouteMode::Restart
+                } else {
+                    RerouteMode::Continue
                 };
-                let attempt_start = Instant::now();
-                let end = self
-                    .attempt(i, &upstream, attempt_no, out, cancel, &mut partial)
-                    .await;
-                let elapsed = attempt_start.elapsed();
-                rec.usage = rec.usage + end.usage;
-                rec.cost_usd += p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
-                rec.attempts.push(Attempt {
-                    provider: p.cfg.name.clone(),
-                    model: end.model.clone(),
-                    started_ms: attempt_start.duration_since(start).as_millis() as u64,
-                    ttft_ms: end.ttft.map(|d| d.as_millis() as u64),
-                    elapsed_ms: elapsed.as_millis() as u64,
-                    error: end.error.as_ref().map(|e| e.kind),
-                    detail: match &end.error {
-                        None => "answered".into(),
-                        Some(e) => e.message.clone(),
-                    },
-                });
+                let ev = StreamEvent::Rerouted {
+                    from,
+                    to: p.cfg.name.clone(),
+                    reason,
+                    mode,
+                };
+                if !out.send(ev).await {
+                    break 'request Err((cancelled(), None));
+                }
+            }
+            let prefill = (!partial.text.is_empty()).then(|| partial.text.clone());
+            let model = req
+                .pin
+                .as_ref()
+                .and_then(|pin| pin.model.clone())
+                .unwrap_or_else(|| p.cfg.model.clone());
+            let upstream = UpstreamRequest {
+                chat: req,
+                model: &model,
+                max_tokens: plan.max_tokens,
+                prefill: prefill.as_deref(),
+            };
+            let attempt_start = Instant::now();
+            let end = self
+                .attempt(
+                    &lease,
+                    &upstream,
+                    plan.input_tokens,
+                    attempt_no,
+                    out,
+                    cancel,
+                    &mut partial,
+                )
+                .await;
+            let elapsed = attempt_start.elapsed();
+            push_once(&mut j.attempted, i);
+            rec.usage = rec.usage + end.usage;
+            rec.cost_usd += p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
+            rec.attempts.push(Attempt {
+                provider: p.cfg.name.clone(),
+                model: end.model.clone(),
+                started_ms: attempt_start.duration_since(start).as_millis() as u64,
+                ttft_ms: end.ttft.map(|d| d.as_millis() as u64),
+                elapsed_ms: elapsed.as_millis() as u64,
+                error: end.error.as_ref().map(|e| e.kind),
+                detail: match &end.error {
+                    None => "answered".into(),
+                    Some(e) => e.message.clone(),
+                },
+            });
 
-                let now = Instant::now();
-                let Some(err) = end.error else {
-                    let mut book = self.health();
-                    book.record_success(i, elapsed, now);
-                    let tokens = end.usage.input_tokens + end.usage.output_tokens;
+            let Some(err) = end.error else {
+                let probe = lease.probe;
+                let take_outcome = !j.outcome_taken.contains(&i);
+                let mut unreachable = std::mem::take(&mut j.unreachable);
+                unreachable.retain(|&u| u != i);
+                let cost = p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
+                let tokens = end.usage.input_tokens + end.usage.output_tokens;
+                lease.finish(|book, now| {
+                    book.record_attempt(i, false, probe, now);
+                    if take_outcome {
+                        book.record_outcome(i, true, now);
+                    }
+                    book.record_latency(i, elapsed, now);
                     if tokens > 0 {
-                        let cost = p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
                         book.record_cost(i, cost * 1000.0 / tokens as f64, now);
                     }
                     if let Some(g) = end.mean_gap {
                         book.record_gap(i, g, now);
                     }
                     // Whoever failed to connect while this provider answered was really down.
-                    for (u, c) in unreachable.drain(..) {
-                        let _ = c;
-                        book.trip(u, None, now);
+                    for u in unreachable {
+                        book.record_attempt(u, true, false, now);
+                        book.record_outcome(u, false, now);
                     }
-                    drop(book);
-                    rec.provider = Some(p.cfg.name.clone());
-                    return Ok((end.finish.unwrap_or(FinishReason::Stop), end.model));
+                });
+                rec.provider = Some(p.cfg.name.clone());
+                rec.queued_ms = j.queued.as_millis() as u64;
+                return Ok((end.finish.unwrap_or(FinishReason::Stop), end.model));
+            };
+
+            // Decide what the failure means; the lease is still held, so nothing changed yet.
+            let connect_failure =
+                !end.opened && err.status.is_none() && err.kind == ErrorKind::Network;
+            let retries_here = j.retries_at(i);
+            let facts = {
+                let now = Instant::now();
+                let mut book = self.health();
+                let others = Want {
+                    candidates: plan
+                        .candidates
+                        .iter()
+                        .copied()
+                        .filter(|&c| {
+                            c != i && !j.excluded.contains(&c) && !j.tried_round.contains(&c)
+                        })
+                        .collect(),
+                    ..want.clone()
                 };
-
-                match err.kind {
-                    ErrorKind::Cancelled => {
-                        self.health().release(i, claim);
-                        return Err((err, None));
-                    }
-                    ErrorKind::BadRequest if prefill.is_some() && !end.progressed => {
-                        // The provider refuses to continue someone else's answer: restart here.
-                        let mut book = self.health();
-                        book.release(i, claim);
-                        book.providers[i].no_prefill = true;
-                        drop(book);
-                        pending_reroute = Some((
-                            p.cfg.name.clone(),
-                            format!("{} cannot continue a partial answer", p.cfg.name),
-                        ));
-                        continue;
-                    }
-                    ErrorKind::BadRequest => {
-                        // The caller's fault: surface it, blame nobody, try nobody else.
-                        self.health().release(i, claim);
-                        return Err((err, None));
-                    }
-                    _ => {}
+                let alternative = !plan.pinned && book.any_soon(&others, now, SOON);
+                let ph = &mut book.providers[i];
+                let healthy = !ph.recent.iter().any(|(_, fault)| *fault);
+                let budget = ph.budget.allows(now);
+                Facts {
+                    kind: err.kind,
+                    status: err.status,
+                    retry_after: err.retry_after.map(|d| d.min(self.cfg.max_cooldown)),
+                    prefill_rejected: crate::provider::error::is_prefill_rejection(&err.message),
+                    connected: !connect_failure,
+                    progressed: end.progressed,
+                    continuation: prefill.is_some(),
+                    probe: lease.probe,
+                    pinned: plan.pinned,
+                    retries_here,
+                    max_retries: steps.len() as u32,
+                    healthy,
+                    budget,
+                    alternative,
+                    backoff: retry::backoff(steps, jitter, retries_here as usize, fastrand::f64())
+                        .unwrap_or_default(),
+                    quick: retry::backoff(steps, jitter, 0, fastrand::f64()).unwrap_or_default(),
                 }
-
-                let connect_failure =
-                    !end.opened && err.status.is_none() && err.kind == ErrorKind::Network;
-                if connect_failure && !pinned {
-                    unreachable.push((i, claim));
-                    pending_reroute =
-                        Some((p.cfg.name.clone(), unprefixed(&err.message, &p.cfg.name)));
-                    errors.push((i, err));
-                    break;
+            };
+            // A failed connect is held back: if no provider can be reached, this machine is
+            // offline and nobody is to blame.
+            let defer = connect_failure && !plan.pinned;
+            if defer
+                && plan.candidates.len() > 1
+                && plan
+                    .candidates
+                    .iter()
+                    .all(|&c| c == i || j.unreachable.contains(&c))
+            {
+                // Not one provider could be reached: say so now rather than retry into a dead
+                // network.
+                push_once(&mut j.unreachable, i);
+                j.errors.push((i, err));
+                drop(lease);
+                break 'request Ok(());
+            }
+            let (next, effect) = policy::decide(&facts);
+            let fault = effect.fault && !defer;
+            if defer {
+                push_once(&mut j.unreachable, i);
+            }
+            // The success rate takes one sample per request and provider: the outcome when the
+            // request leaves it (a fault a retry recovers is not a failure).
+            let leaving = matches!(next, Next::FailOver | Next::Surface);
+            let take_outcome = fault && leaving && !j.outcome_taken.contains(&i);
+            if (fault || defer) && leaving {
+                push_once(&mut j.outcome_taken, i);
+            }
+            let probe = lease.probe;
+            let max_cooldown = self.cfg.max_cooldown;
+            let cost = plan.cost;
+            let kind = err.kind;
+            let message = err.message.clone();
+            let tripped = std::cell::Cell::new(None);
+            lease.finish(|book, now| {
+                if kind != ErrorKind::Cancelled {
+                    book.note_error(i, kind, &message);
                 }
-
-                // Decide under the lock, wait outside it.
-                let retry_wait = {
-                    let mut book = self.health();
-                    book.record_failure(i, err.kind, &err.message, now);
-                    if err.kind == ErrorKind::RateLimited {
-                        if let Some(ra) = err.retry_after {
-                            book.rate_limit(i, ra, now);
-                        }
+                if fault {
+                    tripped.set(book.record_attempt(i, true, probe, now));
+                }
+                if take_outcome {
+                    book.record_outcome(i, false, now);
+                }
+                if let Some(pause) = effect.pause {
+                    let until = health::after(now, pause.min(max_cooldown));
+                    let q = &mut book.providers[i].quota;
+                    if kind == ErrorKind::RateLimited {
+                        q.rate_limited(cost, until, now);
+                    } else {
+                        q.block(until);
                     }
-                    // A stall is re-routed, not retried: the watchdog already waited long enough.
-                    let can_retry = err.is_retryable()
-                        && err.kind != ErrorKind::Timeout
-                        && !end.progressed
-                        && claim == Claim::Normal;
-                    let budget = retry::remaining_budget(&self.cfg.retry_backoff, retry);
-                    let asks_too_long = err.retry_after.is_some_and(|ra| ra > budget);
-                    let wait = retry::backoff(
-                        &self.cfg.retry_backoff,
-                        self.cfg.retry_jitter,
-                        retry,
-                        fastrand::f64(),
-                    )
-                    .filter(|_| can_retry && !asks_too_long)
-                    .map(|w| err.retry_after.map_or(w, |ra| w.max(ra)));
-                    match wait {
-                        Some(w) => Ok(w),
-                        None => {
-                            // Retries spent, or not worth it: cool the provider down, unless
-                            // this was a mid-stream hiccup on an otherwise healthy provider.
-                            let trip = !end.progressed
-                                || claim == Claim::Probe
-                                || book.providers[i].consecutive_failures >= 3;
-                            Err(if trip && err.is_retryable() {
-                                let until = book.trip(i, err.retry_after, now);
-                                format!(
-                                    "{}; cooling down for {}",
-                                    err.message,
-                                    human(until.saturating_duration_since(now))
-                                )
-                            } else {
-                                err.message.clone()
-                            })
-                        }
-                    }
-                };
-                let reason = match retry_wait {
-                    Ok(w) => {
-                        tracing::info!(provider = %p.cfg.name, error = %err,
-                                       wait_ms = w.as_millis() as u64, "retrying");
+                }
+                if let Some(why) = effect.disable {
+                    book.disable(i, why, now);
+                }
+                if effect.no_prefill {
+                    book.refuse_prefill(i, now);
+                }
+            });
+            let reason = match tripped.get() {
+                Some(until) => format!(
+                    "{}; cooling down for {}",
+                    err.message,
+                    human(until.saturating_duration_since(Instant::now()))
+                ),
+                None => err.message.clone(),
+            };
+            j.errors.push((i, err.clone()));
+            match next {
+                Next::Surface => break 'request Err((err, None)),
+                Next::Retry { after } => {
+                    tracing::info!(provider = %p.cfg.name, error = %err,
+                                   wait_ms = after.as_millis() as u64, "retrying");
+                    if !after.is_zero() {
                         tokio::select! {
-                            _ = tokio::time::sleep(w) => {}
-                            _ = cancel.cancelled() => return Err((cancelled(), None)),
+                            _ = tokio::time::sleep(after) => {}
+                            _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
                         }
-                        retry += 1;
-                        errors.push((i, err));
-                        continue;
                     }
-                    Err(reason) => reason,
-                };
-                tracing::warn!(provider = %p.cfg.name, error = %err, "provider failed; failing over");
-                pending_reroute = Some((p.cfg.name.clone(), unprefixed(&reason, &p.cfg.name)));
-                errors.push((i, err));
-                break;
+                    j.count_retry(i);
+                    if partial.emitted {
+                        pending_reroute =
+                            Some((p.cfg.name.clone(), unprefixed(&reason, &p.cfg.name)));
+                    }
+                    same = Some(i);
+                }
+                Next::Restart => {
+                    same = Some(i);
+                    restart = true;
+                    pending_reroute = Some((
+                        p.cfg.name.clone(),
+                        format!("{} cannot continue a partial answer", p.cfg.name),
+                    ));
+                }
+                Next::FailOver => {
+                    tracing::warn!(provider = %p.cfg.name, error = %err, "provider failed; failing over");
+                    push_once(&mut j.tried_round, i);
+                    match err.kind {
+                        ErrorKind::ContextLength => {
+                            // Nothing with a window this small or smaller will take it.
+                            let window = p.cfg.context_window;
+                            for c in plan.candidates.iter().copied() {
+                                let w = self.providers[c].cfg.context_window;
+                                if c == i || (window.is_some() && w.is_some() && w <= window) {
+                                    push_once(&mut j.excluded, c);
+                                }
+                            }
+                        }
+                        ErrorKind::Auth
+                        | ErrorKind::Billing
+                        | ErrorKind::NotFound
+                        | ErrorKind::BadRequest => push_once(&mut j.excluded, i),
+                        _ => {}
+                    }
+                    pending_reroute = Some((p.cfg.name.clone(), unprefixed(&reason, &p.cfg.name)));
+                }
             }
-        }
+        };
+        rec.queued_ms = j.queued.as_millis() as u64;
+        outcome?;
+        Err(self.nobody_answered(j, &partial, plan.pinned))
+    }
 
-        // Nobody answered.
-        let attempted_unreachable = unreachable.len();
-        let distinct: std::collections::HashSet<usize> = errors.iter().map(|(i, _)| *i).collect();
-        if attempted_unreachable >= 2 && attempted_unreachable == distinct.len() {
-            let mut book = self.health();
-            for (u, c) in unreachable.drain(..) {
-                book.release(u, c);
-            }
-            return Err((
+    /// The error for a request no provider could take within the wait allowed.
+    fn no_capacity(&self, reason: &str, back_at: Option<Instant>) -> Failure {
+        match back_at {
+            Some(t) => (
                 ProviderError::new(
-                    ErrorKind::Offline,
-                    "cannot reach any provider: this machine looks offline (no breaker was tripped)",
+                    ErrorKind::AllCoolingDown,
+                    format!(
+                        "no provider can take this request within {} ({reason}); the first is back in {}",
+                        human(self.cfg.max_queue_wait),
+                        human(t.saturating_duration_since(Instant::now()))
+                    ),
+                ),
+                Some(unix_ms_at(t)),
+            ),
+            None => (
+                ProviderError::new(
+                    ErrorKind::NoProviders,
+                    format!("no usable provider ({reason})"),
                 ),
                 None,
-            ));
+            ),
         }
-        {
+    }
+
+    /// The error once every attempt failed: offline, or every provider's failure in one line.
+    fn nobody_answered(&self, mut j: Journey, partial: &Partial, pinned: bool) -> Failure {
+        let distinct: Vec<usize> = {
+            let mut v = Vec::new();
+            for (i, _) in &j.errors {
+                push_once(&mut v, *i);
+            }
+            v
+        };
+        if !j.unreachable.is_empty() && j.unreachable.len() == distinct.len() {
+            return (
+                ProviderError::new(
+                    ErrorKind::Offline,
+                    "cannot reach any provider: this machine looks offline (no provider was blamed)",
+                ),
+                None,
+            );
+        }
+        if !j.unreachable.is_empty() {
+            // Some provider answered (with an error): the network works, so the unreachable
+            // ones are to blame.
             let now = Instant::now();
             let mut book = self.health();
-            for (u, _) in unreachable.drain(..) {
-                let msg = errors
-                    .iter()
-                    .find(|(i, _)| *i == u)
-                    .map(|(_, e)| e.message.clone())
-                    .unwrap_or_default();
-                book.record_failure(u, ErrorKind::Network, &msg, now);
-                book.trip(u, None, now);
+            for u in std::mem::take(&mut j.unreachable) {
+                book.record_attempt(u, true, false, now);
+                book.record_outcome(u, false, now);
             }
         }
-        let Some((_, last)) = errors.pop() else {
-            return Err((
+        let Some((_, last)) = j.errors.pop() else {
+            return (
                 ProviderError::new(
                     ErrorKind::AllCoolingDown,
                     "every provider became unavailable while this request waited",
                 ),
                 None,
-            ));
+            );
         };
+        let back_at = j.back_at.map(unix_ms_at);
         if pinned {
-            return Err((last, None));
+            return (last, back_at);
         }
         let mut summary: Vec<String> = Vec::new();
-        for (i, e) in errors
+        for (i, e) in j
+            .errors
             .iter()
             .chain(std::iter::once(&(usize::MAX, last.clone())))
         {
@@ -660,192 +969,32 @@ impl Router {
         }
         let mut err = last;
         err.message = format!("every provider failed ({})", summary.join("; "));
+        if let Some(why) = &j.unavailable {
+            err.message.push_str(&format!(
+                "; none can take it again within {} ({why})",
+                human(self.cfg.max_queue_wait.saturating_sub(j.queued))
+            ));
+        }
         if partial.emitted {
             err.message.push_str(" — the answer is incomplete");
         }
-        Err((err, None))
-    }
-
-    /// One attempt at provider `i`, streaming to the client as it goes.
-    async fn attempt(
-        &self,
-        i: usize,
-        upstream: &UpstreamRequest<'_>,
-        attempt_no: u32,
-        out: &Emitter,
-        cancel: &CancellationToken,
-        partial: &mut Partial,
-    ) -> AttemptEnd {
-        let p = &self.providers[i];
-        let (ttft_limit, gap_limit) = self.health().watchdog(i);
-        let t0 = Instant::now();
-        let mut end = AttemptEnd {
-            usage: Usage::default(),
-            model: upstream.model.to_string(),
-            ttft: None,
-            mean_gap: None,
-            finish: None,
-            opened: false,
-            progressed: false,
-            error: None,
-        };
-        let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
-        let stalled = |what: &str, limit: Duration| {
-            ProviderError::new(
-                ErrorKind::Timeout,
-                format!("{}: {what} for {} (watchdog)", p.cfg.name, human(limit)),
-            )
-        };
-
-        let deadline = tokio::time::sleep_until(t0 + ttft_limit);
-        tokio::pin!(deadline);
-        let opened = tokio::select! {
-            r = p.transport.open(upstream) => r,
-            _ = cancel.cancelled() => Err(cancelled()),
-            _ = &mut deadline => Err(stalled("no response", ttft_limit)),
-        };
-        let mut stream = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                end.error = Some(e);
-                return end;
-            }
-        };
-        end.opened = true;
-        let started = StreamEvent::Started {
-            provider: p.cfg.name.clone(),
-            model: upstream.model.to_string(),
-            attempt: attempt_no,
-        };
-        let sent_at = Instant::now();
-        if !out.send(started).await {
-            end.error = Some(cancelled());
-            return end;
-        }
-        if sent_at.elapsed() > Duration::from_millis(1) {
-            // Blocked on a slow reader, as below: not the provider's time.
-            deadline.as_mut().reset(Instant::now() + ttft_limit);
-        }
-
-        // After a trimmed Anthropic prefill the continuation starts with the whitespace that
-        // was trimmed; it was already sent, so skip it once.
-        let mut skip_ws: String = upstream
-            .prefill
-            .map(|p| p[p.trim_end().len()..].to_string())
-            .unwrap_or_default();
-        let mut last_progress: Option<Instant> = None;
-        let mut gap_total = Duration::ZERO;
-        let mut gaps = 0u32;
-        let mut waiting_for = "no first token";
-        let mut limit = ttft_limit;
-        loop {
-            let item = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    end.error = Some(cancelled());
-                    return end;
-                }
-                item = stream.next() => item,
-                _ = &mut deadline => {
-                    end.error = Some(stalled(waiting_for, limit));
-                    return end;
-                }
-            };
-            let delta = match item {
-                None => break,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    end.error = Some(e);
-                    return end;
-                }
-            };
-            if delta.is_progress() {
-                let now = Instant::now();
-                match last_progress {
-                    None => end.ttft = Some(now - t0),
-                    Some(prev) => {
-                        gap_total += now - prev;
-                        gaps += 1;
-                    }
-                }
-                if last_progress.is_none() {
-                    self.health().record_ttft(i, now - t0, now);
-                }
-                last_progress = Some(now);
-                waiting_for = "silent";
-                limit = gap_limit;
-                deadline.as_mut().reset(now + gap_limit);
-            }
-            let event = match delta {
-                Delta::Model(m) => {
-                    end.model = m;
-                    continue;
-                }
-                Delta::Text(mut t) => {
-                    if !skip_ws.is_empty() {
-                        let common = t
-                            .chars()
-                            .zip(skip_ws.chars())
-                            .take_while(|(a, b)| a == b)
-                            .map(|(a, _)| a.len_utf8())
-                            .sum::<usize>();
-                        t.drain(..common);
-                        skip_ws.drain(..common);
-                        if !t.is_empty() {
-                            // The provider did not repeat the whitespace; stop looking.
-                            skip_ws.clear();
-                        }
-                    }
-                    if t.is_empty() {
-                        continue;
-                    }
-                    partial.text.push_str(&t);
-                    StreamEvent::TextDelta { text: t }
-                }
-                Delta::Thinking(t) => StreamEvent::ThinkingDelta { text: t },
-                Delta::ToolCallStart { index, id, name } => {
-                    partial.tool_started = true;
-                    StreamEvent::ToolCallStart { index, id, name }
-                }
-                Delta::ToolCallArgs { index, json } => StreamEvent::ToolCallDelta { index, json },
-                Delta::Usage(u) => {
-                    end.usage = u;
-                    StreamEvent::Usage(u)
-                }
-                Delta::Finish(r) => {
-                    end.finish = Some(r);
-                    continue;
-                }
-                Delta::KeepAlive => continue,
-            };
-            let progress = matches!(
-                event,
-                StreamEvent::TextDelta { .. }
-                    | StreamEvent::ThinkingDelta { .. }
-                    | StreamEvent::ToolCallStart { .. }
-                    | StreamEvent::ToolCallDelta { .. }
-            );
-            if progress {
-                partial.emitted = true;
-                end.progressed = true;
-            }
-            let sent_at = Instant::now();
-            if !out.send(event).await {
-                end.error = Some(cancelled());
-                return end;
-            }
-            // A client that reads slowly holds us in `send` (backpressure) while the provider
-            // waits on TCP: that time is not the provider's silence.
-            let blocked = sent_at.elapsed();
-            if progress && blocked > Duration::from_millis(1) {
-                deadline.as_mut().reset(Instant::now() + gap_limit);
-            }
-        }
-        if gaps > 0 {
-            end.mean_gap = Some(gap_total / gaps);
-        }
-        end
+        (err, back_at)
     }
 }
+
+/// Waits shorter than this are not announced to the client.
+const QUIET_WAIT: Duration = Duration::from_millis(250);
+
+/// A provider free within this long counts as an alternative worth failing over to.
+const SOON: Duration = Duration::from_secs(1);
+
+/// A reason without its figures: "cooling down, 29 s left" is no news after "30 s left".
+fn gist(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_ascii_digit() && *c != '.')
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

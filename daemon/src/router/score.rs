@@ -28,7 +28,7 @@ pub struct ScoreInputs {
 }
 
 /// Points per priority step.
-pub const PRIORITY_STEP: f64 = 5.0;
+pub const PRIORITY_STEP: f64 = 4.0;
 
 /// The score.
 pub fn score(i: &ScoreInputs) -> f64 {

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::{Api, ProviderConfig, RoutingConfig, Secret};
-use crate::provider::{DeltaStream, OpenFuture, ProviderError, Transport, UpstreamRequest};
+use crate::provider::ratelimit::{Announced, QuotaKind, RateLimits};
+use crate::provider::{Delta, DeltaStream, OpenFuture, ProviderError, Transport, UpstreamRequest};
 
 /// One scripted answer.
 #[derive(Clone)]
@@ -70,11 +71,35 @@ fn err(kind: ErrorKind, retry_after: Option<u64>) -> ProviderError {
             ErrorKind::Overloaded => 529,
             ErrorKind::BadRequest => 400,
             ErrorKind::Auth => 401,
+            ErrorKind::Billing => 402,
+            ErrorKind::NotFound => 404,
+            ErrorKind::ContextLength => 413,
             _ => 500,
         }),
         retry_after: retry_after.map(Duration::from_secs),
         message: format!("scripted {}", kind.as_str()),
+        limits: None,
     }
+}
+
+/// What a provider's headers say: `remaining` of `limit` requests, whole again in `reset_ms`.
+fn quota(limit: u64, remaining: u64, reset_ms: u64) -> RateLimits {
+    let mut r = RateLimits::default();
+    r.quotas[QuotaKind::Requests.index()] = Some(Announced {
+        limit: Some(limit),
+        remaining: Some(remaining),
+        reset_in: Some(Duration::from_millis(reset_ms)),
+    });
+    r
+}
+
+/// An answer whose response headers announce `limits`.
+fn answer_with(limits: RateLimits, words: &[&str]) -> Step {
+    let Step::Stream(mut items) = answer(words) else {
+        unreachable!()
+    };
+    items.insert(0, (0, Ok(Delta::RateLimits(Box::new(limits)))));
+    Step::Stream(items)
 }
 
 fn connect_refused() -> ProviderError {
@@ -139,24 +164,39 @@ struct Harness {
 }
 
 fn harness(n: usize, routing: RoutingConfig) -> Harness {
+    harness_with(n, routing, |_, _| {})
+}
+
+/// A harness whose provider configs `tune` may change.
+fn harness_with(
+    n: usize,
+    routing: RoutingConfig,
+    tune: impl Fn(usize, &mut ProviderConfig),
+) -> Harness {
     let names = ["alpha", "beta", "gamma"];
     let scripts: Vec<Arc<Script>> = (0..n).map(|_| Arc::new(Script::default())).collect();
     let providers = scripts
         .iter()
         .enumerate()
-        .map(|(i, s)| RoutedProvider {
-            cfg: ProviderConfig {
-                name: names[i].to_string(),
-                api: if i == 0 { Api::Anthropic } else { Api::Openai },
-                base_url: "http://127.0.0.1:1".into(),
-                model: format!("{}-model", names[i]),
+        .map(|(i, s)| {
+            let api = if i == 0 { Api::Anthropic } else { Api::Openai };
+            let mut cfg = ProviderConfig {
                 api_key: Some(Secret::new("k")),
                 priority: i as u32,
                 price_input_per_mtok: 1.0,
                 price_output_per_mtok: 1.0,
-                simulated: false,
-            },
-            transport: s.clone() as Arc<dyn Transport>,
+                ..ProviderConfig::new(
+                    names[i],
+                    api,
+                    "http://127.0.0.1:1",
+                    format!("{}-model", names[i]),
+                )
+            };
+            tune(i, &mut cfg);
+            RoutedProvider {
+                cfg,
+                transport: s.clone() as Arc<dyn Transport>,
+            }
         })
         .collect();
     Harness {
@@ -230,50 +270,6 @@ async fn healthy_primary_answers() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rate_limit_with_long_retry_after_fails_over_at_once() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
-    let t0 = Instant::now();
-    let ev = ask(&h.router, req("hi")).await;
-    // No retry burned on a provider that asked for a minute.
-    assert_eq!(h.scripts[0].calls(), 1);
-    assert_eq!(done_provider(&ev), Some("beta"));
-    assert!(
-        t0.elapsed() < Duration::from_millis(100),
-        "{:?}",
-        t0.elapsed()
-    );
-    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { from, to, mode: RerouteMode::Continue, .. } if from == "alpha" && to == "beta")));
-    // The breaker respects the longer of cooldown and Retry-After, and other requests skip it.
-    let (state, left) = h.router.health().state_of(0, Instant::now());
-    assert_eq!(state, BreakerState::Open);
-    assert!(left.unwrap() >= Duration::from_secs(299));
-    let ev = ask(&h.router, req("again")).await;
-    assert_eq!(done_provider(&ev), Some("beta"));
-    assert_eq!(h.scripts[0].calls(), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn overloaded_is_retried_with_backoff_then_tripped() {
-    let h = harness(2, no_jitter());
-    let o = Step::Fail(err(ErrorKind::Overloaded, None));
-    h.scripts[0].push([o.clone(), o.clone(), o.clone(), o]);
-    let t0 = Instant::now();
-    let ev = ask(&h.router, req("hi")).await;
-    assert_eq!(h.scripts[0].calls(), 4, "1 try + 3 retries");
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1600) && waited < Duration::from_millis(1700),
-        "100 + 500 + 1000 ms of backoff, got {waited:?}"
-    );
-    assert_eq!(done_provider(&ev), Some("beta"));
-    assert_eq!(
-        h.router.health().state_of(0, Instant::now()).0,
-        BreakerState::Open
-    );
-}
-
-#[tokio::test(start_paused = true)]
 async fn transient_blip_is_absorbed_by_one_retry() {
     let h = harness(2, no_jitter());
     h.scripts[0].push([
@@ -288,75 +284,6 @@ async fn transient_blip_is_absorbed_by_one_retry() {
         h.router.health().state_of(0, Instant::now()).0,
         BreakerState::Closed
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn half_open_allows_exactly_one_probe() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
-    ask(&h.router, req("trip")).await;
-    tokio::time::advance(Duration::from_secs(301)).await;
-    assert_eq!(
-        h.router.health().state_of(0, Instant::now()).0,
-        BreakerState::HalfOpen
-    );
-
-    // A slow probe holds the half-open slot; a second request meanwhile goes elsewhere.
-    h.scripts[0].push([Step::Stream(vec![(
-        2000,
-        Ok(Delta::Text("probe ok".into())),
-    )])]);
-    let r1 = tokio::spawn({
-        let r = h.router.clone();
-        async move { ask(&r, req("probe")).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let ev2 = ask(&h.router, req("meanwhile")).await;
-    assert_eq!(done_provider(&ev2), Some("beta"));
-    let ev1 = r1.await.unwrap();
-    assert_eq!(done_provider(&ev1), Some("alpha"));
-    assert_eq!(h.scripts[0].calls(), 2);
-    assert_eq!(
-        h.router.health().state_of(0, Instant::now()).0,
-        BreakerState::Closed
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn failed_probe_reopens_with_longer_cooldown() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Overloaded, None)); 4]);
-    ask(&h.router, req("trip")).await;
-    tokio::time::advance(Duration::from_secs(301)).await;
-    h.scripts[0].push([Step::Fail(err(ErrorKind::Overloaded, None))]);
-    let ev = ask(&h.router, req("probe")).await;
-    assert_eq!(done_provider(&ev), Some("beta"));
-    // The probe is not retried: one call, then the breaker re-opens for twice as long.
-    assert_eq!(h.scripts[0].calls(), 5);
-    let (state, left) = h.router.health().state_of(0, Instant::now());
-    assert_eq!(state, BreakerState::Open);
-    assert!(left.unwrap() > Duration::from_secs(590), "{left:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn all_open_fails_fast_with_the_first_comeback() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(600)))]);
-    h.scripts[1].push([Step::Fail(err(ErrorKind::RateLimited, Some(900)))]);
-    let ev = ask(&h.router, req("trip both")).await;
-    assert_eq!(error_kind(&ev), Some(ErrorKind::RateLimited));
-    let t0 = Instant::now();
-    let ev = ask(&h.router, req("again")).await;
-    assert!(t0.elapsed() < Duration::from_millis(1));
-    match ev.last() {
-        Some(StreamEvent::Error {
-            kind: ErrorKind::AllCoolingDown,
-            message,
-            retry_at_unix_ms: Some(_),
-        }) => assert!(message.contains("10 min"), "{message}"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -524,35 +451,15 @@ async fn half_streamed_tool_call_restarts_with_discard() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rejected_continuation_restarts_explicitly() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Stream(vec![
-        text("Partial"),
-        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
-    ])]);
-    h.scripts[1].push([
-        Step::Fail(err(ErrorKind::BadRequest, None)),
-        answer(&["Full answer."]),
-    ]);
-    let ev = ask(&h.router, req("x")).await;
-    assert_eq!(final_text(&ev), "Full answer.");
-    assert_eq!(done_provider(&ev), Some("beta"));
-    assert!(h.router.health().providers[1].no_prefill);
-    assert_eq!(
-        h.router.health().providers[1].failures,
-        0,
-        "a rejected prefill is not a failure"
-    );
-}
-
-#[tokio::test(start_paused = true)]
 async fn every_provider_failing_mid_stream_is_an_error_not_a_clean_end() {
     let h = harness(2, no_jitter());
     for s in &h.scripts {
-        s.push([Step::Stream(vec![
-            text("a"),
-            (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
-        ])]);
+        for _ in 0..10 {
+            s.push([Step::Stream(vec![
+                text("a"),
+                (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+            ])]);
+        }
     }
     let ev = ask(&h.router, req("x")).await;
     assert!(!ev.iter().any(|e| matches!(e, StreamEvent::Done { .. })));
@@ -584,37 +491,6 @@ async fn auth_failure_marks_unusable_and_fails_over() {
     assert_eq!(
         h.router.health().state_of(0, Instant::now()).0,
         BreakerState::Unusable
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn offline_is_not_blamed_on_providers() {
-    let h = harness(3, no_jitter());
-    for s in &h.scripts {
-        s.push([Step::Fail(connect_refused())]);
-    }
-    let ev = ask(&h.router, req("x")).await;
-    assert_eq!(error_kind(&ev), Some(ErrorKind::Offline));
-    for i in 0..3 {
-        assert_eq!(
-            h.router.health().state_of(i, Instant::now()).0,
-            BreakerState::Closed
-        );
-    }
-    // Back online: the primary answers straight away.
-    let ev = ask(&h.router, req("x")).await;
-    assert_eq!(done_provider(&ev), Some("alpha"));
-}
-
-#[tokio::test(start_paused = true)]
-async fn one_unreachable_provider_is_blamed_when_another_answers() {
-    let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Fail(connect_refused())]);
-    let ev = ask(&h.router, req("x")).await;
-    assert_eq!(done_provider(&ev), Some("beta"));
-    assert_eq!(
-        h.router.health().state_of(0, Instant::now()).0,
-        BreakerState::Open
     );
 }
 
@@ -728,36 +604,6 @@ async fn two_sessions_share_one_breaker() {
     assert_eq!(h.scripts[0].calls(), 1);
 }
 
-#[test]
-fn health_survives_a_restart() {
-    // Persisted deadlines are absolute: a provider cooling down stays cooling down.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let h = harness(2, no_jitter());
-        h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
-        ask(&h.router, req("x")).await;
-        let now = Instant::now();
-        let saved = h.router.health().save(now, 1_000_000);
-        // "Restart" 10 s later.
-        let h2 = harness(2, no_jitter());
-        let later = now + Duration::from_secs(10);
-        h2.router.health().restore(&saved, later, 1_010_000);
-        let (state, left) = h2.router.health().state_of(0, later);
-        assert_eq!(state, BreakerState::Open);
-        let left = left.unwrap();
-        assert!(
-            left > Duration::from_secs(280) && left <= Duration::from_secs(290),
-            "{left:?}"
-        );
-        // Averages carried over.
-        assert!(h2.router.health().providers[0].success.raw().unwrap() < 1.0);
-    });
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_slow_reader_is_not_blamed_on_the_provider() {
     let h = harness(2, no_jitter());
@@ -787,4 +633,794 @@ async fn a_slow_reader_is_not_blamed_on_the_provider() {
     assert!(!events
         .iter()
         .any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+}
+
+fn trip(h: &Harness, i: usize) -> Instant {
+    h.router.health().trip(i, Instant::now())
+}
+
+fn was_queued(events: &[StreamEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Queued { .. }))
+}
+
+fn calls(h: &Harness) -> Vec<usize> {
+    h.scripts.iter().map(|s| s.calls()).collect()
+}
+
+/// Defect 1: a 429 with a 2 s Retry-After exiled the provider for 300 s.
+#[tokio::test(start_paused = true)]
+async fn rate_limit_fails_over_at_once_and_pauses_only_for_its_retry_after() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(2)))]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    // No retry burned on the rate-limited provider while another one was free.
+    assert_eq!(calls(&h), [1, 1]);
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { from, to, mode: RerouteMode::Continue, .. } if from == "alpha" && to == "beta")));
+    // Paused for what it asked, not a breaker cooldown; a rate limit is not a fault.
+    let (state, left) = h.router.health().state_of(0, Instant::now());
+    assert_eq!(state, BreakerState::Open);
+    assert!(left.unwrap() <= Duration::from_secs(2), "{left:?}");
+    assert_eq!(h.router.health().providers[0].failures, 0);
+    // Meanwhile other requests skip it without a call...
+    assert_eq!(done_provider(&ask(&h.router, req("b")).await), Some("beta"));
+    assert_eq!(h.scripts[0].calls(), 1);
+    // ...and two seconds later it is the primary again.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        done_provider(&ask(&h.router, req("c")).await),
+        Some("alpha")
+    );
+}
+
+/// Defect 10: `Retry-After` was not capped.
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_after_is_capped_at_the_longest_cooldown() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(1_000_000_000)))]);
+    ask(&h.router, req("hi")).await;
+    let (_, left) = h.router.health().state_of(0, Instant::now());
+    assert!(
+        left.unwrap() <= RoutingConfig::default().max_cooldown,
+        "{left:?}"
+    );
+}
+
+/// The bench's "529 every time": the fallback must answer at once, not after 1.6 s of retries.
+#[tokio::test(start_paused = true)]
+async fn overload_fails_over_at_once_when_another_provider_is_free() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Overloaded, None)); 20]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(h.scripts[0].calls(), 1);
+    assert!(
+        t0.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
+    // It keeps failing: its traffic goes elsewhere.
+    for _ in 0..6 {
+        assert_eq!(done_provider(&ask(&h.router, req("x")).await), Some("beta"));
+    }
+    assert!(h.scripts[0].calls() <= 2, "{}", h.scripts[0].calls());
+}
+
+/// Many sessions meet a dead provider at once: it is cooled down for all of them.
+#[tokio::test(start_paused = true)]
+async fn a_provider_failing_every_session_is_cooled_down() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Overloaded, None)); 20]);
+    let mut tasks = Vec::new();
+    for n in 0..10 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(
+            async move { ask(&r, req(&n.to_string())).await },
+        ));
+    }
+    for t in tasks {
+        let ev = t.await.unwrap();
+        assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    }
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Open
+    );
+    let before = h.scripts[0].calls();
+    ask(&h.router, req("later")).await;
+    assert_eq!(
+        h.scripts[0].calls(),
+        before,
+        "not called while cooling down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_with_nowhere_else_to_go_is_retried_with_backoff() {
+    let h = harness(1, no_jitter());
+    let o = Step::Fail(err(ErrorKind::Overloaded, None));
+    h.scripts[0].push([o.clone(), o, answer(&["fine"])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(700),
+        "100 + 500 ms of backoff, got {waited:?}"
+    );
+}
+
+/// Defect 3: one 500 that a retry recovered moved traffic off the primary for ~15 minutes.
+#[tokio::test(start_paused = true)]
+async fn a_recovered_blip_keeps_the_route() {
+    let h = harness(2, no_jitter());
+    // Both answer once, so their latencies are known.
+    h.scripts[1].push([answer(&["b"])]);
+    let mut pin = req("warm");
+    pin.pin = Some(Pin {
+        provider: Some("beta".into()),
+        model: None,
+    });
+    ask(&h.router, pin).await;
+    ask(&h.router, req("warm")).await;
+    h.scripts[0].push([
+        Step::Fail(err(ErrorKind::ServerError, None)),
+        answer(&["fine"]),
+    ]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("blip")).await),
+        Some("alpha")
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            done_provider(&ask(&h.router, req("x")).await),
+            Some("alpha")
+        );
+    }
+    let now = Instant::now();
+    let hl = RoutingConfig::default().health_half_life;
+    assert_eq!(h.router.health().providers[0].success.get(now, hl), 1.0);
+}
+
+/// Defect 2: one connection error tripped a 5-minute breaker.
+#[tokio::test(start_paused = true)]
+async fn one_connect_error_is_not_a_trip() {
+    let h = harness(2, no_jitter());
+    h.scripts[1].push([answer(&["b"])]);
+    let mut pin = req("warm");
+    pin.pin = Some(Pin {
+        provider: Some("beta".into()),
+        model: None,
+    });
+    ask(&h.router, pin).await;
+    ask(&h.router, req("warm")).await;
+    h.scripts[0].push([Step::Fail(connect_refused())]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
+    // The primary keeps its place.
+    assert_eq!(
+        done_provider(&ask(&h.router, req("y")).await),
+        Some("alpha")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_provider_is_blamed_once_another_answers() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(connect_refused()); 10]);
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(
+            async move { ask(&r, req(&n.to_string())).await },
+        ));
+    }
+    for t in tasks {
+        let ev = t.await.unwrap();
+        assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    }
+    // Eight sessions could not reach it while beta answered them: that is no blip.
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Open
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_is_not_blamed_on_providers() {
+    let h = harness(3, no_jitter());
+    for s in &h.scripts {
+        s.push([Step::Fail(connect_refused())]);
+    }
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::Offline));
+    assert_eq!(calls(&h), [1, 1, 1], "no retries into a dead network");
+    assert!(t0.elapsed() < Duration::from_millis(50));
+    for i in 0..3 {
+        assert_eq!(
+            h.router.health().state_of(i, Instant::now()).0,
+            BreakerState::Closed
+        );
+        assert_eq!(h.router.health().providers[i].failures, 0);
+    }
+    // Back online: the primary answers straight away.
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"));
+}
+
+/// Defect 4: one slow first token opened the breaker; a long prompt got a short-chat timeout.
+#[tokio::test(start_paused = true)]
+async fn one_stall_reroutes_without_a_trip() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Hang]);
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_prompt_gets_more_time_to_its_first_token() {
+    let h = harness(2, no_jitter());
+    // 18 s to the first token: over the 15 s default, fine for a 50,000-token prompt.
+    h.scripts[0].push([Step::Stream(vec![
+        (18_000, Ok(Delta::Text("read it".into()))),
+        (0, Ok(Delta::Finish(FinishReason::Stop))),
+    ])]);
+    let ev = ask(&h.router, req(&"word ".repeat(40_000))).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
+}
+
+/// Defect 5: a probe that ended in a non-retryable error never released its claim.
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_released_whatever_ends_it() {
+    let h = harness(2, no_jitter());
+    let until = trip(&h, 0);
+    tokio::time::advance(until - Instant::now()).await;
+    // The probe meets the caller's own 400: no verdict, the next request probes instead.
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, req("probe 1")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest));
+    // A 404: a fault of this entry; the breaker opens again instead of staying half-open.
+    h.scripts[0].push([Step::Fail(err(ErrorKind::NotFound, None))]);
+    let ev = ask(&h.router, req("probe 2")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(h.scripts[0].calls(), 2, "the second request probed again");
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Open
+    );
+    // A cancelled probe gives the slot back too.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    h.scripts[0].push([Step::Hang]);
+    let (tx, _rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        let c = cancel.clone();
+        async move { r.route(req("probe 3"), Emitter::new(1, tx), c).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cancel.cancel();
+    task.await.unwrap();
+    h.scripts[0].push([answer(&["back"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("probe 4")).await),
+        Some("alpha")
+    );
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
+}
+
+/// Defect 6: 402, 413 and 422 went to the user with no failover.
+#[tokio::test(start_paused = true)]
+async fn an_account_that_cannot_pay_is_set_aside() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Billing, None))]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    let (state, left) = h.router.health().state_of(0, Instant::now());
+    assert_eq!(state, BreakerState::Unusable);
+    assert!(left.unwrap() > Duration::from_secs(3500), "{left:?}");
+    assert_eq!(done_provider(&ask(&h.router, req("y")).await), Some("beta"));
+    assert_eq!(h.scripts[0].calls(), 1);
+    // `mythos reset` after topping up brings it back.
+    h.router.health().reset(0);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("z")).await),
+        Some("alpha")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prompt_too_long_goes_to_a_larger_window() {
+    let windows = [100_000, 50_000, 200_000];
+    let h = harness_with(3, no_jitter(), |i, c| c.context_window = Some(windows[i]));
+    h.scripts[0].push([Step::Fail(err(ErrorKind::ContextLength, None))]);
+    let ev = ask(&h.router, req("a long prompt")).await;
+    assert_eq!(done_provider(&ev), Some("gamma"));
+    assert_eq!(calls(&h), [1, 0, 1], "beta's window is smaller still");
+    assert_eq!(h.router.health().providers[0].failures, 0, "not a fault");
+    // A prompt known to be too large for the small windows is not even sent there.
+    let ev = ask(&h.router, req(&"word ".repeat(100_000))).await;
+    assert_eq!(done_provider(&ev), Some("gamma"));
+    assert_eq!(calls(&h), [1, 0, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unprocessable_requests_fail_over_without_blame() {
+    let h = harness(2, no_jitter());
+    let mut e = err(ErrorKind::BadRequest, None);
+    e.status = Some(422);
+    h.scripts[0].push([Step::Fail(e)]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(h.router.health().providers[0].failures, 0);
+}
+
+/// Defect 7: any 400 during a continuation disabled prefill for good.
+#[tokio::test(start_paused = true)]
+async fn only_a_real_prefill_refusal_is_remembered_and_it_expires() {
+    let cut = || {
+        Step::Stream(vec![
+            text("Partial"),
+            (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+        ])
+    };
+    let h = harness(2, no_jitter());
+    // A 400 that is not about the prefill: restart once, remember nothing.
+    h.scripts[0].push([cut()]);
+    h.scripts[1].push([
+        Step::Fail(err(ErrorKind::BadRequest, None)),
+        answer(&["Full answer."]),
+    ]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(final_text(&ev), "Full answer.");
+    assert!(h.router.health().accepts_prefill(1, Instant::now()));
+    assert_eq!(h.router.health().providers[1].failures, 0, "not a fault");
+    // The provider's own words: remembered, for a day.
+    let mut refusal = err(ErrorKind::BadRequest, None);
+    refusal.message =
+        "messages: final assistant content cannot end with trailing whitespace".into();
+    h.scripts[0].push([cut()]);
+    h.scripts[1].push([Step::Fail(refusal), answer(&["Full answer."])]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(final_text(&ev), "Full answer.");
+    let now = Instant::now();
+    assert!(!h.router.health().accepts_prefill(1, now));
+    assert!(h
+        .router
+        .health()
+        .accepts_prefill(1, now + Duration::from_secs(24 * 3600)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_continuation_restarts_explicitly() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("Partial"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    h.scripts[1].push([
+        Step::Fail(err(ErrorKind::BadRequest, None)),
+        answer(&["Full answer."]),
+    ]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(final_text(&ev), "Full answer.");
+    assert_eq!(done_provider(&ev), Some("beta"));
+    let modes: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Rerouted { mode, .. } => Some(*mode),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(modes, [RerouteMode::Continue, RerouteMode::Restart]);
+    assert_eq!(h.scripts[1].prefills.lock().unwrap()[1], None);
+}
+
+/// Defect 9: with only a probing provider left, requests failed with "every key was rejected".
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_the_probe_when_nothing_else_is_left() {
+    let h = harness(1, no_jitter());
+    let until = trip(&h, 0);
+    tokio::time::advance(until - Instant::now()).await;
+    h.scripts[0].push([
+        Step::Stream(vec![
+            (2000, Ok(Delta::Text("probe ok".into()))),
+            (0, Ok(Delta::Finish(FinishReason::Stop))),
+        ]),
+        answer(&["second"]),
+    ]);
+    let probe = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("probe")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("meanwhile")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
+    assert!(was_queued(&ev));
+    assert!(t0.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(done_provider(&probe.await.unwrap()), Some("alpha"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn announced_quotas_pace_requests_before_they_are_sent() {
+    let h = harness(2, no_jitter());
+    // The primary says: none left of 2 requests, whole again in 2 s (one back per second).
+    h.scripts[0].push([answer_with(quota(2, 0, 2_000), &["a"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("1")).await),
+        Some("alpha")
+    );
+    // No room: the next request goes to the fallback without a call (and without a 429).
+    assert_eq!(done_provider(&ask(&h.router, req("2")).await), Some("beta"));
+    assert_eq!(h.scripts[0].calls(), 1);
+    // A second later its quota has refilled by one: it is the primary again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.scripts[0].push([answer_with(quota(2, 0, 2_000), &["a"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("3")).await),
+        Some("alpha")
+    );
+    // Running out of quota is no fault.
+    assert_eq!(h.router.health().providers[0].failures, 0);
+    let status = h.router.status();
+    assert_eq!(
+        status
+            .iter()
+            .find(|s| s.name == "alpha")
+            .unwrap()
+            .quotas
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_room_anywhere_a_request_waits_visibly_then_goes() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([answer_with(quota(2, 0, 2_000), &["a"])]);
+    ask(&h.router, req("1")).await;
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("2")).await;
+    let waited = t0.elapsed();
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    assert!(
+        waited >= Duration::from_millis(990) && waited < Duration::from_millis(1100),
+        "{waited:?}"
+    );
+    match ev.first() {
+        Some(StreamEvent::Queued {
+            reason,
+            until_unix_ms: Some(_),
+            ..
+        }) => assert!(reason.contains("alpha: quota"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.scripts[0].calls(),
+        2,
+        "no request was sent into a spent quota"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_can_be_cancelled() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([answer_with(quota(60, 0, 60_000), &["a"])]);
+    ask(&h.router, req("1")).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        let c = cancel.clone();
+        async move { r.route(req("2"), Emitter::new(1, tx), c).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.router.health().queue.len(), 1);
+    cancel.cancel();
+    task.await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(Response::Event { event, .. }) = rx.try_recv() {
+        events.push(event);
+    }
+    assert!(was_queued(&events));
+    assert_eq!(error_kind(&events), Some(ErrorKind::Cancelled));
+    assert_eq!(h.router.health().queue.len(), 0);
+    assert_eq!(h.scripts[0].calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_beyond_the_limit_fail_fast_and_say_when() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(600)))]);
+    h.scripts[1].push([Step::Fail(err(ErrorKind::RateLimited, Some(900)))]);
+    let ev = ask(&h.router, req("pause both")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::RateLimited));
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("again")).await;
+    assert!(t0.elapsed() < Duration::from_millis(1));
+    match ev.last() {
+        Some(StreamEvent::Error {
+            kind: ErrorKind::AllCoolingDown,
+            message,
+            retry_at_unix_ms: Some(_),
+        }) => assert!(message.contains("10 min"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls(&h), [1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_is_first_come_first_served() {
+    let h = harness(1, no_jitter());
+    // One request a second.
+    h.scripts[0].push([answer_with(quota(1, 0, 1_000), &["0"])]);
+    ask(&h.router, req("0")).await;
+    for n in 1..=4 {
+        h.scripts[0].push([answer_with(quota(1, 0, 1_000), &[&n.to_string()])]);
+    }
+    let mut tasks = Vec::new();
+    for n in 1..=4 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let ev = ask(&r, req(&n.to_string())).await;
+            (n, Instant::now(), final_text(&ev))
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    done.sort_by_key(|(_, at, _)| *at);
+    let order: Vec<String> = done.iter().map(|(_, _, text)| text.clone()).collect();
+    assert_eq!(order, ["1", "2", "3", "4"], "served in arrival order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_provider_sends_the_overflow_elsewhere() {
+    let h = harness_with(2, no_jitter(), |i, c| {
+        if i == 0 {
+            c.max_concurrent = 1;
+        }
+    });
+    h.scripts[0].push([Step::Stream(vec![
+        (1000, Ok(Delta::Text("slow".into()))),
+        (0, Ok(Delta::Finish(FinishReason::Stop))),
+    ])]);
+    let first = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("1")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let ev = ask(&h.router, req("2")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert!(!was_queued(&ev));
+    assert_eq!(done_provider(&first.await.unwrap()), Some("alpha"));
+    assert_eq!(h.router.health().providers[0].in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pinned_rate_limit_waits_in_the_queue() {
+    let h = harness(2, no_jitter());
+    h.scripts[1].push([Step::Fail(err(ErrorKind::RateLimited, Some(2)))]);
+    let mut r = req("x");
+    r.pin = Some(Pin {
+        provider: Some("beta".into()),
+        model: None,
+    });
+    let t0 = Instant::now();
+    let ev = ask(&h.router, r).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert!(was_queued(&ev));
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert_eq!(calls(&h), [0, 2]);
+}
+
+/// Defect 8: every request retried on its own, multiplying load on a failing provider.
+#[tokio::test(start_paused = true)]
+async fn retries_are_capped_by_the_providers_budget() {
+    let h = harness(1, no_jitter());
+    // Every other call fails (the breaker stays closed at 50 %).
+    for _ in 0..200 {
+        h.scripts[0].push([
+            Step::Fail(err(ErrorKind::ServerError, None)),
+            answer(&["ok"]),
+        ]);
+    }
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(
+            async move { ask(&r, req(&n.to_string())).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 40 first attempts; retries at most 5 + 20 % of them.
+    assert!(
+        h.scripts[0].calls() <= 40 + 5 + 8,
+        "{}",
+        h.scripts[0].calls()
+    );
+}
+
+/// What a user saw fail: random fault mixes on every provider at once, many clients.
+#[tokio::test(start_paused = true)]
+async fn random_fault_mixes_at_concurrency_are_answered_whole() {
+    let chaos: Vec<Arc<Chaos>> = (0..3).map(|i| Arc::new(Chaos::new(100 + i))).collect();
+    let providers = chaos
+        .iter()
+        .enumerate()
+        .map(|(i, c)| RoutedProvider {
+            cfg: ProviderConfig {
+                api_key: Some(Secret::new("k")),
+                priority: i as u32,
+                ..ProviderConfig::new(format!("p{i}"), Api::Openai, "http://x", "m")
+            },
+            transport: c.clone() as Arc<dyn Transport>,
+        })
+        .collect();
+    let router = Arc::new(Router::new(providers, RoutingConfig::default(), None, 1));
+    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let r = router.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let ev = ask(&r, req(&format!("q{n}"))).await;
+            drop(permit);
+            ev
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        let ev = t.await.unwrap();
+        if matches!(ev.last(), Some(StreamEvent::Done { .. })) {
+            assert_eq!(
+                final_text(&ev),
+                Chaos::ANSWER.concat(),
+                "no lost or repeated text"
+            );
+            answered += 1;
+        } else {
+            panic!("failed: {:?}", ev.last());
+        }
+    }
+    assert_eq!(answered, 200);
+    let upstream: usize = chaos.iter().map(|c| c.calls.load(Ordering::SeqCst)).sum();
+    let per_answer = upstream as f64 / 200.0;
+    assert!(
+        per_answer <= 1.6,
+        "{per_answer:.2} upstream requests per answer"
+    );
+}
+
+/// A provider that fails 30 % of its requests at random: 429 (Retry-After 1 s), 503, a
+/// disconnect mid-answer, a malformed chunk. Its answers continue a prefill word for word.
+struct Chaos {
+    rng: Mutex<fastrand::Rng>,
+    calls: AtomicUsize,
+}
+
+impl Chaos {
+    const ANSWER: [&'static str; 12] = [
+        "One", " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten",
+        " eleven", " twelve.",
+    ];
+
+    fn new(seed: u64) -> Self {
+        Chaos {
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Transport for Chaos {
+    fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let (roll, cut) = {
+            let mut rng = self.rng.lock().unwrap();
+            (rng.f64(), rng.usize(1..8))
+        };
+        let done = req.prefill.unwrap_or("").to_string();
+        let rest: Vec<&'static str> = {
+            let mut acc = String::new();
+            Chaos::ANSWER
+                .iter()
+                .copied()
+                .filter(|w| {
+                    let skip = done.starts_with(&(acc.clone() + w)) && acc.len() < done.len();
+                    acc.push_str(w);
+                    !skip
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut items: Vec<(u64, Result<Delta, ProviderError>)> = rest
+                .iter()
+                .map(|w| (2, Ok(Delta::Text(w.to_string()))))
+                .collect();
+            if roll < 0.15 {
+                return Err(err(ErrorKind::RateLimited, Some(1)));
+            } else if roll < 0.25 {
+                return Err(err(ErrorKind::Overloaded, None));
+            } else if roll < 0.30 {
+                items.truncate(cut.min(items.len().saturating_sub(1)));
+                items.push((2, Err(ProviderError::new(ErrorKind::Network, "cut"))));
+            } else if roll < 0.35 {
+                items.truncate(cut.min(items.len().saturating_sub(1)));
+                items.push((2, Err(ProviderError::malformed("garbage"))));
+            } else {
+                items.push((0, Ok(Delta::Finish(FinishReason::Stop))));
+            }
+            let s = futures_util::stream::unfold(items.into_iter(), |mut it| async move {
+                let (delay, item) = it.next()?;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                Some((item, it))
+            });
+            Ok(Box::pin(s) as DeltaStream)
+        })
+    }
+}
+
+#[test]
+fn health_survives_a_restart() {
+    // Persisted deadlines are absolute: a provider cooling down stays cooling down.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let h = harness(2, no_jitter());
+        h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+        ask(&h.router, req("x")).await;
+        trip(&h, 1);
+        h.router.health().record_outcome(1, false, Instant::now());
+        let now = Instant::now();
+        let saved = h.router.health().save(now, 1_000_000);
+        // "Restart" 10 s later.
+        let h2 = harness(2, no_jitter());
+        let later = now + Duration::from_secs(10);
+        h2.router.health().restore(&saved, later, 1_010_000);
+        let book = h2.router.health();
+        let (state, left) = book.state_of(0, later);
+        assert_eq!(state, BreakerState::Open, "still paused");
+        let left = left.unwrap();
+        assert!(
+            left > Duration::from_secs(49) && left <= Duration::from_secs(50),
+            "{left:?}"
+        );
+        let (state, left) = book.state_of(1, later);
+        assert_eq!(state, BreakerState::Open, "still cooling down");
+        assert!(left.unwrap() <= Duration::from_secs(20), "{left:?}");
+        // Averages carried over.
+        let hl = RoutingConfig::default().health_half_life;
+        assert!(book.providers[1].success.get(later, hl) < 1.0);
+    });
 }

@@ -21,20 +21,15 @@ async fn sim(flavor: Flavor) -> (SimProvider, HttpTransport) {
     o.keep_alive_every = Duration::from_millis(1);
     o.expect_key = Some("k".into());
     let s = SimProvider::start(l, o).await.unwrap();
+    let api = if flavor == Flavor::Anthropic {
+        Api::Anthropic
+    } else {
+        Api::Openai
+    };
     let cfg = ProviderConfig {
-        name: "t".into(),
-        api: if flavor == Flavor::Anthropic {
-            Api::Anthropic
-        } else {
-            Api::Openai
-        },
-        base_url: s.base_url(),
-        model: "m".into(),
         api_key: Some(Secret::new("k")),
-        priority: 0,
-        price_input_per_mtok: 0.0,
-        price_output_per_mtok: 0.0,
         simulated: true,
+        ..ProviderConfig::new("t", api, s.base_url(), "m")
     };
     (s, HttpTransport::new(cfg, http_client()))
 }
@@ -175,6 +170,8 @@ async fn stalls_and_keep_alives_hold_until_the_client_leaves() {
         prefill: None,
     };
     let mut st = t.open(&req).await.unwrap();
+    // The response headers come first (here: no quotas announced).
+    assert!(matches!(st.next().await, Some(Ok(Delta::RateLimits(_)))));
     for _ in 0..3 {
         assert_eq!(st.next().await.unwrap().unwrap(), Delta::KeepAlive);
     }

@@ -81,15 +81,9 @@ async fn mock(name: &str, flavor: Flavor) -> SimProvider {
 
 fn provider_cfg(name: &str, sim: &SimProvider, api: Api) -> ProviderConfig {
     ProviderConfig {
-        name: name.into(),
-        api,
-        base_url: sim.base_url(),
-        model: "bench".into(),
         api_key: Some(Secret::new("bench-key")),
-        priority: 0,
-        price_input_per_mtok: 0.0,
-        price_output_per_mtok: 0.0,
         simulated: true,
+        ..ProviderConfig::new(name, api, sim.base_url(), "bench")
     }
 }
 

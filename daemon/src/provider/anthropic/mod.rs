@@ -110,15 +110,15 @@ mod tests {
 
     fn cfg() -> ProviderConfig {
         ProviderConfig {
-            name: "anthropic".into(),
-            api: Api::Anthropic,
-            base_url: "http://127.0.0.1:1/".into(),
-            model: "claude-x".into(),
             api_key: Some(Secret::new("sk-ant-secret")),
-            priority: 0,
             price_input_per_mtok: 3.0,
             price_output_per_mtok: 15.0,
-            simulated: false,
+            ..ProviderConfig::new(
+                "anthropic",
+                Api::Anthropic,
+                "http://127.0.0.1:1/",
+                "claude-x",
+            )
         }
     }
 

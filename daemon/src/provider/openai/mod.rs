@@ -107,15 +107,16 @@ mod tests {
     #[test]
     fn body_with_continuation_and_tool_results() {
         let cfg = ProviderConfig {
-            name: "deepseek".into(),
-            api: Api::Openai,
-            base_url: "http://127.0.0.1:1/v1".into(),
-            model: "deepseek-chat".into(),
             api_key: Some(Secret::new("sk-secret")),
             priority: 1,
             price_input_per_mtok: 0.3,
             price_output_per_mtok: 0.4,
-            simulated: false,
+            ..ProviderConfig::new(
+                "deepseek",
+                Api::Openai,
+                "http://127.0.0.1:1/v1",
+                "deepseek-chat",
+            )
         };
         let mut chat = ChatRequest::user_text(1, "hi");
         chat.system = Some("sys".into());

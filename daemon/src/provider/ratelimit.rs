@@ -1,0 +1,414 @@
+//! What providers announce about their quotas, read from response headers.
+//!
+//! Every response (a 200 as much as a 429) may carry the provider's view of its rate limits:
+//!
+//! - OpenAI, DeepSeek, Groq and most OpenAI-compatible servers: `x-ratelimit-limit-requests`,
+//!   `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests` and the same for `-tokens`,
+//!   with resets as Go-style durations (`6m0s`, `1.5s`, `20ms`).
+//! - Anthropic: `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,
+//!   remaining,reset}`, with resets as RFC 3339 instants.
+//! - OpenRouter and servers following the IETF draft: `x-ratelimit-limit` /
+//!   `x-ratelimit-remaining` / `x-ratelimit-reset` (or without the `x-`), counting requests,
+//!   with the reset as seconds from now or a Unix timestamp.
+//! - `retry-after` (seconds or an HTTP date) and `retry-after-ms` on any response.
+//!
+//! Parsing is lenient: a header that does not parse is ignored, never an error, because a
+//! provider's odd header must not fail a request that otherwise worked.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+/// A kind of quota a provider may announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaKind {
+    /// Requests per window.
+    Requests,
+    /// Tokens (input and output together) per window.
+    Tokens,
+    /// Input tokens per window (Anthropic).
+    InputTokens,
+    /// Output tokens per window (Anthropic).
+    OutputTokens,
+}
+
+impl QuotaKind {
+    /// Every kind, in a fixed order (the index of each in arrays indexed by kind).
+    pub const ALL: [QuotaKind; 4] = [
+        QuotaKind::Requests,
+        QuotaKind::Tokens,
+        QuotaKind::InputTokens,
+        QuotaKind::OutputTokens,
+    ];
+
+    /// Position in [`QuotaKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// In words, for status lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaKind::Requests => "requests",
+            QuotaKind::Tokens => "tokens",
+            QuotaKind::InputTokens => "input tokens",
+            QuotaKind::OutputTokens => "output tokens",
+        }
+    }
+}
+
+/// One announced quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Announced {
+    /// The limit per window.
+    pub limit: Option<u64>,
+    /// What is left now.
+    pub remaining: Option<u64>,
+    /// How long until the quota is whole again.
+    pub reset_in: Option<Duration>,
+}
+
+/// Everything one response said about rate limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    /// Announced quotas, indexed by [`QuotaKind::index`].
+    pub quotas: [Option<Announced>; 4],
+    /// `retry-after-ms` or `retry-after`.
+    pub retry_after: Option<Duration>,
+}
+
+impl RateLimits {
+    /// Whether the response announced any quota at all.
+    pub fn announces(&self) -> bool {
+        self.quotas.iter().any(Option::is_some)
+    }
+
+    /// The announced quota of `kind`.
+    pub fn get(&self, kind: QuotaKind) -> Option<&Announced> {
+        self.quotas[kind.index()].as_ref()
+    }
+}
+
+/// Longest wait any header may ask for; longer values are taken as this (a day). The router
+/// caps waits further (at `max_cooldown_secs`); this bound only keeps arithmetic finite.
+pub const MAX_HEADER_WAIT: Duration = Duration::from_secs(86_400);
+
+/// Read the rate-limit headers of a response received at `now_unix_ms`.
+pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let count = |name: &str| text(name).and_then(parse_count);
+    let mut out = RateLimits {
+        retry_after: retry_after(headers, now_unix_ms),
+        ..RateLimits::default()
+    };
+    for kind in QuotaKind::ALL {
+        let anthropic = match kind {
+            QuotaKind::Requests => "requests",
+            QuotaKind::Tokens => "tokens",
+            QuotaKind::InputTokens => "input-tokens",
+            QuotaKind::OutputTokens => "output-tokens",
+        };
+        let a = Announced {
+            limit: count(&format!("anthropic-ratelimit-{anthropic}-limit")),
+            remaining: count(&format!("anthropic-ratelimit-{anthropic}-remaining")),
+            reset_in: text(&format!("anthropic-ratelimit-{anthropic}-reset"))
+                .and_then(|t| reset_in_rfc3339(t, now_unix_ms)),
+        };
+        let o = match kind {
+            QuotaKind::Requests | QuotaKind::Tokens => {
+                let suffix = if kind == QuotaKind::Requests {
+                    "requests"
+                } else {
+                    "tokens"
+                };
+                Announced {
+                    limit: count(&format!("x-ratelimit-limit-{suffix}")),
+                    remaining: count(&format!("x-ratelimit-remaining-{suffix}")),
+                    reset_in: text(&format!("x-ratelimit-reset-{suffix}"))
+                        .and_then(parse_go_duration),
+                }
+            }
+            _ => Announced::default(),
+        };
+        let mut merged = pick(a, o);
+        if kind == QuotaKind::Requests && merged.is_none() {
+            // The IETF draft / OpenRouter form counts requests.
+            for prefix in ["x-ratelimit", "ratelimit"] {
+                let d = Announced {
+                    limit: count(&format!("{prefix}-limit")),
+                    remaining: count(&format!("{prefix}-remaining")),
+                    reset_in: text(&format!("{prefix}-reset"))
+                        .and_then(|t| reset_in_number(t, now_unix_ms)),
+                };
+                merged = merged.or(pick(d, Announced::default()));
+            }
+        }
+        out.quotas[kind.index()] = merged;
+    }
+    out
+}
+
+/// The first of two readings that says anything useful (a remaining count is the minimum).
+fn pick(a: Announced, b: Announced) -> Option<Announced> {
+    [a, b].into_iter().find(|x| x.remaining.is_some())
+}
+
+fn parse_count(s: &str) -> Option<u64> {
+    // Some servers send counts as floats ("12.0"); negative or absurd ones are noise.
+    s.parse::<u64>().ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e15)
+            .map(|v| v as u64)
+    })
+}
+
+/// `retry-after-ms` (milliseconds) or `retry-after` (seconds, or an HTTP date).
+pub fn retry_after(headers: &HeaderMap, now_unix_ms: u64) -> Option<Duration> {
+    let text = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok()) {
+        if let Some(d) = secs(ms / 1000.0) {
+            return Some(d);
+        }
+    }
+    let ra = text("retry-after")?;
+    if let Some(d) = ra.parse::<f64>().ok().and_then(secs) {
+        return Some(d);
+    }
+    let at = httpdate::parse_http_date(ra).ok()?;
+    let at_ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis()
+        .min(u64::MAX as u128) as u64;
+    Some(Duration::from_millis(at_ms.saturating_sub(now_unix_ms)).min(MAX_HEADER_WAIT))
+}
+
+/// A non-negative number of seconds as a bounded duration.
+fn secs(v: f64) -> Option<Duration> {
+    (v.is_finite() && v >= 0.0)
+        .then(|| Duration::from_secs_f64(v.min(MAX_HEADER_WAIT.as_secs_f64())))
+}
+
+/// Go's `time.Duration` text as OpenAI sends it: `6m0s`, `1.5s`, `20ms`, `1h2m3.5s`. A bare
+/// number is seconds.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    if let Ok(v) = s.parse::<f64>() {
+        return secs(v);
+    }
+    let mut total = 0.0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * factor;
+    }
+    secs(total)
+}
+
+/// An RFC 3339 instant (Anthropic's resets) as time from `now_unix_ms`; an instant in the past
+/// is zero.
+pub fn reset_in_rfc3339(s: &str, now_unix_ms: u64) -> Option<Duration> {
+    let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let at_ms = at.unix_timestamp_nanos() / 1_000_000;
+    let delta = at_ms - now_unix_ms as i128;
+    Some(Duration::from_millis(
+        delta.clamp(0, MAX_HEADER_WAIT.as_millis() as i128) as u64,
+    ))
+}
+
+/// A reset given as a number: seconds from now, or a Unix timestamp in seconds or milliseconds
+/// (OpenRouter sends milliseconds).
+fn reset_in_number(s: &str, now_unix_ms: u64) -> Option<Duration> {
+    let v: f64 = s
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)?;
+    let now = now_unix_ms as f64;
+    let wait_ms = if v > 1e12 {
+        v - now
+    } else if v > 1e9 {
+        v * 1000.0 - now
+    } else {
+        v * 1000.0
+    };
+    secs(wait_ms.max(0.0) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn go_durations() {
+        let ms = |s: &str| parse_go_duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("6m0s"), Some(360_000));
+        assert_eq!(ms("1.5s"), Some(1_500));
+        assert_eq!(ms("20ms"), Some(20));
+        assert_eq!(ms("1h2m3.5s"), Some(3_723_500));
+        assert_eq!(ms("2m59.56s"), Some(179_560));
+        assert_eq!(ms("0s"), Some(0));
+        assert_eq!(ms("7"), Some(7_000));
+        assert_eq!(ms("500us"), Some(0));
+        assert_eq!(ms(""), None);
+        assert_eq!(ms("soon"), None);
+        assert_eq!(ms("5x"), None);
+        assert_eq!(ms("-1s"), None);
+        assert_eq!(ms("1e400s"), None);
+        // Absurd values are bounded, never an overflow.
+        assert_eq!(parse_go_duration("99999999999h"), Some(MAX_HEADER_WAIT));
+    }
+
+    #[test]
+    fn openai_headers() {
+        // As api.openai.com sends them.
+        let h = headers(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        let r = from_headers(&h, 0);
+        assert!(r.announces());
+        let req = r.get(QuotaKind::Requests).unwrap();
+        assert_eq!(
+            (req.limit, req.remaining, req.reset_in),
+            (Some(60), Some(59), Some(Duration::from_secs(1)))
+        );
+        let tok = r.get(QuotaKind::Tokens).unwrap();
+        assert_eq!(tok.remaining, Some(149_984));
+        assert_eq!(tok.reset_in, Some(Duration::from_secs(360)));
+        assert_eq!(r.get(QuotaKind::InputTokens), None);
+        assert_eq!(r.retry_after, None);
+    }
+
+    #[test]
+    fn anthropic_headers() {
+        let now = 1_735_689_600_000; // 2025-01-01T00:00:00Z
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-requests-reset", "2025-01-01T00:00:01Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "39000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2025-01-01T00:00:01.500+00:00",
+            ),
+            ("anthropic-ratelimit-output-tokens-remaining", "7000"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2024-12-31T23:00:00Z",
+            ),
+            ("retry-after", "3"),
+        ]);
+        let r = from_headers(&h, now);
+        let req = r.get(QuotaKind::Requests).unwrap();
+        assert_eq!(req.remaining, Some(49));
+        assert_eq!(req.reset_in, Some(Duration::from_secs(1)));
+        let inp = r.get(QuotaKind::InputTokens).unwrap();
+        assert_eq!(inp.reset_in, Some(Duration::from_millis(1500)));
+        // A reset in the past means whole now.
+        let out = r.get(QuotaKind::OutputTokens).unwrap();
+        assert_eq!((out.limit, out.reset_in), (None, Some(Duration::ZERO)));
+        assert_eq!(r.get(QuotaKind::Tokens), None);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn openrouter_and_draft_headers() {
+        let now = 1_700_000_000_000;
+        let h = headers(&[
+            ("x-ratelimit-limit", "20"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000002500"),
+        ]);
+        let r = from_headers(&h, now);
+        let req = r.get(QuotaKind::Requests).unwrap();
+        assert_eq!(req.remaining, Some(0));
+        assert_eq!(req.reset_in, Some(Duration::from_millis(2500)));
+        let h = headers(&[("ratelimit-remaining", "4"), ("ratelimit-reset", "30")]);
+        let r = from_headers(&h, now);
+        assert_eq!(
+            r.get(QuotaKind::Requests).unwrap().reset_in,
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn odd_values_are_ignored_not_errors() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "lots"),
+            ("x-ratelimit-reset-requests", "tomorrow"),
+            ("anthropic-ratelimit-tokens-remaining", "-5"),
+            ("x-ratelimit-remaining-tokens", "12.0"),
+        ]);
+        let r = from_headers(&h, 0);
+        assert_eq!(r.get(QuotaKind::Requests), None);
+        assert_eq!(r.get(QuotaKind::Tokens).unwrap().remaining, Some(12));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
+        let ra = |pairs: &[(&'static str, &'static str)]| retry_after(&headers(pairs), now);
+        assert_eq!(ra(&[]), None);
+        assert_eq!(ra(&[("retry-after", "60")]), Some(Duration::from_secs(60)));
+        assert_eq!(
+            ra(&[("retry-after", "60"), ("retry-after-ms", "1500.5")]),
+            Some(Duration::from_micros(1_500_500))
+        );
+        assert_eq!(
+            ra(&[("retry-after", "60"), ("retry-after-ms", "soon")]),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(ra(&[("retry-after", "-3")]), None);
+        assert_eq!(
+            ra(&[("retry-after", "Wed, 21 Oct 2015 07:28:07 GMT")]),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            ra(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(ra(&[("retry-after", "1e300")]), Some(MAX_HEADER_WAIT));
+    }
+}

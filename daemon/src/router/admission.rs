@@ -1,0 +1,576 @@
+//! Admission: which provider a request may use *now*, and a fair queue for when none can.
+//!
+//! A request asks for capacity with a [`Want`] (its candidates, its task, its estimated cost).
+//! A provider can take it when its breaker allows, its quotas have room for the cost, it is
+//! under its concurrency limit and, for a retry, its retry budget has room. The best-ranked
+//! provider that can take it now wins: the request never waits while any candidate has
+//! capacity.
+//!
+//! When none can, but one will within the request's remaining `max_queue_wait`, the request
+//! joins a FIFO queue and is told why and until when (a `queued` event). Capacity is handed out
+//! in queue order: a request behind others may only take a provider that no request ahead of it
+//! is waiting for, so a large request is not starved by small ones arriving later. Grants happen
+//! whenever capacity may have returned: an attempt ends, a response announces a larger quota,
+//! or a waiter's expected time arrives.
+//!
+//! A [`Lease`] is the claim on a provider for one attempt: its concurrency slot, its quota
+//! reservation and, for a half-open breaker, the single probe. It is released on every path
+//! (success, any error, cancel, panic) because releasing is its `Drop`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mythos_protocol::TaskKind;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::health::{secs_left, Breaker, HealthBook};
+use super::policy::Disable;
+use super::quota::{Cost, Room};
+
+/// What a request needs from the pool.
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// What the request is for (ranks the providers).
+    pub task: TaskKind,
+    /// Providers it may use.
+    pub candidates: Vec<usize>,
+    /// Candidates where an attempt would be a retry (it needs their retry budget).
+    pub retry_at: Vec<usize>,
+    /// Estimated cost against quotas.
+    pub cost: Cost,
+    /// Deterministic mode: breakers do not apply.
+    pub pinned: bool,
+}
+
+/// Whether a provider can take a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Avail {
+    /// Now.
+    Now,
+    /// Not before then.
+    At(Instant),
+    /// When another request lets go of it (a probe, a concurrency slot, a first answer).
+    Later,
+    /// Not for this request (key rejected, larger than its quota, retry budget spent).
+    Never,
+}
+
+/// What admission can say about a request.
+#[derive(Debug, Clone)]
+pub enum Outlook {
+    /// Some candidate can take it now.
+    Ready,
+    /// None can now; `eta` is the earliest known time one can (`None`: when another request
+    /// lets go of one).
+    Wait {
+        /// Earliest known time.
+        eta: Option<Instant>,
+        /// Why, per provider, in words.
+        reason: String,
+    },
+    /// No candidate ever will.
+    Never {
+        /// Why, per provider, in words.
+        reason: String,
+    },
+}
+
+/// A provider taken for one attempt. Dropping it gives everything back without a verdict.
+pub struct Lease {
+    book: Arc<Mutex<HealthBook>>,
+    /// The provider.
+    pub index: usize,
+    /// This attempt is the half-open probe.
+    pub probe: bool,
+    seq: u64,
+    armed: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("index", &self.index)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+/// Lock the book; a panic elsewhere while it was held does not stop routing.
+pub(super) fn lock(book: &Mutex<HealthBook>) -> MutexGuard<'_, HealthBook> {
+    book.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lease {
+    /// The provider's response announced its quotas (a successful response if `success`).
+    pub fn observe(&self, limits: &crate::provider::ratelimit::RateLimits, success: bool) {
+        let now = Instant::now();
+        let mut book = lock(&self.book);
+        book.providers[self.index]
+            .quota
+            .observe(self.seq, limits, success, now);
+        book.dispatch(&self.book, now);
+    }
+
+    /// End the attempt: apply `verdict` to the book, then give the slot back.
+    pub fn finish(mut self, verdict: impl FnOnce(&mut HealthBook, Instant)) {
+        self.armed = false;
+        let now = Instant::now();
+        let mut book = lock(&self.book);
+        verdict(&mut book, now);
+        book.release(self.index, self.probe, self.seq);
+        book.dispatch(&self.book, now);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            let now = Instant::now();
+            let mut book = lock(&self.book);
+            book.release(self.index, self.probe, self.seq);
+            book.dispatch(&self.book, now);
+        }
+    }
+}
+
+struct Waiter {
+    id: u64,
+    want: Want,
+    tx: oneshot::Sender<Lease>,
+}
+
+/// Requests waiting for capacity, oldest first.
+#[derive(Default)]
+pub struct WaitQueue {
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for WaitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WaitQueue({} waiting)", self.waiters.len())
+    }
+}
+
+impl WaitQueue {
+    /// Requests waiting now.
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    fn push(&mut self, want: Want, tx: oneshot::Sender<Lease>) -> u64 {
+        self.next_id += 1;
+        self.waiters.push_back(Waiter {
+            id: self.next_id,
+            want,
+            tx,
+        });
+        self.next_id
+    }
+
+    /// Take waiter `id` out; false if it is gone (it was granted a lease).
+    fn remove(&mut self, id: u64) -> bool {
+        match self.waiters.iter().position(|w| w.id == id) {
+            Some(k) => {
+                self.waiters.remove(k);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl HealthBook {
+    /// Whether provider `i` can take `want` at `now`, and why not in words.
+    pub fn availability(&mut self, i: usize, want: &Want, now: Instant) -> (Avail, String) {
+        let p = &mut self.providers[i];
+        let mut at: Option<Instant> = None;
+        let mut later = false;
+        let mut why: Vec<String> = Vec::new();
+        if !want.pinned {
+            match p.breaker {
+                Breaker::Disabled {
+                    why: Disable::Auth, ..
+                } => return (Avail::Never, "key rejected (401/403)".into()),
+                Breaker::Disabled {
+                    why: Disable::Billing,
+                    until,
+                } => match until {
+                    Some(t) => {
+                        at = Some(t);
+                        why.push("account cannot pay (billing)".into());
+                    }
+                    None => return (Avail::Never, "account cannot pay (billing)".into()),
+                },
+                Breaker::Open { until, .. } => {
+                    at = Some(until);
+                    why.push(format!("cooling down, {} s left", secs_left(until, now)));
+                }
+                Breaker::HalfOpen { probing: true, .. } => {
+                    later = true;
+                    why.push("being probed by another request".into());
+                }
+                Breaker::HalfOpen { .. } | Breaker::Closed => {}
+            }
+        }
+        if want.retry_at.contains(&i) && !p.budget.allows(now) {
+            return (Avail::Never, "its retry budget is spent".into());
+        }
+        match p.quota.room(want.cost, now) {
+            Room::Now => {}
+            Room::At(t) => {
+                at = Some(at.map_or(t, |a| a.max(t)));
+                let paused = p.quota.blocked_until(now).is_some();
+                why.push(if paused {
+                    format!(
+                        "rate limited, {} left",
+                        human_ms(t.saturating_duration_since(now))
+                    )
+                } else {
+                    format!(
+                        "quota spent, room again in {}",
+                        human_ms(t.saturating_duration_since(now))
+                    )
+                });
+            }
+            Room::AfterPending => {
+                later = true;
+                why.push("its quota is taken by requests in flight".into());
+            }
+            Room::Never => return (Avail::Never, "the request is larger than its quota".into()),
+        }
+        if p.in_flight >= p.max_concurrent {
+            later = true;
+            why.push(format!("all {} of its streams busy", p.max_concurrent));
+        }
+        let avail = match (later, at) {
+            (true, _) => Avail::Later,
+            (false, Some(t)) if t > now => Avail::At(t),
+            _ => Avail::Now,
+        };
+        (avail, why.join(", "))
+    }
+
+    /// The best-ranked candidate of `want` that can take it now and that no earlier waiter
+    /// holds.
+    fn pick(&mut self, want: &Want, now: Instant, held: &[bool]) -> Option<usize> {
+        if want.pinned {
+            let &i = want.candidates.first()?;
+            let free = !held.get(i).copied().unwrap_or(false);
+            return (free && self.availability(i, want, now).0 == Avail::Now).then_some(i);
+        }
+        let order: Vec<usize> = self
+            .rank(want.task, now)
+            .into_iter()
+            .map(|r| r.index)
+            .filter(|i| want.candidates.contains(i) && !held.get(*i).copied().unwrap_or(false))
+            .collect();
+        order
+            .into_iter()
+            .find(|&i| self.availability(i, want, now).0 == Avail::Now)
+    }
+
+    /// Whether any candidate of `want` can take it now or very soon: free now, free within
+    /// `within`, or held only by requests in flight (a first answer awaited, a busy slot).
+    pub fn any_soon(&mut self, want: &Want, now: Instant, within: Duration) -> bool {
+        want.candidates
+            .clone()
+            .into_iter()
+            .any(|i| match self.availability(i, want, now).0 {
+                Avail::Now | Avail::Later => true,
+                Avail::At(t) => t <= now + within,
+                Avail::Never => false,
+            })
+    }
+
+    /// What admission can say about `want` at `now`.
+    pub fn outlook(&mut self, want: &Want, now: Instant) -> Outlook {
+        self.tick(now);
+        let mut eta: Option<Instant> = None;
+        let mut later = false;
+        let mut reasons = Vec::new();
+        for &i in &want.candidates {
+            let (avail, why) = self.availability(i, want, now);
+            let name = &self.providers[i].name;
+            match avail {
+                Avail::Now => return Outlook::Ready,
+                Avail::At(t) => eta = Some(eta.map_or(t, |e| e.min(t))),
+                Avail::Later => later = true,
+                Avail::Never => {}
+            }
+            reasons.push(format!("{name}: {why}"));
+        }
+        let reason = reasons.join("; ");
+        if later {
+            // Something may free up any moment; the known time is only an upper bound.
+            Outlook::Wait { eta: None, reason }
+        } else if eta.is_some() {
+            Outlook::Wait { eta, reason }
+        } else {
+            Outlook::Never { reason }
+        }
+    }
+
+    /// Take provider `i` for one attempt of `want`.
+    fn lease(
+        &mut self,
+        book: &Arc<Mutex<HealthBook>>,
+        i: usize,
+        want: &Want,
+        now: Instant,
+    ) -> Lease {
+        let p = &mut self.providers[i];
+        p.in_flight += 1;
+        p.requests += 1;
+        p.last_selected = Some(now);
+        if want.retry_at.contains(&i) {
+            p.budget.withdraw(now);
+        } else {
+            p.budget.deposit(now);
+        }
+        let probe = match &mut p.breaker {
+            Breaker::HalfOpen { probing, .. } if !*probing => {
+                *probing = true;
+                true
+            }
+            _ => false,
+        };
+        let seq = p.quota.reserve(want.cost);
+        Lease {
+            book: book.clone(),
+            index: i,
+            probe,
+            seq,
+            armed: true,
+        }
+    }
+
+    /// Give back what [`HealthBook::lease`] took (the verdict, if any, is applied apart).
+    fn release(&mut self, i: usize, probe: bool, seq: u64) {
+        let p = &mut self.providers[i];
+        p.in_flight = p.in_flight.saturating_sub(1);
+        p.quota.settle(seq);
+        if probe {
+            if let Breaker::HalfOpen { probing, .. } = &mut p.breaker {
+                // The probe ended without a verdict (cancelled, a 429, the caller's 400): the
+                // next request probes instead.
+                *probing = false;
+            }
+        }
+    }
+
+    /// Hand capacity to waiting requests, oldest first.
+    pub(super) fn dispatch(&mut self, book: &Arc<Mutex<HealthBook>>, now: Instant) {
+        if self.queue.waiters.is_empty() {
+            return;
+        }
+        self.tick(now);
+        let mut held = vec![false; self.providers.len()];
+        let mut waiters = std::mem::take(&mut self.queue.waiters);
+        let mut kept = VecDeque::with_capacity(waiters.len());
+        while let Some(w) = waiters.pop_front() {
+            if w.tx.is_closed() {
+                // Its request is gone without leaving the queue (its task was dropped).
+                continue;
+            }
+            if held.iter().all(|h| *h) {
+                kept.push_back(w);
+                continue;
+            }
+            match self.pick(&w.want, now, &held) {
+                Some(i) => {
+                    let lease = self.lease(book, i, &w.want, now);
+                    if let Err(mut lease) = w.tx.send(lease) {
+                        // Gone between the check and the send: undo here, under the lock the
+                        // lease's own drop would need.
+                        lease.armed = false;
+                        self.release(lease.index, lease.probe, lease.seq);
+                    }
+                }
+                None => {
+                    for &c in &w.want.candidates {
+                        if let Some(h) = held.get_mut(c) {
+                            *h = true;
+                        }
+                    }
+                    kept.push_back(w);
+                }
+            }
+        }
+        self.queue.waiters = kept;
+    }
+}
+
+/// What [`acquire`] could not do.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The client cancelled while waiting.
+    Cancelled,
+    /// No candidate can take the request within the wait allowed.
+    NoCapacity {
+        /// Why, per provider.
+        reason: String,
+        /// When the first one is expected back, if known.
+        back_at: Option<Instant>,
+    },
+}
+
+/// A request in the queue, as the waiting task sees it.
+pub struct Ticket {
+    id: u64,
+    rx: oneshot::Receiver<Lease>,
+    /// When it expects capacity.
+    pub eta: Option<Instant>,
+    /// Why it waits.
+    pub reason: String,
+}
+
+/// First step of acquiring: take a provider now, or join the queue, or be refused at once.
+pub fn try_acquire(
+    book: &Arc<Mutex<HealthBook>>,
+    want: &Want,
+    deadline: Instant,
+) -> Result<Result<Lease, Ticket>, Refusal> {
+    let now = Instant::now();
+    let mut b = lock(book);
+    b.tick(now);
+    if b.queue.is_empty() {
+        if let Some(i) = b.pick(want, now, &[]) {
+            return Ok(Ok(b.lease(book, i, want, now)));
+        }
+    }
+    let (eta, reason) = match b.outlook(want, now) {
+        Outlook::Never { reason } => {
+            let back_at = None;
+            return Err(Refusal::NoCapacity { reason, back_at });
+        }
+        Outlook::Wait {
+            eta: Some(t),
+            reason,
+        } if t > deadline => {
+            return Err(Refusal::NoCapacity {
+                reason,
+                back_at: Some(t),
+            })
+        }
+        Outlook::Wait { eta, reason } => (eta, reason),
+        // Capacity exists, but others wait ahead of this request.
+        Outlook::Ready => (None, "other requests are ahead in the queue".to_string()),
+    };
+    let (tx, rx) = oneshot::channel();
+    let id = b.queue.push(want.clone(), tx);
+    b.dispatch(book, now);
+    Ok(Err(Ticket {
+        id,
+        rx,
+        eta,
+        reason,
+    }))
+}
+
+/// How often a waiter looks again on its own, in case capacity returned in a way that did not
+/// wake it (a retry budget's window sliding).
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl Ticket {
+    /// Wait for a grant until `wake`; then look again. `Ok(Some)` is a grant, `Ok(None)` means
+    /// keep waiting (with `eta` and `reason` updated), `Err` means give up.
+    pub async fn wait(
+        &mut self,
+        book: &Arc<Mutex<HealthBook>>,
+        want: &Want,
+        deadline: Instant,
+    ) -> Result<Option<Lease>, Refusal> {
+        let now = Instant::now();
+        let wake = self
+            .eta
+            .map_or(now + RECHECK, |t| t.min(now + RECHECK))
+            .min(deadline)
+            .max(now);
+        tokio::select! {
+            r = &mut self.rx => return match r {
+                Ok(lease) => Ok(Some(lease)),
+                // The queue dropped us (it never does while we are in it): refuse plainly.
+                Err(_) => Err(Refusal::NoCapacity { reason: self.reason.clone(), back_at: self.eta }),
+            },
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        let refusal = {
+            let mut b = lock(book);
+            b.dispatch(book, now);
+            match b.outlook(want, now) {
+                _ if now >= deadline => Some(Refusal::NoCapacity {
+                    reason: self.reason.clone(),
+                    back_at: self.eta,
+                }),
+                Outlook::Never { reason } => Some(Refusal::NoCapacity {
+                    reason,
+                    back_at: None,
+                }),
+                Outlook::Wait {
+                    eta: Some(t),
+                    reason,
+                } if t > deadline => Some(Refusal::NoCapacity {
+                    reason,
+                    back_at: Some(t),
+                }),
+                Outlook::Wait { eta, reason } => {
+                    self.eta = eta;
+                    self.reason = reason;
+                    None
+                }
+                Outlook::Ready => {
+                    self.eta = None;
+                    None
+                }
+            }
+        };
+        match refusal {
+            Some(r) => match self.leave(book) {
+                Some(lease) => Ok(Some(lease)),
+                None => Err(r),
+            },
+            None => match self.rx.try_recv() {
+                Ok(lease) => Ok(Some(lease)),
+                Err(_) => Ok(None),
+            },
+        }
+    }
+
+    /// Leave the queue. If a grant raced with leaving, it is returned: the caller may use it or
+    /// drop it (which gives it back).
+    pub fn leave(&mut self, book: &Arc<Mutex<HealthBook>>) -> Option<Lease> {
+        let removed = {
+            let mut b = lock(book);
+            let removed = b.queue.remove(self.id);
+            // Whatever this request held in the queue is free for the ones behind it.
+            b.dispatch(book, Instant::now());
+            removed
+        };
+        if removed {
+            None
+        } else {
+            // Outside the lock: a lease dropped here takes the lock itself.
+            self.rx.try_recv().ok()
+        }
+    }
+}
+
+/// Milliseconds or seconds, for reasons.
+fn human_ms(d: Duration) -> String {
+    if d >= Duration::from_secs(10) {
+        format!("{} s", d.as_secs_f64().ceil() as u64)
+    } else if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}

@@ -1,0 +1,233 @@
+//! One attempt at one provider: open the stream, relay its deltas to the client, and watch it
+//! with two timers (time to first token, silence between content chunks).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mythos_protocol::{ErrorKind, FinishReason, StreamEvent, Usage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Lease;
+use super::{human, Emitter, Router};
+use crate::provider::{Delta, ProviderError, UpstreamRequest};
+
+/// What the answer looks like so far, across providers.
+#[derive(Default)]
+pub(super) struct Partial {
+    /// Answer text the client has received.
+    pub text: String,
+    /// A tool call was started: the answer cannot be continued, only restarted.
+    pub tool_started: bool,
+    /// Anything at all was sent to the client (text, thinking, tool call).
+    pub emitted: bool,
+}
+
+/// How an attempt ended.
+pub(super) struct AttemptEnd {
+    pub usage: Usage,
+    pub model: String,
+    pub ttft: Option<Duration>,
+    pub mean_gap: Option<Duration>,
+    pub finish: Option<FinishReason>,
+    /// The upstream answered with a stream (not an HTTP error, not a failed connect).
+    pub opened: bool,
+    /// This attempt sent content to the client.
+    pub progressed: bool,
+    pub error: Option<ProviderError>,
+}
+
+impl Router {
+    /// One attempt on `lease`'s provider, streaming to the client as it goes. `input_tokens`
+    /// (estimated) lengthens the first-token timer: a long prompt takes longer to read.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn attempt(
+        &self,
+        lease: &Lease,
+        upstream: &UpstreamRequest<'_>,
+        input_tokens: u64,
+        attempt_no: u32,
+        out: &Emitter,
+        cancel: &CancellationToken,
+        partial: &mut Partial,
+    ) -> AttemptEnd {
+        let i = lease.index;
+        let p = &self.providers[i];
+        let (ttft_limit, gap_limit) = self.health().watchdog(i, input_tokens);
+        let t0 = Instant::now();
+        let mut end = AttemptEnd {
+            usage: Usage::default(),
+            model: upstream.model.to_string(),
+            ttft: None,
+            mean_gap: None,
+            finish: None,
+            opened: false,
+            progressed: false,
+            error: None,
+        };
+        let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
+        let stalled = |what: &str, limit: Duration| {
+            ProviderError::new(
+                ErrorKind::Timeout,
+                format!("{}: {what} for {} (watchdog)", p.cfg.name, human(limit)),
+            )
+        };
+
+        let deadline = tokio::time::sleep_until(t0 + ttft_limit);
+        tokio::pin!(deadline);
+        let opened = tokio::select! {
+            r = p.transport.open(upstream) => r,
+            _ = cancel.cancelled() => Err(cancelled()),
+            _ = &mut deadline => Err(stalled("no response", ttft_limit)),
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(limits) = &e.limits {
+                    // A 429's headers usually say exactly when the quota is back.
+                    lease.observe(limits, false);
+                }
+                end.error = Some(e);
+                return end;
+            }
+        };
+        end.opened = true;
+        let started = StreamEvent::Started {
+            provider: p.cfg.name.clone(),
+            model: upstream.model.to_string(),
+            attempt: attempt_no,
+        };
+        let sent_at = Instant::now();
+        if !out.send(started).await {
+            end.error = Some(cancelled());
+            return end;
+        }
+        if sent_at.elapsed() > Duration::from_millis(1) {
+            // Blocked on a slow reader, as below: not the provider's time.
+            deadline.as_mut().reset(Instant::now() + ttft_limit);
+        }
+
+        // After a trimmed Anthropic prefill the continuation starts with the whitespace that
+        // was trimmed; it was already sent, so skip it once.
+        let mut skip_ws: String = upstream
+            .prefill
+            .map(|p| p[p.trim_end().len()..].to_string())
+            .unwrap_or_default();
+        let mut last_progress: Option<Instant> = None;
+        let mut gap_total = Duration::ZERO;
+        let mut gaps = 0u32;
+        let mut waiting_for = "no first token";
+        let mut limit = ttft_limit;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    end.error = Some(cancelled());
+                    return end;
+                }
+                item = stream.next() => item,
+                _ = &mut deadline => {
+                    end.error = Some(stalled(waiting_for, limit));
+                    return end;
+                }
+            };
+            let delta = match item {
+                None => break,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    end.error = Some(e);
+                    return end;
+                }
+            };
+            if delta.is_progress() {
+                let now = Instant::now();
+                match last_progress {
+                    None => end.ttft = Some(now - t0),
+                    Some(prev) => {
+                        gap_total += now - prev;
+                        gaps += 1;
+                    }
+                }
+                if last_progress.is_none() {
+                    self.health().record_ttft(i, now - t0, now);
+                }
+                last_progress = Some(now);
+                waiting_for = "silent";
+                limit = gap_limit;
+                deadline.as_mut().reset(now + gap_limit);
+            }
+            let event = match delta {
+                Delta::RateLimits(limits) => {
+                    lease.observe(&limits, true);
+                    continue;
+                }
+                Delta::Model(m) => {
+                    end.model = m;
+                    continue;
+                }
+                Delta::Text(mut t) => {
+                    if !skip_ws.is_empty() {
+                        let common = t
+                            .chars()
+                            .zip(skip_ws.chars())
+                            .take_while(|(a, b)| a == b)
+                            .map(|(a, _)| a.len_utf8())
+                            .sum::<usize>();
+                        t.drain(..common);
+                        skip_ws.drain(..common);
+                        if !t.is_empty() {
+                            // The provider did not repeat the whitespace; stop looking.
+                            skip_ws.clear();
+                        }
+                    }
+                    if t.is_empty() {
+                        continue;
+                    }
+                    partial.text.push_str(&t);
+                    StreamEvent::TextDelta { text: t }
+                }
+                Delta::Thinking(t) => StreamEvent::ThinkingDelta { text: t },
+                Delta::ToolCallStart { index, id, name } => {
+                    partial.tool_started = true;
+                    StreamEvent::ToolCallStart { index, id, name }
+                }
+                Delta::ToolCallArgs { index, json } => StreamEvent::ToolCallDelta { index, json },
+                Delta::Usage(u) => {
+                    end.usage = u;
+                    StreamEvent::Usage(u)
+                }
+                Delta::Finish(r) => {
+                    end.finish = Some(r);
+                    continue;
+                }
+                Delta::KeepAlive => continue,
+            };
+            let progress = matches!(
+                event,
+                StreamEvent::TextDelta { .. }
+                    | StreamEvent::ThinkingDelta { .. }
+                    | StreamEvent::ToolCallStart { .. }
+                    | StreamEvent::ToolCallDelta { .. }
+            );
+            if progress {
+                partial.emitted = true;
+                end.progressed = true;
+            }
+            let sent_at = Instant::now();
+            if !out.send(event).await {
+                end.error = Some(cancelled());
+                return end;
+            }
+            // A client that reads slowly holds us in `send` (backpressure) while the provider
+            // waits on TCP: that time is not the provider's silence.
+            let blocked = sent_at.elapsed();
+            if progress && blocked > Duration::from_millis(1) {
+                deadline.as_mut().reset(Instant::now() + gap_limit);
+            }
+        }
+        if gaps > 0 {
+            end.mean_gap = Some(gap_total / gaps);
+        }
+        end
+    }
+}

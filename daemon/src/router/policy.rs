@@ -1,0 +1,597 @@
+//! What to do after a failed attempt: a pure function of the outcome and the facts around it.
+//!
+//! The router's loop only carries out what [`decide`] says; all the judgement lives here and is
+//! tested as a table. Two questions are answered separately:
+//!
+//! - [`Effect`]: what the failure says about the provider (a fault that counts toward its
+//!   breaker and success rate, a pause it asked for, a key or account it rejected). This does
+//!   not depend on what the request does next.
+//! - [`Next`]: what this request does now: retry the same provider, fail over, restart without
+//!   the continuation, or give the error to the client.
+//!
+//! The rules, in words:
+//! - A `429` is a quota running out, not a fault: the provider is paused for its `Retry-After`
+//!   and the request fails over at once. Waiting on it is for pins (and for when nothing else is
+//!   eligible, which admission handles by queueing).
+//! - Overload (`529`/`503`) fails over at once when another provider can take the request now;
+//!   otherwise it is retried with backoff.
+//! - Other transient faults before any content (5xx, a connection reset, a truncated or
+//!   malformed stream) get one quick retry on the same provider when it has been healthy (a
+//!   blip), and otherwise fail over; a failed connect fails over at once. With nowhere else to
+//!   go they are retried with backoff.
+//! - A stall is re-routed, never retried: the watchdog already waited. A failure after content
+//!   reached the client continues on the next provider.
+//! - `401/403` and billing failures disable the provider; context-length and `422` failures go to
+//!   another provider without blame; other `4xx` are the caller's and go back to the client.
+//! - A pinned request never fails over: it retries within its budget, then surfaces the error.
+//! - Every retry on the same provider needs its retry budget.
+
+use std::time::Duration;
+
+use mythos_protocol::ErrorKind;
+
+/// Why a provider is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disable {
+    /// It rejected the key (401/403): until the key changes or a reset.
+    Auth,
+    /// The account cannot pay: until a reset or a long cooldown.
+    Billing,
+}
+
+/// What a failed attempt says about the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// A fault: counts against the breaker and the success rate.
+    pub fault: bool,
+    /// The provider asked for a pause of this long (to be capped by the caller).
+    pub pause: Option<Duration>,
+    /// The provider must not be used until further notice.
+    pub disable: Option<Disable>,
+    /// The provider refused to continue another provider's answer (assistant prefill).
+    pub no_prefill: bool,
+}
+
+/// What the request does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Give this error to the client.
+    Surface,
+    /// Try the same provider again after this long (its pause, if any, is waited out in the
+    /// admission queue).
+    Retry {
+        /// Backoff before the retry.
+        after: Duration,
+    },
+    /// Try the same provider at once, from the start of the answer instead of continuing it.
+    Restart,
+    /// Leave this provider for now and go to the next one.
+    FailOver,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// What failed.
+    pub kind: ErrorKind,
+    /// The HTTP status, if the failure had one.
+    pub status: Option<u16>,
+    /// The provider's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// Whether the provider's message says it refuses a prefill (only read for a `400`).
+    pub prefill_rejected: bool,
+    /// The provider's server answered at all (a failed connect is not a blip worth a retry
+    /// while another provider is free).
+    pub connected: bool,
+    /// This attempt had already sent content to the client.
+    pub progressed: bool,
+    /// This attempt continued an answer another attempt started.
+    pub continuation: bool,
+    /// This attempt was the half-open probe of the provider's breaker.
+    pub probe: bool,
+    /// The request is pinned to this provider (deterministic mode).
+    pub pinned: bool,
+    /// Retries this request already made on this provider.
+    pub retries_here: u32,
+    /// The most retries a request may make on one provider.
+    pub max_retries: u32,
+    /// The provider has been healthy lately, so this is likely a blip.
+    pub healthy: bool,
+    /// The provider's retry budget has room.
+    pub budget: bool,
+    /// Another provider could take the request right now.
+    pub alternative: bool,
+    /// Backoff before the next retry on this provider (jittered by the caller).
+    pub backoff: Duration,
+    /// Backoff of a quick retry (the first step).
+    pub quick: Duration,
+}
+
+/// Decide what a failed attempt means and what the request does next.
+pub fn decide(f: &Facts) -> (Next, Effect) {
+    let mut effect = Effect::default();
+    let can_retry = f.budget && f.retries_here < f.max_retries;
+    let retry = Next::Retry { after: f.backoff };
+    let away = if f.pinned {
+        Next::Surface
+    } else {
+        Next::FailOver
+    };
+    let next = match f.kind {
+        ErrorKind::Cancelled | ErrorKind::Internal | ErrorKind::ShuttingDown => Next::Surface,
+        ErrorKind::BadRequest if f.continuation && !f.progressed => {
+            // Most likely the continuation itself was refused; start over on the same provider.
+            effect.no_prefill = f.prefill_rejected;
+            Next::Restart
+        }
+        ErrorKind::BadRequest if f.status == Some(422) => away,
+        ErrorKind::BadRequest | ErrorKind::Protocol => Next::Surface,
+        ErrorKind::ContextLength => away,
+        ErrorKind::Auth => {
+            effect.disable = Some(Disable::Auth);
+            away
+        }
+        ErrorKind::Billing => {
+            effect.disable = Some(Disable::Billing);
+            away
+        }
+        ErrorKind::RateLimited => {
+            effect.pause = Some(f.retry_after.unwrap_or(DEFAULT_PAUSE));
+            if f.pinned && can_retry {
+                // The pause is waited out in the queue, visibly.
+                Next::Retry {
+                    after: Duration::ZERO,
+                }
+            } else {
+                away
+            }
+        }
+        ErrorKind::Overloaded => {
+            effect.fault = true;
+            effect.pause = f.retry_after;
+            if f.pinned || !f.alternative {
+                if can_retry && !f.probe {
+                    retry
+                } else {
+                    away
+                }
+            } else {
+                Next::FailOver
+            }
+        }
+        ErrorKind::Timeout => {
+            effect.fault = true;
+            if f.pinned && can_retry && !f.probe {
+                retry
+            } else {
+                away
+            }
+        }
+        ErrorKind::NotFound => {
+            // An unknown model or endpoint is a configuration fault of this entry.
+            effect.fault = true;
+            away
+        }
+        ErrorKind::ServerError
+        | ErrorKind::Network
+        | ErrorKind::Truncated
+        | ErrorKind::Malformed => {
+            effect.fault = true;
+            effect.pause = f.retry_after;
+            if f.probe {
+                away
+            } else if f.pinned || !f.alternative {
+                if can_retry {
+                    retry
+                } else {
+                    away
+                }
+            } else if f.connected && !f.progressed && f.healthy && f.retries_here == 0 && f.budget {
+                Next::Retry { after: f.quick }
+            } else {
+                Next::FailOver
+            }
+        }
+        // Kinds the router produces itself, never an attempt's outcome.
+        ErrorKind::NoProviders | ErrorKind::AllCoolingDown | ErrorKind::Offline => Next::Surface,
+    };
+    (next, effect)
+}
+
+/// How long a `429` without `Retry-After` pauses a provider.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(kind: ErrorKind) -> Facts {
+        Facts {
+            kind,
+            status: None,
+            retry_after: None,
+            prefill_rejected: false,
+            connected: true,
+            progressed: false,
+            continuation: false,
+            probe: false,
+            pinned: false,
+            retries_here: 0,
+            max_retries: 3,
+            healthy: true,
+            budget: true,
+            alternative: true,
+            backoff: Duration::from_millis(500),
+            quick: Duration::from_millis(100),
+        }
+    }
+
+    const MS100: Next = Next::Retry {
+        after: Duration::from_millis(100),
+    };
+    const MS500: Next = Next::Retry {
+        after: Duration::from_millis(500),
+    };
+
+    /// The table: (case, facts, expected next, fault, pause).
+    #[test]
+    fn decision_table() {
+        use ErrorKind::*;
+        let secs = |s| Some(Duration::from_secs(s));
+        let f = facts;
+        let rows: Vec<(&str, Facts, Next, bool, Option<Duration>)> = vec![
+            // Rate limits are quotas: fail over at once, pause the provider, blame nobody.
+            (
+                "429 with others free",
+                Facts {
+                    retry_after: secs(2),
+                    ..f(RateLimited)
+                },
+                Next::FailOver,
+                false,
+                secs(2),
+            ),
+            (
+                "429 with nobody else",
+                Facts {
+                    retry_after: secs(2),
+                    alternative: false,
+                    ..f(RateLimited)
+                },
+                Next::FailOver,
+                false,
+                secs(2),
+            ),
+            (
+                "429 pinned waits in the queue",
+                Facts {
+                    retry_after: secs(2),
+                    pinned: true,
+                    ..f(RateLimited)
+                },
+                Next::Retry {
+                    after: Duration::ZERO,
+                },
+                false,
+                secs(2),
+            ),
+            (
+                "429 without Retry-After",
+                f(RateLimited),
+                Next::FailOver,
+                false,
+                Some(DEFAULT_PAUSE),
+            ),
+            (
+                "429 pinned, retries spent",
+                Facts {
+                    pinned: true,
+                    retries_here: 3,
+                    ..f(RateLimited)
+                },
+                Next::Surface,
+                false,
+                Some(DEFAULT_PAUSE),
+            ),
+            // Overload: elsewhere if possible, else backoff.
+            (
+                "529 with others free",
+                f(Overloaded),
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "529 alone",
+                Facts {
+                    alternative: false,
+                    ..f(Overloaded)
+                },
+                MS500,
+                true,
+                None,
+            ),
+            (
+                "529 alone, budget spent",
+                Facts {
+                    alternative: false,
+                    budget: false,
+                    ..f(Overloaded)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "503 with Retry-After",
+                Facts {
+                    retry_after: secs(5),
+                    ..f(Overloaded)
+                },
+                Next::FailOver,
+                true,
+                secs(5),
+            ),
+            // Blips: one quick retry on a healthy provider, else away.
+            (
+                "500 on a healthy provider",
+                f(ServerError),
+                MS100,
+                true,
+                None,
+            ),
+            (
+                "500 again",
+                Facts {
+                    retries_here: 1,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "500 on a sick provider",
+                Facts {
+                    healthy: false,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "500 with the budget spent",
+                Facts {
+                    budget: false,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "500 alone",
+                Facts {
+                    alternative: false,
+                    retries_here: 1,
+                    ..f(ServerError)
+                },
+                MS500,
+                true,
+                None,
+            ),
+            (
+                "500 alone, retries spent",
+                Facts {
+                    alternative: false,
+                    retries_here: 3,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            ("reset before the response", f(Network), MS100, true, None),
+            (
+                "connect error with others free",
+                Facts {
+                    connected: false,
+                    ..f(Network)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "connect error alone",
+                Facts {
+                    connected: false,
+                    alternative: false,
+                    ..f(Network)
+                },
+                MS500,
+                true,
+                None,
+            ),
+            (
+                "cut after content",
+                Facts {
+                    progressed: true,
+                    ..f(Network)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "malformed stream",
+                Facts {
+                    healthy: false,
+                    ..f(Malformed)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "failed probe",
+                Facts {
+                    probe: true,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "failed probe alone",
+                Facts {
+                    probe: true,
+                    alternative: false,
+                    ..f(ServerError)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            // Stalls are re-routed: the watchdog already waited.
+            ("stall", f(Timeout), Next::FailOver, true, None),
+            (
+                "stall alone",
+                Facts {
+                    alternative: false,
+                    ..f(Timeout)
+                },
+                Next::FailOver,
+                true,
+                None,
+            ),
+            (
+                "stall pinned",
+                Facts {
+                    pinned: true,
+                    ..f(Timeout)
+                },
+                MS500,
+                true,
+                None,
+            ),
+            // Pins never fail over.
+            (
+                "500 pinned",
+                Facts {
+                    pinned: true,
+                    ..f(ServerError)
+                },
+                MS500,
+                true,
+                None,
+            ),
+            (
+                "500 pinned, spent",
+                Facts {
+                    pinned: true,
+                    retries_here: 3,
+                    ..f(ServerError)
+                },
+                Next::Surface,
+                true,
+                None,
+            ),
+            // 4xx.
+            (
+                "400",
+                Facts {
+                    status: Some(400),
+                    ..f(BadRequest)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            (
+                "422",
+                Facts {
+                    status: Some(422),
+                    ..f(BadRequest)
+                },
+                Next::FailOver,
+                false,
+                None,
+            ),
+            (
+                "422 pinned",
+                Facts {
+                    status: Some(422),
+                    pinned: true,
+                    ..f(BadRequest)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            (
+                "context length",
+                f(ContextLength),
+                Next::FailOver,
+                false,
+                None,
+            ),
+            (
+                "context length pinned",
+                Facts {
+                    pinned: true,
+                    ..f(ContextLength)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            ("404", f(NotFound), Next::FailOver, true, None),
+            ("cancel", f(Cancelled), Next::Surface, false, None),
+            ("local resources", f(Internal), Next::Surface, false, None),
+        ];
+        for (case, facts, next, fault, pause) in rows {
+            let (n, e) = decide(&facts);
+            assert_eq!(n, next, "{case}: next");
+            assert_eq!(e.fault, fault, "{case}: fault");
+            assert_eq!(e.pause, pause, "{case}: pause");
+        }
+    }
+
+    #[test]
+    fn accounts_and_continuations() {
+        let (n, e) = decide(&facts(ErrorKind::Auth));
+        assert_eq!(
+            (n, e.disable, e.fault),
+            (Next::FailOver, Some(Disable::Auth), false)
+        );
+        let (n, e) = decide(&facts(ErrorKind::Billing));
+        assert_eq!((n, e.disable), (Next::FailOver, Some(Disable::Billing)));
+        let pinned = Facts {
+            pinned: true,
+            ..facts(ErrorKind::Billing)
+        };
+        assert_eq!(decide(&pinned).0, Next::Surface);
+        // A 400 on a continuation restarts on the same provider; only an explicit prefill
+        // rejection is remembered.
+        let cont = Facts {
+            continuation: true,
+            status: Some(400),
+            ..facts(ErrorKind::BadRequest)
+        };
+        assert_eq!(decide(&cont), (Next::Restart, Effect::default()));
+        let rejected = Facts {
+            prefill_rejected: true,
+            ..cont.clone()
+        };
+        assert!(decide(&rejected).1.no_prefill);
+        // A context-length 400 on a continuation is not a prefill rejection.
+        let long = Facts {
+            continuation: true,
+            ..facts(ErrorKind::ContextLength)
+        };
+        assert_eq!(decide(&long), (Next::FailOver, Effect::default()));
+    }
+}

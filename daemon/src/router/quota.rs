@@ -1,0 +1,464 @@
+//! Pacing by the quotas providers announce.
+//!
+//! Each response tells how much of each quota is left and when it is whole again
+//! ([`crate::provider::ratelimit`]). Between two announcements the estimate moves two ways:
+//!
+//! - **down** by what this daemon sent since: every attempt reserves its estimated cost (one
+//!   request; prompt tokens plus `max_tokens`) when it is dispatched, and the reservation stays
+//!   counted until a response the provider produced *after* receiving it is read (then the
+//!   provider's own figure includes it);
+//! - **up** as the quota refills: providers use token buckets, so by default the estimate
+//!   refills steadily from the announced remainder to the limit at the announced reset. A `429`
+//!   that arrives while the estimate said there was room proves the refill is not steady (a fixed
+//!   window), and from then on capacity is only assumed back at the reset itself.
+//!
+//! A provider that has never answered yet may announce quotas we do not know: until its first
+//! response, only one request at a time is sent to it, so a burst of 50 does not become 50
+//! upstream `429`s. A provider whose successful answers carry no quota headers is not paced.
+//!
+//! Running out of quota is not a fault: it never touches the success rate or the breaker. The
+//! router skips a provider whose estimate cannot take a request and comes back to it exactly when
+//! the estimate says the quota has room again.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::provider::ratelimit::{QuotaKind, RateLimits};
+
+/// What one request is expected to take from each quota, indexed by [`QuotaKind::index`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost(pub [f64; 4]);
+
+impl Cost {
+    /// One request of `input_tokens` (estimated) that may produce up to `max_tokens`. Token
+    /// quotas count `max_tokens` up front, as OpenAI and Anthropic do when they admit a request.
+    pub fn request(input_tokens: u64, max_tokens: u32) -> Cost {
+        let (i, o) = (input_tokens as f64, f64::from(max_tokens));
+        Cost([1.0, i + o, i, o])
+    }
+
+    fn get(&self, kind: QuotaKind) -> f64 {
+        self.0[kind.index()]
+    }
+}
+
+/// One quota as last announced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bucket {
+    limit: Option<f64>,
+    /// Announced remainder at `observed`.
+    remaining: f64,
+    observed: Instant,
+    /// When the provider said the quota is whole again.
+    reset_at: Option<Instant>,
+}
+
+/// Whether, and when, a provider's quotas can take a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Room {
+    /// Now.
+    Now,
+    /// Not before this instant.
+    At(Instant),
+    /// When requests already sent to it are answered (its first response is awaited, or its
+    /// remainder is all reserved by requests in flight).
+    AfterPending,
+    /// Never: the request is larger than the quota itself.
+    Never,
+}
+
+/// The quota estimate of one provider.
+#[derive(Debug, Clone, Default)]
+pub struct Quota {
+    buckets: [Option<Bucket>; 4],
+    /// Reservations the provider's last figures do not include: (sequence number, cost).
+    pending: Vec<(u64, Cost)>,
+    next_seq: u64,
+    /// Sequence number of the request whose response gave the current figures.
+    observed_seq: Option<u64>,
+    /// The provider asked for a pause (a `429`, or a `503` with `Retry-After`) until then.
+    blocked_until: Option<Instant>,
+    /// `None` until a successful response shows whether the provider announces quotas.
+    announces: Option<bool>,
+    /// A 429 showed that capacity comes back at the reset, not steadily before it.
+    fixed_window: bool,
+}
+
+impl Quota {
+    /// Count a request dispatched now; returns its reservation's sequence number.
+    pub fn reserve(&mut self, cost: Cost) -> u64 {
+        self.next_seq += 1;
+        self.pending.push((self.next_seq, cost));
+        self.next_seq
+    }
+
+    /// The request `seq` is over; if no response of the provider counted it, stop counting it.
+    pub fn settle(&mut self, seq: u64) {
+        self.pending.retain(|(s, _)| *s != seq);
+    }
+
+    /// Take in what the response to request `seq` announced at `now`. `success` tells a normal
+    /// answer from an error response (whose missing headers prove nothing).
+    pub fn observe(&mut self, seq: u64, limits: &RateLimits, success: bool, now: Instant) {
+        if limits.announces() {
+            self.announces = Some(true);
+        } else if success && self.announces.is_none() {
+            self.announces = Some(false);
+        }
+        // The provider counted `seq` and, roughly, everything sent before it.
+        self.pending.retain(|(s, _)| *s > seq);
+        if self.observed_seq.is_some_and(|o| o > seq) {
+            // A slower response to an older request: its figures are stale.
+            return;
+        }
+        let mut any = false;
+        for kind in QuotaKind::ALL {
+            let Some(a) = limits.get(kind) else { continue };
+            let Some(remaining) = a.remaining else {
+                continue;
+            };
+            any = true;
+            self.buckets[kind.index()] = Some(Bucket {
+                limit: a.limit.map(|l| l as f64),
+                remaining: remaining as f64,
+                observed: now,
+                reset_at: a.reset_in.map(|d| now + d),
+            });
+        }
+        if any {
+            self.observed_seq = Some(seq);
+        }
+    }
+
+    /// The provider answered `429`: it has no room until `until`. If the estimate said it had,
+    /// the estimate was too generous: assume fixed windows from now on.
+    pub fn rate_limited(&mut self, cost: Cost, until: Instant, now: Instant) {
+        if self.room_ignoring_block(cost, now) == Room::Now && self.announces == Some(true) {
+            self.fixed_window = true;
+        }
+        self.block(until);
+    }
+
+    /// No request before `until` (a `Retry-After`).
+    pub fn block(&mut self, until: Instant) {
+        self.blocked_until = Some(self.blocked_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// When the provider asked not to be called before.
+    pub fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        self.blocked_until.filter(|&t| t > now)
+    }
+
+    /// Forget a pause and what was learnt about the windows (`mythos reset`).
+    pub fn clear_block(&mut self) {
+        self.blocked_until = None;
+        self.fixed_window = false;
+    }
+
+    /// Whether a request of `cost` fits now, and if not, when it will.
+    pub fn room(&self, cost: Cost, now: Instant) -> Room {
+        match self.blocked_until(now) {
+            Some(t) => match self.room_ignoring_block(cost, t) {
+                Room::Now => Room::At(t),
+                other => other,
+            },
+            None => self.room_ignoring_block(cost, now),
+        }
+    }
+
+    fn room_ignoring_block(&self, cost: Cost, now: Instant) -> Room {
+        if self.announces.is_none() && !self.pending.is_empty() {
+            return Room::AfterPending;
+        }
+        let mut at: Option<Instant> = None;
+        for kind in QuotaKind::ALL {
+            let Some(b) = self.buckets[kind.index()] else {
+                continue;
+            };
+            let reserved: f64 = self.pending.iter().map(|(_, c)| c.get(kind)).sum();
+            let need = cost.get(kind) + reserved;
+            if b.limit.is_some_and(|l| cost.get(kind) > l) {
+                return Room::Never;
+            }
+            if self.level(&b, now) >= need {
+                continue;
+            }
+            match self.time_to(&b, need, now) {
+                Some(t) => at = Some(at.map_or(t, |a| a.max(t))),
+                // Only requests in flight hold the room: it comes back when they are answered.
+                None => return Room::AfterPending,
+            }
+        }
+        match at {
+            None => Room::Now,
+            Some(t) => Room::At(t),
+        }
+    }
+
+    /// Estimated quota level at `now` (before our pending reservations).
+    fn level(&self, b: &Bucket, now: Instant) -> f64 {
+        match (b.reset_at, b.limit) {
+            (Some(reset), limit) if now >= reset => limit.unwrap_or(f64::INFINITY),
+            (Some(reset), Some(limit)) if !self.fixed_window && reset > b.observed => {
+                let done = (now - b.observed).as_secs_f64() / (reset - b.observed).as_secs_f64();
+                b.remaining + (limit - b.remaining).max(0.0) * done.clamp(0.0, 1.0)
+            }
+            _ => b.remaining,
+        }
+    }
+
+    /// When the level reaches `need`, if refills are known to get it there.
+    fn time_to(&self, b: &Bucket, need: f64, now: Instant) -> Option<Instant> {
+        let reset = b.reset_at?;
+        if reset <= now {
+            // Whole again, and still short: only our own reservations are in the way.
+            return None;
+        }
+        match b.limit {
+            Some(limit) if need > limit => None,
+            Some(limit) if !self.fixed_window && limit > b.remaining && reset > b.observed => {
+                // Steady refill from `remaining` at `observed` to `limit` at `reset`.
+                let span = (reset - b.observed).as_secs_f64();
+                let frac = ((need - b.remaining) / (limit - b.remaining)).clamp(0.0, 1.0);
+                Some((b.observed + Duration::from_secs_f64(span * frac)).max(now))
+            }
+            _ => Some(reset),
+        }
+    }
+
+    /// Every announced quota as estimated now: (kind, remaining, limit, whole again in).
+    pub fn report(&self, now: Instant) -> Vec<(QuotaKind, u64, Option<u64>, Option<Duration>)> {
+        QuotaKind::ALL
+            .iter()
+            .filter_map(|&kind| {
+                let b = self.buckets[kind.index()]?;
+                let reserved: f64 = self.pending.iter().map(|(_, c)| c.get(kind)).sum();
+                let level = self.level(&b, now);
+                let left = if level.is_finite() {
+                    (level - reserved).max(0.0) as u64
+                } else {
+                    b.limit.unwrap_or(0.0) as u64
+                };
+                let reset = b.reset_at.filter(|&t| t > now).map(|t| t - now);
+                Some((kind, left, b.limit.map(|l| l as u64), reset))
+            })
+            .collect()
+    }
+
+    /// Snapshot for persistence, with instants as Unix milliseconds.
+    pub fn save(&self, now: Instant, now_unix_ms: u64) -> SavedQuota {
+        let to_unix = |t: Instant| {
+            if t >= now {
+                now_unix_ms + (t - now).as_millis() as u64
+            } else {
+                now_unix_ms.saturating_sub((now - t).as_millis() as u64)
+            }
+        };
+        SavedQuota {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| {
+                    b.map(|b| SavedBucket {
+                        limit: b.limit,
+                        remaining: b.remaining,
+                        observed_unix_ms: to_unix(b.observed),
+                        reset_unix_ms: b.reset_at.map(to_unix),
+                    })
+                })
+                .collect(),
+            blocked_until_unix_ms: self.blocked_until(now).map(to_unix),
+            announces: self.announces,
+            fixed_window: self.fixed_window,
+        }
+    }
+
+    /// Restore what [`Quota::save`] wrote (requests in flight then are over now).
+    pub fn restore(saved: &SavedQuota, now: Instant, now_unix_ms: u64) -> Quota {
+        let from_unix = |ms: u64| {
+            if ms >= now_unix_ms {
+                now + Duration::from_millis(ms - now_unix_ms)
+            } else {
+                now.checked_sub(Duration::from_millis(now_unix_ms - ms))
+                    .unwrap_or(now)
+            }
+        };
+        let mut q = Quota {
+            announces: saved.announces,
+            fixed_window: saved.fixed_window,
+            blocked_until: saved
+                .blocked_until_unix_ms
+                .filter(|&ms| ms > now_unix_ms)
+                .map(from_unix),
+            ..Quota::default()
+        };
+        for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
+            *slot = b.as_ref().map(|b| Bucket {
+                limit: b.limit,
+                remaining: b.remaining,
+                observed: from_unix(b.observed_unix_ms),
+                reset_at: b.reset_unix_ms.map(from_unix),
+            });
+        }
+        q
+    }
+}
+
+/// Persisted form of a [`Quota`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedQuota {
+    /// Buckets by [`QuotaKind::index`].
+    pub buckets: Vec<Option<SavedBucket>>,
+    /// The provider asked for a pause until then.
+    pub blocked_until_unix_ms: Option<u64>,
+    /// Whether its answers carry quota headers, once known.
+    pub announces: Option<bool>,
+    /// Capacity comes back at the reset only.
+    pub fixed_window: bool,
+}
+
+/// Persisted form of one quota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedBucket {
+    /// Limit per window.
+    pub limit: Option<f64>,
+    /// Remainder when announced.
+    pub remaining: f64,
+    /// When it was announced.
+    pub observed_unix_ms: u64,
+    /// When it is whole again.
+    pub reset_unix_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ratelimit::Announced;
+
+    fn limits(req: (u64, u64, u64), tok: Option<(u64, u64, u64)>) -> RateLimits {
+        let a = |(limit, remaining, reset_ms): (u64, u64, u64)| Announced {
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset_in: Some(Duration::from_millis(reset_ms)),
+        };
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::Requests.index()] = Some(a(req));
+        r.quotas[QuotaKind::Tokens.index()] = tok.map(a);
+        r
+    }
+
+    const ONE: Cost = Cost([1.0, 100.0, 60.0, 40.0]);
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_provider_gets_one_request_until_it_answers() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        assert_eq!(q.room(ONE, now), Room::Now);
+        let first = q.reserve(ONE);
+        assert_eq!(q.room(ONE, now), Room::AfterPending);
+        // It answered without quota headers: not paced at all.
+        q.observe(first, &RateLimits::default(), true, now);
+        for _ in 0..100 {
+            q.reserve(ONE);
+        }
+        assert_eq!(q.room(ONE, now), Room::Now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reservations_count_until_the_provider_has_seen_them() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s1 = q.reserve(ONE);
+        // 3 requests left of 10, whole again in 7 s (steady: one back every second).
+        q.observe(s1, &limits((10, 3, 7_000), None), true, now);
+        let s2 = q.reserve(ONE);
+        let _s3 = q.reserve(ONE);
+        let _s4 = q.reserve(ONE);
+        // Three sent since the figure: none left now, the next one back in a second.
+        assert_eq!(q.room(ONE, now), Room::At(now + Duration::from_secs(1)));
+        // The provider's answer to s2 includes s2 itself: 2 left by its count, 2 of ours pending.
+        q.observe(s2, &limits((10, 2, 8_000), None), true, now);
+        assert_eq!(q.room(ONE, now), Room::At(now + Duration::from_secs(1)));
+        // A request that never reached the provider (connect error) stops counting.
+        q.settle(_s4);
+        assert_eq!(q.room(ONE, now), Room::Now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_refill_until_a_429_proves_a_fixed_window() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((60, 0, 60_000), None), true, now);
+        // A token bucket: one request back per second.
+        assert_eq!(q.room(ONE, now), Room::At(now + Duration::from_secs(1)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(q.room(ONE, later), Room::Now);
+        // The provider disagrees: 429 until the window ends.
+        q.rate_limited(ONE, now + Duration::from_secs(60), later);
+        assert_eq!(q.room(ONE, later), Room::At(now + Duration::from_secs(60)));
+        // From now on, room only at a reset.
+        let s = q.reserve(ONE);
+        let t = now + Duration::from_secs(60);
+        q.observe(s, &limits((60, 0, 60_000), None), true, t);
+        assert_eq!(
+            q.room(ONE, t + Duration::from_secs(1)),
+            Room::At(t + Duration::from_secs(60))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_quota_counts_prompt_and_max_tokens() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(
+            s,
+            &limits((100, 50, 1_000), Some((10_000, 5_000, 10_000))),
+            true,
+            now,
+        );
+        let big = Cost::request(3_000, 4_096);
+        // 7,096 tokens wanted, 5,000 left, refilling 500/s: about 4.2 s.
+        match q.room(big, now) {
+            Room::At(t) => {
+                let wait = (t - now).as_millis();
+                assert!((4_150..=4_250).contains(&wait), "{wait}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Larger than the whole quota: never.
+        assert_eq!(q.room(Cost::request(9_000, 4_096), now), Room::Never);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_figures_do_not_overwrite_newer_ones() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let a = q.reserve(ONE);
+        let b = q.reserve(ONE);
+        q.observe(b, &limits((10, 0, 10_000), None), true, now);
+        q.observe(a, &limits((10, 9, 10_000), None), true, now);
+        assert!(matches!(q.room(ONE, now), Room::At(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn survives_a_restart() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((10, 0, 10_000), None), true, now);
+        q.block(now + Duration::from_secs(5));
+        let saved = q.save(now, 1_000_000);
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: SavedQuota = serde_json::from_str(&json).unwrap();
+        // Two seconds later, in a new process.
+        let now2 = now + Duration::from_secs(2);
+        let r = Quota::restore(&back, now2, 1_002_000);
+        assert_eq!(r.blocked_until(now2), Some(now + Duration::from_secs(5)));
+        assert_eq!(r.announces, Some(true));
+        assert_eq!(r.room(ONE, now2), Room::At(now + Duration::from_secs(5)));
+    }
+}
