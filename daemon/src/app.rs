@@ -14,7 +14,7 @@ use crate::config::{Api, Config, ProviderConfig, Secret};
 use crate::provider::{http_client, HttpTransport};
 use crate::router::{RecordSink, RoutedProvider, Router};
 use crate::server::Context;
-use crate::sim::{Flavor, SimOptions, SimProvider};
+use crate::sim::{Flavor, SimOptions, SimProvider, SimQuota};
 use crate::state::StateStore;
 
 /// Options of one daemon run.
@@ -28,12 +28,35 @@ pub struct Options {
     pub simulate: bool,
 }
 
-/// Built-in simulated providers: (name, flavor, priority, model, $/Mtok in, $/Mtok out).
+/// Built-in simulated providers: (name, flavor, priority, $/Mtok in, $/Mtok out).
 const SIMS: [(&str, Flavor, u32, f64, f64); 3] = [
     ("sim-anthropic", Flavor::Anthropic, 0, 3.0, 15.0),
     ("sim-deepseek", Flavor::DeepSeek, 1, 0.28, 0.42),
     ("sim-openai", Flavor::OpenAi, 2, 2.5, 10.0),
 ];
+
+/// Per-minute quotas the built-in simulated providers announce, like the real ones at an
+/// entry tier (DeepSeek announces none: it keeps slow connections open instead).
+fn sim_quota(flavor: Flavor) -> Option<SimQuota> {
+    let minute = Duration::from_secs(60);
+    match flavor {
+        Flavor::Anthropic => Some(SimQuota {
+            requests: Some(50),
+            tokens: None,
+            input_tokens: Some(200_000),
+            output_tokens: Some(80_000),
+            window: minute,
+        }),
+        Flavor::OpenAi => Some(SimQuota {
+            requests: Some(500),
+            tokens: Some(200_000),
+            input_tokens: None,
+            output_tokens: None,
+            window: minute,
+        }),
+        Flavor::DeepSeek => None,
+    }
+}
 
 /// Start the simulated providers on loopback and describe them as provider configs.
 pub async fn start_sims() -> std::io::Result<(Vec<ProviderConfig>, HashMap<String, SimProvider>)> {
@@ -41,7 +64,8 @@ pub async fn start_sims() -> std::io::Result<(Vec<ProviderConfig>, HashMap<Strin
     let mut sims = HashMap::new();
     for (name, flavor, priority, p_in, p_out) in SIMS {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let opts = SimOptions::new(name, flavor);
+        let mut opts = SimOptions::new(name, flavor);
+        opts.quota = sim_quota(flavor);
         let model = opts.model.clone();
         let sim = SimProvider::start(listener, opts).await?;
         let api = match flavor {

@@ -419,6 +419,8 @@ pub enum Refusal {
         reason: String,
         /// When the first one is expected back, if known.
         back_at: Option<Instant>,
+        /// The request waited all the time it was allowed.
+        timed_out: bool,
     },
 }
 
@@ -449,7 +451,11 @@ pub fn try_acquire(
     let (eta, reason) = match b.outlook(want, now) {
         Outlook::Never { reason } => {
             let back_at = None;
-            return Err(Refusal::NoCapacity { reason, back_at });
+            return Err(Refusal::NoCapacity {
+                reason,
+                back_at,
+                timed_out: false,
+            });
         }
         Outlook::Wait {
             eta: Some(t),
@@ -458,6 +464,7 @@ pub fn try_acquire(
             return Err(Refusal::NoCapacity {
                 reason,
                 back_at: Some(t),
+                timed_out: false,
             })
         }
         Outlook::Wait { eta, reason } => (eta, reason),
@@ -498,7 +505,11 @@ impl Ticket {
             r = &mut self.rx => return match r {
                 Ok(lease) => Ok(Some(lease)),
                 // The queue dropped us (it never does while we are in it): refuse plainly.
-                Err(_) => Err(Refusal::NoCapacity { reason: self.reason.clone(), back_at: self.eta }),
+                Err(_) => Err(Refusal::NoCapacity {
+                    reason: self.reason.clone(),
+                    back_at: self.eta,
+                    timed_out: false,
+                }),
             },
             _ = tokio::time::sleep_until(wake) => {}
         }
@@ -510,10 +521,12 @@ impl Ticket {
                 _ if now >= deadline => Some(Refusal::NoCapacity {
                     reason: self.reason.clone(),
                     back_at: self.eta,
+                    timed_out: true,
                 }),
                 Outlook::Never { reason } => Some(Refusal::NoCapacity {
                     reason,
                     back_at: None,
+                    timed_out: false,
                 }),
                 Outlook::Wait {
                     eta: Some(t),
@@ -521,6 +534,7 @@ impl Ticket {
                 } if t > deadline => Some(Refusal::NoCapacity {
                     reason,
                     back_at: Some(t),
+                    timed_out: false,
                 }),
                 Outlook::Wait { eta, reason } => {
                     self.eta = eta;

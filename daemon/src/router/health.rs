@@ -10,7 +10,8 @@
 //!   success), as decaying counts over a prior: it ranks providers;
 //! - **breaker window**, one sample per attempt: the breaker opens only on repeated faults (at
 //!   least [`BREAKER_MIN_FAULTS`] of the last [`BREAKER_WINDOW`] attempts within
-//!   [`BREAKER_HORIZON`], with under [`BREAKER_MAX_SUCCESS`] of them successful);
+//!   [`BREAKER_HORIZON`], with under [`BREAKER_MAX_SUCCESS`] of them, and of the attempts still
+//!   streaming, successful);
 //! - **quota**, from the provider's own headers ([`super::quota`]): running out is not a fault.
 
 use std::collections::VecDeque;
@@ -469,8 +470,14 @@ impl HealthBook {
             return None;
         }
         p.failures += 1;
+        // Under load, failures come back in milliseconds while good answers take seconds: the
+        // last attempts to end are not a fair sample. Attempts still streaming (besides this
+        // one) count as not failed, so a burst of fast errors among many healthy streams does
+        // not open the breaker, while a provider that fails everything soon has none left.
+        let others_streaming = p.in_flight.saturating_sub(1) as usize;
         let faults = p.recent.iter().filter(|(_, f)| *f).count();
-        let success_share = (p.recent.len() - faults) as f64 / p.recent.len() as f64;
+        let success_share = (p.recent.len() - faults + others_streaming) as f64
+            / (p.recent.len() + others_streaming) as f64;
         let repeated = faults >= BREAKER_MIN_FAULTS && success_share < BREAKER_MAX_SUCCESS;
         let failed_probe = probe && matches!(p.breaker, Breaker::HalfOpen { .. });
         (repeated || failed_probe).then(|| self.trip(i, now))
@@ -920,6 +927,24 @@ mod tests {
             let t = now + BREAKER_HORIZON.mul_f64(0.3) * n as u32;
             assert_eq!(book.record_attempt(0, true, false, t), None, "fault {n}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_failures_among_many_healthy_streams_do_not_trip() {
+        let mut book = book(1);
+        let now = Instant::now();
+        // 64 streams start; the first five to end are fast 502s.
+        book.providers[0].in_flight = 64;
+        for _ in 0..5 {
+            assert_eq!(book.record_attempt(0, true, false, now), None);
+            book.providers[0].in_flight -= 1;
+        }
+        // A provider failing everything trips once its streams are gone.
+        for _ in 0..59 {
+            book.providers[0].in_flight -= 1;
+        }
+        book.providers[0].in_flight = 1;
+        assert!(book.record_attempt(0, true, false, now).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -600,14 +600,18 @@ impl Router {
             let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
                 Ok(lease) => lease,
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
-                Err(Refusal::NoCapacity { reason, back_at }) => {
+                Err(Refusal::NoCapacity {
+                    reason,
+                    back_at,
+                    timed_out,
+                }) => {
                     if let Some(i) = same.take() {
                         // The provider to retry cannot be had in time: go elsewhere.
                         push_once(&mut j.tried_round, i);
                         continue;
                     }
                     if j.errors.is_empty() {
-                        break 'request Err(self.no_capacity(&reason, back_at));
+                        break 'request Err(self.no_capacity(&reason, back_at, timed_out));
                     }
                     // Nothing can take it within the wait left: report what went wrong.
                     j.back_at = back_at;
@@ -883,8 +887,18 @@ impl Router {
     }
 
     /// The error for a request no provider could take within the wait allowed.
-    fn no_capacity(&self, reason: &str, back_at: Option<Instant>) -> Failure {
+    fn no_capacity(&self, reason: &str, back_at: Option<Instant>, timed_out: bool) -> Failure {
         match back_at {
+            None if timed_out => (
+                ProviderError::new(
+                    ErrorKind::AllCoolingDown,
+                    format!(
+                        "waited {} and no provider could take this request ({reason})",
+                        human(self.cfg.max_queue_wait)
+                    ),
+                ),
+                None,
+            ),
             Some(t) => (
                 ProviderError::new(
                     ErrorKind::AllCoolingDown,

@@ -5,8 +5,10 @@
 //!
 //! - **down** by what this daemon sent since: every attempt reserves its estimated cost (one
 //!   request; prompt tokens plus `max_tokens`) when it is dispatched, and the reservation stays
-//!   counted until a response the provider produced *after* receiving it is read (then the
-//!   provider's own figure includes it);
+//!   counted until the provider's answer to that very request is read. A figure from another
+//!   response may or may not include it (a request sent first can reach the provider last, on a
+//!   connection still being opened), so it is counted until then: an estimate that errs low
+//!   costs a little waiting, one that errs high costs a `429`. The newest figure read wins;
 //! - **up** as the quota refills: providers use token buckets, so by default the estimate
 //!   refills steadily from the announced remainder to the limit at the announced reset. A `429`
 //!   that arrives while the estimate said there was room proves the refill is not steady (a fixed
@@ -73,11 +75,9 @@ pub enum Room {
 #[derive(Debug, Clone, Default)]
 pub struct Quota {
     buckets: [Option<Bucket>; 4],
-    /// Reservations the provider's last figures do not include: (sequence number, cost).
+    /// Reservations whose own response has not been read: (sequence number, cost).
     pending: Vec<(u64, Cost)>,
     next_seq: u64,
-    /// Sequence number of the request whose response gave the current figures.
-    observed_seq: Option<u64>,
     /// The provider asked for a pause (a `429`, or a `503` with `Retry-After`) until then.
     blocked_until: Option<Instant>,
     /// `None` until a successful response shows whether the provider announces quotas.
@@ -107,28 +107,19 @@ impl Quota {
         } else if success && self.announces.is_none() {
             self.announces = Some(false);
         }
-        // The provider counted `seq` and, roughly, everything sent before it.
-        self.pending.retain(|(s, _)| *s > seq);
-        if self.observed_seq.is_some_and(|o| o > seq) {
-            // A slower response to an older request: its figures are stale.
-            return;
-        }
-        let mut any = false;
+        // The provider's figure includes `seq` itself.
+        self.settle(seq);
         for kind in QuotaKind::ALL {
             let Some(a) = limits.get(kind) else { continue };
             let Some(remaining) = a.remaining else {
                 continue;
             };
-            any = true;
             self.buckets[kind.index()] = Some(Bucket {
                 limit: a.limit.map(|l| l as f64),
                 remaining: remaining as f64,
                 observed: now,
                 reset_at: a.reset_in.map(|d| now + d),
             });
-        }
-        if any {
-            self.observed_seq = Some(seq);
         }
     }
 
@@ -367,22 +358,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn reservations_count_until_the_provider_has_seen_them() {
+    async fn reservations_count_until_their_own_answer_is_read() {
         let now = Instant::now();
         let mut q = Quota::default();
         let s1 = q.reserve(ONE);
         // 3 requests left of 10, whole again in 7 s (steady: one back every second).
         q.observe(s1, &limits((10, 3, 7_000), None), true, now);
         let s2 = q.reserve(ONE);
-        let _s3 = q.reserve(ONE);
-        let _s4 = q.reserve(ONE);
+        let s3 = q.reserve(ONE);
+        let s4 = q.reserve(ONE);
         // Three sent since the figure: none left now, the next one back in a second.
         assert_eq!(q.room(ONE, now), Room::At(now + Duration::from_secs(1)));
-        // The provider's answer to s2 includes s2 itself: 2 left by its count, 2 of ours pending.
+        // s3 went out first on a fresh connection; the answer to s2 may not count it: 2 left
+        // by the provider's count, s3 and s4 still counted by us.
         q.observe(s2, &limits((10, 2, 8_000), None), true, now);
         assert_eq!(q.room(ONE, now), Room::At(now + Duration::from_secs(1)));
+        // s3's answer: 1 left, counting s3; s4 may or may not be in it, so it still counts.
+        q.observe(s3, &limits((10, 1, 9_000), None), true, now);
+        assert!(matches!(q.room(ONE, now), Room::At(_)));
         // A request that never reached the provider (connect error) stops counting.
-        q.settle(_s4);
+        q.settle(s4);
         assert_eq!(q.room(ONE, now), Room::Now);
     }
 
@@ -434,13 +429,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stale_figures_do_not_overwrite_newer_ones() {
+    async fn the_newest_figure_read_wins() {
         let now = Instant::now();
         let mut q = Quota::default();
         let a = q.reserve(ONE);
         let b = q.reserve(ONE);
-        q.observe(b, &limits((10, 0, 10_000), None), true, now);
-        q.observe(a, &limits((10, 9, 10_000), None), true, now);
+        // a was sent first but reached the provider last: its answer has the newer figure.
+        q.observe(b, &limits((10, 9, 10_000), None), true, now);
+        q.observe(a, &limits((10, 0, 10_000), None), true, now);
         assert!(matches!(q.room(ONE, now), Room::At(_)));
     }
 

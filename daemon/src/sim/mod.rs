@@ -12,6 +12,8 @@
 //! stream with tokio timers, so a paused clock drives it too.
 
 mod answer;
+mod chaos;
+mod quota;
 mod wire;
 
 use std::collections::VecDeque;
@@ -30,6 +32,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use answer::{answer_for, chunk_answer};
+pub use chaos::SimChaos;
+pub use quota::SimQuota;
 use wire::{Plan, Step};
 
 /// Which wire format a simulated provider speaks.
@@ -60,6 +64,12 @@ pub struct SimOptions {
     pub keep_alive_every: Duration,
     /// When set, requests must carry exactly this key.
     pub expect_key: Option<String>,
+    /// Quotas enforced and announced in the response headers.
+    pub quota: Option<SimQuota>,
+    /// Random faults for requests with no fault queued.
+    pub chaos: Option<SimChaos>,
+    /// Seed of the chaos generator.
+    pub seed: u64,
 }
 
 impl SimOptions {
@@ -78,6 +88,9 @@ impl SimOptions {
             token_delay: Duration::from_millis(25),
             keep_alive_every: Duration::from_millis(50),
             expect_key: None,
+            quota: None,
+            chaos: None,
+            seed: 1,
         }
     }
 }
@@ -87,6 +100,10 @@ impl SimOptions {
 pub struct SimStats {
     /// Requests received.
     pub requests: u64,
+    /// Requests refused with a `429` because a quota was spent (not counting injected ones).
+    pub over_quota: u64,
+    /// Requests served within the quota (refusals for other reasons included).
+    pub admitted: u64,
     /// Streams that sent their terminator.
     pub completed: u64,
     /// Streams the client left before the script was over.
@@ -109,6 +126,8 @@ pub struct RecordedRequest {
 struct Inner {
     opts: Mutex<SimOptions>,
     faults: Mutex<VecDeque<SimFault>>,
+    limiter: Mutex<Option<quota::Limiter>>,
+    rng: Mutex<fastrand::Rng>,
     stats: Mutex<SimStats>,
     aborted: watch::Sender<u64>,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -137,9 +156,14 @@ impl SimProvider {
     ) -> std::io::Result<SimProvider> {
         let addr = listener.local_addr()?;
         let flavor = opts.flavor;
+        let limiter = opts
+            .quota
+            .map(|q| quota::Limiter::new(&q, tokio::time::Instant::now()));
         let inner = Arc::new(Inner {
+            rng: Mutex::new(fastrand::Rng::with_seed(opts.seed)),
             opts: Mutex::new(opts),
             faults: Mutex::new(VecDeque::new()),
+            limiter: Mutex::new(limiter),
             stats: Mutex::new(SimStats::default()),
             aborted: watch::channel(0).0,
             requests: Mutex::new(Vec::new()),
@@ -182,6 +206,23 @@ impl SimProvider {
     /// Queue faults; each request takes the next one.
     pub fn inject(&self, faults: impl IntoIterator<Item = SimFault>) {
         Inner::lock(&self.inner.faults).extend(faults);
+    }
+
+    /// Enforce and announce `quota` from now on (full buckets), or stop (`None`).
+    pub fn set_quota(&self, quota: Option<SimQuota>) {
+        *Inner::lock(&self.inner.limiter) =
+            quota.map(|q| quota::Limiter::new(&q, tokio::time::Instant::now()));
+        Inner::lock(&self.inner.opts).quota = quota;
+    }
+
+    /// Fail later requests at random with `chaos` (`None`: stop).
+    pub fn set_chaos(&self, chaos: Option<SimChaos>) {
+        Inner::lock(&self.inner.opts).chaos = chaos;
+    }
+
+    /// Restart the chaos generator from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        *Inner::lock(&self.inner.rng) = fastrand::Rng::with_seed(seed);
     }
 
     /// Change the delays of later requests.
@@ -317,9 +358,33 @@ async fn handle(
         );
     }
 
-    let fault = Inner::lock(&inner.faults).pop_front();
+    // Quotas first, as a real provider checks them before it does any work.
+    let mut quota_headers = HeaderMap::new();
+    {
+        let mut limiter = Inner::lock(&inner.limiter);
+        if let Some(limiter) = limiter.as_mut() {
+            let cost = wire::cost(&json);
+            let admitted = limiter.admit(cost, tokio::time::Instant::now());
+            limiter.announce(opts.flavor, &mut quota_headers);
+            if let Err(wait) = admitted {
+                Inner::lock(&inner.stats).over_quota += 1;
+                let mut resp = wire::rate_limited(opts.flavor, wait);
+                resp.headers_mut().extend(quota_headers);
+                return resp;
+            }
+            Inner::lock(&inner.stats).admitted += 1;
+        }
+    }
+    let fault = Inner::lock(&inner.faults).pop_front().or_else(|| {
+        opts.chaos
+            .and_then(|c| c.roll(&mut Inner::lock(&inner.rng)))
+    });
     let plan = match wire::plan(&opts, &json, fault) {
-        Plan::Respond(r) => return r,
+        Plan::Respond(mut r) => {
+            // Real providers announce their quotas on error responses too.
+            r.headers_mut().extend(quota_headers);
+            return r;
+        }
         Plan::Stream(steps) => steps,
     };
     Inner::lock(&inner.stats).active += 1;
@@ -358,7 +423,7 @@ async fn handle(
             }
         },
     );
-    (
+    let mut resp = (
         StatusCode::OK,
         [
             ("content-type", "text/event-stream"),
@@ -366,7 +431,9 @@ async fn handle(
         ],
         Body::from_stream(stream),
     )
-        .into_response()
+        .into_response();
+    resp.headers_mut().extend(quota_headers);
+    resp
 }
 #[cfg(test)]
 mod tests;

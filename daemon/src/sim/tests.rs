@@ -36,6 +36,7 @@ async fn sim(flavor: Flavor) -> (SimProvider, HttpTransport) {
 
 #[derive(Debug, Default)]
 struct Got {
+    limits: Option<crate::provider::ratelimit::RateLimits>,
     text: String,
     thinking: String,
     tool_args: String,
@@ -64,6 +65,7 @@ async fn run(
             Ok(Delta::ToolCallArgs { json, .. }) => g.tool_args.push_str(&json),
             Ok(Delta::Finish(f)) => g.finish = Some(f),
             Ok(Delta::KeepAlive) => g.keep_alives += 1,
+            Ok(Delta::RateLimits(l)) => g.limits = Some(*l),
             Ok(_) => {}
             Err(e) => {
                 g.error = Some(e);
@@ -250,4 +252,44 @@ async fn tool_calls_stream_their_arguments() {
         let v: serde_json::Value = serde_json::from_str(&g.tool_args).unwrap();
         assert_eq!(v["text"], answer_for("call: write it"));
     }
+}
+
+#[tokio::test]
+async fn quotas_are_enforced_and_announced_in_each_format() {
+    use crate::provider::ratelimit::QuotaKind;
+    for flavor in ALL {
+        let (s, t) = sim(flavor).await;
+        s.set_quota(Some(SimQuota::requests(2, Duration::from_secs(60))));
+        let chat = ChatRequest::user_text(1, "count me");
+        let g = run(&t, &chat, None).await.unwrap();
+        let req = *g.limits.unwrap().get(QuotaKind::Requests).unwrap();
+        assert_eq!((req.limit, req.remaining), (Some(2), Some(1)), "{flavor:?}");
+        run(&t, &chat, None).await.unwrap();
+        // The third in the same minute: 429, saying when, with the quota headers.
+        let e = run(&t, &chat, None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RateLimited, "{flavor:?}");
+        let wait = e.retry_after.unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        let limits = e.limits.unwrap();
+        assert_eq!(limits.get(QuotaKind::Requests).unwrap().remaining, Some(0));
+        assert_eq!(s.stats().over_quota, 1);
+    }
+}
+
+#[tokio::test]
+async fn chaos_fails_the_way_providers_do() {
+    let (s, t) = sim(Flavor::OpenAi).await;
+    s.set_chaos(Some(SimChaos {
+        bad_gateway: 1.0,
+        ..SimChaos::default()
+    }));
+    let chat = ChatRequest::user_text(1, "x");
+    let e = run(&t, &chat, None).await.unwrap_err();
+    assert_eq!((e.kind, e.status), (ErrorKind::ServerError, Some(502)));
+    assert!(e.message.contains("502 Bad Gateway"), "{}", e.message);
+    s.set_chaos(None);
+    assert!(run(&t, &chat, None).await.unwrap().error.is_none());
 }

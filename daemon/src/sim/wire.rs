@@ -69,8 +69,51 @@ pub fn error(
     resp
 }
 
+/// A `429` for a spent quota, with the wait in `retry-after` (whole seconds) and
+/// `retry-after-ms`.
+pub fn rate_limited(flavor: Flavor, wait: Duration) -> Response {
+    let ty = if flavor == Flavor::Anthropic {
+        "rate_limit_error"
+    } else {
+        "rate_limit_exceeded"
+    };
+    let ms = (wait.as_millis() as u64).max(1);
+    error(
+        flavor,
+        429,
+        ty,
+        "Number of requests has exceeded your rate limit. Please try again later.",
+        Some(ms),
+    )
+}
+
+/// What a request costs against quotas: (input tokens, `max_tokens`), counting words as
+/// tokens.
+pub fn cost(req: &Value) -> (u64, u64) {
+    let mut words = req["system"]
+        .as_str()
+        .map_or(0, |s| s.split_whitespace().count());
+    for m in req["messages"].as_array().into_iter().flatten() {
+        words += text_of(&m["content"]).split_whitespace().count();
+    }
+    let max = req["max_tokens"]
+        .as_u64()
+        .or_else(|| req["max_completion_tokens"].as_u64())
+        .unwrap_or(4096);
+    (words as u64, max)
+}
+
 fn status_error(flavor: Flavor, code: u16) -> Response {
     let anthropic = flavor == Flavor::Anthropic;
+    if code == 502 {
+        // What a proxy in front of the provider sends: HTML, not the provider's JSON.
+        return (
+            StatusCode::BAD_GATEWAY,
+            [("content-type", "text/html")],
+            "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
+        )
+            .into_response();
+    }
     let (ty, msg) = match code {
         400 => ("invalid_request_error", "simulated bad request"),
         401 => ("authentication_error", "simulated invalid API key"),
