@@ -8,7 +8,9 @@
 //!   counted until the provider's answer to that very request is read. A figure from another
 //!   response may or may not include it (a request sent first can reach the provider last, on a
 //!   connection still being opened), so it is counted until then: an estimate that errs low
-//!   costs a little waiting, one that errs high costs a `429`. The newest figure read wins;
+//!   costs a little waiting, one that errs high costs a `429`. Answers also come back in
+//!   another order than the provider counted them, so of two figures for the same quota the
+//!   lower one (each refilled to now) is kept;
 //! - **up** as the quota refills: providers use token buckets, so by default the estimate
 //!   refills steadily from the announced remainder to the limit at the announced reset. A `429`
 //!   that arrives while the estimate said there was room proves the refill is not steady (a fixed
@@ -114,12 +116,22 @@ impl Quota {
             let Some(remaining) = a.remaining else {
                 continue;
             };
-            self.buckets[kind.index()] = Some(Bucket {
+            let fresh = Bucket {
                 limit: a.limit.map(|l| l as f64),
                 remaining: remaining as f64,
                 observed: now,
                 reset_at: a.reset_in.map(|d| now + d),
+            };
+            // An answer read later may carry an older count: keep the lower estimate, unless
+            // the limit changed or the kept figure's window is over.
+            let keep = self.buckets[kind.index()].is_some_and(|old| {
+                old.limit == fresh.limit
+                    && old.reset_at.is_some_and(|t| t > now)
+                    && self.level(&old, now) < fresh.remaining
             });
+            if !keep {
+                self.buckets[kind.index()] = Some(fresh);
+            }
         }
     }
 
@@ -429,15 +441,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_newest_figure_read_wins() {
+    async fn answers_read_out_of_order_keep_the_lower_count() {
         let now = Instant::now();
         let mut q = Quota::default();
         let a = q.reserve(ONE);
         let b = q.reserve(ONE);
-        // a was sent first but reached the provider last: its answer has the newer figure.
-        q.observe(b, &limits((10, 9, 10_000), None), true, now);
-        q.observe(a, &limits((10, 0, 10_000), None), true, now);
+        // The provider counted a, then b (0 left); b's answer is read first, a's last.
+        q.observe(b, &limits((10, 0, 10_000), None), true, now);
+        q.observe(a, &limits((10, 1, 9_000), None), true, now);
         assert!(matches!(q.room(ONE, now), Room::At(_)));
+        // A later window, or a new limit, is taken as it comes.
+        let c = q.reserve(ONE);
+        q.observe(c, &limits((20, 15, 10_000), None), true, now);
+        assert_eq!(q.room(ONE, now), Room::Now);
     }
 
     #[tokio::test(start_paused = true)]
