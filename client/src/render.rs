@@ -529,6 +529,7 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
             BreakerState::Open => Tint::Yellow,
             BreakerState::HalfOpen => Tint::Cyan,
             BreakerState::Unusable => Tint::Red,
+            BreakerState::RateLimited => Tint::Yellow,
         };
         table.row(vec![
             plain(&p.name),
@@ -1153,7 +1154,7 @@ mod tests {
 
     #[test]
     fn status_table() {
-        let mut cooling = provider("sim-anthropic", BreakerState::Open);
+        let mut cooling = provider("sim-anthropic", BreakerState::RateLimited);
         cooling.cooldown_left_ms = Some(58_200);
         cooling.last_error = Some("429 rate limited (retry after 60 s)".into());
         cooling.note = "rate limited, 59 s left".into();
@@ -1188,7 +1189,7 @@ mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
 simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY)
 
 PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  LIVE  QUOTA LEFT  WAIT
-sim-anthropic  cooling down  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3     0    0/50 req  59 s
+sim-anthropic  rate limited  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3     0    0/50 req  59 s
 sim-deepseek   healthy       sim-deepseek-model    97.1      99%  212 ms    1.2 s     1,200         3     3           -     -
 
 sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry after 60 s)
@@ -1196,7 +1197,7 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
         assert_eq!(text, expected);
         // Colour never changes the layout: strip the escapes and compare.
         let colored = status_text(&report, Style::COLOR);
-        assert!(colored.contains("\x1b[33mcooling down"));
+        assert!(colored.contains("\x1b[33mrate limited"));
         assert_eq!(strip_ansi(&colored), expected);
     }
 

@@ -93,6 +93,8 @@ pub enum BreakerState {
     /// Rejected our key (401/403) or our account (402, billing): unusable until the key
     /// changes or `mythos reset`; a billing failure also ends after a long cooldown.
     Unusable,
+    /// Healthy, but it asked for a pause (`429` with `Retry-After`): skipped until then.
+    RateLimited,
 }
 
 impl BreakerState {
@@ -103,6 +105,7 @@ impl BreakerState {
             BreakerState::Open => "cooling down",
             BreakerState::HalfOpen => "probing",
             BreakerState::Unusable => "unusable",
+            BreakerState::RateLimited => "rate limited",
         }
     }
 }

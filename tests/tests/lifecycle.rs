@@ -80,7 +80,7 @@ fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
 }
 
 /// A daemon on mocks whose Anthropic provider answered 429 with a 10-minute Retry-After.
-async fn anthropic_cooling_down() -> (Mocks, TestEnv, Daemon, RawClient) {
+async fn anthropic_paused() -> (Mocks, TestEnv, Daemon, RawClient) {
     let mocks = Mocks::start().await;
     let env = mocks.env();
     let daemon = env.start_daemon(&[]);
@@ -93,8 +93,8 @@ async fn anthropic_cooling_down() -> (Mocks, TestEnv, Daemon, RawClient) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_the_cooldown() {
-    let (mocks, env, daemon, c) = anthropic_cooling_down().await;
+async fn a_restart_keeps_the_pause() {
+    let (mocks, env, daemon, c) = anthropic_paused().await;
     let a = &mocks.anthropic;
     drop(c);
     assert!(daemon.stop().success());
@@ -103,7 +103,7 @@ async fn a_restart_keeps_the_cooldown() {
     let mut c = RawClient::connect(&env.socket).await;
     let s = c.status().await;
     let p = s.providers.iter().find(|p| p.name == "anthropic").unwrap();
-    assert_eq!(p.state, BreakerState::Open);
+    assert_eq!(p.state, BreakerState::RateLimited);
     assert!(p.cooldown_left_ms.unwrap() > 500_000);
     // A rate limit is a pause the provider asked for, not a fault.
     assert_eq!(p.failures, 0);
@@ -165,7 +165,7 @@ fn the_demo_shows_routing_and_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_and_keeps_health() {
-    let (mocks, env, daemon, mut c) = anthropic_cooling_down().await;
+    let (mocks, env, daemon, mut c) = anthropic_paused().await;
     let a = &mocks.anthropic;
 
     // Demote deepseek below openai and change its model; reload.
@@ -198,9 +198,9 @@ async fn sighup_reloads_the_config_and_keeps_health() {
             .priority,
         7
     );
-    // Health carried over: anthropic is still cooling down.
+    // Health carried over: anthropic is still paused.
     let p = s.providers.iter().find(|p| p.name == "anthropic").unwrap();
-    assert_eq!(p.state, BreakerState::Open);
+    assert_eq!(p.state, BreakerState::RateLimited);
     let ev = c.chat(ChatRequest::user_text(2, "after reload")).await;
     assert_eq!(mythos_tests::text_of(&ev), answer_for("after reload"));
     assert_eq!(a.stats().requests, 1);

@@ -123,7 +123,7 @@ async fn primary_429_with_long_retry_after_falls_back_at_once() {
         .find(|p| p["name"] == "anthropic")
         .expect("anthropic in status")
         .clone();
-    assert_eq!(a["state"], "open", "{a}");
+    assert_eq!(a["state"], "rate_limited", "{a}");
     assert!(a["cooldown_left_ms"].as_u64().unwrap() > 50_000, "{a}");
     assert!(a["cooldown_left_ms"].as_u64().unwrap() <= 60_000, "{a}");
     assert_eq!(a["failures"], 0, "a rate limit is no fault: {a}");

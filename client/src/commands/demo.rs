@@ -196,7 +196,7 @@ pub async fn run(g: &Globals) -> Result<u8, Failure> {
 async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
     let mut conn = daemon.connect().await?;
 
-    heading(style, "1/4", "A healthy request")?;
+    heading(style, "1/5", "A healthy request")?;
     let first = ask(
         &mut conn,
         style,
@@ -214,7 +214,7 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
     let primary = healthy(&report, &[]).unwrap_or_else(|| SIM_ANTHROPIC.to_string());
     heading(
         style,
-        "2/4",
+        "2/5",
         &format!("{primary} starts answering 429 Too Many Requests, retry after 60 s"),
     )?;
     inject(
@@ -231,7 +231,7 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
             style,
             &format!(
                 "mythos did not wait 60 s: it moved the request to {} {} after sending it, \
-                 and {} is cooling down.",
+                 and {} is paused for the minute it asked for.",
                 r.to,
                 match after.as_millis() {
                     0 => "less than a millisecond".to_string(),
@@ -247,7 +247,7 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
     let next = healthy(&report, &[&primary]).unwrap_or_else(|| SIM_DEEPSEEK.to_string());
     heading(
         style,
-        "3/4",
+        "3/5",
         &format!("{next} drops the connection after 12 tokens"),
     )?;
     inject(&mut conn, &next, SimFault::DisconnectAfter { tokens: 12 }).await?;
@@ -276,7 +276,49 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
         None => say(style, "No reroute was needed this time.")?,
     }
 
-    heading(style, "4/4", "What the daemon learned")?;
+    let report = status::fetch(&mut conn).await?;
+    let others: Vec<String> = report
+        .providers
+        .iter()
+        .filter(|p| p.state == BreakerState::Closed)
+        .map(|p| p.name.clone())
+        .collect();
+    heading(
+        style,
+        "4/5",
+        &format!(
+            "{} answer 429 too, retry after 3 s: nobody has capacity",
+            others.join(" and ")
+        ),
+    )?;
+    for p in &others {
+        inject(
+            &mut conn,
+            p,
+            SimFault::RateLimit {
+                retry_after_ms: 3_000,
+            },
+        )
+        .await?;
+    }
+    let t0 = Instant::now();
+    let fourth = ask(
+        &mut conn,
+        style,
+        "What happens when every provider is busy?",
+    )
+    .await?;
+    say(
+        style,
+        &format!(
+            "Instead of failing, the request waited in the queue, said why, and went out the \
+             moment {} had room again ({} in all).",
+            fourth.turn.provider.as_deref().unwrap_or("a provider"),
+            fmt_duration_ms(t0.elapsed().as_millis() as u64)
+        ),
+    )?;
+
+    heading(style, "5/5", "What the daemon learned")?;
     print(&format!("{}\n", style.dim("$ mythos status")))?;
     let report = status::fetch(&mut conn).await?;
     print(&status_text(&report, style))?;

@@ -569,7 +569,7 @@ impl HealthBook {
         let paused = p.quota.blocked_until(now).map(|t| t - now);
         match p.breaker {
             Breaker::Closed => match paused {
-                Some(d) => (BreakerState::Open, Some(d)),
+                Some(d) => (BreakerState::RateLimited, Some(d)),
                 None => (BreakerState::Closed, None),
             },
             Breaker::Open { until, .. } if until > now => (BreakerState::Open, Some(until - now)),

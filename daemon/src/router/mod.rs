@@ -610,6 +610,14 @@ impl Router {
                         push_once(&mut j.tried_round, i);
                         continue;
                     }
+                    if !j.tried_round.is_empty() {
+                        // Those left this round cannot be had in time, but the ones that just
+                        // failed may be back soon (a short Retry-After): next round.
+                        for i in want.candidates {
+                            push_once(&mut j.tried_round, i);
+                        }
+                        continue;
+                    }
                     if j.errors.is_empty() {
                         break 'request Err(self.no_capacity(&reason, back_at, timed_out));
                     }

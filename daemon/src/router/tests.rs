@@ -667,7 +667,7 @@ async fn rate_limit_fails_over_at_once_and_pauses_only_for_its_retry_after() {
     assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { from, to, mode: RerouteMode::Continue, .. } if from == "alpha" && to == "beta")));
     // Paused for what it asked, not a breaker cooldown; a rate limit is not a fault.
     let (state, left) = h.router.health().state_of(0, Instant::now());
-    assert_eq!(state, BreakerState::Open);
+    assert_eq!(state, BreakerState::RateLimited);
     assert!(left.unwrap() <= Duration::from_secs(2), "{left:?}");
     assert_eq!(h.router.health().providers[0].failures, 0);
     // Meanwhile other requests skip it without a call...
@@ -1150,6 +1150,30 @@ async fn a_queued_request_can_be_cancelled() {
     assert_eq!(h.scripts[0].calls(), 1);
 }
 
+/// One provider paused for a minute, the others answer 429 with a 3 s Retry-After: the
+/// request waits for the first of them to be back, it does not fail.
+#[tokio::test(start_paused = true)]
+async fn short_pauses_are_waited_for_even_when_another_is_long() {
+    let h = harness(3, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+    ask(&h.router, req("pause alpha for a minute")).await;
+    h.scripts[1].push([Step::Fail(err(ErrorKind::RateLimited, Some(3)))]);
+    h.scripts[2].push([Step::Fail(err(ErrorKind::RateLimited, Some(3)))]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("busy everywhere")).await;
+    assert!(
+        matches!(ev.last(), Some(StreamEvent::Done { .. })),
+        "{:?}",
+        ev.last()
+    );
+    assert!(was_queued(&ev));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn waits_beyond_the_limit_fail_fast_and_say_when() {
     let h = harness(2, no_jitter());
@@ -1410,7 +1434,7 @@ fn health_survives_a_restart() {
         h2.router.health().restore(&saved, later, 1_010_000);
         let book = h2.router.health();
         let (state, left) = book.state_of(0, later);
-        assert_eq!(state, BreakerState::Open, "still paused");
+        assert_eq!(state, BreakerState::RateLimited, "still paused");
         let left = left.unwrap();
         assert!(
             left > Duration::from_secs(49) && left <= Duration::from_secs(50),

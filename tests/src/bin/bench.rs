@@ -17,7 +17,7 @@ use mythos_protocol::{ChatRequest, Request, Response, SimFault, StreamEvent};
 use mythos_tests::{RawClient, TestEnv};
 use mythosd::config::{Api, ProviderConfig, Secret};
 use mythosd::provider::{http_client, Delta, HttpTransport, Transport, UpstreamRequest};
-use mythosd::sim::{Flavor, SimOptions, SimProvider};
+use mythosd::sim::{answer_for, Flavor, SimChaos, SimOptions, SimProvider, SimQuota};
 
 /// The simulated provider holds the connection this long after its last frame before it cuts
 /// it (see `daemon/src/sim/wire.rs`).
@@ -210,6 +210,94 @@ async fn load_via(
     .await
 }
 
+/// What a batch of requests through the daemon ended with.
+#[derive(Default)]
+struct Batch {
+    answered: usize,
+    failed: usize,
+    wrong_text: usize,
+    /// Request to `done`, ms.
+    latency: Vec<f64>,
+    /// Request to the first `started`, ms: time spent waiting for capacity (and retries).
+    to_start: Vec<f64>,
+    wall_s: f64,
+}
+
+/// `n` requests through the daemon on `conc` connections, checking every answer's text.
+async fn batch(socket: &Path, n: usize, conc: usize, max_tokens: Option<u32>) -> Batch {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..conc {
+        let socket = socket.to_path_buf();
+        let next = next.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(&socket).await;
+            let mut b = Batch::default();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return b;
+                }
+                let prompt = format!("bench request {i}: explain quotas");
+                let mut req = ChatRequest::user_text(i as u64, &prompt);
+                req.max_tokens = max_tokens;
+                let start = Instant::now();
+                c.send(Request::Chat(req)).await;
+                let mut text = String::new();
+                let mut started = None;
+                loop {
+                    let Response::Event { event, .. } = c.recv().await else {
+                        continue;
+                    };
+                    match event {
+                        StreamEvent::Started { .. } => {
+                            started.get_or_insert_with(|| start.elapsed());
+                        }
+                        StreamEvent::TextDelta { text: t } => text.push_str(&t),
+                        StreamEvent::Rerouted {
+                            mode: mythos_protocol::RerouteMode::Restart,
+                            ..
+                        } => text.clear(),
+                        StreamEvent::Done { .. } => {
+                            b.answered += 1;
+                            if text != answer_for(&prompt) {
+                                b.wrong_text += 1;
+                            }
+                            break;
+                        }
+                        StreamEvent::Error { .. } => {
+                            b.failed += 1;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                b.latency.push(ms(start.elapsed()));
+                b.to_start.push(ms(started.unwrap_or_default()));
+            }
+        }));
+    }
+    let mut all = Batch::default();
+    for h in handles {
+        let b = h.await.unwrap();
+        all.answered += b.answered;
+        all.failed += b.failed;
+        all.wrong_text += b.wrong_text;
+        all.latency.extend(b.latency);
+        all.to_start.extend(b.to_start);
+    }
+    all.wall_s = t0.elapsed().as_secs_f64();
+    all
+}
+
+/// A mock with delays like a fast real provider: 20 ms to the first token, 1 ms per token.
+async fn paced_mock(name: &str, flavor: Flavor) -> SimProvider {
+    let sim = mock(name, flavor).await;
+    sim.set_delays(Duration::from_millis(20), Duration::from_millis(1));
+    sim
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -247,6 +335,8 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
+/// A daemon environment over `providers`, in priority order. Their concurrency limit is lifted:
+/// the memory rows hold thousands of streams open on one provider.
 fn daemon_env(providers: &[(&str, &SimProvider)], config: &str) -> TestEnv {
     let mut env = TestEnv::new();
     let mut text = format!("[routing]\n{config}\n");
@@ -258,7 +348,7 @@ fn daemon_env(providers: &[(&str, &SimProvider)], config: &str) -> TestEnv {
         };
         text.push_str(&format!(
             "[[provider]]\nname = \"{name}\"\napi = \"{api}\"\nbase_url = \"{}\"\nmodel = \"bench\"\n\
-             api_key = \"bench-key\"\npriority = {i}\n",
+             api_key = \"bench-key\"\npriority = {i}\nmax_concurrent = 100000\n",
             sim.base_url()
         ));
     }
@@ -658,7 +748,140 @@ async fn main() {
         });
     }
 
-    // --- 6: client start ------------------------------------------------------------------
+    // --- 6: rate limits and faults under load ----------------------------------------------
+    {
+        // Three providers announcing request and token quotas in their own formats (a minute
+        // scaled down to 3 s so the run takes seconds), 50 clients, 1,000 requests: 400 fit
+        // the full buckets, the rest must be paced by the refill.
+        let n = if o.quick { 600 } else { 1000 };
+        let window = Duration::from_secs(3);
+        let quotas = [
+            ("primary", Flavor::Anthropic, 100, Some(40_000)),
+            ("second", Flavor::OpenAi, 100, Some(40_000)),
+            ("third", Flavor::DeepSeek, 200, Some(40_000)),
+        ];
+        let mut sims = Vec::new();
+        for (name, flavor, requests, tokens) in quotas {
+            let sim = paced_mock(name, flavor).await;
+            sim.set_quota(Some(SimQuota {
+                requests: Some(requests),
+                tokens,
+                input_tokens: None,
+                output_tokens: None,
+                window,
+            }));
+            sims.push((name, sim));
+        }
+        let named: Vec<(&str, &SimProvider)> = sims.iter().map(|(n, s)| (*n, s)).collect();
+        let env = daemon_env(&named, "");
+        let _daemon = env.start_daemon(&[]);
+        let b = batch(&env.socket, n, 50, Some(256)).await;
+        let over: u64 = sims.iter().map(|(_, s)| s.stats().over_quota).sum();
+        let primary = sims[0].1.stats().admitted as f64;
+        // What the primary could have served: its bucket, plus its refill over the run.
+        let primary_quota = 100.0 + 100.0 / window.as_secs_f64() * b.wall_s;
+        let mut to_start = b.to_start.clone();
+        let section = "6. rate limits under load";
+        rows.push(Row {
+            section,
+            metric: format!("quotas, concurrency 50, {n} requests: client-visible errors"),
+            direct: None,
+            via: Some(Stat::one(b.failed as f64)),
+            unit: "count",
+            note: format!(
+                "{} answered, {} with wrong text, in {:.1} s",
+                b.answered, b.wrong_text, b.wall_s
+            ),
+        });
+        rows.push(Row {
+            section,
+            metric: "quotas: upstream 429s per 1,000 requests".into(),
+            direct: None,
+            via: Some(Stat::one(over as f64 * 1000.0 / n as f64)),
+            unit: "count",
+            note: format!("{over} in all"),
+        });
+        rows.push(Row {
+            section,
+            metric: "quotas: the primary's share of its quota served".into(),
+            direct: None,
+            via: Some(Stat::one(100.0 * primary / primary_quota)),
+            unit: "%",
+            note: format!("{primary:.0} of {primary_quota:.0} (100 + 33.3/s over the run)"),
+        });
+        rows.push(Row {
+            section,
+            metric: "quotas: wait before the request went out, p50".into(),
+            direct: None,
+            via: Some(Stat::one(pct(&mut to_start, 0.5))),
+            unit: "ms",
+            note: "queue waits included".into(),
+        });
+        rows.push(Row {
+            section,
+            metric: "quotas: wait before the request went out, p99".into(),
+            direct: None,
+            via: Some(Stat::one(pct(&mut to_start, 0.99))),
+            unit: "ms",
+            note: "capacity 133 requests/s in all, asked for far more".into(),
+        });
+    }
+    for conc in [8usize, 64] {
+        // The issue's mix at 30 % on every provider: 429 with Retry-After 1 s, 503,
+        // disconnects and malformed chunks.
+        let n = if o.quick { 300 } else { 1000 };
+        let mut sims = Vec::new();
+        for (i, (name, flavor)) in [
+            ("primary", Flavor::Anthropic),
+            ("second", Flavor::DeepSeek),
+            ("third", Flavor::OpenAi),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sim = mock(name, flavor).await;
+            sim.set_delays(Duration::from_millis(5), Duration::from_millis(1));
+            sim.set_chaos(Some(SimChaos::mix(0.30)));
+            sim.reseed(1000 + conc as u64 + i as u64);
+            sims.push((name, sim));
+        }
+        let named: Vec<(&str, &SimProvider)> = sims.iter().map(|(n, s)| (*n, s)).collect();
+        let env = daemon_env(&named, "");
+        let _daemon = env.start_daemon(&[]);
+        let b = batch(&env.socket, n, conc, Some(256)).await;
+        let upstream: u64 = sims.iter().map(|(_, s)| s.stats().requests).sum();
+        let mut latency = b.latency.clone();
+        let section = "6. rate limits under load";
+        rows.push(Row {
+            section,
+            metric: format!("30 % random faults, concurrency {conc}, {n} requests: answered"),
+            direct: None,
+            via: Some(Stat::one(100.0 * b.answered as f64 / n as f64)),
+            unit: "%",
+            note: format!(
+                "{} failed, {} with wrong text, in {:.1} s",
+                b.failed, b.wrong_text, b.wall_s
+            ),
+        });
+        rows.push(Row {
+            section,
+            metric: format!("30 % random faults, concurrency {conc}: latency p99"),
+            direct: None,
+            via: Some(Stat::one(pct(&mut latency, 0.99))),
+            unit: "ms",
+            note: format!("p50 {:.1} ms", pct(&mut latency, 0.5)),
+        });
+        rows.push(Row {
+            section,
+            metric: format!("30 % random faults, concurrency {conc}: upstream requests per answer"),
+            direct: None,
+            via: Some(Stat::one(upstream as f64 / b.answered.max(1) as f64)),
+            unit: "count",
+            note: "floor 1 / (1 − 0.3) = 1.43".into(),
+        });
+    }
+
+    // --- 7: client start ------------------------------------------------------------------
     {
         let sim = mock("mock", Flavor::OpenAi).await;
         let t = HttpTransport::new(provider_cfg("mock", &sim, Api::Openai), http_client());
@@ -678,7 +901,7 @@ async fn main() {
             wall.push(ms(t0.elapsed()));
         }
         rows.push(Row {
-            section: "6. client start",
+            section: "7. client start",
             metric: "`mythos ask` end to end, warm daemon".into(),
             direct: Some(Stat::of(own)),
             via: Some(Stat::of(wall)),
@@ -686,7 +909,7 @@ async fn main() {
             note: "direct = the mock's own request time".into(),
         });
         rows.push(Row {
-            section: "6. client start",
+            section: "7. client start",
             metric: "daemon start to ready".into(),
             direct: None,
             via: Some(Stat::one(ready_ms)),
@@ -717,6 +940,8 @@ fn print_report(rows: &[Row], cores: usize, o: &Opts) {
     println!("| section | metric | direct | via mythosd | added | note |");
     println!("|---|---|---|---|---|---|");
     let fmt = |s: &Option<Stat>, unit: &str| match s {
+        Some(s) if s.min == s.max && unit != "ms" => format!("{:.2}", s.median),
+        Some(s) if s.min == s.max => format!("{:.3}", s.median),
         Some(s) if unit == "ms" => format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max),
         Some(s) => format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max),
         None => "–".into(),
