@@ -79,6 +79,35 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Decode a bincode payload with a limit on what its lengths may claim.
+///
+/// bincode allocates a string or byte vector as soon as it reads its length, before reading the
+/// bytes: a 14-byte frame claiming a 32 TiB string aborted the daemon. With a limit, every length
+/// is checked against it first. The limit is a type-level constant in bincode, so it comes in
+/// tiers: the smallest one at least 16 times the payload (decoded values take more memory than
+/// their varint wire form, never 16 times more in this protocol). Nothing inside a payload can
+/// thus claim much more than the payload itself.
+fn bincode_decode<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice;
+    let c = bincode_config();
+    let need = bytes.len().saturating_mul(16).saturating_add(1024);
+    if need <= 4 << 10 {
+        decode_from_slice(bytes, c.with_limit::<{ 4 << 10 }>())
+    } else if need <= 64 << 10 {
+        decode_from_slice(bytes, c.with_limit::<{ 64 << 10 }>())
+    } else if need <= 1 << 20 {
+        decode_from_slice(bytes, c.with_limit::<{ 1 << 20 }>())
+    } else if need <= 16 << 20 {
+        decode_from_slice(bytes, c.with_limit::<{ 16 << 20 }>())
+    } else {
+        // Frames are capped at MAX_FRAME_LEN (16 MiB): at most 256 MiB, only for a frame that
+        // really is that large.
+        decode_from_slice(bytes, c.with_limit::<{ 256 << 20 }>())
+    }
+}
+
 /// Encode one message to a frame payload (without the length prefix).
 pub fn encode_payload<T: Serialize>(encoding: Encoding, msg: &T) -> Result<Vec<u8>, CodecError> {
     match encoding {
@@ -97,8 +126,7 @@ pub fn decode_payload<T: DeserializeOwned>(
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| err(e.to_string())),
         Encoding::Bincode => {
-            let (msg, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
-                .map_err(|e| err(e.to_string()))?;
+            let (msg, used) = bincode_decode(bytes).map_err(|e| err(e.to_string()))?;
             if used != bytes.len() {
                 return Err(err(format!("{} trailing bytes", bytes.len() - used)));
             }
