@@ -248,4 +248,10 @@ pub enum SimFault {
         /// Chunks sent before the error event.
         tokens: u32,
     },
+    /// An error that quotes the request's API key back, as careless servers and proxies do:
+    /// in a `400` body, or (`in_stream`) in an error event after a few chunks of a `200`.
+    EchoKey {
+        /// In the stream rather than in an error response.
+        in_stream: bool,
+    },
 }

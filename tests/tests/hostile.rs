@@ -50,3 +50,74 @@ async fn a_frame_claiming_terabytes_drops_one_client_only() {
     let mut c = RawClient::connect(&env.socket).await;
     assert!(!c.status().await.providers.is_empty());
 }
+
+/// Every place a provider can put the key back into our words: a 400 body, an in-stream error
+/// event, on every provider. None of it may reach the user, the logs or the state database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_echoed_by_providers_never_leave_the_daemon() {
+    use mythos_protocol::SimFault;
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let daemon = env.start_daemon(&[]);
+    let keys = ["key-anthropic", "key-deepseek", "key-openai"];
+    let mut seen = String::new();
+    for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+        sim.inject([SimFault::EchoKey { in_stream: true }]);
+    }
+    // In-stream echoes on every provider: the answer still arrives.
+    let out = env.mythos(&["ask", "tell me a secret"]);
+    seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{seen}");
+    // A 400 body that echoes the headers goes back to the user, scrubbed.
+    for (name, sim) in [
+        ("anthropic", &mocks.anthropic),
+        ("deepseek", &mocks.deepseek),
+        ("openai", &mocks.openai),
+    ] {
+        sim.inject([SimFault::EchoKey { in_stream: false }]);
+        let out = env.mythos(&["ask", "--provider", name, "again"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("***"), "{err}");
+        seen.push_str(&err);
+    }
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["why", "last"],
+        &["why", "1"],
+        &["usage"],
+    ] {
+        let out = env.mythos(args);
+        seen.push_str(&String::from_utf8_lossy(&out.stdout));
+        seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let mut c = RawClient::connect(&env.socket).await;
+    seen.push_str(&format!("{:?}", c.status().await));
+    drop(c);
+    assert!(daemon.stop().success());
+    for key in keys {
+        assert!(!seen.contains(key), "{key} reached the user: {seen}");
+    }
+    for file in walk(&env.state) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for key in keys {
+            assert!(!text.contains(key), "{key} leaked into {}", file.display());
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod error;
 pub mod openai;
 pub mod ratelimit;
+pub mod redact;
 pub mod sse;
 #[cfg(test)]
 mod transcripts;
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use mythos_protocol::{ChatRequest, ErrorKind};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 
@@ -102,31 +103,46 @@ impl Transport for HttpTransport {
         let send = self.client.post(url).headers(headers).body(body).send();
         let api = self.cfg.api;
         Box::pin(async move {
-            let resp = send.await.map_err(|e| transport_error(&name, e, false))?;
-            let status = resp.status();
-            let limits =
-                ratelimit::from_headers(resp.headers(), mythos_protocol::clock::now_unix_ms());
-            if !status.is_success() {
-                return Err(error_from_response(&name, key.as_ref(), resp, limits).await);
-            }
-            // The quotas come first, so the router counts this response before any content.
-            let first = Delta::RateLimits(Box::new(limits));
-            Ok(match api {
-                Api::Anthropic => body_stream(
-                    name,
-                    resp,
-                    decode::StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
-                    first,
-                ),
-                Api::Openai => body_stream(
-                    name,
-                    resp,
-                    decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
-                    first,
-                ),
-            })
+            let opened = async {
+                let resp = send.await.map_err(|e| transport_error(&name, e, false))?;
+                let status = resp.status();
+                let limits =
+                    ratelimit::from_headers(resp.headers(), mythos_protocol::clock::now_unix_ms());
+                if !status.is_success() {
+                    return Err(error_from_response(&name, key.as_ref(), resp, limits).await);
+                }
+                // The quotas come first, so the router counts this response before any content.
+                let first = Delta::RateLimits(Box::new(limits));
+                Ok(match api {
+                    Api::Anthropic => body_stream(
+                        name,
+                        resp,
+                        decode::StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
+                        first,
+                    ),
+                    Api::Openai => body_stream(
+                        name,
+                        resp,
+                        decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+                        first,
+                    ),
+                })
+            };
+            // Everything the provider can put into our words leaves here scrubbed of keys.
+            let stream = opened.await.map_err(|e| scrub(e, key.as_ref()))?;
+            Ok(Box::pin(stream.map(move |item| match item {
+                Ok(Delta::Model(m)) => Ok(Delta::Model(redact::provider_text(&m, key.as_ref()))),
+                Err(e) => Err(scrub(e, key.as_ref())),
+                other => other,
+            })) as DeltaStream)
         })
     }
+}
+
+/// An error whose text came from a provider, with keys removed and its length bounded.
+fn scrub(mut e: ProviderError, key: Option<&Secret>) -> ProviderError {
+    e.message = redact::provider_text(&e.message, key);
+    e
 }
 
 /// Attach a header that holds a secret, marked sensitive so hyper never logs it.
@@ -301,8 +317,8 @@ async fn error_from_response(
     if let Some(m) = msg {
         message.push_str(&format!(": {m}"));
     }
-    // Redact before cutting: a key that straddles the cut would otherwise leak its first part.
-    let message: String = redact(&message, key).chars().take(400).collect();
+    // Redacted before it is cut: a key that straddles the cut would otherwise leak its start.
+    let message = redact::provider_text(&message, key);
     ProviderError {
         kind,
         status: Some(status),
@@ -338,25 +354,7 @@ fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
-/// Remove anything that looks like an API key from a provider's error text. Providers echo
-/// (masked) keys back in 401 messages; masked or not, they do not belong in our logs.
-pub fn redact(text: &str, key: Option<&Secret>) -> String {
-    let mut out = text.to_string();
-    if let Some(k) = key.map(Secret::expose).filter(|k| k.len() >= 4) {
-        out = out.replace(k, "***");
-    }
-    // Mask `sk-...`-style tokens wholesale.
-    let mut masked = String::with_capacity(out.len());
-    for (i, word) in out.split(' ').enumerate() {
-        if i > 0 {
-            masked.push(' ');
-        }
-        let looks_like_key = word.len() >= 12
-            && (word.starts_with("sk-") || word.starts_with("sk_") || word.starts_with("key-"));
-        masked.push_str(if looks_like_key { "***" } else { word });
-    }
-    masked
-}
+pub use redact::redact;
 
 #[cfg(test)]
 mod tests {
@@ -376,16 +374,5 @@ mod tests {
         let (t, m) = parse_error_body(b"<html>bad gateway</html>");
         assert_eq!(t, None);
         assert_eq!(m.as_deref(), Some("<html>bad gateway</html>"));
-    }
-
-    #[test]
-    fn keys_are_redacted() {
-        let key = Secret::new("sk-ant-abcdef123456");
-        let s = redact(
-            "Incorrect API key provided: sk-ant-abcdef123456 and sk-proj-zzzzzzzzzzzz.",
-            Some(&key),
-        );
-        assert!(!s.contains("abcdef"), "{s}");
-        assert!(!s.contains("zzzz"), "{s}");
     }
 }

@@ -379,7 +379,7 @@ async fn handle(
         opts.chaos
             .and_then(|c| c.roll(&mut Inner::lock(&inner.rng)))
     });
-    let plan = match wire::plan(&opts, &json, fault) {
+    let plan = match wire::plan(&opts, &json, fault, key.as_deref().unwrap_or("")) {
         Plan::Respond(mut r) => {
             // Real providers announce their quotas on error responses too.
             r.headers_mut().extend(quota_headers);

@@ -154,9 +154,13 @@ fn text_of(content: &Value) -> String {
 }
 
 /// Decide the response to a request and a fault.
-pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>) -> Plan {
+pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) -> Plan {
     let flavor = opts.flavor;
+    let echo = format!("invalid request; headers were {{\"authorization\": \"Bearer {key}\", \"x-api-key\": \"{key}\"}}");
     match &fault {
+        Some(SimFault::EchoKey { in_stream: false }) => {
+            return Plan::Respond(error(flavor, 400, "invalid_request_error", &echo, None));
+        }
         Some(SimFault::RateLimit { retry_after_ms }) => {
             let ty = if flavor == Flavor::Anthropic {
                 "rate_limit_error"
@@ -322,6 +326,7 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>) -> Plan {
             | SimFault::MalformedAfter { tokens }
             | SimFault::ErrorEventAfter { tokens },
         ) => Some(*tokens as usize),
+        Some(SimFault::EchoKey { in_stream: true }) => Some(3),
         _ => None,
     };
     let output_tokens = pieces.len();
@@ -350,6 +355,10 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>) -> Plan {
         }
         Some(SimFault::ErrorEventAfter { .. }) => {
             steps.push(Step::Send(w.error_event()));
+            steps.push(Step::Finished);
+        }
+        Some(SimFault::EchoKey { in_stream: true }) => {
+            steps.push(Step::Send(w.echo_event(&echo)));
             steps.push(Step::Finished);
         }
         _ => {
@@ -477,6 +486,20 @@ impl Writer {
             data(
                 json!({"error": {"message": "The server had an error while processing your request.",
                 "type": "server_error", "param": null, "code": null}}),
+            )
+        }
+    }
+
+    /// An in-stream `api_error` whose message is `text`.
+    fn echo_event(&self, text: &str) -> Bytes {
+        if self.anthropic() {
+            sse(
+                "error",
+                json!({"type": "error", "error": {"type": "api_error", "message": text}}),
+            )
+        } else {
+            data(
+                json!({"error": {"message": text, "type": "server_error", "param": null, "code": null}}),
             )
         }
     }
