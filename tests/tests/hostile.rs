@@ -121,3 +121,41 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A continuing model that repeats the last words it saw, verbatim or with other capitals and
+/// spacing, on each wire format: the user reads every word once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuations_that_repeat_the_tail_are_shown_once() {
+    use mythos_protocol::SimFault;
+    use mythosd::sim::SimContinuation;
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let mut c = RawClient::connect(&env.socket).await;
+    let cases = [
+        (3, false, "repeats three words"),
+        (2, true, "repeats two, shouting and spaced out"),
+        (5, false, "repeats five"),
+    ];
+    for (n, (words, vary, case)) in cases.into_iter().enumerate() {
+        for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+            sim.set_continuation(SimContinuation {
+                repeat_words: words,
+                vary,
+            });
+            // Whichever is asked first breaks after 9 chunks; the next continues it.
+            sim.inject([SimFault::DisconnectAfter { tokens: 9 }]);
+        }
+        let prompt = format!("seam case {n}");
+        let ev = c.chat(ChatRequest::user_text(n as u64 + 1, &prompt)).await;
+        assert_eq!(text_of(&ev), answer_for(&prompt), "{case}");
+        assert!(
+            ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+            "{case}: no reroute happened"
+        );
+        for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+            // Faults not used by this case must not leak into the next.
+            sim.clear_faults();
+        }
+    }
+}

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Lease;
+use super::seam::Seam;
 use super::{human, Emitter, Router};
 use crate::provider::{Delta, ProviderError, UpstreamRequest};
 
@@ -34,6 +35,8 @@ pub(super) struct AttemptEnd {
     pub opened: bool,
     /// This attempt sent content to the client.
     pub progressed: bool,
+    /// Characters of answer text this attempt sent.
+    pub emitted_chars: usize,
     pub error: Option<ProviderError>,
 }
 
@@ -63,6 +66,7 @@ impl Router {
             finish: None,
             opened: false,
             progressed: false,
+            emitted_chars: 0,
             error: None,
         };
         let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
@@ -107,17 +111,24 @@ impl Router {
             deadline.as_mut().reset(Instant::now() + ttft_limit);
         }
 
-        // After a trimmed Anthropic prefill the continuation starts with the whitespace that
-        // was trimmed; it was already sent, so skip it once.
-        let mut skip_ws: String = upstream
-            .prefill
-            .map(|p| p[p.trim_end().len()..].to_string())
-            .unwrap_or_default();
+        // The Anthropic adapter trims a prefill's trailing whitespace (the API refuses it), so
+        // the continuation starts by replaying it; the client has it already: skip it once.
+        // OpenAI-format providers saw the text whole, and their leading whitespace is meant.
+        let mut skip_ws: String = match (upstream.prefill, p.cfg.api) {
+            (Some(pre), crate::config::Api::Anthropic) => pre[pre.trim_end().len()..].to_string(),
+            _ => String::new(),
+        };
+        // A continuation may start by repeating the tail it was shown.
+        let mut seam = match upstream.prefill {
+            Some(pre) if !pre.is_empty() => Seam::new(pre),
+            _ => Seam::open(),
+        };
         let mut last_progress: Option<Instant> = None;
         let mut gap_total = Duration::ZERO;
         let mut gaps = 0u32;
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
+        let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
         loop {
             let item = tokio::select! {
                 biased;
@@ -132,14 +143,14 @@ impl Router {
                 }
             };
             let delta = match item {
-                None => break,
-                Some(Ok(d)) => d,
+                None => None,
+                Some(Ok(d)) => Some(d),
                 Some(Err(e)) => {
                     end.error = Some(e);
                     return end;
                 }
             };
-            if delta.is_progress() {
+            if delta.as_ref().is_some_and(Delta::is_progress) {
                 let now = Instant::now();
                 match last_progress {
                     None => end.ttft = Some(now - t0),
@@ -156,15 +167,40 @@ impl Router {
                 limit = gap_limit;
                 deadline.as_mut().reset(now + gap_limit);
             }
-            let event = match delta {
-                Delta::RateLimits(limits) => {
-                    lease.observe(&limits, true);
-                    continue;
+            // Text held at the seam goes out before anything that is not more text.
+            if !matches!(
+                delta,
+                Some(Delta::Text(_))
+                    | Some(Delta::RateLimits(_))
+                    | Some(Delta::Model(_))
+                    | Some(Delta::KeepAlive)
+                    | Some(Delta::Usage(_))
+            ) {
+                let rest = seam.flush();
+                if !rest.is_empty() {
+                    events.push(StreamEvent::TextDelta { text: rest });
                 }
-                Delta::Model(m) => {
-                    end.model = m;
-                    continue;
+            }
+            let Some(delta) = delta else {
+                // The stream ended cleanly.
+                if !self
+                    .relay(
+                        &mut events,
+                        out,
+                        partial,
+                        &mut end,
+                        gap_limit,
+                        &mut deadline,
+                    )
+                    .await
+                {
+                    return end;
                 }
+                break;
+            };
+            match delta {
+                Delta::RateLimits(limits) => lease.observe(&limits, true),
+                Delta::Model(m) => end.model = m,
                 Delta::Text(mut t) => {
                     if !skip_ws.is_empty() {
                         let common = t
@@ -180,28 +216,58 @@ impl Router {
                             skip_ws.clear();
                         }
                     }
-                    if t.is_empty() {
-                        continue;
+                    let t = if t.is_empty() { t } else { seam.push(&t) };
+                    if !t.is_empty() {
+                        events.push(StreamEvent::TextDelta { text: t });
                     }
-                    partial.text.push_str(&t);
-                    StreamEvent::TextDelta { text: t }
                 }
-                Delta::Thinking(t) => StreamEvent::ThinkingDelta { text: t },
+                Delta::Thinking(t) => events.push(StreamEvent::ThinkingDelta { text: t }),
                 Delta::ToolCallStart { index, id, name } => {
                     partial.tool_started = true;
-                    StreamEvent::ToolCallStart { index, id, name }
+                    events.push(StreamEvent::ToolCallStart { index, id, name });
                 }
-                Delta::ToolCallArgs { index, json } => StreamEvent::ToolCallDelta { index, json },
+                Delta::ToolCallArgs { index, json } => {
+                    events.push(StreamEvent::ToolCallDelta { index, json })
+                }
                 Delta::Usage(u) => {
                     end.usage = u;
-                    StreamEvent::Usage(u)
+                    events.push(StreamEvent::Usage(u));
                 }
-                Delta::Finish(r) => {
-                    end.finish = Some(r);
-                    continue;
-                }
-                Delta::KeepAlive => continue,
-            };
+                Delta::Finish(r) => end.finish = Some(r),
+                Delta::KeepAlive => {}
+            }
+            if !self
+                .relay(
+                    &mut events,
+                    out,
+                    partial,
+                    &mut end,
+                    gap_limit,
+                    &mut deadline,
+                )
+                .await
+            {
+                return end;
+            }
+        }
+        if gaps > 0 {
+            end.mean_gap = Some(gap_total / gaps);
+        }
+        end
+    }
+
+    /// Send `events` to the client (draining it), keeping the partial answer and the
+    /// attempt's record in step. False when the client is gone (`end.error` says so).
+    async fn relay(
+        &self,
+        events: &mut Vec<StreamEvent>,
+        out: &Emitter,
+        partial: &mut Partial,
+        end: &mut AttemptEnd,
+        gap_limit: Duration,
+        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        for event in events.drain(..) {
             let progress = matches!(
                 event,
                 StreamEvent::TextDelta { .. }
@@ -209,25 +275,28 @@ impl Router {
                     | StreamEvent::ToolCallStart { .. }
                     | StreamEvent::ToolCallDelta { .. }
             );
+            if let StreamEvent::TextDelta { text } = &event {
+                partial.text.push_str(text);
+                end.emitted_chars += text.chars().count();
+            }
             if progress {
                 partial.emitted = true;
                 end.progressed = true;
             }
             let sent_at = Instant::now();
             if !out.send(event).await {
-                end.error = Some(cancelled());
-                return end;
+                end.error = Some(ProviderError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled by the client",
+                ));
+                return false;
             }
             // A client that reads slowly holds us in `send` (backpressure) while the provider
             // waits on TCP: that time is not the provider's silence.
-            let blocked = sent_at.elapsed();
-            if progress && blocked > Duration::from_millis(1) {
+            if progress && sent_at.elapsed() > Duration::from_millis(1) {
                 deadline.as_mut().reset(Instant::now() + gap_limit);
             }
         }
-        if gaps > 0 {
-            end.mean_gap = Some(gap_total / gaps);
-        }
-        end
+        true
     }
 }

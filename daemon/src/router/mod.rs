@@ -30,6 +30,7 @@ pub mod policy;
 pub mod quota;
 pub mod retry;
 pub mod score;
+pub mod seam;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,6 +161,14 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
     }
     (bytes as u64).div_ceil(4)
 }
+
+/// Tokens of a text at ~4 bytes a token.
+fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// A continuation is allowed at least this many output tokens (or the whole limit, if smaller).
+const MIN_CONTINUATION_TOKENS: u32 = 256;
 
 /// What a request is, decided once before its first attempt.
 struct Plan {
@@ -634,8 +643,12 @@ impl Router {
 
             // Decide whether the answer so far can be continued here.
             let accepts_prefill = self.health().accepts_prefill(i, Instant::now());
-            let must_restart =
-                partial.tool_started || (!partial.text.is_empty() && (restart || !accepts_prefill));
+            // Restart when a tool call was cut (it cannot be continued), when the provider will
+            // not continue someone else's text, or when only thinking was shown (there is no
+            // answer to continue; the client drops the thinking it got).
+            let must_restart = partial.tool_started
+                || (!partial.text.is_empty() && (restart || !accepts_prefill))
+                || (partial.text.is_empty() && partial.emitted);
             restart = false;
             if must_restart {
                 partial = Partial::default();
@@ -662,10 +675,18 @@ impl Router {
                 .as_ref()
                 .and_then(|pin| pin.model.clone())
                 .unwrap_or_else(|| p.cfg.model.clone());
+            // A continuation may only produce what the first part left of the output limit.
+            let max_tokens = match &prefill {
+                Some(text) => plan
+                    .max_tokens
+                    .saturating_sub(estimate_tokens(text) as u32)
+                    .max(plan.max_tokens.min(MIN_CONTINUATION_TOKENS)),
+                None => plan.max_tokens,
+            };
             let upstream = UpstreamRequest {
                 chat: req,
                 model: &model,
-                max_tokens: plan.max_tokens,
+                max_tokens,
                 prefill: prefill.as_deref(),
             };
             let attempt_start = Instant::now();
@@ -682,6 +703,15 @@ impl Router {
                 .await;
             let elapsed = attempt_start.elapsed();
             push_once(&mut j.attempted, i);
+            let mut end = end;
+            if end.error.is_some() && end.opened && end.usage == Usage::default() {
+                // OpenAI-format providers report usage only at the end: a stream that broke
+                // never said what it cost, but it was billed. Estimate rather than count nothing.
+                end.usage = Usage {
+                    input_tokens: plan.input_tokens,
+                    output_tokens: (end.emitted_chars as u64).div_ceil(4),
+                };
+            }
             rec.usage = rec.usage + end.usage;
             rec.cost_usd += p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
             rec.attempts.push(Attempt {

@@ -36,6 +36,7 @@ struct Script {
     steps: Mutex<VecDeque<Step>>,
     calls: AtomicUsize,
     prefills: Mutex<Vec<Option<String>>>,
+    max_tokens: Mutex<Vec<u32>>,
     dropped: Arc<AtomicUsize>,
 }
 
@@ -122,6 +123,9 @@ impl Transport for Script {
             .lock()
             .unwrap()
             .push(req.prefill.map(str::to_string));
+        if req.prefill.is_some() {
+            self.max_tokens.lock().unwrap().push(req.max_tokens);
+        }
         let step = self
             .steps
             .lock()
@@ -390,15 +394,116 @@ async fn mid_stream_disconnect_continues_without_duplicates() {
 
 #[tokio::test(start_paused = true)]
 async fn trimmed_prefill_whitespace_is_not_duplicated() {
-    let h = harness(2, no_jitter());
+    // Both Anthropic: the fallback gets the prefill "Hello" (trimmed: the API refuses trailing
+    // whitespace) and starts with the space it was not shown.
+    let h = harness_with(2, no_jitter(), |_, c| c.api = Api::Anthropic);
     h.scripts[0].push([Step::Stream(vec![
         text("Hello "),
         (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
     ])]);
-    // Anthropic-style continuation after the trimmed prefill "Hello" starts with the space.
     h.scripts[1].push([answer(&[" world"])]);
     let ev = ask(&h.router, req("greet")).await;
     assert_eq!(final_text(&ev), "Hello world");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_openai_continuation_keeps_its_leading_whitespace() {
+    // beta speaks the OpenAI format: it saw "Hello\n" whole, so the newline it starts with is
+    // meant (a blank line), not a replay.
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("Hello\n"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    h.scripts[1].push([answer(&["\nWorld"])]);
+    let ev = ask(&h.router, req("greet")).await;
+    assert_eq!(final_text(&ev), "Hello\n\nWorld");
+}
+
+/// Defect 13: a continuing model that repeats the last words it saw made the user read them
+/// twice ("…jumps over fox jumps over the lazy dog").
+#[tokio::test(start_paused = true)]
+async fn a_continuation_that_repeats_the_tail_is_shown_once() {
+    for (repeat, case) in [
+        (
+            &[" fox", " jumps", " over", " the lazy dog."][..],
+            "verbatim",
+        ),
+        (
+            &["Fox  Jumps", " OVER", " the lazy dog."][..],
+            "other case and spacing",
+        ),
+        (
+            &["The quick brown fox jumps over the lazy dog."][..],
+            "starting over",
+        ),
+    ] {
+        let h = harness(2, no_jitter());
+        h.scripts[0].push([Step::Stream(vec![
+            text("The quick"),
+            text(" brown fox"),
+            text(" jumps over"),
+            (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+        ])]);
+        h.scripts[1].push([answer(repeat)]);
+        let ev = ask(&h.router, req("fox")).await;
+        assert_eq!(
+            final_text(&ev),
+            "The quick brown fox jumps over the lazy dog.",
+            "{case}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuation_asks_only_for_what_is_left_of_the_output_limit() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text(&"word ".repeat(400)),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    let mut r = req("long");
+    r.max_tokens = Some(1000);
+    ask(&h.router, r).await;
+    // 2,000 characters shown, about 500 tokens: 500 left.
+    assert_eq!(*h.scripts[1].max_tokens.lock().unwrap(), [500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_stream_still_counts_its_tokens() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("twelve chars"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    let ev = ask(&h.router, req("x")).await;
+    match ev.last() {
+        Some(StreamEvent::Done { usage, .. }) => {
+            // alpha's 3 estimated output tokens plus beta's reported usage.
+            assert!(usage.output_tokens > 3, "{usage:?}");
+            assert!(usage.input_tokens > 10, "{usage:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_answer_of_only_thinking_restarts() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        (10, Ok(Delta::Thinking("let me think".into()))),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    let ev = ask(&h.router, req("x")).await;
+    let modes: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Rerouted { mode, .. } => Some(*mode),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(modes, [RerouteMode::Restart]);
+    assert_eq!(h.scripts[1].prefills.lock().unwrap()[0], None);
 }
 
 #[tokio::test(start_paused = true)]

@@ -70,6 +70,18 @@ pub struct SimOptions {
     pub chaos: Option<SimChaos>,
     /// Seed of the chaos generator.
     pub seed: u64,
+    /// How it continues another provider's partial answer.
+    pub continuation: SimContinuation,
+}
+
+/// How a simulated provider continues a partial answer: exactly, as the instructions say, or
+/// the way real chat models often do, by first repeating the last words it was shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimContinuation {
+    /// Repeat this many of the partial answer's last words before going on.
+    pub repeat_words: usize,
+    /// Repeat them with other capitals and spacing ("Jumps  over").
+    pub vary: bool,
 }
 
 impl SimOptions {
@@ -91,6 +103,7 @@ impl SimOptions {
             quota: None,
             chaos: None,
             seed: 1,
+            continuation: SimContinuation::default(),
         }
     }
 }
@@ -203,6 +216,11 @@ impl SimProvider {
         }
     }
 
+    /// Drop the faults still queued.
+    pub fn clear_faults(&self) {
+        Inner::lock(&self.inner.faults).clear();
+    }
+
     /// Queue faults; each request takes the next one.
     pub fn inject(&self, faults: impl IntoIterator<Item = SimFault>) {
         Inner::lock(&self.inner.faults).extend(faults);
@@ -218,6 +236,11 @@ impl SimProvider {
     /// Fail later requests at random with `chaos` (`None`: stop).
     pub fn set_chaos(&self, chaos: Option<SimChaos>) {
         Inner::lock(&self.inner.opts).chaos = chaos;
+    }
+
+    /// Continue partial answers this way from now on.
+    pub fn set_continuation(&self, c: SimContinuation) {
+        Inner::lock(&self.inner.opts).continuation = c;
     }
 
     /// Restart the chaos generator from `seed`.

@@ -249,10 +249,31 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         .map(|(_, t)| t.clone())
         .unwrap_or_default();
     let full = answer_for(&prompt);
-    let rest = full
+    let mut rest = full
         .strip_prefix(partial.as_str())
         .unwrap_or(&full)
         .to_string();
+    let c = opts.continuation;
+    if c.repeat_words > 0 && !partial.is_empty() {
+        // Repeat the last words shown, as chat models asked to continue often do.
+        let pieces = chunk_answer(&partial);
+        let from = pieces.len().saturating_sub(c.repeat_words);
+        let mut repeat: String = pieces[from..].concat();
+        if c.vary {
+            repeat = repeat
+                .split_whitespace()
+                .map(|w| {
+                    let mut cs = w.chars();
+                    cs.next()
+                        .map(|f| f.to_uppercase().chain(cs).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("  ");
+            repeat.insert(0, ' ');
+        }
+        rest = format!("{repeat}{rest}");
+    }
     let tool = req["tools"]
         .as_array()
         .and_then(|t| t.first())

@@ -1,0 +1,307 @@
+//! The seam between an answer's first part and its continuation on another provider.
+//!
+//! A model asked to continue a partial answer often starts by repeating the last words it was
+//! shown ("…jumps over" → "jumps over the lazy dog"), sometimes with other capitals or spacing,
+//! and sometimes starts over from the beginning. The user must see every word once. So the start
+//! of a continuation is held back while it could still be such a repeat: as long as the text held
+//! is (after folding case and whitespace) a prefix of some tail of the partial answer, nothing is
+//! shown. Once it completes a tail, that tail is dropped and the rest goes out; as soon as it can
+//! no longer be one, everything held goes out unchanged. A real continuation diverges from every
+//! tail within a few characters, so the hold costs nothing noticeable.
+//!
+//! Only tails of at least [`MIN_WORDS`] words or [`MIN_CHARS`] characters count: a continuation
+//! may legitimately start with the word the partial answer ended with ("very" after "very").
+
+/// A repeated tail must be at least this many words...
+pub const MIN_WORDS: usize = 2;
+/// ...or this many characters (folded).
+pub const MIN_CHARS: usize = 12;
+/// Tails are looked for in this many characters at the end of the partial answer...
+pub const WINDOW: usize = 400;
+/// ...plus the whole answer, for a model that starts over, when it is no longer than this (the
+/// held text is refolded as it grows, so this bounds the work).
+pub const RESTART_MAX: usize = 4000;
+
+/// Case- and whitespace-folded form: lowercase, every whitespace run one space, no leading space.
+fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = true;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            if !space {
+                out.push(' ');
+                space = true;
+            }
+        } else {
+            out.extend(c.to_lowercase());
+            space = false;
+        }
+    }
+    out
+}
+
+/// How many bytes of `raw` make up its first `n` folded characters (skipping leading whitespace
+/// and counting each whitespace run as one).
+fn raw_len_of_folded(raw: &str, n: usize) -> usize {
+    let mut folded = 0usize;
+    let mut space = true;
+    for (i, c) in raw.char_indices() {
+        if folded >= n {
+            return i;
+        }
+        if c.is_whitespace() {
+            if !space {
+                folded += 1;
+                space = true;
+            }
+        } else {
+            folded += c.to_lowercase().count();
+            space = false;
+        }
+    }
+    raw.len()
+}
+
+/// Watches the start of a continuation.
+#[derive(Debug)]
+pub struct Seam {
+    /// Folded tails of the partial answer that a repeat could match, longest last.
+    tails: Vec<String>,
+    held: String,
+    done: bool,
+}
+
+impl Seam {
+    /// A seam after `partial`, the answer text the client already has.
+    pub fn new(partial: &str) -> Seam {
+        let start = partial
+            .char_indices()
+            .rev()
+            .nth(WINDOW)
+            .map_or(0, |(i, _)| i);
+        let window = &partial[start..];
+        let mut tails: Vec<String> = Vec::new();
+        let mut push = |raw: &str| {
+            let f = fold(raw);
+            let f = f.trim_end().to_string();
+            let words = f.split(' ').filter(|w| !w.is_empty()).count();
+            if (words >= MIN_WORDS || f.chars().count() >= MIN_CHARS) && !tails.contains(&f) {
+                tails.push(f);
+            }
+        };
+        // Tails that start at a word.
+        let bytes: Vec<(usize, char)> = window.char_indices().collect();
+        for (k, &(i, c)) in bytes.iter().enumerate() {
+            let at_word = !c.is_whitespace()
+                && (k == 0 && start == 0 || k > 0 && bytes[k - 1].1.is_whitespace());
+            if at_word {
+                push(&window[i..]);
+            }
+        }
+        // The whole answer: a model that starts over.
+        if partial.len() <= RESTART_MAX {
+            push(partial);
+        }
+        tails.sort_by_key(String::len);
+        Seam {
+            tails,
+            held: String::new(),
+            done: false,
+        }
+    }
+
+    /// A seam that lets everything through (nothing to continue).
+    pub fn open() -> Seam {
+        Seam {
+            tails: Vec::new(),
+            held: String::new(),
+            done: true,
+        }
+    }
+
+    /// Take the next piece of the continuation; returns what may be shown now.
+    pub fn push(&mut self, text: &str) -> String {
+        if self.done {
+            return text.to_string();
+        }
+        self.held.push_str(text);
+        let held = fold(&self.held);
+        if held.is_empty() {
+            // Only whitespace so far: it may precede a repeat.
+            return String::new();
+        }
+        // A repeat could still be longer than what is held, or held may end exactly where a
+        // tail ends and the next character decide whether the word goes on: wait.
+        let h = held.trim_end();
+        let longer = self
+            .tails
+            .iter()
+            .any(|t| t.len() > h.len() && t.starts_with(h));
+        let open_end = !held.ends_with(' ') && self.tails.iter().any(|t| t == h);
+        if longer || open_end {
+            return String::new();
+        }
+        self.done = true;
+        // The longest tail the held text repeats in full, followed by a word boundary.
+        let repeat = self.tails.iter().rev().find(|t| {
+            held.starts_with(t.as_str())
+                && held[t.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| c == ' ' || !c.is_alphanumeric())
+        });
+        let held = std::mem::take(&mut self.held);
+        match repeat {
+            Some(t) => held[raw_len_of_folded(&held, t.chars().count())..].to_string(),
+            None => held,
+        }
+    }
+
+    /// The continuation moved on (a tool call, its end): whatever is held goes out, less a
+    /// repeat it completes.
+    pub fn flush(&mut self) -> String {
+        if self.done {
+            return String::new();
+        }
+        self.done = true;
+        let held = std::mem::take(&mut self.held);
+        let f = fold(&held);
+        let f = f.trim_end();
+        if !f.is_empty() && self.tails.iter().any(|t| t == f) {
+            // Nothing but the repeat: drop it all.
+            return String::new();
+        }
+        held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `pieces` after `partial`; return what the user sees in all.
+    fn seen(partial: &str, pieces: &[&str]) -> String {
+        let mut s = Seam::new(partial);
+        let mut out = partial.to_string();
+        for p in pieces {
+            out.push_str(&s.push(p));
+        }
+        out.push_str(&s.flush());
+        out
+    }
+
+    const FULL: &str = "The quick brown fox jumps over the lazy dog and runs away.";
+
+    #[test]
+    fn every_word_once() {
+        let p = "The quick brown fox jumps over";
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "exact continuation",
+                &[" the", " lazy", " dog", " and runs away."],
+            ),
+            (
+                "repeats the last three words",
+                &[" fox", " jumps", " over", " the lazy dog and runs away."],
+            ),
+            (
+                "repeats them in one piece",
+                &["fox jumps over the lazy dog and runs away."],
+            ),
+            (
+                "repeats with other case and spacing",
+                &["  Fox  jumps\nOver", " the lazy dog and runs away."],
+            ),
+            (
+                "starts over",
+                &[
+                    "The quick brown fox jumps over the lazy dog",
+                    " and runs away.",
+                ],
+            ),
+            (
+                "repeats two words",
+                &[" jumps over the lazy dog and runs away."],
+            ),
+        ];
+        for (case, pieces) in cases {
+            assert_eq!(seen(p, pieces), FULL, "{case}");
+        }
+    }
+
+    #[test]
+    fn real_continuations_are_not_touched() {
+        // Starts with the last word (legitimately): too short to be a repeat.
+        assert_eq!(
+            seen("It was very", &[" very", " good."]),
+            "It was very very good."
+        );
+        // Starts like a tail but goes elsewhere.
+        assert_eq!(
+            seen("We saw the lazy", &[" the", " lazier", " cat."]),
+            "We saw the lazy the lazier cat."
+        );
+        // A word that only begins like the tail's last word.
+        assert_eq!(
+            seen("jumps over the", &[" jumps over thereafter"]),
+            "jumps over the jumps over thereafter"
+        );
+        // Whitespace at the start is kept when it is not part of a repeat.
+        assert_eq!(seen("Hello", &[" ", "world"]), "Hello world");
+        assert_eq!(
+            seen("Line one.", &["\n\nLine two."]),
+            "Line one.\n\nLine two."
+        );
+    }
+
+    #[test]
+    fn a_repeat_cut_short_by_the_end_is_dropped() {
+        assert_eq!(
+            seen("The quick brown fox jumps over", &[" fox jumps over"]),
+            "The quick brown fox jumps over"
+        );
+    }
+
+    #[test]
+    fn a_tail_that_ends_mid_word_is_no_repeat() {
+        assert_eq!(
+            seen("jumps over the", &[" jumps over the", "reafter"]),
+            "jumps over the jumps over thereafter"
+        );
+        // Piece by piece, a repeat still completes.
+        assert_eq!(
+            seen(
+                "The quick brown fox jumps over",
+                &[" jumps", " over", " the", " lazy dog and runs away."]
+            ),
+            FULL
+        );
+    }
+
+    #[test]
+    fn holding_ends_early_for_ordinary_text() {
+        let mut s = Seam::new("The quick brown fox jumps over");
+        assert_eq!(s.push(" the"), "");
+        assert_eq!(
+            s.push(" lazy"),
+            " the lazy",
+            "no tail starts 'the lazy': released"
+        );
+        assert_eq!(s.push(" dog"), " dog");
+    }
+
+    #[test]
+    fn long_partials_only_look_at_the_window_and_the_start() {
+        let partial = format!("Start here. {} end of part", "filler ".repeat(200));
+        assert_eq!(
+            seen(&partial, &[" end of part", " one."]),
+            format!("{partial} one.")
+        );
+        assert_eq!(
+            seen(&partial, &[&partial, " one."]),
+            format!("{partial} one.")
+        );
+        // Folding never panics on odd text.
+        assert_eq!(seen("Ünïcode ǅ", &["ǆ more"]), "Ünïcode ǅǆ more");
+    }
+}
