@@ -71,6 +71,9 @@ pub enum ConnectError {
     },
     /// Something answered, but the hello did not complete.
     Handshake(String),
+    /// The socket, its directory or the process serving it is not this user's: nothing is
+    /// sent to it.
+    Untrusted(String),
 }
 
 impl ConnectError {
@@ -105,6 +108,14 @@ impl ConnectError {
                  (protocol {PROTOCOL_VERSION}). Run `mythos daemon restart`."
             ))
             .code(EXIT_INCOMPATIBLE),
+            ConnectError::Untrusted(why) => Failure::new(format!(
+                "refusing to talk to {}: {why}",
+                target.socket.display()
+            ))
+            .hint(
+                "another user may be posing as mythosd: remove that socket or its directory, or \
+                 point MYTHOS_SOCKET (or XDG_RUNTIME_DIR) at a directory only you can write",
+            ),
             ConnectError::Handshake(why) => Failure::new(format!(
                 "protocol error talking to {}: {why}",
                 target.socket.display()
@@ -155,6 +166,61 @@ pub async fn open(socket: &Path) -> io::Result<Stream> {
     Stream::connect(name).await
 }
 
+/// Check, before connecting, that the socket and its directory are this user's: another user
+/// who made the (shared, fallback) directory first could otherwise serve a fake daemon and read
+/// every prompt. A missing socket is fine (nothing listens; starting a daemon checks again).
+#[cfg(unix)]
+pub fn check_socket_path(socket: &Path) -> Result<(), ConnectError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ConnectError::Io(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ConnectError::Untrusted("it is not a socket".into()));
+    }
+    if meta.uid() != uid {
+        return Err(ConnectError::Untrusted(format!(
+            "the socket belongs to uid {}, not to you (uid {uid})",
+            meta.uid()
+        )));
+    }
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let dm = std::fs::metadata(dir).map_err(ConnectError::Io)?;
+    if dm.uid() != uid && dm.uid() != 0 {
+        return Err(ConnectError::Untrusted(format!(
+            "its directory {} belongs to uid {}, not to you (uid {uid})",
+            dir.display(),
+            dm.uid()
+        )));
+    }
+    // Writable by others without the sticky bit: anyone could swap the socket.
+    if dm.mode() & 0o022 != 0 && dm.mode() & 0o1000 == 0 {
+        return Err(ConnectError::Untrusted(format!(
+            "its directory {} is writable by other users",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Check, after connecting and before sending anything, that the process on the other end runs
+/// as this user.
+#[cfg(unix)]
+fn check_peer(stream: &Stream) -> Result<(), ConnectError> {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    match stream.peer_creds().ok().and_then(|c| c.euid()) {
+        Some(peer) if peer != uid => Err(ConnectError::Untrusted(format!(
+            "the process serving it runs as uid {peer}, not as you (uid {uid})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a connect error means that no daemon listens (as opposed to one we cannot reach).
 pub fn nothing_listens(e: &io::Error) -> bool {
     matches!(
@@ -166,11 +232,15 @@ pub fn nothing_listens(e: &io::Error) -> bool {
 impl Connection {
     /// Connect and say hello; never starts a daemon.
     pub async fn connect(target: &Target) -> Result<Connection, ConnectError> {
+        #[cfg(unix)]
+        check_socket_path(&target.socket)?;
         let stream = match open(&target.socket).await {
             Ok(s) => s,
             Err(e) if nothing_listens(&e) => return Err(ConnectError::NotRunning),
             Err(e) => return Err(ConnectError::Io(e)),
         };
+        #[cfg(unix)]
+        check_peer(&stream)?;
         handshake(stream, &target.encodings).await
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -26,6 +26,17 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Use the simulated providers even if keys are set.
     pub simulate: bool,
+    /// The process's file descriptor limit, if known: the connection cap is fitted under it.
+    pub fd_limit: Option<u64>,
+}
+
+/// The connection cap: the configured one, lowered so that every connection and the upstream
+/// stream it may hold fit in the fd limit (with room for the daemon's own files).
+pub fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    match fd_limit {
+        Some(n) => configured.min(((n.saturating_sub(64)) / 2).max(8) as usize),
+        None => configured,
+    }
 }
 
 /// Built-in simulated providers: (name, flavor, priority, $/Mtok in, $/Mtok out).
@@ -86,6 +97,17 @@ pub async fn start_sims() -> std::io::Result<(Vec<ProviderConfig>, HashMap<Strin
     Ok((configs, sims))
 }
 
+/// Routed providers over `client` for `providers`.
+pub fn routed(providers: &[ProviderConfig], client: &reqwest::Client) -> Vec<RoutedProvider> {
+    providers
+        .iter()
+        .map(|p| RoutedProvider {
+            cfg: p.clone(),
+            transport: Arc::new(HttpTransport::new(p.clone(), client.clone())),
+        })
+        .collect()
+}
+
 /// Build a router over `providers`, restoring saved health.
 pub fn build_router(
     providers: &[ProviderConfig],
@@ -93,30 +115,22 @@ pub fn build_router(
     state: Option<&StateStore>,
     saved: &[crate::router::health::SavedHealth],
     next_record: u64,
+    client: &reqwest::Client,
 ) -> Router {
-    let client = http_client();
-    let routed = providers
-        .iter()
-        .map(|p| RoutedProvider {
-            cfg: p.clone(),
-            transport: Arc::new(HttpTransport::new(p.clone(), client.clone())),
-        })
-        .collect();
     let sink = state.map(|s| Arc::new(s.clone()) as Arc<dyn RecordSink>);
-    let router = Router::new(routed, cfg.routing.clone(), sink, next_record);
+    let router = Router::new(
+        routed(providers, client),
+        cfg.routing.clone(),
+        sink,
+        next_record,
+    );
     router
         .health()
         .restore(saved, Instant::now(), now_unix_ms());
     router
 }
 
-/// Unix time in milliseconds.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use mythos_protocol::clock::now_unix_ms;
 
 /// A ready daemon, before it serves.
 pub struct Prepared {
@@ -131,6 +145,7 @@ pub struct Prepared {
 /// Load config, open state, start simulated providers if needed, build the router.
 pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
+    let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
     let (state, loaded, thread) = match std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))
         .and_then(|_| StateStore::open(&opts.state_dir.join("state.db")).map_err(|e| e.to_string()))
@@ -164,8 +179,25 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         tracing::info!(provider = %p.name, api = p.api.as_str(), model = %p.model,
                        priority = p.priority, simulated = p.simulated, "provider registered");
     }
-    let router = build_router(&providers, &config, state.as_ref(), &saved, next_record);
-    let ctx = Arc::new(Context::new(router, simulated, sims, state));
+    let router = build_router(
+        &providers,
+        &config,
+        state.as_ref(),
+        &saved,
+        next_record,
+        &client,
+    );
+    let sims = simulated.then_some((providers.clone(), sims));
+    let cap = connection_cap(config.server.max_connections, opts.fd_limit);
+    tracing::info!(
+        max_connections = cap,
+        fd_limit = opts.fd_limit,
+        "connection limit"
+    );
+    let ctx = Arc::new(
+        Context::new(router, sims, state, client)
+            .with_connection_table(crate::server::limits::ConnTable::new(cap)),
+    );
     Ok(Prepared {
         ctx,
         config,
@@ -220,13 +252,12 @@ fn release_free_memory() {
     }
 }
 
-/// Re-read the config file (SIGHUP). Real providers are rebuilt; health carries over by name;
-/// a provider whose key changed gets a fresh chance after a 401.
-pub fn reload(ctx: &Context, opts: &Options) {
-    if ctx.simulated {
-        tracing::info!("reload ignored: running on simulated providers");
-        return;
-    }
+/// Re-read the config file (SIGHUP), as a start would read it: providers are rebuilt and health
+/// carries over (the same book when the providers are unchanged, by name otherwise); a provider
+/// whose key changed gets a fresh chance after a 401. A config that now yields no provider (the
+/// file with the keys was deleted) falls back to the simulated providers, as a start without
+/// keys does; one that yields providers again leaves them.
+pub async fn reload(ctx: &Context, opts: &Options) {
     let config = match Config::load(&opts.config) {
         Ok(c) => c,
         Err(e) => {
@@ -235,15 +266,27 @@ pub fn reload(ctx: &Context, opts: &Options) {
         }
     };
     let old = ctx.router();
-    let saved = old.health().save(Instant::now(), now_unix_ms());
-    let router = build_router(
-        &config.providers,
-        &config,
-        ctx.state.as_ref(),
-        &saved,
-        old.next_record_id(),
-    );
-    for p in &config.providers {
+    let providers = if opts.simulate || config.providers.is_empty() {
+        match ctx.sims_or_start().await {
+            Ok(configs) => {
+                if !opts.simulate && !old.is_simulated() {
+                    tracing::warn!(
+                        "the reloaded config has no provider (no API key found): using the \
+                         built-in simulated providers"
+                    );
+                }
+                configs
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the old config");
+                return;
+            }
+        }
+    } else {
+        config.providers.clone()
+    };
+    let router = old.succeed(routed(&providers, &ctx.http), config.routing.clone());
+    for p in &providers {
         let same_key = old
             .providers()
             .iter()
@@ -253,6 +296,10 @@ pub fn reload(ctx: &Context, opts: &Options) {
             router.health().clear_unusable(&p.name);
         }
     }
-    tracing::info!(providers = config.providers.len(), "config reloaded");
+    tracing::info!(
+        providers = providers.len(),
+        simulated = router.is_simulated(),
+        "config reloaded"
+    );
     ctx.replace_router(router);
 }

@@ -204,6 +204,22 @@ impl Default for RoutingConfig {
     }
 }
 
+/// Limits of the local server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Client connections at once (further ones push out the longest idle, or get a small
+    /// reserve that can ask for status but not chat). Lowered at start to fit the fd limit.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 512,
+        }
+    }
+}
+
 /// The daemon's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -211,6 +227,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Routing tuning.
     pub routing: RoutingConfig,
+    /// Server limits.
+    pub server: ServerConfig,
     /// The file this came from, if any.
     pub file: Option<PathBuf>,
 }
@@ -297,8 +315,16 @@ pub const KEY_ENV_VARS: [&str; 3] = ["ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "O
 struct FileConfig {
     #[serde(default)]
     routing: FileRouting,
+    #[serde(default)]
+    server: FileServer,
     #[serde(default, rename = "provider")]
     providers: Vec<FileProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -371,9 +397,11 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (parsed, source) = match std::fs::read_to_string(file) {
-            Ok(text) => (parse(&text, file)?, Some(file.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (FileConfig::default(), None),
+        let (parsed, source, text) = match std::fs::read_to_string(file) {
+            Ok(text) => (parse(&text, file)?, Some(file.to_path_buf()), text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (FileConfig::default(), None, String::new())
+            }
             Err(source) => {
                 return Err(ConfigError::Read {
                     path: file.to_path_buf(),
@@ -385,6 +413,8 @@ impl Config {
             path: file.to_path_buf(),
             message,
         };
+        let check = Checker::new(&text, file);
+        check.file(&parsed)?;
 
         let mut providers: Vec<ProviderConfig> = Vec::new();
         let mut from_file: HashMap<&str, &FileProvider> = HashMap::new();
@@ -506,8 +536,224 @@ impl Config {
         Ok(Config {
             providers,
             routing,
+            server: ServerConfig {
+                max_connections: parsed
+                    .server
+                    .max_connections
+                    .unwrap_or(ServerConfig::default().max_connections),
+            },
             file: source,
         })
+    }
+}
+
+/// Value checks with the line and column of the offending value, so that a config value that
+/// would make every request fail or wait forever (a zero watchdog, a cooldown of 2^63 seconds,
+/// an `ftp://` base URL) is refused at start-up with its place in the file.
+struct Checker<'a> {
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl<'a> Checker<'a> {
+    fn new(text: &'a str, path: &'a Path) -> Self {
+        Checker {
+            doc: toml_edit::ImDocument::parse(text).ok(),
+            text,
+            path,
+        }
+    }
+
+    /// "line L, column C: " of the value at `section.key` (`provider` is the index of a
+    /// `[[provider]]` table).
+    fn at(&self, section: &str, provider: Option<usize>, key: &str) -> String {
+        let span = self.doc.as_ref().and_then(|doc| {
+            let table = doc.get(section)?;
+            let table = match provider {
+                Some(i) => table.as_array_of_tables()?.get(i)?.get(key)?,
+                None => table.get(key)?,
+            };
+            table.span()
+        });
+        match span {
+            Some(span) => {
+                let before = &self.text[..span.start.min(self.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            }
+            None => String::new(),
+        }
+    }
+
+    fn fail(&self, section: &str, provider: Option<usize>, key: &str, why: String) -> ConfigError {
+        let field = match provider {
+            Some(_) => format!("provider.{key}"),
+            None => format!("{section}.{key}"),
+        };
+        ConfigError::Parse {
+            path: self.path.to_path_buf(),
+            message: format!("{}{field} {why}", self.at(section, provider, key)),
+        }
+    }
+
+    fn range<T: PartialOrd + Copy + fmt::Display>(
+        &self,
+        provider: Option<usize>,
+        key: &str,
+        value: Option<T>,
+        lo: T,
+        hi: T,
+    ) -> Result<(), ConfigError> {
+        let section = match (provider, key) {
+            (Some(_), _) => "provider",
+            (None, "max_connections") => "server",
+            _ => "routing",
+        };
+        match value {
+            Some(v) if !(v >= lo && v <= hi) => Err(self.fail(
+                section,
+                provider,
+                key,
+                format!("= {v} is out of range: it must be between {lo} and {hi}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn file(&self, f: &FileConfig) -> Result<(), ConfigError> {
+        const HOUR_MS: u64 = 3_600_000;
+        const DAY_S: u64 = 86_400;
+        let r = &f.routing;
+        if let Some(steps) = &r.retry_backoff_ms {
+            if steps.len() > 10 {
+                return Err(self.fail(
+                    "routing",
+                    None,
+                    "retry_backoff_ms",
+                    "has more than 10 steps".into(),
+                ));
+            }
+            if let Some(&big) = steps.iter().find(|&&m| m > 60_000) {
+                return Err(self.fail(
+                    "routing",
+                    None,
+                    "retry_backoff_ms",
+                    format!("has a step of {big} ms: at most 60000"),
+                ));
+            }
+        }
+        self.range(None, "retry_jitter", r.retry_jitter, 0.0, 1.0)?;
+        self.range(None, "cooldown_secs", r.cooldown_secs, 1, DAY_S)?;
+        self.range(None, "max_cooldown_secs", r.max_cooldown_secs, 1, 7 * DAY_S)?;
+        for (key, v) in [
+            ("first_token_timeout_ms", r.first_token_timeout_ms),
+            ("stall_timeout_ms", r.stall_timeout_ms),
+            ("watchdog_floor_ms", r.watchdog_floor_ms),
+            ("watchdog_ceiling_ms", r.watchdog_ceiling_ms),
+        ] {
+            self.range(None, key, v, 100, HOUR_MS)?;
+        }
+        self.range(
+            None,
+            "health_half_life_secs",
+            r.health_half_life_secs,
+            1,
+            30 * DAY_S,
+        )?;
+        self.range(
+            None,
+            "probe_interval_secs",
+            r.probe_interval_secs,
+            1,
+            7 * DAY_S,
+        )?;
+        self.range(
+            None,
+            "default_max_tokens",
+            r.default_max_tokens,
+            1,
+            2_000_000,
+        )?;
+        self.range(None, "drain_timeout_secs", r.drain_timeout_secs, 0, 3_600)?;
+        self.range(None, "max_queue_wait_ms", r.max_queue_wait_ms, 0, HOUR_MS)?;
+        self.range(None, "retry_budget_ratio", r.retry_budget_ratio, 0.0, 10.0)?;
+        self.range(
+            None,
+            "first_token_ms_per_1k_input",
+            r.first_token_ms_per_1k_input,
+            0,
+            60_000,
+        )?;
+        self.range(
+            None,
+            "reasoning_first_token_timeout_ms",
+            r.reasoning_first_token_timeout_ms,
+            1_000,
+            HOUR_MS,
+        )?;
+        if let (Some(c), Some(m)) = (r.cooldown_secs, r.max_cooldown_secs) {
+            if m < c {
+                return Err(self.fail(
+                    "routing",
+                    None,
+                    "max_cooldown_secs",
+                    format!("= {m} is less than cooldown_secs ({c})"),
+                ));
+            }
+        }
+        if let (Some(fl), Some(ce)) = (r.watchdog_floor_ms, r.watchdog_ceiling_ms) {
+            if fl > ce {
+                return Err(self.fail(
+                    "routing",
+                    None,
+                    "watchdog_floor_ms",
+                    format!("= {fl} is larger than watchdog_ceiling_ms ({ce})"),
+                ));
+            }
+        }
+        self.range(
+            None,
+            "max_connections",
+            f.server.max_connections,
+            1,
+            100_000,
+        )?;
+        for (i, p) in f.providers.iter().enumerate() {
+            let at = Some(i);
+            if let Some(url) = &p.base_url {
+                let ok = reqwest::Url::parse(url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                if ok.is_none() {
+                    return Err(self.fail(
+                        "provider",
+                        at,
+                        "base_url",
+                        format!("= {url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            self.range(at, "priority", p.priority, 0, 1000)?;
+            self.range(
+                at,
+                "price_input_per_mtok",
+                p.price_input_per_mtok,
+                0.0,
+                10_000.0,
+            )?;
+            self.range(
+                at,
+                "price_output_per_mtok",
+                p.price_output_per_mtok,
+                0.0,
+                10_000.0,
+            )?;
+            self.range(at, "max_concurrent", p.max_concurrent, 1, 100_000)?;
+            self.range(at, "context_window", p.context_window, 1, 100_000_000)?;
+        }
+        Ok(())
     }
 }
 
@@ -657,5 +903,41 @@ priority = 7
 
         let e = load("[[provider]]\nname = \"x\"\nmodel = \"m\"\n", &env).unwrap_err();
         assert!(e.to_string().contains("base_url"), "{e}");
+    }
+
+    #[test]
+    fn values_that_would_break_every_request_are_refused_with_their_line() {
+        let env = env_of(&[]);
+        for (text, line, what) in [
+            ("[routing]\ncooldown_secs = 9223372036854775807\n", 2, "cooldown_secs"),
+            ("[routing]\nretry_backoff_ms = [9223372036854775807]\n", 2, "retry_backoff_ms"),
+            ("[routing]\n\nstall_timeout_ms = 0\n", 3, "stall_timeout_ms"),
+            ("[routing]\nretry_jitter = 7.5\n", 2, "retry_jitter"),
+            (
+                "[routing]\nwatchdog_floor_ms = 9000\nwatchdog_ceiling_ms = 1000\n",
+                2,
+                "watchdog_floor_ms",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\nmodel = \"m\"\nbase_url = \"http://x\"\n\n[[provider]]\nname = \"b\"\nmodel = \"m\"\nbase_url = \"ftp://x\"\n",
+                9,
+                "base_url",
+            ),
+            (
+                "[[provider]]\nname = \"o\"\nbase_url = \"http://x\"\nmodel = \"m\"\nmax_concurrent = 0\n",
+                5,
+                "max_concurrent",
+            ),
+            (
+                "[[provider]]\nname = \"o\"\nbase_url = \"http://x\"\nmodel = \"m\"\nprice_input_per_mtok = -1.0\n",
+                5,
+                "price_input_per_mtok",
+            ),
+        ] {
+            let e = load(text, &env).unwrap_err().to_string();
+            assert!(e.contains(&format!("line {line},")), "{text}: {e}");
+            assert!(e.contains(what), "{text}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
     }
 }

@@ -33,6 +33,13 @@ struct Args {
     /// Also log to stderr.
     #[arg(long)]
     foreground: bool,
+    /// A private daemon: shut down once this process is gone (`mythos demo` and `chat --demo`
+    /// pass their own pid, so a closed terminal leaves no daemon behind).
+    #[arg(long, hide = true)]
+    owner_pid: Option<u32>,
+    /// Remove this directory after shutting down (the private daemon's temp dir).
+    #[arg(long, hide = true)]
+    remove_dir: Option<PathBuf>,
 }
 
 /// The one readiness line, then stdout is closed so the spawning client stops reading.
@@ -41,10 +48,15 @@ fn notify(enabled: bool, line: &str) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+        // Point fd 1 at /dev/null rather than closing it: a closed fd 1 would be reused by the
+        // next file or socket we open, and a stray print would land in it.
         #[cfg(unix)]
-        // SAFETY: closing fd 1 after the last write; nothing writes to stdout afterwards.
-        unsafe {
-            libc::close(1);
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: dup2 onto fd 1 with a valid descriptor; stdout is not used after this.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 1);
+            }
         }
     }
 }
@@ -61,8 +73,49 @@ fn sd_notify_ready() {
     }
 }
 
+/// Files the daemon creates (socket, lock, state database, logs) are its user's alone.
+fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// One descriptor per connection and per upstream stream: raise the soft limit to the hard one
+/// (often 1,024 against 500,000), so a busy machine runs out of neither. Returns the limit.
+fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return None;
+            }
+            if r.rlim_cur < r.rlim_max {
+                let mut want = r;
+                want.rlim_cur = r.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                    r = want;
+                }
+            }
+        }
+        // rlim_t is not u64 on every Unix.
+        #[allow(clippy::unnecessary_cast)]
+        Some(r.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    private_files();
+    let fd_limit = raise_fd_limit();
     let socket_path = args
         .socket
         .clone()
@@ -78,6 +131,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(mythos_protocol::paths::config_path),
         state_dir: state_dir.clone(),
         simulate: args.simulate,
+        fd_limit,
     };
 
     // Logs: a daily file under the state dir, plus stderr in the foreground.
@@ -97,6 +151,15 @@ fn main() -> ExitCode {
         .with(stderr_layer)
         .init();
 
+    // A panic anywhere goes to the log file with its backtrace (an auto-started daemon's
+    // stderr is /dev/null), then to stderr as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(panic = %info, %backtrace, "panic");
+        default_hook(info);
+    }));
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mythosd")
@@ -111,13 +174,76 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(args.notify_stdout, socket_path, opts));
+    let code = runtime.block_on(run(
+        args.notify_stdout,
+        socket_path,
+        opts,
+        fd_limit,
+        args.owner_pid,
+    ));
+    if let Some(dir) = &args.remove_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     // Dropping the runtime, then the log guard (end of main), flushes the last log lines.
     drop(runtime);
     code
 }
 
-async fn run(notify_stdout: bool, socket_path: PathBuf, opts: Options) -> ExitCode {
+/// Whether process `pid` still exists.
+fn alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Shut down when the socket file is deleted or replaced (nobody could reach this daemon any
+/// more, yet it would hold the lock and block a new one), or when the owning process is gone.
+fn spawn_watchers(
+    ctx: std::sync::Arc<mythosd::server::Context>,
+    path: PathBuf,
+    owner_pid: Option<u32>,
+) {
+    let ours = socket::SocketId::of(&path);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.draining.cancelled() => return,
+            }
+            if ours.is_some() && socket::SocketId::of(&path) != ours {
+                tracing::warn!(socket = %path.display(),
+                               "the socket file was removed or replaced: shutting down");
+                ctx.shutdown_requested.cancel();
+                return;
+            }
+            if let Some(pid) = owner_pid.filter(|&p| !alive(p)) {
+                tracing::info!(
+                    owner = pid,
+                    "the process that started this private daemon is gone"
+                );
+                ctx.shutdown_requested.cancel();
+                return;
+            }
+        }
+    });
+}
+
+async fn run(
+    notify_stdout: bool,
+    socket_path: PathBuf,
+    opts: Options,
+    fd_limit: Option<u64>,
+    owner_pid: Option<u32>,
+) -> ExitCode {
     let bound = match socket::bind(&socket_path).await {
         Ok(b) => b,
         Err(socket::BindError::AlreadyRunning(p)) => {
@@ -163,7 +289,7 @@ async fn run(notify_stdout: bool, socket_path: PathBuf, opts: Options) -> ExitCo
                     while let Some(sig) = signals.next().await {
                         if sig == SIGHUP {
                             tracing::info!("SIGHUP: reloading config");
-                            app::reload(&ctx, &opts);
+                            app::reload(&ctx, &opts).await;
                         } else if let Some(tx) = shutdown_tx.take() {
                             tracing::info!(signal = sig, "shutdown signal");
                             let _ = tx.send(());
@@ -181,8 +307,9 @@ async fn run(notify_stdout: bool, socket_path: PathBuf, opts: Options) -> ExitCo
     });
 
     app::spawn_health_saver(ctx.clone());
-    tracing::info!(socket = %bound.path.display(), simulated = ctx.simulated,
-                   version = env!("CARGO_PKG_VERSION"), "mythosd ready");
+    spawn_watchers(ctx.clone(), bound.path.clone(), owner_pid);
+    tracing::info!(socket = %bound.path.display(), simulated = ctx.router().is_simulated(),
+                   version = env!("CARGO_PKG_VERSION"), fd_limit, "mythosd ready");
     notify(notify_stdout, &format!("ready {}", bound.path.display()));
     sd_notify_ready();
 
@@ -204,9 +331,7 @@ async fn run(notify_stdout: bool, socket_path: PathBuf, opts: Options) -> ExitCo
     if let Some(state) = &ctx.state {
         state.flush().await;
     }
-    for sim in ctx.sims.values() {
-        sim.shutdown();
-    }
+    ctx.stop_sims();
     socket::Bound::remove_socket(&socket_path);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS

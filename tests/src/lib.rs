@@ -153,8 +153,35 @@ impl TestEnv {
 
     /// Start `mythosd` with extra arguments and wait for its readiness line.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
+        self.start_daemon_with(args, |_| {})
+    }
+
+    /// Start `mythosd` with its open-file limit (soft and hard) set to `nofile`.
+    #[cfg(unix)]
+    pub fn start_daemon_with_fd_limit(&self, args: &[&str], nofile: u64) -> Daemon {
+        use std::os::unix::process::CommandExt;
+        self.start_daemon_with(args, |cmd| {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: nofile as libc::rlim_t,
+                        rlim_max: nofile as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// Start `mythosd` after `tune` has had its say on the command.
+    pub fn start_daemon_with(&self, args: &[&str], tune: impl FnOnce(&mut Command)) -> Daemon {
         let mut cmd = Command::new(bin("mythosd"));
         self.apply(&mut cmd);
+        tune(&mut cmd);
         cmd.arg("--notify-stdout")
             .args(args)
             .stdin(Stdio::null())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mythos_protocol::{ChatRequest, ErrorKind, Request, Response, StreamEvent};
-use mythos_tests::{text_of, Mocks, RawClient};
+use mythos_tests::{text_of, Mocks, RawClient, TestEnv};
 use mythosd::sim::answer_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -157,5 +157,192 @@ async fn continuations_that_repeat_the_tail_are_shown_once() {
             // Faults not used by this case must not leak into the next.
             sim.clear_faults();
         }
+    }
+}
+
+/// Connections that say hello and go quiet must not lock the user out, even past the
+/// connection cap and with the file-descriptor limit at 256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_a_low_fd_limit_do_not_lock_users_out() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let daemon = env.start_daemon_with_fd_limit(&[], 256);
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(RawClient::connect(&env.socket).await);
+    }
+    let out = env.mythos(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.mythos(&["ask", "still there?"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        answer_for("still there?")
+    );
+    drop(idle);
+    assert!(daemon.stop().success());
+    // No flood of accept errors in the log.
+    let log = read_logs(&env.state);
+    assert!(log.matches("accept failed").count() <= 1, "{log}");
+}
+
+fn read_logs(state: &std::path::Path) -> String {
+    walk(&state.join("logs"))
+        .into_iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect()
+}
+
+/// A config value that would make every request fail or sleep forever is refused at start,
+/// with its line.
+#[test]
+fn absurd_config_values_are_refused_with_their_line() {
+    let env = TestEnv::new();
+    env.write_config("[routing]\ncooldown_secs = 9223372036854775807\n");
+    let out = env.mythos(&["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("cooldown_secs"),
+        "{err}"
+    );
+}
+
+/// Only a socket is ever removed at the socket path; anything else stays, and the daemon says
+/// why it cannot start.
+#[test]
+fn a_file_at_the_socket_path_is_never_deleted() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.socket.parent().unwrap()).unwrap();
+    std::fs::write(&env.socket, b"precious").unwrap();
+    let out = env
+        .command("mythosd")
+        .args(["--simulate", "--notify-stdout"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("not a socket"), "{line}");
+    assert_eq!(std::fs::read(&env.socket).unwrap(), b"precious");
+}
+
+/// A daemon whose socket file was deleted would be unreachable yet hold the lock: it shuts
+/// down, and the next command starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_lost_its_socket_file_makes_way() {
+    let env = TestEnv::new();
+    let mut daemon = env.start_daemon(&["--simulate"]);
+    std::fs::remove_file(&env.socket).unwrap();
+    let t0 = std::time::Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = env.mythos(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = env.mythos(&["daemon", "stop"]);
+}
+
+/// A private daemon (`mythos demo`, `chat --demo`) dies with the process that started it, and
+/// takes its temp dir with it, even when that process could not clean up (its terminal closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_daemon_dies_with_its_owner() {
+    let env = TestEnv::new();
+    let private = env.dir.path().join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let mut owner = std::process::Command::new("sleep")
+        .arg("1")
+        .spawn()
+        .unwrap();
+    let pid = owner.id().to_string();
+    let mut daemon = env.start_daemon(&[
+        "--simulate",
+        "--owner-pid",
+        &pid,
+        "--remove-dir",
+        private.to_str().unwrap(),
+    ]);
+    owner.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!private.exists());
+}
+
+/// Another user must not be able to pose as the daemon (a socket or directory of theirs), nor
+/// talk to it. Needs root for chown and setuid; the directory check runs for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_can_neither_pose_as_the_daemon_nor_reach_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let dir = env.socket.parent().unwrap().to_path_buf();
+    let refused = |why: &str| {
+        let out = env.mythos(&["status"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{why}: {err}");
+        assert!(err.contains("refusing to talk"), "{why}: {err}");
+    };
+    // A directory anyone can write to: the socket could be anyone's.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("world-writable directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(env.mythos(&["status"]).status.success());
+
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: the other-uid cases need chown and setuid");
+        return;
+    }
+    let nobody = 65534;
+    // A socket that belongs to someone else.
+    std::os::unix::fs::lchown(&env.socket, Some(nobody), None).unwrap();
+    refused("socket of another uid");
+    std::os::unix::fs::lchown(&env.socket, Some(0), None).unwrap();
+
+    // Another user who can reach the socket still gets nothing: the daemon checks the peer.
+    for d in [env.dir.path(), dir.parent().unwrap(), &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let hello = br#"{"magic":"mythos","protocol":2,"build":"x","encodings":["json"]}"#;
+    let script = format!(
+        "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
+         sys.stdout.write('connected ')\nh={:?}.encode()\n\
+         try:\n  s.sendall(struct.pack('>I',len(h))+h)\nexcept OSError:\n  pass\n\
+         s.settimeout(5)\nsys.stdout.write('got:'+repr(s.recv(100)))",
+        env.socket.to_str().unwrap(),
+        std::str::from_utf8(hello).unwrap()
+    );
+    use std::os::unix::process::CommandExt;
+    match std::process::Command::new("python3")
+        .args(["-c", &script])
+        .uid(nobody)
+        .output()
+    {
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stdout);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains("connected"), "could not even connect: {err}");
+            assert!(
+                said.contains("got:b''") || err.contains("ConnectionResetError"),
+                "the daemon answered another user: {said} {err}"
+            );
+        }
+        Err(e) => eprintln!("python3 is not available ({e}): peer check not exercised"),
     }
 }

@@ -69,6 +69,12 @@ impl PrivateDaemon {
         };
         let mut cmd = daemon_command(&bin);
         cmd.arg("--simulate").arg("--socket").arg(&socket);
+        // If this process dies without cleaning up (its terminal closed), the daemon notices,
+        // shuts down and removes the temp dir itself.
+        cmd.arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .arg("--remove-dir")
+            .arg(&daemon.dir);
         for var in SCRUB {
             cmd.env_remove(var);
         }

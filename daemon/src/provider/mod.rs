@@ -71,8 +71,9 @@ impl HttpTransport {
     }
 }
 
-/// The HTTP client every provider shares.
-pub fn http_client() -> reqwest::Client {
+/// The HTTP client every provider shares. Fails only if TLS cannot be set up, which the daemon
+/// reports at start-up rather than running on a client without its timeouts.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -82,7 +83,6 @@ pub fn http_client() -> reqwest::Client {
         .tcp_nodelay(true)
         .user_agent(concat!("mythosd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
 }
 
 impl Transport for HttpTransport {

@@ -24,6 +24,14 @@ pub(super) struct Partial {
     pub emitted: bool,
 }
 
+/// Where an attempt's events go.
+struct Sink<'a> {
+    out: &'a Emitter,
+    cancel: &'a CancellationToken,
+    /// The stall timer, restarted after time spent blocked on a slow reader.
+    gap_limit: Duration,
+}
+
 /// How an attempt ended.
 pub(super) struct AttemptEnd {
     pub usage: Usage,
@@ -129,6 +137,11 @@ impl Router {
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
+        let sink = Sink {
+            out,
+            cancel,
+            gap_limit,
+        };
         loop {
             let item = tokio::select! {
                 biased;
@@ -184,14 +197,7 @@ impl Router {
             let Some(delta) = delta else {
                 // The stream ended cleanly.
                 if !self
-                    .relay(
-                        &mut events,
-                        out,
-                        partial,
-                        &mut end,
-                        gap_limit,
-                        &mut deadline,
-                    )
+                    .relay(&mut events, &sink, partial, &mut end, &mut deadline)
                     .await
                 {
                     return end;
@@ -237,14 +243,7 @@ impl Router {
                 Delta::KeepAlive => {}
             }
             if !self
-                .relay(
-                    &mut events,
-                    out,
-                    partial,
-                    &mut end,
-                    gap_limit,
-                    &mut deadline,
-                )
+                .relay(&mut events, &sink, partial, &mut end, &mut deadline)
                 .await
             {
                 return end;
@@ -261,10 +260,9 @@ impl Router {
     async fn relay(
         &self,
         events: &mut Vec<StreamEvent>,
-        out: &Emitter,
+        to: &Sink<'_>,
         partial: &mut Partial,
         end: &mut AttemptEnd,
-        gap_limit: Duration,
         deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> bool {
         for event in events.drain(..) {
@@ -284,7 +282,12 @@ impl Router {
                 end.progressed = true;
             }
             let sent_at = Instant::now();
-            if !out.send(event).await {
+            // A client that stopped reading must still be able to cancel.
+            let sent = tokio::select! {
+                sent = to.out.send(event) => sent,
+                _ = to.cancel.cancelled() => false,
+            };
+            if !sent {
                 end.error = Some(ProviderError::new(
                     ErrorKind::Cancelled,
                     "cancelled by the client",
@@ -294,7 +297,7 @@ impl Router {
             // A client that reads slowly holds us in `send` (backpressure) while the provider
             // waits on TCP: that time is not the provider's silence.
             if progress && sent_at.elapsed() > Duration::from_millis(1) {
-                deadline.as_mut().reset(Instant::now() + gap_limit);
+                deadline.as_mut().reset(Instant::now() + to.gap_limit);
             }
         }
         true

@@ -272,6 +272,23 @@ impl HealthBook {
         }
     }
 
+    /// Take new configurations for the same providers, in the same order (a reload): health,
+    /// breakers, quotas and claims stay as they are.
+    pub fn reconfigure<'a>(
+        &mut self,
+        providers: impl IntoIterator<Item = &'a ProviderConfig>,
+        cfg: RoutingConfig,
+    ) {
+        for (h, p) in self.providers.iter_mut().zip(providers) {
+            h.priority = p.priority;
+            h.cost_per_1k = p.cost_per_1k();
+            h.max_concurrent = p.max_concurrent.max(1);
+            h.context_window = p.context_window;
+            h.reasoning = p.reasoning;
+        }
+        self.cfg = cfg;
+    }
+
     /// Routing configuration in force.
     pub fn config(&self) -> &RoutingConfig {
         &self.cfg

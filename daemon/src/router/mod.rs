@@ -72,16 +72,49 @@ pub trait RecordSink: Send + Sync {
 pub struct Emitter {
     id: u64,
     tx: mpsc::Sender<Response>,
+    ended: Option<Arc<std::sync::atomic::AtomicBool>>,
+    shutdown: Option<CancellationToken>,
 }
 
 impl Emitter {
     /// Events for request `id` go to `tx`.
     pub fn new(id: u64, tx: mpsc::Sender<Response>) -> Self {
-        Emitter { id, tx }
+        Emitter {
+            id,
+            tx,
+            ended: None,
+            shutdown: None,
+        }
+    }
+
+    /// A stream cut because `token` fired (the daemon's drain deadline) ends with
+    /// `shutting_down`, not as if the client had cancelled it.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// Set `flag` just before the stream's last event (`done` or `error`) is sent.
+    pub fn with_end_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.ended = Some(flag);
+        self
     }
 
     /// Send an event; false when the client is gone.
-    async fn send(&self, event: StreamEvent) -> bool {
+    async fn send(&self, mut event: StreamEvent) -> bool {
+        if let StreamEvent::Error { kind, message, .. } = &mut event {
+            if *kind == ErrorKind::Cancelled
+                && self.shutdown.as_ref().is_some_and(|t| t.is_cancelled())
+            {
+                *kind = ErrorKind::ShuttingDown;
+                *message = "mythosd is shutting down and could not finish this answer".into();
+            }
+        }
+        if matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. }) {
+            if let Some(flag) = &self.ended {
+                flag.store(true, Ordering::Release);
+            }
+        }
         self.tx
             .send(Response::Event { id: self.id, event })
             .await
@@ -95,9 +128,27 @@ pub struct Router {
     book: Arc<Mutex<HealthBook>>,
     cfg: RoutingConfig,
     records: Option<Arc<dyn RecordSink>>,
-    next_record: AtomicU64,
-    in_flight: AtomicU32,
-    last_record: AtomicU64,
+    /// Shared with the routers that follow this one on a reload: one sequence of record ids.
+    next_record: Arc<AtomicU64>,
+    /// Shared likewise: requests of every generation.
+    in_flight: Arc<AtomicU32>,
+    last_record: Arc<AtomicU64>,
+}
+
+/// One request counted in a gauge while it lives.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicU32) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A failure as the request's caller sees it: the error, and when capacity is expected back.
@@ -241,10 +292,47 @@ impl Router {
             book: Arc::new(Mutex::new(book)),
             cfg,
             records,
-            next_record: AtomicU64::new(first_record_id.max(1)),
-            in_flight: AtomicU32::new(0),
-            last_record: AtomicU64::new(0),
+            next_record: Arc::new(AtomicU64::new(first_record_id.max(1))),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            last_record: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The router that replaces this one on a config reload. Record ids go on in one sequence.
+    /// When the providers are the same ones in the same order, the health book itself is
+    /// shared (requests still streaming on this router keep updating it, and a probe in flight
+    /// stays the only probe); otherwise health carries over by name from a snapshot.
+    pub fn succeed(&self, providers: Vec<RoutedProvider>, cfg: RoutingConfig) -> Router {
+        let same = providers.len() == self.providers.len()
+            && providers
+                .iter()
+                .zip(&self.providers)
+                .all(|(a, b)| a.cfg.name == b.cfg.name);
+        let book = if same {
+            self.health()
+                .reconfigure(providers.iter().map(|p| &p.cfg), cfg.clone());
+            self.book.clone()
+        } else {
+            let now = Instant::now();
+            let saved = self.health().save(now, now_unix_ms());
+            let mut book = HealthBook::new(providers.iter().map(|p| &p.cfg), cfg.clone());
+            book.restore(&saved, now, now_unix_ms());
+            Arc::new(Mutex::new(book))
+        };
+        Router {
+            providers,
+            book,
+            cfg,
+            records: self.records.clone(),
+            next_record: self.next_record.clone(),
+            in_flight: self.in_flight.clone(),
+            last_record: self.last_record.clone(),
+        }
+    }
+
+    /// Whether every provider is a built-in simulated one.
+    pub fn is_simulated(&self) -> bool {
+        !self.providers.is_empty() && self.providers.iter().all(|p| p.cfg.simulated)
     }
 
     /// The providers, in configured order.
@@ -330,7 +418,8 @@ impl Router {
     /// Serve one chat request to the end: exactly one `done` or `error` event is sent (unless
     /// the client is gone).
     pub async fn route(&self, req: ChatRequest, out: Emitter, cancel: CancellationToken) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted down however the request ends, a panic included.
+        let _in_flight = InFlight::enter(&self.in_flight);
         let start = Instant::now();
         let mut rec = RequestRecord {
             id: 0,
@@ -382,7 +471,6 @@ impl Router {
             sink.record(rec);
         }
         let _ = out.send(event).await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Decide the candidates and the estimates of a request, and record the ranking.

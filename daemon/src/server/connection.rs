@@ -9,8 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use interprocess::local_socket::tokio::Stream;
+use tokio::time::Instant;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream as Socket;
 use mythos_protocol::codec::{CodecError, FrameCodec};
 use mythos_protocol::{
     negotiate, Encoding, ErrorKind, Hello, HelloReply, Request, Response, StatusReport,
@@ -21,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::Seat;
 use super::Context;
 use crate::router::Emitter;
 
@@ -31,7 +37,12 @@ pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve one connection to the end.
-pub async fn serve(stream: Stream, ctx: Arc<Context>) {
+pub async fn serve(stream: Socket, ctx: Arc<Context>, seat: Seat) {
+    serve_seated(stream, &ctx, &seat).await;
+    ctx.conns.leave(seat.id);
+}
+
+async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     let mut framed = Framed::new(
         stream,
         FrameCodec::<Hello, HelloReply>::new(Encoding::Json, MAX_HELLO_LEN),
@@ -39,6 +50,7 @@ pub async fn serve(stream: Stream, ctx: Arc<Context>) {
     let hello = tokio::select! {
         h = tokio::time::timeout(HELLO_TIMEOUT, framed.next()) => h,
         _ = ctx.hard_stop.cancelled() => return,
+        _ = seat.close.cancelled() => return,
     };
     let reply = match hello {
         Ok(Some(Ok(hello))) => negotiate(&hello, BUILD),
@@ -82,13 +94,16 @@ pub async fn serve(stream: Stream, ctx: Arc<Context>) {
         }
     });
 
-    let mut streams: HashMap<u64, CancellationToken> = HashMap::new();
+    let mut streams: HashMap<u64, Stream> = HashMap::new();
     let mut tasks: JoinSet<u64> = JoinSet::new();
     loop {
         tokio::select! {
             frame = frames.next() => match frame {
                 None => break,
-                Some(Ok(req)) => handle(req, &ctx, &tx, &mut streams, &mut tasks).await,
+                Some(Ok(req)) => {
+                    handle(req, ctx, seat, &tx, &mut streams, &mut tasks).await;
+                    ctx.conns.touch(seat.id, streams.len(), Instant::now());
+                }
                 Some(Err(e)) => {
                     // The stream is out of sync after a bad frame: say why and drop this client.
                     let kind = match e {
@@ -106,14 +121,17 @@ pub async fn serve(stream: Stream, ctx: Arc<Context>) {
                 if let Ok(id) = done {
                     streams.remove(&id);
                 }
+                ctx.conns.touch(seat.id, streams.len(), Instant::now());
             }
             _ = ctx.hard_stop.cancelled() => break,
+            // Pushed out to make room for a new client (this one was the longest idle).
+            _ = seat.close.cancelled(), if streams.is_empty() => break,
         }
     }
     // The client is gone (or we are stopping): abort its upstream requests now, so no tokens
     // are billed for nobody.
-    for token in streams.values() {
-        token.cancel();
+    for stream in streams.values() {
+        stream.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
     drop(tx);
@@ -131,8 +149,9 @@ fn incompatible(reason: String) -> HelloReply {
 async fn handle(
     req: Request,
     ctx: &Arc<Context>,
+    seat: &Seat,
     tx: &mpsc::Sender<Response>,
-    streams: &mut HashMap<u64, CancellationToken>,
+    streams: &mut HashMap<u64, Stream>,
     tasks: &mut JoinSet<u64>,
 ) {
     let reply = match req {
@@ -148,9 +167,26 @@ async fn handle(
             };
             if ctx.draining.is_cancelled() {
                 refuse(ErrorKind::ShuttingDown, "mythosd is shutting down")
+            } else if seat.reserve {
+                refuse(
+                    ErrorKind::Internal,
+                    &format!(
+                        "mythosd is at its limit of {} connections, all of them streaming: this \
+                         one may ask for status but not chat (raise [server] max_connections)",
+                        ctx.conns.max()
+                    ),
+                )
             } else if chat.messages.is_empty() {
                 refuse(ErrorKind::BadRequest, "the request has no messages")
             } else {
+                // A stream that already sent its last event frees its id, even before its
+                // task has been reaped: a client may reuse an id right after `done`.
+                if streams
+                    .get(&id)
+                    .is_some_and(|s| s.ended.load(Ordering::Acquire))
+                {
+                    streams.remove(&id);
+                }
                 match streams.entry(id) {
                     Entry::Occupied(_) => refuse(
                         ErrorKind::Protocol,
@@ -158,11 +194,33 @@ async fn handle(
                     ),
                     Entry::Vacant(slot) => {
                         let token = ctx.hard_stop.child_token();
-                        slot.insert(token.clone());
+                        let ended = Arc::new(AtomicBool::new(false));
+                        slot.insert(Stream {
+                            cancel: token.clone(),
+                            ended: ended.clone(),
+                        });
                         let router = ctx.router();
-                        let emitter = Emitter::new(id, tx.clone());
+                        let emitter = Emitter::new(id, tx.clone())
+                            .with_end_flag(ended)
+                            .with_shutdown(ctx.hard_stop.clone());
+                        let report = tx.clone();
                         let tracked = ctx.streams.track_future(async move {
-                            router.route(chat, emitter, token).await;
+                            // A bug in one request must not hang its client or touch any other
+                            // stream: end this one with an `internal` error and go on.
+                            let run = AssertUnwindSafe(router.route(chat, emitter, token));
+                            if let Err(panic) = run.catch_unwind().await {
+                                let what = panic_message(panic.as_ref());
+                                tracing::error!(request = id, panic = %what, "a request panicked");
+                                let event = StreamEvent::Error {
+                                    kind: ErrorKind::Internal,
+                                    message: format!(
+                                        "internal error in mythosd ({what}); other requests go on, \
+                                         and the daemon log has the details"
+                                    ),
+                                    retry_at_unix_ms: None,
+                                };
+                                let _ = report.send(Response::Event { id, event }).await;
+                            }
                             id
                         });
                         tasks.spawn(tracked);
@@ -172,8 +230,8 @@ async fn handle(
             }
         }
         Request::Cancel { id } => {
-            if let Some(t) = streams.get(&id) {
-                t.cancel();
+            if let Some(s) = streams.get(&id) {
+                s.cancel.cancel();
             }
             return;
         }
@@ -184,7 +242,7 @@ async fn handle(
                 pid: std::process::id(),
                 uptime_secs: ctx.started.elapsed().as_secs(),
                 in_flight: router.in_flight(),
-                simulated: ctx.simulated,
+                simulated: router.is_simulated(),
                 providers: router.status(),
             })
         }
@@ -221,7 +279,7 @@ async fn handle(
             Some(state) => Response::Usage(state.usage(days).await),
             None => no_state(),
         },
-        Request::SimInject { provider, faults } => match ctx.sims.get(&provider) {
+        Request::SimInject { provider, faults } => match ctx.sim(&provider) {
             Some(sim) => {
                 sim.inject(faults);
                 Response::Ok
@@ -233,6 +291,22 @@ async fn handle(
         },
     };
     let _ = tx.send(reply).await;
+}
+
+/// A chat stream of this connection.
+struct Stream {
+    cancel: CancellationToken,
+    /// Its last event (`done` or `error`) has been sent.
+    ended: Arc<AtomicBool>,
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 fn unknown_provider(name: &str) -> Response {

@@ -6,6 +6,7 @@
 //! then cancel what is left and wait for every connection to close.
 
 pub mod connection;
+pub mod limits;
 pub mod socket;
 
 use std::collections::HashMap;
@@ -19,19 +20,26 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ProviderConfig;
 use crate::router::Router;
 use crate::sim::SimProvider;
 use crate::state::StateStore;
+
+/// The simulated providers: their configs, and the servers by name.
+pub type Sims = (Vec<ProviderConfig>, HashMap<String, SimProvider>);
 
 /// Everything a connection needs.
 pub struct Context {
     router: RwLock<Arc<Router>>,
     /// When the daemon started.
     pub started: Instant,
-    /// The pool is the built-in simulated providers.
-    pub simulated: bool,
-    /// Simulated providers by name, for fault injection.
-    pub sims: HashMap<String, SimProvider>,
+    /// The simulated providers, once started (they keep running across reloads): their
+    /// configs, and the servers by name for fault injection.
+    sims: std::sync::Mutex<Option<Sims>>,
+    /// The HTTP client every provider shares.
+    pub http: reqwest::Client,
+    /// Live client connections.
+    pub conns: limits::ConnTable,
     /// The state store, if one could be opened.
     pub state: Option<StateStore>,
     /// Cancelled when a client asks the daemon to shut down.
@@ -48,15 +56,16 @@ impl Context {
     /// A context around `router`.
     pub fn new(
         router: Router,
-        simulated: bool,
-        sims: HashMap<String, SimProvider>,
+        sims: Option<Sims>,
         state: Option<StateStore>,
+        http: reqwest::Client,
     ) -> Self {
         Context {
             router: RwLock::new(Arc::new(router)),
             started: Instant::now(),
-            simulated,
-            sims,
+            sims: std::sync::Mutex::new(sims),
+            http,
+            conns: limits::ConnTable::new(crate::config::ServerConfig::default().max_connections),
             state,
             shutdown_requested: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -73,9 +82,66 @@ impl Context {
             .clone()
     }
 
+    /// Use `table` for connections (the cap from the config, fitted to the fd limit).
+    pub fn with_connection_table(mut self, table: limits::ConnTable) -> Self {
+        self.conns = table;
+        self
+    }
+
     /// Swap in a new router.
     pub fn replace_router(&self, router: Router) {
         *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+    }
+
+    fn sims_lock(&self) -> std::sync::MutexGuard<'_, Option<Sims>> {
+        self.sims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The simulated provider `name`, if the daemon runs on simulated providers now.
+    pub fn sim(&self, name: &str) -> Option<SimProvider> {
+        if !self.router().is_simulated() {
+            return None;
+        }
+        self.sims_lock()
+            .as_ref()
+            .and_then(|(_, sims)| sims.get(name).cloned())
+    }
+
+    /// The simulated providers' configs, starting them if they are not running yet.
+    pub async fn sims_or_start(&self) -> std::io::Result<Vec<ProviderConfig>> {
+        if let Some((configs, _)) = self.sims_lock().as_ref() {
+            return Ok(configs.clone());
+        }
+        let (configs, sims) = crate::app::start_sims().await?;
+        let mut slot = self.sims_lock();
+        let (configs, _) = slot.get_or_insert((configs, sims));
+        Ok(configs.clone())
+    }
+
+    /// Stop the simulated providers (at shutdown).
+    pub fn stop_sims(&self) {
+        if let Some((_, sims)) = self.sims_lock().as_ref() {
+            for sim in sims.values() {
+                sim.shutdown();
+            }
+        }
+    }
+}
+
+/// The peer's uid when it is not this daemon's (Unix; elsewhere, or unknown: `None`).
+fn foreign_peer(stream: &interprocess::local_socket::tokio::Stream) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use interprocess::local_socket::traits::StreamCommon as _;
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let peer = stream.peer_creds().ok()?.euid()?;
+        (peer != uid).then_some(peer)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = stream;
+        None
     }
 }
 
@@ -89,17 +155,45 @@ pub async fn run(
 ) {
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
+    // Accept errors (out of file descriptors, typically) back off exponentially and are logged
+    // once per burst, instead of spinning and logging ten times a second.
+    let mut backoff = Duration::ZERO;
+    let mut failed = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
-                    let ctx = ctx.clone();
-                    connections.spawn(connection::serve(stream, ctx));
+                    if failed > 0 {
+                        tracing::info!(errors = failed, "accepting connections again");
+                        failed = 0;
+                    }
+                    backoff = Duration::ZERO;
+                    if let Some(uid) = foreign_peer(&stream) {
+                        // The socket is 0600 in a 0700 directory; this is the last line.
+                        tracing::warn!(peer_uid = uid, "refused a connection from another user");
+                        continue;
+                    }
+                    match ctx.conns.admit(Instant::now()) {
+                        Some(seat) => {
+                            let ctx = ctx.clone();
+                            connections.spawn(connection::serve(stream, ctx, seat));
+                        }
+                        None => {
+                            tracing::warn!(
+                                max = ctx.conns.max(),
+                                "every connection is busy and the reserve is full: refusing one"
+                            );
+                            drop(stream);
+                        }
+                    }
                 }
                 Err(e) => {
-                    // Running out of file descriptors, typically: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if failed == 0 {
+                        tracing::error!(error = %e, "accept failed; backing off");
+                    }
+                    failed += 1;
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::time::sleep(backoff).await;
                 }
             },
             _ = &mut shutdown => break,
@@ -124,3 +218,6 @@ pub async fn run(
     // Connections end promptly once hard_stop fires; bound the wait anyway.
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
 }
+
+#[cfg(test)]
+mod tests;

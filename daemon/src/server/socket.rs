@@ -37,6 +37,33 @@ pub enum BindError {
     },
 }
 
+/// The identity of the socket file we bound, to notice it being deleted or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketId {
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketId {
+    /// The identity of the file at `path` now, if any.
+    pub fn of(path: &Path) -> Option<SocketId> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(path).ok()?;
+            Some(SocketId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            Some(SocketId { dev: 0, ino: 0 })
+        }
+    }
+}
+
 /// A bound listener plus what keeps it ours.
 pub struct Bound {
     /// The listener.
@@ -95,12 +122,29 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
         }
 
         let lock_path = lock_path(path);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err)?;
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(io_err)?
+        };
+        // A lock file someone else made (in a shared directory) could be held by them to keep
+        // us from starting: refuse it, and keep ours private.
+        let lock_meta = lock.metadata().map_err(io_err)?;
+        if lock_meta.uid() != uid {
+            return Err(BindError::Unsafe {
+                path: lock_path,
+                why: format!("owned by uid {}, not by you (uid {uid})", lock_meta.uid()),
+            });
+        }
+        if lock_meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&lock_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err)?;
+        }
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -109,7 +153,16 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
 
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only ever remove a socket: a regular file or a symlink at this path is not a stale
+            // socket of ours, and deleting it could destroy someone's data.
+            if !meta.file_type().is_socket() {
+                return Err(BindError::Unsafe {
+                    path: path.to_path_buf(),
+                    why: "something that is not a socket is at this path; move it away".into(),
+                });
+            }
             let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
             match interprocess::local_socket::tokio::Stream::connect(name).await {
                 Ok(_) => return Err(BindError::AlreadyRunning(path.to_path_buf())),

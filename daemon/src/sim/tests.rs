@@ -31,7 +31,10 @@ async fn sim(flavor: Flavor) -> (SimProvider, HttpTransport) {
         simulated: true,
         ..ProviderConfig::new("t", api, s.base_url(), "m")
     };
-    (s, HttpTransport::new(cfg, http_client()))
+    (
+        s,
+        HttpTransport::new(cfg, http_client().expect("http client")),
+    )
 }
 
 #[derive(Debug, Default)]

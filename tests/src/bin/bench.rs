@@ -377,7 +377,7 @@ async fn main() {
     let sim = mock("mock", Flavor::OpenAi).await;
     let transport = Arc::new(HttpTransport::new(
         provider_cfg("mock", &sim, Api::Openai),
-        http_client(),
+        http_client().expect("http client"),
     ));
     let env = daemon_env(&[("mock", &sim)], "");
     // Build (or find) the binaries before timing the start.
@@ -462,7 +462,7 @@ async fn main() {
         paced.set_delays(Duration::from_millis(50), Duration::from_millis(20));
         let transport = Arc::new(HttpTransport::new(
             provider_cfg("paced", &paced, Api::Openai),
-            http_client(),
+            http_client().expect("http client"),
         ));
         let env = daemon_env(&[("paced", &paced)], "");
         let _daemon = env.start_daemon(&[]);
@@ -592,7 +592,7 @@ async fn main() {
         let fallback = mock("fallback", Flavor::OpenAi).await;
         let ft = HttpTransport::new(
             provider_cfg("fallback", &fallback, Api::Openai),
-            http_client(),
+            http_client().expect("http client"),
         );
         let mut own = Vec::new();
         for _ in 0..20 {
@@ -632,7 +632,7 @@ async fn main() {
         let fallback = mock("fallback", Flavor::OpenAi).await;
         let ft = HttpTransport::new(
             provider_cfg("fallback", &fallback, Api::Openai),
-            http_client(),
+            http_client().expect("http client"),
         );
         let mut own = Vec::new();
         for _ in 0..20 {
@@ -884,7 +884,10 @@ async fn main() {
     // --- 7: client start ------------------------------------------------------------------
     {
         let sim = mock("mock", Flavor::OpenAi).await;
-        let t = HttpTransport::new(provider_cfg("mock", &sim, Api::Openai), http_client());
+        let t = HttpTransport::new(
+            provider_cfg("mock", &sim, Api::Openai),
+            http_client().expect("http client"),
+        );
         let env = daemon_env(&[("mock", &sim)], "");
         let _daemon = env.start_daemon(&[]);
         let mut wall = Vec::new();

@@ -1,0 +1,206 @@
+//! The server in-process (mini-redis style): bind first, hand the listener to `run`, talk to it
+//! with the protocol codec, and shut it down through its future.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use mythos_protocol::codec::FrameCodec;
+use mythos_protocol::{
+    ChatRequest, Encoding, ErrorKind, FinishReason, Hello, HelloReply, Request, Response,
+    StreamEvent, MAX_FRAME_LEN, MAX_HELLO_LEN,
+};
+use tokio_util::codec::Framed;
+
+use super::*;
+use crate::config::{Api, ProviderConfig, RoutingConfig};
+use crate::provider::{Delta, DeltaStream, OpenFuture, Transport, UpstreamRequest};
+use crate::router::{RoutedProvider, Router};
+
+/// Answers "ok" slowly, or panics when the prompt says so.
+struct Scripted;
+
+impl Transport for Scripted {
+    fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
+        let prompt = req.chat.messages[0].joined_text();
+        Box::pin(async move {
+            if prompt == "panic" {
+                panic!("scripted bug");
+            }
+            let delay = if prompt == "slow" { 300 } else { 1 };
+            let items = vec![
+                Ok(Delta::Text("ok".into())),
+                Ok(Delta::Finish(FinishReason::Stop)),
+            ];
+            let s = futures_util::stream::iter(items).then(move |d| async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                d
+            });
+            Ok(Box::pin(s) as DeltaStream)
+        })
+    }
+}
+
+type Client = Framed<Stream, FrameCodec<Response, Request>>;
+
+async fn connect(path: &std::path::Path) -> Client {
+    let name = path.to_fs_name::<GenericFilePath>().unwrap();
+    let stream = Stream::connect(name).await.unwrap();
+    let mut hello = Framed::new(
+        stream,
+        FrameCodec::<HelloReply, Hello>::new(Encoding::Json, MAX_HELLO_LEN),
+    );
+    hello
+        .send(Hello::new("test", vec![Encoding::Bincode]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        hello.next().await,
+        Some(Ok(HelloReply::Accepted { .. }))
+    ));
+    hello.map_codec(|_| FrameCodec::new(Encoding::Bincode, MAX_FRAME_LEN))
+}
+
+/// Send a chat and read its events to the end.
+async fn chat(c: &mut Client, id: u64, prompt: &str) -> Vec<StreamEvent> {
+    c.send(Request::Chat(ChatRequest::user_text(id, prompt)))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next()).await {
+            Ok(Some(Ok(Response::Event { id: got, event }))) if got == id => {
+                let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+                out.push(event);
+                if end {
+                    return out;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    ctx: Arc<Context>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mythos").join("test.sock");
+    let bound = socket::bind(&path).await.unwrap();
+    let cfg = ProviderConfig::new("scripted", Api::Openai, "http://127.0.0.1:1", "m");
+    let router = Router::new(
+        vec![RoutedProvider {
+            cfg,
+            transport: Arc::new(Scripted),
+        }],
+        RoutingConfig::default(),
+        None,
+        1,
+    );
+    let http = crate::provider::http_client().unwrap();
+    let ctx = Arc::new(Context::new(router, None, None, http));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        bound.listener,
+        ctx.clone(),
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(2),
+    ));
+    Server {
+        _dir: dir,
+        path,
+        ctx,
+        stop: Some(tx),
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_request_ends_with_an_internal_error_and_nothing_else_stops() {
+    let s = start().await;
+    let mut c = connect(&s.path).await;
+    let ev = chat(&mut c, 1, "panic").await;
+    match ev.last() {
+        Some(StreamEvent::Error { kind, message, .. }) => {
+            assert_eq!(*kind, ErrorKind::Internal);
+            assert!(message.contains("scripted bug"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same connection, and the daemon, go on; nothing is left counted in flight.
+    let ev = chat(&mut c, 2, "fine").await;
+    assert!(
+        matches!(ev.last(), Some(StreamEvent::Done { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(s.ctx.router().in_flight(), 0);
+    // The same id may be used again right after its end.
+    let ev = chat(&mut c, 2, "again").await;
+    assert!(
+        matches!(ev.last(), Some(StreamEvent::Done { .. })),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_streams_and_refuses_new_ones() {
+    let mut s = start().await;
+    let mut c = connect(&s.path).await;
+    c.send(Request::Chat(ChatRequest::user_text(1, "slow")))
+        .await
+        .unwrap();
+    // Wait until it has started upstream.
+    loop {
+        if let Some(Ok(Response::Event {
+            event: StreamEvent::Started { .. },
+            ..
+        })) = c.next().await
+        {
+            break;
+        }
+    }
+    let _ = s.stop.take().unwrap().send(());
+    // A new request on an open connection is refused while draining.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(Request::Chat(ChatRequest::user_text(2, "late")))
+        .await
+        .unwrap();
+    let mut done_first = false;
+    let mut refused_second = false;
+    while let Ok(Some(Ok(Response::Event { id, event }))) =
+        tokio::time::timeout(Duration::from_secs(5), c.next()).await
+    {
+        match (id, event) {
+            (1, StreamEvent::Done { .. }) => done_first = true,
+            (
+                2,
+                StreamEvent::Error {
+                    kind: ErrorKind::ShuttingDown,
+                    ..
+                },
+            ) => refused_second = true,
+            _ => {}
+        }
+        if done_first && refused_second {
+            break;
+        }
+    }
+    assert!(done_first, "the running stream finished during the drain");
+    assert!(refused_second, "the late one was refused");
+    tokio::time::timeout(Duration::from_secs(10), s.task)
+        .await
+        .expect("run returns after the drain")
+        .unwrap();
+}
