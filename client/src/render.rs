@@ -118,7 +118,7 @@ pub fn fmt_wait_ms(ms: u64) -> String {
     let secs = ms.div_ceil(1000);
     match secs {
         0..60 => format!("{secs} s"),
-        60..3600 if secs % 60 == 0 => format!("{} m", secs / 60),
+        60..3600 if secs.is_multiple_of(60) => format!("{} m", secs / 60),
         60..3600 => format!("{} m {} s", secs / 60, secs % 60),
         _ if (secs % 3600) / 60 == 0 => format!("{} h", secs / 3600),
         _ => format!("{} h {} m", secs / 3600, (secs % 3600) / 60),
@@ -152,7 +152,7 @@ pub fn fmt_count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -502,6 +502,10 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
         out.push_str(&style.yellow(&format!(
             "simulated providers (no API keys found: set {KEY_VARS})"
         )));
+        out.push('\n');
+    }
+    for note in &report.notes {
+        out.push_str(&style.yellow(&format!("note: {note}")));
         out.push('\n');
     }
     out.push('\n');
@@ -1182,11 +1186,13 @@ mod tests {
             in_flight: 1,
             simulated: true,
             providers: vec![cooling, busy],
+            notes: vec!["the state database was unreadable: started fresh".into()],
         };
         let text = status_text(&report, Style::PLAIN);
         let expected = "\
 mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
 simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY)
+note: the state database was unreadable: started fresh
 
 PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  LIVE  QUOTA LEFT  WAIT
 sim-anthropic  rate limited  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3     0    0/50 req  59 s

@@ -146,14 +146,23 @@ pub struct Prepared {
 pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
     let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
+    let mut notes = Vec::new();
     let (state, loaded, thread) = match std::fs::create_dir_all(&opts.state_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))
-        .and_then(|_| StateStore::open(&opts.state_dir.join("state.db")).map_err(|e| e.to_string()))
-    {
-        Ok((s, l, t)) => (Some(s), Some(l), Some(t)),
+        .and_then(|_| {
+            StateStore::open_or_recover(&opts.state_dir.join("state.db")).map_err(|e| e.to_string())
+        }) {
+        Ok((s, l, t, note)) => {
+            if let Some(note) = note {
+                tracing::warn!("{note}");
+                notes.push(note);
+            }
+            (Some(s), Some(l), Some(t))
+        }
         Err(e) => {
             // Routing works without persistence; say so loudly and carry on.
             tracing::error!(error = %e, "running without persistent state");
+            notes.push(format!("running without saved state: {e}"));
             (None, None, None)
         }
     };
@@ -196,7 +205,8 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     );
     let ctx = Arc::new(
         Context::new(router, sims, state, client)
-            .with_connection_table(crate::server::limits::ConnTable::new(cap)),
+            .with_connection_table(crate::server::limits::ConnTable::new(cap))
+            .with_notes(notes),
     );
     Ok(Prepared {
         ctx,
@@ -221,9 +231,9 @@ pub fn spawn_health_saver(ctx: Arc<Context>) {
         let mut seen = ctx.router().next_record_id();
         let mut busy_since_trim = false;
         loop {
+            let changed = ctx.router().health_changed();
             tokio::select! {
                 _ = tick.tick() => {
-                    save_health(&ctx);
                     let router = ctx.router();
                     let served = router.next_record_id();
                     if served != seen || router.in_flight() > 0 {
@@ -234,8 +244,15 @@ pub fn spawn_health_saver(ctx: Arc<Context>) {
                         release_free_memory();
                     }
                 }
+                // A breaker opened, a provider was paused: on disk within tens of
+                // milliseconds, so a crash right after cannot lose it. A few more changes in
+                // the same moment share the write.
+                _ = changed.notified() => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 _ = ctx.draining.cancelled() => return,
             }
+            save_health(&ctx);
         }
     });
 }

@@ -18,12 +18,29 @@ use crate::router::RecordSink;
 /// Schema version in `PRAGMA user_version`. Migrations go in [`migrate`].
 const SCHEMA_VERSION: i64 = 1;
 
+/// Request records older than this are deleted at start-up (`why` and `usage` look back less).
+pub const RECORD_DAYS: u64 = 90;
+
 /// Why the state database could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("state database {path}: {source}")]
 pub struct StateError {
     path: PathBuf,
     source: rusqlite::Error,
+}
+
+impl StateError {
+    /// The file is not a database, or a corrupt one (as opposed to, say, a permission error).
+    fn is_unreadable(&self) -> bool {
+        matches!(
+            &self.source,
+            rusqlite::Error::SqliteFailure(e, _)
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+                )
+        )
+    }
 }
 
 enum Cmd {
@@ -57,6 +74,14 @@ impl StateStore {
         };
         let conn = Connection::open(path).map_err(err)?;
         migrate(&conn).map_err(err)?;
+        let cutoff =
+            mythos_protocol::clock::now_unix_ms().saturating_sub(RECORD_DAYS * 86_400_000) as i64;
+        let pruned = conn
+            .execute("DELETE FROM requests WHERE unix_ms < ?1", params![cutoff])
+            .map_err(err)?;
+        if pruned > 0 {
+            tracing::info!(pruned, days = RECORD_DAYS, "deleted old request records");
+        }
         let health = load_health(&conn).map_err(err)?;
         let next_record: u64 = conn
             .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM requests", [], |r| {
@@ -76,6 +101,53 @@ impl StateStore {
             },
             thread,
         ))
+    }
+
+    /// Open the database at `path`; if it is not a database or is corrupt, move it aside (it is
+    /// kept, renamed) and start a fresh one. The note says what happened, for the log and
+    /// `status`.
+    pub fn open_or_recover(
+        path: &Path,
+    ) -> Result<(StateStore, Loaded, JoinHandle<()>, Option<String>), StateError> {
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        match Self::open(path) {
+            Ok((s, l, t)) => {
+                let note = empty.then(|| {
+                    format!(
+                        "the state database {} was an empty file: started fresh",
+                        path.display()
+                    )
+                });
+                Ok((s, l, t, note))
+            }
+            Err(e) if e.is_unreadable() => {
+                let aside = PathBuf::from(format!(
+                    "{}.corrupt-{}",
+                    path.display(),
+                    mythos_protocol::clock::now_unix_ms()
+                ));
+                let moved = std::fs::rename(path, &aside);
+                for suffix in ["-wal", "-shm"] {
+                    let side = PathBuf::from(format!("{}{suffix}", path.display()));
+                    let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
+                }
+                if let Err(m) = moved {
+                    return Err(StateError {
+                        path: path.to_path_buf(),
+                        source: rusqlite::Error::ToSqlConversionFailure(Box::new(m)),
+                    });
+                }
+                let (s, l, t) = Self::open(path)?;
+                let note = format!(
+                    "the state database was unreadable ({}): it was moved to {} and a fresh \
+                     one started, so provider health and history start over",
+                    e.source,
+                    aside.display()
+                );
+                Ok((s, l, t, Some(note)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Queue a health snapshot for writing.
@@ -315,6 +387,32 @@ mod tests {
             }
         );
         assert!(!h.no_prefill);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_database_is_moved_aside_and_started_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, b"this is not a database, it is a shopping list").unwrap();
+        let (_store, loaded, _t, note) = StateStore::open_or_recover(&path).unwrap();
+        assert_eq!(loaded.next_record, 1);
+        let note = note.expect("a note");
+        assert!(note.contains("moved to"), "{note}");
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            std::fs::read(kept[0].path()).unwrap(),
+            b"this is not a database, it is a shopping list"
+        );
+        // An empty file is said out loud too.
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let (_s, _l, _t, note) = StateStore::open_or_recover(&empty).unwrap();
+        assert!(note.unwrap().contains("empty"));
     }
 
     #[tokio::test]

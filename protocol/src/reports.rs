@@ -19,6 +19,9 @@ pub struct StatusReport {
     pub simulated: bool,
     /// Providers, best first.
     pub providers: Vec<ProviderStatus>,
+    /// What the user should know about the daemon itself (its state was recovered, ...).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// One provider's health as the router sees it.

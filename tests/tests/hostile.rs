@@ -346,3 +346,71 @@ async fn other_users_can_neither_pose_as_the_daemon_nor_reach_it() {
         Err(e) => eprintln!("python3 is not available ({e}): peer check not exercised"),
     }
 }
+
+/// A pause or a trip is on disk within 100 ms: a `kill -9` right after does not lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_a_429_keeps_the_pause() {
+    use mythos_protocol::{BreakerState, Request, SimFault};
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    for trial in 0..5 {
+        let daemon = env.start_daemon(&[]);
+        let mut c = RawClient::connect(&env.socket).await;
+        mocks.anthropic.inject([SimFault::RateLimit {
+            retry_after_ms: 600_000,
+        }]);
+        // Pinned, so the 429 comes straight back: the moment the client knows, 100 ms to go.
+        let mut req = ChatRequest::user_text(1, "trip");
+        req.pin = Some(mythos_protocol::Pin {
+            provider: Some("anthropic".into()),
+            model: None,
+        });
+        c.send(Request::Chat(req)).await;
+        loop {
+            if let Response::Event {
+                event: StreamEvent::Error { .. },
+                ..
+            } = c.recv().await
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        daemon.signal(libc::SIGKILL);
+        drop(daemon);
+        let _daemon = env.start_daemon(&[]);
+        let mut c = RawClient::connect(&env.socket).await;
+        let s = c.status().await;
+        let a = s.providers.iter().find(|p| p.name == "anthropic").unwrap();
+        assert_eq!(a.state, BreakerState::RateLimited, "trial {trial}: {a:?}");
+        drop(c);
+        // Start the next trial from a healthy provider, with no daemon running.
+        assert!(env.mythos(&["reset", "anthropic"]).status.success());
+        assert!(env.mythos(&["daemon", "stop"]).status.success());
+    }
+}
+
+/// A corrupt state database is kept aside, a fresh one is started, and `status` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_database_is_kept_aside_and_reported() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(env.state.join("state.db"), b"not sqlite at all").unwrap();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env.mythos(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("note: the state database was unreadable"),
+        "{text}"
+    );
+    let aside = std::fs::read_dir(&env.state)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains("corrupt"))
+        .expect("the old file, kept");
+    assert_eq!(std::fs::read(aside.path()).unwrap(), b"not sqlite at all");
+    // And it routes and records as usual.
+    assert!(env.mythos(&["ask", "hello"]).status.success());
+    assert!(env.mythos(&["why", "last"]).status.success());
+}

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use mythos_protocol::{BreakerState, ChatRequest, SimFault};
+use mythos_protocol::{BreakerState, ChatRequest, SimFault, StreamEvent};
 use mythos_tests::{Daemon, Mocks, RawClient, TestEnv};
 use mythosd::sim::answer_for;
 
@@ -218,4 +218,56 @@ fn an_unwritable_socket_path_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not-a-dir"), "{err}");
     assert!(err.lines().count() <= 3, "short and clear: {err}");
+}
+
+/// Wait (observing, not sleeping blindly) until `cond` holds for the status report.
+async fn status_until(
+    c: &mut RawClient,
+    cond: impl Fn(&mythos_protocol::StatusReport) -> bool,
+) -> mythos_protocol::StatusReport {
+    for _ in 0..500 {
+        let s = c.status().await;
+        if cond(&s) {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the status never changed as expected");
+}
+
+/// A reload keeps one sequence of record ids, falls back to the simulated providers when the
+/// config no longer yields any provider (the file with the keys was deleted), and leaves them
+/// again when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_switches_between_real_and_simulated_providers() {
+    let mocks = Mocks::start().await;
+    let env = TestEnv::new();
+    let config = format!(
+        "[[provider]]\nname = \"mock\"\napi = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n\
+         api_key = \"key-openai\"\n",
+        mocks.openai.base_url()
+    );
+    env.write_config(&config);
+    let daemon = env.start_daemon(&[]);
+    let mut c = RawClient::connect(&env.socket).await;
+    let record = |ev: &[StreamEvent]| match ev.last() {
+        Some(StreamEvent::Done { record, .. }) => *record,
+        other => panic!("{other:?}"),
+    };
+    let first = record(&c.chat(ChatRequest::user_text(1, "one")).await);
+    // The config file goes away: nothing is configured any more.
+    std::fs::remove_file(&env.config).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let s = status_until(&mut c, |s| s.simulated).await;
+    assert!(s.providers.iter().all(|p| p.name.starts_with("sim-")));
+    let ev = c.chat(ChatRequest::user_text(2, "two")).await;
+    assert_eq!(mythos_tests::text_of(&ev), answer_for("two"));
+    let second = record(&ev);
+    // And back.
+    env.write_config(&config);
+    daemon.signal(libc::SIGHUP);
+    status_until(&mut c, |s| !s.simulated && s.providers[0].name == "mock").await;
+    let third = record(&c.chat(ChatRequest::user_text(3, "three")).await);
+    assert!(first < second && second < third, "{first} {second} {third}");
+    drop(daemon);
 }

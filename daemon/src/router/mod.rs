@@ -133,6 +133,9 @@ pub struct Router {
     /// Shared likewise: requests of every generation.
     in_flight: Arc<AtomicU32>,
     last_record: Arc<AtomicU64>,
+    /// Woken when a breaker opens or closes, a provider is paused or disabled: state worth
+    /// saving at once rather than at the next periodic save.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// One request counted in a gauge while it lives.
@@ -295,7 +298,13 @@ impl Router {
             next_record: Arc::new(AtomicU64::new(first_record_id.max(1))),
             in_flight: Arc::new(AtomicU32::new(0)),
             last_record: Arc::new(AtomicU64::new(0)),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified when health changed in a way worth saving at once.
+    pub fn health_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// The router that replaces this one on a config reload. Record ids go on in one sequence.
@@ -327,6 +336,7 @@ impl Router {
             next_record: self.next_record.clone(),
             in_flight: self.in_flight.clone(),
             last_record: self.last_record.clone(),
+            changed: self.changed.clone(),
         }
     }
 
@@ -840,6 +850,9 @@ impl Router {
                         book.record_outcome(u, false, now);
                     }
                 });
+                if probe {
+                    self.changed.notify_one();
+                }
                 rec.provider = Some(p.cfg.name.clone());
                 rec.queued_ms = j.queued.as_millis() as u64;
                 return Ok((end.finish.unwrap_or(FinishReason::Stop), end.model));
@@ -948,6 +961,13 @@ impl Router {
                     book.refuse_prefill(i, now);
                 }
             });
+            if tripped.get().is_some()
+                || effect.pause.is_some()
+                || effect.disable.is_some()
+                || effect.no_prefill
+            {
+                self.changed.notify_one();
+            }
             let reason = match tripped.get() {
                 Some(until) => format!(
                     "{}; cooling down for {}",

@@ -244,6 +244,7 @@ async fn handle(
                 in_flight: router.in_flight(),
                 simulated: router.is_simulated(),
                 providers: router.status(),
+                notes: ctx.notes.clone(),
             })
         }
         Request::Shutdown => {
@@ -257,6 +258,7 @@ async fn handle(
             match book.index_of(&provider) {
                 Some(i) => {
                     book.reset(i);
+                    router.health_changed().notify_one();
                     Response::Ok
                 }
                 None => unknown_provider(&provider),

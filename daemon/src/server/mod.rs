@@ -40,6 +40,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Live client connections.
     pub conns: limits::ConnTable,
+    /// Things the user should know about the daemon itself (state recovered, ...), for status.
+    pub notes: Vec<String>,
     /// The state store, if one could be opened.
     pub state: Option<StateStore>,
     /// Cancelled when a client asks the daemon to shut down.
@@ -66,6 +68,7 @@ impl Context {
             sims: std::sync::Mutex::new(sims),
             http,
             conns: limits::ConnTable::new(crate::config::ServerConfig::default().max_connections),
+            notes: Vec::new(),
             state,
             shutdown_requested: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -80,6 +83,12 @@ impl Context {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Things to tell the user in `status`.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 
     /// Use `table` for connections (the cap from the config, fitted to the fd limit).

@@ -125,6 +125,9 @@ pub struct SimStats {
     pub active: u64,
 }
 
+/// How many recent requests a simulated provider keeps for inspection.
+pub const KEEP_REQUESTS: usize = 64;
+
 /// A request as the simulated provider saw it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -143,7 +146,9 @@ struct Inner {
     rng: Mutex<fastrand::Rng>,
     stats: Mutex<SimStats>,
     aborted: watch::Sender<u64>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    /// The last [`KEEP_REQUESTS`] requests (the simulators serve the no-key default mode, so
+    /// their memory must not grow with use).
+    requests: Mutex<VecDeque<RecordedRequest>>,
     server: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -179,7 +184,7 @@ impl SimProvider {
             limiter: Mutex::new(limiter),
             stats: Mutex::new(SimStats::default()),
             aborted: watch::channel(0).0,
-            requests: Mutex::new(Vec::new()),
+            requests: Mutex::new(VecDeque::new()),
             server: Mutex::new(None),
         });
         let app = axum::Router::new()
@@ -260,9 +265,9 @@ impl SimProvider {
         Inner::lock(&self.inner.stats).clone()
     }
 
-    /// Requests received so far, oldest first.
+    /// The last requests received (at most [`KEEP_REQUESTS`]), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        Inner::lock(&self.inner.requests).clone()
+        Inner::lock(&self.inner.requests).iter().cloned().collect()
     }
 
     /// Resolves once `n` streams have been aborted by their clients.
@@ -325,11 +330,17 @@ async fn handle(
             .map(str::to_string)
     };
     Inner::lock(&inner.stats).requests += 1;
-    Inner::lock(&inner.requests).push(RecordedRequest {
-        path: uri.path().to_string(),
-        body: json.clone(),
-        auth_present: key.is_some(),
-    });
+    {
+        let mut kept = Inner::lock(&inner.requests);
+        if kept.len() >= KEEP_REQUESTS {
+            kept.pop_front();
+        }
+        kept.push_back(RecordedRequest {
+            path: uri.path().to_string(),
+            body: json.clone(),
+            auth_present: key.is_some(),
+        });
+    }
 
     let wrong_api = anthropic != (uri.path() == "/v1/messages");
     if wrong_api {

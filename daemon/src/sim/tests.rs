@@ -296,3 +296,14 @@ async fn chaos_fails_the_way_providers_do() {
     s.set_chaos(None);
     assert!(run(&t, &chat, None).await.unwrap().error.is_none());
 }
+
+#[tokio::test]
+async fn only_recent_requests_are_kept() {
+    let (s, t) = sim(Flavor::OpenAi).await;
+    let chat = ChatRequest::user_text(1, "big prompt ".repeat(1000));
+    for _ in 0..(KEEP_REQUESTS + 10) {
+        run(&t, &chat, None).await.unwrap();
+    }
+    assert_eq!(s.requests().len(), KEEP_REQUESTS);
+    assert_eq!(s.stats().requests, KEEP_REQUESTS as u64 + 10);
+}
