@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use futures_util::StreamExt;
 use mythosd::app::{self, Options};
 use mythosd::server::{self, socket};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
@@ -282,6 +281,7 @@ async fn run(
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
             Ok(mut signals) => {
+                use futures_util::StreamExt;
                 let ctx = ctx.clone();
                 let opts = opts.clone();
                 tokio::spawn(async move {

@@ -251,6 +251,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Send a signal (Unix).
+    #[cfg(unix)]
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill with a valid pid and signal number has no memory-safety preconditions.
         unsafe {
@@ -258,9 +259,15 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM and wait for a clean exit; returns the exit status.
+    /// Ask for a clean shutdown (SIGTERM; `mythos daemon stop`'s request elsewhere) and wait
+    /// for the exit; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        #[cfg(unix)]
         self.signal(libc::SIGTERM);
+        #[cfg(not(unix))]
+        {
+            let _ = self.child.kill();
+        }
         self.child.wait().expect("wait mythosd")
     }
 }

@@ -1,6 +1,9 @@
 //! Hostile clients and bad days, against the real binaries: each case states what a user needs
 //! (the daemon stays up, other sessions go on, nothing leaks) and checks it.
 
+// Unix sockets, signals, uids and file modes: these cases are Unix's.
+#![cfg(unix)]
+
 use std::time::Duration;
 
 use mythos_protocol::{ChatRequest, ErrorKind, Request, Response, StreamEvent};

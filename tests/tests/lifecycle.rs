@@ -1,6 +1,9 @@
 //! The daemon's life: socket safety, one daemon per socket, ordered shutdown, state that
 //! survives a restart, config errors that say where, the newcomer's paths.
 
+// Unix sockets, signals, uids and file modes: these cases are Unix's.
+#![cfg(unix)]
+
 use std::os::unix::fs::PermissionsExt;
 
 use mythos_protocol::{BreakerState, ChatRequest, SimFault, StreamEvent};

@@ -143,6 +143,8 @@ fn make_temp_dir() -> Result<PathBuf, Failure> {
             std::process::id(),
             nanos.wrapping_add(n)
         ));
+        // Mutated on Unix only (its mode).
+        #[allow(unused_mut)]
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         {

@@ -222,6 +222,7 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
     }
 }
 
+#[cfg(unix)]
 fn lock_path(socket: &Path) -> PathBuf {
     let mut s = socket.as_os_str().to_owned();
     s.push(".lock");
@@ -229,6 +230,7 @@ fn lock_path(socket: &Path) -> PathBuf {
 }
 
 /// Whether `dir` is a directory mythos made for itself (its name starts with `mythos`).
+#[cfg(unix)]
 fn is_private_dir(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str())

@@ -316,11 +316,20 @@ fn cpu_secs(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    #[cfg(unix)]
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    #[cfg(not(unix))]
+    let hz = 100.0_f64;
     ticks / hz.max(1.0)
 }
 
+#[cfg(not(unix))]
+fn raise_fd_limit() -> u64 {
+    0
+}
+
+#[cfg(unix)]
 fn raise_fd_limit() -> u64 {
     // SAFETY: plain getrlimit/setrlimit on our own process.
     unsafe {
