@@ -336,6 +336,13 @@ fn lost(e: Option<CodecError>) -> Failure {
             };
             Failure::new(format!("lost the connection to mythosd{detail}")).hint(hint)
         }
+        // Our own message was over the frame cap: the prompt is too large, versions are fine.
+        Some(CodecError::FrameTooLarge { len, max }) => Failure::new(format!(
+            "the request is {} MiB, over the {} MiB a message to mythosd may be",
+            len.div_ceil(1 << 20),
+            max >> 20
+        ))
+        .hint("send less: a shorter prompt or conversation (/clear in chat), or smaller files"),
         Some(e) => Failure::new(format!("protocol error talking to mythosd: {e}")).hint(
             "the daemon and this client may be different versions; try `mythos daemon restart`",
         ),

@@ -23,8 +23,29 @@ pub struct Hello {
     pub protocol: u32,
     /// The client's build (crate version), shown to the user on a mismatch.
     pub build: String,
-    /// Encodings the client can speak, most preferred first.
+    /// Encodings the client can speak, most preferred first. Names this build does not know
+    /// are skipped when reading, so a newer client can offer newer encodings first and still be
+    /// served in an older one.
+    #[serde(deserialize_with = "known_encodings")]
     pub encodings: Vec<Encoding>,
+}
+
+/// Read an encoding list, skipping names this build does not know.
+fn known_encodings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Encoding>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Offered {
+        Known(Encoding),
+        Other(serde::de::IgnoredAny),
+    }
+    let offered = Vec::<Offered>::deserialize(d)?;
+    Ok(offered
+        .into_iter()
+        .filter_map(|o| match o {
+            Offered::Known(e) => Some(e),
+            Offered::Other(_) => None,
+        })
+        .collect())
 }
 
 impl Hello {
@@ -88,7 +109,10 @@ pub fn negotiate(hello: &Hello, daemon_build: &str) -> HelloReply {
             build: daemon_build.to_string(),
             encoding,
         },
-        None => incompatible("the client offered no encoding".to_string()),
+        None => incompatible(
+            "the client offered no encoding this daemon speaks (it speaks bincode and json)"
+                .to_string(),
+        ),
     }
 }
 
@@ -119,6 +143,32 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(old, HelloReply::Incompatible { protocol: 7, .. }));
+    }
+
+    #[test]
+    fn unknown_encodings_are_skipped_and_the_next_one_is_chosen() {
+        let hello: Hello = serde_json::from_str(
+            r#"{"magic":"mythos","protocol":2,"build":"9","encodings":["msgpack","json"]}"#,
+        )
+        .unwrap();
+        assert_eq!(hello.encodings, [Encoding::Json]);
+        assert!(matches!(
+            negotiate(&hello, "d"),
+            HelloReply::Accepted {
+                encoding: Encoding::Json,
+                ..
+            }
+        ));
+        let only_new: Hello = serde_json::from_str(
+            r#"{"magic":"mythos","protocol":2,"build":"9","encodings":["cbor"]}"#,
+        )
+        .unwrap();
+        match negotiate(&only_new, "d") {
+            HelloReply::Incompatible { reason, .. } => {
+                assert!(reason.contains("speaks"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

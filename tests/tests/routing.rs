@@ -227,39 +227,38 @@ async fn mid_stream_disconnect_continues_with_the_exact_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_onto_anthropic_uses_prefill() {
-    // Reverse the order so Anthropic is the fallback and receives an assistant prefill.
-    let (w, _daemon) = world("[[provider]]\nname = \"anthropic\"\npriority = 5\n").await;
+    // Anthropic last, OpenAI out: the only fallback of deepseek is Anthropic, which continues
+    // with an assistant prefill.
+    let (w, _daemon) = world(
+        "[[provider]]\nname = \"anthropic\"\npriority = 5\n\
+         [[provider]]\nname = \"openai\"\nenabled = false\n",
+    )
+    .await;
     w.deepseek.inject([SimFault::DisconnectAfter { tokens: 9 }]);
     let mut c = w.env.connect().await;
     let prompt = "continue me";
     let ev = c.chat(ChatRequest::user_text(1, prompt)).await;
     assert_eq!(text_of(&ev), answer_for(prompt));
-    let routes = reroutes(&ev);
-    assert_eq!(routes[0].0, "deepseek");
-    let to = &routes[0].1;
-    let sim = if to == "anthropic" {
-        &w.anthropic
-    } else {
-        &w.openai
-    };
-    assert!(sim.stats().completed == 1);
-    if to == "anthropic" {
-        let req = w.anthropic.requests().pop().unwrap();
-        let last = req.body["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
-        assert_eq!(last["role"], "assistant");
-        let prefill = last["content"].as_str().unwrap();
-        assert!(answer_for(prompt).starts_with(prefill));
-        assert_eq!(
-            prefill,
-            prefill.trim_end(),
-            "prefill never ends in whitespace"
-        );
-    }
+    assert_eq!(
+        reroutes(&ev),
+        [("deepseek".into(), "anthropic".into(), RerouteMode::Continue)]
+    );
+    assert_eq!(w.anthropic.stats().completed, 1);
+    let req = w.anthropic.requests().pop().unwrap();
+    let last = req.body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["role"], "assistant");
+    let prefill = last["content"].as_str().unwrap();
+    assert!(answer_for(prompt).starts_with(prefill));
+    assert_eq!(
+        prefill,
+        prefill.trim_end(),
+        "prefill never ends in whitespace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
