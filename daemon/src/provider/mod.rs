@@ -14,6 +14,8 @@ pub mod error;
 pub mod openai;
 pub mod ratelimit;
 pub mod redact;
+#[cfg(test)]
+mod soup;
 pub mod sse;
 #[cfg(test)]
 mod transcripts;
