@@ -661,6 +661,7 @@ async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mythos_protocol::DoneInfo;
 
     #[test]
     fn readiness_lines() {
@@ -791,7 +792,7 @@ mod tests {
             StreamEvent::TextDelta {
                 text: "Whole answer.".into(),
             },
-            StreamEvent::Done {
+            StreamEvent::Done(DoneInfo {
                 finish: FinishReason::Stop,
                 usage: Usage::default(),
                 cost_usd: 0.0,
@@ -799,7 +800,7 @@ mod tests {
                 provider: "b".into(),
                 model: "m".into(),
                 record: 9,
-            },
+            }),
         ];
         let daemon = fake_daemon(socket.clone(), true, events.clone()).await;
         let target = Target {
@@ -825,7 +826,7 @@ mod tests {
         assert_eq!(turn.text, "Whole answer.");
         assert!(matches!(
             turn.outcome,
-            Some(Outcome::Done { record: 9, .. })
+            Some(Outcome::Done(DoneInfo { record: 9, .. }))
         ));
         assert_eq!(seen, events);
 

@@ -8,7 +8,6 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mythos_protocol::{
     BreakerState, ErrorKind, RequestRecord, RerouteMode, StatusReport, StreamEvent, Usage,
@@ -92,12 +91,8 @@ fn color_allowed() -> bool {
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use mythos_protocol::clock::now_unix_ms;
+use mythos_protocol::clock::utc_civil;
 
 // ---------------------------------------------------------------------------------------------
 // Small formats
@@ -350,29 +345,6 @@ fn local_civil(secs: i64) -> Option<(i64, u32, u32, u32, u32, u32)> {
         tm.tm_min as u32,
         tm.tm_sec as u32,
     ))
-}
-
-fn utc_civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    // Howard Hinnant's days-to-civil algorithm.
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        ((rem % 3600) / 60) as u32,
-        (rem % 60) as u32,
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,8 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use mythos_protocol::{
-    ChatRequest, ErrorKind, FinishReason, Request, RequestId, RerouteMode, Response, StreamEvent,
-    Usage,
+    ChatRequest, DoneInfo, ErrorKind, Request, RequestId, RerouteMode, Response, StreamEvent,
 };
 
 use crate::connection::Connection;
@@ -16,22 +15,7 @@ use crate::error::Failure;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The answer is complete.
-    Done {
-        /// Why the model stopped.
-        finish: FinishReason,
-        /// Tokens of the whole request.
-        usage: Usage,
-        /// Estimated cost.
-        cost_usd: f64,
-        /// Wall time.
-        latency_ms: u64,
-        /// Provider that finished the answer.
-        provider: String,
-        /// Model that finished the answer.
-        model: String,
-        /// Routing record id (`mythos why`).
-        record: u64,
-    },
+    Done(DoneInfo),
     /// The request failed.
     Failed {
         /// What kind of failure.
@@ -75,19 +59,12 @@ impl Outcome {
     /// The dim one-line summary printed after a finished answer; `None` for a failure.
     pub fn footer(&self) -> Option<String> {
         match self {
-            Outcome::Done {
-                usage,
-                cost_usd,
-                latency_ms,
-                provider,
-                model,
-                ..
-            } => Some(crate::render::footer(
-                provider,
-                model,
-                *latency_ms,
-                *usage,
-                *cost_usd,
+            Outcome::Done(d) => Some(crate::render::footer(
+                &d.provider,
+                &d.model,
+                d.latency_ms,
+                d.usage,
+                d.cost_usd,
             )),
             Outcome::Failed { .. } => None,
         }
@@ -122,24 +99,8 @@ impl Turn {
                     mode: *mode,
                 });
             }
-            StreamEvent::Done {
-                finish,
-                usage,
-                cost_usd,
-                latency_ms,
-                provider,
-                model,
-                record,
-            } => {
-                self.outcome = Some(Outcome::Done {
-                    finish: finish.clone(),
-                    usage: *usage,
-                    cost_usd: *cost_usd,
-                    latency_ms: *latency_ms,
-                    provider: provider.clone(),
-                    model: model.clone(),
-                    record: *record,
-                });
+            StreamEvent::Done(done) => {
+                self.outcome = Some(Outcome::Done(done.clone()));
                 return true;
             }
             StreamEvent::Error {
@@ -273,10 +234,7 @@ async fn cancel(conn: &mut Connection, id: RequestId) -> Result<Ended, Failure> 
             match conn.recv().await {
                 Ok(Response::Event { id: got, event })
                     if got == id
-                        && matches!(
-                            event,
-                            StreamEvent::Done { .. } | StreamEvent::Error { .. }
-                        ) =>
+                        && matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. }) =>
                 {
                     return
                 }
@@ -311,6 +269,7 @@ pub fn response_name(r: &Response) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mythos_protocol::{FinishReason, Usage};
 
     fn started(p: &str, attempt: u32) -> StreamEvent {
         StreamEvent::Started {
@@ -325,7 +284,7 @@ mod tests {
     }
 
     fn done() -> StreamEvent {
-        StreamEvent::Done {
+        StreamEvent::Done(DoneInfo {
             finish: FinishReason::Stop,
             usage: Usage {
                 input_tokens: 10,
@@ -336,7 +295,7 @@ mod tests {
             provider: "b".into(),
             model: "b-model".into(),
             record: 7,
-        }
+        })
     }
 
     fn reroute(mode: RerouteMode) -> StreamEvent {
@@ -375,7 +334,7 @@ mod tests {
         assert_eq!(turn.reroutes.len(), 1);
         assert!(matches!(
             turn.outcome,
-            Some(Outcome::Done { record: 7, .. })
+            Some(Outcome::Done(DoneInfo { record: 7, .. }))
         ));
     }
 

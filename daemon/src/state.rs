@@ -317,10 +317,7 @@ fn query_why(conn: &Connection, id: Option<u64>) -> rusqlite::Result<Option<Requ
 }
 
 fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = mythos_protocol::clock::now_unix_ms();
     let since = utc_day(now_ms.saturating_sub(u64::from(days.max(1) - 1) * 86_400_000));
     let mut stmt = conn.prepare(
         "SELECT day, COALESCE(provider, '(failed)'), COUNT(*), SUM(input_tokens),
@@ -341,21 +338,7 @@ fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> 
     rows.collect()
 }
 
-/// `YYYY-MM-DD` of a Unix time in milliseconds, UTC (civil-from-days, Howard Hinnant's method).
-pub fn utc_day(unix_ms: u64) -> String {
-    let days = (unix_ms / 86_400_000) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub use mythos_protocol::clock::utc_day;
 
 #[cfg(test)]
 mod tests {

@@ -212,6 +212,36 @@ mod tests {
     }
 
     #[test]
+    fn golden_done_event() {
+        // `done` carries a DoneInfo struct; its bytes are those of the struct variant it was in
+        // protocol 1 (variant index, then the fields in order), in both encodings.
+        let ev = Response::Event {
+            id: 1,
+            event: StreamEvent::Done(DoneInfo {
+                finish: FinishReason::Stop,
+                usage: Usage {
+                    input_tokens: 2,
+                    output_tokens: 3,
+                },
+                cost_usd: 0.0,
+                latency_ms: 4,
+                provider: "p".into(),
+                model: "m".into(),
+                record: 5,
+            }),
+        };
+        let json = frame(Encoding::Json, ev.clone());
+        assert_eq!(
+            std::str::from_utf8(&json[4..]).unwrap(),
+            r#"{"event":{"id":1,"event":{"done":{"finish":"stop","usage":{"input_tokens":2,"output_tokens":3},"cost_usd":0.0,"latency_ms":4,"provider":"p","model":"m","record":5}}}}"#
+        );
+        assert_eq!(
+            frame(Encoding::Bincode, ev),
+            [0, 0, 0, 20, 0, 1, 7, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, b'p', 1, b'm', 5]
+        );
+    }
+
+    #[test]
     fn golden_json_frames() {
         let chat = Request::Chat(ChatRequest::user_text(1, "hi"));
         let bytes = frame(Encoding::Json, chat);

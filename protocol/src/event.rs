@@ -59,22 +59,7 @@ pub enum StreamEvent {
     /// Token counts of the current attempt so far (latest wins).
     Usage(Usage),
     /// The answer is complete.
-    Done {
-        /// Why the model stopped.
-        finish: FinishReason,
-        /// Tokens of the whole request, summed over providers that were billed.
-        usage: Usage,
-        /// Estimated cost in US dollars.
-        cost_usd: f64,
-        /// Wall time from request to done.
-        latency_ms: u64,
-        /// Provider that finished the answer.
-        provider: String,
-        /// Model that finished the answer.
-        model: String,
-        /// Id of the routing record (`mythos why RECORD`).
-        record: u64,
-    },
+    Done(DoneInfo),
     /// The request failed; nothing more follows.
     Error {
         /// What kind of failure.
@@ -97,6 +82,26 @@ pub enum StreamEvent {
         /// When the daemon gives up waiting, as Unix milliseconds.
         deadline_unix_ms: u64,
     },
+}
+
+/// How a complete answer ended. (On the wire, exactly the fields of the `done` event: a newtype
+/// variant of a struct encodes like a struct variant, in JSON and in bincode.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneInfo {
+    /// Why the model stopped.
+    pub finish: FinishReason,
+    /// Tokens of the whole request, summed over providers that were billed.
+    pub usage: Usage,
+    /// Estimated cost in US dollars.
+    pub cost_usd: f64,
+    /// Wall time from request to done.
+    pub latency_ms: u64,
+    /// Provider that finished the answer.
+    pub provider: String,
+    /// Model that finished the answer.
+    pub model: String,
+    /// Id of the routing record (`mythos why RECORD`).
+    pub record: u64,
 }
 
 /// What a reroute means for the text already streamed.

@@ -66,7 +66,7 @@ pub mod response;
 #[cfg(feature = "codec")]
 pub mod codec;
 
-pub use event::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
+pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
     Attempt, BreakerState, CandidateScore, ProviderStatus, QuotaStatus, RequestRecord,

@@ -340,7 +340,7 @@ impl RawClient {
         loop {
             if let Response::Event { id: got, event } = self.recv().await {
                 assert_eq!(got, id);
-                let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+                let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
                 events.push(event);
                 if end {
                     return events;

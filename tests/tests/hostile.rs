@@ -42,7 +42,7 @@ async fn a_frame_claiming_terabytes_drops_one_client_only() {
     let mut events = Vec::new();
     loop {
         if let Response::Event { event, .. } = other.recv().await {
-            let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+            let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
             events.push(event);
             if end {
                 break;

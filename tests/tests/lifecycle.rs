@@ -254,7 +254,7 @@ async fn reload_switches_between_real_and_simulated_providers() {
     let daemon = env.start_daemon(&[]);
     let mut c = RawClient::connect(&env.socket).await;
     let record = |ev: &[StreamEvent]| match ev.last() {
-        Some(StreamEvent::Done { record, .. }) => *record,
+        Some(StreamEvent::Done(d)) => d.record,
         other => panic!("{other:?}"),
     };
     let first = record(&c.chat(ChatRequest::user_text(1, "one")).await);

@@ -43,7 +43,7 @@ async fn drive(env: &TestEnv, n: usize, concurrency: usize) -> Run {
             run.queued += 1;
         }
         match ev.last() {
-            Some(StreamEvent::Done { .. }) => {
+            Some(StreamEvent::Done(_)) => {
                 run.answered += 1;
                 if text_of(&ev) != answer_for(&prompt) {
                     run.wrong_text += 1;

@@ -62,7 +62,7 @@ fn reroutes(events: &[StreamEvent]) -> Vec<(String, String, RerouteMode)> {
 
 fn done_provider(events: &[StreamEvent]) -> String {
     match events.last() {
-        Some(StreamEvent::Done { provider, .. }) => provider.clone(),
+        Some(StreamEvent::Done(d)) => d.provider.clone(),
         other => panic!("stream did not finish: {other:?}"),
     }
 }
@@ -463,7 +463,7 @@ async fn several_streams_share_one_connection() {
         if let Response::Event { id, event } = c.recv().await {
             match event {
                 StreamEvent::TextDelta { text } => texts.entry(id).or_default().push_str(&text),
-                StreamEvent::Done { .. } => done += 1,
+                StreamEvent::Done(_) => done += 1,
                 StreamEvent::Error { message, .. } => panic!("{message}"),
                 _ => {}
             }

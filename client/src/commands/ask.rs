@@ -86,7 +86,7 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
             Ended::Interrupted => return Err(Failure::silent(EXIT_INTERRUPTED)),
         };
         return match turn.outcome {
-            Some(done @ Outcome::Done { .. }) => {
+            Some(done @ Outcome::Done(_)) => {
                 if !opts.json {
                     printer.finish()?;
                     if opts.verbose || io::stderr().is_terminal() {

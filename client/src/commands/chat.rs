@@ -496,7 +496,7 @@ impl Session<'_> {
                 }
             };
             return match turn.outcome {
-                Some(done @ Outcome::Done { .. }) => {
+                Some(done @ Outcome::Done(_)) => {
                     printer.finish()?;
                     let style = printer.side_style();
                     printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
@@ -525,7 +525,7 @@ impl Session<'_> {
 mod tests {
     use super::*;
     use crate::stream::Turn;
-    use mythos_protocol::{FinishReason, RerouteMode, Usage};
+    use mythos_protocol::{DoneInfo, FinishReason, RerouteMode, Usage};
 
     #[test]
     fn commands_and_messages() {
@@ -592,7 +592,7 @@ mod tests {
             StreamEvent::TextDelta {
                 text: "6 x 7 = 42.".into(),
             },
-            StreamEvent::Done {
+            StreamEvent::Done(DoneInfo {
                 finish: FinishReason::Stop,
                 usage: Usage::default(),
                 cost_usd: 0.0,
@@ -600,7 +600,7 @@ mod tests {
                 provider: "b".into(),
                 model: "m".into(),
                 record: 1,
-            },
+            }),
         ]);
         assert!(convo.answer(&turn.text));
         assert_eq!(

@@ -411,7 +411,7 @@ async fn ask(conn: &mut Connection, style: Style, prompt: &str) -> Result<Asked,
         Ended::Interrupted => return Err(Failure::silent(EXIT_INTERRUPTED)),
     };
     match &turn.outcome {
-        Some(done @ Outcome::Done { .. }) => {
+        Some(done @ Outcome::Done(_)) => {
             printer.finish()?;
             printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
         }

@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use mythos_protocol::clock::now_unix_ms;
 use mythos_protocol::{
-    Attempt, CandidateScore, ChatRequest, ContentBlock, ErrorKind, FinishReason, ProviderStatus,
-    QuotaStatus, RequestRecord, RerouteMode, Response, StreamEvent, TaskKind, Usage,
+    Attempt, CandidateScore, ChatRequest, ContentBlock, DoneInfo, ErrorKind, FinishReason,
+    ProviderStatus, QuotaStatus, RequestRecord, RerouteMode, Response, StreamEvent, TaskKind,
+    Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -110,7 +111,7 @@ impl Emitter {
                 *message = "mythosd is shutting down and could not finish this answer".into();
             }
         }
-        if matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. }) {
+        if matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. }) {
             if let Some(flag) = &self.ended {
                 flag.store(true, Ordering::Release);
             }
@@ -458,7 +459,7 @@ impl Router {
         rec.latency_ms = start.elapsed().as_millis() as u64;
         rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
         let event = match result {
-            Ok((finish, model)) => StreamEvent::Done {
+            Ok((finish, model)) => StreamEvent::Done(DoneInfo {
                 finish,
                 usage: rec.usage,
                 cost_usd: rec.cost_usd,
@@ -466,7 +467,7 @@ impl Router {
                 provider: rec.provider.clone().unwrap_or_default(),
                 model,
                 record: rec.id,
-            },
+            }),
             Err((e, retry_at)) => {
                 rec.error = Some(e.kind);
                 StreamEvent::Error {

@@ -246,7 +246,7 @@ fn final_text(events: &[StreamEvent]) -> String {
 
 fn done_provider(events: &[StreamEvent]) -> Option<&str> {
     events.iter().find_map(|e| match e {
-        StreamEvent::Done { provider, .. } => Some(provider.as_str()),
+        StreamEvent::Done(d) => Some(d.provider.as_str()),
         _ => None,
     })
 }
@@ -352,10 +352,7 @@ async fn long_tool_call_argument_stream_is_not_killed() {
     assert_eq!(args, 40);
     assert!(matches!(
         ev.last(),
-        Some(StreamEvent::Done {
-            finish: FinishReason::ToolUse,
-            ..
-        })
+        Some(StreamEvent::Done(d)) if d.finish == FinishReason::ToolUse
     ));
 }
 
@@ -478,7 +475,8 @@ async fn a_broken_stream_still_counts_its_tokens() {
     ])]);
     let ev = ask(&h.router, req("x")).await;
     match ev.last() {
-        Some(StreamEvent::Done { usage, .. }) => {
+        Some(StreamEvent::Done(d)) => {
+            let usage = &d.usage;
             // alpha's 3 estimated output tokens plus beta's reported usage.
             assert!(usage.output_tokens > 3, "{usage:?}");
             assert!(usage.input_tokens > 10, "{usage:?}");
@@ -567,7 +565,7 @@ async fn every_provider_failing_mid_stream_is_an_error_not_a_clean_end() {
         }
     }
     let ev = ask(&h.router, req("x")).await;
-    assert!(!ev.iter().any(|e| matches!(e, StreamEvent::Done { .. })));
+    assert!(!ev.iter().any(|e| matches!(e, StreamEvent::Done(_))));
     match ev.last() {
         Some(StreamEvent::Error { message, .. }) => assert!(message.contains("incomplete")),
         other => panic!("{other:?}"),
@@ -727,7 +725,7 @@ async fn a_slow_reader_is_not_blamed_on_the_provider() {
     let mut events = Vec::new();
     while let Some(Response::Event { event, .. }) = rx.recv().await {
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+        let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
         events.push(event);
         if end {
             break;
@@ -1267,7 +1265,7 @@ async fn short_pauses_are_waited_for_even_when_another_is_long() {
     let t0 = Instant::now();
     let ev = ask(&h.router, req("busy everywhere")).await;
     assert!(
-        matches!(ev.last(), Some(StreamEvent::Done { .. })),
+        matches!(ev.last(), Some(StreamEvent::Done(_))),
         "{:?}",
         ev.last()
     );
@@ -1427,7 +1425,7 @@ async fn random_fault_mixes_at_concurrency_are_answered_whole() {
     let mut answered = 0;
     for t in tasks {
         let ev = t.await.unwrap();
-        if matches!(ev.last(), Some(StreamEvent::Done { .. })) {
+        if matches!(ev.last(), Some(StreamEvent::Done(_))) {
             assert_eq!(
                 final_text(&ev),
                 Chaos::ANSWER.concat(),

@@ -73,7 +73,7 @@ async fn chat(c: &mut Client, id: u64, prompt: &str) -> Vec<StreamEvent> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), c.next()).await {
             Ok(Some(Ok(Response::Event { id: got, event }))) if got == id => {
-                let end = matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. });
+                let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
                 out.push(event);
                 if end {
                     return out;
@@ -141,17 +141,11 @@ async fn a_panicking_request_ends_with_an_internal_error_and_nothing_else_stops(
     }
     // The same connection, and the daemon, go on; nothing is left counted in flight.
     let ev = chat(&mut c, 2, "fine").await;
-    assert!(
-        matches!(ev.last(), Some(StreamEvent::Done { .. })),
-        "{ev:?}"
-    );
+    assert!(matches!(ev.last(), Some(StreamEvent::Done(_))), "{ev:?}");
     assert_eq!(s.ctx.router().in_flight(), 0);
     // The same id may be used again right after its end.
     let ev = chat(&mut c, 2, "again").await;
-    assert!(
-        matches!(ev.last(), Some(StreamEvent::Done { .. })),
-        "{ev:?}"
-    );
+    assert!(matches!(ev.last(), Some(StreamEvent::Done(_))), "{ev:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +177,7 @@ async fn shutdown_drains_streams_and_refuses_new_ones() {
         tokio::time::timeout(Duration::from_secs(5), c.next()).await
     {
         match (id, event) {
-            (1, StreamEvent::Done { .. }) => done_first = true,
+            (1, StreamEvent::Done(_)) => done_first = true,
             (
                 2,
                 StreamEvent::Error {

@@ -1,7 +1,7 @@
 //! What the simulated providers put on the wire: error bodies and streaming plans in the
 //! Anthropic and OpenAI formats (shapes as in the recorded transcripts of the official SDKs).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode};
@@ -416,10 +416,7 @@ impl Writer {
     }
 
     fn created() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        mythos_protocol::clock::now_unix_ms() / 1000
     }
 
     fn openai_chunk(&self, choices: Value) -> Bytes {

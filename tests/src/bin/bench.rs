@@ -127,7 +127,7 @@ async fn via_once(c: &mut RawClient, id: u64, prompt: &str) -> (f64, f64, u64) {
                 ttft.get_or_insert_with(|| t0.elapsed());
             }
             Response::Event {
-                event: StreamEvent::Done { .. },
+                event: StreamEvent::Done(_),
                 ..
             } => break,
             Response::Event {
@@ -259,7 +259,7 @@ async fn batch(socket: &Path, n: usize, conc: usize, max_tokens: Option<u32>) ->
                             mode: mythos_protocol::RerouteMode::Restart,
                             ..
                         } => text.clear(),
-                        StreamEvent::Done { .. } => {
+                        StreamEvent::Done(_) => {
                             b.answered += 1;
                             if text != answer_for(&prompt) {
                                 b.wrong_text += 1;
@@ -674,7 +674,7 @@ async fn main() {
                         last_token = Instant::now();
                     }
                     Response::Event {
-                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
+                        event: StreamEvent::Done(_) | StreamEvent::Error { .. },
                         ..
                     } => break,
                     _ => {}
@@ -740,7 +740,7 @@ async fn main() {
                         ..
                     } => rerouted = true,
                     Response::Event {
-                        event: StreamEvent::Done { .. } | StreamEvent::Error { .. },
+                        event: StreamEvent::Done(_) | StreamEvent::Error { .. },
                         ..
                     } => break,
                     _ => {}
