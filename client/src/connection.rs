@@ -7,7 +7,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,26 +18,16 @@ use mythos_protocol::{
     Encoding, Hello, HelloReply, Request, RequestId, Response, MAX_FRAME_LEN, MAX_HELLO_LEN,
     PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_util::codec::Framed;
 
 use crate::error::{Failure, EXIT_INCOMPATIBLE};
+use crate::launcher::start_and_connect;
 
 /// This client's build, sent in the hello and shown on a version mismatch.
 pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 
-/// Environment variable naming the `mythosd` binary to start.
-pub const DAEMON_BIN_ENV: &str = "MYTHOSD_BIN";
-
 /// How long a daemon may take to answer the hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a daemon we started may take to report readiness.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// After `already-running`: how long the other daemon gets to start accepting connections.
-const ALREADY_RUNNING_GRACE: Duration = Duration::from_secs(3);
-/// Overall bound on starting a daemon, including waiting for a previous one to finish exiting.
-const START_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a non-stream request (status, why, ...) may take to be answered.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -453,251 +442,10 @@ pub async fn connect_with_retry(
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Starting the daemon
-
-/// The one line a daemon started with `--notify-stdout` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notify {
-    /// `ready <socket>`: the socket accepts connections.
-    Ready(String),
-    /// `already-running <socket>`: another daemon owns the socket.
-    AlreadyRunning(String),
-    /// `error <message>`: the daemon could not start.
-    Error(String),
-}
-
-/// Parse the readiness line; `None` for anything else.
-pub fn parse_notify(line: &str) -> Option<Notify> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    match word {
-        "ready" => Some(Notify::Ready(rest.to_string())),
-        "already-running" => Some(Notify::AlreadyRunning(rest.to_string())),
-        "error" => Some(Notify::Error(rest.to_string())),
-        _ => None,
-    }
-}
-
-/// What became of a daemon we spawned.
-#[derive(Debug)]
-pub enum Started {
-    /// It printed its line.
-    Line(Notify),
-    /// It closed stdout without a line (crashed, or not a mythosd).
-    Exited(Option<ExitStatus>, String),
-    /// It printed nothing in time (it was killed).
-    TimedOut,
-}
-
-/// Locate the `mythosd` binary: `$MYTHOSD_BIN`, else next to this executable, else on `PATH`.
-pub fn find_daemon() -> Result<PathBuf, Failure> {
-    if let Some(p) = std::env::var_os(DAEMON_BIN_ENV).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let name = format!("mythosd{}", std::env::consts::EXE_SUFFIX);
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)));
-    if let Some(p) = beside.as_ref().filter(|p| p.is_file()) {
-        return Ok(p.clone());
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(&name);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    let looked = beside.map_or_else(String::new, |p| format!(" at {} and", p.display()));
-    Err(
-        Failure::new(format!("cannot find mythosd (looked{looked} on PATH)")).hint(format!(
-            "install it (`cargo install --path daemon`, or `cargo build -p mythosd` next to this \
-             binary), or point {DAEMON_BIN_ENV} at it"
-        )),
-    )
-}
-
-/// A command running `mythosd --notify-stdout` with the plumbing a readiness line needs: no
-/// stdin, stdout piped to us, stderr discarded (the daemon logs to its state dir).
-pub fn daemon_command(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--notify-stdout")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd
-}
-
-/// Spawn `cmd` and wait for its readiness line.
-pub async fn spawn_and_wait(mut cmd: Command, bin: &Path) -> Result<(Started, Child), Failure> {
-    let mut child = cmd.spawn().map_err(|e| {
-        Failure::new(format!("cannot start {}: {e}", bin.display()))
-            .hint(format!("set {DAEMON_BIN_ENV} to the mythosd binary to use"))
-    })?;
-    let Some(stdout) = child.stdout.take() else {
-        return Err(Failure::new("cannot read mythosd's readiness line"));
-    };
-    let mut line = String::new();
-    let mut reader = BufReader::new(stdout);
-    let started = match tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await {
-        Err(_) => {
-            // It has had its chance; do not leave a half-started daemon holding the socket.
-            let _ = child.start_kill();
-            Started::TimedOut
-        }
-        Ok(Err(_)) | Ok(Ok(0)) => {
-            let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
-                .await
-                .ok()
-                .and_then(Result::ok);
-            Started::Exited(status, String::new())
-        }
-        Ok(Ok(_)) => match parse_notify(&line) {
-            Some(Notify::Error(first)) => {
-                // A failing daemon exits right after its line, but some of its messages (a
-                // config parse error with its source excerpt) span several lines: take what
-                // follows too, up to its exit, within reason.
-                let mut rest = Vec::new();
-                let mut tail = tokio::io::AsyncReadExt::take(reader, 16 * 1024);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::io::AsyncReadExt::read_to_end(&mut tail, &mut rest),
-                )
-                .await;
-                let rest = String::from_utf8_lossy(&rest);
-                let rest = rest.trim_end();
-                if rest.is_empty() {
-                    Started::Line(Notify::Error(first))
-                } else {
-                    Started::Line(Notify::Error(format!("{first}\n{rest}")))
-                }
-            }
-            Some(n) => Started::Line(n),
-            None => Started::Exited(None, line.trim().to_string()),
-        },
-    };
-    Ok((started, child))
-}
-
-/// Turn a start outcome other than ready/already-running into the failure to show.
-pub fn start_failure(started: Started, bin: &Path, socket: &Path) -> Failure {
-    let how = format!(
-        "run `{} --foreground --socket {}` to see why",
-        bin.display(),
-        socket.display()
-    );
-    match started {
-        Started::Line(Notify::Error(msg)) => {
-            Failure::new(format!("mythosd could not start: {msg}"))
-        }
-        Started::Exited(status, junk) => {
-            let status = status.map_or_else(String::new, |s| format!(" ({s})"));
-            let junk = if junk.is_empty() {
-                String::new()
-            } else {
-                format!("; it printed {junk:?}")
-            };
-            Failure::new(format!("mythosd exited before it was ready{status}{junk}")).hint(format!(
-                "{how}; its log is in {}",
-                daemon_log_dir().display()
-            ))
-        }
-        Started::TimedOut => Failure::new(format!(
-            "mythosd did not become ready within {} s",
-            READY_TIMEOUT.as_secs()
-        ))
-        .hint(how),
-        Started::Line(other) => Failure::new(format!("unexpected readiness line {other:?}")),
-    }
-}
-
-/// Start the shared daemon for `target` and connect to it.
-async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
-    let bin = find_daemon()?;
-    let deadline = Instant::now() + START_DEADLINE;
-    loop {
-        let mut cmd = daemon_command(&bin);
-        cmd.arg("--socket").arg(&target.socket);
-        // Its own process group: the daemon outlives this client and the terminal's Ctrl-C.
-        #[cfg(unix)]
-        cmd.process_group(0);
-        #[cfg(windows)]
-        {
-            const DETACHED_PROCESS: u32 = 0x0000_0008;
-            const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
-            cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
-        }
-        let (started, _child) = spawn_and_wait(cmd, &bin).await?;
-        // `_child` is dropped without waiting: the daemon keeps running on its own.
-        match started {
-            Started::Line(Notify::Ready(_)) => {
-                return connect_with_retry(target, ALREADY_RUNNING_GRACE)
-                    .await
-                    .map_err(|e| e.into_failure(target));
-            }
-            Started::Line(Notify::AlreadyRunning(_)) => {
-                // Someone else started one at the same moment, or one is on its way out and
-                // still holds the socket. Connect when it is ready; start again once it is gone.
-                match connect_with_retry(target, ALREADY_RUNNING_GRACE).await {
-                    Ok(c) => return Ok(c),
-                    Err(e @ ConnectError::Incompatible { .. }) => {
-                        return Err(e.into_failure(target))
-                    }
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(e.into_failure(target).hint(
-                            "another mythosd holds the socket but does not accept connections",
-                        ))
-                    }
-                    Err(_) => continue,
-                }
-            }
-            other => return Err(start_failure(other, &bin, &target.socket)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use mythos_protocol::DoneInfo;
-
-    #[test]
-    fn readiness_lines() {
-        assert_eq!(
-            parse_notify("ready /run/user/1/mythos/mythosd.sock\n"),
-            Some(Notify::Ready("/run/user/1/mythos/mythosd.sock".into()))
-        );
-        assert_eq!(
-            parse_notify("already-running /tmp/a b.sock"),
-            Some(Notify::AlreadyRunning("/tmp/a b.sock".into()))
-        );
-        assert_eq!(
-            parse_notify("error config.toml line 3: unknown field `x`"),
-            Some(Notify::Error(
-                "config.toml line 3: unknown field `x`".into()
-            ))
-        );
-        assert_eq!(parse_notify("hello"), None);
-        assert_eq!(parse_notify(""), None);
-    }
-
-    #[test]
-    fn start_failures_carry_the_daemons_words() {
-        let f = start_failure(
-            Started::Line(Notify::Error("config.toml line 3: bad".into())),
-            Path::new("mythosd"),
-            Path::new("/s"),
-        );
-        assert_eq!(
-            f.message,
-            "mythosd could not start: config.toml line 3: bad"
-        );
-        assert_eq!(f.code, 1);
-        let f = start_failure(Started::TimedOut, Path::new("mythosd"), Path::new("/s"));
-        assert!(f.hint.unwrap().contains("--foreground"));
-    }
 
     /// A stand-in daemon on a real local socket: answers the hello as `reply` says, then
     /// plays `events` for the first chat request and answers `status` with an error.

@@ -11,6 +11,7 @@
 mod commands;
 mod connection;
 mod error;
+mod launcher;
 mod render;
 mod stream;
 

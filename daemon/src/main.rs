@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mythos_protocol::StartupLine;
 use mythosd::app::{self, Options};
 use mythosd::server::{self, socket};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
@@ -168,7 +169,7 @@ fn main() -> ExitCode {
         Err(e) => {
             notify(
                 args.notify_stdout,
-                &format!("error cannot start runtime: {e}"),
+                &StartupLine::Error(format!("cannot start runtime: {e}")).to_string(),
             );
             return ExitCode::FAILURE;
         }
@@ -246,7 +247,10 @@ async fn run(
     let bound = match socket::bind(&socket_path).await {
         Ok(b) => b,
         Err(socket::BindError::AlreadyRunning(p)) => {
-            notify(notify_stdout, &format!("already-running {}", p.display()));
+            notify(
+                notify_stdout,
+                &StartupLine::AlreadyRunning(p.display().to_string()).to_string(),
+            );
             eprintln!(
                 "mythosd: another mythosd is already running on {}",
                 p.display()
@@ -255,7 +259,10 @@ async fn run(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot bind");
-            notify(notify_stdout, &format!("error {e}"));
+            notify(
+                notify_stdout,
+                &StartupLine::Error(e.to_string()).to_string(),
+            );
             eprintln!("mythosd: {e}");
             return ExitCode::FAILURE;
         }
@@ -264,7 +271,10 @@ async fn run(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            notify(notify_stdout, &format!("error {e}"));
+            notify(
+                notify_stdout,
+                &StartupLine::Error(e.to_string()).to_string(),
+            );
             eprintln!("mythosd: {e}");
             drop(bound.listener);
             socket::Bound::remove_socket(&bound.path);
@@ -310,7 +320,10 @@ async fn run(
     spawn_watchers(ctx.clone(), bound.path.clone(), owner_pid);
     tracing::info!(socket = %bound.path.display(), simulated = ctx.router().is_simulated(),
                    version = env!("CARGO_PKG_VERSION"), fd_limit, "mythosd ready");
-    notify(notify_stdout, &format!("ready {}", bound.path.display()));
+    notify(
+        notify_stdout,
+        &StartupLine::Ready(bound.path.display().to_string()).to_string(),
+    );
     sd_notify_ready();
 
     let socket_path = bound.path.clone();

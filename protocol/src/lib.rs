@@ -62,6 +62,7 @@ pub mod paths;
 pub mod reports;
 pub mod request;
 pub mod response;
+pub mod startup;
 
 #[cfg(feature = "codec")]
 pub mod codec;
@@ -76,6 +77,7 @@ pub use request::{
     ChatRequest, ContentBlock, Message, Pin, Request, RequestId, Role, SimFault, TaskKind, ToolSpec,
 };
 pub use response::Response;
+pub use startup::StartupLine;
 
 /// Identifies a mythos hello; anything else on the socket is not one of ours.
 pub const MAGIC: &str = "mythos";

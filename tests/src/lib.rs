@@ -190,7 +190,10 @@ impl TestEnv {
         let mut child = cmd.spawn().expect("spawn mythosd");
         let line = read_line_with_timeout(&mut child, Duration::from_secs(20));
         assert!(
-            line.starts_with("ready "),
+            matches!(
+                mythos_protocol::StartupLine::parse(&line),
+                Some(mythos_protocol::StartupLine::Ready(_))
+            ),
             "mythosd did not start: {line:?}"
         );
         Daemon { child }

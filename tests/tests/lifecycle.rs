@@ -48,7 +48,10 @@ fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
         .arg(&env.state)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("already-running"));
+    assert!(matches!(
+        mythos_protocol::StartupLine::parse(&String::from_utf8_lossy(&out.stdout)),
+        Some(mythos_protocol::StartupLine::AlreadyRunning(_))
+    ));
     let status = env.mythos(&["status"]);
     assert!(
         status.status.success(),

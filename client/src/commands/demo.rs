@@ -10,16 +10,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mythos_protocol::{
-    BreakerState, ChatRequest, Encoding, Request, Response, SimFault, StreamEvent,
+    BreakerState, ChatRequest, Encoding, Request, Response, SimFault, StartupLine, StreamEvent,
 };
 use tokio::process::Child;
 
 use super::{print, status, stream_failure, unexpected, why, Globals};
-use crate::connection::{
-    connect_with_retry, daemon_command, find_daemon, spawn_and_wait, start_failure, Connection,
-    Notify, Started, Target,
-};
+use crate::connection::{connect_with_retry, Connection, Target};
 use crate::error::{Failure, EXIT_INTERRUPTED, EXIT_OK};
+use crate::launcher::{daemon_command, find_daemon, spawn_and_wait, start_failure, Started};
 use crate::render::{fmt_duration_ms, status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome, Turn};
 
@@ -86,7 +84,7 @@ impl PrivateDaemon {
         let (started, child) = spawn_and_wait(cmd, &bin).await?;
         daemon.child = Some(child);
         match started {
-            Started::Line(Notify::Ready(_)) => Ok(daemon),
+            Started::Line(StartupLine::Ready(_)) => Ok(daemon),
             other => Err(start_failure(other, &bin, &socket)),
         }
     }

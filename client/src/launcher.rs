@@ -1,0 +1,223 @@
+//! Starting `mythosd`: find the binary, spawn it with `--notify-stdout`, and wait for the line
+//! it prints once its socket accepts connections (readiness is observed, never guessed).
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use mythos_protocol::StartupLine;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::connection::{connect_with_retry, daemon_log_dir, ConnectError, Connection, Target};
+use crate::error::Failure;
+
+/// Environment variable naming the `mythosd` binary to start.
+pub const DAEMON_BIN_ENV: &str = "MYTHOSD_BIN";
+
+/// How long a daemon we started may take to report readiness.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `already-running`: how long the other daemon gets to start accepting connections.
+const ALREADY_RUNNING_GRACE: Duration = Duration::from_secs(3);
+/// Overall bound on starting a daemon, including waiting for a previous one to finish exiting.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What became of a daemon we spawned.
+#[derive(Debug)]
+pub enum Started {
+    /// It printed its line.
+    Line(StartupLine),
+    /// It closed stdout without a line (crashed, or not a mythosd).
+    Exited(Option<ExitStatus>, String),
+    /// It printed nothing in time (it was killed).
+    TimedOut,
+}
+
+/// Locate the `mythosd` binary: `$MYTHOSD_BIN`, else next to this executable, else on `PATH`.
+pub fn find_daemon() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os(DAEMON_BIN_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let name = format!("mythosd{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&name)));
+    if let Some(p) = beside.as_ref().filter(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(&name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let looked = beside.map_or_else(String::new, |p| format!(" at {} and", p.display()));
+    Err(
+        Failure::new(format!("cannot find mythosd (looked{looked} on PATH)")).hint(format!(
+            "install it (`cargo install --path daemon`, or `cargo build -p mythosd` next to this \
+             binary), or point {DAEMON_BIN_ENV} at it"
+        )),
+    )
+}
+
+/// A command running `mythosd --notify-stdout` with the plumbing a readiness line needs: no
+/// stdin, stdout piped to us, stderr discarded (the daemon logs to its state dir).
+pub fn daemon_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--notify-stdout")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Spawn `cmd` and wait for its readiness line.
+pub async fn spawn_and_wait(mut cmd: Command, bin: &Path) -> Result<(Started, Child), Failure> {
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::new(format!("cannot start {}: {e}", bin.display()))
+            .hint(format!("set {DAEMON_BIN_ENV} to the mythosd binary to use"))
+    })?;
+    let Some(stdout) = child.stdout.take() else {
+        return Err(Failure::new("cannot read mythosd's readiness line"));
+    };
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    let started = match tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => {
+            // It has had its chance; do not leave a half-started daemon holding the socket.
+            let _ = child.start_kill();
+            Started::TimedOut
+        }
+        Ok(Err(_)) | Ok(Ok(0)) => {
+            let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            Started::Exited(status, String::new())
+        }
+        Ok(Ok(_)) => match StartupLine::parse(&line) {
+            Some(StartupLine::Error(first)) => {
+                // A failing daemon exits right after its line, but some of its messages (a
+                // config parse error with its source excerpt) span several lines: take what
+                // follows too, up to its exit, within reason.
+                let mut rest = Vec::new();
+                let mut tail = tokio::io::AsyncReadExt::take(reader, 16 * 1024);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::AsyncReadExt::read_to_end(&mut tail, &mut rest),
+                )
+                .await;
+                let rest = String::from_utf8_lossy(&rest);
+                let rest = rest.trim_end();
+                if rest.is_empty() {
+                    Started::Line(StartupLine::Error(first))
+                } else {
+                    Started::Line(StartupLine::Error(format!("{first}\n{rest}")))
+                }
+            }
+            Some(n) => Started::Line(n),
+            None => Started::Exited(None, line.trim().to_string()),
+        },
+    };
+    Ok((started, child))
+}
+
+/// Turn a start outcome other than ready/already-running into the failure to show.
+pub fn start_failure(started: Started, bin: &Path, socket: &Path) -> Failure {
+    let how = format!(
+        "run `{} --foreground --socket {}` to see why",
+        bin.display(),
+        socket.display()
+    );
+    match started {
+        Started::Line(StartupLine::Error(msg)) => {
+            Failure::new(format!("mythosd could not start: {msg}"))
+        }
+        Started::Exited(status, junk) => {
+            let status = status.map_or_else(String::new, |s| format!(" ({s})"));
+            let junk = if junk.is_empty() {
+                String::new()
+            } else {
+                format!("; it printed {junk:?}")
+            };
+            Failure::new(format!("mythosd exited before it was ready{status}{junk}")).hint(format!(
+                "{how}; its log is in {}",
+                daemon_log_dir().display()
+            ))
+        }
+        Started::TimedOut => Failure::new(format!(
+            "mythosd did not become ready within {} s",
+            READY_TIMEOUT.as_secs()
+        ))
+        .hint(how),
+        Started::Line(other) => Failure::new(format!("unexpected readiness line {other:?}")),
+    }
+}
+
+/// Start the shared daemon for `target` and connect to it.
+pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
+    let bin = find_daemon()?;
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let mut cmd = daemon_command(&bin);
+        cmd.arg("--socket").arg(&target.socket);
+        // Its own process group: the daemon outlives this client and the terminal's Ctrl-C.
+        #[cfg(unix)]
+        cmd.process_group(0);
+        #[cfg(windows)]
+        {
+            const DETACHED_PROCESS: u32 = 0x0000_0008;
+            const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+            cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+        }
+        let (started, _child) = spawn_and_wait(cmd, &bin).await?;
+        // `_child` is dropped without waiting: the daemon keeps running on its own.
+        match started {
+            Started::Line(StartupLine::Ready(_)) => {
+                return connect_with_retry(target, ALREADY_RUNNING_GRACE)
+                    .await
+                    .map_err(|e| e.into_failure(target));
+            }
+            Started::Line(StartupLine::AlreadyRunning(_)) => {
+                // Someone else started one at the same moment, or one is on its way out and
+                // still holds the socket. Connect when it is ready; start again once it is gone.
+                match connect_with_retry(target, ALREADY_RUNNING_GRACE).await {
+                    Ok(c) => return Ok(c),
+                    Err(e @ ConnectError::Incompatible { .. }) => {
+                        return Err(e.into_failure(target))
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(e.into_failure(target).hint(
+                            "another mythosd holds the socket but does not accept connections",
+                        ))
+                    }
+                    Err(_) => continue,
+                }
+            }
+            other => return Err(start_failure(other, &bin, &target.socket)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_failures_carry_the_daemons_words() {
+        let f = start_failure(
+            Started::Line(StartupLine::Error("config.toml line 3: bad".into())),
+            Path::new("mythosd"),
+            Path::new("/s"),
+        );
+        assert_eq!(
+            f.message,
+            "mythosd could not start: config.toml line 3: bad"
+        );
+        assert_eq!(f.code, 1);
+        let f = start_failure(Started::TimedOut, Path::new("mythosd"), Path::new("/s"));
+        assert!(f.hint.unwrap().contains("--foreground"));
+    }
+}

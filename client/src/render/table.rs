@@ -1,0 +1,406 @@
+//! `mythos status` and `mythos usage`: aligned tables, coloured by state.
+
+use mythos_protocol::{BreakerState, StatusReport, UsageReport};
+
+use super::{fmt_cost, fmt_count, fmt_duration_ms, fmt_uptime, fmt_wait_ms, Style, KEY_VARS};
+
+/// Colour of a table cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tint {
+    None,
+    Dim,
+    Green,
+    Yellow,
+    Red,
+    Cyan,
+}
+
+/// A plain text table: left-aligned text columns, right-aligned number columns, two spaces
+/// between columns. Widths count characters, and colour is applied after padding so escape
+/// codes never skew the alignment.
+pub(super) struct Table {
+    headers: Vec<&'static str>,
+    right: Vec<bool>,
+    rows: Vec<Vec<(String, Tint)>>,
+}
+
+impl Table {
+    pub(super) fn new(columns: &[(&'static str, bool)]) -> Self {
+        Table {
+            headers: columns.iter().map(|c| c.0).collect(),
+            right: columns.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub(super) fn row(&mut self, cells: Vec<(String, Tint)>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, style: Style) -> String {
+        self.render_with(style, true)
+    }
+
+    /// The rows only, sized to fit the rows alone (for tables under a caption).
+    pub(super) fn render_rows(&self, style: Style) -> String {
+        self.render_with(style, false)
+    }
+
+    fn render_with(&self, style: Style, with_header: bool) -> String {
+        let n = self.headers.len();
+        let mut widths: Vec<usize> = if with_header {
+            self.headers.iter().map(|h| h.chars().count()).collect()
+        } else {
+            vec![0; n]
+        };
+        for row in &self.rows {
+            for (i, (text, _)) in row.iter().enumerate().take(n) {
+                widths[i] = widths[i].max(text.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let line = |cells: Vec<(String, Tint)>, out: &mut String| {
+            let mut s = String::new();
+            for (i, (text, tint)) in cells.into_iter().enumerate().take(n) {
+                let pad = widths[i].saturating_sub(text.chars().count());
+                let last = i + 1 == n;
+                let padded = if self.right[i] {
+                    format!("{}{text}", " ".repeat(pad))
+                } else if last {
+                    text
+                } else {
+                    format!("{text}{}", " ".repeat(pad))
+                };
+                let painted = match tint {
+                    Tint::None => padded,
+                    Tint::Dim => style.dim(&padded),
+                    Tint::Green => style.green(&padded),
+                    Tint::Yellow => style.yellow(&padded),
+                    Tint::Red => style.red(&padded),
+                    Tint::Cyan => style.cyan(&padded),
+                };
+                if i > 0 {
+                    s.push_str("  ");
+                }
+                s.push_str(&painted);
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        };
+        if with_header {
+            line(
+                self.headers
+                    .iter()
+                    .map(|h| (h.to_string(), Tint::Dim))
+                    .collect(),
+                &mut out,
+            );
+        }
+        for row in &self.rows {
+            line(row.clone(), &mut out);
+        }
+        out
+    }
+}
+
+pub(super) fn plain(s: impl Into<String>) -> (String, Tint) {
+    (s.into(), Tint::None)
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    match v {
+        Some(ms) if ms.is_finite() && ms >= 0.0 => fmt_duration_ms(ms.round() as u64),
+        _ => "-".to_string(),
+    }
+}
+
+/// `mythos status`: a header line, the simulated-mode note, the provider table and the last
+/// error of each provider that has one.
+pub fn status_text(report: &StatusReport, style: Style) -> String {
+    let mut out = format!(
+        "mythosd {} · pid {} · up {} · {} in flight\n",
+        report.build,
+        report.pid,
+        fmt_uptime(report.uptime_secs),
+        report.in_flight
+    );
+    if report.simulated {
+        out.push_str(&style.yellow(&format!(
+            "simulated providers (no API keys found: set {KEY_VARS})"
+        )));
+        out.push('\n');
+    }
+    for note in &report.notes {
+        out.push_str(&style.yellow(&format!("note: {note}")));
+        out.push('\n');
+    }
+    out.push('\n');
+    if report.providers.is_empty() {
+        out.push_str("no providers configured\n");
+        return out;
+    }
+    let mut table = Table::new(&[
+        ("PROVIDER", false),
+        ("STATE", false),
+        ("MODEL", false),
+        ("SCORE", true),
+        ("SUCCESS", true),
+        ("TTFT", true),
+        ("LATENCY", true),
+        ("REQUESTS", true),
+        ("FAILURES", true),
+        ("LIVE", true),
+        ("QUOTA LEFT", true),
+        ("WAIT", true),
+    ]);
+    for p in &report.providers {
+        let tint = match p.state {
+            BreakerState::Closed => Tint::Green,
+            BreakerState::Open => Tint::Yellow,
+            BreakerState::HalfOpen => Tint::Cyan,
+            BreakerState::Unusable => Tint::Red,
+            BreakerState::RateLimited => Tint::Yellow,
+        };
+        table.row(vec![
+            plain(&p.name),
+            (p.state.as_str().to_string(), tint),
+            plain(&p.model),
+            plain(format!("{:.1}", p.score)),
+            plain(format!("{:.0}%", (p.success * 100.0).clamp(0.0, 100.0))),
+            plain(opt_ms(p.ttft_ms)),
+            plain(opt_ms(p.latency_ms)),
+            plain(fmt_count(p.requests)),
+            plain(fmt_count(p.failures)),
+            plain(p.in_flight.to_string()),
+            plain(tightest_quota(&p.quotas)),
+            plain(p.cooldown_left_ms.map_or("-".to_string(), fmt_wait_ms)),
+        ]);
+    }
+    out.push_str(&table.render(style));
+    let notes: Vec<String> = report
+        .providers
+        .iter()
+        .filter_map(|p| {
+            let note = (!p.note.is_empty() && p.note != "healthy").then_some(p.note.as_str());
+            let line = match (note, &p.last_error) {
+                (None, None) => return None,
+                (Some(n), None) => format!("{}: {n}", p.name),
+                (None, Some(e)) => format!("{}: last error: {e}", p.name),
+                (Some(n), Some(e)) => format!("{}: {n}; last error: {e}", p.name),
+            };
+            Some(line)
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for line in notes {
+            out.push_str(&style.dim(&line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The quota closest to running out, as `remaining/limit unit` (`-` when none is announced).
+fn tightest_quota(quotas: &[mythos_protocol::QuotaStatus]) -> String {
+    let share = |q: &mythos_protocol::QuotaStatus| match q.limit {
+        Some(l) if l > 0 => q.remaining as f64 / l as f64,
+        _ => 1.0,
+    };
+    let Some(q) = quotas.iter().min_by(|a, b| share(a).total_cmp(&share(b))) else {
+        return "-".to_string();
+    };
+    let unit = match q.what.as_str() {
+        "requests" => "req",
+        "tokens" => "tok",
+        "input tokens" => "in tok",
+        "output tokens" => "out tok",
+        other => other,
+    };
+    match q.limit {
+        Some(l) => format!("{}/{} {unit}", fmt_count(q.remaining), fmt_count(l)),
+        None => format!("{} {unit}", fmt_count(q.remaining)),
+    }
+}
+
+/// `mythos usage`: one row per day and provider, then the totals.
+pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
+    if report.rows.is_empty() {
+        let span = if days == 1 {
+            "today".to_string()
+        } else {
+            format!("in the last {days} days")
+        };
+        return format!("no requests {span}\n");
+    }
+    let mut table = Table::new(&[
+        ("DAY", false),
+        ("PROVIDER", false),
+        ("REQUESTS", true),
+        ("INPUT TOKENS", true),
+        ("OUTPUT TOKENS", true),
+        ("COST", true),
+    ]);
+    let (mut req, mut inp, mut outp, mut cost) = (0u64, 0u64, 0u64, 0f64);
+    for r in &report.rows {
+        req += r.requests;
+        inp += r.input_tokens;
+        outp += r.output_tokens;
+        cost += r.cost_usd;
+        table.row(vec![
+            plain(&r.day),
+            plain(&r.provider),
+            plain(fmt_count(r.requests)),
+            plain(fmt_count(r.input_tokens)),
+            plain(fmt_count(r.output_tokens)),
+            plain(fmt_cost(r.cost_usd)),
+        ]);
+    }
+    table.row(vec![
+        ("total".to_string(), Tint::None),
+        plain(""),
+        plain(fmt_count(req)),
+        plain(fmt_count(inp)),
+        plain(fmt_count(outp)),
+        plain(fmt_cost(cost)),
+    ]);
+    // Set the totals row apart from the last day with a rule as wide as the table.
+    let rendered = table.render(style);
+    let mut lines: Vec<&str> = rendered.lines().collect();
+    let total = lines.pop().unwrap_or_default();
+    let rule = style.dim(&"─".repeat(total.chars().count()));
+    let mut text = String::new();
+    for line in lines.into_iter().chain([rule.as_str(), total]) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mythos_protocol::{ProviderStatus, UsageRow};
+
+    fn provider(name: &str, state: BreakerState) -> ProviderStatus {
+        ProviderStatus {
+            name: name.into(),
+            api: "anthropic".into(),
+            model: format!("{name}-model"),
+            priority: 0,
+            state,
+            cooldown_left_ms: None,
+            score: 97.14,
+            success: 0.991,
+            ttft_ms: Some(212.4),
+            gap_ms: Some(12.0),
+            latency_ms: Some(1234.0),
+            cost_per_1k: 0.01,
+            requests: 1200,
+            failures: 3,
+            last_error: None,
+            note: "healthy".into(),
+            in_flight: 0,
+            quotas: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let mut cooling = provider("sim-anthropic", BreakerState::RateLimited);
+        cooling.cooldown_left_ms = Some(58_200);
+        cooling.last_error = Some("429 rate limited (retry after 60 s)".into());
+        cooling.note = "rate limited, 59 s left".into();
+        cooling.ttft_ms = None;
+        cooling.quotas = vec![
+            mythos_protocol::QuotaStatus {
+                what: "requests".into(),
+                remaining: 0,
+                limit: Some(50),
+                reset_in_ms: Some(58_200),
+            },
+            mythos_protocol::QuotaStatus {
+                what: "input tokens".into(),
+                remaining: 30_000,
+                limit: Some(40_000),
+                reset_in_ms: Some(1_000),
+            },
+        ];
+        let mut busy = provider("sim-deepseek", BreakerState::Closed);
+        busy.in_flight = 3;
+        let report = StatusReport {
+            build: "0.1.0".into(),
+            pid: 4242,
+            uptime_secs: 192,
+            in_flight: 1,
+            simulated: true,
+            providers: vec![cooling, busy],
+            notes: vec!["the state database was unreadable: started fresh".into()],
+        };
+        let text = status_text(&report, Style::PLAIN);
+        let expected = "\
+mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
+simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY)
+note: the state database was unreadable: started fresh
+
+PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  LIVE  QUOTA LEFT  WAIT
+sim-anthropic  rate limited  sim-anthropic-model   97.1      99%       -    1.2 s     1,200         3     0    0/50 req  59 s
+sim-deepseek   healthy       sim-deepseek-model    97.1      99%  212 ms    1.2 s     1,200         3     3           -     -
+
+sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry after 60 s)
+";
+        assert_eq!(text, expected);
+        // Colour never changes the layout: strip the escapes and compare.
+        let colored = status_text(&report, Style::COLOR);
+        assert!(colored.contains("\x1b[33mrate limited"));
+        assert_eq!(strip_ansi(&colored), expected);
+    }
+
+    fn strip_ansi(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn usage_table_with_totals() {
+        let row = |day: &str, p: &str, n: u64, cost: f64| UsageRow {
+            day: day.into(),
+            provider: p.into(),
+            requests: n,
+            input_tokens: n * 100,
+            output_tokens: n * 10,
+            cost_usd: cost,
+        };
+        let report = UsageReport {
+            rows: vec![
+                row("2025-11-24", "sim-anthropic", 12, 0.25),
+                row("2025-11-23", "sim-deepseek", 3, 0.0012),
+            ],
+        };
+        let text = usage_text(&report, 7, Style::PLAIN);
+        let expected = "\
+DAY         PROVIDER       REQUESTS  INPUT TOKENS  OUTPUT TOKENS     COST
+2025-11-24  sim-anthropic        12         1,200            120  $0.2500
+2025-11-23  sim-deepseek          3           300             30  $0.0012
+─────────────────────────────────────────────────────────────────────────
+total                            15         1,500            150  $0.2512
+";
+        assert_eq!(text, expected);
+        assert_eq!(
+            usage_text(&UsageReport { rows: vec![] }, 7, Style::PLAIN),
+            "no requests in the last 7 days\n"
+        );
+    }
+}
