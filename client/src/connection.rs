@@ -445,6 +445,7 @@ pub async fn connect_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use mythos_protocol::DoneInfo;
 
     /// A stand-in daemon on a real local socket: answers the hello as `reply` says, then
