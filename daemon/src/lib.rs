@@ -6,7 +6,8 @@
 //! - [`router`]: selection, retry, breaker, watchdog, mid-stream failover, shared health.
 //! - [`server`]: the local-socket IPC server.
 //! - [`state`]: SQLite persistence of health and request records.
-//! - [`sim`]: built-in simulated providers (loopback HTTP, real wire formats, scripted faults).
+//! - [`sim`]: built-in simulated providers (loopback HTTP, real wire formats, scripted faults),
+//!   behind the `sim` feature (on by default: they are the no-key mode and the demo).
 //! - [`app`]: wiring of all of the above.
 
 pub mod app;
@@ -14,5 +15,9 @@ pub mod config;
 pub mod provider;
 pub mod router;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
+#[cfg(not(feature = "sim"))]
+#[path = "sim_off.rs"]
 pub mod sim;
 pub mod state;

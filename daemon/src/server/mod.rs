@@ -9,7 +9,6 @@ pub mod connection;
 pub mod limits;
 pub mod socket;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,11 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ProviderConfig;
 use crate::router::Router;
-use crate::sim::SimProvider;
+use crate::sim::{SimProvider, Sims};
 use crate::state::StateStore;
-
-/// The simulated providers: their configs, and the servers by name.
-pub type Sims = (Vec<ProviderConfig>, HashMap<String, SimProvider>);
 
 /// Everything a connection needs.
 pub struct Context {
@@ -121,7 +117,7 @@ impl Context {
         if let Some((configs, _)) = self.sims_lock().as_ref() {
             return Ok(configs.clone());
         }
-        let (configs, sims) = crate::app::start_sims().await?;
+        let (configs, sims) = crate::sim::start_builtin().await?;
         let mut slot = self.sims_lock();
         let (configs, _) = slot.get_or_insert((configs, sims));
         Ok(configs.clone())

@@ -12,6 +12,7 @@
 //! stream with tokio timers, so a paused clock drives it too.
 
 mod answer;
+mod builtin;
 mod chaos;
 mod quota;
 mod wire;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use answer::{answer_for, chunk_answer};
+pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
 pub use quota::SimQuota;
 use wire::{Plan, Step};
