@@ -363,6 +363,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn running_out_of_descriptors_is_local() {
+        #[cfg(unix)]
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = std::io::Error::from_raw_os_error(code);
+            assert!(local_exhaustion(&e).is_some(), "{e}");
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(local_exhaustion(&refused).is_none());
+    }
+
+    #[test]
     fn error_bodies() {
         let (t, m) = parse_error_body(
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
