@@ -376,6 +376,20 @@ impl RawClient {
     }
 }
 
+/// Every file below `dir` (none if it does not exist): for grepping state and logs.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The answer text of a finished stream (honouring restart events).
 pub fn text_of(events: &[StreamEvent]) -> String {
     let mut s = String::new();

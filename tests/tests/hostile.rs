@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mythos_protocol::{ChatRequest, ErrorKind, Request, Response, StreamEvent};
-use mythos_tests::{text_of, Mocks, RawClient, TestEnv};
+use mythos_tests::{files_under, text_of, Mocks, RawClient, TestEnv};
 use mythosd::sim::answer_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -103,26 +103,13 @@ async fn keys_echoed_by_providers_never_leave_the_daemon() {
     for key in keys {
         assert!(!seen.contains(key), "{key} reached the user: {seen}");
     }
-    for file in walk(&env.state) {
+    for file in files_under(&env.state) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
         for key in keys {
             assert!(!text.contains(key), "{key} leaked into {}", file.display());
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A continuing model that repeats the last words it saw, verbatim or with other capitals and
@@ -198,7 +185,7 @@ async fn idle_connections_and_a_low_fd_limit_do_not_lock_users_out() {
 }
 
 fn read_logs(state: &std::path::Path) -> String {
-    walk(&state.join("logs"))
+    files_under(&state.join("logs"))
         .into_iter()
         .map(|f| std::fs::read_to_string(f).unwrap_or_default())
         .collect()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mythos_protocol::{
     ChatRequest, ErrorKind, Pin, Request, RerouteMode, Response, SimFault, StreamEvent,
 };
-use mythos_tests::{text_of, Mocks, TestEnv};
+use mythos_tests::{files_under, text_of, Mocks, TestEnv};
 use mythosd::provider::continuation::CONTINUE_INSTRUCTION;
 use mythosd::sim::{answer_for, SimProvider};
 
@@ -154,28 +154,13 @@ async fn primary_429_with_long_retry_after_falls_back_at_once() {
     // No key ever reaches logs or the state database.
     let stop = daemon.stop();
     assert!(stop.success());
-    for entry in walk(&w.env.state) {
+    for entry in files_under(&w.env.state) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         let hay = String::from_utf8_lossy(&bytes);
         for key in ["key-anthropic", "key-deepseek", "key-openai"] {
             assert!(!hay.contains(key), "{key} leaked into {}", entry.display());
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1019,7 +1019,10 @@ async fn a_probe_is_released_whatever_ends_it() {
         let c = cancel.clone();
         async move { r.route(req("probe 3"), Emitter::new(1, tx), c).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Cancel once the probe is out (hanging upstream), not after a guessed delay.
+    while h.scripts[0].calls() < 3 {
+        tokio::task::yield_now().await;
+    }
     cancel.cancel();
     task.await.unwrap();
     h.scripts[0].push([answer(&["back"])]);
@@ -1239,11 +1242,17 @@ async fn a_queued_request_can_be_cancelled() {
         let c = cancel.clone();
         async move { r.route(req("2"), Emitter::new(1, tx), c).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cancel once the client has been told it waits.
+    let mut events = Vec::new();
+    while !was_queued(&events) {
+        match rx.recv().await {
+            Some(Response::Event { event, .. }) => events.push(event),
+            other => panic!("{other:?}"),
+        }
+    }
     assert_eq!(h.router.health().queue.len(), 1);
     cancel.cancel();
     task.await.unwrap();
-    let mut events = Vec::new();
     while let Ok(Response::Event { event, .. }) = rx.try_recv() {
         events.push(event);
     }
