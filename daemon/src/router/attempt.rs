@@ -222,7 +222,7 @@ impl Router {
                             skip_ws.clear();
                         }
                     }
-                    let t = if t.is_empty() { t } else { seam.push(&t) };
+                    let t = if t.is_empty() { t } else { seam.push(t) };
                     if !t.is_empty() {
                         events.push(StreamEvent::TextDelta { text: t });
                     }

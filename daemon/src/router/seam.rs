@@ -119,12 +119,14 @@ impl Seam {
         }
     }
 
-    /// Take the next piece of the continuation; returns what may be shown now.
-    pub fn push(&mut self, text: &str) -> String {
+    /// Take the next piece of the continuation; returns what may be shown now. Once the seam is
+    /// passed (and on every request that is not a continuation) the piece comes back as it is,
+    /// without a copy: this runs for every text delta.
+    pub fn push(&mut self, text: String) -> String {
         if self.done {
-            return text.to_string();
+            return text;
         }
-        self.held.push_str(text);
+        self.held.push_str(&text);
         let held = fold(&self.held);
         if held.is_empty() {
             // Only whitespace so far: it may precede a repeat.
@@ -184,7 +186,7 @@ mod tests {
         let mut s = Seam::new(partial);
         let mut out = partial.to_string();
         for p in pieces {
-            out.push_str(&s.push(p));
+            out.push_str(&s.push(p.to_string()));
         }
         out.push_str(&s.flush());
         out
@@ -281,13 +283,13 @@ mod tests {
     #[test]
     fn holding_ends_early_for_ordinary_text() {
         let mut s = Seam::new("The quick brown fox jumps over");
-        assert_eq!(s.push(" the"), "");
+        assert_eq!(s.push(" the".into()), "");
         assert_eq!(
-            s.push(" lazy"),
+            s.push(" lazy".into()),
             " the lazy",
             "no tail starts 'the lazy': released"
         );
-        assert_eq!(s.push(" dog"), " dog");
+        assert_eq!(s.push(" dog".into()), " dog");
     }
 
     #[test]
