@@ -26,6 +26,7 @@ use super::budget::RetryBudget;
 use super::policy::Disable;
 use super::quota::{Quota, SavedQuota};
 use super::score::{score, ScoreInputs};
+use super::wallclock::{from_unix_ms, to_unix_ms};
 use crate::config::{ProviderConfig, RoutingConfig};
 
 /// Weight of a new sample in a latency or cost average.
@@ -600,8 +601,7 @@ impl HealthBook {
 
     /// Snapshot for persistence, with deadlines as Unix milliseconds.
     pub fn save(&self, now: Instant, now_unix_ms: u64) -> Vec<SavedHealth> {
-        let to_unix =
-            |t: Instant| now_unix_ms + t.saturating_duration_since(now).as_millis() as u64;
+        let to_unix = |t: Instant| to_unix_ms(t, now, now_unix_ms);
         let age_ms = |e: &Ema| {
             e.updated
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64)
@@ -659,8 +659,8 @@ impl HealthBook {
     /// Restore what [`HealthBook::save`] wrote. Deadlines in the past are dropped; averages keep
     /// their age (time while the daemon was down counts), so they decay as if it had run.
     pub fn restore(&mut self, saved: &[SavedHealth], now: Instant, now_unix_ms: u64) {
-        let from_unix =
-            |ms: u64| (ms > now_unix_ms).then(|| now + Duration::from_millis(ms - now_unix_ms));
+        // Deadlines already past are over.
+        let from_unix = |ms: u64| (ms > now_unix_ms).then(|| from_unix_ms(ms, now, now_unix_ms));
         let hl = self.cfg.health_half_life;
         for s in saved {
             let Some(i) = self.index_of(&s.name) else {

@@ -31,6 +31,7 @@ pub mod quota;
 pub mod retry;
 pub mod score;
 pub mod seam;
+pub mod wallclock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -159,13 +160,7 @@ impl Drop for InFlight<'_> {
 type Failure = (ProviderError, Option<u64>);
 
 fn unix_ms_at(t: Instant) -> u64 {
-    let now = Instant::now();
-    let unix = now_unix_ms();
-    if t >= now {
-        unix + (t - now).as_millis() as u64
-    } else {
-        unix.saturating_sub((now - t).as_millis() as u64)
-    }
+    wallclock::to_unix_ms(t, Instant::now(), now_unix_ms())
 }
 
 /// `reason` without a leading "`name`: ": the reroute event names the provider already.

@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::wallclock::{from_unix_ms, to_unix_ms};
 use crate::provider::ratelimit::{QuotaKind, RateLimits};
 
 /// What one request is expected to take from each quota, indexed by [`QuotaKind::index`].
@@ -252,13 +253,7 @@ impl Quota {
 
     /// Snapshot for persistence, with instants as Unix milliseconds.
     pub fn save(&self, now: Instant, now_unix_ms: u64) -> SavedQuota {
-        let to_unix = |t: Instant| {
-            if t >= now {
-                now_unix_ms + (t - now).as_millis() as u64
-            } else {
-                now_unix_ms.saturating_sub((now - t).as_millis() as u64)
-            }
-        };
+        let to_unix = |t: Instant| to_unix_ms(t, now, now_unix_ms);
         SavedQuota {
             buckets: self
                 .buckets
@@ -280,14 +275,7 @@ impl Quota {
 
     /// Restore what [`Quota::save`] wrote (requests in flight then are over now).
     pub fn restore(saved: &SavedQuota, now: Instant, now_unix_ms: u64) -> Quota {
-        let from_unix = |ms: u64| {
-            if ms >= now_unix_ms {
-                now + Duration::from_millis(ms - now_unix_ms)
-            } else {
-                now.checked_sub(Duration::from_millis(now_unix_ms - ms))
-                    .unwrap_or(now)
-            }
-        };
+        let from_unix = |ms: u64| from_unix_ms(ms, now, now_unix_ms);
         let mut q = Quota {
             announces: saved.announces,
             fixed_window: saved.fixed_window,
