@@ -528,6 +528,8 @@ mod tests {
                 provider: "a".into(),
                 model: "m".into(),
                 attempt: 1,
+                record: 0,
+                setup_us: 0,
             },
             StreamEvent::TextDelta {
                 text: "Discarded".into(),

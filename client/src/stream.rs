@@ -116,6 +116,7 @@ impl Turn {
                 return true;
             }
             StreamEvent::ThinkingDelta { .. }
+            | StreamEvent::ThinkingSignature { .. }
             | StreamEvent::ToolCallStart { .. }
             | StreamEvent::ToolCallDelta { .. }
             | StreamEvent::Queued { .. }
@@ -276,6 +277,8 @@ mod tests {
             provider: p.into(),
             model: format!("{p}-model"),
             attempt,
+            record: 0,
+            setup_us: 0,
         }
     }
 
@@ -289,6 +292,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 10,
                 output_tokens: 5,
+                ..Usage::default()
             },
             cost_usd: 0.001,
             latency_ms: 300,

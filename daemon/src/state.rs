@@ -415,6 +415,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 10,
                 output_tokens: 20,
+                ..Usage::default()
             },
             cost_usd: 0.5,
             latency_ms: 9,

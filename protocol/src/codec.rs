@@ -214,7 +214,8 @@ mod tests {
     #[test]
     fn golden_done_event() {
         // `done` carries a DoneInfo struct; its bytes are those of the struct variant it was in
-        // protocol 1 (variant index, then the fields in order), in both encodings.
+        // protocol 1 (variant index, then the fields in order), in both encodings; protocol 3 added the
+        // two cache counts to `usage`.
         let ev = Response::Event {
             id: 1,
             event: StreamEvent::Done(DoneInfo {
@@ -222,6 +223,7 @@ mod tests {
                 usage: Usage {
                     input_tokens: 2,
                     output_tokens: 3,
+                    ..Usage::default()
                 },
                 cost_usd: 0.0,
                 latency_ms: 4,
@@ -233,11 +235,11 @@ mod tests {
         let json = frame(Encoding::Json, ev.clone());
         assert_eq!(
             std::str::from_utf8(&json[4..]).unwrap(),
-            r#"{"event":{"id":1,"event":{"done":{"finish":"stop","usage":{"input_tokens":2,"output_tokens":3},"cost_usd":0.0,"latency_ms":4,"provider":"p","model":"m","record":5}}}}"#
+            r#"{"event":{"id":1,"event":{"done":{"finish":"stop","usage":{"input_tokens":2,"output_tokens":3,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},"cost_usd":0.0,"latency_ms":4,"provider":"p","model":"m","record":5}}}}"#
         );
         assert_eq!(
             frame(Encoding::Bincode, ev),
-            [0, 0, 0, 20, 0, 1, 7, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, b'p', 1, b'm', 5]
+            [0, 0, 0, 22, 0, 1, 7, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, b'p', 1, b'm', 5]
         );
     }
 
@@ -248,7 +250,7 @@ mod tests {
         let text = std::str::from_utf8(&bytes[4..]).unwrap();
         assert_eq!(
             text,
-            r#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}],"system":null,"task":"chat","pin":null,"max_tokens":null,"temperature":null,"tools":[]}}"#
+            r#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}],"system":null,"task":"chat","pin":null,"max_tokens":null,"temperature":null,"tools":[],"options":{"system_blocks":[],"stop":[],"top_p":null,"tool_choice":null,"parallel_tool_calls":null,"thinking":null,"user":null,"cache_points":[]}}}"#
         );
         // Editor clients may leave optional fields out.
         let short: Request = decode_payload(

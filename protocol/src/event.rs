@@ -18,6 +18,11 @@ pub enum StreamEvent {
         model: String,
         /// 1 for the first attempt of this request, counting retries and failovers.
         attempt: u32,
+        /// Id of the routing record this request will have (`mythos why RECORD`).
+        record: u64,
+        /// Microseconds the daemon spent on this request before the first upstream request
+        /// went out, not counting time queued for capacity.
+        setup_us: u64,
     },
     /// Answer text to append.
     TextDelta {
@@ -82,6 +87,12 @@ pub enum StreamEvent {
         /// When the daemon gives up waiting, as Unix milliseconds.
         deadline_unix_ms: u64,
     },
+    /// The signature that closes the thinking so far (Anthropic only); the thinking text is
+    /// sent back to Anthropic with it in later turns.
+    ThinkingSignature {
+        /// The opaque signature.
+        signature: String,
+    },
 }
 
 /// How a complete answer ended. (On the wire, exactly the fields of the `done` event: a newtype
@@ -121,6 +132,12 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// Prompt tokens read from the provider's prompt cache (not counted in `input_tokens`).
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (not counted in `input_tokens`).
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
 }
 
 impl std::ops::Add for Usage {
@@ -131,6 +148,9 @@ impl std::ops::Add for Usage {
         Usage {
             input_tokens: self.input_tokens + other.input_tokens,
             output_tokens: self.output_tokens + other.output_tokens,
+            cache_read_input_tokens: self.cache_read_input_tokens + other.cache_read_input_tokens,
+            cache_creation_input_tokens: self.cache_creation_input_tokens
+                + other.cache_creation_input_tokens,
         }
     }
 }

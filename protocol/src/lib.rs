@@ -74,7 +74,8 @@ pub use reports::{
     StatusReport, UsageReport, UsageRow,
 };
 pub use request::{
-    ChatRequest, ContentBlock, Message, Pin, Request, RequestId, Role, SimFault, TaskKind, ToolSpec,
+    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Pin, Request,
+    RequestId, Role, SimFault, SystemBlock, TaskKind, Thinking, ToolChoice, ToolSpec,
 };
 pub use response::Response;
 pub use startup::StartupLine;
@@ -83,7 +84,7 @@ pub use startup::StartupLine;
 pub const MAGIC: &str = "mythos";
 
 /// Version of the message model after the hello. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Cap on a hello frame. Hellos are tiny; a larger length prefix means the peer is not a mythos
 /// client (an HTTP request's `GET ` reads as a 1.2 GB length, for instance).

@@ -69,6 +69,100 @@ pub struct ChatRequest {
     /// Tools the model may call.
     #[serde(default)]
     pub tools: Vec<ToolSpec>,
+    /// Everything else a provider API can say about generation (stop sequences, tool choice,
+    /// thinking, prompt caching). The HTTP front end fills it from the agent's request; each
+    /// adapter maps what its API has and drops the rest.
+    #[serde(default)]
+    pub options: ChatOptions,
+}
+
+/// Generation options beyond the common core, in provider-neutral form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatOptions {
+    /// The system prompt as separate blocks, when the client sent blocks (each may carry a
+    /// prompt-cache breakpoint). When non-empty, [`ChatRequest::system`] holds their joined text.
+    #[serde(default)]
+    pub system_blocks: Vec<SystemBlock>,
+    /// Sequences that end generation.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Whether and which tool the model must call.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools in one turn (`None`: the provider's default).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Extended thinking / reasoning, if asked for.
+    #[serde(default)]
+    pub thinking: Option<Thinking>,
+    /// An opaque end-user id for the provider's abuse monitoring (`metadata.user_id`, `user`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Prompt-cache breakpoints in `messages` (kept for Anthropic, dropped elsewhere).
+    #[serde(default)]
+    pub cache_points: Vec<CachePoint>,
+}
+
+/// One block of a system prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemBlock {
+    /// The text.
+    pub text: String,
+    /// A prompt-cache breakpoint ends here.
+    #[serde(default)]
+    pub cache: Option<CacheTtl>,
+}
+
+/// How long a prompt-cache entry lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheTtl {
+    /// The default, five minutes.
+    Default,
+    /// One hour.
+    Hour,
+}
+
+/// A prompt-cache breakpoint after one content block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePoint {
+    /// Index into [`ChatRequest::messages`].
+    pub message: u32,
+    /// Index into that message's content.
+    pub block: u32,
+    /// Its lifetime.
+    pub ttl: CacheTtl,
+}
+
+/// Tool choice, in the union of the providers' terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides (Anthropic `auto`, OpenAI `auto`).
+    Auto,
+    /// The model must call some tool (Anthropic `any`, OpenAI `required`).
+    Any,
+    /// No tool call (Anthropic `none`, OpenAI `none`).
+    None,
+    /// This tool.
+    Tool {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Extended thinking (Anthropic) / reasoning effort (OpenAI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thinking {
+    /// Token budget for thinking; `None` lets the model decide (Anthropic `adaptive`).
+    #[serde(default)]
+    pub budget_tokens: Option<u32>,
+    /// Whether the client wants the thinking text shown (`display: "omitted"` says no).
+    #[serde(default)]
+    pub display: bool,
 }
 
 impl ChatRequest {
@@ -83,6 +177,7 @@ impl ChatRequest {
             max_tokens: None,
             temperature: None,
             tools: Vec::new(),
+            options: ChatOptions::default(),
         }
     }
 }
@@ -192,6 +287,46 @@ pub enum ContentBlock {
         /// Whether the tool failed.
         #[serde(default)]
         is_error: bool,
+        /// Images the tool returned (screenshots, diagrams), after the text.
+        #[serde(default)]
+        images: Vec<ImageSource>,
+    },
+    /// An image the user attached.
+    Image {
+        /// Where its bytes are.
+        source: ImageSource,
+    },
+    /// The model's reasoning before it answered.
+    Thinking {
+        /// The reasoning text.
+        text: String,
+        /// Anthropic's signature over it. Only a block with a signature Anthropic made goes
+        /// back to Anthropic; other providers get the text (or nothing).
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    /// Anthropic thinking that was redacted: opaque, meaningful to Anthropic alone.
+    RedactedThinking {
+        /// The encrypted payload.
+        data: String,
+    },
+}
+
+/// Where an image's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Inline.
+    Base64 {
+        /// MIME type, e.g. `image/png`.
+        media_type: String,
+        /// The bytes, base64.
+        data: String,
+    },
+    /// At a URL the provider fetches itself.
+    Url {
+        /// The URL (`https:` or `data:`).
+        url: String,
     },
 }
 

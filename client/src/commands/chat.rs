@@ -467,6 +467,7 @@ impl Session<'_> {
                 max_tokens: None,
                 temperature: None,
                 tools: Vec::new(),
+                options: Default::default(),
             };
             let mut printer = StreamPrinter::new(io::stdout(), io::stderr(), opts);
             let ended = {
@@ -579,6 +580,8 @@ mod tests {
                 provider: "a".into(),
                 model: "m".into(),
                 attempt: 1,
+                record: 0,
+                setup_us: 0,
             },
             StreamEvent::TextDelta {
                 text: "It is forty".into(),

@@ -388,6 +388,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 120,
             output_tokens: 33,
+            ..Usage::default()
         };
         assert_eq!(
             footer("sim-deepseek", "deepseek-chat", 1234, usage, 0.0012),

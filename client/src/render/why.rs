@@ -210,6 +210,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 120,
                 output_tokens: 33,
+                ..Usage::default()
             },
             cost_usd: 0.0012,
             latency_ms: 1104,

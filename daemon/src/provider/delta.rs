@@ -13,6 +13,8 @@ pub enum Delta {
     Text(String),
     /// Reasoning text (DeepSeek `reasoning_content`, Anthropic `thinking_delta`).
     Thinking(String),
+    /// The signature that closes a thinking block (Anthropic `signature_delta`).
+    ThinkingSignature(String),
     /// A tool call begins.
     ToolCallStart {
         /// Position of the call in the answer (OpenAI `index`, or the Anthropic tool block's

@@ -34,6 +34,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::Model(m) => o.model = Some(m),
             Delta::Text(t) => o.text.push_str(&t),
             Delta::Thinking(t) => o.thinking.push_str(&t),
+            Delta::ThinkingSignature(_) => {}
             Delta::ToolCallStart { index, id, name } => {
                 o.tools.push((index, id, name, String::new()))
             }
@@ -97,7 +98,8 @@ fn anthropic_basic_text_with_ping() {
         o.usage,
         Some(Usage {
             input_tokens: 11,
-            output_tokens: 6
+            output_tokens: 6,
+            ..Usage::default()
         })
     );
     assert_eq!(o.keep_alives, 1, "the ping");
@@ -121,7 +123,8 @@ fn anthropic_tool_use() {
         o.usage,
         Some(Usage {
             input_tokens: 377,
-            output_tokens: 65
+            output_tokens: 65,
+            ..Usage::default()
         })
     );
 }
@@ -135,7 +138,8 @@ fn anthropic_refusal() {
         o.usage,
         Some(Usage {
             input_tokens: 20,
-            output_tokens: 0
+            output_tokens: 0,
+            ..Usage::default()
         })
     );
 }
@@ -161,7 +165,8 @@ fn openai_text_usage_and_done() {
         o.usage,
         Some(Usage {
             input_tokens: 14,
-            output_tokens: 30
+            output_tokens: 30,
+            ..Usage::default()
         })
     );
 }
@@ -175,7 +180,8 @@ fn openai_finish_length() {
         o.usage,
         Some(Usage {
             input_tokens: 79,
-            output_tokens: 1
+            output_tokens: 1,
+            ..Usage::default()
         })
     );
 }
@@ -198,7 +204,8 @@ fn openai_tool_call_fragments() {
         o.usage,
         Some(Usage {
             input_tokens: 76,
-            output_tokens: 24
+            output_tokens: 24,
+            ..Usage::default()
         })
     );
 }
@@ -286,7 +293,8 @@ fn deepseek_reasoning_and_keep_alive() {
         o.usage,
         Some(Usage {
             input_tokens: 3,
-            output_tokens: 4
+            output_tokens: 4,
+            ..Usage::default()
         })
     );
 }

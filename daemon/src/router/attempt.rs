@@ -50,14 +50,19 @@ pub(super) struct AttemptEnd {
 
 impl Router {
     /// One attempt on `lease`'s provider, streaming to the client as it goes. `input_tokens`
-    /// (estimated) lengthens the first-token timer: a long prompt takes longer to read.
+    /// (estimated) lengthens the first-token timer: a long prompt takes longer to read. `tag`
+    /// is (attempt number, record id, set-up microseconds) for the `started` event.
+    ///
+    /// Tool calls are held back until they are complete (the next block begins or the stream
+    /// ends cleanly): a call cut in the middle is never shown, so the answer before it can be
+    /// continued elsewhere and the call made again there, as if nothing had happened.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
         lease: &Lease,
         upstream: &UpstreamRequest<'_>,
         input_tokens: u64,
-        attempt_no: u32,
+        tag: (u32, u64, u64),
         out: &Emitter,
         cancel: &CancellationToken,
         partial: &mut Partial,
@@ -107,7 +112,9 @@ impl Router {
         let started = StreamEvent::Started {
             provider: p.cfg.name.clone(),
             model: upstream.model.to_string(),
-            attempt: attempt_no,
+            attempt: tag.0,
+            record: tag.1,
+            setup_us: tag.2,
         };
         let sent_at = Instant::now();
         if !out.send(started).await {
@@ -137,6 +144,8 @@ impl Router {
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
+        // Tool-call events not yet shown: the calls are still being streamed.
+        let mut held: Vec<StreamEvent> = Vec::new();
         let sink = Sink {
             out,
             cancel,
@@ -194,6 +203,16 @@ impl Router {
                     events.push(StreamEvent::TextDelta { text: rest });
                 }
             }
+            if !held.is_empty()
+                && matches!(
+                    delta,
+                    None | Some(Delta::Text(_)) | Some(Delta::Thinking(_))
+                )
+            {
+                // Another block began, or the answer is complete: the calls are whole.
+                partial.tool_started = true;
+                events.append(&mut held);
+            }
             let Some(delta) = delta else {
                 // The stream ended cleanly.
                 if !self
@@ -228,12 +247,14 @@ impl Router {
                     }
                 }
                 Delta::Thinking(t) => events.push(StreamEvent::ThinkingDelta { text: t }),
+                Delta::ThinkingSignature(signature) => {
+                    events.push(StreamEvent::ThinkingSignature { signature })
+                }
                 Delta::ToolCallStart { index, id, name } => {
-                    partial.tool_started = true;
-                    events.push(StreamEvent::ToolCallStart { index, id, name });
+                    held.push(StreamEvent::ToolCallStart { index, id, name });
                 }
                 Delta::ToolCallArgs { index, json } => {
-                    events.push(StreamEvent::ToolCallDelta { index, json })
+                    held.push(StreamEvent::ToolCallDelta { index, json })
                 }
                 Delta::Usage(u) => {
                     end.usage = u;
@@ -270,6 +291,7 @@ impl Router {
                 event,
                 StreamEvent::TextDelta { .. }
                     | StreamEvent::ThinkingDelta { .. }
+                    | StreamEvent::ThinkingSignature { .. }
                     | StreamEvent::ToolCallStart { .. }
                     | StreamEvent::ToolCallDelta { .. }
             );

@@ -187,6 +187,7 @@ fn human(d: Duration) -> String {
 /// English and code with BPE tokenizers), plus a little per message. Used for quotas, context
 /// windows and the first-token watchdog, where an estimate within tens of percent is enough.
 pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
+    const IMAGE_BYTES: usize = 1600 * 4;
     let mut bytes = req.system.as_ref().map_or(0, String::len);
     for m in &req.messages {
         bytes += 16;
@@ -201,8 +202,14 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
                 ContentBlock::ToolResult {
                     tool_use_id,
                     content,
+                    images,
                     ..
-                } => tool_use_id.len() + content.len(),
+                } => tool_use_id.len() + content.len() + images.len() * IMAGE_BYTES,
+                // Providers bill an image by its pixels (~1,600 tokens for a 1 MP picture),
+                // not by the length of its base64.
+                ContentBlock::Image { .. } => IMAGE_BYTES,
+                ContentBlock::Thinking { text, .. } => text.len(),
+                ContentBlock::RedactedThinking { data } => data.len() / 2,
             };
         }
     }
@@ -249,6 +256,8 @@ struct Journey {
     errors: Vec<(usize, ProviderError)>,
     /// Time spent in the wait queue.
     queued: Duration,
+    /// The daemon's own time before the first upstream request, in microseconds.
+    setup_us: u64,
     /// When a provider is expected back, if the request ended for want of capacity.
     back_at: Option<Instant>,
     /// Why the providers left could not take the request, if that ended it.
@@ -450,9 +459,11 @@ impl Router {
             error: None,
             queued_ms: 0,
         };
+        // Numbered at the start so that every `started` event (and the HTTP front end's
+        // `x-mythos-request` header) can name the record before the answer is done.
+        rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
         let result = self.run(&req, &out, &cancel, &mut rec, start).await;
         rec.latency_ms = start.elapsed().as_millis() as u64;
-        rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
         let event = match result {
             Ok((finish, model)) => StreamEvent::Done(DoneInfo {
                 finish,
@@ -784,12 +795,17 @@ impl Router {
                 prefill: prefill.as_deref(),
             };
             let attempt_start = Instant::now();
+            if attempt_no == 1 {
+                // Everything but the wait for capacity was the daemon's own time.
+                let own = (attempt_start - start).saturating_sub(j.queued);
+                j.setup_us = own.as_micros().min(u64::MAX as u128) as u64;
+            }
             let end = self
                 .attempt(
                     &lease,
                     &upstream,
                     plan.input_tokens,
-                    attempt_no,
+                    (attempt_no, rec.id, j.setup_us),
                     out,
                     cancel,
                     &mut partial,
@@ -804,6 +820,7 @@ impl Router {
                 end.usage = Usage {
                     input_tokens: plan.input_tokens,
                     output_tokens: (end.emitted_chars as u64).div_ceil(4),
+                    ..Usage::default()
                 };
             }
             rec.usage = rec.usage + end.usage;

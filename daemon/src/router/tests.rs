@@ -58,6 +58,7 @@ fn answer(words: &[&str]) -> Step {
         Ok(Delta::Usage(Usage {
             input_tokens: 10,
             output_tokens: words.len() as u64,
+            ..Usage::default()
         })),
     ));
     v.push((0, Ok(Delta::Finish(FinishReason::Stop))));

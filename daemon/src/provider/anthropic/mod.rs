@@ -49,8 +49,10 @@ pub fn build(
                     tool_use_id,
                     content,
                     is_error,
+                    ..
                 } => json!({"type": "tool_result", "tool_use_id": tool_use_id,
                             "content": content, "is_error": is_error}),
+                _ => continue,
             });
         }
         messages.push(json!({"role": role, "content": content}));

@@ -50,6 +50,7 @@ pub fn build(
                     ..
                 } => messages.push(json!({"role": "tool", "tool_call_id": tool_use_id,
                                           "content": content})),
+                _ => {}
             }
         }
         match m.role {
@@ -126,6 +127,7 @@ mod tests {
                 tool_use_id: "call_1".into(),
                 content: "42".into(),
                 is_error: false,
+                images: Vec::new(),
             }],
         });
         let req = UpstreamRequest {

@@ -161,6 +161,7 @@ impl WireDecoder for OpenAiDecoder {
             out.push(Delta::Usage(Usage {
                 input_tokens: u.prompt_tokens,
                 output_tokens: u.completion_tokens,
+                ..Usage::default()
             }));
         }
         Ok(())
