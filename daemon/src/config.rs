@@ -229,6 +229,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Server limits.
     pub server: ServerConfig,
+    /// The HTTP front end.
+    pub http: crate::http::config::HttpConfig,
     /// The file this came from, if any.
     pub file: Option<PathBuf>,
 }
@@ -317,6 +319,8 @@ struct FileConfig {
     routing: FileRouting,
     #[serde(default)]
     server: FileServer,
+    #[serde(default)]
+    http: crate::http::config::FileHttp,
     #[serde(default, rename = "provider")]
     providers: Vec<FileProvider>,
 }
@@ -533,9 +537,14 @@ impl Config {
                 "routing.watchdog_floor_ms is larger than routing.watchdog_ceiling_ms".into(),
             ));
         }
+        let http = parsed
+            .http
+            .resolve(env(crate::http::config::LISTEN_ENV))
+            .map_err(|(key, why)| check.fail("http", None, key, why))?;
         Ok(Config {
             providers,
             routing,
+            http,
             server: ServerConfig {
                 max_connections: parsed
                     .server

@@ -5,6 +5,7 @@
 //! - [`provider`]: HTTP + SSE adapters for the Anthropic and OpenAI wire formats.
 //! - [`router`]: selection, retry, breaker, watchdog, mid-stream failover, shared health.
 //! - [`server`]: the local-socket IPC server.
+//! - [`http`]: the loopback HTTP front end speaking the Anthropic and OpenAI APIs.
 //! - [`state`]: SQLite persistence of health and request records.
 //! - [`sim`]: built-in simulated providers (loopback HTTP, real wire formats, scripted faults),
 //!   behind the `sim` feature (on by default: they are the no-key mode and the demo).
@@ -12,6 +13,7 @@
 
 pub mod app;
 pub mod config;
+pub mod http;
 pub mod provider;
 pub mod router;
 pub mod server;

@@ -316,6 +316,20 @@ async fn run(
         let _ = shutdown_tx.send(());
     });
 
+    // The HTTP front end, for agents that speak the providers' APIs. A port that is taken
+    // leaves the socket clients working: logged, never fatal.
+    if let Some(listener) = mythosd::http::bind(&prepared.config.http).await {
+        if let Err(e) = mythosd::http::start(
+            ctx.clone(),
+            prepared.config.http.clone(),
+            listener,
+            &opts.state_dir,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "the HTTP front end cannot start");
+        }
+    }
     app::spawn_health_saver(ctx.clone());
     spawn_watchers(ctx.clone(), bound.path.clone(), owner_pid);
     tracing::info!(socket = %bound.path.display(), simulated = ctx.router().is_simulated(),

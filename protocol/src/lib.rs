@@ -74,8 +74,8 @@ pub use reports::{
     StatusReport, UsageReport, UsageRow,
 };
 pub use request::{
-    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Pin, Request,
-    RequestId, Role, SimFault, SystemBlock, TaskKind, Thinking, ToolChoice, ToolSpec,
+    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Pin,
+    Request, RequestId, Role, SimFault, SystemBlock, TaskKind, Thinking, ToolChoice, ToolSpec,
 };
 pub use response::Response;
 pub use startup::StartupLine;

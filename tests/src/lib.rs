@@ -70,7 +70,8 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Environment variables that must not leak from the developer's shell into a test daemon.
-const SCRUB: [&str; 13] = [
+const SCRUB: [&str; 14] = [
+    "MYTHOS_HTTP_LISTEN",
     "ANTHROPIC_API_KEY",
     "DEEPSEEK_API_KEY",
     "OPENAI_API_KEY",
@@ -138,6 +139,9 @@ impl TestEnv {
             .env("MYTHOS_SOCKET", &self.socket)
             .env("MYTHOS_STATE_DIR", &self.state)
             .env("MYTHOS_CONFIG", &self.config)
+            // A free port each: tests run side by side, and the developer's own daemon may
+            // hold the default one.
+            .env("MYTHOS_HTTP_LISTEN", "127.0.0.1:0")
             .env("NO_COLOR", "1");
         for (k, v) in &self.vars {
             cmd.env(k, v);

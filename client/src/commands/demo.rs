@@ -76,6 +76,9 @@ impl PrivateDaemon {
         for var in SCRUB {
             cmd.env_remove(var);
         }
+        // A private daemon serves its one client over the socket: it must not take (or fight
+        // the user's daemon for) the HTTP port.
+        cmd.env("MYTHOS_HTTP_LISTEN", "off");
         cmd.env("XDG_STATE_HOME", daemon.dir.join("state"))
             .env("XDG_CONFIG_HOME", daemon.dir.join("config"))
             .env("XDG_RUNTIME_DIR", daemon.dir.join("run"))

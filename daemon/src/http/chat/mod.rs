@@ -1,0 +1,85 @@
+//! `POST /v1/chat/completions`: the OpenAI Chat Completions API.
+
+pub mod request;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::errors::{ApiError, Dialect};
+use super::relay::{self, openai_finish, openai_usage, Block};
+use super::Front;
+
+/// Serve one Chat Completions request, streaming or not.
+pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
+    let received = Instant::now();
+    match serve(front, body, received).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(Dialect::Openai),
+    }
+}
+
+async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
+    let value = super::json_body(&body)?;
+    let parsed = request::parse(&value)?;
+    let mut chat = parsed.chat;
+    front.route_options(&mut chat, &parsed.model);
+    let mut routed = relay::start(&front.ctx, chat)?;
+    let head = routed.head(received, received.elapsed()).await?;
+    let mut headers = HeaderMap::new();
+    head.headers(&mut headers);
+    if parsed.stream {
+        let (encoder, first) = stream::ChatEncoder::start(&head, parsed.include_usage);
+        super::sse_headers(&mut headers);
+        let body = routed.into_body(first.freeze(), encoder);
+        return Ok((StatusCode::OK, headers, body).into_response());
+    }
+    let (answer, done) = routed.collect(&head).await?;
+    let mut thinking = String::new();
+    let mut tool_calls = Vec::new();
+    for b in &answer.blocks {
+        match b {
+            Block::Thinking { text, .. } => thinking.push_str(text),
+            Block::Tool { id, name, args } => tool_calls.push(json!({
+                "id": id, "type": "function",
+                "function": {"name": name, "arguments": if args.is_empty() { "{}" } else { args }},
+            })),
+            Block::Text(_) => {}
+        }
+    }
+    let text = answer.text();
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
+        "refusal": null,
+    });
+    if !thinking.is_empty() {
+        message["reasoning_content"] = json!(thinking);
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let body = json!({
+        "id": format!("chatcmpl-mythos-{}", head.record),
+        "object": "chat.completion",
+        "created": mythos_protocol::clock::now_unix_ms() / 1000,
+        "model": done.model,
+        "system_fingerprint": null,
+        "choices": [{"index": 0, "message": message, "logprobs": null,
+                     "finish_reason": openai_finish(&done.finish, answer.has_tools())}],
+        "usage": openai_usage(&done.usage),
+    });
+    if let Ok(v) = HeaderValue::from_str(&done.provider) {
+        headers.insert("x-mythos-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.model) {
+        headers.insert("x-mythos-model", v);
+    }
+    headers.insert("x-mythos-rerouted", HeaderValue::from(routed.reroutes));
+    Ok((StatusCode::OK, headers, axum::Json(body)).into_response())
+}

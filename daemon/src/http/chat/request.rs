@@ -1,0 +1,351 @@
+//! An OpenAI Chat Completions request → [`ChatRequest`].
+
+use mythos_protocol::{
+    ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Role, Thinking, ToolChoice,
+    ToolSpec,
+};
+use serde_json::Value;
+
+use crate::http::errors::ApiError;
+use crate::http::translate::{data_url_image, merge_same_role, text_of, u32_field};
+
+/// What the front end needs besides the [`ChatRequest`].
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The request for the router (id, task and pin unset).
+    pub chat: ChatRequest,
+    /// The model name the client asked for.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`: a last chunk carries the usage.
+    pub include_usage: bool,
+}
+
+/// A thinking budget for an OpenAI `reasoning_effort`.
+pub fn budget_for_effort(effort: &str) -> Option<u32> {
+    match effort {
+        "minimal" => Some(1024),
+        "low" => Some(2048),
+        "medium" => Some(8192),
+        "high" => Some(24576),
+        _ => None,
+    }
+}
+
+/// Translate a Chat Completions request body.
+pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let model = obj
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("model: field required"))?
+        .to_string();
+    let raw = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("messages: field required"))?;
+    let mut options = ChatOptions::default();
+    let mut system_parts: Vec<String> = Vec::new();
+    let mut messages: Vec<Message> = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        match role {
+            "system" | "developer" => {
+                let text = match m.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => text_of(parts),
+                    _ => String::new(),
+                };
+                if !text.is_empty() {
+                    system_parts.push(text);
+                }
+            }
+            "user" => messages.push(Message {
+                role: Role::User,
+                content: user_content(m.get("content")),
+            }),
+            "assistant" => {
+                let mut content = Vec::new();
+                if let Some(r) = m.get("reasoning_content").and_then(Value::as_str) {
+                    if !r.is_empty() {
+                        content.push(ContentBlock::Thinking {
+                            text: r.into(),
+                            signature: None,
+                        });
+                    }
+                }
+                match m.get("content") {
+                    Some(Value::String(s)) if !s.is_empty() => {
+                        content.push(ContentBlock::Text { text: s.clone() })
+                    }
+                    Some(Value::Array(parts)) => {
+                        let t = text_of(parts);
+                        if !t.is_empty() {
+                            content.push(ContentBlock::Text { text: t });
+                        }
+                    }
+                    _ => {}
+                }
+                for call in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let f = call.get("function");
+                    let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                    let id = call.get("id").and_then(Value::as_str);
+                    let (Some(name), Some(id)) = (name, id) else {
+                        return Err(ApiError::bad_request(format!(
+                            "messages.{i}.tool_calls: each call needs an id and a function name"
+                        )));
+                    };
+                    let args = f
+                        .and_then(|f| f.get("arguments"))
+                        .and_then(Value::as_str)
+                        .filter(|a| !a.trim().is_empty())
+                        .unwrap_or("{}");
+                    content.push(ContentBlock::ToolUse {
+                        id: id.into(),
+                        name: name.into(),
+                        input_json: args.into(),
+                    });
+                }
+                messages.push(Message {
+                    role: Role::Assistant,
+                    content,
+                });
+            }
+            "tool" | "function" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("messages.{i}.tool_call_id: field required"))
+                    })?;
+                let (content, images) = match m.get("content") {
+                    Some(Value::String(s)) => (s.clone(), Vec::new()),
+                    Some(Value::Array(parts)) => (
+                        text_of(parts),
+                        parts.iter().filter_map(image_part).collect(),
+                    ),
+                    _ => (String::new(), Vec::new()),
+                };
+                messages.push(Message {
+                    role: Role::User,
+                    content: vec![ContentBlock::ToolResult {
+                        tool_use_id: id.into(),
+                        content,
+                        is_error: false,
+                        images,
+                    }],
+                });
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{i}.role: unknown role {other:?}"
+                )))
+            }
+        }
+    }
+    let messages: Vec<Message> = merge_same_role(messages, &mut options.cache_points)
+        .into_iter()
+        .filter(|m| !m.content.is_empty())
+        .collect();
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages: at least one user or assistant message is required",
+        ));
+    }
+
+    let mut tools = Vec::new();
+    for t in obj
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(f) = t.get("function") else {
+            tracing::debug!("dropped a tool that is not a function");
+            continue;
+        };
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let schema = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+        tools.push(ToolSpec {
+            name: name.into(),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+            input_schema_json: schema.to_string(),
+        });
+    }
+    options.tool_choice = match obj.get("tool_choice") {
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Any),
+            "none" => Some(ToolChoice::None),
+            _ => None,
+        },
+        Some(v) => v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .map(|n| ToolChoice::Tool { name: n.into() }),
+        None => None,
+    };
+    options.parallel_tool_calls = obj.get("parallel_tool_calls").and_then(Value::as_bool);
+    options.stop = match obj.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    };
+    options.top_p = obj.get("top_p").and_then(Value::as_f64).map(|v| v as f32);
+    options.user = obj
+        .get("user")
+        .and_then(Value::as_str)
+        .or_else(|| obj.get("safety_identifier").and_then(Value::as_str))
+        .map(String::from);
+    if let Some(effort) = obj.get("reasoning_effort").and_then(Value::as_str) {
+        options.thinking = budget_for_effort(effort).map(|b| Thinking {
+            budget_tokens: Some(b),
+            display: true,
+        });
+    }
+    if obj.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        tracing::debug!("n > 1 is not supported through the router: one choice is returned");
+    }
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = obj
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let max_tokens =
+        u32_field(body, "max_completion_tokens").or_else(|| u32_field(body, "max_tokens"));
+    Ok(Parsed {
+        chat: ChatRequest {
+            id: 0,
+            messages,
+            system: (!system_parts.is_empty()).then(|| system_parts.join("\n\n")),
+            task: Default::default(),
+            pin: None,
+            max_tokens,
+            temperature: obj
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+            tools,
+            options,
+        },
+        model,
+        stream,
+        include_usage,
+    })
+}
+
+fn image_part(p: &Value) -> Option<ImageSource> {
+    if p.get("type").and_then(Value::as_str) != Some("image_url") {
+        return None;
+    }
+    let url = match p.get("image_url")? {
+        Value::String(s) => s.as_str(),
+        v => v.get("url")?.as_str()?,
+    };
+    Some(data_url_image(url).unwrap_or(ImageSource::Url { url: url.into() }))
+}
+
+fn user_content(content: Option<&Value>) -> Vec<ContentBlock> {
+    match content {
+        Some(Value::String(s)) => vec![ContentBlock::Text { text: s.clone() }],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") => p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(|t| ContentBlock::Text { text: t.into() }),
+                Some("image_url") => image_part(p).map(|source| ContentBlock::Image { source }),
+                other => {
+                    tracing::debug!(part = ?other, "dropped a content part the router cannot map");
+                    None
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tools_round_trip_shapes() {
+        let body = json!({
+            "model": "gpt-4o",
+            "max_completion_tokens": 500,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "stop": "END",
+            "tool_choice": "required",
+            "parallel_tool_calls": true,
+            "reasoning_effort": "high",
+            "tools": [{"type": "function", "function": {"name": "get", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}
+                ]},
+                {"role": "assistant", "content": null, "reasoning_content": "think",
+                 "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{\"a\":1}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "get", "arguments": ""}}
+                 ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "one"},
+                {"role": "tool", "tool_call_id": "c2", "content": "two"}
+            ]
+        });
+        let p = parse(&body).unwrap();
+        assert!(p.stream && p.include_usage);
+        let c = &p.chat;
+        assert_eq!(c.system.as_deref(), Some("sys\n\ndev"));
+        assert_eq!(c.max_tokens, Some(500));
+        assert_eq!(c.options.stop, vec!["END"]);
+        assert_eq!(c.options.tool_choice, Some(ToolChoice::Any));
+        assert_eq!(c.options.thinking.unwrap().budget_tokens, Some(24576));
+        assert_eq!(
+            c.messages.len(),
+            3,
+            "the two tool results share one user turn"
+        );
+        assert!(matches!(
+            c.messages[0].content[1],
+            ContentBlock::Image {
+                source: ImageSource::Base64 { .. }
+            }
+        ));
+        assert_eq!(c.messages[1].content.len(), 3);
+        match &c.messages[1].content[2] {
+            ContentBlock::ToolUse { input_json, .. } => assert_eq!(input_json, "{}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.messages[2].content.len(), 2);
+    }
+}

@@ -1,0 +1,100 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`: the Anthropic Messages API.
+
+pub mod request;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::errors::{ApiError, Dialect};
+use super::relay::{self, anthropic_stop, anthropic_usage, args_value, Block};
+use super::Front;
+use crate::router::estimate_input_tokens;
+
+/// Serve one Messages request, streaming or not.
+pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
+    let received = Instant::now();
+    match serve(front, body, received).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(Dialect::Anthropic),
+    }
+}
+
+async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
+    let value = super::json_body(&body)?;
+    let parsed = request::parse(&value)?;
+    let mut chat = parsed.chat;
+    front.route_options(&mut chat, &parsed.model);
+    let estimate = estimate_input_tokens(&chat);
+    let mut routed = relay::start(&front.ctx, chat)?;
+    let head = routed.head(received, received.elapsed()).await?;
+    let mut headers = HeaderMap::new();
+    head.headers(&mut headers);
+    if parsed.stream {
+        let (encoder, first) = stream::MessagesEncoder::start(&head, estimate);
+        super::sse_headers(&mut headers);
+        let body = routed.into_body(first.freeze(), encoder);
+        return Ok((StatusCode::OK, headers, body).into_response());
+    }
+    let (answer, done) = routed.collect(&head).await?;
+    let mut content = Vec::new();
+    for b in &answer.blocks {
+        content.push(match b {
+            Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
+                "signature": signature.clone().unwrap_or_default()}),
+            Block::Text(t) => json!({"type": "text", "text": t}),
+            Block::Tool { id, name, args } => {
+                json!({"type": "tool_use", "id": id, "name": name, "input": args_value(args)})
+            }
+        });
+    }
+    let body = json!({
+        "id": format!("msg_mythos_{}", head.record),
+        "type": "message",
+        "role": "assistant",
+        "model": done.model,
+        "content": content,
+        "stop_reason": anthropic_stop(&done.finish, answer.has_tools()),
+        "stop_sequence": null,
+        "usage": anthropic_usage(&done.usage),
+    });
+    // The provider that finished may not be the one that started.
+    if let Ok(v) = HeaderValue::from_str(&done.provider) {
+        headers.insert("x-mythos-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.model) {
+        headers.insert("x-mythos-model", v);
+    }
+    headers.insert("x-mythos-rerouted", HeaderValue::from(routed.reroutes));
+    Ok((StatusCode::OK, headers, axum::Json(body)).into_response())
+}
+
+/// Count a request's input tokens locally: system, tools and messages, by the same estimate the
+/// router uses for quotas. No provider is asked, so agents that count before every turn (in
+/// bursts of dozens a second) cost nothing.
+pub async fn count_tokens(front: Arc<Front>, body: Bytes) -> Response {
+    let result = (|| {
+        let mut value: Value = super::json_body(&body)?;
+        // count_tokens takes no max_tokens; the translator does not need one either.
+        if let Some(o) = value.as_object_mut() {
+            o.entry("max_tokens").or_insert(json!(1));
+        }
+        let parsed = request::parse(&value)?;
+        Ok::<_, ApiError>(estimate_input_tokens(&parsed.chat))
+    })();
+    let _ = &front;
+    match result {
+        Ok(n) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"input_tokens": n}).to_string(),
+        )
+            .into_response(),
+        Err(e) => e.into_response(Dialect::Anthropic),
+    }
+}

@@ -1,0 +1,416 @@
+//! An Anthropic Messages request → [`ChatRequest`]. Lenient the way the API is documented to
+//! be: what has no provider-neutral meaning (server tools, documents, `top_k`, context
+//! management) is dropped with a debug line, never refused.
+
+use mythos_protocol::{
+    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Role,
+    SystemBlock, Thinking, ToolChoice, ToolSpec,
+};
+use serde_json::Value;
+
+use crate::http::errors::ApiError;
+use crate::http::translate::{data_url_image, merge_same_role, text_of, u32_field};
+
+/// What the front end needs besides the [`ChatRequest`].
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The request for the router (id 0; the caller numbers it). Task and pin unset.
+    pub chat: ChatRequest,
+    /// The model name the client asked for.
+    pub model: String,
+    /// `stream: true`.
+    pub stream: bool,
+}
+
+/// Translate a Messages request body.
+pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let model = obj
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("model: field required"))?
+        .to_string();
+    let raw_messages = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request("messages: field required"))?;
+    let mut options = ChatOptions::default();
+
+    // System: a string, or text blocks (each may end a cache prefix).
+    let mut system = None;
+    match obj.get("system") {
+        Some(Value::String(s)) if !s.is_empty() => system = Some(s.clone()),
+        Some(Value::Array(blocks)) => {
+            for b in blocks {
+                if let Some(text) = b.get("text").and_then(Value::as_str) {
+                    options.system_blocks.push(SystemBlock {
+                        text: text.to_string(),
+                        cache: cache_ttl(b),
+                    });
+                }
+            }
+            if !options.system_blocks.is_empty() {
+                let joined: Vec<&str> = options
+                    .system_blocks
+                    .iter()
+                    .map(|b| b.text.as_str())
+                    .collect();
+                system = Some(joined.join("\n\n"));
+            }
+        }
+        _ => {}
+    }
+
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (mi, m) in raw_messages.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{mi}.role: expected `user` or `assistant`, got {other:?}"
+                )))
+            }
+        };
+        let mut content = Vec::new();
+        match m.get("content") {
+            Some(Value::String(s)) => content.push(ContentBlock::Text { text: s.clone() }),
+            Some(Value::Array(blocks)) => {
+                for b in blocks {
+                    let Some(block) = content_block(b, mi)? else {
+                        continue;
+                    };
+                    if let Some(ttl) = cache_ttl(b) {
+                        options.cache_points.push(CachePoint {
+                            message: messages.len() as u32,
+                            block: content.len() as u32,
+                            ttl,
+                        });
+                    }
+                    content.push(block);
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{mi}.content: expected a string or a list of blocks"
+                )))
+            }
+        }
+        messages.push(Message { role, content });
+    }
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages: at least one message is required",
+        ));
+    }
+    let messages = merge_same_role(messages, &mut options.cache_points);
+
+    let mut tools = Vec::new();
+    for t in obj
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = t.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        match t.get("input_schema") {
+            Some(schema) => tools.push(ToolSpec {
+                name: name.to_string(),
+                description: t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                input_schema_json: schema.to_string(),
+            }),
+            // Server tools (`web_search_20250305`, `bash_20250124`...) run at Anthropic; no
+            // other provider can run them.
+            None => tracing::debug!(tool = name, "dropped a server tool the router cannot map"),
+        }
+    }
+
+    if let Some(tc) = obj.get("tool_choice") {
+        options.tool_choice = match tc.get("type").and_then(Value::as_str) {
+            Some("auto") => Some(ToolChoice::Auto),
+            Some("any") => Some(ToolChoice::Any),
+            Some("none") => Some(ToolChoice::None),
+            Some("tool") => tc
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| ToolChoice::Tool { name: n.into() }),
+            _ => None,
+        };
+        if tc.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+            options.parallel_tool_calls = Some(false);
+        }
+    }
+    options.stop = obj
+        .get("stop_sequences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    options.top_p = obj.get("top_p").and_then(Value::as_f64).map(|v| v as f32);
+    options.user = obj
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    if let Some(t) = obj.get("thinking") {
+        let display = t.get("display").and_then(Value::as_str) != Some("omitted");
+        options.thinking = match t.get("type").and_then(Value::as_str) {
+            Some("enabled") => Some(Thinking {
+                budget_tokens: u32_field(t, "budget_tokens"),
+                display,
+            }),
+            Some("adaptive") => Some(Thinking {
+                budget_tokens: None,
+                display,
+            }),
+            _ => None,
+        };
+    }
+    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    Ok(Parsed {
+        chat: ChatRequest {
+            id: 0,
+            messages,
+            system,
+            task: Default::default(),
+            pin: None,
+            max_tokens: u32_field(body, "max_tokens"),
+            temperature: obj
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+            tools,
+            options,
+        },
+        model,
+        stream,
+    })
+}
+
+fn cache_ttl(block: &Value) -> Option<CacheTtl> {
+    let cc = block.get("cache_control")?;
+    Some(match cc.get("ttl").and_then(Value::as_str) {
+        Some("1h") => CacheTtl::Hour,
+        _ => CacheTtl::Default,
+    })
+}
+
+fn image(source: &Value) -> Option<ImageSource> {
+    match source.get("type").and_then(Value::as_str)? {
+        "base64" => Some(ImageSource::Base64 {
+            media_type: source.get("media_type")?.as_str()?.to_string(),
+            data: source.get("data")?.as_str()?.to_string(),
+        }),
+        "url" => {
+            let url = source.get("url")?.as_str()?;
+            Some(data_url_image(url).unwrap_or(ImageSource::Url { url: url.into() }))
+        }
+        _ => None,
+    }
+}
+
+fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError> {
+    let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
+    Ok(match ty {
+        "text" => Some(ContentBlock::Text {
+            text: b.get("text").and_then(Value::as_str).unwrap_or("").into(),
+        }),
+        "image" => match b.get("source").and_then(image) {
+            Some(source) => Some(ContentBlock::Image { source }),
+            None => {
+                tracing::debug!(
+                    message = mi,
+                    "dropped an image with a source the router cannot map"
+                );
+                None
+            }
+        },
+        "tool_use" => {
+            let id = b.get("id").and_then(Value::as_str).unwrap_or("");
+            let name = b.get("name").and_then(Value::as_str).unwrap_or("");
+            if id.is_empty() || name.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{mi}: a tool_use block needs an id and a name"
+                )));
+            }
+            let input = b
+                .get("input")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
+            Some(ContentBlock::ToolUse {
+                id: id.into(),
+                name: name.into(),
+                input_json: input.to_string(),
+            })
+        }
+        "tool_result" => {
+            let tool_use_id = b
+                .get("tool_use_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("messages.{mi}: tool_result needs tool_use_id"))
+                })?;
+            let mut images = Vec::new();
+            let content = match b.get("content") {
+                Some(Value::Array(parts)) => {
+                    for p in parts {
+                        if p.get("type").and_then(Value::as_str) == Some("image") {
+                            if let Some(src) = p.get("source").and_then(image) {
+                                images.push(src);
+                            }
+                        }
+                    }
+                    text_of(parts)
+                }
+                Some(Value::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            Some(ContentBlock::ToolResult {
+                tool_use_id: tool_use_id.into(),
+                content,
+                is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                images,
+            })
+        }
+        "thinking" => Some(ContentBlock::Thinking {
+            text: b
+                .get("thinking")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+            signature: b
+                .get("signature")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        }),
+        "redacted_thinking" => b
+            .get("data")
+            .and_then(Value::as_str)
+            .map(|d| ContentBlock::RedactedThinking { data: d.into() }),
+        other => {
+            tracing::debug!(
+                message = mi,
+                block = other,
+                "dropped a content block the router cannot map"
+            );
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claude_code_shaped_request() {
+        let body = json!({
+            "model": "claude-opus-5-5",
+            "max_tokens": 128000,
+            "stream": true,
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "metadata": {"user_id": "user_abc"},
+            "system": [
+                {"type": "text", "text": "You are Claude Code."},
+                {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+            ],
+            "tools": [
+                {"name": "Bash", "description": "run", "input_schema": {"type": "object"}},
+                {"type": "web_search_20250305", "name": "web_search"}
+            ],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"cmd": "ls"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true, "content": [
+                        {"type": "text", "text": "no such file"},
+                        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
+                    ]}
+                ]}
+            ]
+        });
+        let p = parse(&body).unwrap();
+        assert!(p.stream);
+        assert_eq!(p.model, "claude-opus-5-5");
+        let c = &p.chat;
+        assert_eq!(c.max_tokens, Some(128000));
+        assert_eq!(
+            c.system.as_deref(),
+            Some("You are Claude Code.\n\nBe brief.")
+        );
+        assert_eq!(c.options.system_blocks[1].cache, Some(CacheTtl::Default));
+        assert_eq!(
+            c.options.thinking,
+            Some(Thinking {
+                budget_tokens: None,
+                display: false
+            })
+        );
+        assert_eq!(c.options.user.as_deref(), Some("user_abc"));
+        assert_eq!(c.tools.len(), 1, "the server tool is dropped");
+        assert_eq!(
+            c.options.cache_points,
+            vec![CachePoint {
+                message: 0,
+                block: 0,
+                ttl: CacheTtl::Hour
+            }]
+        );
+        assert!(matches!(
+            c.messages[0].content[1],
+            ContentBlock::Image { .. }
+        ));
+        assert_eq!(
+            c.messages[1].content[0],
+            ContentBlock::Thinking {
+                text: "hmm".into(),
+                signature: Some("sig".into())
+            }
+        );
+        match &c.messages[2].content[0] {
+            ContentBlock::ToolResult {
+                content,
+                is_error,
+                images,
+                ..
+            } => {
+                assert_eq!(content, "no such file");
+                assert!(is_error);
+                assert_eq!(images.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_say_where() {
+        let e = parse(&json!({"model": "m", "messages": [{"role": "bot", "content": "x"}]}))
+            .unwrap_err();
+        assert!(e.message.contains("messages.0.role"), "{}", e.message);
+        assert!(parse(&json!({"messages": []}))
+            .unwrap_err()
+            .message
+            .contains("model"));
+        assert!(parse(&json!([])).is_err());
+    }
+}

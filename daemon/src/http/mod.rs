@@ -1,0 +1,242 @@
+//! The HTTP front end: the Anthropic Messages and OpenAI Chat Completions / Responses APIs on
+//! loopback, so unmodified agents and editors (Claude Code, Codex CLI, aider, Continue, Zed,
+//! opencode, the official SDKs) get failover, pacing and the shared health view by changing a
+//! base URL.
+//!
+//! - [`config`]: `[http]`, where it listens and how model names hint the task;
+//! - [`token`]: the local token agents present instead of a provider key;
+//! - [`models`]: `PROVIDER/MODEL` pins, aliases, hints, and `GET /v1/models`;
+//! - [`messages`], [`chat`]: each API's request translation and stream encoder;
+//! - [`relay`]: one request through the router, shared by the APIs;
+//! - [`errors`]: each API's error shapes and the no-double-retry headers.
+
+pub mod chat;
+pub mod config;
+pub mod errors;
+pub mod messages;
+pub mod models;
+pub mod relay;
+pub mod token;
+pub mod translate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router as Routes;
+use mythos_protocol::ChatRequest;
+use serde_json::json;
+
+use crate::server::Context;
+use config::HttpConfig;
+use errors::{ApiError, Dialect};
+
+/// Largest request body: a long agent conversation with screenshots inline. Bigger bodies get a
+/// 413 before any of it is buffered.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// What every handler shares.
+pub struct Front {
+    /// The daemon (router in force, shutdown tokens, stream tracker).
+    pub ctx: Arc<Context>,
+    /// `[http]`.
+    pub cfg: HttpConfig,
+    /// The token a request must present.
+    token: String,
+}
+
+impl Front {
+    /// A front end over `ctx` accepting `token`.
+    pub fn new(ctx: Arc<Context>, cfg: HttpConfig, token: String) -> Self {
+        Front { ctx, cfg, token }
+    }
+
+    /// Task and pin from the model name the client sent.
+    pub fn route_options(&self, chat: &mut ChatRequest, model: &str) {
+        let router = self.ctx.router();
+        let providers: Vec<_> = router.providers().iter().map(|p| p.cfg.clone()).collect();
+        let choice = models::resolve(model, &providers, &self.cfg);
+        chat.task = choice.task;
+        chat.pin = choice.pin;
+    }
+}
+
+/// Bind the front end's listener as configured, or `None` (logged) when it is off or the
+/// address is taken: the socket clients work either way, so a busy port never stops the daemon.
+pub async fn bind(cfg: &HttpConfig) -> Option<tokio::net::TcpListener> {
+    if !cfg.enabled {
+        return None;
+    }
+    match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(listen = %cfg.listen, error = %e,
+                           "the HTTP front end cannot listen; agents cannot reach this daemon over HTTP");
+            None
+        }
+    }
+}
+
+/// Serve on `listener` until the daemon drains. Writes the token (made on first start) and the
+/// bound address into `state_dir` for `mythos token` / `mythos env`.
+pub async fn start(
+    ctx: Arc<Context>,
+    cfg: HttpConfig,
+    listener: tokio::net::TcpListener,
+    state_dir: &Path,
+) -> std::io::Result<SocketAddr> {
+    let token = token::load_or_create(state_dir)?;
+    let addr = listener.local_addr()?;
+    token::write_private(
+        &state_dir.join(token::ADDRESS_FILE),
+        format!("{addr}\n").as_bytes(),
+    )?;
+    let front = Arc::new(Front::new(ctx.clone(), cfg, token));
+    let app = routes(front);
+    let draining = ctx.draining.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { draining.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP front end stopped");
+        }
+    });
+    tracing::info!(listen = %addr, "HTTP front end ready");
+    Ok(addr)
+}
+
+/// The routes, with the token check in front of everything but `/health`.
+pub fn routes(front: Arc<Front>) -> Routes {
+    let api = Routes::new()
+        .route(
+            "/v1/messages",
+            post(|State(f): State<Arc<Front>>, body: Bytes| messages::create(f, body)),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(|State(f): State<Arc<Front>>, body: Bytes| messages::count_tokens(f, body)),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|State(f): State<Arc<Front>>, body: Bytes| chat::create(f, body)),
+        )
+        .route(
+            "/v1/models",
+            get(|State(f): State<Arc<Front>>| async move {
+                let router = f.ctx.router();
+                let providers: Vec<_> = router.providers().iter().map(|p| p.cfg.clone()).collect();
+                axum::Json(models::list(&providers))
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
+    Routes::new()
+        .merge(api)
+        .route(
+            "/health",
+            get(|State(f): State<Arc<Front>>| async move {
+                let router = f.ctx.router();
+                let status = router.status();
+                let usable = status
+                    .iter()
+                    .filter(|p| p.state == mythos_protocol::BreakerState::Closed)
+                    .count();
+                axum::Json(json!({
+                    "status": if f.ctx.draining.is_cancelled() { "draining" } else { "ok" },
+                    "providers": status.len(),
+                    "usable": usable,
+                    "simulated": router.is_simulated(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                }))
+            }),
+        )
+        .fallback(|req: Request| async move {
+            let dialect = dialect_of(req.uri().path());
+            let e = ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: mythos_protocol::ErrorKind::NotFound,
+                message: format!(
+                    "mythosd does not serve {} {} (it serves /v1/messages, \
+                     /v1/messages/count_tokens, /v1/chat/completions, /v1/models, /health)",
+                    req.method(),
+                    req.uri().path()
+                ),
+                retry_at_unix_ms: None,
+                retried: false,
+            };
+            e.into_response(dialect)
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(front)
+}
+
+/// Which API's error shape a path answers in.
+fn dialect_of(path: &str) -> Dialect {
+    if path.starts_with("/v1/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::Openai
+    }
+}
+
+/// The token, as `x-api-key` (Claude Code's `ANTHROPIC_API_KEY`) or `Authorization: Bearer`
+/// (`ANTHROPIC_AUTH_TOKEN`, the OpenAI SDKs).
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        if !k.is_empty() {
+            return Some(k.trim());
+        }
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
+    let ok = presented(req.headers()).is_some_and(|t| token::matches(t, &front.token));
+    if !ok {
+        return ApiError::unauthorized().into_response(dialect_of(req.uri().path()));
+    }
+    next.run(req).await
+}
+
+/// Parse a JSON body, saying where it is broken.
+pub fn json_body(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body is not valid JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Headers of an SSE response.
+pub fn sse_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell buffering reverse proxies (nginx) to pass every frame at once.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// A response for a body that is too large (axum answers 413 with plain text otherwise).
+pub fn too_large(dialect: Dialect) -> Response {
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        kind: mythos_protocol::ErrorKind::BadRequest,
+        message: format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+        retry_at_unix_ms: None,
+        retried: false,
+    }
+    .into_response(dialect)
+    .into_response()
+}

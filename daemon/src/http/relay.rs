@@ -1,0 +1,420 @@
+//! One HTTP request through the router: start it, wait for the response head (the first
+//! `started`, or the error that ended the request before one), then hand the events to an
+//! encoder. The router cannot tell an HTTP client from a socket client: both share health,
+//! quotas, the wait queue and the records behind `mythos why`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue};
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use mythos_protocol::{
+    ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::errors::ApiError;
+use crate::router::Emitter;
+use crate::server::connection::panic_message;
+use crate::server::Context;
+
+/// Events buffered between the router and the HTTP body: enough to ride out a slow reader for a
+/// moment; beyond it the router waits (backpressure), as on the socket.
+const EVENT_BUFFER: usize = 64;
+
+/// Without any event for this long, a streaming response gets a keep-alive (`ping` / an SSE
+/// comment) so that proxies and clients with idle timeouts keep the connection.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A request the router is serving.
+pub struct Routed {
+    rx: mpsc::Receiver<Response>,
+    /// Cancels the route when the HTTP response is dropped (the client went away).
+    _cancel: DropGuard,
+    /// Reroutes seen so far.
+    pub reroutes: u32,
+}
+
+/// What is known when the first provider starts streaming.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Provider streaming the answer.
+    pub provider: String,
+    /// Its model.
+    pub model: String,
+    /// Routing record id (`mythos why`).
+    pub record: u64,
+    /// Reroutes before the first token.
+    pub reroutes: u32,
+    /// The daemon's own time on the request before it went upstream.
+    pub overhead: Duration,
+}
+
+impl Head {
+    /// The `x-mythos-*` headers (and the request-id headers the SDKs read).
+    pub fn headers(&self, headers: &mut HeaderMap) {
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        put("x-mythos-provider", self.provider.clone());
+        put("x-mythos-model", self.model.clone());
+        put("x-mythos-request", self.record.to_string());
+        put("x-mythos-rerouted", self.reroutes.to_string());
+        put(
+            "x-mythos-overhead-ms",
+            format!("{:.3}", self.overhead.as_secs_f64() * 1000.0),
+        );
+        put("request-id", format!("req_mythos_{}", self.record));
+        put("x-request-id", format!("req_mythos_{}", self.record));
+    }
+}
+
+/// Start `chat` on the router in force. `received` is when the HTTP request arrived: the
+/// parsing and translation time counts as the daemon's overhead.
+pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> {
+    if ctx.draining.is_cancelled() {
+        return Err(ApiError::from_route(
+            ErrorKind::ShuttingDown,
+            "mythosd is shutting down".into(),
+            None,
+        ));
+    }
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let token = ctx.hard_stop.child_token();
+    let router = ctx.router();
+    let emitter = Emitter::new(0, tx.clone()).with_shutdown(ctx.hard_stop.clone());
+    let route_token = token.clone();
+    ctx.streams.spawn(async move {
+        let run = AssertUnwindSafe(router.route(chat, emitter, route_token));
+        if let Err(panic) = run.catch_unwind().await {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(panic = %what, "an HTTP request panicked");
+            let event = StreamEvent::Error {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "internal error in mythosd ({what}); the daemon log has the details"
+                ),
+                retry_at_unix_ms: None,
+            };
+            let _ = tx.send(Response::Event { id: 0, event }).await;
+        }
+    });
+    Ok(Routed {
+        rx,
+        _cancel: CancellationToken::drop_guard(token),
+        reroutes: 0,
+    })
+}
+
+impl Routed {
+    /// The next event; `None` when the router is gone without a last event (a bug).
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        loop {
+            match self.rx.recv().await? {
+                Response::Event { event, .. } => {
+                    if matches!(event, StreamEvent::Rerouted { .. }) {
+                        self.reroutes += 1;
+                    }
+                    return Some(event);
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Wait for the first provider to start, or the error that ended the request first.
+    pub async fn head(&mut self, received: Instant, translate: Duration) -> Result<Head, ApiError> {
+        let _ = received;
+        loop {
+            match self.next().await {
+                Some(StreamEvent::Started {
+                    provider,
+                    model,
+                    record,
+                    setup_us,
+                    ..
+                }) => {
+                    return Ok(Head {
+                        provider,
+                        model,
+                        record,
+                        reroutes: self.reroutes,
+                        overhead: translate + Duration::from_micros(setup_us),
+                    })
+                }
+                Some(StreamEvent::Error {
+                    kind,
+                    message,
+                    retry_at_unix_ms,
+                }) => return Err(ApiError::from_route(kind, message, retry_at_unix_ms)),
+                Some(_) => continue,
+                None => return Err(vanished()),
+            }
+        }
+    }
+
+    /// Collect the whole answer (non-streaming requests): a failure at any point is an HTTP
+    /// error, so a non-streaming client never sees half an answer.
+    pub async fn collect(&mut self, head: &Head) -> Result<(Answer, DoneInfo), ApiError> {
+        let mut answer = Answer::default();
+        let _ = head;
+        loop {
+            match self.next().await {
+                Some(StreamEvent::Done(done)) => return Ok((answer, done)),
+                Some(StreamEvent::Error {
+                    kind,
+                    message,
+                    retry_at_unix_ms,
+                }) => return Err(ApiError::from_route(kind, message, retry_at_unix_ms)),
+                Some(ev) => answer.apply(&ev),
+                None => return Err(vanished()),
+            }
+        }
+    }
+
+    /// A streaming body: `first` (the encoder's opening frames), then each event through
+    /// `encoder` until it says the stream is over. Keep-alives fill long silences.
+    pub fn into_body<E: Encoder>(self, first: Bytes, encoder: E) -> Body {
+        struct St<E> {
+            routed: Routed,
+            encoder: E,
+            first: Option<Bytes>,
+            done: bool,
+        }
+        let st = St {
+            routed: self,
+            encoder,
+            first: Some(first),
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(st, |mut st| async move {
+            if let Some(first) = st.first.take() {
+                return Some((Ok::<Bytes, std::io::Error>(first), st));
+            }
+            let mut out = BytesMut::new();
+            while !st.done && out.is_empty() {
+                match tokio::time::timeout(KEEPALIVE, st.routed.next()).await {
+                    Ok(Some(ev)) => st.done = st.encoder.event(ev, &mut out),
+                    Ok(None) => {
+                        st.encoder.vanished(&mut out);
+                        st.done = true;
+                    }
+                    Err(_) => st.encoder.keepalive(&mut out),
+                }
+                // Drain what is already waiting into the same write: one socket write per
+                // burst rather than per event.
+                while !st.done {
+                    match st.routed.rx.try_recv() {
+                        Ok(Response::Event { event, .. }) => {
+                            if matches!(event, StreamEvent::Rerouted { .. }) {
+                                st.routed.reroutes += 1;
+                            }
+                            st.done = st.encoder.event(event, &mut out);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            if out.is_empty() {
+                None
+            } else {
+                Some((Ok(out.freeze()), st))
+            }
+        });
+        Body::from_stream(stream)
+    }
+}
+
+fn vanished() -> ApiError {
+    ApiError::from_route(
+        ErrorKind::Internal,
+        "mythosd lost this request (a bug: the daemon log has the details)".into(),
+        None,
+    )
+}
+
+/// Turns stream events into one API's SSE frames.
+pub trait Encoder: Send + 'static {
+    /// Write the frames for `ev`; true when the stream is over (after `done` or `error`).
+    fn event(&mut self, ev: StreamEvent, out: &mut BytesMut) -> bool;
+    /// Nothing happened for a while.
+    fn keepalive(&mut self, out: &mut BytesMut);
+    /// The router is gone without a last event.
+    fn vanished(&mut self, out: &mut BytesMut);
+}
+
+/// Append one SSE frame (`event:` line when named, then `data:`).
+pub fn sse(out: &mut BytesMut, event: Option<&str>, data: &serde_json::Value) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"data: ");
+    // Serializing a Value cannot fail.
+    let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// A block of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    /// Reasoning, with Anthropic's signature when it came from Anthropic.
+    Thinking {
+        /// The text.
+        text: String,
+        /// The signature.
+        signature: Option<String>,
+    },
+    /// Answer text.
+    Text(String),
+    /// A tool call.
+    Tool {
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments, JSON text.
+        args: String,
+    },
+}
+
+/// A whole answer, built from events (Restart discards what came before).
+#[derive(Debug, Default, Clone)]
+pub struct Answer {
+    /// The blocks in order.
+    pub blocks: Vec<Block>,
+    /// Router tool index → position in `blocks`.
+    tools: Vec<(u32, usize)>,
+}
+
+impl Answer {
+    /// Take one event into account.
+    pub fn apply(&mut self, ev: &StreamEvent) {
+        match ev {
+            StreamEvent::TextDelta { text } => match self.blocks.last_mut() {
+                Some(Block::Text(t)) => t.push_str(text),
+                _ => self.blocks.push(Block::Text(text.clone())),
+            },
+            StreamEvent::ThinkingDelta { text } => match self.blocks.last_mut() {
+                Some(Block::Thinking {
+                    text: t,
+                    signature: None,
+                }) => t.push_str(text),
+                _ => self.blocks.push(Block::Thinking {
+                    text: text.clone(),
+                    signature: None,
+                }),
+            },
+            StreamEvent::ThinkingSignature { signature } => match self.blocks.last_mut() {
+                Some(Block::Thinking { signature: s, .. }) => *s = Some(signature.clone()),
+                _ => self.blocks.push(Block::Thinking {
+                    text: String::new(),
+                    signature: Some(signature.clone()),
+                }),
+            },
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.tools.push((*index, self.blocks.len()));
+                self.blocks.push(Block::Tool {
+                    id: id.clone(),
+                    name: name.clone(),
+                    args: String::new(),
+                });
+            }
+            StreamEvent::ToolCallDelta { index, json } => {
+                if let Some(&(_, at)) = self.tools.iter().rev().find(|(i, _)| i == index) {
+                    if let Some(Block::Tool { args, .. }) = self.blocks.get_mut(at) {
+                        args.push_str(json);
+                    }
+                }
+            }
+            StreamEvent::Rerouted {
+                mode: RerouteMode::Restart,
+                ..
+            } => *self = Answer::default(),
+            _ => {}
+        }
+    }
+
+    /// The concatenated answer text.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for b in &self.blocks {
+            if let Block::Text(t) = b {
+                s.push_str(t);
+            }
+        }
+        s
+    }
+
+    /// Whether the answer calls a tool.
+    pub fn has_tools(&self) -> bool {
+        self.blocks.iter().any(|b| matches!(b, Block::Tool { .. }))
+    }
+}
+
+/// Tool arguments as a JSON value; a model that produced invalid JSON gets an empty object
+/// rather than a broken response (the raw text is logged).
+pub fn args_value(args: &str) -> serde_json::Value {
+    if args.trim().is_empty() {
+        return serde_json::json!({});
+    }
+    serde_json::from_str(args).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "a tool call's arguments are not valid JSON");
+        serde_json::json!({})
+    })
+}
+
+/// Anthropic's `stop_reason` for a finish (tool calls win over a plain stop, as OpenAI-format
+/// providers sometimes say `stop` after calling tools).
+pub fn anthropic_stop(finish: &FinishReason, tools: bool) -> &'static str {
+    match finish {
+        FinishReason::MaxTokens => "max_tokens",
+        FinishReason::ToolUse => "tool_use",
+        _ if tools => "tool_use",
+        FinishReason::Refusal | FinishReason::ContentFilter => "refusal",
+        FinishReason::Other(s) if s == "stop_sequence" => "stop_sequence",
+        FinishReason::Other(s) if s == "pause_turn" => "pause_turn",
+        _ => "end_turn",
+    }
+}
+
+/// Chat Completions' `finish_reason` for a finish.
+pub fn openai_finish(finish: &FinishReason, tools: bool) -> &'static str {
+    match finish {
+        FinishReason::MaxTokens => "length",
+        FinishReason::ToolUse => "tool_calls",
+        _ if tools => "tool_calls",
+        FinishReason::ContentFilter | FinishReason::Refusal => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Anthropic usage JSON.
+pub fn anthropic_usage(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cache_creation_input_tokens": u.cache_creation_input_tokens,
+    })
+}
+
+/// OpenAI usage JSON (`prompt_tokens` includes cached tokens there).
+pub fn openai_usage(u: &Usage) -> serde_json::Value {
+    let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+    serde_json::json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": prompt + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
+    })
+}

@@ -1,0 +1,105 @@
+//! Pieces both request translators use.
+
+use mythos_protocol::{CachePoint, ImageSource, Message};
+use serde_json::Value;
+
+/// `data:image/png;base64,AAAA` as an inline image; `None` for any other URL.
+pub fn data_url_image(url: &str) -> Option<ImageSource> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some(ImageSource::Base64 {
+        media_type: media_type.to_string(),
+        data: data.to_string(),
+    })
+}
+
+/// The text parts of a content list, joined by blank lines.
+pub fn text_of(parts: &[Value]) -> String {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.get("type").and_then(Value::as_str),
+                Some("text" | "input_text" | "output_text")
+            )
+        })
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect();
+    texts.join("\n\n")
+}
+
+/// A non-negative integer field that fits in u32 (larger values are clamped, not refused: the
+/// router clamps output limits to each model anyway).
+pub fn u32_field(v: &Value, key: &str) -> Option<u32> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|n| n.min(u32::MAX as u64) as u32)
+}
+
+/// Merge consecutive messages of the same role (Anthropic requires turns to alternate; OpenAI's
+/// tool results arrive as one message each), moving cache points along with their blocks.
+/// Messages left empty are dropped.
+pub fn merge_same_role(messages: Vec<Message>, points: &mut [CachePoint]) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    // Where each input message's blocks went: (output index, block offset).
+    let mut moved: Vec<(u32, u32)> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let n = out.len();
+        match out.last_mut() {
+            Some(last) if last.role == m.role => {
+                moved.push(((n - 1) as u32, last.content.len() as u32));
+                last.content.extend(m.content);
+            }
+            _ => {
+                moved.push((n as u32, 0));
+                out.push(m);
+            }
+        }
+    }
+    for p in points.iter_mut() {
+        if let Some(&(to, offset)) = moved.get(p.message as usize) {
+            p.message = to;
+            p.block += offset;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mythos_protocol::{CacheTtl, ContentBlock, Role};
+
+    #[test]
+    fn data_urls() {
+        assert_eq!(
+            data_url_image("data:image/png;base64,QUJD"),
+            Some(ImageSource::Base64 {
+                media_type: "image/png".into(),
+                data: "QUJD".into()
+            })
+        );
+        assert_eq!(data_url_image("https://x/y.png"), None);
+        assert_eq!(data_url_image("data:text/plain,hi"), None);
+    }
+
+    #[test]
+    fn merging_keeps_cache_points_on_their_blocks() {
+        let msgs = vec![
+            Message::text(Role::User, "a"),
+            Message::text(Role::User, "b"),
+            Message::text(Role::Assistant, "c"),
+        ];
+        let mut points = [CachePoint {
+            message: 1,
+            block: 0,
+            ttl: CacheTtl::Default,
+        }];
+        let out = merge_same_role(msgs, &mut points);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].content.len(), 2);
+        assert_eq!((points[0].message, points[0].block), (0, 1));
+        assert_eq!(out[0].content[1], ContentBlock::Text { text: "b".into() });
+    }
+}
