@@ -224,6 +224,21 @@ impl TestEnv {
         child.wait_with_output().expect("mythos output")
     }
 
+    /// The running daemon's HTTP front end: its base URL (`http://127.0.0.1:PORT`, no `/v1`)
+    /// and the local token, as the daemon wrote them into its state dir.
+    pub fn http(&self) -> (String, String) {
+        let read = |name: &str| {
+            std::fs::read_to_string(self.state.join(name))
+                .unwrap_or_else(|e| panic!("{name} in the state dir: {e}"))
+                .trim()
+                .to_string()
+        };
+        (
+            format!("http://{}", read("http-address")),
+            read("http-token"),
+        )
+    }
+
     /// Connect a raw protocol client.
     pub async fn connect(&self) -> RawClient {
         RawClient::connect(&self.socket).await
