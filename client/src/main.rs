@@ -96,6 +96,25 @@ enum Command {
     },
     /// A guided tour on a private daemon with simulated providers (no API keys needed).
     Demo,
+    /// Print the local token that agents present to the daemon's HTTP front end.
+    Token,
+    /// Print `export` lines that point an agent at the daemon:
+    /// `eval "$(mythos env claude)"` for Claude Code, `eval "$(mythos env openai)"` for Codex
+    /// CLI, aider, opencode and the OpenAI SDKs.
+    Env {
+        /// Which API the agent speaks.
+        #[arg(value_enum)]
+        agent: Agent,
+    },
+}
+
+/// An agent family, by the API it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Agent {
+    /// Claude Code and the Anthropic SDKs (ANTHROPIC_BASE_URL, ANTHROPIC_AUTH_TOKEN).
+    Claude,
+    /// Codex CLI, aider, opencode, the OpenAI SDKs (OPENAI_BASE_URL, OPENAI_API_KEY).
+    Openai,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +268,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Usage { days, json } => rt.block_on(commands::usage::run(g, days, json)),
         Command::Reset { provider } => rt.block_on(commands::reset::run(g, provider)),
         Command::Demo => rt.block_on(commands::demo::run(g)),
+        Command::Token => rt.block_on(commands::env::token(g)),
+        Command::Env { agent } => rt.block_on(commands::env::env(
+            g,
+            match agent {
+                Agent::Claude => commands::env::Flavor::Claude,
+                Agent::Openai => commands::env::Flavor::Openai,
+            },
+        )),
     }
 }
 

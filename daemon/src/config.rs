@@ -439,6 +439,15 @@ impl Config {
                 .and_then(|o| o.api_key.clone())
                 .or_else(|| env(key_env));
             let Some(key) = key else { continue };
+            if key.starts_with(crate::http::token::TOKEN_PREFIX) {
+                // A shell pointed at mythosd (`eval "$(mythos env openai)"`) holds the daemon's
+                // own token here: registering it would route requests back into the daemon.
+                tracing::warn!(
+                    variable = key_env,
+                    "holds mythosd's own local token, not a provider key: ignored"
+                );
+                continue;
+            }
             let mut p = ProviderConfig::new(
                 b.name,
                 over.and_then(|o| o.api).unwrap_or(b.api),

@@ -318,6 +318,9 @@ async fn run(
 
     // The HTTP front end, for agents that speak the providers' APIs. A port that is taken
     // leaves the socket clients working: logged, never fatal.
+    // An address left by an earlier run must not send agents to a port nobody serves.
+    let address_file = opts.state_dir.join(mythosd::http::token::ADDRESS_FILE);
+    let _ = std::fs::remove_file(&address_file);
     if let Some(listener) = mythosd::http::bind(&prepared.config.http).await {
         if let Err(e) = mythosd::http::start(
             ctx.clone(),
@@ -359,6 +362,7 @@ async fn run(
         state.flush().await;
     }
     ctx.stop_sims();
+    let _ = std::fs::remove_file(&address_file);
     socket::Bound::remove_socket(&socket_path);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS

@@ -5,6 +5,7 @@ pub mod ask;
 pub mod chat;
 pub mod daemon;
 pub mod demo;
+pub mod env;
 pub mod reset;
 pub mod status;
 pub mod usage;

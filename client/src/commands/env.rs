@@ -1,0 +1,95 @@
+//! `mythos token` and `mythos env claude|openai`: what an agent needs to reach the daemon's
+//! HTTP front end. The daemon writes its token and bound address into its state directory;
+//! these commands make sure it runs, then read them.
+
+use std::path::PathBuf;
+
+use super::{print, Globals};
+use crate::connection::Connection;
+use crate::error::{Failure, EXIT_OK};
+
+/// Which agent's variables to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Claude Code and the Anthropic SDKs.
+    Claude,
+    /// Codex CLI, aider, opencode and the OpenAI SDKs.
+    Openai,
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("MYTHOS_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(mythos_protocol::paths::state_dir)
+}
+
+/// The front end's base URL (no `/v1`) and token, starting the daemon if needed.
+async fn front_end(g: &Globals) -> Result<(String, String), Failure> {
+    // Started (or found running) first: the files are written before it says it is ready.
+    let _conn = Connection::connect_or_start(&g.target).await?;
+    let dir = state_dir();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
+    let token = read("http-token").map_err(|e| {
+        Failure::new(format!(
+            "cannot read the HTTP token in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let addr = read("http-address").map_err(|_| {
+        Failure::new("the daemon's HTTP front end is not listening")
+            .hint("it is off in [http] (enabled = false, or MYTHOS_HTTP_LISTEN=off), or its port was taken: see `mythos daemon status` and the daemon log")
+    })?;
+    Ok((format!("http://{addr}"), token))
+}
+
+/// `mythos token`: print the local token.
+pub async fn token(g: &Globals) -> Result<u8, Failure> {
+    let (_, token) = front_end(g).await?;
+    print(&format!("{token}\n"))?;
+    Ok(EXIT_OK)
+}
+
+/// Shell lines that point an agent at `base` with `token`.
+pub fn lines(flavor: Flavor, base: &str, token: &str) -> String {
+    // Proxies configured for the internet must not see loopback traffic (or the token).
+    let no_proxy = "export NO_PROXY=\"127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}\"\n";
+    match flavor {
+        Flavor::Claude => format!(
+            "export ANTHROPIC_BASE_URL={base}\n\
+             export ANTHROPIC_AUTH_TOKEN={token}\n\
+             # Claude Code prefers an API key over the token: empty it in this shell.\n\
+             export ANTHROPIC_API_KEY=\n\
+             {no_proxy}"
+        ),
+        Flavor::Openai => format!(
+            "export OPENAI_BASE_URL={base}/v1\n\
+             export OPENAI_API_KEY={token}\n\
+             {no_proxy}"
+        ),
+    }
+}
+
+/// `mythos env claude|openai`: print `export` lines for `eval "$(mythos env claude)"`.
+pub async fn env(g: &Globals, flavor: Flavor) -> Result<u8, Failure> {
+    let (base, token) = front_end(g).await?;
+    print(&lines(flavor, &base, &token))?;
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_lines() {
+        let c = lines(Flavor::Claude, "http://127.0.0.1:7626", "mythos-ab");
+        assert!(c.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:7626\n"));
+        assert!(c.contains("export ANTHROPIC_AUTH_TOKEN=mythos-ab\n"));
+        assert!(c.contains("export ANTHROPIC_API_KEY=\n"));
+        assert!(c.contains("NO_PROXY"));
+        let o = lines(Flavor::Openai, "http://127.0.0.1:7626", "mythos-ab");
+        assert!(o.contains("export OPENAI_BASE_URL=http://127.0.0.1:7626/v1\n"));
+        assert!(o.contains("export OPENAI_API_KEY=mythos-ab\n"));
+    }
+}
