@@ -872,9 +872,11 @@ priority = 7
     #[test]
     fn the_readme_example_is_valid() {
         let readme = include_str!("../../README.md");
+        // The configuration example is the block that starts with `[server]` (others show
+        // agents' own config files).
         let start = readme
-            .find("```toml\n")
-            .expect("a toml block in the README")
+            .find("```toml\n[server]")
+            .expect("the config example in the README")
             + 8;
         let len = readme[start..].find("```").unwrap();
         let env = env_of(&[("ANTHROPIC_API_KEY", "a"), ("GROQ_API_KEY", "g")]);

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 pub type RequestId = u64;
 
 /// A message from client to daemon.
+// Nearly every request is a `Chat`: boxing it would add an allocation to the common case to
+// shrink the rare ones, which live for one decode each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {

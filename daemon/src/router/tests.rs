@@ -518,8 +518,11 @@ async fn stall_after_first_token_continues_on_fallback() {
     assert_eq!(h.scripts[0].dropped.load(Ordering::SeqCst), 1);
 }
 
+/// A tool call cut in the middle was never shown (the router holds a call until it is whole):
+/// the text before it continues on the next provider, which makes the call again; the client
+/// sees one answer with one complete call and no restart.
 #[tokio::test(start_paused = true)]
-async fn half_streamed_tool_call_restarts_with_discard() {
+async fn half_streamed_tool_call_is_never_shown_and_is_made_again() {
     let h = harness(2, no_jitter());
     h.scripts[0].push([Step::Stream(vec![
         text("Let me look."),
@@ -540,18 +543,99 @@ async fn half_streamed_tool_call_restarts_with_discard() {
         ),
         (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
     ])]);
-    h.scripts[1].push([answer(&["Restarted answer."])]);
+    h.scripts[1].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: "b".into(),
+                name: "read".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "{\"path\":".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "\"x\"}".into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
     let ev = ask(&h.router, req("tool")).await;
-    assert!(ev.iter().any(|e| matches!(
+    assert!(!ev.iter().any(|e| matches!(
         e,
         StreamEvent::Rerouted {
             mode: RerouteMode::Restart,
             ..
         }
     )));
-    assert_eq!(final_text(&ev), "Restarted answer.");
-    // No prefill: the fallback starts over.
-    assert_eq!(h.scripts[1].prefills.lock().unwrap()[0], None);
+    assert_eq!(final_text(&ev), "Let me look.");
+    let calls: Vec<&StreamEvent> = ev
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::ToolCallStart { .. }))
+        .collect();
+    assert_eq!(calls.len(), 1, "{ev:?}");
+    assert!(matches!(calls[0], StreamEvent::ToolCallStart { id, .. } if id == "b"));
+    let args: String = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, "{\"path\":\"x\"}");
+    // The fallback continued the text before the call.
+    assert_eq!(
+        h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
+        Some("Let me look.")
+    );
+    assert!(matches!(
+        ev.last(),
+        Some(StreamEvent::Done(d)) if d.finish == FinishReason::ToolUse
+    ));
+}
+
+/// A call that is whole (text follows it) is shown at once; text after it can still be cut.
+#[tokio::test(start_paused = true)]
+async fn a_complete_tool_call_goes_out_before_the_next_block() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "read".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "{}".into(),
+            }),
+        ),
+        text("after"),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
+    let ev = ask(&h.router, req("tool")).await;
+    let order: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallStart { .. } => Some("start"),
+            StreamEvent::ToolCallDelta { .. } => Some("args"),
+            StreamEvent::TextDelta { .. } => Some("text"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["start", "args", "text"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -142,6 +142,76 @@ async fn via_once(c: &mut RawClient, id: u64, prompt: &str) -> (f64, f64, u64) {
     (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
 }
 
+/// (ttft, total, chunks) of one streamed Chat Completions request through the daemon's HTTP
+/// front end, reading the SSE body as an agent's SDK would (first content chunk, `[DONE]`).
+async fn http_once(c: &reqwest::Client, base: &str, token: &str, prompt: &str) -> (f64, f64, u64) {
+    let body = serde_json::json!({
+        "model": "mythos",
+        "stream": true,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let t0 = Instant::now();
+    let resp = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("http request");
+    assert!(
+        resp.status().is_success(),
+        "bench request failed: {}",
+        resp.status()
+    );
+    let mut stream = resp.bytes_stream();
+    let mut ttft = None;
+    let mut chunks = 0;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut done = false;
+    while let Some(piece) = stream.next().await {
+        tail.extend_from_slice(&piece.expect("http body"));
+        while let Some(end) = tail.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = tail.drain(..end + 2).collect();
+            let frame = String::from_utf8_lossy(&frame);
+            if frame.contains("[DONE]") {
+                done = true;
+            } else if frame.contains("\"content\":\"") && !frame.contains("\"content\":\"\"") {
+                chunks += 1;
+                ttft.get_or_insert_with(|| t0.elapsed());
+            }
+        }
+    }
+    assert!(done, "the HTTP stream ended without [DONE]");
+    (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
+}
+
+/// `per` requests through the HTTP front end on each of `conc` workers.
+async fn load_http(
+    base: &str,
+    token: &str,
+    conc: usize,
+    per: usize,
+    prompt: &'static str,
+) -> (Vec<f64>, Vec<f64>, u64, f64) {
+    // One keep-alive client per worker, as each agent process has its own.
+    load(conc, |_| {
+        let (base, token) = (base.to_string(), token.to_string());
+        async move {
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client");
+            let mut v = Vec::with_capacity(per);
+            for _ in 0..per {
+                v.push(http_once(&c, &base, &token, prompt).await);
+            }
+            v
+        }
+    })
+    .await
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -415,6 +485,9 @@ async fn main() {
             (vec![], vec![], vec![], vec![]);
         let mut relay = vec![];
         let mut cpu_per_m = vec![];
+        let (mut h_ttft50, mut h_ttft99, mut h_tot50) = (vec![], vec![], vec![]);
+        let mut h_cpu_per_m = vec![];
+        let (base, token) = env.http();
         for _ in 0..reps {
             let (mut a, mut b, _, _) = load_direct(&transport, conc, per, prompt).await;
             d_ttft50.push(pct(&mut a, 0.5));
@@ -431,6 +504,40 @@ async fn main() {
             v_tot99.push(pct(&mut b, 0.99));
             relay.push(chunks as f64 / wall);
             cpu_per_m.push(cpu / chunks.max(1) as f64 * 1e6);
+
+            if conc <= 100 {
+                let cpu0 = cpu_secs(pid);
+                let (mut a, mut b, chunks, _) = load_http(&base, &token, conc, per, prompt).await;
+                let cpu = cpu_secs(pid) - cpu0;
+                h_ttft50.push(pct(&mut a, 0.5));
+                h_ttft99.push(pct(&mut a, 0.99));
+                h_tot50.push(pct(&mut b, 0.5));
+                h_cpu_per_m.push(cpu / chunks.max(1) as f64 * 1e6);
+            }
+        }
+        if !h_ttft50.is_empty() {
+            for (metric, d, v) in [
+                ("time to first token p50", &d_ttft50, h_ttft50),
+                ("time to first token p99", &d_ttft99, h_ttft99),
+                ("total time p50", &d_tot50, h_tot50),
+            ] {
+                rows.push(Row {
+                    section: "1b. overhead through the HTTP front end",
+                    metric: format!("{metric}, concurrency {conc}"),
+                    direct: Some(Stat::of(d.clone())),
+                    via: Some(Stat::of(v)),
+                    unit: "ms",
+                    note: "POST /v1/chat/completions, streamed".into(),
+                });
+            }
+            rows.push(Row {
+                section: "2. relay throughput",
+                metric: format!("daemon CPU per 1M relayed chunks via HTTP, concurrency {conc}"),
+                direct: None,
+                via: Some(Stat::of(h_cpu_per_m)),
+                unit: "s",
+                note: "front end + router + upstream client".into(),
+            });
         }
         for (metric, d, v) in [
             ("time to first token p50", d_ttft50, v_ttft50),
