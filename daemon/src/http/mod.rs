@@ -29,7 +29,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router as Routes;
 use mythos_protocol::ChatRequest;
@@ -126,15 +126,30 @@ pub fn routes(front: Arc<Front>) -> Routes {
     let api = Routes::new()
         .route(
             "/v1/messages",
-            post(|State(f): State<Arc<Front>>, body: Bytes| messages::create(f, body)),
+            post(|State(f): State<Arc<Front>>, body: Body| async move {
+                match body {
+                    Ok(b) => messages::create(f, b).await,
+                    Err(e) => rejected(e, Dialect::Anthropic),
+                }
+            }),
         )
         .route(
             "/v1/messages/count_tokens",
-            post(|State(f): State<Arc<Front>>, body: Bytes| messages::count_tokens(f, body)),
+            post(|State(f): State<Arc<Front>>, body: Body| async move {
+                match body {
+                    Ok(b) => messages::count_tokens(f, b).await,
+                    Err(e) => rejected(e, Dialect::Anthropic),
+                }
+            }),
         )
         .route(
             "/v1/chat/completions",
-            post(|State(f): State<Arc<Front>>, body: Bytes| chat::create(f, body)),
+            post(|State(f): State<Arc<Front>>, body: Body| async move {
+                match body {
+                    Ok(b) => chat::create(f, b).await,
+                    Err(e) => rejected(e, Dialect::Openai),
+                }
+            }),
         )
         .route(
             "/v1/models",
@@ -237,15 +252,42 @@ pub fn sse_headers(headers: &mut HeaderMap) {
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// A response for a body that is too large (axum answers 413 with plain text otherwise).
-pub fn too_large(dialect: Dialect) -> Response {
+/// A request body, or why it could not be read (too large, cut off).
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+/// A body that could not be read, in the dialect's error shape (axum would answer in plain
+/// text, which the SDKs report as an unknown error).
+fn rejected(e: axum::extract::rejection::BytesRejection, dialect: Dialect) -> Response {
+    let status = e.status();
     ApiError {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
+        status,
         kind: mythos_protocol::ErrorKind::BadRequest,
-        message: format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+        message: if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20)
+        } else {
+            format!("cannot read the request body: {}", e.body_text())
+        },
         retry_at_unix_ms: None,
         retried: false,
     }
     .into_response(dialect)
-    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_as_key_or_bearer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer  tok "));
+        assert_eq!(presented(&h), Some("tok"));
+        h.insert("authorization", HeaderValue::from_static("Basic tok"));
+        assert_eq!(presented(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("key"));
+        assert_eq!(presented(&h), Some("key"));
+        assert_eq!(dialect_of("/v1/messages/count_tokens"), Dialect::Anthropic);
+        assert_eq!(dialect_of("/v1/chat/completions"), Dialect::Openai);
+    }
 }

@@ -1,0 +1,222 @@
+//! What real agents send, through the HTTP front end of the real daemon, served by a provider
+//! of the other format. The request shapes are those observed from the agents themselves.
+
+use mythos_tests::Mocks;
+use serde_json::{json, Value};
+
+/// The request Claude Code 2.1 sent to a mock: a model name no router knows, 12 tools,
+/// adaptive thinking with the display omitted, 128,000 output tokens, streaming, system blocks
+/// with prompt-cache breakpoints, `?beta=true`.
+fn claude_code_request(prompt: &str) -> Value {
+    let tools: Vec<Value> = [
+        "Task", "Bash", "Glob", "Grep", "LS", "ExitPlanMode", "Read", "Edit", "MultiEdit",
+        "Write", "NotebookEdit", "WebFetch",
+    ]
+    .iter()
+    .map(|name| {
+        json!({
+            "name": name,
+            "description": format!("The {name} tool."),
+            "input_schema": {
+                "type": "object",
+                "properties": {"arg": {"type": "string", "description": "its argument"}},
+                "required": ["arg"],
+                "additionalProperties": false,
+                "$schema": "http://json-schema.org/draft-07/schema#"
+            }
+        })
+    })
+    .collect();
+    json!({
+        "model": "claude-opus-5-5",
+        "max_tokens": 128000,
+        "stream": true,
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "metadata": {"user_id": "user_0123_account__session_4567"},
+        "system": [
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+             "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.",
+             "cache_control": {"type": "ephemeral"}}
+        ],
+        "tools": tools,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>context</system-reminder>"},
+            {"type": "text", "text": prompt, "cache_control": {"type": "ephemeral"}}
+        ]}]
+    })
+}
+
+/// SSE frames of a body: (event name, data).
+fn frames(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let mut name = String::new();
+            let mut data = Value::Null;
+            for line in f.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(d).unwrap_or(Value::String(d.into()));
+                }
+            }
+            (name, data)
+        })
+        .collect()
+}
+
+fn text_of(frames: &[(String, Value)]) -> String {
+    frames
+        .iter()
+        .filter(|(n, d)| n == "content_block_delta" && d["delta"]["type"] == "text_delta")
+        .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_served_by_an_openai_format_provider() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let prompt = "Summarise the repository layout.";
+
+    // Pinned to the OpenAI-format provider.
+    let mut req = claude_code_request(prompt);
+    req["model"] = json!("openai/gpt-4o");
+    let resp = http
+        .post(format!("{base}/v1/messages?beta=true"))
+        .header("x-api-key", &token)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-mythos-provider"], "openai");
+    let body = resp.text().await.unwrap();
+    let f = frames(&body);
+    assert_eq!(f.last().unwrap().0, "message_stop", "{body}");
+    let text = text_of(&f);
+    assert!(
+        text.starts_with("This is a simulated answer to") && text.ends_with("nothing is repeated."),
+        "{text}"
+    );
+
+    // What the OpenAI-format provider received: its own dialect, nothing it would refuse.
+    let sent = mocks.openai.requests().pop().expect("the openai mock was asked");
+    let b = &sent.body;
+    assert_eq!(b["messages"][0]["role"], "system");
+    assert!(b["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("You are Claude Code"));
+    assert_eq!(b["tools"].as_array().unwrap().len(), 12);
+    assert_eq!(b["tools"][0]["type"], "function");
+    let limit = b["max_tokens"]
+        .as_u64()
+        .or_else(|| b["max_completion_tokens"].as_u64())
+        .unwrap();
+    assert!(limit <= 16_384, "max_tokens {limit} is above gpt-4o's output limit");
+    let text = b.to_string();
+    assert!(!text.contains("cache_control"), "{text}");
+    assert!(!text.contains("\"thinking\""), "{text}");
+
+    // Unpinned, the same request goes to the primary (Anthropic format), which keeps the
+    // cache breakpoints.
+    let resp = http
+        .post(format!("{base}/v1/messages?beta=true"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(claude_code_request(prompt).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-mythos-provider"], "anthropic");
+    let body = resp.text().await.unwrap();
+    let text = text_of(&frames(&body));
+    assert!(text.ends_with("nothing is repeated."), "{text}");
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    assert!(sent.body.to_string().contains("cache_control"));
+    assert!(sent.body["max_tokens"].as_u64().unwrap() <= 64_000);
+}
+
+/// An agent asking for a tool by its OpenAI name gets the call back under that name, with
+/// arguments that parse, from a provider of the other format; the result goes back and the
+/// answer completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_tool_round_trip_served_by_anthropic_format() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let long_name = format!("workspace_{}_read_file", "x".repeat(70));
+    let tools = json!([{"type": "function", "function": {
+        "name": long_name, "description": "read a file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]);
+    let first = json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "messages": [{"role": "user", "content": "call: read the readme"}],
+        "tools": tools,
+        "tool_choice": "required",
+    });
+    let resp: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(first.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).expect("a JSON body"))
+        .unwrap();
+    let msg = &resp["choices"][0]["message"];
+    assert_eq!(resp["choices"][0]["finish_reason"], "tool_calls", "{resp}");
+    let call = &msg["tool_calls"][0];
+    assert_eq!(call["function"]["name"], json!(long_name), "mapped back");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap())
+        .expect("arguments are JSON");
+    assert!(args.is_object());
+    // The provider saw a name it accepts.
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    let sent_name = sent.body["tools"][0]["name"].as_str().unwrap().to_string();
+    assert!(sent_name.len() <= 64, "{sent_name}");
+    assert_eq!(sent.body["tool_choice"]["type"], "any");
+
+    let second = json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "messages": [
+            {"role": "user", "content": "call: read the readme"},
+            msg,
+            {"role": "tool", "tool_call_id": call["id"], "content": "# mythos"}
+        ],
+        "tools": tools,
+    });
+    let resp: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(second.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).expect("a JSON body"))
+        .unwrap();
+    assert_eq!(resp["choices"][0]["finish_reason"], "stop", "{resp}");
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    let turns = sent.body["messages"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
+    assert_eq!(turns[1]["content"][0]["type"], "tool_use");
+    assert_eq!(turns[1]["content"][0]["name"], json!(sent_name));
+    assert_eq!(turns[2]["content"][0]["type"], "tool_result");
+    assert_eq!(turns[2]["content"][0]["tool_use_id"], call["id"]);
+}
