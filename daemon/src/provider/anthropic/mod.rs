@@ -1,22 +1,33 @@
 //! Anthropic Messages API: request body and headers. The stream decoder is in [`stream`].
+//!
+//! The request may come from an agent that spoke the OpenAI format and may carry history another
+//! provider wrote, so the body is built defensively: what Anthropic cannot take (unsigned
+//! thinking, empty text, too many cache breakpoints) is dropped with a debug line, and extended
+//! thinking is only switched on when the rest of the request satisfies the API's rules for it.
 
 pub mod stream;
 
-use mythos_protocol::{ContentBlock, ErrorKind, Role};
+use mythos_protocol::{CacheTtl, ContentBlock, ErrorKind, ImageSource, Role, Thinking, ToolChoice};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
-use super::{key_or_empty, secret_header, ProviderError, UpstreamRequest};
-use crate::config::ProviderConfig;
+use super::{key_or_empty, secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
+use crate::config::{default_output_limit, ProviderConfig};
 
 /// API version header value; the streaming event format used here is stable under it.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// Most `cache_control` breakpoints one request may carry.
+const MAX_CACHE_POINTS: usize = 4;
+
+/// Smallest thinking budget the API accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// Thinking budget when the client lets the model decide, at most.
+const ADAPTIVE_THINKING_CAP: u32 = 16_000;
+
 /// URL, headers and JSON body of a streamed Messages request.
-pub fn build(
-    cfg: &ProviderConfig,
-    req: &UpstreamRequest<'_>,
-) -> Result<(String, HeaderMap, Vec<u8>), ProviderError> {
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
     let url = format!("{}/v1/messages", cfg.base_url.trim_end_matches('/'));
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -28,70 +39,391 @@ pub fn build(
         "x-api-key",
         key_or_empty(cfg.api_key.as_ref()).to_string(),
     );
+    let chat = req.chat;
+    let opts = &chat.options;
+    let names = ToolNames::for_request(chat);
 
-    let mut messages = Vec::with_capacity(req.chat.messages.len() + 1);
-    for m in &req.chat.messages {
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        let mut content = Vec::with_capacity(m.content.len());
-        for block in &m.content {
-            content.push(match block {
-                ContentBlock::Text { text } => json!({"type": "text", "text": text}),
-                ContentBlock::ToolUse {
-                    id,
-                    name,
-                    input_json,
-                } => json!({"type": "tool_use", "id": id, "name": name,
-                            "input": parse_json(input_json, "tool_use input")?}),
-                ContentBlock::ToolResult {
-                    tool_use_id,
-                    content,
-                    is_error,
-                    ..
-                } => json!({"type": "tool_result", "tool_use_id": tool_use_id,
-                            "content": content, "is_error": is_error}),
-                _ => continue,
-            });
+    // The system prompt, and how many breakpoints it uses up.
+    let mut cache_budget = MAX_CACHE_POINTS;
+    let system = if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
+        let mut blocks = Vec::with_capacity(opts.system_blocks.len());
+        for b in opts.system_blocks.iter().filter(|b| !b.text.is_empty()) {
+            let mut block = json!({"type": "text", "text": b.text});
+            if let Some(ttl) = b.cache {
+                if cache_budget > 0 {
+                    cache_budget -= 1;
+                    block["cache_control"] = cache_control(ttl);
+                } else {
+                    tracing::debug!("anthropic: system cache breakpoint dropped (limit 4)");
+                }
+            }
+            blocks.push(block);
         }
-        messages.push(json!({"role": role, "content": content}));
+        Some(Value::Array(blocks))
+    } else {
+        chat.system
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| json!(s))
+    };
+
+    // Breakpoints on messages: the latest ones win when there are too many, as they cover the
+    // longest prefix.
+    let mut points = opts.cache_points.clone();
+    points.sort_by_key(|p| (p.message, p.block));
+    if points.len() > cache_budget {
+        tracing::debug!(
+            dropped = points.len() - cache_budget,
+            "anthropic: message cache breakpoints dropped (limit 4)"
+        );
+        points.drain(..points.len() - cache_budget);
     }
+
+    let mut messages: Vec<Value> = Vec::with_capacity(chat.messages.len() + 1);
+    let mut last_role: Option<Role> = None;
+    for (mi, m) in chat.messages.iter().enumerate() {
+        let mut content: Vec<Value> = Vec::with_capacity(m.content.len());
+        // For each source block, the index of the output block that carries it (or the
+        // nearest earlier one that can take a breakpoint).
+        let mut carrier: Vec<Option<usize>> = Vec::with_capacity(m.content.len());
+        let mut last_cacheable: Option<usize> = None;
+        for block in &m.content {
+            let out = block_json(block, m.role, &names)?;
+            if let Some(v) = out {
+                let thinking = matches!(
+                    block,
+                    ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. }
+                );
+                content.push(v);
+                if !thinking {
+                    last_cacheable = Some(content.len() - 1);
+                }
+            }
+            carrier.push(last_cacheable);
+        }
+        for p in points.iter().filter(|p| p.message as usize == mi) {
+            match carrier.get(p.block as usize).copied().flatten() {
+                Some(i) => content[i]["cache_control"] = cache_control(p.ttl),
+                None => tracing::debug!(
+                    message = p.message,
+                    block = p.block,
+                    "anthropic: cache breakpoint on a block not sent, dropped"
+                ),
+            }
+        }
+        if content.is_empty() {
+            // The API refuses empty content; a turn that was only foreign thinking says nothing
+            // Anthropic can use.
+            tracing::debug!(message = mi, "anthropic: message left empty, skipped");
+            continue;
+        }
+        // Skipping can leave two turns of one speaker in a row: join them, as the API would.
+        if last_role == Some(m.role) {
+            if let Some(Value::Array(prev)) = messages
+                .last_mut()
+                .and_then(|v: &mut Value| v.get_mut("content"))
+            {
+                prev.extend(content);
+                continue;
+            }
+        }
+        last_role = Some(m.role);
+        messages.push(json!({"role": role_name(m.role), "content": content}));
+    }
+    let mut prefilled = false;
     if let Some(prefill) = req.prefill {
         // The API rejects a final assistant turn ending in whitespace; the router strips the
         // trimmed part from the start of the continuation so nothing is duplicated or lost.
         let trimmed = prefill.trim_end();
         if !trimmed.is_empty() {
+            prefilled = true;
             messages.push(json!({"role": "assistant", "content": trimmed}));
         }
     }
 
+    let mut max_tokens = req.max_tokens;
+    let has_tools = !chat.tools.is_empty();
+    let thinking = opts.thinking.and_then(|t| {
+        let why_not = if !supports_thinking(req.model) {
+            Some("model has no extended thinking")
+        } else if prefilled {
+            // A final assistant turn must then start with a thinking block, which a
+            // continuation of another provider's text cannot have.
+            Some("continuing a prefill")
+        } else if has_tools
+            && matches!(
+                opts.tool_choice,
+                Some(ToolChoice::Any | ToolChoice::Tool { .. })
+            )
+        {
+            Some("tool choice forces a tool")
+        } else if !last_tool_turn_starts_with_thinking(&messages) {
+            // During a tool loop the API wants the turn that called the tools to start with
+            // its (signed) thinking; another provider's turn has none.
+            Some("the open tool call turn has no signed thinking")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            tracing::debug!(why, model = req.model, "anthropic: thinking not enabled");
+            return None;
+        }
+        let limit = cfg
+            .max_output_tokens
+            .unwrap_or_else(|| default_output_limit(req.model));
+        let (budget, max) = thinking_budget(t, max_tokens, limit)?;
+        max_tokens = max;
+        Some(budget)
+    });
+
     let mut body = json!({
         "model": req.model,
-        "max_tokens": req.max_tokens,
+        "max_tokens": max_tokens,
         "stream": true,
         "messages": messages,
     });
-    if let Some(system) = &req.chat.system {
-        body["system"] = json!(system);
+    if let Some(system) = system {
+        body["system"] = system;
     }
-    if let Some(t) = req.chat.temperature {
-        body["temperature"] = json!(t);
+    if let Some(budget) = thinking {
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
     }
-    if !req.chat.tools.is_empty() {
-        let mut tools = Vec::with_capacity(req.chat.tools.len());
-        for t in &req.chat.tools {
+    match (chat.temperature, thinking) {
+        (Some(t), None) => body["temperature"] = json!(t),
+        (Some(_), Some(_)) => {
+            tracing::debug!("anthropic: temperature dropped (thinking needs the default)")
+        }
+        _ => {}
+    }
+    match (opts.top_p, thinking) {
+        (Some(p), Some(_)) if p < 0.95 => {
+            tracing::debug!(
+                top_p = p,
+                "anthropic: top_p dropped (thinking needs >= 0.95)"
+            )
+        }
+        (Some(p), _) => body["top_p"] = json!(p),
+        _ => {}
+    }
+    let stop: Vec<&str> = opts
+        .stop
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    if !stop.is_empty() {
+        body["stop_sequences"] = json!(stop);
+    }
+    if let Some(user) = opts.user.as_deref().filter(|u| !u.is_empty()) {
+        body["metadata"] = json!({"user_id": user});
+    }
+    if has_tools {
+        let mut tools = Vec::with_capacity(chat.tools.len());
+        for t in &chat.tools {
             tools.push(json!({
-                "name": t.name,
+                "name": names.wire(&t.name),
                 "description": t.description,
                 "input_schema": parse_json(&t.input_schema_json, "tool input schema")?,
             }));
         }
         body["tools"] = Value::Array(tools);
+        let mut choice = match &opts.tool_choice {
+            None if opts.parallel_tool_calls == Some(false) => Some(json!({"type": "auto"})),
+            None => None,
+            Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
+            Some(ToolChoice::Any) => Some(json!({"type": "any"})),
+            Some(ToolChoice::None) => Some(json!({"type": "none"})),
+            Some(ToolChoice::Tool { name }) => {
+                Some(json!({"type": "tool", "name": names.wire(name)}))
+            }
+        };
+        if let Some(c) = choice.as_mut().filter(|c| c["type"] != "none") {
+            if opts.parallel_tool_calls == Some(false) {
+                c["disable_parallel_tool_use"] = json!(true);
+            }
+        }
+        if let Some(c) = choice {
+            body["tool_choice"] = c;
+        }
+    } else if opts.tool_choice.is_some() {
+        tracing::debug!("anthropic: tool_choice dropped (no tools)");
     }
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
-    Ok((url, headers, bytes))
+    Ok(Built {
+        url,
+        headers,
+        body: bytes,
+        tool_names: names,
+    })
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+fn cache_control(ttl: CacheTtl) -> Value {
+    match ttl {
+        CacheTtl::Default => json!({"type": "ephemeral"}),
+        CacheTtl::Hour => json!({"type": "ephemeral", "ttl": "1h"}),
+    }
+}
+
+/// One content block in the API's form; `None` when Anthropic cannot take it.
+fn block_json(
+    block: &ContentBlock,
+    role: Role,
+    names: &ToolNames,
+) -> Result<Option<Value>, ProviderError> {
+    Ok(Some(match block {
+        ContentBlock::Text { text } if text.is_empty() => {
+            // "text content blocks must be non-empty"
+            return Ok(None);
+        }
+        ContentBlock::Text { text } => json!({"type": "text", "text": text}),
+        ContentBlock::ToolUse {
+            id,
+            name,
+            input_json,
+        } => json!({"type": "tool_use", "id": id, "name": names.wire(name),
+                    "input": parse_json(input_json, "tool_use input")?}),
+        ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+            images,
+        } => {
+            let body = if images.is_empty() {
+                json!(content)
+            } else {
+                let mut parts = Vec::with_capacity(images.len() + 1);
+                if !content.is_empty() {
+                    parts.push(json!({"type": "text", "text": content}));
+                }
+                parts.extend(images.iter().filter_map(image_json));
+                Value::Array(parts)
+            };
+            json!({"type": "tool_result", "tool_use_id": tool_use_id,
+                   "content": body, "is_error": is_error})
+        }
+        ContentBlock::Image { .. } if role == Role::Assistant => {
+            tracing::debug!("anthropic: image in an assistant turn dropped");
+            return Ok(None);
+        }
+        ContentBlock::Image { source } => match image_json(source) {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+        ContentBlock::Thinking {
+            text,
+            signature: Some(sig),
+        } if !sig.is_empty() => json!({"type": "thinking", "thinking": text, "signature": sig}),
+        ContentBlock::Thinking { .. } => {
+            // Thinking from another provider has no Anthropic signature, and one cannot be made
+            // up: the API verifies it.
+            tracing::debug!("anthropic: unsigned thinking dropped");
+            return Ok(None);
+        }
+        ContentBlock::RedactedThinking { data } => {
+            json!({"type": "redacted_thinking", "data": data})
+        }
+    }))
+}
+
+/// An image block, or `None` (with a debug line) for a `data:` URL that is not base64.
+fn image_json(source: &ImageSource) -> Option<Value> {
+    let source = match source {
+        ImageSource::Base64 { media_type, data } => {
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        ImageSource::Url { url } if url.starts_with("data:") => match split_data_url(url) {
+            Some((media_type, data)) => {
+                json!({"type": "base64", "media_type": media_type, "data": data})
+            }
+            None => {
+                tracing::debug!("anthropic: image data URL that is not base64 dropped");
+                return None;
+            }
+        },
+        // The API fetches http(s) URLs itself; `data:` URLs it does not take.
+        ImageSource::Url { url } => json!({"type": "url", "url": url}),
+    };
+    Some(json!({"type": "image", "source": source}))
+}
+
+/// `(media type, base64 data)` of a `data:MEDIA;base64,DATA` URL.
+pub(crate) fn split_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    // Parameters such as `;charset=` may sit before `;base64`; the API wants the bare type.
+    let media_type = media_type.split(';').next().unwrap_or(media_type);
+    (!media_type.is_empty() && !data.is_empty()).then_some((media_type, data))
+}
+
+/// Whether `model` has extended thinking: Claude 3.7 and everything after it. Permissive on
+/// purpose, so a new model name works without a release; the old families are listed.
+pub fn supports_thinking(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    m.contains("claude")
+        && ![
+            "claude-3-5",
+            "claude-3.5",
+            "claude-3-haiku",
+            "claude-3-opus",
+            "claude-3-sonnet",
+            "claude-2",
+            "claude-instant",
+        ]
+        .iter()
+        .any(|old| m.contains(old))
+}
+
+/// `(budget_tokens, max_tokens)` for a thinking request, or `None` when `max_tokens` leaves no
+/// room for it. The API wants `1024 <= budget < max_tokens`; the budget counts towards
+/// `max_tokens`, so a budget at or above it raises `max_tokens` (up to `limit`, the model's
+/// output limit) rather than starving the answer.
+pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32, u32)> {
+    if max_tokens < 2 * MIN_THINKING_BUDGET {
+        tracing::debug!(max_tokens, "anthropic: too few output tokens for thinking");
+        return None;
+    }
+    let mut budget = match t.budget_tokens {
+        Some(b) => b.max(MIN_THINKING_BUDGET),
+        // The model decides: half the output allowance, capped.
+        None => (max_tokens / 2).clamp(MIN_THINKING_BUDGET, ADAPTIVE_THINKING_CAP),
+    };
+    let mut max = max_tokens;
+    if budget >= max {
+        let raised = budget.saturating_add(max).min(limit.max(max));
+        if raised > budget {
+            max = raised;
+        } else {
+            budget = max / 2;
+        }
+    }
+    Some((budget, max))
+}
+
+/// Whether the last assistant turn, if the conversation is in its tool loop (tool results
+/// follow it), starts with a thinking block: the API refuses thinking otherwise.
+fn last_tool_turn_starts_with_thinking(messages: &[Value]) -> bool {
+    let Some(at) = messages.iter().rposition(|m| m["role"] == "assistant") else {
+        return true;
+    };
+    fn blocks(m: &Value) -> &[Value] {
+        m["content"].as_array().map_or(&[], Vec::as_slice)
+    }
+    let in_loop = messages[at + 1..]
+        .iter()
+        .any(|m| blocks(m).iter().any(|b| b["type"] == "tool_result"));
+    !in_loop
+        || blocks(&messages[at])
+            .first()
+            .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
 }
 
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
@@ -147,7 +479,9 @@ mod tests {
             max_tokens: 100,
             prefill: Some("Hello wor  "),
         };
-        let (url, headers, body) = build(&cfg(), &req).unwrap();
+        let Built {
+            url, headers, body, ..
+        } = build(&cfg(), &req).unwrap();
         assert_eq!(url, "http://127.0.0.1:1/v1/messages");
         assert!(headers["x-api-key"].is_sensitive());
         assert_eq!(headers["anthropic-version"], ANTHROPIC_VERSION);
