@@ -440,7 +440,7 @@ pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, ProviderError>
 mod tests {
     use super::*;
     use crate::config::{Api, Secret};
-    use mythos_protocol::{ChatRequest, Message, ToolSpec};
+    use mythos_protocol::{CachePoint, ChatRequest, Message, SystemBlock, ToolSpec};
 
     fn cfg() -> ProviderConfig {
         ProviderConfig {
@@ -509,5 +509,411 @@ mod tests {
             prefill: None,
         };
         assert_eq!(build(&cfg(), &req).unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {
+        let req = UpstreamRequest {
+            chat,
+            model,
+            max_tokens,
+            prefill,
+        };
+        serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
+    }
+
+    fn tool(name: &str) -> ToolSpec {
+        ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn system_blocks_and_cache_points() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.system = Some("ab".into());
+        chat.options.system_blocks = vec![
+            SystemBlock {
+                text: "a".into(),
+                cache: None,
+            },
+            SystemBlock {
+                text: "b".into(),
+                cache: Some(CacheTtl::Hour),
+            },
+        ];
+        chat.messages[0].content.push(ContentBlock::Text {
+            text: "again".into(),
+        });
+        chat.options.cache_points = vec![CachePoint {
+            message: 0,
+            block: 1,
+            ttl: CacheTtl::Default,
+        }];
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "a"},
+                   {"type": "text", "text": "b", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+        assert_eq!(
+            v["messages"][0]["content"],
+            json!([{"type": "text", "text": "hi"},
+                   {"type": "text", "text": "again", "cache_control": {"type": "ephemeral"}}])
+        );
+    }
+
+    #[test]
+    fn at_most_four_cache_breakpoints_the_latest_kept() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.options.system_blocks = vec![SystemBlock {
+            text: "s".into(),
+            cache: Some(CacheTtl::Default),
+        }];
+        chat.messages = (0..5)
+            .map(|i| Message::text(Role::User, format!("m{i}")))
+            .collect();
+        chat.options.cache_points = (0..5)
+            .map(|m| CachePoint {
+                message: m,
+                block: 0,
+                ttl: CacheTtl::Default,
+            })
+            .collect();
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        let text = v.to_string();
+        assert_eq!(text.matches("cache_control").count(), 4, "{text}");
+        assert!(v["system"][0]["cache_control"].is_object());
+        // Consecutive user turns are one turn for the API; the first two breakpoints went.
+        let blocks = v["messages"][0]["content"].as_array().unwrap();
+        assert_eq!(blocks.len(), 5);
+        assert!(blocks[1]["cache_control"].is_null());
+        assert!(blocks[2]["cache_control"].is_object());
+    }
+
+    #[test]
+    fn images_in_messages_and_tool_results() {
+        let mut chat = ChatRequest::user_text(1, "look");
+        chat.messages[0].content.extend([
+            ContentBlock::Image {
+                source: ImageSource::Base64 {
+                    media_type: "image/png".into(),
+                    data: "iVBOR".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "https://x/y.jpg".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "data:image/gif;base64,R0lG".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "data:text/plain,hello".into(),
+                },
+            },
+        ]);
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "t1".into(),
+                content: "shot".into(),
+                is_error: true,
+                images: vec![ImageSource::Base64 {
+                    media_type: "image/jpeg".into(),
+                    data: "/9j/".into(),
+                }],
+            }],
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        let c = &v["messages"][0]["content"];
+        assert_eq!(
+            c[1],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}})
+        );
+        assert_eq!(
+            c[2],
+            json!({"type": "image", "source": {"type": "url", "url": "https://x/y.jpg"}})
+        );
+        assert_eq!(
+            c[3],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lG"}})
+        );
+        // The non-base64 data URL was dropped; the tool result joined the same user turn.
+        assert_eq!(
+            c[4],
+            json!({"type": "tool_result", "tool_use_id": "t1", "is_error": true, "content": [
+                {"type": "text", "text": "shot"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}}]})
+        );
+        assert_eq!(c.as_array().unwrap().len(), 5);
+        assert_eq!(
+            split_data_url("data:image/png;charset=x;base64,AA"),
+            Some(("image/png", "AA"))
+        );
+        assert_eq!(split_data_url("data:image/png,AA"), None);
+    }
+
+    #[test]
+    fn only_signed_thinking_goes_back_and_empty_turns_are_skipped() {
+        let mut chat = ChatRequest::user_text(1, "q1");
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "mine".into(),
+                    signature: Some("sig".into()),
+                },
+                ContentBlock::RedactedThinking { data: "xx".into() },
+                ContentBlock::Text { text: "a1".into() },
+            ],
+        });
+        chat.messages.push(Message::text(Role::User, "q2"));
+        // Another provider's turn: only unsigned thinking and empty text.
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "foreign".into(),
+                    signature: None,
+                },
+                ContentBlock::Thinking {
+                    text: "forged".into(),
+                    signature: Some(String::new()),
+                },
+                ContentBlock::Text {
+                    text: String::new(),
+                },
+            ],
+        });
+        chat.messages.push(Message::text(Role::User, "q3"));
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([{"type": "thinking", "thinking": "mine", "signature": "sig"},
+                   {"type": "redacted_thinking", "data": "xx"},
+                   {"type": "text", "text": "a1"}])
+        );
+        let roles: Vec<_> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert_eq!(v["messages"][2]["content"][1]["text"], "q3");
+        assert!(!v.to_string().contains("foreign"));
+    }
+
+    #[test]
+    fn options_map_to_their_fields() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools.push(tool("read"));
+        chat.temperature = Some(0.2);
+        chat.options.stop = vec!["END".into(), " ".into()];
+        chat.options.top_p = Some(0.5);
+        chat.options.user = Some("u-1".into());
+        chat.options.tool_choice = Some(ToolChoice::Tool {
+            name: "read".into(),
+        });
+        chat.options.parallel_tool_calls = Some(false);
+        let v = body(&chat, "claude-3-5-haiku-latest", 100, None);
+        assert_eq!(v["stop_sequences"], json!(["END"]));
+        assert_eq!(v["top_p"], json!(0.5));
+        assert_eq!(v["temperature"], json!(0.2f32));
+        assert_eq!(v["metadata"], json!({"user_id": "u-1"}));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "read", "disable_parallel_tool_use": true})
+        );
+        chat.options.tool_choice = Some(ToolChoice::None);
+        assert_eq!(
+            body(&chat, "m", 100, None)["tool_choice"],
+            json!({"type": "none"})
+        );
+        chat.options.tool_choice = None;
+        assert_eq!(
+            body(&chat, "m", 100, None)["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        chat.tools.clear();
+        assert!(body(&chat, "m", 100, None).get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn tool_names_are_fitted_everywhere() {
+        let long = "mcp__a_server_with_a_long_name__a_tool_with_an_even_longer_name_x";
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools = vec![tool(long), tool("fs.read")];
+        chat.options.tool_choice = Some(ToolChoice::Tool { name: long.into() });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![ContentBlock::ToolUse {
+                id: "t".into(),
+                name: "fs.read".into(),
+                input_json: "{}".into(),
+            }],
+        });
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "claude-sonnet-4-5",
+            max_tokens: 100,
+            prefill: None,
+        };
+        let b = build(&cfg(), &req).unwrap();
+        let v: Value = serde_json::from_slice(&b.body).unwrap();
+        let wire_long = v["tools"][0]["name"].as_str().unwrap();
+        let wire_read = v["tools"][1]["name"].as_str().unwrap();
+        assert!(super::super::toolnames::is_valid(wire_long));
+        assert!(super::super::toolnames::is_valid(wire_read));
+        assert_eq!(v["tool_choice"]["name"], wire_long);
+        assert_eq!(v["messages"][1]["content"][0]["name"], wire_read);
+        assert_eq!(b.tool_names.client(wire_long.into()), long);
+        assert_eq!(b.tool_names.client(wire_read.into()), "fs.read");
+    }
+
+    #[test]
+    fn thinking_budgets() {
+        let t = |b| Thinking {
+            budget_tokens: b,
+            display: true,
+        };
+        assert_eq!(
+            thinking_budget(t(Some(5000)), 32_000, 64_000),
+            Some((5000, 32_000))
+        );
+        assert_eq!(
+            thinking_budget(t(Some(10)), 32_000, 64_000),
+            Some((1024, 32_000))
+        );
+        // Adaptive: half the output, capped.
+        assert_eq!(thinking_budget(t(None), 8000, 64_000), Some((4000, 8000)));
+        assert_eq!(
+            thinking_budget(t(None), 64_000, 64_000),
+            Some((16_000, 64_000))
+        );
+        // Below max_tokens is what the API asks, however little it leaves for the answer.
+        // A budget at or over max_tokens raises max_tokens within the model's limit...
+        assert_eq!(
+            thinking_budget(t(Some(31_999)), 32_000, 64_000),
+            Some((31_999, 32_000))
+        );
+        assert_eq!(
+            thinking_budget(t(Some(10_000)), 4096, 64_000),
+            Some((10_000, 14_096))
+        );
+        // ...or, at the limit, is lowered.
+        assert_eq!(
+            thinking_budget(t(Some(64_000)), 64_000, 64_000),
+            Some((32_000, 64_000))
+        );
+        assert_eq!(thinking_budget(t(Some(5000)), 2047, 64_000), None);
+    }
+
+    #[test]
+    fn thinking_is_enabled_only_where_the_api_takes_it() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.temperature = Some(0.3);
+        chat.options.top_p = Some(0.9);
+        chat.options.thinking = Some(Thinking {
+            budget_tokens: Some(2000),
+            display: true,
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 8000, None);
+        assert_eq!(
+            v["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2000})
+        );
+        assert_eq!(v["max_tokens"], 8000);
+        assert!(v.get("temperature").is_none());
+        assert!(v.get("top_p").is_none());
+        chat.options.top_p = Some(0.97);
+        let top_p = body(&chat, "claude-sonnet-4-5", 8000, None)["top_p"].as_f64();
+        assert!((top_p.unwrap() - 0.97).abs() < 1e-6);
+
+        for model in [
+            "claude-3-5-sonnet-latest",
+            "claude-3-haiku-20240307",
+            "gpt-4o",
+        ] {
+            let v = body(&chat, model, 8000, None);
+            assert!(v.get("thinking").is_none(), "{model}");
+            assert_eq!(v["temperature"], json!(0.3f32));
+        }
+        for model in [
+            "claude-3-7-sonnet-latest",
+            "claude-opus-4-1",
+            "claude-haiku-4-5",
+            "claude-opus-5",
+        ] {
+            assert!(
+                body(&chat, model, 8000, None)["thinking"].is_object(),
+                "{model}"
+            );
+        }
+        // Not with a prefill, too few tokens, or a forced tool.
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, Some("Hel"))
+            .get("thinking")
+            .is_none());
+        assert!(body(&chat, "claude-sonnet-4-5", 1000, None)
+            .get("thinking")
+            .is_none());
+        chat.tools.push(tool("read"));
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, None)
+            .get("thinking")
+            .is_none());
+        chat.options.tool_choice = Some(ToolChoice::Auto);
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, None)["thinking"].is_object());
+
+        // In a tool loop whose tool call turn came from another provider (no signed thinking).
+        let call = ContentBlock::ToolUse {
+            id: "t".into(),
+            name: "read".into(),
+            input_json: "{}".into(),
+        };
+        let result = Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "t".into(),
+                content: "ok".into(),
+                is_error: false,
+                images: Vec::new(),
+            }],
+        };
+        let mut foreign = chat.clone();
+        foreign.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "deepseek's".into(),
+                    signature: None,
+                },
+                call.clone(),
+            ],
+        });
+        foreign.messages.push(result.clone());
+        assert!(body(&foreign, "claude-sonnet-4-5", 8000, None)
+            .get("thinking")
+            .is_none());
+        let mut own = chat.clone();
+        own.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "mine".into(),
+                    signature: Some("s".into()),
+                },
+                call,
+            ],
+        });
+        own.messages.push(result);
+        assert!(body(&own, "claude-sonnet-4-5", 8000, None)["thinking"].is_object());
     }
 }

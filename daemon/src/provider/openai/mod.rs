@@ -284,7 +284,9 @@ fn assistant_message(content: &[ContentBlock], names: &ToolNames, deepseek: bool
 mod tests {
     use super::*;
     use crate::config::{Api, Secret};
-    use mythos_protocol::{ChatRequest, Message};
+    use mythos_protocol::{
+        CachePoint, CacheTtl, ChatRequest, Message, SystemBlock, Thinking, ToolSpec,
+    };
 
     #[test]
     fn body_with_continuation_and_tool_results() {
@@ -333,5 +335,274 @@ mod tests {
         assert_eq!(roles, ["system", "user", "tool", "assistant", "user"]);
         assert_eq!(v["messages"][3]["content"], "Hello ");
         assert_eq!(v["messages"][4]["content"], CONTINUE_INSTRUCTION);
+    }
+
+    fn body_for(cfg: &ProviderConfig, chat: &ChatRequest) -> Value {
+        let req = UpstreamRequest {
+            chat,
+            model: &cfg.model,
+            max_tokens: 100,
+            prefill: None,
+        };
+        serde_json::from_slice(&build(cfg, &req).unwrap().body).unwrap()
+    }
+
+    fn openai(model: &str) -> ProviderConfig {
+        ProviderConfig::new("openai", Api::Openai, "https://api.openai.com/v1", model)
+    }
+
+    fn tool(name: &str) -> ToolSpec {
+        ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }
+    }
+
+    fn png() -> ImageSource {
+        ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBOR".into(),
+        }
+    }
+
+    #[test]
+    fn images_become_parts_and_tool_images_follow_the_tool_messages() {
+        let mut chat = ChatRequest::user_text(1, "see");
+        chat.messages[0].content.push(ContentBlock::Image {
+            source: ImageSource::Url {
+                url: "https://x/y.jpg".into(),
+            },
+        });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::ToolUse {
+                    id: "c1".into(),
+                    name: "shot".into(),
+                    input_json: "{}".into(),
+                },
+                ContentBlock::ToolUse {
+                    id: "c2".into(),
+                    name: "run".into(),
+                    input_json: "{}".into(),
+                },
+            ],
+        });
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![
+                ContentBlock::ToolResult {
+                    tool_use_id: "c1".into(),
+                    content: "here".into(),
+                    is_error: false,
+                    images: vec![png()],
+                },
+                ContentBlock::ToolResult {
+                    tool_use_id: "c2".into(),
+                    content: "exit 1".into(),
+                    is_error: true,
+                    images: Vec::new(),
+                },
+                ContentBlock::ToolResult {
+                    tool_use_id: "c3".into(),
+                    content: "Error: already said".into(),
+                    is_error: true,
+                    images: Vec::new(),
+                },
+            ],
+        });
+        let v = body_for(&openai("gpt-4o"), &chat);
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(
+            m[0]["content"],
+            json!([{"type": "text", "text": "see"},
+                   {"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}])
+        );
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "here"})
+        );
+        assert_eq!(m[3]["content"], "Error: exit 1");
+        assert_eq!(m[4]["content"], "Error: already said");
+        assert_eq!(
+            m[5],
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "Images returned by tool call c1:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}}]})
+        );
+        assert_eq!(m.len(), 6);
+        // Plain text stays a plain string.
+        let v = body_for(&openai("gpt-4o"), &ChatRequest::user_text(1, "hi"));
+        assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn thinking_goes_back_to_deepseek_tool_turns_only() {
+        let mut chat = ChatRequest::user_text(1, "q");
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "plan".into(),
+                    signature: Some("anthropic-sig".into()),
+                },
+                ContentBlock::RedactedThinking { data: "x".into() },
+                ContentBlock::ToolUse {
+                    id: "c".into(),
+                    name: "f".into(),
+                    input_json: "{}".into(),
+                },
+            ],
+        });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "musing".into(),
+                    signature: None,
+                },
+                ContentBlock::Text { text: "a".into() },
+            ],
+        });
+        let ds = ProviderConfig::new(
+            "ds",
+            Api::Openai,
+            "https://api.deepseek.com",
+            "deepseek-reasoner",
+        );
+        let v = body_for(&ds, &chat);
+        assert_eq!(v["messages"][1]["reasoning_content"], "plan");
+        assert!(v["messages"][2].get("reasoning_content").is_none());
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert!(v["messages"][1].get("reasoning_content").is_none());
+        assert!(!v.to_string().contains("plan"));
+        assert!(!v.to_string().contains("musing"));
+        // A tool-call turn with no thinking still gets the field DeepSeek insists on.
+        chat.messages[1].content.remove(0);
+        let v = body_for(&ds, &chat);
+        assert_eq!(v["messages"][1]["reasoning_content"], "");
+    }
+
+    #[test]
+    fn options_and_dropped_caching() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.system = None;
+        chat.options.system_blocks = vec![
+            SystemBlock {
+                text: "a".into(),
+                cache: Some(CacheTtl::Hour),
+            },
+            SystemBlock {
+                text: "b".into(),
+                cache: None,
+            },
+        ];
+        chat.options.cache_points = vec![CachePoint {
+            message: 0,
+            block: 0,
+            ttl: CacheTtl::Default,
+        }];
+        chat.temperature = Some(0.5);
+        chat.options.top_p = Some(0.5);
+        chat.options.stop = (0..6).map(|i| format!("s{i}")).collect();
+        chat.options.user = Some("u".into());
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        chat.options.parallel_tool_calls = Some(false);
+        chat.options.thinking = Some(Thinking {
+            budget_tokens: Some(50_000),
+            display: true,
+        });
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(
+            v["messages"][0],
+            json!({"role": "system", "content": "a\n\nb"})
+        );
+        assert!(!v.to_string().contains("cache"));
+        assert_eq!(v["stop"], json!(["s0", "s1", "s2", "s3"]));
+        assert_eq!(v["user"], "u");
+        assert_eq!(v["max_tokens"], 100);
+        assert!(v["top_p"].is_number() && v["temperature"].is_number());
+        assert!(v.get("reasoning_effort").is_none());
+        // No tools: no tool_choice, no parallel_tool_calls.
+        assert!(v.get("tool_choice").is_none() && v.get("parallel_tool_calls").is_none());
+
+        chat.tools.push(tool("read"));
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(v["tool_choice"], "required");
+        assert_eq!(v["parallel_tool_calls"], false);
+        for (choice, want) in [
+            (ToolChoice::Auto, json!("auto")),
+            (ToolChoice::None, json!("none")),
+            (
+                ToolChoice::Tool {
+                    name: "read".into(),
+                },
+                json!({"type": "function", "function": {"name": "read"}}),
+            ),
+        ] {
+            chat.options.tool_choice = Some(choice);
+            assert_eq!(body_for(&openai("gpt-4o"), &chat)["tool_choice"], want);
+        }
+    }
+
+    #[test]
+    fn reasoning_models_get_their_own_parameters() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.temperature = Some(0.5);
+        chat.options.top_p = Some(0.5);
+        chat.options.stop = vec!["x".into()];
+        let v = body_for(&openai("o3"), &chat);
+        assert_eq!(v["max_completion_tokens"], 100);
+        for absent in [
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "reasoning_effort",
+        ] {
+            assert!(v.get(absent).is_none(), "{absent}");
+        }
+        for (budget, effort) in [
+            (None, "medium"),
+            (Some(1024), "low"),
+            (Some(4096), "low"),
+            (Some(16_384), "medium"),
+            (Some(32_000), "high"),
+        ] {
+            chat.options.thinking = Some(Thinking {
+                budget_tokens: budget,
+                display: false,
+            });
+            assert_eq!(
+                body_for(&openai("gpt-5"), &chat)["reasoning_effort"],
+                effort
+            );
+        }
+        // Configured as a reasoner although the name does not say so.
+        let mut cfg = openai("my-thinker");
+        cfg.reasoning = true;
+        assert_eq!(body_for(&cfg, &chat)["reasoning_effort"], "high");
+    }
+
+    #[test]
+    fn tool_names_are_fitted_and_returned() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools.push(tool("fs/read file"));
+        chat.options.tool_choice = Some(ToolChoice::Tool {
+            name: "fs/read file".into(),
+        });
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "gpt-4o",
+            max_tokens: 10,
+            prefill: None,
+        };
+        let b = build(&openai("gpt-4o"), &req).unwrap();
+        let v: Value = serde_json::from_slice(&b.body).unwrap();
+        let wire = v["tools"][0]["function"]["name"].as_str().unwrap();
+        assert!(super::super::toolnames::is_valid(wire));
+        assert_eq!(v["tool_choice"]["function"]["name"], wire);
+        assert_eq!(b.tool_names.client(wire.into()), "fs/read file");
     }
 }
