@@ -14,6 +14,7 @@
 mod answer;
 mod builtin;
 mod chaos;
+mod checks;
 mod quota;
 mod wire;
 
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 pub use answer::{answer_for, chunk_answer};
 pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
+pub use checks::signature as sim_thinking_signature;
 pub use quota::SimQuota;
 use wire::{Plan, Step};
 

@@ -80,7 +80,6 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     }
 
     let mut messages: Vec<Value> = Vec::with_capacity(chat.messages.len() + 1);
-    let mut last_role: Option<Role> = None;
     for (mi, m) in chat.messages.iter().enumerate() {
         let mut content: Vec<Value> = Vec::with_capacity(m.content.len());
         // For each source block, the index of the output block that carries it (or the
@@ -117,17 +116,8 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             tracing::debug!(message = mi, "anthropic: message left empty, skipped");
             continue;
         }
-        // Skipping can leave two turns of one speaker in a row: join them, as the API would.
-        if last_role == Some(m.role) {
-            if let Some(Value::Array(prev)) = messages
-                .last_mut()
-                .and_then(|v: &mut Value| v.get_mut("content"))
-            {
-                prev.extend(content);
-                continue;
-            }
-        }
-        last_role = Some(m.role);
+        // Skipping can leave two turns of one speaker in a row: the API takes that (it joins
+        // them), as it does when a client sends it.
         messages.push(json!({"role": role_name(m.role), "content": content}));
     }
     let mut prefilled = false;
@@ -585,11 +575,11 @@ mod tests {
         let text = v.to_string();
         assert_eq!(text.matches("cache_control").count(), 4, "{text}");
         assert!(v["system"][0]["cache_control"].is_object());
-        // Consecutive user turns are one turn for the API; the first two breakpoints went.
-        let blocks = v["messages"][0]["content"].as_array().unwrap();
-        assert_eq!(blocks.len(), 5);
-        assert!(blocks[1]["cache_control"].is_null());
-        assert!(blocks[2]["cache_control"].is_object());
+        // The first two message breakpoints went.
+        let m = &v["messages"];
+        assert!(m[1]["content"][0]["cache_control"].is_null());
+        assert!(m[2]["content"][0]["cache_control"].is_object());
+        assert!(m[4]["content"][0]["cache_control"].is_object());
     }
 
     #[test]
@@ -644,14 +634,14 @@ mod tests {
             c[3],
             json!({"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lG"}})
         );
-        // The non-base64 data URL was dropped; the tool result joined the same user turn.
+        // The non-base64 data URL was dropped.
+        assert_eq!(c.as_array().unwrap().len(), 4);
         assert_eq!(
-            c[4],
+            v["messages"][1]["content"][0],
             json!({"type": "tool_result", "tool_use_id": "t1", "is_error": true, "content": [
                 {"type": "text", "text": "shot"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}}]})
         );
-        assert_eq!(c.as_array().unwrap().len(), 5);
         assert_eq!(
             split_data_url("data:image/png;charset=x;base64,AA"),
             Some(("image/png", "AA"))
@@ -705,8 +695,8 @@ mod tests {
             .iter()
             .map(|m| m["role"].as_str().unwrap())
             .collect();
-        assert_eq!(roles, ["user", "assistant", "user"]);
-        assert_eq!(v["messages"][2]["content"][1]["text"], "q3");
+        assert_eq!(roles, ["user", "assistant", "user", "user"]);
+        assert_eq!(v["messages"][3]["content"][0]["text"], "q3");
         assert!(!v.to_string().contains("foreign"));
     }
 
