@@ -182,7 +182,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 }
 
 /// A user turn: its tool results as `tool` messages first (they must directly follow the
-/// assistant turn that called the tools), then one `user` message with the tools' images and
+/// assistant turn that called the tools), then a `user` message with the tools' images, then
 /// the user's own text and images.
 fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
     let mut parts: Vec<Value> = Vec::new();
@@ -225,21 +225,23 @@ fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
             ContentBlock::Text { .. } | ContentBlock::ToolUse { .. } => {}
         }
     }
-    tool_images.extend(parts);
-    let parts = tool_images;
-    if parts.is_empty() {
-        return;
+    // The tools' images in a message of their own, so the user's own turn reads the same as
+    // in the other formats.
+    for parts in [tool_images, parts] {
+        if parts.is_empty() {
+            continue;
+        }
+        let content = if parts.iter().all(|p| p["type"] == "text") {
+            // Text only: a plain string, which every compatible server accepts.
+            json!(parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>())
+        } else {
+            Value::Array(parts)
+        };
+        messages.push(json!({"role": "user", "content": content}));
     }
-    let content = if parts.iter().all(|p| p["type"] == "text") {
-        // Text only: a plain string, which every compatible server accepts.
-        json!(parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<String>())
-    } else {
-        Value::Array(parts)
-    };
-    messages.push(json!({"role": "user", "content": content}));
 }
 
 /// An assistant turn: its text and tool calls (and, for DeepSeek, its reasoning).
