@@ -15,10 +15,8 @@
 //! OpenAI flavours: images are `image_url` parts of `user` messages (`data:` base64 or
 //! `http(s)`); any other role with an image is refused, as most compatible servers do.
 
-use axum::response::Response;
 use serde_json::Value;
 
-use super::wire::error;
 use super::Flavor;
 
 /// What a valid request asked for, beyond text.
@@ -46,15 +44,12 @@ pub fn signature(text: &str) -> String {
     format!("simsig{h:016x}")
 }
 
-fn bad(flavor: Flavor, msg: String) -> Response {
-    error(flavor, 400, "invalid_request_error", &msg, None)
-}
-
-/// Check `req` against the flavour's rules.
-pub fn check(flavor: Flavor, req: &Value) -> Result<Features, Response> {
+/// Check `req` against the flavour's rules; the error is the message of the `400
+/// invalid_request_error` the provider would answer.
+pub fn check(flavor: Flavor, req: &Value) -> Result<Features, String> {
     match flavor {
-        Flavor::Anthropic => anthropic(req).map_err(|m| bad(flavor, m)),
-        _ => openai(flavor, req).map_err(|m| bad(flavor, m)),
+        Flavor::Anthropic => anthropic(req),
+        _ => openai(flavor, req),
     }
 }
 

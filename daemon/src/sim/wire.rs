@@ -193,7 +193,9 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
     }
     let features: Features = match checks::check(flavor, req) {
         Ok(f) => f,
-        Err(resp) => return Plan::Respond(resp),
+        Err(msg) => {
+            return Plan::Respond(error(flavor, 400, "invalid_request_error", &msg, None));
+        }
     };
 
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
