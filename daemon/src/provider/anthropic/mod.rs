@@ -148,9 +148,9 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         {
             Some("tool choice forces a tool")
         } else if !last_tool_turn_starts_with_thinking(&messages) {
-            // During a tool loop the API wants the turn that called the tools to start with
-            // its (signed) thinking; another provider's turn has none.
-            Some("the open tool call turn has no signed thinking")
+            // The API wants that turn to start with its (signed) thinking; a turn another
+            // provider wrote has none.
+            Some("the final or tool-calling assistant turn has no signed thinking")
         } else {
             None
         };
@@ -398,22 +398,29 @@ pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32,
     Some((budget, max))
 }
 
-/// Whether the last assistant turn, if the conversation is in its tool loop (tool results
-/// follow it), starts with a thinking block: the API refuses thinking otherwise.
+/// Whether the assistant turn the API checks starts with a thinking block, as it must when
+/// thinking is on: a final assistant turn, or during a tool loop (the last turn holds tool
+/// results) the turn that called the tools.
 fn last_tool_turn_starts_with_thinking(messages: &[Value]) -> bool {
-    let Some(at) = messages.iter().rposition(|m| m["role"] == "assistant") else {
-        return true;
-    };
     fn blocks(m: &Value) -> &[Value] {
         m["content"].as_array().map_or(&[], Vec::as_slice)
     }
-    let in_loop = messages[at + 1..]
-        .iter()
-        .any(|m| blocks(m).iter().any(|b| b["type"] == "tool_result"));
-    !in_loop
-        || blocks(&messages[at])
-            .first()
-            .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+    let Some(last) = messages.last() else {
+        return true;
+    };
+    let turn = if last["role"] == "assistant" {
+        last
+    } else if blocks(last).iter().any(|b| b["type"] == "tool_result") {
+        match messages.iter().rev().find(|m| m["role"] == "assistant") {
+            Some(t) => t,
+            None => return true,
+        }
+    } else {
+        return true;
+    };
+    blocks(turn)
+        .first()
+        .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
 }
 
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
@@ -847,6 +854,13 @@ mod tests {
                 "{model}"
             );
         }
+        // Not when the client's own history ends in an unsigned assistant turn.
+        let mut ends_with_assistant = chat.clone();
+        ends_with_assistant
+            .messages
+            .push(Message::text(Role::Assistant, "Sure"));
+        let v = body(&ends_with_assistant, "claude-sonnet-4-5", 8000, None);
+        assert!(v.get("thinking").is_none());
         // Not with a prefill, too few tokens, or a forced tool.
         assert!(body(&chat, "claude-sonnet-4-5", 8000, Some("Hel"))
             .get("thinking")

@@ -275,8 +275,10 @@ fn assistant_message(content: &[ContentBlock], names: &ToolNames, deepseek: bool
             // turn another provider wrote has no reasoning to give: it gets an empty one, as the
             // field's absence is what is refused.
             msg["reasoning_content"] = json!(thinking);
+            return msg;
         }
-    } else if !thinking.is_empty() {
+    }
+    if !thinking.is_empty() {
         tracing::debug!("openai: thinking dropped");
     }
     msg
