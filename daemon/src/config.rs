@@ -84,6 +84,9 @@ pub struct ProviderConfig {
     /// The model thinks before it answers without streaming its thoughts (OpenAI o-series and
     /// gpt-5): the first token may take minutes.
     pub reasoning: bool,
+    /// The most output tokens the model may be asked for (`max_tokens`), when configured;
+    /// [`ProviderConfig::output_limit`] falls back to a default by model name.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Default of [`ProviderConfig::max_concurrent`]: generous, so it only stops a runaway burst.
@@ -97,6 +100,54 @@ pub fn is_silent_reasoner(model: &str) -> bool {
         m.strip_prefix(p)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.']))
     })
+}
+
+/// Output token limit of a model, by name, as the providers document it; 8192 for a model
+/// not known here (every current chat model allows at least that).
+pub fn default_output_limit(model: &str) -> u32 {
+    let m = model.to_ascii_lowercase();
+    let m = m.rsplit('/').next().unwrap_or(&m);
+    let has = |p: &str| m.contains(p);
+    if has("claude") {
+        // Opus 4 and 4.1 stop at 32K; the other 4.x models and 3.7 Sonnet at 64K.
+        if has("opus-4-1")
+            || has("opus-4.1")
+            || has("opus-4-0")
+            || has("opus-4-2025")
+            || m.ends_with("opus-4")
+        {
+            32_000
+        } else if has("claude-3-5") || has("claude-3.5") {
+            8_192
+        } else if has("claude-3-haiku") || has("claude-3-opus") || has("claude-3-sonnet") {
+            4_096
+        } else if has("opus-4")
+            || has("sonnet-4")
+            || has("haiku-4")
+            || has("claude-3-7")
+            || has("claude-3.7")
+        {
+            64_000
+        } else {
+            8_192
+        }
+    } else if m.starts_with("deepseek-reasoner") {
+        65_536
+    } else if m.starts_with("deepseek") {
+        8_192
+    } else if m.starts_with("gpt-4o") || m.starts_with("chatgpt-4o") {
+        16_384
+    } else if m.starts_with("gpt-4.1") {
+        32_768
+    } else if m.starts_with("gpt-5") {
+        128_000
+    } else if m.starts_with("o1-mini") {
+        65_536
+    } else if is_silent_reasoner(m) {
+        100_000
+    } else {
+        8_192
+    }
 }
 
 impl ProviderConfig {
@@ -122,7 +173,16 @@ impl ProviderConfig {
             simulated: false,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             context_window: None,
+            max_output_tokens: None,
         }
+    }
+
+    /// The most output tokens this provider's model may be asked for: the configured
+    /// `max_output_tokens`, else [`default_output_limit`] of the model. Asking for more is a
+    /// `400` from every API, so the router clamps `max_tokens` to this.
+    pub fn output_limit(&self) -> u32 {
+        self.max_output_tokens
+            .unwrap_or_else(|| default_output_limit(&self.model))
     }
 
     /// Blended price per 1K tokens, assuming output is a quarter of the traffic.
@@ -367,6 +427,7 @@ struct FileProvider {
     max_concurrent: Option<u32>,
     context_window: Option<u64>,
     reasoning: Option<bool>,
+    max_output_tokens: Option<u32>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -386,6 +447,9 @@ impl FileProvider {
         }
         if let Some(r) = self.reasoning {
             p.reasoning = r;
+        }
+        if let Some(n) = self.max_output_tokens {
+            p.max_output_tokens = Some(n);
         }
     }
 }
@@ -770,6 +834,7 @@ impl<'a> Checker<'a> {
             )?;
             self.range(at, "max_concurrent", p.max_concurrent, 1, 100_000)?;
             self.range(at, "context_window", p.context_window, 1, 100_000_000)?;
+            self.range(at, "max_output_tokens", p.max_output_tokens, 1, 10_000_000)?;
         }
         Ok(())
     }
@@ -886,6 +951,38 @@ priority = 7
     }
 
     #[test]
+    fn output_limits_by_model_and_by_config() {
+        for (model, limit) in [
+            ("claude-sonnet-4-5", 64_000),
+            ("claude-opus-4-5-20251101", 64_000),
+            ("claude-opus-4-1-20250805", 32_000),
+            ("claude-opus-4-20250514", 32_000),
+            ("claude-haiku-4-5", 64_000),
+            ("claude-3-7-sonnet-latest", 64_000),
+            ("claude-3-5-sonnet-20241022", 8_192),
+            ("claude-3-5-haiku-latest", 8_192),
+            ("deepseek-chat", 8_192),
+            ("deepseek-reasoner", 65_536),
+            ("gpt-4o-mini", 16_384),
+            ("gpt-4.1", 32_768),
+            ("o3", 100_000),
+            ("openai/o4-mini", 100_000),
+            ("gpt-5.1", 128_000),
+            ("llama-3.3-70b-versatile", 8_192),
+        ] {
+            let p = ProviderConfig::new("p", Api::Openai, "http://x", model);
+            assert_eq!(p.output_limit(), limit, "{model}");
+        }
+        let env = env_of(&[]);
+        let c = load(
+            "[[provider]]\nname = \"o\"\nbase_url = \"http://x\"\nmodel = \"gpt-4o\"\nmax_output_tokens = 4000\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].output_limit(), 4000);
+    }
+
+    #[test]
     fn silent_reasoners_by_name() {
         for m in [
             "o1",
@@ -952,6 +1049,11 @@ priority = 7
                 "[[provider]]\nname = \"o\"\nbase_url = \"http://x\"\nmodel = \"m\"\nprice_input_per_mtok = -1.0\n",
                 5,
                 "price_input_per_mtok",
+            ),
+            (
+                "[[provider]]\nname = \"o\"\nbase_url = \"http://x\"\nmodel = \"m\"\nmax_output_tokens = 0\n",
+                5,
+                "max_output_tokens",
             ),
         ] {
             let e = load(text, &env).unwrap_err().to_string();

@@ -17,6 +17,7 @@ pub mod redact;
 #[cfg(test)]
 mod soup;
 pub mod sse;
+pub mod toolnames;
 #[cfg(test)]
 mod transcripts;
 
@@ -32,6 +33,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use crate::config::{Api, ProviderConfig, Secret};
 pub use delta::Delta;
 pub use error::ProviderError;
+pub use toolnames::ToolNames;
 
 /// A stream of decoded deltas from one upstream response. Ends after the terminator; a failure
 /// is the last item.
@@ -51,6 +53,19 @@ pub struct UpstreamRequest<'a> {
     pub max_tokens: u32,
     /// Text of an answer another provider started, to be continued rather than repeated.
     pub prefill: Option<&'a str>,
+}
+
+/// An upstream request ready to send, and what is needed to read its answer.
+#[derive(Debug)]
+pub struct Built {
+    /// Endpoint.
+    pub url: String,
+    /// Provider headers (auth, version); content type and accept are added by the transport.
+    pub headers: HeaderMap,
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Tool names changed to fit the API, to be changed back in the answer.
+    pub tool_names: ToolNames,
 }
 
 /// Something that can open a streamed completion. Implemented by [`HttpTransport`] and by
@@ -95,11 +110,15 @@ impl Transport for HttpTransport {
             Api::Anthropic => anthropic::build(&self.cfg, req),
             Api::Openai => openai::build(&self.cfg, req),
         };
-        let (url, headers, body) = match built {
+        let Built {
+            url,
+            mut headers,
+            body,
+            tool_names,
+        } = match built {
             Ok(b) => b,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let mut headers = headers;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let send = self.client.post(url).headers(headers).body(body).send();
@@ -134,6 +153,14 @@ impl Transport for HttpTransport {
             let stream = opened.await.map_err(|e| scrub(e, key.as_ref()))?;
             Ok(Box::pin(stream.map(move |item| match item {
                 Ok(Delta::Model(m)) => Ok(Delta::Model(redact::provider_text(&m, key.as_ref()))),
+                // The client sees the tool names it defined, not the ones the API needed.
+                Ok(Delta::ToolCallStart { index, id, name }) if !tool_names.is_empty() => {
+                    Ok(Delta::ToolCallStart {
+                        index,
+                        id,
+                        name: tool_names.client(name),
+                    })
+                }
                 Err(e) => Err(scrub(e, key.as_ref())),
                 other => other,
             })) as DeltaStream)

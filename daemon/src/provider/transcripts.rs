@@ -21,6 +21,7 @@ struct Outcome {
     model: Option<String>,
     text: String,
     thinking: String,
+    signature: String,
     tools: Vec<(u32, String, String, String)>,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
@@ -34,7 +35,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::Model(m) => o.model = Some(m),
             Delta::Text(t) => o.text.push_str(&t),
             Delta::Thinking(t) => o.thinking.push_str(&t),
-            Delta::ThinkingSignature(_) => {}
+            Delta::ThinkingSignature(s) => o.signature.push_str(&s),
             Delta::ToolCallStart { index, id, name } => {
                 o.tools.push((index, id, name, String::new()))
             }
@@ -295,6 +296,48 @@ fn deepseek_reasoning_and_keep_alive() {
             input_tokens: 3,
             output_tokens: 4,
             ..Usage::default()
+        })
+    );
+}
+
+/// Extended thinking as the Messages API streams it (shape from Anthropic's streaming docs),
+/// with cache usage: signature and cache counts survive every split.
+#[test]
+fn anthropic_thinking_signature_and_cache_usage() {
+    let body = b"event: message_start\n\
+        data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"usage\":{\"input_tokens\":9,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":2500,\"output_tokens\":1}}}\n\n\
+        event: content_block_start\n\
+        data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"27 * 453 = 12231 \xf0\x9f\xa7\xae\"}}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds\"}}\n\n\
+        event: content_block_stop\n\
+        data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+        event: content_block_start\n\
+        data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+        event: content_block_delta\n\
+        data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"12,231\"}}\n\n\
+        event: content_block_stop\n\
+        data: {\"type\":\"content_block_stop\",\"index\":1}\n\n\
+        event: message_delta\n\
+        data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30}}\n\n\
+        event: message_stop\n\
+        data: {\"type\":\"message_stop\"}\n\n";
+    let o = anthropic(body).unwrap();
+    assert_eq!(o.thinking, "27 * 453 = 12231 \u{1f9ee}");
+    assert_eq!(
+        o.signature,
+        "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+    );
+    assert_eq!(o.text, "12,231");
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 9,
+            output_tokens: 30,
+            cache_read_input_tokens: 2500,
+            cache_creation_input_tokens: 0,
         })
     );
 }

@@ -7,6 +7,11 @@
 //! on another provider yields exactly the text a single provider would have: that is what makes
 //! "no lost and no duplicated text" testable to the byte.
 //!
+//! Requests are checked against the rules the real APIs enforce for extended thinking,
+//! DeepSeek's reasoning mode and images (`checks.rs`), so an adapter that would be refused in
+//! production is refused here. Thinking is streamed, and signed, when asked for; images are
+//! counted and acknowledged at the start of the answer ("I see 2 image(s).").
+//!
 //! Each request pops one [`SimFault`] from a FIFO queue (none: a healthy answer). The response
 //! is a plan of steps (send an SSE frame, sleep, stall, cut the connection) played by the body
 //! stream with tokio timers, so a paused clock drives it too.
@@ -14,6 +19,7 @@
 mod answer;
 mod builtin;
 mod chaos;
+mod checks;
 mod quota;
 mod wire;
 
@@ -35,6 +41,7 @@ use tokio::task::JoinHandle;
 pub use answer::{answer_for, chunk_answer};
 pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
+pub use checks::signature as sim_thinking_signature;
 pub use quota::SimQuota;
 use wire::{Plan, Step};
 
@@ -45,7 +52,10 @@ pub enum Flavor {
     Anthropic,
     /// OpenAI Chat Completions.
     OpenAi,
-    /// OpenAI format plus DeepSeek's `reasoning_content` and `: keep-alive` comments.
+    /// OpenAI format plus DeepSeek's `reasoning_content` and `: keep-alive` comments. Fresh
+    /// plain answers always reason first; in reasoning mode (a model named `*reasoner*`, or
+    /// `"thinking": {"type": "enabled"}`) tool calls do too, and tool-call turns in the history
+    /// must carry `reasoning_content`.
     DeepSeek,
 }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mythos_protocol::{
-    ChatRequest, ContentBlock, ErrorKind, FinishReason, Message, Role, SimFault, ToolSpec,
+    ChatRequest, ContentBlock, ErrorKind, FinishReason, ImageSource, Message, Role, SimFault,
+    Thinking, ToolSpec,
 };
 
 use super::*;
@@ -42,6 +43,8 @@ struct Got {
     limits: Option<crate::provider::ratelimit::RateLimits>,
     text: String,
     thinking: String,
+    signature: String,
+    tools: Vec<String>,
     tool_args: String,
     finish: Option<FinishReason>,
     keep_alives: usize,
@@ -53,10 +56,20 @@ async fn run(
     chat: &ChatRequest,
     prefill: Option<&str>,
 ) -> Result<Got, ProviderError> {
+    run_as(t, chat, prefill, "m", 100).await
+}
+
+async fn run_as(
+    t: &HttpTransport,
+    chat: &ChatRequest,
+    prefill: Option<&str>,
+    model: &str,
+    max_tokens: u32,
+) -> Result<Got, ProviderError> {
     let req = UpstreamRequest {
         chat,
-        model: "m",
-        max_tokens: 100,
+        model,
+        max_tokens,
         prefill,
     };
     let mut s = t.open(&req).await?;
@@ -65,6 +78,8 @@ async fn run(
         match d {
             Ok(Delta::Text(x)) => g.text.push_str(&x),
             Ok(Delta::Thinking(x)) => g.thinking.push_str(&x),
+            Ok(Delta::ThinkingSignature(x)) => g.signature.push_str(&x),
+            Ok(Delta::ToolCallStart { name, .. }) => g.tools.push(name),
             Ok(Delta::ToolCallArgs { json, .. }) => g.tool_args.push_str(&json),
             Ok(Delta::Finish(f)) => g.finish = Some(f),
             Ok(Delta::KeepAlive) => g.keep_alives += 1,
@@ -306,4 +321,317 @@ async fn only_recent_requests_are_kept() {
     }
     assert_eq!(s.requests().len(), KEEP_REQUESTS);
     assert_eq!(s.stats().requests, KEEP_REQUESTS as u64 + 10);
+}
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: String::new(),
+        input_schema_json: "{\"type\":\"object\"}".into(),
+    }
+}
+
+fn thinking(budget: u32) -> Option<Thinking> {
+    Some(Thinking {
+        budget_tokens: Some(budget),
+        display: true,
+    })
+}
+
+/// A raw request to a simulated provider, bypassing the adapters: (status, body).
+async fn raw(s: &SimProvider, body: serde_json::Value) -> (u16, String) {
+    let anthropic = s.base_url().ends_with(&s.addr().to_string());
+    let c = reqwest::Client::new();
+    let req = if anthropic {
+        c.post(format!("{}/v1/messages", s.base_url()))
+            .header("x-api-key", "k")
+            .header("anthropic-version", "2023-06-01")
+    } else {
+        c.post(format!("{}/chat/completions", s.base_url()))
+            .header("authorization", "Bearer k")
+    };
+    let resp = req.body(body.to_string()).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn anthropic_thinking_is_signed_and_only_its_own_signature_comes_back() {
+    let (s, t) = sim(Flavor::Anthropic).await;
+    let mut chat = ChatRequest::user_text(1, "why");
+    chat.temperature = Some(0.7);
+    chat.options.thinking = thinking(2000);
+    let g = run_as(&t, &chat, None, "claude-sim-1", 8000).await.unwrap();
+    assert_eq!(g.thinking, "Considering the question.");
+    assert_eq!(g.signature, sim_thinking_signature(&g.thinking));
+    assert_eq!(g.text, answer_for("why"));
+    let sent = &s.requests()[0].body;
+    assert_eq!(sent["thinking"]["budget_tokens"], 2000);
+    assert!(sent.get("temperature").is_none());
+
+    // The next turn with the signed thinking is accepted; a forged signature is not.
+    let turn = |signature: Option<String>| {
+        let mut next = chat.clone();
+        next.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: g.thinking.clone(),
+                    signature,
+                },
+                ContentBlock::Text {
+                    text: g.text.clone(),
+                },
+            ],
+        });
+        next.messages.push(Message::text(Role::User, "and then"));
+        next
+    };
+    let ok = run_as(
+        &t,
+        &turn(Some(g.signature.clone())),
+        None,
+        "claude-sim-1",
+        8000,
+    )
+    .await;
+    assert_eq!(ok.unwrap().text, answer_for("and then"));
+    let forged = run_as(
+        &t,
+        &turn(Some("EqQBforged".into())),
+        None,
+        "claude-sim-1",
+        8000,
+    )
+    .await;
+    let e = forged.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains("signature"), "{}", e.message);
+    // Another provider's thinking (no signature) is left out by the adapter, not refused.
+    let foreign = run_as(&t, &turn(None), None, "claude-sim-1", 8000).await;
+    assert_eq!(foreign.unwrap().text, answer_for("and then"));
+
+    // What the adapter never sends, the simulator refuses as the API does.
+    let base = serde_json::json!({"model": "claude-sim-1", "stream": true, "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "hi"}]});
+    for (field, value) in [
+        ("temperature", serde_json::json!(0.5)),
+        ("max_tokens", serde_json::json!(2000)),
+        (
+            "thinking",
+            serde_json::json!({"type": "enabled", "budget_tokens": 500}),
+        ),
+        ("tool_choice", serde_json::json!({"type": "any"})),
+    ] {
+        let mut body = base.clone();
+        body[field] = value;
+        let (status, text) = raw(&s, body).await;
+        assert_eq!(status, 400, "{field}: {text}");
+        assert!(text.contains("invalid_request_error"), "{text}");
+    }
+    let mut prefilled = base.clone();
+    prefilled["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"role": "assistant", "content": "This"}));
+    assert_eq!(raw(&s, prefilled).await.0, 400);
+    assert_eq!(raw(&s, base).await.0, 200);
+}
+
+#[tokio::test]
+async fn thinking_in_a_tool_loop_survives_a_change_of_provider() {
+    let (s, t) = sim(Flavor::Anthropic).await;
+    let mut chat = ChatRequest::user_text(1, "call: look");
+    chat.tools.push(tool("look"));
+    chat.options.thinking = thinking(2000);
+    let g = run_as(&t, &chat, None, "claude-sim-1", 8000).await.unwrap();
+    assert_eq!(g.tools, ["look"]);
+    assert!(!g.signature.is_empty());
+    let result = Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "toolu_1".into(),
+            content: "seen".into(),
+            is_error: false,
+            images: Vec::new(),
+        }],
+    };
+    let call = ContentBlock::ToolUse {
+        id: "toolu_1".into(),
+        name: "look".into(),
+        input_json: g.tool_args.clone(),
+    };
+    // Our own signed turn: thinking stays on.
+    let mut own = chat.clone();
+    own.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            ContentBlock::Thinking {
+                text: g.thinking.clone(),
+                signature: Some(g.signature.clone()),
+            },
+            call.clone(),
+        ],
+    });
+    own.messages.push(result.clone());
+    run_as(&t, &own, None, "claude-sim-1", 8000).await.unwrap();
+    assert!(s.requests().last().unwrap().body["thinking"].is_object());
+    // A turn DeepSeek wrote (unsigned thinking): the API would refuse thinking, so it is off.
+    let mut foreign = chat.clone();
+    foreign.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            ContentBlock::Thinking {
+                text: "deepseek thoughts".into(),
+                signature: None,
+            },
+            call,
+        ],
+    });
+    foreign.messages.push(result);
+    let g = run_as(&t, &foreign, None, "claude-sim-1", 8000)
+        .await
+        .unwrap();
+    assert!(g.error.is_none());
+    assert!(s.requests().last().unwrap().body.get("thinking").is_none());
+}
+
+#[tokio::test]
+async fn deepseek_reasoning_mode_wants_reasoning_on_tool_call_turns() {
+    let (s, t) = sim(Flavor::DeepSeek).await;
+    let mut chat = ChatRequest::user_text(1, "call: fetch");
+    chat.tools.push(tool("fetch"));
+    // Reasoning mode (the model is a reasoner): reasoning comes before the tool call too.
+    let g = run_as(&t, &chat, None, "deepseek-reasoner", 100)
+        .await
+        .unwrap();
+    assert_eq!(g.thinking, "Considering the question.");
+    assert_eq!(g.tools, ["fetch"]);
+    assert_eq!(g.finish, Some(FinishReason::ToolUse));
+    // Not in reasoning mode: the tool call comes straight away, as before.
+    let g = run_as(&t, &chat, None, "deepseek-chat", 100).await.unwrap();
+    assert!(g.thinking.is_empty());
+
+    // The tool-call turn goes back with its reasoning (even one another provider wrote).
+    chat.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![ContentBlock::ToolUse {
+            id: "call_1".into(),
+            name: "fetch".into(),
+            input_json: "{}".into(),
+        }],
+    });
+    chat.messages.push(Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "call_1".into(),
+            content: "page".into(),
+            is_error: false,
+            images: Vec::new(),
+        }],
+    });
+    let g = run_as(&t, &chat, None, "deepseek-reasoner", 100)
+        .await
+        .unwrap();
+    assert!(g.error.is_none());
+    assert_eq!(
+        s.requests().last().unwrap().body["messages"][1]["reasoning_content"],
+        ""
+    );
+
+    // Without it, the simulator refuses, as DeepSeek does.
+    let body = serde_json::json!({"model": "deepseek-reasoner", "stream": true, "messages": [
+        {"role": "user", "content": "call: fetch"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "fetch", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "page"}]});
+    let (status, text) = raw(&s, body.clone()).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("reasoning_content"), "{text}");
+    let mut chat_model = body;
+    chat_model["model"] = "deepseek-chat".into();
+    assert_eq!(raw(&s, chat_model).await.0, 200);
+}
+
+#[tokio::test]
+async fn images_arrive_in_every_flavor() {
+    let mut chat = ChatRequest::user_text(1, "look");
+    chat.messages[0].content.extend([
+        ContentBlock::Image {
+            source: ImageSource::Base64 {
+                media_type: "image/png".into(),
+                data: "iVBORw0KGgo=".into(),
+            },
+        },
+        ContentBlock::Image {
+            source: ImageSource::Url {
+                url: "data:image/jpeg;base64,/9j/4AAQ".into(),
+            },
+        },
+    ]);
+    chat.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![ContentBlock::ToolUse {
+            id: "c1".into(),
+            name: "shot".into(),
+            input_json: "{}".into(),
+        }],
+    });
+    chat.messages.push(Message {
+        role: Role::User,
+        content: vec![
+            ContentBlock::ToolResult {
+                tool_use_id: "c1".into(),
+                content: "screenshot".into(),
+                is_error: false,
+                images: vec![ImageSource::Url {
+                    url: "https://example.invalid/s.png".into(),
+                }],
+            },
+            ContentBlock::Text {
+                text: "what is it".into(),
+            },
+        ],
+    });
+    for f in ALL {
+        let (_s, t) = sim(f).await;
+        let g = run(&t, &chat, None).await.unwrap();
+        assert!(g.error.is_none(), "{f:?}: {:?}", g.error);
+        assert_eq!(
+            g.text,
+            format!("I see 3 image(s). {}", answer_for("what is it")),
+            "{f:?}"
+        );
+    }
+    // A data: URL where the API wants a fetchable one is refused, as Anthropic does.
+    let (s, _) = sim(Flavor::Anthropic).await;
+    let body = serde_json::json!({"model": "m", "stream": true, "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "image", "source": {"type": "url",
+            "url": "data:image/png;base64,AA"}}]}]});
+    assert_eq!(raw(&s, body).await.0, 400);
+    // An image in a tool message is refused, as most OpenAI-compatible servers do.
+    let (s, _) = sim(Flavor::OpenAi).await;
+    let body = serde_json::json!({"model": "m", "stream": true, "messages": [
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "image_url",
+            "image_url": {"url": "https://x/y.png"}}]}]});
+    assert_eq!(raw(&s, body).await.0, 400);
+}
+
+#[tokio::test]
+async fn tool_names_the_apis_refuse_go_out_fitted_and_come_back_as_defined() {
+    let long = format!("mcp__files__{}", "read_the_whole_file_".repeat(4));
+    for f in ALL {
+        let (s, t) = sim(f).await;
+        let mut chat = ChatRequest::user_text(1, "call: it");
+        chat.tools = vec![tool(&long), tool("a.b")];
+        let g = run(&t, &chat, None).await.unwrap();
+        assert_eq!(g.tools, std::slice::from_ref(&long), "{f:?}");
+        let sent = &s.requests()[0].body["tools"][0];
+        let wire = sent["name"]
+            .as_str()
+            .or_else(|| sent["function"]["name"].as_str())
+            .unwrap();
+        assert!(crate::provider::toolnames::is_valid(wire), "{wire}");
+        assert_ne!(wire, long);
+    }
 }

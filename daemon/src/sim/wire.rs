@@ -10,6 +10,7 @@ use mythos_protocol::SimFault;
 use serde_json::{json, Value};
 
 use super::answer::{answer_for, chunk_answer};
+use super::checks::{self, Features};
 use super::{Flavor, SimOptions};
 use crate::provider::continuation::CONTINUE_INSTRUCTION;
 
@@ -190,6 +191,12 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         Some(SimFault::Status { code }) => return Plan::Respond(status_error(flavor, *code)),
         _ => {}
     }
+    let features: Features = match checks::check(flavor, req) {
+        Ok(f) => f,
+        Err(msg) => {
+            return Plan::Respond(error(flavor, 400, "invalid_request_error", &msg, None));
+        }
+    };
 
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
     let texts: Vec<(String, String)> = messages
@@ -248,7 +255,11 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         .find(|(r, _)| r == "user")
         .map(|(_, t)| t.clone())
         .unwrap_or_default();
-    let full = answer_for(&prompt);
+    let mut full = answer_for(&prompt);
+    if features.images > 0 {
+        // Says the images arrived; the same count gives the same text on every flavour.
+        full = format!("I see {} image(s). {full}", features.images);
+    }
     let mut rest = full
         .strip_prefix(partial.as_str())
         .unwrap_or(&full)
@@ -285,19 +296,27 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         });
     let tool = tool.filter(|_| prompt.starts_with("call:"));
 
+    // Reasoning streamed before the answer: Anthropic when thinking is on; DeepSeek always
+    // for a fresh plain answer (a demo nicety), and before tool calls too in reasoning mode.
+    let anthropic_thinking = flavor == Flavor::Anthropic && features.thinking;
+    let deepseek_reasoning =
+        flavor == Flavor::DeepSeek && partial.is_empty() && (tool.is_none() || features.reasoning);
     let w = Writer {
         flavor,
         model: opts.model.clone(),
         id: format!("{}-{}", opts.name, fastrand::u64(..)),
         include_usage: req["stream_options"]["include_usage"] == true,
+        block: u32::from(anthropic_thinking),
     };
     let mut steps = Vec::new();
     if let Some(SimFault::KeepAliveOnly) = fault {
         steps.push(Step::KeepAliveForever);
         return Plan::Stream(steps);
     }
+    // With reasoning first, the answer's block (Anthropic) or tool call (OpenAI) opens after it.
+    let late_open = anthropic_thinking || (deepseek_reasoning && tool.is_some());
     steps.extend(
-        w.preamble(input_tokens, tool.as_deref())
+        w.preamble(input_tokens, tool.as_deref(), late_open)
             .into_iter()
             .map(Step::Send),
     );
@@ -315,12 +334,24 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         }
     }
     steps.push(Step::Sleep(wait));
-    if flavor == Flavor::DeepSeek && tool.is_none() && partial.is_empty() {
-        for t in ["Considering", " the", " question."] {
+    const THOUGHTS: [&str; 3] = ["Considering", " the", " question."];
+    if deepseek_reasoning {
+        for t in THOUGHTS {
             steps.push(Step::Send(
                 w.openai_delta(json!({"content": null, "reasoning_content": t})),
             ));
         }
+    }
+    if anthropic_thinking {
+        for t in THOUGHTS {
+            steps.push(Step::Send(w.thinking(t)));
+        }
+        steps.push(Step::Send(
+            w.signature(&checks::signature(&THOUGHTS.concat())),
+        ));
+    }
+    if late_open {
+        steps.extend(w.open_answer(tool.as_deref()).into_iter().map(Step::Send));
     }
 
     let pieces: Vec<Bytes> = match &tool {
@@ -400,6 +431,8 @@ struct Writer {
     model: String,
     id: String,
     include_usage: bool,
+    /// Anthropic content-block index of the answer (1 after a thinking block).
+    block: u32,
 }
 
 fn sse(event: &str, data: Value) -> Bytes {
@@ -436,12 +469,34 @@ impl Writer {
         )
     }
 
-    fn preamble(&self, input_tokens: usize, tool: Option<&str>) -> Vec<Bytes> {
+    /// Anthropic's block for the answer: a tool call or text.
+    fn answer_block(&self, tool: Option<&str>) -> Value {
+        if let Some(name) = tool {
+            json!({"type": "tool_use", "id": format!("toolu_{}", self.id), "name": name, "input": {}})
+        } else {
+            json!({"type": "text", "text": ""})
+        }
+    }
+
+    fn openai_tool_start(&self, name: &str, role: bool) -> Bytes {
+        let mut delta = json!({"content": null, "tool_calls": [
+            {"index": 0, "id": format!("call_{}", self.id), "type": "function",
+             "function": {"name": name, "arguments": ""}}]});
+        if role {
+            delta["role"] = json!("assistant");
+            delta["refusal"] = Value::Null;
+        }
+        self.openai_delta(delta)
+    }
+
+    /// Frames before the first token. With `late_open`, reasoning comes first: Anthropic opens
+    /// a thinking block instead of the answer's, OpenAI holds back the tool call.
+    fn preamble(&self, input_tokens: usize, tool: Option<&str>, late_open: bool) -> Vec<Bytes> {
         if self.anthropic() {
-            let block = if let Some(name) = tool {
-                json!({"type": "tool_use", "id": format!("toolu_{}", self.id), "name": name, "input": {}})
+            let block = if late_open {
+                json!({"type": "thinking", "thinking": "", "signature": ""})
             } else {
-                json!({"type": "text", "text": ""})
+                self.answer_block(tool)
             };
             vec![
                 sse(
@@ -458,22 +513,58 @@ impl Writer {
                 ),
                 Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"),
             ]
-        } else if let Some(name) = tool {
-            vec![
-                self.openai_delta(json!({"role": "assistant", "content": null, "tool_calls": [
-                {"index": 0, "id": format!("call_{}", self.id), "type": "function",
-                 "function": {"name": name, "arguments": ""}}], "refusal": null})),
-            ]
+        } else if let Some(name) = tool.filter(|_| !late_open) {
+            vec![self.openai_tool_start(name, true)]
+        } else if tool.is_some() {
+            vec![self.openai_delta(json!({"role": "assistant", "content": null, "refusal": null}))]
         } else {
             vec![self.openai_delta(json!({"role": "assistant", "content": "", "refusal": null}))]
         }
+    }
+
+    /// After reasoning: Anthropic closes the thinking block and opens the answer's; OpenAI
+    /// starts the held-back tool call.
+    fn open_answer(&self, tool: Option<&str>) -> Vec<Bytes> {
+        if self.anthropic() {
+            vec![
+                sse(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                sse(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": self.block,
+                    "content_block": self.answer_block(tool)}),
+                ),
+            ]
+        } else {
+            tool.map(|name| self.openai_tool_start(name, false))
+                .into_iter()
+                .collect()
+        }
+    }
+
+    fn thinking(&self, t: &str) -> Bytes {
+        sse(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": t}}),
+        )
+    }
+
+    fn signature(&self, sig: &str) -> Bytes {
+        sse(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": sig}}),
+        )
     }
 
     fn text(&self, t: &str) -> Bytes {
         if self.anthropic() {
             sse(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0,
+                json!({"type": "content_block_delta", "index": self.block,
                 "delta": {"type": "text_delta", "text": t}}),
             )
         } else {
@@ -485,7 +576,7 @@ impl Writer {
         if self.anthropic() {
             sse(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0,
+                json!({"type": "content_block_delta", "index": self.block,
                 "delta": {"type": "input_json_delta", "partial_json": fragment}}),
             )
         } else {
@@ -527,7 +618,7 @@ impl Writer {
             vec![
                 sse(
                     "content_block_stop",
-                    json!({"type": "content_block_stop", "index": 0}),
+                    json!({"type": "content_block_stop", "index": self.block}),
                 ),
                 sse(
                     "message_delta",

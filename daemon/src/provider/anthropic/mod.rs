@@ -1,22 +1,33 @@
 //! Anthropic Messages API: request body and headers. The stream decoder is in [`stream`].
+//!
+//! The request may come from an agent that spoke the OpenAI format and may carry history another
+//! provider wrote, so the body is built defensively: what Anthropic cannot take (unsigned
+//! thinking, empty text, too many cache breakpoints) is dropped with a debug line, and extended
+//! thinking is only switched on when the rest of the request satisfies the API's rules for it.
 
 pub mod stream;
 
-use mythos_protocol::{ContentBlock, ErrorKind, Role};
+use mythos_protocol::{CacheTtl, ContentBlock, ErrorKind, ImageSource, Role, Thinking, ToolChoice};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
-use super::{key_or_empty, secret_header, ProviderError, UpstreamRequest};
-use crate::config::ProviderConfig;
+use super::{key_or_empty, secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
+use crate::config::{default_output_limit, ProviderConfig};
 
 /// API version header value; the streaming event format used here is stable under it.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// Most `cache_control` breakpoints one request may carry.
+const MAX_CACHE_POINTS: usize = 4;
+
+/// Smallest thinking budget the API accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// Thinking budget when the client lets the model decide, at most.
+const ADAPTIVE_THINKING_CAP: u32 = 16_000;
+
 /// URL, headers and JSON body of a streamed Messages request.
-pub fn build(
-    cfg: &ProviderConfig,
-    req: &UpstreamRequest<'_>,
-) -> Result<(String, HeaderMap, Vec<u8>), ProviderError> {
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
     let url = format!("{}/v1/messages", cfg.base_url.trim_end_matches('/'));
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -28,70 +39,388 @@ pub fn build(
         "x-api-key",
         key_or_empty(cfg.api_key.as_ref()).to_string(),
     );
+    let chat = req.chat;
+    let opts = &chat.options;
+    let names = ToolNames::for_request(chat);
 
-    let mut messages = Vec::with_capacity(req.chat.messages.len() + 1);
-    for m in &req.chat.messages {
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        let mut content = Vec::with_capacity(m.content.len());
-        for block in &m.content {
-            content.push(match block {
-                ContentBlock::Text { text } => json!({"type": "text", "text": text}),
-                ContentBlock::ToolUse {
-                    id,
-                    name,
-                    input_json,
-                } => json!({"type": "tool_use", "id": id, "name": name,
-                            "input": parse_json(input_json, "tool_use input")?}),
-                ContentBlock::ToolResult {
-                    tool_use_id,
-                    content,
-                    is_error,
-                    ..
-                } => json!({"type": "tool_result", "tool_use_id": tool_use_id,
-                            "content": content, "is_error": is_error}),
-                _ => continue,
-            });
+    // The system prompt, and how many breakpoints it uses up.
+    let mut cache_budget = MAX_CACHE_POINTS;
+    let system = if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
+        let mut blocks = Vec::with_capacity(opts.system_blocks.len());
+        for b in opts.system_blocks.iter().filter(|b| !b.text.is_empty()) {
+            let mut block = json!({"type": "text", "text": b.text});
+            if let Some(ttl) = b.cache {
+                if cache_budget > 0 {
+                    cache_budget -= 1;
+                    block["cache_control"] = cache_control(ttl);
+                } else {
+                    tracing::debug!("anthropic: system cache breakpoint dropped (limit 4)");
+                }
+            }
+            blocks.push(block);
         }
-        messages.push(json!({"role": role, "content": content}));
+        Some(Value::Array(blocks))
+    } else {
+        chat.system
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| json!(s))
+    };
+
+    // Breakpoints on messages: the latest ones win when there are too many, as they cover the
+    // longest prefix.
+    let mut points = opts.cache_points.clone();
+    points.sort_by_key(|p| (p.message, p.block));
+    if points.len() > cache_budget {
+        tracing::debug!(
+            dropped = points.len() - cache_budget,
+            "anthropic: message cache breakpoints dropped (limit 4)"
+        );
+        points.drain(..points.len() - cache_budget);
     }
+
+    let mut messages: Vec<Value> = Vec::with_capacity(chat.messages.len() + 1);
+    for (mi, m) in chat.messages.iter().enumerate() {
+        let mut content: Vec<Value> = Vec::with_capacity(m.content.len());
+        // For each source block, the index of the output block that carries it (or the
+        // nearest earlier one that can take a breakpoint).
+        let mut carrier: Vec<Option<usize>> = Vec::with_capacity(m.content.len());
+        let mut last_cacheable: Option<usize> = None;
+        for block in &m.content {
+            let out = block_json(block, m.role, &names)?;
+            if let Some(v) = out {
+                let thinking = matches!(
+                    block,
+                    ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. }
+                );
+                content.push(v);
+                if !thinking {
+                    last_cacheable = Some(content.len() - 1);
+                }
+            }
+            carrier.push(last_cacheable);
+        }
+        for p in points.iter().filter(|p| p.message as usize == mi) {
+            match carrier.get(p.block as usize).copied().flatten() {
+                Some(i) => content[i]["cache_control"] = cache_control(p.ttl),
+                None => tracing::debug!(
+                    message = p.message,
+                    block = p.block,
+                    "anthropic: cache breakpoint on a block not sent, dropped"
+                ),
+            }
+        }
+        if content.is_empty() {
+            // The API refuses empty content; a turn that was only foreign thinking says nothing
+            // Anthropic can use.
+            tracing::debug!(message = mi, "anthropic: message left empty, skipped");
+            continue;
+        }
+        // Skipping can leave two turns of one speaker in a row: the API takes that (it joins
+        // them), as it does when a client sends it.
+        messages.push(json!({"role": role_name(m.role), "content": content}));
+    }
+    let mut prefilled = false;
     if let Some(prefill) = req.prefill {
         // The API rejects a final assistant turn ending in whitespace; the router strips the
         // trimmed part from the start of the continuation so nothing is duplicated or lost.
         let trimmed = prefill.trim_end();
         if !trimmed.is_empty() {
+            prefilled = true;
             messages.push(json!({"role": "assistant", "content": trimmed}));
         }
     }
 
+    let mut max_tokens = req.max_tokens;
+    let has_tools = !chat.tools.is_empty();
+    let thinking = opts.thinking.and_then(|t| {
+        let why_not = if !supports_thinking(req.model) {
+            Some("model has no extended thinking")
+        } else if prefilled {
+            // A final assistant turn must then start with a thinking block, which a
+            // continuation of another provider's text cannot have.
+            Some("continuing a prefill")
+        } else if has_tools
+            && matches!(
+                opts.tool_choice,
+                Some(ToolChoice::Any | ToolChoice::Tool { .. })
+            )
+        {
+            Some("tool choice forces a tool")
+        } else if !last_tool_turn_starts_with_thinking(&messages) {
+            // The API wants that turn to start with its (signed) thinking; a turn another
+            // provider wrote has none.
+            Some("the final or tool-calling assistant turn has no signed thinking")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            tracing::debug!(why, model = req.model, "anthropic: thinking not enabled");
+            return None;
+        }
+        let limit = cfg
+            .max_output_tokens
+            .unwrap_or_else(|| default_output_limit(req.model));
+        let (budget, max) = thinking_budget(t, max_tokens, limit)?;
+        max_tokens = max;
+        Some(budget)
+    });
+
     let mut body = json!({
         "model": req.model,
-        "max_tokens": req.max_tokens,
+        "max_tokens": max_tokens,
         "stream": true,
         "messages": messages,
     });
-    if let Some(system) = &req.chat.system {
-        body["system"] = json!(system);
+    if let Some(system) = system {
+        body["system"] = system;
     }
-    if let Some(t) = req.chat.temperature {
-        body["temperature"] = json!(t);
+    if let Some(budget) = thinking {
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
     }
-    if !req.chat.tools.is_empty() {
-        let mut tools = Vec::with_capacity(req.chat.tools.len());
-        for t in &req.chat.tools {
+    match (chat.temperature, thinking) {
+        (Some(t), None) => body["temperature"] = json!(t),
+        (Some(_), Some(_)) => {
+            tracing::debug!("anthropic: temperature dropped (thinking needs the default)")
+        }
+        _ => {}
+    }
+    match (opts.top_p, thinking) {
+        (Some(p), Some(_)) if p < 0.95 => {
+            tracing::debug!(
+                top_p = p,
+                "anthropic: top_p dropped (thinking needs >= 0.95)"
+            )
+        }
+        (Some(p), _) => body["top_p"] = json!(p),
+        _ => {}
+    }
+    let stop: Vec<&str> = opts
+        .stop
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    if !stop.is_empty() {
+        body["stop_sequences"] = json!(stop);
+    }
+    if let Some(user) = opts.user.as_deref().filter(|u| !u.is_empty()) {
+        body["metadata"] = json!({"user_id": user});
+    }
+    if has_tools {
+        let mut tools = Vec::with_capacity(chat.tools.len());
+        for t in &chat.tools {
             tools.push(json!({
-                "name": t.name,
+                "name": names.wire(&t.name),
                 "description": t.description,
                 "input_schema": parse_json(&t.input_schema_json, "tool input schema")?,
             }));
         }
         body["tools"] = Value::Array(tools);
+        let mut choice = match &opts.tool_choice {
+            None if opts.parallel_tool_calls == Some(false) => Some(json!({"type": "auto"})),
+            None => None,
+            Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
+            Some(ToolChoice::Any) => Some(json!({"type": "any"})),
+            Some(ToolChoice::None) => Some(json!({"type": "none"})),
+            Some(ToolChoice::Tool { name }) => {
+                Some(json!({"type": "tool", "name": names.wire(name)}))
+            }
+        };
+        if let Some(c) = choice.as_mut().filter(|c| c["type"] != "none") {
+            if opts.parallel_tool_calls == Some(false) {
+                c["disable_parallel_tool_use"] = json!(true);
+            }
+        }
+        if let Some(c) = choice {
+            body["tool_choice"] = c;
+        }
+    } else if opts.tool_choice.is_some() {
+        tracing::debug!("anthropic: tool_choice dropped (no tools)");
     }
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
-    Ok((url, headers, bytes))
+    Ok(Built {
+        url,
+        headers,
+        body: bytes,
+        tool_names: names,
+    })
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+fn cache_control(ttl: CacheTtl) -> Value {
+    match ttl {
+        CacheTtl::Default => json!({"type": "ephemeral"}),
+        CacheTtl::Hour => json!({"type": "ephemeral", "ttl": "1h"}),
+    }
+}
+
+/// One content block in the API's form; `None` when Anthropic cannot take it.
+fn block_json(
+    block: &ContentBlock,
+    role: Role,
+    names: &ToolNames,
+) -> Result<Option<Value>, ProviderError> {
+    Ok(Some(match block {
+        ContentBlock::Text { text } if text.is_empty() => {
+            // "text content blocks must be non-empty"
+            return Ok(None);
+        }
+        ContentBlock::Text { text } => json!({"type": "text", "text": text}),
+        ContentBlock::ToolUse {
+            id,
+            name,
+            input_json,
+        } => json!({"type": "tool_use", "id": id, "name": names.wire(name),
+                    "input": parse_json(input_json, "tool_use input")?}),
+        ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+            images,
+        } => {
+            let body = if images.is_empty() {
+                json!(content)
+            } else {
+                let mut parts = Vec::with_capacity(images.len() + 1);
+                if !content.is_empty() {
+                    parts.push(json!({"type": "text", "text": content}));
+                }
+                parts.extend(images.iter().filter_map(image_json));
+                Value::Array(parts)
+            };
+            json!({"type": "tool_result", "tool_use_id": tool_use_id,
+                   "content": body, "is_error": is_error})
+        }
+        ContentBlock::Image { .. } if role == Role::Assistant => {
+            tracing::debug!("anthropic: image in an assistant turn dropped");
+            return Ok(None);
+        }
+        ContentBlock::Image { source } => match image_json(source) {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+        ContentBlock::Thinking {
+            text,
+            signature: Some(sig),
+        } if !sig.is_empty() => json!({"type": "thinking", "thinking": text, "signature": sig}),
+        ContentBlock::Thinking { .. } => {
+            // Thinking from another provider has no Anthropic signature, and one cannot be made
+            // up: the API verifies it.
+            tracing::debug!("anthropic: unsigned thinking dropped");
+            return Ok(None);
+        }
+        ContentBlock::RedactedThinking { data } => {
+            json!({"type": "redacted_thinking", "data": data})
+        }
+    }))
+}
+
+/// An image block, or `None` (with a debug line) for a `data:` URL that is not base64.
+fn image_json(source: &ImageSource) -> Option<Value> {
+    let source = match source {
+        ImageSource::Base64 { media_type, data } => {
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+        ImageSource::Url { url } if url.starts_with("data:") => match split_data_url(url) {
+            Some((media_type, data)) => {
+                json!({"type": "base64", "media_type": media_type, "data": data})
+            }
+            None => {
+                tracing::debug!("anthropic: image data URL that is not base64 dropped");
+                return None;
+            }
+        },
+        // The API fetches http(s) URLs itself; `data:` URLs it does not take.
+        ImageSource::Url { url } => json!({"type": "url", "url": url}),
+    };
+    Some(json!({"type": "image", "source": source}))
+}
+
+/// `(media type, base64 data)` of a `data:MEDIA;base64,DATA` URL.
+pub(crate) fn split_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    // Parameters such as `;charset=` may sit before `;base64`; the API wants the bare type.
+    let media_type = media_type.split(';').next().unwrap_or(media_type);
+    (!media_type.is_empty() && !data.is_empty()).then_some((media_type, data))
+}
+
+/// Whether `model` has extended thinking: Claude 3.7 and everything after it. Permissive on
+/// purpose, so a new model name works without a release; the old families are listed.
+pub fn supports_thinking(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    m.contains("claude")
+        && ![
+            "claude-3-5",
+            "claude-3.5",
+            "claude-3-haiku",
+            "claude-3-opus",
+            "claude-3-sonnet",
+            "claude-2",
+            "claude-instant",
+        ]
+        .iter()
+        .any(|old| m.contains(old))
+}
+
+/// `(budget_tokens, max_tokens)` for a thinking request, or `None` when `max_tokens` leaves no
+/// room for it. The API wants `1024 <= budget < max_tokens`; the budget counts towards
+/// `max_tokens`, so a budget at or above it raises `max_tokens` (up to `limit`, the model's
+/// output limit) rather than starving the answer.
+pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32, u32)> {
+    if max_tokens < 2 * MIN_THINKING_BUDGET {
+        tracing::debug!(max_tokens, "anthropic: too few output tokens for thinking");
+        return None;
+    }
+    let mut budget = match t.budget_tokens {
+        Some(b) => b.max(MIN_THINKING_BUDGET),
+        // The model decides: half the output allowance, capped.
+        None => (max_tokens / 2).clamp(MIN_THINKING_BUDGET, ADAPTIVE_THINKING_CAP),
+    };
+    let mut max = max_tokens;
+    if budget >= max {
+        let raised = budget.saturating_add(max).min(limit.max(max));
+        if raised > budget {
+            max = raised;
+        } else {
+            budget = max / 2;
+        }
+    }
+    Some((budget, max))
+}
+
+/// Whether the assistant turn the API checks starts with a thinking block, as it must when
+/// thinking is on: a final assistant turn, or during a tool loop (the last turn holds tool
+/// results) the turn that called the tools.
+fn last_tool_turn_starts_with_thinking(messages: &[Value]) -> bool {
+    fn blocks(m: &Value) -> &[Value] {
+        m["content"].as_array().map_or(&[], Vec::as_slice)
+    }
+    let Some(last) = messages.last() else {
+        return true;
+    };
+    let turn = if last["role"] == "assistant" {
+        last
+    } else if blocks(last).iter().any(|b| b["type"] == "tool_result") {
+        match messages.iter().rev().find(|m| m["role"] == "assistant") {
+            Some(t) => t,
+            None => return true,
+        }
+    } else {
+        return true;
+    };
+    blocks(turn)
+        .first()
+        .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
 }
 
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
@@ -108,7 +437,7 @@ pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, ProviderError>
 mod tests {
     use super::*;
     use crate::config::{Api, Secret};
-    use mythos_protocol::{ChatRequest, Message, ToolSpec};
+    use mythos_protocol::{CachePoint, ChatRequest, Message, SystemBlock, ToolSpec};
 
     fn cfg() -> ProviderConfig {
         ProviderConfig {
@@ -147,7 +476,9 @@ mod tests {
             max_tokens: 100,
             prefill: Some("Hello wor  "),
         };
-        let (url, headers, body) = build(&cfg(), &req).unwrap();
+        let Built {
+            url, headers, body, ..
+        } = build(&cfg(), &req).unwrap();
         assert_eq!(url, "http://127.0.0.1:1/v1/messages");
         assert!(headers["x-api-key"].is_sensitive());
         assert_eq!(headers["anthropic-version"], ANTHROPIC_VERSION);
@@ -175,5 +506,418 @@ mod tests {
             prefill: None,
         };
         assert_eq!(build(&cfg(), &req).unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {
+        let req = UpstreamRequest {
+            chat,
+            model,
+            max_tokens,
+            prefill,
+        };
+        serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
+    }
+
+    fn tool(name: &str) -> ToolSpec {
+        ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn system_blocks_and_cache_points() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.system = Some("ab".into());
+        chat.options.system_blocks = vec![
+            SystemBlock {
+                text: "a".into(),
+                cache: None,
+            },
+            SystemBlock {
+                text: "b".into(),
+                cache: Some(CacheTtl::Hour),
+            },
+        ];
+        chat.messages[0].content.push(ContentBlock::Text {
+            text: "again".into(),
+        });
+        chat.options.cache_points = vec![CachePoint {
+            message: 0,
+            block: 1,
+            ttl: CacheTtl::Default,
+        }];
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "a"},
+                   {"type": "text", "text": "b", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+        assert_eq!(
+            v["messages"][0]["content"],
+            json!([{"type": "text", "text": "hi"},
+                   {"type": "text", "text": "again", "cache_control": {"type": "ephemeral"}}])
+        );
+    }
+
+    #[test]
+    fn at_most_four_cache_breakpoints_the_latest_kept() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.options.system_blocks = vec![SystemBlock {
+            text: "s".into(),
+            cache: Some(CacheTtl::Default),
+        }];
+        chat.messages = (0..5)
+            .map(|i| Message::text(Role::User, format!("m{i}")))
+            .collect();
+        chat.options.cache_points = (0..5)
+            .map(|m| CachePoint {
+                message: m,
+                block: 0,
+                ttl: CacheTtl::Default,
+            })
+            .collect();
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        let text = v.to_string();
+        assert_eq!(text.matches("cache_control").count(), 4, "{text}");
+        assert!(v["system"][0]["cache_control"].is_object());
+        // The first two message breakpoints went.
+        let m = &v["messages"];
+        assert!(m[1]["content"][0]["cache_control"].is_null());
+        assert!(m[2]["content"][0]["cache_control"].is_object());
+        assert!(m[4]["content"][0]["cache_control"].is_object());
+    }
+
+    #[test]
+    fn images_in_messages_and_tool_results() {
+        let mut chat = ChatRequest::user_text(1, "look");
+        chat.messages[0].content.extend([
+            ContentBlock::Image {
+                source: ImageSource::Base64 {
+                    media_type: "image/png".into(),
+                    data: "iVBOR".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "https://x/y.jpg".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "data:image/gif;base64,R0lG".into(),
+                },
+            },
+            ContentBlock::Image {
+                source: ImageSource::Url {
+                    url: "data:text/plain,hello".into(),
+                },
+            },
+        ]);
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "t1".into(),
+                content: "shot".into(),
+                is_error: true,
+                images: vec![ImageSource::Base64 {
+                    media_type: "image/jpeg".into(),
+                    data: "/9j/".into(),
+                }],
+            }],
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        let c = &v["messages"][0]["content"];
+        assert_eq!(
+            c[1],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}})
+        );
+        assert_eq!(
+            c[2],
+            json!({"type": "image", "source": {"type": "url", "url": "https://x/y.jpg"}})
+        );
+        assert_eq!(
+            c[3],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lG"}})
+        );
+        // The non-base64 data URL was dropped.
+        assert_eq!(c.as_array().unwrap().len(), 4);
+        assert_eq!(
+            v["messages"][1]["content"][0],
+            json!({"type": "tool_result", "tool_use_id": "t1", "is_error": true, "content": [
+                {"type": "text", "text": "shot"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}}]})
+        );
+        assert_eq!(
+            split_data_url("data:image/png;charset=x;base64,AA"),
+            Some(("image/png", "AA"))
+        );
+        assert_eq!(split_data_url("data:image/png,AA"), None);
+    }
+
+    #[test]
+    fn only_signed_thinking_goes_back_and_empty_turns_are_skipped() {
+        let mut chat = ChatRequest::user_text(1, "q1");
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "mine".into(),
+                    signature: Some("sig".into()),
+                },
+                ContentBlock::RedactedThinking { data: "xx".into() },
+                ContentBlock::Text { text: "a1".into() },
+            ],
+        });
+        chat.messages.push(Message::text(Role::User, "q2"));
+        // Another provider's turn: only unsigned thinking and empty text.
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "foreign".into(),
+                    signature: None,
+                },
+                ContentBlock::Thinking {
+                    text: "forged".into(),
+                    signature: Some(String::new()),
+                },
+                ContentBlock::Text {
+                    text: String::new(),
+                },
+            ],
+        });
+        chat.messages.push(Message::text(Role::User, "q3"));
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([{"type": "thinking", "thinking": "mine", "signature": "sig"},
+                   {"type": "redacted_thinking", "data": "xx"},
+                   {"type": "text", "text": "a1"}])
+        );
+        let roles: Vec<_> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user", "user"]);
+        assert_eq!(v["messages"][3]["content"][0]["text"], "q3");
+        assert!(!v.to_string().contains("foreign"));
+    }
+
+    #[test]
+    fn options_map_to_their_fields() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools.push(tool("read"));
+        chat.temperature = Some(0.2);
+        chat.options.stop = vec!["END".into(), " ".into()];
+        chat.options.top_p = Some(0.5);
+        chat.options.user = Some("u-1".into());
+        chat.options.tool_choice = Some(ToolChoice::Tool {
+            name: "read".into(),
+        });
+        chat.options.parallel_tool_calls = Some(false);
+        let v = body(&chat, "claude-3-5-haiku-latest", 100, None);
+        assert_eq!(v["stop_sequences"], json!(["END"]));
+        assert_eq!(v["top_p"], json!(0.5));
+        assert_eq!(v["temperature"], json!(0.2f32));
+        assert_eq!(v["metadata"], json!({"user_id": "u-1"}));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "read", "disable_parallel_tool_use": true})
+        );
+        chat.options.tool_choice = Some(ToolChoice::None);
+        assert_eq!(
+            body(&chat, "m", 100, None)["tool_choice"],
+            json!({"type": "none"})
+        );
+        chat.options.tool_choice = None;
+        assert_eq!(
+            body(&chat, "m", 100, None)["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        chat.tools.clear();
+        assert!(body(&chat, "m", 100, None).get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn tool_names_are_fitted_everywhere() {
+        let long = "mcp__a_server_with_a_long_name__a_tool_with_an_even_longer_name_x";
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools = vec![tool(long), tool("fs.read")];
+        chat.options.tool_choice = Some(ToolChoice::Tool { name: long.into() });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![ContentBlock::ToolUse {
+                id: "t".into(),
+                name: "fs.read".into(),
+                input_json: "{}".into(),
+            }],
+        });
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "claude-sonnet-4-5",
+            max_tokens: 100,
+            prefill: None,
+        };
+        let b = build(&cfg(), &req).unwrap();
+        let v: Value = serde_json::from_slice(&b.body).unwrap();
+        let wire_long = v["tools"][0]["name"].as_str().unwrap();
+        let wire_read = v["tools"][1]["name"].as_str().unwrap();
+        assert!(super::super::toolnames::is_valid(wire_long));
+        assert!(super::super::toolnames::is_valid(wire_read));
+        assert_eq!(v["tool_choice"]["name"], wire_long);
+        assert_eq!(v["messages"][1]["content"][0]["name"], wire_read);
+        assert_eq!(b.tool_names.client(wire_long.into()), long);
+        assert_eq!(b.tool_names.client(wire_read.into()), "fs.read");
+    }
+
+    #[test]
+    fn thinking_budgets() {
+        let t = |b| Thinking {
+            budget_tokens: b,
+            display: true,
+        };
+        assert_eq!(
+            thinking_budget(t(Some(5000)), 32_000, 64_000),
+            Some((5000, 32_000))
+        );
+        assert_eq!(
+            thinking_budget(t(Some(10)), 32_000, 64_000),
+            Some((1024, 32_000))
+        );
+        // Adaptive: half the output, capped.
+        assert_eq!(thinking_budget(t(None), 8000, 64_000), Some((4000, 8000)));
+        assert_eq!(
+            thinking_budget(t(None), 64_000, 64_000),
+            Some((16_000, 64_000))
+        );
+        // Below max_tokens is what the API asks, however little it leaves for the answer.
+        // A budget at or over max_tokens raises max_tokens within the model's limit...
+        assert_eq!(
+            thinking_budget(t(Some(31_999)), 32_000, 64_000),
+            Some((31_999, 32_000))
+        );
+        assert_eq!(
+            thinking_budget(t(Some(10_000)), 4096, 64_000),
+            Some((10_000, 14_096))
+        );
+        // ...or, at the limit, is lowered.
+        assert_eq!(
+            thinking_budget(t(Some(64_000)), 64_000, 64_000),
+            Some((32_000, 64_000))
+        );
+        assert_eq!(thinking_budget(t(Some(5000)), 2047, 64_000), None);
+    }
+
+    #[test]
+    fn thinking_is_enabled_only_where_the_api_takes_it() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.temperature = Some(0.3);
+        chat.options.top_p = Some(0.9);
+        chat.options.thinking = Some(Thinking {
+            budget_tokens: Some(2000),
+            display: true,
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 8000, None);
+        assert_eq!(
+            v["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2000})
+        );
+        assert_eq!(v["max_tokens"], 8000);
+        assert!(v.get("temperature").is_none());
+        assert!(v.get("top_p").is_none());
+        chat.options.top_p = Some(0.97);
+        let top_p = body(&chat, "claude-sonnet-4-5", 8000, None)["top_p"].as_f64();
+        assert!((top_p.unwrap() - 0.97).abs() < 1e-6);
+
+        for model in [
+            "claude-3-5-sonnet-latest",
+            "claude-3-haiku-20240307",
+            "gpt-4o",
+        ] {
+            let v = body(&chat, model, 8000, None);
+            assert!(v.get("thinking").is_none(), "{model}");
+            assert_eq!(v["temperature"], json!(0.3f32));
+        }
+        for model in [
+            "claude-3-7-sonnet-latest",
+            "claude-opus-4-1",
+            "claude-haiku-4-5",
+            "claude-opus-5",
+        ] {
+            assert!(
+                body(&chat, model, 8000, None)["thinking"].is_object(),
+                "{model}"
+            );
+        }
+        // Not when the client's own history ends in an unsigned assistant turn.
+        let mut ends_with_assistant = chat.clone();
+        ends_with_assistant
+            .messages
+            .push(Message::text(Role::Assistant, "Sure"));
+        let v = body(&ends_with_assistant, "claude-sonnet-4-5", 8000, None);
+        assert!(v.get("thinking").is_none());
+        // Not with a prefill, too few tokens, or a forced tool.
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, Some("Hel"))
+            .get("thinking")
+            .is_none());
+        assert!(body(&chat, "claude-sonnet-4-5", 1000, None)
+            .get("thinking")
+            .is_none());
+        chat.tools.push(tool("read"));
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, None)
+            .get("thinking")
+            .is_none());
+        chat.options.tool_choice = Some(ToolChoice::Auto);
+        assert!(body(&chat, "claude-sonnet-4-5", 8000, None)["thinking"].is_object());
+
+        // In a tool loop whose tool call turn came from another provider (no signed thinking).
+        let call = ContentBlock::ToolUse {
+            id: "t".into(),
+            name: "read".into(),
+            input_json: "{}".into(),
+        };
+        let result = Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "t".into(),
+                content: "ok".into(),
+                is_error: false,
+                images: Vec::new(),
+            }],
+        };
+        let mut foreign = chat.clone();
+        foreign.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "deepseek's".into(),
+                    signature: None,
+                },
+                call.clone(),
+            ],
+        });
+        foreign.messages.push(result.clone());
+        assert!(body(&foreign, "claude-sonnet-4-5", 8000, None)
+            .get("thinking")
+            .is_none());
+        let mut own = chat.clone();
+        own.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "mine".into(),
+                    signature: Some("s".into()),
+                },
+                call,
+            ],
+        });
+        own.messages.push(result);
+        assert!(body(&own, "claude-sonnet-4-5", 8000, None)["thinking"].is_object());
     }
 }

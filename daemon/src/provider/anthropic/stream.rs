@@ -3,6 +3,11 @@
 //! Events: `message_start`, `content_block_start` / `_delta` / `_stop`, `ping`, `message_delta`
 //! (cumulative usage), `message_stop`, and `error` (e.g. `overloaded_error` after a 200). Unknown
 //! event types are ignored, as Anthropic's versioning policy asks of clients.
+//!
+//! Thinking blocks yield their text and then their signature (`signature_delta`), which the
+//! client must send back with the text in later turns. `redacted_thinking` blocks carry nothing
+//! a user can read and are skipped. Usage counts cache reads and writes apart from
+//! `input_tokens`, exactly as the API reports them.
 
 use mythos_protocol::{FinishReason, Usage};
 use serde::Deserialize;
@@ -53,6 +58,10 @@ struct RawUsage {
     input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +74,8 @@ struct Block {
     name: Option<String>,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +88,8 @@ struct DeltaBody {
     partial_json: Option<String>,
     #[serde(default)]
     thinking: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
     #[serde(default)]
     stop_reason: Option<String>,
 }
@@ -106,6 +119,12 @@ impl AnthropicDecoder {
         }
         if let Some(o) = u.output_tokens {
             self.usage.output_tokens = o;
+        }
+        if let Some(r) = u.cache_read_input_tokens {
+            self.usage.cache_read_input_tokens = r;
+        }
+        if let Some(w) = u.cache_creation_input_tokens {
+            self.usage.cache_creation_input_tokens = w;
         }
         out.push(Delta::Usage(self.usage));
     }
@@ -150,6 +169,13 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::Text(t));
                             }
                         }
+                        "thinking" => {
+                            if let Some(t) = b.thinking.filter(|t| !t.is_empty()) {
+                                out.push(Delta::Thinking(t));
+                            }
+                        }
+                        // redacted_thinking: opaque, and the stream gives no way to hand it
+                        // back to the client; server tool results and newer kinds.
                         _ => {}
                     }
                 }
@@ -175,7 +201,12 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::Thinking(t));
                             }
                         }
-                        // signature_delta, citations_delta and future kinds carry no text.
+                        Some("signature_delta") => {
+                            if let Some(sig) = d.signature.filter(|s| !s.is_empty()) {
+                                out.push(Delta::ThinkingSignature(sig));
+                            }
+                        }
+                        // citations_delta and future kinds carry no text.
                         _ => {}
                     }
                 }
@@ -216,5 +247,82 @@ impl WireDecoder for AnthropicDecoder {
 
     fn terminator(&self) -> &'static str {
         "message_stop"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::decode::StreamDecoder;
+
+    fn decode(body: &str) -> Vec<Delta> {
+        let mut d = StreamDecoder::new(AnthropicDecoder::default());
+        let mut out = Vec::new();
+        d.push(body.as_bytes(), &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn thinking_then_signature_and_redacted_skipped() {
+        let out = decode(concat!(
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me see.\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQBCgIYAhIM\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"redacted_thinking\",\"data\":\"EmwKAhgBEgy\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"text_delta\",\"text\":\"4\"}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ));
+        assert_eq!(
+            out,
+            [
+                Delta::Thinking("Let me see.".into()),
+                Delta::ThinkingSignature("EqQBCgIYAhIM".into()),
+                Delta::Text("4".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_usage_is_kept_apart_from_input() {
+        let out = decode(concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":12,\"cache_creation_input_tokens\":2048,\"cache_read_input_tokens\":30000,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":40}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":30001,\"output_tokens\":41}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ));
+        let usages: Vec<Usage> = out
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Usage(u) => Some(*u),
+                _ => None,
+            })
+            .collect();
+        let first = Usage {
+            input_tokens: 12,
+            output_tokens: 1,
+            cache_read_input_tokens: 30_000,
+            cache_creation_input_tokens: 2048,
+        };
+        assert_eq!(usages[0], first);
+        // A delta without cache fields keeps the ones message_start gave.
+        assert_eq!(
+            usages[1],
+            Usage {
+                output_tokens: 40,
+                ..first
+            }
+        );
+        assert_eq!(
+            usages[2],
+            Usage {
+                output_tokens: 41,
+                cache_read_input_tokens: 30_001,
+                ..first
+            }
+        );
     }
 }

@@ -1,22 +1,53 @@
 //! OpenAI Chat Completions (and every compatible endpoint: DeepSeek, OpenRouter, Groq, Ollama,
 //! vLLM...): request body and headers. The stream decoder is in [`stream`].
+//!
+//! Requests may come from an agent that spoke the Anthropic format. What this API has no place
+//! for (prompt-cache breakpoints, thinking signatures, redacted thinking) is dropped with a
+//! debug line; tool-result images, which a `tool` message cannot carry, follow in a `user`
+//! message.
 
 pub mod stream;
 
-use mythos_protocol::{ContentBlock, ErrorKind, Role};
+use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, Role, ToolChoice};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use super::anthropic::parse_json;
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::{secret_header, ProviderError, UpstreamRequest};
-use crate::config::ProviderConfig;
+use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
+use crate::config::{is_silent_reasoner, ProviderConfig};
+
+/// Most stop sequences the API takes.
+const MAX_STOP: usize = 4;
+
+/// Whether the endpoint is DeepSeek's, whose thinking mode wants its reasoning back on
+/// tool-call turns.
+pub fn is_deepseek(cfg: &ProviderConfig, model: &str) -> bool {
+    cfg.base_url.to_ascii_lowercase().contains("deepseek")
+        || model.to_ascii_lowercase().starts_with("deepseek")
+}
+
+/// `reasoning_effort` for a thinking budget (`None`: the model decides, `medium`).
+pub fn reasoning_effort(budget: Option<u32>) -> &'static str {
+    match budget {
+        None => "medium",
+        Some(b) if b <= 4096 => "low",
+        Some(b) if b <= 16_384 => "medium",
+        Some(_) => "high",
+    }
+}
+
+/// An `image_url` content part.
+fn image_part(source: &ImageSource) -> Value {
+    let url = match source {
+        ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+        ImageSource::Url { url } => url.clone(),
+    };
+    json!({"type": "image_url", "image_url": {"url": url}})
+}
 
 /// URL, headers and JSON body of a streamed chat completion.
-pub fn build(
-    cfg: &ProviderConfig,
-    req: &UpstreamRequest<'_>,
-) -> Result<(String, HeaderMap, Vec<u8>), ProviderError> {
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
     let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
     let mut headers = HeaderMap::new();
     if let Some(key) = &cfg.api_key {
@@ -26,45 +57,35 @@ pub fn build(
             format!("Bearer {}", key.expose()),
         );
     }
+    let chat = req.chat;
+    let opts = &chat.options;
+    let names = ToolNames::for_request(chat);
+    let deepseek = is_deepseek(cfg, req.model);
+    let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
-    let mut messages = Vec::with_capacity(req.chat.messages.len() + 3);
-    if let Some(system) = &req.chat.system {
+    let mut messages = Vec::with_capacity(chat.messages.len() + 3);
+    let system = match &chat.system {
+        Some(s) => Some(s.clone()),
+        // Cache breakpoints have no place here; the blocks' text is the prompt.
+        None if !opts.system_blocks.is_empty() => Some(
+            opts.system_blocks
+                .iter()
+                .map(|b| b.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        ),
+        None => None,
+    };
+    if let Some(system) = system {
         messages.push(json!({"role": "system", "content": system}));
     }
-    for m in &req.chat.messages {
-        let mut text = String::new();
-        let mut tool_calls = Vec::new();
-        for block in &m.content {
-            match block {
-                ContentBlock::Text { text: t } => text.push_str(t),
-                ContentBlock::ToolUse {
-                    id,
-                    name,
-                    input_json,
-                } => tool_calls.push(json!({"id": id, "type": "function",
-                    "function": {"name": name, "arguments": input_json}})),
-                // Tool results are messages of their own in this API.
-                ContentBlock::ToolResult {
-                    tool_use_id,
-                    content,
-                    ..
-                } => messages.push(json!({"role": "tool", "tool_call_id": tool_use_id,
-                                          "content": content})),
-                _ => {}
-            }
-        }
+    if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
+        tracing::debug!("openai: prompt-cache breakpoints dropped (caching is automatic)");
+    }
+    for m in &chat.messages {
         match m.role {
-            Role::User if !text.is_empty() => {
-                messages.push(json!({"role": "user", "content": text}));
-            }
-            Role::User => {}
-            Role::Assistant => {
-                let mut msg = json!({"role": "assistant", "content": text});
-                if !tool_calls.is_empty() {
-                    msg["tool_calls"] = Value::Array(tool_calls);
-                }
-                messages.push(msg);
-            }
+            Role::User => user_messages(&m.content, &mut messages),
+            Role::Assistant => messages.push(assistant_message(&m.content, &names, deepseek)),
         }
     }
     if let Some(prefill) = req.prefill.filter(|p| !p.is_empty()) {
@@ -78,32 +99,198 @@ pub fn build(
         "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
-        "max_tokens": req.max_tokens,
     });
-    if let Some(t) = req.chat.temperature {
-        body["temperature"] = json!(t);
+    if reasoning {
+        // Reasoning models count their hidden reasoning in this, and refuse `max_tokens`.
+        body["max_completion_tokens"] = json!(req.max_tokens);
+        if chat.temperature.is_some() || opts.top_p.is_some() {
+            tracing::debug!("openai: sampling parameters dropped (reasoning model)");
+        }
+        if let Some(t) = opts.thinking {
+            body["reasoning_effort"] = json!(reasoning_effort(t.budget_tokens));
+        }
+    } else {
+        body["max_tokens"] = json!(req.max_tokens);
+        if let Some(t) = chat.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = opts.top_p {
+            body["top_p"] = json!(p);
+        }
+        if opts.thinking.is_some() {
+            tracing::debug!(
+                model = req.model,
+                "openai: thinking dropped (not a reasoning model)"
+            );
+        }
     }
-    if !req.chat.tools.is_empty() {
-        let mut tools = Vec::with_capacity(req.chat.tools.len());
-        for t in &req.chat.tools {
+    let stop: Vec<&str> = opts
+        .stop
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if reasoning && !stop.is_empty() {
+        tracing::debug!("openai: stop sequences dropped (reasoning models refuse them)");
+    } else if !stop.is_empty() {
+        if stop.len() > MAX_STOP {
+            tracing::debug!(
+                dropped = stop.len() - MAX_STOP,
+                "openai: stop sequences over 4 dropped"
+            );
+        }
+        body["stop"] = json!(stop[..stop.len().min(MAX_STOP)]);
+    }
+    if let Some(user) = opts.user.as_deref().filter(|u| !u.is_empty()) {
+        body["user"] = json!(user);
+    }
+    if !chat.tools.is_empty() {
+        let mut tools = Vec::with_capacity(chat.tools.len());
+        for t in &chat.tools {
             tools.push(json!({"type": "function", "function": {
-                "name": t.name,
+                "name": names.wire(&t.name),
                 "description": t.description,
                 "parameters": parse_json(&t.input_schema_json, "tool input schema")?,
             }}));
         }
         body["tools"] = Value::Array(tools);
+        if let Some(choice) = &opts.tool_choice {
+            body["tool_choice"] = match choice {
+                ToolChoice::Auto => json!("auto"),
+                ToolChoice::Any => json!("required"),
+                ToolChoice::None => json!("none"),
+                ToolChoice::Tool { name } => {
+                    json!({"type": "function", "function": {"name": names.wire(name)}})
+                }
+            };
+        }
+        if let Some(p) = opts.parallel_tool_calls {
+            body["parallel_tool_calls"] = json!(p);
+        }
+    } else if opts.tool_choice.is_some() || opts.parallel_tool_calls.is_some() {
+        // The API refuses both without tools.
+        tracing::debug!("openai: tool_choice / parallel_tool_calls dropped (no tools)");
     }
     let bytes = serde_json::to_vec(&body)
         .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
-    Ok((url, headers, bytes))
+    Ok(Built {
+        url,
+        headers,
+        body: bytes,
+        tool_names: names,
+    })
+}
+
+/// A user turn: its tool results as `tool` messages first (they must directly follow the
+/// assistant turn that called the tools), then a `user` message with the tools' images, then
+/// the user's own text and images.
+fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
+    let mut parts: Vec<Value> = Vec::new();
+    let mut tool_images: Vec<Value> = Vec::new();
+    for block in content {
+        match block {
+            ContentBlock::Text { text } if !text.is_empty() => {
+                parts.push(json!({"type": "text", "text": text}));
+            }
+            ContentBlock::Image { source } => parts.push(image_part(source)),
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+                images,
+            } => {
+                let text = if *is_error
+                    && !content
+                        .trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("error")
+                {
+                    // No error flag in this API: say it in the text.
+                    format!("Error: {content}")
+                } else {
+                    content.clone()
+                };
+                messages.push(json!({"role": "tool", "tool_call_id": tool_use_id,
+                                     "content": text}));
+                if !images.is_empty() {
+                    // Most compatible servers refuse images in a `tool` message.
+                    tool_images.push(json!({"type": "text",
+                        "text": format!("Images returned by tool call {tool_use_id}:")}));
+                    tool_images.extend(images.iter().map(image_part));
+                }
+            }
+            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
+                tracing::debug!("openai: thinking in a user turn dropped");
+            }
+            ContentBlock::Text { .. } | ContentBlock::ToolUse { .. } => {}
+        }
+    }
+    // The tools' images in a message of their own, so the user's own turn reads the same as
+    // in the other formats.
+    for parts in [tool_images, parts] {
+        if parts.is_empty() {
+            continue;
+        }
+        let content = if parts.iter().all(|p| p["type"] == "text") {
+            // Text only: a plain string, which every compatible server accepts.
+            json!(parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>())
+        } else {
+            Value::Array(parts)
+        };
+        messages.push(json!({"role": "user", "content": content}));
+    }
+}
+
+/// An assistant turn: its text and tool calls (and, for DeepSeek, its reasoning).
+fn assistant_message(content: &[ContentBlock], names: &ToolNames, deepseek: bool) -> Value {
+    let mut text = String::new();
+    let mut thinking = String::new();
+    let mut tool_calls = Vec::new();
+    for block in content {
+        match block {
+            ContentBlock::Text { text: t } => text.push_str(t),
+            ContentBlock::ToolUse {
+                id,
+                name,
+                input_json,
+            } => tool_calls.push(json!({"id": id, "type": "function",
+                "function": {"name": names.wire(name), "arguments": input_json}})),
+            ContentBlock::Thinking { text: t, .. } => thinking.push_str(t),
+            ContentBlock::RedactedThinking { .. } => {
+                tracing::debug!("openai: redacted thinking dropped");
+            }
+            ContentBlock::Image { .. } | ContentBlock::ToolResult { .. } => {
+                tracing::debug!("openai: image or tool result in an assistant turn dropped");
+            }
+        }
+    }
+    let mut msg = json!({"role": "assistant", "content": text});
+    if !tool_calls.is_empty() {
+        msg["tool_calls"] = Value::Array(tool_calls);
+        if deepseek {
+            // DeepSeek's thinking mode refuses a tool-call turn without `reasoning_content`. A
+            // turn another provider wrote has no reasoning to give: it gets an empty one, as the
+            // field's absence is what is refused.
+            msg["reasoning_content"] = json!(thinking);
+            return msg;
+        }
+    }
+    if !thinking.is_empty() {
+        tracing::debug!("openai: thinking dropped");
+    }
+    msg
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Api, Secret};
-    use mythos_protocol::{ChatRequest, Message};
+    use mythos_protocol::{
+        CachePoint, CacheTtl, ChatRequest, Message, SystemBlock, Thinking, ToolSpec,
+    };
 
     #[test]
     fn body_with_continuation_and_tool_results() {
@@ -136,7 +323,9 @@ mod tests {
             max_tokens: 50,
             prefill: Some("Hello "),
         };
-        let (url, headers, body) = build(&cfg, &req).unwrap();
+        let Built {
+            url, headers, body, ..
+        } = build(&cfg, &req).unwrap();
         assert_eq!(url, "http://127.0.0.1:1/v1/chat/completions");
         assert!(headers["authorization"].is_sensitive());
         let v: Value = serde_json::from_slice(&body).unwrap();
@@ -150,5 +339,274 @@ mod tests {
         assert_eq!(roles, ["system", "user", "tool", "assistant", "user"]);
         assert_eq!(v["messages"][3]["content"], "Hello ");
         assert_eq!(v["messages"][4]["content"], CONTINUE_INSTRUCTION);
+    }
+
+    fn body_for(cfg: &ProviderConfig, chat: &ChatRequest) -> Value {
+        let req = UpstreamRequest {
+            chat,
+            model: &cfg.model,
+            max_tokens: 100,
+            prefill: None,
+        };
+        serde_json::from_slice(&build(cfg, &req).unwrap().body).unwrap()
+    }
+
+    fn openai(model: &str) -> ProviderConfig {
+        ProviderConfig::new("openai", Api::Openai, "https://api.openai.com/v1", model)
+    }
+
+    fn tool(name: &str) -> ToolSpec {
+        ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }
+    }
+
+    fn png() -> ImageSource {
+        ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBOR".into(),
+        }
+    }
+
+    #[test]
+    fn images_become_parts_and_tool_images_follow_the_tool_messages() {
+        let mut chat = ChatRequest::user_text(1, "see");
+        chat.messages[0].content.push(ContentBlock::Image {
+            source: ImageSource::Url {
+                url: "https://x/y.jpg".into(),
+            },
+        });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::ToolUse {
+                    id: "c1".into(),
+                    name: "shot".into(),
+                    input_json: "{}".into(),
+                },
+                ContentBlock::ToolUse {
+                    id: "c2".into(),
+                    name: "run".into(),
+                    input_json: "{}".into(),
+                },
+            ],
+        });
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![
+                ContentBlock::ToolResult {
+                    tool_use_id: "c1".into(),
+                    content: "here".into(),
+                    is_error: false,
+                    images: vec![png()],
+                },
+                ContentBlock::ToolResult {
+                    tool_use_id: "c2".into(),
+                    content: "exit 1".into(),
+                    is_error: true,
+                    images: Vec::new(),
+                },
+                ContentBlock::ToolResult {
+                    tool_use_id: "c3".into(),
+                    content: "Error: already said".into(),
+                    is_error: true,
+                    images: Vec::new(),
+                },
+            ],
+        });
+        let v = body_for(&openai("gpt-4o"), &chat);
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(
+            m[0]["content"],
+            json!([{"type": "text", "text": "see"},
+                   {"type": "image_url", "image_url": {"url": "https://x/y.jpg"}}])
+        );
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "here"})
+        );
+        assert_eq!(m[3]["content"], "Error: exit 1");
+        assert_eq!(m[4]["content"], "Error: already said");
+        assert_eq!(
+            m[5],
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "Images returned by tool call c1:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}}]})
+        );
+        assert_eq!(m.len(), 6);
+        // Plain text stays a plain string.
+        let v = body_for(&openai("gpt-4o"), &ChatRequest::user_text(1, "hi"));
+        assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn thinking_goes_back_to_deepseek_tool_turns_only() {
+        let mut chat = ChatRequest::user_text(1, "q");
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "plan".into(),
+                    signature: Some("anthropic-sig".into()),
+                },
+                ContentBlock::RedactedThinking { data: "x".into() },
+                ContentBlock::ToolUse {
+                    id: "c".into(),
+                    name: "f".into(),
+                    input_json: "{}".into(),
+                },
+            ],
+        });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![
+                ContentBlock::Thinking {
+                    text: "musing".into(),
+                    signature: None,
+                },
+                ContentBlock::Text { text: "a".into() },
+            ],
+        });
+        let ds = ProviderConfig::new(
+            "ds",
+            Api::Openai,
+            "https://api.deepseek.com",
+            "deepseek-reasoner",
+        );
+        let v = body_for(&ds, &chat);
+        assert_eq!(v["messages"][1]["reasoning_content"], "plan");
+        assert!(v["messages"][2].get("reasoning_content").is_none());
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert!(v["messages"][1].get("reasoning_content").is_none());
+        assert!(!v.to_string().contains("plan"));
+        assert!(!v.to_string().contains("musing"));
+        // A tool-call turn with no thinking still gets the field DeepSeek insists on.
+        chat.messages[1].content.remove(0);
+        let v = body_for(&ds, &chat);
+        assert_eq!(v["messages"][1]["reasoning_content"], "");
+    }
+
+    #[test]
+    fn options_and_dropped_caching() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.system = None;
+        chat.options.system_blocks = vec![
+            SystemBlock {
+                text: "a".into(),
+                cache: Some(CacheTtl::Hour),
+            },
+            SystemBlock {
+                text: "b".into(),
+                cache: None,
+            },
+        ];
+        chat.options.cache_points = vec![CachePoint {
+            message: 0,
+            block: 0,
+            ttl: CacheTtl::Default,
+        }];
+        chat.temperature = Some(0.5);
+        chat.options.top_p = Some(0.5);
+        chat.options.stop = (0..6).map(|i| format!("s{i}")).collect();
+        chat.options.user = Some("u".into());
+        chat.options.tool_choice = Some(ToolChoice::Any);
+        chat.options.parallel_tool_calls = Some(false);
+        chat.options.thinking = Some(Thinking {
+            budget_tokens: Some(50_000),
+            display: true,
+        });
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(
+            v["messages"][0],
+            json!({"role": "system", "content": "a\n\nb"})
+        );
+        assert!(!v.to_string().contains("cache"));
+        assert_eq!(v["stop"], json!(["s0", "s1", "s2", "s3"]));
+        assert_eq!(v["user"], "u");
+        assert_eq!(v["max_tokens"], 100);
+        assert!(v["top_p"].is_number() && v["temperature"].is_number());
+        assert!(v.get("reasoning_effort").is_none());
+        // No tools: no tool_choice, no parallel_tool_calls.
+        assert!(v.get("tool_choice").is_none() && v.get("parallel_tool_calls").is_none());
+
+        chat.tools.push(tool("read"));
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(v["tool_choice"], "required");
+        assert_eq!(v["parallel_tool_calls"], false);
+        for (choice, want) in [
+            (ToolChoice::Auto, json!("auto")),
+            (ToolChoice::None, json!("none")),
+            (
+                ToolChoice::Tool {
+                    name: "read".into(),
+                },
+                json!({"type": "function", "function": {"name": "read"}}),
+            ),
+        ] {
+            chat.options.tool_choice = Some(choice);
+            assert_eq!(body_for(&openai("gpt-4o"), &chat)["tool_choice"], want);
+        }
+    }
+
+    #[test]
+    fn reasoning_models_get_their_own_parameters() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.temperature = Some(0.5);
+        chat.options.top_p = Some(0.5);
+        chat.options.stop = vec!["x".into()];
+        let v = body_for(&openai("o3"), &chat);
+        assert_eq!(v["max_completion_tokens"], 100);
+        for absent in [
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "reasoning_effort",
+        ] {
+            assert!(v.get(absent).is_none(), "{absent}");
+        }
+        for (budget, effort) in [
+            (None, "medium"),
+            (Some(1024), "low"),
+            (Some(4096), "low"),
+            (Some(16_384), "medium"),
+            (Some(32_000), "high"),
+        ] {
+            chat.options.thinking = Some(Thinking {
+                budget_tokens: budget,
+                display: false,
+            });
+            assert_eq!(
+                body_for(&openai("gpt-5"), &chat)["reasoning_effort"],
+                effort
+            );
+        }
+        // Configured as a reasoner although the name does not say so.
+        let mut cfg = openai("my-thinker");
+        cfg.reasoning = true;
+        assert_eq!(body_for(&cfg, &chat)["reasoning_effort"], "high");
+    }
+
+    #[test]
+    fn tool_names_are_fitted_and_returned() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        chat.tools.push(tool("fs/read file"));
+        chat.options.tool_choice = Some(ToolChoice::Tool {
+            name: "fs/read file".into(),
+        });
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "gpt-4o",
+            max_tokens: 10,
+            prefill: None,
+        };
+        let b = build(&openai("gpt-4o"), &req).unwrap();
+        let v: Value = serde_json::from_slice(&b.body).unwrap();
+        let wire = v["tools"][0]["function"]["name"].as_str().unwrap();
+        assert!(super::super::toolnames::is_valid(wire));
+        assert_eq!(v["tool_choice"]["function"]["name"], wire);
+        assert_eq!(b.tool_names.client(wire.into()), "fs/read file");
     }
 }

@@ -3,6 +3,10 @@
 //! Only choice 0 is read (the daemon never asks for `n > 1`). DeepSeek's `reasoning_content`
 //! becomes thinking; the final chunk with `"choices":[]` carries usage; `[DONE]` ends the
 //! stream. Servers report failures mid-stream as a chunk with an `error` object.
+//!
+//! Usage counts prompt tokens served from the provider's cache (OpenAI
+//! `prompt_tokens_details.cached_tokens`, DeepSeek `prompt_cache_hit_tokens`) as cache reads,
+//! and only the rest as input, as Anthropic does, so no token is counted twice.
 
 use mythos_protocol::{FinishReason, Usage};
 use serde::Deserialize;
@@ -77,6 +81,16 @@ struct RawUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -158,10 +172,17 @@ impl WireDecoder for OpenAiDecoder {
             }
         }
         if let Some(u) = chunk.usage {
+            let cached = u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .or(u.prompt_cache_hit_tokens)
+                .unwrap_or(0)
+                .min(u.prompt_tokens);
             out.push(Delta::Usage(Usage {
-                input_tokens: u.prompt_tokens,
+                input_tokens: u.prompt_tokens - cached,
                 output_tokens: u.completion_tokens,
-                ..Usage::default()
+                cache_read_input_tokens: cached,
+                cache_creation_input_tokens: 0,
             }));
         }
         Ok(())
@@ -173,5 +194,58 @@ impl WireDecoder for OpenAiDecoder {
 
     fn terminator(&self) -> &'static str {
         "[DONE]"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::decode::StreamDecoder;
+
+    fn usage_of(chunk: &str) -> Usage {
+        let mut d = StreamDecoder::new(OpenAiDecoder::default());
+        let mut out = Vec::new();
+        d.push(
+            format!("data: {chunk}\n\ndata: [DONE]\n\n").as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        d.finish(&mut out).unwrap();
+        out.into_iter()
+            .find_map(|d| match d {
+                Delta::Usage(u) => Some(u),
+                _ => None,
+            })
+            .expect("usage")
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_not_counted_twice() {
+        let openai = usage_of(
+            r#"{"choices":[],"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0}}}"#,
+        );
+        assert_eq!(
+            openai,
+            Usage {
+                input_tokens: 86,
+                output_tokens: 300,
+                cache_read_input_tokens: 1920,
+                cache_creation_input_tokens: 0,
+            }
+        );
+        let deepseek = usage_of(
+            r#"{"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}}"#,
+        );
+        assert_eq!(
+            (deepseek.input_tokens, deepseek.cache_read_input_tokens),
+            (36, 64)
+        );
+        let plain = usage_of(r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":1}}"#);
+        assert_eq!((plain.input_tokens, plain.cache_read_input_tokens), (7, 0));
+        // A server that reports more cached than prompt tokens does not underflow.
+        let odd = usage_of(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":9}}}"#,
+        );
+        assert_eq!((odd.input_tokens, odd.cache_read_input_tokens), (0, 5));
     }
 }
