@@ -9,8 +9,18 @@ use serde_json::{json, Value};
 /// with prompt-cache breakpoints, `?beta=true`.
 fn claude_code_request(prompt: &str) -> Value {
     let tools: Vec<Value> = [
-        "Task", "Bash", "Glob", "Grep", "LS", "ExitPlanMode", "Read", "Edit", "MultiEdit",
-        "Write", "NotebookEdit", "WebFetch",
+        "Task",
+        "Bash",
+        "Glob",
+        "Grep",
+        "LS",
+        "ExitPlanMode",
+        "Read",
+        "Edit",
+        "MultiEdit",
+        "Write",
+        "NotebookEdit",
+        "WebFetch",
     ]
     .iter()
     .map(|name| {
@@ -107,7 +117,11 @@ async fn claude_code_served_by_an_openai_format_provider() {
     );
 
     // What the OpenAI-format provider received: its own dialect, nothing it would refuse.
-    let sent = mocks.openai.requests().pop().expect("the openai mock was asked");
+    let sent = mocks
+        .openai
+        .requests()
+        .pop()
+        .expect("the openai mock was asked");
     let b = &sent.body;
     assert_eq!(b["messages"][0]["role"], "system");
     assert!(b["messages"][0]["content"]
@@ -120,7 +134,10 @@ async fn claude_code_served_by_an_openai_format_provider() {
         .as_u64()
         .or_else(|| b["max_completion_tokens"].as_u64())
         .unwrap();
-    assert!(limit <= 16_384, "max_tokens {limit} is above gpt-4o's output limit");
+    assert!(
+        limit <= 16_384,
+        "max_tokens {limit} is above gpt-4o's output limit"
+    );
     let text = b.to_string();
     assert!(!text.contains("cache_control"), "{text}");
     assert!(!text.contains("\"thinking\""), "{text}");

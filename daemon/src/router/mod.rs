@@ -780,13 +780,15 @@ impl Router {
                 .as_ref()
                 .and_then(|pin| pin.model.clone())
                 .unwrap_or_else(|| p.cfg.model.clone());
+            // An agent asking for 128,000 output tokens must still be served by a model whose
+            // limit is 8,192: clamp to the serving model's limit (providers refuse more).
+            let limit = plan.max_tokens.min(p.cfg.output_limit()).max(1);
             // A continuation may only produce what the first part left of the output limit.
             let max_tokens = match &prefill {
-                Some(text) => plan
-                    .max_tokens
+                Some(text) => limit
                     .saturating_sub(estimate_tokens(text) as u32)
-                    .max(plan.max_tokens.min(MIN_CONTINUATION_TOKENS)),
-                None => plan.max_tokens,
+                    .max(limit.min(MIN_CONTINUATION_TOKENS)),
+                None => limit,
             };
             let upstream = UpstreamRequest {
                 chat: req,
