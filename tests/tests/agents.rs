@@ -237,3 +237,121 @@ async fn openai_tool_round_trip_served_by_anthropic_format() {
     assert_eq!(turns[2]["content"][0]["type"], "tool_result");
     assert_eq!(turns[2]["content"][0]["tool_use_id"], call["id"]);
 }
+
+async fn post(http: &reqwest::Client, url: String, token: &str, body: &Value) -> (u16, String) {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Anthropic's signed thinking streams through as thinking blocks with their signature, goes
+/// back to Anthropic verified, and is never sent to another provider with a signature it did
+/// not make; foreign reasoning replayed to Anthropic is dropped, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_round_trips_across_providers() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/messages");
+    let first = json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "max_tokens": 4096,
+        "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "messages": [{"role": "user", "content": "think first"}],
+    });
+    let (status, body) = post(&http, url.clone(), &token, &first).await;
+    assert_eq!(status, 200, "{body}");
+    let f = frames(&body);
+    let thinking: String = f
+        .iter()
+        .filter(|(n, d)| n == "content_block_delta" && d["delta"]["type"] == "thinking_delta")
+        .map(|(_, d)| d["delta"]["thinking"].as_str().unwrap().to_string())
+        .collect();
+    let signature: String = f
+        .iter()
+        .filter(|(_, d)| d["delta"]["type"] == "signature_delta")
+        .map(|(_, d)| d["delta"]["signature"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!thinking.is_empty() && !signature.is_empty(), "{body}");
+    let text = text_of(&f);
+
+    // The next turn replays the signed thinking to Anthropic, which checks the signature.
+    let history = json!([
+        {"role": "user", "content": "think first"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": thinking, "signature": signature},
+            {"type": "text", "text": text}
+        ]},
+        {"role": "user", "content": "and now?"}
+    ]);
+    let mut next = first.clone();
+    next["messages"] = history.clone();
+    let (status, body) = post(&http, url.clone(), &token, &next).await;
+    assert_eq!(status, 200, "Anthropic refused its own thinking: {body}");
+
+    // The same history to the OpenAI-format provider: the signature stays behind.
+    next["model"] = json!("openai/gpt-4o");
+    let (status, body) = post(&http, url.clone(), &token, &next).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mocks.openai.requests().pop().unwrap();
+    assert!(!sent.body.to_string().contains(&signature));
+
+    // A forged signature (or foreign reasoning without one) never reaches Anthropic.
+    let mut forged = history.clone();
+    forged[1]["content"][0]["signature"] = json!("");
+    next["model"] = json!("anthropic/claude-sonnet-4-5");
+    next["messages"] = forged;
+    next["thinking"] = json!({"type": "disabled"});
+    let (status, body) = post(&http, url, &token, &next).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Images reach a provider of the other format: a data URL through Chat Completions to the
+/// Anthropic-format provider, a base64 block through Messages to the OpenAI-format one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_cross_formats() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    let chat = json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}}
+        ]}],
+    });
+    let (status, body) = post(&http, format!("{base}/v1/chat/completions"), &token, &chat).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with("I see 1 image(s)."), "{text}");
+
+    let messages = json!({
+        "model": "openai/gpt-4o",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "what is it"}
+        ]}],
+    });
+    let (status, body) = post(&http, format!("{base}/v1/messages"), &token, &messages).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let text = v["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("I see 1 image(s)."), "{text}");
+    let sent = mocks.openai.requests().pop().unwrap();
+    assert!(sent.body.to_string().contains("data:image/png;base64,"));
+}
