@@ -32,7 +32,11 @@ fn workspace() -> PathBuf {
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MYTHOS_SDK_PYTHON") {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "MYTHOS_SDK_PYTHON={} does not exist", p.display());
+        assert!(
+            p.exists(),
+            "MYTHOS_SDK_PYTHON={} does not exist",
+            p.display()
+        );
         return Some(p);
     }
     let venv = workspace().join("target/sdk-venv/bin/python");
@@ -190,7 +194,10 @@ async fn anthropic_tools_on_an_openai_format_provider() {
         return;
     };
     w.run("anthropic_tools", "call: note this down").await;
-    assert_eq!(w.requests(), [("anthropic", 0), ("deepseek", 0), ("openai", 2)]);
+    assert_eq!(
+        w.requests(),
+        [("anthropic", 0), ("deepseek", 0), ("openai", 2)]
+    );
     // The tool result reached the provider in its own format.
     let second = w.mocks.openai.requests().pop().expect("the second turn");
     let tool = second.body["messages"]
@@ -201,7 +208,12 @@ async fn anthropic_tools_on_an_openai_format_provider() {
         .cloned()
         .unwrap_or_else(|| panic!("no tool message in {}", second.body));
     assert_eq!(tool["content"], "noted", "{tool}");
-    assert!(tool["tool_call_id"].as_str().is_some_and(|id| !id.is_empty()), "{tool}");
+    assert!(
+        tool["tool_call_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{tool}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +240,11 @@ async fn anthropic_auth() {
         return;
     };
     w.run("anthropic_auth", "unused").await;
-    assert_eq!(w.total_requests(), 0, "a request without the token went upstream");
+    assert_eq!(
+        w.total_requests(),
+        0,
+        "a request without the token went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +255,8 @@ async fn anthropic_failover_mid_text() {
     w.mocks
         .anthropic
         .inject([SimFault::DisconnectAfter { tokens: 7 }]);
-    w.run("anthropic_failover_text", "explain failover to me").await;
+    w.run("anthropic_failover_text", "explain failover to me")
+        .await;
     assert_eq!(w.continuations(), 1, "requests {:?}", w.requests());
 }
 
@@ -251,7 +268,8 @@ async fn anthropic_failover_mid_tool_call() {
     w.mocks
         .anthropic
         .inject([SimFault::DisconnectAfter { tokens: 4 }]);
-    w.run("anthropic_failover_tool", "call: record the failover").await;
+    w.run("anthropic_failover_tool", "call: record the failover")
+        .await;
     // The broken call, its re-make elsewhere, and the fault-free baseline.
     assert_eq!(w.total_requests(), 3, "{:?}", w.requests());
     assert_eq!(w.total_completed(), 2, "{:?}", w.requests());
@@ -268,7 +286,11 @@ async fn anthropic_pinned_failure_after_start_raises() {
     w.run("anthropic_pinned_failure", "pinned and broken").await;
     let r = w.requests();
     assert!(r[0].1 >= 1, "{r:?}");
-    assert_eq!((r[1].1, r[2].1), (0, 0), "a pinned request fell back: {r:?}");
+    assert_eq!(
+        (r[1].1, r[2].1),
+        (0, 0),
+        "a pinned request fell back: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +308,10 @@ async fn anthropic_does_not_retry_what_the_daemon_retried() {
     }
     w.run("anthropic_no_double_retry", "unused").await;
     let r = w.requests();
-    assert!(r.iter().all(|(_, n)| *n >= 1), "the daemon did not try every provider: {r:?}");
+    assert!(
+        r.iter().all(|(_, n)| *n >= 1),
+        "the daemon did not try every provider: {r:?}"
+    );
 }
 
 // ----- OpenAI SDK --------------------------------------------------------------------------
@@ -313,7 +338,10 @@ async fn openai_tools_on_the_anthropic_format_provider() {
         return;
     };
     w.run("openai_tools", "call: note this down").await;
-    assert_eq!(w.requests(), [("anthropic", 2), ("deepseek", 0), ("openai", 0)]);
+    assert_eq!(
+        w.requests(),
+        [("anthropic", 2), ("deepseek", 0), ("openai", 0)]
+    );
     let second = w.mocks.anthropic.requests().pop().expect("the second turn");
     let messages = second.body["messages"].as_array().expect("messages");
     let result = messages
@@ -322,7 +350,9 @@ async fn openai_tools_on_the_anthropic_format_provider() {
         .find(|b| b["type"] == "tool_result")
         .unwrap_or_else(|| panic!("no tool_result block in {}", second.body));
     assert!(
-        result["tool_use_id"].as_str().is_some_and(|id| !id.is_empty()),
+        result["tool_use_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
         "{result}"
     );
     let use_ = messages
@@ -345,7 +375,8 @@ async fn openai_failover_mid_text() {
     w.mocks
         .anthropic
         .inject([SimFault::DisconnectAfter { tokens: 7 }]);
-    w.run("openai_failover_text", "explain failover to me").await;
+    w.run("openai_failover_text", "explain failover to me")
+        .await;
     assert_eq!(w.continuations(), 1, "requests {:?}", w.requests());
 }
 
@@ -357,7 +388,8 @@ async fn openai_failover_mid_tool_call() {
     w.mocks
         .anthropic
         .inject([SimFault::DisconnectAfter { tokens: 4 }]);
-    w.run("openai_failover_tool", "call: record the failover").await;
+    w.run("openai_failover_tool", "call: record the failover")
+        .await;
     assert_eq!(w.total_requests(), 3, "{:?}", w.requests());
     assert_eq!(w.total_completed(), 2, "{:?}", w.requests());
 }
@@ -373,7 +405,11 @@ async fn openai_pinned_failure_after_start_raises() {
     w.run("openai_pinned_failure", "pinned and broken").await;
     let r = w.requests();
     assert!(r[2].1 >= 1, "{r:?}");
-    assert_eq!((r[0].1, r[1].1), (0, 0), "a pinned request fell back: {r:?}");
+    assert_eq!(
+        (r[0].1, r[1].1),
+        (0, 0),
+        "a pinned request fell back: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,5 +445,8 @@ async fn openai_does_not_retry_what_the_daemon_retried() {
     }
     w.run("openai_no_double_retry", "unused").await;
     let r = w.requests();
-    assert!(r.iter().all(|(_, n)| *n >= 1), "the daemon did not try every provider: {r:?}");
+    assert!(
+        r.iter().all(|(_, n)| *n >= 1),
+        "the daemon did not try every provider: {r:?}"
+    );
 }
