@@ -6,7 +6,7 @@
 //! - [`config`]: `[http]`, where it listens and how model names hint the task;
 //! - [`token`]: the local token agents present instead of a provider key;
 //! - [`models`]: `PROVIDER/MODEL` pins, aliases, hints, and `GET /v1/models`;
-//! - [`messages`], [`chat`]: each API's request translation and stream encoder;
+//! - [`messages`], [`chat`], [`responses`]: each API's request translation and stream encoder;
 //! - [`relay`]: one request through the router, shared by the APIs;
 //! - [`errors`]: each API's error shapes and the no-double-retry headers.
 
@@ -17,6 +17,7 @@ pub mod listener;
 pub mod messages;
 pub mod models;
 pub mod relay;
+pub mod responses;
 #[cfg(test)]
 mod roundtrip;
 pub mod token;
@@ -151,6 +152,15 @@ pub fn routes(front: Arc<Front>) -> Routes {
             }),
         )
         .route(
+            "/v1/responses",
+            post(|State(f): State<Arc<Front>>, body: Body| async move {
+                match body {
+                    Ok(b) => responses::create(f, b).await,
+                    Err(e) => rejected(e, Dialect::Openai),
+                }
+            }),
+        )
+        .route(
             "/v1/models",
             get(|State(f): State<Arc<Front>>| async move {
                 let router = f.ctx.router();
@@ -186,7 +196,8 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 kind: mythos_protocol::ErrorKind::NotFound,
                 message: format!(
                     "mythosd does not serve {} {} (it serves /v1/messages, \
-                     /v1/messages/count_tokens, /v1/chat/completions, /v1/models, /health)",
+                     /v1/messages/count_tokens, /v1/chat/completions, /v1/responses, /v1/models, \
+                     /health)",
                     req.method(),
                     req.uri().path()
                 ),

@@ -1,0 +1,109 @@
+//! `POST /v1/responses`: the OpenAI Responses API, the subset Codex CLI and the official SDKs
+//! use. Stateless: every request carries the whole conversation (see [`request`]).
+
+pub mod request;
+pub mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use super::errors::{ApiError, Dialect};
+use super::relay::{self, Answer, Block};
+use super::Front;
+use stream::{Item, Meta, State};
+
+/// Serve one Responses request, streaming or not.
+pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
+    let received = Instant::now();
+    match serve(front, body, received).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(Dialect::Openai),
+    }
+}
+
+async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
+    let value = super::json_body(&body)?;
+    let parsed = request::parse(&value)?;
+    let mut chat = parsed.chat;
+    front.route_options(&mut chat, &parsed.model);
+    let mut routed = relay::start(&front.ctx, chat)?;
+    let head = routed.head(received, received.elapsed()).await?;
+    let mut headers = HeaderMap::new();
+    head.headers(&mut headers);
+    if parsed.stream {
+        let (encoder, first) = stream::ResponsesEncoder::start(&head, parsed.echo);
+        super::sse_headers(&mut headers);
+        let body = routed.into_body(first.freeze(), encoder);
+        return Ok((StatusCode::OK, headers, body).into_response());
+    }
+    let (answer, done) = routed.collect(&head).await?;
+    let meta = Meta::new(&head, parsed.echo);
+    let (status, incomplete) = stream::outcome(&done.finish);
+    let items = items(&answer, head.record);
+    // Only the item the limit cut short is incomplete, as in the stream.
+    let last = items.len().saturating_sub(1);
+    let state = State {
+        status,
+        output: items
+            .iter()
+            .enumerate()
+            .map(|(k, i)| match status {
+                "incomplete" if k == last => i.json("incomplete"),
+                _ => i.json("completed"),
+            })
+            .collect(),
+        usage: Some(&done.usage),
+        error: serde_json::Value::Null,
+        incomplete,
+    };
+    let body = meta.response(&done.model, &state);
+    // The provider that finished may not be the one that started.
+    if let Ok(v) = HeaderValue::from_str(&done.provider) {
+        headers.insert("x-mythos-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.model) {
+        headers.insert("x-mythos-model", v);
+    }
+    headers.insert("x-mythos-rerouted", HeaderValue::from(routed.reroutes));
+    Ok((StatusCode::OK, headers, axum::Json(body)).into_response())
+}
+
+/// A whole answer as output items, numbered as the stream would number them.
+fn items(answer: &Answer, record: u64) -> Vec<Item> {
+    let mut out = Vec::with_capacity(answer.blocks.len());
+    for b in &answer.blocks {
+        let n = out.len();
+        out.push(match b {
+            Block::Thinking { text, .. } => {
+                if text.is_empty() {
+                    continue;
+                }
+                Item::Reasoning {
+                    id: Item::id("rs", record, n),
+                    text: text.clone(),
+                }
+            }
+            Block::Text(text) => Item::Message {
+                id: Item::id("msg", record, n),
+                text: text.clone(),
+            },
+            Block::Tool { id, name, args } => Item::Call {
+                id: Item::id("fc", record, n),
+                call_id: id.clone(),
+                name: name.clone(),
+                args: if args.is_empty() {
+                    "{}".into()
+                } else {
+                    args.clone()
+                },
+            },
+        });
+    }
+    out
+}

@@ -1,0 +1,598 @@
+//! Stream events → the Responses API event stream, shaped like the live API's recordings in
+//! `daemon/testdata/responses/`: every frame has its `event:` line and a `data:` object with
+//! `type` and an increasing `sequence_number`.
+//!
+//! `response.created`, `response.in_progress`; then each output item in order: `added`, its
+//! parts and deltas, their `done`s, the item's `done`; then `response.completed` (or
+//! `response.incomplete` at the token limit) with the whole response object. A failure after
+//! the stream began ends with `response.failed`, never `completed`.
+//!
+//! What the clients read: Codex CLI (`codex-rs/codex-api/src/sse/responses.rs`) acts on
+//! `response.created`, `response.output_item.added`, `response.output_item.done` (the items it
+//! keeps in its history), `response.output_text.delta`, `response.reasoning_summary_part.added`,
+//! `response.reasoning_summary_text.delta` (by `summary_index`), `response.failed`
+//! (`response.error.code` / `message`: `context_length_exceeded` and `insufficient_quota` are
+//! final, anything else is retried, after the delay a "try again in N s" message gives) and
+//! `response.completed` (`response.id`, `usage`); a stream that ends without `completed` is an
+//! error to it. The openai-python stream helper builds its snapshot from `output_item.added`,
+//! `content_part.added` and the deltas, and `get_final_response()` needs `response.completed`.
+
+use bytes::BytesMut;
+use mythos_protocol::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
+use serde_json::{json, Map, Value};
+
+use crate::http::errors::{openai_type, status_of};
+use crate::http::relay::{sse, Encoder, Head};
+
+/// The response-level facts every response object repeats.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// `resp_mythos_<record>`.
+    pub id: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The routing record, for item ids.
+    pub record: u64,
+    /// The request's settings, echoed (see [`super::request::Parsed::echo`]).
+    pub echo: Map<String, Value>,
+}
+
+impl Meta {
+    /// The facts for a response headed by `head`.
+    pub fn new(head: &Head, echo: Map<String, Value>) -> Self {
+        Meta {
+            id: format!("resp_mythos_{}", head.record),
+            created_at: mythos_protocol::clock::now_unix_ms() / 1000,
+            record: head.record,
+            echo,
+        }
+    }
+
+    /// A response object, with the fields (and their order) the live API sends.
+    pub fn response(&self, model: &str, state: &State<'_>) -> Value {
+        let mut r = Map::new();
+        let echo = |k: &str| self.echo.get(k).cloned().unwrap_or(Value::Null);
+        r.insert("id".into(), json!(self.id));
+        r.insert("object".into(), json!("response"));
+        r.insert("created_at".into(), json!(self.created_at));
+        r.insert("status".into(), json!(state.status));
+        r.insert("background".into(), json!(false));
+        r.insert("error".into(), state.error.clone());
+        r.insert("incomplete_details".into(), state.incomplete.clone());
+        for k in ["instructions", "max_output_tokens", "max_tool_calls"] {
+            r.insert(k.into(), echo(k));
+        }
+        r.insert("model".into(), json!(model));
+        r.insert("output".into(), Value::Array(state.output.clone()));
+        r.insert("parallel_tool_calls".into(), echo("parallel_tool_calls"));
+        r.insert("previous_response_id".into(), Value::Null);
+        r.insert("prompt_cache_key".into(), echo("prompt_cache_key"));
+        r.insert("prompt_cache_retention".into(), Value::Null);
+        for k in ["reasoning", "safety_identifier"] {
+            r.insert(k.into(), echo(k));
+        }
+        r.insert("service_tier".into(), json!("default"));
+        for k in ["store", "temperature", "text", "tool_choice", "tools"] {
+            r.insert(k.into(), echo(k));
+        }
+        r.insert("top_logprobs".into(), json!(0));
+        r.insert("top_p".into(), echo("top_p"));
+        r.insert("truncation".into(), json!("disabled"));
+        r.insert(
+            "usage".into(),
+            state.usage.map(usage_json).unwrap_or(Value::Null),
+        );
+        r.insert("user".into(), echo("user"));
+        r.insert("metadata".into(), echo("metadata"));
+        Value::Object(r)
+    }
+}
+
+/// Where a response stands, for [`Meta::response`].
+#[derive(Debug, Clone)]
+pub struct State<'a> {
+    /// `in_progress`, `completed`, `incomplete` or `failed`.
+    pub status: &'a str,
+    /// The output items, finished.
+    pub output: Vec<Value>,
+    /// Token counts, once known.
+    pub usage: Option<&'a Usage>,
+    /// `{code, message}` when failed.
+    pub error: Value,
+    /// `{reason}` when incomplete.
+    pub incomplete: Value,
+}
+
+impl State<'_> {
+    /// A response that has just begun.
+    pub fn in_progress() -> Self {
+        State {
+            status: "in_progress",
+            output: Vec::new(),
+            usage: None,
+            error: Value::Null,
+            incomplete: Value::Null,
+        }
+    }
+}
+
+/// The response's status and `incomplete_details` for a finish. The live API says
+/// `incomplete` only for the token limit and the content filter.
+pub fn outcome(finish: &FinishReason) -> (&'static str, Value) {
+    match finish {
+        FinishReason::MaxTokens => ("incomplete", json!({"reason": "max_output_tokens"})),
+        FinishReason::ContentFilter => ("incomplete", json!({"reason": "content_filter"})),
+        _ => ("completed", Value::Null),
+    }
+}
+
+/// Responses usage JSON. OpenAI counts cached prompt tokens inside `input_tokens`; the router
+/// counts them apart. The router does not know how many output tokens were reasoning.
+pub fn usage_json(u: &Usage) -> Value {
+    let input = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + u.output_tokens,
+    })
+}
+
+/// One output item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// Answer text.
+    Message {
+        /// `msg_…`.
+        id: String,
+        /// The text.
+        text: String,
+    },
+    /// Reasoning, sent as its summary: the text is what the model showed of its thinking.
+    Reasoning {
+        /// `rs_…`.
+        id: String,
+        /// The text.
+        text: String,
+    },
+    /// A function call.
+    Call {
+        /// `fc_…`.
+        id: String,
+        /// The id the client answers with `function_call_output`.
+        call_id: String,
+        /// Function name.
+        name: String,
+        /// Arguments, JSON text.
+        args: String,
+    },
+}
+
+impl Item {
+    /// An item's id for output position `n` of record `record`.
+    pub fn id(prefix: &str, record: u64, n: usize) -> String {
+        format!("{prefix}_mythos_{record}_{n}")
+    }
+
+    /// The item as JSON: an empty shell while `in_progress` (as `output_item.added` carries
+    /// it), whole otherwise.
+    pub fn json(&self, status: &str) -> Value {
+        let shell = status == "in_progress";
+        match self {
+            Item::Message { id, text } => json!({
+                "id": id,
+                "type": "message",
+                "status": status,
+                "content": if shell { json!([]) } else { json!([output_text(text)]) },
+                "role": "assistant",
+            }),
+            // The live API's reasoning items carry no status.
+            Item::Reasoning { id, text } => json!({
+                "id": id,
+                "type": "reasoning",
+                "summary": if shell || text.is_empty() { json!([]) }
+                           else { json!([{"type": "summary_text", "text": text}]) },
+            }),
+            Item::Call {
+                id,
+                call_id,
+                name,
+                args,
+            } => json!({
+                "id": id,
+                "type": "function_call",
+                "status": status,
+                "arguments": if shell { "" } else { args.as_str() },
+                "call_id": call_id,
+                "name": name,
+            }),
+        }
+    }
+}
+
+fn output_text(text: &str) -> Value {
+    json!({"type": "output_text", "annotations": [], "logprobs": [], "text": text})
+}
+
+/// A tool call being gathered: router index, call id, name, argument fragments.
+type Pending = (u32, String, String, Vec<String>);
+
+/// The encoder of one response.
+pub struct ResponsesEncoder {
+    meta: Meta,
+    model: String,
+    seq: u64,
+    /// Items sent so far, with the status their `output_item.done` gave (or will give).
+    items: Vec<(Item, &'static str)>,
+    /// The message or reasoning item still taking deltas.
+    open: Option<usize>,
+    /// Tool calls arrive whole but in pieces; each goes out once the next kind of event shows
+    /// it is complete.
+    pending: Vec<Pending>,
+    /// Text or a tool call went out: a restart can no longer be hidden.
+    visible: bool,
+    usage: Option<Usage>,
+}
+
+impl ResponsesEncoder {
+    /// The encoder and the opening `response.created` and `response.in_progress` frames.
+    pub fn start(head: &Head, echo: Map<String, Value>) -> (Self, BytesMut) {
+        let mut enc = ResponsesEncoder {
+            meta: Meta::new(head, echo),
+            model: head.model.clone(),
+            seq: 0,
+            items: Vec::new(),
+            open: None,
+            pending: Vec::new(),
+            visible: false,
+            usage: None,
+        };
+        let mut out = BytesMut::new();
+        let response = enc.meta.response(&enc.model, &State::in_progress());
+        enc.emit(
+            &mut out,
+            "response.created",
+            json!({"response": response.clone()}),
+        );
+        enc.emit(
+            &mut out,
+            "response.in_progress",
+            json!({"response": response}),
+        );
+        (enc, out)
+    }
+
+    /// One frame: `type` and `sequence_number` first, then `fields`.
+    fn emit(&mut self, out: &mut BytesMut, ty: &str, fields: Value) {
+        let mut data = Map::new();
+        data.insert("type".into(), json!(ty));
+        data.insert("sequence_number".into(), json!(self.seq));
+        if let Value::Object(f) = fields {
+            data.extend(f);
+        }
+        self.seq += 1;
+        sse(out, Some(ty), &Value::Object(data));
+    }
+
+    fn add(&mut self, out: &mut BytesMut, item: Item) -> usize {
+        let n = self.items.len();
+        let shell = item.json("in_progress");
+        self.items.push((item, "completed"));
+        self.emit(
+            out,
+            "response.output_item.added",
+            json!({"output_index": n, "item": shell}),
+        );
+        n
+    }
+
+    fn open_message(&mut self, out: &mut BytesMut) -> usize {
+        self.close(out, "completed");
+        let id = Item::id("msg", self.meta.record, self.items.len());
+        let n = self.add(
+            out,
+            Item::Message {
+                id: id.clone(),
+                text: String::new(),
+            },
+        );
+        self.emit(
+            out,
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": n, "content_index": 0,
+                   "part": output_text("")}),
+        );
+        self.open = Some(n);
+        n
+    }
+
+    fn open_reasoning(&mut self, out: &mut BytesMut) -> usize {
+        self.close(out, "completed");
+        let id = Item::id("rs", self.meta.record, self.items.len());
+        let n = self.add(
+            out,
+            Item::Reasoning {
+                id: id.clone(),
+                text: String::new(),
+            },
+        );
+        self.emit(
+            out,
+            "response.reasoning_summary_part.added",
+            json!({"item_id": id, "output_index": n, "summary_index": 0,
+                   "part": {"type": "summary_text", "text": ""}}),
+        );
+        self.open = Some(n);
+        n
+    }
+
+    /// End the open item with its `done` events.
+    fn close(&mut self, out: &mut BytesMut, status: &'static str) {
+        let Some(n) = self.open.take() else { return };
+        self.items[n].1 = status;
+        let item = self.items[n].0.clone();
+        match &item {
+            Item::Message { id, text } => {
+                self.emit(
+                    out,
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": n, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                );
+                self.emit(
+                    out,
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": n, "content_index": 0,
+                           "part": output_text(text)}),
+                );
+            }
+            Item::Reasoning { id, text } => {
+                self.emit(
+                    out,
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": n, "summary_index": 0, "text": text}),
+                );
+                self.emit(
+                    out,
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": n, "summary_index": 0,
+                           "part": {"type": "summary_text", "text": text}}),
+                );
+            }
+            Item::Call { .. } => {}
+        }
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({"output_index": n, "item": item.json(status)}),
+        );
+    }
+
+    fn flush_tools(&mut self, out: &mut BytesMut) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.close(out, "completed");
+        for (_, call_id, name, mut parts) in std::mem::take(&mut self.pending) {
+            self.visible = true;
+            // No arguments at all is an empty object, as in the non-streaming answer.
+            if parts.iter().all(|p| p.is_empty()) {
+                parts = vec!["{}".into()];
+            }
+            let id = Item::id("fc", self.meta.record, self.items.len());
+            let args = parts.concat();
+            let n = self.add(
+                out,
+                Item::Call {
+                    id: id.clone(),
+                    call_id,
+                    name: name.clone(),
+                    args: args.clone(),
+                },
+            );
+            for delta in parts.iter().filter(|p| !p.is_empty()) {
+                self.emit(
+                    out,
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": n, "delta": delta}),
+                );
+            }
+            self.emit(
+                out,
+                "response.function_call_arguments.done",
+                json!({"item_id": id, "output_index": n, "name": name, "arguments": args}),
+            );
+            let item = self.items[n].0.json("completed");
+            self.emit(
+                out,
+                "response.output_item.done",
+                json!({"output_index": n, "item": item}),
+            );
+        }
+    }
+
+    fn output(&self) -> Vec<Value> {
+        self.items.iter().map(|(i, s)| i.json(s)).collect()
+    }
+
+    /// End with `response.failed`.
+    fn fail(&mut self, out: &mut BytesMut, kind: ErrorKind, message: &str) {
+        self.close(out, "incomplete");
+        let code = openai_type(kind, status_of(kind))
+            .1
+            .unwrap_or("server_error");
+        let usage = self.usage;
+        let state = State {
+            status: "failed",
+            output: self.output(),
+            usage: usage.as_ref(),
+            error: json!({"code": code, "message": message}),
+            incomplete: Value::Null,
+        };
+        let response = self.meta.response(&self.model, &state);
+        self.emit(out, "response.failed", json!({"response": response}));
+    }
+}
+
+/// The failure message, with the wait in the words Codex reads ("try again in N s") when the
+/// daemon knows when capacity returns.
+fn failure_message(message: String, retry_at_unix_ms: Option<u64>) -> String {
+    match retry_at_unix_ms {
+        Some(at) => {
+            let now = mythos_protocol::clock::now_unix_ms();
+            let secs = at.saturating_sub(now).div_ceil(1000).max(1);
+            format!("{message}. Please try again in {secs}s.")
+        }
+        None => message,
+    }
+}
+
+impl Encoder for ResponsesEncoder {
+    fn event(&mut self, ev: StreamEvent, out: &mut BytesMut) -> bool {
+        if !matches!(
+            ev,
+            StreamEvent::ToolCallStart { .. }
+                | StreamEvent::ToolCallDelta { .. }
+                | StreamEvent::Usage(_)
+        ) {
+            self.flush_tools(out);
+        }
+        match ev {
+            StreamEvent::TextDelta { text } => {
+                if !text.is_empty() {
+                    self.visible = true;
+                    let n = match self.open {
+                        Some(n) if matches!(self.items[n].0, Item::Message { .. }) => n,
+                        _ => self.open_message(out),
+                    };
+                    let id = match &mut self.items[n].0 {
+                        Item::Message { id, text: t } => {
+                            t.push_str(&text);
+                            id.clone()
+                        }
+                        _ => unreachable!("the open item is a message"),
+                    };
+                    self.emit(
+                        out,
+                        "response.output_text.delta",
+                        json!({"item_id": id, "output_index": n, "content_index": 0,
+                               "delta": text, "logprobs": []}),
+                    );
+                }
+            }
+            StreamEvent::ThinkingDelta { text } => {
+                if !text.is_empty() {
+                    let n = match self.open {
+                        Some(n) if matches!(self.items[n].0, Item::Reasoning { .. }) => n,
+                        _ => self.open_reasoning(out),
+                    };
+                    let id = match &mut self.items[n].0 {
+                        Item::Reasoning { id, text: t } => {
+                            t.push_str(&text);
+                            id.clone()
+                        }
+                        _ => unreachable!("the open item is reasoning"),
+                    };
+                    self.emit(
+                        out,
+                        "response.reasoning_summary_text.delta",
+                        json!({"item_id": id, "output_index": n, "summary_index": 0,
+                               "delta": text}),
+                    );
+                }
+            }
+            StreamEvent::ThinkingSignature { .. } => {
+                // A signature ends its thinking block; it means nothing to an OpenAI client.
+                if self
+                    .open
+                    .is_some_and(|n| matches!(self.items[n].0, Item::Reasoning { .. }))
+                {
+                    self.close(out, "completed");
+                }
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.pending.push((index, id, name, Vec::new()));
+            }
+            StreamEvent::ToolCallDelta { index, json } => {
+                if let Some(p) = self.pending.iter_mut().rev().find(|p| p.0 == index) {
+                    p.3.push(json);
+                }
+            }
+            StreamEvent::Usage(u) => self.usage = Some(u),
+            StreamEvent::Rerouted {
+                mode: RerouteMode::Restart,
+                from,
+                to,
+                ..
+            } => {
+                if self.visible {
+                    // What went out cannot be taken back and the new provider starts over: fail
+                    // rather than send a garbled answer. Codex retries a failed response.
+                    self.fail(
+                        out,
+                        ErrorKind::ServerError,
+                        &format!(
+                            "{from} failed mid-answer and {to} could not continue it; the \
+                             answer must be asked again"
+                        ),
+                    );
+                    return true;
+                }
+                // Only reasoning went out: close it, the new attempt thinks afresh.
+                self.close(out, "incomplete");
+            }
+            StreamEvent::Done(done) => {
+                let (status, incomplete) = outcome(&done.finish);
+                self.close(
+                    out,
+                    if status == "incomplete" {
+                        "incomplete"
+                    } else {
+                        "completed"
+                    },
+                );
+                let state = State {
+                    status,
+                    output: self.output(),
+                    usage: Some(&done.usage),
+                    error: Value::Null,
+                    incomplete,
+                };
+                let response = self.meta.response(&done.model, &state);
+                let ty = if status == "incomplete" {
+                    "response.incomplete"
+                } else {
+                    "response.completed"
+                };
+                self.emit(out, ty, json!({"response": response}));
+                return true;
+            }
+            StreamEvent::Error {
+                kind,
+                message,
+                retry_at_unix_ms,
+            } => {
+                self.fail(out, kind, &failure_message(message, retry_at_unix_ms));
+                return true;
+            }
+            StreamEvent::Started { .. }
+            | StreamEvent::Rerouted { .. }
+            | StreamEvent::Queued { .. } => {}
+        }
+        false
+    }
+
+    fn keepalive(&mut self, out: &mut BytesMut) {
+        // An SSE comment: every SSE parser skips it.
+        out.extend_from_slice(b": keep-alive\n\n");
+    }
+
+    fn vanished(&mut self, out: &mut BytesMut) {
+        self.fail(
+            out,
+            ErrorKind::Internal,
+            "mythosd lost this request (a bug: see the daemon log)",
+        );
+    }
+}
