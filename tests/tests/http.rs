@@ -592,7 +592,6 @@ async fn every_provider_rate_limited_is_a_429_not_to_retry() {
 /// The next request, while every provider is still cooling down from its 429, is the same
 /// situation and should get the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a request that finds every provider cooling down from a 429 gets 529 overloaded_error"]
 async fn still_rate_limited_is_still_a_429() {
     let w = rate_limited_world().await;
     let first = w

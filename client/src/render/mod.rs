@@ -286,7 +286,10 @@ pub fn error_hint(
                 "the provider asks to wait {t}; without a pin (no --provider, /auto in chat) \
                  mythos routes around it"
             )),
-            (Some(t), false) => Some(format!("the provider asks to wait {t}")),
+            (Some(t), false) => Some(format!(
+                "every provider that could take it is rate limited or overloaded; the first is \
+                 back in {t}"
+            )),
             (None, true) => {
                 Some("without a pin (no --provider, /auto in chat) mythos routes around it".into())
             }

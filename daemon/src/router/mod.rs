@@ -733,7 +733,12 @@ impl Router {
                         continue;
                     }
                     if j.errors.is_empty() {
-                        break 'request Err(self.no_capacity(&reason, back_at, timed_out));
+                        break 'request Err(self.no_capacity(
+                            &want.candidates,
+                            &reason,
+                            back_at,
+                            timed_out,
+                        ));
                     }
                     // Nothing can take it within the wait left: report what went wrong.
                     j.back_at = back_at;
@@ -1048,11 +1053,31 @@ impl Router {
     }
 
     /// The error for a request no provider could take within the wait allowed.
-    fn no_capacity(&self, reason: &str, back_at: Option<Instant>, timed_out: bool) -> Failure {
+    fn no_capacity(
+        &self,
+        candidates: &[usize],
+        reason: &str,
+        back_at: Option<Instant>,
+        timed_out: bool,
+    ) -> Failure {
+        // When every candidate is out because of its rate limit, say so: an HTTP client gets
+        // the 429 it expects (with when to come back), not an overload.
+        let now = Instant::now();
+        let book = self.health();
+        let kind = if !candidates.is_empty()
+            && candidates
+                .iter()
+                .all(|&i| book.state_of(i, now).0 == mythos_protocol::BreakerState::RateLimited)
+        {
+            ErrorKind::RateLimited
+        } else {
+            ErrorKind::AllCoolingDown
+        };
+        drop(book);
         match back_at {
             None if timed_out => (
                 ProviderError::new(
-                    ErrorKind::AllCoolingDown,
+                    kind,
                     format!(
                         "waited {} and no provider could take this request ({reason})",
                         human(self.cfg.max_queue_wait)
@@ -1062,7 +1087,7 @@ impl Router {
             ),
             Some(t) => (
                 ProviderError::new(
-                    ErrorKind::AllCoolingDown,
+                    kind,
                     format!(
                         "no provider can take this request within {} ({reason}); the first is back in {}",
                         human(self.cfg.max_queue_wait),
