@@ -294,7 +294,10 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
                 .or_else(|| t["function"]["name"].as_str())
                 .map(str::to_string)
         });
-    let tool = tool.filter(|_| prompt.starts_with("call:"));
+    // A turn that brings tool results back gets an answer, not the same call again (OpenAI
+    // format: the results are `tool` messages after the user's prompt).
+    let after_results = texts[..upto].last().is_some_and(|(r, _)| r == "tool");
+    let tool = tool.filter(|_| prompt.starts_with("call:") && !after_results);
 
     // Reasoning streamed before the answer: Anthropic when thinking is on; DeepSeek always
     // for a fresh plain answer (a demo nicety), and before tool calls too in reasoning mode.
