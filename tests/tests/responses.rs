@@ -205,3 +205,42 @@ async fn server_side_state_is_refused() {
         .unwrap()
         .contains("stateless"));
 }
+
+/// Codex replays a turn's reasoning items (with `store: false`): when Anthropic did the
+/// thinking, its signature rides in `encrypted_content` and the next turn, replayed to
+/// Anthropic, is accepted (the simulated Anthropic checks signatures as the real one does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_reasoning_survives_a_codex_round_trip() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (url, token) = env.http();
+    let first = json!({"model": "anthropic/claude-sonnet-4-5", "stream": true, "store": false,
+                       "include": ["reasoning.encrypted_content"],
+                       "reasoning": {"effort": "low"}, "max_output_tokens": 8192,
+                       "input": [{"role": "user", "content": "think it over"}]});
+    let (status, body) = post(&url, &token, "/v1/responses", &first).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (items, last) = codex_view(&events(&body));
+    assert_eq!(last, "response.completed");
+    let reasoning = items
+        .iter()
+        .find(|i| i["type"] == "reasoning")
+        .expect("a reasoning item")
+        .clone();
+    assert!(reasoning["encrypted_content"].is_string(), "{reasoning}");
+
+    let mut input = vec![json!({"role": "user", "content": "think it over"})];
+    input.extend(items.iter().cloned());
+    input.push(json!({"role": "user", "content": "and then?"}));
+    let mut next = first.clone();
+    next["input"] = json!(input);
+    let (status, body) = post(&url, &token, "/v1/responses", &next).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(codex_view(&events(&body)).1, "response.completed");
+    // What Anthropic received: the thinking, signed.
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    let turn = &sent.body["messages"][1]["content"][0];
+    assert_eq!(turn["type"], "thinking", "{}", sent.body);
+    assert!(turn["signature"].as_str().is_some_and(|s| !s.is_empty()));
+}

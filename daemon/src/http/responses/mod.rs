@@ -80,13 +80,14 @@ fn items(answer: &Answer, record: u64) -> Vec<Item> {
     for b in &answer.blocks {
         let n = out.len();
         out.push(match b {
-            Block::Thinking { text, .. } => {
+            Block::Thinking { text, signature } => {
                 if text.is_empty() {
                     continue;
                 }
                 Item::Reasoning {
                     id: Item::id("rs", record, n),
                     text: text.clone(),
+                    signature: signature.clone(),
                 }
             }
             Block::Text(text) => Item::Message {

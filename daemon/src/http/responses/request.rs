@@ -335,8 +335,9 @@ fn input_item(
             });
         }
         "reasoning" => {
-            // The summary is what the model showed; `encrypted_content` is OpenAI's own opaque
-            // state, meaningless to any other provider, so it is not carried.
+            // The summary is what the model showed. `encrypted_content` is OpenAI's own opaque
+            // state, meaningless to any other provider, unless mythosd put an Anthropic
+            // signature there: then the thinking goes back to Anthropic with it.
             let text: Vec<&str> = item
                 .get("summary")
                 .and_then(Value::as_array)
@@ -350,7 +351,12 @@ fn input_item(
                     role: Role::Assistant,
                     content: vec![ContentBlock::Thinking {
                         text,
-                        signature: None,
+                        signature: item
+                            .get("encrypted_content")
+                            .and_then(Value::as_str)
+                            .and_then(|e| e.strip_prefix(super::stream::SIGNATURE_PREFIX))
+                            .filter(|s| !s.is_empty())
+                            .map(String::from),
                     }],
                 });
             }

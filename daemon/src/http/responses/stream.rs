@@ -155,6 +155,10 @@ pub enum Item {
         id: String,
         /// The text.
         text: String,
+        /// Anthropic's signature over the text, if Anthropic thought it: sent as
+        /// `encrypted_content` so that a client replaying the item (Codex does, with
+        /// `store: false`) lets the thinking go back to Anthropic verified.
+        signature: Option<String>,
     },
     /// A function call.
     Call {
@@ -168,6 +172,10 @@ pub enum Item {
         args: String,
     },
 }
+
+/// Marks an `encrypted_content` that holds an Anthropic thinking signature (and not OpenAI's
+/// own opaque state, which means nothing to any other provider).
+pub const SIGNATURE_PREFIX: &str = "mythos-anthropic-signature:";
 
 impl Item {
     /// An item's id for output position `n` of record `record`.
@@ -188,12 +196,22 @@ impl Item {
                 "role": "assistant",
             }),
             // The live API's reasoning items carry no status.
-            Item::Reasoning { id, text } => json!({
-                "id": id,
-                "type": "reasoning",
-                "summary": if shell || text.is_empty() { json!([]) }
-                           else { json!([{"type": "summary_text", "text": text}]) },
-            }),
+            Item::Reasoning {
+                id,
+                text,
+                signature,
+            } => {
+                let mut v = json!({
+                    "id": id,
+                    "type": "reasoning",
+                    "summary": if shell || text.is_empty() { json!([]) }
+                               else { json!([{"type": "summary_text", "text": text}]) },
+                });
+                if let (false, Some(sig)) = (shell, signature) {
+                    v["encrypted_content"] = json!(format!("{SIGNATURE_PREFIX}{sig}"));
+                }
+                v
+            }
             Item::Call {
                 id,
                 call_id,
@@ -315,6 +333,7 @@ impl ResponsesEncoder {
             Item::Reasoning {
                 id: id.clone(),
                 text: String::new(),
+                signature: None,
             },
         );
         self.emit(
@@ -347,7 +366,7 @@ impl ResponsesEncoder {
                            "part": output_text(text)}),
                 );
             }
-            Item::Reasoning { id, text } => {
+            Item::Reasoning { id, text, .. } => {
                 self.emit(
                     out,
                     "response.reasoning_summary_text.done",
@@ -488,7 +507,7 @@ impl Encoder for ResponsesEncoder {
                         _ => self.open_reasoning(out),
                     };
                     let id = match &mut self.items[n].0 {
-                        Item::Reasoning { id, text: t } => {
+                        Item::Reasoning { id, text: t, .. } => {
                             t.push_str(&text);
                             id.clone()
                         }
@@ -502,12 +521,16 @@ impl Encoder for ResponsesEncoder {
                     );
                 }
             }
-            StreamEvent::ThinkingSignature { .. } => {
-                // A signature ends its thinking block; it means nothing to an OpenAI client.
-                if self
+            StreamEvent::ThinkingSignature { signature } => {
+                // A signature ends its thinking block; it travels as the item's opaque
+                // `encrypted_content`, which clients send back untouched.
+                if let Some(n) = self
                     .open
-                    .is_some_and(|n| matches!(self.items[n].0, Item::Reasoning { .. }))
+                    .filter(|&n| matches!(self.items[n].0, Item::Reasoning { .. }))
                 {
+                    if let Item::Reasoning { signature: s, .. } = &mut self.items[n].0 {
+                        *s = Some(signature);
+                    }
                     self.close(out, "completed");
                 }
             }
