@@ -71,6 +71,23 @@ impl Front {
     }
 }
 
+/// Route a translated request: task and pin from `model`, then wait for the response head.
+/// The head's headers go into `headers`. `received` is when the HTTP request arrived: the time
+/// spent on it since counts as the daemon's overhead.
+pub async fn begin(
+    front: &Front,
+    mut chat: ChatRequest,
+    model: &str,
+    received: tokio::time::Instant,
+    headers: &mut HeaderMap,
+) -> Result<(relay::Routed, relay::Head), ApiError> {
+    front.route_options(&mut chat, model);
+    let mut routed = relay::start(&front.ctx, chat)?;
+    let head = routed.head(received.elapsed()).await?;
+    head.headers(headers);
+    Ok((routed, head))
+}
+
 /// Bind the front end's listener as configured, or `None` (logged) when it is off or the
 /// address is taken: the socket clients work either way, so a busy port never stops the daemon.
 pub async fn bind(cfg: &HttpConfig) -> Option<tokio::net::TcpListener> {

@@ -15,7 +15,6 @@ use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
 };
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::errors::ApiError;
@@ -53,6 +52,18 @@ pub struct Head {
     pub reroutes: u32,
     /// The daemon's own time on the request before it went upstream.
     pub overhead: Duration,
+}
+
+/// The `x-mythos-*` headers of a whole (non-streamed) answer: the provider that finished it,
+/// which may not be the one that started, and every reroute on the way.
+pub fn finished_headers(headers: &mut HeaderMap, done: &DoneInfo, reroutes: u32) {
+    if let Ok(v) = HeaderValue::from_str(&done.provider) {
+        headers.insert("x-mythos-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&done.model) {
+        headers.insert("x-mythos-model", v);
+    }
+    headers.insert("x-mythos-rerouted", HeaderValue::from(reroutes));
 }
 
 impl Head {
@@ -130,8 +141,7 @@ impl Routed {
     }
 
     /// Wait for the first provider to start, or the error that ended the request first.
-    pub async fn head(&mut self, received: Instant, translate: Duration) -> Result<Head, ApiError> {
-        let _ = received;
+    pub async fn head(&mut self, translate: Duration) -> Result<Head, ApiError> {
         loop {
             match self.next().await {
                 Some(StreamEvent::Started {
@@ -162,9 +172,8 @@ impl Routed {
 
     /// Collect the whole answer (non-streaming requests): a failure at any point is an HTTP
     /// error, so a non-streaming client never sees half an answer.
-    pub async fn collect(&mut self, head: &Head) -> Result<(Answer, DoneInfo), ApiError> {
+    pub async fn collect(&mut self) -> Result<(Answer, DoneInfo), ApiError> {
         let mut answer = Answer::default();
-        let _ = head;
         loop {
             match self.next().await {
                 Some(StreamEvent::Done(done)) => return Ok((answer, done)),

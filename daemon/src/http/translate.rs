@@ -1,7 +1,22 @@
 //! Pieces both request translators use.
 
 use mythos_protocol::{CachePoint, ImageSource, Message};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use super::errors::ApiError;
+
+/// The body as an object, and its `model`: every API requires both.
+pub fn object_and_model(body: &Value) -> Result<(&Map<String, Value>, String), ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let model = obj
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("model: field required"))?
+        .to_string();
+    Ok((obj, model))
+}
 
 /// `data:image/png;base64,AAAA` as an inline image; `None` for any other URL.
 pub fn data_url_image(url: &str) -> Option<ImageSource> {

@@ -6,7 +6,7 @@ pub mod stream;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -27,19 +27,16 @@ pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
 async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
     let value = super::json_body(&body)?;
     let parsed = request::parse(&value)?;
-    let mut chat = parsed.chat;
-    front.route_options(&mut chat, &parsed.model);
-    let mut routed = relay::start(&front.ctx, chat)?;
-    let head = routed.head(received, received.elapsed()).await?;
     let mut headers = HeaderMap::new();
-    head.headers(&mut headers);
+    let (mut routed, head) =
+        super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
     if parsed.stream {
         let (encoder, first) = stream::ChatEncoder::start(&head, parsed.include_usage);
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder);
         return Ok((StatusCode::OK, headers, body).into_response());
     }
-    let (answer, done) = routed.collect(&head).await?;
+    let (answer, done) = routed.collect().await?;
     let mut thinking = String::new();
     let mut tool_calls = Vec::new();
     for b in &answer.blocks {
@@ -74,12 +71,6 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
                      "finish_reason": openai_finish(&done.finish, answer.has_tools())}],
         "usage": openai_usage(&done.usage),
     });
-    if let Ok(v) = HeaderValue::from_str(&done.provider) {
-        headers.insert("x-mythos-provider", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&done.model) {
-        headers.insert("x-mythos-model", v);
-    }
-    headers.insert("x-mythos-rerouted", HeaderValue::from(routed.reroutes));
+    relay::finished_headers(&mut headers, &done, routed.reroutes);
     Ok((StatusCode::OK, headers, axum::Json(body)).into_response())
 }

@@ -7,7 +7,9 @@ use mythos_protocol::{
 use serde_json::Value;
 
 use crate::http::errors::ApiError;
-use crate::http::translate::{data_url_image, merge_same_role, text_of, u32_field};
+use crate::http::translate::{
+    data_url_image, merge_same_role, object_and_model, text_of, u32_field,
+};
 
 /// What the front end needs besides the [`ChatRequest`].
 #[derive(Debug, Clone)]
@@ -35,14 +37,7 @@ pub fn budget_for_effort(effort: &str) -> Option<u32> {
 
 /// Translate a Chat Completions request body.
 pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
-    let model = obj
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("model: field required"))?
-        .to_string();
+    let (obj, model) = object_and_model(body)?;
     let raw = obj
         .get("messages")
         .and_then(Value::as_array)

@@ -6,7 +6,7 @@ pub mod stream;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -28,20 +28,17 @@ pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
 async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
     let value = super::json_body(&body)?;
     let parsed = request::parse(&value)?;
-    let mut chat = parsed.chat;
-    front.route_options(&mut chat, &parsed.model);
-    let estimate = estimate_input_tokens(&chat);
-    let mut routed = relay::start(&front.ctx, chat)?;
-    let head = routed.head(received, received.elapsed()).await?;
+    let estimate = estimate_input_tokens(&parsed.chat);
     let mut headers = HeaderMap::new();
-    head.headers(&mut headers);
+    let (mut routed, head) =
+        super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
     if parsed.stream {
         let (encoder, first) = stream::MessagesEncoder::start(&head, estimate);
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder);
         return Ok((StatusCode::OK, headers, body).into_response());
     }
-    let (answer, done) = routed.collect(&head).await?;
+    let (answer, done) = routed.collect().await?;
     let mut content = Vec::new();
     for b in &answer.blocks {
         content.push(match b {
@@ -64,13 +61,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
         "usage": anthropic_usage(&done.usage),
     });
     // The provider that finished may not be the one that started.
-    if let Ok(v) = HeaderValue::from_str(&done.provider) {
-        headers.insert("x-mythos-provider", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&done.model) {
-        headers.insert("x-mythos-model", v);
-    }
-    headers.insert("x-mythos-rerouted", HeaderValue::from(routed.reroutes));
+    relay::finished_headers(&mut headers, &done, routed.reroutes);
     Ok((StatusCode::OK, headers, axum::Json(body)).into_response())
 }
 

@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 
 use crate::http::chat::request::budget_for_effort;
 use crate::http::errors::ApiError;
-use crate::http::translate::{data_url_image, merge_same_role, text_of, u32_field};
+use crate::http::translate::{
+    data_url_image, merge_same_role, object_and_model, text_of, u32_field,
+};
 
 /// What the front end needs besides the [`ChatRequest`].
 #[derive(Debug, Clone)]
@@ -32,14 +34,7 @@ pub struct Parsed {
 
 /// Translate a Responses request body.
 pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
-    let model = obj
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("model: field required"))?
-        .to_string();
+    let (obj, model) = object_and_model(body)?;
     for key in ["previous_response_id", "conversation"] {
         if obj.get(key).is_some_and(|v| !v.is_null()) {
             return Err(ApiError::bad_request(format!(
