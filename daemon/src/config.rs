@@ -538,22 +538,65 @@ impl Config {
             }
             providers.push(p);
         }
+        // Presets with a key in the environment register themselves, after the built-ins
+        // (local servers only when the file names them).
+        for (i, preset) in crate::presets::PRESETS.iter().enumerate() {
+            if from_file.contains_key(preset.name) {
+                continue;
+            }
+            let Some(key) = preset.key_env.and_then(|v| env(v)) else {
+                continue;
+            };
+            if key.starts_with(crate::http::token::TOKEN_PREFIX) {
+                continue;
+            }
+            let mut c =
+                ProviderConfig::new(preset.name, Api::Openai, preset.base_url, preset.model);
+            c.api_key = Some(Secret::new(key));
+            c.priority = BUILTINS.len() as u32 + i as u32;
+            c.price_input_per_mtok = preset.price_in;
+            c.price_output_per_mtok = preset.price_out;
+            c.context_window = Some(preset.context_window);
+            providers.push(c);
+        }
         // Extra endpoints, in file order after the built-ins.
         for p in &parsed.providers {
             if !from_file.contains_key(p.name.as_str()) || !p.enabled {
                 continue;
             }
-            let need = |field: &str, v: &Option<String>| {
-                v.clone().ok_or_else(|| {
+            // A preset's name brings its defaults; the file's fields override them.
+            let preset = crate::presets::find(&p.name);
+            let need = |field: &str, v: Option<String>| {
+                v.ok_or_else(|| {
                     err(format!(
-                        "provider `{}` needs `{field}` (only anthropic, deepseek and openai have defaults)",
-                        p.name
+                        "provider `{}` needs `{field}` (built-ins and presets have defaults: \
+                         anthropic, deepseek, openai, {})",
+                        p.name,
+                        crate::presets::PRESETS
+                            .iter()
+                            .map(|p| p.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 })
             };
-            let base_url = need("base_url", &p.base_url)?;
-            let model = need("model", &p.model)?;
-            let api_key = match (&p.api_key, &p.api_key_env) {
+            let base_url = need(
+                "base_url",
+                p.base_url
+                    .clone()
+                    .or_else(|| preset.map(|x| x.base_url.to_string())),
+            )?;
+            let model = need(
+                "model",
+                p.model
+                    .clone()
+                    .or_else(|| preset.map(|x| x.model.to_string())),
+            )?;
+            let key_env = p
+                .api_key_env
+                .as_deref()
+                .or_else(|| preset.and_then(|x| x.key_env));
+            let api_key = match (&p.api_key, key_env) {
                 (Some(k), _) => Some(Secret::new(k.clone())),
                 (None, Some(var)) => match env(var) {
                     Some(k) => Some(Secret::new(k)),
@@ -563,11 +606,21 @@ impl Config {
                 // Local servers (Ollama, vLLM) need no key.
                 (None, None) => None,
             };
+            let same_model = preset.is_some_and(|x| x.model == model);
             let mut c = ProviderConfig::new(&p.name, p.api.unwrap_or(Api::Openai), base_url, model);
             c.api_key = api_key;
             c.priority = p.priority.unwrap_or(10 + providers.len() as u32);
-            c.price_input_per_mtok = p.price_input_per_mtok.unwrap_or(0.0);
-            c.price_output_per_mtok = p.price_output_per_mtok.unwrap_or(0.0);
+            let preset_price = |f: fn(&crate::presets::Preset) -> f64| {
+                preset.filter(|_| same_model).map(f).unwrap_or(0.0)
+            };
+            c.price_input_per_mtok = p
+                .price_input_per_mtok
+                .unwrap_or_else(|| preset_price(|x| x.price_in));
+            c.price_output_per_mtok = p
+                .price_output_per_mtok
+                .unwrap_or_else(|| preset_price(|x| x.price_out));
+            // The preset's window belongs to its default model; another model's is unknown.
+            c.context_window = preset.filter(|_| same_model).map(|x| x.context_window);
             p.apply_limits(&mut c);
             providers.push(c);
         }
@@ -932,6 +985,37 @@ priority = 7
         assert!(c.providers[2].api_key.is_none());
         assert_eq!(c.routing.cooldown, Duration::from_secs(60));
         assert_eq!(c.routing.retry_backoff.len(), 2);
+    }
+
+    #[test]
+    fn presets_register_from_their_key_or_by_name() {
+        let env = env_of(&[("GROQ_API_KEY", "gsk"), ("ANTHROPIC_API_KEY", "a")]);
+        let c = Config::load_with(Path::new("/nonexistent/mythos.toml"), &env).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["anthropic", "groq"]);
+        let groq = &c.providers[1];
+        assert_eq!(groq.base_url, "https://api.groq.com/openai/v1");
+        assert!(groq.price_input_per_mtok > 0.0 && groq.context_window.is_some());
+
+        // By name in the file: defaults from the preset, fields override; local servers need
+        // no key and register only when named.
+        let c = load(
+            "[[provider]]\nname = \"ollama\"\n\n[[provider]]\nname = \"groq\"\nmodel = \"qwen-qwq-32b\"\n",
+            &env,
+        )
+        .unwrap();
+        let ollama = c.providers.iter().find(|p| p.name == "ollama").unwrap();
+        assert_eq!(ollama.base_url, "http://127.0.0.1:11434/v1");
+        assert!(ollama.api_key.is_none());
+        let groq = c.providers.iter().find(|p| p.name == "groq").unwrap();
+        assert_eq!(groq.model, "qwen-qwq-32b");
+        // The preset's price and window belong to its default model.
+        assert_eq!(groq.price_input_per_mtok, 0.0);
+        assert_eq!(groq.context_window, None);
+        assert!(!c.providers.iter().any(|p| p.name == "lmstudio"));
+        // A preset named in the file without its key variable set is skipped.
+        let c = load("[[provider]]\nname = \"mistral\"\n", &env_of(&[])).unwrap();
+        assert!(c.providers.is_empty());
     }
 
     #[test]

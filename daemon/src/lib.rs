@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod presets;
 pub mod provider;
 pub mod router;
 pub mod server;

@@ -70,7 +70,14 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Environment variables that must not leak from the developer's shell into a test daemon.
-const SCRUB: [&str; 14] = [
+const SCRUB: [&str; 21] = [
+    "OPENROUTER_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "XAI_API_KEY",
+    "TOGETHER_API_KEY",
+    "FIREWORKS_API_KEY",
+    "CEREBRAS_API_KEY",
     "MYTHOS_HTTP_LISTEN",
     "ANTHROPIC_API_KEY",
     "DEEPSEEK_API_KEY",

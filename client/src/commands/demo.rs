@@ -22,7 +22,14 @@ use crate::render::{fmt_duration_ms, status_text, PrinterOptions, StreamPrinter,
 use crate::stream::{self, Ended, Outcome, Turn};
 
 /// Variables that would point the private daemon at the user's world.
-const SCRUB: [&str; 13] = [
+const SCRUB: [&str; 20] = [
+    "OPENROUTER_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "XAI_API_KEY",
+    "TOGETHER_API_KEY",
+    "FIREWORKS_API_KEY",
+    "CEREBRAS_API_KEY",
     "ANTHROPIC_API_KEY",
     "DEEPSEEK_API_KEY",
     "OPENAI_API_KEY",
