@@ -96,6 +96,13 @@ enum Command {
     },
     /// A guided tour on a private daemon with simulated providers (no API keys needed).
     Demo,
+    /// List every provider's model (usable as PROVIDER/MODEL), with context window, output
+    /// limit and prices.
+    Models {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the local token that agents present to the daemon's HTTP front end.
     Token,
     /// Print `export` lines that point an agent at the daemon:
@@ -268,6 +275,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Usage { days, json } => rt.block_on(commands::usage::run(g, days, json)),
         Command::Reset { provider } => rt.block_on(commands::reset::run(g, provider)),
         Command::Demo => rt.block_on(commands::demo::run(g)),
+        Command::Models { json } => rt.block_on(commands::status::models(g, json)),
         Command::Token => rt.block_on(commands::env::token(g)),
         Command::Env { agent } => rt.block_on(commands::env::env(
             g,

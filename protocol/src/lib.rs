@@ -70,7 +70,7 @@ pub mod codec;
 pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
-    Attempt, BreakerState, CandidateScore, ProviderStatus, QuotaStatus, RequestRecord,
+    Attempt, BreakerState, CandidateScore, ModelLimits, ProviderStatus, QuotaStatus, RequestRecord,
     StatusReport, UsageReport, UsageRow,
 };
 pub use request::{

@@ -68,6 +68,22 @@ pub struct ProviderStatus {
     /// (the announced figures minus what was sent since); empty when it announces none.
     #[serde(default)]
     pub quotas: Vec<QuotaStatus>,
+    /// The model's prompt and output sizes and prices, as configured (or known defaults).
+    #[serde(default)]
+    pub limits: ModelLimits,
+}
+
+/// What a provider's model can take and what it costs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelLimits {
+    /// Context window in tokens, when known.
+    pub context_window: Option<u64>,
+    /// Most output tokens per answer (requests asking for more are clamped to it).
+    pub max_output_tokens: u32,
+    /// US dollars per million input tokens.
+    pub price_input_per_mtok: f64,
+    /// US dollars per million output tokens.
+    pub price_output_per_mtok: f64,
 }
 
 /// One rate-limit quota of a provider (requests, tokens, input or output tokens per window).

@@ -23,6 +23,31 @@ pub async fn fetch(conn: &mut Connection) -> Result<StatusReport, Failure> {
     }
 }
 
+/// `mythos models`: every configured provider's model with its limits and prices.
+pub async fn models(g: &Globals, json: bool) -> Result<u8, Failure> {
+    let mut conn = Connection::connect_or_start(&g.target).await?;
+    let report = fetch(&mut conn).await?;
+    if json {
+        let models: Vec<_> = report
+            .providers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": format!("{}/{}", p.name, p.model),
+                    "provider": p.name,
+                    "model": p.model,
+                    "api": p.api,
+                    "limits": p.limits,
+                })
+            })
+            .collect();
+        print_json(&models)?;
+    } else {
+        print(&crate::render::models_text(&report, Style::stdout()))?;
+    }
+    Ok(EXIT_OK)
+}
+
 /// Print the report as a table, or as JSON.
 pub fn show(report: &StatusReport, json: bool) -> Result<(), Failure> {
     if json {

@@ -21,7 +21,7 @@ use std::path::Path;
 use mythos_protocol::{ErrorKind, RerouteMode, Usage};
 
 pub use printer::{PrinterOptions, StreamPrinter};
-pub use table::{status_text, usage_text};
+pub use table::{models_text, status_text, usage_text};
 pub use why::explain_why;
 
 /// The API key variables the daemon reads, named in hints.

@@ -224,6 +224,45 @@ fn tightest_quota(quotas: &[mythos_protocol::QuotaStatus]) -> String {
 }
 
 /// `mythos usage`: one row per day and provider, then the totals.
+/// `mythos models`: every provider's model, usable as `PROVIDER/MODEL` through the HTTP
+/// front end or with `--provider`, with its context window, output limit and prices.
+pub fn models_text(report: &StatusReport, style: Style) -> String {
+    let mut table = Table::new(&[
+        ("MODEL", false),
+        ("API", false),
+        ("CONTEXT", true),
+        ("MAX OUTPUT", true),
+        ("$/M IN", true),
+        ("$/M OUT", true),
+    ]);
+    let mut providers: Vec<_> = report.providers.iter().collect();
+    providers.sort_by_key(|p| p.priority);
+    for p in providers {
+        let l = &p.limits;
+        let price = |v: f64| {
+            if v == 0.0 {
+                "-".to_string()
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        table.row(vec![
+            plain(format!("{}/{}", p.name, p.model)),
+            (p.api.clone(), Tint::Dim),
+            plain(l.context_window.map_or("-".into(), fmt_count)),
+            plain(fmt_count(l.max_output_tokens as u64)),
+            plain(price(l.price_input_per_mtok)),
+            plain(price(l.price_output_per_mtok)),
+        ]);
+    }
+    let mut text = table.render(style);
+    text.push_str(
+        &style
+            .dim("aliases: mythos, mythos/chat, mythos/code, mythos/analysis, mythos/background\n"),
+    );
+    text
+}
+
 pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
     if report.rows.is_empty() {
         let span = if days == 1 {
@@ -302,7 +341,32 @@ mod tests {
             note: "healthy".into(),
             in_flight: 0,
             quotas: Vec::new(),
+            limits: mythos_protocol::ModelLimits {
+                context_window: Some(200_000),
+                max_output_tokens: 64_000,
+                price_input_per_mtok: 3.0,
+                price_output_per_mtok: 15.0,
+            },
         }
+    }
+
+    #[test]
+    fn models_table() {
+        let report = StatusReport {
+            build: "0.1.0".into(),
+            pid: 1,
+            uptime_secs: 1,
+            in_flight: 0,
+            simulated: false,
+            providers: vec![provider("anthropic", BreakerState::Closed)],
+            notes: Vec::new(),
+        };
+        let text = models_text(&report, Style::PLAIN);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("anthropic/anthropic-model"), "{text}");
+        assert!(row.contains("200,000") && row.contains("64,000"), "{text}");
+        assert!(row.contains("3.00") && row.contains("15.00"), "{text}");
+        assert!(text.contains("mythos/code"));
     }
 
     #[test]

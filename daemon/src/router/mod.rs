@@ -409,6 +409,12 @@ impl Router {
                     gap_ms: p.gap.raw().map(|_| p.gap.get(50.0, now, hl)),
                     latency_ms: p.latency.raw().map(|_| p.latency.get(5000.0, now, hl)),
                     cost_per_1k: p.cost.get(cfg.cost_per_1k(), now, hl),
+                    limits: mythos_protocol::ModelLimits {
+                        context_window: cfg.context_window,
+                        max_output_tokens: cfg.output_limit(),
+                        price_input_per_mtok: cfg.price_input_per_mtok,
+                        price_output_per_mtok: cfg.price_output_per_mtok,
+                    },
                     requests: p.requests,
                     failures: p.failures,
                     last_error: p.last_error.clone(),
