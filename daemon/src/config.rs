@@ -544,7 +544,7 @@ impl Config {
             if from_file.contains_key(preset.name) {
                 continue;
             }
-            let Some(key) = preset.key_env.and_then(|v| env(v)) else {
+            let Some(key) = preset.key_env.and_then(env) else {
                 continue;
             };
             if key.starts_with(crate::http::token::TOKEN_PREFIX) {
