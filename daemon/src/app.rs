@@ -57,8 +57,13 @@ pub fn build_router(
     saved: &[crate::router::health::SavedHealth],
     next_record: u64,
     client: &reqwest::Client,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Router {
-    let sink = state.map(|s| Arc::new(s.clone()) as Arc<dyn RecordSink>);
+    let mut sinks: Vec<Arc<dyn RecordSink>> = vec![metrics];
+    if let Some(s) = state {
+        sinks.push(Arc::new(s.clone()));
+    }
+    let sink = Some(Arc::new(crate::metrics::Tee(sinks)) as Arc<dyn RecordSink>);
     let router = Router::new(
         routed(providers, client),
         cfg.routing.clone(),
@@ -129,6 +134,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         tracing::info!(provider = %p.name, api = p.api.as_str(), model = %p.model,
                        priority = p.priority, simulated = p.simulated, "provider registered");
     }
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let router = build_router(
         &providers,
         &config,
@@ -136,6 +142,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         &saved,
         next_record,
         &client,
+        metrics.clone(),
     );
     let sims = simulated.then_some((providers.clone(), sims));
     let cap = connection_cap(config.server.max_connections, opts.fd_limit);
@@ -147,6 +154,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let ctx = Arc::new(
         Context::new(router, sims, state, client)
             .with_connection_table(crate::server::limits::ConnTable::new(cap))
+            .with_metrics(metrics)
             .with_notes(notes),
     );
     Ok(Prepared {

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod presets;
 pub mod provider;
 pub mod router;

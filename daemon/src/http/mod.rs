@@ -188,6 +188,24 @@ pub fn routes(front: Arc<Front>) -> Routes {
         .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
     Routes::new()
         .merge(api)
+        // No token: scrapers are configured once and the figures hold no secret (provider
+        // names, counts, timings); the listener is loopback-only.
+        .route(
+            "/metrics",
+            get(|State(f): State<Arc<Front>>| async move {
+                let text = f
+                    .ctx
+                    .metrics
+                    .render(&f.ctx.status_report(), f.ctx.conns.len());
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }),
+        )
         .route(
             "/health",
             get(|State(f): State<Arc<Front>>| async move {

@@ -18,8 +18,8 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use interprocess::local_socket::tokio::Stream as Socket;
 use mythos_protocol::codec::{CodecError, FrameCodec};
 use mythos_protocol::{
-    negotiate, Encoding, ErrorKind, Hello, HelloReply, Request, Response, StatusReport,
-    StreamEvent, MAX_FRAME_LEN, MAX_HELLO_LEN,
+    negotiate, Encoding, ErrorKind, Hello, HelloReply, Request, Response, StreamEvent,
+    MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -235,18 +235,7 @@ async fn handle(
             }
             return;
         }
-        Request::Status => {
-            let router = ctx.router();
-            Response::Status(StatusReport {
-                build: BUILD.to_string(),
-                pid: std::process::id(),
-                uptime_secs: ctx.started.elapsed().as_secs(),
-                in_flight: router.in_flight(),
-                simulated: router.is_simulated(),
-                providers: router.status(),
-                notes: ctx.notes.clone(),
-            })
-        }
+        Request::Status => Response::Status(ctx.status_report()),
         Request::Shutdown => {
             tracing::info!("shutdown requested by a client");
             ctx.shutdown_requested.cancel();

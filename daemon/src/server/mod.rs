@@ -48,6 +48,8 @@ pub struct Context {
     pub hard_stop: CancellationToken,
     /// Tracks every chat stream, so shutdown can wait for them.
     pub streams: TaskTracker,
+    /// Counters fed by every request record, for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -70,6 +72,27 @@ impl Context {
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             streams: TaskTracker::new(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        }
+    }
+
+    /// Use `metrics` (the ones the router's records feed).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The daemon's view of itself and of every provider, as `status` reports it.
+    pub fn status_report(&self) -> mythos_protocol::StatusReport {
+        let router = self.router();
+        mythos_protocol::StatusReport {
+            build: connection::BUILD.to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            in_flight: router.in_flight(),
+            simulated: router.is_simulated(),
+            providers: router.status(),
+            notes: self.notes.clone(),
         }
     }
 
