@@ -446,7 +446,8 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
             return Err(at("sample before its # TYPE"));
         }
         if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() && !(labels.starts_with('{') && labels.ends_with('}')) {
+            let braced = labels.starts_with('{') && labels.ends_with('}');
+            if !labels.is_empty() && !braced {
                 return Err(at("bad labels"));
             }
         }
