@@ -142,13 +142,25 @@ fn main() -> ExitCode {
     let _ = std::fs::create_dir_all(&log_dir);
     let (file_writer, _guard) =
         tracing_appender::non_blocking(tracing_appender::rolling::daily(&log_dir, "mythosd.log"));
-    let stderr_layer = args
-        .foreground
-        .then(|| fmt::layer().with_writer(std::io::stderr));
+    // MYTHOS_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    let json = std::env::var("MYTHOS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let file_layer: Boxed = if json {
+        Box::new(fmt::layer().json().with_writer(file_writer))
+    } else {
+        Box::new(fmt::layer().with_ansi(false).with_writer(file_writer))
+    };
+    let mut layers: Vec<Boxed> = vec![file_layer];
+    if args.foreground {
+        layers.push(if json {
+            Box::new(fmt::layer().json().with_writer(std::io::stderr))
+        } else {
+            Box::new(fmt::layer().with_writer(std::io::stderr))
+        });
+    }
     tracing_subscriber::registry()
+        .with(layers)
         .with(filter)
-        .with(fmt::layer().with_ansi(false).with_writer(file_writer))
-        .with(stderr_layer)
         .init();
 
     // A panic anywhere goes to the log file with its backtrace (an auto-started daemon's

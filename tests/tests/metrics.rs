@@ -58,3 +58,29 @@ async fn metrics_after_a_failover() {
     );
     assert_eq!(get("mythos_connected_clients"), 1.0);
 }
+
+/// `MYTHOS_LOG_FORMAT=json`: every line of the daemon's log file is one JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let mocks = Mocks::start().await;
+    let mut env = mocks.env();
+    env.var("MYTHOS_LOG_FORMAT", "json");
+    let daemon = env.start_daemon(&[]);
+    let mut c = env.connect().await;
+    let events = c.chat(ChatRequest::user_text(1, "log me")).await;
+    assert!(matches!(events.last(), Some(StreamEvent::Done(_))));
+    drop(c);
+    daemon.stop();
+    let logs = mythos_tests::files_under(&env.state.join("logs"));
+    assert!(!logs.is_empty());
+    let mut lines = 0;
+    for f in logs {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            lines += 1;
+        }
+    }
+    assert!(lines >= 3, "{lines} log lines");
+}
