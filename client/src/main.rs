@@ -103,6 +103,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `mythos completions bash > /etc/bash_completion.d/mythos`,
+    /// `mythos completions zsh > "${fpath[1]}/_mythos"`, `mythos completions fish >
+    /// ~/.config/fish/completions/mythos.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `mythos man > ~/.local/share/man/man1/mythos.1`.
+    Man,
     /// Print the local token that agents present to the daemon's HTTP front end.
     Token,
     /// Print `export` lines that point an agent at the daemon:
@@ -277,6 +287,19 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Demo => rt.block_on(commands::demo::run(g)),
         Command::Models { json } => rt.block_on(commands::status::models(g, json)),
         Command::Token => rt.block_on(commands::env::token(g)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "mythos", &mut out);
+            commands::print(&String::from_utf8_lossy(&out)).map(|_| error::EXIT_OK)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .map_err(|e| Failure::new(format!("cannot render the man page: {e}")))?;
+            commands::print(&String::from_utf8_lossy(&out)).map(|_| error::EXIT_OK)
+        }
         Command::Env { agent } => rt.block_on(commands::env::env(
             g,
             match agent {
@@ -408,6 +431,29 @@ mod tests {
         assert!(a.demo);
         assert_eq!(TaskKind::from(a.task), TaskKind::Analysis);
         assert!(parse(&["chat", "--json-frames"]).unwrap().json_frames);
+    }
+
+    #[test]
+    fn completions_and_man_page_cover_every_command() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mythos", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for sub in ["chat", "ask", "models", "env", "token", "completions"] {
+                assert!(text.contains(sub), "{shell:?} lacks {sub}");
+            }
+        }
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .unwrap();
+        let man = String::from_utf8(out).unwrap();
+        assert!(man.contains(".TH mythos 1"));
+        assert!(man.contains("models"));
     }
 
     #[test]
