@@ -63,8 +63,18 @@ enum Command {
     /// Show every provider's health, score and cooldown.
     Status {
         /// Print the status report as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the view in place every interval until `q` or Ctrl-C (plain lines, one per
+        /// provider, when stdout is not a terminal).
+        #[arg(long, short)]
+        watch: bool,
+        /// Refresh interval of --watch, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000), requires = "watch")]
+        interval_ms: u64,
+        /// Stop --watch after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
     /// Start, stop or inspect the daemon.
     Daemon {
@@ -271,7 +281,17 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 show_thinking: a.show_thinking,
             },
         )),
-        Command::Status { json } => rt.block_on(commands::status::run(g, json)),
+        Command::Status {
+            watch: true,
+            interval_ms,
+            count,
+            ..
+        } => rt.block_on(commands::watch::run(
+            g,
+            std::time::Duration::from_millis(interval_ms),
+            count,
+        )),
+        Command::Status { json, .. } => rt.block_on(commands::status::run(g, json)),
         Command::Daemon { action } => {
             let action = match action {
                 DaemonCommand::Start => Action::Start,
@@ -380,7 +400,7 @@ mod tests {
     fn global_socket_after_the_subcommand() {
         let cli = parse(&["status", "--socket", "/tmp/x.sock", "--json"]).unwrap();
         assert_eq!(cli.socket, Some(PathBuf::from("/tmp/x.sock")));
-        assert!(matches!(cli.command, Command::Status { json: true }));
+        assert!(matches!(cli.command, Command::Status { json: true, .. }));
         let cli = parse(&["--socket", "/tmp/y.sock", "daemon", "status"]).unwrap();
         assert_eq!(cli.socket, Some(PathBuf::from("/tmp/y.sock")));
     }

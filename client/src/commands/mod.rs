@@ -9,6 +9,7 @@ pub mod env;
 pub mod reset;
 pub mod status;
 pub mod usage;
+pub mod watch;
 pub mod why;
 
 use std::io::Write;
