@@ -93,6 +93,109 @@ impl Conversation {
     pub fn messages(&self) -> &[Message] {
         &self.messages
     }
+
+    /// Take back the last exchange for `/retry`: its question, if there is one.
+    pub fn take_last_question(&mut self) -> Option<String> {
+        if self
+            .messages
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant)
+        {
+            self.messages.pop();
+        }
+        match self.messages.last() {
+            Some(m) if m.role == Role::User => self.messages.pop().map(|m| m.joined_text()),
+            _ => None,
+        }
+    }
+
+    /// The last answer.
+    pub fn last_answer(&self) -> Option<String> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .map(Message::joined_text)
+    }
+
+    /// The conversation as Markdown, for `/save`.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("# mythos chat\n");
+        for m in &self.messages {
+            let who = match m.role {
+                Role::User => "You",
+                Role::Assistant => "Assistant",
+            };
+            out.push_str(&format!("\n## {who}\n\n{}\n", m.joined_text().trim_end()));
+        }
+        out
+    }
+}
+
+/// The last fenced code block of `text` (what `/copy` copies), or the whole text if it has
+/// none.
+pub fn last_code_block(text: &str) -> String {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        match &mut current {
+            None => {
+                if let Some(rest) = trimmed
+                    .strip_prefix("```")
+                    .or_else(|| trimmed.strip_prefix("~~~"))
+                {
+                    let fence = trimmed[..3].to_string();
+                    let _ = rest;
+                    current = Some((fence, String::new()));
+                }
+            }
+            Some((fence, body)) => {
+                if trimmed.starts_with(fence.as_str()) && trimmed.trim_end() == fence.as_str() {
+                    blocks.push(std::mem::take(body));
+                    current = None;
+                } else {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    // An unclosed fence still counts: the answer may end inside one.
+    if let Some((_, body)) = current {
+        blocks.push(body);
+    }
+    blocks.pop().unwrap_or_else(|| text.to_string())
+}
+
+/// Put `text` on the clipboard with the first clipboard tool this system has.
+fn copy_to_clipboard(text: &str) -> Result<&'static str, String> {
+    use std::io::Write as _;
+    let tools: &[(&str, &[&str])] = &[
+        ("pbcopy", &[]),
+        ("wl-copy", &[]),
+        ("xclip", &["-selection", "clipboard"]),
+        ("xsel", &["--clipboard", "--input"]),
+        ("clip.exe", &[]),
+    ];
+    for (tool, args) in tools {
+        let child = std::process::Command::new(tool)
+            .args(*args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else { continue };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        return match child.wait() {
+            Ok(s) if s.success() => Ok(tool),
+            Ok(s) => Err(format!("{tool} failed ({s})")),
+            Err(e) => Err(format!("{tool} failed: {e}")),
+        };
+    }
+    Err("no clipboard tool found (pbcopy, wl-copy, xclip, xsel or clip.exe)".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,6 +224,12 @@ pub enum Input {
     Clear,
     /// `/fault PROVIDER FAULT`: inject a fault into a simulated provider.
     Fault(String, String),
+    /// `/copy`: the last answer's last code block to the clipboard.
+    Copy,
+    /// `/save FILE`: the conversation as Markdown.
+    Save(Option<String>),
+    /// `/retry`: ask the last question again.
+    Retry,
     /// Any other `/word`.
     Unknown(String),
 }
@@ -152,6 +261,10 @@ pub fn parse_input(line: &str) -> Input {
         ("status", _) => Input::Status,
         ("clear", _) => Input::Clear,
         ("fault", [p, f, ..]) => Input::Fault((*p).to_string(), (*f).to_string()),
+        ("copy", _) => Input::Copy,
+        ("save", []) => Input::Save(None),
+        ("save", _) => Input::Save(Some(command["save".len()..].trim().to_string())),
+        ("retry", _) => Input::Retry,
         _ => Input::Unknown(line.to_string()),
     }
 }
@@ -192,6 +305,9 @@ const HELP: &str = "\
 /task KIND       chat, code, analysis or background
 /status          provider health
 /clear           start a new conversation
+/retry           ask the last question again
+/copy            copy the last answer's last code block (or all of it)
+/save FILE       write the conversation to FILE as Markdown
 /fault P FAULT   simulated providers only: make P fail on its next request
                  (429, 529, 500, 401, disconnect, stall, stall-first, keepalive,
                  malformed, error-event)
@@ -350,6 +466,22 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 print("conversation cleared\n")
             }
             Input::Fault(p, f) => s.fault(p, &f),
+            Input::Copy => match s.convo.last_answer() {
+                None => print("nothing to copy yet\n"),
+                Some(answer) => match copy_to_clipboard(&last_code_block(&answer)) {
+                    Ok(tool) => print(&format!("copied (with {tool})\n")),
+                    Err(e) => print(&format!("cannot copy: {e}\n")),
+                },
+            },
+            Input::Save(None) => print("/save needs a file name\n"),
+            Input::Save(Some(path)) => match std::fs::write(&path, s.convo.markdown()) {
+                Ok(()) => print(&format!("saved to {path}\n")),
+                Err(e) => print(&format!("cannot write {path}: {e}\n")),
+            },
+            Input::Retry => match s.convo.take_last_question() {
+                Some(q) => s.turn(&q),
+                None => print("nothing to retry yet\n"),
+            },
             Input::Unknown(c) => print(&format!("unknown command {c}; /help lists them\n")),
             Input::Message(text) => s.turn(&text),
         };
@@ -529,6 +661,27 @@ mod tests {
     use mythos_protocol::{DoneInfo, FinishReason, RerouteMode, Usage};
 
     #[test]
+    fn copy_takes_the_last_code_block_and_retry_the_last_question() {
+        let answer = "Try:\n```rust\nfn a() {}\n```\nor\n```sh\nls -l\n```\ndone";
+        assert_eq!(last_code_block(answer), "ls -l\n");
+        assert_eq!(last_code_block("no code"), "no code");
+        assert_eq!(last_code_block("```\nopen\n"), "open\n");
+        let mut c = Conversation::default();
+        c.push_user("q1");
+        assert!(c.answer("a1"));
+        c.push_user("q2");
+        assert!(c.answer("a2"));
+        assert_eq!(c.last_answer().as_deref(), Some("a2"));
+        let md = c.markdown();
+        assert!(
+            md.contains("## You\n\nq2") && md.contains("## Assistant\n\na2"),
+            "{md}"
+        );
+        assert_eq!(c.take_last_question().as_deref(), Some("q2"));
+        assert_eq!(c.messages().len(), 2);
+    }
+
+    #[test]
     fn commands_and_messages() {
         assert_eq!(parse_input("  "), Input::Empty);
         assert_eq!(parse_input("hello"), Input::Message("hello".into()));
@@ -548,6 +701,13 @@ mod tests {
         assert_eq!(parse_input("/task nonsense"), Input::Task(None));
         assert_eq!(parse_input("/status"), Input::Status);
         assert_eq!(parse_input("/clear"), Input::Clear);
+        assert_eq!(parse_input("/copy"), Input::Copy);
+        assert_eq!(parse_input("/retry"), Input::Retry);
+        assert_eq!(parse_input("/save"), Input::Save(None));
+        assert_eq!(
+            parse_input("/save my notes.md"),
+            Input::Save(Some("my notes.md".into()))
+        );
         assert_eq!(
             parse_input("/fault sim-anthropic 429"),
             Input::Fault("sim-anthropic".into(), "429".into())
