@@ -141,13 +141,8 @@ pub fn last_code_block(text: &str) -> String {
         let trimmed = line.trim_start();
         match &mut current {
             None => {
-                if let Some(rest) = trimmed
-                    .strip_prefix("```")
-                    .or_else(|| trimmed.strip_prefix("~~~"))
-                {
-                    let fence = trimmed[..3].to_string();
-                    let _ = rest;
-                    current = Some((fence, String::new()));
+                if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+                    current = Some((trimmed[..3].to_string(), String::new()));
                 }
             }
             Some((fence, body)) => {
