@@ -198,6 +198,9 @@ struct ChatArgs {
     /// Show the model's thinking, dimmed.
     #[arg(long)]
     show_thinking: bool,
+    /// Print answers as they are (no Markdown rendering; it is off anyway when not a terminal).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +232,9 @@ struct AskArgs {
     /// Show the model's thinking, dimmed, on stderr.
     #[arg(long)]
     show_thinking: bool,
+    /// Print the answer as it is (no Markdown rendering; it is off anyway when piped).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn main() -> ExitCode {
@@ -265,6 +271,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 task: a.task.into(),
                 demo: a.demo,
                 show_thinking: a.show_thinking,
+                raw: a.raw,
             },
         ),
         Command::Ask(a) => rt.block_on(commands::ask::run(
@@ -279,6 +286,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 json: a.json,
                 verbose: a.verbose,
                 show_thinking: a.show_thinking,
+                raw: a.raw,
             },
         )),
         Command::Status {

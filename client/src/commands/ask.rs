@@ -41,6 +41,8 @@ pub struct AskOptions {
     pub verbose: bool,
     /// Print thinking text (dimmed, on stderr).
     pub show_thinking: bool,
+    /// Print the answer as it is, without Markdown rendering.
+    pub raw: bool,
 }
 
 /// Ask once and print the answer.
@@ -54,7 +56,7 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
         let mut printer = StreamPrinter::new(
             io::stdout(),
             io::stderr(),
-            PrinterOptions::for_terminal(opts.show_thinking),
+            PrinterOptions::for_terminal(opts.show_thinking).raw(opts.raw),
         );
         let mut json_out = io::stdout();
         let mut last_queued: Option<StreamEvent> = None;

@@ -38,6 +38,8 @@ pub struct ChatOptions {
     pub demo: bool,
     /// Show thinking text, dimmed.
     pub show_thinking: bool,
+    /// Print answers as they are, without Markdown rendering.
+    pub raw: bool,
 }
 
 /// Run the chat.
@@ -401,6 +403,7 @@ struct Session<'a> {
     pin: Option<String>,
     task: TaskKind,
     show_thinking: bool,
+    raw: bool,
 }
 
 fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> {
@@ -413,6 +416,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         pin: opts.provider,
         task: opts.task,
         show_thinking: opts.show_thinking,
+        raw: opts.raw,
     };
     let mut input = LineSource::new();
     if input.interactive() {
@@ -580,7 +584,7 @@ impl Session<'_> {
             model: None,
         });
         let pinned = pin.is_some();
-        let opts = PrinterOptions::for_terminal(self.show_thinking);
+        let opts = PrinterOptions::for_terminal(self.show_thinking).raw(self.raw);
         for attempt in 0..2 {
             let messages = self.convo.messages().to_vec();
             let task = self.task;

@@ -399,6 +399,8 @@ async fn ask(conn: &mut Connection, style: Style, prompt: &str) -> Result<Asked,
             same_screen: true,
             side_style: style,
             live: io::stdout().is_terminal(),
+            // The demo shows the stream as it arrives, seams and all.
+            markdown: None,
         },
     );
     let req = ChatRequest::user_text(conn.next_id(), prompt);

@@ -11,6 +11,7 @@
 //! - [`why`]: `mythos why`, a routing record in words;
 //! - [`printer`]: streaming an answer to the terminal.
 
+pub mod markdown;
 mod printer;
 mod table;
 mod why;

@@ -22,6 +22,8 @@ pub struct PrinterOptions {
     pub side_style: Style,
     /// The side stream is a terminal: a waiting request's countdown redraws in place.
     pub live: bool,
+    /// Render the answer as Markdown for a terminal this wide (`None`: the text as it is).
+    pub markdown: Option<usize>,
 }
 
 impl PrinterOptions {
@@ -35,7 +37,16 @@ impl PrinterOptions {
             same_screen: stdout_tty && stderr_tty,
             side_style: Style::stderr(),
             live: stderr_tty,
+            markdown: stdout_tty.then(super::markdown::terminal_width),
         }
+    }
+
+    /// The answer as it is, never rendered (`--raw`).
+    pub fn raw(mut self, raw: bool) -> Self {
+        if raw {
+            self.markdown = None;
+        }
+        self
     }
 }
 
@@ -63,6 +74,8 @@ pub struct StreamPrinter<O: Write, S: Write> {
     status_line: bool,
     /// The gist of the last waiting reason shown (plain output shows each one once).
     last_wait: Option<String>,
+    /// The Markdown renderer, when the answer is rendered.
+    md: Option<super::markdown::MarkdownStream>,
 }
 
 impl<O: Write, S: Write> StreamPrinter<O, S> {
@@ -78,6 +91,9 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             buffer: String::new(),
             status_line: false,
             last_wait: None,
+            md: opts
+                .markdown
+                .map(|w| super::markdown::MarkdownStream::new(w, Style::stdout())),
         }
     }
 
@@ -132,8 +148,13 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                     return Ok(());
                 }
                 self.broke_line = false;
-                self.out.write_all(shown.as_bytes())?;
-                self.out.flush()?;
+                match &mut self.md {
+                    Some(md) => md.push(shown, &mut self.out)?,
+                    None => {
+                        self.out.write_all(shown.as_bytes())?;
+                        self.out.flush()?;
+                    }
+                }
                 self.out_mid_line = !shown.ends_with('\n');
             }
             StreamEvent::ThinkingDelta { text } if self.opts.show_thinking && !text.is_empty() => {
@@ -159,6 +180,9 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             } => {
                 if *mode == RerouteMode::Restart {
                     self.buffer.clear();
+                    if let Some(md) = &mut self.md {
+                        md.reset();
+                    }
                 }
                 let line = self
                     .opts
@@ -192,6 +216,12 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
     /// The answer is complete: write a held-back answer and end the last line.
     pub fn finish(&mut self) -> io::Result<()> {
         self.clear_status()?;
+        if let Some(md) = &mut self.md {
+            if self.out_mid_line {
+                md.finish(&mut self.out)?;
+                self.out_mid_line = false;
+            }
+        }
         if self.opts.buffer_text && !self.buffer.is_empty() {
             let text = std::mem::take(&mut self.buffer);
             self.out.write_all(text.as_bytes())?;
@@ -223,6 +253,10 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
 
     /// Before a notice: make sure the screen's cursor is at the start of a line.
     fn fresh_line(&mut self) -> io::Result<()> {
+        if let Some(md) = &mut self.md {
+            // The line in progress stays as it is; what follows goes below it.
+            md.detach();
+        }
         if self.side_mid_line {
             self.side.write_all(b"\n")?;
             self.side_mid_line = false;
@@ -257,6 +291,7 @@ mod tests {
                 same_screen,
                 side_style: Style::PLAIN,
                 live: same_screen,
+                markdown: None,
             },
         )
     }
