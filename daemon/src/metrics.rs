@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use mythos_protocol::{BreakerState, RequestRecord, StatusReport};
+use mythos_protocol::{BreakerState, Failover, RequestRecord, StatusReport};
 
 use crate::router::RecordSink;
 
@@ -54,7 +54,12 @@ struct Inner {
     /// The breaker state last seen per provider, and the transitions seen.
     last_state: BTreeMap<String, BreakerState>,
     transitions: BTreeMap<Labels, u64>,
+    /// The last failovers, newest last (for `status --watch`).
+    recent: std::collections::VecDeque<Failover>,
 }
+
+/// How many failovers `status` keeps.
+const RECENT: usize = 8;
 
 /// The daemon's metrics.
 #[derive(Default)]
@@ -116,6 +121,15 @@ impl Metrics {
                 let map = if next.provider == a.provider {
                     &mut m.retries
                 } else {
+                    if m.recent.len() == RECENT {
+                        m.recent.pop_front();
+                    }
+                    m.recent.push_back(Failover {
+                        unix_ms: rec.unix_ms + rec.latency_ms,
+                        from: a.provider.clone(),
+                        to: next.provider.clone(),
+                        reason: kind.as_str().to_string(),
+                    });
                     &mut m.failovers
                 };
                 *map.entry(reason).or_default() += 1;
@@ -140,6 +154,11 @@ impl Metrics {
             }
             *m.cost.entry(vec![("provider", provider)]).or_default() += rec.cost_usd;
         }
+    }
+
+    /// The last failovers, oldest first.
+    pub fn recent_failovers(&self) -> Vec<Failover> {
+        self.lock().recent.iter().cloned().collect()
     }
 
     /// The exposition text: the counters, then gauges read from `status`, `open_streams`
@@ -508,6 +527,7 @@ mod tests {
             simulated: false,
             providers: Vec::new(),
             notes: Vec::new(),
+            recent_failovers: Vec::new(),
         };
         let text = m.render(&status, 2);
         let s = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -537,6 +557,13 @@ mod tests {
         );
         assert_eq!(s["mythos_open_streams"], 3.0);
         assert_eq!(s["mythos_connected_clients"], 2.0);
+        let recent = m.recent_failovers();
+        assert_eq!(
+            recent.len(),
+            2,
+            "one failover per record (the retry is not one)"
+        );
+        assert_eq!((recent[0].from.as_str(), recent[0].to.as_str()), ("a", "b"));
     }
 
     #[test]

@@ -70,8 +70,8 @@ pub mod codec;
 pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
-    Attempt, BreakerState, CandidateScore, ModelLimits, ProviderStatus, QuotaStatus, RequestRecord,
-    StatusReport, UsageReport, UsageRow,
+    Attempt, BreakerState, CandidateScore, Failover, ModelLimits, ProviderStatus, QuotaStatus,
+    RequestRecord, StatusReport, UsageReport, UsageRow,
 };
 pub use request::{
     CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Pin,

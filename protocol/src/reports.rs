@@ -22,6 +22,22 @@ pub struct StatusReport {
     /// What the user should know about the daemon itself (its state was recovered, ...).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The last few failovers, newest last.
+    #[serde(default)]
+    pub recent_failovers: Vec<Failover>,
+}
+
+/// A request moved from one provider to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// When the request finished, Unix milliseconds.
+    pub unix_ms: u64,
+    /// The provider that failed.
+    pub from: String,
+    /// The provider that took over.
+    pub to: String,
+    /// Why, as an error kind name (`overloaded`, `rate_limited`, `timeout`...).
+    pub reason: String,
 }
 
 /// One provider's health as the router sees it.

@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use mythos_protocol::{ChatRequest, Request, SimFault, StreamEvent};
 use mythos_tests::TestEnv;
 
 /// A pseudo-terminal: (master, slave).
@@ -53,6 +54,21 @@ fn read_until(
 fn watch_redraws_in_place_and_q_quits() {
     let env = TestEnv::new();
     let _daemon = env.start_daemon(&["--simulate"]);
+    // One failover to show: the primary is overloaded once.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = env.connect().await;
+        c.send(Request::SimInject {
+            provider: "sim-anthropic".into(),
+            faults: vec![SimFault::Overloaded],
+        })
+        .await;
+        c.recv().await;
+        let events = c.chat(ChatRequest::user_text(1, "fail over")).await;
+        assert!(
+            matches!(events.last(), Some(StreamEvent::Done(_))),
+            "{events:?}"
+        );
+    });
     let (master, slave) = openpty();
     let mut cmd = env.command("mythos");
     cmd.args(["status", "--watch", "--interval-ms", "200"])
@@ -75,6 +91,11 @@ fn watch_redraws_in_place_and_q_quits() {
     assert!(
         seen.contains("\x1b[?25l"),
         "the cursor is hidden while watching"
+    );
+    assert!(
+        seen.contains("recent failovers")
+            && seen.contains("sim-anthropic -> sim-deepseek  (overloaded)"),
+        "{seen:?}"
     );
 
     master.write_all(b"q").unwrap();

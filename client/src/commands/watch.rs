@@ -54,8 +54,9 @@ pub async fn run(g: &Globals, interval: Duration, count: Option<u64>) -> Result<
             ));
             // Raw mode: a bare \n would not return the carriage.
             format!(
-                "{CLEAR}{}\n{footer}\n",
-                status_text(&report, Style::stdout())
+                "{CLEAR}{}{}\n{footer}\n",
+                status_text(&report, Style::stdout()),
+                failovers_text(&report)
             )
             .replace('\n', "\r\n")
         } else {
@@ -87,6 +88,22 @@ pub async fn run(g: &Globals, interval: Duration, count: Option<u64>) -> Result<
         let _ = out.flush();
     }
     result
+}
+
+/// The recent failovers, newest first, as lines under the table.
+fn failovers_text(report: &StatusReport) -> String {
+    if report.recent_failovers.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nrecent failovers\n");
+    for f in report.recent_failovers.iter().rev() {
+        let (_, _, _, h, m, s) = mythos_protocol::clock::utc_civil((f.unix_ms / 1000) as i64);
+        out.push_str(&format!(
+            "  {h:02}:{m:02}:{s:02} UTC  {} -> {}  ({})\n",
+            f.from, f.to, f.reason
+        ));
+    }
+    out
 }
 
 /// One line per provider: time, name, state, score, in flight, quota left, cooldown.

@@ -360,6 +360,7 @@ mod tests {
             simulated: false,
             providers: vec![provider("anthropic", BreakerState::Closed)],
             notes: Vec::new(),
+            recent_failovers: Vec::new(),
         };
         let text = models_text(&report, Style::PLAIN);
         let row = text.lines().nth(1).unwrap();
@@ -400,6 +401,7 @@ mod tests {
             simulated: true,
             providers: vec![cooling, busy],
             notes: vec!["the state database was unreadable: started fresh".into()],
+            recent_failovers: Vec::new(),
         };
         let text = status_text(&report, Style::PLAIN);
         let expected = "\

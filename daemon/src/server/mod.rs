@@ -93,6 +93,7 @@ impl Context {
             simulated: router.is_simulated(),
             providers: router.status(),
             notes: self.notes.clone(),
+            recent_failovers: self.metrics.recent_failovers(),
         }
     }
 
