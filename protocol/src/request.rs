@@ -107,6 +107,11 @@ pub struct ChatOptions {
     /// Prompt-cache breakpoints in `messages` (kept for Anthropic, dropped elsewhere).
     #[serde(default)]
     pub cache_points: Vec<CachePoint>,
+    /// With no `max_tokens`: let the answer run to the serving model's own output limit
+    /// rather than the daemon's default (agents that send no limit, such as Codex, expect
+    /// the whole answer). Quotas still reckon with the default.
+    #[serde(default)]
+    pub up_to_model_limit: bool,
 }
 
 /// One block of a system prompt.

@@ -355,3 +355,24 @@ async fn images_cross_formats() {
     let sent = mocks.openai.requests().pop().unwrap();
     assert!(sent.body.to_string().contains("data:image/png;base64,"));
 }
+
+/// An agent that sends no output limit (Codex, aider) gets the serving model's whole output
+/// limit, not the daemon's 4,096 default, so long answers are not cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_limit_means_the_models_own_limit() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let body = json!({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, text) = post(&http, format!("{base}/v1/chat/completions"), &token, &body).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = mocks.openai.requests().pop().unwrap();
+    assert_eq!(sent.body["max_tokens"], 16_384, "{}", sent.body);
+    let body = json!({"model": "anthropic/claude-sonnet-4-5", "input": "hi"});
+    let (status, text) = post(&http, format!("{base}/v1/responses"), &token, &body).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    assert_eq!(sent.body["max_tokens"], 64_000, "{}", sent.body);
+}

@@ -372,10 +372,19 @@ async fn messages_streams_are_well_formed() {
     assert_eq!(m.blocks.len(), 1);
     assert_eq!(m.stop_reason, "end_turn");
 
-    // Thinking then text (DeepSeek's reasoning): two blocks, indices 0 and 1.
+    // DeepSeek reasons before it answers; a client that did not ask for thinking gets the
+    // answer alone, as from the real API.
     let r = w
         .post("/v1/messages", &user("deepseek", "think first", true))
         .await;
+    let m = messages_stream(&r.body);
+    assert_eq!(m.blocks.len(), 1, "{:?}", m.blocks);
+    assert_eq!(m.blocks[0]["type"], "text");
+
+    // Asked for, thinking then text: two blocks, indices 0 and 1.
+    let mut req = user("deepseek", "think first", true);
+    req["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let r = w.post("/v1/messages", &req).await;
     let m = messages_stream(&r.body);
     let kinds: Vec<&str> = m
         .blocks
@@ -764,4 +773,31 @@ async fn a_body_that_is_not_json_is_a_400_in_the_dialect() {
         assert!(message.contains("JSON"), "{path}: {message}");
     }
     assert_eq!(w.total_requests(), 0);
+}
+
+/// A web page cannot read the daemon through DNS rebinding: a request whose Host is not a
+/// loopback name is refused, even on routes that need no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_host_names_are_refused() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, _) = env.http();
+    let addr = base.trim_start_matches("http://").to_string();
+    for (path, want) in [("/metrics", 403), ("/health", 403)] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: evil.example:7626\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let head = String::from_utf8_lossy(&raw);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path}: {head}"
+        );
+    }
+    let ok = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(ok.status(), 200);
 }

@@ -242,6 +242,10 @@ pub fn routes(front: Arc<Front>) -> Routes {
             e.into_response(dialect)
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            front.clone(),
+            local_host_only,
+        ))
         .with_state(front)
 }
 
@@ -265,6 +269,45 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// Whether a `Host` header names this machine's loopback. A web page the user visits can make
+/// the browser send requests to 127.0.0.1 under a name it controls (DNS rebinding); those
+/// carry that name as their Host, and are refused before anything else is looked at.
+pub fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:7626`, `127.0.0.1:7626`, `localhost:7626`; a bare `::1` has colons too.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn local_host_only(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    if !front.cfg.allow_remote && !is_local_host(host) {
+        let e = ApiError {
+            status: StatusCode::FORBIDDEN,
+            kind: mythos_protocol::ErrorKind::Auth,
+            message: format!(
+                "mythosd answers requests for its loopback address only, not for `{host}`"
+            ),
+            retry_at_unix_ms: None,
+            retried: false,
+        };
+        return e.into_response(dialect_of(req.uri().path()));
+    }
+    next.run(req).await
 }
 
 async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
@@ -334,5 +377,23 @@ mod tests {
         assert_eq!(presented(&h), Some("key"));
         assert_eq!(dialect_of("/v1/messages/count_tokens"), Dialect::Anthropic);
         assert_eq!(dialect_of("/v1/chat/completions"), Dialect::Openai);
+        for ok in [
+            "127.0.0.1:7626",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:7626",
+            "::1",
+            "127.0.0.2",
+        ] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7626",
+            "evil.example",
+            "10.0.0.1:7626",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_local_host(bad), "{bad}");
+        }
     }
 }

@@ -190,7 +190,7 @@ fn round_trip(bytes: &[u8], anthropic_upstream: bool) {
     let want = fold(&deltas);
     let events = relay(&deltas);
 
-    let (enc, first) = MessagesEncoder::start(&head(), 10);
+    let (enc, first) = MessagesEncoder::start(&head(), 10, true);
     let messages = encode(enc, first, events.clone());
     check_messages_frames(&messages);
     let got = fold(&decode(AnthropicDecoder::default(), &messages));
@@ -233,7 +233,7 @@ fn anthropic_tool_use_round_trips() {
 fn anthropic_refusal_round_trips_as_text() {
     let bytes = transcript!("anthropic_refusal_response.sse");
     let deltas = decode(AnthropicDecoder::default(), bytes);
-    let (enc, first) = MessagesEncoder::start(&head(), 10);
+    let (enc, first) = MessagesEncoder::start(&head(), 10, true);
     let out = encode(enc, first, relay(&deltas));
     check_messages_frames(&out);
     assert!(String::from_utf8_lossy(&out).contains("\"stop_reason\":\"refusal\""));

@@ -55,29 +55,37 @@ pub fn u32_field(v: &Value, key: &str) -> Option<u32> {
 /// Merge consecutive messages of the same role (Anthropic requires turns to alternate; OpenAI's
 /// tool results arrive as one message each), moving cache points along with their blocks.
 /// Messages left empty are dropped.
-pub fn merge_same_role(messages: Vec<Message>, points: &mut [CachePoint]) -> Vec<Message> {
+pub fn merge_same_role(messages: Vec<Message>, points: &mut Vec<CachePoint>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
-    // Where each input message's blocks went: (output index, block offset).
-    let mut moved: Vec<(u32, u32)> = Vec::with_capacity(messages.len());
+    // Where each input message's blocks went: (output index, block offset); `None` when it
+    // was empty and dropped.
+    let mut moved: Vec<Option<(u32, u32)>> = Vec::with_capacity(messages.len());
     for m in messages {
+        if m.content.is_empty() {
+            // Every API refuses an empty turn; one whose blocks were all dropped is nothing.
+            moved.push(None);
+            continue;
+        }
         let n = out.len();
         match out.last_mut() {
             Some(last) if last.role == m.role => {
-                moved.push(((n - 1) as u32, last.content.len() as u32));
+                moved.push(Some(((n - 1) as u32, last.content.len() as u32)));
                 last.content.extend(m.content);
             }
             _ => {
-                moved.push((n as u32, 0));
+                moved.push(Some((n as u32, 0)));
                 out.push(m);
             }
         }
     }
-    for p in points.iter_mut() {
-        if let Some(&(to, offset)) = moved.get(p.message as usize) {
+    points.retain_mut(|p| match moved.get(p.message as usize).copied().flatten() {
+        Some((to, offset)) => {
             p.message = to;
             p.block += offset;
+            true
         }
-    }
+        None => false,
+    });
     out
 }
 
@@ -106,7 +114,7 @@ mod tests {
             Message::text(Role::User, "b"),
             Message::text(Role::Assistant, "c"),
         ];
-        let mut points = [CachePoint {
+        let mut points = vec![CachePoint {
             message: 1,
             block: 0,
             ttl: CacheTtl::Default,
@@ -116,5 +124,22 @@ mod tests {
         assert_eq!(out[0].content.len(), 2);
         assert_eq!((points[0].message, points[0].block), (0, 1));
         assert_eq!(out[0].content[1], ContentBlock::Text { text: "b".into() });
+        // An empty turn (its blocks were all dropped) goes, with any point on it.
+        let msgs = vec![
+            Message::text(Role::User, "a"),
+            Message {
+                role: Role::Assistant,
+                content: Vec::new(),
+            },
+            Message::text(Role::User, "b"),
+        ];
+        let mut points = vec![CachePoint {
+            message: 2,
+            block: 0,
+            ttl: CacheTtl::Default,
+        }];
+        let out = merge_same_role(msgs, &mut points);
+        assert_eq!(out.len(), 1, "the two user turns meet and merge");
+        assert_eq!((points[0].message, points[0].block), (0, 1));
     }
 }

@@ -793,7 +793,11 @@ impl Router {
                 .unwrap_or_else(|| p.cfg.model.clone());
             // An agent asking for 128,000 output tokens must still be served by a model whose
             // limit is 8,192: clamp to the serving model's limit (providers refuse more).
-            let limit = plan.max_tokens.min(p.cfg.output_limit()).max(1);
+            let wanted = match req.max_tokens {
+                None if req.options.up_to_model_limit => u32::MAX,
+                _ => plan.max_tokens,
+            };
+            let limit = wanted.min(p.cfg.output_limit()).max(1);
             // A continuation may only produce what the first part left of the output limit.
             let max_tokens = match &prefill {
                 Some(text) => limit

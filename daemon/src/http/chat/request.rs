@@ -231,6 +231,8 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .unwrap_or(false);
     let max_tokens =
         u32_field(body, "max_completion_tokens").or_else(|| u32_field(body, "max_tokens"));
+    // An agent that sends no output limit expects the whole answer, not the daemon's default.
+    options.up_to_model_limit = true;
     Ok(Parsed {
         chat: ChatRequest {
             id: 0,

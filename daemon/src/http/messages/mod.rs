@@ -29,11 +29,12 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     let value = super::json_body(&body)?;
     let parsed = request::parse(&value)?;
     let estimate = estimate_input_tokens(&parsed.chat);
+    let thinking = parsed.chat.options.thinking.is_some();
     let mut headers = HeaderMap::new();
     let (mut routed, head) =
         super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
     if parsed.stream {
-        let (encoder, first) = stream::MessagesEncoder::start(&head, estimate);
+        let (encoder, first) = stream::MessagesEncoder::start(&head, estimate, thinking);
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder);
         return Ok((StatusCode::OK, headers, body).into_response());
@@ -41,6 +42,9 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     let (answer, done) = routed.collect().await?;
     let mut content = Vec::new();
     for b in &answer.blocks {
+        if matches!(b, Block::Thinking { .. }) && !thinking {
+            continue;
+        }
         content.push(match b {
             Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
                 "signature": signature.clone().unwrap_or_default()}),

@@ -174,6 +174,8 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         };
     }
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    // An agent that sends no output limit expects the whole answer, not the daemon's default.
+    options.up_to_model_limit = true;
     Ok(Parsed {
         chat: ChatRequest {
             id: 0,

@@ -27,12 +27,15 @@ pub struct MessagesEncoder {
     /// Tool calls being gathered: each goes out whole, as one block.
     pending: Vec<(u32, String, String, String)>,
     usage: Usage,
+    /// The request asked for thinking: only then are thinking blocks sent (the API never
+    /// sends them unasked, and clients read `content[0].text`).
+    thinking: bool,
 }
 
 impl MessagesEncoder {
     /// The encoder and the opening `message_start` frame. `input_estimate` stands in for the
     /// prompt's token count until the provider's own count arrives with `message_delta`.
-    pub fn start(head: &Head, input_estimate: u64) -> (Self, BytesMut) {
+    pub fn start(head: &Head, input_estimate: u64, thinking: bool) -> (Self, BytesMut) {
         let mut out = BytesMut::new();
         sse(
             &mut out,
@@ -58,6 +61,7 @@ impl MessagesEncoder {
                 tools: false,
                 pending: Vec::new(),
                 usage: Usage::default(),
+                thinking,
             },
             out,
         )
@@ -162,6 +166,8 @@ impl Encoder for MessagesEncoder {
                     Self::delta(out, index, json!({"type": "text_delta", "text": text}));
                 }
             }
+            StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. }
+                if !self.thinking => {}
             StreamEvent::ThinkingDelta { text } => {
                 let index = self.ensure(out, Open::Thinking);
                 Self::delta(

@@ -215,6 +215,8 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         obj.get("metadata").cloned().unwrap_or(json!({})),
     );
 
+    // An agent that sends no output limit expects the whole answer, not the daemon's default.
+    options.up_to_model_limit = true;
     Ok(Parsed {
         chat: ChatRequest {
             id: 0,

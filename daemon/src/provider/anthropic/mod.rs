@@ -279,7 +279,7 @@ fn block_json(
             name,
             input_json,
         } => json!({"type": "tool_use", "id": id, "name": names.wire(name),
-                    "input": parse_json(input_json, "tool_use input")?}),
+                    "input": tool_input(input_json)}),
         ContentBlock::ToolResult {
             tool_use_id,
             content,
@@ -421,6 +421,19 @@ fn last_tool_turn_starts_with_thinking(messages: &[Value]) -> bool {
     blocks(turn)
         .first()
         .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+}
+
+/// A past tool call's arguments as the object Anthropic requires. Models do emit cut-off or
+/// non-object arguments (at a token limit, say), and clients replay them verbatim: refusing
+/// them would fail every later turn of the conversation, so they become `{}` (logged).
+fn tool_input(json: &str) -> Value {
+    match serde_json::from_str::<Value>(json) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) | Err(_) => {
+            tracing::debug!("a past tool call's arguments are not a JSON object: sent as {{}}");
+            Value::Object(Default::default())
+        }
+    }
 }
 
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
