@@ -244,3 +244,64 @@ async fn anthropic_reasoning_survives_a_codex_round_trip() {
     assert_eq!(turn["type"], "thinking", "{}", sent.body);
     assert!(turn["signature"].as_str().is_some_and(|s| !s.is_empty()));
 }
+
+/// Codex's `apply_patch` is a `custom` tool (free-form input with a grammar): it reaches the
+/// provider as a function taking the input as one string, and the call comes back as a
+/// `custom_tool_call` with the raw input; its output goes back as the function's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_custom_tools_round_trip() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (url, token) = env.http();
+    let tools = json!([{"type": "custom", "name": "apply_patch",
+                        "description": "Apply a patch.",
+                        "format": {"type": "grammar", "syntax": "lark",
+                                   "definition": "start: \"*** Begin Patch\" ..."}}]);
+    let (status, body) = post(
+        &url,
+        &token,
+        "/v1/responses",
+        &json!({"model": "anthropic/claude-sonnet-4-5", "stream": true, "tools": tools,
+                "input": [{"role": "user", "content": "call: patch it"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (items, last) = codex_view(&events(&body));
+    assert_eq!(last, "response.completed");
+    let call = items
+        .iter()
+        .find(|i| i["type"] == "custom_tool_call")
+        .unwrap_or_else(|| panic!("{items:?}"));
+    assert_eq!(call["name"], "apply_patch");
+    assert!(call["input"].is_string());
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    let tool = &sent.body["tools"][0];
+    assert_eq!(tool["name"], "apply_patch");
+    assert_eq!(tool["input_schema"]["required"], json!(["input"]));
+    assert!(tool["description"]
+        .as_str()
+        .unwrap()
+        .contains("lark grammar"));
+
+    // The next turn carries the call and its output back.
+    let input = json!([
+        {"role": "user", "content": "call: patch it"},
+        call,
+        {"type": "custom_tool_call_output", "call_id": call["call_id"], "output": "Done!"},
+    ]);
+    let (status, body) = post(
+        &url,
+        &token,
+        "/v1/responses",
+        &json!({"model": "anthropic/claude-sonnet-4-5", "stream": true, "tools": tools,
+                "input": input}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let sent = mocks.anthropic.requests().pop().unwrap();
+    let turns = sent.body["messages"].as_array().unwrap();
+    assert_eq!(turns[1]["content"][0]["type"], "tool_use");
+    assert!(turns[1]["content"][0]["input"]["input"].is_string());
+    assert_eq!(turns[2]["content"][0]["type"], "tool_result");
+}

@@ -34,15 +34,17 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     let (mut routed, head) =
         super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
     if parsed.stream {
-        let (encoder, first) = stream::ResponsesEncoder::start(&head, parsed.echo);
+        let (encoder, first) =
+            stream::ResponsesEncoder::start_with(&head, parsed.echo, parsed.custom_tools);
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder);
         return Ok((StatusCode::OK, headers, body).into_response());
     }
     let (answer, done) = routed.collect().await?;
-    let meta = Meta::new(&head, parsed.echo);
+    let mut meta = Meta::new(&head, parsed.echo);
+    meta.custom = parsed.custom_tools.clone();
     let (status, incomplete) = stream::outcome(&done.finish);
-    let items = items(&answer, head.record);
+    let items = items(&answer, head.record, &meta.custom);
     // Only the item the limit cut short is incomplete, as in the stream.
     let last = items.len().saturating_sub(1);
     let state = State {
@@ -66,7 +68,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
 }
 
 /// A whole answer as output items, numbered as the stream would number them.
-fn items(answer: &Answer, record: u64) -> Vec<Item> {
+fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
     let mut out = Vec::with_capacity(answer.blocks.len());
     for b in &answer.blocks {
         let n = out.len();
@@ -86,6 +88,7 @@ fn items(answer: &Answer, record: u64) -> Vec<Item> {
                 text: text.clone(),
             },
             Block::Tool { id, name, args } => Item::Call {
+                custom: custom.contains(name),
                 id: Item::id("fc", record, n),
                 call_id: id.clone(),
                 name: name.clone(),

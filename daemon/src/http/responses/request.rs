@@ -30,6 +30,40 @@ pub struct Parsed {
     /// The request's settings as a response object repeats them (`instructions`, `tools`,
     /// `tool_choice`, `temperature`...): the real API echoes them in every response object.
     pub echo: Map<String, Value>,
+    /// Names of the request's `custom` tools (free-form input, such as Codex's
+    /// `apply_patch`): offered upstream as functions taking `{"input": string}`, and their
+    /// calls returned as `custom_tool_call` items.
+    pub custom_tools: Vec<String>,
+}
+
+/// The function a `custom` tool is offered upstream as: one string argument carrying the
+/// free-form input, with the tool's grammar (if any) in the description so the model can
+/// follow it.
+fn custom_tool(t: &Value) -> Option<ToolSpec> {
+    let name = t.get("name").and_then(Value::as_str)?;
+    let mut description = t
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if let Some(f) = t.get("format").filter(|f| f["type"] == "grammar") {
+        let syntax = f.get("syntax").and_then(Value::as_str).unwrap_or("grammar");
+        if let Some(def) = f.get("definition").and_then(Value::as_str) {
+            description.push_str(&format!(
+                "\n\nPut the tool's whole input in `input`, following this {syntax} grammar:\n{def}"
+            ));
+        }
+    }
+    Some(ToolSpec {
+        name: name.into(),
+        description,
+        input_schema_json: json!({
+            "type": "object",
+            "properties": {"input": {"type": "string", "description": "The tool's raw input."}},
+            "required": ["input"],
+        })
+        .to_string(),
+    })
 }
 
 /// Translate a Responses request body.
@@ -81,6 +115,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
 
     let mut tools = Vec::new();
     let mut offered = Vec::new();
+    let mut custom_tools = Vec::new();
     for t in obj
         .get("tools")
         .and_then(Value::as_array)
@@ -88,6 +123,14 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .flatten()
     {
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+        if kind == "custom" {
+            if let Some(spec) = custom_tool(t) {
+                custom_tools.push(spec.name.clone());
+                tools.push(spec);
+                offered.push(t.clone());
+            }
+            continue;
+        }
         if kind != "function" {
             tracing::debug!(tool = kind, "dropped a tool that is not a function");
             continue;
@@ -232,6 +275,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         model,
         stream,
         echo,
+        custom_tools,
     })
 }
 
@@ -308,7 +352,25 @@ fn input_item(
                 }],
             });
         }
-        "function_call_output" => {
+        "custom_tool_call" => {
+            let id = item.get("call_id").and_then(Value::as_str);
+            let name = item.get("name").and_then(Value::as_str);
+            let (Some(id), Some(name)) = (id, name) else {
+                return Err(ApiError::bad_request(format!(
+                    "input.{i}: a custom_tool_call needs a call_id and a name"
+                )));
+            };
+            let input = item.get("input").and_then(Value::as_str).unwrap_or("");
+            messages.push(Message {
+                role: Role::Assistant,
+                content: vec![ContentBlock::ToolUse {
+                    id: id.into(),
+                    name: name.into(),
+                    input_json: json!({ "input": input }).to_string(),
+                }],
+            });
+        }
+        "function_call_output" | "custom_tool_call_output" => {
             let id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "input.{i}.call_id: a function_call_output needs the call_id it answers"

@@ -35,6 +35,8 @@ pub struct Meta {
     pub record: u64,
     /// The request's settings, echoed (see [`super::request::Parsed::echo`]).
     pub echo: Map<String, Value>,
+    /// The request's `custom` tools (see [`super::request::Parsed::custom_tools`]).
+    pub custom: Vec<String>,
 }
 
 impl Meta {
@@ -45,6 +47,7 @@ impl Meta {
             created_at: mythos_protocol::clock::now_unix_ms() / 1000,
             record: head.record,
             echo,
+            custom: Vec::new(),
         }
     }
 
@@ -170,6 +173,8 @@ pub enum Item {
         name: String,
         /// Arguments, JSON text.
         args: String,
+        /// A `custom` tool's call: shown as `custom_tool_call` with the raw `input`.
+        custom: bool,
     },
 }
 
@@ -217,6 +222,21 @@ impl Item {
                 call_id,
                 name,
                 args,
+                custom: true,
+            } => json!({
+                "id": id,
+                "type": "custom_tool_call",
+                "status": status,
+                "call_id": call_id,
+                "name": name,
+                "input": if shell { String::new() } else { custom_input(args) },
+            }),
+            Item::Call {
+                id,
+                call_id,
+                name,
+                args,
+                custom: false,
             } => json!({
                 "id": id,
                 "type": "function_call",
@@ -226,6 +246,19 @@ impl Item {
                 "name": name,
             }),
         }
+    }
+}
+
+/// A custom tool's raw input, from the `{"input": ...}` its function was called with (the
+/// arguments as they are if the model did not follow that shape).
+pub fn custom_input(args: &str) -> String {
+    match serde_json::from_str::<Value>(args) {
+        Ok(Value::Object(mut o)) => match o.remove("input") {
+            Some(Value::String(s)) => s,
+            Some(other) => other.to_string(),
+            None => args.to_string(),
+        },
+        _ => args.to_string(),
     }
 }
 
@@ -256,8 +289,19 @@ pub struct ResponsesEncoder {
 impl ResponsesEncoder {
     /// The encoder and the opening `response.created` and `response.in_progress` frames.
     pub fn start(head: &Head, echo: Map<String, Value>) -> (Self, BytesMut) {
+        Self::start_with(head, echo, Vec::new())
+    }
+
+    /// [`Self::start`] for a request offering the `custom` tools named in `custom`.
+    pub fn start_with(
+        head: &Head,
+        echo: Map<String, Value>,
+        custom: Vec<String>,
+    ) -> (Self, BytesMut) {
+        let mut meta = Meta::new(head, echo);
+        meta.custom = custom;
         let mut enc = ResponsesEncoder {
-            meta: Meta::new(head, echo),
+            meta,
             model: head.model.clone(),
             seq: 0,
             items: Vec::new(),
@@ -399,7 +443,12 @@ impl ResponsesEncoder {
             if parts.iter().all(|p| p.is_empty()) {
                 parts = vec!["{}".into()];
             }
-            let id = Item::id("fc", self.meta.record, self.items.len());
+            let custom = self.meta.custom.contains(&name);
+            let id = Item::id(
+                if custom { "ctc" } else { "fc" },
+                self.meta.record,
+                self.items.len(),
+            );
             let args = parts.concat();
             let n = self.add(
                 out,
@@ -408,8 +457,19 @@ impl ResponsesEncoder {
                     call_id,
                     name: name.clone(),
                     args: args.clone(),
+                    custom,
                 },
             );
+            if custom {
+                // What Codex acts on is the finished item.
+                let item = self.items[n].0.json("completed");
+                self.emit(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": n, "item": item}),
+                );
+                continue;
+            }
             for delta in parts.iter().filter(|p| !p.is_empty()) {
                 self.emit(
                     out,

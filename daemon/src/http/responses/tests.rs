@@ -519,7 +519,7 @@ fn a_whole_answer_numbers_items_as_the_stream_does() {
             args: String::new(),
         },
     ];
-    let got = items(&answer, 3);
+    let got = items(&answer, 3, &[]);
     assert_eq!(got.len(), 3, "empty thinking is no item");
     assert!(matches!(&got[0], Item::Reasoning { id, .. } if id == "rs_mythos_3_0"));
     assert!(matches!(&got[1], Item::Message { id, .. } if id == "msg_mythos_3_1"));
