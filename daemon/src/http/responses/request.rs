@@ -524,9 +524,15 @@ mod tests {
         assert_eq!(c.options.tool_choice, Some(ToolChoice::Auto));
         assert_eq!(c.options.parallel_tool_calls, Some(false));
         assert_eq!(c.options.thinking.unwrap().budget_tokens, Some(8192));
-        assert_eq!(c.tools.len(), 1, "hosted and custom tools are dropped");
+        assert_eq!(
+            c.tools.len(),
+            2,
+            "hosted tools are dropped, custom ones kept"
+        );
         assert_eq!(c.tools[0].name, "shell");
-        assert_eq!(p.echo["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(c.tools[1].name, "apply_patch");
+        assert_eq!(p.custom_tools, ["apply_patch"]);
+        assert_eq!(p.echo["tools"].as_array().unwrap().len(), 2);
         assert_eq!(p.echo["store"], json!(false));
 
         let roles: Vec<Role> = c.messages.iter().map(|m| m.role).collect();
