@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    cap: usize,
     /// Refusals since the last log line (one line per burst, not one per connection).
     refused: u64,
 }
@@ -25,6 +26,7 @@ impl CappedListener {
         CappedListener {
             inner,
             permits: Arc::new(Semaphore::new(cap.max(1))),
+            cap: cap.max(1),
             refused: 0,
         }
     }
@@ -82,6 +84,13 @@ impl axum::serve::Listener for CappedListener {
                 // At the cap: close at once. The SDKs retry a reset connection with backoff;
                 // a connection left waiting in the backlog would just hang.
                 Err(_) => {
+                    if self.refused == 0 {
+                        // Said at once, then counted until the burst is over.
+                        tracing::warn!(
+                            cap = self.cap,
+                            "HTTP connection cap reached: refusing new connections"
+                        );
+                    }
                     self.refused += 1;
                     drop(stream);
                 }

@@ -126,16 +126,52 @@ pub async fn start(
     // HTTP request may hold an upstream connection too.
     let cap = (ctx.conns.max() / 2).max(16);
     let listener = listener::CappedListener::new(listener, cap);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { draining.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the HTTP front end stopped");
-        }
-    });
+    let streams = ctx.streams.clone();
+    // Tracked with the chat streams, so shutdown waits until the last frames of every HTTP
+    // answer are written, not only until the router has produced them.
+    streams.spawn(serve(listener, app, draining, ctx.hard_stop.clone()));
     tracing::info!(listen = %addr, "HTTP front end ready");
     Ok(addr)
+}
+
+/// A connection that sends no request head for this long is closed: one that connected and
+/// said nothing, or a keep-alive connection idle between requests (the SDKs reconnect).
+/// Without it, a few hundred silent connections would hold every seat of the cap.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept and serve connections until `draining`; then stop accepting, let answers in progress
+/// finish, and cut what is left at `hard_stop`.
+async fn serve(
+    mut listener: listener::CappedListener,
+    app: Routes,
+    draining: tokio_util::sync::CancellationToken,
+    hard_stop: tokio_util::sync::CancellationToken,
+) {
+    use axum::serve::Listener as _;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        let (io, _) = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = draining.cancelled() => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = hard_stop.cancelled() => {}
+    }
 }
 
 /// The routes, with the token check in front of everything but `/health`.
