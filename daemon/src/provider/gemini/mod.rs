@@ -284,7 +284,9 @@ fn model_parts(content: &[ContentBlock], names: &ToolNames) -> Result<Vec<Value>
             ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
                 tracing::debug!("gemini: thinking in a model turn dropped");
             }
-            ContentBlock::Text { .. } | ContentBlock::Image { .. } | ContentBlock::ToolResult { .. } => {
+            ContentBlock::Text { .. }
+            | ContentBlock::Image { .. }
+            | ContentBlock::ToolResult { .. } => {
                 tracing::debug!("gemini: image or tool result in a model turn dropped");
             }
         }

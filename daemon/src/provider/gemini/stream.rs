@@ -120,8 +120,9 @@ fn finish_reason(s: &str, tools: bool) -> FinishReason {
         "STOP" if tools => FinishReason::ToolUse,
         "STOP" => FinishReason::Stop,
         "MAX_TOKENS" => FinishReason::MaxTokens,
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" => FinishReason::ContentFilter,
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            FinishReason::ContentFilter
+        }
         other => FinishReason::Other(other.to_string()),
     }
 }
