@@ -1027,6 +1027,47 @@ priority = 7
     }
 
     #[test]
+    fn gemini_registers_from_either_key_after_the_presets() {
+        let env = env_of(&[("GOOGLE_API_KEY", "g"), ("GROQ_API_KEY", "q")]);
+        let c = load("", &env).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["groq", "gemini"]);
+        let g = &c.providers[1];
+        assert_eq!(g.api, Api::Gemini);
+        assert_eq!(g.base_url, "https://generativelanguage.googleapis.com");
+        assert_eq!(g.model, "gemini-2.5-flash");
+        assert_eq!(g.api_key.as_ref().map(Secret::expose), Some("g"));
+        assert_eq!(g.context_window, Some(1_048_576));
+        assert_eq!(g.output_limit(), 65_536);
+        assert!(g.priority > c.providers[0].priority);
+        // GEMINI_API_KEY wins over GOOGLE_API_KEY; the model and URL can be overridden.
+        let env = env_of(&[
+            ("GOOGLE_API_KEY", "g"),
+            ("GEMINI_API_KEY", "m"),
+            ("MYTHOS_GEMINI_MODEL", "gemini-2.5-pro"),
+            ("GEMINI_BASE_URL", "http://127.0.0.1:9"),
+        ]);
+        let c = load("", &env).unwrap();
+        let g = &c.providers[0];
+        assert_eq!(
+            (
+                g.api_key.as_ref().map(Secret::expose),
+                g.model.as_str(),
+                g.base_url.as_str()
+            ),
+            (Some("m"), "gemini-2.5-pro", "http://127.0.0.1:9")
+        );
+        assert_eq!(g.context_window, None, "another model's window is unknown");
+        // `api = "gemini"` in the file.
+        let c = load(
+            "[[provider]]\nname = \"vertex\"\napi = \"gemini\"\nbase_url = \"http://x\"\nmodel = \"gemini-2.0-flash\"\napi_key = \"k\"\n",
+            &env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].api, Api::Gemini);
+    }
+
+    #[test]
     fn presets_register_from_their_key_or_by_name() {
         let env = env_of(&[("GROQ_API_KEY", "gsk"), ("ANTHROPIC_API_KEY", "a")]);
         let c = Config::load_with(Path::new("/nonexistent/mythos.toml"), &env).unwrap();

@@ -471,7 +471,9 @@ impl GoogleError {
 /// A protobuf JSON duration ("7s", "1.500s").
 fn parse_duration(s: &str) -> Option<Duration> {
     let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-    (0.0..86_400.0).contains(&secs).then(|| Duration::from_secs_f64(secs))
+    (0.0..86_400.0)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
