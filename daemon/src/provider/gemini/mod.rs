@@ -154,9 +154,19 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         gen["stopSequences"] = json!(stop[..stop.len().min(MAX_STOP)]);
     }
     if let Some(t) = opts.thinking {
-        // -1 is the API's "dynamic": the model decides, as `budget_tokens: None` asks.
-        let budget = t.budget_tokens.map_or(-1, i64::from);
-        gen["thinkingConfig"] = json!({"thinkingBudget": budget, "includeThoughts": true});
+        if supports_thinking(req.model) {
+            // -1 is the API's "dynamic": the model decides, as `budget_tokens: None` asks. A
+            // budget over the model's ceiling is refused, so it is lowered to it.
+            let budget = t
+                .budget_tokens
+                .map_or(-1, |b| i64::from(b.min(max_thinking_budget(req.model))));
+            gen["thinkingConfig"] = json!({"thinkingBudget": budget, "includeThoughts": true});
+        } else {
+            tracing::debug!(
+                model = req.model,
+                "gemini: thinking dropped (model does not think)"
+            );
+        }
     }
     body["generationConfig"] = gen;
 
@@ -200,6 +210,23 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         body: bytes,
         tool_names: names,
     })
+}
+
+/// Whether `model` takes a `thinkingConfig`: 2.5 and later (and the old `-thinking-`
+/// experiments); 1.5 and 2.0 refuse it. Permissive, so a new model works without a release.
+pub fn supports_thinking(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let m = m.strip_prefix("models/").unwrap_or(&m);
+    !(m.starts_with("gemini-1.") || m.starts_with("gemini-2.0")) || m.contains("thinking")
+}
+
+/// The largest thinking budget `model` accepts (Flash and Flash-Lite 24,576; Pro 32,768).
+fn max_thinking_budget(model: &str) -> u32 {
+    if model.contains("flash") {
+        24_576
+    } else {
+        32_768
+    }
 }
 
 /// An image part: `inlineData` for bytes, `fileData` for a URL the API fetches.

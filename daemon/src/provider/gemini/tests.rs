@@ -210,6 +210,17 @@ fn tool_choice_modes_and_error_results() {
         v["generationConfig"]["thinkingConfig"]["thinkingBudget"],
         -1
     );
+    chat.options.thinking = Some(Thinking {
+        budget_tokens: Some(100_000),
+        display: true,
+    });
+    let (_, v) = build_for(&chat, None);
+    assert_eq!(
+        v["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        24_576
+    );
+    assert!(supports_thinking("gemini-2.5-pro") && supports_thinking("gemini-3-pro-preview"));
+    assert!(!supports_thinking("gemini-2.0-flash") && !supports_thinking("models/gemini-1.5-pro"));
 }
 
 #[test]
