@@ -1,8 +1,8 @@
 //! Configuration: providers from the environment, refined by an optional TOML file.
 //!
 //! With no file at all the daemon registers a provider for every API key it finds
-//! (`ANTHROPIC_API_KEY` priority 0, `DEEPSEEK_API_KEY` 1, `OPENAI_API_KEY` 2). The file can
-//! reorder them, change models and prices, tune routing, and add any OpenAI-compatible endpoint.
+//! (`ANTHROPIC_API_KEY` priority 0, `DEEPSEEK_API_KEY` 1, `OPENAI_API_KEY` 2, then the presets,
+//! then `GEMINI_API_KEY` or `GOOGLE_API_KEY`). The file can reorder them, change models and prices, tune routing, and add any OpenAI-compatible endpoint.
 //! Errors name the file, the line and the field, because toml's messages carry line and column.
 
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ pub enum Api {
     Anthropic,
     /// OpenAI Chat Completions (also DeepSeek, OpenRouter, Groq, Mistral, Ollama, vLLM...).
     Openai,
+    /// Google Gemini API (`streamGenerateContent`).
+    Gemini,
 }
 
 impl Api {
@@ -28,6 +30,7 @@ impl Api {
         match self {
             Api::Anthropic => "anthropic",
             Api::Openai => "openai",
+            Api::Gemini => "gemini",
         }
     }
 }
@@ -131,6 +134,9 @@ pub fn default_output_limit(model: &str) -> u32 {
         } else {
             8_192
         }
+    } else if m.starts_with("gemini-2.5") || m.starts_with("gemini-3") {
+        // Gemini 2.0 and 1.5 stop at 8,192, the default below.
+        65_536
     } else if m.starts_with("deepseek-reasoner") {
         65_536
     } else if m.starts_with("deepseek") {
@@ -321,6 +327,8 @@ struct Builtin {
     name: &'static str,
     api: Api,
     key_env: &'static str,
+    /// A second key variable, read when the first is unset (Google's SDKs accept both).
+    alt_key_env: Option<&'static str>,
     url_env: &'static str,
     model_env: &'static str,
     base_url: &'static str,
@@ -335,6 +343,7 @@ const BUILTINS: [Builtin; 3] = [
         name: "anthropic",
         api: Api::Anthropic,
         key_env: "ANTHROPIC_API_KEY",
+        alt_key_env: None,
         url_env: "ANTHROPIC_BASE_URL",
         model_env: "MYTHOS_ANTHROPIC_MODEL",
         base_url: "https://api.anthropic.com",
@@ -347,6 +356,7 @@ const BUILTINS: [Builtin; 3] = [
         name: "deepseek",
         api: Api::Openai,
         key_env: "DEEPSEEK_API_KEY",
+        alt_key_env: None,
         url_env: "DEEPSEEK_BASE_URL",
         model_env: "MYTHOS_DEEPSEEK_MODEL",
         base_url: "https://api.deepseek.com",
@@ -359,6 +369,7 @@ const BUILTINS: [Builtin; 3] = [
         name: "openai",
         api: Api::Openai,
         key_env: "OPENAI_API_KEY",
+        alt_key_env: None,
         url_env: "OPENAI_BASE_URL",
         model_env: "MYTHOS_OPENAI_MODEL",
         base_url: "https://api.openai.com/v1",
@@ -369,8 +380,30 @@ const BUILTINS: [Builtin; 3] = [
     },
 ];
 
+/// Google Gemini, registered like a built-in but ranked after the built-ins and the presets:
+/// it joined last, and a user's existing order should not change because a Google key is set.
+const GEMINI: Builtin = Builtin {
+    name: "gemini",
+    api: Api::Gemini,
+    key_env: "GEMINI_API_KEY",
+    alt_key_env: Some("GOOGLE_API_KEY"),
+    url_env: "GEMINI_BASE_URL",
+    model_env: "MYTHOS_GEMINI_MODEL",
+    base_url: "https://generativelanguage.googleapis.com",
+    model: "gemini-2.5-flash",
+    price_in: 0.30,
+    price_out: 2.50,
+    context_window: 1_048_576,
+};
+
 /// Names of the environment variables that register providers, for help messages.
-pub const KEY_ENV_VARS: [&str; 3] = ["ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "OPENAI_API_KEY"];
+pub const KEY_ENV_VARS: [&str; 5] = [
+    "ANTHROPIC_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -491,17 +524,23 @@ impl Config {
                 return Err(err(format!("provider `{}` is defined twice", p.name)));
             }
         }
-        for (i, b) in BUILTINS.iter().enumerate() {
+        let gemini_priority = (BUILTINS.len() + crate::presets::PRESETS.len()) as u32;
+        let builtins = BUILTINS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32, b))
+            .chain(std::iter::once((gemini_priority, &GEMINI)));
+        for (i, b) in builtins {
             let over = from_file.remove(b.name);
             if over.is_some_and(|o| !o.enabled) {
                 continue;
             }
-            let key_env = over
-                .and_then(|o| o.api_key_env.as_deref())
-                .unwrap_or(b.key_env);
+            let named = over.and_then(|o| o.api_key_env.as_deref());
+            let key_env = named.unwrap_or(b.key_env);
             let key = over
                 .and_then(|o| o.api_key.clone())
-                .or_else(|| env(key_env));
+                .or_else(|| env(key_env))
+                .or_else(|| b.alt_key_env.filter(|_| named.is_none()).and_then(env));
             let Some(key) = key else { continue };
             if key.starts_with(crate::http::token::TOKEN_PREFIX) {
                 // A shell pointed at mythosd (`eval "$(mythos env openai)"`) holds the daemon's
@@ -523,7 +562,7 @@ impl Config {
                     .unwrap_or_else(|| b.model.to_string()),
             );
             p.api_key = Some(Secret::new(key));
-            p.priority = over.and_then(|o| o.priority).unwrap_or(i as u32);
+            p.priority = over.and_then(|o| o.priority).unwrap_or(i);
             p.price_input_per_mtok = over
                 .and_then(|o| o.price_input_per_mtok)
                 .unwrap_or(b.price_in);
@@ -570,7 +609,7 @@ impl Config {
                 v.ok_or_else(|| {
                     err(format!(
                         "provider `{}` needs `{field}` (built-ins and presets have defaults: \
-                         anthropic, deepseek, openai, {})",
+                         anthropic, deepseek, openai, gemini, {})",
                         p.name,
                         crate::presets::PRESETS
                             .iter()
@@ -985,6 +1024,47 @@ priority = 7
         assert!(c.providers[2].api_key.is_none());
         assert_eq!(c.routing.cooldown, Duration::from_secs(60));
         assert_eq!(c.routing.retry_backoff.len(), 2);
+    }
+
+    #[test]
+    fn gemini_registers_from_either_key_after_the_presets() {
+        let env = env_of(&[("GOOGLE_API_KEY", "g"), ("GROQ_API_KEY", "q")]);
+        let c = load("", &env).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["groq", "gemini"]);
+        let g = &c.providers[1];
+        assert_eq!(g.api, Api::Gemini);
+        assert_eq!(g.base_url, "https://generativelanguage.googleapis.com");
+        assert_eq!(g.model, "gemini-2.5-flash");
+        assert_eq!(g.api_key.as_ref().map(Secret::expose), Some("g"));
+        assert_eq!(g.context_window, Some(1_048_576));
+        assert_eq!(g.output_limit(), 65_536);
+        assert!(g.priority > c.providers[0].priority);
+        // GEMINI_API_KEY wins over GOOGLE_API_KEY; the model and URL can be overridden.
+        let env = env_of(&[
+            ("GOOGLE_API_KEY", "g"),
+            ("GEMINI_API_KEY", "m"),
+            ("MYTHOS_GEMINI_MODEL", "gemini-2.5-pro"),
+            ("GEMINI_BASE_URL", "http://127.0.0.1:9"),
+        ]);
+        let c = load("", &env).unwrap();
+        let g = &c.providers[0];
+        assert_eq!(
+            (
+                g.api_key.as_ref().map(Secret::expose),
+                g.model.as_str(),
+                g.base_url.as_str()
+            ),
+            (Some("m"), "gemini-2.5-pro", "http://127.0.0.1:9")
+        );
+        assert_eq!(g.context_window, None, "another model's window is unknown");
+        // `api = "gemini"` in the file.
+        let c = load(
+            "[[provider]]\nname = \"vertex\"\napi = \"gemini\"\nbase_url = \"http://x\"\nmodel = \"gemini-2.0-flash\"\napi_key = \"k\"\n",
+            &env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].api, Api::Gemini);
     }
 
     #[test]

@@ -90,7 +90,11 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Environment variables that must not leak from the developer's shell into a test daemon.
-const SCRUB: [&str; 21] = [
+const SCRUB: [&str; 25] = [
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_BASE_URL",
+    "MYTHOS_GEMINI_MODEL",
     "OPENROUTER_API_KEY",
     "GROQ_API_KEY",
     "MISTRAL_API_KEY",

@@ -129,7 +129,7 @@ fn watch_piped_prints_plain_lines() {
         "no escape codes when piped: {text:?}"
     );
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 6, "3 providers x 2 refreshes: {text}");
+    assert_eq!(lines.len(), 8, "4 providers x 2 refreshes: {text}");
     assert!(
         lines[0].contains("sim-anthropic state=healthy score="),
         "{text}"

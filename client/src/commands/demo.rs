@@ -22,7 +22,11 @@ use crate::render::{fmt_duration_ms, status_text, PrinterOptions, StreamPrinter,
 use crate::stream::{self, Ended, Outcome, Turn};
 
 /// Variables that would point the private daemon at the user's world.
-const SCRUB: [&str; 20] = [
+const SCRUB: [&str; 24] = [
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_BASE_URL",
+    "MYTHOS_GEMINI_MODEL",
     "OPENROUTER_API_KEY",
     "GROQ_API_KEY",
     "MISTRAL_API_KEY",
@@ -202,7 +206,7 @@ pub async fn run(g: &Globals) -> Result<u8, Failure> {
             "\n{}\n{}\n",
             style.dim("The private daemon has been shut down and its files removed."),
             "Next: `mythos chat --demo` to chat with the simulators (try `/fault sim-anthropic \
-             429`), or set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY and run \
+             429`), or set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY and run \
              `mythos chat`."
         ))?;
     }

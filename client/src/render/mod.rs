@@ -26,7 +26,7 @@ pub use table::{models_text, status_text, usage_text};
 pub use why::explain_why;
 
 /// The API key variables the daemon reads, named in hints.
-pub const KEY_VARS: &str = "ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY";
+pub const KEY_VARS: &str = "ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY";
 
 /// Whether (and how) to style text for one output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -406,7 +406,7 @@ mod tests {
         let text = status_text(&report, Style::PLAIN);
         let expected = "\
 mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
-simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY or OPENAI_API_KEY)
+simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY)
 note: the state database was unreadable: started fresh
 
 PROVIDER       STATE         MODEL                SCORE  SUCCESS    TTFT  LATENCY  REQUESTS  FAILURES  LIVE  QUOTA LEFT  WAIT

@@ -12,6 +12,12 @@ pub trait WireDecoder: Send {
     fn is_done(&self) -> bool;
     /// Name of the terminator, for the truncation message.
     fn terminator(&self) -> &'static str;
+    /// Whether a clean end of the body completes the stream. Formats with a terminator event
+    /// need that event ([`WireDecoder::is_done`]); Gemini's stream just stops after its finish
+    /// reason, so for it this says whether one came.
+    fn ends_cleanly(&self) -> bool {
+        false
+    }
 }
 
 /// An SSE parser feeding a [`WireDecoder`].
@@ -48,7 +54,7 @@ impl<D: WireDecoder> StreamDecoder<D> {
             self.sse.finish(&mut self.items)?;
             self.drain(out)?;
         }
-        if self.wire.is_done() {
+        if self.wire.is_done() || self.wire.ends_cleanly() {
             Ok(())
         } else {
             Err(ProviderError::truncated(self.wire.terminator()))

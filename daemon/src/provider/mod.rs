@@ -11,6 +11,7 @@ pub mod continuation;
 pub mod decode;
 pub mod delta;
 pub mod error;
+pub mod gemini;
 pub mod openai;
 pub mod ratelimit;
 pub mod redact;
@@ -109,6 +110,7 @@ impl Transport for HttpTransport {
         let built = match self.cfg.api {
             Api::Anthropic => anthropic::build(&self.cfg, req),
             Api::Openai => openai::build(&self.cfg, req),
+            Api::Gemini => gemini::build(&self.cfg, req),
         };
         let Built {
             url,
@@ -130,7 +132,7 @@ impl Transport for HttpTransport {
                 let limits =
                     ratelimit::from_headers(resp.headers(), mythos_protocol::clock::now_unix_ms());
                 if !status.is_success() {
-                    return Err(error_from_response(&name, key.as_ref(), resp, limits).await);
+                    return Err(error_from_response(&name, api, key.as_ref(), resp, limits).await);
                 }
                 // The quotas come first, so the router counts this response before any content.
                 let first = Delta::RateLimits(Box::new(limits));
@@ -145,6 +147,15 @@ impl Transport for HttpTransport {
                         name,
                         resp,
                         decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+                        first,
+                    ),
+                    // The seed keeps made-up call ids apart across responses.
+                    Api::Gemini => body_stream(
+                        name,
+                        resp,
+                        decode::StreamDecoder::new(gemini::stream::GeminiDecoder::new(
+                            fastrand::u64(..),
+                        )),
                         first,
                     ),
                 })
@@ -320,6 +331,7 @@ const ERROR_BODY_CAP: usize = 64 * 1024;
 
 async fn error_from_response(
     name: &str,
+    api: Api,
     key: Option<&Secret>,
     resp: reqwest::Response,
     limits: ratelimit::RateLimits,
@@ -337,8 +349,23 @@ async fn error_from_response(
     };
     // A provider that sends an error status and then stalls must not hold us up.
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    let (ty, msg) = parse_error_body(&body);
-    let kind = error::classify(status, ty.as_deref(), msg.as_deref());
+    let google = (api == Api::Gemini)
+        .then(|| gemini::GoogleError::parse(&body))
+        .flatten();
+    let (ty, msg, kind, retry_after) = match google {
+        // Google's errors name a canonical status and put the wait in the body, not a header.
+        Some(g) => (
+            g.status.clone(),
+            g.message.clone(),
+            g.kind(Some(status)),
+            limits.retry_after.or_else(|| g.retry_delay()),
+        ),
+        None => {
+            let (ty, msg) = parse_error_body(&body);
+            let kind = error::classify(status, ty.as_deref(), msg.as_deref());
+            (ty, msg, kind, limits.retry_after)
+        }
+    };
     let mut message = format!("{name} answered HTTP {status}");
     if let Some(t) = ty {
         message.push_str(&format!(" {t}"));
@@ -351,7 +378,7 @@ async fn error_from_response(
     ProviderError {
         kind,
         status: Some(status),
-        retry_after: limits.retry_after,
+        retry_after,
         message,
         limits: Some(Box::new(limits)),
     }

@@ -6,6 +6,7 @@ use mythos_protocol::{ErrorKind, FinishReason, Usage};
 use super::anthropic::stream::AnthropicDecoder;
 use super::decode::{StreamDecoder, WireDecoder};
 use super::delta::Delta;
+use super::gemini::stream::GeminiDecoder;
 use super::openai::stream::OpenAiDecoder;
 use super::ProviderError;
 
@@ -83,6 +84,20 @@ fn decode_all_ways<D: WireDecoder>(
 
 fn anthropic(bytes: &[u8]) -> Result<Outcome, ProviderError> {
     decode_all_ways(AnthropicDecoder::default, bytes)
+}
+
+fn gemini(bytes: &[u8]) -> Result<Outcome, ProviderError> {
+    decode_all_ways(GeminiDecoder::default, bytes)
+}
+
+macro_rules! gemini_transcript {
+    ($name:literal) => {
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/gemini/",
+            $name
+        ))
+    };
 }
 
 fn openai(bytes: &[u8]) -> Result<Outcome, ProviderError> {
@@ -368,4 +383,117 @@ fn bytes_after_the_terminator_are_ignored() {
     let mut body = transcript!("openai_chat_finish_length_usage.sse").to_vec();
     body.extend_from_slice(b"data: {garbage\n\n");
     assert!(run(OpenAiDecoder::default, &[&body]).is_ok());
+}
+
+#[test]
+fn gemini_text_stream() {
+    let bytes = gemini_transcript!("gemini_text_stream.sse");
+    let o = gemini(bytes).unwrap();
+    assert!(o
+        .text
+        .starts_with("The sky is blue due to a phenomenon called **Rayleigh"));
+    assert!(o.text.ends_with("a hazy appearance."));
+    assert_eq!(o.model.as_deref(), Some("gemini-2.0-flash"));
+    assert_eq!(o.finish, Some(FinishReason::Stop));
+    // The last chunk's usage replaces the earlier prompt-only ones.
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 6,
+            output_tokens: 377,
+            ..Usage::default()
+        })
+    );
+    // No terminator event: the body ending after the finish reason is the end.
+    // Cut inside the last event: its half JSON is the failure.
+    let cut = bytes.len() - 10;
+    let err = gemini(&bytes[..cut]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
+    let last = bytes[..bytes.len() - 4]
+        .windows(6)
+        .rposition(|w| w == b"data: ")
+        .unwrap();
+    let err = gemini(&bytes[..last]).unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::Truncated,
+        "ends before the finishReason chunk"
+    );
+}
+
+#[test]
+fn gemini_function_call() {
+    let o = gemini(gemini_transcript!("gemini_function_call.sse")).unwrap();
+    assert_eq!(
+        o.tools,
+        [(
+            0,
+            "call_adSfaOfkBsmagbUPt96I0QI_0".to_string(),
+            "customDivide".to_string(),
+            r#"{"denominator":2,"numerator":10}"#.to_string()
+        )]
+    );
+    assert_eq!(o.finish, Some(FinishReason::ToolUse), "STOP with a call");
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 17,
+            output_tokens: 6,
+            ..Usage::default()
+        })
+    );
+}
+
+#[test]
+fn gemini_thoughts_cache_and_errors() {
+    let stream = concat!(
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Let me think\",\"thought\":true}],\"role\":\"model\"},\"index\":0}],\"modelVersion\":\"gemini-2.5-flash\"}\r\n\r\n",
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"},\"finishReason\":\"MAX_TOKENS\",\"index\":0}],",
+        "\"usageMetadata\":{\"promptTokenCount\":100,\"candidatesTokenCount\":5,\"thoughtsTokenCount\":20,\"cachedContentTokenCount\":64}}\r\n\r\n"
+    );
+    let o = gemini(stream.as_bytes()).unwrap();
+    assert_eq!(
+        (o.thinking.as_str(), o.text.as_str()),
+        ("Let me think", "Hi")
+    );
+    assert_eq!(o.finish, Some(FinishReason::MaxTokens));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 36,
+            output_tokens: 25,
+            cache_read_input_tokens: 64,
+            cache_creation_input_tokens: 0,
+        })
+    );
+    for (reason, want) in [
+        ("SAFETY", FinishReason::ContentFilter),
+        ("RECITATION", FinishReason::ContentFilter),
+        ("PROHIBITED_CONTENT", FinishReason::ContentFilter),
+        (
+            "MALFORMED_FUNCTION_CALL",
+            FinishReason::Other("MALFORMED_FUNCTION_CALL".into()),
+        ),
+    ] {
+        let s = format!("data: {{\"candidates\":[{{\"finishReason\":\"{reason}\"}}]}}\n\n");
+        assert_eq!(gemini(s.as_bytes()).unwrap().finish, Some(want));
+    }
+    let blocked = b"data: {\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}\n\n";
+    assert_eq!(
+        gemini(blocked).unwrap().finish,
+        Some(FinishReason::ContentFilter)
+    );
+
+    let overloaded = b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\n\ndata: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\n\n";
+    assert_eq!(gemini(overloaded).unwrap_err().kind, ErrorKind::Overloaded);
+    let limited = br#"data: {"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}
+
+"#;
+    let e = gemini(limited).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(7)));
+    assert_eq!(
+        gemini(b"data: {\"candidates\":[\n\n").unwrap_err().kind,
+        ErrorKind::Malformed
+    );
 }

@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Flavor, SimOptions, SimProvider, SimQuota};
-use crate::config::{Api, ProviderConfig, Secret};
+use crate::config::{ProviderConfig, Secret};
 
 /// The simulated providers: their configs, and the servers by name (for fault injection).
 pub type Sims = (Vec<ProviderConfig>, HashMap<String, SimProvider>);
 
 /// Built-in simulated providers: (name, flavor, priority, $/Mtok in, $/Mtok out).
-const BUILTIN: [(&str, Flavor, u32, f64, f64); 3] = [
+const BUILTIN: [(&str, Flavor, u32, f64, f64); 4] = [
     ("sim-anthropic", Flavor::Anthropic, 0, 3.0, 15.0),
     ("sim-deepseek", Flavor::DeepSeek, 1, 0.28, 0.42),
     ("sim-openai", Flavor::OpenAi, 2, 2.5, 10.0),
+    ("sim-gemini", Flavor::Gemini, 3, 0.30, 2.50),
 ];
 
 /// Per-minute quotas the built-in simulated providers announce, like the real ones at an
@@ -35,7 +36,8 @@ fn sim_quota(flavor: Flavor) -> Option<SimQuota> {
             output_tokens: None,
             window: minute,
         }),
-        Flavor::DeepSeek => None,
+        // Gemini announces no quotas in headers; its 429s say when in `retryDelay`.
+        Flavor::DeepSeek | Flavor::Gemini => None,
     }
 }
 
@@ -49,10 +51,7 @@ pub async fn start_builtin() -> std::io::Result<Sims> {
         opts.quota = sim_quota(flavor);
         let model = opts.model.clone();
         let sim = SimProvider::start(listener, opts).await?;
-        let api = match flavor {
-            Flavor::Anthropic => Api::Anthropic,
-            _ => Api::Openai,
-        };
+        let api = flavor.api();
         configs.push(ProviderConfig {
             api_key: Some(Secret::new("sim-key")),
             priority,

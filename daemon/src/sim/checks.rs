@@ -12,10 +12,16 @@
 //! `reasoner` or the request says `"thinking": {"type": "enabled"}` (DeepSeek's switch). In it,
 //! every assistant turn with `tool_calls` must carry `reasoning_content`, as DeepSeek demands.
 //!
+//! Gemini flavour: every turn has parts; roles are `user` and `model`; a `functionCall` only in
+//! a `model` turn, a `functionResponse` with a name; images are `inlineData` with an image
+//! MIME type or `fileData` with an http(s) URI; function parameters use only the OpenAPI
+//! subset (`additionalProperties`, `$schema`, `$ref`, `const`, `exclusiveMinimum`... are
+//! refused as unknown fields) and an object declares at least one property.
+//!
 //! OpenAI flavours: images are `image_url` parts of `user` messages (`data:` base64 or
 //! `http(s)`); any other role with an image is refused, as most compatible servers do.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Flavor;
 
@@ -213,4 +219,169 @@ fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
         }
     }
     Ok(f)
+}
+
+/// JSON-Schema keywords outside Gemini's OpenAPI subset, which it refuses as unknown fields.
+const GEMINI_REFUSED: [&str; 16] = [
+    "$schema",
+    "$id",
+    "$ref",
+    "$defs",
+    "definitions",
+    "additionalProperties",
+    "propertyNames",
+    "patternProperties",
+    "unevaluatedProperties",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "const",
+    "oneOf",
+    "allOf",
+    "not",
+    "if",
+];
+
+/// Gemini's 400 for a function schema with a keyword it does not know, or an empty object.
+fn gemini_schema(schema: &Value, at: &str) -> Result<(), String> {
+    let Some(obj) = schema.as_object() else {
+        return Ok(());
+    };
+    for (k, v) in obj {
+        if GEMINI_REFUSED.contains(&k.as_str()) {
+            return Err(format!(
+                "Invalid JSON payload received. Unknown name \"{k}\" at '{at}': Cannot find field."
+            ));
+        }
+        match k.as_str() {
+            "properties" => {
+                for (name, s) in v.as_object().into_iter().flatten() {
+                    gemini_schema(s, &format!("{at}.properties[{name}].value"))?;
+                }
+            }
+            "items" => gemini_schema(v, &format!("{at}.items"))?,
+            "anyOf" => {
+                for (i, s) in blocks(v).iter().enumerate() {
+                    gemini_schema(s, &format!("{at}.any_of[{i}]"))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if obj.get("type").and_then(Value::as_str) == Some("object")
+        && obj
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(serde_json::Map::is_empty)
+    {
+        return Err(format!(
+            "* GenerateContentRequest.{at}.properties: should be non-empty for OBJECT type"
+        ));
+    }
+    Ok(())
+}
+
+/// Check a Gemini `generateContent` request as the API would, and translate it to the chat
+/// shape the rest of the simulator reads (`messages` with `user`/`assistant`/`tool` roles and
+/// text and `image_url` parts, `system`, `tools[].name`, `max_tokens`), plus
+/// `gemini_thoughts` when thoughts were asked for. The error is the 400's message.
+pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
+    let contents = blocks(&req["contents"]);
+    if contents.is_empty() {
+        return Err("* GenerateContentRequest.contents: contents is not specified".into());
+    }
+    let mut messages = Vec::new();
+    for (i, c) in contents.iter().enumerate() {
+        let role = match c["role"].as_str() {
+            None | Some("user") => "user",
+            Some("model") => "assistant",
+            Some(r) => {
+                return Err(format!(
+                    "Please use a valid role: user, model. (contents[{i}].role is {r})"
+                ))
+            }
+        };
+        let parts = blocks(&c["parts"]);
+        if parts.is_empty() {
+            return Err(format!(
+                "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+            ));
+        }
+        let mut content = Vec::new();
+        let mut calls = Vec::new();
+        for (j, p) in parts.iter().enumerate() {
+            let at = format!("contents[{i}].parts[{j}]");
+            if let Some(t) = p["text"].as_str() {
+                content.push(json!({"type": "text", "text": t}));
+            } else if let Some(d) = p.get("inlineData") {
+                let mime = d["mimeType"].as_str().unwrap_or("");
+                let data = d["data"].as_str().unwrap_or("");
+                if !mime.starts_with("image/") || data.is_empty() {
+                    return Err(format!("* GenerateContentRequest.{at}.inline_data: Unsupported MIME type or no data: {mime}"));
+                }
+                content.push(json!({"type": "image_url",
+                    "image_url": {"url": format!("data:{mime};base64,{data}")}}));
+            } else if let Some(f) = p.get("fileData") {
+                let uri = f["fileUri"].as_str().unwrap_or("");
+                if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                    return Err(format!("* GenerateContentRequest.{at}.file_data.file_uri: Invalid or unsupported file uri: {uri}"));
+                }
+                content.push(json!({"type": "image_url", "image_url": {"url": uri}}));
+            } else if let Some(call) = p.get("functionCall") {
+                if role != "assistant" {
+                    return Err(format!("* GenerateContentRequest.{at}: function calls are only allowed in model turns"));
+                }
+                calls.push(json!({"type": "function", "function": {
+                    "name": call["name"], "arguments": call["args"].to_string()}}));
+            } else if let Some(r) = p.get("functionResponse") {
+                if r["name"].as_str().is_none_or(str::is_empty) {
+                    return Err(format!("* GenerateContentRequest.{at}.function_response.name: Name cannot be empty."));
+                }
+                messages.push(json!({"role": "tool", "content": r["response"].to_string()}));
+            } else {
+                return Err(format!("* GenerateContentRequest.{at}.data: required oneof field 'data' must have one initialized field"));
+            }
+        }
+        if !content.is_empty() || !calls.is_empty() {
+            let mut m = json!({"role": role, "content": content});
+            if !calls.is_empty() {
+                m["tool_calls"] = Value::Array(calls);
+            }
+            messages.push(m);
+        }
+    }
+    let mut tools = Vec::new();
+    for (i, t) in blocks(&req["tools"]).iter().enumerate() {
+        for (j, d) in blocks(&t["functionDeclarations"]).iter().enumerate() {
+            let name = d["name"].as_str().unwrap_or("");
+            if !crate::provider::toolnames::is_valid(name) {
+                return Err(format!("* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Invalid function name."));
+            }
+            if let Some(params) = d.get("parameters") {
+                gemini_schema(
+                    params,
+                    &format!("tools[{i}].function_declarations[{j}].parameters"),
+                )?;
+            }
+            tools.push(json!({"name": name}));
+        }
+    }
+    let system: Vec<&str> = blocks(&req["systemInstruction"]["parts"])
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect();
+    let gen = &req["generationConfig"];
+    let mut out = json!({
+        "model": model,
+        "stream": true,
+        "messages": messages,
+        "max_tokens": gen["maxOutputTokens"].as_u64().unwrap_or(8192),
+        "gemini_thoughts": gen["thinkingConfig"]["includeThoughts"] == true,
+    });
+    if !system.is_empty() {
+        out["system"] = json!(system.concat());
+    }
+    if !tools.is_empty() {
+        out["tools"] = Value::Array(tools);
+    }
+    Ok(out)
 }

@@ -1,5 +1,6 @@
-//! Built-in simulated providers: real HTTP servers on 127.0.0.1 speaking the Anthropic Messages
-//! and OpenAI Chat Completions streaming formats, with faults injected on cue.
+//! Built-in simulated providers: real HTTP servers on 127.0.0.1 speaking the Anthropic Messages,
+//! OpenAI Chat Completions and Gemini `streamGenerateContent` streaming formats, with faults
+//! injected on cue.
 //!
 //! They let a newcomer with no API keys watch routing and failover, and they are the mock
 //! providers of the end-to-end tests and the benchmark. Answers are deterministic and depend only
@@ -57,6 +58,22 @@ pub enum Flavor {
     /// `"thinking": {"type": "enabled"}`) tool calls do too, and tool-call turns in the history
     /// must carry `reasoning_content`.
     DeepSeek,
+    /// Google Gemini: `x-goog-api-key`, `streamGenerateContent?alt=sse`, whole function calls,
+    /// no terminator event, Google's error objects. Requests are translated to the chat shape
+    /// the other flavours read ([`checks::gemini_as_chat`]) after Gemini's own checks (its
+    /// schema subset: `additionalProperties` and friends are refused with a 400).
+    Gemini,
+}
+
+impl Flavor {
+    /// The API a provider of this flavour is configured with.
+    pub fn api(self) -> crate::config::Api {
+        match self {
+            Flavor::Anthropic => crate::config::Api::Anthropic,
+            Flavor::OpenAi | Flavor::DeepSeek => crate::config::Api::Openai,
+            Flavor::Gemini => crate::config::Api::Gemini,
+        }
+    }
 }
 
 /// How a simulated provider behaves.
@@ -106,6 +123,7 @@ impl SimOptions {
                 Flavor::Anthropic => "claude-sim-1",
                 Flavor::OpenAi => "gpt-sim-1",
                 Flavor::DeepSeek => "deepseek-sim-chat",
+                Flavor::Gemini => "gemini-sim-flash",
             }
             .to_string(),
             first_token_delay: Duration::from_millis(150),
@@ -203,6 +221,7 @@ impl SimProvider {
             .route("/v1/messages", post(handle))
             .route("/v1/chat/completions", post(handle))
             .route("/chat/completions", post(handle))
+            .route("/v1beta/models/{*method}", post(handle))
             .with_state(inner.clone());
         // Small SSE frames must leave at once, as from a real provider; with Nagle on, each
         // would wait for the previous one's delayed ACK (40 ms on Linux).
@@ -228,7 +247,7 @@ impl SimProvider {
     /// Base URL as a client configures it: without `/v1` for Anthropic, with it for OpenAI.
     pub fn base_url(&self) -> String {
         match self.flavor {
-            Flavor::Anthropic => format!("http://{}", self.addr),
+            Flavor::Anthropic | Flavor::Gemini => format!("http://{}", self.addr),
             Flavor::OpenAi | Flavor::DeepSeek => format!("http://{}/v1", self.addr),
         }
     }
@@ -328,10 +347,15 @@ async fn handle(
 ) -> Response {
     let opts = Inner::lock(&inner.opts).clone();
     let anthropic = opts.flavor == Flavor::Anthropic;
+    let gemini = opts.flavor == Flavor::Gemini;
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let key = if anthropic {
+    let key = if anthropic || gemini {
         headers
-            .get("x-api-key")
+            .get(if gemini {
+                "x-goog-api-key"
+            } else {
+                "x-api-key"
+            })
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     } else {
@@ -354,7 +378,14 @@ async fn handle(
         });
     }
 
-    let wrong_api = anthropic != (uri.path() == "/v1/messages");
+    let path = uri.path();
+    let wrong_api = match opts.flavor {
+        Flavor::Anthropic => path != "/v1/messages",
+        Flavor::Gemini => {
+            !(path.starts_with("/v1beta/models/") && path.ends_with(":streamGenerateContent"))
+        }
+        Flavor::OpenAi | Flavor::DeepSeek => path == "/v1/messages" || path.starts_with("/v1beta/"),
+    };
     if wrong_api {
         return wire::error(
             opts.flavor,
@@ -394,6 +425,34 @@ async fn handle(
             None,
         );
     }
+    // Gemini streams by URL, not by a body field; the rest of the simulator reads the chat
+    // shape, so the request is checked as Gemini would and then translated.
+    let json = if gemini {
+        let query = uri.query().unwrap_or("");
+        if query.split('&').any(|kv| kv.starts_with("key=")) {
+            // The real API takes it, but a key in the URL ends up in logs: the adapter must
+            // never send one, and this catches it if it does.
+            return wire::error(opts.flavor, 400, "", "API key in the URL", None);
+        }
+        if !query.split('&').any(|kv| kv == "alt=sse") {
+            return wire::error(
+                opts.flavor,
+                400,
+                "",
+                "this simulator only serves alt=sse streams",
+                None,
+            );
+        }
+        let model = path
+            .trim_start_matches("/v1beta/models/")
+            .trim_end_matches(":streamGenerateContent");
+        match checks::gemini_as_chat(&json, model) {
+            Ok(v) => v,
+            Err(msg) => return wire::error(opts.flavor, 400, "", &msg, None),
+        }
+    } else {
+        json
+    };
     if json.is_null() || json["stream"] != serde_json::Value::Bool(true) {
         return wire::error(
             opts.flavor,

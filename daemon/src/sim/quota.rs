@@ -128,6 +128,10 @@ impl Limiter {
 
     /// Put the quota headers of `flavor` on a response.
     pub fn announce(&self, flavor: Flavor, headers: &mut HeaderMap) {
+        if flavor == Flavor::Gemini {
+            // Google sends no quota headers.
+            return;
+        }
         let wall_now = SystemTime::now();
         let names = ["requests", "tokens", "input-tokens", "output-tokens"];
         for (b, name) in self.buckets.iter().zip(names) {

@@ -9,7 +9,7 @@ use mythos_protocol::{
 };
 
 use super::*;
-use crate::config::{Api, ProviderConfig, Secret};
+use crate::config::{ProviderConfig, Secret};
 use crate::provider::{
     http_client, Delta, HttpTransport, ProviderError, Transport, UpstreamRequest,
 };
@@ -22,11 +22,7 @@ async fn sim(flavor: Flavor) -> (SimProvider, HttpTransport) {
     o.keep_alive_every = Duration::from_millis(1);
     o.expect_key = Some("k".into());
     let s = SimProvider::start(l, o).await.unwrap();
-    let api = if flavor == Flavor::Anthropic {
-        Api::Anthropic
-    } else {
-        Api::Openai
-    };
+    let api = flavor.api();
     let cfg = ProviderConfig {
         api_key: Some(Secret::new("k")),
         simulated: true,
@@ -94,7 +90,12 @@ async fn run_as(
     Ok(g)
 }
 
-const ALL: [Flavor; 3] = [Flavor::Anthropic, Flavor::OpenAi, Flavor::DeepSeek];
+const ALL: [Flavor; 4] = [
+    Flavor::Anthropic,
+    Flavor::OpenAi,
+    Flavor::DeepSeek,
+    Flavor::Gemini,
+];
 
 #[tokio::test]
 async fn healthy_answers_in_every_flavor() {
@@ -248,7 +249,8 @@ async fn continuation_by_prefill_and_by_instruction() {
 
 #[tokio::test]
 async fn tool_calls_stream_their_arguments() {
-    for f in [Flavor::Anthropic, Flavor::OpenAi] {
+    // Gemini sends its calls whole: one fragment, the same arguments.
+    for f in [Flavor::Anthropic, Flavor::OpenAi, Flavor::Gemini] {
         let (_s, t) = sim(f).await;
         let mut chat = ChatRequest::user_text(1, "call: write it");
         chat.tools.push(ToolSpec {
@@ -280,8 +282,12 @@ async fn quotas_are_enforced_and_announced_in_each_format() {
         s.set_quota(Some(SimQuota::requests(2, Duration::from_secs(60))));
         let chat = ChatRequest::user_text(1, "count me");
         let g = run(&t, &chat, None).await.unwrap();
-        let req = *g.limits.unwrap().get(QuotaKind::Requests).unwrap();
-        assert_eq!((req.limit, req.remaining), (Some(2), Some(1)), "{flavor:?}");
+        // Google sends no quota headers: its 429 says when in the body's `retryDelay`.
+        let headers = flavor != Flavor::Gemini;
+        if headers {
+            let req = *g.limits.unwrap().get(QuotaKind::Requests).unwrap();
+            assert_eq!((req.limit, req.remaining), (Some(2), Some(1)), "{flavor:?}");
+        }
         run(&t, &chat, None).await.unwrap();
         // The third in the same minute: 429, saying when, with the quota headers.
         let e = run(&t, &chat, None).await.unwrap_err();
@@ -291,8 +297,10 @@ async fn quotas_are_enforced_and_announced_in_each_format() {
             wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
-        let limits = e.limits.unwrap();
-        assert_eq!(limits.get(QuotaKind::Requests).unwrap().remaining, Some(0));
+        if headers {
+            let limits = e.limits.unwrap();
+            assert_eq!(limits.get(QuotaKind::Requests).unwrap().remaining, Some(0));
+        }
         assert_eq!(s.stats().over_quota, 1);
     }
 }
@@ -630,8 +638,71 @@ async fn tool_names_the_apis_refuse_go_out_fitted_and_come_back_as_defined() {
         let wire = sent["name"]
             .as_str()
             .or_else(|| sent["function"]["name"].as_str())
+            .or_else(|| sent["functionDeclarations"][0]["name"].as_str())
             .unwrap();
         assert!(crate::provider::toolnames::is_valid(wire), "{wire}");
         assert_ne!(wire, long);
     }
+}
+
+/// A raw request to the Gemini-flavour simulator: (status, body).
+async fn raw_gemini(s: &SimProvider, query: &str, body: serde_json::Value) -> (u16, String) {
+    let url = format!(
+        "{}/v1beta/models/gemini-sim-flash:streamGenerateContent?{query}",
+        s.base_url()
+    );
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("x-goog-api-key", "k")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn gemini_refuses_what_the_real_api_refuses() {
+    let (s, t) = sim(Flavor::Gemini).await;
+    let hi = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    assert_eq!(raw_gemini(&s, "alt=sse", hi.clone()).await.0, 200);
+    assert_eq!(
+        raw_gemini(&s, "alt=sse&key=k", hi.clone()).await.0,
+        400,
+        "key in the URL"
+    );
+    assert_eq!(raw_gemini(&s, "", hi).await.0, 400, "not SSE");
+    let strict = serde_json::json!({
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "tools": [{"functionDeclarations": [{"name": "f", "parameters": {"type": "object",
+            "properties": {"a": {"type": "string"}}, "additionalProperties": false}}]}]});
+    let (status, body) = raw_gemini(&s, "alt=sse", strict).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("INVALID_ARGUMENT") && body.contains("additionalProperties"),
+        "{body}"
+    );
+    let empty = serde_json::json!({"contents": [{"role": "model", "parts": []}]});
+    assert_eq!(raw_gemini(&s, "alt=sse", empty).await.0, 400);
+
+    // The adapter's cleaning gets a strict schema through, and thoughts stream when asked.
+    let mut chat = ChatRequest::user_text(1, "call: go");
+    chat.tools.push(ToolSpec {
+        name: "go".into(),
+        description: String::new(),
+        input_schema_json: r#"{"$schema":"x","type":"object","properties":{"text":{"type":"string","const":"a"}},"additionalProperties":false}"#.into(),
+    });
+    let g = run(&t, &chat, None).await.unwrap();
+    assert_eq!(g.tools, ["go"]);
+    assert_eq!(g.finish, Some(FinishReason::ToolUse));
+    let mut chat = ChatRequest::user_text(1, "why");
+    chat.options.thinking = thinking(2000);
+    let g = run(&t, &chat, None).await.unwrap();
+    assert_eq!(g.thinking, "Considering the question.");
+    assert_eq!(g.text, answer_for("why"));
+    let sent = s.requests().last().unwrap().body.clone();
+    assert_eq!(
+        sent["generationConfig"]["thinkingConfig"]["includeThoughts"],
+        true
+    );
 }

@@ -1,5 +1,6 @@
 //! What the simulated providers put on the wire: error bodies and streaming plans in the
-//! Anthropic and OpenAI formats (shapes as in the recorded transcripts of the official SDKs).
+//! Anthropic, OpenAI and Gemini formats (shapes as in the recorded transcripts of the official
+//! SDKs).
 
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub fn error(
     msg: &str,
     retry_after_ms: Option<u64>,
 ) -> Response {
+    if flavor == Flavor::Gemini {
+        return google_error(status, msg, retry_after_ms);
+    }
     let body = match flavor {
         Flavor::Anthropic => json!({"type": "error", "error": {"type": ty, "message": msg}}),
         _ => json!({"error": {"message": msg, "type": ty, "param": null, "code": null}}),
@@ -68,6 +72,38 @@ pub fn error(
         }
     }
     resp
+}
+
+/// Google's canonical status name for an HTTP status.
+fn google_status(status: u16) -> &'static str {
+    match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 | 529 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+/// A Google API error: no quota headers, the wait in a `RetryInfo` detail ("7s").
+fn google_error(status: u16, msg: &str, retry_after_ms: Option<u64>) -> Response {
+    let mut body =
+        json!({"error": {"code": status, "message": msg, "status": google_status(status)}});
+    if let Some(ms) = retry_after_ms {
+        body["error"]["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", ms as f64 / 1000.0),
+        }]);
+    }
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json; charset=UTF-8")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A `429` for a spent quota, with the wait in `retry-after` (whole seconds) and
@@ -179,6 +215,13 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         Some(SimFault::Overloaded) => {
             return Plan::Respond(match flavor {
                 Flavor::Anthropic => error(flavor, 529, "overloaded_error", "Overloaded", None),
+                Flavor::Gemini => error(
+                    flavor,
+                    503,
+                    "",
+                    "The model is overloaded. Please try again later.",
+                    None,
+                ),
                 _ => error(
                     flavor,
                     503,
@@ -304,6 +347,7 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
     let anthropic_thinking = flavor == Flavor::Anthropic && features.thinking;
     let deepseek_reasoning =
         flavor == Flavor::DeepSeek && partial.is_empty() && (tool.is_none() || features.reasoning);
+    let gemini_thoughts = flavor == Flavor::Gemini && req["gemini_thoughts"] == true;
     let w = Writer {
         flavor,
         model: opts.model.clone(),
@@ -345,6 +389,13 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
             ));
         }
     }
+    if gemini_thoughts {
+        for t in THOUGHTS {
+            steps.push(Step::Send(
+                w.gemini_chunk(json!([{"text": t, "thought": true}]), None),
+            ));
+        }
+    }
     if anthropic_thinking {
         for t in THOUGHTS {
             steps.push(Step::Send(w.thinking(t)));
@@ -358,6 +409,11 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
     }
 
     let pieces: Vec<Bytes> = match &tool {
+        // Gemini sends a function call whole, in one part.
+        Some(name) if flavor == Flavor::Gemini => vec![w.gemini_chunk(
+            json!([{"functionCall": {"name": name, "args": {"text": full}}}]),
+            None,
+        )],
         Some(_) => {
             let args = json!({"text": full}).to_string();
             let mut frames = Vec::new();
@@ -451,6 +507,25 @@ impl Writer {
         self.flavor == Flavor::Anthropic
     }
 
+    fn gemini(&self) -> bool {
+        self.flavor == Flavor::Gemini
+    }
+
+    /// A `GenerateContentResponse` with these parts for candidate 0, and the usage and finish
+    /// reason of the last chunk when given.
+    fn gemini_chunk(&self, parts: Value, end: Option<(&str, usize, usize)>) -> Bytes {
+        let mut cand = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        let mut v = json!({"candidates": [], "modelVersion": self.model, "responseId": self.id});
+        if let Some((reason, input, output)) = end {
+            cand["finishReason"] = json!(reason);
+            v["usageMetadata"] = json!({"promptTokenCount": input,
+                "candidatesTokenCount": output, "totalTokenCount": input + output});
+        }
+        v["candidates"] = json!([cand]);
+        // Framed as the API frames it.
+        Bytes::from(format!("data: {v}\r\n\r\n"))
+    }
+
     fn created() -> u64 {
         mythos_protocol::clock::now_unix_ms() / 1000
     }
@@ -495,7 +570,10 @@ impl Writer {
     /// Frames before the first token. With `late_open`, reasoning comes first: Anthropic opens
     /// a thinking block instead of the answer's, OpenAI holds back the tool call.
     fn preamble(&self, input_tokens: usize, tool: Option<&str>, late_open: bool) -> Vec<Bytes> {
-        if self.anthropic() {
+        if self.gemini() {
+            // Gemini sends nothing before the first content.
+            Vec::new()
+        } else if self.anthropic() {
             let block = if late_open {
                 json!({"type": "thinking", "thinking": "", "signature": ""})
             } else {
@@ -528,7 +606,9 @@ impl Writer {
     /// After reasoning: Anthropic closes the thinking block and opens the answer's; OpenAI
     /// starts the held-back tool call.
     fn open_answer(&self, tool: Option<&str>) -> Vec<Bytes> {
-        if self.anthropic() {
+        if self.gemini() {
+            Vec::new()
+        } else if self.anthropic() {
             vec![
                 sse(
                     "content_block_stop",
@@ -564,7 +644,9 @@ impl Writer {
     }
 
     fn text(&self, t: &str) -> Bytes {
-        if self.anthropic() {
+        if self.gemini() {
+            self.gemini_chunk(json!([{"text": t}]), None)
+        } else if self.anthropic() {
             sse(
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": self.block,
@@ -590,7 +672,12 @@ impl Writer {
     }
 
     fn error_event(&self) -> Bytes {
-        if self.anthropic() {
+        if self.gemini() {
+            data(
+                json!({"error": {"code": 500, "message": "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+                "status": "INTERNAL"}}),
+            )
+        } else if self.anthropic() {
             Bytes::from_static(
                 b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n",
             )
@@ -604,7 +691,9 @@ impl Writer {
 
     /// An in-stream `api_error` whose message is `text`.
     fn echo_event(&self, text: &str) -> Bytes {
-        if self.anthropic() {
+        if self.gemini() {
+            data(json!({"error": {"code": 500, "message": text, "status": "INTERNAL"}}))
+        } else if self.anthropic() {
             sse(
                 "error",
                 json!({"type": "error", "error": {"type": "api_error", "message": text}}),
@@ -617,7 +706,14 @@ impl Writer {
     }
 
     fn epilogue(&self, input_tokens: usize, output_tokens: usize, tool: bool) -> Vec<Bytes> {
-        if self.anthropic() {
+        if self.gemini() {
+            // No terminator event: the last chunk carries the finish reason (STOP for a call
+            // too) and the usage, and then the body ends.
+            vec![self.gemini_chunk(
+                json!([{"text": ""}]),
+                Some(("STOP", input_tokens, output_tokens)),
+            )]
+        } else if self.anthropic() {
             vec![
                 sse(
                     "content_block_stop",

@@ -1,0 +1,507 @@
+//! Google Gemini API (`streamGenerateContent?alt=sse`): request body and headers, tool-schema
+//! cleaning and error classification. The stream decoder is in [`stream`].
+//!
+//! The key goes in the `x-goog-api-key` header, never in the URL's `?key=`: URLs end up in
+//! proxies' and servers' logs. Gemini has no assistant prefill, so a continuation shows the
+//! partial answer as a `model` turn and asks for the rest, as for OpenAI-compatible endpoints.
+//! Function responses are matched to their call by *name* in this API, not by id: the name is
+//! looked up in the history from the client's `tool_use_id`.
+//!
+//! Tool schemas go in `parameters`, which takes an OpenAPI subset of JSON Schema and refuses
+//! the rest with a 400; [`clean_schema`] keeps only what the API knows (the fields of the
+//! official SDK's `Schema` type), inlines local `$ref`s, and turns `const` and `type` arrays
+//! into their OpenAPI spellings.
+
+pub mod stream;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, Role, ToolChoice};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Map, Value};
+
+use super::anthropic::{parse_json, split_data_url};
+use super::continuation::CONTINUE_INSTRUCTION;
+use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
+use crate::config::ProviderConfig;
+
+/// Most stop sequences the API takes.
+const MAX_STOP: usize = 5;
+
+/// How deep `$ref`s are inlined: a recursive schema (a tree of nodes) has no finite inlining,
+/// and below this depth the reference is replaced by a bare object.
+const MAX_REF_DEPTH: usize = 8;
+
+/// Schema fields the Gemini API accepts in `parameters` (the official Python SDK's `Schema`
+/// without `additionalProperties`, `$defs` and `$ref`, which the SDK itself refuses or inlines
+/// for the Gemini Developer API).
+const SCHEMA_FIELDS: [&str; 22] = [
+    "anyOf",
+    "default",
+    "description",
+    "enum",
+    "example",
+    "format",
+    "items",
+    "maxItems",
+    "maxLength",
+    "maxProperties",
+    "maximum",
+    "minItems",
+    "minLength",
+    "minProperties",
+    "minimum",
+    "nullable",
+    "pattern",
+    "properties",
+    "propertyOrdering",
+    "required",
+    "title",
+    "type",
+];
+
+/// The endpoint for `model` under `base` (a `models/` prefix, as the API lists its models, is
+/// accepted).
+pub fn url(base: &str, model: &str) -> String {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    format!(
+        "{}/v1beta/models/{model}:streamGenerateContent?alt=sse",
+        base.trim_end_matches('/')
+    )
+}
+
+/// URL, headers and JSON body of a streamed `generateContent`.
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = &cfg.api_key {
+        secret_header(&mut headers, "x-goog-api-key", key.expose().to_string());
+    }
+    let chat = req.chat;
+    let opts = &chat.options;
+    let names = ToolNames::for_request(chat);
+
+    // Function responses name the function; the client's results only carry the call's id.
+    let mut called: HashMap<&str, &str> = HashMap::new();
+    for m in &chat.messages {
+        for b in &m.content {
+            if let ContentBlock::ToolUse { id, name, .. } = b {
+                called.insert(id.as_str(), name.as_str());
+            }
+        }
+    }
+
+    let mut contents: Vec<Value> = Vec::with_capacity(chat.messages.len() + 2);
+    for m in &chat.messages {
+        let parts = match m.role {
+            Role::User => user_parts(&m.content, &called, &names),
+            Role::Assistant => model_parts(&m.content, &names)?,
+        };
+        // The API refuses a turn without parts (an assistant turn of only dropped thinking).
+        if parts.is_empty() {
+            continue;
+        }
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "model",
+        };
+        contents.push(json!({"role": role, "parts": parts}));
+    }
+    if let Some(prefill) = req.prefill.filter(|p| !p.is_empty()) {
+        contents.push(json!({"role": "model", "parts": [{"text": prefill}]}));
+        contents.push(json!({"role": "user", "parts": [{"text": CONTINUE_INSTRUCTION}]}));
+    }
+
+    let mut body = json!({"contents": contents});
+    let system = match &chat.system {
+        Some(s) => Some(s.clone()),
+        None if !opts.system_blocks.is_empty() => Some(
+            opts.system_blocks
+                .iter()
+                .map(|b| b.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        ),
+        None => None,
+    };
+    if let Some(system) = system.filter(|s| !s.is_empty()) {
+        body["systemInstruction"] = json!({"parts": [{"text": system}]});
+    }
+    if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
+        tracing::debug!("gemini: prompt-cache breakpoints dropped (implicit caching)");
+    }
+
+    let mut gen = json!({"maxOutputTokens": req.max_tokens});
+    if let Some(t) = chat.temperature {
+        gen["temperature"] = json!(t);
+    }
+    if let Some(p) = opts.top_p {
+        gen["topP"] = json!(p);
+    }
+    let stop: Vec<&str> = opts
+        .stop
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !stop.is_empty() {
+        if stop.len() > MAX_STOP {
+            tracing::debug!(
+                dropped = stop.len() - MAX_STOP,
+                "gemini: stop sequences over 5 dropped"
+            );
+        }
+        gen["stopSequences"] = json!(stop[..stop.len().min(MAX_STOP)]);
+    }
+    if let Some(t) = opts.thinking {
+        if supports_thinking(req.model) {
+            // -1 is the API's "dynamic": the model decides, as `budget_tokens: None` asks. A
+            // budget over the model's ceiling is refused, so it is lowered to it.
+            let budget = t
+                .budget_tokens
+                .map_or(-1, |b| i64::from(b.min(max_thinking_budget(req.model))));
+            gen["thinkingConfig"] = json!({"thinkingBudget": budget, "includeThoughts": true});
+        } else {
+            tracing::debug!(
+                model = req.model,
+                "gemini: thinking dropped (model does not think)"
+            );
+        }
+    }
+    body["generationConfig"] = gen;
+
+    if !chat.tools.is_empty() {
+        let mut decls = Vec::with_capacity(chat.tools.len());
+        for t in &chat.tools {
+            let mut decl = json!({"name": names.wire(&t.name), "description": t.description});
+            let schema = clean_schema(&parse_json(&t.input_schema_json, "tool input schema")?);
+            // An object without properties is refused ("properties: should be non-empty for
+            // OBJECT type"); a function without parameters is what it means.
+            let empty_object = schema["type"] == "object"
+                && schema["properties"].as_object().is_none_or(Map::is_empty);
+            if !empty_object {
+                decl["parameters"] = schema;
+            }
+            decls.push(decl);
+        }
+        body["tools"] = json!([{"functionDeclarations": decls}]);
+        if let Some(choice) = &opts.tool_choice {
+            let config = match choice {
+                ToolChoice::Auto => json!({"mode": "AUTO"}),
+                ToolChoice::Any => json!({"mode": "ANY"}),
+                ToolChoice::None => json!({"mode": "NONE"}),
+                ToolChoice::Tool { name } => {
+                    json!({"mode": "ANY", "allowedFunctionNames": [names.wire(name)]})
+                }
+            };
+            body["toolConfig"] = json!({"functionCallingConfig": config});
+        }
+        if opts.parallel_tool_calls.is_some() {
+            tracing::debug!("gemini: parallel_tool_calls dropped (no such switch)");
+        }
+    } else if opts.tool_choice.is_some() {
+        tracing::debug!("gemini: tool_choice dropped (no tools)");
+    }
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+    Ok(Built {
+        url: url(&cfg.base_url, req.model),
+        headers,
+        body: bytes,
+        tool_names: names,
+    })
+}
+
+/// Whether `model` takes a `thinkingConfig`: 2.5 and later (and the old `-thinking-`
+/// experiments); 1.5 and 2.0 refuse it. Permissive, so a new model works without a release.
+pub fn supports_thinking(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let m = m.strip_prefix("models/").unwrap_or(&m);
+    !(m.starts_with("gemini-1.") || m.starts_with("gemini-2.0")) || m.contains("thinking")
+}
+
+/// The largest thinking budget `model` accepts (Flash and Flash-Lite 24,576; Pro 32,768).
+fn max_thinking_budget(model: &str) -> u32 {
+    if model.contains("flash") {
+        24_576
+    } else {
+        32_768
+    }
+}
+
+/// An image part: `inlineData` for bytes, `fileData` for a URL the API fetches.
+fn image_part(source: &ImageSource) -> Option<Value> {
+    match source {
+        ImageSource::Base64 { media_type, data } => {
+            Some(json!({"inlineData": {"mimeType": media_type, "data": data}}))
+        }
+        ImageSource::Url { url } if url.starts_with("data:") => match split_data_url(url) {
+            Some((mime, data)) => Some(json!({"inlineData": {"mimeType": mime, "data": data}})),
+            None => {
+                tracing::debug!("gemini: image data URL that is not base64 dropped");
+                None
+            }
+        },
+        ImageSource::Url { url } => Some(json!({"fileData": {"fileUri": url}})),
+    }
+}
+
+/// A user turn's parts: function responses first (they answer the model turn just before),
+/// then the tools' images, then the user's own text and images.
+fn user_parts(
+    content: &[ContentBlock],
+    called: &HashMap<&str, &str>,
+    names: &ToolNames,
+) -> Vec<Value> {
+    let mut responses = Vec::new();
+    let mut tool_images = Vec::new();
+    let mut own = Vec::new();
+    for block in content {
+        match block {
+            ContentBlock::Text { text } if !text.is_empty() => own.push(json!({"text": text})),
+            ContentBlock::Image { source } => own.extend(image_part(source)),
+            ContentBlock::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+                images,
+            } => {
+                // A result whose call is not in the history (trimmed by the client) still
+                // needs a name; the id is the best stand-in there is.
+                let name = called
+                    .get(tool_use_id.as_str())
+                    .map_or(tool_use_id.as_str(), |n| names.wire(n));
+                // The API documents `error` for a failed call and any other key for output.
+                let response = if *is_error {
+                    json!({"error": content})
+                } else {
+                    json!({"content": content})
+                };
+                responses.push(json!({"functionResponse": {"name": name, "response": response}}));
+                tool_images.extend(images.iter().filter_map(image_part));
+            }
+            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
+                tracing::debug!("gemini: thinking in a user turn dropped");
+            }
+            ContentBlock::Text { .. } | ContentBlock::ToolUse { .. } => {}
+        }
+    }
+    responses.extend(tool_images);
+    responses.extend(own);
+    responses
+}
+
+/// A model turn's parts: text and function calls. Thinking is dropped: Gemini takes back only
+/// its own signed thoughts, which the protocol does not carry.
+fn model_parts(content: &[ContentBlock], names: &ToolNames) -> Result<Vec<Value>, ProviderError> {
+    let mut parts = Vec::new();
+    for block in content {
+        match block {
+            ContentBlock::Text { text } if !text.is_empty() => parts.push(json!({"text": text})),
+            ContentBlock::ToolUse {
+                name, input_json, ..
+            } => {
+                let args = if input_json.trim().is_empty() {
+                    json!({})
+                } else {
+                    parse_json(input_json, "tool call arguments")?
+                };
+                parts.push(json!({"functionCall": {"name": names.wire(name), "args": args}}));
+            }
+            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
+                tracing::debug!("gemini: thinking in a model turn dropped");
+            }
+            ContentBlock::Text { .. }
+            | ContentBlock::Image { .. }
+            | ContentBlock::ToolResult { .. } => {
+                tracing::debug!("gemini: image or tool result in a model turn dropped");
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// `schema` with only what Gemini's `parameters` accepts: unknown keywords removed at every
+/// level, local `$ref`s inlined (unresolvable ones become a bare object), `const` as a
+/// one-value `enum`, `oneOf` as `anyOf`, and `"type": ["string", "null"]` as a nullable string.
+pub fn clean_schema(schema: &Value) -> Value {
+    let defs = schema
+        .get("$defs")
+        .or_else(|| schema.get("definitions"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    clean(schema, &defs, 0)
+}
+
+fn clean(schema: &Value, defs: &Value, depth: usize) -> Value {
+    let Some(obj) = schema.as_object() else {
+        // `true`/`false` schemas and other oddities: anything goes.
+        return json!({});
+    };
+    if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
+        let name = r
+            .strip_prefix("#/$defs/")
+            .or_else(|| r.strip_prefix("#/definitions/"));
+        let target = name.and_then(|n| defs.get(n));
+        let mut out = match target {
+            Some(t) if depth < MAX_REF_DEPTH => clean(t, defs, depth + 1),
+            _ => json!({"type": "object"}),
+        };
+        // Siblings of `$ref` (a description, say) describe this use of the definition.
+        if let Some(d) = obj.get("description") {
+            out["description"] = d.clone();
+        }
+        return out;
+    }
+    let mut out = Map::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "properties" => {
+                let props: Map<String, Value> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, s)| (name.clone(), clean(s, defs, depth)))
+                    .collect();
+                out.insert(k.clone(), Value::Object(props));
+            }
+            "items" => {
+                out.insert(k.clone(), clean(v, defs, depth));
+            }
+            "anyOf" | "oneOf" => {
+                let all: Vec<Value> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| clean(s, defs, depth))
+                    .collect();
+                out.insert("anyOf".into(), Value::Array(all));
+            }
+            "type" => match v {
+                Value::Array(types) => {
+                    let real: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+                    if real.len() < types.len() {
+                        out.insert("nullable".into(), json!(true));
+                    }
+                    if let Some(t) = real.first() {
+                        out.insert("type".into(), (*t).clone());
+                    }
+                }
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            },
+            "const" => {
+                out.insert("enum".into(), json!([v]));
+            }
+            k if SCHEMA_FIELDS.contains(&k) => {
+                out.insert(k.to_string(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    // Gemini's enums are strings only; a numeric enum is refused, so it goes.
+    if out
+        .get("enum")
+        .and_then(Value::as_array)
+        .is_some_and(|e| !e.iter().all(Value::is_string))
+    {
+        out.remove("enum");
+    }
+    // `required` naming a property that is not there is refused.
+    if let (Some(req), Some(props)) = (
+        out.get("required").and_then(Value::as_array),
+        out.get("properties").and_then(Value::as_object),
+    ) {
+        let kept: Vec<Value> = req
+            .iter()
+            .filter(|r| r.as_str().is_some_and(|n| props.contains_key(n)))
+            .cloned()
+            .collect();
+        out.insert("required".into(), Value::Array(kept));
+    }
+    Value::Object(out)
+}
+
+/// A Google API error object (`{"error": {"code", "message", "status", "details"}}`), as an
+/// HTTP error body or an in-stream event.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct GoogleError {
+    /// HTTP-like code.
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// Human text.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The canonical status name (`RESOURCE_EXHAUSTED`, ...).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Typed details; `RetryInfo` carries `retryDelay`.
+    #[serde(default)]
+    pub details: Vec<Value>,
+}
+
+impl GoogleError {
+    /// The error in a body, if it is one of Google's.
+    pub fn parse(body: &[u8]) -> Option<GoogleError> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        // Some front ends wrap the body in an array.
+        let e = match &v {
+            Value::Array(a) => a.first()?.get("error")?,
+            o => o.get("error")?,
+        };
+        serde_json::from_value(e.clone()).ok()
+    }
+
+    /// The wait the API asked for (`RetryInfo.retryDelay`, "7s" or "0.5s").
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.details
+            .iter()
+            .filter_map(|d| d["retryDelay"].as_str())
+            .find_map(parse_duration)
+    }
+
+    /// The kind of failure; `http` is the response status, when there is one.
+    pub fn kind(&self, http: Option<u16>) -> ErrorKind {
+        let msg = self.message.as_deref().unwrap_or("").to_ascii_lowercase();
+        let says = |p: &[&str]| p.iter().any(|p| msg.contains(p));
+        match self.status.as_deref() {
+            // A bad key comes back as 400 INVALID_ARGUMENT; waiting or retrying won't fix it.
+            _ if says(&["api key not valid", "api_key_invalid", "api key expired"]) => {
+                ErrorKind::Auth
+            }
+            // Per-minute and per-day quotas alike, though the text mentions billing: the
+            // quota comes back, and `retryDelay` says when.
+            Some("RESOURCE_EXHAUSTED") => ErrorKind::RateLimited,
+            Some("UNAVAILABLE") => ErrorKind::Overloaded,
+            Some("INTERNAL" | "UNKNOWN" | "ABORTED") => ErrorKind::ServerError,
+            Some("DEADLINE_EXCEEDED") => ErrorKind::Timeout,
+            Some("PERMISSION_DENIED" | "UNAUTHENTICATED") => ErrorKind::Auth,
+            Some("NOT_FOUND") => ErrorKind::NotFound,
+            Some("FAILED_PRECONDITION") if says(&["billing"]) => ErrorKind::Billing,
+            Some("INVALID_ARGUMENT" | "OUT_OF_RANGE")
+                if says(&["input token count", "exceeds the maximum number of tokens"]) =>
+            {
+                ErrorKind::ContextLength
+            }
+            Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
+                ErrorKind::BadRequest
+            }
+            _ => match http.or(self.code) {
+                Some(code) => super::error::classify(code, None, self.message.as_deref()),
+                None => ErrorKind::ServerError,
+            },
+        }
+    }
+}
+
+/// A protobuf JSON duration ("7s", "1.500s").
+fn parse_duration(s: &str) -> Option<Duration> {
+    let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
+    (0.0..86_400.0)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+use std::time::Duration;
+
+use mythos_protocol::{ChatRequest, Message, Thinking, ToolSpec};
+
+use super::*;
+use crate::config::{Api, Secret};
+
+fn cfg() -> ProviderConfig {
+    ProviderConfig {
+        api_key: Some(Secret::new("AIza-secret")),
+        ..ProviderConfig::new(
+            "gemini",
+            Api::Gemini,
+            "https://generativelanguage.googleapis.com/",
+            "gemini-2.5-flash",
+        )
+    }
+}
+
+fn build_for(chat: &ChatRequest, prefill: Option<&str>) -> (Built, Value) {
+    let req = UpstreamRequest {
+        chat,
+        model: "gemini-2.5-flash",
+        max_tokens: 100,
+        prefill,
+    };
+    let b = build(&cfg(), &req).unwrap();
+    let v = serde_json::from_slice(&b.body).unwrap();
+    (b, v)
+}
+
+#[test]
+fn url_and_key_header() {
+    let chat = ChatRequest::user_text(1, "hi");
+    let (b, v) = build_for(&chat, None);
+    assert_eq!(
+        b.url,
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    assert!(!b.url.contains("key="), "the key never goes in the URL");
+    assert_eq!(b.headers["x-goog-api-key"], "AIza-secret");
+    assert!(b.headers["x-goog-api-key"].is_sensitive());
+    assert_eq!(
+        v["contents"],
+        json!([{"role": "user", "parts": [{"text": "hi"}]}])
+    );
+    assert_eq!(v["generationConfig"], json!({"maxOutputTokens": 100}));
+    assert_eq!(
+        url("http://x", "models/gemini-pro"),
+        "http://x/v1beta/models/gemini-pro:streamGenerateContent?alt=sse"
+    );
+}
+
+#[test]
+fn body_shape_with_tools_images_results_and_continuation() {
+    let mut chat = ChatRequest::user_text(1, "look");
+    chat.system = Some("be brief".into());
+    chat.temperature = Some(0.2);
+    chat.options.top_p = Some(0.9);
+    chat.options.stop = vec!["END".into()];
+    chat.options.thinking = Some(Thinking {
+        budget_tokens: Some(2048),
+        display: true,
+    });
+    chat.messages[0].content.push(ContentBlock::Image {
+        source: ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBOR".into(),
+        },
+    });
+    chat.messages[0].content.push(ContentBlock::Image {
+        source: ImageSource::Url {
+            url: "https://x/y.jpg".into(),
+        },
+    });
+    chat.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            ContentBlock::Thinking {
+                text: "hmm".into(),
+                signature: None,
+            },
+            ContentBlock::Text {
+                text: "Reading.".into(),
+            },
+            ContentBlock::ToolUse {
+                id: "toolu_1".into(),
+                name: "fs/read".into(),
+                input_json: r#"{"path":"a"}"#.into(),
+            },
+        ],
+    });
+    chat.messages.push(Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "toolu_1".into(),
+            content: "file text".into(),
+            is_error: false,
+            images: Vec::new(),
+        }],
+    });
+    chat.tools.push(ToolSpec {
+        name: "fs/read".into(),
+        description: "Read a file".into(),
+        input_schema_json: r#"{"$schema":"http://json-schema.org/draft-07/schema#","type":"object","properties":{"path":{"type":"string"}},"required":["path"],"additionalProperties":false}"#.into(),
+    });
+    chat.tools.push(ToolSpec {
+        name: "now".into(),
+        description: "Time".into(),
+        input_schema_json: r#"{"type":"object","properties":{}}"#.into(),
+    });
+    chat.options.tool_choice = Some(ToolChoice::Tool {
+        name: "fs/read".into(),
+    });
+    let (b, v) = build_for(&chat, Some("Partial "));
+    let wire = v["tools"][0]["functionDeclarations"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(wire, "fs/read", "fitted to the API's name rules");
+    assert_eq!(b.tool_names.client(wire.clone()), "fs/read");
+    assert_eq!(
+        v["systemInstruction"],
+        json!({"parts": [{"text": "be brief"}]})
+    );
+    assert_eq!(
+        v["contents"],
+        json!([
+            {"role": "user", "parts": [
+                {"text": "look"},
+                {"inlineData": {"mimeType": "image/png", "data": "iVBOR"}},
+                {"fileData": {"fileUri": "https://x/y.jpg"}},
+            ]},
+            {"role": "model", "parts": [
+                {"text": "Reading."},
+                {"functionCall": {"name": wire, "args": {"path": "a"}}},
+            ]},
+            {"role": "user", "parts": [
+                {"functionResponse": {"name": wire, "response": {"content": "file text"}}},
+            ]},
+            {"role": "model", "parts": [{"text": "Partial "}]},
+            {"role": "user", "parts": [{"text": CONTINUE_INSTRUCTION}]},
+        ])
+    );
+    assert_eq!(
+        v["tools"][0]["functionDeclarations"][0]["parameters"],
+        json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})
+    );
+    assert!(
+        v["tools"][0]["functionDeclarations"][1]
+            .get("parameters")
+            .is_none(),
+        "an empty object schema is refused: no parameters instead"
+    );
+    assert_eq!(
+        v["toolConfig"],
+        json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [wire]}})
+    );
+    assert_eq!(
+        v["generationConfig"],
+        json!({"maxOutputTokens": 100, "temperature": 0.2f32, "topP": 0.9f32,
+               "stopSequences": ["END"],
+               "thinkingConfig": {"thinkingBudget": 2048, "includeThoughts": true}})
+    );
+}
+
+#[test]
+fn tool_choice_modes_and_error_results() {
+    let mut chat = ChatRequest::user_text(1, "x");
+    chat.tools.push(ToolSpec {
+        name: "t".into(),
+        description: String::new(),
+        input_schema_json: r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#.into(),
+    });
+    for (choice, mode) in [
+        (ToolChoice::Auto, "AUTO"),
+        (ToolChoice::Any, "ANY"),
+        (ToolChoice::None, "NONE"),
+    ] {
+        chat.options.tool_choice = Some(choice);
+        let (_, v) = build_for(&chat, None);
+        assert_eq!(v["toolConfig"]["functionCallingConfig"]["mode"], mode);
+    }
+    // A result whose call is gone from the history keeps the id as its name.
+    chat.messages.push(Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "gone".into(),
+            content: "boom".into(),
+            is_error: true,
+            images: vec![ImageSource::Base64 {
+                media_type: "image/png".into(),
+                data: "AAAA".into(),
+            }],
+        }],
+    });
+    chat.options.thinking = Some(Thinking {
+        budget_tokens: None,
+        display: false,
+    });
+    let (_, v) = build_for(&chat, None);
+    assert_eq!(
+        v["contents"][1]["parts"],
+        json!([
+            {"functionResponse": {"name": "gone", "response": {"error": "boom"}}},
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}},
+        ])
+    );
+    assert_eq!(
+        v["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        -1
+    );
+    chat.options.thinking = Some(Thinking {
+        budget_tokens: Some(100_000),
+        display: true,
+    });
+    let (_, v) = build_for(&chat, None);
+    assert_eq!(
+        v["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        24_576
+    );
+    assert!(supports_thinking("gemini-2.5-pro") && supports_thinking("gemini-3-pro-preview"));
+    assert!(!supports_thinking("gemini-2.0-flash") && !supports_thinking("models/gemini-1.5-pro"));
+}
+
+#[test]
+fn schema_cleaning() {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": false,
+        "$defs": {"Pt": {"type": "object", "properties": {"x": {"type": "number", "exclusiveMinimum": 0}},
+                          "additionalProperties": false}},
+        "properties": {
+            "point": {"$ref": "#/$defs/Pt", "description": "where"},
+            "remote": {"$ref": "https://example.com/s.json"},
+            "name": {"type": ["string", "null"], "default": "x", "propertyNames": {"pattern": "a"}},
+            "kind": {"const": "fixed"},
+            "level": {"type": "integer", "enum": [1, 2], "exclusiveMaximum": 5},
+            "either": {"oneOf": [{"type": "string"}, {"type": "integer", "const": 3}]},
+            "list": {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "string"}}},
+        },
+        "required": ["name", "missing"],
+    });
+    let clean = clean_schema(&schema);
+    assert_eq!(
+        clean,
+        json!({
+            "type": "object",
+            "properties": {
+                "point": {"type": "object", "properties": {"x": {"type": "number"}}, "description": "where"},
+                "remote": {"type": "object"},
+                "name": {"type": "string", "nullable": true, "default": "x"},
+                "kind": {"enum": ["fixed"]},
+                "level": {"type": "integer"},
+                "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "list": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["name"],
+        })
+    );
+    // A recursive definition stops at a bare object instead of recursing forever.
+    let tree = json!({"$defs": {"N": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/N"}}}}},
+                      "$ref": "#/$defs/N"});
+    let s = clean_schema(&tree).to_string();
+    assert!(s.len() < 2000 && !s.contains("$ref"), "{s}");
+    let rejected = [
+        "$schema",
+        "additionalProperties",
+        "propertyNames",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "const",
+        "$ref",
+        "$defs",
+        "oneOf",
+    ];
+    let text = clean.to_string();
+    for k in rejected {
+        assert!(!text.contains(&format!("\"{k}\"")), "{k} left in {text}");
+    }
+}
+
+#[test]
+fn google_error_mapping() {
+    let kind = |status: u16, body: &str| {
+        GoogleError::parse(body.as_bytes())
+            .expect("a Google error")
+            .kind(Some(status))
+    };
+    let e = |code: u16, status: &str, msg: &str| {
+        json!({"error": {"code": code, "message": msg, "status": status}}).to_string()
+    };
+    let table = [
+        (429, e(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details."), ErrorKind::RateLimited),
+        (503, e(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), ErrorKind::Overloaded),
+        (500, e(500, "INTERNAL", "An internal error has occurred."), ErrorKind::ServerError),
+        (400, e(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name \"additionalProperties\""), ErrorKind::BadRequest),
+        (400, e(400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."), ErrorKind::ContextLength),
+        (400, e(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."), ErrorKind::Auth),
+        (403, e(403, "PERMISSION_DENIED", "Permission denied"), ErrorKind::Auth),
+        (401, e(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."), ErrorKind::Auth),
+        (404, e(404, "NOT_FOUND", "models/gemini-9 is not found"), ErrorKind::NotFound),
+        (400, e(400, "FAILED_PRECONDITION", "Gemini API free tier is not available in your country. Please enable billing on your project in Google AI Studio."), ErrorKind::Billing),
+        (400, e(400, "FAILED_PRECONDITION", "User location is not supported for the API use."), ErrorKind::BadRequest),
+        (504, e(504, "DEADLINE_EXCEEDED", "Deadline expired"), ErrorKind::Timeout),
+        (502, r#"[{"error":{"code":502,"message":"bad gateway"}}]"#.to_string(), ErrorKind::ServerError),
+    ];
+    for (status, body, want) in table {
+        assert_eq!(kind(status, &body), want, "{body}");
+    }
+    assert!(GoogleError::parse(b"<html>oops</html>").is_none());
+    let limited = GoogleError::parse(
+        br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(limited.retry_delay(), Some(Duration::from_secs(7)));
+    assert_eq!(parse_duration("1.500s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("-1s"), None);
+    assert_eq!(parse_duration("7"), None);
+}
