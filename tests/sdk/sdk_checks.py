@@ -421,6 +421,59 @@ def openai_stream() -> None:
         check(final.choices[0].finish_reason == "stop", f"helper finish {final.choices[0].finish_reason}")
 
 
+def responses_create_and_stream() -> None:
+    """The Responses API (Codex's): a whole answer, and the stream helper's final response."""
+    client, _ = openai_client()
+    prompt = env("MYTHOS_PROMPT")
+    r = client.responses.create(model="mythos/code", input=prompt)
+    check(r.status == "completed", f"status {r.status}")
+    check(r.output_text == env("MYTHOS_EXPECT"), f"output_text {r.output_text!r}")
+    check(r.usage is not None and r.usage.output_tokens > 0, f"usage {r.usage}")
+    with client.responses.stream(model="mythos/code", input=prompt) as s:
+        deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+        final = s.get_final_response()
+    check("".join(deltas) == env("MYTHOS_EXPECT"), f"streamed {''.join(deltas)!r}")
+    check(len(deltas) > 1, "the answer arrived in one piece, not streamed")
+    check(final.output_text == env("MYTHOS_EXPECT"), f"final {final.output_text!r}")
+
+
+RESPONSES_TOOL = {
+    "type": "function",
+    "name": "record",
+    "description": "Record a note.",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+}
+
+
+def responses_tools() -> None:
+    """A function call and its output through the Responses API, served by the Anthropic-format
+    provider (pinned), read with the stream helper."""
+    client, _ = openai_client()
+    model = model_of("anthropic")
+    prompt = env("MYTHOS_PROMPT")
+    with client.responses.stream(model=model, input=prompt, tools=[RESPONSES_TOOL]) as s:
+        for _ in s:
+            pass
+        first = s.get_final_response()
+    calls = [o for o in first.output if o.type == "function_call"]
+    check(len(calls) == 1, f"output {first.output}")
+    check(calls[0].name == "record", f"call {calls[0]}")
+    args = json.loads(calls[0].arguments)
+    check(args == {"text": env("MYTHOS_EXPECT")}, f"arguments {args!r}")
+    follow = client.responses.create(
+        model=model,
+        tools=[RESPONSES_TOOL],
+        input=[
+            {"role": "user", "content": prompt},
+            {"type": "function_call", "call_id": calls[0].call_id, "name": "record",
+             "arguments": calls[0].arguments},
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "recorded"},
+            {"role": "user", "content": "thanks"},
+        ],
+    )
+    check(follow.status == "completed" and follow.output_text, f"follow-up {follow}")
+
+
 def openai_tools() -> None:
     """A whole tool round trip in OpenAI's format, served by the Anthropic-format provider."""
     client, _ = openai_client()
@@ -631,6 +684,8 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         openai_auth,
         openai_models,
         openai_no_double_retry,
+        responses_create_and_stream,
+        responses_tools,
     ]
 }
 

@@ -450,3 +450,27 @@ async fn openai_does_not_retry_what_the_daemon_retried() {
         "the daemon did not try every provider: {r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_create_and_stream() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    w.run("responses_create_and_stream", "what is a response")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_tools_on_the_anthropic_format_provider() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    w.run("responses_tools", "call: record this").await;
+    // Both turns went to the pinned Anthropic-format provider, in its own format.
+    let sent = w.mocks.anthropic.requests();
+    assert_eq!(sent.len(), 2, "{:?}", w.requests());
+    let turns = sent[1].body["messages"].as_array().unwrap();
+    assert!(turns
+        .iter()
+        .any(|t| t["content"][0]["type"] == "tool_result"));
+}

@@ -121,7 +121,8 @@ fn plain_lines(report: &StatusReport) -> String {
         out.push_str(&format!(
             "{h:02}:{m:02}:{s:02} {} state={} score={:.1} in_flight={} quota={} cooldown_ms={}\n",
             p.name,
-            p.state.as_str(),
+            // One word per field, so the lines split on spaces.
+            p.state.as_str().replace(' ', "_"),
             p.score,
             p.in_flight,
             if quota.is_empty() { "-".into() } else { quota },
