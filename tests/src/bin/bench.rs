@@ -1,6 +1,7 @@
 //! What mythosd costs on a healthy request and what it saves on a sick one, side by side.
 //!
-//! `cargo run --release -p mythos-tests --bin bench -- [--quick] [--full] [--json]`
+//! `cargo run --release -p mythos-tests --bin bench -- [--quick] [--full] [--json]
+//! [--overhead-only]`
 //!
 //! Every figure is measured in this run against the same loopback mock provider (the daemon's
 //! simulated OpenAI-format provider with zero artificial delay, so its own cost is only HTTP and
@@ -25,6 +26,8 @@ const CUT_DELAY_MS: f64 = 20.0;
 
 struct Opts {
     quick: bool,
+    /// `--overhead-only`: sections 1, 1b and 2, then stop.
+    overhead_only: bool,
     full: bool,
     json: bool,
 }
@@ -443,6 +446,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let o = Opts {
         quick: args.iter().any(|a| a == "--quick"),
+        overhead_only: args.iter().any(|a| a == "--overhead-only"),
         full: args.iter().any(|a| a == "--full"),
         json: args.iter().any(|a| a == "--json"),
     };
@@ -572,6 +576,12 @@ async fn main() {
         });
     }
 
+    if o.overhead_only {
+        // Sections 1, 1b and 2 alone: the quick loop while tuning the relay.
+        drop(daemon);
+        print_report(&rows, cores, &o);
+        return;
+    }
     // The same comparison with a provider that paces its tokens like a real one (50 ms to the
     // first token, 20 ms per token): the CPU is no longer saturated, so this shows the
     // daemon's per-request cost at high concurrency without the queueing above.
