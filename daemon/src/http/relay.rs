@@ -15,7 +15,7 @@ use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
 };
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::errors::ApiError;
 use crate::router::Emitter;
@@ -30,13 +30,34 @@ const EVENT_BUFFER: usize = 64;
 /// comment) so that proxies and clients with idle timeouts keep the connection.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The router serving one request, driven by the HTTP response that reads its events.
+type RouteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A request the router is serving.
+///
+/// The route runs inside the task that serves the HTTP connection rather than in a task of its
+/// own: each event then reaches the encoder without waking a task on another worker thread
+/// (measured: that hop was most of the front end's added time to the first token).
 pub struct Routed {
     rx: mpsc::Receiver<Response>,
+    /// The route, until it has finished.
+    route: Option<RouteFuture>,
     /// Cancels the route when the HTTP response is dropped (the client went away).
-    _cancel: DropGuard,
+    cancel: CancellationToken,
+    /// Where an unfinished route goes to end properly (its record written, its leases given
+    /// back) when the response is dropped.
+    streams: tokio_util::task::TaskTracker,
     /// Reroutes seen so far.
     pub reroutes: u32,
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        if let Some(route) = self.route.take() {
+            self.cancel.cancel();
+            self.streams.spawn(route);
+        }
+    }
 }
 
 /// What is known when the first provider starts streaming.
@@ -102,7 +123,7 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
     let router = ctx.router();
     let emitter = Emitter::new(0, tx.clone()).with_shutdown(ctx.hard_stop.clone());
     let route_token = token.clone();
-    ctx.streams.spawn(async move {
+    let route: RouteFuture = Box::pin(async move {
         let run = AssertUnwindSafe(router.route(chat, emitter, route_token));
         if let Err(panic) = run.catch_unwind().await {
             let what = panic_message(panic.as_ref());
@@ -119,7 +140,9 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
     });
     Ok(Routed {
         rx,
-        _cancel: CancellationToken::drop_guard(token),
+        route: Some(route),
+        cancel: token,
+        streams: ctx.streams.clone(),
         reroutes: 0,
     })
 }
@@ -128,7 +151,19 @@ impl Routed {
     /// The next event; `None` when the router is gone without a last event (a bug).
     pub async fn next(&mut self) -> Option<StreamEvent> {
         loop {
-            match self.rx.recv().await? {
+            let msg = match &mut self.route {
+                Some(route) => tokio::select! {
+                    // Events first: whatever the route produced goes out before it is polled on.
+                    biased;
+                    msg = self.rx.recv() => msg,
+                    _ = route.as_mut() => {
+                        self.route = None;
+                        continue;
+                    }
+                },
+                None => self.rx.recv().await,
+            };
+            match msg? {
                 Response::Event { event, .. } => {
                     if matches!(event, StreamEvent::Rerouted { .. }) {
                         self.reroutes += 1;
