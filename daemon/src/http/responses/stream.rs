@@ -667,8 +667,11 @@ impl Encoder for ResponsesEncoder {
     }
 
     fn keepalive(&mut self, out: &mut BytesMut) {
-        // An SSE comment: every SSE parser skips it.
-        out.extend_from_slice(b": keep-alive\n\n");
+        // A real event, not an SSE comment: Codex's idle timer (300 s) counts events, and an
+        // event parser skips comments before anyone sees them. `response.in_progress` is one
+        // the API defines and the SDKs' accumulators pass over.
+        let response = self.meta.response(&self.model, &State::in_progress());
+        self.emit(out, "response.in_progress", json!({ "response": response }));
     }
 
     fn vanished(&mut self, out: &mut BytesMut) {

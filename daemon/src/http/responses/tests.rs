@@ -525,3 +525,30 @@ fn a_whole_answer_numbers_items_as_the_stream_does() {
     assert!(matches!(&got[1], Item::Message { id, .. } if id == "msg_mythos_3_1"));
     assert!(matches!(&got[2], Item::Call { args, .. } if args == "{}"));
 }
+
+/// A long wait (held tool calls, a queue) keeps the stream alive with an event Codex's idle
+/// timer sees, numbered in sequence; not a comment its event parser would drop.
+#[test]
+fn keepalive_is_an_event_in_sequence() {
+    let (mut enc, mut out) = ResponsesEncoder::start(&head(), Map::new());
+    enc.keepalive(&mut out);
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert_eq!(frames.len(), 3, "{text}");
+    assert!(
+        frames[2].starts_with("event: response.in_progress\n"),
+        "{text}"
+    );
+    let data: Value = serde_json::from_str(
+        frames[2]
+            .lines()
+            .nth(1)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data["sequence_number"], 2);
+    assert_eq!(data["response"]["status"], "in_progress");
+    assert!(!text.contains(": keep-alive"));
+}
