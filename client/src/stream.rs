@@ -262,6 +262,7 @@ pub fn response_name(r: &Response) -> &'static str {
         Response::Status(_) => "status report",
         Response::Why(_) => "why record",
         Response::Usage(_) => "usage report",
+        Response::Http { .. } => "HTTP front end",
         Response::Ok => "ok",
         Response::Error { .. } => "error",
     }

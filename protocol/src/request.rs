@@ -45,6 +45,9 @@ pub enum Request {
         /// Served to the next requests in order, one each.
         faults: Vec<SimFault>,
     },
+    /// Where the HTTP front end listens and its token. Answered by
+    /// [`crate::Response::Http`].
+    Http,
 }
 
 /// A streamed chat request.

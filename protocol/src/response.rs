@@ -23,6 +23,13 @@ pub enum Response {
     Usage(UsageReport),
     /// A request without a payload succeeded.
     Ok,
+    /// Answer to [`crate::Request::Http`]: the HTTP front end, for pointing agents at it.
+    Http {
+        /// Its base URL (`http://127.0.0.1:7626`, no `/v1`); `None` when it is not listening.
+        url: Option<String>,
+        /// The local token agents present (never a provider key).
+        token: Option<String>,
+    },
     /// A non-stream request failed, or the client broke the protocol (the daemon then closes).
     Error {
         /// What kind of failure.

@@ -376,3 +376,35 @@ async fn no_limit_means_the_models_own_limit() {
     let sent = mocks.anthropic.requests().pop().unwrap();
     assert_eq!(sent.body["max_tokens"], 64_000, "{}", sent.body);
 }
+
+/// `mythos env` asks the daemon where its front end is: the client's own state directory or
+/// environment does not matter (a daemon started elsewhere is still found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_lines_come_from_the_daemon() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let out = env
+        .command("mythos")
+        .args(["env", "openai"])
+        .env("MYTHOS_STATE_DIR", env.dir.path().join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("export OPENAI_BASE_URL={base}/v1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("export OPENAI_API_KEY={token}\n")),
+        "{text}"
+    );
+    let out = env.command("mythos").arg("token").output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), token);
+}

@@ -2,7 +2,7 @@
 //! HTTP front end. The daemon writes its token and bound address into its state directory;
 //! these commands make sure it runs, then read them.
 
-use std::path::PathBuf;
+use mythos_protocol::{Request, Response};
 
 use super::{print, Globals};
 use crate::connection::Connection;
@@ -17,30 +17,22 @@ pub enum Flavor {
     Openai,
 }
 
-fn state_dir() -> PathBuf {
-    std::env::var_os("MYTHOS_STATE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(mythos_protocol::paths::state_dir)
-}
-
-/// The front end's base URL (no `/v1`) and token, starting the daemon if needed.
+/// The front end's base URL (no `/v1`) and token, from the daemon itself (starting it if
+/// needed): whatever state directory or port it was started with, this is the one it serves.
 async fn front_end(g: &Globals) -> Result<(String, String), Failure> {
-    // Started (or found running) first: the files are written before it says it is ready.
-    let _conn = Connection::connect_or_start(&g.target).await?;
-    let dir = state_dir();
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
-    let token = read("http-token").map_err(|e| {
-        Failure::new(format!(
-            "cannot read the HTTP token in {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let addr = read("http-address").map_err(|_| {
-        Failure::new("the daemon's HTTP front end is not listening")
-            .hint("it is off in [http] (enabled = false, or MYTHOS_HTTP_LISTEN=off), or its port was taken: see `mythos daemon status` and the daemon log")
-    })?;
-    Ok((format!("http://{addr}"), token))
+    let mut conn = Connection::connect_or_start(&g.target).await?;
+    match conn.call(Request::Http).await? {
+        Response::Http {
+            url: Some(url),
+            token: Some(token),
+        } => Ok((url, token)),
+        Response::Http { .. } => Err(Failure::new("the daemon's HTTP front end is not listening")
+            .hint(
+                "it is off in [http] (enabled = false, or MYTHOS_HTTP_LISTEN=off), or its port \
+                   was taken: see the daemon log",
+            )),
+        other => Err(super::unexpected(other, "the HTTP front end's address")),
+    }
 }
 
 /// `mythos token`: print the local token.

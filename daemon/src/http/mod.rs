@@ -118,6 +118,7 @@ pub async fn start(
         &state_dir.join(token::ADDRESS_FILE),
         format!("{addr}\n").as_bytes(),
     )?;
+    let _ = ctx.front_end.set((format!("http://{addr}"), token.clone()));
     let front = Arc::new(Front::new(ctx.clone(), cfg, token));
     let app = routes(front);
     let draining = ctx.draining.clone();

@@ -270,6 +270,13 @@ async fn handle(
             Some(state) => Response::Usage(state.usage(days).await),
             None => no_state(),
         },
+        Request::Http => {
+            let info = ctx.front_end.get();
+            Response::Http {
+                url: info.map(|(u, _)| u.clone()),
+                token: info.map(|(_, t)| t.clone()),
+            }
+        }
         Request::SimInject { provider, faults } => match ctx.sim(&provider) {
             Some(sim) => {
                 sim.inject(faults);

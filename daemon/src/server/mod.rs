@@ -50,6 +50,8 @@ pub struct Context {
     pub streams: TaskTracker,
     /// Counters fed by every request record, for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The HTTP front end's base URL and token, once it listens (`mythos env`).
+    pub front_end: std::sync::OnceLock<(String, String)>,
 }
 
 impl Context {
@@ -73,6 +75,7 @@ impl Context {
             hard_stop: CancellationToken::new(),
             streams: TaskTracker::new(),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            front_end: std::sync::OnceLock::new(),
         }
     }
 
