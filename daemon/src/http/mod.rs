@@ -64,8 +64,7 @@ impl Front {
     /// Task and pin from the model name the client sent.
     pub fn route_options(&self, chat: &mut ChatRequest, model: &str) {
         let router = self.ctx.router();
-        let providers: Vec<_> = router.providers().iter().map(|p| p.cfg.clone()).collect();
-        let choice = models::resolve(model, &providers, &self.cfg);
+        let choice = models::resolve(model, router.providers().iter().map(|p| &p.cfg), &self.cfg);
         chat.task = choice.task;
         chat.pin = choice.pin;
     }

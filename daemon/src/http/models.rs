@@ -27,7 +27,11 @@ pub struct Choice {
 /// Read `model` against the configured providers and patterns. Names the router has never seen
 /// (`claude-opus-5-5`) are hints, never errors: an agent that sends its own model names gets
 /// failover with no setting at all.
-pub fn resolve(model: &str, providers: &[ProviderConfig], cfg: &HttpConfig) -> Choice {
+pub fn resolve<'a>(
+    model: &str,
+    providers: impl Iterator<Item = &'a ProviderConfig> + Clone,
+    cfg: &HttpConfig,
+) -> Choice {
     let model = model.trim();
     if let Some((_, task)) = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(model)) {
         return Choice {
@@ -37,7 +41,7 @@ pub fn resolve(model: &str, providers: &[ProviderConfig], cfg: &HttpConfig) -> C
     }
     if let Some((provider, m)) = model.split_once('/') {
         if let Some(p) = providers
-            .iter()
+            .clone()
             .find(|p| p.name.eq_ignore_ascii_case(provider))
         {
             return Choice {
@@ -50,7 +54,7 @@ pub fn resolve(model: &str, providers: &[ProviderConfig], cfg: &HttpConfig) -> C
         }
     }
     if let Some(p) = providers
-        .iter()
+        .clone()
         .find(|p| p.name.eq_ignore_ascii_case(model))
     {
         return Choice {
@@ -134,7 +138,7 @@ mod tests {
     fn names_pin_alias_or_hint() {
         let c = HttpConfig::default();
         let ps = providers();
-        let pin = resolve("anthropic/claude-opus-4-1", &ps, &c);
+        let pin = resolve("anthropic/claude-opus-4-1", ps.iter(), &c);
         assert_eq!(
             pin.pin,
             Some(Pin {
@@ -142,22 +146,25 @@ mod tests {
                 model: Some("claude-opus-4-1".into())
             })
         );
-        assert_eq!(resolve("deepseek", &ps, &c).pin.unwrap().model, None);
+        assert_eq!(resolve("deepseek", ps.iter(), &c).pin.unwrap().model, None);
         assert_eq!(
-            resolve("mythos/background", &ps, &c).task,
+            resolve("mythos/background", ps.iter(), &c).task,
             TaskKind::Background
         );
-        assert_eq!(resolve("mythos", &ps, &c).task, TaskKind::Chat);
+        assert_eq!(resolve("mythos", ps.iter(), &c).task, TaskKind::Chat);
         // Names the router never saw are hints: no pin, no error.
-        let opus = resolve("claude-opus-5-5", &ps, &c);
+        let opus = resolve("claude-opus-5-5", ps.iter(), &c);
         assert_eq!((opus.pin, opus.task), (None, TaskKind::Code));
         assert_eq!(
-            resolve("claude-haiku-4-5-20251001", &ps, &c).task,
+            resolve("claude-haiku-4-5-20251001", ps.iter(), &c).task,
             TaskKind::Background
         );
-        assert_eq!(resolve("gpt-4o-mini", &ps, &c).task, TaskKind::Background);
+        assert_eq!(
+            resolve("gpt-4o-mini", ps.iter(), &c).task,
+            TaskKind::Background
+        );
         // An unknown provider prefix is a name, not a pin (OpenRouter-style `openai/gpt-4o`).
-        assert_eq!(resolve("openai/gpt-4o", &ps, &c).pin, None);
+        assert_eq!(resolve("openai/gpt-4o", ps.iter(), &c).pin, None);
     }
 
     #[test]

@@ -163,16 +163,26 @@ impl Routed {
                 },
                 None => self.rx.recv().await,
             };
-            match msg? {
-                Response::Event { event, .. } => {
-                    if matches!(event, StreamEvent::Rerouted { .. }) {
-                        self.reroutes += 1;
-                    }
-                    return Some(event);
-                }
-                _ => continue,
+            if let Response::Event { event, .. } = msg? {
+                return Some(self.counted(event));
             }
         }
+    }
+
+    /// The next event if one is already waiting (the route is not polled).
+    fn try_next(&mut self) -> Option<StreamEvent> {
+        loop {
+            if let Response::Event { event, .. } = self.rx.try_recv().ok()? {
+                return Some(self.counted(event));
+            }
+        }
+    }
+
+    fn counted(&mut self, event: StreamEvent) -> StreamEvent {
+        if matches!(event, StreamEvent::Rerouted { .. }) {
+            self.reroutes += 1;
+        }
+        event
     }
 
     /// Wait for the first provider to start, or the error that ended the request first.
@@ -231,12 +241,19 @@ impl Routed {
             encoder: E,
             first: Option<Bytes>,
             done: bool,
+            /// One timer for the whole stream, not one per event: it fires at most every
+            /// `KEEPALIVE`, and a keep-alive goes out only if nothing else went out since.
+            tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+            last_sent: tokio::time::Instant,
         }
+        let now = tokio::time::Instant::now();
         let st = St {
             routed: self,
             encoder,
             first: Some(first),
             done: false,
+            tick: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
+            last_sent: now,
         };
         let stream = futures_util::stream::unfold(st, |mut st| async move {
             if let Some(first) = st.first.take() {
@@ -244,29 +261,34 @@ impl Routed {
             }
             let mut out = BytesMut::new();
             while !st.done && out.is_empty() {
-                match tokio::time::timeout(KEEPALIVE, st.routed.next()).await {
-                    Ok(Some(ev)) => st.done = st.encoder.event(ev, &mut out),
-                    Ok(None) => {
-                        st.encoder.vanished(&mut out);
-                        st.done = true;
+                tokio::select! {
+                    ev = st.routed.next() => match ev {
+                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        None => {
+                            st.encoder.vanished(&mut out);
+                            st.done = true;
+                        }
+                    },
+                    _ = st.tick.as_mut() => {
+                        let due = st.last_sent + KEEPALIVE;
+                        if tokio::time::Instant::now() >= due {
+                            st.encoder.keepalive(&mut out);
+                            st.tick.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
+                        } else {
+                            st.tick.as_mut().reset(due);
+                        }
                     }
-                    Err(_) => st.encoder.keepalive(&mut out),
                 }
                 // Drain what is already waiting into the same write: one socket write per
                 // burst rather than per event.
                 while !st.done {
-                    match st.routed.rx.try_recv() {
-                        Ok(Response::Event { event, .. }) => {
-                            if matches!(event, StreamEvent::Rerouted { .. }) {
-                                st.routed.reroutes += 1;
-                            }
-                            st.done = st.encoder.event(event, &mut out);
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
+                    match st.routed.try_next() {
+                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        None => break,
                     }
                 }
             }
+            st.last_sent = tokio::time::Instant::now();
             if out.is_empty() {
                 None
             } else {
