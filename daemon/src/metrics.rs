@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use mythos_protocol::{BreakerState, Failover, RequestRecord, StatusReport};
@@ -65,6 +66,19 @@ const RECENT: usize = 8;
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Writes to clients' sockets, by way in: how well small stream events are coalesced
+    /// (the benchmark divides them by the chunks relayed). Atomics, not the lock: they move
+    /// on every write.
+    writes: [AtomicU64; 2],
+}
+
+/// A way into the daemon, for [`Metrics::count_write`].
+#[derive(Debug, Clone, Copy)]
+pub enum Front {
+    /// The Unix socket / named pipe.
+    Socket = 0,
+    /// The HTTP front end.
+    Http = 1,
 }
 
 fn state_name(s: BreakerState) -> &'static str {
@@ -88,6 +102,11 @@ const STATES: [BreakerState; 5] = [
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count one write to a client's socket.
+    pub fn count_write(&self, front: Front) {
+        self.writes[front as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one finished request.
@@ -348,6 +367,20 @@ impl Metrics {
             &Vec::new(),
             clients as f64,
         );
+        header(
+            &mut out,
+            "mythos_client_writes_total",
+            "Writes to client sockets (stream events are coalesced into as few as possible).",
+            "counter",
+        );
+        for (front, name) in [(Front::Socket, "socket"), (Front::Http, "http")] {
+            sample(
+                &mut out,
+                "mythos_client_writes_total",
+                &vec![("front", name.to_string())],
+                self.writes[front as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
         out
     }
 }
@@ -473,6 +506,79 @@ pub fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
         samples.insert(series.to_string(), value);
     }
     Ok(samples)
+}
+
+/// A client connection's I/O that counts its writes in [`Metrics`]: one relaxed atomic add per
+/// write syscall, so `mythos_client_writes_total` shows how well events are coalesced.
+pub struct CountedIo<S> {
+    inner: S,
+    metrics: std::sync::Arc<Metrics>,
+    front: Front,
+}
+
+impl<S> CountedIo<S> {
+    /// Wrap `inner`, counting its writes under `front`.
+    pub fn new(inner: S, metrics: std::sync::Arc<Metrics>, front: Front) -> Self {
+        CountedIo {
+            inner,
+            metrics,
+            front,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountedIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(_)) = r {
+            self.metrics.count_write(self.front);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(_)) = r {
+            self.metrics.count_write(self.front);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -215,15 +215,32 @@ impl TestEnv {
     /// Start `mythosd` after `tune` has had its say on the command.
     pub fn start_daemon_with(&self, args: &[&str], tune: impl FnOnce(&mut Command)) -> Daemon {
         let mut cmd = Command::new(bin("mythosd"));
-        self.apply(&mut cmd);
         tune(&mut cmd);
+        self.spawn_daemon(cmd, args, Duration::from_secs(20))
+    }
+
+    /// Start `mythosd` as the last argument of `wrapper` (the benchmark's
+    /// `valgrind --tool=callgrind …`), waiting up to `ready_within` for it to be ready.
+    pub fn start_daemon_under(
+        &self,
+        wrapper: &[String],
+        args: &[&str],
+        ready_within: Duration,
+    ) -> Daemon {
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(bin("mythosd"));
+        self.spawn_daemon(cmd, args, ready_within)
+    }
+
+    fn spawn_daemon(&self, mut cmd: Command, args: &[&str], ready_within: Duration) -> Daemon {
+        self.apply(&mut cmd);
         cmd.arg("--notify-stdout")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn mythosd");
-        let line = read_line_with_timeout(&mut child, Duration::from_secs(20));
+        let line = read_line_with_timeout(&mut child, ready_within);
         assert!(
             matches!(
                 mythos_protocol::StartupLine::parse(&line),

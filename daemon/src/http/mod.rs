@@ -129,7 +129,13 @@ pub async fn start(
     let streams = ctx.streams.clone();
     // Tracked with the chat streams, so shutdown waits until the last frames of every HTTP
     // answer are written, not only until the router has produced them.
-    streams.spawn(serve(listener, app, draining, ctx.hard_stop.clone()));
+    streams.spawn(serve(
+        listener,
+        app,
+        draining,
+        ctx.hard_stop.clone(),
+        ctx.metrics.clone(),
+    ));
     tracing::info!(listen = %addr, "HTTP front end ready");
     Ok(addr)
 }
@@ -146,6 +152,7 @@ async fn serve(
     app: Routes,
     draining: tokio_util::sync::CancellationToken,
     hard_stop: tokio_util::sync::CancellationToken,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     use axum::serve::Listener as _;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -159,6 +166,7 @@ async fn serve(
             _ = draining.cancelled() => break,
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let io = crate::metrics::CountedIo::new(io, metrics.clone(), crate::metrics::Front::Http);
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -28,8 +28,6 @@ pub(super) struct Partial {
 struct Sink<'a> {
     out: &'a Emitter,
     cancel: &'a CancellationToken,
-    /// The stall timer, restarted after time spent blocked on a slow reader.
-    gap_limit: Duration,
 }
 
 /// How an attempt ended.
@@ -121,9 +119,14 @@ impl Router {
             end.error = Some(cancelled());
             return end;
         }
+        // Silence is measured from here: moved on by every token and by time spent blocked on
+        // a slow reader. The timer itself is re-armed only when it fires early, not on every
+        // chunk (a reset takes the timer driver's lock).
+        let mut watch_from = t0;
         if sent_at.elapsed() > Duration::from_millis(1) {
             // Blocked on a slow reader, as below: not the provider's time.
-            deadline.as_mut().reset(Instant::now() + ttft_limit);
+            watch_from = Instant::now();
+            deadline.as_mut().reset(watch_from + ttft_limit);
         }
 
         // The Anthropic adapter trims a prefill's trailing whitespace (the API refuses it), so
@@ -146,20 +149,30 @@ impl Router {
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
         // Tool-call events not yet shown: the calls are still being streamed.
         let mut held: Vec<StreamEvent> = Vec::new();
-        let sink = Sink {
-            out,
-            cancel,
-            gap_limit,
-        };
+        let sink = Sink { out, cancel };
+        // One cancellation future for the whole attempt: making and dropping one per chunk takes
+        // the token's lock twice.
+        let cancel_wait = cancel.cancelled();
+        tokio::pin!(cancel_wait);
         loop {
+            if cancel.is_cancelled() {
+                end.error = Some(cancelled());
+                return end;
+            }
+            // The stream first: when a chunk is ready, nothing else is polled.
             let item = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
+                item = stream.next() => item,
+                _ = &mut cancel_wait => {
                     end.error = Some(cancelled());
                     return end;
                 }
-                item = stream.next() => item,
                 _ = &mut deadline => {
+                    let due = watch_from + limit;
+                    if Instant::now() < due {
+                        deadline.as_mut().reset(due);
+                        continue;
+                    }
                     end.error = Some(stalled(waiting_for, limit));
                     return end;
                 }
@@ -181,13 +194,18 @@ impl Router {
                         gaps += 1;
                     }
                 }
-                if last_progress.is_none() {
+                let first = last_progress.is_none();
+                if first {
                     self.health().record_ttft(i, now - t0, now);
                 }
                 last_progress = Some(now);
                 waiting_for = "silent";
                 limit = gap_limit;
-                deadline.as_mut().reset(now + gap_limit);
+                watch_from = now;
+                if first {
+                    // The gap limit may be shorter than what is left of the first-token one.
+                    deadline.as_mut().reset(now + gap_limit);
+                }
             }
             // Text held at the seam goes out before anything that is not more text.
             if !matches!(
@@ -216,7 +234,7 @@ impl Router {
             let Some(delta) = delta else {
                 // The stream ended cleanly.
                 if !self
-                    .relay(&mut events, &sink, partial, &mut end, &mut deadline)
+                    .relay(&mut events, &sink, partial, &mut end, &mut watch_from)
                     .await
                 {
                     return end;
@@ -264,7 +282,7 @@ impl Router {
                 Delta::KeepAlive => {}
             }
             if !self
-                .relay(&mut events, &sink, partial, &mut end, &mut deadline)
+                .relay(&mut events, &sink, partial, &mut end, &mut watch_from)
                 .await
             {
                 return end;
@@ -284,7 +302,7 @@ impl Router {
         to: &Sink<'_>,
         partial: &mut Partial,
         end: &mut AttemptEnd,
-        deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+        watch_from: &mut Instant,
     ) -> bool {
         for event in events.drain(..) {
             let progress = matches!(
@@ -303,9 +321,22 @@ impl Router {
                 partial.emitted = true;
                 end.progressed = true;
             }
+            // Room in the channel (the usual case): no waiting, no clock reading.
+            let event = match to.out.try_send(event) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    end.error = Some(ProviderError::new(
+                        ErrorKind::Cancelled,
+                        "cancelled by the client",
+                    ));
+                    return false;
+                }
+                Err(event) => event,
+            };
             let sent_at = Instant::now();
             // A client that stopped reading must still be able to cancel.
             let sent = tokio::select! {
+                biased;
                 sent = to.out.send(event) => sent,
                 _ = to.cancel.cancelled() => false,
             };
@@ -319,7 +350,7 @@ impl Router {
             // A client that reads slowly holds us in `send` (backpressure) while the provider
             // waits on TCP: that time is not the provider's silence.
             if progress && sent_at.elapsed() > Duration::from_millis(1) {
-                deadline.as_mut().reset(Instant::now() + to.gap_limit);
+                *watch_from = Instant::now();
             }
         }
         true

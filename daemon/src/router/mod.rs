@@ -122,6 +122,22 @@ impl Emitter {
             .await
             .is_ok()
     }
+
+    /// Send a content event (text, thinking, tool call, usage: never the last one) if the
+    /// channel has room: `Ok(true)` sent, `Ok(false)` the client is gone, `Err` gives the event
+    /// back when the channel is full and the caller has to wait.
+    fn try_send(&self, event: StreamEvent) -> Result<bool, StreamEvent> {
+        debug_assert!(!matches!(
+            event,
+            StreamEvent::Done(_) | StreamEvent::Error { .. }
+        ));
+        match self.tx.try_send(Response::Event { id: self.id, event }) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Full(Response::Event { event, .. })) => Err(event),
+            Err(mpsc::error::TrySendError::Full(_)) => unreachable!("only events are sent here"),
+        }
+    }
 }
 
 /// The engine.

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::Seat;
 use super::Context;
+use crate::metrics::{CountedIo, Front};
 use crate::router::Emitter;
 
 /// The daemon's build, sent in the hello.
@@ -43,6 +44,7 @@ pub async fn serve(stream: Socket, ctx: Arc<Context>, seat: Seat) {
 }
 
 async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
+    let stream = CountedIo::new(stream, ctx.metrics.clone(), Front::Socket);
     let mut framed = Framed::new(
         stream,
         FrameCodec::<Hello, HelloReply>::new(Encoding::Json, MAX_HELLO_LEN),
@@ -83,10 +85,22 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
             if sink.feed(first).await.is_err() {
                 return;
             }
-            while let Ok(more) = rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
+            // Then let every other ready task run once before writing: a provider's burst
+            // reaches the router one HTTP chunk per wake-up, so more events are usually a
+            // scheduler round away. The yield costs no syscall of its own, and an event that is
+            // alone goes out as soon as nothing else is runnable (microseconds).
+            let mut yielded = false;
+            loop {
+                while let Ok(more) = rx.try_recv() {
+                    if sink.feed(more).await.is_err() {
+                        return;
+                    }
                 }
+                if yielded {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                yielded = true;
             }
             if sink.flush().await.is_err() {
                 return;

@@ -101,6 +101,9 @@ pub struct SimOptions {
     pub seed: u64,
     /// How it continues another provider's partial answer.
     pub continuation: SimContinuation,
+    /// The canned answer said this many times over (at least once): the benchmark's long
+    /// answers, to tell per-request costs from per-chunk ones.
+    pub answer_repeat: usize,
 }
 
 /// How a simulated provider continues a partial answer: exactly, as the instructions say, or
@@ -134,6 +137,7 @@ impl SimOptions {
             chaos: None,
             seed: 1,
             continuation: SimContinuation::default(),
+            answer_repeat: 1,
         }
     }
 }
@@ -289,6 +293,11 @@ impl SimProvider {
         let mut o = Inner::lock(&self.inner.opts);
         o.first_token_delay = first_token;
         o.token_delay = per_token;
+    }
+
+    /// Say the canned answer `times` times over in later requests.
+    pub fn set_answer_repeat(&self, times: usize) {
+        Inner::lock(&self.inner.opts).answer_repeat = times.max(1);
     }
 
     /// Counters so far.

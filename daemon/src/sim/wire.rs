@@ -299,6 +299,9 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         .map(|(_, t)| t.clone())
         .unwrap_or_default();
     let mut full = answer_for(&prompt);
+    if opts.answer_repeat > 1 {
+        full = vec![full; opts.answer_repeat].join(" ");
+    }
     if features.images > 0 {
         // Says the images arrived; the same count gives the same text on every flavour.
         full = format!("I see {} image(s). {full}", features.images);

@@ -1,7 +1,12 @@
 //! What mythosd costs on a healthy request and what it saves on a sick one, side by side.
 //!
 //! `cargo run --release -p mythos-tests --bin bench -- [--quick] [--full] [--json]
-//! [--overhead-only]`
+//! [--overhead-only] [--callgrind]`
+//!
+//! `--callgrind` runs only the instruction count: the daemon under `valgrind --tool=callgrind`
+//! (when valgrind is installed), short and long answers through the socket and through the HTTP
+//! front end, and the user-space instructions per relayed chunk and per request solved from the
+//! two (counts repeat run to run, unlike times).
 //!
 //! Every figure is measured in this run against the same loopback mock provider (the daemon's
 //! simulated OpenAI-format provider with zero artificial delay, so its own cost is only HTTP and
@@ -30,6 +35,8 @@ struct Opts {
     overhead_only: bool,
     full: bool,
     json: bool,
+    /// `--callgrind`: instruction counts under valgrind, nothing else.
+    callgrind: bool,
 }
 
 /// One row of the report.
@@ -382,7 +389,158 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The daemon's writes to client sockets so far, (socket, HTTP), from its `/metrics`.
+async fn client_writes(base: &str, token: &str) -> (f64, f64) {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let m = mythosd::metrics::parse_exposition(&text).expect("exposition");
+    let get = |front: &str| {
+        m.get(&format!("mythos_client_writes_total{{front=\"{front}\"}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (get("socket"), get("http"))
+}
+
+/// `--callgrind`: user-space instructions per relayed chunk and per request, counted by
+/// callgrind so the figures repeat run to run. The daemon runs under valgrind; after a warm-up,
+/// each phase (short answers, then answers ten times as long, through the socket and then
+/// through the HTTP front end) is dumped on its own with `callgrind_control --dump`, and the
+/// two unknowns (cost per request, cost per chunk) are solved from the two answer lengths.
+async fn callgrind() -> Vec<Row> {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("valgrind") || !have("callgrind_control") {
+        eprintln!("bench --callgrind needs valgrind (with callgrind_control) on PATH");
+        std::process::exit(2);
+    }
+    let sim = mock("mock", Flavor::OpenAi).await;
+    let env = daemon_env(&[("mock", &sim)], "");
+    mythos_tests::bin_dir();
+    let dir = std::env::temp_dir().join(format!("mythos-callgrind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("callgrind dir");
+    let out = dir.join("callgrind.out");
+    let wrapper: Vec<String> = vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={}", out.display()),
+        "--dump-instr=no".into(),
+        // Each dump readable on its own by callgrind_annotate.
+        "--compress-strings=no".into(),
+        "--quiet".into(),
+    ];
+    eprintln!("bench: starting mythosd under callgrind (slow)…");
+    let daemon = env.start_daemon_under(&wrapper, &[], Duration::from_secs(300));
+    let pid = daemon.child.id();
+    let (base, token) = env.http();
+    let prompt = "benchmark prompt";
+    // Warm-up: connection pools, lazily built tables, the first state transaction.
+    load_via(&env.socket, 1, 5, prompt).await;
+    load_http(&base, &token, 1, 5, prompt).await;
+    let mut dumps = 0;
+    let mut dump = || {
+        let ok = std::process::Command::new("callgrind_control")
+            .args(["--dump", &pid.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "callgrind_control --dump failed");
+        dumps += 1;
+        let file = dir.join(format!("callgrind.out.{dumps}"));
+        // The dump is written by the daemon's process once it gets the command.
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Some(n) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals:").or(l.strip_prefix("summary:")))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            {
+                return n;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no callgrind dump");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    dump();
+    const REQUESTS: usize = 40;
+    const LONG: usize = 10;
+    let mut rows = Vec::new();
+    for front in ["socket", "HTTP"] {
+        let mut phase = Vec::new();
+        for repeat in [1, LONG] {
+            sim.set_answer_repeat(repeat);
+            let (_, _, chunks, _) = if front == "socket" {
+                load_via(&env.socket, 1, REQUESTS, prompt).await
+            } else {
+                load_http(&base, &token, 1, REQUESTS, prompt).await
+            };
+            phase.push((chunks as f64, dump()));
+        }
+        sim.set_answer_repeat(1);
+        let ((c1, i1), (c2, i2)) = (phase[0], phase[1]);
+        let per_chunk = (i2 - i1) / (c2 - c1);
+        let per_request = (i1 - per_chunk * c1) / REQUESTS as f64;
+        let note = format!(
+            "callgrind; {REQUESTS} requests of {:.0} and of {:.0} chunks, one at a time",
+            c1 / REQUESTS as f64,
+            c2 / REQUESTS as f64
+        );
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!("user-space instructions per relayed chunk via {front}"),
+            direct: None,
+            via: Some(Stat::one(per_chunk)),
+            unit: "instructions",
+            note: note.clone(),
+        });
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!("user-space instructions per request via {front}, besides its chunks"),
+            direct: None,
+            via: Some(Stat::one(per_request)),
+            unit: "instructions",
+            note,
+        });
+    }
+    drop(daemon);
+    eprintln!(
+        "bench: the dumps are in {} (callgrind.out.N: 1 warm-up, 2-3 socket short/long, 4-5 HTTP \
+         short/long); read one with callgrind_annotate",
+        dir.display()
+    );
+    rows
+}
+
 fn cpu_secs(pid: u32) -> f64 {
+    // The sum over the daemon's threads of the time they ran, in nanoseconds (the first field
+    // of schedstat): /proc/PID/stat counts in clock ticks (10 ms), too coarse for a few
+    // thousand chunks. The daemon's threads live as long as it does (the runtime's workers,
+    // the state thread; blocking threads idle for 10 s before they go).
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let ns: u64 = dir
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        if ns > 0 {
+            return ns as f64 / 1e9;
+        }
+    }
     // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks.
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit(')').next().unwrap_or("");
@@ -438,6 +596,10 @@ fn daemon_env(providers: &[(&str, &SimProvider)], config: &str) -> TestEnv {
     }
     env.write_config(&text);
     env.var("MYTHOS_LOG", "warn");
+    // Compare runtime layouts without touching the bench's own runtime.
+    if let Ok(n) = std::env::var("BENCH_DAEMON_WORKERS") {
+        env.var("MYTHOS_WORKER_THREADS", &n);
+    }
     env
 }
 
@@ -449,7 +611,16 @@ async fn main() {
         overhead_only: args.iter().any(|a| a == "--overhead-only"),
         full: args.iter().any(|a| a == "--full"),
         json: args.iter().any(|a| a == "--json"),
+        callgrind: args.iter().any(|a| a == "--callgrind"),
     };
+    if o.callgrind {
+        let rows = callgrind().await;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        print_report(&rows, cores, &o);
+        return;
+    }
     let fd_limit = raise_fd_limit();
     let reps = if o.quick { 3 } else { 5 };
     let mut rows: Vec<Row> = Vec::new();
@@ -491,6 +662,7 @@ async fn main() {
         let mut cpu_per_m = vec![];
         let (mut h_ttft50, mut h_ttft99, mut h_tot50) = (vec![], vec![], vec![]);
         let mut h_cpu_per_m = vec![];
+        let (mut writes, mut h_writes) = (vec![], vec![]);
         let (base, token) = env.http();
         for _ in 0..reps {
             let (mut a, mut b, _, _) = load_direct(&transport, conc, per, prompt).await;
@@ -499,9 +671,12 @@ async fn main() {
             d_tot50.push(pct(&mut b, 0.5));
             d_tot99.push(pct(&mut b, 0.99));
 
+            let w0 = client_writes(&base, &token).await;
             let cpu0 = cpu_secs(pid);
             let (mut a, mut b, chunks, wall) = load_via(&env.socket, conc, per, prompt).await;
             let cpu = cpu_secs(pid) - cpu0;
+            let w1 = client_writes(&base, &token).await;
+            writes.push((w1.0 - w0.0) / chunks.max(1) as f64);
             v_ttft50.push(pct(&mut a, 0.5));
             v_ttft99.push(pct(&mut a, 0.99));
             v_tot50.push(pct(&mut b, 0.5));
@@ -510,9 +685,13 @@ async fn main() {
             cpu_per_m.push(cpu / chunks.max(1) as f64 * 1e6);
 
             if conc <= 100 {
+                let w0 = client_writes(&base, &token).await;
                 let cpu0 = cpu_secs(pid);
                 let (mut a, mut b, chunks, _) = load_http(&base, &token, conc, per, prompt).await;
                 let cpu = cpu_secs(pid) - cpu0;
+                let w1 = client_writes(&base, &token).await;
+                // Less the one write of the first scrape's own answer.
+                h_writes.push((w1.1 - w0.1 - 1.0).max(0.0) / chunks.max(1) as f64);
                 h_ttft50.push(pct(&mut a, 0.5));
                 h_ttft99.push(pct(&mut a, 0.99));
                 h_tot50.push(pct(&mut b, 0.5));
@@ -536,11 +715,21 @@ async fn main() {
             }
             rows.push(Row {
                 section: "2. relay throughput",
-                metric: format!("daemon CPU per 1M relayed chunks via HTTP, concurrency {conc}"),
+                metric: format!("daemon CPU per relayed chunk via HTTP, concurrency {conc}"),
                 direct: None,
                 via: Some(Stat::of(h_cpu_per_m)),
-                unit: "s",
+                unit: "µs",
                 note: "front end + router + upstream client".into(),
+            });
+            rows.push(Row {
+                section: "2. relay throughput",
+                metric: format!(
+                    "client socket writes per relayed chunk via HTTP, concurrency {conc}"
+                ),
+                direct: None,
+                via: Some(Stat::of(h_writes)),
+                unit: "writes",
+                note: "mythos_client_writes_total{front=\"http\"}".into(),
             });
         }
         for (metric, d, v) in [
@@ -568,11 +757,19 @@ async fn main() {
         });
         rows.push(Row {
             section: "2. relay throughput",
-            metric: format!("daemon CPU per 1M relayed chunks, concurrency {conc}"),
+            metric: format!("daemon CPU per relayed chunk, concurrency {conc}"),
             direct: None,
             via: Some(Stat::of(cpu_per_m)),
-            unit: "s",
+            unit: "µs",
             note: "includes the daemon's HTTP client and SSE parsing".into(),
+        });
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!("client socket writes per relayed chunk, concurrency {conc}"),
+            direct: None,
+            via: Some(Stat::of(writes)),
+            unit: "writes",
+            note: "mythos_client_writes_total{front=\"socket\"}".into(),
         });
     }
 
@@ -1071,6 +1268,7 @@ fn print_report(rows: &[Row], cores: usize, o: &Opts) {
     println!("| section | metric | direct | via mythosd | added | note |");
     println!("|---|---|---|---|---|---|");
     let fmt = |s: &Option<Stat>, unit: &str| match s {
+        Some(s) if unit == "writes" => format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max),
         Some(s) if s.min == s.max && unit != "ms" => format!("{:.2}", s.median),
         Some(s) if s.min == s.max => format!("{:.3}", s.median),
         Some(s) if unit == "ms" => format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max),
