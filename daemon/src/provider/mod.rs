@@ -12,21 +12,27 @@ pub mod decode;
 pub mod delta;
 pub mod error;
 pub mod gemini;
+#[cfg(test)]
+mod golden_bodies;
 pub mod openai;
 pub mod ratelimit;
 pub mod redact;
+#[cfg(test)]
+pub(crate) mod setup_bench;
 #[cfg(test)]
 mod soup;
 pub mod sse;
 pub mod toolnames;
 #[cfg(test)]
 mod transcripts;
+mod wire;
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use mythos_protocol::{ChatRequest, ErrorKind};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
@@ -56,13 +62,10 @@ pub struct UpstreamRequest<'a> {
     pub prefill: Option<&'a str>,
 }
 
-/// An upstream request ready to send, and what is needed to read its answer.
+/// An upstream request's body, and what is needed to read its answer. The endpoint and the
+/// headers are the provider's, made once per transport (see [`HttpTransport`]).
 #[derive(Debug)]
 pub struct Built {
-    /// Endpoint.
-    pub url: String,
-    /// Provider headers (auth, version); content type and accept are added by the transport.
-    pub headers: HeaderMap,
     /// The JSON body.
     pub body: Vec<u8>,
     /// Tool names changed to fit the API, to be changed back in the answer.
@@ -77,15 +80,51 @@ pub trait Transport: Send + Sync {
 }
 
 /// The real transport: HTTPS to the provider's API.
+///
+/// What is the same on every request (the endpoint, parsed; the headers, with the key marked
+/// sensitive) is made here once: each request then clones them, which costs a fraction of
+/// formatting and parsing them again.
 pub struct HttpTransport {
     cfg: ProviderConfig,
     client: reqwest::Client,
+    /// The endpoint (for Gemini, the configured model's); `None` if it does not parse or holds
+    /// credentials, when each request takes reqwest's builder as it always did.
+    endpoint: Option<reqwest::Url>,
+    /// Auth and version headers, content type and accept.
+    headers: HeaderMap,
+    /// Gemini's cleaned tool schemas.
+    schemas: gemini::SchemaCache,
 }
 
 impl HttpTransport {
     /// A transport for `cfg`, sharing `client`'s connection pool.
     pub fn new(cfg: ProviderConfig, client: reqwest::Client) -> Self {
-        HttpTransport { cfg, client }
+        let mut headers = match cfg.api {
+            Api::Anthropic => anthropic::headers(&cfg),
+            Api::Openai => openai::headers(&cfg),
+            Api::Gemini => gemini::headers(&cfg),
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let endpoint = reqwest::Url::parse(&endpoint(&cfg, &cfg.model))
+            .ok()
+            .filter(|url| url.username().is_empty() && url.password().is_none());
+        HttpTransport {
+            cfg,
+            client,
+            endpoint,
+            headers,
+            schemas: gemini::SchemaCache::default(),
+        }
+    }
+}
+
+/// The endpoint of `cfg`'s API for `model`.
+fn endpoint(cfg: &ProviderConfig, model: &str) -> String {
+    match cfg.api {
+        Api::Anthropic => anthropic::endpoint(cfg),
+        Api::Openai => openai::endpoint(cfg),
+        Api::Gemini => gemini::url(&cfg.base_url, model),
     }
 }
 
@@ -103,6 +142,95 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
+impl HttpTransport {
+    /// The request to send: the endpoint and headers made at start-up, and `body`.
+    fn request(&self, model: &str, body: Vec<u8>) -> Result<reqwest::Request, reqwest::Error> {
+        // Only Gemini has the model in the URL, and only a pinned other model misses it.
+        let url = match &self.endpoint {
+            Some(url) if self.cfg.api != Api::Gemini || model == self.cfg.model => url.clone(),
+            // Another model's endpoint, or one that did not parse (reqwest's error then says
+            // why, as it always did), or with credentials in it (reqwest's builder turns them
+            // into basic auth): the builder's way.
+            _ => {
+                return self
+                    .client
+                    .post(endpoint(&self.cfg, model))
+                    .headers(self.headers.clone())
+                    .body(body)
+                    .build()
+            }
+        };
+        let mut request = reqwest::Request::new(reqwest::Method::POST, url);
+        *request.headers_mut() = self.headers.clone();
+        *request.body_mut() = Some(body.into());
+        Ok(request)
+    }
+}
+
+/// The endpoint and headers made once, as each request carries them.
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn transport(api: Api, base: &str, model: &str) -> HttpTransport {
+        let cfg = ProviderConfig {
+            api_key: Some(Secret::new("sk-secret")),
+            ..ProviderConfig::new("p", api, base, model)
+        };
+        HttpTransport::new(cfg, http_client().unwrap())
+    }
+
+    #[test]
+    fn each_request_gets_the_endpoint_and_headers() {
+        let t = transport(Api::Anthropic, "http://127.0.0.1:1/", "claude-x");
+        let r = t.request("claude-x", b"{}".to_vec()).unwrap();
+        assert_eq!(r.method(), reqwest::Method::POST);
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:1/v1/messages");
+        let h = r.headers();
+        assert_eq!(h["x-api-key"], "sk-secret");
+        assert!(h["x-api-key"].is_sensitive());
+        assert_eq!(h["anthropic-version"], anthropic::ANTHROPIC_VERSION);
+        assert_eq!(h[CONTENT_TYPE], "application/json");
+        assert_eq!(h[ACCEPT], "text/event-stream");
+        assert_eq!(r.body().and_then(|b| b.as_bytes()), Some(&b"{}"[..]));
+
+        let t = transport(Api::Openai, "http://127.0.0.1:1/v1", "gpt-4o");
+        let r = t.request("gpt-4o", Vec::new()).unwrap();
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:1/v1/chat/completions");
+        assert!(r.headers()["authorization"].is_sensitive());
+
+        // Gemini's URL names the model: a pinned other model gets its own.
+        let t = transport(Api::Gemini, "http://127.0.0.1:1", "gemini-2.5-flash");
+        let r = t.request("gemini-2.5-flash", Vec::new()).unwrap();
+        assert!(r
+            .url()
+            .path()
+            .ends_with("/gemini-2.5-flash:streamGenerateContent"));
+        let r = t.request("models/gemini-2.5-pro", Vec::new()).unwrap();
+        assert!(r
+            .url()
+            .path()
+            .ends_with("/gemini-2.5-pro:streamGenerateContent"));
+        assert_eq!(r.url().query(), Some("alt=sse"));
+        assert!(r.headers()["x-goog-api-key"].is_sensitive());
+    }
+
+    #[test]
+    fn unusual_endpoints_take_the_builders_way() {
+        // Credentials in the URL become basic auth, as reqwest's builder makes them.
+        let t = transport(Api::Anthropic, "http://user:pw@127.0.0.1:1", "m");
+        let r = t.request("m", Vec::new()).unwrap();
+        assert_eq!(r.url().as_str(), "http://127.0.0.1:1/v1/messages");
+        assert!(r.headers()["authorization"]
+            .to_str()
+            .is_ok_and(|v| v.starts_with("Basic ")));
+        // A URL that does not parse fails the request with reqwest's error.
+        let t = transport(Api::Openai, "not a url", "m");
+        assert!(t.request("m", Vec::new()).is_err());
+    }
+}
+
 impl Transport for HttpTransport {
     fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
         let name = self.cfg.name.clone();
@@ -110,20 +238,16 @@ impl Transport for HttpTransport {
         let built = match self.cfg.api {
             Api::Anthropic => anthropic::build(&self.cfg, req),
             Api::Openai => openai::build(&self.cfg, req),
-            Api::Gemini => gemini::build(&self.cfg, req),
+            Api::Gemini => gemini::build_cached(req, &self.schemas),
         };
-        let Built {
-            url,
-            mut headers,
-            body,
-            tool_names,
-        } = match built {
+        let Built { body, tool_names } = match built {
             Ok(b) => b,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let send = self.client.post(url).headers(headers).body(body).send();
+        let send = match self.request(req.model, body) {
+            Ok(request) => Either::Left(self.client.execute(request)),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        };
         let api = self.cfg.api;
         Box::pin(async move {
             let opened = async {

@@ -1647,3 +1647,61 @@ fn health_survives_a_restart() {
         assert!(book.providers[1].success.get(later, hl) < 1.0);
     });
 }
+
+/// Answers at once: what is left of a request is the router's own work.
+struct Instantly;
+
+impl Transport for Instantly {
+    fn open(&self, _req: &UpstreamRequest<'_>) -> OpenFuture {
+        let Step::Stream(items) = answer(&["ok"]) else {
+            unreachable!()
+        };
+        let items: Vec<_> = items.into_iter().map(|(_, item)| item).collect();
+        Box::pin(async move { Ok(Box::pin(futures_util::stream::iter(items)) as DeltaStream) })
+    }
+}
+
+/// The router's per-request set-up as its `started` event reports it (`setup_us`), and the
+/// whole of `route` for an answer that costs nothing, over a coding agent's conversation.
+/// A measurement, not a check:
+/// `cargo test -p mythosd --release --lib router::tests::router_setup_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check: run it in release mode with --nocapture"]
+fn router_setup_cost() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let providers = (0..3)
+            .map(|i| RoutedProvider {
+                cfg: ProviderConfig {
+                    name: format!("p{i}"),
+                    priority: i,
+                    ..crate::provider::setup_bench::provider(Api::Anthropic)
+                },
+                transport: Arc::new(Instantly) as Arc<dyn Transport>,
+            })
+            .collect();
+        let router = Arc::new(Router::new(providers, RoutingConfig::default(), None, 1));
+        let chat = crate::provider::setup_bench::agent_conversation();
+        let n = 1000;
+        let mut setup = Vec::with_capacity(n);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            for e in ask(&router, chat.clone()).await {
+                if let StreamEvent::Started { setup_us, .. } = e {
+                    setup.push(setup_us);
+                }
+            }
+        }
+        let whole = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+        setup.sort_unstable();
+        println!(
+            "router: setup_us p50 {} p99 {}; route() with an instant answer {whole:.1} µs \
+             (conversation clone included)",
+            setup[n / 2],
+            setup[n * 99 / 100]
+        );
+    });
+}

@@ -4,13 +4,19 @@
 //! provider wrote, so the body is built defensively: what Anthropic cannot take (unsigned
 //! thinking, empty text, too many cache breakpoints) is dropped with a debug line, and extended
 //! thinking is only switched on when the rest of the request satisfies the API's rules for it.
+//!
+//! The body is a tree of structs borrowing from the client's request (see [`super::wire`]);
+//! their field order is the order the keys go out in.
 
 pub mod stream;
 
 use mythos_protocol::{CacheTtl, ContentBlock, ErrorKind, ImageSource, Role, Thinking, ToolChoice};
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
+use super::wire::{empty_object, raw_json, to_bytes};
 use super::{key_or_empty, secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{default_output_limit, ProviderConfig};
 
@@ -26,9 +32,13 @@ const MIN_THINKING_BUDGET: u32 = 1024;
 /// Thinking budget when the client lets the model decide, at most.
 const ADAPTIVE_THINKING_CAP: u32 = 16_000;
 
-/// URL, headers and JSON body of a streamed Messages request.
-pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
-    let url = format!("{}/v1/messages", cfg.base_url.trim_end_matches('/'));
+/// The Messages endpoint.
+pub fn endpoint(cfg: &ProviderConfig) -> String {
+    format!("{}/v1/messages", cfg.base_url.trim_end_matches('/'))
+}
+
+/// The provider's own headers: the API version and the key (marked sensitive).
+pub fn headers(cfg: &ProviderConfig) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         "anthropic-version",
@@ -39,6 +49,164 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         "x-api-key",
         key_or_empty(cfg.api_key.as_ref()).to_string(),
     );
+    headers
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    stream: bool,
+    messages: Vec<Msg<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<System<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<ThinkingOut>,
+    // f32 widened as a `Value` widened it, so the bytes sent are what they always were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Tool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Choice<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum System<'a> {
+    Blocks(Vec<Block<'a>>),
+    Text(&'a str),
+}
+
+#[derive(Serialize)]
+struct ThinkingOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    name: &'a str,
+    description: &'a str,
+    input_schema: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Msg<'a> {
+    role: &'static str,
+    content: MsgContent<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MsgContent<'a> {
+    Blocks(Vec<Block<'a>>),
+    Text(&'a str),
+}
+
+/// A content block. Those that can end a cached prefix carry `cache_control`, last.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: ResultContent<'a>,
+        is_error: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    Image {
+        source: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+impl Block<'_> {
+    /// Where a breakpoint goes on this block; `None` for thinking, which cannot carry one.
+    fn cache_slot(&mut self) -> Option<&mut Option<CacheControl>> {
+        match self {
+            Block::Text { cache_control, .. }
+            | Block::ToolUse { cache_control, .. }
+            | Block::ToolResult { cache_control, .. }
+            | Block::Image { cache_control, .. } => Some(cache_control),
+            Block::Thinking { .. } | Block::RedactedThinking { .. } => None,
+        }
+    }
+
+    fn is_thinking(&self) -> bool {
+        matches!(
+            self,
+            Block::Thinking { .. } | Block::RedactedThinking { .. }
+        )
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ResultContent<'a> {
+    Text(&'a str),
+    Parts(Vec<Block<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Source<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+#[derive(Serialize)]
+struct CacheControl {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<&'static str>,
+}
+
+/// The JSON body of a streamed Messages request, and the tool names it used.
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
     let chat = req.chat;
     let opts = &chat.options;
     let names = ToolNames::for_request(chat);
@@ -48,23 +216,26 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let system = if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
         let mut blocks = Vec::with_capacity(opts.system_blocks.len());
         for b in opts.system_blocks.iter().filter(|b| !b.text.is_empty()) {
-            let mut block = json!({"type": "text", "text": b.text});
+            let mut cache = None;
             if let Some(ttl) = b.cache {
                 if cache_budget > 0 {
                     cache_budget -= 1;
-                    block["cache_control"] = cache_control(ttl);
+                    cache = Some(cache_control(ttl));
                 } else {
                     tracing::debug!("anthropic: system cache breakpoint dropped (limit 4)");
                 }
             }
-            blocks.push(block);
+            blocks.push(Block::Text {
+                text: &b.text,
+                cache_control: cache,
+            });
         }
-        Some(Value::Array(blocks))
+        Some(System::Blocks(blocks))
     } else {
         chat.system
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| json!(s))
+            .map(System::Text)
     };
 
     // Breakpoints on messages: the latest ones win when there are too many, as they cover the
@@ -79,30 +250,37 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         points.drain(..points.len() - cache_budget);
     }
 
-    let mut messages: Vec<Value> = Vec::with_capacity(chat.messages.len() + 1);
+    let mut messages: Vec<Msg<'_>> = Vec::with_capacity(chat.messages.len() + 1);
+    // For each source block of a message with breakpoints, the index of the output block that
+    // carries it (or the nearest earlier one that can take a breakpoint).
+    let mut carrier: Vec<Option<usize>> = Vec::new();
     for (mi, m) in chat.messages.iter().enumerate() {
-        let mut content: Vec<Value> = Vec::with_capacity(m.content.len());
-        // For each source block, the index of the output block that carries it (or the
-        // nearest earlier one that can take a breakpoint).
-        let mut carrier: Vec<Option<usize>> = Vec::with_capacity(m.content.len());
+        let mut content: Vec<Block<'_>> = Vec::with_capacity(m.content.len());
+        let mut here = points
+            .iter()
+            .filter(|p| p.message as usize == mi)
+            .peekable();
+        let cached = here.peek().is_some();
+        carrier.clear();
         let mut last_cacheable: Option<usize> = None;
         for block in &m.content {
-            let out = block_json(block, m.role, &names)?;
-            if let Some(v) = out {
-                let thinking = matches!(
-                    block,
-                    ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. }
-                );
-                content.push(v);
-                if !thinking {
-                    last_cacheable = Some(content.len() - 1);
+            if let Some(b) = block_json(block, m.role, &names) {
+                if !b.is_thinking() {
+                    last_cacheable = Some(content.len());
                 }
+                content.push(b);
             }
-            carrier.push(last_cacheable);
+            if cached {
+                carrier.push(last_cacheable);
+            }
         }
-        for p in points.iter().filter(|p| p.message as usize == mi) {
+        for p in here {
             match carrier.get(p.block as usize).copied().flatten() {
-                Some(i) => content[i]["cache_control"] = cache_control(p.ttl),
+                Some(i) => {
+                    if let Some(slot) = content[i].cache_slot() {
+                        *slot = Some(cache_control(p.ttl));
+                    }
+                }
                 None => tracing::debug!(
                     message = p.message,
                     block = p.block,
@@ -118,7 +296,10 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         }
         // Skipping can leave two turns of one speaker in a row: the API takes that (it joins
         // them), as it does when a client sends it.
-        messages.push(json!({"role": role_name(m.role), "content": content}));
+        messages.push(Msg {
+            role: role_name(m.role),
+            content: MsgContent::Blocks(content),
+        });
     }
     let mut prefilled = false;
     if let Some(prefill) = req.prefill {
@@ -127,7 +308,10 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         let trimmed = prefill.trim_end();
         if !trimmed.is_empty() {
             prefilled = true;
-            messages.push(json!({"role": "assistant", "content": trimmed}));
+            messages.push(Msg {
+                role: "assistant",
+                content: MsgContent::Text(trimmed),
+            });
         }
     }
 
@@ -166,20 +350,25 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         Some(budget)
     });
 
-    let mut body = json!({
-        "model": req.model,
-        "max_tokens": max_tokens,
-        "stream": true,
-        "messages": messages,
-    });
-    if let Some(system) = system {
-        body["system"] = system;
-    }
-    if let Some(budget) = thinking {
-        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
-    }
+    let mut body = Body {
+        model: req.model,
+        max_tokens,
+        stream: true,
+        messages,
+        system,
+        thinking: thinking.map(|budget| ThinkingOut {
+            kind: "enabled",
+            budget_tokens: budget,
+        }),
+        temperature: None,
+        top_p: None,
+        stop_sequences: None,
+        metadata: None,
+        tools: None,
+        tool_choice: None,
+    };
     match (chat.temperature, thinking) {
-        (Some(t), None) => body["temperature"] = json!(t),
+        (Some(t), None) => body.temperature = Some(f64::from(t)),
         (Some(_), Some(_)) => {
             tracing::debug!("anthropic: temperature dropped (thinking needs the default)")
         }
@@ -192,7 +381,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
                 "anthropic: top_p dropped (thinking needs >= 0.95)"
             )
         }
-        (Some(p), _) => body["top_p"] = json!(p),
+        (Some(p), _) => body.top_p = Some(f64::from(p)),
         _ => {}
     }
     let stop: Vec<&str> = opts
@@ -202,47 +391,47 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         .filter(|s| !s.trim().is_empty())
         .collect();
     if !stop.is_empty() {
-        body["stop_sequences"] = json!(stop);
+        body.stop_sequences = Some(stop);
     }
-    if let Some(user) = opts.user.as_deref().filter(|u| !u.is_empty()) {
-        body["metadata"] = json!({"user_id": user});
-    }
+    body.metadata = opts
+        .user
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|user_id| Metadata { user_id });
     if has_tools {
         let mut tools = Vec::with_capacity(chat.tools.len());
         for t in &chat.tools {
-            tools.push(json!({
-                "name": names.wire(&t.name),
-                "description": t.description,
-                "input_schema": parse_json(&t.input_schema_json, "tool input schema")?,
-            }));
+            tools.push(Tool {
+                name: names.wire(&t.name),
+                description: &t.description,
+                input_schema: raw_json(&t.input_schema_json, "tool input schema")?,
+            });
         }
-        body["tools"] = Value::Array(tools);
-        let mut choice = match &opts.tool_choice {
-            None if opts.parallel_tool_calls == Some(false) => Some(json!({"type": "auto"})),
-            None => None,
-            Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
-            Some(ToolChoice::Any) => Some(json!({"type": "any"})),
-            Some(ToolChoice::None) => Some(json!({"type": "none"})),
-            Some(ToolChoice::Tool { name }) => {
-                Some(json!({"type": "tool", "name": names.wire(name)}))
-            }
+        body.tools = Some(tools);
+        let choice = |kind, name| Choice {
+            kind,
+            name,
+            disable_parallel_tool_use: None,
         };
-        if let Some(c) = choice.as_mut().filter(|c| c["type"] != "none") {
+        let mut tool_choice = match &opts.tool_choice {
+            None if opts.parallel_tool_calls == Some(false) => Some(choice("auto", None)),
+            None => None,
+            Some(ToolChoice::Auto) => Some(choice("auto", None)),
+            Some(ToolChoice::Any) => Some(choice("any", None)),
+            Some(ToolChoice::None) => Some(choice("none", None)),
+            Some(ToolChoice::Tool { name }) => Some(choice("tool", Some(names.wire(name)))),
+        };
+        if let Some(c) = tool_choice.as_mut().filter(|c| c.kind != "none") {
             if opts.parallel_tool_calls == Some(false) {
-                c["disable_parallel_tool_use"] = json!(true);
+                c.disable_parallel_tool_use = Some(true);
             }
         }
-        if let Some(c) = choice {
-            body["tool_choice"] = c;
-        }
+        body.tool_choice = tool_choice;
     } else if opts.tool_choice.is_some() {
         tracing::debug!("anthropic: tool_choice dropped (no tools)");
     }
-    let bytes = serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+    let bytes = to_bytes(&body, chat)?;
     Ok(Built {
-        url,
-        headers,
         body: bytes,
         tool_names: names,
     })
@@ -255,31 +444,37 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn cache_control(ttl: CacheTtl) -> Value {
-    match ttl {
-        CacheTtl::Default => json!({"type": "ephemeral"}),
-        CacheTtl::Hour => json!({"type": "ephemeral", "ttl": "1h"}),
+fn cache_control(ttl: CacheTtl) -> CacheControl {
+    CacheControl {
+        kind: "ephemeral",
+        ttl: match ttl {
+            CacheTtl::Default => None,
+            CacheTtl::Hour => Some("1h"),
+        },
     }
 }
 
 /// One content block in the API's form; `None` when Anthropic cannot take it.
-fn block_json(
-    block: &ContentBlock,
-    role: Role,
-    names: &ToolNames,
-) -> Result<Option<Value>, ProviderError> {
-    Ok(Some(match block {
+fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> Option<Block<'a>> {
+    Some(match block {
         ContentBlock::Text { text } if text.is_empty() => {
             // "text content blocks must be non-empty"
-            return Ok(None);
+            return None;
         }
-        ContentBlock::Text { text } => json!({"type": "text", "text": text}),
+        ContentBlock::Text { text } => Block::Text {
+            text,
+            cache_control: None,
+        },
         ContentBlock::ToolUse {
             id,
             name,
             input_json,
-        } => json!({"type": "tool_use", "id": id, "name": names.wire(name),
-                    "input": tool_input(input_json)}),
+        } => Block::ToolUse {
+            id,
+            name: names.wire(name),
+            input: tool_input(input_json),
+            cache_control: None,
+        },
         ContentBlock::ToolResult {
             tool_use_id,
             content,
@@ -287,61 +482,65 @@ fn block_json(
             images,
         } => {
             let body = if images.is_empty() {
-                json!(content)
+                ResultContent::Text(content)
             } else {
                 let mut parts = Vec::with_capacity(images.len() + 1);
                 if !content.is_empty() {
-                    parts.push(json!({"type": "text", "text": content}));
+                    parts.push(Block::Text {
+                        text: content,
+                        cache_control: None,
+                    });
                 }
                 parts.extend(images.iter().filter_map(image_json));
-                Value::Array(parts)
+                ResultContent::Parts(parts)
             };
-            json!({"type": "tool_result", "tool_use_id": tool_use_id,
-                   "content": body, "is_error": is_error})
+            Block::ToolResult {
+                tool_use_id,
+                content: body,
+                is_error: *is_error,
+                cache_control: None,
+            }
         }
         ContentBlock::Image { .. } if role == Role::Assistant => {
             tracing::debug!("anthropic: image in an assistant turn dropped");
-            return Ok(None);
+            return None;
         }
-        ContentBlock::Image { source } => match image_json(source) {
-            Some(v) => v,
-            None => return Ok(None),
-        },
+        ContentBlock::Image { source } => image_json(source)?,
         ContentBlock::Thinking {
             text,
             signature: Some(sig),
-        } if !sig.is_empty() => json!({"type": "thinking", "thinking": text, "signature": sig}),
+        } if !sig.is_empty() => Block::Thinking {
+            thinking: text,
+            signature: sig,
+        },
         ContentBlock::Thinking { .. } => {
             // Thinking from another provider has no Anthropic signature, and one cannot be made
             // up: the API verifies it.
             tracing::debug!("anthropic: unsigned thinking dropped");
-            return Ok(None);
+            return None;
         }
-        ContentBlock::RedactedThinking { data } => {
-            json!({"type": "redacted_thinking", "data": data})
-        }
-    }))
+        ContentBlock::RedactedThinking { data } => Block::RedactedThinking { data },
+    })
 }
 
 /// An image block, or `None` (with a debug line) for a `data:` URL that is not base64.
-fn image_json(source: &ImageSource) -> Option<Value> {
+fn image_json(source: &ImageSource) -> Option<Block<'_>> {
     let source = match source {
-        ImageSource::Base64 { media_type, data } => {
-            json!({"type": "base64", "media_type": media_type, "data": data})
-        }
+        ImageSource::Base64 { media_type, data } => Source::Base64 { media_type, data },
         ImageSource::Url { url } if url.starts_with("data:") => match split_data_url(url) {
-            Some((media_type, data)) => {
-                json!({"type": "base64", "media_type": media_type, "data": data})
-            }
+            Some((media_type, data)) => Source::Base64 { media_type, data },
             None => {
                 tracing::debug!("anthropic: image data URL that is not base64 dropped");
                 return None;
             }
         },
         // The API fetches http(s) URLs itself; `data:` URLs it does not take.
-        ImageSource::Url { url } => json!({"type": "url", "url": url}),
+        ImageSource::Url { url } => Source::Url { url },
     };
-    Some(json!({"type": "image", "source": source}))
+    Some(Block::Image {
+        source,
+        cache_control: None,
+    })
 }
 
 /// `(media type, base64 data)` of a `data:MEDIA;base64,DATA` URL.
@@ -401,37 +600,42 @@ pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32,
 /// Whether the assistant turn the API checks starts with a thinking block, as it must when
 /// thinking is on: a final assistant turn, or during a tool loop (the last turn holds tool
 /// results) the turn that called the tools.
-fn last_tool_turn_starts_with_thinking(messages: &[Value]) -> bool {
-    fn blocks(m: &Value) -> &[Value] {
-        m["content"].as_array().map_or(&[], Vec::as_slice)
+fn last_tool_turn_starts_with_thinking(messages: &[Msg<'_>]) -> bool {
+    fn blocks<'m, 'a>(m: &'m Msg<'a>) -> &'m [Block<'a>] {
+        match &m.content {
+            MsgContent::Blocks(b) => b,
+            MsgContent::Text(_) => &[],
+        }
     }
     let Some(last) = messages.last() else {
         return true;
     };
-    let turn = if last["role"] == "assistant" {
+    let turn = if last.role == "assistant" {
         last
-    } else if blocks(last).iter().any(|b| b["type"] == "tool_result") {
-        match messages.iter().rev().find(|m| m["role"] == "assistant") {
+    } else if blocks(last)
+        .iter()
+        .any(|b| matches!(b, Block::ToolResult { .. }))
+    {
+        match messages.iter().rev().find(|m| m.role == "assistant") {
             Some(t) => t,
             None => return true,
         }
     } else {
         return true;
     };
-    blocks(turn)
-        .first()
-        .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+    blocks(turn).first().is_some_and(Block::is_thinking)
 }
 
 /// A past tool call's arguments as the object Anthropic requires. Models do emit cut-off or
 /// non-object arguments (at a token limit, say), and clients replay them verbatim: refusing
 /// them would fail every later turn of the conversation, so they become `{}` (logged).
-fn tool_input(json: &str) -> Value {
-    match serde_json::from_str::<Value>(json) {
-        Ok(v @ Value::Object(_)) => v,
+fn tool_input(json: &str) -> &RawValue {
+    match serde_json::from_str::<&RawValue>(json) {
+        // Valid JSON that starts with a brace is an object.
+        Ok(v) if v.get().starts_with('{') => v,
         Ok(_) | Err(_) => {
             tracing::debug!("a past tool call's arguments are not a JSON object: sent as {{}}");
-            Value::Object(Default::default())
+            empty_object()
         }
     }
 }
@@ -451,6 +655,7 @@ mod tests {
     use super::*;
     use crate::config::{Api, Secret};
     use mythos_protocol::{CachePoint, ChatRequest, Message, SystemBlock, ToolSpec};
+    use serde_json::json;
 
     fn cfg() -> ProviderConfig {
         ProviderConfig {
@@ -489,10 +694,9 @@ mod tests {
             max_tokens: 100,
             prefill: Some("Hello wor  "),
         };
-        let Built {
-            url, headers, body, ..
-        } = build(&cfg(), &req).unwrap();
-        assert_eq!(url, "http://127.0.0.1:1/v1/messages");
+        let Built { body, .. } = build(&cfg(), &req).unwrap();
+        assert_eq!(endpoint(&cfg()), "http://127.0.0.1:1/v1/messages");
+        let headers = headers(&cfg());
         assert!(headers["x-api-key"].is_sensitive());
         assert_eq!(headers["anthropic-version"], ANTHROPIC_VERSION);
         let v: Value = serde_json::from_slice(&body).unwrap();

@@ -11,18 +11,26 @@
 //! the rest with a 400; [`clean_schema`] keeps only what the API knows (the fields of the
 //! official SDK's `Schema` type), inlines local `$ref`s, and turns `const` and `type` arrays
 //! into their OpenAPI spellings.
+//!
+//! The body is a tree of structs borrowing from the client's request (see [`super::wire`]);
+//! their field order is the order the keys go out in.
 
 pub mod stream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, Role, ToolChoice};
 use reqwest::header::HeaderMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::anthropic::{parse_json, split_data_url};
 use super::continuation::CONTINUE_INSTRUCTION;
+use super::wire::{empty_object, raw_json, to_bytes};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::ProviderConfig;
 
@@ -71,12 +79,172 @@ pub fn url(base: &str, model: &str) -> String {
     )
 }
 
-/// URL, headers and JSON body of a streamed `generateContent`.
-pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
+/// The provider's own headers: the key (marked sensitive), never in the URL.
+pub fn headers(cfg: &ProviderConfig) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(key) = &cfg.api_key {
         secret_header(&mut headers, "x-goog-api-key", key.expose().to_string());
     }
+    headers
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    contents: Vec<Content<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<Content<'a>>,
+    generation_config: GenerationConfig<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[Tools<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfig<'a>>,
+}
+
+/// A turn, or the system instruction (which has no role).
+#[derive(Serialize)]
+struct Content<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum Part<'a> {
+    Text(Cow<'a, str>),
+    InlineData {
+        #[serde(rename = "mimeType")]
+        mime_type: &'a str,
+        data: &'a str,
+    },
+    FileData {
+        #[serde(rename = "fileUri")]
+        file_uri: &'a str,
+    },
+    FunctionResponse {
+        name: &'a str,
+        response: FunctionResponse<'a>,
+    },
+    FunctionCall {
+        name: &'a str,
+        args: &'a RawValue,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum FunctionResponse<'a> {
+    Error(&'a str),
+    Content(&'a str),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig<'a> {
+    max_output_tokens: u32,
+    // f32 widened as a `Value` widened it, so the bytes sent are what they always were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<&'a [&'a str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<ThinkingConfig>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    thinking_budget: i64,
+    include_thoughts: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Tools<'a> {
+    function_declarations: Vec<FunctionDecl<'a>>,
+}
+
+#[derive(Serialize)]
+struct FunctionDecl<'a> {
+    name: &'a str,
+    description: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<&'a RawValue>,
+}
+
+/// Most schemas a [`SchemaCache`] keeps; past that it starts over.
+const MAX_CACHED_SCHEMAS: usize = 256;
+
+/// Tool schemas as Gemini takes them, by the client's schema text. An agent sends the same
+/// tools on every turn, and cleaning a schema costs more than the rest of the body; the text
+/// is the key, so a changed schema is cleaned afresh.
+#[derive(Default)]
+pub struct SchemaCache {
+    /// `None`: an object without properties, sent without `parameters`.
+    cleaned: Mutex<HashMap<String, Option<Arc<RawValue>>>>,
+}
+
+impl SchemaCache {
+    /// The cleaned `parameters` for `schema_json`; invalid JSON fails the request.
+    fn get(&self, schema_json: &str) -> Result<Option<Arc<RawValue>>, ProviderError> {
+        if let Some(hit) = lock(&self.cleaned).get(schema_json) {
+            return Ok(hit.clone());
+        }
+        let schema = clean_schema(&parse_json(schema_json, "tool input schema")?);
+        // An object without properties is refused ("properties: should be non-empty for
+        // OBJECT type"); a function without parameters is what it means.
+        let empty_object = schema["type"] == "object"
+            && schema["properties"].as_object().is_none_or(Map::is_empty);
+        let cleaned = if empty_object {
+            None
+        } else {
+            let text = serde_json::to_string(&schema)
+                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+            let raw = RawValue::from_string(text)
+                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+            Some(Arc::from(raw))
+        };
+        let mut map = lock(&self.cleaned);
+        if map.len() >= MAX_CACHED_SCHEMAS {
+            map.clear();
+        }
+        map.insert(schema_json.to_string(), cleaned.clone());
+        Ok(cleaned)
+    }
+}
+
+/// The map even if a thread panicked holding it: it only ever holds complete entries.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfig<'a> {
+    function_calling_config: CallingConfig<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallingConfig<'a> {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_function_names: Option<[&'a str; 1]>,
+}
+
+/// The JSON body of a streamed `generateContent`, and the tool names it used.
+pub fn build(_cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
+    build_cached(req, &SchemaCache::default())
+}
+
+/// [`build`], with tool schemas cleaned once per `cache` (the transport's).
+pub fn build_cached(
+    req: &UpstreamRequest<'_>,
+    cache: &SchemaCache,
+) -> Result<Built, ProviderError> {
     let chat = req.chat;
     let opts = &chat.options;
     let names = ToolNames::for_request(chat);
@@ -91,7 +259,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         }
     }
 
-    let mut contents: Vec<Value> = Vec::with_capacity(chat.messages.len() + 2);
+    let mut contents: Vec<Content<'_>> = Vec::with_capacity(chat.messages.len() + 2);
     for m in &chat.messages {
         let parts = match m.role {
             Role::User => user_parts(&m.content, &called, &names),
@@ -105,54 +273,60 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             Role::User => "user",
             Role::Assistant => "model",
         };
-        contents.push(json!({"role": role, "parts": parts}));
+        contents.push(Content {
+            role: Some(role),
+            parts,
+        });
     }
     if let Some(prefill) = req.prefill.filter(|p| !p.is_empty()) {
-        contents.push(json!({"role": "model", "parts": [{"text": prefill}]}));
-        contents.push(json!({"role": "user", "parts": [{"text": CONTINUE_INSTRUCTION}]}));
+        contents.push(Content {
+            role: Some("model"),
+            parts: vec![Part::Text(prefill.into())],
+        });
+        contents.push(Content {
+            role: Some("user"),
+            parts: vec![Part::Text(CONTINUE_INSTRUCTION.into())],
+        });
     }
 
-    let mut body = json!({"contents": contents});
-    let system = match &chat.system {
-        Some(s) => Some(s.clone()),
-        None if !opts.system_blocks.is_empty() => Some(
+    let system: Option<Cow<'_, str>> = match &chat.system {
+        Some(s) => Some(Cow::Borrowed(s)),
+        None if !opts.system_blocks.is_empty() => Some(Cow::Owned(
             opts.system_blocks
                 .iter()
                 .map(|b| b.text.as_str())
                 .collect::<Vec<_>>()
                 .join("\n\n"),
-        ),
+        )),
         None => None,
     };
-    if let Some(system) = system.filter(|s| !s.is_empty()) {
-        body["systemInstruction"] = json!({"parts": [{"text": system}]});
-    }
+    let system_instruction = system.filter(|s| !s.is_empty()).map(|text| Content {
+        role: None,
+        parts: vec![Part::Text(text)],
+    });
     if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
         tracing::debug!("gemini: prompt-cache breakpoints dropped (implicit caching)");
     }
 
-    let mut gen = json!({"maxOutputTokens": req.max_tokens});
-    if let Some(t) = chat.temperature {
-        gen["temperature"] = json!(t);
-    }
-    if let Some(p) = opts.top_p {
-        gen["topP"] = json!(p);
-    }
     let stop: Vec<&str> = opts
         .stop
         .iter()
         .map(String::as_str)
         .filter(|s| !s.is_empty())
         .collect();
-    if !stop.is_empty() {
-        if stop.len() > MAX_STOP {
-            tracing::debug!(
-                dropped = stop.len() - MAX_STOP,
-                "gemini: stop sequences over 5 dropped"
-            );
-        }
-        gen["stopSequences"] = json!(stop[..stop.len().min(MAX_STOP)]);
+    if stop.len() > MAX_STOP {
+        tracing::debug!(
+            dropped = stop.len() - MAX_STOP,
+            "gemini: stop sequences over 5 dropped"
+        );
     }
+    let mut gen = GenerationConfig {
+        max_output_tokens: req.max_tokens,
+        temperature: chat.temperature.map(f64::from),
+        top_p: opts.top_p.map(f64::from),
+        stop_sequences: (!stop.is_empty()).then(|| &stop[..stop.len().min(MAX_STOP)]),
+        thinking_config: None,
+    };
     if let Some(t) = opts.thinking {
         if supports_thinking(req.model) {
             // -1 is the API's "dynamic": the model decides, as `budget_tokens: None` asks. A
@@ -160,7 +334,10 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             let budget = t
                 .budget_tokens
                 .map_or(-1, |b| i64::from(b.min(max_thinking_budget(req.model))));
-            gen["thinkingConfig"] = json!({"thinkingBudget": budget, "includeThoughts": true});
+            gen.thinking_config = Some(ThinkingConfig {
+                thinking_budget: budget,
+                include_thoughts: true,
+            });
         } else {
             tracing::debug!(
                 model = req.model,
@@ -168,45 +345,54 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             );
         }
     }
-    body["generationConfig"] = gen;
 
+    let mut body = Body {
+        contents,
+        system_instruction,
+        generation_config: gen,
+        tools: None,
+        tool_config: None,
+    };
+    // Held here so the declarations can borrow them.
+    let schemas = chat
+        .tools
+        .iter()
+        .map(|t| cache.get(&t.input_schema_json))
+        .collect::<Result<Vec<_>, _>>()?;
     if !chat.tools.is_empty() {
         let mut decls = Vec::with_capacity(chat.tools.len());
-        for t in &chat.tools {
-            let mut decl = json!({"name": names.wire(&t.name), "description": t.description});
-            let schema = clean_schema(&parse_json(&t.input_schema_json, "tool input schema")?);
-            // An object without properties is refused ("properties: should be non-empty for
-            // OBJECT type"); a function without parameters is what it means.
-            let empty_object = schema["type"] == "object"
-                && schema["properties"].as_object().is_none_or(Map::is_empty);
-            if !empty_object {
-                decl["parameters"] = schema;
-            }
-            decls.push(decl);
+        for (t, schema) in chat.tools.iter().zip(&schemas) {
+            decls.push(FunctionDecl {
+                name: names.wire(&t.name),
+                description: &t.description,
+                parameters: schema.as_deref(),
+            });
         }
-        body["tools"] = json!([{"functionDeclarations": decls}]);
-        if let Some(choice) = &opts.tool_choice {
-            let config = match choice {
-                ToolChoice::Auto => json!({"mode": "AUTO"}),
-                ToolChoice::Any => json!({"mode": "ANY"}),
-                ToolChoice::None => json!({"mode": "NONE"}),
-                ToolChoice::Tool { name } => {
-                    json!({"mode": "ANY", "allowedFunctionNames": [names.wire(name)]})
-                }
+        body.tools = Some([Tools {
+            function_declarations: decls,
+        }]);
+        body.tool_config = opts.tool_choice.as_ref().map(|choice| {
+            let (mode, allowed) = match choice {
+                ToolChoice::Auto => ("AUTO", None),
+                ToolChoice::Any => ("ANY", None),
+                ToolChoice::None => ("NONE", None),
+                ToolChoice::Tool { name } => ("ANY", Some([names.wire(name)])),
             };
-            body["toolConfig"] = json!({"functionCallingConfig": config});
-        }
+            ToolConfig {
+                function_calling_config: CallingConfig {
+                    mode,
+                    allowed_function_names: allowed,
+                },
+            }
+        });
         if opts.parallel_tool_calls.is_some() {
             tracing::debug!("gemini: parallel_tool_calls dropped (no such switch)");
         }
     } else if opts.tool_choice.is_some() {
         tracing::debug!("gemini: tool_choice dropped (no tools)");
     }
-    let bytes = serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+    let bytes = to_bytes(&body, chat)?;
     Ok(Built {
-        url: url(&cfg.base_url, req.model),
-        headers,
         body: bytes,
         tool_names: names,
     })
@@ -230,35 +416,38 @@ fn max_thinking_budget(model: &str) -> u32 {
 }
 
 /// An image part: `inlineData` for bytes, `fileData` for a URL the API fetches.
-fn image_part(source: &ImageSource) -> Option<Value> {
+fn image_part(source: &ImageSource) -> Option<Part<'_>> {
     match source {
-        ImageSource::Base64 { media_type, data } => {
-            Some(json!({"inlineData": {"mimeType": media_type, "data": data}}))
-        }
+        ImageSource::Base64 { media_type, data } => Some(Part::InlineData {
+            mime_type: media_type,
+            data,
+        }),
         ImageSource::Url { url } if url.starts_with("data:") => match split_data_url(url) {
-            Some((mime, data)) => Some(json!({"inlineData": {"mimeType": mime, "data": data}})),
+            Some((mime_type, data)) => Some(Part::InlineData { mime_type, data }),
             None => {
                 tracing::debug!("gemini: image data URL that is not base64 dropped");
                 None
             }
         },
-        ImageSource::Url { url } => Some(json!({"fileData": {"fileUri": url}})),
+        ImageSource::Url { url } => Some(Part::FileData { file_uri: url }),
     }
 }
 
 /// A user turn's parts: function responses first (they answer the model turn just before),
 /// then the tools' images, then the user's own text and images.
-fn user_parts(
-    content: &[ContentBlock],
-    called: &HashMap<&str, &str>,
-    names: &ToolNames,
-) -> Vec<Value> {
+fn user_parts<'a>(
+    content: &'a [ContentBlock],
+    called: &HashMap<&str, &'a str>,
+    names: &'a ToolNames,
+) -> Vec<Part<'a>> {
     let mut responses = Vec::new();
     let mut tool_images = Vec::new();
     let mut own = Vec::new();
     for block in content {
         match block {
-            ContentBlock::Text { text } if !text.is_empty() => own.push(json!({"text": text})),
+            ContentBlock::Text { text } if !text.is_empty() => {
+                own.push(Part::Text(Cow::Borrowed(text)))
+            }
             ContentBlock::Image { source } => own.extend(image_part(source)),
             ContentBlock::ToolResult {
                 tool_use_id,
@@ -273,11 +462,11 @@ fn user_parts(
                     .map_or(tool_use_id.as_str(), |n| names.wire(n));
                 // The API documents `error` for a failed call and any other key for output.
                 let response = if *is_error {
-                    json!({"error": content})
+                    FunctionResponse::Error(content)
                 } else {
-                    json!({"content": content})
+                    FunctionResponse::Content(content)
                 };
-                responses.push(json!({"functionResponse": {"name": name, "response": response}}));
+                responses.push(Part::FunctionResponse { name, response });
                 tool_images.extend(images.iter().filter_map(image_part));
             }
             ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
@@ -293,20 +482,28 @@ fn user_parts(
 
 /// A model turn's parts: text and function calls. Thinking is dropped: Gemini takes back only
 /// its own signed thoughts, which the protocol does not carry.
-fn model_parts(content: &[ContentBlock], names: &ToolNames) -> Result<Vec<Value>, ProviderError> {
+fn model_parts<'a>(
+    content: &'a [ContentBlock],
+    names: &'a ToolNames,
+) -> Result<Vec<Part<'a>>, ProviderError> {
     let mut parts = Vec::new();
     for block in content {
         match block {
-            ContentBlock::Text { text } if !text.is_empty() => parts.push(json!({"text": text})),
+            ContentBlock::Text { text } if !text.is_empty() => {
+                parts.push(Part::Text(Cow::Borrowed(text)))
+            }
             ContentBlock::ToolUse {
                 name, input_json, ..
             } => {
                 let args = if input_json.trim().is_empty() {
-                    json!({})
+                    empty_object()
                 } else {
-                    parse_json(input_json, "tool call arguments")?
+                    raw_json(input_json, "tool call arguments")?
                 };
-                parts.push(json!({"functionCall": {"name": names.wire(name), "args": args}}));
+                parts.push(Part::FunctionCall {
+                    name: names.wire(name),
+                    args,
+                });
             }
             ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
                 tracing::debug!("gemini: thinking in a model turn dropped");

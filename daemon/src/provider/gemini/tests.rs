@@ -32,14 +32,16 @@ fn build_for(chat: &ChatRequest, prefill: Option<&str>) -> (Built, Value) {
 #[test]
 fn url_and_key_header() {
     let chat = ChatRequest::user_text(1, "hi");
-    let (b, v) = build_for(&chat, None);
+    let (_, v) = build_for(&chat, None);
+    let endpoint = url(&cfg().base_url, "gemini-2.5-flash");
     assert_eq!(
-        b.url,
+        endpoint,
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     );
-    assert!(!b.url.contains("key="), "the key never goes in the URL");
-    assert_eq!(b.headers["x-goog-api-key"], "AIza-secret");
-    assert!(b.headers["x-goog-api-key"].is_sensitive());
+    assert!(!endpoint.contains("key="), "the key never goes in the URL");
+    let headers = headers(&cfg());
+    assert_eq!(headers["x-goog-api-key"], "AIza-secret");
+    assert!(headers["x-goog-api-key"].is_sensitive());
     assert_eq!(
         v["contents"],
         json!([{"role": "user", "parts": [{"text": "hi"}]}])
@@ -318,4 +320,38 @@ fn google_error_mapping() {
     assert_eq!(parse_duration("1.500s"), Some(Duration::from_millis(1500)));
     assert_eq!(parse_duration("-1s"), None);
     assert_eq!(parse_duration("7"), None);
+}
+
+#[test]
+fn cached_schemas_give_the_same_body() {
+    let mut chat = crate::provider::setup_bench::agent_conversation();
+    chat.tools[1].input_schema_json = r#"{"type":"object","properties":{}}"#.into();
+    fn req(chat: &ChatRequest) -> UpstreamRequest<'_> {
+        UpstreamRequest {
+            chat,
+            model: "gemini-2.5-flash",
+            max_tokens: 100,
+            prefill: None,
+        }
+    }
+    let fresh = build(&cfg(), &req(&chat)).unwrap().body;
+    let cache = SchemaCache::default();
+    assert_eq!(build_cached(&req(&chat), &cache).unwrap().body, fresh);
+    // From the cache this time, to the byte.
+    assert_eq!(build_cached(&req(&chat), &cache).unwrap().body, fresh);
+    let v: Value = serde_json::from_slice(&fresh).unwrap();
+    let decls = &v["tools"][0]["functionDeclarations"];
+    assert!(decls[1].get("parameters").is_none());
+    assert!(decls[0]["parameters"]["properties"]["path"].is_object());
+    // A changed schema is cleaned afresh; an invalid one still fails the request.
+    chat.tools[0].input_schema_json =
+        r#"{"type":"object","properties":{"q":{"type":"string"}}}"#.into();
+    let v: Value =
+        serde_json::from_slice(&build_cached(&req(&chat), &cache).unwrap().body).unwrap();
+    assert!(v["tools"][0]["functionDeclarations"][0]["parameters"]["properties"]["q"].is_object());
+    chat.tools[0].input_schema_json = "{nope".into();
+    assert_eq!(
+        build_cached(&req(&chat), &cache).unwrap_err().kind,
+        ErrorKind::BadRequest
+    );
 }

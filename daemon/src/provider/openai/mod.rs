@@ -5,15 +5,21 @@
 //! for (prompt-cache breakpoints, thinking signatures, redacted thinking) is dropped with a
 //! debug line; tool-result images, which a `tool` message cannot carry, follow in a `user`
 //! message.
+//!
+//! The body is a tree of structs borrowing from the client's request (see [`super::wire`]);
+//! their field order is the order the keys go out in.
 
 pub mod stream;
 
-use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, Role, ToolChoice};
-use reqwest::header::HeaderMap;
-use serde_json::{json, Value};
+use std::borrow::Cow;
 
-use super::anthropic::parse_json;
+use mythos_protocol::{ContentBlock, ImageSource, Role, ToolChoice};
+use reqwest::header::HeaderMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
 use super::continuation::CONTINUE_INSTRUCTION;
+use super::wire::{raw_json, to_bytes, DataUrl};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{is_silent_reasoner, ProviderConfig};
 
@@ -37,18 +43,13 @@ pub fn reasoning_effort(budget: Option<u32>) -> &'static str {
     }
 }
 
-/// An `image_url` content part.
-fn image_part(source: &ImageSource) -> Value {
-    let url = match source {
-        ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
-        ImageSource::Url { url } => url.clone(),
-    };
-    json!({"type": "image_url", "image_url": {"url": url}})
+/// The streamed chat completion endpoint.
+pub fn endpoint(cfg: &ProviderConfig) -> String {
+    format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'))
 }
 
-/// URL, headers and JSON body of a streamed chat completion.
-pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
-    let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+/// The provider's own headers: the key, if there is one, marked sensitive.
+pub fn headers(cfg: &ProviderConfig) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(key) = &cfg.api_key {
         secret_header(
@@ -57,6 +58,152 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             format!("Bearer {}", key.expose()),
         );
     }
+    headers
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<Msg<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    // f32 widened as a `Value` widened it, so the bytes sent are what they always were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [&'a str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Tool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Choice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// One message. `tool_call_id` only on `tool` messages; `tool_calls` and `reasoning_content`
+/// only on assistant turns that call tools.
+#[derive(Serialize)]
+struct Msg<'a> {
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    content: Content<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+}
+
+impl<'a> Msg<'a> {
+    fn new(role: &'static str, content: Content<'a>) -> Self {
+        Msg {
+            role,
+            tool_call_id: None,
+            content,
+            tool_calls: None,
+            reasoning_content: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Part<'a> {
+    Text { text: Cow<'a, str> },
+    ImageUrl { image_url: ImageUrl<'a> },
+}
+
+#[derive(Serialize)]
+struct ImageUrl<'a> {
+    url: Url<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Url<'a> {
+    Data(DataUrl<'a>),
+    Plain(&'a str),
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CallFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct CallFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionDecl<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDecl<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Choice<'a> {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: NamedFunction<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct NamedFunction<'a> {
+    name: &'a str,
+}
+
+/// An `image_url` content part.
+fn image_part(source: &ImageSource) -> Part<'_> {
+    let url = match source {
+        ImageSource::Base64 { media_type, data } => Url::Data(DataUrl { media_type, data }),
+        ImageSource::Url { url } => Url::Plain(url),
+    };
+    Part::ImageUrl {
+        image_url: ImageUrl { url },
+    }
+}
+
+/// The JSON body of a streamed chat completion, and the tool names it used.
+pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, ProviderError> {
     let chat = req.chat;
     let opts = &chat.options;
     let names = ToolNames::for_request(chat);
@@ -64,20 +211,20 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
     let mut messages = Vec::with_capacity(chat.messages.len() + 3);
-    let system = match &chat.system {
-        Some(s) => Some(s.clone()),
+    let system: Option<Cow<'_, str>> = match &chat.system {
+        Some(s) => Some(Cow::Borrowed(s)),
         // Cache breakpoints have no place here; the blocks' text is the prompt.
-        None if !opts.system_blocks.is_empty() => Some(
+        None if !opts.system_blocks.is_empty() => Some(Cow::Owned(
             opts.system_blocks
                 .iter()
                 .map(|b| b.text.as_str())
                 .collect::<Vec<_>>()
                 .join("\n\n"),
-        ),
+        )),
         None => None,
     };
     if let Some(system) = system {
-        messages.push(json!({"role": "system", "content": system}));
+        messages.push(Msg::new("system", Content::Text(system)));
     }
     if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
         tracing::debug!("openai: prompt-cache breakpoints dropped (caching is automatic)");
@@ -90,33 +237,41 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     }
     if let Some(prefill) = req.prefill.filter(|p| !p.is_empty()) {
         // No prefill in this API: show the partial answer and ask for the rest explicitly.
-        messages.push(json!({"role": "assistant", "content": prefill}));
-        messages.push(json!({"role": "user", "content": CONTINUE_INSTRUCTION}));
+        messages.push(Msg::new("assistant", Content::Text(prefill.into())));
+        messages.push(Msg::new("user", Content::Text(CONTINUE_INSTRUCTION.into())));
     }
 
-    let mut body = json!({
-        "model": req.model,
-        "messages": messages,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
+    let mut body = Body {
+        model: req.model,
+        messages,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        max_completion_tokens: None,
+        reasoning_effort: None,
+        max_tokens: None,
+        temperature: None,
+        top_p: None,
+        stop: None,
+        user: None,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
+    };
     if reasoning {
         // Reasoning models count their hidden reasoning in this, and refuse `max_tokens`.
-        body["max_completion_tokens"] = json!(req.max_tokens);
+        body.max_completion_tokens = Some(req.max_tokens);
         if chat.temperature.is_some() || opts.top_p.is_some() {
             tracing::debug!("openai: sampling parameters dropped (reasoning model)");
         }
         if let Some(t) = opts.thinking {
-            body["reasoning_effort"] = json!(reasoning_effort(t.budget_tokens));
+            body.reasoning_effort = Some(reasoning_effort(t.budget_tokens));
         }
     } else {
-        body["max_tokens"] = json!(req.max_tokens);
-        if let Some(t) = chat.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some(p) = opts.top_p {
-            body["top_p"] = json!(p);
-        }
+        body.max_tokens = Some(req.max_tokens);
+        body.temperature = chat.temperature.map(f64::from);
+        body.top_p = opts.top_p.map(f64::from);
         if opts.thinking.is_some() {
             tracing::debug!(
                 model = req.model,
@@ -139,43 +294,40 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
                 "openai: stop sequences over 4 dropped"
             );
         }
-        body["stop"] = json!(stop[..stop.len().min(MAX_STOP)]);
+        body.stop = Some(&stop[..stop.len().min(MAX_STOP)]);
     }
-    if let Some(user) = opts.user.as_deref().filter(|u| !u.is_empty()) {
-        body["user"] = json!(user);
-    }
+    body.user = opts.user.as_deref().filter(|u| !u.is_empty());
     if !chat.tools.is_empty() {
         let mut tools = Vec::with_capacity(chat.tools.len());
         for t in &chat.tools {
-            tools.push(json!({"type": "function", "function": {
-                "name": names.wire(&t.name),
-                "description": t.description,
-                "parameters": parse_json(&t.input_schema_json, "tool input schema")?,
-            }}));
+            tools.push(Tool {
+                kind: "function",
+                function: FunctionDecl {
+                    name: names.wire(&t.name),
+                    description: &t.description,
+                    parameters: raw_json(&t.input_schema_json, "tool input schema")?,
+                },
+            });
         }
-        body["tools"] = Value::Array(tools);
-        if let Some(choice) = &opts.tool_choice {
-            body["tool_choice"] = match choice {
-                ToolChoice::Auto => json!("auto"),
-                ToolChoice::Any => json!("required"),
-                ToolChoice::None => json!("none"),
-                ToolChoice::Tool { name } => {
-                    json!({"type": "function", "function": {"name": names.wire(name)}})
-                }
-            };
-        }
-        if let Some(p) = opts.parallel_tool_calls {
-            body["parallel_tool_calls"] = json!(p);
-        }
+        body.tools = Some(tools);
+        body.tool_choice = opts.tool_choice.as_ref().map(|choice| match choice {
+            ToolChoice::Auto => Choice::Mode("auto"),
+            ToolChoice::Any => Choice::Mode("required"),
+            ToolChoice::None => Choice::Mode("none"),
+            ToolChoice::Tool { name } => Choice::Function {
+                kind: "function",
+                function: NamedFunction {
+                    name: names.wire(name),
+                },
+            },
+        });
+        body.parallel_tool_calls = opts.parallel_tool_calls;
     } else if opts.tool_choice.is_some() || opts.parallel_tool_calls.is_some() {
         // The API refuses both without tools.
         tracing::debug!("openai: tool_choice / parallel_tool_calls dropped (no tools)");
     }
-    let bytes = serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+    let bytes = to_bytes(&body, chat)?;
     Ok(Built {
-        url,
-        headers,
         body: bytes,
         tool_names: names,
     })
@@ -184,13 +336,15 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 /// A user turn: its tool results as `tool` messages first (they must directly follow the
 /// assistant turn that called the tools), then a `user` message with the tools' images, then
 /// the user's own text and images.
-fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
-    let mut parts: Vec<Value> = Vec::new();
-    let mut tool_images: Vec<Value> = Vec::new();
+fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
+    let mut parts: Vec<Part<'a>> = Vec::new();
+    let mut tool_images: Vec<Part<'a>> = Vec::new();
     for block in content {
         match block {
             ContentBlock::Text { text } if !text.is_empty() => {
-                parts.push(json!({"type": "text", "text": text}));
+                parts.push(Part::Text {
+                    text: Cow::Borrowed(text),
+                });
             }
             ContentBlock::Image { source } => parts.push(image_part(source)),
             ContentBlock::ToolResult {
@@ -202,20 +356,23 @@ fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
                 let text = if *is_error
                     && !content
                         .trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("error")
+                        .get(..5)
+                        .is_some_and(|w| w.eq_ignore_ascii_case("error"))
                 {
                     // No error flag in this API: say it in the text.
-                    format!("Error: {content}")
+                    Cow::Owned(format!("Error: {content}"))
                 } else {
-                    content.clone()
+                    Cow::Borrowed(content.as_str())
                 };
-                messages.push(json!({"role": "tool", "tool_call_id": tool_use_id,
-                                     "content": text}));
+                messages.push(Msg {
+                    tool_call_id: Some(tool_use_id),
+                    ..Msg::new("tool", Content::Text(text))
+                });
                 if !images.is_empty() {
                     // Most compatible servers refuse images in a `tool` message.
-                    tool_images.push(json!({"type": "text",
-                        "text": format!("Images returned by tool call {tool_use_id}:")}));
+                    tool_images.push(Part::Text {
+                        text: Cow::Owned(format!("Images returned by tool call {tool_use_id}:")),
+                    });
                     tool_images.extend(images.iter().map(image_part));
                 }
             }
@@ -231,33 +388,49 @@ fn user_messages(content: &[ContentBlock], messages: &mut Vec<Value>) {
         if parts.is_empty() {
             continue;
         }
-        let content = if parts.iter().all(|p| p["type"] == "text") {
+        let content = if parts.iter().all(|p| matches!(p, Part::Text { .. })) {
             // Text only: a plain string, which every compatible server accepts.
-            json!(parts
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<String>())
+            let mut texts = parts.into_iter().map(|p| match p {
+                Part::Text { text } => text,
+                Part::ImageUrl { .. } => Cow::Borrowed(""),
+            });
+            let first = texts.next().unwrap_or_default();
+            Content::Text(texts.fold(first, |mut all, t| {
+                all.to_mut().push_str(&t);
+                all
+            }))
         } else {
-            Value::Array(parts)
+            Content::Parts(parts)
         };
-        messages.push(json!({"role": "user", "content": content}));
+        messages.push(Msg::new("user", content));
     }
 }
 
 /// An assistant turn: its text and tool calls (and, for DeepSeek, its reasoning).
-fn assistant_message(content: &[ContentBlock], names: &ToolNames, deepseek: bool) -> Value {
-    let mut text = String::new();
+fn assistant_message<'a>(
+    content: &'a [ContentBlock],
+    names: &'a ToolNames,
+    deepseek: bool,
+) -> Msg<'a> {
+    let mut text: Cow<'a, str> = Cow::Borrowed("");
     let mut thinking = String::new();
     let mut tool_calls = Vec::new();
     for block in content {
         match block {
-            ContentBlock::Text { text: t } => text.push_str(t),
+            ContentBlock::Text { text: t } if text.is_empty() => text = Cow::Borrowed(t),
+            ContentBlock::Text { text: t } => text.to_mut().push_str(t),
             ContentBlock::ToolUse {
                 id,
                 name,
                 input_json,
-            } => tool_calls.push(json!({"id": id, "type": "function",
-                "function": {"name": names.wire(name), "arguments": input_json}})),
+            } => tool_calls.push(ToolCall {
+                id,
+                kind: "function",
+                function: CallFunction {
+                    name: names.wire(name),
+                    arguments: input_json,
+                },
+            }),
             ContentBlock::Thinking { text: t, .. } => thinking.push_str(t),
             ContentBlock::RedactedThinking { .. } => {
                 tracing::debug!("openai: redacted thinking dropped");
@@ -267,14 +440,14 @@ fn assistant_message(content: &[ContentBlock], names: &ToolNames, deepseek: bool
             }
         }
     }
-    let mut msg = json!({"role": "assistant", "content": text});
+    let mut msg = Msg::new("assistant", Content::Text(text));
     if !tool_calls.is_empty() {
-        msg["tool_calls"] = Value::Array(tool_calls);
+        msg.tool_calls = Some(tool_calls);
         if deepseek {
             // DeepSeek's thinking mode refuses a tool-call turn without `reasoning_content`. A
             // turn another provider wrote has no reasoning to give: it gets an empty one, as the
             // field's absence is what is refused.
-            msg["reasoning_content"] = json!(thinking);
+            msg.reasoning_content = Some(thinking);
             return msg;
         }
     }
@@ -291,6 +464,7 @@ mod tests {
     use mythos_protocol::{
         CachePoint, CacheTtl, ChatRequest, Message, SystemBlock, Thinking, ToolSpec,
     };
+    use serde_json::{json, Value};
 
     #[test]
     fn body_with_continuation_and_tool_results() {
@@ -323,11 +497,9 @@ mod tests {
             max_tokens: 50,
             prefill: Some("Hello "),
         };
-        let Built {
-            url, headers, body, ..
-        } = build(&cfg, &req).unwrap();
-        assert_eq!(url, "http://127.0.0.1:1/v1/chat/completions");
-        assert!(headers["authorization"].is_sensitive());
+        let Built { body, .. } = build(&cfg, &req).unwrap();
+        assert_eq!(endpoint(&cfg), "http://127.0.0.1:1/v1/chat/completions");
+        assert!(headers(&cfg)["authorization"].is_sensitive());
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         let roles: Vec<_> = v["messages"]

@@ -1,0 +1,70 @@
+//! What the three adapters share to write a request body: the body is a tree of
+//! `#[derive(Serialize)]` structs borrowing from the client's request, written straight to bytes
+//! (no `serde_json::Value` tree in between), and JSON the client sent as text (tool schemas,
+//! past tool calls' arguments) is checked and copied through as it is rather than parsed into a
+//! tree and printed again.
+
+use std::fmt;
+
+use mythos_protocol::{ChatRequest, ErrorKind};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use super::ProviderError;
+
+/// JSON text the client sent, checked to be one JSON value and sent as it is. Invalid JSON
+/// fails the request (not the provider), as a parse into a `Value` would.
+pub(crate) fn raw_json<'a>(text: &'a str, what: &str) -> Result<&'a RawValue, ProviderError> {
+    serde_json::from_str(text).map_err(|e| {
+        ProviderError::new(
+            ErrorKind::BadRequest,
+            format!("invalid JSON in {what}: {e}"),
+        )
+    })
+}
+
+/// An empty JSON object, for arguments that are missing or unusable.
+pub(crate) fn empty_object() -> &'static RawValue {
+    // A literal the parser accepts: this cannot fail.
+    serde_json::from_str("{}").expect("{} is JSON")
+}
+
+/// `data:MEDIA;base64,DATA`, written straight into the body: base64 images run to megabytes,
+/// and formatting the URL into a `String` first would copy each once more.
+pub(crate) struct DataUrl<'a> {
+    /// MIME type.
+    pub media_type: &'a str,
+    /// Base64 bytes.
+    pub data: &'a str,
+}
+
+impl Serialize for DataUrl<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for DataUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data:{};base64,{}", self.media_type, self.data)
+    }
+}
+
+/// The body's bytes. Sized up front from the request, so a large conversation is not copied
+/// through a dozen doubling reallocations.
+pub(crate) fn to_bytes<T: Serialize>(
+    body: &T,
+    chat: &ChatRequest,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut out = Vec::with_capacity(size_hint(chat));
+    serde_json::to_writer(&mut out, body)
+        .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+    Ok(out)
+}
+
+/// About the body's length: the router's estimate of the prompt counts its bytes (at 4 a
+/// token), and the JSON around them adds a little.
+fn size_hint(chat: &ChatRequest) -> usize {
+    let text = crate::router::estimate_input_tokens(chat) as usize * 4;
+    text + text / 8 + 1024
+}
