@@ -322,15 +322,25 @@ pub(crate) fn key_or_empty(key: Option<&Secret>) -> &str {
     key.map(Secret::expose).unwrap_or("")
 }
 
-struct BodyState<D: decode::WireDecoder> {
+/// The deltas of one response body, decoded as its bytes arrive.
+///
+/// Written by hand rather than with `stream::unfold`, which moves its whole state (the response
+/// included) into a fresh future for every item. Here the state stays in place, and every event
+/// of one read is decoded at once and handed out from the queue without polling the body again.
+struct BodyStream<D: decode::WireDecoder, B> {
     name: String,
-    resp: reqwest::Response,
+    /// The body's bytes; `None` once it has ended, failed or sent the terminator.
+    body: Option<B>,
     decoder: decode::StreamDecoder<D>,
     queue: VecDeque<Delta>,
     scratch: Vec<Delta>,
+    /// The error that ends the stream, yielded once the deltas decoded before it are out.
     failure: Option<ProviderError>,
-    finished: bool,
 }
+
+// Nothing in the stream is pinned in place: the body is polled through `Unpin` alone, and the
+// decoder is plain data.
+impl<D: decode::WireDecoder, B: Unpin> Unpin for BodyStream<D, B> {}
 
 fn body_stream<D: decode::WireDecoder + 'static>(
     name: String,
@@ -338,52 +348,167 @@ fn body_stream<D: decode::WireDecoder + 'static>(
     decoder: decode::StreamDecoder<D>,
     first: Delta,
 ) -> DeltaStream {
-    let state = BodyState {
-        name,
-        resp,
-        decoder,
-        queue: VecDeque::from([first]),
-        scratch: Vec::new(),
-        failure: None,
-        finished: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+    Box::pin(BodyStream::new(name, resp.bytes_stream(), decoder, first))
+}
+
+impl<D, B> BodyStream<D, B>
+where
+    D: decode::WireDecoder,
+    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    fn new(name: String, body: B, decoder: decode::StreamDecoder<D>, first: Delta) -> Self {
+        BodyStream {
+            name,
+            body: Some(body),
+            decoder,
+            queue: VecDeque::from([first]),
+            scratch: Vec::new(),
+            failure: None,
+        }
+    }
+}
+
+impl<D, B> Stream for BodyStream<D, B>
+where
+    D: decode::WireDecoder,
+    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    type Item = Result<Delta, ProviderError>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let st = self.get_mut();
         loop {
             if let Some(d) = st.queue.pop_front() {
-                return Some((Ok(d), st));
+                return Poll::Ready(Some(Ok(d)));
             }
             if let Some(e) = st.failure.take() {
-                return Some((Err(e), st));
+                return Poll::Ready(Some(Err(e)));
             }
-            if st.finished {
-                // Dropping the response here releases the connection as soon as the
-                // terminator is seen, without waiting for the server to close.
-                return None;
-            }
-            let result = match st.resp.chunk().await {
-                Ok(Some(bytes)) => {
+            let Some(body) = st.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let result = match std::task::ready!(body.poll_next_unpin(cx)) {
+                Some(Ok(bytes)) => {
                     let r = st.decoder.push(&bytes, &mut st.scratch);
                     if st.decoder.is_done() {
-                        st.finished = true;
+                        // Dropping the body releases the connection as soon as the terminator
+                        // is seen, without waiting for the server to close.
+                        st.body = None;
                     }
                     r
                 }
-                Ok(None) => {
-                    st.finished = true;
+                None => {
+                    st.body = None;
                     st.decoder.finish(&mut st.scratch)
                 }
-                Err(e) => {
-                    st.finished = true;
+                Some(Err(e)) => {
+                    st.body = None;
                     Err(transport_error(&st.name, e, true))
                 }
             };
             st.queue.extend(st.scratch.drain(..));
             if let Err(e) = result {
-                st.finished = true;
+                st.body = None;
                 st.failure = Some(e);
             }
         }
-    }))
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// A response whose body yields `reads` and then never another byte.
+    fn response(reads: Vec<Result<&'static str, std::io::Error>>) -> reqwest::Response {
+        let body = futures_util::stream::iter(reads).chain(futures_util::stream::pending());
+        reqwest::Response::from(axum::http::Response::new(reqwest::Body::wrap_stream(body)))
+    }
+
+    fn openai(reads: Vec<Result<&'static str, std::io::Error>>) -> DeltaStream {
+        body_stream(
+            "p".into(),
+            response(reads),
+            decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+            Delta::KeepAlive,
+        )
+    }
+
+    /// Everything the stream has ready, without waiting: `None` inside means it ended.
+    fn ready(s: &mut DeltaStream) -> Vec<Option<Result<Delta, ProviderError>>> {
+        let mut items = Vec::new();
+        while let Some(item) = s.next().now_or_never() {
+            let end = item.is_none();
+            items.push(item);
+            if end {
+                break;
+            }
+        }
+        items
+    }
+
+    const TWO: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+                       data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n";
+
+    #[tokio::test]
+    async fn one_read_yields_all_its_events_and_the_terminator_ends_the_stream() {
+        let mut s = openai(vec![Ok(TWO), Ok(": ping\n\ndata: [DONE]\n\n")]);
+        let items = ready(&mut s);
+        let deltas: Vec<_> = items
+            .iter()
+            .flatten()
+            .map(|r| r.as_ref().unwrap())
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &Delta::KeepAlive,
+                &Delta::Text("a".into()),
+                &Delta::Text("b".into()),
+                &Delta::KeepAlive,
+            ]
+        );
+        // The body never ends, yet the stream does: the terminator is the end.
+        assert!(items.last().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_without_a_terminator_leaves_the_stream_waiting() {
+        let mut s = openai(vec![Ok(TWO)]);
+        let items = ready(&mut s);
+        assert_eq!(items.len(), 3, "the first delta and both events");
+        assert!(items.iter().all(|i| matches!(i, Some(Ok(_)))));
+        assert!(s.next().now_or_never().is_none(), "waits for the body");
+    }
+
+    #[tokio::test]
+    async fn deltas_before_a_failure_come_first_and_the_failure_ends_the_stream() {
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let mut s = openai(vec![Ok(TWO), Err(broken)]);
+        let items = ready(&mut s);
+        assert_eq!(items.len(), 5, "{items:?}");
+        assert!(items[..3].iter().all(|i| matches!(i, Some(Ok(_)))));
+        let e = items[3].as_ref().unwrap().as_ref().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Network);
+        assert!(e.message.contains("connection lost mid-stream"), "{e}");
+        assert!(items[4].is_none());
+
+        // A decoding failure too, after the deltas of the same read.
+        let mut s = openai(vec![Ok(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\n\n",
+        )]);
+        let items = ready(&mut s);
+        assert_eq!(items.len(), 4, "{items:?}");
+        let e = items[2].as_ref().unwrap().as_ref().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Malformed);
+        assert!(items[3].is_none());
+    }
 }
 
 /// Classify a reqwest failure. `mid_stream` tells a broken body from a failed connect.

@@ -12,7 +12,7 @@
 use mythos_protocol::{FinishReason, Usage};
 use serde::Deserialize;
 
-use crate::provider::decode::WireDecoder;
+use crate::provider::decode::{Str, WireDecoder};
 use crate::provider::delta::Delta;
 use crate::provider::error::{kind_for_error_type, ProviderError};
 use crate::provider::sse::SseEvent;
@@ -26,28 +26,32 @@ pub struct AnthropicDecoder {
     done: bool,
 }
 
+// The event as far as it is read, borrowing its strings from the event's data: the type tags
+// are only compared, and text is copied once, into its delta. What comes once per message or
+// block sits behind a pointer: serde moves these structs several times while building them, so
+// the per-delta event stays small.
 #[derive(Deserialize)]
 struct Event<'a> {
     #[serde(rename = "type", borrow)]
     ty: Option<&'a str>,
-    #[serde(default)]
-    message: Option<StartMessage>,
+    #[serde(default, borrow)]
+    message: Option<Box<StartMessage<'a>>>,
     #[serde(default)]
     index: Option<u32>,
-    #[serde(default)]
-    content_block: Option<Block>,
-    #[serde(default)]
-    delta: Option<DeltaBody>,
+    #[serde(default, borrow)]
+    content_block: Option<Box<Block<'a>>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaBody<'a>>,
     #[serde(default)]
     usage: Option<RawUsage>,
     #[serde(default)]
-    error: Option<ErrorBody>,
+    error: Option<Box<ErrorBody>>,
 }
 
 #[derive(Deserialize)]
-struct StartMessage {
-    #[serde(default)]
-    model: Option<String>,
+struct StartMessage<'a> {
+    #[serde(default, borrow)]
+    model: Option<Str<'a>>,
     #[serde(default)]
     usage: Option<RawUsage>,
 }
@@ -65,35 +69,36 @@ struct RawUsage {
 }
 
 #[derive(Deserialize)]
-struct Block {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    thinking: Option<String>,
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Str<'a>,
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    thinking: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct DeltaBody {
-    #[serde(rename = "type", default)]
-    ty: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    partial_json: Option<String>,
-    #[serde(default)]
-    thinking: Option<String>,
-    #[serde(default)]
-    signature: Option<String>,
-    #[serde(default)]
-    stop_reason: Option<String>,
+struct DeltaBody<'a> {
+    #[serde(rename = "type", default, borrow)]
+    ty: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    thinking: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    signature: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Str<'a>>,
 }
 
+// Only read when the stream fails: owned, like the error it becomes.
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(rename = "type", default)]
@@ -137,16 +142,16 @@ impl AnthropicDecoder {
 }
 
 impl WireDecoder for AnthropicDecoder {
-    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
-        let parsed: Event<'_> = serde_json::from_str(&ev.data).map_err(|e| {
+    fn on_event(&mut self, ev: &SseEvent<'_>, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
+        let parsed: Event<'_> = serde_json::from_str(ev.data).map_err(|e| {
             ProviderError::malformed(format!("anthropic `{}` event: {e}", ev.event))
         })?;
-        let ty = parsed.ty.unwrap_or(ev.event.as_str());
+        let ty = parsed.ty.unwrap_or(ev.event);
         match ty {
             "message_start" => {
                 if let Some(m) = parsed.message {
                     if let Some(model) = m.model {
-                        out.push(Delta::Model(model));
+                        out.push(Delta::Model(model.into_string()));
                     }
                     if let Some(u) = m.usage {
                         self.apply_usage(&u, out);
@@ -160,18 +165,18 @@ impl WireDecoder for AnthropicDecoder {
                             self.tool_blocks.push(parsed.index.unwrap_or(0));
                             out.push(Delta::ToolCallStart {
                                 index: self.tool_blocks.len() as u32 - 1,
-                                id: b.id.unwrap_or_default(),
-                                name: b.name.unwrap_or_default(),
+                                id: b.id.map(Str::into_string).unwrap_or_default(),
+                                name: b.name.map(Str::into_string).unwrap_or_default(),
                             });
                         }
                         "text" => {
                             if let Some(t) = b.text.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Text(t));
+                                out.push(Delta::Text(t.into_string()));
                             }
                         }
                         "thinking" => {
                             if let Some(t) = b.thinking.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Thinking(t));
+                                out.push(Delta::Thinking(t.into_string()));
                             }
                         }
                         // redacted_thinking: opaque, and the stream gives no way to hand it
@@ -182,28 +187,28 @@ impl WireDecoder for AnthropicDecoder {
             }
             "content_block_delta" => {
                 if let Some(d) = parsed.delta {
-                    match d.ty.as_deref() {
+                    match d.ty.as_ref().map(Str::as_str) {
                         Some("text_delta") => {
                             if let Some(t) = d.text.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Text(t));
+                                out.push(Delta::Text(t.into_string()));
                             }
                         }
                         Some("input_json_delta") => {
                             if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
                                 out.push(Delta::ToolCallArgs {
                                     index: self.tool_number(parsed.index),
-                                    json: j,
+                                    json: j.into_string(),
                                 });
                             }
                         }
                         Some("thinking_delta") => {
                             if let Some(t) = d.thinking.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Thinking(t));
+                                out.push(Delta::Thinking(t.into_string()));
                             }
                         }
                         Some("signature_delta") => {
                             if let Some(sig) = d.signature.filter(|s| !s.is_empty()) {
-                                out.push(Delta::ThinkingSignature(sig));
+                                out.push(Delta::ThinkingSignature(sig.into_string()));
                             }
                         }
                         // citations_delta and future kinds carry no text.
@@ -213,7 +218,7 @@ impl WireDecoder for AnthropicDecoder {
             }
             "message_delta" => {
                 if let Some(r) = parsed.delta.and_then(|d| d.stop_reason) {
-                    out.push(Delta::Finish(finish_reason(&r)));
+                    out.push(Delta::Finish(finish_reason(r.as_str())));
                 }
                 if let Some(u) = parsed.usage {
                     self.apply_usage(&u, out);
@@ -222,7 +227,7 @@ impl WireDecoder for AnthropicDecoder {
             "message_stop" => self.done = true,
             "ping" => out.push(Delta::KeepAlive),
             "error" => {
-                let e = parsed.error.unwrap_or(ErrorBody {
+                let e = parsed.error.map(|e| *e).unwrap_or(ErrorBody {
                     ty: None,
                     message: None,
                 });

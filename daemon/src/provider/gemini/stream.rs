@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::GoogleError;
-use crate::provider::decode::WireDecoder;
+use crate::provider::decode::{Seq, Skipped, Str, WireDecoder};
 use crate::provider::delta::Delta;
 use crate::provider::error::ProviderError;
 use crate::provider::sse::SseEvent;
@@ -38,57 +38,62 @@ impl GeminiDecoder {
     }
 }
 
+// The chunk as far as it is read, borrowing its strings from the event's data: the model and
+// response id come on every chunk and are rarely kept, and text is copied once, into its delta.
+// What is rare (errors, calls, a blocked prompt) sits behind a pointer: serde moves these
+// structs several times while building them, so the per-chunk ones stay small.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Chunk {
-    #[serde(default)]
-    candidates: Vec<Candidate>,
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    candidates: Seq<Candidate<'a>>,
     #[serde(default)]
     usage_metadata: Option<RawUsage>,
+    #[serde(default, borrow)]
+    model_version: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    response_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    prompt_feedback: Option<Box<PromptFeedback<'a>>>,
     #[serde(default)]
-    model_version: Option<String>,
-    #[serde(default)]
-    response_id: Option<String>,
-    #[serde(default)]
-    prompt_feedback: Option<PromptFeedback>,
-    #[serde(default)]
-    error: Option<GoogleError>,
+    error: Option<Box<GoogleError>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Candidate {
+struct Candidate<'a> {
     #[serde(default)]
     index: u32,
-    #[serde(default)]
-    content: Option<Content>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+    #[serde(default, borrow)]
+    content: Option<Content<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Content {
-    #[serde(default)]
-    parts: Vec<Part>,
+struct Content<'a> {
+    #[serde(default, borrow)]
+    parts: Seq<Part<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Part {
-    #[serde(default)]
-    text: Option<String>,
+struct Part<'a> {
+    #[serde(default, borrow)]
+    text: Option<Str<'a>>,
     #[serde(default)]
     thought: bool,
-    #[serde(default)]
-    function_call: Option<FunctionCall>,
+    #[serde(default, borrow)]
+    function_call: Option<Box<FunctionCall<'a>>>,
 }
 
+// Arguments stay a `Value`: they are re-serialised whole, once per call, not per chunk.
 #[derive(Deserialize)]
-struct FunctionCall {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    name: String,
+struct FunctionCall<'a> {
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    name: Str<'a>,
     #[serde(default)]
     args: Option<Value>,
 }
@@ -104,13 +109,20 @@ struct RawUsage {
     thoughts_token_count: u64,
     #[serde(default)]
     cached_content_token_count: u64,
+    // Unused, but on every chunk: named so that skipping them allocates nothing.
+    #[serde(rename = "promptTokensDetails", default)]
+    _prompt_details: Option<Skipped>,
+    #[serde(rename = "candidatesTokensDetails", default)]
+    _candidates_details: Option<Skipped>,
+    #[serde(rename = "cacheTokensDetails", default)]
+    _cache_details: Option<Skipped>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PromptFeedback {
-    #[serde(default)]
-    block_reason: Option<String>,
+struct PromptFeedback<'a> {
+    #[serde(default, borrow)]
+    block_reason: Option<Str<'a>>,
 }
 
 /// The protocol's reason for a Gemini `finishReason`; `tools` says whether the answer called
@@ -136,11 +148,11 @@ fn id_safe(s: &str) -> String {
 }
 
 impl WireDecoder for GeminiDecoder {
-    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
+    fn on_event(&mut self, ev: &SseEvent<'_>, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
         if ev.data.trim().is_empty() {
             return Ok(());
         }
-        let chunk: Chunk = serde_json::from_str(&ev.data)
+        let chunk: Chunk<'_> = serde_json::from_str(ev.data)
             .map_err(|e| ProviderError::malformed(format!("generateContent chunk: {e}")))?;
         if let Some(e) = chunk.error {
             let kind = e.kind(None);
@@ -158,23 +170,25 @@ impl WireDecoder for GeminiDecoder {
         if !self.model_seen {
             if let Some(m) = chunk.model_version.filter(|m| !m.is_empty()) {
                 self.model_seen = true;
-                out.push(Delta::Model(m));
+                out.push(Delta::Model(m.into_string()));
             }
         }
         for cand in chunk.candidates.into_iter().filter(|c| c.index == 0) {
             for part in cand.content.map(|c| c.parts).unwrap_or_default() {
-                if let Some(call) = part.function_call {
+                if let Some(call) = part.function_call.map(|c| *c) {
                     let index = self.calls;
                     self.calls += 1;
                     let id = match (call.id.filter(|i| !i.is_empty()), &chunk.response_id) {
-                        (Some(id), _) => id,
-                        (None, Some(r)) if !r.is_empty() => format!("call_{}_{index}", id_safe(r)),
+                        (Some(id), _) => id.into_string(),
+                        (None, Some(r)) if !r.is_empty() => {
+                            format!("call_{}_{index}", id_safe(r.as_str()))
+                        }
                         (None, _) => format!("call_{:x}_{index}", self.seed),
                     };
                     out.push(Delta::ToolCallStart {
                         index,
                         id,
-                        name: call.name,
+                        name: call.name.into_string(),
                     });
                     let json = match call.args {
                         Some(a) if !a.is_null() => a.to_string(),
@@ -183,22 +197,22 @@ impl WireDecoder for GeminiDecoder {
                     out.push(Delta::ToolCallArgs { index, json });
                 } else if let Some(t) = part.text.filter(|t| !t.is_empty()) {
                     out.push(if part.thought {
-                        Delta::Thinking(t)
+                        Delta::Thinking(t.into_string())
                     } else {
-                        Delta::Text(t)
+                        Delta::Text(t.into_string())
                     });
                 }
             }
             if let Some(r) = cand.finish_reason.filter(|r| !r.is_empty()) {
                 self.finished = true;
-                out.push(Delta::Finish(finish_reason(&r, self.calls > 0)));
+                out.push(Delta::Finish(finish_reason(r.as_str(), self.calls > 0)));
             }
         }
         if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
             // The prompt itself was refused: no candidates come, and nothing else will.
             self.finished = true;
-            out.push(Delta::Finish(if reason == "OTHER" {
-                FinishReason::Other(reason)
+            out.push(Delta::Finish(if reason.as_str() == "OTHER" {
+                FinishReason::Other(reason.into_string())
             } else {
                 FinishReason::ContentFilter
             }));

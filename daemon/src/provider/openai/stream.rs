@@ -11,7 +11,7 @@
 use mythos_protocol::{FinishReason, Usage};
 use serde::Deserialize;
 
-use crate::provider::decode::WireDecoder;
+use crate::provider::decode::{Seq, Str, WireDecoder};
 use crate::provider::delta::Delta;
 use crate::provider::error::{kind_for_error_type, ProviderError};
 use crate::provider::sse::SseEvent;
@@ -23,56 +23,60 @@ pub struct OpenAiDecoder {
     done: bool,
 }
 
+// The chunk as far as it is read, borrowing its strings from the event's data: `model` comes
+// on every chunk and is kept once, and the text is copied once, into its delta. What is rare
+// (an error, tool calls) sits behind a pointer: serde moves these structs several times while
+// building them, and a small struct is cheaper to move than an allocation it avoids.
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    choices: Seq<Choice<'a>>,
     #[serde(default)]
     usage: Option<RawUsage>,
     #[serde(default)]
-    error: Option<ErrorBody>,
+    error: Option<Box<ErrorBody>>,
 }
 
 #[derive(Deserialize)]
-struct Choice {
+struct Choice<'a> {
     #[serde(default)]
     index: u32,
-    #[serde(default)]
-    delta: Option<ChoiceDelta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+    #[serde(default, borrow)]
+    delta: Option<ChoiceDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ChoiceDelta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCall>>,
+struct ChoiceDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    refusal: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct ToolCall {
+struct ToolCall<'a> {
     #[serde(default)]
     index: u32,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<Function>,
+    #[serde(default, borrow)]
+    id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Function {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
+struct Function<'a> {
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    arguments: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +97,7 @@ struct PromptDetails {
     cached_tokens: Option<u64>,
 }
 
+// Only read when a server fails mid-stream: owned, like the error it becomes.
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
@@ -114,14 +119,14 @@ fn finish_reason(s: &str) -> FinishReason {
 }
 
 impl WireDecoder for OpenAiDecoder {
-    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
+    fn on_event(&mut self, ev: &SseEvent<'_>, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
         if ev.data.trim() == "[DONE]" {
             self.done = true;
             return Ok(());
         }
-        let chunk: Chunk = serde_json::from_str(&ev.data)
+        let chunk: Chunk<'_> = serde_json::from_str(ev.data)
             .map_err(|e| ProviderError::malformed(format!("chat completion chunk: {e}")))?;
-        if let Some(e) = chunk.error {
+        if let Some(e) = chunk.error.map(|e| *e) {
             let ty =
                 e.ty.or_else(|| e.code.and_then(|c| c.as_str().map(str::to_string)))
                     .unwrap_or_else(|| "server_error".into());
@@ -133,19 +138,19 @@ impl WireDecoder for OpenAiDecoder {
         if !self.model_seen {
             if let Some(m) = chunk.model.filter(|m| !m.is_empty()) {
                 self.model_seen = true;
-                out.push(Delta::Model(m));
+                out.push(Delta::Model(m.into_string()));
             }
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(d) = choice.delta {
                 if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Thinking(t));
+                    out.push(Delta::Thinking(t.into_string()));
                 }
                 if let Some(t) = d.content.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Text(t));
+                    out.push(Delta::Text(t.into_string()));
                 }
                 if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Text(t));
+                    out.push(Delta::Text(t.into_string()));
                 }
                 for call in d.tool_calls.unwrap_or_default() {
                     let (name, args) = match call.function {
@@ -155,20 +160,20 @@ impl WireDecoder for OpenAiDecoder {
                     if call.id.is_some() || name.is_some() {
                         out.push(Delta::ToolCallStart {
                             index: call.index,
-                            id: call.id.unwrap_or_default(),
-                            name: name.unwrap_or_default(),
+                            id: call.id.map(Str::into_string).unwrap_or_default(),
+                            name: name.map(Str::into_string).unwrap_or_default(),
                         });
                     }
                     if let Some(a) = args.filter(|a| !a.is_empty()) {
                         out.push(Delta::ToolCallArgs {
                             index: call.index,
-                            json: a,
+                            json: a.into_string(),
                         });
                     }
                 }
             }
             if let Some(r) = choice.finish_reason {
-                out.push(Delta::Finish(finish_reason(&r)));
+                out.push(Delta::Finish(finish_reason(r.as_str())));
             }
         }
         if let Some(u) = chunk.usage {
