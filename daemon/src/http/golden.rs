@@ -125,9 +125,7 @@ fn scenarios() -> Vec<(&'static str, Vec<Option<StreamEvent>>)> {
         (
             "restart",
             vec![
-                Some(StreamEvent::ThinkingDelta {
-                    text: "hmm".into(),
-                }),
+                Some(StreamEvent::ThinkingDelta { text: "hmm".into() }),
                 Some(StreamEvent::Rerouted {
                     from: "a".into(),
                     to: "b".into(),
@@ -145,20 +143,13 @@ fn scenarios() -> Vec<(&'static str, Vec<Option<StreamEvent>>)> {
         ),
         (
             "max_tokens",
-            vec![
-                Some(text("Cut")),
-                None,
-                Some(done(FinishReason::MaxTokens)),
-            ],
+            vec![Some(text("Cut")), None, Some(done(FinishReason::MaxTokens))],
         ),
     ]
 }
 
 /// The encoded stream, with the clock's reading (`created`, `created_at`) taken out.
-fn encode<E: Encoder>(
-    start: impl Fn() -> (E, BytesMut),
-    events: &[Option<StreamEvent>],
-) -> String {
+fn encode<E: Encoder>(start: impl Fn() -> (E, BytesMut), events: &[Option<StreamEvent>]) -> String {
     let (mut enc, mut out) = start();
     for ev in events {
         let over = match ev {

@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
 };
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -317,18 +318,34 @@ pub trait Encoder: Send + 'static {
     fn vanished(&mut self, out: &mut BytesMut);
 }
 
-/// Append one SSE frame (`event:` line when named, then `data:`).
-pub fn sse(out: &mut BytesMut, event: Option<&str>, data: &serde_json::Value) {
+/// Append one SSE frame (`event:` line when named, then `data:`), serializing `data` straight
+/// into `out`: the encoders hand typed structs borrowing the event's text, so a frame costs no
+/// JSON tree and no intermediate string.
+pub fn sse<T: Serialize + ?Sized>(out: &mut BytesMut, event: Option<&str>, data: &T) {
     if let Some(name) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\n");
     }
     out.extend_from_slice(b"data: ");
-    // Serializing a Value cannot fail.
+    // Into memory, and the encoders' types have string keys only: this cannot fail.
     let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), data);
     out.extend_from_slice(b"\n\n");
 }
+
+/// Serializes as `{}` (an empty JSON object) without building a map.
+#[derive(Debug, Clone, Copy)]
+pub struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+/// Serializes as `[]`.
+pub const EMPTY_ARRAY: [(); 0] = [];
 
 /// A block of the answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -465,22 +482,49 @@ pub fn openai_finish(finish: &FinishReason, tools: bool) -> &'static str {
 }
 
 /// Anthropic usage JSON.
-pub fn anthropic_usage(u: &Usage) -> serde_json::Value {
-    serde_json::json!({
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_input_tokens": u.cache_read_input_tokens,
-        "cache_creation_input_tokens": u.cache_creation_input_tokens,
-    })
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AnthropicUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_creation_input_tokens: u64,
+}
+
+/// Anthropic usage JSON for `u`.
+pub fn anthropic_usage(u: &Usage) -> AnthropicUsage {
+    AnthropicUsage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+    }
 }
 
 /// OpenAI usage JSON (`prompt_tokens` includes cached tokens there).
-pub fn openai_usage(u: &Usage) -> serde_json::Value {
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OpenaiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+}
+
+/// `{"cached_tokens": n}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CachedTokens {
+    /// Prompt tokens read from the cache.
+    pub cached_tokens: u64,
+}
+
+/// OpenAI usage JSON for `u`.
+pub fn openai_usage(u: &Usage) -> OpenaiUsage {
     let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
-    serde_json::json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": prompt + u.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
-    })
+    OpenaiUsage {
+        prompt_tokens: prompt,
+        completion_tokens: u.output_tokens,
+        total_tokens: prompt + u.output_tokens,
+        prompt_tokens_details: CachedTokens {
+            cached_tokens: u.cache_read_input_tokens,
+        },
+    }
 }

@@ -19,10 +19,59 @@
 
 use bytes::BytesMut;
 use mythos_protocol::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::errors::{openai_type, status_of};
-use crate::http::relay::{sse, Encoder, Head};
+use crate::http::relay::{sse, Encoder, Head, EMPTY_ARRAY};
+
+/// One event: `type` and `sequence_number` first, then the event's own fields.
+#[derive(Serialize)]
+struct Frame<'a, F> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    sequence_number: u64,
+    #[serde(flatten)]
+    fields: F,
+}
+
+/// The fields of `response.output_text.delta`, the event of almost every chunk.
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    content_index: u32,
+    delta: &'a str,
+    logprobs: [(); 0],
+}
+
+/// The fields of `response.reasoning_summary_text.delta`.
+#[derive(Serialize)]
+struct SummaryDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    summary_index: u32,
+    delta: &'a str,
+}
+
+/// The fields of `response.function_call_arguments.delta`.
+#[derive(Serialize)]
+struct ArgsDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    delta: &'a str,
+}
+
+/// Write one event, numbered from `seq`.
+fn emit<F: Serialize>(seq: &mut u64, out: &mut BytesMut, ty: &str, fields: F) {
+    let frame = Frame {
+        ty,
+        sequence_number: *seq,
+        fields,
+    };
+    *seq += 1;
+    sse(out, Some(ty), &frame);
+}
 
 /// The response-level facts every response object repeats.
 #[derive(Debug, Clone)]
@@ -325,16 +374,9 @@ impl ResponsesEncoder {
         (enc, out)
     }
 
-    /// One frame: `type` and `sequence_number` first, then `fields`.
+    /// One frame: `type` and `sequence_number` first, then `fields` (an object).
     fn emit(&mut self, out: &mut BytesMut, ty: &str, fields: Value) {
-        let mut data = Map::new();
-        data.insert("type".into(), json!(ty));
-        data.insert("sequence_number".into(), json!(self.seq));
-        if let Value::Object(f) = fields {
-            data.extend(f);
-        }
-        self.seq += 1;
-        sse(out, Some(ty), &Value::Object(data));
+        emit(&mut self.seq, out, ty, fields);
     }
 
     fn add(&mut self, out: &mut BytesMut, item: Item) -> usize {
@@ -471,10 +513,15 @@ impl ResponsesEncoder {
                 continue;
             }
             for delta in parts.iter().filter(|p| !p.is_empty()) {
-                self.emit(
+                emit(
+                    &mut self.seq,
                     out,
                     "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": n, "delta": delta}),
+                    ArgsDelta {
+                        item_id: &id,
+                        output_index: n,
+                        delta,
+                    },
                 );
             }
             self.emit(
@@ -545,18 +592,21 @@ impl Encoder for ResponsesEncoder {
                         Some(n) if matches!(self.items[n].0, Item::Message { .. }) => n,
                         _ => self.open_message(out),
                     };
-                    let id = match &mut self.items[n].0 {
-                        Item::Message { id, text: t } => {
-                            t.push_str(&text);
-                            id.clone()
-                        }
-                        _ => unreachable!("the open item is a message"),
+                    let Item::Message { id, text: t } = &mut self.items[n].0 else {
+                        unreachable!("the open item is a message")
                     };
-                    self.emit(
+                    t.push_str(&text);
+                    emit(
+                        &mut self.seq,
                         out,
                         "response.output_text.delta",
-                        json!({"item_id": id, "output_index": n, "content_index": 0,
-                               "delta": text, "logprobs": []}),
+                        TextDelta {
+                            item_id: id,
+                            output_index: n,
+                            content_index: 0,
+                            delta: &text,
+                            logprobs: EMPTY_ARRAY,
+                        },
                     );
                 }
             }
@@ -566,18 +616,20 @@ impl Encoder for ResponsesEncoder {
                         Some(n) if matches!(self.items[n].0, Item::Reasoning { .. }) => n,
                         _ => self.open_reasoning(out),
                     };
-                    let id = match &mut self.items[n].0 {
-                        Item::Reasoning { id, text: t, .. } => {
-                            t.push_str(&text);
-                            id.clone()
-                        }
-                        _ => unreachable!("the open item is reasoning"),
+                    let Item::Reasoning { id, text: t, .. } = &mut self.items[n].0 else {
+                        unreachable!("the open item is reasoning")
                     };
-                    self.emit(
+                    t.push_str(&text);
+                    emit(
+                        &mut self.seq,
                         out,
                         "response.reasoning_summary_text.delta",
-                        json!({"item_id": id, "output_index": n, "summary_index": 0,
-                               "delta": text}),
+                        SummaryDelta {
+                            item_id: id,
+                            output_index: n,
+                            summary_index: 0,
+                            delta: &text,
+                        },
                     );
                 }
             }
