@@ -644,6 +644,24 @@ impl Encoder for ResponsesEncoder {
                         *s = Some(signature);
                     }
                     self.close(out, "completed");
+                } else {
+                    // Thinking that showed no text (Anthropic may stream none) still has to go
+                    // back to Anthropic with its signature: a reasoning item with no summary,
+                    // added and done at once, as the live API sends an unsummarised one.
+                    self.close(out, "completed");
+                    let id = Item::id("rs", self.meta.record, self.items.len());
+                    let item = Item::Reasoning {
+                        id,
+                        text: String::new(),
+                        signature: Some(signature),
+                    };
+                    let n = self.add(out, item);
+                    let item = self.items[n].0.json("completed");
+                    self.emit(
+                        out,
+                        "response.output_item.done",
+                        json!({"output_index": n, "item": item}),
+                    );
                 }
             }
             StreamEvent::ToolCallStart { index, id, name } => {
