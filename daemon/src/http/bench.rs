@@ -125,3 +125,47 @@ fn baseline() {
     }
     assert!(bytes > 0);
 }
+
+/// The body chunks of `events` relayed through `Routed::into_body` with the Messages encoder.
+async fn relay(events: Vec<StreamEvent>, paced: bool) -> Vec<bytes::Bytes> {
+    use futures_util::StreamExt;
+    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let body = super::relay::Routed::scripted(events, paced).into_body(first.freeze(), enc);
+    body.into_data_stream()
+        .map(|c| c.expect("a chunk"))
+        .collect()
+        .await
+}
+
+/// An event that arrives alone goes out alone, at once (no added latency); events that are
+/// already waiting go out together, in one body chunk (one socket write).
+#[tokio::test]
+async fn paced_events_go_out_alone_and_bursts_together() {
+    let events = answer();
+    let paced = relay(events.clone(), true).await;
+    // The opening frame, one chunk per text delta; usage writes nothing, so done shares its
+    // chunk with nothing either.
+    assert_eq!(paced.len(), 1 + CHUNKS + 1, "{paced:?}");
+    let burst = relay(events, false).await;
+    assert_eq!(burst.len(), 2, "{burst:?}");
+    assert_eq!(paced.concat(), burst.concat());
+}
+
+/// The relay's own cost (the body stream, its buffer, the keep-alive check) on top of the
+/// encoder's, for a paced answer: one body chunk per event.
+#[test]
+#[ignore = "a workload for a profiler"]
+fn relay_paced() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let events = answer();
+    rt.block_on(async {
+        let mut n = 0;
+        for _ in 0..ANSWERS {
+            n += relay(events.clone(), true).await.len();
+        }
+        assert_eq!(n, ANSWERS * (CHUNKS + 2));
+    });
+}

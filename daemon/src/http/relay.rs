@@ -27,6 +27,12 @@ use crate::server::Context;
 /// moment; beyond it the router waits (backpressure), as on the socket.
 const EVENT_BUFFER: usize = 64;
 
+/// The body buffer of a streaming response; frames are split off it (see `into_body`).
+const BODY_BUFFER: usize = 16 * 1024;
+
+/// Space made in the body buffer before each chunk is written: more than most frames take.
+const FRAME_ROOM: usize = 1024;
+
 /// Without any event for this long, a streaming response gets a keep-alive (`ping` / an SSE
 /// comment) so that proxies and clients with idle timeouts keep the connection.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -149,6 +155,30 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
 }
 
 impl Routed {
+    /// A stand-in for the router that sends `events`, each on its own poll when `paced` (as a
+    /// provider's chunks arrive), or all at once.
+    #[cfg(test)]
+    pub(crate) fn scripted(events: Vec<StreamEvent>, paced: bool) -> Self {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let route: RouteFuture = Box::pin(async move {
+            for event in events {
+                if tx.send(Response::Event { id: 0, event }).await.is_err() {
+                    return;
+                }
+                if paced {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        Routed {
+            rx,
+            route: Some(route),
+            cancel: CancellationToken::new(),
+            streams: tokio_util::task::TaskTracker::new(),
+            reroutes: 0,
+        }
+    }
+
     /// The next event; `None` when the router is gone without a last event (a bug).
     pub async fn next(&mut self) -> Option<StreamEvent> {
         loop {
@@ -242,6 +272,10 @@ impl Routed {
             encoder: E,
             first: Option<Bytes>,
             done: bool,
+            /// Where frames are written; each body chunk is split off it, so its memory is
+            /// reused (once hyper has written and dropped the earlier chunks) rather than a
+            /// buffer allocated, and grown piece by piece, per chunk.
+            buf: BytesMut,
             /// One timer for the whole stream, not one per event: it fires at most every
             /// `KEEPALIVE`, and a keep-alive goes out only if nothing else went out since.
             tick: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -253,6 +287,7 @@ impl Routed {
             encoder,
             first: Some(first),
             done: false,
+            buf: BytesMut::with_capacity(BODY_BUFFER),
             tick: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
             last_sent: now,
         };
@@ -260,40 +295,45 @@ impl Routed {
             if let Some(first) = st.first.take() {
                 return Some((Ok::<Bytes, std::io::Error>(first), st));
             }
-            let mut out = BytesMut::new();
-            while !st.done && out.is_empty() {
+            // Room for a typical frame: written in small pieces, it should not have to grow.
+            st.buf.reserve(FRAME_ROOM);
+            while !st.done && st.buf.is_empty() {
                 tokio::select! {
+                    // Events before the keep-alive check; the order matters little, but a
+                    // fixed one spares the random draw of an unbiased select per event.
+                    biased;
                     ev = st.routed.next() => match ev {
-                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        Some(ev) => st.done = st.encoder.event(ev, &mut st.buf),
                         None => {
-                            st.encoder.vanished(&mut out);
+                            st.encoder.vanished(&mut st.buf);
                             st.done = true;
                         }
                     },
                     _ = st.tick.as_mut() => {
                         let due = st.last_sent + KEEPALIVE;
                         if tokio::time::Instant::now() >= due {
-                            st.encoder.keepalive(&mut out);
+                            st.encoder.keepalive(&mut st.buf);
                             st.tick.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                         } else {
                             st.tick.as_mut().reset(due);
                         }
                     }
                 }
-                // Drain what is already waiting into the same write: one socket write per
-                // burst rather than per event.
+                // Drain what is already waiting into the same body chunk: one socket write per
+                // burst rather than per event. Never waits: an event alone goes out at once.
                 while !st.done {
                     match st.routed.try_next() {
-                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        Some(ev) => st.done = st.encoder.event(ev, &mut st.buf),
                         None => break,
                     }
                 }
             }
             st.last_sent = tokio::time::Instant::now();
-            if out.is_empty() {
+            if st.buf.is_empty() {
                 None
             } else {
-                Some((Ok(out.freeze()), st))
+                let chunk = st.buf.split().freeze();
+                Some((Ok(chunk), st))
             }
         });
         Body::from_stream(stream)

@@ -92,13 +92,18 @@ enum BlockStart<'a> {
     },
 }
 
+/// A block delta; its `type` is the variant's name with `_delta`.
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum Delta<'a> {
-    TextDelta { text: &'a str },
-    ThinkingDelta { thinking: &'a str },
-    SignatureDelta { signature: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 #[derive(Serialize)]
@@ -234,7 +239,7 @@ impl MessagesEncoder {
                 Self::delta(
                     out,
                     index,
-                    Delta::InputJsonDelta {
+                    Delta::InputJson {
                         partial_json: &args,
                     },
                 );
@@ -266,21 +271,21 @@ impl Encoder for MessagesEncoder {
                 if !text.is_empty() {
                     self.visible = true;
                     let index = self.ensure(out, Open::Text);
-                    Self::delta(out, index, Delta::TextDelta { text: &text });
+                    Self::delta(out, index, Delta::Text { text: &text });
                 }
             }
             StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. }
                 if !self.thinking => {}
             StreamEvent::ThinkingDelta { text } => {
                 let index = self.ensure(out, Open::Thinking);
-                Self::delta(out, index, Delta::ThinkingDelta { thinking: &text });
+                Self::delta(out, index, Delta::Thinking { thinking: &text });
             }
             StreamEvent::ThinkingSignature { signature } => {
                 let index = self.ensure(out, Open::Thinking);
                 Self::delta(
                     out,
                     index,
-                    Delta::SignatureDelta {
+                    Delta::Signature {
                         signature: &signature,
                     },
                 );

@@ -62,6 +62,13 @@ struct ArgsDelta<'a> {
     delta: &'a str,
 }
 
+/// The fields of the events that carry the whole response object; borrowed, so that
+/// `response.created` and `response.in_progress` share one.
+#[derive(Serialize)]
+struct WithResponse<'a> {
+    response: &'a Value,
+}
+
 /// Write one event, numbered from `seq`.
 fn emit<F: Serialize>(seq: &mut u64, out: &mut BytesMut, ty: &str, fields: F) {
     let frame = Frame {
@@ -361,15 +368,21 @@ impl ResponsesEncoder {
         };
         let mut out = BytesMut::new();
         let response = enc.meta.response(&enc.model, &State::in_progress());
-        enc.emit(
+        emit(
+            &mut enc.seq,
             &mut out,
             "response.created",
-            json!({"response": response.clone()}),
+            WithResponse {
+                response: &response,
+            },
         );
-        enc.emit(
+        emit(
+            &mut enc.seq,
             &mut out,
             "response.in_progress",
-            json!({"response": response}),
+            WithResponse {
+                response: &response,
+            },
         );
         (enc, out)
     }
@@ -557,7 +570,14 @@ impl ResponsesEncoder {
             incomplete: Value::Null,
         };
         let response = self.meta.response(&self.model, &state);
-        self.emit(out, "response.failed", json!({"response": response}));
+        emit(
+            &mut self.seq,
+            out,
+            "response.failed",
+            WithResponse {
+                response: &response,
+            },
+        );
     }
 }
 
@@ -718,7 +738,14 @@ impl Encoder for ResponsesEncoder {
                 } else {
                     "response.completed"
                 };
-                self.emit(out, ty, json!({"response": response}));
+                emit(
+                    &mut self.seq,
+                    out,
+                    ty,
+                    WithResponse {
+                        response: &response,
+                    },
+                );
                 return true;
             }
             StreamEvent::Error {
@@ -741,7 +768,14 @@ impl Encoder for ResponsesEncoder {
         // event parser skips comments before anyone sees them. `response.in_progress` is one
         // the API defines and the SDKs' accumulators pass over.
         let response = self.meta.response(&self.model, &State::in_progress());
-        self.emit(out, "response.in_progress", json!({ "response": response }));
+        emit(
+            &mut self.seq,
+            out,
+            "response.in_progress",
+            WithResponse {
+                response: &response,
+            },
+        );
     }
 
     fn vanished(&mut self, out: &mut BytesMut) {
