@@ -9,7 +9,9 @@
 //! ```
 //!
 //! and divide the total by 600,000 (the answer's opening and closing frames are included,
-//! spread over its chunks).
+//! spread over its chunks). `baseline` is the workload's own part (cloning the events), to
+//! subtract; `relay_paced` runs the same answers through `Routed::into_body` (Messages
+//! encoder), one body chunk per event, on a current-thread runtime.
 
 use std::time::Duration;
 
