@@ -10,9 +10,13 @@
 //! - [`relay`]: one request through the router, shared by the APIs;
 //! - [`errors`]: each API's error shapes and the no-double-retry headers.
 
+#[cfg(test)]
+mod bench;
 pub mod chat;
 pub mod config;
 pub mod errors;
+#[cfg(test)]
+mod golden;
 pub mod listener;
 pub mod messages;
 pub mod models;

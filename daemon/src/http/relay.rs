@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
 };
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,12 @@ use crate::server::Context;
 /// Events buffered between the router and the HTTP body: enough to ride out a slow reader for a
 /// moment; beyond it the router waits (backpressure), as on the socket.
 const EVENT_BUFFER: usize = 64;
+
+/// The body buffer of a streaming response; frames are split off it (see `into_body`).
+const BODY_BUFFER: usize = 16 * 1024;
+
+/// Space made in the body buffer before each chunk is written: more than most frames take.
+const FRAME_ROOM: usize = 1024;
 
 /// Without any event for this long, a streaming response gets a keep-alive (`ping` / an SSE
 /// comment) so that proxies and clients with idle timeouts keep the connection.
@@ -148,6 +155,30 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
 }
 
 impl Routed {
+    /// A stand-in for the router that sends `events`, each on its own poll when `paced` (as a
+    /// provider's chunks arrive), or all at once.
+    #[cfg(test)]
+    pub(crate) fn scripted(events: Vec<StreamEvent>, paced: bool) -> Self {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let route: RouteFuture = Box::pin(async move {
+            for event in events {
+                if tx.send(Response::Event { id: 0, event }).await.is_err() {
+                    return;
+                }
+                if paced {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        Routed {
+            rx,
+            route: Some(route),
+            cancel: CancellationToken::new(),
+            streams: tokio_util::task::TaskTracker::new(),
+            reroutes: 0,
+        }
+    }
+
     /// The next event; `None` when the router is gone without a last event (a bug).
     pub async fn next(&mut self) -> Option<StreamEvent> {
         loop {
@@ -241,6 +272,10 @@ impl Routed {
             encoder: E,
             first: Option<Bytes>,
             done: bool,
+            /// Where frames are written; each body chunk is split off it, so its memory is
+            /// reused (once hyper has written and dropped the earlier chunks) rather than a
+            /// buffer allocated, and grown piece by piece, per chunk.
+            buf: BytesMut,
             /// One timer for the whole stream, not one per event: it fires at most every
             /// `KEEPALIVE`, and a keep-alive goes out only if nothing else went out since.
             tick: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -252,6 +287,7 @@ impl Routed {
             encoder,
             first: Some(first),
             done: false,
+            buf: BytesMut::with_capacity(BODY_BUFFER),
             tick: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
             last_sent: now,
         };
@@ -259,40 +295,45 @@ impl Routed {
             if let Some(first) = st.first.take() {
                 return Some((Ok::<Bytes, std::io::Error>(first), st));
             }
-            let mut out = BytesMut::new();
-            while !st.done && out.is_empty() {
+            // Room for a typical frame: written in small pieces, it should not have to grow.
+            st.buf.reserve(FRAME_ROOM);
+            while !st.done && st.buf.is_empty() {
                 tokio::select! {
+                    // Events before the keep-alive check; the order matters little, but a
+                    // fixed one spares the random draw of an unbiased select per event.
+                    biased;
                     ev = st.routed.next() => match ev {
-                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        Some(ev) => st.done = st.encoder.event(ev, &mut st.buf),
                         None => {
-                            st.encoder.vanished(&mut out);
+                            st.encoder.vanished(&mut st.buf);
                             st.done = true;
                         }
                     },
                     _ = st.tick.as_mut() => {
                         let due = st.last_sent + KEEPALIVE;
                         if tokio::time::Instant::now() >= due {
-                            st.encoder.keepalive(&mut out);
+                            st.encoder.keepalive(&mut st.buf);
                             st.tick.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                         } else {
                             st.tick.as_mut().reset(due);
                         }
                     }
                 }
-                // Drain what is already waiting into the same write: one socket write per
-                // burst rather than per event.
+                // Drain what is already waiting into the same body chunk: one socket write per
+                // burst rather than per event. Never waits: an event alone goes out at once.
                 while !st.done {
                     match st.routed.try_next() {
-                        Some(ev) => st.done = st.encoder.event(ev, &mut out),
+                        Some(ev) => st.done = st.encoder.event(ev, &mut st.buf),
                         None => break,
                     }
                 }
             }
             st.last_sent = tokio::time::Instant::now();
-            if out.is_empty() {
+            if st.buf.is_empty() {
                 None
             } else {
-                Some((Ok(out.freeze()), st))
+                let chunk = st.buf.split().freeze();
+                Some((Ok(chunk), st))
             }
         });
         Body::from_stream(stream)
@@ -317,18 +358,34 @@ pub trait Encoder: Send + 'static {
     fn vanished(&mut self, out: &mut BytesMut);
 }
 
-/// Append one SSE frame (`event:` line when named, then `data:`).
-pub fn sse(out: &mut BytesMut, event: Option<&str>, data: &serde_json::Value) {
+/// Append one SSE frame (`event:` line when named, then `data:`), serializing `data` straight
+/// into `out`: the encoders hand typed structs borrowing the event's text, so a frame costs no
+/// JSON tree and no intermediate string.
+pub fn sse<T: Serialize + ?Sized>(out: &mut BytesMut, event: Option<&str>, data: &T) {
     if let Some(name) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\n");
     }
     out.extend_from_slice(b"data: ");
-    // Serializing a Value cannot fail.
+    // Into memory, and the encoders' types have string keys only: this cannot fail.
     let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), data);
     out.extend_from_slice(b"\n\n");
 }
+
+/// Serializes as `{}` (an empty JSON object) without building a map.
+#[derive(Debug, Clone, Copy)]
+pub struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+/// Serializes as `[]`.
+pub const EMPTY_ARRAY: [(); 0] = [];
 
 /// A block of the answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -465,22 +522,49 @@ pub fn openai_finish(finish: &FinishReason, tools: bool) -> &'static str {
 }
 
 /// Anthropic usage JSON.
-pub fn anthropic_usage(u: &Usage) -> serde_json::Value {
-    serde_json::json!({
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_input_tokens": u.cache_read_input_tokens,
-        "cache_creation_input_tokens": u.cache_creation_input_tokens,
-    })
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AnthropicUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_creation_input_tokens: u64,
+}
+
+/// Anthropic usage JSON for `u`.
+pub fn anthropic_usage(u: &Usage) -> AnthropicUsage {
+    AnthropicUsage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_read_input_tokens: u.cache_read_input_tokens,
+        cache_creation_input_tokens: u.cache_creation_input_tokens,
+    }
 }
 
 /// OpenAI usage JSON (`prompt_tokens` includes cached tokens there).
-pub fn openai_usage(u: &Usage) -> serde_json::Value {
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OpenaiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+}
+
+/// `{"cached_tokens": n}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CachedTokens {
+    /// Prompt tokens read from the cache.
+    pub cached_tokens: u64,
+}
+
+/// OpenAI usage JSON for `u`.
+pub fn openai_usage(u: &Usage) -> OpenaiUsage {
     let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
-    serde_json::json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": prompt + u.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
-    })
+    OpenaiUsage {
+        prompt_tokens: prompt,
+        completion_tokens: u.output_tokens,
+        total_tokens: prompt + u.output_tokens,
+        prompt_tokens_details: CachedTokens {
+            cached_tokens: u.cache_read_input_tokens,
+        },
+    }
 }

@@ -5,10 +5,71 @@
 
 use bytes::BytesMut;
 use mythos_protocol::{RerouteMode, StreamEvent};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::http::errors::{error_body, status_of, Dialect};
-use crate::http::relay::{openai_finish, openai_usage, sse, Encoder, Head};
+use crate::http::relay::{openai_finish, openai_usage, sse, Encoder, Head, OpenaiUsage};
+
+/// One `chat.completion.chunk`, fields in the API's order.
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<&'static str>,
+    choices: &'a [Choice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenaiUsage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<&'static str>,
+    finish_reason: Option<&'a str>,
+}
+
+/// What a chunk adds; each variant is an object with just its own fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Delta<'a> {
+    Role {
+        role: &'static str,
+        content: &'static str,
+    },
+    Content {
+        content: &'a str,
+    },
+    /// DeepSeek's field: clients that know it show it, the rest ignore it.
+    Reasoning {
+        reasoning_content: &'a str,
+    },
+    ToolCalls {
+        tool_calls: [ToolCall<'a>; 1],
+    },
+    /// `{}`, with the finish reason.
+    Empty {},
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    ty: Option<&'static str>,
+    function: Function<'a>,
+}
+
+#[derive(Serialize)]
+struct Function<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
 
 /// The encoder of one response.
 pub struct ChatEncoder {
@@ -24,7 +85,7 @@ pub struct ChatEncoder {
 impl ChatEncoder {
     /// The encoder and the opening role chunk.
     pub fn start(head: &Head, include_usage: bool) -> (Self, BytesMut) {
-        let mut enc = ChatEncoder {
+        let enc = ChatEncoder {
             id: format!("chatcmpl-mythos-{}", head.record),
             created: mythos_protocol::clock::now_unix_ms() / 1000,
             model: head.model.clone(),
@@ -33,22 +94,40 @@ impl ChatEncoder {
             tools: Vec::new(),
         };
         let mut out = BytesMut::new();
-        enc.chunk(&mut out, json!({"role": "assistant", "content": ""}), None);
+        enc.chunk(
+            &mut out,
+            Delta::Role {
+                role: "assistant",
+                content: "",
+            },
+            None,
+        );
         (enc, out)
     }
 
-    fn chunk(&mut self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
+    fn chunk(&self, out: &mut BytesMut, delta: Delta<'_>, finish: Option<&str>) {
+        let choice = Choice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
+        };
+        self.write(out, std::slice::from_ref(&choice), None);
+    }
+
+    fn write(&self, out: &mut BytesMut, choices: &[Choice<'_>], usage: Option<OpenaiUsage>) {
         sse(
             out,
             None,
-            &json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": null,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            }),
+            &Chunk {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: None,
+                choices,
+                usage,
+            },
         );
     }
 
@@ -63,32 +142,46 @@ impl Encoder for ChatEncoder {
             StreamEvent::TextDelta { text } => {
                 if !text.is_empty() {
                     self.visible = true;
-                    self.chunk(out, json!({"content": text}), None);
+                    self.chunk(out, Delta::Content { content: &text }, None);
                 }
             }
             StreamEvent::ThinkingDelta { text } => {
-                // DeepSeek's field: clients that know it show it, the rest ignore it.
-                self.chunk(out, json!({"reasoning_content": text}), None);
+                self.chunk(
+                    out,
+                    Delta::Reasoning {
+                        reasoning_content: &text,
+                    },
+                    None,
+                );
             }
             StreamEvent::ThinkingSignature { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.visible = true;
                 let n = self.tools.len();
                 self.tools.push(index);
-                self.chunk(
-                    out,
-                    json!({"tool_calls": [{"index": n, "id": id, "type": "function",
-                                           "function": {"name": name, "arguments": ""}}]}),
-                    None,
-                );
+                let call = ToolCall {
+                    index: n,
+                    id: Some(&id),
+                    ty: Some("function"),
+                    function: Function {
+                        name: Some(&name),
+                        arguments: "",
+                    },
+                };
+                self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
             }
             StreamEvent::ToolCallDelta { index, json } => {
                 if let Some(n) = self.tools.iter().rposition(|&i| i == index) {
-                    self.chunk(
-                        out,
-                        json!({"tool_calls": [{"index": n, "function": {"arguments": json}}]}),
-                        None,
-                    );
+                    let call = ToolCall {
+                        index: n,
+                        id: None,
+                        ty: None,
+                        function: Function {
+                            name: None,
+                            arguments: &json,
+                        },
+                    };
+                    self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
                 }
             }
             StreamEvent::Rerouted {
@@ -114,21 +207,9 @@ impl Encoder for ChatEncoder {
             }
             StreamEvent::Done(done) => {
                 let finish = openai_finish(&done.finish, !self.tools.is_empty());
-                self.chunk(out, json!({}), Some(finish));
+                self.chunk(out, Delta::Empty {}, Some(finish));
                 if self.include_usage {
-                    sse(
-                        out,
-                        None,
-                        &json!({
-                            "id": self.id,
-                            "object": "chat.completion.chunk",
-                            "created": self.created,
-                            "model": self.model,
-                            "system_fingerprint": null,
-                            "choices": [],
-                            "usage": openai_usage(&done.usage),
-                        }),
-                    );
+                    self.write(out, &[], Some(openai_usage(&done.usage)));
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 return true;

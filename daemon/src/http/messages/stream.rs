@@ -5,10 +5,119 @@
 
 use bytes::BytesMut;
 use mythos_protocol::{RerouteMode, StreamEvent, Usage};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::http::errors::{anthropic_type, status_of};
-use crate::http::relay::{anthropic_stop, anthropic_usage, sse, Encoder, Head};
+use crate::http::relay::{
+    anthropic_stop, anthropic_usage, sse, AnthropicUsage, EmptyObject, Encoder, Head, EMPTY_ARRAY,
+};
+
+/// One frame of the stream. Its `type` is also the frame's `event:` name; the fields are in
+/// the order the API sends them.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Frame<'a> {
+    MessageStart {
+        message: MessageShell<'a>,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: BlockStart<'a>,
+    },
+    Ping,
+    ContentBlockDelta {
+        index: u32,
+        delta: Delta<'a>,
+    },
+    ContentBlockStop {
+        index: u32,
+    },
+    MessageDelta {
+        delta: StopDelta,
+        usage: AnthropicUsage,
+    },
+    MessageStop,
+    Error {
+        error: ErrorBody<'a>,
+    },
+}
+
+impl Frame<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Frame::MessageStart { .. } => "message_start",
+            Frame::ContentBlockStart { .. } => "content_block_start",
+            Frame::Ping => "ping",
+            Frame::ContentBlockDelta { .. } => "content_block_delta",
+            Frame::ContentBlockStop { .. } => "content_block_stop",
+            Frame::MessageDelta { .. } => "message_delta",
+            Frame::MessageStop => "message_stop",
+            Frame::Error { .. } => "error",
+        }
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        sse(out, Some(self.name()), self);
+    }
+}
+
+/// `message_start`'s message: empty, with the estimated prompt size.
+#[derive(Serialize)]
+struct MessageShell<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: [(); 0],
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<&'static str>,
+    usage: AnthropicUsage,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockStart<'a> {
+    Text {
+        text: &'static str,
+    },
+    Thinking {
+        thinking: &'static str,
+        signature: &'static str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: EmptyObject,
+    },
+}
+
+/// A block delta; its `type` is the variant's name with `_delta`.
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum Delta<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct StopDelta {
+    stop_reason: &'static str,
+    stop_sequence: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    message: &'a str,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Open {
@@ -37,21 +146,24 @@ impl MessagesEncoder {
     /// prompt's token count until the provider's own count arrives with `message_delta`.
     pub fn start(head: &Head, input_estimate: u64, thinking: bool) -> (Self, BytesMut) {
         let mut out = BytesMut::new();
-        sse(
-            &mut out,
-            Some("message_start"),
-            &json!({"type": "message_start", "message": {
-                "id": format!("msg_mythos_{}", head.record),
-                "type": "message",
-                "role": "assistant",
-                "model": head.model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {"input_tokens": input_estimate, "output_tokens": 1,
-                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
-            }}),
-        );
+        Frame::MessageStart {
+            message: MessageShell {
+                id: &format!("msg_mythos_{}", head.record),
+                ty: "message",
+                role: "assistant",
+                model: &head.model,
+                content: EMPTY_ARRAY,
+                stop_reason: None,
+                stop_sequence: None,
+                usage: anthropic_usage(&Usage {
+                    input_tokens: input_estimate,
+                    output_tokens: 1,
+                    cache_read_input_tokens: 0,
+                    cache_creation_input_tokens: 0,
+                }),
+            },
+        }
+        .write(&mut out);
         (
             MessagesEncoder {
                 open: None,
@@ -69,26 +181,22 @@ impl MessagesEncoder {
 
     fn close(&mut self, out: &mut BytesMut) {
         if let Some((index, _)) = self.open.take() {
-            sse(
-                out,
-                Some("content_block_stop"),
-                &json!({"type": "content_block_stop", "index": index}),
-            );
+            Frame::ContentBlockStop { index }.write(out);
         }
     }
 
-    fn open_block(&mut self, out: &mut BytesMut, block: serde_json::Value) -> u32 {
+    fn open_block(&mut self, out: &mut BytesMut, block: BlockStart<'_>) -> u32 {
         self.close(out);
         let index = self.next_index;
         self.next_index += 1;
-        sse(
-            out,
-            Some("content_block_start"),
-            &json!({"type": "content_block_start", "index": index, "content_block": block}),
-        );
+        Frame::ContentBlockStart {
+            index,
+            content_block: block,
+        }
+        .write(out);
         if !self.pinged {
             self.pinged = true;
-            sse(out, Some("ping"), &json!({"type": "ping"}));
+            Frame::Ping.write(out);
         }
         index
     }
@@ -98,8 +206,11 @@ impl MessagesEncoder {
             Some((index, k)) if k == kind => index,
             _ => {
                 let block = match kind {
-                    Open::Text => json!({"type": "text", "text": ""}),
-                    Open::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    Open::Text => BlockStart::Text { text: "" },
+                    Open::Thinking => BlockStart::Thinking {
+                        thinking: "",
+                        signature: "",
+                    },
                 };
                 let index = self.open_block(out, block);
                 self.open = Some((index, kind));
@@ -108,12 +219,8 @@ impl MessagesEncoder {
         }
     }
 
-    fn delta(out: &mut BytesMut, index: u32, delta: serde_json::Value) {
-        sse(
-            out,
-            Some("content_block_delta"),
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        );
+    fn delta(out: &mut BytesMut, index: u32, delta: Delta<'_>) {
+        Frame::ContentBlockDelta { index, delta }.write(out);
     }
 
     fn flush_tools(&mut self, out: &mut BytesMut) {
@@ -122,29 +229,30 @@ impl MessagesEncoder {
             self.tools = true;
             let index = self.open_block(
                 out,
-                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                BlockStart::ToolUse {
+                    id: &id,
+                    name: &name,
+                    input: EmptyObject,
+                },
             );
             if !args.is_empty() {
                 Self::delta(
                     out,
                     index,
-                    json!({"type": "input_json_delta", "partial_json": args}),
+                    Delta::InputJson {
+                        partial_json: &args,
+                    },
                 );
             }
-            sse(
-                out,
-                Some("content_block_stop"),
-                &json!({"type": "content_block_stop", "index": index}),
-            );
+            Frame::ContentBlockStop { index }.write(out);
         }
     }
 
     fn error(&mut self, out: &mut BytesMut, ty: &str, message: &str) {
-        sse(
-            out,
-            Some("error"),
-            &json!({"type": "error", "error": {"type": ty, "message": message}}),
-        );
+        Frame::Error {
+            error: ErrorBody { ty, message },
+        }
+        .write(out);
     }
 }
 
@@ -163,25 +271,23 @@ impl Encoder for MessagesEncoder {
                 if !text.is_empty() {
                     self.visible = true;
                     let index = self.ensure(out, Open::Text);
-                    Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+                    Self::delta(out, index, Delta::Text { text: &text });
                 }
             }
             StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. }
                 if !self.thinking => {}
             StreamEvent::ThinkingDelta { text } => {
                 let index = self.ensure(out, Open::Thinking);
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "thinking_delta", "thinking": text}),
-                );
+                Self::delta(out, index, Delta::Thinking { thinking: &text });
             }
             StreamEvent::ThinkingSignature { signature } => {
                 let index = self.ensure(out, Open::Thinking);
                 Self::delta(
                     out,
                     index,
-                    json!({"type": "signature_delta", "signature": signature}),
+                    Delta::Signature {
+                        signature: &signature,
+                    },
                 );
                 // A signature ends its thinking block.
                 self.close(out);
@@ -217,20 +323,18 @@ impl Encoder for MessagesEncoder {
                 // Only thinking went out: close it, the new attempt thinks afresh.
                 self.close(out);
             }
-            StreamEvent::Rerouted { .. } | StreamEvent::Queued { .. } => {
-                sse(out, Some("ping"), &json!({"type": "ping"}));
-            }
+            StreamEvent::Rerouted { .. } | StreamEvent::Queued { .. } => Frame::Ping.write(out),
             StreamEvent::Done(done) => {
                 self.close(out);
-                sse(
-                    out,
-                    Some("message_delta"),
-                    &json!({"type": "message_delta",
-                            "delta": {"stop_reason": anthropic_stop(&done.finish, self.tools),
-                                      "stop_sequence": null},
-                            "usage": anthropic_usage(&done.usage)}),
-                );
-                sse(out, Some("message_stop"), &json!({"type": "message_stop"}));
+                Frame::MessageDelta {
+                    delta: StopDelta {
+                        stop_reason: anthropic_stop(&done.finish, self.tools),
+                        stop_sequence: None,
+                    },
+                    usage: anthropic_usage(&done.usage),
+                }
+                .write(out);
+                Frame::MessageStop.write(out);
                 return true;
             }
             StreamEvent::Error { kind, message, .. } => {
@@ -244,7 +348,7 @@ impl Encoder for MessagesEncoder {
     }
 
     fn keepalive(&mut self, out: &mut BytesMut) {
-        sse(out, Some("ping"), &json!({"type": "ping"}));
+        Frame::Ping.write(out);
     }
 
     fn vanished(&mut self, out: &mut BytesMut) {

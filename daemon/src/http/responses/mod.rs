@@ -74,7 +74,9 @@ fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
         let n = out.len();
         out.push(match b {
             Block::Thinking { text, signature } => {
-                if text.is_empty() {
+                // Unsummarised thinking is dropped, unless it carries a signature that
+                // Anthropic needs back.
+                if text.is_empty() && signature.is_none() {
                     continue;
                 }
                 Item::Reasoning {

@@ -405,18 +405,18 @@ fn input_item(
                 .filter_map(|s| s.get("text").and_then(Value::as_str))
                 .collect();
             let text = text.join("\n\n");
-            if !text.is_empty() {
+            let signature = item
+                .get("encrypted_content")
+                .and_then(Value::as_str)
+                .and_then(|e| e.strip_prefix(super::stream::SIGNATURE_PREFIX))
+                .filter(|s| !s.is_empty())
+                .map(String::from);
+            // Signed thinking goes back even without text: Anthropic may sign thinking it
+            // showed none of, and wants the block back as it was.
+            if !text.is_empty() || signature.is_some() {
                 messages.push(Message {
                     role: Role::Assistant,
-                    content: vec![ContentBlock::Thinking {
-                        text,
-                        signature: item
-                            .get("encrypted_content")
-                            .and_then(Value::as_str)
-                            .and_then(|e| e.strip_prefix(super::stream::SIGNATURE_PREFIX))
-                            .filter(|s| !s.is_empty())
-                            .map(String::from),
-                    }],
+                    content: vec![ContentBlock::Thinking { text, signature }],
                 });
             }
         }
@@ -606,6 +606,34 @@ mod tests {
         );
         assert_eq!(p.chat.options.user.as_deref(), Some("u1"));
         assert!(!p.stream);
+    }
+
+    /// What the stream sends for signed thinking without text comes back as that block.
+    #[test]
+    fn a_signed_reasoning_item_without_summary_goes_back() {
+        let sig = format!("{}c2ln", super::super::stream::SIGNATURE_PREFIX);
+        let p = parse(&json!({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": sig},
+            {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAA"},
+            {"role": "user", "content": "go on"},
+        ]}))
+        .unwrap();
+        let thinking: Vec<_> = p
+            .chat
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter(|b| matches!(b, ContentBlock::Thinking { .. }))
+            .collect();
+        assert_eq!(
+            thinking,
+            vec![&ContentBlock::Thinking {
+                text: String::new(),
+                signature: Some("c2ln".into()),
+            }],
+            "OpenAI's own opaque state alone is still dropped"
+        );
     }
 
     #[test]

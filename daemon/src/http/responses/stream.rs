@@ -19,10 +19,66 @@
 
 use bytes::BytesMut;
 use mythos_protocol::{ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::errors::{openai_type, status_of};
-use crate::http::relay::{sse, Encoder, Head};
+use crate::http::relay::{sse, Encoder, Head, EMPTY_ARRAY};
+
+/// One event: `type` and `sequence_number` first, then the event's own fields.
+#[derive(Serialize)]
+struct Frame<'a, F> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    sequence_number: u64,
+    #[serde(flatten)]
+    fields: F,
+}
+
+/// The fields of `response.output_text.delta`, the event of almost every chunk.
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    content_index: u32,
+    delta: &'a str,
+    logprobs: [(); 0],
+}
+
+/// The fields of `response.reasoning_summary_text.delta`.
+#[derive(Serialize)]
+struct SummaryDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    summary_index: u32,
+    delta: &'a str,
+}
+
+/// The fields of `response.function_call_arguments.delta`.
+#[derive(Serialize)]
+struct ArgsDelta<'a> {
+    item_id: &'a str,
+    output_index: usize,
+    delta: &'a str,
+}
+
+/// The fields of the events that carry the whole response object; borrowed, so that
+/// `response.created` and `response.in_progress` share one.
+#[derive(Serialize)]
+struct WithResponse<'a> {
+    response: &'a Value,
+}
+
+/// Write one event, numbered from `seq`.
+fn emit<F: Serialize>(seq: &mut u64, out: &mut BytesMut, ty: &str, fields: F) {
+    let frame = Frame {
+        ty,
+        sequence_number: *seq,
+        fields,
+    };
+    *seq += 1;
+    sse(out, Some(ty), &frame);
+}
 
 /// The response-level facts every response object repeats.
 #[derive(Debug, Clone)]
@@ -312,29 +368,28 @@ impl ResponsesEncoder {
         };
         let mut out = BytesMut::new();
         let response = enc.meta.response(&enc.model, &State::in_progress());
-        enc.emit(
+        emit(
+            &mut enc.seq,
             &mut out,
             "response.created",
-            json!({"response": response.clone()}),
+            WithResponse {
+                response: &response,
+            },
         );
-        enc.emit(
+        emit(
+            &mut enc.seq,
             &mut out,
             "response.in_progress",
-            json!({"response": response}),
+            WithResponse {
+                response: &response,
+            },
         );
         (enc, out)
     }
 
-    /// One frame: `type` and `sequence_number` first, then `fields`.
+    /// One frame: `type` and `sequence_number` first, then `fields` (an object).
     fn emit(&mut self, out: &mut BytesMut, ty: &str, fields: Value) {
-        let mut data = Map::new();
-        data.insert("type".into(), json!(ty));
-        data.insert("sequence_number".into(), json!(self.seq));
-        if let Value::Object(f) = fields {
-            data.extend(f);
-        }
-        self.seq += 1;
-        sse(out, Some(ty), &Value::Object(data));
+        emit(&mut self.seq, out, ty, fields);
     }
 
     fn add(&mut self, out: &mut BytesMut, item: Item) -> usize {
@@ -471,10 +526,15 @@ impl ResponsesEncoder {
                 continue;
             }
             for delta in parts.iter().filter(|p| !p.is_empty()) {
-                self.emit(
+                emit(
+                    &mut self.seq,
                     out,
                     "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": n, "delta": delta}),
+                    ArgsDelta {
+                        item_id: &id,
+                        output_index: n,
+                        delta,
+                    },
                 );
             }
             self.emit(
@@ -510,7 +570,14 @@ impl ResponsesEncoder {
             incomplete: Value::Null,
         };
         let response = self.meta.response(&self.model, &state);
-        self.emit(out, "response.failed", json!({"response": response}));
+        emit(
+            &mut self.seq,
+            out,
+            "response.failed",
+            WithResponse {
+                response: &response,
+            },
+        );
     }
 }
 
@@ -545,18 +612,21 @@ impl Encoder for ResponsesEncoder {
                         Some(n) if matches!(self.items[n].0, Item::Message { .. }) => n,
                         _ => self.open_message(out),
                     };
-                    let id = match &mut self.items[n].0 {
-                        Item::Message { id, text: t } => {
-                            t.push_str(&text);
-                            id.clone()
-                        }
-                        _ => unreachable!("the open item is a message"),
+                    let Item::Message { id, text: t } = &mut self.items[n].0 else {
+                        unreachable!("the open item is a message")
                     };
-                    self.emit(
+                    t.push_str(&text);
+                    emit(
+                        &mut self.seq,
                         out,
                         "response.output_text.delta",
-                        json!({"item_id": id, "output_index": n, "content_index": 0,
-                               "delta": text, "logprobs": []}),
+                        TextDelta {
+                            item_id: id,
+                            output_index: n,
+                            content_index: 0,
+                            delta: &text,
+                            logprobs: EMPTY_ARRAY,
+                        },
                     );
                 }
             }
@@ -566,18 +636,20 @@ impl Encoder for ResponsesEncoder {
                         Some(n) if matches!(self.items[n].0, Item::Reasoning { .. }) => n,
                         _ => self.open_reasoning(out),
                     };
-                    let id = match &mut self.items[n].0 {
-                        Item::Reasoning { id, text: t, .. } => {
-                            t.push_str(&text);
-                            id.clone()
-                        }
-                        _ => unreachable!("the open item is reasoning"),
+                    let Item::Reasoning { id, text: t, .. } = &mut self.items[n].0 else {
+                        unreachable!("the open item is reasoning")
                     };
-                    self.emit(
+                    t.push_str(&text);
+                    emit(
+                        &mut self.seq,
                         out,
                         "response.reasoning_summary_text.delta",
-                        json!({"item_id": id, "output_index": n, "summary_index": 0,
-                               "delta": text}),
+                        SummaryDelta {
+                            item_id: id,
+                            output_index: n,
+                            summary_index: 0,
+                            delta: &text,
+                        },
                     );
                 }
             }
@@ -592,6 +664,24 @@ impl Encoder for ResponsesEncoder {
                         *s = Some(signature);
                     }
                     self.close(out, "completed");
+                } else {
+                    // Thinking that showed no text (Anthropic may stream none) still has to go
+                    // back to Anthropic with its signature: a reasoning item with no summary,
+                    // added and done at once, as the live API sends an unsummarised one.
+                    self.close(out, "completed");
+                    let id = Item::id("rs", self.meta.record, self.items.len());
+                    let item = Item::Reasoning {
+                        id,
+                        text: String::new(),
+                        signature: Some(signature),
+                    };
+                    let n = self.add(out, item);
+                    let item = self.items[n].0.json("completed");
+                    self.emit(
+                        out,
+                        "response.output_item.done",
+                        json!({"output_index": n, "item": item}),
+                    );
                 }
             }
             StreamEvent::ToolCallStart { index, id, name } => {
@@ -648,7 +738,14 @@ impl Encoder for ResponsesEncoder {
                 } else {
                     "response.completed"
                 };
-                self.emit(out, ty, json!({"response": response}));
+                emit(
+                    &mut self.seq,
+                    out,
+                    ty,
+                    WithResponse {
+                        response: &response,
+                    },
+                );
                 return true;
             }
             StreamEvent::Error {
@@ -671,7 +768,14 @@ impl Encoder for ResponsesEncoder {
         // event parser skips comments before anyone sees them. `response.in_progress` is one
         // the API defines and the SDKs' accumulators pass over.
         let response = self.meta.response(&self.model, &State::in_progress());
-        self.emit(out, "response.in_progress", json!({ "response": response }));
+        emit(
+            &mut self.seq,
+            out,
+            "response.in_progress",
+            WithResponse {
+                response: &response,
+            },
+        );
     }
 
     fn vanished(&mut self, out: &mut BytesMut) {

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use mythos_protocol::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
 use serde_json::{json, Map, Value};
 
-use super::stream::ResponsesEncoder;
+use super::stream::{ResponsesEncoder, SIGNATURE_PREFIX};
 use super::{items, Item};
 use crate::http::relay::{Answer, Block, Encoder, Head};
 
@@ -512,6 +512,10 @@ fn a_whole_answer_numbers_items_as_the_stream_does() {
             text: "plan".into(),
             signature: None,
         },
+        Block::Thinking {
+            text: String::new(),
+            signature: None,
+        },
         Block::Text("ok".into()),
         Block::Tool {
             id: "c1".into(),
@@ -520,10 +524,49 @@ fn a_whole_answer_numbers_items_as_the_stream_does() {
         },
     ];
     let got = items(&answer, 3, &[]);
-    assert_eq!(got.len(), 3, "empty thinking is no item");
-    assert!(matches!(&got[0], Item::Reasoning { id, .. } if id == "rs_mythos_3_0"));
-    assert!(matches!(&got[1], Item::Message { id, .. } if id == "msg_mythos_3_1"));
-    assert!(matches!(&got[2], Item::Call { args, .. } if args == "{}"));
+    assert_eq!(
+        got.len(),
+        4,
+        "empty thinking without a signature is no item"
+    );
+    // A bare signature is an item: Anthropic needs it back with the turn.
+    assert!(
+        matches!(&got[0], Item::Reasoning { id, signature: Some(s), .. }
+                     if id == "rs_mythos_3_0" && s == "sig")
+    );
+    assert!(matches!(&got[1], Item::Reasoning { id, .. } if id == "rs_mythos_3_1"));
+    assert!(matches!(&got[2], Item::Message { id, .. } if id == "msg_mythos_3_2"));
+    assert!(matches!(&got[3], Item::Call { args, .. } if args == "{}"));
+}
+
+/// Anthropic can sign thinking it streamed no text of: the signature still reaches the client
+/// as a reasoning item's `encrypted_content` (without it, the turn goes back to Anthropic
+/// without its thinking block), and the item has no summary.
+#[test]
+fn a_signature_without_thinking_text_is_a_reasoning_item() {
+    let body = encode(vec![
+        StreamEvent::ThinkingSignature {
+            signature: "c2ln".into(),
+        },
+        StreamEvent::TextDelta { text: "Hi".into() },
+        done(FinishReason::Stop, Usage::default()),
+    ]);
+    let acc = accumulate(&body);
+    assert_eq!(acc.types.last().unwrap(), "response.completed");
+    assert_eq!(acc.done.len(), 2, "{:?}", acc.types);
+    let reasoning = &acc.done[0];
+    assert_eq!(reasoning["type"], "reasoning");
+    assert_eq!(reasoning["id"], "rs_mythos_7_0");
+    assert_eq!(reasoning["summary"], json!([]));
+    assert_eq!(
+        reasoning["encrypted_content"],
+        format!("{SIGNATURE_PREFIX}c2ln")
+    );
+    assert_eq!(text_of_item(&acc.done[1]), "Hi");
+    // The finished response carries it too, in the same place.
+    assert_eq!(acc.last["output"][0], *reasoning);
+    // No summary events for a summary that is not there.
+    assert!(!acc.types.iter().any(|t| t.contains("reasoning_summary")));
 }
 
 /// A long wait (held tool calls, a queue) keeps the stream alive with an event Codex's idle

@@ -1,0 +1,173 @@
+//! The encoders' cost per relayed chunk, for a profiler: each test encodes a 60-chunk answer
+//! 10,000 times in one API. Ignored by default (they measure, they assert nothing useful);
+//! count instructions with
+//!
+//! ```text
+//! cargo test -p mythosd --release --lib http::bench -- --ignored --list   # build, find the binary
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \
+//!     target/release/deps/mythosd-<hash> --ignored --exact --test-threads=1 http::bench::messages
+//! ```
+//!
+//! and divide the total by 600,000 (the answer's opening and closing frames are included,
+//! spread over its chunks). `baseline` is the workload's own part (cloning the events), to
+//! subtract; `relay_paced` runs the same answers through `Routed::into_body` (Messages
+//! encoder), one body chunk per event, on a current-thread runtime.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mythos_protocol::{DoneInfo, FinishReason, StreamEvent, Usage};
+use serde_json::Map;
+
+use super::chat::stream::ChatEncoder;
+use super::messages::stream::MessagesEncoder;
+use super::relay::{Encoder, Head};
+use super::responses::stream::ResponsesEncoder;
+
+/// Answers encoded per test.
+const ANSWERS: usize = 10_000;
+/// Text chunks per answer.
+const CHUNKS: usize = 60;
+
+fn head() -> Head {
+    Head {
+        provider: "anthropic".into(),
+        model: "claude-sonnet-4-5".into(),
+        record: 123_456,
+        reroutes: 0,
+        overhead: Duration::from_micros(300),
+    }
+}
+
+/// A typical answer: short text deltas (a token or two each, some needing escapes), usage,
+/// done.
+fn answer() -> Vec<StreamEvent> {
+    let mut events: Vec<StreamEvent> = (0..CHUNKS)
+        .map(|i| StreamEvent::TextDelta {
+            text: if i % 10 == 9 {
+                "\n\n\"quoted\"".to_string()
+            } else {
+                format!(" word{i}")
+            },
+        })
+        .collect();
+    let usage = Usage {
+        input_tokens: 1200,
+        output_tokens: 60,
+        cache_read_input_tokens: 800,
+        cache_creation_input_tokens: 0,
+    };
+    events.push(StreamEvent::Usage(usage));
+    events.push(StreamEvent::Done(DoneInfo {
+        finish: FinishReason::Stop,
+        usage,
+        cost_usd: 0.001,
+        latency_ms: 900,
+        provider: "anthropic".into(),
+        model: "claude-sonnet-4-5".into(),
+        record: 123_456,
+    }));
+    events
+}
+
+/// Feed `events` (cloned, as the router hands each one over) one at a time, each into its own
+/// output chunk as a paced stream would.
+fn run<E: Encoder>(start: impl Fn() -> (E, BytesMut)) -> usize {
+    let events = answer();
+    let mut bytes = 0;
+    for _ in 0..ANSWERS {
+        let (mut enc, first) = start();
+        bytes += first.len();
+        for ev in &events {
+            let mut out = BytesMut::new();
+            enc.event(ev.clone(), &mut out);
+            bytes += out.len();
+        }
+    }
+    bytes
+}
+
+#[test]
+#[ignore = "a workload for a profiler"]
+fn messages() {
+    let head = head();
+    let n = run(|| MessagesEncoder::start(&head, 1000, false));
+    assert!(n > 0);
+}
+
+#[test]
+#[ignore = "a workload for a profiler"]
+fn chat() {
+    let head = head();
+    let n = run(|| ChatEncoder::start(&head, true));
+    assert!(n > 0);
+}
+
+#[test]
+#[ignore = "a workload for a profiler"]
+fn responses() {
+    let head = head();
+    let n = run(|| ResponsesEncoder::start(&head, Map::new()));
+    assert!(n > 0);
+}
+
+/// The part of each test that is not the encoder (cloning the events, the output buffers), to
+/// subtract from the others.
+#[test]
+#[ignore = "a workload for a profiler"]
+fn baseline() {
+    let events = answer();
+    let mut bytes = 0;
+    for _ in 0..ANSWERS {
+        for ev in &events {
+            let out = BytesMut::new();
+            let ev = std::hint::black_box(ev.clone());
+            bytes += out.len() + matches!(ev, StreamEvent::Done(_)) as usize;
+        }
+    }
+    assert!(bytes > 0);
+}
+
+/// The body chunks of `events` relayed through `Routed::into_body` with the Messages encoder.
+async fn relay(events: Vec<StreamEvent>, paced: bool) -> Vec<bytes::Bytes> {
+    use futures_util::StreamExt;
+    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let body = super::relay::Routed::scripted(events, paced).into_body(first.freeze(), enc);
+    body.into_data_stream()
+        .map(|c| c.expect("a chunk"))
+        .collect()
+        .await
+}
+
+/// An event that arrives alone goes out alone, at once (no added latency); events that are
+/// already waiting go out together, in one body chunk (one socket write).
+#[tokio::test]
+async fn paced_events_go_out_alone_and_bursts_together() {
+    let events = answer();
+    let paced = relay(events.clone(), true).await;
+    // The opening frame, one chunk per text delta; usage writes nothing, so done shares its
+    // chunk with nothing either.
+    assert_eq!(paced.len(), 1 + CHUNKS + 1, "{paced:?}");
+    let burst = relay(events, false).await;
+    assert_eq!(burst.len(), 2, "{burst:?}");
+    assert_eq!(paced.concat(), burst.concat());
+}
+
+/// The relay's own cost (the body stream, its buffer, the keep-alive check) on top of the
+/// encoder's, for a paced answer: one body chunk per event.
+#[test]
+#[ignore = "a workload for a profiler"]
+fn relay_paced() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let events = answer();
+    rt.block_on(async {
+        let mut n = 0;
+        for _ in 0..ANSWERS {
+            n += relay(events.clone(), true).await.len();
+        }
+        assert_eq!(n, ANSWERS * (CHUNKS + 2));
+    });
+}
