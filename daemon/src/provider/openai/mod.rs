@@ -9,6 +9,7 @@
 //! The body is a tree of structs borrowing from the client's request (see [`super::wire`]);
 //! their field order is the order the keys go out in.
 
+mod fast;
 pub mod stream;
 
 use std::borrow::Cow;

@@ -124,7 +124,49 @@ impl WireDecoder for OpenAiDecoder {
             self.done = true;
             return Ok(());
         }
-        let chunk: Chunk<'_> = serde_json::from_str(ev.data)
+        match super::fast::text_chunk(ev.data) {
+            Some(fast) => {
+                self.push_fast(fast, out);
+                Ok(())
+            }
+            None => self.decode_slow(ev.data, out),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn terminator(&self) -> &'static str {
+        "[DONE]"
+    }
+}
+
+impl OpenAiDecoder {
+    /// The usual chunk, read without serde: the same deltas in the same order as
+    /// [`OpenAiDecoder::decode_slow`] would give.
+    fn push_fast(&mut self, fast: super::fast::TextChunk<'_>, out: &mut Vec<Delta>) {
+        if !self.model_seen {
+            if let Some(m) = fast.model.filter(|m| !m.is_empty()) {
+                self.model_seen = true;
+                out.push(Delta::Model(m.into_owned()));
+            }
+        }
+        if let Some(t) = fast.reasoning.filter(|t| !t.is_empty()) {
+            out.push(Delta::Thinking(t.into_owned()));
+        }
+        if let Some(t) = fast.content.filter(|t| !t.is_empty()) {
+            out.push(Delta::Text(t.into_owned()));
+        }
+    }
+
+    /// Any chunk, through serde.
+    pub(super) fn decode_slow(
+        &mut self,
+        data: &str,
+        out: &mut Vec<Delta>,
+    ) -> Result<(), ProviderError> {
+        let chunk: Chunk<'_> = serde_json::from_str(data)
             .map_err(|e| ProviderError::malformed(format!("chat completion chunk: {e}")))?;
         if let Some(e) = chunk.error.map(|e| *e) {
             let ty =
@@ -191,14 +233,6 @@ impl WireDecoder for OpenAiDecoder {
             }));
         }
         Ok(())
-    }
-
-    fn is_done(&self) -> bool {
-        self.done
-    }
-
-    fn terminator(&self) -> &'static str {
-        "[DONE]"
     }
 }
 
