@@ -21,7 +21,7 @@ use serde_json::Map;
 
 use super::chat::stream::ChatEncoder;
 use super::messages::stream::MessagesEncoder;
-use super::relay::{Encoder, Head};
+use super::relay::{Encoder, Head, Pace};
 use super::responses::stream::ResponsesEncoder;
 
 /// Answers encoded per test.
@@ -129,10 +129,10 @@ fn baseline() {
 }
 
 /// The body chunks of `events` relayed through `Routed::into_body` with the Messages encoder.
-async fn relay(events: Vec<StreamEvent>, paced: bool) -> Vec<bytes::Bytes> {
+async fn relay(events: Vec<StreamEvent>, pace: Pace) -> Vec<bytes::Bytes> {
     use futures_util::StreamExt;
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
-    let body = super::relay::Routed::scripted(events, paced).into_body(first.freeze(), enc);
+    let body = super::relay::Routed::scripted(events, pace).into_body(first.freeze(), enc);
     body.into_data_stream()
         .map(|c| c.expect("a chunk"))
         .collect()
@@ -140,17 +140,21 @@ async fn relay(events: Vec<StreamEvent>, paced: bool) -> Vec<bytes::Bytes> {
 }
 
 /// An event that arrives alone goes out alone, at once (no added latency); events that are
-/// already waiting go out together, in one body chunk (one socket write).
-#[tokio::test]
+/// already waiting go out together, in one body chunk (one socket write), and so do events that
+/// arrive one per scheduler round, as a provider's burst reaches the router.
+#[tokio::test(start_paused = true)]
 async fn paced_events_go_out_alone_and_bursts_together() {
     let events = answer();
-    let paced = relay(events.clone(), true).await;
+    let paced = relay(events.clone(), Pace::Every(Duration::from_millis(20))).await;
     // The opening frame, one chunk per text delta; usage writes nothing, so done shares its
     // chunk with nothing either.
     assert_eq!(paced.len(), 1 + CHUNKS + 1, "{paced:?}");
-    let burst = relay(events, false).await;
+    let burst = relay(events.clone(), Pace::Burst).await;
     assert_eq!(burst.len(), 2, "{burst:?}");
+    let rounds = relay(events.clone(), Pace::Rounds).await;
+    assert!(rounds.len() <= 1 + CHUNKS / 8, "{} chunks", rounds.len());
     assert_eq!(paced.concat(), burst.concat());
+    assert_eq!(rounds.concat(), burst.concat());
 }
 
 /// The relay's own cost (the body stream, its buffer, the keep-alive check) on top of the
@@ -158,15 +162,19 @@ async fn paced_events_go_out_alone_and_bursts_together() {
 #[test]
 #[ignore = "a workload for a profiler"]
 fn relay_paced() {
+    // A paused clock: the pace costs no wall time.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .expect("a runtime");
     let events = answer();
     rt.block_on(async {
         let mut n = 0;
         for _ in 0..ANSWERS {
-            n += relay(events.clone(), true).await.len();
+            n += relay(events.clone(), Pace::Every(Duration::from_millis(20)))
+                .await
+                .len();
         }
         assert_eq!(n, ANSWERS * (CHUNKS + 2));
     });

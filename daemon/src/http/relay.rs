@@ -33,12 +33,28 @@ const BODY_BUFFER: usize = 16 * 1024;
 /// Space made in the body buffer before each chunk is written: more than most frames take.
 const FRAME_ROOM: usize = 1024;
 
+/// How many scheduler rounds a body chunk may wait for more events of a burst. Each round that
+/// brings nothing ends the wait, so a paced stream is never held back.
+const COALESCE_ROUNDS: usize = 16;
+
 /// Without any event for this long, a streaming response gets a keep-alive (`ping` / an SSE
 /// comment) so that proxies and clients with idle timeouts keep the connection.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The router serving one request, driven by the HTTP response that reads its events.
 type RouteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How a scripted route hands out its events (tests and profiles).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pace {
+    /// All at once.
+    Burst,
+    /// One per scheduler round, as a provider's burst reaches the router.
+    Rounds,
+    /// One per `Duration`, as a provider streams tokens.
+    Every(Duration),
+}
 
 /// A request the router is serving.
 ///
@@ -155,18 +171,19 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
 }
 
 impl Routed {
-    /// A stand-in for the router that sends `events`, each on its own poll when `paced` (as a
-    /// provider's chunks arrive), or all at once.
+    /// A stand-in for the router that sends `events` at the given pace.
     #[cfg(test)]
-    pub(crate) fn scripted(events: Vec<StreamEvent>, paced: bool) -> Self {
+    pub(crate) fn scripted(events: Vec<StreamEvent>, pace: Pace) -> Self {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let route: RouteFuture = Box::pin(async move {
             for event in events {
                 if tx.send(Response::Event { id: 0, event }).await.is_err() {
                     return;
                 }
-                if paced {
-                    tokio::task::yield_now().await;
+                match pace {
+                    Pace::Burst => {}
+                    Pace::Rounds => tokio::task::yield_now().await,
+                    Pace::Every(gap) => tokio::time::sleep(gap).await,
                 }
             }
         });
@@ -291,6 +308,17 @@ impl Routed {
             tick: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
             last_sent: now,
         };
+        impl<E: Encoder> St<E> {
+            /// Encode every event already waiting, without polling the route.
+            fn drain(&mut self) {
+                while !self.done {
+                    match self.routed.try_next() {
+                        Some(ev) => self.done = self.encoder.event(ev, &mut self.buf),
+                        None => break,
+                    }
+                }
+            }
+        }
         let stream = futures_util::stream::unfold(st, |mut st| async move {
             if let Some(first) = st.first.take() {
                 return Some((Ok::<Bytes, std::io::Error>(first), st));
@@ -320,11 +348,30 @@ impl Routed {
                     }
                 }
                 // Drain what is already waiting into the same body chunk: one socket write per
-                // burst rather than per event. Never waits: an event alone goes out at once.
-                while !st.done {
-                    match st.routed.try_next() {
-                        Some(ev) => st.done = st.encoder.event(ev, &mut st.buf),
-                        None => break,
+                // burst rather than per event.
+                st.drain();
+                // Then let the other ready tasks run and take what the route makes of it, for
+                // as long as that brings more: the upstream connection hands over one HTTP
+                // chunk per wake-up, so a provider's burst arrives an event per round. A yield
+                // costs no syscall of its own, and an event alone goes out as soon as nothing
+                // else is runnable (microseconds).
+                for _ in 0..COALESCE_ROUNDS {
+                    if st.done || st.buf.is_empty() || st.buf.len() >= BODY_BUFFER / 2 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    let before = st.buf.len();
+                    match st.routed.next().now_or_never() {
+                        Some(Some(ev)) => st.done = st.encoder.event(ev, &mut st.buf),
+                        Some(None) => {
+                            st.encoder.vanished(&mut st.buf);
+                            st.done = true;
+                        }
+                        None => {}
+                    }
+                    st.drain();
+                    if st.buf.len() == before {
+                        break;
                     }
                 }
             }
