@@ -151,13 +151,17 @@ fn main() -> ExitCode {
         Box::new(fmt::layer().with_ansi(false).with_writer(file_writer))
     };
     let mut layers: Vec<Boxed> = vec![file_layer];
-    if args.foreground {
+    // Through a writer thread like the file: a stderr pipe nobody reads must not stop the
+    // runtime's one worker, and every stream with it (lines are dropped instead).
+    let _stderr_guard = args.foreground.then(|| {
+        let (stderr_writer, guard) = tracing_appender::non_blocking(std::io::stderr());
         layers.push(if json {
-            Box::new(fmt::layer().json().with_writer(std::io::stderr))
+            Box::new(fmt::layer().json().with_writer(stderr_writer))
         } else {
-            Box::new(fmt::layer().with_writer(std::io::stderr))
+            Box::new(fmt::layer().with_writer(stderr_writer))
         });
-    }
+        guard
+    });
     tracing_subscriber::registry()
         .with(layers)
         .with(filter)
@@ -172,7 +176,16 @@ fn main() -> ExitCode {
         default_hook(info);
     }));
 
-    let runtime = match runtime_builder(std::env::var("MYTHOS_WORKER_THREADS").ok().as_deref())
+    let workers = std::env::var("MYTHOS_WORKER_THREADS").ok();
+    if let Some(w) = workers.as_deref() {
+        if w.trim().parse::<usize>().is_err() {
+            tracing::warn!(
+                value = w,
+                "MYTHOS_WORKER_THREADS is not a number: using one worker"
+            );
+        }
+    }
+    let runtime = match runtime_builder(workers.as_deref())
         .enable_all()
         .thread_name("mythosd")
         .build()

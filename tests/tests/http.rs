@@ -801,3 +801,71 @@ async fn foreign_host_names_are_refused() {
     let ok = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// A request too large to parse on the runtime's thread (its JSON is parsed on the blocking
+/// pool) is served like any other, on every API, and counted by count_tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_are_served_on_every_api() {
+    let w = World::start().await;
+    // ~300 KB of earlier conversation: above the daemon's 256 KiB parse-on-runtime limit, well
+    // inside the simulated providers' context windows.
+    let history = "lorem ipsum ".repeat(25_000);
+    let turns = json!([
+        {"role": "user", "content": history},
+        {"role": "assistant", "content": "noted"},
+        {"role": "user", "content": "big one"},
+    ]);
+    let r = w
+        .post(
+            "/v1/messages",
+            &json!({"model": "mythos", "max_tokens": 512, "messages": turns}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["content"][0]["text"], answer_for("big one"));
+    let r = w
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mythos", "messages": turns}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        answer_for("big one")
+    );
+    let r = w
+        .post("/v1/responses", &json!({"model": "mythos", "input": turns}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["output"][0]["content"][0]["text"],
+        answer_for("big one")
+    );
+    let r = w
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "mythos", "messages": turns}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["input_tokens"].as_u64().unwrap() > 50_000,
+        "{}",
+        r.body
+    );
+    // A broken large body still says where it is broken.
+    let mut broken = json!({"model": "mythos", "messages": turns}).to_string();
+    broken.truncate(broken.len() - 3);
+    let r = w
+        .send(
+            w.http
+                .post(format!("{}/v1/chat/completions", w.base))
+                .header("x-api-key", &w.token)
+                .header("content-type", "application/json")
+                .body(broken),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("line 1, column"), "{}", r.body);
+}

@@ -366,6 +366,31 @@ async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) ->
     next.run(req).await
 }
 
+/// Requests larger than this are parsed and translated on tokio's blocking pool: the daemon
+/// relays every stream on one thread, and a request of several megabytes (base64 images, a
+/// long conversation) takes milliseconds to parse, a pause every other stream would feel.
+const PARSE_ON_RUNTIME_UP_TO: usize = 256 * 1024;
+
+/// Run `parse` (the body's JSON parse and translation) here for a small body of `size` bytes,
+/// or on the blocking pool for a large one.
+pub async fn parse_request<T: Send + 'static>(
+    size: usize,
+    parse: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if size <= PARSE_ON_RUNTIME_UP_TO {
+        return parse();
+    }
+    match tokio::task::spawn_blocking(parse).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ApiError::from_route(
+            mythos_protocol::ErrorKind::ShuttingDown,
+            "mythosd is shutting down".into(),
+            None,
+        )),
+    }
+}
+
 /// Parse a JSON body, saying where it is broken.
 pub fn json_body(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {

@@ -25,8 +25,10 @@ pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
 }
 
 async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
-    let value = super::json_body(&body)?;
-    let parsed = request::parse(&value)?;
+    let parsed = super::parse_request(body.len(), move || {
+        request::parse(&super::json_body(&body)?)
+    })
+    .await?;
     let mut headers = HeaderMap::new();
     let (mut routed, head) =
         super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;

@@ -26,8 +26,10 @@ pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
 }
 
 async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
-    let value = super::json_body(&body)?;
-    let parsed = request::parse(&value)?;
+    let parsed = super::parse_request(body.len(), move || {
+        request::parse(&super::json_body(&body)?)
+    })
+    .await?;
     let estimate = estimate_input_tokens(&parsed.chat);
     let thinking = parsed.chat.options.thinking.is_some();
     let mut headers = HeaderMap::new();
@@ -73,7 +75,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
 /// router uses for quotas. No provider is asked, so agents that count before every turn (in
 /// bursts of dozens a second) cost nothing.
 pub async fn count_tokens(front: Arc<Front>, body: Bytes) -> Response {
-    let result = (|| {
+    let result = super::parse_request(body.len(), move || {
         let mut value: Value = super::json_body(&body)?;
         // count_tokens takes no max_tokens; the translator does not need one either.
         if let Some(o) = value.as_object_mut() {
@@ -81,7 +83,8 @@ pub async fn count_tokens(front: Arc<Front>, body: Bytes) -> Response {
         }
         let parsed = request::parse(&value)?;
         Ok::<_, ApiError>(estimate_input_tokens(&parsed.chat))
-    })();
+    })
+    .await;
     let _ = &front;
     match result {
         Ok(n) => (
