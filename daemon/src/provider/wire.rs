@@ -4,6 +4,7 @@
 //! past tool calls' arguments) is checked and copied through as it is rather than parsed into a
 //! tree and printed again.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use mythos_protocol::{ChatRequest, ErrorKind};
@@ -11,6 +12,23 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::ProviderError;
+
+/// The system prompt as one text, for APIs without system blocks: the string as it is, or the
+/// blocks' text joined (their cache breakpoints have no place there). Borrowed when it can be.
+pub(crate) fn system_text(chat: &ChatRequest) -> Option<Cow<'_, str>> {
+    match &chat.system {
+        Some(s) => Some(Cow::Borrowed(s)),
+        None if !chat.options.system_blocks.is_empty() => Some(Cow::Owned(
+            chat.options
+                .system_blocks
+                .iter()
+                .map(|b| b.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        )),
+        None => None,
+    }
+}
 
 /// JSON text the client sent, checked to be one JSON value and sent as it is. Invalid JSON
 /// fails the request (not the provider), as a parse into a `Value` would.

@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::{parse_json, split_data_url};
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{empty_object, raw_json, to_bytes};
+use super::wire::{empty_object, raw_json, system_text, to_bytes};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::ProviderConfig;
 
@@ -289,21 +289,12 @@ pub fn build_cached(
         });
     }
 
-    let system: Option<Cow<'_, str>> = match &chat.system {
-        Some(s) => Some(Cow::Borrowed(s)),
-        None if !opts.system_blocks.is_empty() => Some(Cow::Owned(
-            opts.system_blocks
-                .iter()
-                .map(|b| b.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        )),
-        None => None,
-    };
-    let system_instruction = system.filter(|s| !s.is_empty()).map(|text| Content {
-        role: None,
-        parts: vec![Part::Text(text)],
-    });
+    let system_instruction = system_text(chat)
+        .filter(|s| !s.is_empty())
+        .map(|text| Content {
+            role: None,
+            parts: vec![Part::Text(text)],
+        });
     if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
         tracing::debug!("gemini: prompt-cache breakpoints dropped (implicit caching)");
     }

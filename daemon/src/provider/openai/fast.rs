@@ -346,7 +346,6 @@ mod tests {
     /// deltas equal serde's, and whenever serde refuses one, the fast path did not read it.
     #[test]
     fn agrees_with_serde_on_transcripts_and_their_mutations() {
-        use crate::provider::delta::Delta;
         use crate::provider::openai::stream::OpenAiDecoder;
         let mut lines: Vec<String> = Vec::new();
         for name in [
@@ -378,16 +377,8 @@ mod tests {
         };
         let fast = |data: &str| {
             text_chunk(data).map(|c| {
-                let mut out: Vec<Delta> = Vec::new();
-                if let Some(m) = c.model.filter(|m| !m.is_empty()) {
-                    out.push(Delta::Model(m.into_owned()));
-                }
-                if let Some(t) = c.reasoning.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Thinking(t.into_owned()));
-                }
-                if let Some(t) = c.content.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Text(t.into_owned()));
-                }
+                let mut out = Vec::new();
+                OpenAiDecoder::default().push_fast(c, &mut out);
                 out
             })
         };

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{raw_json, to_bytes, DataUrl};
+use super::wire::{raw_json, system_text, to_bytes, DataUrl};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{is_silent_reasoner, ProviderConfig};
 
@@ -212,19 +212,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
     let mut messages = Vec::with_capacity(chat.messages.len() + 3);
-    let system: Option<Cow<'_, str>> = match &chat.system {
-        Some(s) => Some(Cow::Borrowed(s)),
-        // Cache breakpoints have no place here; the blocks' text is the prompt.
-        None if !opts.system_blocks.is_empty() => Some(Cow::Owned(
-            opts.system_blocks
-                .iter()
-                .map(|b| b.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        )),
-        None => None,
-    };
-    if let Some(system) = system {
+    if let Some(system) = system_text(chat) {
         messages.push(Msg::new("system", Content::Text(system)));
     }
     if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {

@@ -145,7 +145,7 @@ impl WireDecoder for OpenAiDecoder {
 impl OpenAiDecoder {
     /// The usual chunk, read without serde: the same deltas in the same order as
     /// [`OpenAiDecoder::decode_slow`] would give.
-    fn push_fast(&mut self, fast: super::fast::TextChunk<'_>, out: &mut Vec<Delta>) {
+    pub(super) fn push_fast(&mut self, fast: super::fast::TextChunk<'_>, out: &mut Vec<Delta>) {
         if !self.model_seen {
             if let Some(m) = fast.model.filter(|m| !m.is_empty()) {
                 self.model_seen = true;
