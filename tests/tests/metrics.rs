@@ -1,6 +1,8 @@
 //! `GET /metrics` on the real daemon after a failover: the counters moved as they should, and
 //! the text is valid Prometheus exposition format.
 
+use std::time::Duration;
+
 use mythos_protocol::{ChatRequest, SimFault, StreamEvent};
 use mythos_tests::Mocks;
 use mythosd::metrics::parse_exposition;
@@ -83,4 +85,74 @@ async fn json_logs_are_one_object_per_line() {
         }
     }
     assert!(lines >= 3, "{lines} log lines");
+}
+
+/// A provider's burst reaches the client in a few writes, not one per chunk, on both ways in:
+/// the writer and the HTTP body gather what is ready before they write
+/// (`mythos_client_writes_total` counts the daemon's writes to client sockets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_goes_out_in_few_writes() {
+    let mocks = Mocks::start().await;
+    for m in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+        // As fast as loopback allows, ~600 chunks per answer.
+        m.set_delays(Duration::ZERO, Duration::ZERO);
+        m.set_answer_repeat(10);
+    }
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let writes = || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let m = parse_exposition(&text).unwrap();
+        let get = |front: &str| m[&format!("mythos_client_writes_total{{front=\"{front}\"}}")];
+        (get("socket"), get("http"))
+    };
+
+    let before = writes().await;
+    let mut c = env.connect().await;
+    let events = c.chat(ChatRequest::user_text(1, "burst")).await;
+    let chunks = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))
+        .count() as f64;
+    assert!(chunks > 400.0, "{chunks} chunks");
+    let after = writes().await;
+    let socket = after.0 - before.0;
+    assert!(
+        socket <= chunks / 4.0,
+        "{socket} writes for {chunks} chunks"
+    );
+
+    let body = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"model": "mythos", "stream": true,
+                "messages": [{"role": "user", "content": "burst"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let chunks = body.matches("\"content\":\"").count() as f64;
+    assert!(chunks > 400.0, "{chunks} chunks");
+    let last = writes().await;
+    // Less the one write of the scrape's own answer in between.
+    let http_writes = last.1 - after.1 - 1.0;
+    assert!(
+        http_writes <= chunks * 0.8,
+        "{http_writes} writes for {chunks} chunks"
+    );
 }
