@@ -141,7 +141,8 @@ async fn relay(events: Vec<StreamEvent>, pace: Pace) -> Vec<bytes::Bytes> {
 
 /// An event that arrives alone goes out alone, at once (no added latency); events that are
 /// already waiting go out together, in one body chunk (one socket write), and so do events that
-/// arrive one per scheduler round, as a provider's burst reaches the router.
+/// arrive one per scheduler round or one every other round, as a provider's burst reaches the
+/// router.
 #[tokio::test(start_paused = true)]
 async fn paced_events_go_out_alone_and_bursts_together() {
     let events = answer();
@@ -151,8 +152,15 @@ async fn paced_events_go_out_alone_and_bursts_together() {
     assert_eq!(paced.len(), 1 + CHUNKS + 1, "{paced:?}");
     let burst = relay(events.clone(), Pace::Burst).await;
     assert_eq!(burst.len(), 2, "{burst:?}");
-    let rounds = relay(events.clone(), Pace::Rounds).await;
+    let rounds = relay(events.clone(), Pace::Rounds(1)).await;
     assert!(rounds.len() <= 1 + CHUNKS / 8, "{} chunks", rounds.len());
+    let every_other = relay(events.clone(), Pace::Rounds(2)).await;
+    assert!(
+        every_other.len() <= 1 + CHUNKS / 4,
+        "{} chunks",
+        every_other.len()
+    );
+    assert_eq!(every_other.concat(), burst.concat());
     assert_eq!(paced.concat(), burst.concat());
     assert_eq!(rounds.concat(), burst.concat());
 }

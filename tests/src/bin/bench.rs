@@ -646,6 +646,13 @@ async fn main() {
     if o.full || !o.quick {
         levels.push(1000);
     }
+    // `BENCH_LEVELS=100` (comma-separated) measures only those concurrencies.
+    if let Ok(only) = std::env::var("BENCH_LEVELS") {
+        levels = only
+            .split(',')
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+    }
     let prompt = "benchmark prompt";
     for &conc in &levels {
         let total = if o.quick {
