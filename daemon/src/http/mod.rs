@@ -24,6 +24,7 @@ pub mod relay;
 pub mod responses;
 #[cfg(test)]
 mod roundtrip;
+pub mod template;
 pub mod token;
 pub mod translate;
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::http::errors::{error_body, status_of, Dialect};
 use crate::http::relay::{openai_finish, openai_usage, sse, Encoder, Head, OpenaiUsage};
+use crate::http::template::{Hole, Template, TEXT_MARKER};
 
 /// One `chat.completion.chunk`, fields in the API's order.
 #[derive(Serialize)]
@@ -80,19 +81,34 @@ pub struct ChatEncoder {
     visible: bool,
     /// Router tool index → dense index in this answer.
     tools: Vec<u32>,
+    /// The content chunk, serialized once (see `template`), and the reasoning chunk, once
+    /// there is reasoning (`None` inside when it cannot be made).
+    content: Option<Template>,
+    reasoning: Option<Option<Template>>,
 }
 
 impl ChatEncoder {
     /// The encoder and the opening role chunk.
     pub fn start(head: &Head, include_usage: bool) -> (Self, BytesMut) {
-        let enc = ChatEncoder {
+        let mut enc = ChatEncoder {
             id: format!("chatcmpl-mythos-{}", head.record),
             created: mythos_protocol::clock::now_unix_ms() / 1000,
             model: head.model.clone(),
             include_usage,
             visible: false,
             tools: Vec::new(),
+            content: None,
+            reasoning: None,
         };
+        enc.content = Template::new(&[Hole::Text], |out| {
+            enc.chunk(
+                out,
+                Delta::Content {
+                    content: TEXT_MARKER,
+                },
+                None,
+            )
+        });
         let mut out = BytesMut::new();
         enc.chunk(
             &mut out,
@@ -131,6 +147,19 @@ impl ChatEncoder {
         );
     }
 
+    fn reasoning(&mut self) -> Option<&Template> {
+        if self.reasoning.is_none() {
+            let t = Template::new(&[Hole::Text], |out| {
+                let delta = Delta::Reasoning {
+                    reasoning_content: TEXT_MARKER,
+                };
+                self.chunk(out, delta, None)
+            });
+            self.reasoning = Some(t);
+        }
+        self.reasoning.as_ref().and_then(Option::as_ref)
+    }
+
     fn error(out: &mut BytesMut, body: Value) {
         sse(out, None, &body);
     }
@@ -142,18 +171,21 @@ impl Encoder for ChatEncoder {
             StreamEvent::TextDelta { text } => {
                 if !text.is_empty() {
                     self.visible = true;
-                    self.chunk(out, Delta::Content { content: &text }, None);
+                    match &self.content {
+                        Some(t) => t.write(out, &[&text], &[]),
+                        None => self.chunk(out, Delta::Content { content: &text }, None),
+                    }
                 }
             }
-            StreamEvent::ThinkingDelta { text } => {
-                self.chunk(
-                    out,
-                    Delta::Reasoning {
+            StreamEvent::ThinkingDelta { text } => match self.reasoning() {
+                Some(t) => t.write(out, &[&text], &[]),
+                None => {
+                    let delta = Delta::Reasoning {
                         reasoning_content: &text,
-                    },
-                    None,
-                );
-            }
+                    };
+                    self.chunk(out, delta, None)
+                }
+            },
             StreamEvent::ThinkingSignature { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.visible = true;
@@ -244,5 +276,29 @@ impl Encoder for ChatEncoder {
                 "mythosd lost this request (a bug: see the daemon log)",
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text and reasoning deltas are written from a template, not serialized whole (the golden
+    /// streams check the bytes are the same either way).
+    #[test]
+    fn deltas_go_through_a_template() {
+        let (mut enc, _) = ChatEncoder::start(
+            &Head {
+                provider: "p".into(),
+                model: "m".into(),
+                record: 1,
+                reroutes: 0,
+                overhead: std::time::Duration::ZERO,
+            },
+            false,
+        );
+        let mut out = BytesMut::new();
+        enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
+        assert!(enc.content.is_some() && enc.reasoning.is_some_and(|t| t.is_some()));
     }
 }

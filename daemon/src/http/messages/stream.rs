@@ -11,6 +11,7 @@ use crate::http::errors::{anthropic_type, status_of};
 use crate::http::relay::{
     anthropic_stop, anthropic_usage, sse, AnthropicUsage, EmptyObject, Encoder, Head, EMPTY_ARRAY,
 };
+use crate::http::template::{Hole, Template, TEXT_MARKER};
 
 /// One frame of the stream. Its `type` is also the frame's `event:` name; the fields are in
 /// the order the API sends them.
@@ -139,6 +140,10 @@ pub struct MessagesEncoder {
     /// The request asked for thinking: only then are thinking blocks sent (the API never
     /// sends them unasked, and clients read `content[0].text`).
     thinking: bool,
+    /// The text delta frame of the open text block, and the thinking delta frame of the open
+    /// thinking block, serialized once per block (see `template`).
+    text_frame: Option<(u32, Template)>,
+    thinking_frame: Option<(u32, Template)>,
 }
 
 impl MessagesEncoder {
@@ -174,6 +179,8 @@ impl MessagesEncoder {
                 pending: Vec::new(),
                 usage: Usage::default(),
                 thinking,
+                text_frame: None,
+                thinking_frame: None,
             },
             out,
         )
@@ -217,6 +224,20 @@ impl MessagesEncoder {
                 index
             }
         }
+    }
+
+    /// The template of block `index`'s delta frame, made when the block is new to `slot`.
+    fn template(
+        slot: &mut Option<(u32, Template)>,
+        index: u32,
+        delta: impl FnOnce(&'static str) -> Delta<'static>,
+    ) -> Option<&Template> {
+        if slot.as_ref().is_none_or(|(i, _)| *i != index) {
+            let delta = delta(TEXT_MARKER);
+            *slot = Template::new(&[Hole::Text], |out| Self::delta(out, index, delta))
+                .map(|t| (index, t));
+        }
+        slot.as_ref().map(|(_, t)| t)
     }
 
     fn delta(out: &mut BytesMut, index: u32, delta: Delta<'_>) {
@@ -271,14 +292,26 @@ impl Encoder for MessagesEncoder {
                 if !text.is_empty() {
                     self.visible = true;
                     let index = self.ensure(out, Open::Text);
-                    Self::delta(out, index, Delta::Text { text: &text });
+                    let frame = Self::template(&mut self.text_frame, index, |marker| Delta::Text {
+                        text: marker,
+                    });
+                    match frame {
+                        Some(t) => t.write(out, &[&text], &[]),
+                        None => Self::delta(out, index, Delta::Text { text: &text }),
+                    }
                 }
             }
             StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. }
                 if !self.thinking => {}
             StreamEvent::ThinkingDelta { text } => {
                 let index = self.ensure(out, Open::Thinking);
-                Self::delta(out, index, Delta::Thinking { thinking: &text });
+                let frame = Self::template(&mut self.thinking_frame, index, |marker| {
+                    Delta::Thinking { thinking: marker }
+                });
+                match frame {
+                    Some(t) => t.write(out, &[&text], &[]),
+                    None => Self::delta(out, index, Delta::Thinking { thinking: &text }),
+                }
             }
             StreamEvent::ThinkingSignature { signature } => {
                 let index = self.ensure(out, Open::Thinking);
@@ -357,5 +390,32 @@ impl Encoder for MessagesEncoder {
             "api_error",
             "mythosd lost this request (a bug: see the daemon log)",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text deltas are written from a template, made once per block (the golden streams
+    /// check the bytes are the same either way).
+    #[test]
+    fn text_deltas_go_through_a_template() {
+        let (mut enc, _) = MessagesEncoder::start(
+            &Head {
+                provider: "p".into(),
+                model: "m".into(),
+                record: 1,
+                reroutes: 0,
+                overhead: std::time::Duration::ZERO,
+            },
+            10,
+            true,
+        );
+        let mut out = BytesMut::new();
+        enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
+        assert!(enc.thinking_frame.as_ref().is_some_and(|(i, _)| *i == 0));
+        enc.event(StreamEvent::TextDelta { text: "a".into() }, &mut out);
+        assert!(enc.text_frame.as_ref().is_some_and(|(i, _)| *i == 1));
     }
 }

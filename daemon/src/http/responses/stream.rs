@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::http::errors::{openai_type, status_of};
 use crate::http::relay::{sse, Encoder, Head, EMPTY_ARRAY};
+use crate::http::template::{Hole, Template, NUMBER_MARKER, TEXT_MARKER};
 
 /// One event: `type` and `sequence_number` first, then the event's own fields.
 #[derive(Serialize)]
@@ -34,6 +35,9 @@ struct Frame<'a, F> {
     #[serde(flatten)]
     fields: F,
 }
+
+/// The event of almost every chunk.
+const TEXT_DELTA: &str = "response.output_text.delta";
 
 /// The fields of `response.output_text.delta`, the event of almost every chunk.
 #[derive(Serialize)]
@@ -340,6 +344,9 @@ pub struct ResponsesEncoder {
     /// Text or a tool call went out: a restart can no longer be hidden.
     visible: bool,
     usage: Option<Usage>,
+    /// The `response.output_text.delta` frame of the open message item, serialized once per
+    /// item with holes for the sequence number and the text (see `template`).
+    text_frame: Option<(usize, Template)>,
 }
 
 impl ResponsesEncoder {
@@ -365,6 +372,7 @@ impl ResponsesEncoder {
             pending: Vec::new(),
             visible: false,
             usage: None,
+            text_frame: None,
         };
         let mut out = BytesMut::new();
         let response = enc.meta.response(&enc.model, &State::in_progress());
@@ -616,18 +624,27 @@ impl Encoder for ResponsesEncoder {
                         unreachable!("the open item is a message")
                     };
                     t.push_str(&text);
-                    emit(
-                        &mut self.seq,
-                        out,
-                        "response.output_text.delta",
-                        TextDelta {
-                            item_id: id,
-                            output_index: n,
-                            content_index: 0,
-                            delta: &text,
-                            logprobs: EMPTY_ARRAY,
-                        },
-                    );
+                    let fields = |delta| TextDelta {
+                        item_id: id,
+                        output_index: n,
+                        content_index: 0,
+                        delta,
+                        logprobs: EMPTY_ARRAY,
+                    };
+                    if self.text_frame.as_ref().is_none_or(|(i, _)| *i != n) {
+                        self.text_frame = Template::new(&[Hole::Number, Hole::Text], |out| {
+                            let mut seq = NUMBER_MARKER;
+                            emit(&mut seq, out, TEXT_DELTA, fields(TEXT_MARKER))
+                        })
+                        .map(|t| (n, t));
+                    }
+                    match &self.text_frame {
+                        Some((_, frame)) => {
+                            frame.write(out, &[&text], &[self.seq]);
+                            self.seq += 1;
+                        }
+                        None => emit(&mut self.seq, out, TEXT_DELTA, fields(&text)),
+                    }
                 }
             }
             StreamEvent::ThinkingDelta { text } => {
@@ -783,6 +800,47 @@ impl Encoder for ResponsesEncoder {
             out,
             ErrorKind::Internal,
             "mythosd lost this request (a bug: see the daemon log)",
+        );
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    /// Text deltas are written from a template, made once per message item (the golden
+    /// streams check the bytes are the same either way).
+    #[test]
+    fn text_deltas_go_through_a_template() {
+        let (mut enc, _) = ResponsesEncoder::start(
+            &Head {
+                provider: "p".into(),
+                model: "m".into(),
+                record: 1,
+                reroutes: 0,
+                overhead: std::time::Duration::ZERO,
+            },
+            Map::new(),
+        );
+        let mut out = BytesMut::new();
+        enc.event(StreamEvent::TextDelta { text: "a".into() }, &mut out);
+        enc.event(StreamEvent::TextDelta { text: "b".into() }, &mut out);
+        assert!(enc.text_frame.is_some());
+        // Numbered in step with the frames serialized whole.
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| {
+                serde_json::from_str::<Value>(d).unwrap()["sequence_number"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (2..2 + seqs.len() as u64).collect::<Vec<_>>(),
+            "{text}"
         );
     }
 }
