@@ -74,8 +74,14 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    #[inline(always)]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+        // Compact JSON has none: one comparison in the usual case (every JSON whitespace
+        // byte is at most a space).
+        while let Some(&b) = self.s.get(self.i) {
+            if b > b' ' || !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                break;
+            }
             self.i += 1;
         }
     }
@@ -100,9 +106,8 @@ impl<'a> Scan<'a> {
             if self.peek()? != b'"' {
                 return None;
             }
-            let key = self.string()?;
             // A key spelled with escapes could name a field: leave it to serde.
-            let Cow::Borrowed(key) = key else { return None };
+            let key = self.plain_string()?;
             self.eat(b':')?;
             field(self, key)?;
             match self.peek()? {
@@ -119,6 +124,33 @@ impl<'a> Scan<'a> {
     /// A JSON string, borrowed when it has no escapes.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
+        let (start, escaped) = self.string_end()?;
+        if escaped {
+            // Escapes are rare in a token; serde decodes them (surrogates and all).
+            serde_json::from_str::<String>(self.src.get(start - 1..self.i)?)
+                .ok()
+                .map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(self.src.get(start..self.i - 1)?))
+        }
+    }
+
+    /// The string at the scanner (its opening quote), if it has no escapes: keys, and values
+    /// only skipped (an escape in those is rare enough to leave to serde).
+    #[inline(always)]
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.i += 1;
+        match self.string_end()? {
+            (start, false) => self.src.get(start..self.i - 1),
+            (_, true) => None,
+        }
+    }
+
+    /// Past the closing quote of the string whose opening quote is just behind: where its
+    /// text started, and whether it has escapes. `None` on a raw control character (JSON
+    /// forbids them) or no closing quote.
+    #[inline(always)]
+    fn string_end(&mut self) -> Option<(usize, bool)> {
         let start = self.i;
         let mut escaped = false;
         // One pass for the closing quote, escapes and the raw control characters JSON forbids
@@ -145,14 +177,7 @@ impl<'a> Scan<'a> {
             }
         }
         self.i += 1;
-        if escaped {
-            // Escapes are rare in a token; serde decodes them (surrogates and all).
-            serde_json::from_str::<String>(self.src.get(start - 1..self.i)?)
-                .ok()
-                .map(Cow::Owned)
-        } else {
-            Some(Cow::Borrowed(&self.src[start..self.i - 1]))
-        }
+        Some((start, escaped))
     }
 
     fn null(&mut self) -> Option<()> {
@@ -163,7 +188,7 @@ impl<'a> Scan<'a> {
     /// A string, number, `true`, `false` or `null`, skipped. Objects and arrays are not.
     fn scalar(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
+            b'"' => self.plain_string().map(drop),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -252,7 +277,8 @@ impl<'a> Scan<'a> {
         self.object(|p, key| match key {
             "role" if !role => {
                 role = true;
-                p.string().map(drop)
+                (p.peek()? == b'"').then_some(())?;
+                p.plain_string().map(drop)
             }
             "content" if !content => {
                 content = true;
