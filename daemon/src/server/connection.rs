@@ -34,6 +34,20 @@ use crate::router::Emitter;
 /// The daemon's build, sent in the hello.
 pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 
+/// How many scheduler rounds the writer may wait for more of a burst before it writes.
+const WRITER_ROUNDS: usize = 4;
+
+/// The `started` event of a stream: its first token follows right behind.
+fn starts_a_stream(r: &Response) -> bool {
+    matches!(
+        r,
+        Response::Event {
+            event: StreamEvent::Started { .. },
+            ..
+        }
+    )
+}
+
 /// How long a client may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,38 +89,10 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     }
     let framed =
         framed.map_codec(|_| FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN));
-    let (mut sink, mut frames) = framed.split();
+    let (sink, mut frames) = framed.split();
 
-    let (tx, mut rx) = mpsc::channel::<Response>(256);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            // Feed everything already queued, then flush once: one syscall for a burst of
-            // small deltas instead of one per delta.
-            if sink.feed(first).await.is_err() {
-                return;
-            }
-            // Then let every other ready task run once before writing: a provider's burst
-            // reaches the router one HTTP chunk per wake-up, so more events are usually a
-            // scheduler round away. The yield costs no syscall of its own, and an event that is
-            // alone goes out as soon as nothing else is runnable (microseconds).
-            let mut yielded = false;
-            loop {
-                while let Ok(more) = rx.try_recv() {
-                    if sink.feed(more).await.is_err() {
-                        return;
-                    }
-                }
-                if yielded {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                yielded = true;
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Response>(256);
+    let writer = tokio::spawn(write_batches(rx, sink));
 
     let mut streams: HashMap<u64, Stream> = HashMap::new();
     let mut tasks: JoinSet<u64> = JoinSet::new();
@@ -150,6 +136,58 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = writer.await;
+}
+
+/// The connection's writer: each event as it comes, and a burst gathered into one write.
+pub(super) async fn write_batches<S>(mut rx: mpsc::Receiver<Response>, mut sink: S)
+where
+    S: futures_util::Sink<Response> + Unpin,
+{
+    while let Some(first) = rx.recv().await {
+        // Feed everything already queued, then flush once: one syscall for a burst of
+        // small deltas instead of one per delta.
+        let mut rounds = if starts_a_stream(&first) {
+            1
+        } else {
+            WRITER_ROUNDS
+        };
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        // Then let every other ready task run before writing, while that brings more: a
+        // provider's burst reaches the router one HTTP chunk per wake-up, so more events
+        // are usually a scheduler round or two away (the upstream connection needs a round
+        // to read the next part of a burst from its socket). A yield costs no syscall of
+        // its own, and an event that is alone goes out as soon as nothing else has been
+        // runnable for two rounds (microseconds). A batch that starts a stream waits one
+        // round only: its first token is what the user is waiting for.
+        let (mut empty, mut yielded) = (0, false);
+        loop {
+            let mut more_came = false;
+            while let Ok(more) = rx.try_recv() {
+                if starts_a_stream(&more) {
+                    rounds = 1;
+                }
+                more_came = true;
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            // What was queued before the first yield says nothing about the rounds.
+            if yielded {
+                empty = if more_came { 0 } else { empty + 1 };
+            }
+            if rounds == 0 || empty == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            yielded = true;
+            rounds -= 1;
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn incompatible(reason: String) -> HelloReply {
@@ -332,5 +370,116 @@ fn no_state() -> Response {
     Response::Error {
         kind: ErrorKind::Internal,
         message: "the state database is not available (see the daemon log)".into(),
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A sink that keeps what each flush wrote.
+    #[derive(Default)]
+    struct Batches {
+        done: Vec<Vec<Response>>,
+        open: Vec<Response>,
+    }
+
+    impl futures_util::Sink<Response> for Batches {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Response) -> Result<(), ()> {
+            self.open.push(item);
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            if !self.open.is_empty() {
+                let batch = std::mem::take(&mut self.open);
+                self.done.push(batch);
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    fn text(i: usize) -> Response {
+        Response::Event {
+            id: 1,
+            event: StreamEvent::TextDelta {
+                text: format!("t{i}"),
+            },
+        }
+    }
+
+    fn started() -> Response {
+        Response::Event {
+            id: 1,
+            event: StreamEvent::Started {
+                provider: "p".into(),
+                model: "m".into(),
+                attempt: 1,
+                record: 1,
+                setup_us: 0,
+            },
+        }
+    }
+
+    /// The batches the writer makes of `events`, sent by another task with `pace` between
+    /// them (`Err(rounds)`: that many scheduler rounds; `Ok(d)`: a sleep).
+    async fn batches(events: Vec<Response>, pace: Result<Duration, usize>) -> Vec<Vec<Response>> {
+        let (tx, rx) = mpsc::channel(256);
+        let producer = tokio::spawn(async move {
+            for e in events {
+                tx.send(e).await.unwrap();
+                match pace {
+                    Ok(d) => tokio::time::sleep(d).await,
+                    Err(n) => {
+                        for _ in 0..n {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            }
+        });
+        // A task of its own, as in a connection: the main future is scheduled differently.
+        let writer = tokio::spawn(async move {
+            let mut sink = Batches::default();
+            write_batches(rx, &mut sink).await;
+            sink.done
+        });
+        producer.await.unwrap();
+        writer.await.unwrap()
+    }
+
+    /// A burst arriving an event every other scheduler round (as an upstream connection
+    /// hands it over) goes out in few writes; paced events go out one by one, each at once.
+    #[tokio::test(start_paused = true)]
+    async fn bursts_are_gathered_and_paced_events_are_not_held() {
+        let burst: Vec<Response> = (0..64).map(text).collect();
+        let gathered = batches(burst.clone(), Err(2)).await;
+        assert!(gathered.len() <= 64 / 2, "{} writes", gathered.len());
+        assert_eq!(gathered.concat().len(), 64);
+
+        let paced = batches(burst, Ok(Duration::from_millis(20))).await;
+        assert_eq!(paced.len(), 64);
+    }
+
+    /// The batch that starts a stream waits one round only: its first token is not held
+    /// while more of the burst comes.
+    #[tokio::test]
+    async fn a_stream_start_waits_one_round_only() {
+        let mut events = vec![started()];
+        events.extend((0..8).map(text));
+        let out = batches(events, Err(1)).await;
+        assert!(
+            out[0].len() <= 2,
+            "the first write held {} events",
+            out[0].len()
+        );
     }
 }
