@@ -37,15 +37,27 @@ pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 /// How many scheduler rounds the writer may wait for more of a burst before it writes.
 const WRITER_ROUNDS: usize = 4;
 
-/// The `started` event of a stream: its first token follows right behind.
-fn starts_a_stream(r: &Response) -> bool {
-    matches!(
-        r,
-        Response::Event {
-            event: StreamEvent::Started { .. },
-            ..
+/// Whether `r` is a stream's `started` event or the first event after it (its first token,
+/// or its end): what the user is waiting for, never held back to gather more. `fresh` keeps
+/// the streams that have started and sent nothing since; usually empty, so most events cost
+/// one check.
+fn starts_a_stream(r: &Response, fresh: &mut Vec<u64>) -> bool {
+    let Response::Event { id, event } = r else {
+        return false;
+    };
+    if let StreamEvent::Started { .. } = event {
+        if !fresh.contains(id) {
+            fresh.push(*id);
         }
-    )
+        return true;
+    }
+    match fresh.iter().position(|f| f == id) {
+        Some(at) => {
+            fresh.swap_remove(at);
+            true
+        }
+        None => false,
+    }
 }
 
 /// How long a client may take to say hello.
@@ -143,10 +155,11 @@ pub(super) async fn write_batches<S>(mut rx: mpsc::Receiver<Response>, mut sink:
 where
     S: futures_util::Sink<Response> + Unpin,
 {
+    let mut fresh = Vec::new();
     while let Some(first) = rx.recv().await {
         // Feed everything already queued, then flush once: one syscall for a burst of
         // small deltas instead of one per delta.
-        let mut rounds = if starts_a_stream(&first) {
+        let mut rounds = if starts_a_stream(&first, &mut fresh) {
             1
         } else {
             WRITER_ROUNDS
@@ -159,14 +172,14 @@ where
         // are usually a scheduler round or two away (the upstream connection needs a round
         // to read the next part of a burst from its socket). A yield costs no syscall of
         // its own, and an event that is alone goes out as soon as nothing else has been
-        // runnable for two rounds (microseconds). A batch that starts a stream waits one
-        // round only: its first token is what the user is waiting for.
+        // runnable for two rounds (microseconds). A batch with a stream's start or its first
+        // token waits one round only: that is what the user is waiting for.
         let (mut empty, mut yielded) = (0, false);
         loop {
             let mut more_came = false;
             while let Ok(more) = rx.try_recv() {
-                if starts_a_stream(&more) {
-                    rounds = 1;
+                if starts_a_stream(&more, &mut fresh) {
+                    rounds = rounds.min(1);
                 }
                 more_came = true;
                 if sink.feed(more).await.is_err() {
@@ -467,6 +480,29 @@ mod writer_tests {
 
         let paced = batches(burst, Ok(Duration::from_millis(20))).await;
         assert_eq!(paced.len(), 64);
+    }
+
+    /// A stream's first token is not held either when it comes after its `started` went out
+    /// alone (the provider took a while to say the first word).
+    #[tokio::test(start_paused = true)]
+    async fn a_first_token_after_a_lone_start_is_not_held() {
+        let (tx, rx) = mpsc::channel(256);
+        let writer = tokio::spawn(async move {
+            let mut sink = Batches::default();
+            write_batches(rx, &mut sink).await;
+            sink.done
+        });
+        tx.send(started()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for i in 0..8 {
+            tx.send(text(i)).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        let out = writer.await.unwrap();
+        assert_eq!(out[0].len(), 1, "started alone");
+        assert!(out[1].len() <= 2, "the first token waited for {:?}", out[1]);
+        assert!(out.len() < 8, "the rest gathered: {} writes", out.len());
     }
 
     /// The batch that starts a stream waits one round only: its first token is not held

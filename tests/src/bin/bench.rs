@@ -8,6 +8,9 @@
 //! front end, and the user-space instructions per relayed chunk and per request solved from the
 //! two (counts repeat run to run, unlike times).
 //!
+//! Environment: `BENCH_LEVELS=1,100` measures sections 1, 1b and 2 at those concurrencies only;
+//! `BENCH_DAEMON_WORKERS=N` runs the daemon with N runtime workers (0: current-thread).
+//!
 //! Every figure is measured in this run against the same loopback mock provider (the daemon's
 //! simulated OpenAI-format provider with zero artificial delay, so its own cost is only HTTP and
 //! SSE work). "direct" is this process calling the mock with the daemon's own HTTP + SSE adapter;
