@@ -374,7 +374,9 @@ impl Routed {
                 // goes out as soon as nothing else is runnable for two rounds (microseconds).
                 let mut empty = 0;
                 let rounds = if st.started { COALESCE_ROUNDS } else { 0 };
-                st.started = true;
+                // Only a chunk with something in it was the first token (usage and the like
+                // write nothing).
+                st.started = st.started || !st.buf.is_empty();
                 for _ in 0..rounds {
                     if st.done || st.buf.is_empty() || st.buf.len() >= BODY_BUFFER / 2 {
                         break;
