@@ -95,6 +95,21 @@ pub enum StreamEvent {
     },
 }
 
+impl StreamEvent {
+    /// Part of the answer itself (text, reasoning, a tool call), as opposed to bookkeeping
+    /// (started, usage, reroutes, queueing) and the end.
+    pub fn is_output(&self) -> bool {
+        matches!(
+            self,
+            StreamEvent::TextDelta { .. }
+                | StreamEvent::ThinkingDelta { .. }
+                | StreamEvent::ThinkingSignature { .. }
+                | StreamEvent::ToolCallStart { .. }
+                | StreamEvent::ToolCallDelta { .. }
+        )
+    }
+}
+
 /// How a complete answer ended. (On the wire, exactly the fields of the `done` event: a newtype
 /// variant of a struct encodes like a struct variant, in JSON and in bincode.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

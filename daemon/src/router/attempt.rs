@@ -305,14 +305,7 @@ impl Router {
         watch_from: &mut Instant,
     ) -> bool {
         for event in events.drain(..) {
-            let progress = matches!(
-                event,
-                StreamEvent::TextDelta { .. }
-                    | StreamEvent::ThinkingDelta { .. }
-                    | StreamEvent::ThinkingSignature { .. }
-                    | StreamEvent::ToolCallStart { .. }
-                    | StreamEvent::ToolCallDelta { .. }
-            );
+            let progress = event.is_output();
             if let StreamEvent::TextDelta { text } = &event {
                 partial.text.push_str(text);
                 end.emitted_chars += text.chars().count();

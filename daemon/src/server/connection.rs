@@ -52,15 +52,8 @@ fn starts_a_stream(r: &Response, fresh: &mut Vec<u64>) -> bool {
         return true;
     }
     // Bookkeeping events (usage, a reroute, queueing) are not what the user waits for.
-    let first_output = matches!(
-        event,
-        StreamEvent::TextDelta { .. }
-            | StreamEvent::ThinkingDelta { .. }
-            | StreamEvent::ToolCallStart { .. }
-            | StreamEvent::ToolCallDelta { .. }
-            | StreamEvent::Done(_)
-            | StreamEvent::Error { .. }
-    );
+    let first_output =
+        event.is_output() || matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
     if !first_output || fresh.is_empty() {
         return false;
     }
