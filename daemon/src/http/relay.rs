@@ -107,6 +107,20 @@ pub struct Head {
     pub overhead: Duration,
 }
 
+#[cfg(test)]
+impl Head {
+    /// A head for encoder tests.
+    pub(crate) fn for_test() -> Head {
+        Head {
+            provider: "p".into(),
+            model: "m".into(),
+            record: 1,
+            reroutes: 0,
+            overhead: Duration::ZERO,
+        }
+    }
+}
+
 /// The `x-mythos-*` headers of a whole (non-streamed) answer: the provider that finished it,
 /// which may not be the one that started, and every reroute on the way.
 pub fn finished_headers(headers: &mut HeaderMap, done: &DoneInfo, reroutes: u32) {

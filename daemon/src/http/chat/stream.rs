@@ -287,16 +287,7 @@ mod tests {
     /// streams check the bytes are the same either way).
     #[test]
     fn deltas_go_through_a_template() {
-        let (mut enc, _) = ChatEncoder::start(
-            &Head {
-                provider: "p".into(),
-                model: "m".into(),
-                record: 1,
-                reroutes: 0,
-                overhead: std::time::Duration::ZERO,
-            },
-            false,
-        );
+        let (mut enc, _) = ChatEncoder::start(&Head::for_test(), false);
         let mut out = BytesMut::new();
         enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
         assert!(enc.content.is_some() && enc.reasoning.is_some_and(|t| t.is_some()));

@@ -401,17 +401,7 @@ mod tests {
     /// check the bytes are the same either way).
     #[test]
     fn text_deltas_go_through_a_template() {
-        let (mut enc, _) = MessagesEncoder::start(
-            &Head {
-                provider: "p".into(),
-                model: "m".into(),
-                record: 1,
-                reroutes: 0,
-                overhead: std::time::Duration::ZERO,
-            },
-            10,
-            true,
-        );
+        let (mut enc, _) = MessagesEncoder::start(&Head::for_test(), 10, true);
         let mut out = BytesMut::new();
         enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
         assert!(enc.thinking_frame.as_ref().is_some_and(|(i, _)| *i == 0));

@@ -812,16 +812,7 @@ mod template_tests {
     /// streams check the bytes are the same either way).
     #[test]
     fn text_deltas_go_through_a_template() {
-        let (mut enc, _) = ResponsesEncoder::start(
-            &Head {
-                provider: "p".into(),
-                model: "m".into(),
-                record: 1,
-                reroutes: 0,
-                overhead: std::time::Duration::ZERO,
-            },
-            Map::new(),
-        );
+        let (mut enc, _) = ResponsesEncoder::start(&Head::for_test(), Map::new());
         let mut out = BytesMut::new();
         enc.event(StreamEvent::TextDelta { text: "a".into() }, &mut out);
         enc.event(StreamEvent::TextDelta { text: "b".into() }, &mut out);
