@@ -110,10 +110,36 @@ fn bincode_decode<T: DeserializeOwned>(
 
 /// Encode one message to a frame payload (without the length prefix).
 pub fn encode_payload<T: Serialize>(encoding: Encoding, msg: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = BytesMut::new();
+    encode_into(encoding, msg, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// Append one message's payload to `dst`: frames are encoded where they are sent from, with no
+/// intermediate buffer to allocate, grow, copy and free per message (one per streamed token).
+fn encode_into<T: Serialize>(
+    encoding: Encoding,
+    msg: &T,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let err = |e: &dyn std::fmt::Display| CodecError::Encode(e.to_string());
     match encoding {
-        Encoding::Json => serde_json::to_vec(msg).map_err(|e| CodecError::Encode(e.to_string())),
-        Encoding::Bincode => bincode::serde::encode_to_vec(msg, bincode_config())
-            .map_err(|e| CodecError::Encode(e.to_string())),
+        Encoding::Json => serde_json::to_writer(dst.writer(), msg).map_err(|e| err(&e)),
+        Encoding::Bincode => {
+            bincode::serde::encode_into_writer(msg, BytesWriter(dst), bincode_config())
+                .map_err(|e| err(&e))
+        }
+    }
+}
+
+/// bincode's output straight into the frame buffer.
+struct BytesWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BytesWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -166,16 +192,22 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn encode(&mut self, msg: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let payload = encode_payload(self.encoding, &msg)?;
-        if payload.len() > self.max {
-            return Err(CodecError::FrameTooLarge {
-                len: payload.len(),
-                max: self.max,
-            });
+        // The prefix is written first and filled in once the payload's length is known; a
+        // message that fails or is over the cap leaves `dst` as it was.
+        let start = dst.len();
+        dst.put_u32(0);
+        let len = match encode_into(self.encoding, &msg, dst) {
+            Ok(()) => dst.len() - start - 4,
+            Err(e) => {
+                dst.truncate(start);
+                return Err(e);
+            }
+        };
+        if len > self.max {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge { len, max: self.max });
         }
-        dst.reserve(4 + payload.len());
-        dst.put_u32(payload.len() as u32);
-        dst.extend_from_slice(&payload);
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
 }
@@ -304,6 +336,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(buf.capacity() < 4096);
+    }
+
+    #[test]
+    fn a_message_over_the_cap_is_refused_and_leaves_the_buffer_as_it_was() {
+        for enc in [Encoding::Bincode, Encoding::Json] {
+            let mut codec = FrameCodec::<Request, Response>::new(enc, 64);
+            let mut buf = BytesMut::new();
+            let text = |t: String| Response::Event {
+                id: 7,
+                event: StreamEvent::TextDelta { text: t },
+            };
+            let small = text("ok".into());
+            codec.encode(small.clone(), &mut buf).unwrap();
+            let before = buf.clone();
+            let big = text("x".repeat(100));
+            match codec.encode(big, &mut buf) {
+                Err(CodecError::FrameTooLarge { max: 64, len }) => assert!(len > 100, "{len}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(buf, before, "{enc:?}");
+            // Frames before and after the refused one still decode.
+            codec.encode(small.clone(), &mut buf).unwrap();
+            let mut dec = FrameCodec::<Response, Request>::new(enc, 64);
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(small.clone()));
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(small));
+            assert!(buf.is_empty());
+        }
     }
 
     #[test]
