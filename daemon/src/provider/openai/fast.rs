@@ -9,6 +9,13 @@
 //! serde as before, so malformed input gets the same error it always had. A test feeds every
 //! recorded transcript and thousands of mutations of them through both paths: whenever this
 //! one answers, it answers exactly as serde does.
+//!
+//! Within one stream, the chunks differ only from the text on: `id`, `created`, `model` and
+//! `system_fingerprint` come first and repeat on every chunk. A [`Shape`] keeps the bytes
+//! before the text of the last chunk read and what the scanner knew at that point; a chunk that
+//! starts with the same bytes is read from its text on (the scanner's state after identical
+//! bytes is identical, and every token of those bytes ended before the text's opening quote),
+//! so the ~150 repeated bytes are compared, not parsed again.
 
 use std::borrow::Cow;
 
@@ -24,34 +31,115 @@ pub(super) struct TextChunk<'a> {
 }
 
 /// The chunk, if it is a plain text chunk this can read with certainty.
+#[cfg(test)]
 pub(super) fn text_chunk(data: &str) -> Option<TextChunk<'_>> {
-    let mut p = Scan {
-        s: data.as_bytes(),
-        src: data,
-        i: 0,
-    };
+    read(data, None)
+}
+
+/// Where the text starts in the chunks of one stream, learnt from the last chunk read.
+#[derive(Debug, Default)]
+pub(super) struct Shape {
+    /// The chunk's bytes before the opening quote of its text; empty when nothing is learnt.
+    prefix: Vec<u8>,
+    /// What the scanner knew there.
+    at: Resume,
+}
+
+/// The scanner's state at a text value: which keys each enclosing object has had, and which
+/// text it is.
+#[derive(Debug, Default, Clone, Copy)]
+struct Resume {
+    top: TopSeen,
+    choice: ChoiceSeen,
+    delta: DeltaSeen,
+    reasoning: bool,
+    /// The bytes before carried a non-empty `model`.
+    model: bool,
+}
+
+impl Shape {
+    /// The chunk read from its text on, if it starts as the learnt one did. Its `model` is not
+    /// read again: the caller has taken it already (see [`Resume::model`]).
+    pub(super) fn resume<'a>(&self, data: &'a str) -> Option<TextChunk<'a>> {
+        if self.prefix.is_empty() || !data.as_bytes().starts_with(&self.prefix) {
+            return None;
+        }
+        let mut p = Scan::new(data);
+        p.i = self.prefix.len();
+        let mut at = self.at;
+        let mut out = TextChunk::default();
+        let text = p.string()?;
+        if at.reasoning {
+            out.reasoning = Some(text);
+        } else {
+            out.content = Some(text);
+        }
+        p.object_rest(|p, key| p.delta_field(key, &mut at.delta, &mut out, None))?;
+        p.object_rest(|p, key| p.choice_field(key, &mut at.choice, &mut out, None))?;
+        p.eat(b']')?;
+        p.object_rest(|p, key| p.top_field(key, &mut at.top, &mut out, None))?;
+        p.end(&at.top)?;
+        Some(out)
+    }
+
+    /// Whether the bytes before the text had a model the caller has not yet taken.
+    pub(super) fn skips_model(&self) -> bool {
+        self.at.model
+    }
+}
+
+/// The chunk, if it is a plain text chunk this can read with certainty; with `learn`, where
+/// its text starts is kept there for the next chunk.
+pub(super) fn read<'a>(data: &'a str, learn: Option<&mut Shape>) -> Option<TextChunk<'a>> {
+    let mut p = Scan::new(data);
     let mut out = TextChunk::default();
-    let (mut choices, mut usage, mut model) = (false, false, false);
-    p.object(|p, key| match key {
-        "model" if !model => {
-            model = true;
-            out.model = Some(p.string()?);
-            Some(())
-        }
-        "choices" if !choices => {
-            choices = true;
-            p.one_choice(&mut out)
-        }
-        "usage" if !usage => {
-            usage = true;
-            p.null()
-        }
-        // Read by the slow path, or a key seen twice (serde refuses those).
-        "model" | "choices" | "usage" | "error" => None,
-        _ => p.scalar(),
-    })?;
-    p.ws();
-    (p.i == p.s.len() && choices).then_some(out)
+    let mut top = TopSeen::default();
+    let mut hole = learn.is_some().then_some(Hole::Open);
+    p.eat(b'{')?;
+    if p.eat(b'}').is_none() {
+        p.object_first(|p, key| p.top_field(key, &mut top, &mut out, hole.as_mut()))?;
+    }
+    p.end(&top)?;
+    if let (Some(shape), Some(Hole::At(at, state))) = (learn, hole) {
+        shape.prefix.clear();
+        shape.prefix.extend_from_slice(&data.as_bytes()[..at]);
+        shape.at = state;
+    }
+    Some(out)
+}
+
+/// Learning where the text starts, during a full read.
+#[derive(Clone, Copy)]
+enum Hole {
+    /// Not found yet.
+    Open,
+    /// The text's opening quote is at this byte, with this state.
+    At(usize, Resume),
+    /// The chunk cannot be resumed (two texts).
+    None,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TopSeen {
+    model: bool,
+    choices: bool,
+    usage: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ChoiceSeen {
+    index: bool,
+    delta: bool,
+    logprobs: bool,
+    finish: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct DeltaSeen {
+    role: bool,
+    content: bool,
+    reasoning: bool,
+    refusal: bool,
 }
 
 /// The high bit of each byte of `w` (little-endian) that is `"`, `\\` or below 0x20, and
@@ -74,6 +162,14 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    fn new(src: &'a str) -> Self {
+        Scan {
+            s: src.as_bytes(),
+            src,
+            i: 0,
+        }
+    }
+
     #[inline(always)]
     fn ws(&mut self) {
         // Compact JSON has none: one comparison in the usual case (every JSON whitespace
@@ -96,20 +192,28 @@ impl<'a> Scan<'a> {
         self.s.get(self.i).copied()
     }
 
-    /// `{ "key": value, ... }`, calling `field` with the scanner at each value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        if self.eat(b'}').is_some() {
-            return Some(());
-        }
+    /// The end of the chunk: nothing but whitespace after the top object, which had choices.
+    fn end(&mut self, top: &TopSeen) -> Option<()> {
+        self.ws();
+        (self.i == self.s.len() && top.choices).then_some(())
+    }
+
+    /// The members of an object whose `{` is behind and which is not empty, calling `field`
+    /// with the scanner at each value.
+    fn object_first(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.member(&mut field)?;
+        self.object_rest(field)
+    }
+
+    /// The rest of an object after one of its values: `, "key": value ... }`.
+    fn object_rest(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
         loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            // A key spelled with escapes could name a field: leave it to serde.
-            let key = self.plain_string()?;
-            self.eat(b':')?;
-            field(self, key)?;
             match self.peek()? {
                 b',' => self.i += 1,
                 b'}' => {
@@ -118,7 +222,184 @@ impl<'a> Scan<'a> {
                 }
                 _ => return None,
             }
+            self.member(&mut field)?;
         }
+    }
+
+    /// `"key": value`.
+    #[inline(always)]
+    fn member(&mut self, field: &mut impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        // A key spelled with escapes could name a field: leave it to serde.
+        let key = self.plain_string()?;
+        self.eat(b':')?;
+        field(self, key)
+    }
+
+    /// `{ "key": value, ... }`.
+    fn object(&mut self, field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        self.object_first(field)
+    }
+
+    fn top_field(
+        &mut self,
+        key: &str,
+        seen: &mut TopSeen,
+        out: &mut TextChunk<'a>,
+        hole: Option<&mut Hole>,
+    ) -> Option<()> {
+        match key {
+            "model" if !seen.model => {
+                seen.model = true;
+                out.model = Some(self.string()?);
+                Some(())
+            }
+            "choices" if !seen.choices => {
+                seen.choices = true;
+                self.one_choice(seen, out, hole)
+            }
+            "usage" if !seen.usage => {
+                seen.usage = true;
+                self.null()
+            }
+            // Read by the slow path, or a key seen twice (serde refuses those).
+            "model" | "choices" | "usage" | "error" => None,
+            _ => self.scalar(),
+        }
+    }
+
+    /// `[ { "index": 0, "delta": {...}, "logprobs": null, "finish_reason": null } ]`.
+    fn one_choice(
+        &mut self,
+        top: &TopSeen,
+        out: &mut TextChunk<'a>,
+        mut hole: Option<&mut Hole>,
+    ) -> Option<()> {
+        self.eat(b'[')?;
+        let mut seen = ChoiceSeen::default();
+        self.object(|p, key| {
+            let hole = hole.as_deref_mut().map(|h| (h, top));
+            p.choice_field(key, &mut seen, out, hole)
+        })?;
+        self.eat(b']')
+    }
+
+    fn choice_field(
+        &mut self,
+        key: &str,
+        seen: &mut ChoiceSeen,
+        out: &mut TextChunk<'a>,
+        hole: Option<(&mut Hole, &TopSeen)>,
+    ) -> Option<()> {
+        match key {
+            "index" if !seen.index => {
+                seen.index = true;
+                self.ws();
+                // Only choice 0 is read; `0` is the one spelling serde also reads as 0 here.
+                self.literal(b"0")?;
+                match self.s.get(self.i) {
+                    Some(b) if b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E') => None,
+                    _ => Some(()),
+                }
+            }
+            "delta" if !seen.delta => {
+                seen.delta = true;
+                let (top, choice) = (hole.as_ref().map(|h| *h.1), *seen);
+                let mut seen = DeltaSeen::default();
+                let mut hole = hole.map(|h| h.0);
+                self.object(|p, key| {
+                    let hole = hole
+                        .as_deref_mut()
+                        .zip(top)
+                        .map(|(h, top)| (h, top, choice));
+                    p.delta_field(key, &mut seen, out, hole)
+                })
+            }
+            "logprobs" if !seen.logprobs => {
+                seen.logprobs = true;
+                self.null()
+            }
+            "finish_reason" if !seen.finish => {
+                seen.finish = true;
+                self.null()
+            }
+            _ => None,
+        }
+    }
+
+    /// A member of `{ "role": "assistant", "content": "...", "reasoning_content": "..." }`, each
+    /// optional, `content` and `reasoning_content` possibly `null`.
+    fn delta_field(
+        &mut self,
+        key: &str,
+        seen: &mut DeltaSeen,
+        out: &mut TextChunk<'a>,
+        hole: Option<(&mut Hole, TopSeen, ChoiceSeen)>,
+    ) -> Option<()> {
+        match key {
+            "role" if !seen.role => {
+                seen.role = true;
+                (self.peek()? == b'"').then_some(())?;
+                self.plain_string().map(drop)
+            }
+            "content" if !seen.content => {
+                seen.content = true;
+                self.text(false, seen, out, hole)
+            }
+            "reasoning_content" if !seen.reasoning => {
+                seen.reasoning = true;
+                self.text(true, seen, out, hole)
+            }
+            "refusal" if !seen.refusal => {
+                seen.refusal = true;
+                self.null()
+            }
+            _ => None,
+        }
+    }
+
+    /// A text value, string or `null`; with `hole`, a string is where the next chunk may be
+    /// resumed when it is the chunk's only text.
+    fn text(
+        &mut self,
+        reasoning: bool,
+        delta: &DeltaSeen,
+        out: &mut TextChunk<'a>,
+        hole: Option<(&mut Hole, TopSeen, ChoiceSeen)>,
+    ) -> Option<()> {
+        if self.peek()? == b'n' {
+            return self.null();
+        }
+        let at = self.i;
+        let text = self.string()?;
+        if let Some((hole, top, choice)) = hole {
+            *hole = match *hole {
+                Hole::Open if out.content.is_none() && out.reasoning.is_none() => Hole::At(
+                    at,
+                    Resume {
+                        top,
+                        choice,
+                        delta: *delta,
+                        reasoning,
+                        model: out.model.as_deref().is_some_and(|m| !m.is_empty()),
+                    },
+                ),
+                _ => Hole::None,
+            };
+        }
+        let slot = if reasoning {
+            &mut out.reasoning
+        } else {
+            &mut out.content
+        };
+        *slot = Some(text);
+        Some(())
     }
 
     /// A JSON string, borrowed when it has no escapes.
@@ -237,72 +518,6 @@ impl<'a> Scan<'a> {
             _ => Some(()),
         }
     }
-
-    /// `[ { "index": 0, "delta": {...}, "logprobs": null, "finish_reason": null } ]`.
-    fn one_choice(&mut self, out: &mut TextChunk<'a>) -> Option<()> {
-        self.eat(b'[')?;
-        let (mut index, mut delta, mut logprobs, mut finish) = (false, false, false, false);
-        self.object(|p, key| match key {
-            "index" if !index => {
-                index = true;
-                p.ws();
-                // Only choice 0 is read; `0` is the one spelling serde also reads as 0 here.
-                p.literal(b"0")?;
-                match p.s.get(p.i) {
-                    Some(b) if b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E') => None,
-                    _ => Some(()),
-                }
-            }
-            "delta" if !delta => {
-                delta = true;
-                p.delta(out)
-            }
-            "logprobs" if !logprobs => {
-                logprobs = true;
-                p.null()
-            }
-            "finish_reason" if !finish => {
-                finish = true;
-                p.null()
-            }
-            _ => None,
-        })?;
-        self.eat(b']')
-    }
-
-    /// `{ "role": "assistant", "content": "...", "reasoning_content": "..." }`, each optional,
-    /// `content` and `reasoning_content` possibly `null`.
-    fn delta(&mut self, out: &mut TextChunk<'a>) -> Option<()> {
-        let (mut role, mut content, mut reasoning, mut refusal) = (false, false, false, false);
-        self.object(|p, key| match key {
-            "role" if !role => {
-                role = true;
-                (p.peek()? == b'"').then_some(())?;
-                p.plain_string().map(drop)
-            }
-            "content" if !content => {
-                content = true;
-                p.text_or_null(&mut out.content)
-            }
-            "reasoning_content" if !reasoning => {
-                reasoning = true;
-                p.text_or_null(&mut out.reasoning)
-            }
-            "refusal" if !refusal => {
-                refusal = true;
-                p.null()
-            }
-            _ => None,
-        })
-    }
-
-    fn text_or_null(&mut self, slot: &mut Option<Cow<'a, str>>) -> Option<()> {
-        if self.peek()? == b'n' {
-            return self.null();
-        }
-        *slot = Some(self.string()?);
-        Some(())
-    }
 }
 
 #[cfg(test)]
@@ -372,6 +587,7 @@ mod tests {
     /// deltas equal serde's, and whenever serde refuses one, the fast path did not read it.
     #[test]
     fn agrees_with_serde_on_transcripts_and_their_mutations() {
+        use crate::provider::delta::Delta;
         use crate::provider::openai::stream::OpenAiDecoder;
         let mut lines: Vec<String> = Vec::new();
         for name in [
@@ -393,6 +609,9 @@ mod tests {
             r#"{"id":"chatcmpl-sim-1","object":"chat.completion.chunk","created":1764000000,"model":"gpt-sim-1","system_fingerprint":"fp_sim","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#.to_string(),
             r#"{"id":"x","choices":[{"index":0,"delta":{"content":null,"reasoning_content":"th\u00efnk \\ \/ \ud83d\ude00"},"finish_reason":null}],"usage":null}"#.to_string(),
             r#" { "model" : "m" , "choices" : [ { "delta" : { "content" : "a b" } , "index" : 0 } ] , "n" : -1.5e+3 , "t" : true } "#.to_string(),
+            r#"{"id":"chatcmpl-sim-1","object":"chat.completion.chunk","created":1764000000,"model":"gpt-sim-1","system_fingerprint":"fp_sim","choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}],"obfuscation":"k2"}"#.to_string(),
+            r#"{"id":"d","model":"deepseek-reasoner","choices":[{"index":0,"delta":{"content":null,"reasoning_content":"hm"},"finish_reason":null}],"usage":null}"#.to_string(),
+            r#"{"id":"d","choices":[{"index":0,"delta":{"reasoning_content":"a","content":"b"}}],"model":"m"}"#.to_string(),
         ]);
         let slow = |data: &str| {
             let mut out = Vec::new();
@@ -408,16 +627,55 @@ mod tests {
                 out
             })
         };
-        let (mut read, mut checked) = (0, 0);
-        let mut check = |data: &str| {
+        // Read from its text on, after learning the shape from `primer`: the same deltas as
+        // serde's but the model (the decoder only resumes once it has the model).
+        let resumed = |primer: &str, data: &str| {
+            let mut shape = Shape::default();
+            read(primer, Some(&mut shape));
+            shape.resume(data).map(|c| {
+                assert_eq!(c.model, None);
+                let mut out = Vec::new();
+                OpenAiDecoder::default().push_fast(c, &mut out);
+                out
+            })
+        };
+        let no_model = |r: Result<Vec<Delta>, String>| {
+            r.map(|v| {
+                v.into_iter()
+                    .filter(|d| !matches!(d, Delta::Model(_)))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let (mut fast_reads, mut resumes, mut checked) = (0, 0, 0);
+        let mut check = |primer: &str, data: &str| {
             checked += 1;
             if let Some(got) = fast(data) {
-                read += 1;
+                fast_reads += 1;
                 assert_eq!(Ok(got), slow(data), "{data}");
             }
+            if let Some(got) = resumed(primer, data) {
+                resumes += 1;
+                assert_eq!(Ok(got), no_model(slow(data)), "{primer} then {data}");
+            }
         };
+        // Keys the bytes before the text had, seen again after it: serde refuses them.
+        let before =
+            r#"{"id":"x","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"#;
+        for after in [
+            r#""a","content":"b"}}]}"#,
+            r#""a","role":"user"}}]}"#,
+            r#""a"}, "index":0}]}"#,
+            r#""a"}, "delta":{}}]}"#,
+            r#""a"}}],"model":"n"}"#,
+            r#""a"}}],"choices":[]}"#,
+            r#""a"}}],"id":"y"}"#,
+            r#""a"}}]}"#,
+        ] {
+            let chunk = format!("{before}{after}");
+            check(&format!(r#"{before}"primer"}}}}]}}"#), &chunk);
+        }
         for line in &lines {
-            check(line);
+            check(line, line);
             let bytes = line.as_bytes();
             for i in 0..bytes.len() {
                 for b in [
@@ -442,19 +700,23 @@ mod tests {
                         Some(b) => v.insert(i, b),
                     }
                     if let Ok(v) = String::from_utf8(v) {
-                        check(&v);
+                        check(line, &v);
                     }
                     let mut v = bytes.to_vec();
                     if let Some(b) = b {
                         v[i] = b;
                         if let Ok(v) = String::from_utf8(v) {
-                            check(&v);
+                            check(line, &v);
                         }
                     }
                 }
             }
         }
-        // The fast path must actually be taken on the usual chunks.
-        assert!(read > 1000, "fast path read {read} of {checked}");
+        // Both paths must actually be taken on the usual chunks.
+        assert!(
+            fast_reads > 1000,
+            "fast path read {fast_reads} of {checked}"
+        );
+        assert!(resumes > 1000, "resumed {resumes} of {checked}");
     }
 }

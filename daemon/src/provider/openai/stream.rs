@@ -21,6 +21,8 @@ use crate::provider::sse::SseEvent;
 pub struct OpenAiDecoder {
     model_seen: bool,
     done: bool,
+    /// Where the text starts in this stream's chunks, for the fast path.
+    shape: super::fast::Shape,
 }
 
 // The chunk as far as it is read, borrowing its strings from the event's data: `model` comes
@@ -124,7 +126,14 @@ impl WireDecoder for OpenAiDecoder {
             self.done = true;
             return Ok(());
         }
-        match super::fast::text_chunk(ev.data) {
+        // A chunk shaped like the last one is read from its text on, unless that would skip a
+        // model not yet taken.
+        let resumed = if self.model_seen || !self.shape.skips_model() {
+            self.shape.resume(ev.data)
+        } else {
+            None
+        };
+        match resumed.or_else(|| super::fast::read(ev.data, Some(&mut self.shape))) {
             Some(fast) => {
                 self.push_fast(fast, out);
                 Ok(())
