@@ -543,7 +543,7 @@ mod tests {
             StreamEvent::TextDelta {
                 text: "Whole answer.".into(),
             },
-            StreamEvent::Done(DoneInfo {
+            StreamEvent::Done(Box::new(DoneInfo {
                 finish: FinishReason::Stop,
                 usage: Usage::default(),
                 cost_usd: 0.0,
@@ -551,7 +551,7 @@ mod tests {
                 provider: "b".into(),
                 model: "m".into(),
                 record: 9,
-            }),
+            })),
         ];
         let daemon = fake_daemon(socket.clone(), true, events.clone()).await;
         let target = Target {

@@ -100,7 +100,7 @@ impl Turn {
                 });
             }
             StreamEvent::Done(done) => {
-                self.outcome = Some(Outcome::Done(done.clone()));
+                self.outcome = Some(Outcome::Done((**done).clone()));
                 return true;
             }
             StreamEvent::Error {
@@ -288,7 +288,7 @@ mod tests {
     }
 
     fn done() -> StreamEvent {
-        StreamEvent::Done(DoneInfo {
+        StreamEvent::Done(Box::new(DoneInfo {
             finish: FinishReason::Stop,
             usage: Usage {
                 input_tokens: 10,
@@ -300,7 +300,7 @@ mod tests {
             provider: "b".into(),
             model: "b-model".into(),
             record: 7,
-        })
+        }))
     }
 
     fn reroute(mode: RerouteMode) -> StreamEvent {

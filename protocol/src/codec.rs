@@ -250,7 +250,7 @@ mod tests {
         // two cache counts to `usage`.
         let ev = Response::Event {
             id: 1,
-            event: StreamEvent::Done(DoneInfo {
+            event: StreamEvent::Done(Box::new(DoneInfo {
                 finish: FinishReason::Stop,
                 usage: Usage {
                     input_tokens: 2,
@@ -262,7 +262,7 @@ mod tests {
                 provider: "p".into(),
                 model: "m".into(),
                 record: 5,
-            }),
+            })),
         };
         let json = frame(Encoding::Json, ev.clone());
         assert_eq!(

@@ -64,7 +64,7 @@ pub enum StreamEvent {
     /// Token counts of the current attempt so far (latest wins).
     Usage(Usage),
     /// The answer is complete.
-    Done(DoneInfo),
+    Done(Box<DoneInfo>),
     /// The request failed; nothing more follows.
     Error {
         /// What kind of failure.

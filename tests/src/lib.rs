@@ -437,7 +437,7 @@ impl RawClient {
     pub async fn status(&mut self) -> mythos_protocol::StatusReport {
         self.send(Request::Status).await;
         match self.recv().await {
-            Response::Status(s) => s,
+            Response::Status(s) => *s,
             other => panic!("expected status, got {other:?}"),
         }
     }

@@ -754,7 +754,7 @@ mod tests {
             StreamEvent::TextDelta {
                 text: "6 x 7 = 42.".into(),
             },
-            StreamEvent::Done(DoneInfo {
+            StreamEvent::Done(Box::new(DoneInfo {
                 finish: FinishReason::Stop,
                 usage: Usage::default(),
                 cost_usd: 0.0,
@@ -762,7 +762,7 @@ mod tests {
                 provider: "b".into(),
                 model: "m".into(),
                 record: 1,
-            }),
+            })),
         ]);
         assert!(convo.answer(&turn.text));
         assert_eq!(

@@ -18,7 +18,7 @@ pub async fn run(g: &Globals, json: bool) -> Result<u8, Failure> {
 /// Ask for the status report.
 pub async fn fetch(conn: &mut Connection) -> Result<StatusReport, Failure> {
     match conn.call(Request::Status).await? {
-        Response::Status(report) => Ok(report),
+        Response::Status(report) => Ok(*report),
         other => Err(unexpected(other, "a status report")),
     }
 }

@@ -46,7 +46,7 @@ pub async fn fetch(conn: &mut Connection, sel: RecordSel) -> Result<RequestRecor
         RecordSel::Id(id) => Some(id),
     };
     match conn.call(Request::Why { record }).await? {
-        Response::Why(rec) => Ok(rec),
+        Response::Why(rec) => Ok(*rec),
         other => Err(unexpected(other, "a request record")),
     }
 }

@@ -58,7 +58,7 @@ fn answer() -> Vec<StreamEvent> {
         cache_creation_input_tokens: 0,
     };
     events.push(StreamEvent::Usage(usage));
-    events.push(StreamEvent::Done(DoneInfo {
+    events.push(StreamEvent::Done(Box::new(DoneInfo {
         finish: FinishReason::Stop,
         usage,
         cost_usd: 0.001,
@@ -66,7 +66,7 @@ fn answer() -> Vec<StreamEvent> {
         provider: "anthropic".into(),
         model: "claude-sonnet-4-5".into(),
         record: 123_456,
-    }));
+    })));
     events
 }
 

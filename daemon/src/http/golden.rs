@@ -39,7 +39,7 @@ fn usage() -> Usage {
 }
 
 fn done(finish: FinishReason) -> StreamEvent {
-    StreamEvent::Done(DoneInfo {
+    StreamEvent::Done(Box::new(DoneInfo {
         finish,
         usage: usage(),
         cost_usd: 0.0,
@@ -47,7 +47,7 @@ fn done(finish: FinishReason) -> StreamEvent {
         provider: "p".into(),
         model: "m-2".into(),
         record: 42,
-    })
+    }))
 }
 
 /// Each scenario: a name and its events (`None` stands for a keep-alive).

@@ -296,7 +296,7 @@ impl Routed {
         let mut answer = Answer::default();
         loop {
             match self.next().await {
-                Some(StreamEvent::Done(done)) => return Ok((answer, done)),
+                Some(StreamEvent::Done(done)) => return Ok((answer, *done)),
                 Some(StreamEvent::Error {
                     kind,
                     message,

@@ -90,7 +90,7 @@ fn relay(deltas: &[Delta]) -> Vec<StreamEvent> {
             _ => continue,
         });
     }
-    out.push(StreamEvent::Done(DoneInfo {
+    out.push(StreamEvent::Done(Box::new(DoneInfo {
         finish,
         usage,
         cost_usd: 0.0,
@@ -98,7 +98,7 @@ fn relay(deltas: &[Delta]) -> Vec<StreamEvent> {
         provider: "p".into(),
         model: "m".into(),
         record: 7,
-    }));
+    })));
     out
 }
 

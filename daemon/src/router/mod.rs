@@ -490,7 +490,7 @@ impl Router {
         let result = self.run(&req, &out, &cancel, &mut rec, start).await;
         rec.latency_ms = start.elapsed().as_millis() as u64;
         let event = match result {
-            Ok((finish, model)) => StreamEvent::Done(DoneInfo {
+            Ok((finish, model)) => StreamEvent::Done(Box::new(DoneInfo {
                 finish,
                 usage: rec.usage,
                 cost_usd: rec.cost_usd,
@@ -498,7 +498,7 @@ impl Router {
                 provider: rec.provider.clone().unwrap_or_default(),
                 model,
                 record: rec.id,
-            }),
+            })),
             Err((e, retry_at)) => {
                 rec.error = Some(e.kind);
                 StreamEvent::Error {

@@ -306,7 +306,7 @@ async fn handle(
             }
             return;
         }
-        Request::Status => Response::Status(ctx.status_report()),
+        Request::Status => Response::Status(Box::new(ctx.status_report())),
         Request::Shutdown => {
             tracing::info!("shutdown requested by a client");
             ctx.shutdown_requested.cancel();
@@ -326,7 +326,7 @@ async fn handle(
         }
         Request::Why { record } => match &ctx.state {
             Some(state) => match state.why(record).await {
-                Some(rec) => Response::Why(rec),
+                Some(rec) => Response::Why(Box::new(rec)),
                 None => Response::Error {
                     kind: ErrorKind::BadRequest,
                     message: match record {
@@ -338,7 +338,7 @@ async fn handle(
             None => no_state(),
         },
         Request::Usage { days } => match &ctx.state {
-            Some(state) => Response::Usage(state.usage(days).await),
+            Some(state) => Response::Usage(Box::new(state.usage(days).await)),
             None => no_state(),
         },
         Request::Http => {

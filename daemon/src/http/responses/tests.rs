@@ -23,7 +23,7 @@ fn head() -> Head {
 }
 
 fn done(finish: FinishReason, usage: Usage) -> StreamEvent {
-    StreamEvent::Done(DoneInfo {
+    StreamEvent::Done(Box::new(DoneInfo {
         finish,
         usage,
         cost_usd: 0.0,
@@ -31,7 +31,7 @@ fn done(finish: FinishReason, usage: Usage) -> StreamEvent {
         provider: "sim".into(),
         model: "gpt-4o-mini".into(),
         record: 7,
-    })
+    }))
 }
 
 /// Our stream for `events`: the opening frames, then each event until the encoder ends it.
