@@ -73,8 +73,14 @@ impl<'l> Line<'l> {
         if line[0] == b':' {
             return Ok(Line::Comment);
         }
-        let line = std::str::from_utf8(line)
-            .map_err(|_| ProviderError::malformed("SSE line is not UTF-8"))?;
+        // Nearly every line is `data:`, checked by its bytes before any search for the colon.
+        let utf8 = |b: &'l [u8]| {
+            std::str::from_utf8(b).map_err(|_| ProviderError::malformed("SSE line is not UTF-8"))
+        };
+        if let Some(value) = line.strip_prefix(b"data:") {
+            return Ok(Line::Data(utf8(value.strip_prefix(b" ").unwrap_or(value))?));
+        }
+        let line = utf8(line)?;
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
             None => (line, ""),
