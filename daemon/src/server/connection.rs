@@ -511,6 +511,35 @@ mod writer_tests {
         assert!(out.len() < 8, "the rest gathered: {} writes", out.len());
     }
 
+    /// Bookkeeping between the start and the first token (a usage report) does not use up
+    /// the first token's right to go out at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_usage_report_before_the_first_token_does_not_count_as_it() {
+        let (tx, rx) = mpsc::channel(256);
+        let writer = tokio::spawn(async move {
+            let mut sink = Batches::default();
+            write_batches(rx, &mut sink).await;
+            sink.done
+        });
+        tx.send(started()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tx.send(Response::Event {
+            id: 1,
+            event: StreamEvent::Usage(mythos_protocol::Usage::default()),
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for i in 0..8 {
+            tx.send(text(i)).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        let out = writer.await.unwrap();
+        assert_eq!((out[0].len(), out[1].len()), (1, 1), "{out:?}");
+        assert!(out[2].len() <= 2, "the first token waited for {:?}", out[2]);
+    }
+
     /// The batch that starts a stream waits one round only: its first token is not held
     /// while more of the burst comes.
     #[tokio::test]

@@ -142,8 +142,8 @@ pub struct MessagesEncoder {
     thinking: bool,
     /// The text delta frame of the open text block, and the thinking delta frame of the open
     /// thinking block, serialized once per block (see `template`).
-    text_frame: Option<(u32, Template)>,
-    thinking_frame: Option<(u32, Template)>,
+    text_frame: Option<(u32, Option<Template>)>,
+    thinking_frame: Option<(u32, Option<Template>)>,
 }
 
 impl MessagesEncoder {
@@ -226,18 +226,19 @@ impl MessagesEncoder {
         }
     }
 
-    /// The template of block `index`'s delta frame, made when the block is new to `slot`.
+    /// The template of block `index`'s delta frame, made when the block is new to `slot`
+    /// (once per block: a block whose template cannot be made is encoded without one).
     fn template(
-        slot: &mut Option<(u32, Template)>,
+        slot: &mut Option<(u32, Option<Template>)>,
         index: u32,
         delta: impl FnOnce(&'static str) -> Delta<'static>,
     ) -> Option<&Template> {
         if slot.as_ref().is_none_or(|(i, _)| *i != index) {
             let delta = delta(TEXT_MARKER);
-            *slot = Template::new(&[Hole::Text], |out| Self::delta(out, index, delta))
-                .map(|t| (index, t));
+            let made = Template::new(&[Hole::Text], |out| Self::delta(out, index, delta));
+            *slot = Some((index, made));
         }
-        slot.as_ref().map(|(_, t)| t)
+        slot.as_ref().and_then(|(_, t)| t.as_ref())
     }
 
     fn delta(out: &mut BytesMut, index: u32, delta: Delta<'_>) {
@@ -404,8 +405,14 @@ mod tests {
         let (mut enc, _) = MessagesEncoder::start(&Head::for_test(), 10, true);
         let mut out = BytesMut::new();
         enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
-        assert!(enc.thinking_frame.as_ref().is_some_and(|(i, _)| *i == 0));
+        assert!(enc
+            .thinking_frame
+            .as_ref()
+            .is_some_and(|(i, t)| *i == 0 && t.is_some()));
         enc.event(StreamEvent::TextDelta { text: "a".into() }, &mut out);
-        assert!(enc.text_frame.as_ref().is_some_and(|(i, _)| *i == 1));
+        assert!(enc
+            .text_frame
+            .as_ref()
+            .is_some_and(|(i, t)| *i == 1 && t.is_some()));
     }
 }

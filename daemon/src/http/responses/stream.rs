@@ -346,7 +346,7 @@ pub struct ResponsesEncoder {
     usage: Option<Usage>,
     /// The `response.output_text.delta` frame of the open message item, serialized once per
     /// item with holes for the sequence number and the text (see `template`).
-    text_frame: Option<(usize, Template)>,
+    text_frame: Option<(usize, Option<Template>)>,
 }
 
 impl ResponsesEncoder {
@@ -631,19 +631,21 @@ impl Encoder for ResponsesEncoder {
                         delta,
                         logprobs: EMPTY_ARRAY,
                     };
+                    // Made once per item; an item whose template cannot be made is encoded
+                    // without one.
                     if self.text_frame.as_ref().is_none_or(|(i, _)| *i != n) {
-                        self.text_frame = Template::new(&[Hole::Number, Hole::Text], |out| {
+                        let made = Template::new(&[Hole::Number, Hole::Text], |out| {
                             let mut seq = NUMBER_MARKER;
                             emit(&mut seq, out, TEXT_DELTA, fields(TEXT_MARKER))
-                        })
-                        .map(|t| (n, t));
+                        });
+                        self.text_frame = Some((n, made));
                     }
                     match &self.text_frame {
-                        Some((_, frame)) => {
+                        Some((_, Some(frame))) => {
                             frame.write(out, &[&text], &[self.seq]);
                             self.seq += 1;
                         }
-                        None => emit(&mut self.seq, out, TEXT_DELTA, fields(&text)),
+                        _ => emit(&mut self.seq, out, TEXT_DELTA, fields(&text)),
                     }
                 }
             }
@@ -816,7 +818,7 @@ mod template_tests {
         let mut out = BytesMut::new();
         enc.event(StreamEvent::TextDelta { text: "a".into() }, &mut out);
         enc.event(StreamEvent::TextDelta { text: "b".into() }, &mut out);
-        assert!(enc.text_frame.is_some());
+        assert!(enc.text_frame.as_ref().is_some_and(|(_, t)| t.is_some()));
         // Numbered in step with the frames serialized whole.
         let text = String::from_utf8(out.to_vec()).unwrap();
         let seqs: Vec<u64> = text
