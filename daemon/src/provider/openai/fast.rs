@@ -58,8 +58,9 @@ struct Resume {
 }
 
 impl Shape {
-    /// The chunk read from its text on, if it starts as the learnt one did. Its `model` is not
-    /// read again: the caller has taken it already (see [`Resume::model`]).
+    /// The chunk read from its text on, if it starts as the learnt one did. A `model` before
+    /// the text is not read again (the caller resumes only once it has the model, see
+    /// [`Shape::skips_model`]); one after the text is.
     pub(super) fn resume<'a>(&self, data: &'a str) -> Option<TextChunk<'a>> {
         if self.prefix.is_empty() || !data.as_bytes().starts_with(&self.prefix) {
             return None;
@@ -628,22 +629,25 @@ mod tests {
             })
         };
         // Read from its text on, after learning the shape from `primer`: the same deltas as
-        // serde's but the model (the decoder only resumes once it has the model).
-        let resumed = |primer: &str, data: &str| {
-            let mut shape = Shape::default();
-            read(primer, Some(&mut shape));
-            shape.resume(data).map(|c| {
-                assert_eq!(c.model, None);
-                let mut out = Vec::new();
-                OpenAiDecoder::default().push_fast(c, &mut out);
-                out
-            })
-        };
+        // serde's, but for a model before the text (the decoder resumes only once it has it).
         let no_model = |r: Result<Vec<Delta>, String>| {
             r.map(|v| {
                 v.into_iter()
                     .filter(|d| !matches!(d, Delta::Model(_)))
                     .collect::<Vec<_>>()
+            })
+        };
+        let resumed = |primer: &str, data: &str| {
+            let mut shape = Shape::default();
+            read(primer, Some(&mut shape));
+            shape.resume(data).map(|c| {
+                let mut out = Vec::new();
+                OpenAiDecoder::default().push_fast(c, &mut out);
+                if shape.skips_model() {
+                    (no_model(Ok(out.clone())), no_model(slow(data)))
+                } else {
+                    (Ok(out), slow(data))
+                }
             })
         };
         let (mut fast_reads, mut resumes, mut checked) = (0, 0, 0);
@@ -653,27 +657,53 @@ mod tests {
                 fast_reads += 1;
                 assert_eq!(Ok(got), slow(data), "{data}");
             }
-            if let Some(got) = resumed(primer, data) {
+            if let Some((got, want)) = resumed(primer, data) {
                 resumes += 1;
-                assert_eq!(Ok(got), no_model(slow(data)), "{primer} then {data}");
+                assert_eq!(got, want, "{primer} then {data}");
             }
         };
-        // Keys the bytes before the text had, seen again after it: serde refuses them.
-        let before =
-            r#"{"id":"x","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"#;
-        for after in [
-            r#""a","content":"b"}}]}"#,
-            r#""a","role":"user"}}]}"#,
-            r#""a"}, "index":0}]}"#,
-            r#""a"}, "delta":{}}]}"#,
-            r#""a"}}],"model":"n"}"#,
-            r#""a"}}],"choices":[]}"#,
-            r#""a"}}],"id":"y"}"#,
-            r#""a"}}]}"#,
+        // Keys the bytes before the text had, seen again after it: serde refuses them. And a
+        // model after the text, which is read.
+        for (before, afters) in [
+            (
+                r#"{"id":"x","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"#,
+                &[
+                    r#""a","content":"b"}}]}"#,
+                    r#""a","role":"user"}}]}"#,
+                    r#""a"}, "index":0}]}"#,
+                    r#""a"}, "delta":{}}]}"#,
+                    r#""a"}}],"model":"n"}"#,
+                    r#""a"}}],"choices":[]}"#,
+                    r#""a"}}],"id":"y"}"#,
+                    r#""a"}}]}"#,
+                ][..],
+            ),
+            (
+                r#"{"usage":null,"choices":[{"logprobs":null,"finish_reason":null,"index":0,"delta":{"refusal":null,"content":null,"reasoning_content":"#,
+                &[
+                    r#""a","content":"b"}}]}"#,
+                    r#""a","refusal":null}}]}"#,
+                    r#""a","reasoning_content":"b"}}]}"#,
+                    r#""a"},"logprobs":null}]}"#,
+                    r#""a"},"finish_reason":null}]}"#,
+                    r#""a"}}],"usage":null}"#,
+                    r#""a"}}],"model":"late"}"#,
+                    r#""a"}}]}"#,
+                ][..],
+            ),
         ] {
-            let chunk = format!("{before}{after}");
-            check(&format!(r#"{before}"primer"}}}}]}}"#), &chunk);
+            for after in afters {
+                let chunk = format!("{before}{after}");
+                check(&format!(r#"{before}"primer"}}}}]}}"#), &chunk);
+            }
         }
+        // The model after the text, learnt and read on every chunk.
+        let late = r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"model":"m"}"#;
+        check(late, late);
+        check(
+            late,
+            r#"{"choices":[{"index":0,"delta":{"content":"b c"}}],"model":"m2"}"#,
+        );
         for line in &lines {
             check(line, line);
             let bytes = line.as_bytes();
@@ -718,5 +748,94 @@ mod tests {
             "fast path read {fast_reads} of {checked}"
         );
         assert!(resumes > 1000, "resumed {resumes} of {checked}");
+    }
+
+    /// Whole streams through the decoder, learning and resuming as it goes, against serde
+    /// chunk by chunk: each recorded transcript, the simulator's stream, and each of them with
+    /// one of its first chunks mutated.
+    #[test]
+    fn streams_through_the_decoder_agree_with_serde() {
+        use crate::provider::decode::WireDecoder;
+        use crate::provider::delta::Delta;
+        use crate::provider::openai::stream::OpenAiDecoder;
+        use crate::provider::sse::SseEvent;
+        let mut streams: Vec<Vec<String>> = Vec::new();
+        for name in [
+            "openai_chat_finish_length_usage.sse",
+            "openai_chat_multiple_choices_n3.sse",
+            "openai_chat_text_usage_final_chunk_DONE.sse",
+            "openai_chat_tool_call_args_fragments.sse",
+        ] {
+            let path = format!("{}/testdata/sse/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("transcript");
+            streams.push(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter(|d| *d != "[DONE]")
+                    .map(str::to_string)
+                    .collect(),
+            );
+        }
+        let sim = |delta: &str, finish: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-sim-1","object":"chat.completion.chunk","created":1764000000,"model":"gpt-sim-1","system_fingerprint":"fp_sim","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+            )
+        };
+        let mut sim_stream = vec![sim(r#"{"role":"assistant","content":""}"#, "null")];
+        for word in ["Hello", " wor", r"ld\n", r" \u00e9t\u00e9", " again"] {
+            sim_stream.push(sim(&format!(r#"{{"content":"{word}"}}"#), "null"));
+        }
+        sim_stream.push(sim("{}", r#""stop""#));
+        streams.push(sim_stream);
+
+        type Out = Vec<Result<Vec<Delta>, String>>;
+        let through = |chunks: &[String], fast: bool| -> Out {
+            let mut d = OpenAiDecoder::default();
+            chunks
+                .iter()
+                .map(|data| {
+                    let mut out = Vec::new();
+                    let r = if fast {
+                        let ev = SseEvent {
+                            event: "message",
+                            data,
+                        };
+                        d.on_event(&ev, &mut out)
+                    } else {
+                        d.decode_slow(data, &mut out)
+                    };
+                    r.map(|()| out).map_err(|e| e.message)
+                })
+                .collect()
+        };
+        let mut runs = 0;
+        for stream in &streams {
+            assert_eq!(through(stream, true), through(stream, false));
+            for k in 1..stream.len().min(4) {
+                let bytes = stream[k].as_bytes();
+                for i in 0..bytes.len() {
+                    for b in [None, Some(b'"'), Some(b'x')] {
+                        let mut v = bytes.to_vec();
+                        match b {
+                            None => drop(v.remove(i)),
+                            Some(b) => v[i] = b,
+                        }
+                        let Ok(v) = String::from_utf8(v) else {
+                            continue;
+                        };
+                        let mut mutated = stream.clone();
+                        mutated[k] = v;
+                        runs += 1;
+                        assert_eq!(
+                            through(&mutated, true),
+                            through(&mutated, false),
+                            "chunk {k}: {}",
+                            mutated[k]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(runs > 1000, "{runs} mutated streams");
     }
 }
