@@ -488,10 +488,9 @@ mod writer_tests {
         assert_eq!(paced.len(), 64);
     }
 
-    /// A stream's first token is not held either when it comes after its `started` went out
-    /// alone (the provider took a while to say the first word).
-    #[tokio::test(start_paused = true)]
-    async fn a_first_token_after_a_lone_start_is_not_held() {
+    /// The batches the writer makes of a `started`, then each of `between`, 5 ms apart, then
+    /// 8 tokens one scheduler round apart.
+    async fn started_then_tokens(between: Vec<Response>) -> Vec<Vec<Response>> {
         let (tx, rx) = mpsc::channel(256);
         let writer = tokio::spawn(async move {
             let mut sink = Batches::default();
@@ -500,12 +499,23 @@ mod writer_tests {
         });
         tx.send(started()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
+        for e in between {
+            tx.send(e).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for i in 0..8 {
             tx.send(text(i)).await.unwrap();
             tokio::task::yield_now().await;
         }
         drop(tx);
-        let out = writer.await.unwrap();
+        writer.await.unwrap()
+    }
+
+    /// A stream's first token is not held either when it comes after its `started` went out
+    /// alone (the provider took a while to say the first word).
+    #[tokio::test(start_paused = true)]
+    async fn a_first_token_after_a_lone_start_is_not_held() {
+        let out = started_then_tokens(Vec::new()).await;
         assert_eq!(out[0].len(), 1, "started alone");
         assert!(out[1].len() <= 2, "the first token waited for {:?}", out[1]);
         assert!(out.len() < 8, "the rest gathered: {} writes", out.len());
@@ -515,27 +525,11 @@ mod writer_tests {
     /// the first token's right to go out at once.
     #[tokio::test(start_paused = true)]
     async fn a_usage_report_before_the_first_token_does_not_count_as_it() {
-        let (tx, rx) = mpsc::channel(256);
-        let writer = tokio::spawn(async move {
-            let mut sink = Batches::default();
-            write_batches(rx, &mut sink).await;
-            sink.done
-        });
-        tx.send(started()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        tx.send(Response::Event {
+        let usage = Response::Event {
             id: 1,
             event: StreamEvent::Usage(mythos_protocol::Usage::default()),
-        })
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        for i in 0..8 {
-            tx.send(text(i)).await.unwrap();
-            tokio::task::yield_now().await;
-        }
-        drop(tx);
-        let out = writer.await.unwrap();
+        };
+        let out = started_then_tokens(vec![usage]).await;
         assert_eq!((out[0].len(), out[1].len()), (1, 1), "{out:?}");
         assert!(out[2].len() <= 2, "the first token waited for {:?}", out[2]);
     }

@@ -583,6 +583,27 @@ mod tests {
         }
     }
 
+    /// The data lines of each recorded OpenAI Chat Completions transcript.
+    fn transcripts() -> Vec<Vec<String>> {
+        [
+            "openai_chat_finish_length_usage.sse",
+            "openai_chat_multiple_choices_n3.sse",
+            "openai_chat_text_usage_final_chunk_DONE.sse",
+            "openai_chat_tool_call_args_fragments.sse",
+        ]
+        .iter()
+        .map(|name| {
+            let path = format!("{}/testdata/sse/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("transcript");
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+    }
+
     /// Every data line of the recorded OpenAI transcripts and of the simulator's chunks, and
     /// thousands of single-byte mutations of them: whenever the fast path reads a chunk, the
     /// deltas equal serde's, and whenever serde refuses one, the fast path did not read it.
@@ -590,22 +611,7 @@ mod tests {
     fn agrees_with_serde_on_transcripts_and_their_mutations() {
         use crate::provider::delta::Delta;
         use crate::provider::openai::stream::OpenAiDecoder;
-        let mut lines: Vec<String> = Vec::new();
-        for name in [
-            "openai_chat_finish_length_usage.sse",
-            "openai_chat_multiple_choices_n3.sse",
-            "openai_chat_text_usage_final_chunk_DONE.sse",
-            "openai_chat_tool_call_args_fragments.sse",
-        ] {
-            let path = format!("{}/testdata/sse/{name}", env!("CARGO_MANIFEST_DIR"));
-            let text = std::fs::read_to_string(&path).expect("transcript");
-            lines.extend(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("data: "))
-                    .filter(|d| *d != "[DONE]")
-                    .map(str::to_string),
-            );
-        }
+        let mut lines: Vec<String> = transcripts().concat();
         lines.extend([
             r#"{"id":"chatcmpl-sim-1","object":"chat.completion.chunk","created":1764000000,"model":"gpt-sim-1","system_fingerprint":"fp_sim","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#.to_string(),
             r#"{"id":"x","choices":[{"index":0,"delta":{"content":null,"reasoning_content":"th\u00efnk \\ \/ \ud83d\ude00"},"finish_reason":null}],"usage":null}"#.to_string(),
@@ -759,23 +765,7 @@ mod tests {
         use crate::provider::delta::Delta;
         use crate::provider::openai::stream::OpenAiDecoder;
         use crate::provider::sse::SseEvent;
-        let mut streams: Vec<Vec<String>> = Vec::new();
-        for name in [
-            "openai_chat_finish_length_usage.sse",
-            "openai_chat_multiple_choices_n3.sse",
-            "openai_chat_text_usage_final_chunk_DONE.sse",
-            "openai_chat_tool_call_args_fragments.sse",
-        ] {
-            let path = format!("{}/testdata/sse/{name}", env!("CARGO_MANIFEST_DIR"));
-            let text = std::fs::read_to_string(&path).expect("transcript");
-            streams.push(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("data: "))
-                    .filter(|d| *d != "[DONE]")
-                    .map(str::to_string)
-                    .collect(),
-            );
-        }
+        let mut streams = transcripts();
         let sim = |delta: &str, finish: &str| {
             format!(
                 r#"{{"id":"chatcmpl-sim-1","object":"chat.completion.chunk","created":1764000000,"model":"gpt-sim-1","system_fingerprint":"fp_sim","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
