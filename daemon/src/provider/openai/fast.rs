@@ -102,12 +102,19 @@ pub(super) fn read<'a>(data: &'a str, learn: Option<&mut Shape>) -> Option<TextC
     }
     p.end(&top)?;
     if let (Some(shape), Some(Hole::At(at, state))) = (learn, hole) {
+        if at > MAX_PREFIX {
+            // Not a chunk the fast path is for; and a stream's memory stays bounded.
+            return Some(out);
+        }
         shape.prefix.clear();
         shape.prefix.extend_from_slice(&data.as_bytes()[..at]);
         shape.at = state;
     }
     Some(out)
 }
+
+/// The longest run of bytes before a text that is learnt: real chunks have ~150.
+const MAX_PREFIX: usize = 1024;
 
 /// Learning where the text starts, during a full read.
 #[derive(Clone, Copy)]
@@ -581,6 +588,22 @@ mod tests {
         ] {
             assert_eq!(text_chunk(chunk), None, "{chunk}");
         }
+    }
+
+    /// A stream's learnt bytes stay bounded: a chunk with a long run before its text is read
+    /// but not learnt.
+    #[test]
+    fn a_long_run_before_the_text_is_not_learnt() {
+        let chunk = |id: &str| {
+            format!(r#"{{"id":"{id}","choices":[{{"index":0,"delta":{{"content":"a"}}}}]}}"#)
+        };
+        let (long, short) = (chunk(&"x".repeat(2000)), chunk("x"));
+        let mut shape = Shape::default();
+        assert!(read(&long, Some(&mut shape)).is_some());
+        assert!(shape.resume(&long).is_none());
+        assert!(shape.prefix.capacity() <= MAX_PREFIX);
+        read(&short, Some(&mut shape));
+        assert!(shape.resume(&short).is_some());
     }
 
     /// The data lines of each recorded OpenAI Chat Completions transcript.
