@@ -165,6 +165,55 @@ async fn paced_events_go_out_alone_and_bursts_together() {
     assert_eq!(rounds.concat(), burst.concat());
 }
 
+/// The route is polled when something woke it (an upstream chunk, its timer), not again on
+/// each of the body's coalescing rounds: a poll of a real route (its select over the upstream
+/// body, the watchdog and the cancel token) costs hundreds of instructions.
+#[tokio::test(start_paused = true)]
+async fn a_route_is_polled_only_when_something_woke_it() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    struct Counted<F>(Arc<AtomicUsize>, Pin<Box<F>>);
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            self.1.as_mut().poll(cx)
+        }
+    }
+    let events = answer();
+    let sent = events.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let route = async move {
+        for event in events {
+            let _ = tx
+                .send(mythos_protocol::Response::Event { id: 0, event })
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let polls = Arc::new(AtomicUsize::new(0));
+    let routed = super::relay::Routed::new(
+        rx,
+        Box::pin(Counted(polls.clone(), Box::pin(route))),
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let chunks: Vec<_> = {
+        use futures_util::StreamExt;
+        let body = routed.into_body(first.freeze(), enc);
+        body.into_data_stream().collect().await
+    };
+    assert_eq!(chunks.len(), 1 + CHUNKS + 1);
+    // The first poll, and one each time its timer wakes it.
+    let polls = polls.load(Ordering::Relaxed);
+    assert!(polls <= sent + 1, "{polls} polls for {sent} events");
+}
+
 /// The relay's own cost (the body stream, its buffer, the keep-alive check) on top of the
 /// encoder's, for a paced answer: one body chunk per event.
 #[test]
