@@ -81,6 +81,8 @@ pub struct Routed {
     /// with.
     wake: Arc<RouteWake>,
     waker: std::task::Waker,
+    /// The route has run since the channel was last found empty.
+    maybe_queued: bool,
     /// Cancels the route when the HTTP response is dropped (the client went away).
     cancel: CancellationToken,
     /// Where an unfinished route goes to end properly (its record written, its leases given
@@ -263,6 +265,7 @@ impl Routed {
             route: Some(route),
             waker: std::task::Waker::from(wake.clone()),
             wake,
+            maybe_queued: true,
             cancel,
             streams,
             reroutes: 0,
@@ -279,14 +282,12 @@ impl Routed {
     /// Registering would have each first send wake this very task, and the task then be
     /// scheduled again for nothing (measured: ~400 instructions per event).
     fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<StreamEvent>> {
-        use mpsc::error::TryRecvError;
         loop {
             // Events first: whatever the route produced goes out before it is polled on.
-            match self.rx.try_recv() {
-                Ok(Response::Event { event, .. }) => return Poll::Ready(Some(self.counted(event))),
-                Ok(_) => continue,
-                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                Err(TryRecvError::Empty) => {}
+            match self.take_queued() {
+                Some(Some(event)) => return Poll::Ready(Some(event)),
+                Some(None) => return Poll::Ready(None),
+                None => {}
             }
             let Some(route) = &mut self.route else {
                 // Only the route holds a sender, so this is not reached; if one ever outlives
@@ -307,31 +308,44 @@ impl Routed {
             if !self.wake.woken.swap(false, Ordering::AcqRel) {
                 return Poll::Pending;
             }
-            match route
+            let polled = route
                 .as_mut()
-                .poll(&mut std::task::Context::from_waker(&self.waker))
-            {
-                Poll::Ready(()) => self.route = None,
-                Poll::Pending => {
-                    return match self.rx.try_recv() {
-                        Ok(Response::Event { event, .. }) => Poll::Ready(Some(self.counted(event))),
-                        Ok(_) => continue,
-                        Err(TryRecvError::Disconnected) => Poll::Ready(None),
-                        // The route waits on something that will wake this task.
-                        Err(TryRecvError::Empty) => Poll::Pending,
-                    };
-                }
+                .poll(&mut std::task::Context::from_waker(&self.waker));
+            self.maybe_queued = true;
+            if polled.is_ready() {
+                self.route = None;
+            } else if self.peek_queued().is_none() {
+                // Nothing sent: the route waits on something that will wake this task.
+                return Poll::Pending;
             }
         }
     }
 
-    /// The next event if one is already waiting (the route is not polled).
-    fn try_next(&mut self) -> Option<StreamEvent> {
-        loop {
-            if let Response::Event { event, .. } = self.rx.try_recv().ok()? {
-                return Some(self.counted(event));
+    /// What the route queued: `Some(Some(event))`, `Some(None)` when the channel is closed
+    /// (the route is gone), `None` when nothing is waiting. The channel is asked only after
+    /// the route has run (an empty `try_recv` costs ~100 instructions, and the body asks
+    /// several times per event).
+    fn take_queued(&mut self) -> Option<Option<StreamEvent>> {
+        use mpsc::error::TryRecvError;
+        while self.maybe_queued {
+            match self.rx.try_recv() {
+                Ok(Response::Event { event, .. }) => return Some(Some(self.counted(event))),
+                Ok(_) => continue,
+                Err(TryRecvError::Disconnected) => return Some(None),
+                Err(TryRecvError::Empty) => self.maybe_queued = false,
             }
         }
+        None
+    }
+
+    /// Whether the route queued anything, without taking it.
+    fn peek_queued(&mut self) -> Option<()> {
+        (self.maybe_queued && !self.rx.is_empty()).then_some(())
+    }
+
+    /// The next event if one is already waiting (the route is not polled).
+    fn try_next(&mut self) -> Option<StreamEvent> {
+        self.take_queued().flatten()
     }
 
     fn counted(&mut self, event: StreamEvent) -> StreamEvent {
