@@ -15,7 +15,8 @@
 //! before the text of the last chunk read and what the scanner knew at that point; a chunk that
 //! starts with the same bytes is read from its text on (the scanner's state after identical
 //! bytes is identical, and every token of those bytes ended before the text's opening quote),
-//! so the ~150 repeated bytes are compared, not parsed again.
+//! so the ~150 repeated bytes are compared, not parsed again. What follows the text
+//! (`"},"logprobs":null,"finish_reason":null}]}`) repeats too, and is compared the same way.
 
 use std::borrow::Cow;
 
@@ -43,6 +44,10 @@ pub(super) struct Shape {
     prefix: Vec<u8>,
     /// What the scanner knew there.
     at: Resume,
+    /// The bytes after the text of the last chunk resumed, when they held nothing to take (no
+    /// model): the scanner's state after a text is the same whatever the text, so a chunk
+    /// that ends with the same bytes is read once its text is. Empty when nothing is learnt.
+    tail: Vec<u8>,
 }
 
 /// The scanner's state at a text value: which keys each enclosing object has had, and which
@@ -61,7 +66,7 @@ impl Shape {
     /// The chunk read from its text on, if it starts as the learnt one did. A `model` before
     /// the text is not read again (the caller resumes only once it has the model, see
     /// [`Shape::skips_model`]); one after the text is.
-    pub(super) fn resume<'a>(&self, data: &'a str) -> Option<TextChunk<'a>> {
+    pub(super) fn resume<'a>(&mut self, data: &'a str) -> Option<TextChunk<'a>> {
         if self.prefix.is_empty() || !data.as_bytes().starts_with(&self.prefix) {
             return None;
         }
@@ -75,11 +80,19 @@ impl Shape {
         } else {
             out.content = Some(text);
         }
+        let rest = &data.as_bytes()[p.i..];
+        if !self.tail.is_empty() && rest == self.tail.as_slice() {
+            return Some(out);
+        }
         p.object_rest(|p, key| p.delta_field(key, &mut at.delta, &mut out, None))?;
         p.object_rest(|p, key| p.choice_field(key, &mut at.choice, &mut out, None))?;
         p.eat(b']')?;
         p.object_rest(|p, key| p.top_field(key, &mut at.top, &mut out, None))?;
         p.end(&at.top)?;
+        self.tail.clear();
+        if out.model.is_none() && rest.len() <= MAX_PREFIX {
+            self.tail.extend_from_slice(rest);
+        }
         Some(out)
     }
 
@@ -109,6 +122,7 @@ pub(super) fn read<'a>(data: &'a str, learn: Option<&mut Shape>) -> Option<TextC
         shape.prefix.clear();
         shape.prefix.extend_from_slice(&data.as_bytes()[..at]);
         shape.at = state;
+        shape.tail.clear();
     }
     Some(out)
 }
@@ -666,9 +680,16 @@ mod tests {
                     .collect::<Vec<_>>()
             })
         };
-        let resumed = |primer: &str, data: &str| {
+        // With `tail`, the primer is also resumed first, so that what follows its text is
+        // learnt too (counted in `tails`).
+        let tails = std::cell::Cell::new(0);
+        let resumed = |primer: &str, data: &str, tail: bool| {
             let mut shape = Shape::default();
             read(primer, Some(&mut shape));
+            if tail {
+                shape.resume(primer);
+                tails.set(tails.get() + usize::from(!shape.tail.is_empty()));
+            }
             shape.resume(data).map(|c| {
                 let mut out = Vec::new();
                 OpenAiDecoder::default().push_fast(c, &mut out);
@@ -686,9 +707,11 @@ mod tests {
                 fast_reads += 1;
                 assert_eq!(Ok(got), slow(data), "{data}");
             }
-            if let Some((got, want)) = resumed(primer, data) {
-                resumes += 1;
-                assert_eq!(got, want, "{primer} then {data}");
+            for tail in [false, true] {
+                if let Some((got, want)) = resumed(primer, data, tail) {
+                    resumes += 1;
+                    assert_eq!(got, want, "{primer} then {data} (tail learnt: {tail})");
+                }
             }
         };
         // Keys the bytes before the text had, seen again after it: serde refuses them. And a
@@ -777,6 +800,7 @@ mod tests {
             "fast path read {fast_reads} of {checked}"
         );
         assert!(resumes > 1000, "resumed {resumes} of {checked}");
+        assert!(tails.get() > 1000, "tails learnt {}", tails.get());
     }
 
     /// Whole streams through the decoder, learning and resuming as it goes, against serde
