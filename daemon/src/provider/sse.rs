@@ -75,7 +75,8 @@ impl<'l> Line<'l> {
         }
         // Nearly every line is `data:`, checked by its bytes before any search for the colon.
         let utf8 = |b: &'l [u8]| {
-            std::str::from_utf8(b).map_err(|_| ProviderError::malformed("SSE line is not UTF-8"))
+            simdutf8::basic::from_utf8(b)
+                .map_err(|_| ProviderError::malformed("SSE line is not UTF-8"))
         };
         if let Some(value) = line.strip_prefix(b"data:") {
             return Ok(Line::Data(utf8(value.strip_prefix(b" ").unwrap_or(value))?));
