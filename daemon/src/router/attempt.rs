@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Lease;
+use super::cancel::CancelWatch;
 use super::seam::Seam;
 use super::{human, Emitter, Router};
 use crate::provider::{Delta, ProviderError, UpstreamRequest};
@@ -150,12 +151,11 @@ impl Router {
         // Tool-call events not yet shown: the calls are still being streamed.
         let mut held: Vec<StreamEvent> = Vec::new();
         let sink = Sink { out, cancel };
-        // One cancellation future for the whole attempt: making and dropping one per chunk takes
-        // the token's lock twice.
-        let cancel_wait = cancel.cancelled();
-        tokio::pin!(cancel_wait);
+        // One watch for the whole attempt, asked at each chunk for an atomic load (see
+        // `CancelWatch`): the upstream may always be ready, and a cancel must still stop it.
+        let mut watch = CancelWatch::new(cancel);
         loop {
-            if cancel.is_cancelled() {
+            if watch.is_cancelled() {
                 end.error = Some(cancelled());
                 return end;
             }
@@ -163,7 +163,7 @@ impl Router {
             let item = tokio::select! {
                 biased;
                 item = stream.next() => item,
-                _ = &mut cancel_wait => {
+                _ = std::future::poll_fn(|cx| watch.poll_cancelled(cx)) => {
                     end.error = Some(cancelled());
                     return end;
                 }

@@ -25,6 +25,7 @@
 pub mod admission;
 mod attempt;
 pub mod budget;
+pub mod cancel;
 pub mod health;
 pub mod policy;
 pub mod quota;
