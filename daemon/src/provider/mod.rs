@@ -410,6 +410,12 @@ where
                     Err(transport_error(&st.name, e, true))
                 }
             };
+            // The usual chunk: one delta, nothing queued before it.
+            if result.is_ok() && st.scratch.len() == 1 && st.queue.is_empty() {
+                if let Some(d) = st.scratch.pop() {
+                    return Poll::Ready(Some(Ok(d)));
+                }
+            }
             st.queue.extend(st.scratch.drain(..));
             if let Err(e) = result {
                 st.body = None;
