@@ -151,7 +151,17 @@ impl SseParser {
     where
         F: FnMut(SseItem<'_>) -> Result<(), ProviderError>,
     {
-        while let Some(pos) = memchr2(b'\n', b'\r', chunk) {
+        loop {
+            // The blank line that ends the usual event comes right after its data line: found
+            // without a search (the same answer `memchr2` would give, for less).
+            let pos = if chunk.first() == Some(&b'\n') {
+                0
+            } else {
+                match memchr2(b'\n', b'\r', chunk) {
+                    Some(pos) => pos,
+                    None => break,
+                }
+            };
             let (head, tail) = chunk.split_at(pos);
             if self.line.is_empty() {
                 if head.len() > MAX_EVENT_BYTES {

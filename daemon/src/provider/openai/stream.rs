@@ -122,7 +122,8 @@ fn finish_reason(s: &str) -> FinishReason {
 
 impl WireDecoder for OpenAiDecoder {
     fn on_event(&mut self, ev: &SseEvent<'_>, out: &mut Vec<Delta>) -> Result<(), ProviderError> {
-        if ev.data.trim() == "[DONE]" {
+        // Nearly all data is a JSON object: no trimming those to compare with the terminator.
+        if !ev.data.starts_with('{') && ev.data.trim() == "[DONE]" {
             self.done = true;
             return Ok(());
         }
