@@ -42,8 +42,9 @@ pub(super) struct AttemptEnd {
     pub opened: bool,
     /// This attempt sent content to the client.
     pub progressed: bool,
-    /// Characters of answer text this attempt sent.
-    pub emitted_chars: usize,
+    /// Where this attempt's answer text starts in `Partial::text` (counted in characters only
+    /// if it is needed: an estimate of a broken stream's cost).
+    pub text_from: usize,
     pub error: Option<ProviderError>,
 }
 
@@ -78,7 +79,7 @@ impl Router {
             finish: None,
             opened: false,
             progressed: false,
-            emitted_chars: 0,
+            text_from: partial.text.len(),
             error: None,
         };
         let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
@@ -308,7 +309,6 @@ impl Router {
             let progress = event.is_output();
             if let StreamEvent::TextDelta { text } = &event {
                 partial.text.push_str(text);
-                end.emitted_chars += text.chars().count();
             }
             if progress {
                 partial.emitted = true;

@@ -856,7 +856,12 @@ impl Router {
                 // never said what it cost, but it was billed. Estimate rather than count nothing.
                 end.usage = Usage {
                     input_tokens: plan.input_tokens,
-                    output_tokens: (end.emitted_chars as u64).div_ceil(4),
+                    output_tokens: (partial
+                        .text
+                        .get(end.text_from..)
+                        .map_or(0, |t| t.chars().count())
+                        as u64)
+                        .div_ceil(4),
                     ..Usage::default()
                 };
             }
