@@ -203,12 +203,20 @@ async fn a_route_is_polled_only_when_something_woke_it() {
         tokio_util::task::TaskTracker::new(),
     );
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let began = tokio::time::Instant::now();
     let chunks: Vec<_> = {
         use futures_util::StreamExt;
         let body = routed.into_body(first.freeze(), enc);
         body.into_data_stream().collect().await
     };
     assert_eq!(chunks.len(), 1 + CHUNKS + 1);
+    // Each event went out when its timer woke the route, not at a keep-alive tick (which is
+    // what a lost wake-up would wait for: the paused clock jumps to it).
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(20) * sent as u32 + Duration::from_millis(100),
+        "{took:?}"
+    );
     // The first poll, and one each time its timer wakes it.
     let polls = polls.load(Ordering::Relaxed);
     assert!(polls <= sent + 1, "{polls} polls for {sent} events");

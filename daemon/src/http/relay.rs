@@ -314,7 +314,7 @@ impl Routed {
             self.maybe_queued = true;
             if polled.is_ready() {
                 self.route = None;
-            } else if self.peek_queued().is_none() {
+            } else if !self.peek_queued() {
                 // Nothing sent: the route waits on something that will wake this task.
                 return Poll::Pending;
             }
@@ -339,8 +339,8 @@ impl Routed {
     }
 
     /// Whether the route queued anything, without taking it.
-    fn peek_queued(&mut self) -> Option<()> {
-        (self.maybe_queued && !self.rx.is_empty()).then_some(())
+    fn peek_queued(&self) -> bool {
+        self.maybe_queued && !self.rx.is_empty()
     }
 
     /// The next event if one is already waiting (the route is not polled).

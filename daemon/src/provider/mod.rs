@@ -411,7 +411,8 @@ where
                 }
             };
             // The usual chunk: one delta, nothing queued before it.
-            if result.is_ok() && st.scratch.len() == 1 && st.queue.is_empty() {
+            // (The queue is empty here: the loop takes from it first.)
+            if result.is_ok() && st.scratch.len() == 1 {
                 if let Some(d) = st.scratch.pop() {
                     return Poll::Ready(Some(Ok(d)));
                 }

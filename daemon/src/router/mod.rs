@@ -25,7 +25,7 @@
 pub mod admission;
 mod attempt;
 pub mod budget;
-pub mod cancel;
+mod cancel;
 pub mod health;
 pub mod policy;
 pub mod quota;

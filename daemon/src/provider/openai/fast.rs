@@ -45,7 +45,7 @@ pub(super) struct Shape {
     /// What the scanner knew there.
     at: Resume,
     /// The bytes after the text of the last chunk resumed, when they held nothing to take (no
-    /// model): the scanner's state after a text is the same whatever the text, so a chunk
+    /// model, no second text): the scanner's state after a text is the same whatever the text, so a chunk
     /// that ends with the same bytes is read once its text is. Empty when nothing is learnt.
     tail: Vec<u8>,
 }
@@ -90,7 +90,15 @@ impl Shape {
         p.object_rest(|p, key| p.top_field(key, &mut at.top, &mut out, None))?;
         p.end(&at.top)?;
         self.tail.clear();
-        if out.model.is_none() && rest.len() <= MAX_PREFIX {
+        // Kept only when the bytes after the text gave nothing to take (no model, not the
+        // other text): the state after them is the same for every text, but what they gave
+        // would not be given again on a match.
+        let other = if at.reasoning {
+            &out.content
+        } else {
+            &out.reasoning
+        };
+        if out.model.is_none() && other.is_none() && rest.len() <= MAX_PREFIX {
             self.tail.extend_from_slice(rest);
         }
         Some(out)
@@ -606,6 +614,28 @@ mod tests {
 
     /// A stream's learnt bytes stay bounded: a chunk with a long run before its text is read
     /// but not learnt.
+    /// What follows a text is learnt only when it gave nothing: a second text after the
+    /// first is read from every chunk, not lost once the same bytes come again.
+    #[test]
+    fn a_second_text_after_the_first_is_never_skipped() {
+        let chunk = |delta: &str| {
+            format!(r#"{{"id":"x","model":"m","choices":[{{"index":0,"delta":{{{delta}}}}}]}}"#)
+        };
+        let mut shape = Shape::default();
+        read(&chunk(r#""content":"a""#), Some(&mut shape));
+        let two = chunk(r#""content":"b","reasoning_content":"x""#);
+        for _ in 0..3 {
+            let got = shape.resume(&two).expect("resumed");
+            assert_eq!(got.content.as_deref(), Some("b"));
+            assert_eq!(got.reasoning.as_deref(), Some("x"));
+        }
+        // And a plain tail is learnt, and used.
+        let one = chunk(r#""content":"c""#);
+        shape.resume(&one).expect("resumed");
+        assert!(!shape.tail.is_empty());
+        assert_eq!(shape.resume(&one).unwrap().content.as_deref(), Some("c"));
+    }
+
     #[test]
     fn a_long_run_before_the_text_is_not_learnt() {
         let chunk = |id: &str| {
