@@ -25,3 +25,4 @@ pub mod sim;
 #[path = "sim_off.rs"]
 pub mod sim;
 pub mod state;
+pub mod wake;

@@ -4,7 +4,6 @@
 //! quotas, the wait queue and the records behind `mythos why`.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -12,7 +11,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::BytesMut;
-use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, FinishReason, RerouteMode, Response, StreamEvent, Usage,
@@ -25,6 +23,7 @@ use super::errors::ApiError;
 use crate::router::Emitter;
 use crate::server::connection::panic_message;
 use crate::server::Context;
+use crate::wake::WakeFlag;
 
 /// Events buffered between the router and the HTTP body: enough to ride out a slow reader for a
 /// moment; beyond it the router waits (backpressure), as on the socket.
@@ -79,7 +78,7 @@ pub struct Routed {
     route: Option<RouteFuture>,
     /// Whether the route has been woken since it was last polled, and the waker it is polled
     /// with.
-    wake: Arc<RouteWake>,
+    wake: Arc<WakeFlag>,
     waker: std::task::Waker,
     /// The route has run since the channel was last found empty.
     maybe_queued: bool,
@@ -163,33 +162,6 @@ impl Head {
     }
 }
 
-/// Wakes a route's HTTP response and notes that the route has something to do.
-struct RouteWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl RouteWake {
-    /// Woken: a route is polled the first time without being asked.
-    fn new() -> Arc<RouteWake> {
-        Arc::new(RouteWake {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        })
-    }
-}
-
-impl std::task::Wake for RouteWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 /// Start `chat` on the router in force. `received` is when the HTTP request arrived: the
 /// parsing and translation time counts as the daemon's overhead.
 pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> {
@@ -259,11 +231,11 @@ impl Routed {
         cancel: CancellationToken,
         streams: tokio_util::task::TaskTracker,
     ) -> Routed {
-        let wake = RouteWake::new();
+        let (wake, waker) = WakeFlag::new();
         Routed {
             rx,
             route: Some(route),
-            waker: std::task::Waker::from(wake.clone()),
+            waker,
             wake,
             maybe_queued: true,
             cancel,
@@ -304,8 +276,8 @@ impl Routed {
             // A route that nothing woke has nothing new: the coalescing rounds of the body
             // ask often, and a poll of the route (its select over the upstream body, the
             // watchdog and the cancel token) costs hundreds of instructions for nothing.
-            self.wake.task.register(cx.waker());
-            if !self.wake.woken.swap(false, Ordering::AcqRel) {
+            self.wake.register(cx.waker());
+            if !self.wake.take() {
                 return Poll::Pending;
             }
             let polled = route

@@ -1,6 +1,8 @@
 //! One attempt at one provider: open the stream, relay its deltas to the client, and watch it
 //! with two timers (time to first token, silence between content chunks).
 
+use std::future::Future;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,6 +15,7 @@ use super::cancel::CancelWatch;
 use super::seam::Seam;
 use super::{human, Emitter, Router};
 use crate::provider::{Delta, ProviderError, UpstreamRequest};
+use crate::wake::WakeFlag;
 
 /// What the answer looks like so far, across providers.
 #[derive(Default)]
@@ -155,6 +158,9 @@ impl Router {
         // One watch for the whole attempt, asked at each chunk for an atomic load (see
         // `CancelWatch`): the upstream may always be ready, and a cancel must still stop it.
         let mut watch = CancelWatch::new(cancel);
+        // The watchdog's timer likewise: polled (which takes the timer driver's lock) only
+        // when it fired or was reset, not each time the upstream has nothing ready.
+        let (alarm, alarm_waker) = WakeFlag::new();
         loop {
             if watch.is_cancelled() {
                 end.error = Some(cancelled());
@@ -168,10 +174,18 @@ impl Router {
                     end.error = Some(cancelled());
                     return end;
                 }
-                _ = &mut deadline => {
+                _ = std::future::poll_fn(|cx| {
+                    alarm.register(cx.waker());
+                    if alarm.take() {
+                        deadline.as_mut().poll(&mut Context::from_waker(&alarm_waker))
+                    } else {
+                        Poll::Pending
+                    }
+                }) => {
                     let due = watch_from + limit;
                     if Instant::now() < due {
                         deadline.as_mut().reset(due);
+                        alarm.mark();
                         continue;
                     }
                     end.error = Some(stalled(waiting_for, limit));
@@ -206,6 +220,7 @@ impl Router {
                 if first {
                     // The gap limit may be shorter than what is left of the first-token one.
                     deadline.as_mut().reset(now + gap_limit);
+                    alarm.mark();
                 }
             }
             // Text held at the seam goes out before anything that is not more text.

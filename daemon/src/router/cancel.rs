@@ -5,54 +5,33 @@
 //! Asking the token (`is_cancelled`) takes its lock, and polling its `cancelled()` future takes
 //! the lock of its `Notify` to refresh the waker: together ~200 instructions per relayed chunk,
 //! for an event that comes once in a stream's life if at all. Here the future is polled with a
-//! waker of our own that sets a flag, and polled again only once that flag says it was woken.
+//! [`WakeFlag`]'s waker, and polled again only once that flag says it was woken.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::task::AtomicWaker;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::wake::WakeFlag;
 
 /// A cancel token, watched.
 pub struct CancelWatch<'a> {
     wait: Pin<Box<WaitForCancellationFuture<'a>>>,
-    flag: Arc<Flag>,
+    flag: Arc<WakeFlag>,
     waker: Waker,
     fired: bool,
-}
-
-/// Set when the token's future was woken; the task to wake then.
-struct Flag {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Flag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
 }
 
 impl<'a> CancelWatch<'a> {
     /// Watch `token`.
     pub fn new(token: &'a CancellationToken) -> Self {
-        // Woken to begin with: the first look polls the future, which registers it.
-        let flag = Arc::new(Flag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+        let (flag, waker) = WakeFlag::new();
         CancelWatch {
             wait: Box::pin(token.cancelled()),
-            waker: Waker::from(flag.clone()),
             flag,
+            waker,
             fired: false,
         }
     }
@@ -60,10 +39,7 @@ impl<'a> CancelWatch<'a> {
     /// Whether the token has been cancelled (as far as its wake-up has arrived: a cancel made
     /// on another thread a moment ago may be seen at the next look).
     pub fn is_cancelled(&mut self) -> bool {
-        if !self.fired
-            && self.flag.woken.load(Ordering::Acquire)
-            && self.flag.woken.swap(false, Ordering::AcqRel)
-        {
+        if !self.fired && self.flag.take() {
             let mut cx = Context::from_waker(&self.waker);
             self.fired = self.wait.as_mut().poll(&mut cx).is_ready();
         }
@@ -75,7 +51,7 @@ impl<'a> CancelWatch<'a> {
         if self.fired {
             return Poll::Ready(());
         }
-        self.flag.task.register(cx.waker());
+        self.flag.register(cx.waker());
         if self.is_cancelled() {
             Poll::Ready(())
         } else {

@@ -1,0 +1,83 @@
+//! A waker that notes it was called, for a future polled inside another one's task: the outer
+//! future polls the inner one only once the flag says something woke it, instead of at every
+//! turn of its own (a poll of a route, or of a cancel token's future, costs hundreds of
+//! instructions even when nothing has changed).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+/// Set by its waker; the task registered last is woken then.
+pub struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl WakeFlag {
+    /// A flag and the waker that sets it. Set to begin with: a future is polled the first
+    /// time without being asked, and that poll is what registers it.
+    pub fn new() -> (Arc<WakeFlag>, Waker) {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(flag.clone());
+        (flag, waker)
+    }
+
+    /// Wake `waker` when the flag is next set. Call it before [`WakeFlag::take`], so that a
+    /// wake between the two is not lost.
+    pub fn register(&self, waker: &Waker) {
+        self.task.register(waker);
+    }
+
+    /// Set the flag without waking anyone: for the task that looks at it next (say, after
+    /// resetting a timer, whose new deadline must be registered by a poll).
+    pub fn mark(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+
+    /// Whether the flag was set since the last call; clears it.
+    pub fn take(&self) -> bool {
+        // A load first: the usual answer (no) costs no read-modify-write.
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set to begin with; set again by its waker, which wakes the task registered last.
+    #[test]
+    fn set_by_its_waker_which_wakes_the_task() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let (flag, waker) = WakeFlag::new();
+        assert!(flag.take());
+        assert!(!flag.take());
+        let count = Arc::new(Count(Default::default()));
+        flag.register(&Waker::from(count.clone()));
+        waker.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(flag.take());
+        assert!(!flag.take());
+    }
+}
