@@ -252,7 +252,8 @@ impl Routed {
     /// Events are taken with `try_recv` only, never by registering for the channel: the route
     /// is what sends them, and it runs here, so what it sent is there once its poll returns.
     /// Registering would have each first send wake this very task, and the task then be
-    /// scheduled again for nothing (measured: ~400 instructions per event).
+    /// scheduled again for nothing (measured: ~50 instructions per event; the larger saving is
+    /// polling the route only when woken, below).
     fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<StreamEvent>> {
         loop {
             // Events first: whatever the route produced goes out before it is polled on.
