@@ -1,11 +1,16 @@
-//! A waker that notes it was called, for a future polled inside another one's task: the outer
-//! future polls the inner one only once the flag says something woke it, instead of at every
-//! turn of its own (a poll of a route, or of a cancel token's future, costs hundreds of
-//! instructions even when nothing has changed).
+//! Wake-ups that cost less.
+//!
+//! [`WakeFlag`]: a waker that notes it was called, for a future polled inside another one's
+//! task: the outer future polls the inner one only once the flag says something woke it,
+//! instead of at every turn of its own (a poll of a route, or of a cancel token's future, costs
+//! hundreds of instructions even when nothing has changed).
+//!
+//! [`requeue`]: let the tasks already queued run before going on, without the poll of the I/O
+//! driver that `tokio::task::yield_now` waits for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Wake, Waker};
+use std::task::{Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
@@ -55,6 +60,29 @@ impl Wake for WakeFlag {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
     }
+}
+
+/// Go to the back of the worker's queue: every task already queued runs once, then the caller
+/// goes on.
+///
+/// The task wakes itself and returns `Pending` once; a task woken while it runs is queued at the
+/// back when its poll ends (tokio's rule for a self-wake). `tokio::task::yield_now` instead
+/// holds the task until the worker next polls the I/O driver and the timers, which it does only
+/// once its queue is empty: an `epoll_wait` and the timer wheel per yield. That is what a wait
+/// for the sockets needs; a wait for work already queued (the upstream connection's task, woken
+/// to hand over the next chunk of a burst) does not.
+pub async fn requeue() {
+    let mut queued = false;
+    std::future::poll_fn(|cx| {
+        if queued {
+            Poll::Ready(())
+        } else {
+            queued = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! costs nothing. bincode is confined to this file so that it can be swapped without touching
 //! the message types.
 
+use std::any::Any;
 use std::io;
 use std::marker::PhantomData;
 
@@ -12,7 +13,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::Encoding;
+use crate::{Encoding, Response, StreamEvent};
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +110,10 @@ fn bincode_decode<T: DeserializeOwned>(
 }
 
 /// Encode one message to a frame payload (without the length prefix).
-pub fn encode_payload<T: Serialize>(encoding: Encoding, msg: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode_payload<T: Serialize + 'static>(
+    encoding: Encoding,
+    msg: &T,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = BytesMut::new();
     encode_into(encoding, msg, &mut out)?;
     Ok(out.to_vec())
@@ -117,7 +121,7 @@ pub fn encode_payload<T: Serialize>(encoding: Encoding, msg: &T) -> Result<Vec<u
 
 /// Append one message's payload to `dst`: frames are encoded where they are sent from, with no
 /// intermediate buffer to allocate, grow, copy and free per message (one per streamed token).
-fn encode_into<T: Serialize>(
+fn encode_into<T: Serialize + 'static>(
     encoding: Encoding,
     msg: &T,
     dst: &mut BytesMut,
@@ -126,9 +130,62 @@ fn encode_into<T: Serialize>(
     match encoding {
         Encoding::Json => serde_json::to_writer(dst.writer(), msg).map_err(|e| err(&e)),
         Encoding::Bincode => {
+            if let Some(r) = (msg as &dyn Any).downcast_ref::<Response>() {
+                if encode_delta_bincode(r, dst) {
+                    return Ok(());
+                }
+            }
             bincode::serde::encode_into_writer(msg, BytesWriter(dst), bincode_config())
                 .map_err(|e| err(&e))
         }
+    }
+}
+
+/// A text or thinking delta's bincode payload, written without serde: nearly every frame of a
+/// stream is one, and the generic path (serde's visitor calls, a varint function per integer)
+/// costs several times the copy of the text. The bytes are bincode's own (standard
+/// configuration: variant indices and lengths as varints), as the tests check against serde
+/// for every varint width. False for any other message.
+fn encode_delta_bincode(msg: &Response, dst: &mut BytesMut) -> bool {
+    // Variant indices, in declaration order (`Response::Event` is the first variant,
+    // `StreamEvent::Started` the first of its own).
+    const EVENT: u8 = 0;
+    const TEXT_DELTA: u8 = 1;
+    const THINKING_DELTA: u8 = 2;
+    let (id, tag, text) = match msg {
+        Response::Event {
+            id,
+            event: StreamEvent::TextDelta { text },
+        } => (*id, TEXT_DELTA, text),
+        Response::Event {
+            id,
+            event: StreamEvent::ThinkingDelta { text },
+        } => (*id, THINKING_DELTA, text),
+        _ => return false,
+    };
+    dst.reserve(2 + 2 * 9 + text.len());
+    dst.put_u8(EVENT);
+    put_varint(dst, id);
+    dst.put_u8(tag);
+    put_varint(dst, text.len() as u64);
+    dst.extend_from_slice(text.as_bytes());
+    true
+}
+
+/// bincode's unsigned varint: one byte below 251, else a marker and the value in 2, 4 or 8
+/// little-endian bytes.
+fn put_varint(dst: &mut BytesMut, n: u64) {
+    if n < 251 {
+        dst.put_u8(n as u8);
+    } else if n <= u16::MAX as u64 {
+        dst.put_u8(251);
+        dst.put_u16_le(n as u16);
+    } else if n <= u32::MAX as u64 {
+        dst.put_u8(252);
+        dst.put_u32_le(n as u32);
+    } else {
+        dst.put_u8(253);
+        dst.put_u64_le(n);
     }
 }
 
@@ -188,7 +245,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     }
 }
 
-impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+impl<In, Out: Serialize + 'static> Encoder<Out> for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn encode(&mut self, msg: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
@@ -217,7 +274,7 @@ mod tests {
     use super::*;
     use crate::*;
 
-    fn frame<T: Serialize>(enc: Encoding, msg: T) -> Vec<u8> {
+    fn frame<T: Serialize + 'static>(enc: Encoding, msg: T) -> Vec<u8> {
         let mut codec = FrameCodec::<T, T>::new(enc, MAX_FRAME_LEN);
         let mut buf = BytesMut::new();
         // The Decoder bound is irrelevant for encoding; use Out = T.
@@ -241,6 +298,54 @@ mod tests {
             frame(Encoding::Bincode, ev),
             [0, 0, 0, 6, 0, 7, 1, 2, b'h', b'i']
         );
+    }
+
+    /// The hand-written delta frames are bincode's own bytes: at every varint width of the id
+    /// and of the text's length, for both kinds of delta, and they decode back.
+    #[test]
+    fn delta_frames_without_serde_are_bincodes_bytes() {
+        let ids = [
+            0,
+            1,
+            250,
+            251,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ];
+        let lens = [0, 1, 250, 251, 65_535, 65_536, 70_000];
+        for id in ids {
+            for len in lens {
+                let text: String = "é€x".chars().cycle().take(len).collect();
+                for event in [
+                    StreamEvent::TextDelta { text: text.clone() },
+                    StreamEvent::ThinkingDelta { text: text.clone() },
+                ] {
+                    let msg = Response::Event { id, event };
+                    let mut fast = BytesMut::new();
+                    assert!(encode_delta_bincode(&msg, &mut fast));
+                    let mut slow = BytesMut::new();
+                    bincode::serde::encode_into_writer(
+                        &msg,
+                        BytesWriter(&mut slow),
+                        bincode_config(),
+                    )
+                    .unwrap();
+                    assert_eq!(fast, slow, "id {id}, {len} chars");
+                    let back: Response = decode_payload(Encoding::Bincode, &fast).unwrap();
+                    assert_eq!(back, msg);
+                }
+            }
+        }
+        // Anything else takes serde's path.
+        let other = Response::Event {
+            id: 1,
+            event: StreamEvent::Usage(Usage::default()),
+        };
+        assert!(!encode_delta_bincode(&other, &mut BytesMut::new()));
+        assert!(!encode_delta_bincode(&Response::Ok, &mut BytesMut::new()));
     }
 
     #[test]

@@ -456,6 +456,10 @@ impl Routed {
                 // goes out as soon as nothing else is runnable for two rounds (microseconds).
                 let mut empty = 0;
                 let rounds = if st.started { COALESCE_ROUNDS } else { 0 };
+                // After a round that brought an event, the upstream connection's task is
+                // queued with the next chunk: going behind it is enough (`requeue`). After an
+                // empty one it waits for its socket, which only a poll of the I/O driver sees.
+                let mut came = true;
                 // Only a chunk with something in it was the first token (usage and the like
                 // write nothing).
                 st.started = st.started || !st.buf.is_empty();
@@ -463,7 +467,11 @@ impl Routed {
                     if st.done || st.buf.is_empty() || st.buf.len() >= BODY_BUFFER / 2 {
                         break;
                     }
-                    tokio::task::yield_now().await;
+                    if came {
+                        crate::wake::requeue().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
                     let before = st.buf.len();
                     match st.routed.next().now_or_never() {
                         Some(Some(ev)) => st.done = st.encoder.event(ev, &mut st.buf),
@@ -474,7 +482,8 @@ impl Routed {
                         None => {}
                     }
                     st.drain();
-                    if st.buf.len() > before {
+                    came = st.buf.len() > before;
+                    if came {
                         empty = 0;
                     } else {
                         empty += 1;

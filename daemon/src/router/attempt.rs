@@ -146,8 +146,10 @@ impl Router {
             Some(pre) if !pre.is_empty() => Seam::new(pre),
             _ => Seam::open(),
         };
+        // The first and the latest token: the mean gap between tokens is their distance over
+        // the count of gaps (the gaps' sum telescopes), so a token costs one clock reading.
+        let mut first_progress: Option<Instant> = None;
         let mut last_progress: Option<Instant> = None;
-        let mut gap_total = Duration::ZERO;
         let mut gaps = 0u32;
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
@@ -166,22 +168,35 @@ impl Router {
                 end.error = Some(cancelled());
                 return end;
             }
-            // The stream first: when a chunk is ready, nothing else is polled.
-            let item = tokio::select! {
-                biased;
-                item = stream.next() => item,
-                _ = std::future::poll_fn(|cx| watch.poll_cancelled(cx)) => {
+            // The stream first: when a chunk is ready, nothing else is polled. (A hand-written
+            // `select!`: this runs once per chunk, and the macro's bookkeeping of which
+            // branches are still enabled is not needed here.)
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
+                    return Poll::Ready(Woke::Item(item));
+                }
+                if watch.poll_cancelled(cx).is_ready() {
+                    return Poll::Ready(Woke::Cancelled);
+                }
+                alarm.register(cx.waker());
+                if alarm.take()
+                    && deadline
+                        .as_mut()
+                        .poll(&mut Context::from_waker(&alarm_waker))
+                        .is_ready()
+                {
+                    return Poll::Ready(Woke::Alarm);
+                }
+                Poll::Pending
+            })
+            .await;
+            let item = match woke {
+                Woke::Item(item) => item,
+                Woke::Cancelled => {
                     end.error = Some(cancelled());
                     return end;
                 }
-                _ = std::future::poll_fn(|cx| {
-                    alarm.register(cx.waker());
-                    if alarm.take() {
-                        deadline.as_mut().poll(&mut Context::from_waker(&alarm_waker))
-                    } else {
-                        Poll::Pending
-                    }
-                }) => {
+                Woke::Alarm => {
                     let due = watch_from + limit;
                     if Instant::now() < due {
                         deadline.as_mut().reset(due);
@@ -202,16 +217,13 @@ impl Router {
             };
             if delta.as_ref().is_some_and(Delta::is_progress) {
                 let now = Instant::now();
-                match last_progress {
-                    None => end.ttft = Some(now - t0),
-                    Some(prev) => {
-                        gap_total += now - prev;
-                        gaps += 1;
-                    }
-                }
                 let first = last_progress.is_none();
                 if first {
+                    end.ttft = Some(now - t0);
+                    first_progress = Some(now);
                     self.health().record_ttft(i, now - t0, now);
+                } else {
+                    gaps += 1;
                 }
                 last_progress = Some(now);
                 waiting_for = "silent";
@@ -297,15 +309,24 @@ impl Router {
                 Delta::Finish(r) => end.finish = Some(r),
                 Delta::KeepAlive => {}
             }
-            if !self
-                .relay(&mut events, &sink, partial, &mut end, &mut watch_from)
-                .await
-            {
-                return end;
+            // Usually everything fits in the client's channel: no future to build and poll.
+            match relay_ready(&mut events, &sink, partial, &mut end) {
+                Relayed::All => {}
+                Relayed::Gone => return end,
+                Relayed::Full => {
+                    if !self
+                        .relay(&mut events, &sink, partial, &mut end, &mut watch_from)
+                        .await
+                    {
+                        return end;
+                    }
+                }
             }
         }
-        if gaps > 0 {
-            end.mean_gap = Some(gap_total / gaps);
+        if let (Some(first), Some(last)) = (first_progress, last_progress) {
+            if gaps > 0 {
+                end.mean_gap = Some((last - first) / gaps);
+            }
         }
         end
     }
@@ -321,14 +342,7 @@ impl Router {
         watch_from: &mut Instant,
     ) -> bool {
         for event in events.drain(..) {
-            let progress = event.is_output();
-            if let StreamEvent::TextDelta { text } = &event {
-                partial.text.push_str(text);
-            }
-            if progress {
-                partial.emitted = true;
-                end.progressed = true;
-            }
+            let progress = note_sent(&event, partial, end);
             // Room in the channel (the usual case): no waiting, no clock reading.
             let event = match to.out.try_send(event) {
                 Ok(true) => continue,
@@ -363,4 +377,71 @@ impl Router {
         }
         true
     }
+}
+
+/// What the relay loop's wait for the next chunk ended with.
+enum Woke<T> {
+    /// The upstream stream's next item (`None`: it ended).
+    Item(Option<T>),
+    /// The client cancelled.
+    Cancelled,
+    /// The watchdog's timer fired (it may have been moved on since).
+    Alarm,
+}
+
+/// How far [`relay_ready`] got.
+enum Relayed {
+    /// Every event is in the client's channel.
+    All,
+    /// The client is gone (`end.error` says so).
+    Gone,
+    /// The channel is full: the events left wait in [`Router::relay`].
+    Full,
+}
+
+/// Keep the partial answer and the attempt's record in step with an event sent to the client;
+/// whether the event is output.
+fn note_sent(event: &StreamEvent, partial: &mut Partial, end: &mut AttemptEnd) -> bool {
+    let progress = event.is_output();
+    if let StreamEvent::TextDelta { text } = event {
+        partial.text.push_str(text);
+    }
+    if progress {
+        partial.emitted = true;
+        end.progressed = true;
+    }
+    progress
+}
+
+/// Send `events` while the client's channel has room, without waiting: from the first event
+/// that does not fit, they stay in `events` for [`Router::relay`].
+fn relay_ready(
+    events: &mut Vec<StreamEvent>,
+    to: &Sink<'_>,
+    partial: &mut Partial,
+    end: &mut AttemptEnd,
+) -> Relayed {
+    let mut drain = events.drain(..);
+    while let Some(event) = drain.next() {
+        let mark = partial.text.len();
+        note_sent(&event, partial, end);
+        match to.out.try_send(event) {
+            Ok(true) => {}
+            Ok(false) => {
+                end.error = Some(ProviderError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled by the client",
+                ));
+                return Relayed::Gone;
+            }
+            Err(back) => {
+                // `relay` sends it, and keeps the books for it then.
+                partial.text.truncate(mark);
+                let rest: Vec<StreamEvent> = std::iter::once(back).chain(drain).collect();
+                *events = rest;
+                return Relayed::Full;
+            }
+        }
+    }
+    Relayed::All
 }

@@ -21,9 +21,12 @@ use mythos_protocol::{
     negotiate, Encoding, ErrorKind, Hello, HelloReply, Request, Response, StreamEvent,
     MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Seat;
@@ -76,9 +79,9 @@ pub async fn serve(stream: Socket, ctx: Arc<Context>, seat: Seat) {
 }
 
 async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
-    let stream = CountedIo::new(stream, ctx.metrics.clone(), Front::Socket);
+    let socket = Arc::new(stream);
     let mut framed = Framed::new(
-        stream,
+        CountedIo::new(Shared(socket.clone()), ctx.metrics.clone(), Front::Socket),
         FrameCodec::<Hello, HelloReply>::new(Encoding::Json, MAX_HELLO_LEN),
     );
     let hello = tokio::select! {
@@ -105,9 +108,14 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     if framed.send(reply).await.is_err() {
         return;
     }
-    let framed =
-        framed.map_codec(|_| FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN));
-    let (sink, mut frames) = framed.split();
+    // From here on the reader and the writer task each hold the socket: no lock shared
+    // between them per frame, as `Framed::split` would take. What the client sent right
+    // after its hello may be read already: it stays in front of the reader.
+    let hello_parts = framed.into_parts();
+    let codec = || FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN);
+    let mut frames = FramedRead::new(Shared(socket), codec());
+    *frames.read_buffer_mut() = hello_parts.read_buf;
+    let sink = FramedWrite::new(hello_parts.io, codec());
 
     let (tx, rx) = mpsc::channel::<Response>(256);
     let writer = tokio::spawn(write_batches(rx, sink));
@@ -156,22 +164,29 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     let _ = writer.await;
 }
 
+/// The most events the writer takes from its channel at once.
+const WRITER_BATCH: usize = 64;
+
 /// The connection's writer: each event as it comes, and a burst gathered into one write.
 pub(super) async fn write_batches<S>(mut rx: mpsc::Receiver<Response>, mut sink: S)
 where
     S: futures_util::Sink<Response> + Unpin,
 {
     let mut fresh = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // Events are taken in batches: one channel operation (and one release of the channel's
+    // permits, which takes its lock) for everything queued, rather than one per event.
+    let mut batch = Vec::with_capacity(WRITER_BATCH);
+    while rx.recv_many(&mut batch, WRITER_BATCH).await > 0 {
         // Feed everything already queued, then flush once: one syscall for a burst of
         // small deltas instead of one per delta.
-        let mut rounds = if starts_a_stream(&first, &mut fresh) {
-            1
-        } else {
-            WRITER_ROUNDS
-        };
-        if sink.feed(first).await.is_err() {
-            return;
+        let mut rounds = WRITER_ROUNDS;
+        for event in batch.drain(..) {
+            if starts_a_stream(&event, &mut fresh) {
+                rounds = 1;
+            }
+            if sink.feed(event).await.is_err() {
+                return;
+            }
         }
         // Then let every other ready task run before writing, while that brings more: a
         // provider's burst reaches the router one HTTP chunk per wake-up, so more events
@@ -180,32 +195,82 @@ where
         // its own, and an event that is alone goes out as soon as nothing else has been
         // runnable for two rounds (microseconds). A batch with a stream's start or its first
         // token waits one round only: that is what the user is waiting for.
-        let (mut empty, mut yielded) = (0, false);
-        loop {
-            let mut more_came = false;
-            while let Ok(more) = rx.try_recv() {
-                if starts_a_stream(&more, &mut fresh) {
+        let mut empty = 0;
+        while rounds > 0 && empty < 2 {
+            tokio::task::yield_now().await;
+            rounds -= 1;
+            let came = std::future::poll_fn(|cx| {
+                // Nothing queued (or the channel closed, which the outer loop sees next).
+                Poll::Ready(match rx.poll_recv_many(cx, &mut batch, WRITER_BATCH) {
+                    Poll::Ready(n) => n,
+                    Poll::Pending => 0,
+                })
+            })
+            .await;
+            empty = if came > 0 { 0 } else { empty + 1 };
+            for event in batch.drain(..) {
+                if starts_a_stream(&event, &mut fresh) {
                     rounds = rounds.min(1);
                 }
-                more_came = true;
-                if sink.feed(more).await.is_err() {
+                if sink.feed(event).await.is_err() {
                     return;
                 }
             }
-            // What was queued before the first yield says nothing about the rounds.
-            if yielded {
-                empty = if more_came { 0 } else { empty + 1 };
-            }
-            if rounds == 0 || empty == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-            yielded = true;
-            rounds -= 1;
         }
         if sink.flush().await.is_err() {
             return;
         }
+    }
+}
+
+/// The client's socket, held by the connection's reader and by its writer task: `&Socket`
+/// reads and writes (the two directions have readiness of their own), so each side owns an
+/// `Arc` of it.
+struct Shared(Arc<Socket>);
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_shutdown(cx)
     }
 }
 
