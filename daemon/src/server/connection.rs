@@ -174,8 +174,10 @@ where
 {
     let mut fresh = Vec::new();
     // Events are taken in batches: one channel operation (and one release of the channel's
-    // permits, which takes its lock) for everything queued, rather than one per event.
-    let mut batch = Vec::with_capacity(WRITER_BATCH);
+    // permits, which takes its lock) for everything queued, rather than one per event. The
+    // buffer grows with the bursts this connection sees: most connections carry one stream at
+    // a time, and 64 slots up front cost every open stream ~2 KiB.
+    let mut batch = Vec::with_capacity(4);
     while rx.recv_many(&mut batch, WRITER_BATCH).await > 0 {
         // Feed everything already queued, then flush once: one syscall for a burst of
         // small deltas instead of one per delta.
