@@ -26,7 +26,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::codec::{Framed, FramedParts, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Seat;
@@ -111,10 +111,13 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     // From here on the reader and the writer task each hold the socket: no lock shared
     // between them per frame, as `Framed::split` would take. What the client sent right
     // after its hello may be read already: it stays in front of the reader.
+    // (`Framed::from_parts` decodes those bytes before it reads again; a `FramedRead` given
+    // them in its buffer would wait for the socket first.)
     let hello_parts = framed.into_parts();
     let codec = || FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN);
-    let mut frames = FramedRead::new(Shared(socket), codec());
-    *frames.read_buffer_mut() = hello_parts.read_buf;
+    let mut reader = FramedParts::new::<Response>(Shared(socket), codec());
+    reader.read_buf = hello_parts.read_buf;
+    let mut frames = Framed::from_parts(reader);
     let sink = FramedWrite::new(hello_parts.io, codec());
 
     let (tx, rx) = mpsc::channel::<Response>(256);

@@ -127,6 +127,51 @@ async fn start() -> Server {
     }
 }
 
+/// A client may send its first request in the same write as its hello, without waiting for
+/// the reply: the request is answered, not left in the daemon's buffer until more bytes come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_with_the_hello_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start().await;
+    let name = server.path.clone().to_fs_name::<GenericFilePath>().unwrap();
+    let mut stream = Stream::connect(name).await.unwrap();
+    let frame = |payload: Vec<u8>| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend(payload);
+        f
+    };
+    let hello = mythos_protocol::codec::encode_payload(
+        Encoding::Json,
+        &Hello::new("test", vec![Encoding::Bincode]),
+    )
+    .unwrap();
+    let status =
+        mythos_protocol::codec::encode_payload(Encoding::Bincode, &Request::Status).unwrap();
+    let mut both = frame(hello);
+    both.extend(frame(status));
+    stream.write_all(&both).await.unwrap();
+    // The hello reply, then the status, with nothing more sent.
+    let mut read_frame = async || {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        body
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(10), read_frame())
+        .await
+        .expect("no hello reply");
+    let reply: HelloReply = mythos_protocol::codec::decode_payload(Encoding::Json, &reply).unwrap();
+    assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
+        .await
+        .expect("the request sent with the hello was not answered");
+    let answer: Response =
+        mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
+    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_request_ends_with_an_internal_error_and_nothing_else_stops() {
     let s = start().await;
