@@ -384,6 +384,7 @@ async fn run(
     // In order: state, then the socket, then (on return) the logs.
     app::save_health(&ctx);
     if let Some(state) = &ctx.state {
+        state.stop_waiting();
         state.flush().await;
     }
     ctx.stop_sims();

@@ -52,6 +52,8 @@ enum Cmd {
     Why(Option<u64>, oneshot::Sender<Option<RequestRecord>>),
     Usage(u32, oneshot::Sender<UsageReport>),
     Flush(oneshot::Sender<()>),
+    /// From now on, records are written as soon as they come (the daemon is stopping).
+    NoWait,
 }
 
 impl Cmd {
@@ -227,6 +229,13 @@ impl StateStore {
         }
     }
 
+    /// Write records as soon as they come from now on: called at shutdown, so that a request
+    /// ended by the shutdown itself does not wait for the window with the process about to
+    /// exit.
+    pub fn stop_waiting(&self) {
+        let _ = self.ask(Cmd::NoWait);
+    }
+
     /// Send a command that must not wait, and end the thread's wait for more writes.
     fn ask(&self, cmd: Cmd) -> Result<(), std_mpsc::SendError<Cmd>> {
         self.tx.send(cmd)?;
@@ -323,7 +332,7 @@ fn gather(
 fn run(
     mut conn: Connection,
     rx: std_mpsc::Receiver<Cmd>,
-    window: Duration,
+    mut window: Duration,
     parked: Option<std_mpsc::Sender<()>>,
 ) {
     while let Ok(first) = rx.recv() {
@@ -365,6 +374,7 @@ fn run(
                 Cmd::Flush(reply) => {
                     let _ = reply.send(());
                 }
+                Cmd::NoWait => window = Duration::ZERO,
                 Cmd::Record(_) | Cmd::SaveHealth(_) => {}
             }
         }
@@ -598,6 +608,38 @@ mod tests {
             .unwrap();
         let (_store, loaded, _t) = StateStore::open(&path).unwrap();
         assert_eq!(loaded.next_record, 5, "the last write was lost");
+    }
+
+    /// Once the daemon stops, a record is written as soon as it comes: a request ended by the
+    /// shutdown must not wait for company the process will not live to see.
+    #[tokio::test]
+    async fn after_stop_waiting_a_record_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let hour = Duration::from_secs(3600);
+        let (store, _, _thread) = StateStore::open_with(&path, hour, None).unwrap();
+        store.stop_waiting();
+        // Taken in: the record below comes in a batch of its own.
+        store.flush().await;
+        store.record(record_with_id(7));
+        // Seen by another connection to the file, with no read through the store.
+        let other = Connection::open(&path).unwrap();
+        let written = async {
+            loop {
+                let n: i64 = other
+                    .query_row("SELECT COUNT(*) FROM requests WHERE id = 7", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap_or(0);
+                if n == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), written)
+            .await
+            .expect("the record waited for the write window after stop_waiting");
     }
 
     /// What writing a request record costs the state thread, with the statement prepared

@@ -317,8 +317,15 @@ mod tests {
         ];
         let lens = [0, 1, 250, 251, 65_535, 65_536, 70_000];
         for id in ids {
-            for len in lens {
-                let text: String = "é€x".chars().cycle().take(len).collect();
+            // Lengths in bytes (ASCII), and the same counts of characters of 1 to 3 bytes.
+            let texts = lens.iter().flat_map(|&len| {
+                [
+                    "x".repeat(len),
+                    "é€x".chars().cycle().take(len).collect::<String>(),
+                ]
+            });
+            for text in texts {
+                let len = text.len();
                 for event in [
                     StreamEvent::TextDelta { text: text.clone() },
                     StreamEvent::ThinkingDelta { text: text.clone() },
@@ -333,7 +340,7 @@ mod tests {
                         bincode_config(),
                     )
                     .unwrap();
-                    assert_eq!(fast, slow, "id {id}, {len} chars");
+                    assert_eq!(fast, slow, "id {id}, {len} bytes");
                     let back: Response = decode_payload(Encoding::Bincode, &fast).unwrap();
                     assert_eq!(back, msg);
                 }
