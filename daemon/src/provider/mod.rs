@@ -368,10 +368,53 @@ where
     }
 }
 
+/// How long a finished answer's body may take to reach its end (see [`release`]).
+const RELEASE_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many bytes a finished answer's body may still bring (see [`release`]).
+const RELEASE_BYTES: usize = 64 << 10;
+
+/// Read the rest of a body whose answer is complete, so that its connection goes back to the
+/// pool. An HTTP/1 connection is reusable only once its body has been read to the end (the
+/// chunked terminator that follows `[DONE]` or `message_stop`); a body dropped before that
+/// makes hyper close the connection, and the next request to the provider pays for a new one
+/// (a TCP and TLS handshake). What has arrived is read at once; the rest,
+/// usually a moment away, by a task of its own, within [`RELEASE_TIME`] and
+/// [`RELEASE_BYTES`] (a server that goes on sending after the end loses its connection).
+fn release<B>(mut body: B)
+where
+    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
+{
+    let mut left = RELEASE_BYTES;
+    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    loop {
+        match body.poll_next_unpin(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(more))) if more.len() <= left => left -= more.len(),
+            // The end (reusable), a failure or too much (not): either way, done with it.
+            std::task::Poll::Ready(_) => return,
+            std::task::Poll::Pending => break,
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let drain = async {
+            while let Some(Ok(more)) = body.next().await {
+                if more.len() > left {
+                    return;
+                }
+                left -= more.len();
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_TIME, drain).await;
+    });
+}
+
 impl<D, B> Stream for BodyStream<D, B>
 where
     D: decode::WireDecoder,
-    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
 {
     type Item = Result<Delta, ProviderError>;
 
@@ -395,9 +438,11 @@ where
                 Some(Ok(bytes)) => {
                     let r = st.decoder.push(&bytes, &mut st.scratch);
                     if st.decoder.is_done() {
-                        // Dropping the body releases the connection as soon as the terminator
-                        // is seen, without waiting for the server to close.
-                        st.body = None;
+                        // The answer is whole: the stream ends now, and the body is read to
+                        // its end apart from it, so the connection can be used again.
+                        if let Some(body) = st.body.take() {
+                            release(body);
+                        }
                     }
                     r
                 }

@@ -104,6 +104,10 @@ pub struct SimOptions {
     /// The canned answer said this many times over (at least once): the benchmark's long
     /// answers, to tell per-request costs from per-chunk ones.
     pub answer_repeat: usize,
+    /// A wait between a stream's last event (`[DONE]`, `message_stop`) and the end of its body:
+    /// a server that writes the chunked terminator apart from the last event, so that a client
+    /// that stops reading at the last event leaves the connection mid-body.
+    pub end_linger: Duration,
 }
 
 /// How a simulated provider continues a partial answer: exactly, as the instructions say, or
@@ -138,6 +142,7 @@ impl SimOptions {
             seed: 1,
             continuation: SimContinuation::default(),
             answer_repeat: 1,
+            end_linger: Duration::ZERO,
         }
     }
 }
@@ -157,6 +162,8 @@ pub struct SimStats {
     pub aborted: u64,
     /// Streams open now.
     pub active: u64,
+    /// TCP connections accepted: fewer than requests when clients keep them alive.
+    pub connections: u64,
 }
 
 /// How many recent requests a simulated provider keeps for inspection.
@@ -229,8 +236,10 @@ impl SimProvider {
             .with_state(inner.clone());
         // Small SSE frames must leave at once, as from a real provider; with Nagle on, each
         // would wait for the previous one's delayed ACK (40 ms on Linux).
-        let listener = listener.tap_io(|tcp| {
+        let counted = inner.clone();
+        let listener = listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
+            Inner::lock(&counted.stats).connections += 1;
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -706,3 +706,43 @@ async fn gemini_refuses_what_the_real_api_refuses() {
         true
     );
 }
+
+/// A finished answer leaves its connection for the next request, in every format, also when
+/// the server writes the body's end apart from its last event (`[DONE]`, `message_stop`): a
+/// body dropped at the last event makes hyper close the connection, and each request then pays
+/// for a new one (with a real provider, a TLS handshake).
+#[tokio::test]
+async fn a_finished_answer_leaves_its_connection_for_the_next_request() {
+    for flavor in [
+        Flavor::OpenAi,
+        Flavor::DeepSeek,
+        Flavor::Anthropic,
+        Flavor::Gemini,
+    ] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut o = SimOptions::new("t", flavor);
+        o.first_token_delay = Duration::ZERO;
+        o.token_delay = Duration::ZERO;
+        o.end_linger = Duration::from_millis(20);
+        o.expect_key = Some("k".into());
+        let s = SimProvider::start(l, o).await.unwrap();
+        let cfg = ProviderConfig {
+            api_key: Some(Secret::new("k")),
+            simulated: true,
+            ..ProviderConfig::new("t", flavor.api(), s.base_url(), "m")
+        };
+        let t = HttpTransport::new(cfg, http_client().unwrap());
+        let chat = ChatRequest::user_text(1, "hello there");
+        for _ in 0..4 {
+            let got = run(&t, &chat, None).await.unwrap();
+            assert!(!got.text.is_empty(), "{flavor:?}: {got:?}");
+            // The next request comes once the server has written the end of this body (a
+            // moment for it to be read on our side): as an agent's next turn comes, later.
+            while s.stats().active > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(s.stats().connections, 1, "{flavor:?}");
+    }
+}

@@ -481,6 +481,9 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
                     .into_iter()
                     .map(Step::Send),
             );
+            if !opts.end_linger.is_zero() {
+                steps.push(Step::Sleep(opts.end_linger));
+            }
             steps.push(Step::Complete);
         }
     }
