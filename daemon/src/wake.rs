@@ -89,6 +89,32 @@ pub async fn requeue() {
 mod tests {
     use super::*;
 
+    /// `requeue` lets every task already queued run before the caller goes on, on the
+    /// daemon's runtime layout (one worker).
+    #[test]
+    fn requeue_lets_the_queued_tasks_run_first() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::spawn(async {
+                let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                for _ in 0..8 {
+                    let ran = ran.clone();
+                    tokio::spawn(async move {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                assert_eq!(ran.load(Ordering::Relaxed), 0);
+                requeue().await;
+                assert_eq!(ran.load(Ordering::Relaxed), 8);
+            })
+            .await
+            .unwrap();
+        });
+    }
+
     /// Set to begin with; set again by its waker, which wakes the task registered last.
     #[test]
     fn set_by_its_waker_which_wakes_the_task() {

@@ -795,6 +795,49 @@ async fn two_sessions_share_one_breaker() {
     assert_eq!(h.scripts[0].calls(), 1);
 }
 
+/// The same cut with a reader slower than the provider: every event waits for room in the
+/// client's channel. The partial answer the fallback continues is still exactly what the client
+/// got, once each.
+#[tokio::test(start_paused = true)]
+async fn a_cut_with_a_full_channel_continues_without_duplicates() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("Hello"),
+        text(" wor"),
+        (
+            10,
+            Err(ProviderError::new(
+                ErrorKind::Network,
+                "connection lost mid-stream",
+            )),
+        ),
+    ])]);
+    h.scripts[1].push([answer(&["ld", ", how are you?"])]);
+    let (tx, mut rx) = mpsc::channel(1);
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        async move {
+            r.route(req("greet"), Emitter::new(1, tx), CancellationToken::new())
+                .await
+        }
+    });
+    let mut ev = Vec::new();
+    while let Some(Response::Event { event, .. }) = rx.recv().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
+        ev.push(event);
+        if end {
+            break;
+        }
+    }
+    task.await.unwrap();
+    assert_eq!(final_text(&ev), "Hello world, how are you?");
+    assert_eq!(
+        h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
+        Some("Hello wor")
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_reader_is_not_blamed_on_the_provider() {
     let h = harness(2, no_jitter());

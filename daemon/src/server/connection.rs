@@ -545,6 +545,22 @@ mod writer_tests {
         writer.await.unwrap()
     }
 
+    /// More events queued than the writer takes at once, and the channel closed behind them:
+    /// every one goes out, in order, in a few writes.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_larger_than_a_batch_goes_out_whole_and_in_order() {
+        let events: Vec<Response> = (0..5 * WRITER_BATCH + 3).map(text).collect();
+        let (tx, rx) = mpsc::channel(1024);
+        for e in events.clone() {
+            tx.send(e).await.unwrap();
+        }
+        drop(tx);
+        let mut sink = Batches::default();
+        write_batches(rx, &mut sink).await;
+        assert_eq!(sink.done.concat(), events);
+        assert!(sink.done.len() <= 6, "{} writes", sink.done.len());
+    }
+
     /// A burst arriving an event every other scheduler round (as an upstream connection
     /// hands it over) goes out in few writes; paced events go out one by one, each at once.
     #[tokio::test(start_paused = true)]
