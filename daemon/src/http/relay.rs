@@ -35,8 +35,12 @@ const BODY_BUFFER: usize = 16 * 1024;
 /// Space made in the body buffer before each chunk is written: more than most frames take.
 const FRAME_ROOM: usize = 1024;
 
-/// How many scheduler rounds a body chunk may wait for more events of a burst.
-const COALESCE_ROUNDS: usize = 16;
+/// How many scheduler rounds a body chunk may wait for more events of a burst. A round brings
+/// one event at most (the route runs in this task, and the upstream connection hands over one
+/// HTTP chunk per round), and a round that brings one costs a task switch, not a poll of the
+/// I/O driver (see `requeue` below): 16 rounds made 0.17 writes per relayed chunk, 64 make
+/// 0.085. A paced stream's event still goes out after two empty rounds (`EMPTY_ROUNDS`).
+const COALESCE_ROUNDS: usize = 64;
 
 /// Rounds in a row that bring nothing before a body chunk goes out. One is not enough: the
 /// upstream connection hands over what it has buffered one HTTP chunk per wake-up, and when
