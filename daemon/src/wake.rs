@@ -115,6 +115,45 @@ mod tests {
         });
     }
 
+    /// What `requeue` is for: it does not wait for the worker to poll its drivers. A timer that
+    /// is due fires only when they are polled, which a few `requeue`s do not bring about (a
+    /// worker polls them on its own every 61 polls of a task; this test stays well under) and
+    /// `yield_now` does.
+    #[test]
+    fn requeue_does_not_wait_for_the_drivers() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::spawn(async {
+                let fired = Arc::new(AtomicBool::new(false));
+                let timer = fired.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    timer.store(true, Ordering::SeqCst);
+                });
+                // The timer task runs once and sets its timer; then the timer comes due.
+                requeue().await;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                for _ in 0..5 {
+                    requeue().await;
+                    assert!(!fired.load(Ordering::SeqCst), "requeue polled the timers");
+                }
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                    if fired.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                panic!("yield_now never let the due timer fire");
+            })
+            .await
+            .unwrap();
+        });
+    }
+
     /// Set to begin with; set again by its waker, which wakes the task registered last.
     #[test]
     fn set_by_its_waker_which_wakes_the_task() {

@@ -26,7 +26,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, FramedParts, FramedWrite};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Seat;
@@ -109,16 +109,11 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
         return;
     }
     // From here on the reader and the writer task each hold the socket: no lock shared
-    // between them per frame, as `Framed::split` would take. What the client sent right
-    // after its hello may be read already: it stays in front of the reader.
-    // (`Framed::from_parts` decodes those bytes before it reads again; a `FramedRead` given
-    // them in its buffer would wait for the socket first.)
+    // between them per frame, as `Framed::split` would take.
     let hello_parts = framed.into_parts();
     let codec = || FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN);
-    let mut reader = FramedParts::new::<Response>(Shared(socket), codec());
-    reader.read_buf = hello_parts.read_buf;
-    let mut frames = Framed::from_parts(reader);
     let sink = FramedWrite::new(hello_parts.io, codec());
+    let mut frames = reader_after_hello(Shared(socket), codec(), hello_parts.read_buf);
 
     let (tx, rx) = mpsc::channel::<Response>(256);
     let writer = tokio::spawn(write_batches(rx, sink));
@@ -165,6 +160,34 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = writer.await;
+}
+
+/// The connection's requests: first those the client sent along with its hello (already read
+/// with it), then the socket's. A `FramedRead` given those bytes in its buffer would wait for
+/// the socket before decoding them, and a `Framed` would add a write buffer the reader never
+/// uses; so the whole frames among them are decoded here, and the rest (a part of a frame) is
+/// left in front of the socket's bytes. Decoding stops at the first bad frame, which ends the
+/// connection as any other.
+fn reader_after_hello(
+    socket: Shared,
+    mut codec: FrameCodec<Request, Response>,
+    mut leftover: bytes::BytesMut,
+) -> impl futures_util::Stream<Item = Result<Request, CodecError>> + Unpin {
+    use tokio_util::codec::Decoder;
+    let mut early = Vec::new();
+    loop {
+        match codec.decode(&mut leftover) {
+            Ok(Some(req)) => early.push(Ok(req)),
+            Ok(None) => break,
+            Err(e) => {
+                early.push(Err(e));
+                break;
+            }
+        }
+    }
+    let mut frames = FramedRead::new(socket, codec);
+    *frames.read_buffer_mut() = leftover;
+    futures_util::stream::iter(early).chain(frames)
 }
 
 /// The most events the writer takes from its channel at once.

@@ -249,6 +249,10 @@ pub async fn run(
     connections.close();
     // Connections end promptly once hard_stop fires; bound the wait anyway.
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+    // So do the streams that were cut, the HTTP front end's among them (a dropped response
+    // hands its route to the tracker): their last act is to record the request, which the
+    // caller's final flush of the state then writes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ctx.streams.wait()).await;
 }
 
 #[cfg(test)]

@@ -134,7 +134,7 @@ async fn a_request_sent_with_the_hello_is_answered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = start().await;
     let name = server.path.clone().to_fs_name::<GenericFilePath>().unwrap();
-    let mut stream = Stream::connect(name).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(Stream::connect(name).await.unwrap());
     let frame = |payload: Vec<u8>| {
         let mut f = (payload.len() as u32).to_be_bytes().to_vec();
         f.extend(payload);
@@ -147,15 +147,19 @@ async fn a_request_sent_with_the_hello_is_answered() {
     .unwrap();
     let status =
         mythos_protocol::codec::encode_payload(Encoding::Bincode, &Request::Status).unwrap();
+    // The hello, a whole request and the first bytes of another, in one write.
     let mut both = frame(hello);
-    both.extend(frame(status));
-    stream.write_all(&both).await.unwrap();
+    both.extend(frame(status.clone()));
+    let second = frame(status);
+    let (head, tail) = second.split_at(3);
+    both.extend_from_slice(head);
+    wr.write_all(&both).await.unwrap();
     // The hello reply, then the status, with nothing more sent.
     let mut read_frame = async || {
         let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await.unwrap();
+        rd.read_exact(&mut len).await.unwrap();
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        stream.read_exact(&mut body).await.unwrap();
+        rd.read_exact(&mut body).await.unwrap();
         body
     };
     let reply = tokio::time::timeout(Duration::from_secs(10), read_frame())
@@ -166,6 +170,14 @@ async fn a_request_sent_with_the_hello_is_answered() {
     let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
         .await
         .expect("the request sent with the hello was not answered");
+    let answer: Response =
+        mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
+    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    // The rest of the second request: it is put together from both writes.
+    wr.write_all(tail).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
+        .await
+        .expect("a request split across the hello's read and the next was not answered");
     let answer: Response =
         mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
     assert!(matches!(answer, Response::Status(_)), "{answer:?}");

@@ -710,7 +710,8 @@ async fn gemini_refuses_what_the_real_api_refuses() {
 /// A finished answer leaves its connection for the next request, in every format, also when
 /// the server writes the body's end apart from its last event (`[DONE]`, `message_stop`): a
 /// body dropped at the last event makes hyper close the connection, and each request then pays
-/// for a new one (with a real provider, a TLS handshake).
+/// for a new one (with a real provider, a TLS handshake). (Gemini's stream has no last event
+/// before the body's end: it is here to keep it that way.)
 #[tokio::test]
 async fn a_finished_answer_leaves_its_connection_for_the_next_request() {
     for flavor in [
