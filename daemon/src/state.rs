@@ -653,20 +653,7 @@ mod tests {
         let mut conn = Connection::open(dir.path().join("state.db")).unwrap();
         migrate(&conn).unwrap();
         let n = 2000u64;
-        let rec = |id| RequestRecord {
-            id,
-            unix_ms: 1_795_996_800_000,
-            task: TaskKind::Code,
-            pinned: None,
-            candidates: vec![],
-            attempts: vec![],
-            provider: Some("deepseek".into()),
-            usage: Usage::default(),
-            cost_usd: 0.5,
-            latency_ms: 9,
-            error: None,
-            queued_ms: 0,
-        };
+        let rec = record_with_id;
         let start = std::time::Instant::now();
         let tx = conn.transaction().unwrap();
         for id in 0..n {

@@ -357,9 +357,9 @@ async fn long_tool_call_argument_stream_is_not_killed() {
     ));
 }
 
-#[tokio::test(start_paused = true)]
-async fn mid_stream_disconnect_continues_without_duplicates() {
-    let h = harness(2, no_jitter());
+/// The first provider says "Hello wor" and loses the connection; the second continues from
+/// the prefill it is given with "ld, how are you?".
+fn cut_after_hello_wor(h: &Harness) {
     h.scripts[0].push([Step::Stream(vec![
         text("Hello"),
         text(" wor"),
@@ -371,8 +371,13 @@ async fn mid_stream_disconnect_continues_without_duplicates() {
             )),
         ),
     ])]);
-    // The fallback continues from the prefill it was given.
     h.scripts[1].push([answer(&["ld", ", how are you?"])]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn mid_stream_disconnect_continues_without_duplicates() {
+    let h = harness(2, no_jitter());
+    cut_after_hello_wor(&h);
     let ev = ask(&h.router, req("greet")).await;
     assert_eq!(final_text(&ev), "Hello world, how are you?");
     assert_eq!(done_provider(&ev), Some("beta"));
@@ -795,42 +800,39 @@ async fn two_sessions_share_one_breaker() {
     assert_eq!(h.scripts[0].calls(), 1);
 }
 
+/// Route `r` to a client whose channel holds one event and who takes `per_event` to read each;
+/// its events to the end.
+async fn ask_slowly(router: &Arc<Router>, r: ChatRequest, per_event: Duration) -> Vec<StreamEvent> {
+    let (tx, mut rx) = mpsc::channel(1);
+    let task = tokio::spawn({
+        let router = router.clone();
+        async move {
+            router
+                .route(r, Emitter::new(1, tx), CancellationToken::new())
+                .await
+        }
+    });
+    let mut events = Vec::new();
+    while let Some(Response::Event { event, .. }) = rx.recv().await {
+        tokio::time::sleep(per_event).await;
+        let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    task.await.unwrap();
+    events
+}
+
 /// The same cut with a reader slower than the provider: every event waits for room in the
 /// client's channel. The partial answer the fallback continues is still exactly what the client
 /// got, once each.
 #[tokio::test(start_paused = true)]
 async fn a_cut_with_a_full_channel_continues_without_duplicates() {
     let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Stream(vec![
-        text("Hello"),
-        text(" wor"),
-        (
-            10,
-            Err(ProviderError::new(
-                ErrorKind::Network,
-                "connection lost mid-stream",
-            )),
-        ),
-    ])]);
-    h.scripts[1].push([answer(&["ld", ", how are you?"])]);
-    let (tx, mut rx) = mpsc::channel(1);
-    let task = tokio::spawn({
-        let r = h.router.clone();
-        async move {
-            r.route(req("greet"), Emitter::new(1, tx), CancellationToken::new())
-                .await
-        }
-    });
-    let mut ev = Vec::new();
-    while let Some(Response::Event { event, .. }) = rx.recv().await {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
-        ev.push(event);
-        if end {
-            break;
-        }
-    }
-    task.await.unwrap();
+    cut_after_hello_wor(&h);
+    let ev = ask_slowly(&h.router, req("greet"), Duration::from_millis(50)).await;
     assert_eq!(final_text(&ev), "Hello world, how are you?");
     assert_eq!(
         h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
@@ -844,25 +846,8 @@ async fn a_slow_reader_is_not_blamed_on_the_provider() {
     let words: Vec<String> = (0..50).map(|i| format!(" w{i}")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     h.scripts[0].push([answer(&refs)]);
-    // A channel of one: every event waits for the reader, who takes 20 s per event.
-    let (tx, mut rx) = mpsc::channel(1);
-    let task = tokio::spawn({
-        let r = h.router.clone();
-        async move {
-            r.route(req("x"), Emitter::new(1, tx), CancellationToken::new())
-                .await
-        }
-    });
-    let mut events = Vec::new();
-    while let Some(Response::Event { event, .. }) = rx.recv().await {
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
-        events.push(event);
-        if end {
-            break;
-        }
-    }
-    task.await.unwrap();
+    // Every event waits for the reader, who takes 20 s per event.
+    let events = ask_slowly(&h.router, req("x"), Duration::from_secs(20)).await;
     assert_eq!(done_provider(&events), Some("alpha"), "{:?}", events.last());
     assert!(!events
         .iter()
