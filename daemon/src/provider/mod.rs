@@ -385,30 +385,22 @@ fn release<B>(mut body: B)
 where
     B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
 {
-    let mut left = RELEASE_BYTES;
-    let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-    loop {
-        match body.poll_next_unpin(&mut cx) {
-            std::task::Poll::Ready(Some(Ok(more))) if more.len() <= left => left -= more.len(),
-            // The end (reusable), a failure or too much (not): either way, done with it.
-            std::task::Poll::Ready(_) => return,
-            std::task::Poll::Pending => break,
-        }
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let drain = async {
-            while let Some(Ok(more)) = body.next().await {
-                if more.len() > left {
-                    return;
-                }
-                left -= more.len();
+    let mut drain = Box::pin(async move {
+        let mut left = RELEASE_BYTES;
+        // The end (reusable), a failure or too much (not): either way, done with it.
+        while let Some(Ok(more)) = body.next().await {
+            if more.len() > left {
+                return;
             }
-        };
-        let _ = tokio::time::timeout(RELEASE_TIME, drain).await;
+            left -= more.len();
+        }
     });
+    if futures_util::FutureExt::now_or_never(drain.as_mut()).is_some() {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(tokio::time::timeout(RELEASE_TIME, drain));
+    }
 }
 
 impl<D, B> Stream for BodyStream<D, B>

@@ -85,7 +85,7 @@ impl Router {
             text_from: partial.text.len(),
             error: None,
         };
-        let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
+        let cancelled = cancelled_by_client;
         let stalled = |what: &str, limit: Duration| {
             ProviderError::new(
                 ErrorKind::Timeout,
@@ -146,9 +146,9 @@ impl Router {
             Some(pre) if !pre.is_empty() => Seam::new(pre),
             _ => Seam::open(),
         };
-        // The first and the latest token: the mean gap between tokens is their distance over
-        // the count of gaps (the gaps' sum telescopes), so a token costs one clock reading.
-        let mut first_progress: Option<Instant> = None;
+        // The latest token: the mean gap between tokens is its distance from the first one
+        // (`t0 + ttft`) over the count of gaps (their sum telescopes), so a token costs one
+        // clock reading.
         let mut last_progress: Option<Instant> = None;
         let mut gaps = 0u32;
         let mut waiting_for = "no first token";
@@ -220,7 +220,6 @@ impl Router {
                 let first = last_progress.is_none();
                 if first {
                     end.ttft = Some(now - t0);
-                    first_progress = Some(now);
                     self.health().record_ttft(i, now - t0, now);
                 } else {
                     gaps += 1;
@@ -323,9 +322,9 @@ impl Router {
                 }
             }
         }
-        if let (Some(first), Some(last)) = (first_progress, last_progress) {
+        if let (Some(ttft), Some(last)) = (end.ttft, last_progress) {
             if gaps > 0 {
-                end.mean_gap = Some((last - first) / gaps);
+                end.mean_gap = Some((last - (t0 + ttft)) / gaps);
             }
         }
         end
@@ -347,10 +346,7 @@ impl Router {
             let event = match to.out.try_send(event) {
                 Ok(true) => continue,
                 Ok(false) => {
-                    end.error = Some(ProviderError::new(
-                        ErrorKind::Cancelled,
-                        "cancelled by the client",
-                    ));
+                    end.error = Some(cancelled_by_client());
                     return false;
                 }
                 Err(event) => event,
@@ -363,10 +359,7 @@ impl Router {
                 _ = to.cancel.cancelled() => false,
             };
             if !sent {
-                end.error = Some(ProviderError::new(
-                    ErrorKind::Cancelled,
-                    "cancelled by the client",
-                ));
+                end.error = Some(cancelled_by_client());
                 return false;
             }
             // A client that reads slowly holds us in `send` (backpressure) while the provider
@@ -377,6 +370,11 @@ impl Router {
         }
         true
     }
+}
+
+/// Why an attempt ends when its client cancels or goes away.
+pub(super) fn cancelled_by_client() -> ProviderError {
+    ProviderError::new(ErrorKind::Cancelled, "cancelled by the client")
 }
 
 /// What the relay loop's wait for the next chunk ended with.
@@ -428,10 +426,7 @@ fn relay_ready(
         match to.out.try_send(event) {
             Ok(true) => {}
             Ok(false) => {
-                end.error = Some(ProviderError::new(
-                    ErrorKind::Cancelled,
-                    "cancelled by the client",
-                ));
+                end.error = Some(cancelled_by_client());
                 return Relayed::Gone;
             }
             Err(back) => {

@@ -676,7 +676,7 @@ impl Router {
         start: Instant,
     ) -> Result<(FinishReason, String), Failure> {
         let plan = self.plan(req, rec)?;
-        let cancelled = || ProviderError::new(ErrorKind::Cancelled, "cancelled by the client");
+        let cancelled = attempt::cancelled_by_client;
         let mut partial = Partial::default();
         let mut j = Journey::default();
         let mut attempt_no = 0u32;

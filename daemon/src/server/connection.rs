@@ -208,13 +208,8 @@ where
         // Feed everything already queued, then flush once: one syscall for a burst of
         // small deltas instead of one per delta.
         let mut rounds = WRITER_ROUNDS;
-        for event in batch.drain(..) {
-            if starts_a_stream(&event, &mut fresh) {
-                rounds = 1;
-            }
-            if sink.feed(event).await.is_err() {
-                return;
-            }
+        if !feed_all(&mut batch, &mut sink, &mut fresh, &mut rounds).await {
+            return;
         }
         // Then let every other ready task run before writing, while that brings more: a
         // provider's burst reaches the router one HTTP chunk per wake-up, so more events
@@ -236,19 +231,36 @@ where
             })
             .await;
             empty = if came > 0 { 0 } else { empty + 1 };
-            for event in batch.drain(..) {
-                if starts_a_stream(&event, &mut fresh) {
-                    rounds = rounds.min(1);
-                }
-                if sink.feed(event).await.is_err() {
-                    return;
-                }
+            if !feed_all(&mut batch, &mut sink, &mut fresh, &mut rounds).await {
+                return;
             }
         }
         if sink.flush().await.is_err() {
             return;
         }
     }
+}
+
+/// Feed `batch` (emptied) to `sink`; a stream's start or first token among it leaves one
+/// round at most to wait (see `starts_a_stream`). False when the client is gone.
+async fn feed_all<S>(
+    batch: &mut Vec<Response>,
+    sink: &mut S,
+    fresh: &mut Vec<u64>,
+    rounds: &mut usize,
+) -> bool
+where
+    S: futures_util::Sink<Response> + Unpin,
+{
+    for event in batch.drain(..) {
+        if starts_a_stream(&event, fresh) {
+            *rounds = (*rounds).min(1);
+        }
+        if sink.feed(event).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The client's socket, held by the connection's reader and by its writer task: `&Socket`
