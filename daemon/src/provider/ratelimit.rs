@@ -94,63 +94,87 @@ impl RateLimits {
 pub const MAX_HEADER_WAIT: Duration = Duration::from_secs(86_400);
 
 /// Read the rate-limit headers of a response received at `now_unix_ms`.
+///
+/// One pass over the response's headers (a dozen or so) sorts the rate-limit ones into slots;
+/// looking up each of the 26 names this reads would hash and compare every one of them, and
+/// this runs on every response.
 pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
+    let mut raw = Raw::default();
+    for (name, value) in headers {
+        if let Some(slot) = raw.slot(name.as_str()) {
+            // The first value of a name counts, as `HeaderMap::get` would give it.
+            slot.get_or_insert(value.to_str().map(str::trim).ok());
+        }
+    }
+    let read = |fields: [Option<Option<&str>>; 3], reset: &dyn Fn(&str) -> Option<Duration>| {
+        let [limit, remaining, reset_at] = fields.map(Option::flatten);
+        Announced {
+            limit: limit.and_then(parse_count),
+            remaining: remaining.and_then(parse_count),
+            reset_in: reset_at.and_then(reset),
+        }
     };
-    let count = |name: &str| text(name).and_then(parse_count);
     let mut out = RateLimits {
         retry_after: retry_after(headers, now_unix_ms),
         ..RateLimits::default()
     };
     for kind in QuotaKind::ALL {
-        let anthropic = match kind {
-            QuotaKind::Requests => "requests",
-            QuotaKind::Tokens => "tokens",
-            QuotaKind::InputTokens => "input-tokens",
-            QuotaKind::OutputTokens => "output-tokens",
-        };
-        let a = Announced {
-            limit: count(&format!("anthropic-ratelimit-{anthropic}-limit")),
-            remaining: count(&format!("anthropic-ratelimit-{anthropic}-remaining")),
-            reset_in: text(&format!("anthropic-ratelimit-{anthropic}-reset"))
-                .and_then(|t| reset_in_rfc3339(t, now_unix_ms)),
-        };
-        let o = match kind {
-            QuotaKind::Requests | QuotaKind::Tokens => {
-                let suffix = if kind == QuotaKind::Requests {
-                    "requests"
-                } else {
-                    "tokens"
-                };
-                Announced {
-                    limit: count(&format!("x-ratelimit-limit-{suffix}")),
-                    remaining: count(&format!("x-ratelimit-remaining-{suffix}")),
-                    reset_in: text(&format!("x-ratelimit-reset-{suffix}"))
-                        .and_then(parse_go_duration),
-                }
-            }
-            _ => Announced::default(),
+        let i = kind.index();
+        let a = read(raw.anthropic[i], &|t| reset_in_rfc3339(t, now_unix_ms));
+        let o = match raw.openai.get(i) {
+            Some(&fields) => read(fields, &parse_go_duration),
+            None => Announced::default(),
         };
         let mut merged = pick(a, o);
         if kind == QuotaKind::Requests && merged.is_none() {
             // The IETF draft / OpenRouter form counts requests.
-            for prefix in ["x-ratelimit", "ratelimit"] {
-                let d = Announced {
-                    limit: count(&format!("{prefix}-limit")),
-                    remaining: count(&format!("{prefix}-remaining")),
-                    reset_in: text(&format!("{prefix}-reset"))
-                        .and_then(|t| reset_in_number(t, now_unix_ms)),
-                };
+            for fields in raw.draft {
+                let d = read(fields, &|t| reset_in_number(t, now_unix_ms));
                 merged = merged.or(pick(d, Announced::default()));
             }
         }
-        out.quotas[kind.index()] = merged;
+        out.quotas[i] = merged;
     }
     out
+}
+
+/// The rate-limit headers of one response, by provider form, kind and field (limit,
+/// remaining, reset). `Some(None)`: the header is there but not visible ASCII.
+#[derive(Default)]
+struct Raw<'a> {
+    /// `anthropic-ratelimit-{kind}-{field}`, by [`QuotaKind::index`].
+    anthropic: [[Option<Option<&'a str>>; 3]; 4],
+    /// `x-ratelimit-{field}-{requests,tokens}`.
+    openai: [[Option<Option<&'a str>>; 3]; 2],
+    /// `x-ratelimit-{field}`, then `ratelimit-{field}`.
+    draft: [[Option<Option<&'a str>>; 3]; 2],
+}
+
+impl<'a> Raw<'a> {
+    /// Where the header `name` (lower case, as `HeaderName` keeps it) goes, if it is one.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<Option<&'a str>>> {
+        let field = |f: &str| ["limit", "remaining", "reset"].iter().position(|x| *x == f);
+        if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+            let (kind, f) = rest.rsplit_once('-')?;
+            let k = ["requests", "tokens", "input-tokens", "output-tokens"]
+                .iter()
+                .position(|x| *x == kind)?;
+            return Some(&mut self.anthropic[k][field(f)?]);
+        }
+        let (form, rest) = match name.strip_prefix("x-") {
+            Some(rest) => (0, rest),
+            None => (1, name),
+        };
+        let rest = rest.strip_prefix("ratelimit-")?;
+        match rest.split_once('-') {
+            Some((f, kind)) if form == 0 => {
+                let k = ["requests", "tokens"].iter().position(|x| *x == kind)?;
+                Some(&mut self.openai[k][field(f)?])
+            }
+            Some(_) => None,
+            None => Some(&mut self.draft[form][field(rest)?]),
+        }
+    }
 }
 
 /// The first of two readings that says anything useful (a remaining count is the minimum).
@@ -273,6 +297,112 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    /// Name by name, the way the headers are documented: the reference the one-pass reading
+    /// must agree with.
+    fn by_name(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let count = |name: &str| text(name).and_then(parse_count);
+        let mut out = RateLimits {
+            retry_after: retry_after(headers, now_unix_ms),
+            ..RateLimits::default()
+        };
+        let kinds = ["requests", "tokens", "input-tokens", "output-tokens"];
+        for (i, kind) in QuotaKind::ALL.into_iter().enumerate() {
+            let k = kinds[i];
+            let a = Announced {
+                limit: count(&format!("anthropic-ratelimit-{k}-limit")),
+                remaining: count(&format!("anthropic-ratelimit-{k}-remaining")),
+                reset_in: text(&format!("anthropic-ratelimit-{k}-reset"))
+                    .and_then(|t| reset_in_rfc3339(t, now_unix_ms)),
+            };
+            let o = if i < 2 {
+                Announced {
+                    limit: count(&format!("x-ratelimit-limit-{k}")),
+                    remaining: count(&format!("x-ratelimit-remaining-{k}")),
+                    reset_in: text(&format!("x-ratelimit-reset-{k}")).and_then(parse_go_duration),
+                }
+            } else {
+                Announced::default()
+            };
+            let mut merged = pick(a, o);
+            if kind == QuotaKind::Requests && merged.is_none() {
+                for prefix in ["x-ratelimit", "ratelimit"] {
+                    let d = Announced {
+                        limit: count(&format!("{prefix}-limit")),
+                        remaining: count(&format!("{prefix}-remaining")),
+                        reset_in: text(&format!("{prefix}-reset"))
+                            .and_then(|t| reset_in_number(t, now_unix_ms)),
+                    };
+                    merged = merged.or(pick(d, Announced::default()));
+                }
+            }
+            out.quotas[i] = merged;
+        }
+        out
+    }
+
+    #[test]
+    fn one_pass_reads_what_name_by_name_reads() {
+        let mut names: Vec<String> = Vec::new();
+        for k in [
+            "requests",
+            "tokens",
+            "input-tokens",
+            "output-tokens",
+            "bogus",
+        ] {
+            for f in ["limit", "remaining", "reset", "left"] {
+                names.push(format!("anthropic-ratelimit-{k}-{f}"));
+                names.push(format!("x-ratelimit-{f}-{k}"));
+                names.push(format!("ratelimit-{f}-{k}"));
+            }
+        }
+        for f in ["limit", "remaining", "reset", "policy"] {
+            names.push(format!("x-ratelimit-{f}"));
+            names.push(format!("ratelimit-{f}"));
+        }
+        names.extend(
+            [
+                "anthropic-ratelimit-",
+                "x-ratelimit-",
+                "ratelimit",
+                "retry-after",
+            ]
+            .map(String::from),
+        );
+        let values: [&[u8]; 9] = [
+            b"60",
+            b" 59 ",
+            b"12.5",
+            b"-3",
+            b"6m0s",
+            b"2026-12-01T12:00:30Z",
+            b"1780000000",
+            b"soon",
+            b"\xff1",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..5_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..rng.usize(1..12) {
+                let name = reqwest::header::HeaderName::from_bytes(
+                    names[rng.usize(..names.len())].as_bytes(),
+                )
+                .unwrap();
+                let value = HeaderValue::from_bytes(values[rng.usize(..values.len())]).unwrap();
+                // Sometimes a second value under the same name: the first one counts.
+                h.append(name, value);
+            }
+            let now = 1_780_000_000_000 + rng.u64(..100_000);
+            assert_eq!(from_headers(&h, now), by_name(&h, now), "{h:?}");
+        }
     }
 
     #[test]

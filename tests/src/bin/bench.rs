@@ -8,7 +8,9 @@
 //! front end, and the user-space instructions per relayed chunk and per request solved from the
 //! two (counts repeat run to run, unlike times).
 //!
-//! Environment: `BENCH_LEVELS=1,100` measures sections 1, 1b and 2 at those concurrencies only;
+//! Environment: `BENCH_LEVELS=1,100` measures sections 1, 1b and 2 at those concurrencies only
+//! (`BENCH_LEVELS= bench --overhead-only`: only the per-request rows, CPU per request besides its
+//! chunks at concurrency 1 and 10);
 //! `BENCH_DAEMON_WORKERS=N` runs the daemon with N runtime workers (0: current-thread).
 //!
 //! Every figure is measured in this run against the same loopback mock provider (the daemon's
@@ -31,6 +33,11 @@ use mythosd::sim::{answer_for, Flavor, SimChaos, SimOptions, SimProvider, SimQuo
 /// The simulated provider holds the connection this long after its last frame before it cuts
 /// it (see `daemon/src/sim/wire.rs`).
 const CUT_DELAY_MS: f64 = 20.0;
+
+/// Requests per phase, and the long answers' length in canned answers, of the per-request
+/// set-up rows.
+const SETUP_REQUESTS: usize = 600;
+const SETUP_LONG: usize = 4;
 
 struct Opts {
     quick: bool,
@@ -780,6 +787,47 @@ async fn main() {
             via: Some(Stat::of(writes)),
             unit: "writes",
             note: "mythos_client_writes_total{front=\"socket\"}".into(),
+        });
+    }
+
+    // Per-request set-up and bookkeeping in time, the way `--callgrind` counts it in
+    // instructions: short and long answers one at a time, and the daemon's CPU solved into a
+    // part per chunk and a part per request.
+    let (base_url, token) = env.http();
+    for (front, conc) in [("socket", 1), ("socket", 10), ("HTTP", 1), ("HTTP", 10)] {
+        let per = SETUP_REQUESTS / conc;
+        let (mut per_request, mut short) = (Vec::new(), 0.0);
+        for _ in 0..reps {
+            let mut phase = Vec::new();
+            for repeat in [1, SETUP_LONG] {
+                sim.set_answer_repeat(repeat);
+                let cpu0 = cpu_secs(pid);
+                let (_, _, chunks, _) = if front == "socket" {
+                    load_via(&env.socket, conc, per, prompt).await
+                } else {
+                    load_http(&base_url, &token, conc, per, prompt).await
+                };
+                phase.push((chunks as f64, cpu_secs(pid) - cpu0));
+            }
+            sim.set_answer_repeat(1);
+            let ((c1, t1), (c2, t2)) = (phase[0], phase[1]);
+            let per_chunk = (t2 - t1) / (c2 - c1);
+            per_request.push((t1 - per_chunk * c1) / SETUP_REQUESTS as f64 * 1e6);
+            short = c1 / SETUP_REQUESTS as f64;
+        }
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!(
+                "daemon CPU per request via {front}, besides its chunks, concurrency {conc}"
+            ),
+            direct: None,
+            via: Some(Stat::of(per_request)),
+            unit: "µs",
+            note: format!(
+                "{SETUP_REQUESTS} requests of {short:.0} and of {:.0} chunks; \
+                 includes its state record",
+                short * SETUP_LONG as f64
+            ),
         });
     }
 
