@@ -11,7 +11,9 @@
 //! Environment: `BENCH_LEVELS=1,100` measures sections 1, 1b and 2 at those concurrencies only
 //! (`BENCH_LEVELS= bench --overhead-only`: only the per-request rows, CPU per request besides its
 //! chunks at concurrency 1 and 10);
-//! `BENCH_DAEMON_WORKERS=N` runs the daemon with N runtime workers (0: current-thread).
+//! `BENCH_DAEMON_WORKERS=N` runs the daemon with N runtime workers (0: current-thread);
+//! `BENCH_MOCK=inproc` runs sections 1, 1b and 2's mock in this process instead of its own (see
+//! `MockProcess` for why it has its own).
 //!
 //! Every figure is measured in this run against the same loopback mock provider (the daemon's
 //! simulated OpenAI-format provider with zero artificial delay, so its own cost is only HTTP and
@@ -99,11 +101,137 @@ async fn mock(name: &str, flavor: Flavor) -> SimProvider {
     SimProvider::start(l, o).await.unwrap()
 }
 
-fn provider_cfg(name: &str, sim: &SimProvider, api: Api) -> ProviderConfig {
+fn provider_cfg(name: &str, sim: &impl Upstream, api: Api) -> ProviderConfig {
     ProviderConfig {
         api_key: Some(Secret::new("bench-key")),
         simulated: true,
         ..ProviderConfig::new(name, api, sim.base_url(), "bench")
+    }
+}
+
+/// A mock provider the daemon and the direct client can be pointed at.
+trait Upstream {
+    fn base_url(&self) -> String;
+}
+
+impl Upstream for SimProvider {
+    fn base_url(&self) -> String {
+        SimProvider::base_url(self)
+    }
+}
+
+/// The zero-delay mock in a process of its own (this binary with `--serve-mock`), for the
+/// overhead and throughput sections.
+///
+/// In this process, the mock and the direct client share a runtime: a client's write wakes
+/// the mock's connection task on the same worker, which runs it next (tokio's LIFO slot), and
+/// the mock's first chunk comes back the same way. Under load that hand-off skips the queue
+/// every other task waits in, which no real client and provider share, and whether it happens
+/// depends on which worker holds which connection: direct time to first token at concurrency
+/// 100 measured 2.0 ms in one run and 13.3 ms in the next. In a process of its own the mock
+/// is reached as a provider is, by both the direct client and the daemon.
+/// `BENCH_MOCK=inproc` runs it in this process instead.
+struct MockProcess {
+    child: std::process::Child,
+    control: std::process::ChildStdin,
+    acks: std::io::BufReader<std::process::ChildStdout>,
+    url: String,
+}
+
+impl MockProcess {
+    fn start() -> MockProcess {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().expect("bench's own path");
+        let mut child = Command::new(exe)
+            .arg("--serve-mock")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the mock's process");
+        let control = child.stdin.take().expect("piped stdin");
+        let mut acks = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut url = String::new();
+        acks.read_line(&mut url).expect("the mock's address");
+        assert!(url.starts_with("http://"), "the mock process said {url:?}");
+        MockProcess {
+            child,
+            control,
+            acks,
+            url: url.trim().to_string(),
+        }
+    }
+
+    /// [`SimProvider::set_answer_repeat`] in the mock's process, done when this returns.
+    fn set_answer_repeat(&mut self, times: usize) {
+        use std::io::{BufRead, Write};
+        writeln!(self.control, "repeat {times}").expect("mock control");
+        let mut ack = String::new();
+        self.acks.read_line(&mut ack).expect("mock ack");
+        assert_eq!(ack.trim(), "ok", "the mock process said {ack:?}");
+    }
+}
+
+impl Upstream for MockProcess {
+    fn base_url(&self) -> String {
+        self.url.clone()
+    }
+}
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mock of `bench --serve-mock`: its address on stdout, then `repeat N` lines from stdin
+/// each answered `ok`; it ends with its stdin.
+async fn serve_mock() {
+    let sim = mock("mock", Flavor::OpenAi).await;
+    println!("{}", sim.base_url());
+    let control = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("repeat ").and_then(|n| n.parse().ok()) {
+                sim.set_answer_repeat(n);
+            }
+            println!("ok");
+        }
+    });
+    let _ = control.await;
+}
+
+/// The overhead sections' mock: its own process unless `BENCH_MOCK=inproc`.
+enum Mock {
+    Process(MockProcess),
+    InProcess(SimProvider),
+}
+
+impl Mock {
+    async fn start() -> Mock {
+        if std::env::var("BENCH_MOCK").is_ok_and(|v| v == "inproc") {
+            Mock::InProcess(mock("mock", Flavor::OpenAi).await)
+        } else {
+            Mock::Process(MockProcess::start())
+        }
+    }
+
+    fn set_answer_repeat(&mut self, times: usize) {
+        match self {
+            Mock::Process(p) => p.set_answer_repeat(times),
+            Mock::InProcess(sim) => sim.set_answer_repeat(times),
+        }
+    }
+}
+
+impl Upstream for Mock {
+    fn base_url(&self) -> String {
+        match self {
+            Mock::Process(p) => p.base_url(),
+            Mock::InProcess(sim) => sim.base_url(),
+        }
     }
 }
 
@@ -589,7 +717,7 @@ fn raise_fd_limit() -> u64 {
 /// the memory rows hold thousands of streams open on one provider. The connection cap is raised
 /// too: the concurrency-1000 rows hold 1,000 client connections, twice the default of 512,
 /// and at the cap the daemon closes the longest-idle one (a client between two requests).
-fn daemon_env(providers: &[(&str, &SimProvider)], config: &str) -> TestEnv {
+fn daemon_env<U: Upstream>(providers: &[(&str, &U)], config: &str) -> TestEnv {
     let mut env = TestEnv::new();
     let mut text = format!("[routing]\n{config}\n[server]\nmax_connections = 4096\n");
     for (i, (name, sim)) in providers.iter().enumerate() {
@@ -623,6 +751,10 @@ async fn main() {
         json: args.iter().any(|a| a == "--json"),
         callgrind: args.iter().any(|a| a == "--callgrind"),
     };
+    if args.iter().any(|a| a == "--serve-mock") {
+        serve_mock().await;
+        return;
+    }
     if o.callgrind {
         let rows = callgrind().await;
         let cores = std::thread::available_parallelism()
@@ -640,7 +772,7 @@ async fn main() {
     eprintln!("bench: {cores} cores, fd limit {fd_limit}, {reps} repetitions");
 
     // --- 1 + 2: overhead and relay throughput on a healthy request ---------------------------
-    let sim = mock("mock", Flavor::OpenAi).await;
+    let mut sim = Mock::start().await;
     let transport = Arc::new(HttpTransport::new(
         provider_cfg("mock", &sim, Api::Openai),
         http_client().expect("http client"),
