@@ -132,7 +132,9 @@ fn baseline() {
 async fn relay(events: Vec<StreamEvent>, pace: Pace) -> Vec<bytes::Bytes> {
     use futures_util::StreamExt;
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
-    let body = super::relay::Routed::scripted(events, pace).into_body(first.freeze(), enc);
+    let body = super::relay::Routed::scripted(events, pace)
+        .into_body(first.freeze(), enc)
+        .await;
     body.into_data_stream()
         .map(|c| c.expect("a chunk"))
         .collect()
@@ -147,11 +149,13 @@ async fn relay(events: Vec<StreamEvent>, pace: Pace) -> Vec<bytes::Bytes> {
 async fn paced_events_go_out_alone_and_bursts_together() {
     let events = answer();
     let paced = relay(events.clone(), Pace::Every(Duration::from_millis(20))).await;
-    // The opening frame, one chunk per text delta; usage writes nothing, so done shares its
-    // chunk with nothing either.
-    assert_eq!(paced.len(), 1 + CHUNKS + 1, "{paced:?}");
+    // One chunk per text delta, the first (there at once, as when it comes in the same read
+    // as the provider's head) with the opening frames; usage writes nothing, so done shares
+    // its chunk with nothing either.
+    assert_eq!(paced.len(), CHUNKS + 1, "{paced:?}");
     let burst = relay(events.clone(), Pace::Burst).await;
-    assert_eq!(burst.len(), 2, "{burst:?}");
+    // All there at once: the head, the opening frames and the whole answer in one write.
+    assert_eq!(burst.len(), 1, "{burst:?}");
     let rounds = relay(events.clone(), Pace::Rounds(1)).await;
     assert!(rounds.len() <= 1 + CHUNKS / 8, "{} chunks", rounds.len());
     let every_other = relay(events.clone(), Pace::Rounds(2)).await;
@@ -160,9 +164,49 @@ async fn paced_events_go_out_alone_and_bursts_together() {
         "{} chunks",
         every_other.len()
     );
+    // A first token a round or two behind the opening frames joins them.
+    for chunks in [&rounds, &every_other] {
+        assert!(String::from_utf8_lossy(&chunks[0]).contains(" word0"));
+    }
     assert_eq!(every_other.concat(), burst.concat());
     assert_eq!(paced.concat(), burst.concat());
     assert_eq!(rounds.concat(), burst.concat());
+}
+
+/// The head is not held for a first token that is not there yet: the body is ready at once,
+/// its first chunk the opening frames alone.
+#[tokio::test(start_paused = true)]
+async fn a_late_first_token_does_not_hold_the_head() {
+    use futures_util::StreamExt;
+    let events = answer();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let route = async move {
+        for event in events {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx
+                .send(mythos_protocol::Response::Event { id: 0, event })
+                .await;
+        }
+    };
+    let routed = super::relay::Routed::new(
+        rx,
+        Box::pin(route),
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let opening = first.clone().freeze();
+    let began = tokio::time::Instant::now();
+    let mut body = routed
+        .into_body(first.freeze(), enc)
+        .await
+        .into_data_stream();
+    assert_eq!(began.elapsed(), Duration::ZERO);
+    assert_eq!(body.next().await.expect("a chunk").expect("data"), opening);
+    assert_eq!(began.elapsed(), Duration::ZERO);
+    let second = body.next().await.expect("a chunk").expect("data");
+    assert!(String::from_utf8_lossy(&second).contains(" word0"));
+    assert_eq!(began.elapsed(), Duration::from_millis(20));
 }
 
 /// The route is polled when something woke it (an upstream chunk, its timer), not again on
@@ -206,10 +250,10 @@ async fn a_route_is_polled_only_when_something_woke_it() {
     let began = tokio::time::Instant::now();
     let chunks: Vec<_> = {
         use futures_util::StreamExt;
-        let body = routed.into_body(first.freeze(), enc);
+        let body = routed.into_body(first.freeze(), enc).await;
         body.into_data_stream().collect().await
     };
-    assert_eq!(chunks.len(), 1 + CHUNKS + 1);
+    assert_eq!(chunks.len(), CHUNKS + 1);
     // Each event went out when its timer woke the route, not at a keep-alive tick (which is
     // what a lost wake-up would wait for: the paused clock jumps to it).
     let took = began.elapsed();

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use mythos_protocol::{
@@ -137,32 +137,48 @@ impl Head {
 /// which may not be the one that started, and every reroute on the way.
 pub fn finished_headers(headers: &mut HeaderMap, done: &DoneInfo, reroutes: u32) {
     if let Ok(v) = HeaderValue::from_str(&done.provider) {
-        headers.insert("x-mythos-provider", v);
+        headers.insert(X_MYTHOS_PROVIDER, v);
     }
     if let Ok(v) = HeaderValue::from_str(&done.model) {
-        headers.insert("x-mythos-model", v);
+        headers.insert(X_MYTHOS_MODEL, v);
     }
-    headers.insert("x-mythos-rerouted", HeaderValue::from(reroutes));
+    headers.insert(X_MYTHOS_REROUTED, HeaderValue::from(reroutes));
 }
+
+/// The names of the `x-mythos-*` headers, made once (a name given as a string is checked and
+/// hashed letter by letter on every insert).
+const X_MYTHOS_PROVIDER: HeaderName = HeaderName::from_static("x-mythos-provider");
+const X_MYTHOS_MODEL: HeaderName = HeaderName::from_static("x-mythos-model");
+const X_MYTHOS_REQUEST: HeaderName = HeaderName::from_static("x-mythos-request");
+const X_MYTHOS_REROUTED: HeaderName = HeaderName::from_static("x-mythos-rerouted");
+const X_MYTHOS_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-mythos-overhead-ms");
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Head {
     /// The `x-mythos-*` headers (and the request-id headers the SDKs read).
     pub fn headers(&self, headers: &mut HeaderMap) {
-        let mut put = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.reserve(7);
+        for (name, value) in [
+            (X_MYTHOS_PROVIDER, &self.provider),
+            (X_MYTHOS_MODEL, &self.model),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
             }
-        };
-        put("x-mythos-provider", self.provider.clone());
-        put("x-mythos-model", self.model.clone());
-        put("x-mythos-request", self.record.to_string());
-        put("x-mythos-rerouted", self.reroutes.to_string());
-        put(
-            "x-mythos-overhead-ms",
-            format!("{:.3}", self.overhead.as_secs_f64() * 1000.0),
-        );
-        put("request-id", format!("req_mythos_{}", self.record));
-        put("x-request-id", format!("req_mythos_{}", self.record));
+        }
+        headers.insert(X_MYTHOS_REQUEST, HeaderValue::from(self.record));
+        headers.insert(X_MYTHOS_REROUTED, HeaderValue::from(self.reroutes));
+        // Milliseconds with three decimals, from whole microseconds (rounded).
+        let us = (self.overhead.as_nanos() + 500) / 1000;
+        let ms = format!("{}.{:03}", us / 1000, us % 1000);
+        if let Ok(v) = HeaderValue::from_str(&ms) {
+            headers.insert(X_MYTHOS_OVERHEAD_MS, v);
+        }
+        if let Ok(id) = HeaderValue::from_str(&format!("req_mythos_{}", self.record)) {
+            headers.insert(REQUEST_ID, id.clone());
+            headers.insert(X_REQUEST_ID, id);
+        }
     }
 }
 
@@ -382,10 +398,18 @@ impl Routed {
 
     /// A streaming body: `first` (the encoder's opening frames), then each event through
     /// `encoder` until it says the stream is over. Keep-alives fill long silences.
-    pub fn into_body<E: Encoder>(self, first: Bytes, encoder: E) -> Body {
+    ///
+    /// It returns once the first token has joined the opening frames, or after two scheduler
+    /// rounds without it: the response head is written with the body's first chunk when that
+    /// is ready, so the head, the opening frames and the first token go out in one write
+    /// (the upstream connection hands over one HTTP chunk per round, so the first token is
+    /// usually a round or two behind the provider's head). The first token is not held back
+    /// for anything else.
+    pub async fn into_body<E: Encoder>(self, first: Bytes, encoder: E) -> Body {
         struct St<E> {
             routed: Routed,
             encoder: E,
+            /// The opening frames, with the first token when it came in time.
             first: Option<Bytes>,
             /// The first token has gone out: it is never held back to gather more (under load
             /// a round takes long, and the first token is what a user waits for).
@@ -401,10 +425,10 @@ impl Routed {
             last_sent: tokio::time::Instant,
         }
         let now = tokio::time::Instant::now();
-        let st = St {
+        let mut st = St {
             routed: self,
             encoder,
-            first: Some(first),
+            first: None,
             started: false,
             done: false,
             buf: BytesMut::with_capacity(BODY_BUFFER),
@@ -421,10 +445,56 @@ impl Routed {
                     }
                 }
             }
+
+            /// Let the other ready tasks run and take what the route makes of it, for as long
+            /// as that brings more and until `enough`: the upstream connection hands over one
+            /// HTTP chunk per wake-up, so a provider's burst arrives an event every round or
+            /// two (see `EMPTY_ROUNDS`). A round costs no syscall of its own, and a lone event
+            /// goes out as soon as nothing else is runnable for two rounds (microseconds).
+            async fn gather(&mut self, enough: impl Fn(&Self) -> bool) {
+                let mut empty = 0;
+                // After a round that brought an event, the upstream connection's task is
+                // queued with the next chunk: going behind it is enough (`requeue`). After an
+                // empty one it waits for its socket, which only a poll of the I/O driver sees.
+                let mut came = true;
+                for _ in 0..COALESCE_ROUNDS {
+                    if self.done || self.buf.is_empty() || enough(self) {
+                        break;
+                    }
+                    if came {
+                        crate::wake::requeue().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    let before = self.buf.len();
+                    match self.routed.next().now_or_never() {
+                        Some(Some(ev)) => self.done = self.encoder.event(ev, &mut self.buf),
+                        Some(None) => {
+                            self.encoder.vanished(&mut self.buf);
+                            self.done = true;
+                        }
+                        None => {}
+                    }
+                    self.drain();
+                    came = self.buf.len() > before;
+                    if came {
+                        empty = 0;
+                    } else {
+                        empty += 1;
+                        if empty == EMPTY_ROUNDS {
+                            break;
+                        }
+                    }
+                }
+            }
         }
+        st.buf.extend_from_slice(&first);
+        st.gather(|st| st.buf.len() > first.len()).await;
+        st.started = st.buf.len() > first.len();
+        st.first = Some(st.buf.split().freeze());
         let stream = futures_util::stream::unfold(st, |mut st| async move {
-            if let Some(first) = st.first.take() {
-                return Some((Ok::<Bytes, std::io::Error>(first), st));
+            if let Some(opening) = st.first.take() {
+                return Some((Ok::<Bytes, std::io::Error>(opening), st));
             }
             // Room for a typical frame: written in small pieces, it should not have to grow.
             st.buf.reserve(FRAME_ROOM);
@@ -453,48 +523,12 @@ impl Routed {
                 // Drain what is already waiting into the same body chunk: one socket write per
                 // burst rather than per event.
                 st.drain();
-                // Then let the other ready tasks run and take what the route makes of it, for
-                // as long as that brings more: the upstream connection hands over one HTTP
-                // chunk per wake-up, so a provider's burst arrives an event every round or two
-                // (see `EMPTY_ROUNDS`). A yield costs no syscall of its own, and an event alone
-                // goes out as soon as nothing else is runnable for two rounds (microseconds).
-                let mut empty = 0;
-                let rounds = if st.started { COALESCE_ROUNDS } else { 0 };
-                // After a round that brought an event, the upstream connection's task is
-                // queued with the next chunk: going behind it is enough (`requeue`). After an
-                // empty one it waits for its socket, which only a poll of the I/O driver sees.
-                let mut came = true;
                 // Only a chunk with something in it was the first token (usage and the like
-                // write nothing).
-                st.started = st.started || !st.buf.is_empty();
-                for _ in 0..rounds {
-                    if st.done || st.buf.is_empty() || st.buf.len() >= BODY_BUFFER / 2 {
-                        break;
-                    }
-                    if came {
-                        crate::wake::requeue().await;
-                    } else {
-                        tokio::task::yield_now().await;
-                    }
-                    let before = st.buf.len();
-                    match st.routed.next().now_or_never() {
-                        Some(Some(ev)) => st.done = st.encoder.event(ev, &mut st.buf),
-                        Some(None) => {
-                            st.encoder.vanished(&mut st.buf);
-                            st.done = true;
-                        }
-                        None => {}
-                    }
-                    st.drain();
-                    came = st.buf.len() > before;
-                    if came {
-                        empty = 0;
-                    } else {
-                        empty += 1;
-                        if empty == EMPTY_ROUNDS {
-                            break;
-                        }
-                    }
+                // write nothing); once that is out, a chunk gathers the rest of a burst.
+                if !st.started {
+                    st.started = !st.buf.is_empty();
+                } else {
+                    st.gather(|st| st.buf.len() >= BODY_BUFFER / 2).await;
                 }
             }
             st.last_sent = tokio::time::Instant::now();
@@ -735,5 +769,45 @@ pub fn openai_usage(u: &Usage) -> OpenaiUsage {
         prompt_tokens_details: CachedTokens {
             cached_tokens: u.cache_read_input_tokens,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_headers_say_who_served_and_what_it_cost() {
+        let head = Head {
+            provider: "deepseek".into(),
+            model: "deepseek-chat".into(),
+            record: 42,
+            reroutes: 1,
+            overhead: Duration::from_nanos(1_234_567),
+        };
+        let mut h = HeaderMap::new();
+        head.headers(&mut h);
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("x-mythos-provider"), Some("deepseek"));
+        assert_eq!(get("x-mythos-model"), Some("deepseek-chat"));
+        assert_eq!(get("x-mythos-request"), Some("42"));
+        assert_eq!(get("x-mythos-rerouted"), Some("1"));
+        assert_eq!(get("x-mythos-overhead-ms"), Some("1.235"));
+        assert_eq!(get("request-id"), Some("req_mythos_42"));
+        assert_eq!(get("x-request-id"), Some("req_mythos_42"));
+        for (ns, ms) in [
+            (0, "0.000"),
+            (999_499, "0.999"),
+            (999_500, "1.000"),
+            (12_000_000, "12.000"),
+        ] {
+            let mut h = HeaderMap::new();
+            Head {
+                overhead: Duration::from_nanos(ns),
+                ..Head::for_test()
+            }
+            .headers(&mut h);
+            assert_eq!(h.get("x-mythos-overhead-ms").unwrap(), ms, "{ns} ns");
+        }
     }
 }

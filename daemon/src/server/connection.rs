@@ -383,7 +383,10 @@ async fn handle(
                         let tracked = ctx.streams.track_future(async move {
                             // A bug in one request must not hang its client or touch any other
                             // stream: end this one with an `internal` error and go on.
-                            let run = AssertUnwindSafe(router.route(chat, emitter, token));
+                            // Boxed: the route's state (~4 KB) is then made in place once,
+                            // not copied again into the task as part of this future.
+                            let run =
+                                AssertUnwindSafe(Box::pin(router.route(chat, emitter, token)));
                             if let Err(panic) = run.catch_unwind().await {
                                 let what = panic_message(panic.as_ref());
                                 tracing::error!(request = id, panic = %what, "a request panicked");

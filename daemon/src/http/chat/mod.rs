@@ -35,7 +35,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     if parsed.stream {
         let (encoder, first) = stream::ChatEncoder::start(&head, parsed.include_usage);
         super::sse_headers(&mut headers);
-        let body = routed.into_body(first.freeze(), encoder);
+        let body = routed.into_body(first.freeze(), encoder).await;
         return Ok((StatusCode::OK, headers, body).into_response());
     }
     let (answer, done) = routed.collect().await?;

@@ -38,7 +38,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     if parsed.stream {
         let (encoder, first) = stream::MessagesEncoder::start(&head, estimate, thinking);
         super::sse_headers(&mut headers);
-        let body = routed.into_body(first.freeze(), encoder);
+        let body = routed.into_body(first.freeze(), encoder).await;
         return Ok((StatusCode::OK, headers, body).into_response());
     }
     let (answer, done) = routed.collect().await?;

@@ -39,7 +39,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
         let (encoder, first) =
             stream::ResponsesEncoder::start_with(&head, parsed.echo, parsed.custom_tools);
         super::sse_headers(&mut headers);
-        let body = routed.into_body(first.freeze(), encoder);
+        let body = routed.into_body(first.freeze(), encoder).await;
         return Ok((StatusCode::OK, headers, body).into_response());
     }
     let (answer, done) = routed.collect().await?;
