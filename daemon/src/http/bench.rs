@@ -11,7 +11,8 @@
 //! and divide the total by 600,000 (the answer's opening and closing frames are included,
 //! spread over its chunks). `baseline` is the workload's own part (cloning the events), to
 //! subtract; `relay_paced` runs the same answers through `Routed::into_body` (Messages
-//! encoder), one body chunk per event, on a current-thread runtime.
+//! encoder), one body chunk per event (the first with the opening frames), on a current-thread
+//! runtime.
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use serde_json::Map;
 
 use super::chat::stream::ChatEncoder;
 use super::messages::stream::MessagesEncoder;
-use super::relay::{Encoder, Head, Pace};
+use super::relay::{Encoder, Head, Pace, KEEPALIVE};
 use super::responses::stream::ResponsesEncoder;
 
 /// Answers encoded per test.
@@ -209,6 +210,66 @@ async fn a_late_first_token_does_not_hold_the_head() {
     assert_eq!(began.elapsed(), Duration::from_millis(20));
 }
 
+/// A route that is silent after the head (`silence`), then streams a burst one event per
+/// scheduler round; its body's chunks.
+async fn silent_then_burst(silence: Duration) -> Vec<bytes::Bytes> {
+    use futures_util::StreamExt;
+    let events = answer();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let route = async move {
+        tokio::time::sleep(silence).await;
+        for event in events {
+            let _ = tx
+                .send(mythos_protocol::Response::Event { id: 0, event })
+                .await;
+            tokio::task::yield_now().await;
+        }
+    };
+    let routed = super::relay::Routed::new(
+        rx,
+        Box::pin(route),
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
+    let body = routed.into_body(first.freeze(), enc).await;
+    body.into_data_stream()
+        .map(|c| c.expect("a chunk"))
+        .collect()
+        .await
+}
+
+/// The first token goes out the moment it comes, alone, even when the rest of the burst is
+/// right behind it; after a silence long enough for keep-alives too (a reasoning model
+/// thinking), which are not the first token.
+#[tokio::test(start_paused = true)]
+async fn the_first_token_is_not_held_for_the_burst_behind_it() {
+    for silence in [
+        Duration::from_millis(20),
+        KEEPALIVE + Duration::from_secs(1),
+    ] {
+        let chunks = silent_then_burst(silence).await;
+        let text: Vec<String> = chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        let first = text
+            .iter()
+            .position(|c| c.contains(" word0"))
+            .expect("the first token");
+        assert!(!text[first].contains(" word1"), "{silence:?}: {text:?}");
+        if silence > KEEPALIVE {
+            assert!(text[..first].iter().any(|c| c.contains("ping")), "{text:?}");
+        }
+        // The rest of the burst is gathered.
+        assert!(
+            text.len() <= first + 1 + CHUNKS / 8,
+            "{silence:?}: {} chunks",
+            text.len()
+        );
+    }
+}
+
 /// The route is polled when something woke it (an upstream chunk, its timer), not again on
 /// each of the body's coalescing rounds: a poll of a real route (its select over the upstream
 /// body, the watchdog and the cancel token) costs hundreds of instructions.
@@ -267,7 +328,7 @@ async fn a_route_is_polled_only_when_something_woke_it() {
 }
 
 /// The relay's own cost (the body stream, its buffer, the keep-alive check) on top of the
-/// encoder's, for a paced answer: one body chunk per event.
+/// encoder's, for a paced answer: one body chunk per event (the first with the opening frames).
 #[test]
 #[ignore = "a workload for a profiler"]
 fn relay_paced() {
@@ -285,6 +346,6 @@ fn relay_paced() {
                 .await
                 .len();
         }
-        assert_eq!(n, ANSWERS * (CHUNKS + 2));
+        assert_eq!(n, ANSWERS * (CHUNKS + 1));
     });
 }

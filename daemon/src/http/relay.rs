@@ -499,6 +499,8 @@ impl Routed {
             // Room for a typical frame: written in small pieces, it should not have to grow.
             st.buf.reserve(FRAME_ROOM);
             while !st.done && st.buf.is_empty() {
+                // A keep-alive is not the first token: it must not start the gathering.
+                let mut kept_alive = 0;
                 tokio::select! {
                     // Events before the keep-alive check; the order matters little, but a
                     // fixed one spares the random draw of an unbiased select per event.
@@ -514,6 +516,7 @@ impl Routed {
                         let due = st.last_sent + KEEPALIVE;
                         if tokio::time::Instant::now() >= due {
                             st.encoder.keepalive(&mut st.buf);
+                            kept_alive = st.buf.len();
                             st.tick.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                         } else {
                             st.tick.as_mut().reset(due);
@@ -526,7 +529,7 @@ impl Routed {
                 // Only a chunk with something in it was the first token (usage and the like
                 // write nothing); once that is out, a chunk gathers the rest of a burst.
                 if !st.started {
-                    st.started = !st.buf.is_empty();
+                    st.started = st.buf.len() > kept_alive;
                 } else {
                     st.gather(|st| st.buf.len() >= BODY_BUFFER / 2).await;
                 }

@@ -194,10 +194,13 @@ async fn serve_mock() {
         use std::io::BufRead;
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("repeat ").and_then(|n| n.parse().ok()) {
-                sim.set_answer_repeat(n);
+            match line.strip_prefix("repeat ").and_then(|n| n.parse().ok()) {
+                Some(n) => {
+                    sim.set_answer_repeat(n);
+                    println!("ok");
+                }
+                None => println!("unknown command {line:?}"),
             }
-            println!("ok");
         }
     });
     let _ = control.await;
