@@ -131,11 +131,27 @@ fn baseline() {
 
 /// The body chunks of `events` relayed through `Routed::into_body` with the Messages encoder.
 async fn relay(events: Vec<StreamEvent>, pace: Pace) -> Vec<bytes::Bytes> {
+    body_chunks(super::relay::Routed::scripted(events, pace)).await
+}
+
+/// A request served by `route`, which sends its events on the sender of `rx`.
+fn routed(
+    rx: tokio::sync::mpsc::Receiver<mythos_protocol::Response>,
+    route: impl std::future::Future<Output = ()> + Send + 'static,
+) -> super::relay::Routed {
+    super::relay::Routed::new(
+        rx,
+        Box::pin(route),
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    )
+}
+
+/// The body chunks of `routed` through the Messages encoder.
+async fn body_chunks(routed: super::relay::Routed) -> Vec<bytes::Bytes> {
     use futures_util::StreamExt;
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
-    let body = super::relay::Routed::scripted(events, pace)
-        .into_body(first.freeze(), enc)
-        .await;
+    let body = routed.into_body(first.freeze(), enc).await;
     body.into_data_stream()
         .map(|c| c.expect("a chunk"))
         .collect()
@@ -189,12 +205,7 @@ async fn a_late_first_token_does_not_hold_the_head() {
                 .await;
         }
     };
-    let routed = super::relay::Routed::new(
-        rx,
-        Box::pin(route),
-        tokio_util::sync::CancellationToken::new(),
-        tokio_util::task::TaskTracker::new(),
-    );
+    let routed = routed(rx, route);
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
     let opening = first.clone().freeze();
     let began = tokio::time::Instant::now();
@@ -213,7 +224,6 @@ async fn a_late_first_token_does_not_hold_the_head() {
 /// A route that is silent after the head (`silence`), then streams a burst one event per
 /// scheduler round; its body's chunks.
 async fn silent_then_burst(silence: Duration) -> Vec<bytes::Bytes> {
-    use futures_util::StreamExt;
     let events = answer();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let route = async move {
@@ -225,18 +235,7 @@ async fn silent_then_burst(silence: Duration) -> Vec<bytes::Bytes> {
             tokio::task::yield_now().await;
         }
     };
-    let routed = super::relay::Routed::new(
-        rx,
-        Box::pin(route),
-        tokio_util::sync::CancellationToken::new(),
-        tokio_util::task::TaskTracker::new(),
-    );
-    let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
-    let body = routed.into_body(first.freeze(), enc).await;
-    body.into_data_stream()
-        .map(|c| c.expect("a chunk"))
-        .collect()
-        .await
+    body_chunks(routed(rx, route)).await
 }
 
 /// The first token goes out the moment it comes, alone, even when the rest of the burst is
@@ -301,12 +300,7 @@ async fn a_route_is_polled_only_when_something_woke_it() {
         }
     };
     let polls = Arc::new(AtomicUsize::new(0));
-    let routed = super::relay::Routed::new(
-        rx,
-        Box::pin(Counted(polls.clone(), Box::pin(route))),
-        tokio_util::sync::CancellationToken::new(),
-        tokio_util::task::TaskTracker::new(),
-    );
+    let routed = routed(rx, Counted(polls.clone(), Box::pin(route)));
     let (enc, first) = MessagesEncoder::start(&head(), 1000, false);
     let began = tokio::time::Instant::now();
     let chunks: Vec<_> = {
