@@ -41,20 +41,65 @@ impl Histogram {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The series of one metric family, by their label values.
+///
+/// A finished request counts into about ten series. They are found by the label values it
+/// borrows, so counting into a series that exists allocates nothing (a map keyed by owned
+/// labels needs the key built, a vector and a string per label, for every lookup). Families
+/// hold a few dozen series (providers × tasks × outcomes), so a scan is short; they are sorted
+/// only when the exposition is written.
+struct Family<V>(Vec<(Labels, V)>);
+
+impl<V> Default for Family<V> {
+    fn default() -> Self {
+        Family(Vec::new())
+    }
+}
+
+impl<V: Default> Family<V> {
+    /// The series with these label values, made on first use.
+    fn at(&mut self, labels: &[(&'static str, &str)]) -> &mut V {
+        let same = |k: &Labels| {
+            k.len() == labels.len()
+                && k.iter()
+                    .zip(labels)
+                    .all(|((a, x), (b, y))| a == b && x == y)
+        };
+        let i = match self.0.iter().position(|(k, _)| same(k)) {
+            Some(i) => i,
+            None => {
+                let k = labels.iter().map(|(n, v)| (*n, (*v).to_string())).collect();
+                self.0.push((k, V::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+}
+
+impl<V> Family<V> {
+    /// The series in label order, as the exposition lists them.
+    fn sorted(&self) -> Vec<&(Labels, V)> {
+        let mut v: Vec<_> = self.0.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<Labels, u64>,
-    attempts: BTreeMap<Labels, u64>,
-    failovers: BTreeMap<Labels, u64>,
-    retries: BTreeMap<Labels, u64>,
-    tokens: BTreeMap<Labels, u64>,
-    cost: BTreeMap<Labels, f64>,
-    ttft: BTreeMap<Labels, Histogram>,
-    duration: BTreeMap<Labels, Histogram>,
+    requests: Family<u64>,
+    attempts: Family<u64>,
+    failovers: Family<u64>,
+    retries: Family<u64>,
+    tokens: Family<u64>,
+    cost: Family<f64>,
+    ttft: Family<Histogram>,
+    duration: Family<Histogram>,
     queue_wait: Histogram,
     /// The breaker state last seen per provider, and the transitions seen.
     last_state: BTreeMap<String, BreakerState>,
-    transitions: BTreeMap<Labels, u64>,
+    transitions: Family<u64>,
     /// The last failovers, newest last (for `status --watch`).
     recent: std::collections::VecDeque<Failover>,
 }
@@ -112,32 +157,25 @@ impl Metrics {
     /// Count one finished request.
     pub fn observe(&self, rec: &RequestRecord) {
         let mut m = self.lock();
-        let outcome = rec.error.map_or("ok", |k| k.as_str()).to_string();
-        let provider = rec.provider.clone().unwrap_or_else(|| "none".into());
-        *m.requests
-            .entry(vec![
-                ("provider", provider.clone()),
-                ("task", rec.task.as_str().to_string()),
-                ("outcome", outcome),
-            ])
-            .or_default() += 1;
+        let outcome = rec.error.map_or("ok", |k| k.as_str());
+        let provider = rec.provider.as_deref().unwrap_or("none");
+        *m.requests.at(&[
+            ("provider", provider),
+            ("task", rec.task.as_str()),
+            ("outcome", outcome),
+        ]) += 1;
         for (n, a) in rec.attempts.iter().enumerate() {
-            let outcome = a.error.map_or("ok", |k| k.as_str()).to_string();
+            let outcome = a.error.map_or("ok", |k| k.as_str());
             *m.attempts
-                .entry(vec![("provider", a.provider.clone()), ("outcome", outcome)])
-                .or_default() += 1;
+                .at(&[("provider", &a.provider), ("outcome", outcome)]) += 1;
             if let Some(t) = a.ttft_ms {
                 m.ttft
-                    .entry(vec![("provider", a.provider.clone())])
-                    .or_default()
+                    .at(&[("provider", &a.provider)])
                     .observe(t as f64 / 1000.0);
             }
             if let (Some(kind), Some(next)) = (a.error, rec.attempts.get(n + 1)) {
-                let reason = vec![
-                    ("provider", a.provider.clone()),
-                    ("reason", kind.as_str().to_string()),
-                ];
-                let map = if next.provider == a.provider {
+                let reason = [("provider", a.provider.as_str()), ("reason", kind.as_str())];
+                let family = if next.provider == a.provider {
                     &mut m.retries
                 } else {
                     if m.recent.len() == RECENT {
@@ -151,12 +189,11 @@ impl Metrics {
                     });
                     &mut m.failovers
                 };
-                *map.entry(reason).or_default() += 1;
+                *family.at(&reason) += 1;
             }
         }
         m.duration
-            .entry(vec![("task", rec.task.as_str().to_string())])
-            .or_default()
+            .at(&[("task", rec.task.as_str())])
             .observe(rec.latency_ms as f64 / 1000.0);
         m.queue_wait.observe(rec.queued_ms as f64 / 1000.0);
         if rec.provider.is_some() {
@@ -167,11 +204,9 @@ impl Metrics {
                 ("cache_read", u.cache_read_input_tokens),
                 ("cache_write", u.cache_creation_input_tokens),
             ] {
-                *m.tokens
-                    .entry(vec![("provider", provider.clone()), ("kind", kind.into())])
-                    .or_default() += n;
+                *m.tokens.at(&[("provider", provider), ("kind", kind)]) += n;
             }
-            *m.cost.entry(vec![("provider", provider)]).or_default() += rec.cost_usd;
+            *m.cost.at(&[("provider", provider)]) += rec.cost_usd;
         }
     }
 
@@ -188,11 +223,7 @@ impl Metrics {
             let last = m.last_state.insert(p.name.clone(), p.state);
             if last.is_some_and(|l| l != p.state) {
                 *m.transitions
-                    .entry(vec![
-                        ("provider", p.name.clone()),
-                        ("to", state_name(p.state).into()),
-                    ])
-                    .or_default() += 1;
+                    .at(&[("provider", &p.name), ("to", state_name(p.state))]) += 1;
             }
         }
         let mut out = String::with_capacity(4096);
@@ -232,7 +263,7 @@ impl Metrics {
             "Estimated cost in US dollars.",
             "counter",
         );
-        for (labels, v) in &m.cost {
+        for (labels, v) in m.cost.sorted() {
             sample(&mut out, "mythos_cost_usd_total", labels, *v);
         }
         counter(
@@ -253,8 +284,7 @@ impl Metrics {
             "Time from request to its last event, by task.",
             &m.duration,
         );
-        let mut q = BTreeMap::new();
-        q.insert(Vec::new(), m.queue_wait.clone());
+        let q = Family(vec![(Vec::new(), m.queue_wait.clone())]);
         histogram(
             &mut out,
             "mythos_queue_wait_seconds",
@@ -387,7 +417,11 @@ impl Metrics {
 
 impl RecordSink for Metrics {
     fn record(&self, rec: RequestRecord) {
-        self.observe(&rec);
+        Metrics::observe(self, &rec);
+    }
+
+    fn observe(&self, rec: &RequestRecord) {
+        Metrics::observe(self, rec);
     }
 }
 
@@ -417,16 +451,16 @@ fn sample(out: &mut String, name: &str, labels: &Labels, v: f64) {
     let _ = writeln!(out, " {v}");
 }
 
-fn counter(out: &mut String, name: &str, help: &str, map: &BTreeMap<Labels, u64>) {
+fn counter(out: &mut String, name: &str, help: &str, family: &Family<u64>) {
     header(out, name, help, "counter");
-    for (labels, v) in map {
+    for (labels, v) in family.sorted() {
         sample(out, name, labels, *v as f64);
     }
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, map: &BTreeMap<Labels, Histogram>) {
+fn histogram(out: &mut String, name: &str, help: &str, family: &Family<Histogram>) {
     header(out, name, help, "histogram");
-    for (labels, h) in map {
+    for (labels, h) in family.sorted() {
         for (i, b) in BUCKETS.iter().enumerate() {
             let mut l = labels.clone();
             l.push(("le", b.to_string()));
@@ -447,7 +481,7 @@ impl RecordSink for Tee {
     fn record(&self, rec: RequestRecord) {
         if let Some((last, first)) = self.0.split_last() {
             for s in first {
-                s.record(rec.clone());
+                s.observe(&rec);
             }
             last.record(rec);
         }
@@ -618,6 +652,46 @@ mod tests {
             error: None,
             queued_ms: 0,
         }
+    }
+
+    #[test]
+    fn series_are_counted_once_each_and_listed_in_label_order() {
+        let m = Metrics::default();
+        for provider in ["b", "a", "b", "c", "a", "b"] {
+            m.observe(&RequestRecord {
+                provider: Some(provider.into()),
+                attempts: Vec::new(),
+                ..record()
+            });
+        }
+        let mut f = Family::<u64>::default();
+        *f.at(&[("provider", "b"), ("kind", "x")]) += 1;
+        *f.at(&[("provider", "b")]) += 1;
+        *f.at(&[("provider", "b"), ("kind", "x")]) += 1;
+        assert_eq!(f.0.len(), 2, "one series per set of label values");
+        let status = StatusReport {
+            build: "x".into(),
+            pid: 1,
+            uptime_secs: 1,
+            in_flight: 0,
+            simulated: false,
+            providers: Vec::new(),
+            notes: Vec::new(),
+            recent_failovers: Vec::new(),
+        };
+        let text = m.render(&status, 0);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mythos_requests_total{"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                r#"mythos_requests_total{provider="a",task="code",outcome="ok"} 2"#,
+                r#"mythos_requests_total{provider="b",task="code",outcome="ok"} 3"#,
+                r#"mythos_requests_total{provider="c",task="code",outcome="ok"} 1"#,
+            ]
+        );
     }
 
     #[test]

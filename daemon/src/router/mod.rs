@@ -68,6 +68,12 @@ pub struct RoutedProvider {
 pub trait RecordSink: Send + Sync {
     /// Keep a record. Must not block.
     fn record(&self, rec: RequestRecord);
+
+    /// Take note of a record another sink keeps: a sink that only reads it (the metrics)
+    /// spares the copy.
+    fn observe(&self, rec: &RequestRecord) {
+        self.record(rec.clone());
+    }
 }
 
 /// Sends one request's events to its connection.
