@@ -869,3 +869,76 @@ async fn large_requests_are_served_on_every_api() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("line 1, column"), "{}", r.body);
 }
+
+/// Unmodified agents come in over HTTP: many at once, with random fault mixes on every provider
+/// (429 with `Retry-After`, 503, 502, cuts and stalls mid-stream, malformed chunks), each
+/// streamed answer arrives whole and well formed in its dialect, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_fault_mixes_through_the_front_end_at_concurrency_16() {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    let mocks = Mocks::start().await;
+    for (i, s) in [&mocks.anthropic, &mocks.deepseek, &mocks.openai]
+        .into_iter()
+        .enumerate()
+    {
+        s.set_chaos(Some(mythosd::sim::SimChaos {
+            stall: 0.02,
+            bad_gateway: 0.03,
+            ..mythosd::sim::SimChaos::mix(0.3)
+        }));
+        s.reseed(31 + i as u64);
+    }
+    let env = mocks.env();
+    // The default queue wait (a `Retry-After: 1` on every provider at once is waited out), a
+    // watchdog quick enough for the test's stalls.
+    env.write_config("[routing]\nstall_timeout_ms = 2000\nwatchdog_floor_ms = 1000\n");
+    let daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let w = Arc::new(World {
+        mocks,
+        env,
+        _daemon: daemon,
+        base,
+        token,
+        http,
+    });
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let permit = sem.clone().acquire_owned().await.expect("permit");
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let prompt = format!("question {i}: what does a breaker do?");
+            let path = if i % 2 == 0 {
+                "/v1/chat/completions"
+            } else {
+                "/v1/messages"
+            };
+            let r = w.post(path, &user("mythos", &prompt, true)).await;
+            drop(permit);
+            (path, prompt, r)
+        }));
+    }
+    for t in tasks {
+        let (path, prompt, r) = t.await.expect("task");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let text = if path == "/v1/messages" {
+            messages_stream(&r.body).text()
+        } else {
+            chat_stream(&r.body, false).text
+        };
+        assert_eq!(text, answer_for(&prompt), "{path}: lost or repeated text");
+    }
+    let upstream = w.total_requests();
+    assert!(
+        upstream > 120,
+        "the faults were drawn: {upstream} upstream requests"
+    );
+}
