@@ -20,14 +20,19 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let mocks = Mocks::start().await;
-        let env = mocks.env();
         // Fast retries, and a queue shorter than the rate-limit tests' Retry-After so that the
         // daemon answers them at once.
-        env.write_config(
+        World::on(
+            Mocks::start().await,
             "[routing]\nretry_backoff_ms = [10, 20, 30]\nfirst_token_timeout_ms = 1500\n\
              stall_timeout_ms = 1500\nwatchdog_floor_ms = 300\nmax_queue_wait_ms = 500\n",
-        );
+        )
+    }
+
+    /// A daemon with `config` on `mocks`, and a client for its front end.
+    fn on(mocks: Mocks, config: &str) -> World {
+        let env = mocks.env();
+        env.write_config(config);
         let daemon = env.start_daemon(&[]);
         let (base, token) = env.http();
         let http = reqwest::Client::builder()
@@ -890,25 +895,12 @@ async fn random_fault_mixes_through_the_front_end_at_concurrency_16() {
         }));
         s.reseed(31 + i as u64);
     }
-    let env = mocks.env();
     // The default queue wait (a `Retry-After: 1` on every provider at once is waited out), a
     // watchdog quick enough for the test's stalls.
-    env.write_config("[routing]\nstall_timeout_ms = 2000\nwatchdog_floor_ms = 1000\n");
-    let daemon = env.start_daemon(&[]);
-    let (base, token) = env.http();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client");
-    let w = Arc::new(World {
+    let w = Arc::new(World::on(
         mocks,
-        env,
-        _daemon: daemon,
-        base,
-        token,
-        http,
-    });
+        "[routing]\nstall_timeout_ms = 2000\nwatchdog_floor_ms = 1000\n",
+    ));
     let sem = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..120 {
