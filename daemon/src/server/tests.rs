@@ -167,20 +167,19 @@ async fn a_request_sent_with_the_hello_is_answered() {
         .expect("no hello reply");
     let reply: HelloReply = mythos_protocol::codec::decode_payload(Encoding::Json, &reply).unwrap();
     assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
-    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
-        .await
-        .expect("the request sent with the hello was not answered");
-    let answer: Response =
-        mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
-    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    // Each request is answered with a status, in time.
+    let mut status_answers = async |unanswered: &str| {
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
+            .await
+            .expect(unanswered);
+        let answer: Response =
+            mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
+        assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    };
+    status_answers("the request sent with the hello was not answered").await;
     // The rest of the second request: it is put together from both writes.
     wr.write_all(tail).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), read_frame())
-        .await
-        .expect("a request split across the hello's read and the next was not answered");
-    let answer: Response =
-        mythos_protocol::codec::decode_payload(Encoding::Bincode, &answer).unwrap();
-    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    status_answers("a request split across the hello's read and the next was not answered").await;
     drop(server);
 }
 
