@@ -6,7 +6,8 @@
 //! `--callgrind` runs only the instruction count: the daemon under `valgrind --tool=callgrind`
 //! (when valgrind is installed), short and long answers through the socket and through the HTTP
 //! front end, and the user-space instructions per relayed chunk and per request solved from the
-//! two (counts repeat run to run, unlike times).
+//! two (counts repeat run to run, unlike times). The HTTP rows have beside them, as "direct",
+//! the same counts for a bare axum + reqwest relay (`FloorProcess`), also under callgrind.
 //!
 //! Environment: `BENCH_LEVELS=1,100` measures sections 1, 1b and 2 at those concurrencies only
 //! (`BENCH_LEVELS= bench --overhead-only`: only the per-request rows, CPU per request besides its
@@ -140,25 +141,12 @@ struct MockProcess {
 
 impl MockProcess {
     fn start() -> MockProcess {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let exe = std::env::current_exe().expect("bench's own path");
-        let mut child = Command::new(exe)
-            .arg("--serve-mock")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock's process");
-        let control = child.stdin.take().expect("piped stdin");
-        let mut acks = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut url = String::new();
-        acks.read_line(&mut url).expect("the mock's address");
-        assert!(url.starts_with("http://"), "the mock process said {url:?}");
+        let (child, control, acks, url) = spawn_self(&[], &["--serve-mock"]);
         MockProcess {
             child,
             control,
             acks,
-            url: url.trim().to_string(),
+            url,
         }
     }
 
@@ -183,6 +171,111 @@ impl Drop for MockProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// This binary again with `args` (under `wrapper`, a command and its arguments, when not
+/// empty), its stdin and stdout piped; the first line it prints is its address.
+fn spawn_self(
+    wrapper: &[String],
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().expect("bench's own path");
+    let mut cmd = match wrapper.split_first() {
+        Some((tool, rest)) => {
+            let mut c = Command::new(tool);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a process of the bench's own");
+    let control = child.stdin.take().expect("piped stdin");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut url = String::new();
+    out.read_line(&mut url).expect("the process's address");
+    assert!(url.starts_with("http://"), "{args:?} said {url:?}");
+    (child, control, out, url.trim().to_string())
+}
+
+/// A bare relay on the daemon's own crates and runtime layout (`bench --serve-floor URL`), for
+/// the "direct" column of the per-request rows: an axum handler passes each request to the
+/// mock with the daemon's HTTP client and streams the mock's body back untouched, on a runtime
+/// of one worker as the daemon's. Its CPU per request is what any relay built this way pays on
+/// this machine before it does anything of its own: the client's HTTP, the upstream HTTP, and
+/// the sleeps and wake-ups between them (at concurrency 1, most of it). What mythosd adds per
+/// request (routing, translation, health, records, metrics) is the difference.
+struct FloorProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl FloorProcess {
+    fn start(upstream: &str) -> FloorProcess {
+        FloorProcess::start_under(&[], upstream)
+    }
+
+    /// The relay under `wrapper` (callgrind).
+    fn start_under(wrapper: &[String], upstream: &str) -> FloorProcess {
+        let (child, _stdin, _out, url) = spawn_self(wrapper, &["--serve-floor", upstream]);
+        FloorProcess { child, url }
+    }
+}
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bench --serve-floor URL`: the relay of [`FloorProcess`] to the mock at `URL`.
+fn serve_floor(upstream: &str) {
+    use axum::body::{Body, Bytes};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let endpoint = format!("{}/chat/completions", upstream.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let client = http_client().expect("http client");
+        let relay = move |headers: HeaderMap, body: Bytes| {
+            let (client, endpoint) = (client.clone(), endpoint.clone());
+            async move {
+                let mut req = client.post(endpoint).body(body);
+                for name in ["authorization", "content-type"] {
+                    if let Some(v) = headers.get(name) {
+                        req = req.header(name, v);
+                    }
+                }
+                match req.send().await {
+                    Ok(r) => (r.status(), Body::from_stream(r.bytes_stream())).into_response(),
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
+        };
+        let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(relay));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the floor relay");
+        let addr = listener.local_addr().expect("its address");
+        println!("http://{addr}");
+        axum::serve(listener, app).await.expect("serve");
+    });
 }
 
 /// The mock of `bench --serve-mock`: its address on stdout, then `repeat N` lines from stdin
@@ -575,67 +668,70 @@ async fn callgrind() -> Vec<Row> {
     let dir = std::env::temp_dir().join(format!("mythos-callgrind-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("callgrind dir");
-    let out = dir.join("callgrind.out");
-    let wrapper: Vec<String> = vec![
-        "valgrind".into(),
-        "--tool=callgrind".into(),
-        format!("--callgrind-out-file={}", out.display()),
-        "--dump-instr=no".into(),
-        // Each dump readable on its own by callgrind_annotate.
-        "--compress-strings=no".into(),
-        "--quiet".into(),
-    ];
-    eprintln!("bench: starting mythosd under callgrind (slow)…");
-    let daemon = env.start_daemon_under(&wrapper, &[], Duration::from_secs(300));
-    let pid = daemon.child.id();
+    let wrapper = |out: &Path| -> Vec<String> {
+        vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={}", out.display()),
+            "--dump-instr=no".into(),
+            // Each dump readable on its own by callgrind_annotate.
+            "--compress-strings=no".into(),
+            "--quiet".into(),
+        ]
+    };
+    eprintln!("bench: starting mythosd and the bare relay under callgrind (slow)…");
+    let daemon = env.start_daemon_under(
+        &wrapper(&dir.join("callgrind.out")),
+        &[],
+        Duration::from_secs(300),
+    );
+    let floor = FloorProcess::start_under(&wrapper(&dir.join("floor.out")), &sim.base_url());
     let (base, token) = env.http();
     let prompt = "benchmark prompt";
     // Warm-up: connection pools, lazily built tables, the first state transaction.
     load_via(&env.socket, 1, 5, prompt).await;
     load_http(&base, &token, 1, 5, prompt).await;
-    let mut dumps = 0;
-    let mut dump = || {
-        let ok = std::process::Command::new("callgrind_control")
-            .args(["--dump", &pid.to_string()])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(ok, "callgrind_control --dump failed");
-        dumps += 1;
-        let file = dir.join(format!("callgrind.out.{dumps}"));
-        // The dump is written by the daemon's process once it gets the command.
-        let t0 = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            if let Some(n) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("totals:").or(l.strip_prefix("summary:")))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            {
-                return n;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no callgrind dump");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    dump();
+    load_http(&floor.url, &token, 1, 5, prompt).await;
+    let mut daemon_dumps = Dumps::new(daemon.child.id(), dir.join("callgrind.out"));
+    let mut floor_dumps = Dumps::new(floor.child.id(), dir.join("floor.out"));
+    daemon_dumps.dump();
+    floor_dumps.dump();
     const REQUESTS: usize = 40;
     const LONG: usize = 10;
-    let mut rows = Vec::new();
-    for front in ["socket", "HTTP"] {
+    let mut rows: Vec<Row> = Vec::new();
+    for front in ["socket", "HTTP", "floor"] {
         let mut phase = Vec::new();
         for repeat in [1, LONG] {
             sim.set_answer_repeat(repeat);
-            let (_, _, chunks, _) = if front == "socket" {
-                load_via(&env.socket, 1, REQUESTS, prompt).await
-            } else {
-                load_http(&base, &token, 1, REQUESTS, prompt).await
+            let (_, _, chunks, _) = match front {
+                "socket" => load_via(&env.socket, 1, REQUESTS, prompt).await,
+                "HTTP" => load_http(&base, &token, 1, REQUESTS, prompt).await,
+                _ => load_http(&floor.url, &token, 1, REQUESTS, prompt).await,
             };
-            phase.push((chunks as f64, dump()));
+            let dumps = if front == "floor" {
+                &mut floor_dumps
+            } else {
+                &mut daemon_dumps
+            };
+            phase.push((chunks as f64, dumps.dump()));
         }
         sim.set_answer_repeat(1);
         let ((c1, i1), (c2, i2)) = (phase[0], phase[1]);
         let per_chunk = (i2 - i1) / (c2 - c1);
         let per_request = (i1 - per_chunk * c1) / REQUESTS as f64;
+        if front == "floor" {
+            // Beside the HTTP rows, as their "direct" column.
+            let n = rows.len();
+            rows[n - 2].direct = Some(Stat::one(per_chunk));
+            rows[n - 1].direct = Some(Stat::one(per_request));
+            for row in &mut rows[n - 2..] {
+                row.note.push_str(
+                    "; direct: a bare axum + reqwest relay (`FloorProcess`), which passes the \
+                     mock's bytes through unparsed",
+                );
+            }
+            break;
+        }
         let note = format!(
             "callgrind; {REQUESTS} requests of {:.0} and of {:.0} chunks, one at a time",
             c1 / REQUESTS as f64,
@@ -659,12 +755,56 @@ async fn callgrind() -> Vec<Row> {
         });
     }
     drop(daemon);
+    drop(floor);
     eprintln!(
         "bench: the dumps are in {} (callgrind.out.N: 1 warm-up, 2-3 socket short/long, 4-5 HTTP \
-         short/long); read one with callgrind_annotate",
+         short/long; floor.out.N: 1 warm-up, 2-3 the bare relay short/long); read one with \
+         callgrind_annotate",
         dir.display()
     );
     rows
+}
+
+/// The dumps `callgrind_control --dump` has a process under callgrind write, one after another.
+struct Dumps {
+    pid: u32,
+    base: std::path::PathBuf,
+    count: usize,
+}
+
+impl Dumps {
+    fn new(pid: u32, base: std::path::PathBuf) -> Dumps {
+        Dumps {
+            pid,
+            base,
+            count: 0,
+        }
+    }
+
+    /// Dump the counts so far; the instructions in this dump (since the last).
+    fn dump(&mut self) -> f64 {
+        let ok = std::process::Command::new("callgrind_control")
+            .args(["--dump", &self.pid.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "callgrind_control --dump failed");
+        self.count += 1;
+        let file = std::path::PathBuf::from(format!("{}.{}", self.base.display(), self.count));
+        // The dump is written by the process once it gets the command.
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Some(n) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals:").or(l.strip_prefix("summary:")))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            {
+                return n;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no callgrind dump");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn cpu_secs(pid: u32) -> f64 {
@@ -744,9 +884,21 @@ fn daemon_env<U: Upstream>(providers: &[(&str, &U)], config: &str) -> TestEnv {
     env
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The floor relay builds the runtime the daemon has, not the bench's.
+    if let Some(at) = args.iter().position(|a| a == "--serve-floor") {
+        serve_floor(args.get(at + 1).expect("--serve-floor URL"));
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench(args));
+}
+
+async fn bench(args: Vec<String>) {
     let o = Opts {
         quick: args.iter().any(|a| a == "--quick"),
         overhead_only: args.iter().any(|a| a == "--overhead-only"),
@@ -927,44 +1079,58 @@ async fn main() {
 
     // Per-request set-up and bookkeeping in time, the way `--callgrind` counts it in
     // instructions: short and long answers one at a time, and the daemon's CPU solved into a
-    // part per chunk and a part per request.
+    // part per chunk and a part per request. The HTTP rows have the bare relay of
+    // `FloorProcess` beside them, measured the same way in the same run.
     let (base_url, token) = env.http();
+    let floor = FloorProcess::start(&sim.base_url());
     for (front, conc) in [("socket", 1), ("socket", 10), ("HTTP", 1), ("HTTP", 10)] {
         let per = SETUP_REQUESTS / conc;
-        let (mut per_request, mut short) = (Vec::new(), 0.0);
+        let (mut per_request, mut floor_per_request, mut short) = (Vec::new(), Vec::new(), 0.0);
         for _ in 0..reps {
-            let mut phase = Vec::new();
-            for repeat in [1, SETUP_LONG] {
-                sim.set_answer_repeat(repeat);
-                let cpu0 = cpu_secs(pid);
-                let (_, _, chunks, _) = if front == "socket" {
-                    load_via(&env.socket, conc, per, prompt).await
-                } else {
-                    load_http(&base_url, &token, conc, per, prompt).await
-                };
-                phase.push((chunks as f64, cpu_secs(pid) - cpu0));
+            let mut targets = vec![(pid, base_url.as_str(), &mut per_request)];
+            if front == "HTTP" {
+                targets.push((floor.child.id(), floor.url.as_str(), &mut floor_per_request));
             }
-            sim.set_answer_repeat(1);
-            let ((c1, t1), (c2, t2)) = (phase[0], phase[1]);
-            let per_chunk = (t2 - t1) / (c2 - c1);
-            per_request.push((t1 - per_chunk * c1) / SETUP_REQUESTS as f64 * 1e6);
-            short = c1 / SETUP_REQUESTS as f64;
+            for (pid, base, out) in targets {
+                let mut phase = Vec::new();
+                for repeat in [1, SETUP_LONG] {
+                    sim.set_answer_repeat(repeat);
+                    let cpu0 = cpu_secs(pid);
+                    let (_, _, chunks, _) = if front == "socket" {
+                        load_via(&env.socket, conc, per, prompt).await
+                    } else {
+                        load_http(base, &token, conc, per, prompt).await
+                    };
+                    phase.push((chunks as f64, cpu_secs(pid) - cpu0));
+                }
+                sim.set_answer_repeat(1);
+                let ((c1, t1), (c2, t2)) = (phase[0], phase[1]);
+                let per_chunk = (t2 - t1) / (c2 - c1);
+                out.push((t1 - per_chunk * c1) / SETUP_REQUESTS as f64 * 1e6);
+                short = c1 / SETUP_REQUESTS as f64;
+            }
         }
         rows.push(Row {
             section: "2. relay throughput",
             metric: format!(
                 "daemon CPU per request via {front}, besides its chunks, concurrency {conc}"
             ),
-            direct: None,
+            direct: (!floor_per_request.is_empty()).then(|| Stat::of(floor_per_request)),
             via: Some(Stat::of(per_request)),
             unit: "µs",
             note: format!(
                 "{SETUP_REQUESTS} requests of {short:.0} and of {:.0} chunks; \
-                 includes its state record",
-                short * SETUP_LONG as f64
+                 includes its state record{}",
+                short * SETUP_LONG as f64,
+                if front == "HTTP" {
+                    "; direct: a bare axum + reqwest relay on one worker (`FloorProcess`)"
+                } else {
+                    ""
+                }
             ),
         });
     }
+    drop(floor);
 
     if o.overhead_only {
         // Sections 1, 1b and 2 alone: the quick loop while tuning the relay.
@@ -1470,14 +1636,17 @@ fn print_report(rows: &[Row], cores: usize, o: &Opts) {
     };
     for r in rows {
         let added = match (&r.direct, &r.via) {
-            (Some(d), Some(v)) if r.unit == "ms" => {
-                let us = (v.median - d.median) * 1000.0;
+            (Some(d), Some(v)) if ["ms", "µs", "instructions"].contains(&r.unit) => {
                 let ratio = if d.median > 0.0 {
                     v.median / d.median
                 } else {
                     0.0
                 };
-                format!("{us:+.0} µs (×{ratio:.2})")
+                match r.unit {
+                    "ms" => format!("{:+.0} µs (×{ratio:.2})", (v.median - d.median) * 1000.0),
+                    "µs" => format!("{:+.0} µs (×{ratio:.2})", v.median - d.median),
+                    _ => format!("{:+.0} (×{ratio:.2})", v.median - d.median),
+                }
             }
             _ => "–".into(),
         };
