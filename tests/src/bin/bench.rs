@@ -278,6 +278,13 @@ fn serve_floor(upstream: &str) {
     });
 }
 
+/// A process's CPU solved, run by run, into a part per relayed chunk and a part per request (µs).
+#[derive(Default)]
+struct Solved {
+    per_chunk: Vec<f64>,
+    per_request: Vec<f64>,
+}
+
 /// The mock of `bench --serve-mock`: its address on stdout, then `repeat N` lines from stdin
 /// each answered `ok`; it ends with its stdin.
 async fn serve_mock() {
@@ -1085,11 +1092,11 @@ async fn bench(args: Vec<String>) {
     let floor = FloorProcess::start(&sim.base_url());
     for (front, conc) in [("socket", 1), ("socket", 10), ("HTTP", 1), ("HTTP", 10)] {
         let per = SETUP_REQUESTS / conc;
-        let (mut per_request, mut floor_per_request, mut short) = (Vec::new(), Vec::new(), 0.0);
+        let (mut daemon, mut bare, mut short) = (Solved::default(), Solved::default(), 0.0);
         for _ in 0..reps {
-            let mut targets = vec![(pid, base_url.as_str(), &mut per_request)];
+            let mut targets = vec![(pid, base_url.as_str(), &mut daemon)];
             if front == "HTTP" {
-                targets.push((floor.child.id(), floor.url.as_str(), &mut floor_per_request));
+                targets.push((floor.child.id(), floor.url.as_str(), &mut bare));
             }
             for (pid, base, out) in targets {
                 let mut phase = Vec::new();
@@ -1106,28 +1113,42 @@ async fn bench(args: Vec<String>) {
                 sim.set_answer_repeat(1);
                 let ((c1, t1), (c2, t2)) = (phase[0], phase[1]);
                 let per_chunk = (t2 - t1) / (c2 - c1);
-                out.push((t1 - per_chunk * c1) / SETUP_REQUESTS as f64 * 1e6);
+                out.per_chunk.push(per_chunk * 1e6);
+                out.per_request
+                    .push((t1 - per_chunk * c1) / SETUP_REQUESTS as f64 * 1e6);
                 short = c1 / SETUP_REQUESTS as f64;
             }
         }
+        let note = format!(
+            "{SETUP_REQUESTS} requests of {short:.0} and of {:.0} chunks; \
+             includes its state record{}",
+            short * SETUP_LONG as f64,
+            if front == "HTTP" {
+                "; direct: a bare axum + reqwest relay on one worker (`FloorProcess`)"
+            } else {
+                ""
+            }
+        );
+        let bare_stat = |v: Vec<f64>| (!v.is_empty()).then(|| Stat::of(v));
         rows.push(Row {
             section: "2. relay throughput",
             metric: format!(
                 "daemon CPU per request via {front}, besides its chunks, concurrency {conc}"
             ),
-            direct: (!floor_per_request.is_empty()).then(|| Stat::of(floor_per_request)),
-            via: Some(Stat::of(per_request)),
+            direct: bare_stat(bare.per_request),
+            via: Some(Stat::of(daemon.per_request)),
             unit: "µs",
-            note: format!(
-                "{SETUP_REQUESTS} requests of {short:.0} and of {:.0} chunks; \
-                 includes its state record{}",
-                short * SETUP_LONG as f64,
-                if front == "HTTP" {
-                    "; direct: a bare axum + reqwest relay on one worker (`FloorProcess`)"
-                } else {
-                    ""
-                }
+            note: note.clone(),
+        });
+        rows.push(Row {
+            section: "2. relay throughput",
+            metric: format!(
+                "daemon CPU per relayed chunk via {front}, besides its request, concurrency {conc}"
             ),
+            direct: bare_stat(bare.per_chunk),
+            via: Some(Stat::of(daemon.per_chunk)),
+            unit: "µs",
+            note,
         });
     }
     drop(floor);
