@@ -241,6 +241,12 @@ pub struct RoutingConfig {
     pub first_token_per_1k_input: Duration,
     /// Watchdog: time to first token for models that reason silently first.
     pub reasoning_first_token_timeout: Duration,
+    /// Watchdog: the least silence allowed while a tool call's arguments are being written.
+    /// Anthropic streams a tool's input one whole key and value at a time, so a file written
+    /// as one argument arrives after tens of seconds with nothing but pings: the gap allowed
+    /// between text tokens would kill that healthy call and have the next provider write it
+    /// again.
+    pub tool_stall_timeout: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -266,6 +272,7 @@ impl Default for RoutingConfig {
             retry_budget_ratio: 0.2,
             first_token_per_1k_input: Duration::from_millis(200),
             reasoning_first_token_timeout: Duration::from_secs(300),
+            tool_stall_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -443,6 +450,7 @@ struct FileRouting {
     retry_budget_ratio: Option<f64>,
     first_token_ms_per_1k_input: Option<u64>,
     reasoning_first_token_timeout_ms: Option<u64>,
+    tool_stall_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -696,6 +704,7 @@ impl Config {
                 r.reasoning_first_token_timeout_ms,
                 d.reasoning_first_token_timeout,
             ),
+            tool_stall_timeout: ms(r.tool_stall_timeout_ms, d.tool_stall_timeout),
         };
         if routing.watchdog_floor > routing.watchdog_ceiling {
             return Err(err(
@@ -826,6 +835,7 @@ impl<'a> Checker<'a> {
             ("stall_timeout_ms", r.stall_timeout_ms),
             ("watchdog_floor_ms", r.watchdog_floor_ms),
             ("watchdog_ceiling_ms", r.watchdog_ceiling_ms),
+            ("tool_stall_timeout_ms", r.tool_stall_timeout_ms),
         ] {
             self.range(None, key, v, 100, HOUR_MS)?;
         }
@@ -867,6 +877,7 @@ impl<'a> Checker<'a> {
             1_000,
             HOUR_MS,
         )?;
+
         if let (Some(c), Some(m)) = (r.cooldown_secs, r.max_cooldown_secs) {
             if m < c {
                 return Err(self.fail(

@@ -73,6 +73,7 @@ impl Router {
         let i = lease.index;
         let p = &self.providers[i];
         let (ttft_limit, gap_limit) = self.health().watchdog(i, input_tokens);
+        let tool_limit = self.cfg.tool_stall_timeout;
         let t0 = Instant::now();
         let mut end = AttemptEnd {
             usage: Usage::default(),
@@ -151,6 +152,7 @@ impl Router {
         // clock reading.
         let mut last_progress: Option<Instant> = None;
         let mut gaps = 0u32;
+        let mut tool_pauses = Duration::ZERO;
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
@@ -217,20 +219,30 @@ impl Router {
             };
             if delta.as_ref().is_some_and(Delta::is_progress) {
                 let now = Instant::now();
-                let first = last_progress.is_none();
-                if first {
-                    end.ttft = Some(now - t0);
-                    self.health().record_ttft(i, now - t0, now);
-                } else {
-                    gaps += 1;
+                match last_progress {
+                    None => {
+                        end.ttft = Some(now - t0);
+                        self.health().record_ttft(i, now - t0, now);
+                    }
+                    // A pause in a tool call is not the pace of the provider's tokens: left
+                    // out of the mean gap, it would stretch the limit for the next text.
+                    Some(before) if limit > gap_limit => tool_pauses += now - before,
+                    Some(_) => gaps += 1,
                 }
                 last_progress = Some(now);
-                waiting_for = "silent";
-                limit = gap_limit;
+                // A tool call's arguments may pause far longer than text does (see
+                // `tool_stall_timeout`); the limit is back to the gap's at the next text.
+                (waiting_for, limit) = match delta {
+                    Some(Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. }) => {
+                        ("silent in a tool call", gap_limit.max(tool_limit))
+                    }
+                    _ => ("silent", gap_limit),
+                };
                 watch_from = now;
-                if first {
-                    // The gap limit may be shorter than what is left of the first-token one.
-                    deadline.as_mut().reset(now + gap_limit);
+                // The timer fires early and is re-armed when the limit grew (above); when it
+                // shrank (the first token, the end of a tool call) it must be moved sooner.
+                if now + limit < deadline.deadline() {
+                    deadline.as_mut().reset(now + limit);
                     alarm.mark();
                 }
             }
@@ -324,7 +336,7 @@ impl Router {
         }
         if let (Some(ttft), Some(last)) = (end.ttft, last_progress) {
             if gaps > 0 {
-                end.mean_gap = Some((last - (t0 + ttft)) / gaps);
+                end.mean_gap = Some((last - (t0 + ttft)).saturating_sub(tool_pauses) / gaps);
             }
         }
         end

@@ -357,6 +357,83 @@ async fn long_tool_call_argument_stream_is_not_killed() {
     ));
 }
 
+/// Anthropic streams a tool's input one whole key and value at a time: a file written as one
+/// argument comes after a long silence with pings only. Once the provider's history has set the
+/// gap limit at its floor (5 s), that call must still finish where it started, while silence
+/// in a tool call beyond `tool_stall_timeout` is still a stall, and a stall in the text after
+/// a tool call is caught at the text's gap limit, not the tool call's.
+#[tokio::test(start_paused = true)]
+async fn a_tool_input_that_comes_after_a_long_silence_is_not_killed() {
+    let h = harness(2, no_jitter());
+    // History: tokens 10 ms apart, so the gap limit is the floor.
+    h.scripts[0].push([answer(&["one", " two", " three", " four"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("hi")).await),
+        Some("alpha")
+    );
+    let gap_limit = h.router.health().watchdog(0, 0).1;
+    assert_eq!(gap_limit, Duration::from_secs(5));
+    let start = |id: &str| {
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: id.into(),
+                name: "write_file".into(),
+            }),
+        )
+    };
+    let args = |delay: u64| {
+        (
+            delay,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: r#"{"path":"a.rs","content":"fn main() {}"}"#.into(),
+            }),
+        )
+    };
+    let pings = |n: usize| (0..n).map(|_| (4_000, Ok(Delta::KeepAlive)));
+
+    // 40 s of pings between the call's start and its input.
+    let mut items = vec![text("Writing it."), start("t1")];
+    items.extend(pings(10));
+    items.extend([args(10), (0, Ok(Delta::Finish(FinishReason::ToolUse)))]);
+    h.scripts[0].push([Step::Stream(items)]);
+    let ev = ask(&h.router, req("write it")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    assert!(
+        !ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+        "{ev:?}"
+    );
+
+    // Pings and nothing else in a tool call: a stall at the tool call's limit.
+    let mut items = vec![text("Writing it."), start("t2")];
+    items.extend(pings(1_000));
+    h.scripts[0].push([Step::Stream(items)]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("write it")).await;
+    let took = t0.elapsed();
+    let tool_limit = RoutingConfig::default().tool_stall_timeout;
+    assert!(
+        took >= tool_limit && took < tool_limit + Duration::from_secs(2),
+        "{took:?} {ev:?}"
+    );
+    assert_eq!(done_provider(&ev), Some("beta"));
+
+    // Text after the call, then silence: caught at the text's limit.
+    let mut items = vec![start("t3"), args(10), text("Done.")];
+    items.extend(pings(1_000));
+    h.scripts[0].push([Step::Stream(items)]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("write it")).await;
+    let took = t0.elapsed();
+    assert!(
+        took >= gap_limit && took < gap_limit + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+}
+
 /// The first provider says "Hello wor" and loses the connection; the second continues from
 /// the prefill it is given with "ld, how are you?".
 fn cut_after_hello_wor(h: &Harness) {
