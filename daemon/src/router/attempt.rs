@@ -205,13 +205,29 @@ impl Router {
                         alarm.mark();
                         continue;
                     }
-                    end.error = Some(stalled(waiting_for, limit));
-                    return end;
+                    if end.finish.is_none() {
+                        end.error = Some(stalled(waiting_for, limit));
+                        return end;
+                    }
+                    // A silence after the finish reason (see below).
+                    Some(Err(stalled(waiting_for, limit)))
                 }
             };
             let delta = match item {
                 None => None,
                 Some(Ok(d)) => Some(d),
+                // The finish reason came and the terminator did not (the connection was cut,
+                // the body ended, it fell silent, a last chunk was garbled): the answer is
+                // whole, and it ends here as it would have. Failing over would have another
+                // provider "continue" a finished answer, which writes more text, billed again.
+                Some(Err(e)) if end.finish.is_some() => {
+                    tracing::debug!(
+                        provider = %p.cfg.name,
+                        error = %e.message,
+                        "the stream broke after its finish reason; the answer is whole"
+                    );
+                    None
+                }
                 Some(Err(e)) => {
                     end.error = Some(e);
                     return end;

@@ -434,6 +434,39 @@ async fn a_tool_input_that_comes_after_a_long_silence_is_not_killed() {
     assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
 }
 
+/// The finish reason came and then the stream broke before its terminator (cut, garbled, or
+/// silent): the answer is whole, so it ends on the provider that wrote it. Another provider
+/// asked to "continue" a finished answer writes more text, and it is billed twice.
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_breaks_after_its_finish_reason_is_a_whole_answer() {
+    for (what, last) in [
+        ("cut", (10, Err(connect_refused()))),
+        (
+            "garbled",
+            (
+                10,
+                Err(ProviderError::malformed("expected value at line 1")),
+            ),
+        ),
+        ("silent", (1_000_000, Ok(Delta::KeepAlive))),
+    ] {
+        let h = harness(2, no_jitter());
+        let Step::Stream(mut items) = answer(&["All", " done", "."]) else {
+            unreachable!()
+        };
+        items.push(last);
+        h.scripts[0].push([Step::Stream(items)]);
+        let ev = ask(&h.router, req("hi")).await;
+        assert_eq!(done_provider(&ev), Some("alpha"), "{what}: {ev:?}");
+        assert_eq!(final_text(&ev), "All done.", "{what}");
+        assert_eq!(h.scripts[1].calls(), 0, "{what}: nobody else was asked");
+        assert!(
+            !ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+            "{what}: {ev:?}"
+        );
+    }
+}
+
 /// The first provider says "Hello wor" and loses the connection; the second continues from
 /// the prefill it is given with "ld, how are you?".
 fn cut_after_hello_wor(h: &Harness) {
