@@ -262,15 +262,21 @@ impl Router {
                     alarm.mark();
                 }
             }
-            // Text held at the seam goes out before anything that is not more text.
-            if !matches!(
-                delta,
-                Some(Delta::Text(_))
-                    | Some(Delta::RateLimits(_))
-                    | Some(Delta::Model(_))
-                    | Some(Delta::KeepAlive)
-                    | Some(Delta::Usage(_))
-            ) {
+            // Text held at the seam goes out before anything that is not more text. Reasoning
+            // before any text (a reasoning model as the fallback thinks first) leaves the seam
+            // armed: the text after it may still repeat the tail it was shown.
+            let flush = match &delta {
+                Some(
+                    Delta::Text(_)
+                    | Delta::RateLimits(_)
+                    | Delta::Model(_)
+                    | Delta::KeepAlive
+                    | Delta::Usage(_),
+                ) => false,
+                Some(Delta::Thinking(_) | Delta::ThinkingSignature(_)) => seam.holds(),
+                _ => true,
+            };
+            if flush {
                 let rest = seam.flush();
                 if !rest.is_empty() {
                     events.push(StreamEvent::TextDelta { text: rest });

@@ -159,6 +159,11 @@ impl Seam {
         }
     }
 
+    /// Whether text is held back (the continuation's text began and may still be a repeat).
+    pub fn holds(&self) -> bool {
+        !self.done && !self.held.is_empty()
+    }
+
     /// The continuation moved on (a tool call, its end): whatever is held goes out, less a
     /// repeat it completes.
     pub fn flush(&mut self) -> String {

@@ -505,6 +505,34 @@ async fn mid_stream_disconnect_continues_without_duplicates() {
     assert_eq!(modes, [RerouteMode::Continue]);
 }
 
+/// A reasoning model as the fallback thinks before it writes, then repeats the tail it was
+/// shown: the repeat is still dropped.
+#[tokio::test(start_paused = true)]
+async fn a_fallback_that_thinks_first_still_has_its_repeat_dropped() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("The quick brown fox jumps over"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    h.scripts[1].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::Thinking("I should continue the sentence.".into())),
+        ),
+        (10, Ok(Delta::ThinkingSignature("sig".into()))),
+        text("fox jumps over"),
+        text(" the lazy dog."),
+        (0, Ok(Delta::Finish(FinishReason::Stop))),
+    ])]);
+    let ev = ask(&h.router, req("go")).await;
+    assert_eq!(
+        final_text(&ev),
+        "The quick brown fox jumps over the lazy dog.",
+        "{ev:?}"
+    );
+    assert_eq!(done_provider(&ev), Some("beta"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn trimmed_prefill_whitespace_is_not_duplicated() {
     // Both Anthropic: the fallback gets the prefill "Hello" (trimmed: the API refuses trailing
