@@ -21,6 +21,11 @@ use crate::provider::sse::SseEvent;
 pub struct OpenAiDecoder {
     model_seen: bool,
     done: bool,
+    /// The tool calls begun in this stream: index → id. Some servers (DeepSeek, Qwen, proxies
+    /// such as LiteLLM) repeat a call's `id` and `name` on every chunk of its arguments; only a
+    /// new index, or a new id at an index, begins a call.
+    /// (A map: a hostile stream may begin any number of calls.)
+    calls: std::collections::HashMap<u32, String>,
     /// Where the text starts in this stream's chunks, for the fast path.
     shape: super::fast::Shape,
 }
@@ -209,10 +214,22 @@ impl OpenAiDecoder {
                         Some(f) => (f.name, f.arguments),
                         None => (None, None),
                     };
-                    if call.id.is_some() || name.is_some() {
+                    let id = call
+                        .id
+                        .as_ref()
+                        .map(Str::as_str)
+                        .filter(|id| !id.is_empty());
+                    let new = match (self.calls.get(&call.index), id) {
+                        (None, _) => call.id.is_some() || name.is_some(),
+                        (Some(known), Some(id)) => known != id,
+                        (Some(_), None) => false,
+                    };
+                    if new {
+                        let id = call.id.map(Str::into_string).unwrap_or_default();
+                        self.calls.insert(call.index, id.clone());
                         out.push(Delta::ToolCallStart {
                             index: call.index,
-                            id: call.id.map(Str::into_string).unwrap_or_default(),
+                            id,
                             name: name.map(Str::into_string).unwrap_or_default(),
                         });
                     }
@@ -266,6 +283,70 @@ mod tests {
                 _ => None,
             })
             .expect("usage")
+    }
+
+    fn deltas(chunks: &[&str]) -> Vec<Delta> {
+        let mut d = StreamDecoder::new(OpenAiDecoder::default());
+        let mut out = Vec::new();
+        for c in chunks {
+            d.push(format!("data: {c}\n\n").as_bytes(), &mut out)
+                .unwrap();
+        }
+        d.push(b"data: [DONE]\n\n", &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        out
+    }
+
+    fn call(index: u32, id: Option<&str>, name: Option<&str>, args: &str) -> String {
+        let mut f = serde_json::json!({"arguments": args});
+        if let Some(n) = name {
+            f["name"] = n.into();
+        }
+        let mut c = serde_json::json!({"index": index, "type": "function", "function": f});
+        if let Some(id) = id {
+            c["id"] = id.into();
+        }
+        serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [c]}}]}).to_string()
+    }
+
+    /// Servers that repeat a call's id and name on every chunk of its arguments (DeepSeek,
+    /// Qwen, LiteLLM) still make one call per index; a new id at an index is a new call.
+    #[test]
+    fn a_call_whose_id_comes_on_every_chunk_is_one_call() {
+        let out = deltas(&[
+            &call(0, Some("call_a"), Some("read"), ""),
+            &call(0, Some("call_a"), Some("read"), "{\"path\":"),
+            &call(0, Some("call_a"), None, "\"a.rs\"}"),
+            &call(1, Some("call_b"), Some("grep"), "{}"),
+            &call(1, Some("call_b"), Some("grep"), ""),
+            &call(1, None, None, ""),
+            &call(0, Some("call_c"), Some("read"), "{}"),
+        ]);
+        let starts: Vec<_> = out
+            .iter()
+            .filter_map(|d| match d {
+                Delta::ToolCallStart { index, id, name } => {
+                    Some((*index, id.as_str(), name.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (0, "call_a", "read"),
+                (1, "call_b", "grep"),
+                (0, "call_c", "read")
+            ]
+        );
+        let args: String = out
+            .iter()
+            .filter_map(|d| match d {
+                Delta::ToolCallArgs { index: 0, json } => Some(json.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, "{\"path\":\"a.rs\"}{}");
     }
 
     #[test]
