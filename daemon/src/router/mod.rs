@@ -83,6 +83,10 @@ pub struct Emitter {
     tx: mpsc::Sender<Response>,
     ended: Option<Arc<std::sync::atomic::AtomicBool>>,
     shutdown: Option<CancellationToken>,
+    /// The request's cancel: a send waiting for room in a channel that a client no longer
+    /// reads gives up when it fires (the route then gives back its lease and quota at once,
+    /// not when the connection finally closes).
+    cancel: Option<CancellationToken>,
 }
 
 impl Emitter {
@@ -93,6 +97,7 @@ impl Emitter {
             tx,
             ended: None,
             shutdown: None,
+            cancel: None,
         }
     }
 
@@ -124,10 +129,15 @@ impl Emitter {
                 flag.store(true, Ordering::Release);
             }
         }
-        self.tx
-            .send(Response::Event { id: self.id, event })
-            .await
-            .is_ok()
+        let send = self.tx.send(Response::Event { id: self.id, event });
+        match &self.cancel {
+            Some(cancel) => tokio::select! {
+                biased;
+                sent = send => sent.is_ok(),
+                _ = cancel.cancelled() => false,
+            },
+            None => send.await.is_ok(),
+        }
     }
 
     /// Send a content event (text, thinking, tool call, usage: never the last one) if the
@@ -464,7 +474,8 @@ impl Router {
 
     /// Serve one chat request to the end: exactly one `done` or `error` event is sent (unless
     /// the client is gone).
-    pub async fn route(&self, req: ChatRequest, out: Emitter, cancel: CancellationToken) {
+    pub async fn route(&self, req: ChatRequest, mut out: Emitter, cancel: CancellationToken) {
+        out.cancel = Some(cancel.clone());
         // Counted down however the request ends, a panic included.
         let _in_flight = InFlight::enter(&self.in_flight);
         let start = Instant::now();

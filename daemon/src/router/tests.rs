@@ -1516,6 +1516,33 @@ async fn a_queued_request_can_be_cancelled() {
     assert_eq!(h.scripts[0].calls(), 1);
 }
 
+/// A client that stops reading and cancels: the route's sends that wait for room in its full
+/// channel (`started` here) give up, and the request's lease and in-flight count come back at
+/// once, not when the connection finally closes.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_frees_a_route_blocked_on_a_client_that_does_not_read() {
+    let h = harness(1, no_jitter());
+    let (tx, mut rx) = mpsc::channel(1);
+    // The channel is full before the route starts: nothing it sends fits.
+    tx.send(Response::Ok).await.unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        let c = cancel.clone();
+        async move { r.route(req("hi"), Emitter::new(1, tx), c).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.router.in_flight(), 1);
+    assert_eq!(h.scripts[0].calls(), 1, "the provider answered");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_millis(10), task)
+        .await
+        .expect("the route ends once cancelled")
+        .unwrap();
+    assert_eq!(h.router.in_flight(), 0);
+    assert!(matches!(rx.try_recv(), Ok(Response::Ok)));
+}
+
 /// One provider paused for a minute, the others answer 429 with a 3 s Retry-After: the
 /// request waits for the first of them to be back, it does not fail.
 #[tokio::test(start_paused = true)]
