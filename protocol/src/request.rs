@@ -400,4 +400,8 @@ pub enum SimFault {
         /// In the stream rather than in an error response.
         in_stream: bool,
     },
+    /// The whole answer with its finish reason and usage, then the connection is dropped
+    /// before the stream's terminator (`[DONE]`, `message_stop`), as a proxy or a server that
+    /// closes early does. The answer is whole: nothing should be asked again.
+    CutBeforeTerminator,
 }

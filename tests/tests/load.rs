@@ -65,12 +65,17 @@ fn upstream_requests(m: &Mocks) -> u64 {
 }
 
 /// The mix that failed 185 of 200 asks: 15 % 429 (Retry-After 1 s), 10 % 503, 5 % mid-stream
-/// disconnects and 5 % malformed chunks, on every provider at once, 8 clients at a time.
+/// disconnects and 5 % malformed chunks, on every provider at once, 8 clients at a time; and
+/// 5 % of answers cut after their finish reason, before the terminator (whole answers, which
+/// must not be asked again nor continued).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_fault_mixes_on_every_provider_at_concurrency_8() {
     let mocks = Mocks::start().await;
     for (i, s) in sims(&mocks).into_iter().enumerate() {
-        s.set_chaos(Some(SimChaos::mix(0.35)));
+        s.set_chaos(Some(SimChaos {
+            cut_at_end: 0.05,
+            ..SimChaos::mix(0.35)
+        }));
         s.reseed(11 + i as u64);
     }
     let env = mocks.env();
@@ -100,6 +105,7 @@ async fn random_fault_mixes_at_concurrency_64() {
             stall: 0.03,
             error_event: 0.03,
             bad_gateway: 0.03,
+            cut_at_end: 0.03,
             ..SimChaos::mix(0.25)
         }));
         s.reseed(21 + i as u64);

@@ -24,6 +24,8 @@ pub struct SimChaos {
     pub error_event: f64,
     /// Silence after a few chunks.
     pub stall: f64,
+    /// The connection drops after the finish reason, before the terminator.
+    pub cut_at_end: f64,
 }
 
 impl SimChaos {
@@ -45,7 +47,7 @@ impl SimChaos {
     pub fn roll(&self, rng: &mut fastrand::Rng) -> Option<SimFault> {
         let tokens = rng.u32(1..12);
         let mut x = rng.f64();
-        let table: [(f64, SimFault); 8] = [
+        let table: [(f64, SimFault); 9] = [
             (
                 self.rate_limit,
                 SimFault::RateLimit {
@@ -59,6 +61,7 @@ impl SimChaos {
             (self.malformed, SimFault::MalformedAfter { tokens }),
             (self.error_event, SimFault::ErrorEventAfter { tokens }),
             (self.stall, SimFault::StallAfter { tokens }),
+            (self.cut_at_end, SimFault::CutBeforeTerminator),
         ];
         for (p, fault) in table {
             if x < p {

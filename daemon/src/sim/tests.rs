@@ -179,6 +179,25 @@ async fn mid_stream_faults() {
     }
 }
 
+/// A cut at the very end: the whole text and its finish reason arrive, then the stream breaks
+/// where its terminator should be (Gemini has none: after its last chunk).
+#[tokio::test]
+async fn a_cut_before_the_terminator_comes_after_the_whole_answer() {
+    for f in ALL {
+        let (s, t) = sim(f).await;
+        let chat = ChatRequest::user_text(1, "the end");
+        s.inject([SimFault::CutBeforeTerminator]);
+        let g = run(&t, &chat, None).await.unwrap();
+        assert_eq!(g.text, answer_for("the end"), "{f:?}");
+        assert_eq!(g.finish, Some(FinishReason::Stop), "{f:?}");
+        let kind = g.error.map(|e| e.kind);
+        assert!(
+            matches!(kind, Some(ErrorKind::Network | ErrorKind::Truncated)),
+            "{f:?}: {kind:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn stalls_and_keep_alives_hold_until_the_client_leaves() {
     let (s, t) = sim(Flavor::DeepSeek).await;

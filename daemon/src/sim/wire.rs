@@ -475,6 +475,16 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
             steps.push(Step::Send(w.echo_event(&echo)));
             steps.push(Step::Finished);
         }
+        Some(SimFault::CutBeforeTerminator) => {
+            let mut last = w.epilogue(input_tokens, output_tokens, tool.is_some());
+            // Gemini has no terminator: its last chunk carries the finish reason.
+            if !w.gemini() {
+                last.pop();
+            }
+            steps.extend(last.into_iter().map(Step::Send));
+            steps.push(Step::Sleep(Duration::from_millis(20)));
+            steps.push(Step::Cut);
+        }
         _ => {
             steps.extend(
                 w.epilogue(input_tokens, output_tokens, tool.is_some())
