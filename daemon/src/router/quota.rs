@@ -192,7 +192,11 @@ impl Quota {
             match self.time_to(&b, need, now) {
                 Some(t) => at = Some(at.map_or(t, |a| a.max(t))),
                 // Only requests in flight hold the room: it comes back when they are answered.
-                None => return Room::AfterPending,
+                None if !self.pending.is_empty() => return Room::AfterPending,
+                // Short, with no reset announced (some servers send `remaining` alone) and
+                // nothing in flight whose answer would bring a new figure: one request goes,
+                // as to a provider not yet known. Waiting would wait forever.
+                None => {}
             }
         }
         match at {
@@ -426,6 +430,33 @@ mod tests {
         }
         // Larger than the whole quota: never.
         assert_eq!(q.room(Cost::request(9_000, 4_096), now), Room::Never);
+    }
+
+    /// A server that announces what is left but not when it comes back (no reset header):
+    /// once it says nothing is left, one request at a time still goes, and its answer brings
+    /// the next figure. It used to shut the provider out for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_without_a_reset_is_probed_one_request_at_a_time() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::Tokens.index()] = Some(Announced {
+            limit: None,
+            remaining: Some(10),
+            reset_in: None,
+        });
+        let s = q.reserve(ONE);
+        q.observe(s, &r, true, now);
+        assert_eq!(q.room(ONE, now), Room::Now, "nothing in flight");
+        let probe = q.reserve(ONE);
+        assert_eq!(q.room(ONE, now), Room::AfterPending, "one at a time");
+        // Its answer says there is room again.
+        r.quotas[QuotaKind::Tokens.index()]
+            .as_mut()
+            .unwrap()
+            .remaining = Some(10_000);
+        q.observe(probe, &r, true, now + Duration::from_secs(5));
+        assert_eq!(q.room(ONE, now + Duration::from_secs(5)), Room::Now);
     }
 
     #[tokio::test(start_paused = true)]
