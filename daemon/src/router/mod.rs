@@ -866,7 +866,16 @@ impl Router {
                 )
                 .await;
             let elapsed = attempt_start.elapsed();
-            push_once(&mut j.attempted, i);
+            // Coming back after a 429's pause is what the provider asked for, not a retry that
+            // adds to its load: it takes no retry budget. (Charged, a burst of sessions all
+            // told "wait 2 s" spent the budget, and the rest got the 429 instead of waiting.)
+            if end
+                .error
+                .as_ref()
+                .is_none_or(|e| e.kind != ErrorKind::RateLimited)
+            {
+                push_once(&mut j.attempted, i);
+            }
             let mut end = end;
             if end.error.is_some() && end.opened && end.usage == Usage::default() {
                 // OpenAI-format providers report usage only at the end: a stream that broke

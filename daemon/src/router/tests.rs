@@ -1543,6 +1543,31 @@ async fn a_cancel_frees_a_route_blocked_on_a_client_that_does_not_read() {
     assert!(matches!(rx.try_recv(), Ok(Response::Ok)));
 }
 
+/// Twelve sessions at once all get a 429 with a 2 s Retry-After from the only provider: every
+/// one waits the pause out and is answered there. Coming back after a pause is not a retry, so
+/// the retry budget (5 per 10 s) does not turn the rest of them away with the 429.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_sessions_told_to_wait_all_come_back() {
+    let h = harness(1, no_jitter());
+    // Known to the router, and without quota headers: not paced, so all twelve go at once.
+    assert_eq!(
+        done_provider(&ask(&h.router, req("hi")).await),
+        Some("alpha")
+    );
+    h.scripts[0].push((0..12).map(|_| Step::Fail(err(ErrorKind::RateLimited, Some(2)))));
+    let tasks: Vec<_> = (0..12)
+        .map(|n| {
+            let r = h.router.clone();
+            tokio::spawn(async move { ask(&r, req(&format!("session {n}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        let ev = t.await.unwrap();
+        assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    }
+    assert_eq!(h.scripts[0].calls(), 1 + 12 + 12);
+}
+
 /// One provider paused for a minute, the others answer 429 with a 3 s Retry-After: the
 /// request waits for the first of them to be back, it does not fail.
 #[tokio::test(start_paused = true)]
