@@ -177,13 +177,29 @@ impl Quota {
             return Room::AfterPending;
         }
         let mut at: Option<Instant> = None;
+        // Anthropic announces input and output tokens apart, and its combined `tokens` figures
+        // are then the most restrictive of those limits (often the output one), not a budget
+        // for input plus output: read as one, a long prompt was "larger than the quota" and
+        // never sent.
+        let split = self.buckets[QuotaKind::InputTokens.index()].is_some()
+            || self.buckets[QuotaKind::OutputTokens.index()].is_some();
         for kind in QuotaKind::ALL {
             let Some(b) = self.buckets[kind.index()] else {
                 continue;
             };
+            if split && kind == QuotaKind::Tokens {
+                continue;
+            }
+            let mut cost_here = cost.get(kind);
+            if kind == QuotaKind::InputTokens {
+                // Prompt tokens read from Anthropic's cache do not count against its input
+                // limit, and the estimate cannot tell them apart: a prompt larger than the
+                // whole limit waits for a full bucket rather than never going.
+                cost_here = b.limit.map_or(cost_here, |l| cost_here.min(l));
+            }
             let reserved: f64 = self.pending.iter().map(|(_, c)| c.get(kind)).sum();
-            let need = cost.get(kind) + reserved;
-            if b.limit.is_some_and(|l| cost.get(kind) > l) {
+            let need = cost_here + reserved;
+            if b.limit.is_some_and(|l| cost_here > l) {
                 return Room::Never;
             }
             if self.level(&b, now) >= need {
@@ -430,6 +446,40 @@ mod tests {
         }
         // Larger than the whole quota: never.
         assert_eq!(q.room(Cost::request(9_000, 4_096), now), Room::Never);
+    }
+
+    /// Anthropic at a low tier: 50,000 input tokens, 8,000 output tokens a minute, and the
+    /// combined figure is the most restrictive of the two (8,000). A coding agent's 40,000-token
+    /// prompt with 4,096 to write goes at once; one of 60,000 (mostly read from the cache, which
+    /// the limit does not count) goes when the input bucket is full, never "never".
+    #[tokio::test(start_paused = true)]
+    async fn anthropic_token_limits_are_read_apart() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let a = |limit: u64, remaining: u64| {
+            Some(Announced {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                reset_in: Some(Duration::from_secs(60)),
+            })
+        };
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::Requests.index()] = a(50, 49);
+        r.quotas[QuotaKind::Tokens.index()] = a(8_000, 8_000);
+        r.quotas[QuotaKind::InputTokens.index()] = a(50_000, 50_000);
+        r.quotas[QuotaKind::OutputTokens.index()] = a(8_000, 8_000);
+        let s = q.reserve(ONE);
+        q.observe(s, &r, true, now);
+        assert_eq!(q.room(Cost::request(40_000, 4_096), now), Room::Now);
+        r.quotas[QuotaKind::InputTokens.index()] = a(50_000, 20_000);
+        let s = q.reserve(ONE);
+        q.observe(s, &r, true, now);
+        assert!(matches!(
+            q.room(Cost::request(60_000, 4_096), now),
+            Room::At(_)
+        ));
+        // More output than the output limit can ever take is still refused.
+        assert_eq!(q.room(Cost::request(1_000, 9_000), now), Room::Never);
     }
 
     /// A server that announces what is left but not when it comes back (no reset header):
