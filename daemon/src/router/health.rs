@@ -713,26 +713,11 @@ impl HealthBook {
                     probing: false,
                     cooldown: Duration::from_millis(cooldown_ms),
                 },
-                SavedBreaker::Unusable => Breaker::Disabled {
-                    why: Disable::Auth,
-                    until: None,
-                },
-                SavedBreaker::Billing { until_unix_ms } => match until_unix_ms {
-                    Some(ms) => match from_unix(ms) {
-                        Some(until) => Breaker::Disabled {
-                            why: Disable::Billing,
-                            until: Some(until),
-                        },
-                        None => Breaker::HalfOpen {
-                            probing: false,
-                            cooldown: self.cfg.cooldown,
-                        },
-                    },
-                    None => Breaker::Disabled {
-                        why: Disable::Billing,
-                        until: None,
-                    },
-                },
+                // A rejected key or an account that could not pay is not carried over: a
+                // restart is how a user says "fixed" (a new key in the environment, a top-up),
+                // and a key still bad costs one immediate 401 to learn again. Kept, it said
+                // "key rejected" until the config was reloaded.
+                SavedBreaker::Unusable | SavedBreaker::Billing { .. } => Breaker::Closed,
             };
             p.quota = match &s.quota {
                 Some(q) => Quota::restore(q, now, now_unix_ms),

@@ -1869,6 +1869,30 @@ fn health_survives_a_restart() {
     });
 }
 
+/// A key rejected before a restart is tried again after it: the user restarts the daemon
+/// once the key (or the account) is fixed.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_key_is_tried_again_after_a_restart() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Auth, None))]);
+    assert_eq!(done_provider(&ask(&h.router, req("x")).await), Some("beta"));
+    h.scripts[1].push([Step::Fail(err(ErrorKind::Billing, None))]);
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Auth, None))]);
+    ask(&h.router, req("y")).await;
+    let now = Instant::now();
+    assert_eq!(h.router.health().state_of(0, now).0, BreakerState::Unusable);
+    assert_eq!(h.router.health().state_of(1, now).0, BreakerState::Unusable);
+    let saved = h.router.health().save(now, 1_000_000);
+    let h2 = harness(2, no_jitter());
+    h2.router.health().restore(&saved, now, 1_000_000);
+    assert_eq!(h2.router.health().state_of(0, now).0, BreakerState::Closed);
+    assert_eq!(h2.router.health().state_of(1, now).0, BreakerState::Closed);
+    assert_eq!(
+        done_provider(&ask(&h2.router, req("z")).await),
+        Some("alpha")
+    );
+}
+
 /// Answers at once: what is left of a request is the router's own work.
 struct Instantly;
 
