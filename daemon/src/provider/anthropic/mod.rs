@@ -368,7 +368,8 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         tool_choice: None,
     };
     match (chat.temperature, thinking) {
-        (Some(t), None) => body.temperature = Some(f64::from(t)),
+        // Anthropic's range is 0 to 1; OpenAI-format clients may send up to 2.
+        (Some(t), None) => body.temperature = Some(f64::from(t).clamp(0.0, 1.0)),
         (Some(_), Some(_)) => {
             tracing::debug!("anthropic: temperature dropped (thinking needs the default)")
         }
@@ -380,6 +381,11 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
                 top_p = p,
                 "anthropic: top_p dropped (thinking needs >= 0.95)"
             )
+        }
+        // Claude 4.5 models and later refuse `temperature` and `top_p` together (a 400 that
+        // would reach the client); sampling by temperature alone is what the client meant first.
+        (Some(p), _) if body.temperature.is_some() => {
+            tracing::debug!(top_p = p, "anthropic: top_p dropped (temperature is set)")
         }
         (Some(p), _) => body.top_p = Some(f64::from(p)),
         _ => {}
@@ -956,8 +962,15 @@ mod tests {
         chat.options.parallel_tool_calls = Some(false);
         let v = body(&chat, "claude-3-5-haiku-latest", 100, None);
         assert_eq!(v["stop_sequences"], json!(["END"]));
-        assert_eq!(v["top_p"], json!(0.5));
+        // Claude 4.5 and later refuse both at once: temperature wins.
+        assert_eq!(v["top_p"], json!(null));
         assert_eq!(v["temperature"], json!(0.2f32));
+        chat.temperature = None;
+        assert_eq!(body(&chat, "m", 100, None)["top_p"], json!(0.5));
+        // OpenAI-format clients may ask for up to 2; Anthropic takes up to 1.
+        chat.temperature = Some(1.6);
+        assert_eq!(body(&chat, "m", 100, None)["temperature"], json!(1.0));
+        chat.temperature = Some(0.2);
         assert_eq!(v["metadata"], json!({"user_id": "u-1"}));
         assert_eq!(
             v["tool_choice"],
