@@ -41,6 +41,12 @@ const MAX_STOP: usize = 5;
 /// and below this depth the reference is replaced by a bare object.
 const MAX_REF_DEPTH: usize = 8;
 
+/// The most schema nodes one tool's cleaned schema may have. Depth alone does not bound the
+/// inlining: a definition that refers to itself k times expands to k^8 copies (8 refs: 16
+/// million), minutes of CPU and gigabytes for one hostile or careless tool definition. Real
+/// schemas have tens to hundreds.
+const MAX_SCHEMA_NODES: usize = 10_000;
+
 /// Schema fields the Gemini API accepts in `parameters` (the official Python SDK's `Schema`
 /// without `additionalProperties`, `$defs` and `$ref`, which the SDK itself refuses or inlines
 /// for the Gemini Developer API).
@@ -518,21 +524,28 @@ pub fn clean_schema(schema: &Value) -> Value {
         .or_else(|| schema.get("definitions"))
         .cloned()
         .unwrap_or(Value::Null);
-    clean(schema, &defs, 0)
+    let mut budget = MAX_SCHEMA_NODES;
+    clean(schema, &defs, 0, &mut budget)
 }
 
-fn clean(schema: &Value, defs: &Value, depth: usize) -> Value {
+/// `schema` cleaned; `budget` is the nodes left to make (past it, what is left is a bare
+/// object, as an unresolvable `$ref`).
+fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Value {
     let Some(obj) = schema.as_object() else {
         // `true`/`false` schemas and other oddities: anything goes.
         return json!({});
     };
+    if *budget == 0 {
+        return json!({"type": "object"});
+    }
+    *budget -= 1;
     if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
         let name = r
             .strip_prefix("#/$defs/")
             .or_else(|| r.strip_prefix("#/definitions/"));
         let target = name.and_then(|n| defs.get(n));
         let mut out = match target {
-            Some(t) if depth < MAX_REF_DEPTH => clean(t, defs, depth + 1),
+            Some(t) if depth < MAX_REF_DEPTH => clean(t, defs, depth + 1, budget),
             _ => json!({"type": "object"}),
         };
         // Siblings of `$ref` (a description, say) describe this use of the definition.
@@ -549,19 +562,19 @@ fn clean(schema: &Value, defs: &Value, depth: usize) -> Value {
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|(name, s)| (name.clone(), clean(s, defs, depth)))
+                    .map(|(name, s)| (name.clone(), clean(s, defs, depth, budget)))
                     .collect();
                 out.insert(k.clone(), Value::Object(props));
             }
             "items" => {
-                out.insert(k.clone(), clean(v, defs, depth));
+                out.insert(k.clone(), clean(v, defs, depth, budget));
             }
             "anyOf" | "oneOf" => {
                 let all: Vec<Value> = v
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|s| clean(s, defs, depth))
+                    .map(|s| clean(s, defs, depth, budget))
                     .collect();
                 out.insert("anyOf".into(), Value::Array(all));
             }
@@ -587,6 +600,16 @@ fn clean(schema: &Value, defs: &Value, depth: usize) -> Value {
             }
             _ => {}
         }
+    }
+    // `properties` and `required` are for objects only: Gemini refuses them on another type
+    // (MCP servers send them on strings and arrays).
+    if out
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.eq_ignore_ascii_case("object"))
+    {
+        out.remove("properties");
+        out.remove("required");
     }
     // Gemini's enums are strings only; a numeric enum is refused, so it goes.
     if out

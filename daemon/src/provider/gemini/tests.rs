@@ -266,6 +266,31 @@ fn schema_cleaning() {
                       "$ref": "#/$defs/N"});
     let s = clean_schema(&tree).to_string();
     assert!(s.len() < 2000 && !s.contains("$ref"), "{s}");
+    // One that refers to itself eight times would expand to 8^8 (16 million) copies within
+    // the depth limit: the node budget stops it at a size a request can carry, at once.
+    let props: serde_json::Map<String, Value> = (0..8)
+        .map(|i| (format!("k{i}"), json!({"$ref": "#/$defs/N"})))
+        .collect();
+    let bomb =
+        json!({"$defs": {"N": {"type": "object", "properties": props}}, "$ref": "#/$defs/N"});
+    let t0 = std::time::Instant::now();
+    let s = clean_schema(&bomb).to_string();
+    assert!(s.len() < 2_000_000, "{} bytes", s.len());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    // `properties` and `required` on a type other than object are refused by Gemini.
+    let odd = json!({"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "properties": {}, "required": ["x"]},
+        "name": {"type": "string", "properties": {"a": {"type": "string"}}}}});
+    assert_eq!(
+        clean_schema(&odd),
+        json!({"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "name": {"type": "string"}}})
+    );
     let rejected = [
         "$schema",
         "additionalProperties",
