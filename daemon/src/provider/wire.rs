@@ -47,6 +47,27 @@ pub(crate) fn empty_object() -> &'static RawValue {
     serde_json::from_str("{}").expect("{} is JSON")
 }
 
+/// A past tool call's arguments as the object Anthropic and Gemini require. Models do emit cut-off or
+/// non-object arguments (at a token limit, say), and clients replay them verbatim: refusing
+/// them would fail every later turn of the conversation, so they become `{}` (logged).
+pub(crate) fn tool_input(json: &str) -> &RawValue {
+    match serde_json::from_str::<&RawValue>(json) {
+        // Valid JSON that starts with a brace is an object, if it also parses whole: the raw
+        // check is syntax only, and a lone `\ud800` or a `1e400` the API would refuse must
+        // become `{}` as before. Arguments are small; the second parse costs little.
+        Ok(v)
+            if v.get().starts_with('{')
+                && serde_json::from_str::<serde_json::Value>(json).is_ok() =>
+        {
+            v
+        }
+        Ok(_) | Err(_) => {
+            tracing::debug!("a past tool call's arguments are not a JSON object: sent as {{}}");
+            empty_object()
+        }
+    }
+}
+
 /// `data:MEDIA;base64,DATA`, written straight into the body: base64 images run to megabytes,
 /// and formatting the URL into a `String` first would copy each once more.
 pub(crate) struct DataUrl<'a> {
@@ -85,4 +106,25 @@ pub(crate) fn to_bytes<T: Serialize>(
 fn size_hint(chat: &ChatRequest) -> usize {
     let text = crate::router::estimate_input_tokens(chat) as usize * 4;
     text + text / 8 + 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_arguments_a_provider_would_refuse_become_an_empty_object() {
+        for bad in [
+            r#"{"x":1e400}"#,
+            r#"{"x":"\ud800"}"#,
+            r#"{"x":"#,
+            "[1]",
+            "7",
+            "",
+        ] {
+            assert_eq!(tool_input(bad).get(), "{}", "{bad}");
+        }
+        let good = r#"{"path": "a.rs", "n": [1, 2.5e3]}"#;
+        assert_eq!(tool_input(good).get(), good);
+    }
 }

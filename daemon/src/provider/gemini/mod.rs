@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::{parse_json, split_data_url};
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{empty_object, raw_json, system_text, to_bytes};
+use super::wire::{system_text, to_bytes, tool_input};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::ProviderConfig;
 
@@ -492,11 +492,9 @@ fn model_parts<'a>(
             ContentBlock::ToolUse {
                 name, input_json, ..
             } => {
-                let args = if input_json.trim().is_empty() {
-                    empty_object()
-                } else {
-                    raw_json(input_json, "tool call arguments")?
-                };
+                // Cut-off or non-object arguments from a past turn (clients replay them
+                // verbatim) become `{}`: refused, they failed every later turn.
+                let args = tool_input(input_json);
                 parts.push(Part::FunctionCall {
                     name: names.wire(name),
                     args,

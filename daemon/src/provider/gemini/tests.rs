@@ -154,6 +154,16 @@ fn body_shape_with_tools_images_results_and_continuation() {
             .is_none(),
         "an empty object schema is refused: no parameters instead"
     );
+    // A past call cut off at a token limit, replayed verbatim by the client: `{}`, not a 400
+    // on every later turn.
+    if let ContentBlock::ToolUse { input_json, .. } = &mut chat.messages[1].content[2] {
+        *input_json = r#"{"path":"a"#.into();
+    }
+    let (_, v) = build_for(&chat, None);
+    assert_eq!(
+        v["contents"][1]["parts"][1]["functionCall"]["args"],
+        json!({})
+    );
     assert_eq!(
         v["toolConfig"],
         json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [wire]}})
