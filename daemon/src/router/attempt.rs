@@ -329,7 +329,16 @@ impl Router {
                 Delta::ThinkingSignature(signature) => {
                     events.push(StreamEvent::ThinkingSignature { signature })
                 }
-                Delta::ToolCallStart { index, id, name } => {
+                Delta::ToolCallStart {
+                    index,
+                    mut id,
+                    name,
+                } => {
+                    if id.is_empty() {
+                        // A server that names the call but gives no id: the client must have
+                        // one to send the result back (Claude Code refuses a turn without).
+                        id = format!("call_mythos_{}_{index}", tag.1);
+                    }
                     held.push(StreamEvent::ToolCallStart { index, id, name });
                 }
                 Delta::ToolCallArgs { index, json } => {

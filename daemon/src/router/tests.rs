@@ -467,6 +467,41 @@ async fn a_stream_that_breaks_after_its_finish_reason_is_a_whole_answer() {
     }
 }
 
+/// A server that names a tool call but gives it no id: the client still gets one, since it
+/// must send the result back under it.
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_without_an_id_gets_one() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: String::new(),
+                name: "read".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: "{}".into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
+    let ev = ask(&h.router, req("read it")).await;
+    let ids: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallStart { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ev:?}");
+    assert!(!ids[0].is_empty());
+}
+
 /// The first provider says "Hello wor" and loses the connection; the second continues from
 /// the prefill it is given with "ld, how are you?".
 fn cut_after_hello_wor(h: &Harness) {

@@ -10,6 +10,8 @@
 
 pub mod stream;
 
+use std::borrow::Cow;
+
 use mythos_protocol::{CacheTtl, ContentBlock, ErrorKind, ImageSource, Role, Thinking, ToolChoice};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -136,14 +138,14 @@ enum Block<'a> {
         cache_control: Option<CacheControl>,
     },
     ToolUse {
-        id: &'a str,
+        id: Cow<'a, str>,
         name: &'a str,
         input: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
         cache_control: Option<CacheControl>,
     },
     ToolResult {
-        tool_use_id: &'a str,
+        tool_use_id: Cow<'a, str>,
         content: ResultContent<'a>,
         is_error: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -476,7 +478,7 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
             name,
             input_json,
         } => Block::ToolUse {
-            id,
+            id: tool_id(id),
             name: names.wire(name),
             input: tool_input(input_json),
             cache_control: None,
@@ -501,7 +503,7 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
                 ResultContent::Parts(parts)
             };
             Block::ToolResult {
-                tool_use_id,
+                tool_use_id: tool_id(tool_use_id),
                 content: body,
                 is_error: *is_error,
                 cache_control: None,
@@ -630,6 +632,27 @@ fn last_tool_turn_starts_with_thinking(messages: &[Msg<'_>]) -> bool {
         return true;
     };
     blocks(turn).first().is_some_and(Block::is_thinking)
+}
+
+/// A tool call's id as Anthropic takes it (`^[a-zA-Z0-9_-]+$`). Ids made by other providers
+/// (Kimi's `functions.Bash:0`, an empty one) are refused with a 400 once a conversation is
+/// failed over to Anthropic; they are rewritten the same way wherever they occur (the call and
+/// its result), with a hash of the original so two ids cannot become one.
+fn tool_id(id: &str) -> Cow<'_, str> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !id.is_empty() && id.chars().all(fits) {
+        return Cow::Borrowed(id);
+    }
+    // FNV-1a: stable across runs and builds, which a conversation's turns need.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let kept: String = id
+        .chars()
+        .map(|c| if fits(c) { c } else { '_' })
+        .take(64)
+        .collect();
+    Cow::Owned(format!("{kept}_{hash:016x}"))
 }
 
 /// Parse JSON text the client sent, failing the request (not the provider) if it is invalid.
@@ -915,6 +938,51 @@ mod tests {
         assert_eq!(roles, ["user", "assistant", "user", "user"]);
         assert_eq!(v["messages"][3]["content"][0]["text"], "q3");
         assert!(!v.to_string().contains("foreign"));
+    }
+
+    /// Ids from other providers that Anthropic's pattern refuses are rewritten, the same way
+    /// in the call and in its result; ids that fit are sent as they are.
+    #[test]
+    fn foreign_tool_ids_fit_anthropics_pattern() {
+        for (id, kept) in [
+            ("toolu_01A-b", true),
+            ("functions.Bash:0", false),
+            ("", false),
+        ] {
+            let mut chat = ChatRequest::user_text(1, "go");
+            chat.messages.push(Message {
+                role: Role::Assistant,
+                content: vec![ContentBlock::ToolUse {
+                    id: id.into(),
+                    name: "read".into(),
+                    input_json: "{}".into(),
+                }],
+            });
+            chat.messages.push(Message {
+                role: Role::User,
+                content: vec![ContentBlock::ToolResult {
+                    tool_use_id: id.into(),
+                    content: "ok".into(),
+                    is_error: false,
+                    images: Vec::new(),
+                }],
+            });
+            let v = body(&chat, "claude-sonnet-4-5", 100, None);
+            let call = v["messages"][1]["content"][0]["id"].as_str().unwrap();
+            let result = v["messages"][2]["content"][0]["tool_use_id"]
+                .as_str()
+                .unwrap();
+            assert_eq!(call, result, "{id:?}");
+            assert_eq!(call == id, kept, "{id:?} became {call:?}");
+            assert!(
+                !call.is_empty()
+                    && call
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{call:?}"
+            );
+        }
+        assert_ne!(tool_id("a.b"), tool_id("a:b"), "two ids stay two");
     }
 
     #[test]
