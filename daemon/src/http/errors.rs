@@ -165,6 +165,9 @@ pub fn openai_type(kind: ErrorKind, status: StatusCode) -> (&'static str, Option
     }
 }
 
+/// The words of Anthropic's context-length error.
+const TOO_LONG: &str = "prompt is too long";
+
 /// The JSON error body of `dialect`.
 pub fn error_body(
     dialect: Dialect,
@@ -173,6 +176,16 @@ pub fn error_body(
     message: &str,
 ) -> serde_json::Value {
     match dialect {
+        // Anthropic says "prompt is too long: N tokens > M maximum", and agents look for those
+        // words to compact the conversation (Claude Code does); another provider's wording
+        // ("maximum context length") would leave the session stuck on the same request.
+        Dialect::Anthropic if kind == ErrorKind::ContextLength && !message.contains(TOO_LONG) => {
+            json!({
+                "type": "error",
+                "error": {"type": anthropic_type(kind, status),
+                          "message": format!("{TOO_LONG}: {message}")},
+            })
+        }
         Dialect::Anthropic => json!({
             "type": "error",
             "error": {"type": anthropic_type(kind, status), "message": message},
@@ -187,6 +200,41 @@ pub fn error_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A context-length failure from any provider reads, in the Messages dialect, as
+    /// Anthropic's own: the words agents look for to compact the conversation.
+    #[test]
+    fn a_prompt_too_long_says_so_in_anthropics_words() {
+        let msg =
+            "every provider failed (deepseek: This model's maximum context length is 65536 tokens)";
+        let v = error_body(
+            Dialect::Anthropic,
+            ErrorKind::ContextLength,
+            StatusCode::BAD_REQUEST,
+            msg,
+        );
+        let text = v["error"]["message"].as_str().unwrap();
+        assert!(
+            text.starts_with("prompt is too long: ") && text.ends_with(msg),
+            "{text}"
+        );
+        let own = "prompt is too long: 210000 tokens > 200000 maximum";
+        let v = error_body(
+            Dialect::Anthropic,
+            ErrorKind::ContextLength,
+            StatusCode::BAD_REQUEST,
+            own,
+        );
+        assert_eq!(v["error"]["message"], own);
+        let v = error_body(
+            Dialect::Openai,
+            ErrorKind::ContextLength,
+            StatusCode::BAD_REQUEST,
+            msg,
+        );
+        assert_eq!(v["error"]["message"], msg);
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+    }
 
     #[test]
     fn upstream_key_trouble_is_never_a_401() {
