@@ -700,8 +700,12 @@ impl HealthBook {
                     until_unix_ms,
                     cooldown_ms,
                 } => match from_unix(until_unix_ms) {
+                    // No later than a cooldown from now: a deadline saved under a clock that
+                    // ran ahead (then corrected) must not keep a provider out for a day.
                     Some(until) => Breaker::Open {
-                        until,
+                        until: until.min(
+                            now + Duration::from_millis(cooldown_ms).min(self.cfg.max_cooldown),
+                        ),
                         cooldown: Duration::from_millis(cooldown_ms),
                     },
                     None => Breaker::HalfOpen {
@@ -720,11 +724,13 @@ impl HealthBook {
                 SavedBreaker::Unusable | SavedBreaker::Billing { .. } => Breaker::Closed,
             };
             p.quota = match &s.quota {
-                Some(q) => Quota::restore(q, now, now_unix_ms),
+                Some(q) => Quota::restore(q, now, now_unix_ms, self.cfg.max_cooldown),
                 None => Quota::default(),
             };
             if let Some(until) = s.rate_limited_until_unix_ms.and_then(from_unix) {
-                p.quota.block(until);
+                // A Retry-After is capped at `max_cooldown` when it is read; so is what was
+                // saved of it.
+                p.quota.block(until.min(now + self.cfg.max_cooldown));
             }
             p.requests = s.requests;
             p.failures = s.failures;

@@ -294,7 +294,16 @@ impl Quota {
     }
 
     /// Restore what [`Quota::save`] wrote (requests in flight then are over now).
-    pub fn restore(saved: &SavedQuota, now: Instant, now_unix_ms: u64) -> Quota {
+    ///
+    /// Deadlines are kept within what could have been announced from now (a pause within
+    /// `max_pause`, a reset within a day, an observation not in the future): saved under a
+    /// clock that ran ahead and was then corrected, they would shut a provider out for as long.
+    pub fn restore(
+        saved: &SavedQuota,
+        now: Instant,
+        now_unix_ms: u64,
+        max_pause: Duration,
+    ) -> Quota {
         let from_unix = |ms: u64| from_unix_ms(ms, now, now_unix_ms);
         let mut q = Quota {
             announces: saved.announces,
@@ -302,15 +311,17 @@ impl Quota {
             blocked_until: saved
                 .blocked_until_unix_ms
                 .filter(|&ms| ms > now_unix_ms)
-                .map(from_unix),
+                .map(|ms| from_unix(ms).min(now + max_pause)),
             ..Quota::default()
         };
         for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
             *slot = b.as_ref().map(|b| Bucket {
                 limit: b.limit,
                 remaining: b.remaining,
-                observed: from_unix(b.observed_unix_ms),
-                reset_at: b.reset_unix_ms.map(from_unix),
+                observed: from_unix(b.observed_unix_ms).min(now),
+                reset_at: b
+                    .reset_unix_ms
+                    .map(|ms| from_unix(ms).min(now + crate::provider::ratelimit::MAX_HEADER_WAIT)),
             });
         }
         q
@@ -537,7 +548,7 @@ mod tests {
         let back: SavedQuota = serde_json::from_str(&json).unwrap();
         // Two seconds later, in a new process.
         let now2 = now + Duration::from_secs(2);
-        let r = Quota::restore(&back, now2, 1_002_000);
+        let r = Quota::restore(&back, now2, 1_002_000, Duration::from_secs(900));
         assert_eq!(r.blocked_until(now2), Some(now + Duration::from_secs(5)));
         assert_eq!(r.announces, Some(true));
         assert_eq!(r.room(ONE, now2), Room::At(now + Duration::from_secs(5)));

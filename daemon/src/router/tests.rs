@@ -1904,6 +1904,45 @@ fn health_survives_a_restart() {
     });
 }
 
+/// State saved under a clock a day ahead (then corrected) does not keep a provider out for a
+/// day: a restored cooldown or pause is no longer than it could have been from now.
+#[tokio::test(start_paused = true)]
+async fn deadlines_saved_far_ahead_are_cut_to_what_could_have_been_asked() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+    ask(&h.router, req("x")).await;
+    trip(&h, 1);
+    let now = Instant::now();
+    let day = 86_400_000;
+    let mut saved = h.router.health().save(now, 1_000_000);
+    for s in &mut saved {
+        if let Some(ms) = s.rate_limited_until_unix_ms.as_mut() {
+            *ms += day;
+        }
+        if let Some(q) = s.quota.as_mut() {
+            if let Some(ms) = q.blocked_until_unix_ms.as_mut() {
+                *ms += day;
+            }
+        }
+        if let super::health::SavedBreaker::Open { until_unix_ms, .. } = &mut s.breaker {
+            *until_unix_ms += day;
+        }
+    }
+    let h2 = harness(2, no_jitter());
+    h2.router.health().restore(&saved, now, 1_000_000);
+    let book = h2.router.health();
+    let max = RoutingConfig::default().max_cooldown;
+    let (state, left) = book.state_of(0, now);
+    assert_eq!(state, BreakerState::RateLimited);
+    assert!(left.unwrap() <= max, "paused for {left:?}");
+    let (state, left) = book.state_of(1, now);
+    assert_eq!(state, BreakerState::Open);
+    assert!(
+        left.unwrap() <= RoutingConfig::default().cooldown,
+        "open for {left:?}"
+    );
+}
+
 /// A key rejected before a restart is tried again after it: the user restarts the daemon
 /// once the key (or the account) is fixed.
 #[tokio::test(start_paused = true)]
