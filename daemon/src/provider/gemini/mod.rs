@@ -132,10 +132,40 @@ enum Part<'a> {
         name: &'a str,
         response: FunctionResponse<'a>,
     },
-    FunctionCall {
-        name: &'a str,
-        args: &'a RawValue,
+    FunctionCall(Call<'a>),
+    /// A call with a thought signature beside it (see [`THOUGHT_SIGNATURE_SENTINEL`]).
+    #[serde(untagged)]
+    SignedFunctionCall {
+        #[serde(rename = "functionCall")]
+        function_call: Call<'a>,
+        #[serde(rename = "thoughtSignature")]
+        thought_signature: &'static str,
     },
+}
+
+/// A function call of a past model turn.
+#[derive(Serialize)]
+struct Call<'a> {
+    name: &'a str,
+    args: &'a RawValue,
+}
+
+/// Gemini 3 and later refuse a past function call without the `thoughtSignature` the model
+/// gave it ("Function call is missing a thought_signature", a 400 on the request that carries
+/// the first tool result). The protocol does not carry those signatures (the call may well
+/// have come from another provider), so every past call gets the value Google documents for
+/// histories it did not write.
+const THOUGHT_SIGNATURE_SENTINEL: &str = "skip_thought_signature_validator";
+
+/// Whether `model` is Gemini 3 or later (`gemini-3-pro-preview`, `models/gemini-3.1-flash`).
+fn needs_thought_signatures(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    let m = m.strip_prefix("models/").unwrap_or(&m);
+    let Some(v) = m.strip_prefix("gemini-") else {
+        return false;
+    };
+    let major: String = v.chars().take_while(char::is_ascii_digit).collect();
+    major.parse::<u32>().is_ok_and(|n| n >= 3)
 }
 
 #[derive(Serialize)]
@@ -254,6 +284,7 @@ pub fn build_cached(
     let chat = req.chat;
     let opts = &chat.options;
     let names = ToolNames::for_request(chat);
+    let signed = needs_thought_signatures(req.model);
 
     // Function responses name the function; the client's results only carry the call's id.
     let mut called: HashMap<&str, &str> = HashMap::new();
@@ -269,7 +300,7 @@ pub fn build_cached(
     for m in &chat.messages {
         let parts = match m.role {
             Role::User => user_parts(&m.content, &called, &names),
-            Role::Assistant => model_parts(&m.content, &names)?,
+            Role::Assistant => model_parts(&m.content, &names, signed)?,
         };
         // The API refuses a turn without parts (an assistant turn of only dropped thinking).
         if parts.is_empty() {
@@ -482,6 +513,7 @@ fn user_parts<'a>(
 fn model_parts<'a>(
     content: &'a [ContentBlock],
     names: &'a ToolNames,
+    signed: bool,
 ) -> Result<Vec<Part<'a>>, ProviderError> {
     let mut parts = Vec::new();
     for block in content {
@@ -495,9 +527,17 @@ fn model_parts<'a>(
                 // Cut-off or non-object arguments from a past turn (clients replay them
                 // verbatim) become `{}`: refused, they failed every later turn.
                 let args = tool_input(input_json);
-                parts.push(Part::FunctionCall {
+                let call = Call {
                     name: names.wire(name),
                     args,
+                };
+                parts.push(if signed {
+                    Part::SignedFunctionCall {
+                        function_call: call,
+                        thought_signature: THOUGHT_SIGNATURE_SENTINEL,
+                    }
+                } else {
+                    Part::FunctionCall(call)
                 });
             }
             ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {

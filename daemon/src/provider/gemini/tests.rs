@@ -235,6 +235,59 @@ fn tool_choice_modes_and_error_results() {
     assert!(!supports_thinking("gemini-2.0-flash") && !supports_thinking("models/gemini-1.5-pro"));
 }
 
+/// Gemini 3 refuses past function calls without a thought signature; the documented value
+/// for histories it did not write goes beside each one. Earlier models get none.
+#[test]
+fn gemini_3_gets_a_thought_signature_on_past_calls() {
+    let mut chat = ChatRequest::user_text(1, "read a.rs");
+    chat.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![ContentBlock::ToolUse {
+            id: "call_1".into(),
+            name: "read".into(),
+            input_json: r#"{"path":"a.rs"}"#.into(),
+        }],
+    });
+    chat.messages.push(Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "call_1".into(),
+            content: "fn main() {}".into(),
+            is_error: false,
+            images: Vec::new(),
+        }],
+    });
+    for (model, signed) in [
+        ("gemini-3-pro-preview", true),
+        ("models/gemini-3.1-flash", true),
+        ("gemini-10-ultra", true),
+        ("gemini-2.5-flash", false),
+        ("gemma-3-27b-it", false),
+    ] {
+        let req = UpstreamRequest {
+            chat: &chat,
+            model,
+            max_tokens: 100,
+            prefill: None,
+        };
+        let v: Value = serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap();
+        let part = &v["contents"][1]["parts"][0];
+        assert_eq!(
+            part["functionCall"]["args"],
+            json!({"path": "a.rs"}),
+            "{model}"
+        );
+        if signed {
+            assert_eq!(
+                part["thoughtSignature"], "skip_thought_signature_validator",
+                "{model}"
+            );
+        } else {
+            assert!(part.get("thoughtSignature").is_none(), "{model}: {part}");
+        }
+    }
+}
+
 #[test]
 fn schema_cleaning() {
     let schema = json!({
