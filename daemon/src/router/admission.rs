@@ -395,7 +395,13 @@ impl HealthBook {
                     }
                 }
                 None => {
+                    // The waiter holds, for the ones behind it, the providers it waits for;
+                    // not those it can never use (its retry budget spent there, larger than
+                    // that quota): held, they kept others waiting for nothing.
                     for &c in &w.want.candidates {
+                        if self.availability(c, &w.want, now).0 == Avail::Never {
+                            continue;
+                        }
                         if let Some(h) = held.get_mut(c) {
                             *h = true;
                         }

@@ -1677,6 +1677,59 @@ async fn the_queue_is_first_come_first_served() {
     assert_eq!(order, ["1", "2", "3", "4"], "served in arrival order");
 }
 
+/// A request that waits for one provider does not hold another it can never use (larger than
+/// that one's quota): a small request behind it is served there at once.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_does_not_hold_what_it_cannot_use() {
+    // beta takes one request at a time.
+    let h = harness_with(2, no_jitter(), |i, c| {
+        if i == 1 {
+            c.max_concurrent = 1;
+        }
+    });
+    // alpha announces 1,000 tokens a minute.
+    let mut tokens = RateLimits::default();
+    tokens.quotas[QuotaKind::Tokens.index()] = Some(Announced {
+        limit: Some(1_000),
+        remaining: Some(1_000),
+        reset_in: Some(Duration::from_secs(60)),
+    });
+    let mut small = req("small");
+    small.max_tokens = Some(100);
+    h.scripts[0].push([answer_with(tokens.clone(), &["warm"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, small.clone()).await),
+        Some("alpha")
+    );
+    // Large requests (4,096 tokens to write) can only go to beta: the first one takes it for
+    // 10 s, the second waits for it.
+    h.scripts[1].push([Step::Stream(vec![
+        (10_000, Ok(Delta::Text("long".into()))),
+        (0, Ok(Delta::Finish(FinishReason::Stop))),
+    ])]);
+    let spawn_large = |n: &str| {
+        let r = h.router.clone();
+        let q = req(n);
+        tokio::spawn(async move { ask(&r, q).await })
+    };
+    let first = spawn_large("large 1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn_large("large 2");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        h.router.health().queue.len(),
+        1,
+        "the second waits for beta"
+    );
+    h.scripts[0].push([answer_with(tokens, &["quick"])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, small).await;
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(done_provider(&first.await.unwrap()), Some("beta"));
+    assert_eq!(done_provider(&second.await.unwrap()), Some("beta"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_provider_sends_the_overflow_elsewhere() {
     let h = harness_with(2, no_jitter(), |i, c| {
