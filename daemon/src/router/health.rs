@@ -498,7 +498,11 @@ impl HealthBook {
             / (p.recent.len() + others_streaming) as f64;
         let repeated = faults >= BREAKER_MIN_FAULTS && success_share < BREAKER_MAX_SUCCESS;
         let failed_probe = probe && matches!(p.breaker, Breaker::HalfOpen { .. });
-        (repeated || failed_probe).then(|| self.trip(i, now))
+        // Once open, only the probe's answer moves the breaker: a stream that started before
+        // the trip and fails now, or a pinned request's fault while half-open, says nothing
+        // new, and used to push the cooldown out or double it without any probe.
+        let settled = matches!(p.breaker, Breaker::Open { .. } | Breaker::HalfOpen { .. });
+        (failed_probe || (repeated && !settled)).then(|| self.trip(i, now))
     }
 
     /// Remember the last failure, in words.

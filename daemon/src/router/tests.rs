@@ -1031,6 +1031,37 @@ fn trip(h: &Harness, i: usize) -> Instant {
     h.router.health().trip(i, Instant::now())
 }
 
+/// Once open, only the probe's answer moves the breaker: faults of streams that began before
+/// the trip (or of pinned requests while half-open) neither push the cooldown out nor double it.
+#[tokio::test(start_paused = true)]
+async fn stragglers_do_not_move_an_open_breaker() {
+    let h = harness(1, no_jitter());
+    let until = trip(&h, 0);
+    let now = Instant::now();
+    for _ in 0..10 {
+        h.router
+            .health()
+            .record_attempt(0, true, false, now + Duration::from_secs(1));
+    }
+    let (state, left) = h.router.health().state_of(0, now);
+    assert_eq!(state, BreakerState::Open);
+    assert_eq!(now + left.unwrap(), until, "the cooldown did not move");
+    // Half-open: a fault that is not the probe's leaves it half-open at the same level.
+    let later = until + Duration::from_secs(1);
+    tokio::time::sleep_until(later).await;
+    for _ in 0..10 {
+        h.router.health().record_attempt(0, true, false, later);
+    }
+    assert_eq!(
+        h.router.health().state_of(0, later).0,
+        BreakerState::HalfOpen
+    );
+    // And the probe it waits for is still sent, and answers.
+    let ev = ask(&h.router, req("probe")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    assert_eq!(h.router.health().state_of(0, later).0, BreakerState::Closed);
+}
+
 fn was_queued(events: &[StreamEvent]) -> bool {
     events
         .iter()
