@@ -85,9 +85,16 @@ pub struct Quota {
     blocked_until: Option<Instant>,
     /// `None` until a successful response shows whether the provider announces quotas.
     announces: Option<bool>,
-    /// A 429 showed that capacity comes back at the reset, not steadily before it.
-    fixed_window: bool,
+    /// A 429 showed that capacity comes back at the reset, not steadily before it; believed
+    /// until then (see [`FIXED_WINDOW_MEMORY`]).
+    fixed_until: Option<Instant>,
 }
+
+/// How long one 429 that the estimate did not foresee makes refills count only at the reset.
+/// Such a 429 may come from a limit the headers do not show (a daily or an organisation's
+/// limit) rather than from the window's shape; believed for ever, it slowed the provider's
+/// pacing for good, across restarts. Each further such 429 renews it.
+const FIXED_WINDOW_MEMORY: Duration = Duration::from_secs(3600);
 
 impl Quota {
     /// Count a request dispatched now; returns its reservation's sequence number.
@@ -140,7 +147,7 @@ impl Quota {
     /// the estimate was too generous: assume fixed windows from now on.
     pub fn rate_limited(&mut self, cost: Cost, until: Instant, now: Instant) {
         if self.room_ignoring_block(cost, now) == Room::Now && self.announces == Some(true) {
-            self.fixed_window = true;
+            self.fixed_until = Some(now + FIXED_WINDOW_MEMORY);
         }
         self.block(until);
     }
@@ -148,6 +155,11 @@ impl Quota {
     /// No request before `until` (a `Retry-After`).
     pub fn block(&mut self, until: Instant) {
         self.blocked_until = Some(self.blocked_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Whether capacity is believed to come back at the reset only.
+    fn fixed(&self, now: Instant) -> bool {
+        self.fixed_until.is_some_and(|t| t > now)
     }
 
     /// When the provider asked not to be called before.
@@ -158,7 +170,7 @@ impl Quota {
     /// Forget a pause and what was learnt about the windows (`mythos reset`).
     pub fn clear_block(&mut self) {
         self.blocked_until = None;
-        self.fixed_window = false;
+        self.fixed_until = None;
     }
 
     /// Whether a request of `cost` fits now, and if not, when it will.
@@ -225,7 +237,7 @@ impl Quota {
     fn level(&self, b: &Bucket, now: Instant) -> f64 {
         match (b.reset_at, b.limit) {
             (Some(reset), limit) if now >= reset => limit.unwrap_or(f64::INFINITY),
-            (Some(reset), Some(limit)) if !self.fixed_window && reset > b.observed => {
+            (Some(reset), Some(limit)) if !self.fixed(now) && reset > b.observed => {
                 let done = (now - b.observed).as_secs_f64() / (reset - b.observed).as_secs_f64();
                 b.remaining + (limit - b.remaining).max(0.0) * done.clamp(0.0, 1.0)
             }
@@ -242,7 +254,7 @@ impl Quota {
         }
         match b.limit {
             Some(limit) if need > limit => None,
-            Some(limit) if !self.fixed_window && limit > b.remaining && reset > b.observed => {
+            Some(limit) if !self.fixed(now) && limit > b.remaining && reset > b.observed => {
                 // Steady refill from `remaining` at `observed` to `limit` at `reset`.
                 let span = (reset - b.observed).as_secs_f64();
                 let frac = ((need - b.remaining) / (limit - b.remaining)).clamp(0.0, 1.0);
@@ -289,7 +301,8 @@ impl Quota {
                 .collect(),
             blocked_until_unix_ms: self.blocked_until(now).map(to_unix),
             announces: self.announces,
-            fixed_window: self.fixed_window,
+            fixed_window: self.fixed(now),
+            fixed_window_until_unix_ms: self.fixed_until.filter(|&t| t > now).map(to_unix),
         }
     }
 
@@ -307,7 +320,13 @@ impl Quota {
         let from_unix = |ms: u64| from_unix_ms(ms, now, now_unix_ms);
         let mut q = Quota {
             announces: saved.announces,
-            fixed_window: saved.fixed_window,
+            // Saved before it expired: an hour from now at most.
+            fixed_until: match saved.fixed_window_until_unix_ms {
+                Some(ms) => {
+                    (ms > now_unix_ms).then(|| from_unix(ms).min(now + FIXED_WINDOW_MEMORY))
+                }
+                None => saved.fixed_window.then(|| now + FIXED_WINDOW_MEMORY),
+            },
             blocked_until: saved
                 .blocked_until_unix_ms
                 .filter(|&ms| ms > now_unix_ms)
@@ -339,6 +358,9 @@ pub struct SavedQuota {
     pub announces: Option<bool>,
     /// Capacity comes back at the reset only.
     pub fixed_window: bool,
+    /// Until then.
+    #[serde(default)]
+    pub fixed_window_until_unix_ms: Option<u64>,
 }
 
 /// Persisted form of one quota.
@@ -432,6 +454,22 @@ mod tests {
         assert_eq!(
             q.room(ONE, t + Duration::from_secs(1)),
             Room::At(t + Duration::from_secs(60))
+        );
+        // One such 429 is believed for an hour (it may have come from a limit the headers do
+        // not show), also across a restart; then refills count as steady again.
+        let saved = q.save(t, 1_000_000);
+        let r = Quota::restore(&saved, t, 1_000_000, Duration::from_secs(900));
+        assert_eq!(
+            r.room(ONE, t + Duration::from_secs(1)),
+            Room::At(t + Duration::from_secs(60))
+        );
+        let hour = later + Duration::from_secs(3600);
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((60, 0, 60_000), None), true, hour);
+        assert_eq!(
+            q.room(ONE, hour),
+            Room::At(hour + Duration::from_secs(1)),
+            "steady again"
         );
     }
 
