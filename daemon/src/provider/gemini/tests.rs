@@ -17,6 +17,19 @@ fn cfg() -> ProviderConfig {
     }
 }
 
+/// A user turn with the result of call `id`.
+fn result_turn(id: &str, text: &str) -> Message {
+    Message {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: id.into(),
+            content: text.into(),
+            is_error: false,
+            images: Vec::new(),
+        }],
+    }
+}
+
 fn build_for(chat: &ChatRequest, prefill: Option<&str>) -> (Built, Value) {
     let req = UpstreamRequest {
         chat,
@@ -92,15 +105,7 @@ fn body_shape_with_tools_images_results_and_continuation() {
             },
         ],
     });
-    chat.messages.push(Message {
-        role: Role::User,
-        content: vec![ContentBlock::ToolResult {
-            tool_use_id: "toolu_1".into(),
-            content: "file text".into(),
-            is_error: false,
-            images: Vec::new(),
-        }],
-    });
+    chat.messages.push(result_turn("toolu_1", "file text"));
     chat.tools.push(ToolSpec {
         name: "fs/read".into(),
         description: "Read a file".into(),
@@ -248,15 +253,7 @@ fn gemini_3_gets_a_thought_signature_on_past_calls() {
             input_json: r#"{"path":"a.rs"}"#.into(),
         }],
     });
-    chat.messages.push(Message {
-        role: Role::User,
-        content: vec![ContentBlock::ToolResult {
-            tool_use_id: "call_1".into(),
-            content: "fn main() {}".into(),
-            is_error: false,
-            images: Vec::new(),
-        }],
-    });
+    chat.messages.push(result_turn("call_1", "fn main() {}"));
     for (model, signed) in [
         ("gemini-3-pro-preview", true),
         ("models/gemini-3.1-flash", true),
