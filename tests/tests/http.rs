@@ -715,6 +715,15 @@ async fn the_token_is_required_in_either_form() {
         r.json()["choices"][0]["message"]["content"],
         answer_for("let me in")
     );
+    // A stale key left in one header and the token in the other: let in.
+    let r = w
+        .send(
+            post("/v1/messages")
+                .header("x-api-key", "sk-ant-stale")
+                .bearer_auth(&w.token),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

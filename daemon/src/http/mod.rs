@@ -307,17 +307,21 @@ fn dialect_of(path: &str) -> Dialect {
     }
 }
 
-/// The token, as `x-api-key` (Claude Code's `ANTHROPIC_API_KEY`) or `Authorization: Bearer`
-/// (`ANTHROPIC_AUTH_TOKEN`, the OpenAI SDKs).
-fn presented(headers: &HeaderMap) -> Option<&str> {
-    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        if !k.is_empty() {
-            return Some(k.trim());
-        }
-    }
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+/// The tokens presented: `x-api-key` (Claude Code's `ANTHROPIC_API_KEY`) and `Authorization:
+/// Bearer` (`ANTHROPIC_AUTH_TOKEN`, the OpenAI SDKs). Either may be the right one: a client
+/// with a stale key left in one of them and the token in the other is let in.
+fn presented(headers: &HeaderMap) -> [Option<&str>; 2] {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.split_once(' '))
+        .and_then(|(scheme, rest)| scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()));
+    [key, bearer]
 }
 
 /// Whether a `Host` header names this machine's loopback. A web page the user visits can make
@@ -360,7 +364,10 @@ async fn local_host_only(State(front): State<Arc<Front>>, req: Request, next: Ne
 }
 
 async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
-    let ok = presented(req.headers()).is_some_and(|t| token::matches(t, &front.token));
+    let ok = presented(req.headers())
+        .into_iter()
+        .flatten()
+        .any(|t| token::matches(t, &front.token));
     if !ok {
         return ApiError::unauthorized().into_response(dialect_of(req.uri().path()));
     }
@@ -442,13 +449,16 @@ mod tests {
     #[test]
     fn the_token_comes_as_key_or_bearer() {
         let mut h = HeaderMap::new();
-        assert_eq!(presented(&h), None);
+        assert_eq!(presented(&h), [None, None]);
         h.insert("authorization", HeaderValue::from_static("Bearer  tok "));
-        assert_eq!(presented(&h), Some("tok"));
+        assert_eq!(presented(&h), [None, Some("tok")]);
         h.insert("authorization", HeaderValue::from_static("Basic tok"));
-        assert_eq!(presented(&h), None);
+        assert_eq!(presented(&h), [None, None]);
         h.insert("x-api-key", HeaderValue::from_static("key"));
-        assert_eq!(presented(&h), Some("key"));
+        assert_eq!(presented(&h), [Some("key"), None]);
+        // Both: either may be the token (a stale key beside it is not a 401).
+        h.insert("authorization", HeaderValue::from_static("Bearer tok"));
+        assert_eq!(presented(&h), [Some("key"), Some("tok")]);
         assert_eq!(dialect_of("/v1/messages/count_tokens"), Dialect::Anthropic);
         assert_eq!(dialect_of("/v1/chat/completions"), Dialect::Openai);
         for ok in [
