@@ -109,7 +109,10 @@ struct ErrorBody {
 
 fn finish_reason(s: &str) -> FinishReason {
     match s {
-        "end_turn" | "stop_sequence" => FinishReason::Stop,
+        "end_turn" => FinishReason::Stop,
+        // Kept by name: a Messages client is told `stop_sequence` (the Chat Completions and
+        // Responses encoders read it as a plain stop).
+        "stop_sequence" => FinishReason::Other("stop_sequence".into()),
         "max_tokens" => FinishReason::MaxTokens,
         "tool_use" => FinishReason::ToolUse,
         "refusal" => FinishReason::Refusal,
@@ -289,6 +292,28 @@ mod tests {
                 Delta::Text("4".into()),
             ]
         );
+    }
+
+    /// An answer that ended on one of the client's stop sequences says so: a Messages client
+    /// reads `stop_reason: "stop_sequence"`, a Chat Completions one `stop`.
+    #[test]
+    fn a_stop_sequence_is_told_apart_from_an_end_of_turn() {
+        let out = decode(concat!(
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\"},\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ));
+        let finish = out
+            .iter()
+            .find_map(|d| match d {
+                Delta::Finish(f) => Some(f.clone()),
+                _ => None,
+            })
+            .expect("a finish");
+        assert_eq!(
+            crate::http::relay::anthropic_stop(&finish, false),
+            "stop_sequence"
+        );
+        assert_eq!(crate::http::relay::openai_finish(&finish, false), "stop");
     }
 
     #[test]
