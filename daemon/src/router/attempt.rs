@@ -49,6 +49,9 @@ pub(super) struct AttemptEnd {
     /// if it is needed: an estimate of a broken stream's cost).
     pub text_from: usize,
     pub error: Option<ProviderError>,
+    /// The stream broke after its finish reason (a whole answer, see `attempt`): its usage,
+    /// if it had not come yet, never will.
+    pub broke_after_finish: bool,
 }
 
 impl Router {
@@ -85,6 +88,7 @@ impl Router {
             progressed: false,
             text_from: partial.text.len(),
             error: None,
+            broke_after_finish: false,
         };
         let cancelled = cancelled_by_client;
         let stalled = |what: &str, limit: Duration| {
@@ -205,7 +209,7 @@ impl Router {
                         alarm.mark();
                         continue;
                     }
-                    if end.finish.is_none() {
+                    if end.finish.is_none() || !calls_whole(&held) {
                         end.error = Some(stalled(waiting_for, limit));
                         return end;
                     }
@@ -220,7 +224,8 @@ impl Router {
                 // the body ended, it fell silent, a last chunk was garbled): the answer is
                 // whole, and it ends here as it would have. Failing over would have another
                 // provider "continue" a finished answer, which writes more text, billed again.
-                Some(Err(e)) if end.finish.is_some() => {
+                Some(Err(e)) if end.finish.is_some() && calls_whole(&held) => {
+                    end.broke_after_finish = true;
                     tracing::debug!(
                         provider = %p.cfg.name,
                         error = %e.message,
@@ -348,7 +353,16 @@ impl Router {
                     end.usage = u;
                     events.push(StreamEvent::Usage(u));
                 }
-                Delta::Finish(r) => end.finish = Some(r),
+                Delta::Finish(r) => {
+                    end.finish = Some(r);
+                    // Only the terminator is left to come: a tool call's allowance is over.
+                    let now = Instant::now();
+                    (waiting_for, limit, watch_from) = ("silent after its finish", gap_limit, now);
+                    if now + limit < deadline.deadline() {
+                        deadline.as_mut().reset(now + limit);
+                        alarm.mark();
+                    }
+                }
                 Delta::KeepAlive => {}
             }
             // Usually everything fits in the client's channel: no future to build and poll.
@@ -482,4 +496,22 @@ fn relay_ready(
         }
     }
     Relayed::All
+}
+
+/// Whether the tool calls held back are whole: each one's arguments, put together, are JSON (or
+/// none came). A stream that breaks after its finish reason is a whole answer only then; a
+/// server that sent a finish too early must not have a cut-off call run.
+fn calls_whole(held: &[StreamEvent]) -> bool {
+    let mut args: Vec<(u32, String)> = Vec::new();
+    for ev in held {
+        if let StreamEvent::ToolCallDelta { index, json } = ev {
+            match args.iter_mut().find(|(i, _)| i == index) {
+                Some((_, s)) => s.push_str(json),
+                None => args.push((*index, json.clone())),
+            }
+        }
+    }
+    args.iter().all(|(_, s)| {
+        s.trim().is_empty() || serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    })
 }

@@ -160,6 +160,9 @@ impl Emitter {
     }
 }
 
+/// How long the last event of a cancelled request waits for room in a client's channel.
+const LAST_EVENT_GRACE: Duration = Duration::from_secs(3);
+
 /// The engine.
 pub struct Router {
     providers: Vec<RoutedProvider>,
@@ -530,7 +533,20 @@ impl Router {
         if let Some(sink) = &self.records {
             sink.record(rec);
         }
-        let _ = out.send(event).await;
+        // The last event is not dropped at a cancel: a client that cancelled reads on until it
+        // gets it (the CLI for 3 s). Everything else is given back already; a client that
+        // reads nothing more lets the request end after that grace.
+        out.cancel = None;
+        let send = out.send(event);
+        tokio::pin!(send);
+        tokio::select! {
+            biased;
+            _ = &mut send => {}
+            _ = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(LAST_EVENT_GRACE).await;
+            } => {}
+        }
     }
 
     /// Decide the candidates and the estimates of a request, and record the ranking.
@@ -877,7 +893,10 @@ impl Router {
                 push_once(&mut j.attempted, i);
             }
             let mut end = end;
-            if end.error.is_some() && end.opened && end.usage == Usage::default() {
+            if (end.error.is_some() || end.broke_after_finish)
+                && end.opened
+                && end.usage == Usage::default()
+            {
                 // OpenAI-format providers report usage only at the end: a stream that broke
                 // never said what it cost, but it was billed. Estimate rather than count nothing.
                 end.usage = Usage {

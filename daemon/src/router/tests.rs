@@ -502,6 +502,73 @@ async fn a_tool_call_without_an_id_gets_one() {
     assert!(!ids[0].is_empty());
 }
 
+/// A tool call, its finish reason, then silence before the terminator: the call goes out
+/// after the gap limit, not a tool call's long allowance, and the usage never reported is
+/// estimated. A finish that comes while a call's arguments are cut off (a server that sends
+/// one too early) is no whole answer: that call is made again elsewhere, never run cut.
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_then_silence_after_its_finish() {
+    let h = harness(2, no_jitter());
+    let start = (
+        10,
+        Ok(Delta::ToolCallStart {
+            index: 0,
+            id: "t1".into(),
+            name: "read".into(),
+        }),
+    );
+    let args = |json: &str| {
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: json.into(),
+            }),
+        )
+    };
+    h.scripts[0].push([Step::Stream(vec![
+        start.clone(),
+        args(r#"{"path":"a.rs"}"#),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+        (1_000_000, Ok(Delta::KeepAlive)),
+    ])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("read it")).await;
+    let gap = RoutingConfig::default().stall_timeout;
+    assert!(
+        t0.elapsed() < gap + Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(done_provider(&ev), Some("alpha"));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, StreamEvent::ToolCallDelta { json, .. } if json.contains("a.rs"))));
+    let Some(StreamEvent::Done(d)) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert!(d.usage.input_tokens > 0, "estimated: {:?}", d.usage);
+
+    h.scripts[0].push([Step::Stream(vec![
+        start,
+        args(r#"{"pa"#),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+        (10, Err(connect_refused())),
+    ])]);
+    let ev = ask(&h.router, req("read it")).await;
+    let attempts = ev
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Started { .. }))
+        .count();
+    assert_eq!(attempts, 2, "asked again: {ev:?}");
+    assert!(done_provider(&ev).is_some(), "{ev:?}");
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, StreamEvent::ToolCallDelta { json, .. } if json == r#"{"pa"#)),
+        "the cut call was never shown: {ev:?}"
+    );
+}
+
 /// The first provider says "Hello wor" and loses the connection; the second continues from
 /// the prefill it is given with "ld, how are you?".
 fn cut_after_hello_wor(h: &Harness) {
@@ -1049,6 +1116,12 @@ async fn stragglers_do_not_move_an_open_breaker() {
     // Half-open: a fault that is not the probe's leaves it half-open at the same level.
     let later = until + Duration::from_secs(1);
     tokio::time::sleep_until(later).await;
+    // Half-open for real (as the router's tick makes it), not an expired open.
+    h.router.health().tick(later);
+    assert!(matches!(
+        h.router.health().providers[0].breaker,
+        super::health::Breaker::HalfOpen { .. }
+    ));
     for _ in 0..10 {
         h.router.health().record_attempt(0, true, false, later);
     }
@@ -1583,8 +1656,9 @@ async fn a_queued_request_can_be_cancelled() {
 }
 
 /// A client that stops reading and cancels: the route's sends that wait for room in its full
-/// channel (`started` here) give up, and the request's lease and in-flight count come back at
-/// once, not when the connection finally closes.
+/// channel (`started` here) give up, and the request ends: at once with its last event when
+/// the client reads on (as the CLI does after a cancel), after a short grace when it reads
+/// nothing more; not when the connection finally closes.
 #[tokio::test(start_paused = true)]
 async fn a_cancel_frees_a_route_blocked_on_a_client_that_does_not_read() {
     let h = harness(1, no_jitter());
@@ -1601,12 +1675,50 @@ async fn a_cancel_frees_a_route_blocked_on_a_client_that_does_not_read() {
     assert_eq!(h.router.in_flight(), 1);
     assert_eq!(h.scripts[0].calls(), 1, "the provider answered");
     cancel.cancel();
-    tokio::time::timeout(Duration::from_millis(10), task)
-        .await
-        .expect("the route ends once cancelled")
-        .unwrap();
+    // The client reads on: its last event comes at once.
+    assert!(matches!(rx.recv().await, Some(Response::Ok)));
+    let last = tokio::time::timeout(Duration::from_millis(10), async {
+        loop {
+            match rx.recv().await {
+                Some(Response::Event {
+                    event: e @ (StreamEvent::Error { .. } | StreamEvent::Done(_)),
+                    ..
+                }) => break e,
+                Some(_) => continue,
+                None => panic!("no last event"),
+            }
+        }
+    })
+    .await
+    .expect("the last event at once");
+    assert!(
+        matches!(
+            last,
+            StreamEvent::Error {
+                kind: ErrorKind::Cancelled,
+                ..
+            }
+        ),
+        "{last:?}"
+    );
+    task.await.unwrap();
     assert_eq!(h.router.in_flight(), 0);
-    assert!(matches!(rx.try_recv(), Ok(Response::Ok)));
+
+    // A client that reads nothing more: the request ends after the grace.
+    let (tx, _rx) = mpsc::channel(1);
+    tx.send(Response::Ok).await.unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        let c = cancel.clone();
+        async move { r.route(req("hi"), Emitter::new(1, tx), c).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel.cancel();
+    let t0 = Instant::now();
+    task.await.unwrap();
+    assert!(t0.elapsed() <= Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(h.router.in_flight(), 0);
 }
 
 /// Twelve sessions at once all get a 429 with a 2 s Retry-After from the only provider: every

@@ -157,7 +157,8 @@ struct Call<'a> {
 /// histories it did not write.
 const THOUGHT_SIGNATURE_SENTINEL: &str = "skip_thought_signature_validator";
 
-/// Whether `model` is Gemini 3 or later (`gemini-3-pro-preview`, `models/gemini-3.1-flash`).
+/// Whether `model` may be Gemini 3 or later: a numbered version of 3 or more, or an alias
+/// without a number (`gemini-flash-latest`, `gemini-exp-1206`), which may serve one.
 fn needs_thought_signatures(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
     let m = m.strip_prefix("models/").unwrap_or(&m);
@@ -165,7 +166,9 @@ fn needs_thought_signatures(model: &str) -> bool {
         return false;
     };
     let major: String = v.chars().take_while(char::is_ascii_digit).collect();
-    major.parse::<u32>().is_ok_and(|n| n >= 3)
+    major.is_empty() && !v.starts_with("pro") && !v.starts_with("ultra")
+        || major.parse::<u32>().is_ok_and(|n| n >= 3)
+        || v.starts_with("pro-latest")
 }
 
 #[derive(Serialize)]

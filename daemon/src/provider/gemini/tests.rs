@@ -241,7 +241,8 @@ fn tool_choice_modes_and_error_results() {
 }
 
 /// Gemini 3 refuses past function calls without a thought signature; the documented value
-/// for histories it did not write goes beside each one. Earlier models get none.
+/// for histories it did not write goes beside each one, for every model that may be Gemini 3
+/// (aliases without a version number included). Numbered older models get none.
 #[test]
 fn gemini_3_gets_a_thought_signature_on_past_calls() {
     let mut chat = ChatRequest::user_text(1, "read a.rs");
@@ -258,7 +259,13 @@ fn gemini_3_gets_a_thought_signature_on_past_calls() {
         ("gemini-3-pro-preview", true),
         ("models/gemini-3.1-flash", true),
         ("gemini-10-ultra", true),
+        ("gemini-flash-latest", true),
+        ("gemini-pro-latest", true),
+        ("gemini-exp-1206", true),
         ("gemini-2.5-flash", false),
+        ("gemini-pro", false),
+        ("gemini-2.0-flash", false),
+        ("gemini-1.5-pro", false),
         ("gemma-3-27b-it", false),
     ] {
         let req = UpstreamRequest {

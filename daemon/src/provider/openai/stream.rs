@@ -241,7 +241,12 @@ impl OpenAiDecoder {
                     }
                 }
             }
-            if let Some(r) = choice.finish_reason {
+            // Some servers (older Ollama, SGLang) send `""` or `"null"` on every chunk: not a
+            // finish, which would make any later break look like the end of a whole answer.
+            if let Some(r) = choice
+                .finish_reason
+                .filter(|r| !r.as_str().is_empty() && r.as_str() != "null")
+            {
                 out.push(Delta::Finish(finish_reason(r.as_str())));
             }
         }
@@ -347,6 +352,31 @@ mod tests {
             })
             .collect();
         assert_eq!(args, "{\"path\":\"a.rs\"}{}");
+    }
+
+    /// Servers that send `"finish_reason": ""` or `"null"` on every chunk (older Ollama,
+    /// SGLang) have not finished: only the real reason at the end is one.
+    #[test]
+    fn an_empty_finish_reason_is_none() {
+        let chunk = |text: &str, finish: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":{finish}}}]}}"#
+            )
+        };
+        let out = deltas(&[
+            &chunk("a", r#""""#),
+            &chunk("b", r#""null""#),
+            &chunk("c", "null"),
+            &chunk("", r#""stop""#),
+        ]);
+        let finishes: Vec<_> = out
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Finish(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finishes, [FinishReason::Stop]);
     }
 
     #[test]
