@@ -603,6 +603,19 @@ impl HealthBook {
         }
     }
 
+    /// Whether provider `i` is out only because of its rate limits: its breaker lets it be
+    /// used, but it asked for a pause or its quota has no room for `cost`.
+    pub fn out_for_quota(&self, i: usize, cost: super::quota::Cost, now: Instant) -> bool {
+        let p = &self.providers[i];
+        let breaker_ok = match p.breaker {
+            Breaker::Closed => true,
+            Breaker::HalfOpen { probing, .. } => !probing,
+            Breaker::Open { until, .. } => until <= now,
+            Breaker::Disabled { .. } => false,
+        };
+        breaker_ok && !matches!(p.quota.room(cost, now), super::quota::Room::Now)
+    }
+
     /// Snapshot for persistence, with deadlines as Unix milliseconds.
     pub fn save(&self, now: Instant, now_unix_ms: u64) -> Vec<SavedHealth> {
         let to_unix = |t: Instant| to_unix_ms(t, now, now_unix_ms);

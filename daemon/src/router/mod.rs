@@ -794,6 +794,7 @@ impl Router {
                     if j.errors.is_empty() {
                         break 'request Err(self.no_capacity(
                             &want.candidates,
+                            want.cost,
                             &reason,
                             back_at,
                             timed_out,
@@ -1025,8 +1026,8 @@ impl Router {
             // The success rate takes one sample per request and provider: the outcome when the
             // request leaves it (a fault a retry recovers is not a failure).
             let leaving = matches!(next, Next::FailOver | Next::Surface);
-            let take_outcome = fault && leaving && !j.outcome_taken.contains(&i);
-            if (fault || defer) && leaving {
+            let take_outcome = (fault || effect.miss) && leaving && !j.outcome_taken.contains(&i);
+            if (fault || effect.miss || defer) && leaving {
                 push_once(&mut j.outcome_taken, i);
             }
             let probe = lease.probe;
@@ -1136,18 +1137,18 @@ impl Router {
     fn no_capacity(
         &self,
         candidates: &[usize],
+        cost: Cost,
         reason: &str,
         back_at: Option<Instant>,
         timed_out: bool,
     ) -> Failure {
-        // When every candidate is out because of its rate limit, say so: an HTTP client gets
-        // the 429 it expects (with when to come back), not an overload.
+        // When every candidate is out because of its rate limit (a `429`'s pause, or a quota
+        // its headers said is spent), say so: an HTTP client gets the 429 it expects (with when
+        // to come back), not an overload.
         let now = Instant::now();
         let book = self.health();
         let kind = if !candidates.is_empty()
-            && candidates
-                .iter()
-                .all(|&i| book.state_of(i, now).0 == mythos_protocol::BreakerState::RateLimited)
+            && candidates.iter().all(|&i| book.out_for_quota(i, cost, now))
         {
             ErrorKind::RateLimited
         } else {

@@ -44,6 +44,9 @@ pub enum Disable {
 pub struct Effect {
     /// A fault: counts against the breaker and the success rate.
     pub fault: bool,
+    /// Not a fault, but the provider did not serve the request: counts against its success
+    /// rate (so it ranks lower) and not against its breaker.
+    pub miss: bool,
     /// The provider asked for a pause of this long (to be capped by the caller).
     pub pause: Option<Duration>,
     /// The provider must not be used until further notice.
@@ -147,7 +150,12 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
             }
         }
         ErrorKind::Overloaded => {
-            effect.fault = true;
+            // An overloaded server that says when to come back has said what the router needs:
+            // it is paused for that long and ranks lower, like a quota running out. Its breaker
+            // is for servers that fail without warning: counted as faults, five `529`s with
+            // `Retry-After: 2` opened it for the whole cooldown (30 s and up) instead of 2 s.
+            effect.fault = f.retry_after.is_none();
+            effect.miss = !effect.fault;
             effect.pause = f.retry_after;
             if f.pinned || !f.alternative {
                 if can_retry && !f.probe {
@@ -323,14 +331,25 @@ mod tests {
                 None,
             ),
             (
-                "503 with Retry-After",
+                "503 with Retry-After: paused, not a breaker fault",
                 Facts {
                     retry_after: secs(5),
                     ..f(Overloaded)
                 },
                 Next::FailOver,
-                true,
+                false,
                 secs(5),
+            ),
+            (
+                "529 with Retry-After, alone: retried after the pause",
+                Facts {
+                    retry_after: secs(2),
+                    alternative: false,
+                    ..f(Overloaded)
+                },
+                MS500,
+                false,
+                secs(2),
             ),
             // Blips: one quick retry on a healthy provider, else away.
             (
@@ -557,6 +576,9 @@ mod tests {
             assert_eq!(n, next, "{case}: next");
             assert_eq!(e.fault, fault, "{case}: fault");
             assert_eq!(e.pause, pause, "{case}: pause");
+            // Overload that says when to come back still ranks the provider lower.
+            let told = facts.kind == Overloaded && facts.retry_after.is_some();
+            assert_eq!(e.miss, told, "{case}: miss");
         }
     }
 

@@ -1240,6 +1240,33 @@ async fn a_provider_failing_every_session_is_cooled_down() {
     );
 }
 
+/// A provider overloaded for a while, saying each time when to come back (`529` with
+/// `Retry-After: 2`), is waited for 2 s at a time and used as soon as it recovers: never exiled
+/// for the breaker's cooldown (30 s and up), which is what counting those answers as faults did.
+#[tokio::test(start_paused = true)]
+async fn overload_with_retry_after_pauses_without_opening_the_breaker() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Overloaded, Some(2))); 6]);
+    let t0 = Instant::now();
+    let mut answered = false;
+    for n in 0..4 {
+        let ev = ask(&h.router, req(&n.to_string())).await;
+        assert_ne!(
+            h.router.health().state_of(0, Instant::now()).0,
+            BreakerState::Open,
+            "request {n}: {ev:?}"
+        );
+        if done_provider(&ev) == Some("alpha") {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered);
+    assert_eq!(h.scripts[0].calls(), 7);
+    // Six pauses of 2 s, give or take the backoff between them.
+    assert!(t0.elapsed() < Duration::from_secs(16), "{:?}", t0.elapsed());
+}
+
 #[tokio::test(start_paused = true)]
 async fn overload_with_nowhere_else_to_go_is_retried_with_backoff() {
     let h = harness(1, no_jitter());
@@ -1788,6 +1815,37 @@ async fn waits_beyond_the_limit_fail_fast_and_say_when() {
             message,
             retry_at_unix_ms: Some(_),
         }) => assert!(message.contains("10 min"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls(&h), [1, 1]);
+}
+
+/// Every provider's headers said its quota is spent for longer than a request may wait: the
+/// client is told it is rate limited (an HTTP client's 429 with when to come back), not that
+/// the providers are overloaded, though none of them ever answered 429.
+#[tokio::test(start_paused = true)]
+async fn quotas_spent_by_their_headers_are_a_rate_limit() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([answer_with(quota(1, 0, 600_000), &["a"])]);
+    h.scripts[1].push([answer_with(quota(1, 0, 900_000), &["b"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, req("a")).await),
+        Some("alpha")
+    );
+    assert_eq!(done_provider(&ask(&h.router, req("b")).await), Some("beta"));
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("again")).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(1),
+        "{:?} {ev:?}",
+        t0.elapsed()
+    );
+    match ev.last() {
+        Some(StreamEvent::Error {
+            kind: ErrorKind::RateLimited,
+            retry_at_unix_ms: Some(_),
+            message,
+        }) => assert!(message.contains("quota spent"), "{message}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(calls(&h), [1, 1]);
