@@ -99,6 +99,7 @@ pub const MAX_HEADER_WAIT: Duration = Duration::from_secs(86_400);
 /// looking up each of the 26 names this reads would hash and compare every one of them, and
 /// this runs on every response.
 pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
+    let now_unix_ms = server_now(headers, now_unix_ms);
     let mut raw = Raw::default();
     for (name, value) in headers {
         if let Some(slot) = raw.slot(name.as_str()) {
@@ -136,6 +137,34 @@ pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
         out.quotas[i] = merged;
     }
     out
+}
+
+/// How far the local clock may be from a server's `Date` before the server's is believed.
+/// `Date` counts whole seconds, so it reads up to a second early: within this, the local clock
+/// (to the millisecond) is the better one.
+const SKEW_TOLERANCE_MS: u64 = 2_000;
+
+/// What the server's clock read when it sent `headers`, to measure its absolute resets
+/// against (Anthropic's RFC 3339 instants, HTTP-date `Retry-After`s, Unix-time resets): its
+/// `Date` when the local clock is off from it by more than [`SKEW_TOLERANCE_MS`], else the local
+/// clock. A laptop clock two minutes slow made every Anthropic reset two minutes too long, a
+/// fast one made the router retry into a quota still spent.
+fn server_now(headers: &HeaderMap, local_unix_ms: u64) -> u64 {
+    let Some(date) = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| httpdate::parse_http_date(t.trim()).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    else {
+        return local_unix_ms;
+    };
+    // The middle of the second `Date` names.
+    let date_ms = (date.as_millis().min(u64::MAX as u128) as u64).saturating_add(500);
+    if date_ms.abs_diff(local_unix_ms) > SKEW_TOLERANCE_MS {
+        date_ms
+    } else {
+        local_unix_ms
+    }
 }
 
 /// The rate-limit headers of one response, by provider form, kind and field (limit,
@@ -514,6 +543,43 @@ mod tests {
         let r = from_headers(&h, 0);
         assert_eq!(r.get(QuotaKind::Requests), None);
         assert_eq!(r.get(QuotaKind::Tokens).unwrap().remaining, Some(12));
+    }
+
+    /// A machine whose clock is ten minutes off still waits what the server meant: absolute
+    /// resets are measured against the server's `Date`. Within two seconds of it, the local
+    /// clock (finer than `Date`'s whole seconds) is used.
+    #[test]
+    fn absolute_resets_follow_the_servers_clock_when_ours_is_off() {
+        let date = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
+        let h = headers(&[
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:28:30Z"),
+            ("retry-after", "Wed, 21 Oct 2015 07:28:20 GMT"),
+        ]);
+        let reset = |now| {
+            let r = from_headers(&h, now);
+            (r.get(QuotaKind::Requests).unwrap().reset_in, r.retry_after)
+        };
+        let ms = Duration::from_millis;
+        for skew in [600_000, -600_000i64, 3_000, -3_000] {
+            let now = (date as i64 + skew) as u64;
+            assert_eq!(
+                reset(now),
+                (Some(ms(29_500)), Some(ms(19_500))),
+                "clock off by {skew} ms"
+            );
+        }
+        assert_eq!(reset(date + 1_200), (Some(ms(28_800)), Some(ms(18_800))));
+        // Without a `Date`, or with a garbled one, the local clock is all there is.
+        let mut h = h.clone();
+        h.insert("date", HeaderValue::from_static("yesterday"));
+        let r = from_headers(&h, date + 600_000);
+        assert_eq!(
+            r.get(QuotaKind::Requests).unwrap().reset_in,
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
