@@ -172,18 +172,26 @@ pub fn save_health(ctx: &Context) {
     }
 }
 
-/// Every few seconds while the daemon runs, off the request path: save health, and once a burst
-/// of traffic is over, hand freed memory back to the OS.
+/// Every few seconds while the daemon runs, off the request path: save health, notice that the
+/// machine slept (see [`crate::suspend`]), and once a burst of traffic is over, hand freed
+/// memory back to the OS.
 pub fn spawn_health_saver(ctx: Arc<Context>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let mut seen = ctx.router().next_record_id();
         let mut busy_since_trim = false;
+        let mut sleeps = crate::suspend::SleepWatch::new();
         loop {
             let changed = ctx.router().health_changed();
             tokio::select! {
                 _ = tick.tick() => {
                     let router = ctx.router();
+                    // The first tick after a laptop wakes: what the sleep ended is over.
+                    if let Some(gap) = sleeps.check() {
+                        router.health().slept(gap, Instant::now());
+                        tracing::info!(slept_s = gap.as_secs(), "the machine slept: pauses, \
+                                       cooldowns and quota windows moved on by as much");
+                    }
                     let served = router.next_record_id();
                     if served != seen || router.in_flight() > 0 {
                         seen = served;

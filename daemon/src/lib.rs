@@ -25,4 +25,5 @@ pub mod sim;
 #[path = "sim_off.rs"]
 pub mod sim;
 pub mod state;
+pub mod suspend;
 pub mod wake;

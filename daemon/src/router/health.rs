@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use super::admission::WaitQueue;
 use super::budget::RetryBudget;
 use super::policy::Disable;
-use super::quota::{Quota, SavedQuota};
+use super::quota::{Cost, Quota, Room, SavedQuota};
 use super::score::{score, ScoreInputs};
-use super::wallclock::{from_unix_ms, to_unix_ms};
+use super::wallclock::{earlier, from_unix_ms, to_unix_ms};
 use crate::config::{ProviderConfig, RoutingConfig};
 
 /// Weight of a new sample in a latency or cost average.
@@ -61,6 +61,11 @@ pub struct Ema {
 }
 
 impl Ema {
+    /// The machine slept for `gap`: the last sample is that much older.
+    fn slept(&mut self, gap: Duration, now: Instant) {
+        self.updated = self.updated.map(|t| earlier(t, gap, now));
+    }
+
     /// The average as of `now`: the stored value pulled toward `prior` by its age.
     pub fn get(&self, prior: f64, now: Instant, half_life: Duration) -> f64 {
         match (self.value, self.updated) {
@@ -103,6 +108,11 @@ pub struct SuccessRate {
 }
 
 impl SuccessRate {
+    /// The machine slept for `gap`: the counts are that much older.
+    fn slept(&mut self, gap: Duration, now: Instant) {
+        self.updated = self.updated.map(|t| earlier(t, gap, now));
+    }
+
     fn decayed(&self, now: Instant, half_life: Duration) -> (f64, f64) {
         match self.updated {
             Some(t) => {
@@ -603,9 +613,36 @@ impl HealthBook {
         }
     }
 
+    /// The machine slept for `gap` (see [`crate::suspend`]), which `Instant` did not count:
+    /// every deadline and timestamp moves that much earlier, so pauses, cooldowns and quota
+    /// windows that ended during the sleep are over, and averages have aged by as much.
+    pub fn slept(&mut self, gap: Duration, now: Instant) {
+        let back = |t: Instant| earlier(t, gap, now);
+        for p in &mut self.providers {
+            for ema in [&mut p.cost, &mut p.ttft, &mut p.gap, &mut p.latency] {
+                ema.slept(gap, now);
+            }
+            p.success.slept(gap, now);
+            match &mut p.breaker {
+                Breaker::Open { until, .. } => *until = back(*until),
+                Breaker::Disabled {
+                    until: Some(until), ..
+                } => *until = back(*until),
+                _ => {}
+            }
+            for (t, _) in &mut p.recent {
+                *t = back(*t);
+            }
+            p.quota.slept(gap, now);
+            p.last_selected = p.last_selected.map(back);
+            p.no_prefill_until = p.no_prefill_until.map(back);
+        }
+        self.tick(now);
+    }
+
     /// Whether provider `i` is out only because of its rate limits: its breaker lets it be
     /// used, but it asked for a pause or its quota has no room for `cost`.
-    pub fn out_for_quota(&self, i: usize, cost: super::quota::Cost, now: Instant) -> bool {
+    pub fn out_for_quota(&self, i: usize, cost: Cost, now: Instant) -> bool {
         let p = &self.providers[i];
         let breaker_ok = match p.breaker {
             Breaker::Closed => true,
@@ -613,7 +650,7 @@ impl HealthBook {
             Breaker::Open { until, .. } => until <= now,
             Breaker::Disabled { .. } => false,
         };
-        breaker_ok && !matches!(p.quota.room(cost, now), super::quota::Room::Now)
+        breaker_ok && !matches!(p.quota.room(cost, now), Room::Now)
     }
 
     /// Snapshot for persistence, with deadlines as Unix milliseconds.
@@ -879,6 +916,54 @@ mod tests {
             })
             .collect();
         HealthBook::new(&cfgs, RoutingConfig::default())
+    }
+
+    /// The lid closed overnight: a provider paused for an hour by a `429`, one whose breaker
+    /// opened, one whose quota was spent for an hour are all usable in the morning, and one
+    /// paused for a day has the night taken off its wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_night_asleep_counts_toward_every_wait() {
+        use crate::provider::ratelimit::{Announced, QuotaKind, RateLimits};
+        let mut book = book(4);
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let cost = Cost::request(100, 100);
+        book.providers[0].quota.rate_limited(cost, now + hour, now);
+        book.trip(1, now);
+        let mut spent = RateLimits::default();
+        spent.quotas[QuotaKind::Requests.index()] = Some(Announced {
+            limit: Some(1),
+            remaining: Some(0),
+            reset_in: Some(hour),
+        });
+        let seq = book.providers[2].quota.reserve(cost);
+        book.providers[2].quota.observe(seq, &spent, true, now);
+        book.providers[3].quota.block(now + 24 * hour);
+        for i in 0..2 {
+            assert_ne!(book.state_of(i, now).0, BreakerState::Closed, "p{i}");
+        }
+        assert!(!matches!(
+            book.providers[2].quota.room(cost, now),
+            Room::Now
+        ));
+        // Eight hours of suspend: `Instant` moved a second.
+        let later = now + Duration::from_secs(1);
+        book.slept(8 * hour, later);
+        for i in 0..2 {
+            assert!(
+                matches!(
+                    book.state_of(i, later).0,
+                    BreakerState::Closed | BreakerState::HalfOpen
+                ),
+                "p{i}: {:?}",
+                book.state_of(i, later)
+            );
+        }
+        assert_eq!(book.providers[2].quota.room(cost, later), Room::Now);
+        let (state, left) = book.state_of(3, later);
+        assert_eq!(state, BreakerState::RateLimited);
+        let left = left.unwrap();
+        assert!(left <= 16 * hour && left > 15 * hour, "{left:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::wallclock::{from_unix_ms, to_unix_ms};
+use super::wallclock::{earlier, from_unix_ms, to_unix_ms};
 use crate::provider::ratelimit::{QuotaKind, RateLimits};
 
 /// What one request is expected to take from each quota, indexed by [`QuotaKind::index`].
@@ -97,6 +97,17 @@ pub struct Quota {
 const FIXED_WINDOW_MEMORY: Duration = Duration::from_secs(3600);
 
 impl Quota {
+    /// The machine slept for `gap`: windows went on refilling and resets came meanwhile.
+    pub fn slept(&mut self, gap: Duration, now: Instant) {
+        let back = |t: Instant| earlier(t, gap, now);
+        for b in self.buckets.iter_mut().flatten() {
+            b.observed = back(b.observed);
+            b.reset_at = b.reset_at.map(back);
+        }
+        self.blocked_until = self.blocked_until.map(back);
+        self.fixed_until = self.fixed_until.map(back);
+    }
+
     /// Count a request dispatched now; returns its reservation's sequence number.
     pub fn reserve(&mut self, cost: Cost) -> u64 {
         self.next_seq += 1;

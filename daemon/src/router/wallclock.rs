@@ -30,6 +30,13 @@ pub fn from_unix_ms(ms: u64, now: Instant, now_unix_ms: u64) -> Instant {
     }
 }
 
+/// `t` moved `gap` earlier, because the machine slept for `gap` (see [`crate::suspend`]). An
+/// instant that cannot be moved so far back (before the monotonic clock's start) becomes the
+/// earlier of `t` and `now`: a deadline is then over, a timestamp as old as it can be.
+pub fn earlier(t: Instant, gap: Duration, now: Instant) -> Instant {
+    t.checked_sub(gap).unwrap_or(t.min(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
