@@ -263,7 +263,11 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// A continuation is allowed at least this many output tokens (or the whole limit, if smaller).
+/// A continuation is allowed at least this many output tokens, or an eighth of the limit if
+/// that is less: the tokens already shown are estimated from their bytes, and an estimate that
+/// ran high must not leave the continuation no room to finish a sentence. An eighth bounds
+/// what a low estimate can add past the client's limit; the whole limit as the floor let an
+/// answer capped at 100 tokens run to nearly 200.
 const MIN_CONTINUATION_TOKENS: u32 = 256;
 
 /// What a request is, decided once before its first attempt.
@@ -856,7 +860,7 @@ impl Router {
             let max_tokens = match &prefill {
                 Some(text) => limit
                     .saturating_sub(estimate_tokens(text) as u32)
-                    .max(limit.min(MIN_CONTINUATION_TOKENS)),
+                    .max((limit / 8).clamp(1, MIN_CONTINUATION_TOKENS)),
                 None => limit,
             };
             let upstream = UpstreamRequest {

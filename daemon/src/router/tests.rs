@@ -712,6 +712,23 @@ async fn a_continuation_asks_only_for_what_is_left_of_the_output_limit() {
     assert_eq!(*h.scripts[1].max_tokens.lock().unwrap(), [500]);
 }
 
+/// A small output limit that the first part nearly used up: the continuation gets only a little
+/// room, so the whole answer stays close to what the client allowed (it got the whole limit
+/// again, nearly doubling the answer).
+#[tokio::test(start_paused = true)]
+async fn a_continuation_of_a_short_answer_stays_near_its_limit() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text(&"word ".repeat(76)),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    let mut r = req("short");
+    r.max_tokens = Some(100);
+    ask(&h.router, r).await;
+    // 380 characters shown, about 95 tokens: 5 left, raised to an eighth of the limit.
+    assert_eq!(*h.scripts[1].max_tokens.lock().unwrap(), [12]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_broken_stream_still_counts_its_tokens() {
     let h = harness(2, no_jitter());
