@@ -26,24 +26,93 @@ pub const RECORD_DAYS: u64 = 90;
 
 /// Why the state database could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("state database {path}: {source}")]
-pub struct StateError {
-    path: PathBuf,
-    source: rusqlite::Error,
+pub enum StateError {
+    /// SQLite refused it.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// Another daemon writes it (started with another socket but the same state directory).
+    #[error(
+        "state database {path} is in use by another mythosd{}; give each daemon its own \
+         MYTHOS_STATE_DIR",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// The other daemon's pid, as its lock file says.
+        holder: Option<u32>,
+    },
+    /// The lock file beside it cannot be opened or locked.
+    #[error("state database {path}: cannot lock {}: {source}", lock_path(path).display())]
+    Lock {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl StateError {
     /// The file is not a database, or a corrupt one (as opposed to, say, a permission error).
     fn is_unreadable(&self) -> bool {
         matches!(
-            &self.source,
-            rusqlite::Error::SqliteFailure(e, _)
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-                )
+            self,
+            StateError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(
+                e.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            )
         )
     }
+}
+
+/// The lock file of the database at `path`: `state.db.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", path.display()))
+}
+
+/// Take the database's lock for this process: two daemons writing one database (one started
+/// with another socket but the same state directory) overwrote each other's health and reused
+/// each other's record ids. The lock is the OS's (`flock`, `LockFileEx`): it is gone with the
+/// process, however that ends. The file holds the owner's pid, for the other one's message.
+fn lock(path: &Path) -> Result<std::fs::File, StateError> {
+    use std::io::{Read, Seek, Write};
+    let lock_err = |source| StateError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path(path))
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = (&file).take(32).read_to_string(&mut text);
+            return Err(StateError::InUse {
+                path: path.to_path_buf(),
+                holder: text.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    let wrote = file
+        .set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| write!(file, "{}", std::process::id()));
+    wrote.map_err(lock_err)?;
+    Ok(file)
 }
 
 enum Cmd {
@@ -105,7 +174,7 @@ pub struct Loaded {
 impl StateStore {
     /// Open (or create) the database at `path` and start its thread.
     pub fn open(path: &Path) -> Result<(StateStore, Loaded, JoinHandle<()>), StateError> {
-        Self::open_with(path, WRITE_WINDOW, None)
+        Self::open_with(path, WRITE_WINDOW, None, lock(path)?)
     }
 
     /// [`StateStore::open`], with writes waiting up to `window` for more; `parked` hears each
@@ -114,8 +183,9 @@ impl StateStore {
         path: &Path,
         window: Duration,
         parked: Option<std_mpsc::Sender<()>>,
+        lock: std::fs::File,
     ) -> Result<(StateStore, Loaded, JoinHandle<()>), StateError> {
-        let err = |source| StateError {
+        let err = |source| StateError::Sqlite {
             path: path.to_path_buf(),
             source,
         };
@@ -138,7 +208,11 @@ impl StateStore {
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mythosd-state".into())
-            .spawn(move || run(conn, rx, window, parked))
+            .spawn(move || {
+                run(conn, rx, window, parked);
+                // Held until the last write is on disk.
+                drop(lock);
+            })
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok((
             StateStore {
@@ -159,8 +233,17 @@ impl StateStore {
     pub fn open_or_recover(
         path: &Path,
     ) -> Result<(StateStore, Loaded, JoinHandle<()>, Option<String>), StateError> {
+        // Locked before anything is read or moved aside; each attempt below holds a copy,
+        // and the state thread keeps the last one.
+        let lock = lock(path)?;
+        let copy = || {
+            lock.try_clone().map_err(|source| StateError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
         let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-        match Self::open(path) {
+        match Self::open_with(path, WRITE_WINDOW, None, copy()?) {
             Ok((s, l, t)) => {
                 let note = empty.then(|| {
                     format!(
@@ -171,6 +254,10 @@ impl StateStore {
                 Ok((s, l, t, note))
             }
             Err(e) if e.is_unreadable() => {
+                let why = match &e {
+                    StateError::Sqlite { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
                 let aside = PathBuf::from(format!(
                     "{}.corrupt-{}",
                     path.display(),
@@ -182,16 +269,16 @@ impl StateStore {
                     let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
                 }
                 if let Err(m) = moved {
-                    return Err(StateError {
+                    return Err(StateError::Sqlite {
                         path: path.to_path_buf(),
                         source: rusqlite::Error::ToSqlConversionFailure(Box::new(m)),
                     });
                 }
-                let (s, l, t) = Self::open(path)?;
+                let (s, l, t) = Self::open_with(path, WRITE_WINDOW, None, copy()?)?;
                 let note = format!(
                     "the state database was unreadable ({}): it was moved to {} and a fresh \
                      one started, so provider health and history start over",
-                    e.source,
+                    why,
                     aside.display()
                 );
                 Ok((s, l, t, Some(note)))
@@ -504,6 +591,34 @@ mod tests {
         assert!(note.unwrap().contains("empty"));
     }
 
+    /// A second daemon on the same state directory is told who holds it, and neither the
+    /// database nor the first daemon's lock is touched; once the first is gone, it opens.
+    #[tokio::test]
+    async fn a_second_daemon_on_the_same_database_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, _, thread, _) = StateStore::open_or_recover(&path).unwrap();
+        for _ in 0..2 {
+            let e = StateStore::open_or_recover(&path).err().expect("refused");
+            assert!(
+                matches!(e, StateError::InUse { holder: Some(p), .. } if p == std::process::id()),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(text.contains("in use by another mythosd (pid"), "{text}");
+            assert!(text.contains("MYTHOS_STATE_DIR"), "{text}");
+        }
+        // Still the first one's, and still written.
+        store.record(record_with_id(7));
+        store.flush().await;
+        assert_eq!(store.why(None).await.map(|r| r.id), Some(7));
+        drop(store);
+        thread.join().unwrap();
+        let (store, loaded, _t, _) = StateStore::open_or_recover(&path).unwrap();
+        assert_eq!(loaded.next_record, 8);
+        drop(store);
+    }
+
     #[tokio::test]
     async fn records_and_health_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -588,7 +703,8 @@ mod tests {
         let path = dir.path().join("state.db");
         let hour = Duration::from_secs(3600);
         let (parked_tx, parked) = std_mpsc::channel();
-        let (store, _, thread) = StateStore::open_with(&path, hour, Some(parked_tx)).unwrap();
+        let (store, _, thread) =
+            StateStore::open_with(&path, hour, Some(parked_tx), lock(&path).unwrap()).unwrap();
         for id in 1..=3 {
             store.record(record_with_id(id));
         }
@@ -617,7 +733,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let hour = Duration::from_secs(3600);
-        let (store, _, _thread) = StateStore::open_with(&path, hour, None).unwrap();
+        let (store, _, _thread) =
+            StateStore::open_with(&path, hour, None, lock(&path).unwrap()).unwrap();
         store.stop_waiting();
         // Taken in: the record below comes in a batch of its own.
         store.flush().await;

@@ -61,6 +61,32 @@ fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
     drop(daemon);
 }
 
+/// A second daemon on another socket but the same state directory (a hand-started one beside
+/// the service) serves, but leaves the first one's database alone and says why in its status.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_leaves_it_to_the_first() {
+    let env = TestEnv::new();
+    let first = env.start_daemon(&["--simulate"]);
+    let other = env.socket.with_file_name("second.sock");
+    let second = env.start_daemon(&["--simulate", "--socket", other.to_str().unwrap()]);
+    let notes = RawClient::connect(&other).await.status().await.notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("running without saved state")
+                && n.contains("in use by another mythosd (pid")),
+        "{notes:?}"
+    );
+    // The first one still has it.
+    let notes = env.connect().await.status().await.notes;
+    assert!(
+        !notes.iter().any(|n| n.contains("saved state")),
+        "{notes:?}"
+    );
+    drop(second);
+    drop(first);
+}
+
 #[test]
 fn two_clients_starting_the_daemon_at_once_get_one_daemon() {
     let env = TestEnv::new();
