@@ -115,6 +115,28 @@ pub struct ChatOptions {
     /// the whole answer). Quotas still reckon with the default.
     #[serde(default)]
     pub up_to_model_limit: bool,
+    /// The answer must be JSON (structured output): OpenAI's `response_format`, the Responses
+    /// API's `text.format`, Anthropic's `output_config.format`, Gemini's `responseSchema`.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// The shape an answer must take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// One JSON object, of any shape (OpenAI's JSON mode).
+    JsonObject,
+    /// JSON that matches a schema.
+    JsonSchema {
+        /// The schema's name (OpenAI requires one; `response` when the client gave none).
+        name: String,
+        /// The JSON Schema, as JSON text (the binary encoding cannot carry a JSON tree).
+        schema_json: String,
+        /// Whether the provider must follow the schema exactly (OpenAI's `strict`).
+        #[serde(default)]
+        strict: Option<bool>,
+    },
 }
 
 /// One block of a system prompt.

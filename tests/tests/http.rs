@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mythos_protocol::SimFault;
 use mythos_tests::{Daemon, Mocks, TestEnv};
-use mythosd::sim::answer_for;
+use mythosd::sim::{answer_for, json_answer_for};
 use serde_json::{json, Value};
 
 /// Mocks, a daemon on them and a client for its front end.
@@ -472,6 +472,67 @@ async fn chat_streams_are_well_formed() {
     assert_eq!(name, "record");
     let args: Value = serde_json::from_str(args).expect("whole JSON arguments");
     assert_eq!(args, json!({"text": answer_for("call: write it down")}));
+}
+
+/// Structured output through the front end, in Chat Completions' and Messages' shapes: the
+/// answer is the JSON the schema asks for, also when the providers break one after another
+/// mid-answer and each continues the last one's JSON (every adapter: Anthropic's native schema,
+/// DeepSeek's JSON mode with the schema in words, OpenAI's native schema; each continuation in
+/// words). Byte for byte, so a seam that lost or repeated a character fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_survives_failover_on_every_api() {
+    let w = World::start().await;
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "properties": {"day": {"type": "string"}, "count": {"type": "integer"},
+                       "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["day", "count", "tags"]});
+    for (path, prompt) in [
+        ("/v1/chat/completions", "extract the event, chat"),
+        ("/v1/messages", "extract the event, messages"),
+    ] {
+        for broken in [false, true] {
+            if broken {
+                for sim in [&w.mocks.anthropic, &w.mocks.deepseek, &w.mocks.openai] {
+                    sim.inject([SimFault::DisconnectAfter { tokens: 4 }]);
+                }
+            }
+            let before = w.total_requests();
+            let mut req = user("mythos", prompt, true);
+            if path == "/v1/messages" {
+                req["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+            } else {
+                req["response_format"] = json!({"type": "json_schema",
+                    "json_schema": {"name": "event", "schema": schema, "strict": true}});
+            }
+            let r = w.post(path, &req).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            let text = if path == "/v1/messages" {
+                messages_stream(&r.body).text()
+            } else {
+                chat_stream(&r.body, false).text
+            };
+            assert_eq!(
+                text,
+                json_answer_for(prompt, &schema),
+                "{path}, broken: {broken}"
+            );
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            assert!(v["day"].is_string() && v["count"].is_u64() && v["tags"].is_array());
+            if broken {
+                let asked = w.total_requests() - before;
+                assert!(
+                    asked >= 3,
+                    "{path}: the faults were not met ({asked} requests)"
+                );
+            }
+        }
+    }
+    // A schema the client did not give is its own error, in its dialect.
+    let mut req = user("mythos", "x", false);
+    req["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "x"}});
+    let r = w.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("response_format.schema"), "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use mythos_protocol::SimFault;
 use mythos_tests::Mocks;
-use mythosd::sim::answer_for;
+use mythosd::sim::{answer_for, json_answer_for};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -182,6 +182,43 @@ async fn a_provider_breaking_mid_answer_is_invisible_to_the_client() {
         .map(|m| m.stats().requests)
         .sum();
     assert!(asked >= 2, "no provider broke: {asked} request(s)");
+}
+
+/// Codex's structured output (`text.format`), through two breaks mid-answer: the JSON the
+/// schema asks for, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_in_text_format_survives_failover() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (url, token) = env.http();
+    for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+        sim.inject([SimFault::DisconnectAfter { tokens: 5 }]);
+    }
+    let schema = json!({"type": "object", "properties": {"summary": {"type": "string"},
+        "risky": {"type": "boolean"}}, "required": ["summary", "risky"],
+        "additionalProperties": false});
+    let prompt = "review this diff";
+    let (status, body) = post(
+        &url,
+        &token,
+        "/v1/responses",
+        &json!({"model": "mythos", "stream": true, "input": prompt,
+                "text": {"format": {"type": "json_schema", "name": "review",
+                                    "schema": schema, "strict": true}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (items, last) = codex_view(&events(&body));
+    assert_eq!(last, "response.completed");
+    let text: String = items
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .map(|i| i["content"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, json_answer_for(prompt, &schema));
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["risky"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

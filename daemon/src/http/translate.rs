@@ -1,6 +1,6 @@
 //! Pieces both request translators use.
 
-use mythos_protocol::{CachePoint, ImageSource, Message};
+use mythos_protocol::{CachePoint, ImageSource, Message, ResponseFormat};
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
@@ -50,6 +50,45 @@ pub fn u32_field(v: &Value, key: &str) -> Option<u32> {
     v.get(key)
         .and_then(Value::as_u64)
         .map(|n| n.min(u32::MAX as u64) as u32)
+}
+
+/// A structured-output request, in any of the three APIs' shapes: Chat Completions'
+/// `response_format` (`{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`),
+/// the Responses API's `text.format` (the same fields, flat) or Anthropic's
+/// `output_config.format` (`{"type": "json_schema", "schema"}`). `{"type": "text"}` and `null`
+/// ask for nothing; an unknown type or a schema that is not an object is the client's error, as
+/// the providers would say.
+pub fn response_format(v: Option<&Value>, at: &str) -> Result<Option<ResponseFormat>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = v.get("json_schema").unwrap_or(v);
+            let schema = spec
+                .get("schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{at}.schema: a JSON Schema object is required"))
+                })?;
+            let name = spec
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or("response");
+            Ok(Some(ResponseFormat::JsonSchema {
+                name: name.chars().take(64).collect(),
+                schema_json: schema.to_string(),
+                strict: spec.get("strict").and_then(Value::as_bool),
+            }))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "{at}.type: expected \"text\", \"json_object\" or \"json_schema\", got {}",
+            other.map_or_else(|| "nothing".to_string(), |t| format!("{t:?}"))
+        ))),
+    }
 }
 
 /// Merge consecutive messages of the same role (Anthropic requires turns to alternate; OpenAI's
@@ -141,5 +180,58 @@ mod tests {
         let out = merge_same_role(msgs, &mut points);
         assert_eq!(out.len(), 1, "the two user turns meet and merge");
         assert_eq!((points[0].message, points[0].block), (0, 1));
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn structured_output_in_each_apis_shape() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let want = Some(ResponseFormat::JsonSchema {
+            name: "thing".into(),
+            schema_json: schema.to_string(),
+            strict: Some(true),
+        });
+        let chat = json!({"type": "json_schema",
+                          "json_schema": {"name": "thing", "schema": schema, "strict": true}});
+        assert_eq!(
+            response_format(Some(&chat), "response_format").unwrap(),
+            want
+        );
+        let responses = json!({"type": "json_schema", "name": "thing", "schema": schema,
+                               "strict": true});
+        assert_eq!(
+            response_format(Some(&responses), "text.format").unwrap(),
+            want
+        );
+        let anthropic = json!({"type": "json_schema", "schema": schema});
+        assert_eq!(
+            response_format(Some(&anthropic), "output_config.format").unwrap(),
+            Some(ResponseFormat::JsonSchema {
+                name: "response".into(),
+                schema_json: schema.to_string(),
+                strict: None,
+            })
+        );
+        let f = |v: Value| response_format(Some(&v), "response_format");
+        assert_eq!(
+            f(json!({"type": "json_object"})).unwrap(),
+            Some(ResponseFormat::JsonObject)
+        );
+        assert_eq!(f(json!({"type": "text"})).unwrap(), None);
+        assert_eq!(f(Value::Null).unwrap(), None);
+        assert_eq!(response_format(None, "x").unwrap(), None);
+        let e = f(json!({"type": "json_schema", "json_schema": {"name": "x"}})).unwrap_err();
+        assert!(
+            e.message.contains("response_format.schema"),
+            "{}",
+            e.message
+        );
+        let e = f(json!({"type": "xml"})).unwrap_err();
+        assert!(e.message.contains("\"xml\""), "{}", e.message);
     }
 }

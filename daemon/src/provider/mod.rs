@@ -27,6 +27,9 @@ pub mod toolnames;
 mod transcripts;
 mod wire;
 
+/// The instructions that ask a model for JSON in words (the simulated providers read them).
+pub use wire::{FORMAT_OBJECT, FORMAT_SCHEMA};
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;

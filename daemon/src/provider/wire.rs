@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use mythos_protocol::{ChatRequest, ErrorKind};
+use mythos_protocol::{ChatRequest, ErrorKind, ResponseFormat};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -27,6 +27,40 @@ pub(crate) fn system_text(chat: &ChatRequest) -> Option<Cow<'_, str>> {
                 .join("\n\n"),
         )),
         None => None,
+    }
+}
+
+/// What a model is told about the answer's shape when its API cannot be asked for it (no JSON
+/// mode, no schema mode), and whenever it continues another provider's JSON answer: the rest of
+/// a JSON value is not a whole one, so a native JSON mode would start a new value instead.
+/// Appended to the system prompt. The simulated providers read the schema back from it, as a
+/// model would.
+pub(crate) fn format_instruction(format: &ResponseFormat) -> String {
+    match format {
+        ResponseFormat::JsonObject => FORMAT_OBJECT.to_string(),
+        ResponseFormat::JsonSchema { schema_json, .. } => {
+            format!("{FORMAT_SCHEMA}\n{schema_json}")
+        }
+    }
+}
+
+/// The instruction for any JSON object.
+pub const FORMAT_OBJECT: &str =
+    "Answer with a single JSON object and nothing else: no text before or after it, no code fences.";
+
+/// The instruction for a schema; the schema follows it on the next line.
+pub const FORMAT_SCHEMA: &str = "Answer with a single JSON value and nothing else: no text \
+     before or after it, no code fences. It must match this JSON Schema:";
+
+/// `system` with `extra` after it (a blank line between), borrowed when there is nothing to add.
+pub(crate) fn with_instruction<'a>(
+    system: Option<Cow<'a, str>>,
+    extra: Option<&str>,
+) -> Option<Cow<'a, str>> {
+    match (system.filter(|s| !s.is_empty()), extra) {
+        (Some(s), Some(e)) => Some(Cow::Owned(format!("{s}\n\n{e}"))),
+        (None, Some(e)) => Some(Cow::Owned(e.to_string())),
+        (s, None) => s,
     }
 }
 

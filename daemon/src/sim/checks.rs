@@ -90,6 +90,15 @@ fn anthropic_image(source: &Value, at: &str) -> Result<(), String> {
 }
 
 fn anthropic(req: &Value) -> Result<Features, String> {
+    if let Some(format) = req["output_config"].get("format") {
+        if format["type"] != "json_schema" || !format["schema"].is_object() {
+            return Err("output_config.format: expected a json_schema format with a schema".into());
+        }
+    }
+    if req.get("output_format").is_some() {
+        // The beta field, without the beta header the daemon never sends.
+        return Err("output_format: Extra inputs are not permitted".into());
+    }
     let mut f = Features::default();
     let messages = blocks(&req["messages"]);
     for (i, m) in messages.iter().enumerate() {
@@ -218,7 +227,87 @@ fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
             ));
         }
     }
+    match req["response_format"]["type"].as_str() {
+        None | Some("text") => {}
+        Some("json_schema") if flavor == Flavor::DeepSeek => {
+            return Err("This response_format type is unavailable now".into());
+        }
+        Some("json_schema") => {
+            if !req["response_format"]["json_schema"]["schema"].is_object() {
+                return Err(
+                    "Missing required parameter: 'response_format.json_schema.schema'.".into(),
+                );
+            }
+        }
+        Some("json_object") if flavor != Flavor::Gemini => {
+            // OpenAI's rule, and DeepSeek's: JSON mode wants the word in the prompt.
+            let said = blocks(&req["messages"]).iter().any(|m| {
+                m["content"]
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains("json")
+            });
+            if !said {
+                return Err("'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.".into());
+            }
+        }
+        Some("json_object") => {}
+        Some(other) => {
+            return Err(format!("Invalid value: '{other}'. Supported values are: 'json_object', 'json_schema', and 'text'."));
+        }
+    }
     Ok(f)
+}
+
+/// The JSON Schema the answer to `req` must match, when it must be JSON (`{"type": "object"}`
+/// for any object): asked natively (`response_format`, `output_config.format`, Gemini's JSON
+/// mode as [`gemini_as_chat`] carries it) or in the words of the daemon's instruction in the
+/// system prompt, which a model would follow as well.
+pub fn wanted_json(req: &Value) -> Option<Value> {
+    let any = || json!({"type": "object"});
+    match req["response_format"]["type"].as_str() {
+        Some("json_schema") => {
+            return Some(req["response_format"]["json_schema"]["schema"].clone())
+        }
+        Some("json_object") => return Some(any()),
+        _ => {}
+    }
+    if req["output_config"]["format"]["type"] == "json_schema" {
+        return Some(req["output_config"]["format"]["schema"].clone());
+    }
+    let system = system_text(req);
+    use crate::provider::{FORMAT_OBJECT, FORMAT_SCHEMA};
+    if let Some(at) = system.find(FORMAT_SCHEMA) {
+        let rest = system[at + FORMAT_SCHEMA.len()..].trim_start();
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        return Some(values.next().and_then(Result::ok).unwrap_or_else(any));
+    }
+    system.contains(FORMAT_OBJECT).then(any)
+}
+
+/// The system prompt of a request in any flavour's shape, as one text.
+fn system_text(req: &Value) -> String {
+    let mut out = String::new();
+    match &req["system"] {
+        Value::String(s) => out.push_str(s),
+        Value::Array(b) => {
+            for block in b {
+                out.push_str(block["text"].as_str().unwrap_or(""));
+                out.push('\n');
+            }
+        }
+        _ => {}
+    }
+    for m in blocks(&req["messages"]) {
+        if m["role"] == "system" || m["role"] == "developer" {
+            match &m["content"] {
+                Value::String(s) => out.push_str(s),
+                other => out.push_str(&other.to_string()),
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// JSON-Schema keywords outside Gemini's OpenAPI subset, which it refuses as unknown fields.
@@ -370,6 +459,12 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
         .filter_map(|p| p["text"].as_str())
         .collect();
     let gen = &req["generationConfig"];
+    if let Some(schema) = gen.get("responseSchema") {
+        if gen["responseMimeType"] != "application/json" {
+            return Err("* GenerateContentRequest.generation_config.response_mime_type: responseSchema needs the application/json MIME type".into());
+        }
+        gemini_schema(schema, "generation_config.response_schema")?;
+    }
     let mut out = json!({
         "model": model,
         "stream": true,
@@ -383,5 +478,52 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
     if !tools.is_empty() {
         out["tools"] = Value::Array(tools);
     }
+    if gen["responseMimeType"] == "application/json" {
+        out["response_format"] = match gen.get("responseSchema") {
+            Some(schema) => json!({"type": "json_schema", "json_schema": {"schema": schema}}),
+            None => json!({"type": "json_object"}),
+        };
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The simulators refuse structured-output requests the real APIs refuse, and read what
+    /// the answer must be from the request, natively or in the daemon's words.
+    #[test]
+    fn structured_output_rules_and_wants() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        let chat = |format: Value, text: &str| json!({"messages": [{"role": "user", "content": text}], "response_format": format});
+        let with_schema = json!({"type": "json_schema", "json_schema": {"schema": schema}});
+        assert!(check(Flavor::OpenAi, &chat(with_schema.clone(), "x")).is_ok());
+        let e = check(Flavor::DeepSeek, &chat(with_schema.clone(), "x")).unwrap_err();
+        assert!(e.contains("unavailable"), "{e}");
+        let object = json!({"type": "json_object"});
+        let e = check(Flavor::OpenAi, &chat(object.clone(), "x")).unwrap_err();
+        assert!(e.contains("the word 'json'"), "{e}");
+        assert!(check(Flavor::DeepSeek, &chat(object.clone(), "answer in JSON")).is_ok());
+        let e = check(Flavor::OpenAi, &chat(json!({"type": "xml"}), "x")).unwrap_err();
+        assert!(e.contains("'xml'"), "{e}");
+        let beta = json!({"messages": [], "output_format": {"type": "json_schema"}});
+        assert!(check(Flavor::Anthropic, &beta).is_err());
+
+        assert_eq!(wanted_json(&chat(with_schema, "x")), Some(schema.clone()));
+        assert_eq!(
+            wanted_json(&chat(object, "json")),
+            Some(json!({"type": "object"}))
+        );
+        let native =
+            json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}});
+        assert_eq!(wanted_json(&native), Some(schema.clone()));
+        let words = crate::provider::FORMAT_SCHEMA;
+        let told = json!({"system": format!("be brief\n\n{words}\n{schema}"), "messages": []});
+        assert_eq!(wanted_json(&told), Some(schema.clone()));
+        let told = json!({"messages": [{"role": "system",
+            "content": crate::provider::FORMAT_OBJECT}]});
+        assert_eq!(wanted_json(&told), Some(json!({"type": "object"})));
+        assert_eq!(wanted_json(&json!({"messages": []})), None);
+    }
 }

@@ -39,7 +39,7 @@ use mythos_protocol::SimFault;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use answer::{answer_for, chunk_answer};
+pub use answer::{answer_for, chunk_answer, json_answer_for};
 pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
 pub use checks::signature as sim_thinking_signature;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use mythos_protocol::SimFault;
 use serde_json::{json, Value};
 
-use super::answer::{answer_for, chunk_answer};
+use super::answer::{answer_for, chunk_answer, json_answer_for};
 use super::checks::{self, Features};
 use super::{Flavor, SimOptions};
 use crate::provider::continuation::CONTINUE_INSTRUCTION;
@@ -298,11 +298,15 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         .find(|(r, _)| r == "user")
         .map(|(_, t)| t.clone())
         .unwrap_or_default();
-    let mut full = answer_for(&prompt);
-    if opts.answer_repeat > 1 {
+    let json = checks::wanted_json(req);
+    let mut full = match &json {
+        Some(schema) => json_answer_for(&prompt, schema),
+        None => answer_for(&prompt),
+    };
+    if opts.answer_repeat > 1 && json.is_none() {
         full = vec![full; opts.answer_repeat].join(" ");
     }
-    if features.images > 0 {
+    if features.images > 0 && json.is_none() {
         // Says the images arrived; the same count gives the same text on every flavour.
         full = format!("I see {} image(s). {full}", features.images);
     }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, text_of, u32_field,
+    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -214,6 +214,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .and_then(Value::as_str)
         .or_else(|| obj.get("safety_identifier").and_then(Value::as_str))
         .map(String::from);
+    options.response_format = response_format(obj.get("response_format"), "response_format")?;
     if let Some(effort) = obj.get("reasoning_effort").and_then(Value::as_str) {
         options.thinking = budget_for_effort(effort).map(|b| Thinking {
             budget_tokens: Some(b),

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, text_of, u32_field,
+    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -159,6 +159,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str)
         .map(String::from);
+    // `output_config.format` since structured outputs left beta; `output_format` before.
+    options.response_format = match obj.get("output_config").and_then(|c| c.get("format")) {
+        Some(f) => response_format(Some(f), "output_config.format")?,
+        None => response_format(obj.get("output_format"), "output_format")?,
+    };
     if let Some(t) = obj.get("thinking") {
         let display = t.get("display").and_then(Value::as_str) != Some("omitted");
         options.thinking = match t.get("type").and_then(Value::as_str) {

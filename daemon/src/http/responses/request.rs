@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::http::chat::request::budget_for_effort;
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, text_of, u32_field,
+    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -203,13 +203,8 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             display: true,
         });
     }
-    if obj
-        .get("text")
-        .and_then(|t| t.get("format"))
-        .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text") && !f.is_null())
-    {
-        tracing::debug!("text.format (structured output) is not carried through the router");
-    }
+    options.response_format =
+        response_format(obj.get("text").and_then(|t| t.get("format")), "text.format")?;
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let temperature = obj
         .get("temperature")

@@ -12,13 +12,15 @@ pub mod stream;
 
 use std::borrow::Cow;
 
-use mythos_protocol::{CacheTtl, ContentBlock, ErrorKind, ImageSource, Role, Thinking, ToolChoice};
+use mythos_protocol::{
+    CacheTtl, ContentBlock, ErrorKind, ImageSource, ResponseFormat, Role, Thinking, ToolChoice,
+};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::wire::{raw_json, to_bytes, tool_input};
+use super::wire::{format_instruction, raw_json, to_bytes, tool_input};
 use super::{key_or_empty, secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{default_output_limit, ProviderConfig};
 
@@ -77,6 +79,21 @@ struct Body<'a> {
     tools: Option<Vec<Tool<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Choice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<OutputConfig<'a>>,
+}
+
+/// `output_config`: structured output (`{"format": {"type": "json_schema", "schema"}}`).
+#[derive(Serialize)]
+struct OutputConfig<'a> {
+    format: OutputFormat<'a>,
+}
+
+#[derive(Serialize)]
+struct OutputFormat<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: &'a RawValue,
 }
 
 #[derive(Serialize)]
@@ -213,6 +230,30 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let opts = &chat.options;
     let names = ToolNames::for_request(chat);
 
+    // Structured output: natively on the models that have it, else (and for a continuation,
+    // whose rest of a JSON value is not a whole one) in words after the system prompt.
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    let (output_config, instruction) = match &opts.response_format {
+        None => (None, None),
+        Some(ResponseFormat::JsonSchema { schema_json, .. })
+            if !continuing && takes_output_format(req.model) =>
+        {
+            let format = OutputFormat {
+                kind: "json_schema",
+                schema: raw_json(schema_json, "response schema")?,
+            };
+            (Some(OutputConfig { format }), None)
+        }
+        Some(f) => (None, Some(format_instruction(f))),
+    };
+    let joined: Option<String> =
+        instruction
+            .as_ref()
+            .map(|i| match chat.system.as_deref().filter(|s| !s.is_empty()) {
+                Some(s) => format!("{s}\n\n{i}"),
+                None => i.clone(),
+            });
+
     // The system prompt, and how many breakpoints it uses up.
     let mut cache_budget = MAX_CACHE_POINTS;
     let system = if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
@@ -232,7 +273,16 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
                 cache_control: cache,
             });
         }
+        if let Some(i) = &instruction {
+            // After the client's blocks, so their cached prefix stays the same.
+            blocks.push(Block::Text {
+                text: i,
+                cache_control: None,
+            });
+        }
         Some(System::Blocks(blocks))
+    } else if let Some(j) = &joined {
+        Some(System::Text(j))
     } else {
         chat.system
             .as_deref()
@@ -368,6 +418,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         metadata: None,
         tools: None,
         tool_choice: None,
+        output_config,
     };
     match (chat.temperature, thinking) {
         // Anthropic's range is 0 to 1; OpenAI-format clients may send up to 2.
@@ -579,6 +630,31 @@ pub fn supports_thinking(model: &str) -> bool {
         .any(|old| m.contains(old))
 }
 
+/// Whether `model` takes `output_config.format` (structured outputs): Claude Opus 4.1, and
+/// Claude 4.5 and everything after it. An older Claude refuses the field with a 400, so its
+/// schema goes in words instead; so does a model of another family behind an Anthropic-style
+/// API. A Claude name without a version (an alias) is taken as new.
+pub fn takes_output_format(model: &str) -> bool {
+    let m = model.to_ascii_lowercase();
+    if !m.contains("claude") {
+        return false;
+    }
+    // The first one- or two-digit numbers are the version: `claude-opus-4-1-20250805`,
+    // `claude-3-7-sonnet-latest`, `claude-sonnet-4-5@20250929` (an eight-digit date is not).
+    let mut numbers = m
+        .split(['-', '.', '@', ':', '/', '_'])
+        .skip_while(|t| !(1..=2).contains(&t.len()) || !t.bytes().all(|b| b.is_ascii_digit()));
+    let Some(major) = numbers.next().and_then(|t| t.parse::<u32>().ok()) else {
+        return true;
+    };
+    let minor = numbers
+        .next()
+        .filter(|t| (1..=2).contains(&t.len()))
+        .and_then(|t| t.parse::<u32>().ok())
+        .unwrap_or(0);
+    (major, minor) >= (4, 5) || (m.contains("opus") && (major, minor) == (4, 1))
+}
+
 /// `(budget_tokens, max_tokens)` for a thinking request, or `None` when `max_tokens` leaves no
 /// room for it. The API wants `1024 <= budget < max_tokens`; the budget counts towards
 /// `max_tokens`, so a budget at or above it raises `max_tokens` (up to `limit`, the model's
@@ -739,6 +815,88 @@ mod tests {
             prefill: None,
         };
         assert_eq!(build(&cfg(), &req).unwrap_err().kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn which_claudes_take_output_format() {
+        for m in [
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-5",
+            "claude-haiku-4-5",
+            "claude-opus-4-1-20250805",
+            "claude-opus-4-5",
+            "claude-opus-4-6",
+            "claude-sonnet-5",
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4-5@20250929",
+            "claude-latest",
+        ] {
+            assert!(takes_output_format(m), "{m}");
+        }
+        for m in [
+            "claude-sonnet-4-20250514",
+            "claude-opus-4-0",
+            "claude-opus-4-20250514",
+            "claude-3-7-sonnet-latest",
+            "claude-3-5-haiku-20241022",
+            "claude-sonnet-4-1",
+            "deepseek-chat",
+            "kimi-k2",
+        ] {
+            assert!(!takes_output_format(m), "{m}");
+        }
+    }
+
+    /// A schema goes natively to a Claude that takes it, in words (after the client's system
+    /// prompt, as its last block when it came in blocks) to one that does not, and in words to
+    /// a continuation.
+    #[test]
+    fn structured_output_natively_or_in_words() {
+        let mut chat = ChatRequest::user_text(1, "extract");
+        chat.system = Some("be exact".into());
+        let schema = json!({"type": "object", "properties": {"day": {"type": "string"}}});
+        chat.options.response_format = Some(ResponseFormat::JsonSchema {
+            name: "event".into(),
+            schema_json: schema.to_string(),
+            strict: None,
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["output_config"],
+            json!({"format": {"type": "json_schema", "schema": schema}})
+        );
+        assert_eq!(v["system"], "be exact");
+
+        for (model, prefill) in [
+            ("claude-sonnet-4-20250514", None),
+            ("claude-sonnet-4-5", Some("{\"day\":")),
+        ] {
+            let v = body(&chat, model, 100, prefill);
+            assert!(v.get("output_config").is_none(), "{model}: {v}");
+            let system = v["system"].as_str().unwrap();
+            assert!(system.starts_with("be exact\n\n"), "{system}");
+            assert!(system.ends_with(&schema.to_string()), "{system}");
+        }
+
+        chat.options.system_blocks = vec![SystemBlock {
+            text: "be exact".into(),
+            cache: Some(CacheTtl::Default),
+        }];
+        let v = body(&chat, "claude-3-7-sonnet-latest", 100, None);
+        let blocks = v["system"].as_array().unwrap();
+        assert_eq!(blocks.len(), 2);
+        assert!(blocks[0]["cache_control"].is_object());
+        assert!(blocks[1].get("cache_control").is_none());
+        assert!(blocks[1]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(&schema.to_string()));
+
+        chat.options.response_format = Some(ResponseFormat::JsonObject);
+        chat.options.system_blocks.clear();
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert!(v.get("output_config").is_none());
+        assert!(v["system"].as_str().unwrap().contains("JSON object"));
     }
 
     fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, Role, ToolChoice};
+use mythos_protocol::{ContentBlock, ErrorKind, ImageSource, ResponseFormat, Role, ToolChoice};
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::{parse_json, split_data_url};
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{system_text, to_bytes, tool_input};
+use super::wire::{format_instruction, system_text, to_bytes, tool_input, with_instruction};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::ProviderConfig;
 
@@ -191,6 +191,12 @@ struct GenerationConfig<'a> {
     stop_sequences: Option<&'a [&'a str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking_config: Option<ThinkingConfig>,
+    /// `application/json` for structured output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    /// The schema, in the OpenAPI subset the API takes (cleaned as tool schemas are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -329,7 +335,21 @@ pub fn build_cached(
         });
     }
 
-    let system_instruction = system_text(chat)
+    // Structured output: JSON mode with the schema, except for a continuation, whose rest of a
+    // JSON value is not a whole one (told in words instead).
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    let instruction = opts
+        .response_format
+        .as_ref()
+        .filter(|_| continuing)
+        .map(format_instruction);
+    let response_schema = match &opts.response_format {
+        Some(ResponseFormat::JsonSchema { schema_json, .. }) if !continuing => {
+            cache.get(schema_json)?
+        }
+        _ => None,
+    };
+    let system_instruction = with_instruction(system_text(chat), instruction.as_deref())
         .filter(|s| !s.is_empty())
         .map(|text| Content {
             role: None,
@@ -357,6 +377,9 @@ pub fn build_cached(
         top_p: opts.top_p.map(f64::from),
         stop_sequences: (!stop.is_empty()).then(|| &stop[..stop.len().min(MAX_STOP)]),
         thinking_config: None,
+        response_mime_type: (opts.response_format.is_some() && !continuing)
+            .then_some("application/json"),
+        response_schema: response_schema.as_deref(),
     };
     if let Some(t) = opts.thinking {
         if supports_thinking(req.model) {

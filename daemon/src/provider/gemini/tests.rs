@@ -447,3 +447,38 @@ fn cached_schemas_give_the_same_body() {
         ErrorKind::BadRequest
     );
 }
+
+/// Structured output: JSON mode with the schema cleaned to the API's subset; a continuation
+/// gets the schema in words instead.
+#[test]
+fn structured_output() {
+    let mut chat = ChatRequest::user_text(1, "extract");
+    chat.options.response_format = Some(ResponseFormat::JsonSchema {
+        name: "event".into(),
+        schema_json: r#"{"type":"object","additionalProperties":false,
+            "properties":{"day":{"type":"string","const":"Fri"}},"required":["day"]}"#
+            .into(),
+        strict: Some(true),
+    });
+    let (_, v) = build_for(&chat, None);
+    let gen = &v["generationConfig"];
+    assert_eq!(gen["responseMimeType"], "application/json");
+    assert_eq!(gen["responseSchema"]["properties"]["day"]["type"], "string");
+    assert_eq!(gen["responseSchema"]["required"], json!(["day"]));
+    assert!(gen["responseSchema"].get("additionalProperties").is_none());
+    assert!(v.get("systemInstruction").is_none());
+
+    let (_, v) = build_for(&chat, Some("{\"day\":"));
+    assert!(v["generationConfig"].get("responseMimeType").is_none());
+    assert!(v["generationConfig"].get("responseSchema").is_none());
+    let system = v["systemInstruction"]["parts"][0]["text"].as_str().unwrap();
+    assert!(system.contains("JSON Schema"), "{system}");
+
+    chat.options.response_format = Some(ResponseFormat::JsonObject);
+    let (_, v) = build_for(&chat, None);
+    assert_eq!(
+        v["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert!(v["generationConfig"].get("responseSchema").is_none());
+}

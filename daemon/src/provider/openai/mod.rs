@@ -14,13 +14,13 @@ pub mod stream;
 
 use std::borrow::Cow;
 
-use mythos_protocol::{ContentBlock, ImageSource, Role, ToolChoice};
+use mythos_protocol::{ContentBlock, ImageSource, ResponseFormat, Role, ToolChoice};
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{raw_json, system_text, to_bytes, DataUrl};
+use super::wire::{format_instruction, raw_json, system_text, to_bytes, with_instruction, DataUrl};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{is_silent_reasoner, ProviderConfig};
 
@@ -89,6 +89,24 @@ struct Body<'a> {
     tool_choice: Option<Choice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Format<'a>>,
+}
+
+/// `response_format`: JSON mode, or a schema.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Format<'a> {
+    JsonObject,
+    JsonSchema { json_schema: SchemaFormat<'a> },
+}
+
+#[derive(Serialize)]
+struct SchemaFormat<'a> {
+    name: &'a str,
+    schema: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -211,8 +229,33 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let deepseek = is_deepseek(cfg, req.model);
     let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    let (format, instruction) = match &opts.response_format {
+        None => (None, None),
+        Some(f) if continuing => (None, Some(format_instruction(f))),
+        // DeepSeek has JSON mode but refuses schemas: JSON mode, and the schema in words.
+        Some(f @ ResponseFormat::JsonSchema { .. }) if deepseek => {
+            (Some(Format::JsonObject), Some(format_instruction(f)))
+        }
+        Some(ResponseFormat::JsonObject) => (Some(Format::JsonObject), None),
+        Some(ResponseFormat::JsonSchema {
+            name,
+            schema_json,
+            strict,
+        }) => (
+            Some(Format::JsonSchema {
+                json_schema: SchemaFormat {
+                    name,
+                    schema: raw_json(schema_json, "response schema")?,
+                    strict: *strict,
+                },
+            }),
+            None,
+        ),
+    };
+
     let mut messages = Vec::with_capacity(chat.messages.len() + 3);
-    if let Some(system) = system_text(chat) {
+    if let Some(system) = with_instruction(system_text(chat), instruction.as_deref()) {
         messages.push(Msg::new("system", Content::Text(system)));
     }
     if !opts.cache_points.is_empty() || opts.system_blocks.iter().any(|b| b.cache.is_some()) {
@@ -247,6 +290,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         tools: None,
         tool_choice: None,
         parallel_tool_calls: None,
+        response_format: format,
     };
     if reasoning {
         // Reasoning models count their hidden reasoning in this, and refuse `max_tokens`.
@@ -500,6 +544,74 @@ mod tests {
         assert_eq!(roles, ["system", "user", "tool", "assistant", "user"]);
         assert_eq!(v["messages"][3]["content"], "Hello ");
         assert_eq!(v["messages"][4]["content"], CONTINUE_INSTRUCTION);
+    }
+
+    fn schema_request() -> ChatRequest {
+        let mut chat = ChatRequest::user_text(1, "extract");
+        chat.system = Some("be exact".into());
+        chat.options.response_format = Some(ResponseFormat::JsonSchema {
+            name: "event".into(),
+            schema_json: r#"{"type":"object","properties":{"day":{"type":"string"}}}"#.into(),
+            strict: Some(true),
+        });
+        chat
+    }
+
+    /// Structured output: as asked where the API has it; DeepSeek (JSON mode, no schemas)
+    /// gets JSON mode and the schema in words; a continuation gets words only, since the rest
+    /// of a JSON value is not a whole one.
+    #[test]
+    fn structured_output_natively_or_in_words() {
+        let chat = schema_request();
+        let schema = json!({"type": "object", "properties": {"day": {"type": "string"}}});
+        let openai = ProviderConfig::new("o", Api::Openai, "https://api.openai.com/v1", "gpt-4o");
+        let v = body_for(&openai, &chat);
+        assert_eq!(
+            v["response_format"],
+            json!({"type": "json_schema",
+                   "json_schema": {"name": "event", "schema": schema, "strict": true}})
+        );
+        assert_eq!(
+            v["messages"][0],
+            json!({"role": "system", "content": "be exact"})
+        );
+
+        let deepseek = ProviderConfig::new(
+            "d",
+            Api::Openai,
+            "https://api.deepseek.com",
+            "deepseek-chat",
+        );
+        let v = body_for(&deepseek, &chat);
+        assert_eq!(v["response_format"], json!({"type": "json_object"}));
+        let system = v["messages"][0]["content"].as_str().unwrap();
+        assert!(system.starts_with("be exact\n\n"), "{system}");
+        assert!(system.contains(&schema.to_string()), "{system}");
+        assert!(
+            system.contains("JSON"),
+            "DeepSeek's JSON mode wants the word: {system}"
+        );
+
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "gpt-4o",
+            max_tokens: 100,
+            prefill: Some("{\"day\": \"Fri"),
+        };
+        let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
+        assert!(v.get("response_format").is_none(), "{v}");
+        let system = v["messages"][0]["content"].as_str().unwrap();
+        assert!(system.contains(&schema.to_string()), "{system}");
+
+        let mut any = ChatRequest::user_text(1, "json please");
+        any.options.response_format = Some(ResponseFormat::JsonObject);
+        let v = body_for(&openai, &any);
+        assert_eq!(v["response_format"], json!({"type": "json_object"}));
+        assert_eq!(
+            v["messages"].as_array().unwrap().len(),
+            1,
+            "no system added"
+        );
     }
 
     fn body_for(cfg: &ProviderConfig, chat: &ChatRequest) -> Value {
