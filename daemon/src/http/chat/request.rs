@@ -24,13 +24,17 @@ pub struct Parsed {
     pub include_usage: bool,
 }
 
-/// A thinking budget for an OpenAI `reasoning_effort`.
+/// A thinking budget for an OpenAI `reasoning_effort` (`none`, or a word this does not know:
+/// no thinking asked for).
 pub fn budget_for_effort(effort: &str) -> Option<u32> {
     match effort {
         "minimal" => Some(1024),
         "low" => Some(2048),
         "medium" => Some(8192),
         "high" => Some(24576),
+        // GPT-5.1-Codex-Max's "extra high" (Codex sends it): the most any provider gets,
+        // sent upstream as `high` to OpenAI-format models.
+        "xhigh" => Some(32768),
         _ => None,
     }
 }
@@ -291,6 +295,23 @@ fn user_content(content: Option<&Value>) -> Vec<ContentBlock> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Every effort Codex and the SDKs send: `xhigh` is the most thinking, `none` none.
+    #[test]
+    fn reasoning_efforts() {
+        let efforts = ["minimal", "low", "medium", "high", "xhigh"];
+        let budgets: Vec<u32> = efforts
+            .iter()
+            .filter_map(|e| budget_for_effort(e))
+            .collect();
+        assert_eq!(budgets.len(), efforts.len());
+        assert!(budgets.windows(2).all(|w| w[0] < w[1]), "{budgets:?}");
+        assert_eq!(budget_for_effort("none"), None);
+        assert_eq!(
+            crate::provider::openai::reasoning_effort(budget_for_effort("xhigh")),
+            "high"
+        );
+    }
 
     #[test]
     fn tools_round_trip_shapes() {

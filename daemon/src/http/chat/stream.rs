@@ -237,6 +237,18 @@ impl Encoder for ChatEncoder {
                 );
                 return true;
             }
+            StreamEvent::Rerouted {
+                mode: RerouteMode::Restart,
+                ..
+            } if self.reasoning.is_some() => {
+                // Only reasoning went out, and the new attempt reasons afresh: a client adds
+                // `reasoning_content` up into one text, so the two are set apart rather than
+                // run together mid-sentence.
+                let delta = Delta::Reasoning {
+                    reasoning_content: "\n\n",
+                };
+                self.chunk(out, delta, None);
+            }
             StreamEvent::Done(done) => {
                 let finish = openai_finish(&done.finish, !self.tools.is_empty());
                 self.chunk(out, Delta::Empty {}, Some(finish));
@@ -291,5 +303,46 @@ mod tests {
         let mut out = BytesMut::new();
         enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
         assert!(enc.content.is_some() && enc.reasoning.is_some_and(|t| t.is_some()));
+    }
+
+    /// Reasoning, then a restart elsewhere that reasons again: the client's accumulated
+    /// reasoning keeps the two apart; a restart before any reasoning adds nothing.
+    #[test]
+    fn a_restart_after_reasoning_only_sets_the_new_reasoning_apart() {
+        let restart = || StreamEvent::Rerouted {
+            from: "a".into(),
+            to: "b".into(),
+            reason: "cut".into(),
+            mode: RerouteMode::Restart,
+        };
+        let reasoning = |out: &BytesMut| -> String {
+            std::str::from_utf8(out)
+                .unwrap()
+                .split("\n\n")
+                .filter_map(|f| f.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["reasoning_content"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .collect()
+        };
+        let (mut enc, _) = ChatEncoder::start(&Head::for_test(), false);
+        let mut out = BytesMut::new();
+        assert!(!enc.event(restart(), &mut out));
+        assert!(out.is_empty(), "nothing to set apart yet");
+        for ev in [
+            StreamEvent::ThinkingDelta {
+                text: "Let me".into(),
+            },
+            restart(),
+            StreamEvent::ThinkingDelta {
+                text: "First,".into(),
+            },
+        ] {
+            assert!(!enc.event(ev, &mut out));
+        }
+        assert_eq!(reasoning(&out), "Let me\n\nFirst,");
     }
 }
