@@ -134,6 +134,9 @@ pub fn anthropic_type(kind: ErrorKind, status: StatusCode) -> &'static str {
     if status == StatusCode::UNAUTHORIZED {
         return "authentication_error";
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return "request_too_large";
+    }
     match kind {
         ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::Overloaded | ErrorKind::AllCoolingDown => "overloaded_error",
@@ -234,6 +237,18 @@ mod tests {
         );
         assert_eq!(v["error"]["message"], msg);
         assert_eq!(v["error"]["code"], "context_length_exceeded");
+    }
+
+    /// A body over the limit is Anthropic's `request_too_large`, as its 413 says.
+    #[test]
+    fn too_large_in_anthropics_words() {
+        let v = error_body(
+            Dialect::Anthropic,
+            ErrorKind::BadRequest,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too big",
+        );
+        assert_eq!(v["error"]["type"], "request_too_large");
     }
 
     #[test]
