@@ -131,6 +131,9 @@ pub enum ResponseFormat {
     JsonSchema {
         /// The schema's name (OpenAI requires one; `response` when the client gave none).
         name: String,
+        /// What the answer is for, which guides the model (OpenAI's `description`).
+        #[serde(default)]
+        description: Option<String>,
         /// The JSON Schema, as JSON text (the binary encoding cannot carry a JSON tree).
         schema_json: String,
         /// Whether the provider must follow the schema exactly (OpenAI's `strict`).

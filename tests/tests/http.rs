@@ -527,6 +527,30 @@ async fn structured_output_survives_failover_on_every_api() {
             }
         }
     }
+    // Each provider answering first, with a keyword Anthropic's structured outputs refuse:
+    // Anthropic is asked again in words, DeepSeek gets JSON mode and the schema in words,
+    // OpenAI the schema natively.
+    let strict = json!({"type": "object", "additionalProperties": false,
+        "properties": {"count": {"type": "integer", "minimum": 0},
+                       "day": {"type": "string"}},
+        "required": ["count", "day"]});
+    for provider in ["anthropic", "deepseek", "openai"] {
+        let before = w.total_requests();
+        let prompt = format!("count the days, {provider}");
+        let mut req = user(provider, &prompt, true);
+        req["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "days", "schema": strict}});
+        let r = w.post("/v1/chat/completions", &req).await;
+        assert_eq!(r.status, 200, "{provider}: {}", r.body);
+        let text = chat_stream(&r.body, false).text;
+        assert_eq!(text, json_answer_for(&prompt, &strict), "{provider}");
+        let asked = w.total_requests() - before;
+        assert_eq!(
+            asked,
+            if provider == "anthropic" { 2 } else { 1 },
+            "{provider}"
+        );
+    }
     // A schema the client did not give is its own error, in its dialect.
     let mut req = user("mythos", "x", false);
     req["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "x"}});

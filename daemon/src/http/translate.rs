@@ -80,6 +80,11 @@ pub fn response_format(v: Option<&Value>, at: &str) -> Result<Option<ResponseFor
                 .unwrap_or("response");
             Ok(Some(ResponseFormat::JsonSchema {
                 name: name.chars().take(64).collect(),
+                description: spec
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .filter(|d| !d.is_empty())
+                    .map(String::from),
                 schema_json: schema.to_string(),
                 strict: spec.get("strict").and_then(Value::as_bool),
             }))
@@ -193,17 +198,19 @@ mod format_tests {
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
         let want = Some(ResponseFormat::JsonSchema {
             name: "thing".into(),
+            description: Some("a thing".into()),
             schema_json: schema.to_string(),
             strict: Some(true),
         });
         let chat = json!({"type": "json_schema",
-                          "json_schema": {"name": "thing", "schema": schema, "strict": true}});
+                          "json_schema": {"name": "thing", "schema": schema, "strict": true,
+                                          "description": "a thing"}});
         assert_eq!(
             response_format(Some(&chat), "response_format").unwrap(),
             want
         );
         let responses = json!({"type": "json_schema", "name": "thing", "schema": schema,
-                               "strict": true});
+                               "strict": true, "description": "a thing"});
         assert_eq!(
             response_format(Some(&responses), "text.format").unwrap(),
             want
@@ -213,6 +220,7 @@ mod format_tests {
             response_format(Some(&anthropic), "output_config.format").unwrap(),
             Some(ResponseFormat::JsonSchema {
                 name: "response".into(),
+                description: None,
                 schema_json: schema.to_string(),
                 strict: None,
             })

@@ -356,6 +356,7 @@ fn bodies_match_the_goldens() {
             model: c.model,
             max_tokens: c.max_tokens,
             prefill: c.prefill,
+            format_in_words: false,
         };
         let built = match c.cfg.api {
             Api::Anthropic => anthropic::build(&c.cfg, &req),

@@ -63,6 +63,9 @@ pub struct UpstreamRequest<'a> {
     pub max_tokens: u32,
     /// Text of an answer another provider started, to be continued rather than repeated.
     pub prefill: Option<&'a str>,
+    /// Ask for the response format in words, not with the API's own field: the provider
+    /// refused it natively for this request (a schema feature it lacks, JSON mode beside tools).
+    pub format_in_words: bool,
 }
 
 /// An upstream request's body, and what is needed to read its answer. The endpoint and the

@@ -44,13 +44,14 @@ pub(crate) fn format_instruction(format: &ResponseFormat) -> String {
     }
 }
 
-/// The instruction for any JSON object.
-pub const FORMAT_OBJECT: &str =
-    "Answer with a single JSON object and nothing else: no text before or after it, no code fences.";
+/// The instruction for any JSON object. Tool calls stay tool calls: an agent's turns before
+/// its final answer call tools.
+pub const FORMAT_OBJECT: &str = "Give your answer (not a tool call) as a single JSON object \
+     and nothing else: no text before or after it, no code fences.";
 
 /// The instruction for a schema; the schema follows it on the next line.
-pub const FORMAT_SCHEMA: &str = "Answer with a single JSON value and nothing else: no text \
-     before or after it, no code fences. It must match this JSON Schema:";
+pub const FORMAT_SCHEMA: &str = "Give your answer (not a tool call) as a single JSON value and \
+     nothing else: no text before or after it, no code fences. It must match this JSON Schema:";
 
 /// `system` with `extra` after it (a blank line between), borrowed when there is nothing to add.
 pub(crate) fn with_instruction<'a>(

@@ -293,6 +293,8 @@ struct Journey {
     outcome_taken: Vec<usize>,
     /// Failed to connect; blamed only once some provider proves the network works.
     unreachable: Vec<usize>,
+    /// Refused the response format asked natively (a `400`): asked in words from then on.
+    format_in_words: Vec<usize>,
     /// Retries on each provider: (index, count).
     retries: Vec<(usize, u32)>,
     /// Every error, in order.
@@ -868,7 +870,12 @@ impl Router {
                 model: &model,
                 max_tokens,
                 prefill: prefill.as_deref(),
+                format_in_words: j.format_in_words.contains(&i),
             };
+            // Whether a `400` could be this provider refusing the format asked natively.
+            let native_format = req.options.response_format.is_some()
+                && prefill.is_none()
+                && !upstream.format_in_words;
             let attempt_start = Instant::now();
             if attempt_no == 1 {
                 // Everything but the wait for capacity was the daemon's own time.
@@ -990,6 +997,7 @@ impl Router {
                     status: err.status,
                     retry_after: err.retry_after.map(|d| d.min(self.cfg.max_cooldown)),
                     prefill_rejected: crate::provider::error::is_prefill_rejection(&err.message),
+                    native_format,
                     connected: !connect_failure,
                     progressed: end.progressed,
                     continuation: prefill.is_some(),
@@ -1098,6 +1106,12 @@ impl Router {
                         pending_reroute =
                             Some((p.cfg.name.clone(), unprefixed(&reason, &p.cfg.name)));
                     }
+                    same = Some(i);
+                }
+                Next::InWords => {
+                    tracing::info!(provider = %p.cfg.name, error = %err,
+                                   "the response format was refused; asking for it in words");
+                    push_once(&mut j.format_in_words, i);
                     same = Some(i);
                 }
                 Next::Restart => {

@@ -68,6 +68,9 @@ pub enum Next {
     },
     /// Try the same provider at once, from the start of the answer instead of continuing it.
     Restart,
+    /// Try the same provider at once, with the response format in words: it refused the
+    /// format asked with its API's own field.
+    InWords,
     /// Leave this provider for now and go to the next one.
     FailOver,
 }
@@ -83,6 +86,8 @@ pub struct Facts {
     pub retry_after: Option<Duration>,
     /// Whether the provider's message says it refuses a prefill (only read for a `400`).
     pub prefill_rejected: bool,
+    /// The attempt asked for structured output with the API's own field.
+    pub native_format: bool,
     /// The provider's server answered at all (a failed connect is not a blip worth a retry
     /// while another provider is free).
     pub connected: bool,
@@ -127,6 +132,11 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
             effect.no_prefill = f.prefill_rejected;
             Next::Restart
         }
+        // Structured output is where providers differ most (schema keywords, JSON mode beside
+        // tools, models without it): a `400` to a request that asked for it natively is
+        // retried once with the schema in words rather than handed to the client. A `400`
+        // for another reason comes back the same and goes to the client then.
+        ErrorKind::BadRequest if f.native_format && !f.progressed => Next::InWords,
         ErrorKind::BadRequest if f.status == Some(422) => away,
         ErrorKind::BadRequest | ErrorKind::Protocol => Next::Surface,
         ErrorKind::ContextLength => away,
@@ -219,6 +229,7 @@ mod tests {
             status: None,
             retry_after: None,
             prefill_rejected: false,
+            native_format: false,
             connected: true,
             progressed: false,
             continuation: false,
@@ -604,6 +615,21 @@ mod tests {
             ..facts(ErrorKind::BadRequest)
         };
         assert_eq!(decide(&cont), (Next::Restart, Effect::default()));
+        let format = Facts {
+            native_format: true,
+            status: Some(400),
+            ..facts(ErrorKind::BadRequest)
+        };
+        assert_eq!(decide(&format), (Next::InWords, Effect::default()));
+        let pinned = Facts {
+            pinned: true,
+            ..format.clone()
+        };
+        assert_eq!(
+            decide(&pinned).0,
+            Next::InWords,
+            "the same provider: pins too"
+        );
         let rejected = Facts {
             prefill_rejected: true,
             ..cont.clone()

@@ -37,6 +37,7 @@ struct Script {
     calls: AtomicUsize,
     prefills: Mutex<Vec<Option<String>>>,
     max_tokens: Mutex<Vec<u32>>,
+    in_words: Mutex<Vec<bool>>,
     dropped: Arc<AtomicUsize>,
 }
 
@@ -127,6 +128,7 @@ impl Transport for Script {
         if req.prefill.is_some() {
             self.max_tokens.lock().unwrap().push(req.max_tokens);
         }
+        self.in_words.lock().unwrap().push(req.format_in_words);
         let step = self
             .steps
             .lock()
@@ -696,6 +698,34 @@ async fn a_continuation_that_repeats_the_tail_is_shown_once() {
             "{case}"
         );
     }
+}
+
+/// A provider that refuses the structured output asked with its API's field (a schema keyword
+/// it lacks) is asked again at once with the schema in words, not failed: the client gets its
+/// answer from the provider it would have had. A 400 for anything else still goes back.
+#[tokio::test(start_paused = true)]
+async fn a_refused_response_format_is_asked_again_in_words() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([
+        Step::Fail(err(ErrorKind::BadRequest, None)),
+        answer(&["{}"]),
+    ]);
+    let mut r = req("json");
+    r.options.response_format = Some(mythos_protocol::ResponseFormat::JsonObject);
+    let ev = ask(&h.router, r.clone()).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(*h.scripts[0].in_words.lock().unwrap(), [false, true]);
+    assert_eq!(h.scripts[1].calls(), 0);
+    // The same 400 in words: the client's error, once.
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::BadRequest, None)); 2]);
+    let ev = ask(&h.router, r).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
+    assert_eq!(h.scripts[0].calls(), 4);
+    // Without a format, a 400 is not retried.
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, req("plain")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest));
+    assert_eq!(h.scripts[0].calls(), 5);
 }
 
 #[tokio::test(start_paused = true)]

@@ -94,6 +94,7 @@ fn anthropic(req: &Value) -> Result<Features, String> {
         if format["type"] != "json_schema" || !format["schema"].is_object() {
             return Err("output_config.format: expected a json_schema format with a schema".into());
         }
+        anthropic_schema(&format["schema"], "output_config.format.schema")?;
     }
     if req.get("output_format").is_some() {
         // The beta field, without the beta header the daemon never sends.
@@ -264,7 +265,15 @@ fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
 /// mode as [`gemini_as_chat`] carries it) or in the words of the daemon's instruction in the
 /// system prompt, which a model would follow as well.
 pub fn wanted_json(req: &Value) -> Option<Value> {
+    use crate::provider::{FORMAT_OBJECT, FORMAT_SCHEMA};
     let any = || json!({"type": "object"});
+    // A schema in words is the most specific: DeepSeek's JSON mode comes with one.
+    let system = system_text(req);
+    if let Some(at) = system.find(FORMAT_SCHEMA) {
+        let rest = system[at + FORMAT_SCHEMA.len()..].trim_start();
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        return Some(values.next().and_then(Result::ok).unwrap_or_else(any));
+    }
     match req["response_format"]["type"].as_str() {
         Some("json_schema") => {
             return Some(req["response_format"]["json_schema"]["schema"].clone())
@@ -274,13 +283,6 @@ pub fn wanted_json(req: &Value) -> Option<Value> {
     }
     if req["output_config"]["format"]["type"] == "json_schema" {
         return Some(req["output_config"]["format"]["schema"].clone());
-    }
-    let system = system_text(req);
-    use crate::provider::{FORMAT_OBJECT, FORMAT_SCHEMA};
-    if let Some(at) = system.find(FORMAT_SCHEMA) {
-        let rest = system[at + FORMAT_SCHEMA.len()..].trim_start();
-        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        return Some(values.next().and_then(Result::ok).unwrap_or_else(any));
     }
     system.contains(FORMAT_OBJECT).then(any)
 }
@@ -308,6 +310,41 @@ fn system_text(req: &Value) -> String {
         }
     }
     out
+}
+
+/// JSON-Schema keywords Anthropic's structured outputs refuse (its SDKs move them into the
+/// description before sending).
+const ANTHROPIC_REFUSED: [&str; 7] = [
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+];
+
+/// Anthropic's 400 for a structured-output schema it cannot compile.
+fn anthropic_schema(schema: &Value, at: &str) -> Result<(), String> {
+    match schema {
+        Value::Object(obj) => {
+            for (k, v) in obj {
+                if ANTHROPIC_REFUSED.contains(&k.as_str()) {
+                    return Err(format!("{at}: the '{k}' keyword is not supported"));
+                }
+                if k == "additionalProperties" && v != &Value::Bool(false) {
+                    return Err(format!("{at}: additionalProperties must be false"));
+                }
+                anthropic_schema(v, &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| anthropic_schema(v, &format!("{at}[{i}]"))),
+        _ => Ok(()),
+    }
 }
 
 /// JSON-Schema keywords outside Gemini's OpenAPI subset, which it refuses as unknown fields.
@@ -525,5 +562,9 @@ mod tests {
             "content": crate::provider::FORMAT_OBJECT}]});
         assert_eq!(wanted_json(&told), Some(json!({"type": "object"})));
         assert_eq!(wanted_json(&json!({"messages": []})), None);
+        // DeepSeek's way: JSON mode, and the schema in words.
+        let both = json!({"response_format": {"type": "json_object"},
+            "messages": [{"role": "system", "content": format!("{words}\n{schema}")}]});
+        assert_eq!(wanted_json(&both), Some(schema.clone()));
     }
 }

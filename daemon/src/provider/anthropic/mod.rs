@@ -232,7 +232,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 
     // Structured output: natively on the models that have it, else (and for a continuation,
     // whose rest of a JSON value is not a whole one) in words after the system prompt.
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty()) || req.format_in_words;
     let (output_config, instruction) = match &opts.response_format {
         None => (None, None),
         Some(ResponseFormat::JsonSchema { schema_json, .. })
@@ -630,10 +630,11 @@ pub fn supports_thinking(model: &str) -> bool {
         .any(|old| m.contains(old))
 }
 
-/// Whether `model` takes `output_config.format` (structured outputs): Claude Opus 4.1, and
-/// Claude 4.5 and everything after it. An older Claude refuses the field with a 400, so its
-/// schema goes in words instead; so does a model of another family behind an Anthropic-style
-/// API. A Claude name without a version (an alias) is taken as new.
+/// Whether `model` takes `output_config.format` (structured outputs): Claude 4.5 and
+/// everything after it (Opus 4.1 had only the beta field). An older Claude refuses the field
+/// with a 400, so its schema goes in words instead; so does a model of another family behind
+/// an Anthropic-style API. A Claude name without a version (an alias) is taken as new; if it
+/// refuses, the router asks again in words.
 pub fn takes_output_format(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
     if !m.contains("claude") {
@@ -652,7 +653,7 @@ pub fn takes_output_format(model: &str) -> bool {
         .filter(|t| (1..=2).contains(&t.len()))
         .and_then(|t| t.parse::<u32>().ok())
         .unwrap_or(0);
-    (major, minor) >= (4, 5) || (m.contains("opus") && (major, minor) == (4, 1))
+    (major, minor) >= (4, 5)
 }
 
 /// `(budget_tokens, max_tokens)` for a thinking request, or `None` when `max_tokens` leaves no
@@ -785,6 +786,7 @@ mod tests {
             model: "claude-x",
             max_tokens: 100,
             prefill: Some("Hello wor  "),
+            format_in_words: false,
         };
         let Built { body, .. } = build(&cfg(), &req).unwrap();
         assert_eq!(endpoint(&cfg()), "http://127.0.0.1:1/v1/messages");
@@ -813,6 +815,7 @@ mod tests {
             model: "m",
             max_tokens: 1,
             prefill: None,
+            format_in_words: false,
         };
         assert_eq!(build(&cfg(), &req).unwrap_err().kind, ErrorKind::BadRequest);
     }
@@ -823,7 +826,6 @@ mod tests {
             "claude-sonnet-4-5-20250929",
             "claude-sonnet-4-5",
             "claude-haiku-4-5",
-            "claude-opus-4-1-20250805",
             "claude-opus-4-5",
             "claude-opus-4-6",
             "claude-sonnet-5",
@@ -840,6 +842,7 @@ mod tests {
             "claude-3-7-sonnet-latest",
             "claude-3-5-haiku-20241022",
             "claude-sonnet-4-1",
+            "claude-opus-4-1-20250805",
             "deepseek-chat",
             "kimi-k2",
         ] {
@@ -857,6 +860,7 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"day": {"type": "string"}}});
         chat.options.response_format = Some(ResponseFormat::JsonSchema {
             name: "event".into(),
+            description: None,
             schema_json: schema.to_string(),
             strict: None,
         });
@@ -905,6 +909,7 @@ mod tests {
             model,
             max_tokens,
             prefill,
+            format_in_words: false,
         };
         serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
     }
@@ -1205,6 +1210,7 @@ mod tests {
             model: "claude-sonnet-4-5",
             max_tokens: 100,
             prefill: None,
+            format_in_words: false,
         };
         let b = build(&cfg(), &req).unwrap();
         let v: Value = serde_json::from_slice(&b.body).unwrap();

@@ -337,7 +337,11 @@ pub fn build_cached(
 
     // Structured output: JSON mode with the schema, except for a continuation, whose rest of a
     // JSON value is not a whole one (told in words instead).
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    // Before Gemini 3, JSON mode and function calling refuse each other ("Function calling
+    // with a response mime type: 'application/json' is unsupported"): with tools, in words.
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty())
+        || req.format_in_words
+        || (!chat.tools.is_empty() && !needs_thought_signatures(req.model));
     let instruction = opts
         .response_format
         .as_ref()

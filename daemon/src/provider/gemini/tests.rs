@@ -36,6 +36,7 @@ fn build_for(chat: &ChatRequest, prefill: Option<&str>) -> (Built, Value) {
         model: "gemini-2.5-flash",
         max_tokens: 100,
         prefill,
+        format_in_words: false,
     };
     let b = build(&cfg(), &req).unwrap();
     let v = serde_json::from_slice(&b.body).unwrap();
@@ -273,6 +274,7 @@ fn gemini_3_gets_a_thought_signature_on_past_calls() {
             model,
             max_tokens: 100,
             prefill: None,
+            format_in_words: false,
         };
         let v: Value = serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap();
         let part = &v["contents"][1]["parts"][0];
@@ -424,6 +426,7 @@ fn cached_schemas_give_the_same_body() {
             model: "gemini-2.5-flash",
             max_tokens: 100,
             prefill: None,
+            format_in_words: false,
         }
     }
     let fresh = build(&cfg(), &req(&chat)).unwrap().body;
@@ -455,6 +458,7 @@ fn structured_output() {
     let mut chat = ChatRequest::user_text(1, "extract");
     chat.options.response_format = Some(ResponseFormat::JsonSchema {
         name: "event".into(),
+        description: None,
         schema_json: r#"{"type":"object","additionalProperties":false,
             "properties":{"day":{"type":"string","const":"Fri"}},"required":["day"]}"#
             .into(),
@@ -473,6 +477,23 @@ fn structured_output() {
     assert!(v["generationConfig"].get("responseSchema").is_none());
     let system = v["systemInstruction"]["parts"][0]["text"].as_str().unwrap();
     assert!(system.contains("JSON Schema"), "{system}");
+
+    // Gemini 2.x refuses JSON mode beside function calling: with tools, in words.
+    let mut tooled = chat.clone();
+    tooled.tools = vec![ToolSpec {
+        name: "read".into(),
+        description: String::new(),
+        input_schema_json: r#"{"type":"object","properties":{"p":{"type":"string"}}}"#.into(),
+    }];
+    let (_, v) = build_for(&tooled, None);
+    assert!(
+        v["generationConfig"].get("responseMimeType").is_none(),
+        "{v}"
+    );
+    assert!(v["systemInstruction"]["parts"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("not a tool call"));
 
     chat.options.response_format = Some(ResponseFormat::JsonObject);
     let (_, v) = build_for(&chat, None);

@@ -104,6 +104,8 @@ enum Format<'a> {
 #[derive(Serialize)]
 struct SchemaFormat<'a> {
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
     schema: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     strict: Option<bool>,
@@ -229,10 +231,12 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let deepseek = is_deepseek(cfg, req.model);
     let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty());
+    let continuing = req.prefill.is_some_and(|p| !p.is_empty()) || req.format_in_words;
     let (format, instruction) = match &opts.response_format {
         None => (None, None),
         Some(f) if continuing => (None, Some(format_instruction(f))),
+        // JSON mode forces every turn to be JSON, a tool call's turn too: with tools, in words.
+        Some(f) if deepseek && !chat.tools.is_empty() => (None, Some(format_instruction(f))),
         // DeepSeek has JSON mode but refuses schemas: JSON mode, and the schema in words.
         Some(f @ ResponseFormat::JsonSchema { .. }) if deepseek => {
             (Some(Format::JsonObject), Some(format_instruction(f)))
@@ -240,12 +244,14 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         Some(ResponseFormat::JsonObject) => (Some(Format::JsonObject), None),
         Some(ResponseFormat::JsonSchema {
             name,
+            description,
             schema_json,
             strict,
         }) => (
             Some(Format::JsonSchema {
                 json_schema: SchemaFormat {
                     name,
+                    description: description.as_deref(),
                     schema: raw_json(schema_json, "response schema")?,
                     strict: *strict,
                 },
@@ -529,6 +535,7 @@ mod tests {
             model: "deepseek-chat",
             max_tokens: 50,
             prefill: Some("Hello "),
+            format_in_words: false,
         };
         let Built { body, .. } = build(&cfg, &req).unwrap();
         assert_eq!(endpoint(&cfg), "http://127.0.0.1:1/v1/chat/completions");
@@ -551,6 +558,7 @@ mod tests {
         chat.system = Some("be exact".into());
         chat.options.response_format = Some(ResponseFormat::JsonSchema {
             name: "event".into(),
+            description: Some("an event".into()),
             schema_json: r#"{"type":"object","properties":{"day":{"type":"string"}}}"#.into(),
             strict: Some(true),
         });
@@ -569,7 +577,8 @@ mod tests {
         assert_eq!(
             v["response_format"],
             json!({"type": "json_schema",
-                   "json_schema": {"name": "event", "schema": schema, "strict": true}})
+                   "json_schema": {"name": "event", "description": "an event",
+                                   "schema": schema, "strict": true}})
         );
         assert_eq!(
             v["messages"][0],
@@ -591,12 +600,40 @@ mod tests {
             system.contains("JSON"),
             "DeepSeek's JSON mode wants the word: {system}"
         );
+        // Beside tools, JSON mode would force the tool-calling turns into JSON too: words only.
+        let mut tooled = chat.clone();
+        tooled.tools = vec![ToolSpec {
+            name: "read".into(),
+            description: String::new(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+        }];
+        let v = body_for(&deepseek, &tooled);
+        assert!(v.get("response_format").is_none(), "{v}");
+        assert!(v["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("JSON Schema"));
+        // A provider that refused the native field gets words.
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "gpt-4o",
+            max_tokens: 100,
+            prefill: None,
+            format_in_words: true,
+        };
+        let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
+        assert!(v.get("response_format").is_none(), "{v}");
+        assert!(v["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("JSON Schema"));
 
         let req = UpstreamRequest {
             chat: &chat,
             model: "gpt-4o",
             max_tokens: 100,
             prefill: Some("{\"day\": \"Fri"),
+            format_in_words: false,
         };
         let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
         assert!(v.get("response_format").is_none(), "{v}");
@@ -620,6 +657,7 @@ mod tests {
             model: &cfg.model,
             max_tokens: 100,
             prefill: None,
+            format_in_words: false,
         };
         serde_json::from_slice(&build(cfg, &req).unwrap().body).unwrap()
     }
@@ -874,6 +912,7 @@ mod tests {
             model: "gpt-4o",
             max_tokens: 10,
             prefill: None,
+            format_in_words: false,
         };
         let b = build(&openai("gpt-4o"), &req).unwrap();
         let v: Value = serde_json::from_slice(&b.body).unwrap();
