@@ -88,16 +88,46 @@ pub struct Prepared {
     pub state_thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a starting daemon waits for another to let go of the state database: a daemon
+/// restarted while the old one still drains (on Windows its pipe is free by then) or writes
+/// its last records.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Open the state database, waiting up to [`STATE_LOCK_WAIT`] while another daemon holds it.
+async fn open_state(
+    path: &std::path::Path,
+) -> Result<
+    (
+        StateStore,
+        crate::state::Loaded,
+        std::thread::JoinHandle<()>,
+        Option<String>,
+    ),
+    crate::state::StateError,
+> {
+    let give_up = Instant::now() + STATE_LOCK_WAIT;
+    loop {
+        match StateStore::open_or_recover(path) {
+            Err(crate::state::StateError::InUse { .. }) if Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Load config, open state, start simulated providers if needed, build the router.
 pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
     let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
     let mut notes = Vec::new();
-    let (state, loaded, thread) = match std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))
-        .and_then(|_| {
-            StateStore::open_or_recover(&opts.state_dir.join("state.db")).map_err(|e| e.to_string())
-        }) {
+    let opened = match std::fs::create_dir_all(&opts.state_dir) {
+        Ok(()) => open_state(&opts.state_dir.join("state.db"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot create {}: {e}", opts.state_dir.display())),
+    };
+    let (state, loaded, thread) = match opened {
         Ok((s, l, t, note)) => {
             if let Some(note) = note {
                 tracing::warn!("{note}");

@@ -345,13 +345,18 @@ async fn run(
     // leaves the socket clients working: logged, never fatal.
     // An address left by an earlier run must not send agents to a port nobody serves.
     let address_file = opts.state_dir.join(mythosd::http::token::ADDRESS_FILE);
-    let _ = std::fs::remove_file(&address_file);
+    // A daemon without the state (another one holds it) leaves the other's address alone.
+    let owns_state = ctx.state.is_some();
+    if owns_state {
+        let _ = std::fs::remove_file(&address_file);
+    }
     if let Some(listener) = mythosd::http::bind(&prepared.config.http).await {
         if let Err(e) = mythosd::http::start(
             ctx.clone(),
             prepared.config.http.clone(),
             listener,
             &opts.state_dir,
+            owns_state,
         )
         .await
         {
@@ -385,10 +390,14 @@ async fn run(
     app::save_health(&ctx);
     if let Some(state) = &ctx.state {
         state.stop_waiting();
-        state.flush().await;
+        // Closed before the socket is let go: a daemon started the moment this one stops finds
+        // the database free, not held by a process on its way out.
+        state.close().await;
     }
     ctx.stop_sims();
-    let _ = std::fs::remove_file(&address_file);
+    if owns_state {
+        let _ = std::fs::remove_file(&address_file);
+    }
     socket::Bound::remove_socket(&socket_path);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS

@@ -123,6 +123,8 @@ enum Cmd {
     Flush(oneshot::Sender<()>),
     /// From now on, records are written as soon as they come (the daemon is stopping).
     NoWait,
+    /// Write what is queued, close the database and let go of its lock, then answer.
+    Close(oneshot::Sender<()>),
 }
 
 impl Cmd {
@@ -209,9 +211,12 @@ impl StateStore {
         let thread = std::thread::Builder::new()
             .name("mythosd-state".into())
             .spawn(move || {
-                run(conn, rx, window, parked);
-                // Held until the last write is on disk.
+                let closed = run(conn, rx, window, parked);
+                // Held until the last write is on disk and the database is closed.
                 drop(lock);
+                if let Some(ack) = closed {
+                    let _ = ack.send(());
+                }
             })
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok((
@@ -323,6 +328,15 @@ impl StateStore {
         let _ = self.ask(Cmd::NoWait);
     }
 
+    /// Write everything queued so far, close the database and release its lock, so that a
+    /// daemon starting right after this one finds it free. Writes after this are dropped.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.ask(Cmd::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Send a command that must not wait, and end the thread's wait for more writes.
     fn ask(&self, cmd: Cmd) -> Result<(), std_mpsc::SendError<Cmd>> {
         self.tx.send(cmd)?;
@@ -421,7 +435,8 @@ fn run(
     rx: std_mpsc::Receiver<Cmd>,
     mut window: Duration,
     parked: Option<std_mpsc::Sender<()>>,
-) {
+) -> Option<oneshot::Sender<()>> {
+    let mut closing = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         gather(&rx, &mut batch, window, parked.as_ref());
@@ -462,10 +477,15 @@ fn run(
                     let _ = reply.send(());
                 }
                 Cmd::NoWait => window = Duration::ZERO,
+                Cmd::Close(ack) => closing = Some(ack),
                 Cmd::Record(_) | Cmd::SaveHealth(_) => {}
             }
         }
+        if closing.is_some() {
+            break;
+        }
     }
+    closing
 }
 
 fn insert_record(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<()> {
@@ -616,7 +636,18 @@ mod tests {
         thread.join().unwrap();
         let (store, loaded, _t, _) = StateStore::open_or_recover(&path).unwrap();
         assert_eq!(loaded.next_record, 8);
-        drop(store);
+        // A stopping daemon closes the database while handles to it still live (its tasks
+        // wind down after): the next daemon opens it at once, with every write in it.
+        store.record(record_with_id(8));
+        store.close().await;
+        let (_s, loaded, _t, _) = StateStore::open_or_recover(&path).unwrap();
+        assert_eq!(loaded.next_record, 9);
+        store.record(record_with_id(20));
+        assert_eq!(
+            store.why(None).await,
+            None,
+            "closed: nothing more is read or written"
+        );
     }
 
     #[tokio::test]

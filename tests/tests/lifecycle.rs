@@ -67,6 +67,7 @@ fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
 async fn a_second_daemon_on_the_same_state_leaves_it_to_the_first() {
     let env = TestEnv::new();
     let first = env.start_daemon(&["--simulate"]);
+    let address = env.http();
     let other = env.socket.with_file_name("second.sock");
     let second = env.start_daemon(&["--simulate", "--socket", other.to_str().unwrap()]);
     let notes = RawClient::connect(&other).await.status().await.notes;
@@ -77,14 +78,25 @@ async fn a_second_daemon_on_the_same_state_leaves_it_to_the_first() {
                 && n.contains("in use by another mythosd (pid")),
         "{notes:?}"
     );
-    // The first one still has it.
+    // The first one still has it, and agents are still sent to its front end.
     let notes = env.connect().await.status().await.notes;
     assert!(
         !notes.iter().any(|n| n.contains("saved state")),
         "{notes:?}"
     );
+    assert_eq!(env.http(), address);
     drop(second);
-    drop(first);
+    assert_eq!(env.http(), address, "the second one's exit left it alone");
+    // A daemon started the moment the first stops gets the state (it is let go before the
+    // socket), and says nothing about running without it.
+    assert!(first.stop().success());
+    let third = env.start_daemon(&["--simulate"]);
+    let notes = env.connect().await.status().await.notes;
+    assert!(
+        !notes.iter().any(|n| n.contains("saved state")),
+        "{notes:?}"
+    );
+    drop(third);
 }
 
 #[test]

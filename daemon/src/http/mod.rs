@@ -108,20 +108,24 @@ pub async fn bind(cfg: &HttpConfig) -> Option<tokio::net::TcpListener> {
     }
 }
 
-/// Serve on `listener` until the daemon drains. Writes the token (made on first start) and the
-/// bound address into `state_dir` for `mythos token` / `mythos env`.
+/// Serve on `listener` until the daemon drains. Writes the token (made on first start) and,
+/// if `publish`, the bound address into `state_dir` for `mythos token` / `mythos env` (a
+/// daemon sharing another's state directory does not take over its address).
 pub async fn start(
     ctx: Arc<Context>,
     cfg: HttpConfig,
     listener: tokio::net::TcpListener,
     state_dir: &Path,
+    publish: bool,
 ) -> std::io::Result<SocketAddr> {
     let token = token::load_or_create(state_dir)?;
     let addr = listener.local_addr()?;
-    token::write_private(
-        &state_dir.join(token::ADDRESS_FILE),
-        format!("{addr}\n").as_bytes(),
-    )?;
+    if publish {
+        token::write_private(
+            &state_dir.join(token::ADDRESS_FILE),
+            format!("{addr}\n").as_bytes(),
+        )?;
+    }
     let _ = ctx.front_end.set((format!("http://{addr}"), token.clone()));
     let front = Arc::new(Front::new(ctx.clone(), cfg, token));
     let app = routes(front);
