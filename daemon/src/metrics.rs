@@ -132,15 +132,17 @@ fn state_name(s: BreakerState) -> &'static str {
         BreakerState::Open => "open",
         BreakerState::HalfOpen => "half_open",
         BreakerState::RateLimited => "rate_limited",
+        BreakerState::Overloaded => "overloaded",
         BreakerState::Unusable => "unusable",
     }
 }
 
-const STATES: [BreakerState; 5] = [
+const STATES: [BreakerState; 6] = [
     BreakerState::Closed,
     BreakerState::Open,
     BreakerState::HalfOpen,
     BreakerState::RateLimited,
+    BreakerState::Overloaded,
     BreakerState::Unusable,
 ];
 

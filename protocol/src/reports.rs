@@ -130,6 +130,9 @@ pub enum BreakerState {
     Unusable,
     /// Healthy, but it asked for a pause (`429` with `Retry-After`): skipped until then.
     RateLimited,
+    /// Healthy, but overloaded: it asked for a pause (`529`/`503` with `Retry-After`), skipped
+    /// until then.
+    Overloaded,
 }
 
 impl BreakerState {
@@ -141,6 +144,7 @@ impl BreakerState {
             BreakerState::HalfOpen => "probing",
             BreakerState::Unusable => "unusable",
             BreakerState::RateLimited => "rate limited",
+            BreakerState::Overloaded => "overloaded",
         }
     }
 }

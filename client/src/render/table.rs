@@ -159,7 +159,7 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
             BreakerState::Open => Tint::Yellow,
             BreakerState::HalfOpen => Tint::Cyan,
             BreakerState::Unusable => Tint::Red,
-            BreakerState::RateLimited => Tint::Yellow,
+            BreakerState::RateLimited | BreakerState::Overloaded => Tint::Yellow,
         };
         table.row(vec![
             plain(&p.name),

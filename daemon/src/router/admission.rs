@@ -228,7 +228,13 @@ impl HealthBook {
             Room::At(t) => {
                 at = Some(at.map_or(t, |a| a.max(t)));
                 let paused = p.quota.blocked_until(now).is_some();
-                why.push(if paused {
+                let limited = p.quota.limited_until(now).is_some();
+                why.push(if paused && !limited {
+                    format!(
+                        "overloaded, back in {}",
+                        human_ms(t.saturating_duration_since(now))
+                    )
+                } else if paused {
                     format!(
                         "rate limited, {} left",
                         human_ms(t.saturating_duration_since(now))

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::admission::WaitQueue;
 use super::budget::RetryBudget;
 use super::policy::Disable;
-use super::quota::{Cost, Quota, Room, SavedQuota};
+use super::quota::{Cost, Quota, SavedQuota};
 use super::score::{score, ScoreInputs};
 use super::wallclock::{earlier, from_unix_ms, to_unix_ms};
 use crate::config::{ProviderConfig, RoutingConfig};
@@ -601,7 +601,10 @@ impl HealthBook {
         let paused = p.quota.blocked_until(now).map(|t| t - now);
         match p.breaker {
             Breaker::Closed => match paused {
-                Some(d) => (BreakerState::RateLimited, Some(d)),
+                Some(d) if p.quota.limited_until(now).is_some() => {
+                    (BreakerState::RateLimited, Some(d))
+                }
+                Some(d) => (BreakerState::Overloaded, Some(d)),
                 None => (BreakerState::Closed, None),
             },
             Breaker::Open { until, .. } if until > now => (BreakerState::Open, Some(until - now)),
@@ -650,7 +653,7 @@ impl HealthBook {
             Breaker::Open { until, .. } => until <= now,
             Breaker::Disabled { .. } => false,
         };
-        breaker_ok && !matches!(p.quota.room(cost, now), Room::Now)
+        breaker_ok && p.quota.out_of_quota(cost, now)
     }
 
     /// Snapshot for persistence, with deadlines as Unix milliseconds.
@@ -905,6 +908,7 @@ pub fn secs_left(t: Instant, now: Instant) -> u64 {
 mod tests {
     use super::*;
     use crate::config::Api;
+    use crate::router::quota::Room;
 
     fn book(n: usize) -> HealthBook {
         let cfgs: Vec<ProviderConfig> = (0..n)
@@ -961,7 +965,7 @@ mod tests {
         }
         assert_eq!(book.providers[2].quota.room(cost, later), Room::Now);
         let (state, left) = book.state_of(3, later);
-        assert_eq!(state, BreakerState::RateLimited);
+        assert_eq!(state, BreakerState::Overloaded);
         let left = left.unwrap();
         assert!(left <= 16 * hour && left > 15 * hour, "{left:?}");
     }

@@ -164,7 +164,10 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
             // it is paused for that long and ranks lower, like a quota running out. Its breaker
             // is for servers that fail without warning: counted as faults, five `529`s with
             // `Retry-After: 2` opened it for the whole cooldown (30 s and up) instead of 2 s.
-            effect.fault = f.retry_after.is_none();
+            // A `Retry-After` under a second (`0`, some proxies' default) says nothing, and a
+            // probe's answer is the verdict its breaker waits for: both are faults.
+            let told = f.retry_after.is_some_and(|d| d >= MIN_TOLD_PAUSE);
+            effect.fault = !told || f.probe;
             effect.miss = !effect.fault;
             effect.pause = f.retry_after;
             if f.pinned || !f.alternative {
@@ -215,6 +218,9 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
     };
     (next, effect)
 }
+
+/// The shortest `Retry-After` that makes an overload a pause rather than a fault.
+pub const MIN_TOLD_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long a `429` without `Retry-After` pauses a provider.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(2);
@@ -350,6 +356,27 @@ mod tests {
                 Next::FailOver,
                 false,
                 secs(5),
+            ),
+            (
+                "503 with Retry-After: 0 says nothing: a fault",
+                Facts {
+                    retry_after: Some(Duration::ZERO),
+                    ..f(Overloaded)
+                },
+                Next::FailOver,
+                true,
+                Some(Duration::ZERO),
+            ),
+            (
+                "529 with Retry-After to the probe: a failed probe",
+                Facts {
+                    retry_after: secs(2),
+                    probe: true,
+                    ..f(Overloaded)
+                },
+                Next::FailOver,
+                true,
+                secs(2),
             ),
             (
                 "529 with Retry-After, alone: retried after the pause",
@@ -588,7 +615,9 @@ mod tests {
             assert_eq!(e.fault, fault, "{case}: fault");
             assert_eq!(e.pause, pause, "{case}: pause");
             // Overload that says when to come back still ranks the provider lower.
-            let told = facts.kind == Overloaded && facts.retry_after.is_some();
+            let told = facts.kind == Overloaded
+                && facts.retry_after.is_some_and(|d| d >= MIN_TOLD_PAUSE)
+                && !facts.probe;
             assert_eq!(e.miss, told, "{case}: miss");
         }
     }

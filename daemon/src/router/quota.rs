@@ -83,6 +83,9 @@ pub struct Quota {
     next_seq: u64,
     /// The provider asked for a pause (a `429`, or a `503` with `Retry-After`) until then.
     blocked_until: Option<Instant>,
+    /// The part of that pause a `429` asked for: its quota is spent (as opposed to a server
+    /// that was overloaded), which is what the client is told.
+    limited_until: Option<Instant>,
     /// `None` until a successful response shows whether the provider announces quotas.
     announces: Option<bool>,
     /// A 429 showed that capacity comes back at the reset, not steadily before it; believed
@@ -105,6 +108,7 @@ impl Quota {
             b.reset_at = b.reset_at.map(back);
         }
         self.blocked_until = self.blocked_until.map(back);
+        self.limited_until = self.limited_until.map(back);
         self.fixed_until = self.fixed_until.map(back);
     }
 
@@ -161,6 +165,7 @@ impl Quota {
             self.fixed_until = Some(now + FIXED_WINDOW_MEMORY);
         }
         self.block(until);
+        self.limited_until = Some(self.limited_until.map_or(until, |t| t.max(until)));
     }
 
     /// No request before `until` (a `Retry-After`).
@@ -178,9 +183,21 @@ impl Quota {
         self.blocked_until.filter(|&t| t > now)
     }
 
+    /// Until when a `429` paused it (within [`Quota::blocked_until`]).
+    pub fn limited_until(&self, now: Instant) -> Option<Instant> {
+        self.limited_until.filter(|&t| t > now)
+    }
+
+    /// Whether its quota keeps a request of `cost` out now: a `429`'s pause, or a window that
+    /// its headers say has no room (an overloaded server's pause is not a quota).
+    pub fn out_of_quota(&self, cost: Cost, now: Instant) -> bool {
+        self.limited_until(now).is_some() || self.room_ignoring_block(cost, now) != Room::Now
+    }
+
     /// Forget a pause and what was learnt about the windows (`mythos reset`).
     pub fn clear_block(&mut self) {
         self.blocked_until = None;
+        self.limited_until = None;
         self.fixed_until = None;
     }
 
@@ -311,6 +328,7 @@ impl Quota {
                 })
                 .collect(),
             blocked_until_unix_ms: self.blocked_until(now).map(to_unix),
+            limited_until_unix_ms: self.limited_until(now).map(to_unix),
             announces: self.announces,
             fixed_window: self.fixed(now),
             fixed_window_until_unix_ms: self.fixed_until.filter(|&t| t > now).map(to_unix),
@@ -342,6 +360,10 @@ impl Quota {
                 .blocked_until_unix_ms
                 .filter(|&ms| ms > now_unix_ms)
                 .map(|ms| from_unix(ms).min(now + max_pause)),
+            limited_until: saved
+                .limited_until_unix_ms
+                .filter(|&ms| ms > now_unix_ms)
+                .map(|ms| from_unix(ms).min(now + max_pause)),
             ..Quota::default()
         };
         for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
@@ -365,6 +387,9 @@ pub struct SavedQuota {
     pub buckets: Vec<Option<SavedBucket>>,
     /// The provider asked for a pause until then.
     pub blocked_until_unix_ms: Option<u64>,
+    /// The part of it a `429` asked for.
+    #[serde(default)]
+    pub limited_until_unix_ms: Option<u64>,
     /// Whether its answers carry quota headers, once known.
     pub announces: Option<bool>,
     /// Capacity comes back at the reset only.

@@ -1898,6 +1898,34 @@ async fn quotas_spent_by_their_headers_are_a_rate_limit() {
     assert_eq!(calls(&h), [1, 1]);
 }
 
+/// Every provider paused after an overload (`529` with `Retry-After: 60`): the client is told
+/// the providers are overloaded (an HTTP 529), not that it hit a rate limit, and `status` says
+/// so too.
+#[tokio::test(start_paused = true)]
+async fn overload_pauses_are_not_rate_limits() {
+    let h = harness(2, no_jitter());
+    for s in &h.scripts {
+        s.push(vec![Step::Fail(err(ErrorKind::Overloaded, Some(60))); 4]);
+    }
+    ask(&h.router, req("first")).await;
+    let now = Instant::now();
+    for i in 0..2 {
+        assert_eq!(
+            h.router.health().state_of(i, now).0,
+            BreakerState::Overloaded
+        );
+    }
+    let ev = ask(&h.router, req("again")).await;
+    match ev.last() {
+        Some(StreamEvent::Error {
+            kind: ErrorKind::AllCoolingDown,
+            message,
+            retry_at_unix_ms: Some(_),
+        }) => assert!(message.contains("overloaded, back in"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_queue_is_first_come_first_served() {
     let h = harness(1, no_jitter());
