@@ -6,7 +6,8 @@
 //! morning, and a breaker's cooldown or a quota's refill likewise lost the night. The daemon
 //! reads how long the machine slept, from a clock that counts it beside one that does not, and
 //! moves the health book's instants back by as much
-//! ([`HealthBook::slept`](crate::router::health::HealthBook::slept)).
+//! ([`HealthBook::slept`](crate::router::health::HealthBook::slept)); an attempt that was
+//! streaming across the sleep and fails after it is nobody's fault.
 
 use std::time::Duration;
 
@@ -21,8 +22,13 @@ pub fn suspended_total() -> Option<Duration> {
     }
     #[cfg(target_os = "macos")]
     {
-        // On macOS CLOCK_MONOTONIC counts sleep; CLOCK_UPTIME_RAW (behind `Instant`) does not.
-        let (with, without) = (read(libc::CLOCK_MONOTONIC)?, read(libc::CLOCK_UPTIME_RAW)?);
+        // On macOS CLOCK_MONOTONIC_RAW counts sleep; CLOCK_UPTIME_RAW (behind `Instant`) does
+        // not. Both raw: CLOCK_MONOTONIC is slewed by the time service, and its difference
+        // from a raw clock drifts into sleeps that never happened.
+        let (with, without) = (
+            read(libc::CLOCK_MONOTONIC_RAW)?,
+            read(libc::CLOCK_UPTIME_RAW)?,
+        );
         Some(with.saturating_sub(without))
     }
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]

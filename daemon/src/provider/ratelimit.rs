@@ -150,6 +150,10 @@ const SKEW_TOLERANCE_MS: u64 = 2_000;
 /// clock. A laptop clock two minutes slow made every Anthropic reset two minutes too long, a
 /// fast one made the router retry into a quota still spent.
 fn server_now(headers: &HeaderMap, local_unix_ms: u64) -> u64 {
+    // A cache's answer (it says `Age`) carries the `Date` of when it was first made.
+    if headers.contains_key(reqwest::header::AGE) {
+        return local_unix_ms;
+    }
     let Some(date) = headers
         .get(reqwest::header::DATE)
         .and_then(|v| v.to_str().ok())
@@ -572,6 +576,14 @@ mod tests {
             );
         }
         assert_eq!(reset(date + 1_200), (Some(ms(28_800)), Some(ms(18_800))));
+        // A cached answer's `Date` is as old as the cache entry: not the server's clock now.
+        let mut cached = h.clone();
+        cached.insert("age", HeaderValue::from_static("600"));
+        let r = from_headers(&cached, date + 600_000);
+        assert_eq!(
+            r.get(QuotaKind::Requests).unwrap().reset_in,
+            Some(Duration::ZERO)
+        );
         // Without a `Date`, or with a garbled one, the local clock is all there is.
         let mut h = h.clone();
         h.insert("date", HeaderValue::from_static("yesterday"));

@@ -37,6 +37,13 @@ impl RetryBudget {
         }
     }
 
+    /// The machine slept for `gap`: the window moved on by as much.
+    pub fn slept(&mut self, gap: Duration, now: Instant) {
+        self.head_start = self
+            .head_start
+            .map(|t| super::wallclock::earlier(t, gap, now));
+    }
+
     fn advance(&mut self, now: Instant) {
         let start = *self.head_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);

@@ -243,6 +243,8 @@ pub struct HealthBook {
     pub(super) cfg: RoutingConfig,
     /// Requests waiting for capacity.
     pub(super) queue: WaitQueue,
+    /// When the daemon last noticed that the machine had slept ([`HealthBook::slept`]).
+    pub last_wake: Option<Instant>,
 }
 
 impl HealthBook {
@@ -280,6 +282,7 @@ impl HealthBook {
                 .collect(),
             cfg,
             queue: WaitQueue::default(),
+            last_wake: None,
         }
     }
 
@@ -637,10 +640,18 @@ impl HealthBook {
                 *t = back(*t);
             }
             p.quota.slept(gap, now);
+            p.budget.slept(gap, now);
             p.last_selected = p.last_selected.map(back);
             p.no_prefill_until = p.no_prefill_until.map(back);
         }
+        self.last_wake = Some(now);
         self.tick(now);
+    }
+
+    /// Whether the machine slept while an attempt begun at `start` was under way: its
+    /// connection likely died in the sleep, and its failure is nobody's fault.
+    pub fn slept_since(&self, start: Instant) -> bool {
+        self.last_wake.is_some_and(|w| w > start)
     }
 
     /// Whether provider `i` is out only because of its rate limits: its breaker lets it be

@@ -263,11 +263,13 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// A continuation is allowed at least this many output tokens, or an eighth of the limit if
-/// that is less: the tokens already shown are estimated from their bytes, and an estimate that
-/// ran high must not leave the continuation no room to finish a sentence. An eighth bounds
-/// what a low estimate can add past the client's limit; the whole limit as the floor let an
-/// answer capped at 100 tokens run to nearly 200.
+/// A continuation is allowed at least this many output tokens, or a quarter of the limit if
+/// that is less. The tokens already shown are estimated from their bytes, and indented code
+/// has more bytes per token than the estimate assumes: without a floor, an answer whose first
+/// part the estimate overcounts stops early at `length`. The floor is also what the whole
+/// answer may run past the client's limit when the first part really did use it up, so it is
+/// a quarter of a small limit rather than the whole of it (an answer capped at 100 tokens ran
+/// to nearly 200).
 const MIN_CONTINUATION_TOKENS: u32 = 256;
 
 /// What a request is, decided once before its first attempt.
@@ -862,7 +864,7 @@ impl Router {
             let max_tokens = match &prefill {
                 Some(text) => limit
                     .saturating_sub(estimate_tokens(text) as u32)
-                    .max((limit / 8).clamp(1, MIN_CONTINUATION_TOKENS)),
+                    .max((limit / 4).clamp(1, MIN_CONTINUATION_TOKENS)),
                 None => limit,
             };
             let upstream = UpstreamRequest {
@@ -1031,7 +1033,11 @@ impl Router {
                 break 'request Ok(());
             }
             let (next, effect) = policy::decide(&facts);
-            let fault = effect.fault && !defer;
+            // An attempt that was streaming when the laptop's lid closed died with the sleep:
+            // failing over is right, blaming the provider (a breaker's fault, a failed probe)
+            // is not.
+            let slept = self.health().slept_since(attempt_start);
+            let fault = effect.fault && !defer && !slept;
             if defer {
                 push_once(&mut j.unreachable, i);
             }

@@ -755,8 +755,8 @@ async fn a_continuation_of_a_short_answer_stays_near_its_limit() {
     let mut r = req("short");
     r.max_tokens = Some(100);
     ask(&h.router, r).await;
-    // 380 characters shown, about 95 tokens: 5 left, raised to an eighth of the limit.
-    assert_eq!(*h.scripts[1].max_tokens.lock().unwrap(), [12]);
+    // 380 characters shown, about 95 tokens: 5 left, raised to a quarter of the limit.
+    assert_eq!(*h.scripts[1].max_tokens.lock().unwrap(), [25]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1923,6 +1923,29 @@ async fn overload_pauses_are_not_rate_limits() {
             retry_at_unix_ms: Some(_),
         }) => assert!(message.contains("overloaded, back in"), "{message}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The lid closed while an answer streamed: the stream is dead when the machine wakes, the
+/// watchdog re-routes it, and the provider is not blamed for it (the same silence without a
+/// sleep is a fault).
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_slept_through_a_suspend_is_nobodys_fault() {
+    let h = harness(2, no_jitter());
+    for slept in [true, false] {
+        h.scripts[0].push([Step::Hang]);
+        let r = h.router.clone();
+        let t = tokio::spawn(async move { ask(&r, req("lid")).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slept {
+            h.router
+                .health()
+                .slept(Duration::from_secs(8 * 3600), Instant::now());
+        }
+        let ev = t.await.unwrap();
+        assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+        let failures = h.router.health().providers[0].failures;
+        assert_eq!(failures, u64::from(!slept), "slept: {slept}");
     }
 }
 
