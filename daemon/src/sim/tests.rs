@@ -768,3 +768,40 @@ async fn a_finished_answer_leaves_its_connection_for_the_next_request() {
         assert_eq!(s.stats().connections, 1, "{flavor:?}");
     }
 }
+
+/// Structured output through every adapter to every simulator, fresh and as a continuation:
+/// natively where the adapter asks natively (the simulators refuse what the real APIs refuse),
+/// in words elsewhere, and the answer is the schema's JSON each time.
+#[tokio::test]
+async fn structured_output_in_every_flavor() {
+    let schema = serde_json::json!({"type": "object", "additionalProperties": false,
+        "properties": {"title": {"type": "string"}, "n": {"type": "integer"},
+                       "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["title", "n", "tags"]});
+    let mut chat = ChatRequest::user_text(1, "shape it");
+    chat.options.response_format = Some(mythos_protocol::ResponseFormat::JsonSchema {
+        name: "shape".into(),
+        description: None,
+        schema_json: schema.to_string(),
+        strict: Some(true),
+    });
+    let want = json_answer_for("shape it", &schema);
+    for (f, model) in [
+        (Flavor::Anthropic, "claude-sonnet-4-5"),
+        (Flavor::Anthropic, "claude-3-7-sonnet-latest"),
+        (Flavor::OpenAi, "gpt-4o"),
+        (Flavor::DeepSeek, "deepseek-chat"),
+        (Flavor::Gemini, "gemini-2.5-flash"),
+    ] {
+        let (s, t) = sim(f).await;
+        let g = run_as(&t, &chat, None, model, 4096).await.unwrap();
+        assert!(g.error.is_none(), "{f:?} {model}: {:?}", g.error);
+        assert_eq!(g.text, want, "{f:?} {model}");
+        // A continuation of the first part, in words.
+        let half = &want[..want.len() / 2];
+        let g = run_as(&t, &chat, Some(half), model, 4096).await.unwrap();
+        assert!(g.error.is_none(), "{f:?} {model}: {:?}", g.error);
+        assert_eq!(format!("{half}{}", g.text), want, "{f:?} {model} continued");
+        assert_eq!(s.stats().completed, 2);
+    }
+}
