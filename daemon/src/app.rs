@@ -86,12 +86,15 @@ pub struct Prepared {
     pub config: Config,
     /// The state thread, joined at exit so the last writes land.
     pub state_thread: Option<std::thread::JoinHandle<()>>,
+    /// Another daemon holds the state directory: this one leaves its files (the HTTP address)
+    /// alone.
+    pub state_held_elsewhere: bool,
 }
 
 /// How long a starting daemon waits for another to let go of the state database: a daemon
-/// restarted while the old one still drains (on Windows its pipe is free by then) or writes
-/// its last records.
-const STATE_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// restarted while the old one writes its last records, or still drains (on Windows its pipe
+/// is free by then). Under the client's 10 s wait for a daemon it started to be ready.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(8);
 
 /// Open the state database, waiting up to [`STATE_LOCK_WAIT`] while another daemon holds it.
 async fn open_state(
@@ -121,10 +124,14 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
     let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
     let mut notes = Vec::new();
+    let mut held_elsewhere = false;
     let opened = match std::fs::create_dir_all(&opts.state_dir) {
         Ok(()) => open_state(&opts.state_dir.join("state.db"))
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| {
+                held_elsewhere = matches!(e, crate::state::StateError::InUse { .. });
+                e.to_string()
+            }),
         Err(e) => Err(format!("cannot create {}: {e}", opts.state_dir.display())),
     };
     let (state, loaded, thread) = match opened {
@@ -191,6 +198,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         ctx,
         config,
         state_thread: thread,
+        state_held_elsewhere: held_elsewhere,
     })
 }
 

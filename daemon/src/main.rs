@@ -345,8 +345,8 @@ async fn run(
     // leaves the socket clients working: logged, never fatal.
     // An address left by an earlier run must not send agents to a port nobody serves.
     let address_file = opts.state_dir.join(mythosd::http::token::ADDRESS_FILE);
-    // A daemon without the state (another one holds it) leaves the other's address alone.
-    let owns_state = ctx.state.is_some();
+    // A daemon whose state another one holds leaves the other's address alone.
+    let owns_state = !prepared.state_held_elsewhere;
     if owns_state {
         let _ = std::fs::remove_file(&address_file);
     }
@@ -388,6 +388,10 @@ async fn run(
 
     // In order: state, then the socket, then (on return) the logs.
     app::save_health(&ctx);
+    // The address goes first: once the state is let go, the next daemon may write its own.
+    if owns_state {
+        let _ = std::fs::remove_file(&address_file);
+    }
     if let Some(state) = &ctx.state {
         state.stop_waiting();
         // Closed before the socket is let go: a daemon started the moment this one stops finds
@@ -395,9 +399,6 @@ async fn run(
         state.close().await;
     }
     ctx.stop_sims();
-    if owns_state {
-        let _ = std::fs::remove_file(&address_file);
-    }
     socket::Bound::remove_socket(&socket_path);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS

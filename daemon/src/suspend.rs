@@ -49,6 +49,11 @@ fn read(clock: libc::clockid_t) -> Option<Duration> {
         .then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// Whether the machine slept (noticeably) between two readings of [`suspended_total`].
+pub fn slept_between(before: Option<Duration>, after: Option<Duration>) -> bool {
+    matches!((before, after), (Some(b), Some(a)) if a >= b + NOTICEABLE)
+}
+
 /// Sleeps shorter than this are not worth moving the book for; they add up until they are. The
 /// two clocks are read one after the other, so their difference wobbles by microseconds.
 const NOTICEABLE: Duration = Duration::from_secs(1);
@@ -119,6 +124,15 @@ mod tests {
         assert_eq!(w.check_with(Some(s(8 * 3600))), None);
         // A platform that cannot tell never reports.
         assert_eq!(w.check_with(None), None);
+    }
+
+    #[test]
+    fn a_sleep_between_two_readings() {
+        let s = |n| Some(Duration::from_secs(n));
+        assert!(slept_between(s(10), s(20)));
+        assert!(!slept_between(s(10), s(10)));
+        assert!(!slept_between(None, s(20)));
+        assert!(!slept_between(s(10), None));
     }
 
     #[cfg(any(target_os = "linux", target_os = "macos"))]

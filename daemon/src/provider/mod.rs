@@ -83,6 +83,12 @@ pub struct Built {
 pub trait Transport: Send + Sync {
     /// Start the request. The returned future owns everything it needs.
     fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture;
+
+    /// Whether `req`'s response format is asked with the API's own field (else in words), so
+    /// that a `400` may be the provider refusing it.
+    fn asks_format_natively(&self, req: &UpstreamRequest<'_>) -> bool {
+        req.chat.options.response_format.is_some() && req.prefill.is_none() && !req.format_in_words
+    }
 }
 
 /// The real transport: HTTPS to the provider's API.
@@ -238,6 +244,14 @@ mod request_tests {
 }
 
 impl Transport for HttpTransport {
+    fn asks_format_natively(&self, req: &UpstreamRequest<'_>) -> bool {
+        match self.cfg.api {
+            Api::Anthropic => anthropic::asks_format_natively(req),
+            Api::Openai => openai::asks_format_natively(&self.cfg, req),
+            Api::Gemini => gemini::asks_format_natively(req),
+        }
+    }
+
     fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
         let name = self.cfg.name.clone();
         let key = self.cfg.api_key.clone();

@@ -724,6 +724,8 @@ impl Router {
         let mut round = 0usize;
         let mut same: Option<usize> = None;
         let mut restart = false;
+        // The retry on `same` may wait for it in the queue (it is owed, not a gamble).
+        let mut same_may_wait = false;
         let mut pending_reroute: Option<(String, String)> = None;
         let max_attempts = (1 + self.cfg.retry_backoff.len()) * (plan.candidates.len() + 1);
         let steps = &self.cfg.retry_backoff;
@@ -772,7 +774,7 @@ impl Router {
                 cost: plan.cost,
                 pinned: plan.pinned,
             };
-            let allowed = if same.is_some() && !plan.pinned {
+            let allowed = if same.is_some() && !plan.pinned && !same_may_wait {
                 // A retry goes to the same provider only if it is free now; else elsewhere.
                 Duration::ZERO
             } else {
@@ -817,6 +819,7 @@ impl Router {
             let i = lease.index;
             let p = &self.providers[i];
             same = None;
+            same_may_wait = false;
             attempt_no += 1;
 
             // Decide whether the answer so far can be continued here.
@@ -875,10 +878,9 @@ impl Router {
                 format_in_words: j.format_in_words.contains(&i),
             };
             // Whether a `400` could be this provider refusing the format asked natively.
-            let native_format = req.options.response_format.is_some()
-                && prefill.is_none()
-                && !upstream.format_in_words;
+            let native_format = p.transport.asks_format_natively(&upstream);
             let attempt_start = Instant::now();
+            let asleep_before = crate::suspend::suspended_total();
             if attempt_no == 1 {
                 // Everything but the wait for capacity was the daemon's own time.
                 let own = (attempt_start - start).saturating_sub(j.queued);
@@ -1036,7 +1038,8 @@ impl Router {
             // An attempt that was streaming when the laptop's lid closed died with the sleep:
             // failing over is right, blaming the provider (a breaker's fault, a failed probe)
             // is not.
-            let slept = self.health().slept_since(attempt_start);
+            let slept = self.health().slept_since(attempt_start)
+                || crate::suspend::slept_between(asleep_before, crate::suspend::suspended_total());
             let fault = effect.fault && !defer && !slept;
             if defer {
                 push_once(&mut j.unreachable, i);
@@ -1118,7 +1121,12 @@ impl Router {
                     tracing::info!(provider = %p.cfg.name, error = %err,
                                    "the response format was refused; asking for it in words");
                     push_once(&mut j.format_in_words, i);
+                    // Asking again in other words is not a retry of a failure: no retry budget
+                    // (a client repeating a bad request would spend everyone's), and it waits
+                    // for its slot if another request took it meanwhile.
+                    j.attempted.retain(|&a| a != i);
                     same = Some(i);
+                    same_may_wait = true;
                 }
                 Next::Restart => {
                     same = Some(i);

@@ -728,6 +728,27 @@ async fn a_refused_response_format_is_asked_again_in_words() {
     assert_eq!(h.scripts[0].calls(), 5);
 }
 
+/// Asking again in words is not a retry: a client that sends the same bad structured request
+/// over and over gets its 400 every time, asked twice, and spends no retry budget (spent, it
+/// would deny everyone's retries after a blip).
+#[tokio::test(start_paused = true)]
+async fn asking_again_in_words_takes_no_retry_budget() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::BadRequest, None)); 40]);
+    let mut r = req("json");
+    r.options.response_format = Some(mythos_protocol::ResponseFormat::JsonObject);
+    for n in 0..20 {
+        let ev = ask(&h.router, r.clone()).await;
+        assert_eq!(
+            error_kind(&ev),
+            Some(ErrorKind::BadRequest),
+            "request {n}: {ev:?}"
+        );
+    }
+    assert_eq!(h.scripts[0].calls(), 40);
+    assert!(h.router.health().providers[0].budget.allows(Instant::now()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_continuation_asks_only_for_what_is_left_of_the_output_limit() {
     let h = harness(2, no_jitter());

@@ -335,7 +335,14 @@ fn anthropic_schema(schema: &Value, at: &str) -> Result<(), String> {
                 if k == "additionalProperties" && v != &Value::Bool(false) {
                     return Err(format!("{at}: additionalProperties must be false"));
                 }
-                anthropic_schema(v, &format!("{at}.{k}"))?;
+                if matches!(k.as_str(), "properties" | "$defs" | "definitions") {
+                    // Names, not keywords: a property may be called `minimum`.
+                    for (name, sub) in v.as_object().into_iter().flatten() {
+                        anthropic_schema(sub, &format!("{at}.{k}.{name}"))?;
+                    }
+                } else {
+                    anthropic_schema(v, &format!("{at}.{k}"))?;
+                }
             }
             Ok(())
         }

@@ -232,12 +232,9 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 
     // Structured output: natively on the models that have it, else (and for a continuation,
     // whose rest of a JSON value is not a whole one) in words after the system prompt.
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty()) || req.format_in_words;
     let (output_config, instruction) = match &opts.response_format {
         None => (None, None),
-        Some(ResponseFormat::JsonSchema { schema_json, .. })
-            if !continuing && takes_output_format(req.model) =>
-        {
+        Some(ResponseFormat::JsonSchema { schema_json, .. }) if asks_format_natively(req) => {
             let format = OutputFormat {
                 kind: "json_schema",
                 schema: raw_json(schema_json, "response schema")?,
@@ -628,6 +625,18 @@ pub fn supports_thinking(model: &str) -> bool {
         ]
         .iter()
         .any(|old| m.contains(old))
+}
+
+/// Whether a request's response format goes in `output_config.format` (else in words): a
+/// schema (there is no JSON mode without one), to a model that takes it, not for a
+/// continuation (the rest of a JSON value is not a whole one), not where it was refused.
+pub fn asks_format_natively(req: &UpstreamRequest<'_>) -> bool {
+    matches!(
+        req.chat.options.response_format,
+        Some(ResponseFormat::JsonSchema { .. })
+    ) && req.prefill.is_none_or(|p| p.is_empty())
+        && !req.format_in_words
+        && takes_output_format(req.model)
 }
 
 /// Whether `model` takes `output_config.format` (structured outputs): Claude 4.5 and

@@ -159,6 +159,17 @@ const THOUGHT_SIGNATURE_SENTINEL: &str = "skip_thought_signature_validator";
 
 /// Whether `model` may be Gemini 3 or later: a numbered version of 3 or more, or an alias
 /// without a number (`gemini-flash-latest`, `gemini-exp-1206`), which may serve one.
+/// Whether a request's response format goes in Gemini's JSON mode (else in words): not for a
+/// continuation (the rest of a JSON value is not a whole one), not where it was refused, and
+/// not beside tools before Gemini 3, where JSON mode and function calling refuse each other
+/// ("Function calling with a response mime type: 'application/json' is unsupported").
+pub fn asks_format_natively(req: &UpstreamRequest<'_>) -> bool {
+    req.chat.options.response_format.is_some()
+        && req.prefill.is_none_or(|p| p.is_empty())
+        && !req.format_in_words
+        && (req.chat.tools.is_empty() || needs_thought_signatures(req.model))
+}
+
 fn needs_thought_signatures(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
     let m = m.strip_prefix("models/").unwrap_or(&m);
@@ -337,11 +348,7 @@ pub fn build_cached(
 
     // Structured output: JSON mode with the schema, except for a continuation, whose rest of a
     // JSON value is not a whole one (told in words instead).
-    // Before Gemini 3, JSON mode and function calling refuse each other ("Function calling
-    // with a response mime type: 'application/json' is unsupported"): with tools, in words.
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty())
-        || req.format_in_words
-        || (!chat.tools.is_empty() && !needs_thought_signatures(req.model));
+    let continuing = !asks_format_natively(req);
     let instruction = opts
         .response_format
         .as_ref()

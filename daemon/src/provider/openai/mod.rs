@@ -44,6 +44,17 @@ pub fn reasoning_effort(budget: Option<u32>) -> &'static str {
     }
 }
 
+/// Whether a request's response format goes in `response_format` (else in words): not for a
+/// continuation (the rest of a JSON value is not a whole one), not where the provider refused
+/// it, and not to DeepSeek beside tools (its JSON mode would force the tool-calling turns into
+/// JSON too).
+pub fn asks_format_natively(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> bool {
+    req.chat.options.response_format.is_some()
+        && req.prefill.is_none_or(|p| p.is_empty())
+        && !req.format_in_words
+        && !(is_deepseek(cfg, req.model) && !req.chat.tools.is_empty())
+}
+
 /// The streamed chat completion endpoint.
 pub fn endpoint(cfg: &ProviderConfig) -> String {
     format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'))
@@ -231,12 +242,9 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     let deepseek = is_deepseek(cfg, req.model);
     let reasoning = cfg.reasoning || is_silent_reasoner(req.model);
 
-    let continuing = req.prefill.is_some_and(|p| !p.is_empty()) || req.format_in_words;
     let (format, instruction) = match &opts.response_format {
         None => (None, None),
-        Some(f) if continuing => (None, Some(format_instruction(f))),
-        // JSON mode forces every turn to be JSON, a tool call's turn too: with tools, in words.
-        Some(f) if deepseek && !chat.tools.is_empty() => (None, Some(format_instruction(f))),
+        Some(f) if !asks_format_natively(cfg, req) => (None, Some(format_instruction(f))),
         // DeepSeek has JSON mode but refuses schemas: JSON mode, and the schema in words.
         Some(f @ ResponseFormat::JsonSchema { .. }) if deepseek => {
             (Some(Format::JsonObject), Some(format_instruction(f)))
