@@ -52,7 +52,7 @@ pub fn asks_format_natively(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> 
     req.chat.options.response_format.is_some()
         && req.prefill.is_none_or(|p| p.is_empty())
         && !req.format_in_words
-        && !(is_deepseek(cfg, req.model) && !req.chat.tools.is_empty())
+        && (req.chat.tools.is_empty() || !is_deepseek(cfg, req.model))
 }
 
 /// The streamed chat completion endpoint.
