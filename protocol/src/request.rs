@@ -429,4 +429,10 @@ pub enum SimFault {
     /// before the stream's terminator (`[DONE]`, `message_stop`), as a proxy or a server that
     /// closes early does. The answer is whole: nothing should be asked again.
     CutBeforeTerminator,
+    /// Overloaded (`529` Anthropic, `503` otherwise) with a `Retry-After`, as a server that
+    /// knows when it will have room says.
+    OverloadedFor {
+        /// How long the provider asks callers to wait.
+        retry_after_ms: u64,
+    },
 }

@@ -986,6 +986,7 @@ async fn random_fault_mixes_through_the_front_end_at_concurrency_16() {
             stall: 0.02,
             bad_gateway: 0.03,
             cut_at_end: 0.03,
+            overloaded_for: 0.03,
             ..mythosd::sim::SimChaos::mix(0.3)
         }));
         s.reseed(31 + i as u64);

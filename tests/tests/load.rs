@@ -106,6 +106,7 @@ async fn random_fault_mixes_at_concurrency_64() {
             error_event: 0.03,
             bad_gateway: 0.03,
             cut_at_end: 0.03,
+            overloaded_for: 0.03,
             ..SimChaos::mix(0.25)
         }));
         s.reseed(21 + i as u64);

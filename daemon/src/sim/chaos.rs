@@ -26,6 +26,8 @@ pub struct SimChaos {
     pub stall: f64,
     /// The connection drops after the finish reason, before the terminator.
     pub cut_at_end: f64,
+    /// Overloaded, with a `Retry-After` of [`SimChaos::retry_after_ms`].
+    pub overloaded_for: f64,
 }
 
 impl SimChaos {
@@ -47,7 +49,7 @@ impl SimChaos {
     pub fn roll(&self, rng: &mut fastrand::Rng) -> Option<SimFault> {
         let tokens = rng.u32(1..12);
         let mut x = rng.f64();
-        let table: [(f64, SimFault); 9] = [
+        let table: [(f64, SimFault); 10] = [
             (
                 self.rate_limit,
                 SimFault::RateLimit {
@@ -62,6 +64,12 @@ impl SimChaos {
             (self.error_event, SimFault::ErrorEventAfter { tokens }),
             (self.stall, SimFault::StallAfter { tokens }),
             (self.cut_at_end, SimFault::CutBeforeTerminator),
+            (
+                self.overloaded_for,
+                SimFault::OverloadedFor {
+                    retry_after_ms: self.retry_after_ms,
+                },
+            ),
         ];
         for (p, fault) in table {
             if x < p {

@@ -212,22 +212,26 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
                 Some(*retry_after_ms),
             ));
         }
-        Some(SimFault::Overloaded) => {
+        Some(f @ (SimFault::Overloaded | SimFault::OverloadedFor { .. })) => {
+            let after = match f {
+                SimFault::OverloadedFor { retry_after_ms } => Some(*retry_after_ms),
+                _ => None,
+            };
             return Plan::Respond(match flavor {
-                Flavor::Anthropic => error(flavor, 529, "overloaded_error", "Overloaded", None),
+                Flavor::Anthropic => error(flavor, 529, "overloaded_error", "Overloaded", after),
                 Flavor::Gemini => error(
                     flavor,
                     503,
                     "",
                     "The model is overloaded. Please try again later.",
-                    None,
+                    after,
                 ),
                 _ => error(
                     flavor,
                     503,
                     "server_error",
                     "The server is overloaded",
-                    None,
+                    after,
                 ),
             });
         }
