@@ -621,32 +621,20 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("JSON Schema"));
-        // A provider that refused the native field gets words.
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "gpt-4o",
-            max_tokens: 100,
-            prefill: None,
-            format_in_words: true,
-        };
-        let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
-        assert!(v.get("response_format").is_none(), "{v}");
-        assert!(v["messages"][0]["content"]
-            .as_str()
-            .unwrap()
-            .contains("JSON Schema"));
-
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "gpt-4o",
-            max_tokens: 100,
-            prefill: Some("{\"day\": \"Fri"),
-            format_in_words: false,
-        };
-        let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
-        assert!(v.get("response_format").is_none(), "{v}");
-        let system = v["messages"][0]["content"].as_str().unwrap();
-        assert!(system.contains(&schema.to_string()), "{system}");
+        // A provider that refused the native field, and a continuation, get words.
+        for (prefill, format_in_words) in [(None, true), (Some("{\"day\": \"Fri"), false)] {
+            let req = UpstreamRequest {
+                chat: &chat,
+                model: "gpt-4o",
+                max_tokens: 100,
+                prefill,
+                format_in_words,
+            };
+            let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
+            assert!(v.get("response_format").is_none(), "{v}");
+            let system = v["messages"][0]["content"].as_str().unwrap();
+            assert!(system.contains(&schema.to_string()), "{system}");
+        }
 
         let mut any = ChatRequest::user_text(1, "json please");
         any.options.response_format = Some(ResponseFormat::JsonObject);
