@@ -117,6 +117,7 @@ impl Turn {
             }
             StreamEvent::ThinkingDelta { .. }
             | StreamEvent::ThinkingSignature { .. }
+            | StreamEvent::RedactedThinking { .. }
             | StreamEvent::ToolCallStart { .. }
             | StreamEvent::ToolCallDelta { .. }
             | StreamEvent::Queued { .. }

@@ -93,6 +93,13 @@ pub enum StreamEvent {
         /// The opaque signature.
         signature: String,
     },
+    /// Thinking the provider redacted (Anthropic's `redacted_thinking` block): nothing to
+    /// show, but sent back to Anthropic with its turn in later requests, which keeps the
+    /// model's thinking whole across a tool loop.
+    RedactedThinking {
+        /// The encrypted thinking.
+        data: String,
+    },
 }
 
 impl StreamEvent {
@@ -104,6 +111,7 @@ impl StreamEvent {
             StreamEvent::TextDelta { .. }
                 | StreamEvent::ThinkingDelta { .. }
                 | StreamEvent::ThinkingSignature { .. }
+                | StreamEvent::RedactedThinking { .. }
                 | StreamEvent::ToolCallStart { .. }
                 | StreamEvent::ToolCallDelta { .. }
         )

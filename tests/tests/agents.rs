@@ -316,6 +316,110 @@ async fn thinking_round_trips_across_providers() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Thinking that Anthropic redacted comes through as a `redacted_thinking` block, whole, and
+/// goes back to Anthropic in the next turn of a tool loop, where it is checked; with the
+/// thinking kept, the loop goes on thinking (the turn starts with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_thinking_goes_back_to_anthropic() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/messages");
+    let tools = json!([{"name": "record", "description": "Record a note.",
+        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}]);
+    let prompt = "call: redact this and write it down";
+    let first = json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "max_tokens": 4096,
+        "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "tools": tools,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    for stream in [true, false] {
+        let mut req = first.clone();
+        req["stream"] = json!(stream);
+        let (status, body) = post(&http, url.clone(), &token, &req).await;
+        assert_eq!(status, 200, "{body}");
+        // The assistant turn as the client keeps it.
+        let content: Vec<Value> = if stream {
+            let mut blocks: Vec<Value> = Vec::new();
+            for (name, d) in frames(&body) {
+                match name.as_str() {
+                    "content_block_start" => blocks.push(d["content_block"].clone()),
+                    "content_block_delta" => {
+                        let b = blocks.last_mut().unwrap();
+                        match d["delta"]["type"].as_str().unwrap() {
+                            "thinking_delta" => {
+                                let t = b["thinking"].as_str().unwrap().to_string();
+                                b["thinking"] = json!(t + d["delta"]["thinking"].as_str().unwrap());
+                            }
+                            "signature_delta" => b["signature"] = d["delta"]["signature"].clone(),
+                            "input_json_delta" => {
+                                let t = b["partial"].as_str().unwrap_or("").to_string();
+                                b["partial"] =
+                                    json!(t + d["delta"]["partial_json"].as_str().unwrap());
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for b in &mut blocks {
+                if let Some(p) = b.get("partial").cloned() {
+                    b["input"] = serde_json::from_str(p.as_str().unwrap()).unwrap();
+                    b.as_object_mut().unwrap().remove("partial");
+                }
+            }
+            blocks
+        } else {
+            serde_json::from_str::<Value>(&body).unwrap()["content"]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        let kinds: Vec<&str> = content
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["thinking", "redacted_thinking", "tool_use"],
+            "{body}"
+        );
+        assert_eq!(
+            content[1]["data"],
+            mythosd::sim::sim_redacted_thinking(),
+            "whole, as it came"
+        );
+        let call_id = content[2]["id"].clone();
+        let mut next = first.clone();
+        next["stream"] = json!(false);
+        next["messages"] = json!([
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": call_id, "content": "noted"}]}
+        ]);
+        let before = mocks.anthropic.requests().len();
+        let (status, body) = post(&http, url.clone(), &token, &next).await;
+        assert_eq!(status, 200, "Anthropic refused the turn: {body}");
+        let sent = &mocks.anthropic.requests()[before..];
+        let last = sent.last().expect("asked Anthropic").body.clone();
+        assert_eq!(
+            last["thinking"]["type"], "enabled",
+            "the loop keeps thinking"
+        );
+        assert_eq!(
+            last["messages"][1]["content"][1]["type"],
+            "redacted_thinking"
+        );
+    }
+}
+
 /// Images reach a provider of the other format: a data URL through Chat Completions to the
 /// Anthropic-format provider, a base64 block through Messages to the OpenAI-format one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

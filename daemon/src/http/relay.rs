@@ -605,6 +605,8 @@ pub enum Block {
     },
     /// Answer text.
     Text(String),
+    /// Thinking the provider redacted, to be sent back as it came.
+    RedactedThinking(String),
     /// A tool call.
     Tool {
         /// Call id.
@@ -650,6 +652,9 @@ impl Answer {
                     signature: Some(signature.clone()),
                 }),
             },
+            StreamEvent::RedactedThinking { data } => {
+                self.blocks.push(Block::RedactedThinking(data.clone()))
+            }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.tools.push((*index, self.blocks.len()));
                 self.blocks.push(Block::Tool {

@@ -75,6 +75,7 @@ fn relay(deltas: &[Delta]) -> Vec<StreamEvent> {
             Delta::Text(text) => StreamEvent::TextDelta { text },
             Delta::Thinking(text) => StreamEvent::ThinkingDelta { text },
             Delta::ThinkingSignature(signature) => StreamEvent::ThinkingSignature { signature },
+            Delta::RedactedThinking(data) => StreamEvent::RedactedThinking { data },
             Delta::ToolCallStart { index, id, name } => {
                 StreamEvent::ToolCallStart { index, id, name }
             }

@@ -15,6 +15,8 @@ pub enum Delta {
     Thinking(String),
     /// The signature that closes a thinking block (Anthropic `signature_delta`).
     ThinkingSignature(String),
+    /// A redacted thinking block's encrypted data (Anthropic `redacted_thinking`).
+    RedactedThinking(String),
     /// A tool call begins.
     ToolCallStart {
         /// Position of the call in the answer (OpenAI `index`, or the Anthropic tool block's

@@ -23,6 +23,7 @@ struct Outcome {
     text: String,
     thinking: String,
     signature: String,
+    redacted: Vec<String>,
     tools: Vec<(u32, String, String, String)>,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
@@ -37,6 +38,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::Text(t) => o.text.push_str(&t),
             Delta::Thinking(t) => o.thinking.push_str(&t),
             Delta::ThinkingSignature(s) => o.signature.push_str(&s),
+            Delta::RedactedThinking(d) => o.redacted.push(d),
             Delta::ToolCallStart { index, id, name } => {
                 o.tools.push((index, id, name, String::new()))
             }

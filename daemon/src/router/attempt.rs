@@ -278,7 +278,9 @@ impl Router {
                     | Delta::KeepAlive
                     | Delta::Usage(_),
                 ) => false,
-                Some(Delta::Thinking(_) | Delta::ThinkingSignature(_)) => seam.holds(),
+                Some(
+                    Delta::Thinking(_) | Delta::ThinkingSignature(_) | Delta::RedactedThinking(_),
+                ) => seam.holds(),
                 _ => true,
             };
             if flush {
@@ -290,7 +292,7 @@ impl Router {
             if !held.is_empty()
                 && matches!(
                     delta,
-                    None | Some(Delta::Text(_)) | Some(Delta::Thinking(_))
+                    None | Some(Delta::Text(_) | Delta::Thinking(_) | Delta::RedactedThinking(_))
                 )
             {
                 // Another block began, or the answer is complete: the calls are whole.
@@ -333,6 +335,9 @@ impl Router {
                 Delta::Thinking(t) => events.push(StreamEvent::ThinkingDelta { text: t }),
                 Delta::ThinkingSignature(signature) => {
                     events.push(StreamEvent::ThinkingSignature { signature })
+                }
+                Delta::RedactedThinking(data) => {
+                    events.push(StreamEvent::RedactedThinking { data })
                 }
                 Delta::ToolCallStart {
                     index,

@@ -50,6 +50,12 @@ pub fn signature(text: &str) -> String {
     format!("simsig{h:016x}")
 }
 
+/// The encrypted thinking of the Anthropic-flavour simulator's `redacted_thinking` blocks: it
+/// knows its own, as it does its signatures.
+pub fn redacted_data() -> String {
+    format!("simredacted{}", signature("redacted"))
+}
+
 /// Check `req` against the flavour's rules; the error is the message of the `400
 /// invalid_request_error` the provider would answer.
 pub fn check(flavor: Flavor, req: &Value) -> Result<Features, String> {
@@ -125,6 +131,9 @@ fn anthropic(req: &Value) -> Result<Features, String> {
                     }
                     Some(_) => {}
                 },
+                Some("redacted_thinking") if b["data"].as_str() != Some(&redacted_data()) => {
+                    return Err(format!("{at}: Invalid `data` in `redacted_thinking` block"));
+                }
                 Some("text") if b["text"].as_str().is_none_or(str::is_empty) => {
                     return Err(format!("{at}: text content blocks must be non-empty"));
                 }

@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 pub use answer::{answer_for, chunk_answer, json_answer_for};
 pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
-pub use checks::signature as sim_thinking_signature;
+pub use checks::{redacted_data as sim_redacted_thinking, signature as sim_thinking_signature};
 pub use quota::SimQuota;
 use wire::{Plan, Step};
 

@@ -359,12 +359,14 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
     let deepseek_reasoning =
         flavor == Flavor::DeepSeek && partial.is_empty() && (tool.is_none() || features.reasoning);
     let gemini_thoughts = flavor == Flavor::Gemini && req["gemini_thoughts"] == true;
+    let redacted = anthropic_thinking && prompt.contains("redact");
     let w = Writer {
         flavor,
         model: opts.model.clone(),
         id: format!("{}-{}", opts.name, fastrand::u64(..)),
         include_usage: req["stream_options"]["include_usage"] == true,
-        block: u32::from(anthropic_thinking),
+        block: u32::from(anthropic_thinking) + u32::from(redacted),
+        redacted,
     };
     let mut steps = Vec::new();
     if let Some(SimFault::KeepAliveOnly) = fault {
@@ -514,8 +516,12 @@ struct Writer {
     model: String,
     id: String,
     include_usage: bool,
-    /// Anthropic content-block index of the answer (1 after a thinking block).
+    /// Anthropic content-block index of the answer (1 after a thinking block, 2 after a
+    /// redacted one too).
     block: u32,
+    /// Anthropic: a `redacted_thinking` block follows the thinking (a prompt that says
+    /// `redact`), as when the provider's safety systems flag some of the reasoning.
+    redacted: bool,
 }
 
 fn sse(event: &str, data: Value) -> Bytes {
@@ -633,17 +639,28 @@ impl Writer {
         if self.gemini() {
             Vec::new()
         } else if self.anthropic() {
-            vec![
-                sse(
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": 0}),
-                ),
-                sse(
+            let mut frames = vec![sse(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            )];
+            if self.redacted {
+                // Whole in its start event, as Anthropic sends it.
+                frames.push(sse(
                     "content_block_start",
-                    json!({"type": "content_block_start", "index": self.block,
-                    "content_block": self.answer_block(tool)}),
-                ),
-            ]
+                    json!({"type": "content_block_start", "index": 1, "content_block":
+                        {"type": "redacted_thinking", "data": checks::redacted_data()}}),
+                ));
+                frames.push(sse(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 1}),
+                ));
+            }
+            frames.push(sse(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": self.block,
+                "content_block": self.answer_block(tool)}),
+            ));
+            frames
         } else {
             tool.map(|name| self.openai_tool_start(name, false))
                 .into_iter()

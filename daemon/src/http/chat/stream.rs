@@ -186,7 +186,8 @@ impl Encoder for ChatEncoder {
                     self.chunk(out, delta, None)
                 }
             },
-            StreamEvent::ThinkingSignature { .. } => {}
+            // Chat Completions has no way to carry either back.
+            StreamEvent::ThinkingSignature { .. } | StreamEvent::RedactedThinking { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.visible = true;
                 let n = self.tools.len();

@@ -44,13 +44,14 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
     let (answer, done) = routed.collect().await?;
     let mut content = Vec::new();
     for b in &answer.blocks {
-        if matches!(b, Block::Thinking { .. }) && !thinking {
+        if matches!(b, Block::Thinking { .. } | Block::RedactedThinking(_)) && !thinking {
             continue;
         }
         content.push(match b {
             Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
                 "signature": signature.clone().unwrap_or_default()}),
             Block::Text(t) => json!({"type": "text", "text": t}),
+            Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
             Block::Tool { id, name, args } => {
                 json!({"type": "tool_use", "id": id, "name": name, "input": args_value(args)})
             }

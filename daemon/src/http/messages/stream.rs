@@ -91,6 +91,9 @@ enum BlockStart<'a> {
         name: &'a str,
         input: EmptyObject,
     },
+    RedactedThinking {
+        data: &'a str,
+    },
 }
 
 /// A block delta; its `type` is the variant's name with `_delta`.
@@ -302,8 +305,15 @@ impl Encoder for MessagesEncoder {
                     }
                 }
             }
-            StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. }
+            StreamEvent::ThinkingDelta { .. }
+            | StreamEvent::ThinkingSignature { .. }
+            | StreamEvent::RedactedThinking { .. }
                 if !self.thinking => {}
+            StreamEvent::RedactedThinking { data } => {
+                // Whole in its start event, as Anthropic sends it.
+                let index = self.open_block(out, BlockStart::RedactedThinking { data: &data });
+                Frame::ContentBlockStop { index }.write(out);
+            }
             StreamEvent::ThinkingDelta { text } => {
                 let index = self.ensure(out, Open::Thinking);
                 let frame = Self::template(&mut self.thinking_frame, index, |marker| {

@@ -87,6 +87,8 @@ fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
                     signature: signature.clone(),
                 }
             }
+            // As in the stream: nothing a Responses client could use.
+            Block::RedactedThinking(_) => continue,
             Block::Text(text) => Item::Message {
                 id: Item::id("msg", record, n),
                 text: text.clone(),

@@ -672,6 +672,9 @@ impl Encoder for ResponsesEncoder {
                     );
                 }
             }
+            // Nothing to show, and a Responses client could only send it back to Anthropic
+            // through this daemon: dropped, and Anthropic's thinking for that turn with it.
+            StreamEvent::RedactedThinking { .. } => {}
             StreamEvent::ThinkingSignature { signature } => {
                 // A signature ends its thinking block; it travels as the item's opaque
                 // `encrypted_content`, which clients send back untouched.

@@ -80,6 +80,8 @@ struct Block<'a> {
     text: Option<Str<'a>>,
     #[serde(default, borrow)]
     thinking: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    data: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -182,8 +184,13 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::Thinking(t.into_string()));
                             }
                         }
-                        // redacted_thinking: opaque, and the stream gives no way to hand it
-                        // back to the client; server tool results and newer kinds.
+                        // Whole in its start event: the client gets it to send back.
+                        "redacted_thinking" => {
+                            if let Some(d) = b.data.filter(|d| !d.is_empty()) {
+                                out.push(Delta::RedactedThinking(d.into_string()));
+                            }
+                        }
+                        // Server tool results and newer kinds.
                         _ => {}
                     }
                 }
@@ -289,6 +296,7 @@ mod tests {
             [
                 Delta::Thinking("Let me see.".into()),
                 Delta::ThinkingSignature("EqQBCgIYAhIM".into()),
+                Delta::RedactedThinking("EmwKAhgBEgy".into()),
                 Delta::Text("4".into()),
             ]
         );
