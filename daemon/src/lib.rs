@@ -25,5 +25,6 @@ pub mod sim;
 #[path = "sim_off.rs"]
 pub mod sim;
 pub mod state;
+pub mod supervisor;
 pub mod suspend;
 pub mod wake;

@@ -140,8 +140,24 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let log_dir = state_dir.join("logs");
     let _ = std::fs::create_dir_all(&log_dir);
-    let (file_writer, _guard) =
-        tracing_appender::non_blocking(tracing_appender::rolling::daily(&log_dir, "mythosd.log"));
+    // A log directory that cannot be written (a read-only home under a hardened service) is a
+    // warning on stderr, not a panic: the daemon serves without its log file.
+    let appender = tracing_appender::rolling::RollingFileAppender::builder()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("mythosd.log")
+        .build(&log_dir);
+    let log_file_ok = appender.is_ok();
+    let appender: Box<dyn std::io::Write + Send> = match appender {
+        Ok(a) => Box::new(a),
+        Err(e) => {
+            eprintln!(
+                "mythosd: cannot write logs in {}: {e}; logging to stderr only",
+                log_dir.display()
+            );
+            Box::new(std::io::sink())
+        }
+    };
+    let (file_writer, _guard) = tracing_appender::non_blocking(appender);
     // MYTHOS_LOG_FORMAT=json: one JSON object per line, for log shippers.
     let json = std::env::var("MYTHOS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -153,7 +169,7 @@ fn main() -> ExitCode {
     let mut layers: Vec<Boxed> = vec![file_layer];
     // Through a writer thread like the file: a stderr pipe nobody reads must not stop the
     // runtime's one worker, and every stream with it (lines are dropped instead).
-    let _stderr_guard = args.foreground.then(|| {
+    let _stderr_guard = (args.foreground || !log_file_ok).then(|| {
         let (stderr_writer, guard) = tracing_appender::non_blocking(std::io::stderr());
         layers.push(if json {
             Box::new(fmt::layer().json().with_writer(stderr_writer))
@@ -280,6 +296,15 @@ async fn run(
                 "mythosd: another mythosd is already running on {}",
                 p.display()
             );
+            if mythosd::supervisor::under_systemd() {
+                // The unit's `RestartPreventExitStatus=3`: failed, with this message in its
+                // status, rather than retried until systemd gives up.
+                eprintln!(
+                    "mythosd: it was started by hand or by a client; stop it with `mythos daemon \
+                     stop`, then `systemctl --user restart mythosd`"
+                );
+                return ExitCode::from(3);
+            }
             return ExitCode::SUCCESS;
         }
         Err(e) => {

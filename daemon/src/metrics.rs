@@ -680,6 +680,7 @@ mod tests {
             providers: Vec::new(),
             notes: Vec::new(),
             recent_failovers: Vec::new(),
+            restart_command: None,
         };
         let text = m.render(&status, 0);
         let lines: Vec<&str> = text
@@ -710,6 +711,7 @@ mod tests {
             providers: Vec::new(),
             notes: Vec::new(),
             recent_failovers: Vec::new(),
+            restart_command: None,
         };
         let text = m.render(&status, 2);
         let s = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

@@ -25,6 +25,11 @@ pub struct StatusReport {
     /// The last few failovers, newest last.
     #[serde(default)]
     pub recent_failovers: Vec<Failover>,
+    /// How to restart the daemon when a service manager runs it (`systemctl --user restart
+    /// mythosd.service`, `launchctl kickstart -k ...`): `mythos daemon restart` runs it rather
+    /// than stopping the service and starting an unmanaged daemon.
+    #[serde(default)]
+    pub restart_command: Option<Vec<String>>,
 }
 
 /// A request moved from one provider to another.

@@ -133,11 +133,13 @@ fn prompt_text(words: &[String]) -> Result<String, Failure> {
         if stdin.is_terminal() {
             eprint_line("reading the prompt from stdin; end it with Ctrl-D");
         }
-        let mut buf = String::new();
+        // Bytes that are not UTF-8 (a Latin-1 file, a stray binary byte) become U+FFFD rather
+        // than refusing the whole prompt.
+        let mut buf = Vec::new();
         stdin
-            .read_to_string(&mut buf)
+            .read_to_end(&mut buf)
             .map_err(|e| Failure::new(format!("cannot read the prompt from stdin: {e}")))?;
-        buf
+        String::from_utf8_lossy(&buf).into_owned()
     } else {
         words.join(" ")
     };

@@ -23,7 +23,7 @@ use tokio::runtime::Runtime;
 use super::demo::PrivateDaemon;
 use super::{print, status, stream_failure, unexpected, Globals};
 use crate::connection::{Connection, Target};
-use crate::error::{Failure, EXIT_OK};
+use crate::error::{Failure, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::render::{status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome};
 
@@ -60,11 +60,14 @@ pub fn run(rt: &Runtime, g: &Globals, opts: ChatOptions) -> Result<u8, Failure> 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conversation {
     messages: Vec<Message>,
+    /// The last question that got no answer (an error, Ctrl-C): what `/retry` asks again.
+    unanswered: Option<String>,
 }
 
 impl Conversation {
     /// The user asks `text`.
     pub fn push_user(&mut self, text: &str) {
+        self.unanswered = None;
         self.messages.push(Message::text(Role::User, text));
     }
 
@@ -82,13 +85,14 @@ impl Conversation {
     /// The pending question got no complete answer: forget it.
     pub fn abandon(&mut self) {
         if self.messages.last().is_some_and(|m| m.role == Role::User) {
-            self.messages.pop();
+            self.unanswered = self.messages.pop().map(|m| m.joined_text());
         }
     }
 
     /// Forget everything.
     pub fn clear(&mut self) {
         self.messages.clear();
+        self.unanswered = None;
     }
 
     /// The messages, oldest first.
@@ -96,8 +100,12 @@ impl Conversation {
         &self.messages
     }
 
-    /// Take back the last exchange for `/retry`: its question, if there is one.
+    /// What `/retry` asks: the question that just went unanswered, else the last exchange's
+    /// question (its answer taken back).
     pub fn take_last_question(&mut self) -> Option<String> {
+        if let Some(q) = self.unanswered.take() {
+            return Some(q);
+        }
         if self
             .messages
             .last()
@@ -398,6 +406,8 @@ impl LineSource {
 struct Session<'a> {
     rt: &'a Runtime,
     target: Target,
+    /// The private demo daemon's session: never start a daemon of the user's own in its place.
+    demo: bool,
     conn: Option<Connection>,
     convo: Conversation,
     pin: Option<String>,
@@ -411,6 +421,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
     let mut s = Session {
         rt,
         target,
+        demo: opts.demo,
         conn: Some(conn),
         convo: Conversation::default(),
         pin: opts.provider,
@@ -418,10 +429,26 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         show_thinking: opts.show_thinking,
         raw: opts.raw,
     };
+    if let Some(name) = s.pin.clone() {
+        // A provider the daemon does not know is a mistake to say now, not a failure on every
+        // line of a piped conversation.
+        let report = rt.block_on(status::fetch(s.connection()?))?;
+        if !report.providers.iter().any(|p| p.name == name) {
+            let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
+            return Err(Failure::new(format!(
+                "no provider named {name}; choose one of: {}",
+                names.join(", ")
+            ))
+            .code(EXIT_USAGE));
+        }
+    }
     let mut input = LineSource::new();
-    if input.interactive() {
+    let interactive = input.interactive();
+    if interactive {
         s.banner(opts.demo)?;
     }
+    // Piped, a turn that failed makes the whole run fail (exit 1), as a script expects.
+    let mut failed = false;
     loop {
         let prompt = match &s.pin {
             Some(p) => format!("[{p}]> "),
@@ -489,9 +516,14 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 return Err(f);
             }
             f.report();
+            failed = true;
         }
     }
-    Ok(EXIT_OK)
+    Ok(if failed && !interactive {
+        EXIT_FAILURE
+    } else {
+        EXIT_OK
+    })
 }
 
 impl Session<'_> {
@@ -500,9 +532,18 @@ impl Session<'_> {
         if let Some(conn) = self.conn.take().filter(|c| !c.is_broken()) {
             return Ok(self.conn.insert(conn));
         }
-        let conn = self
-            .rt
-            .block_on(Connection::connect_or_start(&self.target))?;
+        let conn = if self.demo {
+            self.rt
+                .block_on(Connection::connect(&self.target))
+                .map_err(|_| {
+                    Failure::new(
+                        "the private demo daemon has stopped; run `mythos chat --demo` again",
+                    )
+                })?
+        } else {
+            self.rt
+                .block_on(Connection::connect_or_start(&self.target))?
+        };
         Ok(self.conn.insert(conn))
     }
 
@@ -791,5 +832,27 @@ mod tests {
         assert_eq!(convo.messages().len(), 2);
         convo.clear();
         assert!(convo.messages().is_empty());
+    }
+
+    /// `/retry` after a failed question asks that question again, not the one before it (which
+    /// it used to ask, dropping its answer).
+    #[test]
+    fn retry_asks_the_question_that_failed() {
+        let mut convo = Conversation::default();
+        convo.push_user("q1");
+        assert!(convo.answer("a1"));
+        convo.push_user("q2");
+        convo.abandon();
+        assert_eq!(convo.take_last_question().as_deref(), Some("q2"));
+        assert_eq!(convo.messages().len(), 2, "q1 and a1 stay");
+        // It fails again: still q2.
+        convo.push_user("q2");
+        convo.abandon();
+        assert_eq!(convo.take_last_question().as_deref(), Some("q2"));
+        // After an answer, /retry takes that exchange back.
+        convo.push_user("q2");
+        assert!(convo.answer("a2"));
+        assert_eq!(convo.take_last_question().as_deref(), Some("q2"));
+        assert_eq!(convo.messages().len(), 2);
     }
 }

@@ -35,6 +35,9 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
         Action::Start => start(g).await,
         Action::Stop => stop(g).await,
         Action::Restart => {
+            if let Some(cmd) = service_restart(g).await {
+                return restart_service(g, &cmd).await;
+            }
             stop(g).await?;
             start(g).await
         }
@@ -55,6 +58,47 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
                 Ok(EXIT_OK)
             }
         },
+    }
+}
+
+/// The command that restarts the running daemon through its service manager, if one runs it.
+async fn service_restart(g: &Globals) -> Option<Vec<String>> {
+    let mut conn = Connection::connect(&g.target).await.ok()?;
+    let report = status::fetch(&mut conn).await.ok()?;
+    report.restart_command.filter(|c| !c.is_empty())
+}
+
+/// Restart a service-managed daemon through its manager (which gives it the unit's keys and
+/// keeps supervising it), then wait for it to answer.
+async fn restart_service(g: &Globals, cmd: &[String]) -> Result<u8, Failure> {
+    print(&format!("mythosd runs as a service: {}\n", cmd.join(" ")))?;
+    let status = tokio::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .await
+        .map_err(|e| Failure::new(format!("cannot run {}: {e}", cmd[0])))?;
+    if !status.success() {
+        return Err(Failure::new(format!(
+            "`{}` failed ({status})",
+            cmd.join(" ")
+        )));
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Ok(mut conn) = Connection::connect(&g.target).await {
+            let report = status::fetch(&mut conn).await?;
+            print(&format!(
+                "mythosd running on {} (pid {})\n",
+                g.target.socket.display(),
+                report.pid
+            ))?;
+            return Ok(EXIT_OK);
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new("the service did not come back")
+                .hint("see `systemctl --user status mythosd` or the daemon's log"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

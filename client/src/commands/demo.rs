@@ -93,8 +93,13 @@ impl PrivateDaemon {
         cmd.env("XDG_STATE_HOME", daemon.dir.join("state"))
             .env("XDG_CONFIG_HOME", daemon.dir.join("config"))
             .env("XDG_RUNTIME_DIR", daemon.dir.join("run"))
-            // Same process group as us: a Ctrl-C in the terminal stops it too.
+            // Stopped when we drop it, or (if we die first) by its `--owner-pid` watch.
             .kill_on_drop(true);
+        // Its own process group: a Ctrl-C that cancels an answer in `chat --demo` must not
+        // stop the demo's daemon too (the chat then started a daemon of the user's own on the
+        // demo socket, with the user's keys, under the demo's banner).
+        #[cfg(unix)]
+        cmd.process_group(0);
         let (started, child) = spawn_and_wait(cmd, &bin).await?;
         daemon.child = Some(child);
         match started {
@@ -185,7 +190,7 @@ pub async fn run(g: &Globals) -> Result<u8, Failure> {
     let style = Style::stdout();
     print(&format!(
         "{}\n{}\n",
-        style.bold("mythos demo: a private mythosd on three simulated providers"),
+        style.bold("mythos demo: a private mythosd on four simulated providers"),
         style.dim(
             "No API keys, no network: the simulators speak the real Anthropic and OpenAI \
              streaming formats, and faults are injected on cue."

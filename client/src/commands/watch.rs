@@ -25,7 +25,9 @@ pub async fn run(g: &Globals, interval: Duration, count: Option<u64>) -> Result<
     // restores the terminal however this ends.
     let _raw = tty.then(RawMode::enter).flatten();
     let (key_tx, mut keys) = tokio::sync::mpsc::channel::<u8>(8);
-    if tty {
+    // Keys come from a terminal only: stdin at its end (`</dev/null`, a pipe) is not a quit.
+    let keyboard = tty && std::io::stdin().is_terminal();
+    if keyboard {
         std::thread::spawn(move || {
             use std::io::Read;
             let mut stdin = std::io::stdin();
@@ -76,7 +78,7 @@ pub async fn run(g: &Globals, interval: Duration, count: Option<u64>) -> Result<
         }
         let quit = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
-            key = keys.recv(), if tty => matches!(key, Some(b'q' | b'Q' | 3 | 4) | None),
+            key = keys.recv(), if keyboard => matches!(key, Some(b'q' | b'Q' | 3 | 4) | None),
             _ = tokio::signal::ctrl_c() => true,
         };
         if quit {

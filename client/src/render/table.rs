@@ -361,6 +361,7 @@ mod tests {
             providers: vec![provider("anthropic", BreakerState::Closed)],
             notes: Vec::new(),
             recent_failovers: Vec::new(),
+            restart_command: None,
         };
         let text = models_text(&report, Style::PLAIN);
         let row = text.lines().nth(1).unwrap();
@@ -402,6 +403,7 @@ mod tests {
             providers: vec![cooling, busy],
             notes: vec!["the state database was unreadable: started fresh".into()],
             recent_failovers: Vec::new(),
+            restart_command: None,
         };
         let text = status_text(&report, Style::PLAIN);
         let expected = "\

@@ -97,6 +97,7 @@ impl Context {
             providers: router.status(),
             notes: self.notes.clone(),
             recent_failovers: self.metrics.recent_failovers(),
+            restart_command: crate::supervisor::restart_command(),
         }
     }
 
