@@ -23,7 +23,8 @@ impl LineRenderer {
     /// Lines wrapped at `width` columns (at least 20), styled with `style`.
     pub fn new(width: usize, style: Style) -> Self {
         LineRenderer {
-            width: width.max(20),
+            // The real width: rows are counted against the terminal's columns.
+            width: width.max(1),
             style,
             code: None,
         }
@@ -155,8 +156,10 @@ fn inline(text: &str, s: Style) -> String {
     out
 }
 
-/// Columns `s` takes on screen (escape sequences take none).
+/// Columns `s` takes on screen: a wide character (CJK, most emoji) two, a combining mark
+/// none, a tab up to the next multiple of 8, an escape sequence none.
 pub fn visible_width(s: &str) -> usize {
+    use unicode_width::UnicodeWidthChar;
     let mut n = 0;
     let mut esc = false;
     for c in s.chars() {
@@ -166,8 +169,10 @@ pub fn visible_width(s: &str) -> usize {
             }
         } else if c == '\x1b' {
             esc = true;
+        } else if c == '\t' {
+            n += 8 - n % 8;
         } else {
-            n += 1;
+            n += c.width().unwrap_or(0);
         }
     }
     n
@@ -492,6 +497,20 @@ mod tests {
             .map(|l| r.render(l))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Wide characters take two columns, tabs reach the next stop, escapes none: a streamed
+    /// line of CJK text is erased over the rows it really took.
+    #[test]
+    fn widths_are_screen_columns() {
+        assert_eq!(visible_width("abc"), 3);
+        assert_eq!(visible_width("漢字"), 4);
+        assert_eq!(visible_width("a\tb"), 9);
+        assert_eq!(visible_width("\x1b[1mhi\x1b[0m"), 2);
+        assert_eq!(visible_width("e\u{301}"), 1);
+        let mut m = MarkdownStream::new(80, Style::PLAIN);
+        m.partial = "字".repeat(50);
+        assert_eq!(m.partial_rows(), 2);
     }
 
     #[test]
