@@ -526,6 +526,21 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
     })
 }
 
+/// Run `fut` on `rt`, or stop at Ctrl-C. Once an answer has streamed, tokio's handler holds
+/// SIGINT for good: a wait outside an answer (a daemon starting, a status call) would ignore
+/// Ctrl-C for as long as it lasts.
+fn interruptible<T, E: Into<Failure>>(
+    rt: &Runtime,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failure> {
+    rt.block_on(async {
+        tokio::select! {
+            r = fut => r.map_err(Into::into),
+            _ = tokio::signal::ctrl_c() => Err(Failure::new("interrupted")),
+        }
+    })
+}
+
 impl Session<'_> {
     /// The connection, reconnected (and the daemon restarted) if the last one broke.
     fn connection(&mut self) -> Result<&mut Connection, Failure> {
@@ -541,8 +556,7 @@ impl Session<'_> {
                     )
                 })?
         } else {
-            self.rt
-                .block_on(Connection::connect_or_start(&self.target))?
+            interruptible(self.rt, Connection::connect_or_start(&self.target))?
         };
         Ok(self.conn.insert(conn))
     }
@@ -550,7 +564,7 @@ impl Session<'_> {
     fn banner(&mut self, demo: bool) -> Result<(), Failure> {
         let rt = self.rt;
         let conn = self.connection()?;
-        let report = rt.block_on(status::fetch(conn))?;
+        let report = interruptible(rt, status::fetch(conn))?;
         let style = Style::stdout();
         let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
         let mut line = format!("mythos chat · {}", names.join(", "));
@@ -570,7 +584,7 @@ impl Session<'_> {
     fn pin_to(&mut self, name: String) -> Result<(), Failure> {
         let rt = self.rt;
         let conn = self.connection()?;
-        let report = rt.block_on(status::fetch(conn))?;
+        let report = interruptible(rt, status::fetch(conn))?;
         if report.providers.iter().any(|p| p.name == name) {
             print(&format!("pinned to {name}: no fallback until /auto\n"))?;
             self.pin = Some(name);
@@ -587,7 +601,7 @@ impl Session<'_> {
     fn status(&mut self) -> Result<(), Failure> {
         let rt = self.rt;
         let conn = self.connection()?;
-        let report = rt.block_on(status::fetch(conn))?;
+        let report = interruptible(rt, status::fetch(conn))?;
         print(&status_text(&report, Style::stdout()))
     }
 
@@ -601,7 +615,7 @@ impl Session<'_> {
             provider: provider.clone(),
             faults: vec![fault],
         };
-        match rt.block_on(conn.call(req))? {
+        match interruptible(rt, conn.call(req))? {
             Response::Ok => print(&format!("{provider} will fail its next request\n")),
             other => Err(unexpected(other, "ok")),
         }

@@ -22,6 +22,8 @@ pub(super) struct Table {
     headers: Vec<&'static str>,
     right: Vec<bool>,
     rows: Vec<Vec<(String, Tint)>>,
+    /// Columns left out to fit the terminal.
+    hidden: Vec<bool>,
 }
 
 impl Table {
@@ -30,6 +32,35 @@ impl Table {
             headers: columns.iter().map(|c| c.0).collect(),
             right: columns.iter().map(|c| c.1).collect(),
             rows: Vec::new(),
+            hidden: vec![false; columns.len()],
+        }
+    }
+
+    /// Leave out columns, in `drop_order` (the least useful first), until a row fits in
+    /// `max` columns: a table wider than the terminal wraps every row.
+    pub(super) fn fit(&mut self, max: usize, drop_order: &[&str]) {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|(t, _)| t.chars().count())
+                    .chain([self.headers[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let total = |hidden: &[bool]| {
+            let shown: Vec<usize> = (0..widths.len()).filter(|&i| !hidden[i]).collect();
+            shown.iter().map(|&i| widths[i]).sum::<usize>() + 2 * shown.len().saturating_sub(1)
+        };
+        for name in drop_order {
+            if total(&self.hidden) <= max {
+                break;
+            }
+            if let Some(i) = self.headers.iter().position(|h| h == name) {
+                self.hidden[i] = true;
+            }
         }
     }
 
@@ -59,11 +90,16 @@ impl Table {
             }
         }
         let mut out = String::new();
+        let last_shown = (0..n).rev().find(|&i| !self.hidden[i]).unwrap_or(0);
         let line = |cells: Vec<(String, Tint)>, out: &mut String| {
             let mut s = String::new();
+            let mut first = true;
             for (i, (text, tint)) in cells.into_iter().enumerate().take(n) {
+                if self.hidden[i] {
+                    continue;
+                }
                 let pad = widths[i].saturating_sub(text.chars().count());
-                let last = i + 1 == n;
+                let last = i == last_shown;
                 let padded = if self.right[i] {
                     format!("{}{text}", " ".repeat(pad))
                 } else if last {
@@ -79,9 +115,10 @@ impl Table {
                     Tint::Red => style.red(&padded),
                     Tint::Cyan => style.cyan(&padded),
                 };
-                if i > 0 {
+                if !first {
                     s.push_str("  ");
                 }
+                first = false;
                 s.push_str(&painted);
             }
             out.push_str(s.trim_end());
@@ -175,6 +212,22 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
             plain(tightest_quota(&p.quotas)),
             plain(p.cooldown_left_ms.map_or("-".to_string(), fmt_wait_ms)),
         ]);
+    }
+    // On a terminal, only what fits; a pipe gets every column.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        table.fit(
+            super::markdown::terminal_width(),
+            &[
+                "FAILURES",
+                "REQUESTS",
+                "LATENCY",
+                "LIVE",
+                "MODEL",
+                "SUCCESS",
+                "TTFT",
+                "QUOTA LEFT",
+            ],
+        );
     }
     out.push_str(&table.render(style));
     let notes: Vec<String> = report
@@ -348,6 +401,29 @@ mod tests {
                 price_output_per_mtok: 15.0,
             },
         }
+    }
+
+    /// A table wider than the terminal leaves out its least useful columns until it fits.
+    #[test]
+    fn a_table_fits_the_terminal_by_leaving_columns_out() {
+        let mut t = Table::new(&[
+            ("NAME", false),
+            ("A", true),
+            ("LONG COLUMN", true),
+            ("B", true),
+        ]);
+        t.row(vec![
+            plain("alpha"),
+            plain("1"),
+            plain("123456789012"),
+            plain("2"),
+        ]);
+        let full = t.render(Style::PLAIN);
+        assert!(full.lines().all(|l| l.chars().count() > 20), "{full}");
+        t.fit(20, &["LONG COLUMN", "A"]);
+        let fitted = t.render(Style::PLAIN);
+        assert!(fitted.lines().all(|l| l.chars().count() <= 20), "{fitted}");
+        assert_eq!(fitted, "NAME   A  B\nalpha  1  2\n");
     }
 
     #[test]
