@@ -288,6 +288,9 @@ impl Connection {
     /// Send a non-stream request and wait for its answer (stream events in between, which can
     /// only belong to abandoned streams, are skipped).
     pub async fn call(&mut self, req: Request) -> Result<Response, Failure> {
+        // Broken until the answer is read: a call dropped half way (Ctrl-C) leaves its answer
+        // in the socket, and the next call would read it as its own.
+        self.broken = true;
         self.send(req).await?;
         let answer = async {
             loop {
@@ -298,7 +301,10 @@ impl Connection {
             }
         };
         match tokio::time::timeout(CALL_TIMEOUT, answer).await {
-            Ok(r) => r,
+            Ok(r) => {
+                self.broken = r.is_err();
+                r
+            }
             Err(_) => {
                 self.broken = true;
                 Err(Failure::new(format!(

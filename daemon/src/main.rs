@@ -299,9 +299,12 @@ async fn run(
             if mythosd::supervisor::under_systemd() {
                 // The unit's `RestartPreventExitStatus=3`: failed, with this message in its
                 // status, rather than retried until systemd gives up.
+                let restart = mythosd::supervisor::restart_command()
+                    .map(|c| c.join(" "))
+                    .unwrap_or_else(|| "systemctl --user restart mythosd".into());
                 eprintln!(
                     "mythosd: it was started by hand or by a client; stop it with `mythos daemon \
-                     stop`, then `systemctl --user restart mythosd`"
+                     stop`, then `{restart}`"
                 );
                 return ExitCode::from(3);
             }

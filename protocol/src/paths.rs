@@ -79,3 +79,55 @@ fn user_id() -> String {
 fn user_id() -> String {
     std::env::var("USERNAME").unwrap_or_else(|_| "user".into())
 }
+
+/// How systemd restarts the `mythosd` unit whose process has `cgroup` (a `/proc/PID/cgroup`
+/// text): `systemctl [--user] restart mythosd[@NAME].service`. `None` for a process in any
+/// other unit (a terminal, a bot that runs `mythos` and auto-started a daemon).
+pub fn systemd_restart(cgroup: &str) -> Option<Vec<String>> {
+    for line in cgroup.lines() {
+        let path = line.rsplit(':').next().unwrap_or("");
+        let Some(unit) = path.rsplit('/').next() else {
+            continue;
+        };
+        let ours = unit == "mythosd.service"
+            || (unit.starts_with("mythosd@") && unit.ends_with(".service"));
+        if ours {
+            let mut cmd = vec!["systemctl".to_string()];
+            if path.contains("/user@") {
+                cmd.push("--user".into());
+            }
+            cmd.extend(["restart".to_string(), unit.to_string()]);
+            return Some(cmd);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod systemd_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_mythosd_unit_is_restarted_and_with_its_manager() {
+        let user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/mythosd.service\n";
+        assert_eq!(
+            systemd_restart(user).unwrap(),
+            ["systemctl", "--user", "restart", "mythosd.service"]
+        );
+        let system = "0::/system.slice/mythosd@alice.service\n";
+        assert_eq!(
+            systemd_restart(system).unwrap(),
+            ["systemctl", "restart", "mythosd@alice.service"]
+        );
+        let v1 = "12:pids:/user.slice/user-1000.slice/user@1000.service/app.slice/mythosd.service\n\
+                  1:name=systemd:/user.slice/user-1000.slice/user@1000.service/app.slice/mythosd.service\n";
+        assert_eq!(systemd_restart(v1).unwrap()[3], "mythosd.service");
+        // A shell in a terminal, or a bot whose `mythos` started a daemon: not ours to restart.
+        for other in [
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/vte-spawn-1.scope\n",
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/mythos-bot.service\n",
+        ] {
+            assert_eq!(systemd_restart(other), None, "{other}");
+        }
+    }
+}

@@ -417,7 +417,12 @@ struct Session<'a> {
 }
 
 fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> {
-    let conn = rt.block_on(Connection::connect_or_start(&target))?;
+    let conn = if opts.demo {
+        rt.block_on(Connection::connect(&target))
+            .map_err(|e| e.into_failure(&target))?
+    } else {
+        rt.block_on(Connection::connect_or_start(&target))?
+    };
     let mut s = Session {
         rt,
         target,

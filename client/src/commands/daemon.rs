@@ -35,8 +35,8 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
         Action::Start => start(g).await,
         Action::Stop => stop(g).await,
         Action::Restart => {
-            if let Some(cmd) = service_restart(g).await {
-                return restart_service(g, &cmd).await;
+            if let Some((cmd, pid)) = service_restart(g).await {
+                return restart_service(g, &cmd, pid).await;
             }
             stop(g).await?;
             start(g).await
@@ -61,22 +61,38 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
     }
 }
 
-/// The command that restarts the running daemon through its service manager, if one runs it.
-async fn service_restart(g: &Globals) -> Option<Vec<String>> {
-    let mut conn = Connection::connect(&g.target).await.ok()?;
-    let report = status::fetch(&mut conn).await.ok()?;
-    report.restart_command.filter(|c| !c.is_empty())
+/// The command that restarts the running daemon through its service manager, if one runs it:
+/// as the daemon says, or (a daemon of an older build, which does not) as its cgroup says.
+async fn service_restart(g: &Globals) -> Option<(Vec<String>, u32)> {
+    let pid = match Connection::connect(&g.target).await {
+        Ok(mut conn) => match status::fetch(&mut conn).await {
+            Ok(report) => {
+                if let Some(cmd) = report.restart_command.filter(|c| !c.is_empty()) {
+                    return Some((cmd, report.pid));
+                }
+                Some(report.pid)
+            }
+            Err(_) => conn.daemon_pid,
+        },
+        Err(ConnectError::Incompatible { pid, .. }) => pid,
+        Err(_) => None,
+    }?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some((mythos_protocol::paths::systemd_restart(&cgroup)?, pid))
 }
 
 /// Restart a service-managed daemon through its manager (which gives it the unit's keys and
 /// keeps supervising it), then wait for it to answer.
-async fn restart_service(g: &Globals, cmd: &[String]) -> Result<u8, Failure> {
+async fn restart_service(g: &Globals, cmd: &[String], old_pid: u32) -> Result<u8, Failure> {
     print(&format!("mythosd runs as a service: {}\n", cmd.join(" ")))?;
     let status = tokio::process::Command::new(&cmd[0])
         .args(&cmd[1..])
         .status()
         .await
-        .map_err(|e| Failure::new(format!("cannot run {}: {e}", cmd[0])))?;
+        .map_err(|e| {
+            Failure::new(format!("cannot run {}: {e}", cmd[0]))
+                .hint(format!("run `{}` where it is installed", cmd.join(" ")))
+        })?;
     if !status.success() {
         return Err(Failure::new(format!(
             "`{}` failed ({status})",
@@ -85,18 +101,22 @@ async fn restart_service(g: &Globals, cmd: &[String]) -> Result<u8, Failure> {
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
+        // The new daemon, not the old one still on its way out (launchctl returns at once).
         if let Ok(mut conn) = Connection::connect(&g.target).await {
-            let report = status::fetch(&mut conn).await?;
-            print(&format!(
-                "mythosd running on {} (pid {})\n",
-                g.target.socket.display(),
-                report.pid
-            ))?;
-            return Ok(EXIT_OK);
+            if let Ok(report) = status::fetch(&mut conn).await {
+                if report.pid != old_pid {
+                    print(&format!(
+                        "mythosd running on {} (pid {})\n",
+                        g.target.socket.display(),
+                        report.pid
+                    ))?;
+                    return Ok(EXIT_OK);
+                }
+            }
         }
         if Instant::now() >= deadline {
             return Err(Failure::new("the service did not come back")
-                .hint("see `systemctl --user status mythosd` or the daemon's log"));
+                .hint("see its service manager's status, or the daemon's log"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

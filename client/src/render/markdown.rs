@@ -23,8 +23,7 @@ impl LineRenderer {
     /// Lines wrapped at `width` columns (at least 20), styled with `style`.
     pub fn new(width: usize, style: Style) -> Self {
         LineRenderer {
-            // The real width: rows are counted against the terminal's columns.
-            width: width.max(1),
+            width: width.max(20),
             style,
             code: None,
         }
@@ -159,23 +158,30 @@ fn inline(text: &str, s: Style) -> String {
 /// Columns `s` takes on screen: a wide character (CJK, most emoji) two, a combining mark
 /// none, a tab up to the next multiple of 8, an escape sequence none.
 pub fn visible_width(s: &str) -> usize {
-    use unicode_width::UnicodeWidthChar;
+    use unicode_width::UnicodeWidthStr;
+    // Text between escapes and tabs is measured as a string, so that a sequence (an emoji
+    // joined with ZWJ) counts once, not once per code point.
     let mut n = 0;
+    let mut run = String::new();
     let mut esc = false;
     for c in s.chars() {
         if esc {
             if c.is_ascii_alphabetic() {
                 esc = false;
             }
-        } else if c == '\x1b' {
-            esc = true;
-        } else if c == '\t' {
-            n += 8 - n % 8;
+        } else if c == '\x1b' || c == '\t' {
+            n += run.width();
+            run.clear();
+            if c == '\t' {
+                n += 8 - n % 8;
+            } else {
+                esc = true;
+            }
         } else {
-            n += c.width().unwrap_or(0);
+            run.push(c);
         }
     }
-    n
+    n + run.width()
 }
 
 /// Wrap at word boundaries to `width`, each row after the first starting with `hang`.
@@ -390,7 +396,8 @@ impl MarkdownStream {
     pub fn new(width: usize, style: Style) -> Self {
         MarkdownStream {
             lines: LineRenderer::new(width, style),
-            width: width.max(20),
+            // The real width: rows are counted against the terminal's columns.
+            width: width.max(1),
             partial: String::new(),
             detached: false,
         }
@@ -508,6 +515,11 @@ mod tests {
         assert_eq!(visible_width("a\tb"), 9);
         assert_eq!(visible_width("\x1b[1mhi\x1b[0m"), 2);
         assert_eq!(visible_width("e\u{301}"), 1);
+        // A family emoji: one sequence, two columns.
+        assert_eq!(
+            visible_width("\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}"),
+            2
+        );
         let mut m = MarkdownStream::new(80, Style::PLAIN);
         m.partial = "字".repeat(50);
         assert_eq!(m.partial_rows(), 2);

@@ -152,8 +152,15 @@ fn opt_ms(v: Option<f64>) -> String {
 }
 
 /// `mythos status`: a header line, the simulated-mode note, the provider table and the last
-/// error of each provider that has one.
+/// error of each provider that has one. On a terminal, the table leaves out what does not fit.
 pub fn status_text(report: &StatusReport, style: Style) -> String {
+    let width =
+        std::io::IsTerminal::is_terminal(&std::io::stdout()).then(super::markdown::terminal_width);
+    status_text_in(report, style, width)
+}
+
+/// [`status_text`] for a terminal `width` columns wide (`None`: every column).
+pub fn status_text_in(report: &StatusReport, style: Style, width: Option<usize>) -> String {
     let mut out = format!(
         "mythosd {} · pid {} · up {} · {} in flight\n",
         report.build,
@@ -213,19 +220,19 @@ pub fn status_text(report: &StatusReport, style: Style) -> String {
             plain(p.cooldown_left_ms.map_or("-".to_string(), fmt_wait_ms)),
         ]);
     }
-    // On a terminal, only what fits; a pipe gets every column.
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+    if let Some(width) = width {
+        // The least useful first; LIVE (streams in flight) is what `--watch` is for.
         table.fit(
-            super::markdown::terminal_width(),
+            width,
             &[
                 "FAILURES",
                 "REQUESTS",
                 "LATENCY",
-                "LIVE",
                 "MODEL",
                 "SUCCESS",
                 "TTFT",
                 "QUOTA LEFT",
+                "LIVE",
             ],
         );
     }
@@ -481,7 +488,7 @@ mod tests {
             recent_failovers: Vec::new(),
             restart_command: None,
         };
-        let text = status_text(&report, Style::PLAIN);
+        let text = status_text_in(&report, Style::PLAIN, None);
         let expected = "\
 mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
 simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY)
@@ -495,7 +502,7 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
 ";
         assert_eq!(text, expected);
         // Colour never changes the layout: strip the escapes and compare.
-        let colored = status_text(&report, Style::COLOR);
+        let colored = status_text_in(&report, Style::COLOR, None);
         assert!(colored.contains("\x1b[33mrate limited"));
         assert_eq!(strip_ansi(&colored), expected);
     }
