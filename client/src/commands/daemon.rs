@@ -67,7 +67,7 @@ async fn service_restart(g: &Globals) -> Option<(Vec<String>, u32)> {
     let pid = match Connection::connect(&g.target).await {
         Ok(mut conn) => match status::fetch(&mut conn).await {
             Ok(report) => {
-                if let Some(cmd) = report.restart_command.filter(|c| !c.is_empty()) {
+                if let Some(cmd) = report.restart_command.filter(|c| is_service_restart(c)) {
                     return Some((cmd, report.pid));
                 }
                 Some(report.pid)
@@ -78,7 +78,33 @@ async fn service_restart(g: &Globals) -> Option<(Vec<String>, u32)> {
         Err(_) => None,
     }?;
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    Some((mythos_protocol::paths::systemd_restart(&cgroup)?, pid))
+    let cmd = mythos_protocol::paths::systemd_restart(&cgroup).filter(|c| is_service_restart(c))?;
+    Some((cmd, pid))
+}
+
+/// Whether `cmd` is one of the two restarts a daemon may ask for: this client runs what the
+/// daemon says, so anything else (a daemon of another build, or something that is not our
+/// daemon) is ignored rather than run.
+fn is_service_restart(cmd: &[String]) -> bool {
+    let unit_ok = |u: &str| {
+        u == "mythosd.service"
+            || (u.starts_with("mythosd@")
+                && u.ends_with(".service")
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c)))
+    };
+    match cmd.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["systemctl", "--user", "restart", unit] | ["systemctl", "restart", unit] => unit_ok(unit),
+        ["launchctl", "kickstart", "-k", target] => target
+            .strip_prefix("gui/")
+            .and_then(|t| t.split_once('/'))
+            .is_some_and(|(uid, label)| {
+                !uid.is_empty()
+                    && uid.bytes().all(|b| b.is_ascii_digit())
+                    && label == "dev.mythos.mythosd"
+            }),
+        _ => false,
+    }
 }
 
 /// Restart a service-managed daemon through its manager (which gives it the unit's keys and
@@ -272,5 +298,33 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!process_alive(pid));
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    /// The client runs only the restarts it knows, whatever a daemon says.
+    #[test]
+    fn only_known_restarts_are_run() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        for ok in [
+            v(&["systemctl", "--user", "restart", "mythosd.service"]),
+            v(&["systemctl", "restart", "mythosd@alice.service"]),
+            v(&["launchctl", "kickstart", "-k", "gui/501/dev.mythos.mythosd"]),
+        ] {
+            assert!(is_service_restart(&ok), "{ok:?}");
+        }
+        for bad in [
+            v(&["sh", "-c", "rm -rf ~"]),
+            v(&["systemctl", "--user", "restart", "sshd.service"]),
+            v(&["systemctl", "--user", "restart", "mythosd@x;y.service"]),
+            v(&["systemctl", "--user", "stop", "mythosd.service"]),
+            v(&["launchctl", "kickstart", "-k", "gui/501/com.evil"]),
+            v(&[]),
+        ] {
+            assert!(!is_service_restart(&bad), "{bad:?}");
+        }
     }
 }
