@@ -10,6 +10,12 @@
 /// `dev.mythos.mythosd` launchd agent. (Only the name tells a service from a terminal started
 /// by one: a terminal's shells inherit its `INVOCATION_ID` or `XPC_SERVICE_NAME`.)
 pub fn restart_command() -> Option<Vec<String>> {
+    // Read once: it cannot change while the process lives, and `status --watch` asks often.
+    static COMMAND: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
+    COMMAND.get_or_init(find_restart_command).clone()
+}
+
+fn find_restart_command() -> Option<Vec<String>> {
     if std::env::var_os("INVOCATION_ID").is_some() {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         return mythos_protocol::paths::systemd_restart(&cgroup);
