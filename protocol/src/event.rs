@@ -194,6 +194,9 @@ pub enum FinishReason {
     ContentFilter,
     /// Any other reason, as the provider named it.
     Other(String),
+    /// One of the client's stop sequences ended it, and the provider said which (Anthropic's
+    /// `stop_sequence`).
+    StopSequence(String),
 }
 
 impl FinishReason {
@@ -206,6 +209,7 @@ impl FinishReason {
             FinishReason::Refusal => "refusal",
             FinishReason::ContentFilter => "content_filter",
             FinishReason::Other(s) => s,
+            FinishReason::StopSequence(_) => "stop_sequence",
         }
     }
 }

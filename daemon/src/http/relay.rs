@@ -715,9 +715,18 @@ pub fn anthropic_stop(finish: &FinishReason, tools: bool) -> &'static str {
         FinishReason::ToolUse => "tool_use",
         _ if tools => "tool_use",
         FinishReason::Refusal | FinishReason::ContentFilter => "refusal",
+        FinishReason::StopSequence(_) => "stop_sequence",
         FinishReason::Other(s) if s == "stop_sequence" => "stop_sequence",
         FinishReason::Other(s) if s == "pause_turn" => "pause_turn",
         _ => "end_turn",
+    }
+}
+
+/// The stop sequence that ended an answer, when the provider said which.
+pub fn stop_sequence(finish: &FinishReason) -> Option<&str> {
+    match finish {
+        FinishReason::StopSequence(s) => Some(s),
+        _ => None,
     }
 }
 

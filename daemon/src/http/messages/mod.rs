@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::errors::{ApiError, Dialect};
-use super::relay::{self, anthropic_stop, anthropic_usage, args_value, Block};
+use super::relay::{self, anthropic_stop, anthropic_usage, args_value, stop_sequence, Block};
 use super::Front;
 use crate::router::estimate_input_tokens;
 
@@ -64,7 +64,7 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
         "model": done.model,
         "content": content,
         "stop_reason": anthropic_stop(&done.finish, answer.has_tools()),
-        "stop_sequence": null,
+        "stop_sequence": stop_sequence(&done.finish).filter(|_| !answer.has_tools()),
         "usage": anthropic_usage(&done.usage),
     });
     // The provider that finished may not be the one that started.

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::http::errors::{anthropic_type, status_of};
 use crate::http::relay::{
-    anthropic_stop, anthropic_usage, sse, AnthropicUsage, EmptyObject, Encoder, Head, EMPTY_ARRAY,
+    anthropic_stop, anthropic_usage, sse, stop_sequence, AnthropicUsage, EmptyObject, Encoder,
+    Head, EMPTY_ARRAY,
 };
 use crate::http::template::{Hole, Template, TEXT_MARKER};
 
@@ -34,7 +35,7 @@ enum Frame<'a> {
         index: u32,
     },
     MessageDelta {
-        delta: StopDelta,
+        delta: StopDelta<'a>,
         usage: AnthropicUsage,
     },
     MessageStop,
@@ -111,9 +112,9 @@ enum Delta<'a> {
 }
 
 #[derive(Serialize)]
-struct StopDelta {
+struct StopDelta<'a> {
     stop_reason: &'static str,
-    stop_sequence: Option<&'static str>,
+    stop_sequence: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -373,7 +374,7 @@ impl Encoder for MessagesEncoder {
                 Frame::MessageDelta {
                     delta: StopDelta {
                         stop_reason: anthropic_stop(&done.finish, self.tools),
-                        stop_sequence: None,
+                        stop_sequence: stop_sequence(&done.finish).filter(|_| !self.tools),
                     },
                     usage: anthropic_usage(&done.usage),
                 }
@@ -407,6 +408,39 @@ impl Encoder for MessagesEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer ended by one of the client's stop sequences says which, as Anthropic does;
+    /// any other end says `null`.
+    #[test]
+    fn the_stop_sequence_is_named() {
+        let done = |finish| {
+            StreamEvent::Done(Box::new(mythos_protocol::DoneInfo {
+                finish,
+                usage: mythos_protocol::Usage::default(),
+                cost_usd: 0.0,
+                latency_ms: 1,
+                provider: "p".into(),
+                model: "m".into(),
+                record: 1,
+            }))
+        };
+        for (finish, want) in [
+            (
+                mythos_protocol::FinishReason::StopSequence("END".into()),
+                r#""stop_reason":"stop_sequence","stop_sequence":"END""#,
+            ),
+            (
+                mythos_protocol::FinishReason::Stop,
+                r#""stop_reason":"end_turn","stop_sequence":null"#,
+            ),
+        ] {
+            let (mut enc, _) = MessagesEncoder::start(&Head::for_test(), 10, false);
+            let mut out = BytesMut::new();
+            enc.event(done(finish), &mut out);
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            assert!(text.contains(want), "{text}");
+        }
+    }
 
     /// Text deltas are written from a template, made once per block (the golden streams
     /// check the bytes are the same either way).

@@ -98,6 +98,8 @@ struct DeltaBody<'a> {
     signature: Option<Str<'a>>,
     #[serde(default, borrow)]
     stop_reason: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    stop_sequence: Option<Str<'a>>,
 }
 
 // Only read when the stream fails: owned, like the error it becomes.
@@ -227,8 +229,17 @@ impl WireDecoder for AnthropicDecoder {
                 }
             }
             "message_delta" => {
-                if let Some(r) = parsed.delta.and_then(|d| d.stop_reason) {
-                    out.push(Delta::Finish(finish_reason(r.as_str())));
+                if let Some(d) = parsed.delta {
+                    if let Some(r) = d.stop_reason {
+                        let finish = match d.stop_sequence {
+                            // Which of the client's sequences it was, for the client.
+                            Some(s) if r.as_str() == "stop_sequence" => {
+                                FinishReason::StopSequence(s.into_string())
+                            }
+                            _ => finish_reason(r.as_str()),
+                        };
+                        out.push(Delta::Finish(finish));
+                    }
                 }
                 if let Some(u) = parsed.usage {
                     self.apply_usage(&u, out);
@@ -322,6 +333,8 @@ mod tests {
             "stop_sequence"
         );
         assert_eq!(crate::http::relay::openai_finish(&finish, false), "stop");
+        // And which sequence it was, as Anthropic said.
+        assert_eq!(crate::http::relay::stop_sequence(&finish), Some("END"));
     }
 
     #[test]
