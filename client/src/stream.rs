@@ -81,7 +81,10 @@ impl Turn {
                 self.provider = Some(provider.clone());
                 self.model = Some(model.clone());
             }
-            StreamEvent::TextDelta { text } => self.text.push_str(text),
+            // A refusal is the model's answer for this turn, and its history.
+            StreamEvent::TextDelta { text } | StreamEvent::RefusalDelta { text } => {
+                self.text.push_str(text)
+            }
             StreamEvent::Rerouted {
                 from,
                 to,

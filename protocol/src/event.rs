@@ -100,6 +100,14 @@ pub enum StreamEvent {
         /// The encrypted thinking.
         data: String,
     },
+    /// The model declines to answer, in words to append (OpenAI's `refusal`, which arrives in
+    /// place of answer text, notably when a response format was asked). Kept apart from
+    /// [`StreamEvent::TextDelta`] so a client that parses the answer (structured output) is
+    /// not handed the refusal as if it were the answer.
+    RefusalDelta {
+        /// The text.
+        text: String,
+    },
 }
 
 impl StreamEvent {
@@ -112,6 +120,7 @@ impl StreamEvent {
                 | StreamEvent::ThinkingDelta { .. }
                 | StreamEvent::ThinkingSignature { .. }
                 | StreamEvent::RedactedThinking { .. }
+                | StreamEvent::RefusalDelta { .. }
                 | StreamEvent::ToolCallStart { .. }
                 | StreamEvent::ToolCallDelta { .. }
         )

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mythos_protocol::SimFault;
 use mythos_tests::{Daemon, Mocks, TestEnv};
-use mythosd::sim::{answer_for, json_answer_for};
+use mythosd::sim::{answer_for, json_answer_for, SIM_REFUSAL};
 use serde_json::{json, Value};
 
 /// Mocks, a daemon on them and a client for its front end.
@@ -281,6 +281,7 @@ fn messages_stream(body: &str) -> Message {
 #[derive(Debug, Default)]
 struct Completion {
     text: String,
+    refusal: String,
     reasoning: String,
     finish: Vec<String>,
     usage: Option<Value>,
@@ -322,6 +323,7 @@ fn chat_stream(body: &str, include_usage: bool) -> Completion {
         let choice = &ch["choices"][0];
         let d = &choice["delta"];
         c.text.push_str(d["content"].as_str().unwrap_or(""));
+        c.refusal.push_str(d["refusal"].as_str().unwrap_or(""));
         c.reasoning
             .push_str(d["reasoning_content"].as_str().unwrap_or(""));
         for tc in d["tool_calls"].as_array().into_iter().flatten() {
@@ -557,6 +559,91 @@ async fn structured_output_survives_failover_on_every_api() {
     let r = w.post("/v1/chat/completions", &req).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("response_format.schema"), "{}", r.body);
+}
+
+/// An OpenAI model's refusal (its own field, `refusal`, in place of content) reaches each API in
+/// that API's own shape, streamed and not: Chat Completions' `refusal` (content `null`), the
+/// Responses API's `refusal` part, and in Messages the words as text with `stop_reason:
+/// "refusal"`. Given back as content, a client parsing a structured answer would have parsed
+/// the refusal instead of seeing that the model declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_reaches_each_api_in_its_own_shape() {
+    let w = World::start().await;
+    let schema = json!({"type": "object", "properties": {"x": {"type": "string"}},
+        "required": ["x"], "additionalProperties": false});
+    let mut req = user("openai", "please refuse this", true);
+    req["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "x", "schema": schema, "strict": true}});
+    let r = w.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = chat_stream(&r.body, false);
+    assert_eq!((c.text.as_str(), c.refusal.as_str()), ("", SIM_REFUSAL));
+    assert_eq!(c.finish, ["stop"]);
+    req["stream"] = json!(false);
+    let r = w.post("/v1/chat/completions", &req).await;
+    let v = r.json();
+    let m = &v["choices"][0]["message"];
+    assert_eq!(
+        (&m["content"], &m["refusal"]),
+        (&Value::Null, &json!(SIM_REFUSAL)),
+        "{v}"
+    );
+
+    let r = w
+        .post("/v1/messages", &user("openai", "please refuse this", true))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = messages_stream(&r.body);
+    assert_eq!(
+        (m.text(), m.stop_reason.as_str()),
+        (SIM_REFUSAL.to_string(), "refusal")
+    );
+    let r = w
+        .post("/v1/messages", &user("openai", "please refuse this", false))
+        .await;
+    let v = r.json();
+    assert_eq!(v["stop_reason"], "refusal", "{v}");
+    assert_eq!(v["content"], json!([{"type": "text", "text": SIM_REFUSAL}]));
+
+    for stream in [true, false] {
+        let req = json!({"model": "openai", "input": "please refuse this", "stream": stream});
+        let r = w.post("/v1/responses", &req).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let response = if stream {
+            let frames = frames(&r.body);
+            let events: Vec<Value> = frames
+                .iter()
+                .map(|f| serde_json::from_str(&f.data).expect("JSON event"))
+                .collect();
+            let deltas: String = events
+                .iter()
+                .filter(|e| e["type"] == "response.refusal.delta")
+                .filter_map(|e| e["delta"].as_str())
+                .collect();
+            assert_eq!(deltas, SIM_REFUSAL);
+            let done = events
+                .iter()
+                .find(|e| e["type"] == "response.refusal.done")
+                .expect("response.refusal.done");
+            assert_eq!(done["refusal"], SIM_REFUSAL);
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| e["type"] == "response.output_text.delta"),
+                "a refusal streamed as text"
+            );
+            let last = events.last().expect("events");
+            assert_eq!(last["type"], "response.completed", "{last}");
+            last["response"].clone()
+        } else {
+            r.json()
+        };
+        assert_eq!(
+            response["output"][0]["content"],
+            json!([{"type": "refusal", "refusal": SIM_REFUSAL}]),
+            "{response}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,15 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
 
     /// Show one event. `Done` and `Error` only end the text; the caller decides what to say.
     pub fn event(&mut self, ev: &StreamEvent) -> io::Result<()> {
+        // A refusal is what the model answered: shown as its text.
+        let refusal;
+        let ev = match ev {
+            StreamEvent::RefusalDelta { text } => {
+                refusal = StreamEvent::TextDelta { text: text.clone() };
+                &refusal
+            }
+            ev => ev,
+        };
         if let StreamEvent::Queued {
             reason,
             until_unix_ms,

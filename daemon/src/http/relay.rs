@@ -607,6 +607,8 @@ pub enum Block {
     Text(String),
     /// Thinking the provider redacted, to be sent back as it came.
     RedactedThinking(String),
+    /// The model's refusal, in words (OpenAI's `refusal`).
+    Refusal(String),
     /// A tool call.
     Tool {
         /// Call id.
@@ -655,6 +657,10 @@ impl Answer {
             StreamEvent::RedactedThinking { data } => {
                 self.blocks.push(Block::RedactedThinking(data.clone()))
             }
+            StreamEvent::RefusalDelta { text } => match self.blocks.last_mut() {
+                Some(Block::Refusal(t)) => t.push_str(text),
+                _ => self.blocks.push(Block::Refusal(text.clone())),
+            },
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.tools.push((*index, self.blocks.len()));
                 self.blocks.push(Block::Tool {
@@ -689,6 +695,17 @@ impl Answer {
         s
     }
 
+    /// The concatenated refusal text (empty when the model did not refuse).
+    pub fn refusal(&self) -> String {
+        let mut s = String::new();
+        for b in &self.blocks {
+            if let Block::Refusal(t) = b {
+                s.push_str(t);
+            }
+        }
+        s
+    }
+
     /// Whether the answer calls a tool.
     pub fn has_tools(&self) -> bool {
         self.blocks.iter().any(|b| matches!(b, Block::Tool { .. }))
@@ -705,6 +722,15 @@ pub fn args_value(args: &str) -> serde_json::Value {
         tracing::debug!(error = %e, "a tool call's arguments are not valid JSON");
         serde_json::json!({})
     })
+}
+
+/// How an answer that refused in words (OpenAI's `refusal`, which ends with a plain `stop`)
+/// ended, for a dialect that says so in its stop reason (Messages: `refusal`).
+pub fn refusal_finish(finish: &FinishReason, refused: bool) -> &FinishReason {
+    match finish {
+        FinishReason::Stop if refused => &FinishReason::Refusal,
+        other => other,
+    }
 }
 
 /// Anthropic's `stop_reason` for a finish (tool calls win over a plain stop, as OpenAI-format

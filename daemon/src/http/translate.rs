@@ -29,17 +29,17 @@ pub fn data_url_image(url: &str) -> Option<ImageSource> {
     })
 }
 
-/// The text parts of a content list, joined by blank lines.
+/// The text parts of a content list, joined by blank lines. An assistant's `refusal` part
+/// counts as text: the model said it, and the next provider should read it.
 pub fn text_of(parts: &[Value]) -> String {
     let texts: Vec<&str> = parts
         .iter()
-        .filter(|p| {
-            matches!(
-                p.get("type").and_then(Value::as_str),
-                Some("text" | "input_text" | "output_text")
-            )
+        .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+            Some("text" | "input_text" | "output_text") => p.get("text"),
+            Some("refusal") => p.get("refusal"),
+            _ => None,
         })
-        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .filter_map(Value::as_str)
         .collect();
     texts.join("\n\n")
 }

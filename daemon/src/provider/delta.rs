@@ -17,6 +17,8 @@ pub enum Delta {
     ThinkingSignature(String),
     /// A redacted thinking block's encrypted data (Anthropic `redacted_thinking`).
     RedactedThinking(String),
+    /// The model declines, in words (OpenAI `delta.refusal`), in place of answer text.
+    Refusal(String),
     /// A tool call begins.
     ToolCallStart {
         /// Position of the call in the answer (OpenAI `index`, or the Anthropic tool block's
@@ -53,6 +55,7 @@ impl Delta {
             self,
             Delta::Text(_)
                 | Delta::Thinking(_)
+                | Delta::Refusal(_)
                 | Delta::ToolCallStart { .. }
                 | Delta::ToolCallArgs { .. }
         )

@@ -6,13 +6,14 @@ use super::anthropic::stream::AnthropicDecoder;
 use super::decode::{StreamDecoder, WireDecoder};
 use super::openai::stream::OpenAiDecoder;
 
-const TRANSCRIPTS: [&[u8]; 8] = [
+const TRANSCRIPTS: [&[u8]; 9] = [
     include_bytes!("../../testdata/sse/anthropic_basic_text_with_ping.sse"),
     include_bytes!("../../testdata/sse/anthropic_error_event_overloaded.sse"),
     include_bytes!("../../testdata/sse/anthropic_refusal_response.sse"),
     include_bytes!("../../testdata/sse/anthropic_tool_use_input_json_delta.sse"),
     include_bytes!("../../testdata/sse/openai_chat_finish_length_usage.sse"),
     include_bytes!("../../testdata/sse/openai_chat_multiple_choices_n3.sse"),
+    include_bytes!("../../testdata/sse/openai_chat_refusal.sse"),
     include_bytes!("../../testdata/sse/openai_chat_text_usage_final_chunk_DONE.sse"),
     include_bytes!("../../testdata/sse/openai_chat_tool_call_args_fragments.sse"),
 ];

@@ -21,6 +21,7 @@ macro_rules! transcript {
 struct Outcome {
     model: Option<String>,
     text: String,
+    refusal: String,
     thinking: String,
     signature: String,
     redacted: Vec<String>,
@@ -36,6 +37,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
         match d {
             Delta::Model(m) => o.model = Some(m),
             Delta::Text(t) => o.text.push_str(&t),
+            Delta::Refusal(t) => o.refusal.push_str(&t),
             Delta::Thinking(t) => o.thinking.push_str(&t),
             Delta::ThinkingSignature(s) => o.signature.push_str(&s),
             Delta::RedactedThinking(d) => o.redacted.push(d),
@@ -184,6 +186,25 @@ fn openai_text_usage_and_done() {
         Some(Usage {
             input_tokens: 14,
             output_tokens: 30,
+            ..Usage::default()
+        })
+    );
+}
+
+/// A refusal (a response format was asked of a prompt the model declines) is its own field,
+/// not answer text: a client parsing the answer must not be handed the refusal as the answer.
+#[test]
+fn openai_refusal() {
+    let o = openai(transcript!("openai_chat_refusal.sse")).unwrap();
+    assert_eq!(o.text, "");
+    assert_eq!(o.refusal, "I'm sorry, I can't assist with that request.");
+    assert_eq!(o.finish, Some(FinishReason::Stop));
+    assert_eq!(o.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            input_tokens: 79,
+            output_tokens: 11,
             ..Usage::default()
         })
     );

@@ -22,7 +22,7 @@ use crate::wake::WakeFlag;
 pub(super) struct Partial {
     /// Answer text the client has received.
     pub text: String,
-    /// A tool call was started: the answer cannot be continued, only restarted.
+    /// A tool call (or a refusal) was started: the answer cannot be continued, only restarted.
     pub tool_started: bool,
     /// Anything at all was sent to the client (text, thinking, tool call).
     pub emitted: bool,
@@ -292,7 +292,12 @@ impl Router {
             if !held.is_empty()
                 && matches!(
                     delta,
-                    None | Some(Delta::Text(_) | Delta::Thinking(_) | Delta::RedactedThinking(_))
+                    None | Some(
+                        Delta::Text(_)
+                            | Delta::Thinking(_)
+                            | Delta::RedactedThinking(_)
+                            | Delta::Refusal(_)
+                    )
                 )
             {
                 // Another block began, or the answer is complete: the calls are whole.
@@ -333,6 +338,12 @@ impl Router {
                     }
                 }
                 Delta::Thinking(t) => events.push(StreamEvent::ThinkingDelta { text: t }),
+                Delta::Refusal(text) => {
+                    // Another model would not continue a refusal in its words, nor should
+                    // the client get an answer glued to one: a refusal cut short restarts.
+                    partial.tool_started = true;
+                    events.push(StreamEvent::RefusalDelta { text });
+                }
                 Delta::ThinkingSignature(signature) => {
                     events.push(StreamEvent::ThinkingSignature { signature })
                 }

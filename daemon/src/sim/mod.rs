@@ -44,6 +44,7 @@ pub use builtin::{start_builtin, Sims};
 pub use chaos::SimChaos;
 pub use checks::{redacted_data as sim_redacted_thinking, signature as sim_thinking_signature};
 pub use quota::SimQuota;
+pub use wire::REFUSAL as SIM_REFUSAL;
 use wire::{Plan, Step};
 
 /// Which wire format a simulated provider speaks.

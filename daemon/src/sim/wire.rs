@@ -352,6 +352,16 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
     // format: the results are `tool` messages after the user's prompt).
     let after_results = texts[..upto].last().is_some_and(|(r, _)| r == "tool");
     let tool = tool.filter(|_| prompt.starts_with("call:") && !after_results);
+    // OpenAI's models decline in a field of their own (`delta.refusal`, content `null`), most
+    // often when a response format was asked: a prompt that says `refuse` gets one.
+    let refusal = flavor == Flavor::OpenAi && tool.is_none() && prompt.contains("refuse");
+    if refusal {
+        full = REFUSAL.to_string();
+        rest = full
+            .strip_prefix(partial.as_str())
+            .unwrap_or(&full)
+            .to_string();
+    }
 
     // Reasoning streamed before the answer: Anthropic when thinking is on; DeepSeek always
     // for a fresh plain answer (a demo nicety), and before tool calls too in reasoning mode.
@@ -367,6 +377,7 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         include_usage: req["stream_options"]["include_usage"] == true,
         block: u32::from(anthropic_thinking) + u32::from(redacted),
         redacted,
+        refusal,
     };
     let mut steps = Vec::new();
     if let Some(SimFault::KeepAliveOnly) = fault {
@@ -522,7 +533,13 @@ struct Writer {
     /// Anthropic: a `redacted_thinking` block follows the thinking (a prompt that says
     /// `redact`), as when the provider's safety systems flag some of the reasoning.
     redacted: bool,
+    /// OpenAI: the answer is a refusal, streamed in `delta.refusal`.
+    refusal: bool,
 }
+
+/// What the OpenAI-flavour simulator says when a prompt asks it to `refuse`: the words of the
+/// refusal recorded from the live API in openai-python's test suite.
+pub const REFUSAL: &str = "I'm sorry, I can't assist with that request.";
 
 fn sse(event: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
@@ -628,6 +645,8 @@ impl Writer {
             vec![self.openai_tool_start(name, true)]
         } else if tool.is_some() {
             vec![self.openai_delta(json!({"role": "assistant", "content": null, "refusal": null}))]
+        } else if self.refusal {
+            vec![self.openai_delta(json!({"role": "assistant", "content": null, "refusal": ""}))]
         } else {
             vec![self.openai_delta(json!({"role": "assistant", "content": "", "refusal": null}))]
         }
@@ -693,6 +712,8 @@ impl Writer {
                 json!({"type": "content_block_delta", "index": self.block,
                 "delta": {"type": "text_delta", "text": t}}),
             )
+        } else if self.refusal {
+            self.openai_delta(json!({"refusal": t}))
         } else {
             self.openai_delta(json!({"content": t}))
         }

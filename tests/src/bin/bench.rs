@@ -3,6 +3,9 @@
 //! `cargo run --release -p mythos-tests --bin bench -- [--quick] [--full] [--json]
 //! [--overhead-only] [--callgrind]`
 //!
+//! `bench --drive SOCKET N` only makes N requests one at a time through a running daemon's
+//! socket, for a profiler attached to that daemon.
+//!
 //! `--callgrind` runs only the instruction count: the daemon under `valgrind --tool=callgrind`
 //! (when valgrind is installed), short and long answers through the socket and through the HTTP
 //! front end, and the user-space instructions per relayed chunk and per request solved from the
@@ -916,6 +919,18 @@ async fn bench(args: Vec<String>) {
     };
     if args.iter().any(|a| a == "--serve-mock") {
         serve_mock().await;
+        return;
+    }
+    // For profiling a running daemon (strace, perf): requests one at a time on one connection.
+    if let Some(at) = args.iter().position(|a| a == "--drive") {
+        let socket = args.get(at + 1).expect("--drive SOCKET N");
+        let n = args.get(at + 2).and_then(|n| n.parse().ok()).unwrap_or(100);
+        let (_, mut total, chunks, wall) =
+            load_via(Path::new(socket), 1, n, "benchmark prompt").await;
+        eprintln!(
+            "bench --drive: {n} requests, {chunks} chunks in {wall:.2} s, total time p50 {:.3} ms",
+            pct(&mut total, 0.5)
+        );
         return;
     }
     if o.callgrind {

@@ -48,14 +48,17 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
                 "id": id, "type": "function",
                 "function": {"name": name, "arguments": if args.is_empty() { "{}" } else { args }},
             })),
-            Block::Text(_) | Block::RedactedThinking(_) => {}
+            Block::Text(_) | Block::RedactedThinking(_) | Block::Refusal(_) => {}
         }
     }
     let text = answer.text();
+    let refusal = answer.refusal();
+    // As the API answers: a refusal in place of content, content `null` beside it.
+    let empty = text.is_empty() && (!tool_calls.is_empty() || !refusal.is_empty());
     let mut message = json!({
         "role": "assistant",
-        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
-        "refusal": null,
+        "content": if empty { Value::Null } else { json!(text) },
+        "refusal": if refusal.is_empty() { Value::Null } else { json!(refusal) },
     });
     if !thinking.is_empty() {
         message["reasoning_content"] = json!(thinking);

@@ -88,6 +88,17 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
                     }
                     _ => {}
                 }
+                // A refusal the client got back (`message.refusal`, content `null`): the
+                // model's words for that turn.
+                if let Some(r) = m.get("refusal").and_then(Value::as_str) {
+                    if !r.is_empty()
+                        && !content
+                            .iter()
+                            .any(|b| matches!(b, ContentBlock::Text { .. }))
+                    {
+                        content.push(ContentBlock::Text { text: r.into() });
+                    }
+                }
                 for call in m
                     .get("tool_calls")
                     .and_then(Value::as_array)

@@ -44,6 +44,10 @@ enum Delta<'a> {
     Content {
         content: &'a str,
     },
+    /// The model declines (the SDKs gather it into `message.refusal`).
+    Refusal {
+        refusal: &'a str,
+    },
     /// DeepSeek's field: clients that know it show it, the rest ignore it.
     Reasoning {
         reasoning_content: &'a str,
@@ -175,6 +179,12 @@ impl Encoder for ChatEncoder {
                         Some(t) => t.write(out, &[&text], &[]),
                         None => self.chunk(out, Delta::Content { content: &text }, None),
                     }
+                }
+            }
+            StreamEvent::RefusalDelta { text } => {
+                if !text.is_empty() {
+                    self.visible = true;
+                    self.chunk(out, Delta::Refusal { refusal: &text }, None);
                 }
             }
             StreamEvent::ThinkingDelta { text } => match self.reasoning() {

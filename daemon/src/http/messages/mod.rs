@@ -50,7 +50,9 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
         content.push(match b {
             Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
                 "signature": signature.clone().unwrap_or_default()}),
-            Block::Text(t) => json!({"type": "text", "text": t}),
+            // The Messages API has no refusal block: the words are the answer's text, and
+            // its stop reason says it refused.
+            Block::Text(t) | Block::Refusal(t) => json!({"type": "text", "text": t}),
             Block::RedactedThinking(data) => json!({"type": "redacted_thinking", "data": data}),
             Block::Tool { id, name, args } => {
                 json!({"type": "tool_use", "id": id, "name": name, "input": args_value(args)})
@@ -63,7 +65,10 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
         "role": "assistant",
         "model": done.model,
         "content": content,
-        "stop_reason": anthropic_stop(&done.finish, answer.has_tools()),
+        "stop_reason": anthropic_stop(
+            relay::refusal_finish(&done.finish, !answer.refusal().is_empty()),
+            answer.has_tools(),
+        ),
         "stop_sequence": stop_sequence(&done.finish).filter(|_| !answer.has_tools()),
         "usage": anthropic_usage(&done.usage),
     });

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::http::errors::{anthropic_type, status_of};
 use crate::http::relay::{
-    anthropic_stop, anthropic_usage, sse, stop_sequence, AnthropicUsage, EmptyObject, Encoder,
-    Head, EMPTY_ARRAY,
+    anthropic_stop, anthropic_usage, refusal_finish, sse, stop_sequence, AnthropicUsage,
+    EmptyObject, Encoder, Head, EMPTY_ARRAY,
 };
 use crate::http::template::{Hole, Template, TEXT_MARKER};
 
@@ -138,6 +138,9 @@ pub struct MessagesEncoder {
     /// Text or a tool call went out: a restart can no longer be hidden.
     visible: bool,
     tools: bool,
+    /// The model refused in words (OpenAI's `refusal`): they go out as text, and the answer
+    /// ends with `stop_reason: "refusal"`, the Messages API's own way to say it.
+    refused: bool,
     /// Tool calls being gathered: each goes out whole, as one block.
     pending: Vec<(u32, String, String, String)>,
     usage: Usage,
@@ -180,6 +183,7 @@ impl MessagesEncoder {
                 pinged: false,
                 visible: false,
                 tools: false,
+                refused: false,
                 pending: Vec::new(),
                 usage: Usage::default(),
                 thinking,
@@ -292,6 +296,13 @@ impl Encoder for MessagesEncoder {
         ) {
             self.flush_tools(out);
         }
+        let ev = match ev {
+            StreamEvent::RefusalDelta { text } => {
+                self.refused = true;
+                StreamEvent::TextDelta { text }
+            }
+            ev => ev,
+        };
         match ev {
             StreamEvent::TextDelta { text } => {
                 if !text.is_empty() {
@@ -371,9 +382,10 @@ impl Encoder for MessagesEncoder {
             StreamEvent::Rerouted { .. } | StreamEvent::Queued { .. } => Frame::Ping.write(out),
             StreamEvent::Done(done) => {
                 self.close(out);
+                let finish = refusal_finish(&done.finish, self.refused);
                 Frame::MessageDelta {
                     delta: StopDelta {
-                        stop_reason: anthropic_stop(&done.finish, self.tools),
+                        stop_reason: anthropic_stop(finish, self.tools),
                         stop_sequence: stop_sequence(&done.finish).filter(|_| !self.tools),
                     },
                     usage: anthropic_usage(&done.usage),
@@ -387,7 +399,7 @@ impl Encoder for MessagesEncoder {
                 self.error(out, ty, &message);
                 return true;
             }
-            StreamEvent::Started { .. } => {}
+            StreamEvent::Started { .. } | StreamEvent::RefusalDelta { .. } => {}
         }
         false
     }

@@ -93,6 +93,10 @@ fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
                 id: Item::id("msg", record, n),
                 text: text.clone(),
             },
+            Block::Refusal(text) => Item::Refusal {
+                id: Item::id("msg", record, n),
+                text: text.clone(),
+            },
             Block::Tool { id, name, args } => Item::Call {
                 custom: custom.contains(name),
                 id: Item::id("fc", record, n),

@@ -432,6 +432,12 @@ fn parts(content: Option<&Value>) -> Vec<ContentBlock> {
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
                     .map(|t| ContentBlock::Text { text: t.into() }),
+                // An assistant's refusal, replayed: its words are that turn's text.
+                Some("refusal") => p
+                    .get("refusal")
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| ContentBlock::Text { text: t.into() }),
                 Some("input_image") => image_of(p).map(|source| ContentBlock::Image { source }),
                 other => {
                     tracing::debug!(part = ?other, "dropped a content part the router cannot map");

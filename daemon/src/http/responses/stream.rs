@@ -212,6 +212,14 @@ pub enum Item {
         /// The text.
         text: String,
     },
+    /// The model's refusal: a message whose content is a `refusal` part, as the live API
+    /// sends it (the SDKs' `output_text` leaves it out).
+    Refusal {
+        /// `msg_…`.
+        id: String,
+        /// The words.
+        text: String,
+    },
     /// Reasoning, sent as its summary: the text is what the model showed of its thinking.
     Reasoning {
         /// `rs_…`.
@@ -258,6 +266,13 @@ impl Item {
                 "type": "message",
                 "status": status,
                 "content": if shell { json!([]) } else { json!([output_text(text)]) },
+                "role": "assistant",
+            }),
+            Item::Refusal { id, text } => json!({
+                "id": id,
+                "type": "message",
+                "status": status,
+                "content": if shell { json!([]) } else { json!([refusal_part(text)]) },
                 "role": "assistant",
             }),
             // The live API's reasoning items carry no status.
@@ -324,6 +339,10 @@ pub fn custom_input(args: &str) -> String {
 
 fn output_text(text: &str) -> Value {
     json!({"type": "output_text", "annotations": [], "logprobs": [], "text": text})
+}
+
+fn refusal_part(text: &str) -> Value {
+    json!({"type": "refusal", "refusal": text})
 }
 
 /// A tool call being gathered: router index, call id, name, argument fragments.
@@ -432,6 +451,26 @@ impl ResponsesEncoder {
         n
     }
 
+    fn open_refusal(&mut self, out: &mut BytesMut) -> usize {
+        self.close(out, "completed");
+        let id = Item::id("msg", self.meta.record, self.items.len());
+        let n = self.add(
+            out,
+            Item::Refusal {
+                id: id.clone(),
+                text: String::new(),
+            },
+        );
+        self.emit(
+            out,
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": n, "content_index": 0,
+                   "part": refusal_part("")}),
+        );
+        self.open = Some(n);
+        n
+    }
+
     fn open_reasoning(&mut self, out: &mut BytesMut) -> usize {
         self.close(out, "completed");
         let id = Item::id("rs", self.meta.record, self.items.len());
@@ -471,6 +510,20 @@ impl ResponsesEncoder {
                     "response.content_part.done",
                     json!({"item_id": id, "output_index": n, "content_index": 0,
                            "part": output_text(text)}),
+                );
+            }
+            Item::Refusal { id, text } => {
+                self.emit(
+                    out,
+                    "response.refusal.done",
+                    json!({"item_id": id, "output_index": n, "content_index": 0,
+                           "refusal": text}),
+                );
+                self.emit(
+                    out,
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": n, "content_index": 0,
+                           "part": refusal_part(text)}),
                 );
             }
             Item::Reasoning { id, text, .. } => {
@@ -647,6 +700,26 @@ impl Encoder for ResponsesEncoder {
                         }
                         _ => emit(&mut self.seq, out, TEXT_DELTA, fields(&text)),
                     }
+                }
+            }
+            StreamEvent::RefusalDelta { text } => {
+                if !text.is_empty() {
+                    self.visible = true;
+                    let n = match self.open {
+                        Some(n) if matches!(self.items[n].0, Item::Refusal { .. }) => n,
+                        _ => self.open_refusal(out),
+                    };
+                    let Item::Refusal { id, text: t } = &mut self.items[n].0 else {
+                        unreachable!("the open item is a refusal")
+                    };
+                    t.push_str(&text);
+                    let id = id.clone();
+                    self.emit(
+                        out,
+                        "response.refusal.delta",
+                        json!({"item_id": id, "output_index": n, "content_index": 0,
+                               "delta": text}),
+                    );
                 }
             }
             StreamEvent::ThinkingDelta { text } => {

@@ -655,6 +655,7 @@ mod tests {
         [
             "openai_chat_finish_length_usage.sse",
             "openai_chat_multiple_choices_n3.sse",
+            "openai_chat_refusal.sse",
             "openai_chat_text_usage_final_chunk_DONE.sse",
             "openai_chat_tool_call_args_fragments.sse",
         ]

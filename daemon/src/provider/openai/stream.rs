@@ -207,7 +207,7 @@ impl OpenAiDecoder {
                     out.push(Delta::Text(t.into_string()));
                 }
                 if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Text(t.into_string()));
+                    out.push(Delta::Refusal(t.into_string()));
                 }
                 for call in d.tool_calls.unwrap_or_default() {
                     let (name, args) = match call.function {
