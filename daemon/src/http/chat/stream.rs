@@ -83,8 +83,9 @@ pub struct ChatEncoder {
     model: String,
     include_usage: bool,
     visible: bool,
-    /// Router tool index → dense index in this answer.
-    tools: Vec<u32>,
+    /// Router tool index → dense index in this answer, and whether the call has had any
+    /// arguments.
+    tools: Vec<(u32, bool)>,
     /// The content chunk, serialized once (see `template`), and the reasoning chunk, once
     /// there is reasoning (`None` inside when it cannot be made).
     content: Option<Template>,
@@ -201,7 +202,7 @@ impl Encoder for ChatEncoder {
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.visible = true;
                 let n = self.tools.len();
-                self.tools.push(index);
+                self.tools.push((index, false));
                 let call = ToolCall {
                     index: n,
                     id: Some(&id),
@@ -214,7 +215,8 @@ impl Encoder for ChatEncoder {
                 self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
             }
             StreamEvent::ToolCallDelta { index, json } => {
-                if let Some(n) = self.tools.iter().rposition(|&i| i == index) {
+                if let Some(n) = self.tools.iter().rposition(|&(i, _)| i == index) {
+                    self.tools[n].1 |= !json.is_empty();
                     let call = ToolCall {
                         index: n,
                         id: None,
@@ -261,6 +263,23 @@ impl Encoder for ChatEncoder {
                 self.chunk(out, delta, None);
             }
             StreamEvent::Done(done) => {
+                // A call without arguments (Anthropic streams none for an empty input) has
+                // `"{}"`, as OpenAI sends it: clients parse the arguments they add up, and
+                // `""` is not JSON.
+                for n in 0..self.tools.len() {
+                    if !self.tools[n].1 {
+                        let call = ToolCall {
+                            index: n,
+                            id: None,
+                            ty: None,
+                            function: Function {
+                                name: None,
+                                arguments: "{}",
+                            },
+                        };
+                        self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
+                    }
+                }
                 let finish = openai_finish(&done.finish, !self.tools.is_empty());
                 self.chunk(out, Delta::Empty {}, Some(finish));
                 if self.include_usage {
@@ -314,6 +333,65 @@ mod tests {
         let mut out = BytesMut::new();
         enc.event(StreamEvent::ThinkingDelta { text: "hm".into() }, &mut out);
         assert!(enc.content.is_some() && enc.reasoning.is_some_and(|t| t.is_some()));
+    }
+
+    /// A call that got no arguments (Claude streams none for a tool without parameters) adds
+    /// up to `"{}"`, as OpenAI streams it; one that got some adds up to exactly those.
+    #[test]
+    fn a_call_without_arguments_has_an_empty_object() {
+        let args = |out: &BytesMut| -> Vec<String> {
+            let mut calls: Vec<String> = Vec::new();
+            for v in std::str::from_utf8(out)
+                .unwrap()
+                .split("\n\n")
+                .filter_map(|f| f.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            {
+                for tc in v["choices"][0]["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = tc["index"].as_u64().unwrap() as usize;
+                    if i == calls.len() {
+                        calls.push(String::new());
+                    }
+                    calls[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+                }
+            }
+            calls
+        };
+        let (mut enc, _) = ChatEncoder::start(&Head::for_test(), false);
+        let mut out = BytesMut::new();
+        for ev in [
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "now".into(),
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "b".into(),
+                name: "echo".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                json: r#"{"x":1}"#.into(),
+            },
+        ] {
+            enc.event(ev, &mut out);
+        }
+        let done = mythos_protocol::DoneInfo {
+            finish: mythos_protocol::FinishReason::ToolUse,
+            usage: mythos_protocol::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 0,
+            provider: "p".into(),
+            model: "m".into(),
+            record: 1,
+        };
+        assert!(enc.event(StreamEvent::Done(Box::new(done)), &mut out));
+        assert_eq!(args(&out), ["{}", r#"{"x":1}"#]);
     }
 
     /// Reasoning, then a restart elsewhere that reasons again: the client's accumulated
