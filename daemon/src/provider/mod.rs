@@ -150,6 +150,11 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         // would otherwise leave 1,000 idle connections and their buffers (~100 MiB) behind.
         .pool_max_idle_per_host(32)
         .tcp_nodelay(true)
+        // Never followed: reqwest strips only `Authorization` when a redirect leaves the
+        // origin, so a provider (or anything on the way) answering 307 to another host would
+        // be handed `x-api-key` or `x-goog-api-key`. A redirect is an error that names where
+        // to point `base_url` instead.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("mythosd/", env!("CARGO_PKG_VERSION")))
         .build()
 }
@@ -191,6 +196,64 @@ mod request_tests {
             ..ProviderConfig::new("p", api, base, model)
         };
         HttpTransport::new(cfg, http_client().unwrap())
+    }
+
+    /// A provider answering with a redirect to another host is not followed there: reqwest
+    /// would strip only `Authorization`, and hand Anthropic's and Gemini's keys (`x-api-key`,
+    /// `x-goog-api-key`) to whatever host the redirect names. The error says where it pointed.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_key() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let thief = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stolen = format!("http://{}/steal", thief.local_addr().unwrap());
+        let reached = tokio::spawn(async move {
+            let (mut c, _) = thief.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let n = c.read(&mut head).await.unwrap_or(0);
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", provider.local_addr().unwrap());
+        let to = stolen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = provider.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n"
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+            }
+        });
+        for api in [Api::Anthropic, Api::Gemini, Api::Openai] {
+            let base = if api == Api::Openai {
+                format!("{base}/v1")
+            } else {
+                base.clone()
+            };
+            let t = transport(api, &base, "m");
+            let chat = ChatRequest::user_text(1, "hi");
+            let req = UpstreamRequest {
+                chat: &chat,
+                model: "m",
+                max_tokens: 10,
+                prefill: None,
+                format_in_words: false,
+            };
+            let Err(e) = t.open(&req).await else {
+                panic!("{api:?}: a redirect was taken for an answer")
+            };
+            assert_eq!(e.status, Some(307), "{api:?}: {e:?}");
+            assert!(
+                e.message.contains(&format!("redirect to {stolen}")),
+                "{e:?}"
+            );
+            assert!(e.message.contains("base_url"), "{e:?}");
+            assert!(!e.message.contains("sk-secret"), "{e:?}");
+        }
+        let waited = tokio::time::timeout(Duration::from_millis(300), reached).await;
+        assert!(waited.is_err(), "the other host was reached: {waited:?}");
     }
 
     #[test]
@@ -650,6 +713,17 @@ async fn error_from_response(
     limits: ratelimit::RateLimits,
 ) -> ProviderError {
     let status = resp.status().as_u16();
+    let moved_to = resp
+        .status()
+        .is_redirection()
+        .then(|| resp.headers().get(reqwest::header::LOCATION))
+        .flatten()
+        .map(|l| {
+            String::from_utf8_lossy(l.as_bytes())
+                .chars()
+                .take(200)
+                .collect::<String>()
+        });
     let mut body = Vec::new();
     let mut resp = resp;
     let read = async {
@@ -685,6 +759,13 @@ async fn error_from_response(
     }
     if let Some(m) = msg {
         message.push_str(&format!(": {m}"));
+    }
+    if (300..400).contains(&status) {
+        message.push_str(&format!(
+            " (a redirect{}: mythosd does not follow redirects, which would hand the API key to \
+             another host; set this provider's base_url to where the API is now)",
+            moved_to.map(|l| format!(" to {l}")).unwrap_or_default()
+        ));
     }
     // Redacted before it is cut: a key that straddles the cut would otherwise leak its start.
     let message = redact::provider_text(&message, key);
