@@ -404,3 +404,49 @@ async fn a_corrupt_state_database_is_kept_aside_and_reported() {
     assert!(env.mythos(&["ask", "hello"]).status.success());
     assert!(env.mythos(&["why", "last"]).status.success());
 }
+
+/// A client that sends many requests and reads none of them (a hung editor, a script that
+/// never reads) cannot take every provider stream from everybody else: one connection runs at
+/// most 32 streams at once, so another session is answered at once, not after a queue timeout.
+/// (That a stuck client's streams are given up after `CLIENT_READ_TIMEOUT` is tested with a
+/// paused clock in the router's tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_does_not_starve_the_others() {
+    let mocks = Mocks::start().await;
+    // Long answers, so the stuck client's streams fill its socket and its channel and block.
+    mocks.openai.set_answer_repeat(20);
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[routing]\nmax_queue_wait_ms = 30000\n\
+         [[provider]]\nname = \"only\"\napi = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n\
+         api_key = \"key-openai\"\nmax_concurrent = 40\n",
+        mocks.openai.base_url()
+    ));
+    let _daemon = env.start_daemon(&[]);
+    let mut stuck = RawClient::connect(&env.socket).await;
+    for id in 1..=100 {
+        stuck
+            .send(Request::Chat(ChatRequest::user_text(id, "fill the pipe")))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let mut other = RawClient::connect(&env.socket).await;
+    let events = tokio::time::timeout(
+        Duration::from_secs(20),
+        other.chat(ChatRequest::user_text(1, "my turn")),
+    )
+    .await
+    .expect("another session was kept waiting behind a client that reads nothing");
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Done(_))),
+        "{:?}",
+        events.last()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}

@@ -432,7 +432,11 @@ impl Router {
                 _ = to.cancel.cancelled() => false,
             };
             if !sent {
-                end.error = Some(cancelled_by_client());
+                end.error = Some(if to.out.stuck() {
+                    stopped_reading()
+                } else {
+                    cancelled_by_client()
+                });
                 return false;
             }
             // A client that reads slowly holds us in `send` (backpressure) while the provider
@@ -448,6 +452,17 @@ impl Router {
 /// Why an attempt ends when its client cancels or goes away.
 pub(super) fn cancelled_by_client() -> ProviderError {
     ProviderError::new(ErrorKind::Cancelled, "cancelled by the client")
+}
+
+/// Why an attempt ends when its client stopped reading (see [`super::CLIENT_READ_TIMEOUT`]).
+pub(super) fn stopped_reading() -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Cancelled,
+        format!(
+            "the client read nothing for {} s: its request was given up",
+            super::CLIENT_READ_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 /// What the relay loop's wait for the next chunk ended with.

@@ -87,7 +87,16 @@ pub struct Emitter {
     /// reads gives up when it fires (the route then gives back its lease and quota at once,
     /// not when the connection finally closes).
     cancel: Option<CancellationToken>,
+    /// A send gave up after [`CLIENT_READ_TIMEOUT`]: the client stopped reading.
+    stuck: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long an event may wait for room in a client's channel before the request is given up:
+/// a client that stopped reading (a hung editor, a paused terminal, a script that sends and
+/// never reads) would otherwise keep its provider streams, concurrency seats and quota for as
+/// long as its connection stays open, and every other client would queue behind it. A reader
+/// that is merely slow (seconds per event) is waited for.
+pub const CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Emitter {
     /// Events for request `id` go to `tx`.
@@ -98,7 +107,13 @@ impl Emitter {
             ended: None,
             shutdown: None,
             cancel: None,
+            stuck: Arc::default(),
         }
+    }
+
+    /// Whether a send gave up because the client read nothing for [`CLIENT_READ_TIMEOUT`].
+    pub fn stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
     }
 
     /// A stream cut because `token` fired (the daemon's drain deadline) ends with
@@ -130,13 +145,20 @@ impl Emitter {
             }
         }
         let send = self.tx.send(Response::Event { id: self.id, event });
-        match &self.cancel {
-            Some(cancel) => tokio::select! {
-                biased;
-                sent = send => sent.is_ok(),
-                _ = cancel.cancelled() => false,
-            },
-            None => send.await.is_ok(),
+        let cancelled = async {
+            match &self.cancel {
+                Some(cancel) => cancel.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            sent = send => sent.is_ok(),
+            _ = cancelled => false,
+            _ = tokio::time::sleep(CLIENT_READ_TIMEOUT) => {
+                self.stuck.store(true, Ordering::Relaxed);
+                false
+            }
         }
     }
 

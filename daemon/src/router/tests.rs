@@ -2397,3 +2397,34 @@ fn router_setup_cost() {
         );
     });
 }
+
+/// A client that stops reading mid-answer (its channel full, nothing read for
+/// `CLIENT_READ_TIMEOUT`) has its request given up: the provider's only seat is free again
+/// for the next request, and the provider is not blamed for it.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_given_up_and_frees_its_seat() {
+    let h = harness_with(1, no_jitter(), |_, cfg| cfg.max_concurrent = 1);
+    let words: Vec<String> = (0..50).map(|i| format!(" w{i}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    h.scripts[0].push([answer(&refs)]);
+    h.scripts[0].push([answer(&["next"])]);
+    let (tx, rx) = mpsc::channel(1);
+    let t0 = tokio::time::Instant::now();
+    let task = tokio::spawn({
+        let r = h.router.clone();
+        async move {
+            r.route(req("x"), Emitter::new(1, tx), CancellationToken::new())
+                .await
+        }
+    });
+    tokio::time::timeout(CLIENT_READ_TIMEOUT * 3, task)
+        .await
+        .expect("a request whose client reads nothing was never given up")
+        .unwrap();
+    assert!(t0.elapsed() >= CLIENT_READ_TIMEOUT);
+    drop(rx);
+    let t1 = tokio::time::Instant::now();
+    let ev = ask(&h.router, req("y")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
+    assert!(t1.elapsed() < Duration::from_secs(5), "{:?}", t1.elapsed());
+}

@@ -72,6 +72,11 @@ fn starts_a_stream(r: &Response, fresh: &mut Vec<u64>) -> bool {
 /// How long a client may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams one connection may have running at once. A chat runs one, an editor a few; a
+/// client that sent hundreds (and read none of them) held every provider stream the daemon had
+/// and every other client queued behind it.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
+
 /// Serve one connection to the end.
 pub async fn serve(stream: Socket, ctx: Arc<Context>, seat: Seat) {
     serve_seated(stream, &ctx, &seat).await;
@@ -363,10 +368,21 @@ async fn handle(
                 {
                     streams.remove(&id);
                 }
+                let running = streams
+                    .values()
+                    .filter(|s| !s.ended.load(Ordering::Acquire))
+                    .count();
                 match streams.entry(id) {
                     Entry::Occupied(_) => refuse(
                         ErrorKind::Protocol,
                         "a stream with this id is already running",
+                    ),
+                    Entry::Vacant(_) if running >= MAX_STREAMS_PER_CONNECTION => refuse(
+                        ErrorKind::BadRequest,
+                        &format!(
+                            "this connection already has {MAX_STREAMS_PER_CONNECTION} streams \
+                             running: wait for one to end, or open another connection"
+                        ),
                     ),
                     Entry::Vacant(slot) => {
                         let token = ctx.hard_stop.child_token();
