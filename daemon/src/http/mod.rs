@@ -154,6 +154,57 @@ pub async fn start(
 /// Without it, a few hundred silent connections would hold every seat of the cap.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A request body that has not arrived whole this long after its head is given up (408): a
+/// client that sends its headers and then trickles the body, or none of it, would otherwise
+/// hold a connection seat for as long as it likes (300 such connections held every seat for
+/// good). Bodies come over loopback: megabytes take milliseconds.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read the whole body within [`BODY_READ_TIMEOUT`] (and [`MAX_BODY`]) before the handler
+/// runs; the handler then takes it from memory.
+async fn body_deadline(req: Request, next: Next) -> Response {
+    let dialect = dialect_of(req.uri().path());
+    let (parts, body) = req.into_parts();
+    let error = |status: StatusCode, message: String| {
+        ApiError {
+            status,
+            kind: mythos_protocol::ErrorKind::BadRequest,
+            message,
+            retry_at_unix_ms: None,
+            retried: false,
+        }
+        .into_response(dialect)
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        }
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// Accept and serve connections until `draining`; then stop accepting, let answers in progress
 /// finish, and cut what is left at `hard_stop`.
 async fn serve(
@@ -238,6 +289,7 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 axum::Json(models::list(&providers))
             }),
         )
+        .route_layer(middleware::from_fn(body_deadline))
         .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
     Routes::new()
         .merge(api)
@@ -449,6 +501,45 @@ fn rejected(e: axum::extract::rejection::BytesRejection, dialect: Dialect) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that stops coming is given up after `BODY_READ_TIMEOUT` with a 408 in the
+    /// dialect (its connection seat freed); a whole body reaches the handler untouched, and
+    /// one over the limit is a 413.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_is_given_up() {
+        use futures_util::StreamExt as _;
+        use tower::ServiceExt;
+        let app = Routes::new()
+            .route("/v1/messages", post(|b: Bytes| async move { b }))
+            .route_layer(middleware::from_fn(body_deadline));
+        let trickle = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("{"))])
+            .chain(futures_util::stream::pending());
+        let req = |body| Request::post("/v1/messages").body(body).expect("request");
+        let t0 = tokio::time::Instant::now();
+        let resp = app
+            .clone()
+            .oneshot(req(axum::body::Body::from_stream(trickle)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(t0.elapsed() >= BODY_READ_TIMEOUT);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+
+        let resp = app
+            .clone()
+            .oneshot(req(axum::body::Body::from("{\"a\":1}")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        assert_eq!(&body[..], b"{\"a\":1}");
+
+        let big = vec![b' '; MAX_BODY + 1];
+        let resp = app.oneshot(req(axum::body::Body::from(big))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     #[test]
     fn the_token_comes_as_key_or_bearer() {
