@@ -670,7 +670,9 @@ pub fn takes_output_format(model: &str) -> bool {
 /// `max_tokens`, so a budget at or above it raises `max_tokens` (up to `limit`, the model's
 /// output limit) rather than starving the answer.
 pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32, u32)> {
-    if max_tokens < 2 * MIN_THINKING_BUDGET {
+    // The smallest budget must fit under max_tokens; anything above that the API takes (a
+    // client asking 2,000 tokens with a 1,024 budget had its thinking dropped).
+    if max_tokens <= MIN_THINKING_BUDGET {
         tracing::debug!(max_tokens, "anthropic: too few output tokens for thinking");
         return None;
     }
@@ -1268,7 +1270,17 @@ mod tests {
             thinking_budget(t(Some(64_000)), 64_000, 64_000),
             Some((32_000, 64_000))
         );
-        assert_eq!(thinking_budget(t(Some(5000)), 2047, 64_000), None);
+        assert_eq!(
+            thinking_budget(t(Some(5000)), 2047, 64_000),
+            Some((5000, 7047))
+        );
+        // The API's own floor: a budget of 1,024 under max_tokens, however small.
+        assert_eq!(
+            thinking_budget(t(Some(1024)), 2000, 64_000),
+            Some((1024, 2000))
+        );
+        assert_eq!(thinking_budget(t(None), 1500, 64_000), Some((1024, 1500)));
+        assert_eq!(thinking_budget(t(None), 1024, 64_000), None);
     }
 
     #[test]
