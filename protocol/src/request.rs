@@ -119,6 +119,15 @@ pub struct ChatOptions {
     /// API's `text.format`, Anthropic's `output_config.format`, Gemini's `responseSchema`.
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
+    /// Anthropic beta features the client asked for (its `anthropic-beta` header: Claude
+    /// Code's 1M-token context, interleaved thinking, context management), for Anthropic
+    /// providers only.
+    #[serde(default)]
+    pub anthropic_beta: Vec<String>,
+    /// Anthropic's `context_management` (server-side clearing of old tool results and
+    /// thinking, a beta), as JSON text, for Anthropic providers only.
+    #[serde(default)]
+    pub context_management: Option<String>,
 }
 
 /// The shape an answer must take.

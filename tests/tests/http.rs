@@ -646,6 +646,58 @@ async fn a_refusal_reaches_each_api_in_its_own_shape() {
     }
 }
 
+/// Claude Code's beta features (`anthropic-beta`: 1M-token context, interleaved thinking,
+/// context management) and its `context_management` reach an Anthropic provider as it sent
+/// them, and no other provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_betas_reach_anthropic_only() {
+    let w = World::start().await;
+    let cm = json!({"edits": [{"type": "clear_tool_uses_20250919"}]});
+    for model in ["anthropic", "openai"] {
+        let mut req = user(model, "with betas", true);
+        req["context_management"] = cm.clone();
+        let r = w
+            .send(
+                w.http
+                    .post(format!("{}/v1/messages?beta=true", w.base))
+                    .header("x-api-key", &w.token)
+                    .header("content-type", "application/json")
+                    .header(
+                        "anthropic-beta",
+                        "context-1m-2025-08-07, interleaved-thinking-2025-05-14,bad name",
+                    )
+                    .header("anthropic-beta", "context-management-2025-06-27")
+                    .body(req.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.body);
+        assert_eq!(messages_stream(&r.body).text(), answer_for("with betas"));
+        let sim = if model == "anthropic" {
+            &w.mocks.anthropic
+        } else {
+            &w.mocks.openai
+        };
+        let seen = sim.requests().pop().expect("a request upstream");
+        if model == "anthropic" {
+            assert_eq!(
+                seen.anthropic_beta.as_deref(),
+                Some(
+                    "context-1m-2025-08-07,interleaved-thinking-2025-05-14,\
+                     context-management-2025-06-27"
+                )
+            );
+            assert_eq!(seen.body["context_management"], cm);
+        } else {
+            assert_eq!(seen.anthropic_beta, None);
+            assert!(
+                seen.body.get("context_management").is_none(),
+                "{}",
+                seen.body
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_failure_mid_stream_ends_with_an_error() {
     let w = World::start().await;

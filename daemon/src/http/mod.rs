@@ -247,12 +247,14 @@ pub fn routes(front: Arc<Front>) -> Routes {
     let api = Routes::new()
         .route(
             "/v1/messages",
-            post(|State(f): State<Arc<Front>>, body: Body| async move {
-                match body {
-                    Ok(b) => messages::create(f, b).await,
-                    Err(e) => rejected(e, Dialect::Anthropic),
-                }
-            }),
+            post(
+                |State(f): State<Arc<Front>>, headers: HeaderMap, body: Body| async move {
+                    match body {
+                        Ok(b) => messages::create(f, headers, b).await,
+                        Err(e) => rejected(e, Dialect::Anthropic),
+                    }
+                },
+            ),
         )
         .route(
             "/v1/messages/count_tokens",

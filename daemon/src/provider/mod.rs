@@ -328,7 +328,17 @@ impl Transport for HttpTransport {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let send = match self.request(req.model, body) {
-            Ok(request) => Either::Left(self.client.execute(request)),
+            Ok(mut request) => {
+                let betas = &req.chat.options.anthropic_beta;
+                if self.cfg.api == Api::Anthropic && !betas.is_empty() {
+                    // The client's beta features go to Anthropic as it asked for them; the
+                    // names were checked to be plain tokens when they came in.
+                    if let Ok(v) = HeaderValue::from_str(&betas.join(",")) {
+                        request.headers_mut().insert("anthropic-beta", v);
+                    }
+                }
+                Either::Left(self.client.execute(request))
+            }
             Err(e) => Either::Right(std::future::ready(Err(e))),
         };
         let api = self.cfg.api;

@@ -179,6 +179,8 @@ pub struct RecordedRequest {
     pub body: serde_json::Value,
     /// Whether an auth header was present (its value is never kept).
     pub auth_present: bool,
+    /// The `anthropic-beta` header, if any.
+    pub anthropic_beta: Option<String>,
 }
 
 struct Inner {
@@ -394,6 +396,10 @@ async fn handle(
             path: uri.path().to_string(),
             body: json.clone(),
             auth_present: key.is_some(),
+            anthropic_beta: headers
+                .get("anthropic-beta")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         });
     }
 

@@ -16,20 +16,52 @@ use super::relay::{self, anthropic_stop, anthropic_usage, args_value, stop_seque
 use super::Front;
 use crate::router::estimate_input_tokens;
 
+/// Most beta names one request may pass on, and their longest name.
+const MAX_BETAS: usize = 16;
+const MAX_BETA_LEN: usize = 64;
+
+/// The beta features a client asked for in `anthropic-beta` (comma-separated, possibly over
+/// several header lines), for Anthropic providers. Only names of the shape Anthropic uses
+/// (`context-1m-2025-08-07`) are kept, a bounded number of them.
+pub fn betas(headers: &HeaderMap) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for value in headers.get_all("anthropic-beta") {
+        let Ok(text) = value.to_str() else { continue };
+        for name in text.split(',').map(str::trim) {
+            let shaped = !name.is_empty()
+                && name.len() <= MAX_BETA_LEN
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if shaped && out.len() < MAX_BETAS && !out.iter().any(|b| b == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Serve one Messages request, streaming or not.
-pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
+pub async fn create(front: Arc<Front>, headers: HeaderMap, body: Bytes) -> Response {
     let received = Instant::now();
-    match serve(front, body, received).await {
+    let betas = betas(&headers);
+    match serve(front, body, betas, received).await {
         Ok(r) => r,
         Err(e) => e.into_response(Dialect::Anthropic),
     }
 }
 
-async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
-    let parsed = super::parse_request(body.len(), move || {
+async fn serve(
+    front: Arc<Front>,
+    body: Bytes,
+    betas: Vec<String>,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let mut parsed = super::parse_request(body.len(), move || {
         request::parse(&super::json_body(&body)?)
     })
     .await?;
+    parsed.chat.options.anthropic_beta = betas;
     let estimate = estimate_input_tokens(&parsed.chat);
     let thinking = parsed.chat.options.thinking.is_some();
     let mut headers = HeaderMap::new();

@@ -159,6 +159,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str)
         .map(String::from);
+    // Anthropic's own, passed on to Anthropic providers as it came.
+    options.context_management = obj
+        .get("context_management")
+        .filter(|c| c.is_object())
+        .map(Value::to_string);
     // `output_config.format` since structured outputs left beta; `output_format` before.
     options.response_format = match obj.get("output_config").and_then(|c| c.get("format")) {
         Some(f) => response_format(Some(f), "output_config.format")?,

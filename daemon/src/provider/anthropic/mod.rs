@@ -81,6 +81,10 @@ struct Body<'a> {
     tool_choice: Option<Choice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_config: Option<OutputConfig<'a>>,
+    /// The client's `context_management`, as it sent it (a beta it names in
+    /// `anthropic-beta`, which goes with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_management: Option<&'a RawValue>,
 }
 
 /// `output_config`: structured output (`{"format": {"type": "json_schema", "schema"}}`).
@@ -242,6 +246,10 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
             (Some(OutputConfig { format }), None)
         }
         Some(f) => (None, Some(format_instruction(f))),
+    };
+    let context_management = match &opts.context_management {
+        Some(c) => Some(raw_json(c, "context_management")?),
+        None => None,
     };
     let joined: Option<String> =
         instruction
@@ -416,6 +424,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         tools: None,
         tool_choice: None,
         output_config,
+        context_management,
     };
     match (chat.temperature, thinking) {
         // Anthropic's range is 0 to 1; OpenAI-format clients may send up to 2.
