@@ -128,6 +128,12 @@ pub struct ChatOptions {
     /// thinking, a beta), as JSON text, for Anthropic providers only.
     #[serde(default)]
     pub context_management: Option<String>,
+    /// Place prompt-cache breakpoints for providers that need them (Anthropic) when the client
+    /// placed none: its API has no way to ask (Chat Completions, Responses, this protocol's
+    /// chats), yet an agent resends its whole history every turn. A Messages client that
+    /// sends no `cache_control` chose not to cache, and leaves this off.
+    #[serde(default)]
+    pub cache_automatically: bool,
 }
 
 /// The shape an answer must take.

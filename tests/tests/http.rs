@@ -698,6 +698,56 @@ async fn anthropic_betas_reach_anthropic_only() {
     }
 }
 
+/// A Chat Completions client (which cannot mark what to cache) served by Claude has its
+/// system prompt and conversation marked for Anthropic's prompt cache; a Messages client's
+/// request is sent with exactly the breakpoints it placed (here none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_clients_get_prompt_caching_on_claude() {
+    let w = World::start().await;
+    let mut req = user("anthropic", "second question", false);
+    req["messages"] = json!([
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"}]);
+    let r = w.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = w
+        .mocks
+        .anthropic
+        .requests()
+        .pop()
+        .expect("a request upstream");
+    let ephemeral = json!({"type": "ephemeral"});
+    assert_eq!(
+        seen.body["system"][0]["cache_control"], ephemeral,
+        "{}",
+        seen.body
+    );
+    let m = &seen.body["messages"];
+    assert_eq!(m[0]["content"][0]["cache_control"], ephemeral, "{m}");
+    assert_eq!(m[2]["content"][0]["cache_control"], ephemeral, "{m}");
+
+    let r = w
+        .post(
+            "/v1/messages",
+            &user("anthropic", "no caching asked", false),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = w
+        .mocks
+        .anthropic
+        .requests()
+        .pop()
+        .expect("a request upstream");
+    assert!(
+        !seen.body.to_string().contains("cache_control"),
+        "{}",
+        seen.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_failure_mid_stream_ends_with_an_error() {
     let w = World::start().await;

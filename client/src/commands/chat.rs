@@ -658,7 +658,11 @@ impl Session<'_> {
                 max_tokens: None,
                 temperature: None,
                 tools: Vec::new(),
-                options: Default::default(),
+                // Each turn resends the conversation: Anthropic reads it from its cache.
+                options: mythos_protocol::ChatOptions {
+                    cache_automatically: true,
+                    ..Default::default()
+                },
             };
             let mut printer = StreamPrinter::new(io::stdout(), io::stderr(), opts);
             let ended = {

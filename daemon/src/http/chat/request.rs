@@ -46,7 +46,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::bad_request("messages: field required"))?;
-    let mut options = ChatOptions::default();
+    // Chat Completions cannot place prompt-cache breakpoints: Anthropic gets them placed.
+    let mut options = ChatOptions {
+        cache_automatically: true,
+        ..ChatOptions::default()
+    };
     let mut system_parts: Vec<String> = Vec::new();
     let mut messages: Vec<Message> = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {

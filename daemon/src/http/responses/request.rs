@@ -102,7 +102,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             ))
         }
     }
-    let mut options = ChatOptions::default();
+    // The Responses API cannot place prompt-cache breakpoints: Anthropic gets them placed.
+    let mut options = ChatOptions {
+        cache_automatically: true,
+        ..ChatOptions::default()
+    };
     let messages: Vec<Message> = merge_same_role(messages, &mut options.cache_points)
         .into_iter()
         .filter(|m| !m.content.is_empty())

@@ -13,7 +13,8 @@ pub mod stream;
 use std::borrow::Cow;
 
 use mythos_protocol::{
-    CacheTtl, ContentBlock, ErrorKind, ImageSource, ResponseFormat, Role, Thinking, ToolChoice,
+    CachePoint, CacheTtl, ChatRequest, ContentBlock, ErrorKind, ImageSource, Message,
+    ResponseFormat, Role, Thinking, ToolChoice,
 };
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -259,13 +260,50 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
                 None => i.clone(),
             });
 
+    // With no breakpoint from the client and leave to place them: one after the system prompt
+    // (tools and system are the first part of the prefix) and one after the last message, so
+    // each turn of an agent reads the turn before it from the cache and writes itself; and one
+    // after the latest earlier turn of the last speaker, which the previous request marked,
+    // so its exact prefix is found however many blocks this turn adds.
+    let auto = opts.cache_automatically
+        && opts.cache_points.is_empty()
+        && opts.system_blocks.iter().all(|b| b.cache.is_none());
+    let auto_points = if auto {
+        auto_cache_points(chat)
+    } else {
+        Vec::new()
+    };
+    let auto_system = auto.then_some(CacheTtl::Default);
+
     // The system prompt, and how many breakpoints it uses up.
     let mut cache_budget = MAX_CACHE_POINTS;
-    let system = if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
+    let system = if auto_system.is_some()
+        && opts.system_blocks.iter().all(|b| b.text.is_empty())
+        && chat.system.as_deref().is_some_and(|s| !s.is_empty())
+    {
+        // One text block, to carry the breakpoint; the instruction after it.
+        cache_budget -= 1;
+        let mut blocks = vec![Block::Text {
+            text: chat.system.as_deref().unwrap_or_default(),
+            cache_control: auto_system.map(cache_control),
+        }];
+        if let Some(i) = &instruction {
+            blocks.push(Block::Text {
+                text: i,
+                cache_control: None,
+            });
+        }
+        Some(System::Blocks(blocks))
+    } else if opts.system_blocks.iter().any(|b| !b.text.is_empty()) {
+        let last = opts.system_blocks.iter().rposition(|b| !b.text.is_empty());
         let mut blocks = Vec::with_capacity(opts.system_blocks.len());
-        for b in opts.system_blocks.iter().filter(|b| !b.text.is_empty()) {
+        for (bi, b) in opts.system_blocks.iter().enumerate() {
+            if b.text.is_empty() {
+                continue;
+            }
             let mut cache = None;
-            if let Some(ttl) = b.cache {
+            let ttl = b.cache.or(auto_system.filter(|_| Some(bi) == last));
+            if let Some(ttl) = ttl {
                 if cache_budget > 0 {
                     cache_budget -= 1;
                     cache = Some(cache_control(ttl));
@@ -297,7 +335,11 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 
     // Breakpoints on messages: the latest ones win when there are too many, as they cover the
     // longest prefix.
-    let mut points = opts.cache_points.clone();
+    let mut points = if auto {
+        auto_points
+    } else {
+        opts.cache_points.clone()
+    };
     points.sort_by_key(|p| (p.message, p.block));
     if points.len() > cache_budget {
         tracing::debug!(
@@ -507,6 +549,34 @@ fn role_name(role: Role) -> &'static str {
         Role::User => "user",
         Role::Assistant => "assistant",
     }
+}
+
+/// The message breakpoints placed for a client that placed none (see
+/// [`ChatOptions::cache_automatically`]): after the last message, and after the latest earlier
+/// message of the same speaker.
+///
+/// [`ChatOptions::cache_automatically`]: mythos_protocol::ChatOptions::cache_automatically
+fn auto_cache_points(chat: &ChatRequest) -> Vec<CachePoint> {
+    let at_end = |(i, m): (usize, &Message)| {
+        (!m.content.is_empty()).then(|| CachePoint {
+            message: i as u32,
+            block: (m.content.len() - 1) as u32,
+            ttl: CacheTtl::Default,
+        })
+    };
+    let Some((last, m)) = chat.messages.iter().enumerate().next_back() else {
+        return Vec::new();
+    };
+    let mut points: Vec<CachePoint> = chat.messages[..last]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, p)| p.role == m.role && !p.content.is_empty())
+        .and_then(at_end)
+        .into_iter()
+        .collect();
+    points.extend(at_end((last, m)));
+    points
 }
 
 fn cache_control(ttl: CacheTtl) -> CacheControl {
@@ -975,6 +1045,69 @@ mod tests {
             json!([{"type": "text", "text": "hi"},
                    {"type": "text", "text": "again", "cache_control": {"type": "ephemeral"}}])
         );
+    }
+
+    /// A client whose API cannot place breakpoints (Chat Completions, Responses, the CLI's
+    /// chat) gets them placed: after the system prompt, after the latest earlier turn of the
+    /// last speaker (where the previous request put its last one, so its prefix is found) and
+    /// after the last message; a client that placed its own keeps exactly those, and a
+    /// Messages client that placed none gets none.
+    #[test]
+    fn breakpoints_are_placed_for_clients_that_cannot_place_them() {
+        let mut chat = ChatRequest::user_text(1, "first");
+        chat.system = Some("You are a coding agent.".into());
+        chat.messages.push(Message::text(Role::Assistant, "reply"));
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![
+                ContentBlock::Text { text: "a".into() },
+                ContentBlock::Text { text: "b".into() },
+            ],
+        });
+        chat.options.cache_automatically = true;
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        let ephemeral = json!({"type": "ephemeral"});
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "You are a coding agent.", "cache_control": ephemeral}])
+        );
+        let m = &v["messages"];
+        assert_eq!(m[0]["content"][0]["cache_control"], ephemeral, "{m}");
+        assert!(m[1]["content"][0].get("cache_control").is_none(), "{m}");
+        assert!(m[2]["content"][0].get("cache_control").is_none(), "{m}");
+        assert_eq!(m[2]["content"][1]["cache_control"], ephemeral, "{m}");
+        assert_eq!(v.to_string().matches("cache_control").count(), 3);
+
+        // With structured output in words, the breakpoint stays on the client's system text.
+        let mut with_format = chat.clone();
+        with_format.options.response_format = Some(ResponseFormat::JsonObject);
+        let v = body(&with_format, "claude-sonnet-4-5", 100, None);
+        assert_eq!(
+            v["system"][0]["cache_control"], ephemeral,
+            "{}",
+            v["system"]
+        );
+        assert!(
+            v["system"][1].get("cache_control").is_none(),
+            "{}",
+            v["system"]
+        );
+
+        // The client's own breakpoints, exactly.
+        let mut own = chat.clone();
+        own.options.cache_points = vec![CachePoint {
+            message: 0,
+            block: 0,
+            ttl: CacheTtl::Hour,
+        }];
+        let v = body(&own, "claude-sonnet-4-5", 100, None);
+        assert_eq!(v.to_string().matches("cache_control").count(), 1, "{v}");
+        assert_eq!(v["system"], json!("You are a coding agent."));
+
+        let mut messages_client = chat;
+        messages_client.options.cache_automatically = false;
+        let v = body(&messages_client, "claude-sonnet-4-5", 100, None);
+        assert!(!v.to_string().contains("cache_control"), "{v}");
     }
 
     #[test]
