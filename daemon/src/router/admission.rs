@@ -221,7 +221,18 @@ impl HealthBook {
             }
         }
         if want.retry_at.contains(&i) && !p.budget.allows(now) {
-            return (Avail::Never, "its retry budget is spent".into());
+            // The budget is a sliding window: it has room again within seconds, which the
+            // queue may wait for like any other pause.
+            match p.budget.allows_at(now) {
+                Some(t) => {
+                    at = Some(at.map_or(t, |a| a.max(t)));
+                    why.push(format!(
+                        "its retry budget is spent, room again in {}",
+                        human_ms(t.saturating_duration_since(now))
+                    ));
+                }
+                None => return (Avail::Never, "its retry budget is spent".into()),
+            }
         }
         match p.quota.room(want.cost, now) {
             Room::Now => {}

@@ -77,6 +77,31 @@ impl RetryBudget {
         f64::from(withdrawals) < f64::from(self.min_per_window) + self.ratio * f64::from(deposits)
     }
 
+    /// When a retry will fit again as the window slides on (its oldest seconds forgotten),
+    /// with no new deposits or withdrawals: `now` if it fits now, `None` if it never will
+    /// (a budget with no floor and nothing deposited).
+    pub fn allows_at(&mut self, now: Instant) -> Option<Instant> {
+        self.advance(now);
+        let start = self.head_start.unwrap_or(now);
+        let fits = |(d, w): (u32, u32)| {
+            f64::from(w) < f64::from(self.min_per_window) + self.ratio * f64::from(d)
+        };
+        let (mut d, mut w) = self.totals();
+        if fits((d, w)) {
+            return Some(now);
+        }
+        // The k-th oldest slot leaves the window k seconds after the current slot began.
+        for k in 1..=SLOTS {
+            let (sd, sw) = self.slots[(self.head + k) % SLOTS];
+            d -= sd;
+            w -= sw;
+            if fits((d, w)) {
+                return Some(start + SLOT * k as u32);
+            }
+        }
+        None
+    }
+
     /// Take a retry from the budget; false (and nothing taken) when it is spent.
     pub fn withdraw(&mut self, now: Instant) -> bool {
         if !self.allows(now) {
@@ -90,6 +115,26 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spent budget says when the window will have slid far enough for a retry: when the
+    /// second its retries were taken in leaves the window.
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_says_when_it_has_room_again() {
+        let mut b = RetryBudget::new(0.2, 5);
+        let t0 = Instant::now();
+        assert_eq!(b.allows_at(t0), Some(t0));
+        for _ in 0..5 {
+            assert!(b.withdraw(t0));
+        }
+        assert_eq!(b.allows_at(t0), Some(t0 + Duration::from_secs(10)));
+        let t3 = t0 + Duration::from_millis(3_500);
+        assert_eq!(b.allows_at(t3), Some(t0 + Duration::from_secs(10)));
+        assert!(!b.allows(t0 + Duration::from_millis(9_999)));
+        assert!(b.allows(t0 + Duration::from_secs(10)));
+        // No floor and nothing deposited: never.
+        let mut none = RetryBudget::new(0.2, 0);
+        assert_eq!(none.allows_at(t0), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_are_a_share_of_requests() {

@@ -796,11 +796,21 @@ impl Router {
                 cost: plan.cost,
                 pinned: plan.pinned,
             };
+            let left = self.cfg.max_queue_wait.saturating_sub(j.queued);
             let allowed = if same.is_some() && !plan.pinned && !same_may_wait {
                 // A retry goes to the same provider only if it is free now; else elsewhere.
                 Duration::ZERO
+            } else if j.tried_round.iter().any(|i| !j.excluded.contains(i)) {
+                // Providers that failed this round get another turn after the next round's
+                // backoff: the rest of this round is waited for no longer than that. A
+                // request whose first choice stalled once waited out 25 s of another's
+                // Retry-After while the first was ready again at once.
+                match retry::backoff(steps, 0.0, round, 0.5) {
+                    Some(next) => left.min(next),
+                    None => left,
+                }
             } else {
-                self.cfg.max_queue_wait.saturating_sub(j.queued)
+                left
             };
             let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
                 Ok(lease) => lease,

@@ -2101,6 +2101,7 @@ async fn retries_are_capped_by_the_providers_budget() {
             answer(&["ok"]),
         ]);
     }
+    let t0 = Instant::now();
     let mut tasks = Vec::new();
     for n in 0..40 {
         let r = h.router.clone();
@@ -2108,15 +2109,19 @@ async fn retries_are_capped_by_the_providers_budget() {
             async move { ask(&r, req(&n.to_string())).await },
         ));
     }
+    let mut answered = 0;
     for t in tasks {
-        t.await.unwrap();
+        answered += usize::from(done_provider(&t.await.unwrap()).is_some());
     }
-    // 40 first attempts; retries at most 5 + 20 % of them.
+    // 40 first attempts; retries at most 5 + 20 % of them in each ten seconds (a retry the
+    // budget has no room for waits, within the queue's limit, for the window to slide on).
+    let windows = (t0.elapsed().as_secs_f64() / 10.0).ceil().max(1.0) as usize;
+    let calls = h.scripts[0].calls();
     assert!(
-        h.scripts[0].calls() <= 40 + 5 + 8,
-        "{}",
-        h.scripts[0].calls()
+        calls <= 40 + windows * (5 + 8),
+        "{calls} calls in {windows} windows"
     );
+    assert!(answered >= 32, "{answered} of 40 answered");
 }
 
 /// What a user saw fail: random fault mixes on every provider at once, many clients.
@@ -2427,4 +2432,35 @@ async fn a_client_that_stops_reading_is_given_up_and_frees_its_seat() {
     let ev = ask(&h.router, req("y")).await;
     assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
     assert!(t1.elapsed() < Duration::from_secs(5), "{:?}", t1.elapsed());
+}
+
+/// Found by driving the daemon under random faults: a request whose first provider failed
+/// (a 503, a stall) and whose others were all paused by long `Retry-After`s waited out those
+/// pauses (25 s) although the provider that had just failed was ready again at once. The rest
+/// of a round is waited for only as long as the next round's backoff: then every candidate is
+/// tried again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_provider_is_tried_again_rather_than_waiting_out_others_pauses() {
+    let h = harness(2, no_jitter());
+    // Beta (second choice) is paused for 25 s by a 429 on an earlier request.
+    h.scripts[1].push([Step::Fail(err(ErrorKind::RateLimited, Some(25)))]);
+    let mut pin_beta = req("prime");
+    pin_beta.pin = Some(Pin {
+        provider: Some("beta".into()),
+        model: None,
+    });
+    let primed = ask(&h.router, pin_beta);
+    let _ = tokio::time::timeout(Duration::from_millis(200), primed).await;
+    assert_eq!(calls(&h), [0, 1]);
+    // Alpha stalls (the watchdog gives up on it after the first-token timeout), then answers.
+    h.scripts[0].push([Step::Hang, answer(&["second"])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
+    assert_eq!(calls(&h), [2, 1]);
+    assert!(
+        t0.elapsed() < RoutingConfig::default().first_token_timeout + Duration::from_secs(3),
+        "waited {:?} for a paused provider",
+        t0.elapsed()
+    );
 }
