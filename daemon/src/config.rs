@@ -912,11 +912,20 @@ impl<'a> Checker<'a> {
                     .ok()
                     .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
                 if ok.is_none() {
+                    // Credentials in a URL (`https://user:key@host`) stay out of the message.
+                    let shown = match url.rsplit_once('@') {
+                        Some((before, host)) => match before.split_once("://") {
+                            Some((scheme, _)) => format!("{scheme}://***@{host}"),
+                            None => format!("***@{host}"),
+                        },
+                        None => url.clone(),
+                    };
+                    let shown = crate::provider::redact::redact(&shown, None);
                     return Err(self.fail(
                         "provider",
                         at,
                         "base_url",
-                        format!("= {url:?} is not an http:// or https:// URL"),
+                        format!("= {shown:?} is not an http:// or https:// URL"),
                     ));
                 }
             }

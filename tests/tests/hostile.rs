@@ -450,3 +450,40 @@ async fn a_client_that_never_reads_does_not_starve_the_others() {
     );
     drop(stuck);
 }
+
+/// Another user's symbolic link where the daemon would make its socket directory (a shared
+/// `$TMPDIR` without XDG_RUNTIME_DIR) is refused: following it, the daemon tightened and used
+/// a directory of that user's choosing.
+#[test]
+fn another_users_symlink_is_not_taken_for_the_socket_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: planting another user's link needs lchown");
+        return;
+    }
+    let mut env = TestEnv::new();
+    let victim = env.dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = env.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let link = shared.join("mythos-0");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+    env.var("MYTHOS_SOCKET", link.join("mythosd.sock").to_str().unwrap());
+    let out = env
+        .command("mythosd")
+        .arg("--simulate")
+        .output()
+        .expect("mythosd runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on another user's link: {err}"
+    );
+    assert!(err.contains("symbolic link"), "{err}");
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "the linked directory was changed");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+}

@@ -76,7 +76,18 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
                     printer.event(ev)
                 }
             };
-            stream::run(&mut conn, req, false, &mut sink).await?
+            stream::run(&mut conn, req, false, &mut sink).await
+        };
+        // The daemon went away mid-answer: the error goes on a line of its own, not glued to
+        // the last word printed.
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(failure) => {
+                if !opts.json {
+                    printer.abandon()?;
+                }
+                return Err(failure);
+            }
         };
         let turn = match ended {
             Ended::Finished(turn) => turn,

@@ -25,6 +25,29 @@ pub use printer::{PrinterOptions, StreamPrinter};
 pub use table::{models_text, status_text, usage_text};
 pub use why::explain_why;
 
+/// `text` made safe to write to a terminal: a model's answer may hold escape sequences
+/// (prompt injection can ask for them) that set the window title, write the clipboard
+/// (`ESC ] 52`) or clear the screen. Controls other than newline and tab are shown as their
+/// Unicode pictures (`␛`); carriage returns, which would overwrite the line, are dropped.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .filter(|&c| c != '\r')
+        .map(|c| match c {
+            '\u{0}'..='\u{1f}' if unsafe_char(c) => {
+                char::from_u32(0x2400 + c as u32).unwrap_or('\u{fffd}')
+            }
+            '\u{7f}' => '\u{2421}',
+            c if unsafe_char(c) => '\u{fffd}',
+            c => c,
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// The API key variables the daemon reads, named in hints.
 pub const KEY_VARS: &str = "ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY";
 

@@ -5,7 +5,7 @@ use std::io::{self, IsTerminal, Write};
 
 use mythos_protocol::{RerouteMode, StreamEvent};
 
-use super::{gist, now_unix_ms, queued_notice, reroute_notice, Style};
+use super::{gist, now_unix_ms, printable, queued_notice, reroute_notice, Style};
 
 /// How a [`StreamPrinter`] lays out an answer.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +153,9 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                 } else {
                     text
                 };
+                // On a terminal, never an escape sequence out of a model's mouth.
+                let safe = printable(shown);
+                let shown: &str = &safe;
                 if shown.is_empty() {
                     return Ok(());
                 }
@@ -172,7 +175,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                     self.out.flush()?;
                     self.out_mid_line = false;
                 }
-                let styled = self.opts.side_style.dim(text);
+                let styled = self.opts.side_style.dim(&printable(text));
                 self.side.write_all(styled.as_bytes())?;
                 self.side.flush()?;
                 self.side_mid_line = !text.ends_with('\n');
@@ -392,6 +395,23 @@ mod tests {
             side,
             "↪ sim-deepseek failed (connection dropped): continuing on sim-openai\n"
         );
+    }
+
+    /// An answer that holds escape sequences (a window title, a clipboard write, a screen
+    /// clear) shows them as pictures on a terminal; piped, the answer is kept byte for byte.
+    #[test]
+    fn escape_sequences_in_an_answer_do_not_reach_the_terminal() {
+        let evil = "see \x1b]52;c;aGk=\x07 and \x1b[2J\r done\n";
+        let mut p = printer(false, false);
+        p.event(&text(evil)).unwrap();
+        p.finish().unwrap();
+        let out = outputs(p).0;
+        assert!(!out.contains('\x1b') && !out.contains('\x07') && !out.contains('\r'));
+        assert_eq!(out, "see \u{241b}]52;c;aGk=\u{2407} and \u{241b}[2J done\n");
+        let mut piped = printer(true, false);
+        piped.event(&text(evil)).unwrap();
+        piped.finish().unwrap();
+        assert!(outputs(piped).0.starts_with(evil));
     }
 
     #[test]

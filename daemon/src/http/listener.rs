@@ -18,6 +18,8 @@ pub struct CappedListener {
     cap: usize,
     /// Refusals since the last log line (one line per burst, not one per connection).
     refused: u64,
+    /// Failed accepts since the last success (logged once per run of failures).
+    failed: u64,
 }
 
 impl CappedListener {
@@ -28,6 +30,7 @@ impl CappedListener {
             permits: Arc::new(Semaphore::new(cap.max(1))),
             cap: cap.max(1),
             refused: 0,
+            failed: 0,
         }
     }
 }
@@ -54,13 +57,20 @@ impl axum::serve::Listener for CappedListener {
                             | std::io::ErrorKind::ConnectionRefused
                     ) {
                         // Out of descriptors, most likely: give the open connections a moment
-                        // to finish rather than spin.
-                        tracing::warn!(error = %e, "HTTP accept failed; retrying in 100 ms");
+                        // to finish rather than spin; said once, not ten times a second.
+                        if self.failed == 0 {
+                            tracing::warn!(error = %e, "HTTP accept failed; retrying every 100 ms");
+                        }
+                        self.failed += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     continue;
                 }
             };
+            if self.failed > 0 {
+                tracing::info!(errors = self.failed, "HTTP connections are accepted again");
+                self.failed = 0;
+            }
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     if self.refused > 0 {

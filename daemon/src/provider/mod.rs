@@ -382,12 +382,17 @@ impl Transport for HttpTransport {
             Ok(Box::pin(stream.map(move |item| match item {
                 Ok(Delta::Model(m)) => Ok(Delta::Model(redact::provider_text(&m, key.as_ref()))),
                 // The client sees the tool names it defined, not the ones the API needed.
-                Ok(Delta::ToolCallStart { index, id, name }) if !tool_names.is_empty() => {
-                    Ok(Delta::ToolCallStart {
-                        index,
-                        id,
-                        name: tool_names.client(name),
-                    })
+                Ok(Delta::ToolCallStart { index, id, name }) => {
+                    // A server that echoes the key back would otherwise put it into the
+                    // client's tool call verbatim.
+                    let id = redact::exact_key(id, key.as_ref());
+                    let name = redact::exact_key(name, key.as_ref());
+                    let name = if tool_names.is_empty() {
+                        name
+                    } else {
+                        tool_names.client(name)
+                    };
+                    Ok(Delta::ToolCallStart { index, id, name })
                 }
                 Err(e) => Err(scrub(e, key.as_ref())),
                 other => other,

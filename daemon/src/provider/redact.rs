@@ -26,12 +26,37 @@ pub fn redact(text: &str, key: Option<&Secret>) -> String {
     mask_key_shapes(&out)
 }
 
-/// Redact, then cut to [`MAX_PROVIDER_TEXT`] characters.
+/// Redact, replace control characters, then cut to [`MAX_PROVIDER_TEXT`] characters.
+///
+/// Control characters (all but newline and tab) become U+FFFD: an error message or a model
+/// name is printed to terminals (`mythos ask`, `status`, `why`) and an escape sequence in it
+/// (`ESC ] 52`, which writes the clipboard; `ESC [ 2J`) would act on the user's terminal.
 pub fn provider_text(text: &str, key: Option<&Secret>) -> String {
-    let clean = redact(text, key);
+    let mut clean = redact(text, key);
+    if clean.chars().any(is_unprintable) {
+        clean = clean
+            .chars()
+            .map(|c| if is_unprintable(c) { '\u{fffd}' } else { c })
+            .collect();
+    }
     match clean.char_indices().nth(MAX_PROVIDER_TEXT) {
         Some((at, _)) => format!("{}…", &clean[..at]),
         None => clean,
+    }
+}
+
+/// A character that moves or controls a terminal rather than showing: C0 and C1 controls and
+/// DEL, but for newline and tab.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// `text` (a tool call's id or name, which the client must get back as the provider sent it)
+/// with the configured key masked, if it holds it; any other text is left as it is.
+pub fn exact_key(text: String, key: Option<&Secret>) -> String {
+    match key.map(Secret::expose).filter(|k| k.len() >= 4) {
+        Some(k) if text.contains(k) => text.replace(k, "***"),
+        _ => text,
     }
 }
 
@@ -66,6 +91,36 @@ fn mask_key_shapes(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Escape sequences a provider puts into an error message or a model name (a terminal
+    /// title, a clipboard write, a screen clear) never reach a terminal whole.
+    #[test]
+    fn control_characters_are_replaced() {
+        let text = "bad \x1b]0;PWNED\x07 \x1b]52;c;aGk=\x07 \x1b[2J \u{9b}31m\r\x7f end\n\tnext";
+        let clean = provider_text(text, None);
+        assert!(!clean.chars().any(is_unprintable), "{clean:?}");
+        assert!(
+            clean.starts_with("bad \u{fffd}]0;PWNED\u{fffd}"),
+            "{clean:?}"
+        );
+        assert!(clean.ends_with(" end\n\tnext"), "{clean:?}");
+    }
+
+    /// A tool call's id and name keep their exact text unless they hold the key itself.
+    #[test]
+    fn tool_ids_lose_only_the_key() {
+        let key = Secret::new("sk-ant-api03-abcdefghijklmnop");
+        assert_eq!(
+            exact_key("call_sk-ant-api03-abcdefghijklmnop".into(), Some(&key)),
+            "call_***"
+        );
+        assert_eq!(exact_key("toolu_01AbC".into(), Some(&key)), "toolu_01AbC");
+        assert_eq!(
+            exact_key("sk-lookalike-tool-name-xyz".into(), Some(&key)),
+            "sk-lookalike-tool-name-xyz"
+        );
+        assert_eq!(exact_key("x".into(), None), "x");
+    }
 
     #[test]
     fn keys_are_removed_wherever_they_stand() {

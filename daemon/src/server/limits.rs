@@ -86,7 +86,9 @@ impl ConnTable {
                     if let Some(e) = map.remove(&id) {
                         e.close.cancel();
                     }
-                    tracing::info!(
+                    // One line per eviction would let a client that opens connections in a
+                    // loop flood the log: this is the debug log's business.
+                    tracing::debug!(
                         max = self.max,
                         "connection limit: closed the longest-idle one"
                     );

@@ -105,9 +105,22 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
                 .create(dir)
                 .map_err(io_err)?;
         }
-        let meta = std::fs::metadata(dir).map_err(io_err)?;
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
+        // A symbolic link in a shared directory (`$TMPDIR/mythos-UID` when there is no
+        // XDG_RUNTIME_DIR) planted by another user would have us tighten, and put our socket
+        // into, a directory of its choosing: only a link of our own is followed.
+        let link = std::fs::symlink_metadata(dir).map_err(io_err)?;
+        if link.file_type().is_symlink() && link.uid() != uid {
+            return Err(BindError::Unsafe {
+                path: dir.to_path_buf(),
+                why: format!(
+                    "a symbolic link made by uid {}, not by you (uid {uid})",
+                    link.uid()
+                ),
+            });
+        }
+        let meta = std::fs::metadata(dir).map_err(io_err)?;
         if meta.uid() != uid {
             return Err(BindError::Unsafe {
                 path: dir.to_path_buf(),
