@@ -134,6 +134,12 @@ pub struct ChatOptions {
     /// sends no `cache_control` chose not to cache, and leaves this off.
     #[serde(default)]
     pub cache_automatically: bool,
+    /// The client's own reasoning effort word (OpenAI's `reasoning_effort`, the Responses API's
+    /// `reasoning.effort`: `none`, `minimal`, `low`, `medium`, `high`, `xhigh`), for
+    /// OpenAI-format reasoning models that take it; [`ChatOptions::thinking`] has it as a
+    /// budget for the others.
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
 }
 
 /// The shape an answer must take.

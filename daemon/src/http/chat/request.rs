@@ -39,6 +39,13 @@ pub fn budget_for_effort(effort: &str) -> Option<u32> {
     }
 }
 
+/// `effort` if it is one of OpenAI's words for it.
+pub fn known_effort(effort: &str) -> Option<String> {
+    ["none", "minimal", "low", "medium", "high", "xhigh"]
+        .contains(&effort)
+        .then(|| effort.to_string())
+}
+
 /// Translate a Chat Completions request body.
 pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     let (obj, model) = object_and_model(body)?;
@@ -239,6 +246,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             budget_tokens: Some(b),
             display: true,
         });
+        options.reasoning_effort = known_effort(effort);
     }
     if obj.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         tracing::debug!("n > 1 is not supported through the router: one choice is returned");
@@ -326,6 +334,17 @@ mod tests {
             crate::provider::openai::reasoning_effort(budget_for_effort("xhigh")),
             "high"
         );
+        // The word itself is kept for the models that take it.
+        for (word, kept) in [
+            ("minimal", Some("minimal")),
+            ("none", Some("none")),
+            ("max", None),
+        ] {
+            let body = json!({"model": "gpt-5", "reasoning_effort": word,
+                              "messages": [{"role": "user", "content": "hi"}]});
+            let p = parse(&body).unwrap();
+            assert_eq!(p.chat.options.reasoning_effort.as_deref(), kept, "{word}");
+        }
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             budget_tokens: Some(b),
             display: true,
         });
+        options.reasoning_effort = crate::http::chat::request::known_effort(effort);
     }
     options.response_format =
         response_format(obj.get("text").and_then(|t| t.get("format")), "text.format")?;

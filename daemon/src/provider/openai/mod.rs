@@ -34,6 +34,29 @@ pub fn is_deepseek(cfg: &ProviderConfig, model: &str) -> bool {
         || model.to_ascii_lowercase().starts_with("deepseek")
 }
 
+/// `reasoning_effort` for the client's own word, on `model`: as it is where the model takes it
+/// (`minimal` on GPT-5 models, `none` on GPT-5.1 and later), the nearest the model has
+/// elsewhere (`xhigh` is the most: `high`), so that a request that fails over to another
+/// reasoning model is not refused for a word that model lacks.
+pub fn effort_for(model: &str, word: &str) -> &'static str {
+    let m = model.to_ascii_lowercase();
+    // `openai/gpt-5` through a gateway.
+    let m = m.rsplit('/').next().unwrap_or(&m);
+    let gpt5 = m.starts_with("gpt-5");
+    // GPT-5.1 and later: `gpt-5.1`, `gpt-5.2-codex`...
+    let gpt51 = m
+        .strip_prefix("gpt-5.")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c.is_ascii_digit() && c != '0');
+    match word {
+        "none" if gpt51 => "none",
+        "none" | "minimal" if gpt5 => "minimal",
+        "none" | "minimal" | "low" => "low",
+        "medium" => "medium",
+        _ => "high",
+    }
+}
+
 /// `reasoning_effort` for a thinking budget (`None`: the model decides, `medium`).
 pub fn reasoning_effort(budget: Option<u32>) -> &'static str {
     match budget {
@@ -312,7 +335,11 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         if chat.temperature.is_some() || opts.top_p.is_some() {
             tracing::debug!("openai: sampling parameters dropped (reasoning model)");
         }
-        if let Some(t) = opts.thinking {
+        if let Some(word) = &opts.reasoning_effort {
+            // The client's own word, which a budget would round (`minimal` came out `low`,
+            // `none` as no effort at all: the model's default).
+            body.reasoning_effort = Some(effort_for(req.model, word));
+        } else if let Some(t) = opts.thinking {
             body.reasoning_effort = Some(reasoning_effort(t.budget_tokens));
         }
     } else {
@@ -854,6 +881,33 @@ mod tests {
         ] {
             chat.options.tool_choice = Some(choice);
             assert_eq!(body_for(&openai("gpt-4o"), &chat)["tool_choice"], want);
+        }
+    }
+
+    /// The client's effort word reaches a model that takes it as it is, and the nearest word
+    /// a model has otherwise (a failover to another reasoning model must not be refused).
+    #[test]
+    fn the_clients_effort_word_is_kept_where_the_model_takes_it() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        for (model, word, sent) in [
+            ("gpt-5", "minimal", "minimal"),
+            ("gpt-5-mini", "none", "minimal"),
+            ("gpt-5.1", "none", "none"),
+            ("openai/gpt-5.2-codex", "none", "none"),
+            ("gpt-5.1", "minimal", "minimal"),
+            ("o3", "minimal", "low"),
+            ("o4-mini", "none", "low"),
+            ("gpt-5", "low", "low"),
+            ("gpt-5", "medium", "medium"),
+            ("gpt-5", "high", "high"),
+            ("gpt-5.1-codex-max", "xhigh", "high"),
+        ] {
+            chat.options.reasoning_effort = Some(word.into());
+            assert_eq!(
+                body_for(&openai(model), &chat)["reasoning_effort"],
+                sent,
+                "{model} {word}"
+            );
         }
     }
 
