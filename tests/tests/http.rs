@@ -1219,3 +1219,32 @@ async fn random_fault_mixes_through_the_front_end_at_concurrency_16() {
         "the faults were drawn: {upstream} upstream requests"
     );
 }
+
+/// The SDKs' `models.retrieve(id)` gets the one model, slashes and all; an unknown id is a 404
+/// in the OpenAI shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_model_is_retrieved_by_its_id() {
+    let w = World::start().await;
+    let get = |path: String| {
+        w.http
+            .get(format!("{}{path}", w.base))
+            .header("authorization", format!("Bearer {}", w.token))
+    };
+    let r = w.send(get("/v1/models/mythos/code".into())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"], "mythos/code");
+    let listed = w.send(get("/v1/models".into())).await.json();
+    let provider_model = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .find(|id| !id.starts_with("mythos"))
+        .expect("a provider's model");
+    let r = w.send(get(format!("/v1/models/{provider_model}"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"], provider_model.as_str());
+    let r = w.send(get("/v1/models/no-such-model".into())).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+}

@@ -291,6 +291,34 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 axum::Json(models::list(&providers))
             }),
         )
+        .route(
+            // Model ids hold slashes (`mythos/code`, `anthropic/claude-sonnet-4-5`): the SDKs'
+            // `models.retrieve(id)` asks for exactly one.
+            "/v1/models/{*id}",
+            get(
+                |State(f): State<Arc<Front>>,
+                 axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    let router = f.ctx.router();
+                    let providers: Vec<_> =
+                        router.providers().iter().map(|p| p.cfg.clone()).collect();
+                    match models::get(&providers, &id) {
+                        Some(model) => {
+                            axum::response::IntoResponse::into_response(axum::Json(model))
+                        }
+                        None => ApiError {
+                            status: StatusCode::NOT_FOUND,
+                            kind: mythos_protocol::ErrorKind::NotFound,
+                            message: format!(
+                                "no model {id:?} here: GET /v1/models lists the router's names"
+                            ),
+                            retry_at_unix_ms: None,
+                            retried: false,
+                        }
+                        .into_response(Dialect::Openai),
+                    }
+                },
+            ),
+        )
         .route_layer(middleware::from_fn(body_deadline))
         .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
     Routes::new()

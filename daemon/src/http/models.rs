@@ -122,6 +122,14 @@ pub fn list(providers: &[ProviderConfig]) -> Value {
     json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})
 }
 
+/// One entry of [`list`], by its id.
+pub fn get(providers: &[ProviderConfig], id: &str) -> Option<Value> {
+    let mut all = list(providers);
+    let data = all.get_mut("data")?.as_array_mut()?;
+    let at = data.iter().position(|m| m["id"] == id)?;
+    Some(data.swap_remove(at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
