@@ -181,7 +181,10 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                 self.side_mid_line = !text.ends_with('\n');
             }
             StreamEvent::ToolCallStart { name, .. } => {
-                let line = self.opts.side_style.dim(&format!("[tool call: {name}]"));
+                let line = self
+                    .opts
+                    .side_style
+                    .dim(&format!("[tool call: {}]", printable(name)));
                 self.note(&line)?;
             }
             StreamEvent::Rerouted {

@@ -75,6 +75,9 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
         // 409 is a lock or conflict on the provider's side; the official SDKs retry it.
         409 => ErrorKind::ServerError,
         413 => ErrorKind::ContextLength,
+        // A redirect (not followed: it would take the key along) is the configuration's
+        // fault, like a wrong path: retrying it cannot help, the next provider can.
+        300..=399 => ErrorKind::NotFound,
         400..=499 => ErrorKind::BadRequest,
         _ => ErrorKind::ServerError,
     }

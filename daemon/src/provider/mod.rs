@@ -245,6 +245,8 @@ mod request_tests {
                 panic!("{api:?}: a redirect was taken for an answer")
             };
             assert_eq!(e.status, Some(307), "{api:?}: {e:?}");
+            // The configuration's fault: the next provider, not a retry of this one.
+            assert_eq!(e.kind, ErrorKind::NotFound, "{api:?}: {e:?}");
             assert!(
                 e.message.contains(&format!("redirect to {stolen}")),
                 "{e:?}"

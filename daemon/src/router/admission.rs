@@ -413,11 +413,25 @@ impl HealthBook {
                 }
                 None => {
                     // The waiter holds, for the ones behind it, the providers it waits for;
-                    // not those it can never use (its retry budget spent there, larger than
-                    // that quota): held, they kept others waiting for nothing.
+                    // not those it can never use (larger than that quota), nor those that only
+                    // its own retry budget keeps it from: they are free for anybody's first
+                    // attempt, and held they kept every new request off a provider for as long
+                    // as a retry waited for the budget's window to move (up to 10 s, in a
+                    // fault storm, one waiter after another).
+                    let first_try = (!w.want.retry_at.is_empty()).then(|| Want {
+                        retry_at: Vec::new(),
+                        ..w.want.clone()
+                    });
                     for &c in &w.want.candidates {
                         if self.availability(c, &w.want, now).0 == Avail::Never {
                             continue;
+                        }
+                        if let Some(first) = &first_try {
+                            if w.want.retry_at.contains(&c)
+                                && self.availability(c, first, now).0 == Avail::Now
+                            {
+                                continue;
+                            }
                         }
                         if let Some(h) = held.get_mut(c) {
                             *h = true;

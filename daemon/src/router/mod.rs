@@ -91,6 +91,23 @@ pub struct Emitter {
     stuck: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The context window `cfg`'s provider has for `req`: an Anthropic provider asked for the
+/// 1M-token context beta (Claude Code's `context-1m-…` in `anthropic-beta`) has a million
+/// tokens, whatever its configured window says; else the configured one.
+fn context_window(cfg: &ProviderConfig, req: &ChatRequest) -> Option<u64> {
+    let million = cfg.api == crate::config::Api::Anthropic
+        && req
+            .options
+            .anthropic_beta
+            .iter()
+            .any(|b| b.starts_with("context-1m"));
+    if million {
+        Some(cfg.context_window.map_or(1_000_000, |w| w.max(1_000_000)))
+    } else {
+        cfg.context_window
+    }
+}
+
 /// How long an event may wait for room in a client's channel before the request is given up:
 /// a client that stopped reading (a hung editor, a paused terminal, a script that sends and
 /// never reads) would otherwise keep its provider streams, concurrency seats and quota for as
@@ -651,10 +668,7 @@ impl Router {
             .iter()
             .copied()
             .filter(|&i| {
-                self.providers[i]
-                    .cfg
-                    .context_window
-                    .is_none_or(|w| input_tokens <= w)
+                context_window(&self.providers[i].cfg, req).is_none_or(|w| input_tokens <= w)
             })
             .collect();
         Ok(Plan {
@@ -1174,9 +1188,9 @@ impl Router {
                     match err.kind {
                         ErrorKind::ContextLength => {
                             // Nothing with a window this small or smaller will take it.
-                            let window = p.cfg.context_window;
+                            let window = context_window(&p.cfg, req);
                             for c in plan.candidates.iter().copied() {
-                                let w = self.providers[c].cfg.context_window;
+                                let w = context_window(&self.providers[c].cfg, req);
                                 if c == i || (window.is_some() && w.is_some() && w <= window) {
                                     push_once(&mut j.excluded, c);
                                 }

@@ -2464,3 +2464,68 @@ async fn a_failed_provider_is_tried_again_rather_than_waiting_out_others_pauses(
         t0.elapsed()
     );
 }
+
+/// A retry that waits for its provider's retry budget (spent in a fault storm) does not keep
+/// new requests off that provider: the budget limits retries, and a first attempt is free to go.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_its_budget_lets_first_attempts_through() {
+    let h = harness(1, no_jitter());
+    // Seven requests that fail once and are retried spend the budget (5 + 20 % of requests).
+    for _ in 0..7 {
+        h.scripts[0].push([
+            Step::Fail(err(ErrorKind::ServerError, None)),
+            answer(&["ok"]),
+        ]);
+    }
+    for n in 0..7 {
+        let ev = ask(&h.router, req(&format!("r{n}"))).await;
+        assert_eq!(done_provider(&ev), Some("alpha"), "r{n}: {:?}", ev.last());
+    }
+    // The eighth fails too, and its retry has to wait for the budget's window to move on.
+    h.scripts[0].push([
+        Step::Fail(err(ErrorKind::ServerError, None)),
+        answer(&["new"]),
+        answer(&["retried"]),
+    ]);
+    let waiting = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("r7")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.scripts[0].calls(), 15, "the eighth request failed once");
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("r8")).await;
+    assert_eq!(final_text(&ev), "new", "{:?}", ev.last());
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a first attempt waited {:?} behind a retry's budget",
+        t0.elapsed()
+    );
+    let ev = waiting.await.unwrap();
+    assert_eq!(final_text(&ev), "retried", "{:?}", ev.last());
+}
+
+/// Claude Code's 1M-token context beta makes an Anthropic provider fit a prompt its
+/// configured window (200k) would not: without the beta the prompt goes to a provider whose
+/// window fits, with it to Anthropic, first in rank.
+#[tokio::test(start_paused = true)]
+async fn the_1m_context_beta_lets_anthropic_take_a_long_prompt() {
+    let h = harness_with(2, no_jitter(), |i, cfg| {
+        cfg.context_window = Some(if i == 0 { 200_000 } else { 2_000_000 });
+    });
+    for s in &h.scripts {
+        s.push([answer(&["a"]), answer(&["b"])]);
+    }
+    let long = "word ".repeat(300_000 * 4 / 5);
+    let plain = req(&long);
+    assert_eq!(
+        done_provider(&ask(&h.router, plain.clone()).await),
+        Some("beta")
+    );
+    let mut with_beta = plain;
+    with_beta.options.anthropic_beta = vec!["context-1m-2025-08-07".into()];
+    assert_eq!(
+        done_provider(&ask(&h.router, with_beta).await),
+        Some("alpha")
+    );
+}

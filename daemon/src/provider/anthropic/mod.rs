@@ -564,7 +564,17 @@ fn auto_cache_points(chat: &ChatRequest) -> Vec<CachePoint> {
             ttl: CacheTtl::Default,
         })
     };
-    let Some((last, m)) = chat.messages.iter().enumerate().next_back() else {
+    // A first turn marks only the system prompt: a client that asks once and never again
+    // (a script, a one-shot completion) would pay the cache write (1.25x) on its whole
+    // prompt for nothing; an agent's second turn reads the system prompt and tools from the
+    // cache and marks the rest.
+    let Some((last, m)) = chat
+        .messages
+        .iter()
+        .enumerate()
+        .next_back()
+        .filter(|&(last, _)| last > 0)
+    else {
         return Vec::new();
     };
     let mut points: Vec<CachePoint> = chat.messages[..last]
@@ -766,7 +776,8 @@ pub fn thinking_budget(t: Thinking, max_tokens: u32, limit: u32) -> Option<(u32,
         if raised > budget {
             max = raised;
         } else {
-            budget = max / 2;
+            // Never under the API's minimum: max_tokens is above it here.
+            budget = (max / 2).max(MIN_THINKING_BUDGET);
         }
     }
     Some((budget, max))
@@ -1104,6 +1115,15 @@ mod tests {
         assert_eq!(v.to_string().matches("cache_control").count(), 1, "{v}");
         assert_eq!(v["system"], json!("You are a coding agent."));
 
+        // A first turn: the system prompt only (a one-shot client would pay the cache write
+        // on its whole prompt for nothing).
+        let mut first = ChatRequest::user_text(1, "only question");
+        first.system = Some("You are a coding agent.".into());
+        first.options.cache_automatically = true;
+        let v = body(&first, "claude-sonnet-4-5", 100, None);
+        assert_eq!(v.to_string().matches("cache_control").count(), 1, "{v}");
+        assert_eq!(v["system"][0]["cache_control"], ephemeral);
+
         let mut messages_client = chat;
         messages_client.options.cache_automatically = false;
         let v = body(&messages_client, "claude-sonnet-4-5", 100, None);
@@ -1423,6 +1443,11 @@ mod tests {
         );
         assert_eq!(thinking_budget(t(None), 1500, 64_000), Some((1024, 1500)));
         assert_eq!(thinking_budget(t(None), 1024, 64_000), None);
+        // A budget over a small output limit is lowered, but never under the API's minimum.
+        assert_eq!(
+            thinking_budget(t(Some(64_000)), 1500, 1500),
+            Some((1024, 1500))
+        );
     }
 
     #[test]
