@@ -249,7 +249,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         options.reasoning_effort = known_effort(effort);
     }
     if obj.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        tracing::debug!("n > 1 is not supported through the router: one choice is returned");
+        // One answer comes back per request (each may come from another provider): a client
+        // that reads `choices[1]` must hear so, not find it missing.
+        return Err(ApiError::bad_request(
+            "n: mythos routes one answer per request; ask n times for n answers",
+        ));
     }
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = obj
@@ -334,6 +338,13 @@ mod tests {
             crate::provider::openai::reasoning_effort(budget_for_effort("xhigh")),
             "high"
         );
+        // n > 1 cannot be served (one answer per request): said, not silently one choice.
+        let body =
+            json!({"model": "gpt-4o", "n": 3, "messages": [{"role": "user", "content": "hi"}]});
+        assert!(parse(&body).unwrap_err().message.starts_with("n: "));
+        let body =
+            json!({"model": "gpt-4o", "n": 1, "messages": [{"role": "user", "content": "hi"}]});
+        assert!(parse(&body).is_ok());
         // The word itself is kept for the models that take it.
         for (word, kept) in [
             ("minimal", Some("minimal")),

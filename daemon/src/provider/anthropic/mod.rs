@@ -248,10 +248,6 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         }
         Some(f) => (None, Some(format_instruction(f))),
     };
-    let context_management = match &opts.context_management {
-        Some(c) => Some(raw_json(c, "context_management")?),
-        None => None,
-    };
     let joined: Option<String> =
         instruction
             .as_ref()
@@ -449,6 +445,17 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         Some(budget)
     });
 
+    // The client's context management, less the edits that need thinking when it is off here
+    // (the API refuses `clear_thinking_*` without thinking; the client asked for thinking, but
+    // this turn cannot have it).
+    let context_management = opts
+        .context_management
+        .as_deref()
+        .and_then(|c| context_management_for(c, thinking.is_some()));
+    let context_management = match &context_management {
+        Some(c) => Some(raw_json(c, "context_management")?),
+        None => None,
+    };
     let mut body = Body {
         model: req.model,
         max_tokens,
@@ -549,6 +556,33 @@ fn role_name(role: Role) -> &'static str {
         Role::User => "user",
         Role::Assistant => "assistant",
     }
+}
+
+/// `context_management` as sent to Anthropic: as the client gave it, but with thinking off
+/// without its `clear_thinking_*` edits (and none at all if nothing else is left).
+fn context_management_for(c: &str, thinking: bool) -> Option<Cow<'_, str>> {
+    if thinking {
+        return Some(Cow::Borrowed(c));
+    }
+    let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(c) else {
+        return Some(Cow::Borrowed(c));
+    };
+    let Some(Value::Array(edits)) = o.get_mut("edits") else {
+        return Some(Cow::Borrowed(c));
+    };
+    let before = edits.len();
+    edits.retain(|e| {
+        !e["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("clear_thinking"))
+    });
+    if edits.len() == before {
+        return Some(Cow::Borrowed(c));
+    }
+    if edits.is_empty() {
+        o.remove("edits");
+    }
+    (!o.is_empty()).then(|| Cow::Owned(Value::Object(o).to_string()))
 }
 
 /// The message breakpoints placed for a client that placed none (see
@@ -1128,6 +1162,22 @@ mod tests {
         messages_client.options.cache_automatically = false;
         let v = body(&messages_client, "claude-sonnet-4-5", 100, None);
         assert!(!v.to_string().contains("cache_control"), "{v}");
+    }
+
+    /// Context-management edits that need thinking go only with thinking on.
+    #[test]
+    fn thinking_edits_go_only_with_thinking() {
+        let c =
+            r#"{"edits":[{"type":"clear_thinking_20251015"},{"type":"clear_tool_uses_20250919"}]}"#;
+        assert_eq!(context_management_for(c, true).as_deref(), Some(c));
+        assert_eq!(
+            context_management_for(c, false).as_deref(),
+            Some(r#"{"edits":[{"type":"clear_tool_uses_20250919"}]}"#)
+        );
+        let only = r#"{"edits":[{"type":"clear_thinking_20251015","keep":"all"}]}"#;
+        assert_eq!(context_management_for(only, false), None);
+        let plain = r#"{"edits":[{"type":"clear_tool_uses_20250919"}]}"#;
+        assert_eq!(context_management_for(plain, false).as_deref(), Some(plain));
     }
 
     #[test]
