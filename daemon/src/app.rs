@@ -29,11 +29,14 @@ pub struct Options {
     pub fd_limit: Option<u64>,
 }
 
-/// The connection cap: the configured one, lowered so that every connection and the upstream
-/// stream it may hold fit in the fd limit (with room for the daemon's own files).
+/// The connection cap: the configured one, lowered so that everything it lets in fits in the
+/// fd limit: `cap` socket clients, the HTTP front end's `cap / 2` connections, an upstream
+/// stream for each of those, the reserve seats (16) and the daemon's own files (64). Under
+/// macOS's usual 256 that is 58 socket clients; it counted only the first two before, and 96
+/// chats plus 48 HTTP streams ran out of descriptors well inside the caps.
 pub fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
     match fd_limit {
-        Some(n) => configured.min(((n.saturating_sub(64)) / 2).max(8) as usize),
+        Some(n) => configured.min(((n.saturating_sub(64 + 16)) / 3).max(8) as usize),
         None => configured,
     }
 }
@@ -314,4 +317,21 @@ pub async fn reload(ctx: &Context, opts: &Options) {
         "config reloaded"
     );
     ctx.replace_router(router);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every seat the caps allow, with its upstream stream, fits under the fd limit.
+    #[test]
+    fn every_seat_fits_under_the_fd_limit() {
+        for limit in [256u64, 1024, 4096, 65_536] {
+            let c = connection_cap(100_000, Some(limit)) as u64;
+            let http = c / 2;
+            assert!(2 * c + 2 * http + 16 + 64 <= limit, "{limit}: {c}");
+        }
+        assert_eq!(connection_cap(512, None), 512);
+        assert_eq!(connection_cap(512, Some(1_000_000)), 512);
+    }
 }

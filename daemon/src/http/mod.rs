@@ -133,7 +133,7 @@ pub async fn start(
     // Without TCP_NODELAY, the last small frame of an answer waits for the client's delayed
     // ACK: +40 ms on every response (measured by the bench). Half the connection cap: every
     // HTTP request may hold an upstream connection too.
-    let cap = (ctx.conns.max() / 2).max(16);
+    let cap = (ctx.conns.max() / 2).max(4);
     let listener = listener::CappedListener::new(listener, cap);
     let streams = ctx.streams.clone();
     // Tracked with the chat streams, so shutdown waits until the last frames of every HTTP
