@@ -122,12 +122,33 @@ pub fn list(providers: &[ProviderConfig]) -> Value {
     json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})
 }
 
-/// One entry of [`list`], by its id.
+/// One model by its id: an entry of [`list`], or for any other name (which the router takes
+/// as a hint and serves, see [`resolve`]) an entry saying so, so that a tool that checks a
+/// name before it uses it does not refuse one that works. `None` only for an empty name.
 pub fn get(providers: &[ProviderConfig], id: &str) -> Option<Value> {
+    if id.trim().is_empty() {
+        return None;
+    }
     let mut all = list(providers);
     let data = all.get_mut("data")?.as_array_mut()?;
-    let at = data.iter().position(|m| m["id"] == id)?;
-    Some(data.swap_remove(at))
+    if let Some(at) = data.iter().position(|m| m["id"] == id) {
+        return Some(data.swap_remove(at));
+    }
+    let window = providers
+        .iter()
+        .filter_map(|p| p.context_window)
+        .max()
+        .unwrap_or(128_000);
+    Some(json!({
+        "id": id,
+        "object": "model",
+        "type": "model",
+        "created": 0,
+        "created_at": "1970-01-01T00:00:00Z",
+        "owned_by": "mythos",
+        "display_name": format!("{id} (routed by mythos to the best provider)"),
+        "context_window": window,
+    }))
 }
 
 #[cfg(test)]
