@@ -429,7 +429,16 @@ async fn a_client_that_never_reads_does_not_starve_the_others() {
             .send(Request::Chat(ChatRequest::user_text(id, "fill the pipe")))
             .await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Its 32 streams have reached the provider (the rest were refused) before the other
+    // session asks.
+    let t0 = std::time::Instant::now();
+    while mocks.openai.stats().requests < 32 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stuck client's streams never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = std::time::Instant::now();
     let mut other = RawClient::connect(&env.socket).await;
     let events = tokio::time::timeout(

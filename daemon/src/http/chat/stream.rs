@@ -136,6 +136,20 @@ impl ChatEncoder {
         self.write(out, std::slice::from_ref(&choice), None);
     }
 
+    /// A fragment of call `n`'s arguments.
+    fn arguments(&self, out: &mut BytesMut, n: usize, arguments: &str) {
+        let call = ToolCall {
+            index: n,
+            id: None,
+            ty: None,
+            function: Function {
+                name: None,
+                arguments,
+            },
+        };
+        self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
+    }
+
     fn write(&self, out: &mut BytesMut, choices: &[Choice<'_>], usage: Option<OpenaiUsage>) {
         sse(
             out,
@@ -217,16 +231,7 @@ impl Encoder for ChatEncoder {
             StreamEvent::ToolCallDelta { index, json } => {
                 if let Some(n) = self.tools.iter().rposition(|&(i, _)| i == index) {
                     self.tools[n].1 |= !json.is_empty();
-                    let call = ToolCall {
-                        index: n,
-                        id: None,
-                        ty: None,
-                        function: Function {
-                            name: None,
-                            arguments: &json,
-                        },
-                    };
-                    self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
+                    self.arguments(out, n, &json);
                 }
             }
             StreamEvent::Rerouted {
@@ -268,16 +273,7 @@ impl Encoder for ChatEncoder {
                 // `""` is not JSON.
                 for n in 0..self.tools.len() {
                     if !self.tools[n].1 {
-                        let call = ToolCall {
-                            index: n,
-                            id: None,
-                            ty: None,
-                            function: Function {
-                                name: None,
-                                arguments: "{}",
-                            },
-                        };
-                        self.chunk(out, Delta::ToolCalls { tool_calls: [call] }, None);
+                        self.arguments(out, n, "{}");
                     }
                 }
                 let finish = openai_finish(&done.finish, !self.tools.is_empty());
