@@ -342,6 +342,8 @@ struct Journey {
     errors: Vec<(usize, ProviderError)>,
     /// Time spent in the wait queue.
     queued: Duration,
+    /// Time spent backing off between rounds.
+    backed_off: Duration,
     /// The daemon's own time before the first upstream request, in microseconds.
     setup_us: u64,
     /// When a provider is expected back, if the request ended for want of capacity.
@@ -788,7 +790,20 @@ impl Router {
                 if plan.candidates.iter().all(|i| j.excluded.contains(i)) {
                     break 'request Ok(());
                 }
-                let Some(wait) = retry::backoff(steps, jitter, round, fastrand::f64()) else {
+                // Past the configured rounds, the last step repeats while the request has
+                // waited less than the queue allows (and within the attempts cap): providers
+                // that keep answering short `Retry-After`s are a second from ready, and
+                // failing then broke a session the queue could have kept.
+                let step = retry::backoff(steps, jitter, round, fastrand::f64()).or_else(|| {
+                    let last = retry::backoff(
+                        steps,
+                        jitter,
+                        steps.len().checked_sub(1)?,
+                        fastrand::f64(),
+                    )?;
+                    (j.queued + j.backed_off + last < self.cfg.max_queue_wait).then_some(last)
+                });
+                let Some(wait) = step else {
                     break 'request Ok(());
                 };
                 round += 1;
@@ -797,6 +812,7 @@ impl Router {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
                 }
+                j.backed_off += wait;
                 continue;
             }
             let want = Want {
@@ -819,7 +835,7 @@ impl Router {
                 // backoff: the rest of this round is waited for no longer than that. A
                 // request whose first choice stalled once waited out 25 s of another's
                 // Retry-After while the first was ready again at once.
-                match retry::backoff(steps, 0.0, round, 0.5) {
+                match retry::backoff(steps, 0.0, round, 0.5).or(steps.last().copied()) {
                     Some(next) => left.min(next),
                     None => left,
                 }
@@ -1293,7 +1309,7 @@ impl Router {
                 book.record_outcome(u, false, now);
             }
         }
-        let Some((_, last)) = j.errors.pop() else {
+        let Some((last_at, last)) = j.errors.pop() else {
             return (
                 ProviderError::new(
                     ErrorKind::AllCoolingDown,
@@ -1310,7 +1326,7 @@ impl Router {
         for (i, e) in j
             .errors
             .iter()
-            .chain(std::iter::once(&(usize::MAX, last.clone())))
+            .chain(std::iter::once(&(last_at, last.clone())))
         {
             let name = self
                 .providers

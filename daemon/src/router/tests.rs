@@ -2529,3 +2529,47 @@ async fn the_1m_context_beta_lets_anthropic_take_a_long_prompt() {
         Some("alpha")
     );
 }
+
+/// Every provider rate-limits with a short `Retry-After`, again and again, for longer than the
+/// retry rounds last (about 6 s here). The request waits, since the queue allows 30 s, and is
+/// answered when the first provider comes back: failing it while a provider is a second from
+/// ready broke a session that the product promised to keep.
+#[tokio::test(start_paused = true)]
+async fn rounds_go_on_while_the_queue_limit_allows() {
+    let h = harness(2, no_jitter());
+    let limited = Step::Fail(err(ErrorKind::RateLimited, Some(1)));
+    h.scripts[0].push(vec![limited.clone(); 5]);
+    h.scripts[1].push(vec![limited; 5]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert!(done_provider(&ev).is_some(), "{ev:?}");
+    assert_eq!(final_text(&ev), "ok");
+    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 11);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+/// Providers that fail without saying when to come back are not retried forever: their
+/// breakers open, and a request waits for their cooldown only as long as the queue allows.
+#[tokio::test(start_paused = true)]
+async fn failures_without_end_stop_at_the_attempts_cap() {
+    let h = harness(2, no_jitter());
+    let broken = Step::Fail(err(ErrorKind::ServerError, None));
+    h.scripts[0].push(vec![broken.clone(); 100]);
+    h.scripts[1].push(vec![broken; 100]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::ServerError), "{ev:?}");
+    // Each provider's failure is named once, the last one's too.
+    let Some(StreamEvent::Error { message, .. }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        message,
+        "every provider failed (alpha: scripted server_error; beta: scripted server_error)"
+    );
+    let calls = h.scripts[0].calls() + h.scripts[1].calls();
+    assert!(calls <= 12, "{calls} attempts");
+    // Both breakers open after two rounds; the request waits for their first probe (30 s, the
+    // queue limit), and no longer.
+    assert!(t0.elapsed() < Duration::from_secs(35), "{:?}", t0.elapsed());
+}
