@@ -89,15 +89,21 @@ pub struct Quota {
     /// `None` until a successful response shows whether the provider announces quotas.
     announces: Option<bool>,
     /// A 429 showed that capacity comes back at the reset, not steadily before it; believed
-    /// until then (see [`FIXED_WINDOW_MEMORY`]).
+    /// until then (see [`Quota::rate_limited`]).
     fixed_until: Option<Instant>,
+    /// How long the last such 429 was believed: the next one within an hour of its end is
+    /// believed twice as long.
+    fixed_for: Duration,
 }
 
-/// How long one 429 that the estimate did not foresee makes refills count only at the reset.
+/// The longest a 429 that the estimate did not foresee makes refills count only at the reset.
 /// Such a 429 may come from a limit the headers do not show (a daily or an organisation's
 /// limit) rather than from the window's shape; believed for ever, it slowed the provider's
-/// pacing for good, across restarts. Each further such 429 renews it.
+/// pacing for good, across restarts.
 const FIXED_WINDOW_MEMORY: Duration = Duration::from_secs(3600);
+
+/// The shortest such belief: a minute's window and the next.
+const FIXED_WINDOW_FIRST: Duration = Duration::from_secs(120);
 
 impl Quota {
     /// The machine slept for `gap`: windows went on refilling and resets came meanwhile.
@@ -159,10 +165,33 @@ impl Quota {
     }
 
     /// The provider answered `429`: it has no room until `until`. If the estimate said it had,
-    /// the estimate was too generous: assume fixed windows from now on.
+    /// the estimate was too generous: assume fixed windows for a while.
+    ///
+    /// For how long grows with the evidence. The first such 429 is believed for two of the
+    /// longest announced windows (two minutes at least): one 429 that a steady refill did not
+    /// foresee held a token bucket's pacing to full resets for an hour, so requests waited a
+    /// minute for room that came back within seconds. Each further one, while believed or
+    /// within an hour of that, doubles it, up to an hour: a provider that really refills at
+    /// the reset costs a few 429s (each one failed over, not shown) until it is believed.
     pub fn rate_limited(&mut self, cost: Cost, until: Instant, now: Instant) {
         if self.room_ignoring_block(cost, now) == Room::Now && self.announces == Some(true) {
-            self.fixed_until = Some(now + FIXED_WINDOW_MEMORY);
+            let recent = self
+                .fixed_until
+                .is_some_and(|t| now < t + FIXED_WINDOW_MEMORY);
+            let window = self
+                .buckets
+                .iter()
+                .flatten()
+                .filter_map(|b| Some(b.reset_at?.saturating_duration_since(b.observed)))
+                .max()
+                .unwrap_or_default();
+            let first = (window * 2).clamp(FIXED_WINDOW_FIRST, FIXED_WINDOW_MEMORY);
+            self.fixed_for = if recent {
+                (self.fixed_for * 2).clamp(first, FIXED_WINDOW_MEMORY)
+            } else {
+                first
+            };
+            self.fixed_until = Some(now + self.fixed_for);
         }
         self.block(until);
         self.limited_until = Some(self.limited_until.map_or(until, |t| t.max(until)));
@@ -199,6 +228,7 @@ impl Quota {
         self.blocked_until = None;
         self.limited_until = None;
         self.fixed_until = None;
+        self.fixed_for = Duration::ZERO;
     }
 
     /// Whether a request of `cost` fits now, and if not, when it will.
@@ -332,6 +362,8 @@ impl Quota {
             announces: self.announces,
             fixed_window: self.fixed(now),
             fixed_window_until_unix_ms: self.fixed_until.filter(|&t| t > now).map(to_unix),
+            fixed_window_ms: (!self.fixed_for.is_zero())
+                .then_some(self.fixed_for.as_millis() as u64),
         }
     }
 
@@ -356,6 +388,9 @@ impl Quota {
                 }
                 None => saved.fixed_window.then(|| now + FIXED_WINDOW_MEMORY),
             },
+            fixed_for: saved.fixed_window_ms.map_or(Duration::ZERO, |ms| {
+                Duration::from_millis(ms).min(FIXED_WINDOW_MEMORY)
+            }),
             blocked_until: saved
                 .blocked_until_unix_ms
                 .filter(|&ms| ms > now_unix_ms)
@@ -397,6 +432,9 @@ pub struct SavedQuota {
     /// Until then.
     #[serde(default)]
     pub fixed_window_until_unix_ms: Option<u64>,
+    /// For how long the last 429 that showed it was believed.
+    #[serde(default)]
+    pub fixed_window_ms: Option<u64>,
 }
 
 /// Persisted form of one quota.
@@ -491,22 +529,40 @@ mod tests {
             q.room(ONE, t + Duration::from_secs(1)),
             Room::At(t + Duration::from_secs(60))
         );
-        // One such 429 is believed for an hour (it may have come from a limit the headers do
-        // not show), also across a restart; then refills count as steady again.
+        // One such 429 is believed for two windows (it may have come from a limit the headers
+        // do not show, and a token bucket paced by full resets waits a minute for room that
+        // comes back in a second), also across a restart; then refills count as steady again.
         let saved = q.save(t, 1_000_000);
         let r = Quota::restore(&saved, t, 1_000_000, Duration::from_secs(900));
         assert_eq!(
             r.room(ONE, t + Duration::from_secs(1)),
             Room::At(t + Duration::from_secs(60))
         );
-        let hour = later + Duration::from_secs(3600);
-        let s = q.reserve(ONE);
-        q.observe(s, &limits((60, 0, 60_000), None), true, hour);
-        assert_eq!(
-            q.room(ONE, hour),
-            Room::At(hour + Duration::from_secs(1)),
-            "steady again"
-        );
+        let steady = |q: &mut Quota, at: Instant| {
+            let s = q.reserve(ONE);
+            q.observe(s, &limits((60, 0, 60_000), None), true, at);
+            q.room(ONE, at) == Room::At(at + Duration::from_secs(1))
+        };
+        let mut at = later + Duration::from_secs(120);
+        assert!(steady(&mut q, at), "steady again after two minutes");
+        // Each further surprise soon after is believed twice as long, up to an hour.
+        let mut believed = Vec::new();
+        for _ in 0..7 {
+            at += Duration::from_secs(1);
+            q.rate_limited(ONE, at + Duration::from_secs(60), at);
+            let mut span = 0;
+            while !steady(&mut q, at + Duration::from_secs(span)) {
+                span += 60;
+            }
+            believed.push(span);
+            at += Duration::from_secs(span);
+        }
+        assert_eq!(believed, [240, 480, 960, 1920, 3600, 3600, 3600]);
+        // An hour after the last belief ended, a surprise counts as the first again.
+        at += Duration::from_secs(3600 + 1);
+        q.rate_limited(ONE, at + Duration::from_secs(60), at);
+        assert!(!steady(&mut q, at + Duration::from_secs(119)));
+        assert!(steady(&mut q, at + Duration::from_secs(120)));
     }
 
     #[tokio::test(start_paused = true)]
