@@ -344,7 +344,8 @@ pub enum ContentBlock {
         /// Whether the tool failed.
         #[serde(default)]
         is_error: bool,
-        /// Images the tool returned (screenshots, diagrams), after the text.
+        /// Images the tool returned (screenshots, diagrams), after the text; and documents
+        /// (a PDF that a file-reading tool read), told apart by [`ImageSource::is_document`].
         #[serde(default)]
         images: Vec<ImageSource>,
     },
@@ -352,6 +353,15 @@ pub enum ContentBlock {
     Image {
         /// Where its bytes are.
         source: ImageSource,
+    },
+    /// A document the user attached: a PDF, inline or at a URL. (A plain-text document is a
+    /// [`ContentBlock::Text`].)
+    Document {
+        /// Where its bytes are.
+        source: ImageSource,
+        /// Its title or file name, when the client gave one.
+        #[serde(default)]
+        title: Option<String>,
     },
     /// The model's reasoning before it answered.
     Thinking {
@@ -369,7 +379,7 @@ pub enum ContentBlock {
     },
 }
 
-/// Where an image's bytes are.
+/// Where an image's (or a document's) bytes are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageSource {
@@ -385,6 +395,28 @@ pub enum ImageSource {
         /// The URL (`https:` or `data:`).
         url: String,
     },
+}
+
+/// The media type of documents (as opposed to images) that providers read.
+pub const PDF: &str = "application/pdf";
+
+impl ImageSource {
+    /// Its media type, when it is inline (base64, or a `data:` URL).
+    pub fn media_type(&self) -> Option<&str> {
+        match self {
+            ImageSource::Base64 { media_type, .. } => Some(media_type),
+            ImageSource::Url { url } => {
+                let meta = url.strip_prefix("data:")?.split([',', ';']).next()?;
+                (!meta.is_empty()).then_some(meta)
+            }
+        }
+    }
+
+    /// Whether it is a document (a PDF) rather than an image.
+    pub fn is_document(&self) -> bool {
+        self.media_type()
+            .is_some_and(|m| m.eq_ignore_ascii_case(PDF))
+    }
 }
 
 /// A tool the model may call.

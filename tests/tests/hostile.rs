@@ -309,7 +309,7 @@ async fn other_users_can_neither_pose_as_the_daemon_nor_reach_it() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let hello = br#"{"magic":"mythos","protocol":5,"build":"x","encodings":["json"]}"#;
+    let hello = br#"{"magic":"mythos","protocol":6,"build":"x","encodings":["json"]}"#;
     let script = format!(
         "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
          sys.stdout.write('connected ')\nh={:?}.encode()\n\
@@ -376,7 +376,8 @@ async fn kill_9_right_after_a_429_keeps_the_pause() {
         drop(c);
         // Start the next trial from a healthy provider, with no daemon running.
         assert!(env.mythos(&["reset", "anthropic"]).status.success());
-        assert!(env.mythos(&["daemon", "stop"]).status.success());
+        let out = env.mythos(&["daemon", "stop"]);
+        assert!(out.status.success(), "{out:?}");
     }
 }
 
@@ -409,7 +410,7 @@ async fn a_corrupt_state_database_is_kept_aside_and_reported() {
 /// never reads) cannot take every provider stream from everybody else: one connection runs at
 /// most 32 streams at once, so another session is answered at once, not after a queue timeout.
 /// (That a stuck client's streams are given up after `CLIENT_READ_TIMEOUT` is tested with a
-/// paused clock in the router's tests.)
+/// paused clock in the router's tests.) Nor can it hold up the daemon's shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_does_not_starve_the_others() {
     let mocks = Mocks::start().await;
@@ -417,12 +418,12 @@ async fn a_client_that_never_reads_does_not_starve_the_others() {
     mocks.openai.set_answer_repeat(20);
     let env = TestEnv::new();
     env.write_config(&format!(
-        "[routing]\nmax_queue_wait_ms = 30000\n\
+        "[routing]\nmax_queue_wait_ms = 30000\ndrain_timeout_secs = 1\n\
          [[provider]]\nname = \"only\"\napi = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n\
          api_key = \"key-openai\"\nmax_concurrent = 40\n",
         mocks.openai.base_url()
     ));
-    let _daemon = env.start_daemon(&[]);
+    let daemon = env.start_daemon(&[]);
     let mut stuck = RawClient::connect(&env.socket).await;
     for id in 1..=100 {
         stuck
@@ -456,6 +457,19 @@ async fn a_client_that_never_reads_does_not_starve_the_others() {
         started.elapsed() < Duration::from_secs(10),
         "answered only after {:?}",
         started.elapsed()
+    );
+    // The daemon stops within its drain time (1 s here) and a little more, although this client
+    // still reads nothing: its connection waited for room to queue a refusal, and its writer
+    // for room in the socket, past the stop.
+    let t0 = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || daemon.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "stopped after {:?}",
+        t0.elapsed()
     );
     drop(stuck);
 }

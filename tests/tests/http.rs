@@ -698,6 +698,76 @@ async fn anthropic_betas_reach_anthropic_only() {
     }
 }
 
+/// A PDF that Claude Code's Read tool returned, and one the user attached, reach the model in
+/// the provider's own shape: `document` blocks for Anthropic, `file` parts for OpenAI. Before,
+/// both were dropped and the model answered about a file it never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdfs_reach_the_model_in_each_providers_shape() {
+    let w = World::start().await;
+    let pdf = json!({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjc="});
+    for model in ["anthropic", "openai"] {
+        let req = json!({"model": model, "max_tokens": 512, "stream": true, "messages": [
+            {"role": "user", "content": [
+                {"type": "document", "source": pdf, "title": "spec.pdf"},
+                {"type": "text", "text": "read the other one"}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "b.pdf"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "PDF file read"},
+                    {"type": "document", "source": pdf}
+                ]}
+            ]}
+        ]});
+        let r = w
+            .send(
+                w.http
+                    .post(format!("{}/v1/messages", w.base))
+                    .header("x-api-key", &w.token)
+                    .header("content-type", "application/json")
+                    .body(req.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.body);
+        let sim = if model == "anthropic" {
+            &w.mocks.anthropic
+        } else {
+            &w.mocks.openai
+        };
+        let seen = sim.requests().pop().expect("a request upstream").body;
+        let messages = seen["messages"].as_array().unwrap();
+        if model == "anthropic" {
+            assert_eq!(
+                messages[0]["content"][0],
+                json!({"type": "document", "source": pdf, "title": "spec.pdf"}),
+                "{seen}"
+            );
+            assert_eq!(
+                messages[2]["content"][0]["content"][1],
+                json!({"type": "document", "source": pdf}),
+                "{seen}"
+            );
+        } else {
+            let files: Vec<&Value> = messages
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .filter_map(|m| m["content"].as_array())
+                .flatten()
+                .filter(|p| p["type"] == "file")
+                .collect();
+            assert_eq!(files.len(), 2, "{seen}");
+            for f in files {
+                assert_eq!(
+                    f["file"]["file_data"], "data:application/pdf;base64,JVBERi0xLjc=",
+                    "{seen}"
+                );
+            }
+        }
+    }
+}
+
 /// A Chat Completions client (which cannot mark what to cache) served by Claude has its
 /// system prompt and conversation marked for Anthropic's prompt cache; a Messages client's
 /// request is sent with exactly the breakpoints it placed (here none).

@@ -1,6 +1,6 @@
 //! Pieces both request translators use.
 
-use mythos_protocol::{CachePoint, ImageSource, Message, ResponseFormat};
+use mythos_protocol::{CachePoint, ContentBlock, ImageSource, Message, ResponseFormat, PDF};
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
@@ -27,6 +27,51 @@ pub fn data_url_image(url: &str) -> Option<ImageSource> {
         media_type: media_type.to_string(),
         data: data.to_string(),
     })
+}
+
+/// A file the client attached inline (`file_data`: a data URL, or bare base64 as some
+/// clients send it) or at a URL, as the Chat Completions `file` part and the Responses
+/// `input_file` part carry it. A PDF is a document; a text file is text under its name.
+/// A file by id lives on OpenAI's servers and cannot be sent elsewhere: `None`.
+pub fn attached_file(
+    file_data: Option<&str>,
+    file_url: Option<&str>,
+    filename: Option<&str>,
+) -> Option<ContentBlock> {
+    let title = filename.filter(|f| !f.is_empty()).map(String::from);
+    let source = match (file_data, file_url) {
+        (Some(d), _) if d.starts_with("data:") => data_url_image(d)?,
+        (Some(d), _) => ImageSource::Base64 {
+            media_type: PDF.to_string(),
+            data: d.to_string(),
+        },
+        (None, Some(url)) => ImageSource::Url { url: url.into() },
+        (None, None) => {
+            tracing::debug!("dropped a file without its data (a file_id?)");
+            return None;
+        }
+    };
+    if let ImageSource::Base64 { media_type, data } = &source {
+        if media_type.starts_with("text/") {
+            let text = decode_base64_text(data)?;
+            return Some(ContentBlock::Text {
+                text: match title {
+                    Some(t) => format!("{t}\n\n{text}"),
+                    None => text,
+                },
+            });
+        }
+    }
+    Some(ContentBlock::Document { source, title })
+}
+
+/// Base64 (padding optional) decoded to UTF-8 text; `None` if it is neither.
+fn decode_base64_text(data: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(data.trim().trim_end_matches('='))
+        .ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The text parts of a content list, joined by blank lines. An assistant's `refusal` part

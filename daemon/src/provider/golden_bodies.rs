@@ -111,7 +111,26 @@ fn kitchen_sink() -> ChatRequest {
                 tool_use_id: "call_trimmed".into(),
                 content: String::new(),
                 is_error: false,
-                images: vec![png],
+                images: vec![
+                    png,
+                    ImageSource::Base64 {
+                        media_type: "application/pdf".into(),
+                        data: "JVBERi0xLjQ=".into(),
+                    },
+                ],
+            },
+            ContentBlock::Document {
+                source: ImageSource::Base64 {
+                    media_type: "application/pdf".into(),
+                    data: "JVBERi0xLjc=".into(),
+                },
+                title: Some("spec.pdf".into()),
+            },
+            ContentBlock::Document {
+                source: ImageSource::Url {
+                    url: "https://example.com/paper.pdf".into(),
+                },
+                title: None,
             },
             ContentBlock::Thinking {
                 text: "user-side thinking".into(),

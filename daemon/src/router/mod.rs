@@ -41,8 +41,8 @@ use std::time::Duration;
 use mythos_protocol::clock::now_unix_ms;
 use mythos_protocol::{
     Attempt, CandidateScore, ChatRequest, ContentBlock, DoneInfo, ErrorKind, FinishReason,
-    ProviderStatus, QuotaStatus, RequestRecord, RerouteMode, Response, StreamEvent, TaskKind,
-    Usage,
+    ImageSource, ProviderStatus, QuotaStatus, RequestRecord, RerouteMode, Response, StreamEvent,
+    TaskKind, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -202,6 +202,9 @@ impl Emitter {
 /// How long the last event of a cancelled request waits for room in a client's channel.
 const LAST_EVENT_GRACE: Duration = Duration::from_secs(3);
 
+/// The same when the daemon is stopping.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// The engine.
 pub struct Router {
     providers: Vec<RoutedProvider>,
@@ -265,7 +268,19 @@ fn human(d: Duration) -> String {
 /// English and code with BPE tokenizers), plus a little per message. Used for quotas, context
 /// windows and the first-token watchdog, where an estimate within tens of percent is enough.
 pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
-    const IMAGE_BYTES: usize = 1600 * 4;
+    // Providers bill an image by its pixels (~1,600 tokens for a 1 MP picture), not by the
+    // length of its base64. A PDF is billed by its pages (their text and a picture of each,
+    // ~1,500-3,000 tokens a page); a page is some tens of kilobytes of PDF, so its base64
+    // length over eight tokens is near. A document at a URL counts as a few pages.
+    const URL_DOCUMENT_BYTES: usize = 3 * 2500 * 4;
+    fn attachment_bytes(source: &ImageSource) -> usize {
+        const IMAGE_BYTES: usize = 1600 * 4;
+        match source {
+            ImageSource::Base64 { data, .. } if source.is_document() => data.len() / 2,
+            ImageSource::Url { url } if source.is_document() => url.len() / 2,
+            _ => IMAGE_BYTES,
+        }
+    }
     let mut bytes = req.system.as_ref().map_or(0, String::len);
     for m in &req.messages {
         bytes += 16;
@@ -282,10 +297,18 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
                     content,
                     images,
                     ..
-                } => tool_use_id.len() + content.len() + images.len() * IMAGE_BYTES,
-                // Providers bill an image by its pixels (~1,600 tokens for a 1 MP picture),
-                // not by the length of its base64.
-                ContentBlock::Image { .. } => IMAGE_BYTES,
+                } => {
+                    tool_use_id.len()
+                        + content.len()
+                        + images.iter().map(attachment_bytes).sum::<usize>()
+                }
+                ContentBlock::Document {
+                    source: ImageSource::Url { url },
+                    ..
+                } if !url.starts_with("data:") => URL_DOCUMENT_BYTES,
+                ContentBlock::Image { source } | ContentBlock::Document { source, .. } => {
+                    attachment_bytes(source)
+                }
                 ContentBlock::Thinking { text, .. } => text.len(),
                 ContentBlock::RedactedThinking { data } => data.len() / 2,
             };
@@ -593,7 +616,11 @@ impl Router {
             _ = &mut send => {}
             _ = async {
                 cancel.cancelled().await;
-                tokio::time::sleep(LAST_EVENT_GRACE).await;
+                // At the daemon's stop, a client that reads takes its last event within
+                // moments; one that does not would hold the exit for the whole grace.
+                let stopping = out.shutdown.as_ref().is_some_and(|t| t.is_cancelled());
+                let grace = if stopping { STOP_GRACE } else { LAST_EVENT_GRACE };
+                tokio::time::sleep(grace).await;
             } => {}
         }
     }

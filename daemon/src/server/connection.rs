@@ -6,6 +6,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+
+use crate::router::CLIENT_READ_TIMEOUT;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +132,9 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
             frame = frames.next() => match frame {
                 None => break,
                 Some(Ok(req)) => {
-                    handle(req, ctx, seat, &tx, &mut streams, &mut tasks).await;
+                    if !handle(req, ctx, seat, &tx, &mut streams, &mut tasks).await {
+                        break;
+                    }
                     ctx.conns.touch(seat.id, streams.len(), Instant::now());
                 }
                 Some(Err(e)) => {
@@ -141,7 +145,7 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
                     };
                     if let Some(kind) = kind {
                         tracing::debug!(error = %e, "dropping client after a bad frame");
-                        let _ = tx.send(Response::Error { kind, message: e.to_string() }).await;
+                        queue_reply(ctx, &tx, Response::Error { kind, message: e.to_string() }).await;
                     }
                     break;
                 }
@@ -164,7 +168,36 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     }
     while tasks.join_next().await.is_some() {}
     drop(tx);
-    let _ = writer.await;
+    // The writer sends what is left (the `ok` to a shutdown request among it), within moments
+    // once the daemon is stopping: a client that reads nothing would hold its socket write,
+    // and the exit, for ever.
+    let abort = writer.abort_handle();
+    tokio::select! {
+        biased;
+        _ = writer => {}
+        _ = async {
+            ctx.hard_stop.cancelled().await;
+            tokio::time::sleep(STOP_FLUSH).await;
+        } => abort.abort(),
+    }
+}
+
+/// How long a connection's last replies may take to leave once the daemon is stopping.
+const STOP_FLUSH: Duration = Duration::from_millis(500);
+
+/// Queue a reply for the writer; `false` when the client has not made room for it within
+/// [`CLIENT_READ_TIMEOUT`] or the daemon is stopping. The connection's loop waits here, so a
+/// client that sends requests and reads nothing must not hold it (and with it the shutdown)
+/// for ever: it is dropped instead.
+async fn queue_reply(ctx: &Context, tx: &mpsc::Sender<Response>, response: Response) -> bool {
+    tokio::select! {
+        sent = tx.send(response) => sent.is_ok(),
+        _ = ctx.hard_stop.cancelled() => false,
+        _ = tokio::time::sleep(CLIENT_READ_TIMEOUT) => {
+            tracing::debug!("dropping a client that has read nothing for a while");
+            false
+        }
+    }
 }
 
 /// The connection's requests: first those the client sent along with its hello (already read
@@ -327,6 +360,7 @@ fn incompatible(reason: String) -> HelloReply {
     }
 }
 
+/// Serve one request of the connection; `false` drops the client (see [`queue_reply`]).
 async fn handle(
     req: Request,
     ctx: &Arc<Context>,
@@ -334,7 +368,7 @@ async fn handle(
     tx: &mpsc::Sender<Response>,
     streams: &mut HashMap<u64, Stream>,
     tasks: &mut JoinSet<u64>,
-) {
+) -> bool {
     let reply = match req {
         Request::Chat(chat) => {
             let id = chat.id;
@@ -419,7 +453,7 @@ async fn handle(
                             id
                         });
                         tasks.spawn(tracked);
-                        return;
+                        return true;
                     }
                 }
             }
@@ -428,7 +462,7 @@ async fn handle(
             if let Some(s) = streams.get(&id) {
                 s.cancel.cancel();
             }
-            return;
+            return true;
         }
         Request::Status => Response::Status(Box::new(ctx.status_report())),
         Request::Shutdown => {
@@ -483,7 +517,7 @@ async fn handle(
             },
         },
     };
-    let _ = tx.send(reply).await;
+    queue_reply(ctx, tx, reply).await
 }
 
 /// A chat stream of this connection.

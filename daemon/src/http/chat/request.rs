@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
+    attached_file, data_url_image, merge_same_role, object_and_model, response_format, text_of,
+    u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -308,6 +309,10 @@ fn user_content(content: Option<&Value>) -> Vec<ContentBlock> {
                     .and_then(Value::as_str)
                     .map(|t| ContentBlock::Text { text: t.into() }),
                 Some("image_url") => image_part(p).map(|source| ContentBlock::Image { source }),
+                Some("file") => p.get("file").and_then(|f| {
+                    let field = |k| f.get(k).and_then(Value::as_str);
+                    attached_file(field("file_data"), None, field("filename"))
+                }),
                 other => {
                     tracing::debug!(part = ?other, "dropped a content part the router cannot map");
                     None
@@ -322,6 +327,43 @@ fn user_content(content: Option<&Value>) -> Vec<ContentBlock> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The SDKs' `file` part: a PDF as a data URL (or bare base64, as some clients send it) is a
+    /// document for the model; a text file is its text; a file by id cannot leave OpenAI.
+    #[test]
+    fn attached_files() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+            {"type": "file", "file": {"file_data": "JVBERi0="}},
+            {"type": "file", "file": {"filename": "n.txt", "file_data": "data:text/plain;base64,aGVsbG8gd29ybGQ="}},
+            {"type": "file", "file": {"file_id": "file-abc"}},
+            {"type": "text", "text": "summarize"}
+        ]}]});
+        let c = parse(&body).unwrap().chat;
+        let pdf = ImageSource::Base64 {
+            media_type: "application/pdf".into(),
+            data: "JVBERi0=".into(),
+        };
+        assert_eq!(
+            c.messages[0].content,
+            vec![
+                ContentBlock::Document {
+                    source: pdf.clone(),
+                    title: Some("a.pdf".into())
+                },
+                ContentBlock::Document {
+                    source: pdf,
+                    title: None
+                },
+                ContentBlock::Text {
+                    text: "n.txt\n\nhello world".into()
+                },
+                ContentBlock::Text {
+                    text: "summarize".into()
+                },
+            ]
+        );
+    }
 
     /// Every effort Codex and the SDKs send: `xhigh` is the most thinking, `none` none.
     #[test]

@@ -1,6 +1,6 @@
 //! An Anthropic Messages request → [`ChatRequest`]. Lenient the way the API is documented to
-//! be: what has no provider-neutral meaning (server tools, documents, `top_k`, context
-//! management) is dropped with a debug line, never refused.
+//! be: what has no provider-neutral meaning (server tools, `top_k`, files by id) is dropped
+//! with a debug line, never refused.
 
 use mythos_protocol::{
     CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Role,
@@ -228,12 +228,54 @@ fn image(source: &Value) -> Option<ImageSource> {
     }
 }
 
+/// A `document` block: a PDF (base64, or at a URL the provider fetches) is a document; a
+/// plain-text one (a `text` source, or `content` blocks) is text under its title. A file by
+/// id (the Files API's) is Anthropic's alone and is dropped.
+fn document(b: &Value, mi: usize) -> Option<ContentBlock> {
+    let source = b.get("source")?;
+    let title = b
+        .get("title")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty());
+    let text = match source.get("type").and_then(Value::as_str) {
+        Some("base64" | "url") => {
+            return match image(source) {
+                Some(source) => Some(ContentBlock::Document {
+                    source,
+                    title: title.map(String::from),
+                }),
+                None => {
+                    tracing::debug!(message = mi, "dropped a document the router cannot map");
+                    None
+                }
+            };
+        }
+        Some("text") => source.get("data").and_then(Value::as_str)?.to_string(),
+        Some("content") => match source.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => text_of(parts),
+            _ => return None,
+        },
+        other => {
+            tracing::debug!(message = mi, source = ?other, "dropped a document the router cannot map");
+            return None;
+        }
+    };
+    Some(ContentBlock::Text {
+        text: match title {
+            Some(t) => format!("{t}\n\n{text}"),
+            None => text,
+        },
+    })
+}
+
 fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError> {
     let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
     Ok(match ty {
         "text" => Some(ContentBlock::Text {
             text: b.get("text").and_then(Value::as_str).unwrap_or("").into(),
         }),
+        "document" => document(b, mi),
         "image" => match b.get("source").and_then(image) {
             Some(source) => Some(ContentBlock::Image { source }),
             None => {
@@ -272,14 +314,30 @@ fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError>
             let mut images = Vec::new();
             let content = match b.get("content") {
                 Some(Value::Array(parts)) => {
+                    let mut texts = vec![text_of(parts)];
                     for p in parts {
-                        if p.get("type").and_then(Value::as_str) == Some("image") {
-                            if let Some(src) = p.get("source").and_then(image) {
-                                images.push(src);
-                            }
+                        match p.get("type").and_then(Value::as_str) {
+                            Some("image") => images.extend(p.get("source").and_then(image)),
+                            // A PDF that Claude Code's Read returned: among the images, told
+                            // apart by its media type; a text document joins the text.
+                            Some("document") => match document(p, mi) {
+                                Some(ContentBlock::Document { source, .. })
+                                    if source.is_document() =>
+                                {
+                                    images.push(source)
+                                }
+                                Some(ContentBlock::Document {
+                                    source: ImageSource::Url { url },
+                                    ..
+                                }) => texts.push(format!("[The document at {url}]")),
+                                Some(ContentBlock::Text { text }) => texts.push(text),
+                                _ => {}
+                            },
+                            _ => {}
                         }
                     }
-                    text_of(parts)
+                    texts.retain(|t| !t.is_empty());
+                    texts.join("\n\n")
                 }
                 Some(Value::String(s)) => s.clone(),
                 _ => String::new(),
@@ -407,6 +465,74 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Claude Code sends a PDF the user named as a `document` block, and its Read tool returns
+    /// one inside a `tool_result`: both reach the model, not silently dropped. Text documents
+    /// are text under their title.
+    #[test]
+    fn documents_reach_the_model() {
+        let pdf = json!({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="});
+        let body = json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "document", "source": pdf, "title": "spec.pdf"},
+                    {"type": "document", "source": {"type": "url", "url": "https://x/p.pdf"}},
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}, "title": "notes"},
+                    {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}},
+                    {"type": "document", "source": {"type": "file", "file_id": "file_1"}},
+                    {"type": "text", "text": "read them"}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "a.pdf"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [
+                        {"type": "text", "text": "PDF file read"},
+                        {"type": "document", "source": pdf}
+                    ]}
+                ]}
+            ]
+        });
+        let c = parse(&body).unwrap().chat;
+        let pdf_source = ImageSource::Base64 {
+            media_type: "application/pdf".into(),
+            data: "JVBERi0=".into(),
+        };
+        assert_eq!(
+            c.messages[0].content,
+            vec![
+                ContentBlock::Document {
+                    source: pdf_source.clone(),
+                    title: Some("spec.pdf".into())
+                },
+                ContentBlock::Document {
+                    source: ImageSource::Url {
+                        url: "https://x/p.pdf".into()
+                    },
+                    title: None
+                },
+                ContentBlock::Text {
+                    text: "notes\n\nplain words".into()
+                },
+                ContentBlock::Text {
+                    text: "a\n\nb".into()
+                },
+                ContentBlock::Text {
+                    text: "read them".into()
+                },
+            ]
+        );
+        assert_eq!(
+            c.messages[2].content,
+            vec![ContentBlock::ToolResult {
+                tool_use_id: "t1".into(),
+                content: "PDF file read".into(),
+                is_error: false,
+                images: vec![pdf_source],
+            }]
+        );
     }
 
     #[test]

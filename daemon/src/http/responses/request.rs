@@ -15,7 +15,8 @@ use serde_json::{json, Map, Value};
 use crate::http::chat::request::budget_for_effort;
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
+    attached_file, data_url_image, merge_same_role, object_and_model, response_format, text_of,
+    u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -444,6 +445,10 @@ fn parts(content: Option<&Value>) -> Vec<ContentBlock> {
                     .filter(|t| !t.is_empty())
                     .map(|t| ContentBlock::Text { text: t.into() }),
                 Some("input_image") => image_of(p).map(|source| ContentBlock::Image { source }),
+                Some("input_file") => {
+                    let field = |k| p.get(k).and_then(Value::as_str);
+                    attached_file(field("file_data"), field("file_url"), field("filename"))
+                }
                 other => {
                     tracing::debug!(part = ?other, "dropped a content part the router cannot map");
                     None
@@ -470,6 +475,39 @@ fn image_of(p: &Value) -> Option<ImageSource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `input_file` parts: inline (`file_data`) or at a URL (`file_url`), both reach the model.
+    #[test]
+    fn input_files() {
+        let body = serde_json::json!({"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="},
+            {"type": "input_file", "file_url": "https://x/p.pdf"},
+            {"type": "input_file", "file_id": "file-abc"},
+            {"type": "input_text", "text": "compare"}
+        ]}]});
+        let c = parse(&body).unwrap().chat;
+        assert_eq!(
+            c.messages[0].content,
+            vec![
+                ContentBlock::Document {
+                    source: ImageSource::Base64 {
+                        media_type: "application/pdf".into(),
+                        data: "JVBERi0=".into()
+                    },
+                    title: Some("a.pdf".into())
+                },
+                ContentBlock::Document {
+                    source: ImageSource::Url {
+                        url: "https://x/p.pdf".into()
+                    },
+                    title: None
+                },
+                ContentBlock::Text {
+                    text: "compare".into()
+                },
+            ]
+        );
+    }
 
     /// The shape of a Codex CLI turn after a tool call: instructions, developer and user
     /// messages, a reasoning item, two function calls, their outputs (one with a screenshot),

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use mythos_protocol::{
     CachePoint, CacheTtl, ChatRequest, ContentBlock, ErrorKind, ImageSource, Message,
-    ResponseFormat, Role, Thinking, ToolChoice,
+    ResponseFormat, Role, Thinking, ToolChoice, PDF,
 };
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
@@ -178,6 +178,13 @@ enum Block<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         cache_control: Option<CacheControl>,
     },
+    Document {
+        source: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
     Thinking {
         thinking: &'a str,
         signature: &'a str,
@@ -194,7 +201,8 @@ impl Block<'_> {
             Block::Text { cache_control, .. }
             | Block::ToolUse { cache_control, .. }
             | Block::ToolResult { cache_control, .. }
-            | Block::Image { cache_control, .. } => Some(cache_control),
+            | Block::Image { cache_control, .. }
+            | Block::Document { cache_control, .. } => Some(cache_control),
             Block::Thinking { .. } | Block::RedactedThinking { .. } => None,
         }
     }
@@ -680,11 +688,23 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
                 cache_control: None,
             }
         }
-        ContentBlock::Image { .. } if role == Role::Assistant => {
-            tracing::debug!("anthropic: image in an assistant turn dropped");
+        ContentBlock::Image { .. } | ContentBlock::Document { .. } if role == Role::Assistant => {
+            tracing::debug!("anthropic: image or document in an assistant turn dropped");
             return None;
         }
         ContentBlock::Image { source } => image_json(source)?,
+        ContentBlock::Document { source, title } => {
+            let (Block::Image { source, .. } | Block::Document { source, .. }) =
+                image_json(source)?
+            else {
+                unreachable!("image_json makes an image or a document")
+            };
+            Block::Document {
+                source,
+                title: title.as_deref().filter(|t| !t.is_empty()),
+                cache_control: None,
+            }
+        }
         ContentBlock::Thinking {
             text,
             signature: Some(sig),
@@ -702,7 +722,8 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
     })
 }
 
-/// An image block, or `None` (with a debug line) for a `data:` URL that is not base64.
+/// An image block (a document block for a PDF, which a tool result may hold among its
+/// images), or `None` (with a debug line) for a `data:` URL that is not base64.
 fn image_json(source: &ImageSource) -> Option<Block<'_>> {
     let source = match source {
         ImageSource::Base64 { media_type, data } => Source::Base64 { media_type, data },
@@ -716,6 +737,15 @@ fn image_json(source: &ImageSource) -> Option<Block<'_>> {
         // The API fetches http(s) URLs itself; `data:` URLs it does not take.
         ImageSource::Url { url } => Source::Url { url },
     };
+    if let Source::Base64 { media_type, .. } = source {
+        if media_type.eq_ignore_ascii_case(PDF) {
+            return Some(Block::Document {
+                source,
+                title: None,
+                cache_control: None,
+            });
+        }
+    }
     Some(Block::Image {
         source,
         cache_control: None,

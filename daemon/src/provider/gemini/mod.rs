@@ -513,7 +513,10 @@ fn user_parts<'a>(
             ContentBlock::Text { text } if !text.is_empty() => {
                 own.push(Part::Text(Cow::Borrowed(text)))
             }
-            ContentBlock::Image { source } => own.extend(image_part(source)),
+            // Gemini reads a PDF as inline data like an image.
+            ContentBlock::Image { source } | ContentBlock::Document { source, .. } => {
+                own.extend(image_part(source))
+            }
             ContentBlock::ToolResult {
                 tool_use_id,
                 content,
@@ -582,8 +585,9 @@ fn model_parts<'a>(
             }
             ContentBlock::Text { .. }
             | ContentBlock::Image { .. }
+            | ContentBlock::Document { .. }
             | ContentBlock::ToolResult { .. } => {
-                tracing::debug!("gemini: image or tool result in a model turn dropped");
+                tracing::debug!("gemini: image, document or tool result in a model turn dropped");
             }
         }
     }

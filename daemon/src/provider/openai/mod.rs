@@ -188,6 +188,14 @@ enum Content<'a> {
 enum Part<'a> {
     Text { text: Cow<'a, str> },
     ImageUrl { image_url: ImageUrl<'a> },
+    File { file: File<'a> },
+}
+
+/// A document inline: Chat Completions takes a PDF as a `file` part with a data URL.
+#[derive(Serialize)]
+struct File<'a> {
+    filename: &'a str,
+    file_data: Url<'a>,
 }
 
 #[derive(Serialize)]
@@ -248,12 +256,37 @@ struct NamedFunction<'a> {
 
 /// An `image_url` content part.
 fn image_part(source: &ImageSource) -> Part<'_> {
+    if source.is_document() {
+        return document_part(source, None);
+    }
     let url = match source {
         ImageSource::Base64 { media_type, data } => Url::Data(DataUrl { media_type, data }),
         ImageSource::Url { url } => Url::Plain(url),
     };
     Part::ImageUrl {
         image_url: ImageUrl { url },
+    }
+}
+
+/// A document as a `file` part. Chat Completions takes documents inline only: one at a URL
+/// is named in words, so the model at least knows it was given one.
+fn document_part<'a>(source: &'a ImageSource, title: Option<&'a str>) -> Part<'a> {
+    let file_data = match source {
+        ImageSource::Base64 { media_type, data } => Url::Data(DataUrl { media_type, data }),
+        ImageSource::Url { url } if url.starts_with("data:") => Url::Plain(url),
+        ImageSource::Url { url } => {
+            return Part::Text {
+                text: Cow::Owned(format!(
+                    "[A document at {url} was attached; it cannot be shown here.]"
+                )),
+            }
+        }
+    };
+    Part::File {
+        file: File {
+            filename: title.filter(|t| !t.is_empty()).unwrap_or("document.pdf"),
+            file_data,
+        },
     }
 }
 
@@ -421,6 +454,9 @@ fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
                 });
             }
             ContentBlock::Image { source } => parts.push(image_part(source)),
+            ContentBlock::Document { source, title } => {
+                parts.push(document_part(source, title.as_deref()))
+            }
             ContentBlock::ToolResult {
                 tool_use_id,
                 content,
@@ -466,7 +502,7 @@ fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
             // Text only: a plain string, which every compatible server accepts.
             let mut texts = parts.into_iter().map(|p| match p {
                 Part::Text { text } => text,
-                Part::ImageUrl { .. } => Cow::Borrowed(""),
+                Part::ImageUrl { .. } | Part::File { .. } => Cow::Borrowed(""),
             });
             let first = texts.next().unwrap_or_default();
             Content::Text(texts.fold(first, |mut all, t| {
@@ -509,8 +545,12 @@ fn assistant_message<'a>(
             ContentBlock::RedactedThinking { .. } => {
                 tracing::debug!("openai: redacted thinking dropped");
             }
-            ContentBlock::Image { .. } | ContentBlock::ToolResult { .. } => {
-                tracing::debug!("openai: image or tool result in an assistant turn dropped");
+            ContentBlock::Image { .. }
+            | ContentBlock::Document { .. }
+            | ContentBlock::ToolResult { .. } => {
+                tracing::debug!(
+                    "openai: image, document or tool result in an assistant turn dropped"
+                );
             }
         }
     }
