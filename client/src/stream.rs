@@ -118,9 +118,11 @@ impl Turn {
                 });
                 return true;
             }
+            // Server tools are offered by Messages clients only, never by the CLI.
             StreamEvent::ThinkingDelta { .. }
             | StreamEvent::ThinkingSignature { .. }
             | StreamEvent::RedactedThinking { .. }
+            | StreamEvent::ServerBlock { .. }
             | StreamEvent::ToolCallStart { .. }
             | StreamEvent::ToolCallDelta { .. }
             | StreamEvent::Queued { .. }

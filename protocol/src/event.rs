@@ -108,6 +108,15 @@ pub enum StreamEvent {
         /// The text.
         text: String,
     },
+    /// A block of the answer that the provider's servers made and only its own API carries:
+    /// Anthropic's server tools (web search, web fetch, code execution) call
+    /// (`server_tool_use`) and result (`web_search_tool_result`, ...), as JSON text, whole.
+    /// A Messages client gets it as it came and sends it back in later turns; other clients
+    /// may show that it happened.
+    ServerBlock {
+        /// The block, JSON text.
+        json: String,
+    },
 }
 
 impl StreamEvent {
@@ -121,6 +130,7 @@ impl StreamEvent {
                 | StreamEvent::ThinkingSignature { .. }
                 | StreamEvent::RedactedThinking { .. }
                 | StreamEvent::RefusalDelta { .. }
+                | StreamEvent::ServerBlock { .. }
                 | StreamEvent::ToolCallStart { .. }
                 | StreamEvent::ToolCallDelta { .. }
         )

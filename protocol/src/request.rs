@@ -128,6 +128,11 @@ pub struct ChatOptions {
     /// thinking, a beta), as JSON text, for Anthropic providers only.
     #[serde(default)]
     pub context_management: Option<String>,
+    /// Anthropic server tools the client offered (`web_search_20250305`, `web_fetch_*`,
+    /// `code_execution_*`: run by Anthropic, not by the client), each as JSON text, for
+    /// Anthropic providers only.
+    #[serde(default)]
+    pub server_tools: Vec<String>,
     /// Place prompt-cache breakpoints for providers that need them (Anthropic) when the client
     /// placed none: its API has no way to ask (Chat Completions, Responses, this protocol's
     /// chats), yet an agent resends its whole history every turn. A Messages client that
@@ -376,6 +381,12 @@ pub enum ContentBlock {
     RedactedThinking {
         /// The encrypted payload.
         data: String,
+    },
+    /// A block an Anthropic server tool made (see [`crate::StreamEvent::ServerBlock`]), sent
+    /// back as it came: meaningful to Anthropic alone.
+    ServerBlock {
+        /// The block, JSON text.
+        json: String,
     },
 }
 

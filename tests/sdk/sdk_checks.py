@@ -171,6 +171,51 @@ def anthropic_stream() -> None:
     check(message.usage.output_tokens > 1, f"usage not updated by message_delta: {message.usage}")
 
 
+def anthropic_web_search() -> None:
+    """Claude Code's WebSearch: the server tool goes to Anthropic, the SDK's stream gathers the
+    search call, its results and the answer; the next turn sends them back and is taken."""
+    client, _ = anthropic_client()
+    tools: Any = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
+    prompt = env("MYTHOS_PROMPT")
+    with client.messages.stream(
+        model=MODEL, max_tokens=512, tools=tools, messages=user(prompt)
+    ) as stream:
+        for _ in stream:
+            pass
+        message = stream.get_final_message()
+    kinds = [b.type for b in message.content]
+    check(kinds == ["server_tool_use", "web_search_tool_result", "text"], f"blocks: {kinds}")
+    call, results = message.content[0], message.content[1]
+    check(call.name == "web_search" and call.input == {"query": prompt}, f"the search: {call}")
+    check(results.tool_use_id == call.id, f"results answer another call: {results}")
+    check(len(results.content) == 1 and results.content[0].url.startswith("https://"),
+          f"results: {results.content}")
+    check(text_of_message(message) == env("MYTHOS_EXPECT"), f"text: {message.content}")
+    check(message.stop_reason == "end_turn", f"stop_reason {message.stop_reason}")
+    history: Any = [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]},
+        {"role": "user", "content": "thanks"},
+    ]
+    again = client.messages.create(model=MODEL, max_tokens=512, tools=tools, messages=history)
+    check(again.stop_reason == "end_turn", f"the next turn: {again}")
+
+
+def anthropic_pdf() -> None:
+    """A PDF as a `document` block, whole and streamed: the model reads it."""
+    client, _ = anthropic_client()
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjcKJeLjz9MK"}
+    content: Any = [
+        {"type": "document", "source": pdf, "title": "spec.pdf"},
+        {"type": "text", "text": env("MYTHOS_PROMPT")},
+    ]
+    message = client.messages.create(
+        model=MODEL, max_tokens=512, messages=[{"role": "user", "content": content}]
+    )
+    want = "I read 1 document(s). " + env("MYTHOS_EXPECT")
+    check(text_of_message(message) == want, f"text: {message.content}")
+
+
 def anthropic_beta() -> None:
     """The beta namespace, and `?beta=true` (what Claude Code sends) on the plain one."""
     client, transport = anthropic_client()
@@ -667,6 +712,8 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         anthropic_create,
         anthropic_stream,
         anthropic_beta,
+        anthropic_web_search,
+        anthropic_pdf,
         anthropic_tools,
         anthropic_count_tokens,
         anthropic_models,

@@ -698,6 +698,70 @@ async fn anthropic_betas_reach_anthropic_only() {
     }
 }
 
+/// Claude Code's WebSearch: the web search server tool goes to the Anthropic provider, and the
+/// client gets the search call, its results and the answer as Anthropic streams them (whole in
+/// a plain response); the next turn, with those blocks in its history, is taken. Served by an
+/// OpenAI-format provider (pinned), the tool is left out and the answer still comes. Before,
+/// the tool was dropped everywhere and the model answered without searching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
+    let w = World::start().await;
+    let tools = json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]);
+    let ask = |stream: bool| {
+        json!({"model": "claude-sonnet-5-5", "max_tokens": 512, "stream": stream,
+               "tools": tools, "messages": [{"role": "user", "content": "find it"}]})
+    };
+    let r = w.post("/v1/messages", &ask(true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = messages_stream(&r.body);
+    let kinds: Vec<&str> = m
+        .blocks
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["server_tool_use", "web_search_tool_result", "text"],
+        "{}",
+        r.body
+    );
+    // The query came in its delta, as Anthropic streams it.
+    assert_eq!(m.blocks[0]["partial_json"], r#"{"query":"find it"}"#);
+    assert_eq!(m.blocks[1]["tool_use_id"], m.blocks[0]["id"]);
+    assert_eq!(m.blocks[2]["text"], answer_for("find it"));
+    assert_eq!(m.stop_reason, "end_turn");
+    let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
+    assert_eq!(sent.body["tools"], tools);
+
+    let r = w.post("/v1/messages", &ask(false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let whole: Value = serde_json::from_str(&r.body).unwrap();
+    let content = whole["content"].as_array().unwrap();
+    assert_eq!(content[0]["type"], "server_tool_use", "{whole}");
+    assert_eq!(content[0]["input"], json!({"query": "find it"}));
+    assert_eq!(content[1]["type"], "web_search_tool_result");
+
+    // The next turn sends the blocks back; the provider checks that the results follow their
+    // call.
+    let mut next = ask(false);
+    next["messages"] = json!([
+        {"role": "user", "content": "find it"},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "thanks"}
+    ]);
+    let r = w.post("/v1/messages", &next).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
+    assert_eq!(sent.body["messages"][1]["content"], json!(content));
+
+    // Elsewhere the tool cannot run: left out, and the answer comes.
+    next["model"] = json!("openai");
+    let r = w.post("/v1/messages", &next).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent = w.mocks.openai.requests().pop().expect("to OpenAI");
+    assert!(sent.body.get("tools").is_none(), "{}", sent.body);
+}
+
 /// A PDF that Claude Code's Read tool returned, and one the user attached, reach the model in
 /// the provider's own shape: `document` blocks for Anthropic, `file` parts for OpenAI. Before,
 /// both were dropped and the model answered about a file it never saw.

@@ -181,6 +181,32 @@ async fn anthropic_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_web_search() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    w.run("anthropic_web_search", "search the web").await;
+    // Both turns went to the Anthropic provider, the server tool with them.
+    let sent = w.mocks.anthropic.requests();
+    assert_eq!(sent.len(), 2, "{:?}", w.requests());
+    for r in &sent {
+        assert_eq!(
+            r.body["tools"][0]["type"], "web_search_20250305",
+            "{}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_pdf() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    w.run("anthropic_pdf", "summarize the spec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_beta() {
     let Some(w) = World::start().await else {
         return;

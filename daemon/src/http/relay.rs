@@ -618,6 +618,8 @@ pub enum Block {
         /// Arguments, JSON text.
         args: String,
     },
+    /// A server tool's call or result (Anthropic's), JSON text, whole.
+    Server(String),
 }
 
 /// A whole answer, built from events (Restart discards what came before).
@@ -657,6 +659,7 @@ impl Answer {
             StreamEvent::RedactedThinking { data } => {
                 self.blocks.push(Block::RedactedThinking(data.clone()))
             }
+            StreamEvent::ServerBlock { json } => self.blocks.push(Block::Server(json.clone())),
             StreamEvent::RefusalDelta { text } => match self.blocks.last_mut() {
                 Some(Block::Refusal(t)) => t.push_str(text),
                 _ => self.blocks.push(Block::Refusal(text.clone())),

@@ -45,6 +45,8 @@ pub enum Delta {
     /// What the response's headers said about the provider's quotas; the first item of every
     /// HTTP stream, before any content.
     RateLimits(Box<RateLimits>),
+    /// A server tool's block (Anthropic's web search call or results), whole, as JSON text.
+    ServerBlock(String),
 }
 
 impl Delta {
@@ -58,6 +60,7 @@ impl Delta {
                 | Delta::Refusal(_)
                 | Delta::ToolCallStart { .. }
                 | Delta::ToolCallArgs { .. }
+                | Delta::ServerBlock(_)
         )
     }
 }

@@ -29,6 +29,7 @@ struct Outcome {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     keep_alives: usize,
+    server_blocks: Vec<String>,
 }
 
 fn fold(deltas: Vec<Delta>) -> Outcome {
@@ -56,6 +57,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::Finish(f) => o.finish = Some(f),
             Delta::KeepAlive => o.keep_alives += 1,
             Delta::RateLimits(_) => {}
+            Delta::ServerBlock(b) => o.server_blocks.push(b),
         }
     }
     o

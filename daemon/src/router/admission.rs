@@ -42,6 +42,9 @@ pub struct Want {
     pub cost: Cost,
     /// Deterministic mode: breakers do not apply.
     pub pinned: bool,
+    /// Candidates taken before the others whatever their rank: the only ones that can run
+    /// the request's server tools (Anthropic's web search).
+    pub prefer: Vec<usize>,
 }
 
 /// Whether a provider can take a request.
@@ -283,12 +286,15 @@ impl HealthBook {
             let free = !held.get(i).copied().unwrap_or(false);
             return (free && self.availability(i, want, now).0 == Avail::Now).then_some(i);
         }
-        let order: Vec<usize> = self
+        let mut order: Vec<usize> = self
             .rank(want.task, now)
             .into_iter()
             .map(|r| r.index)
             .filter(|i| want.candidates.contains(i) && !held.get(*i).copied().unwrap_or(false))
             .collect();
+        if !want.prefer.is_empty() {
+            order.sort_by_key(|i| !want.prefer.contains(i));
+        }
         order
             .into_iter()
             .find(|&i| self.availability(i, want, now).0 == Avail::Now)

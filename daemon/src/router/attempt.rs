@@ -257,6 +257,11 @@ impl Router {
                     Some(Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. }) => {
                         ("silent in a tool call", gap_limit.max(tool_limit))
                     }
+                    // A server tool (a web search, a fetch, code running at Anthropic) works
+                    // in silence between its call and its result, pings aside.
+                    Some(Delta::ServerBlock(_)) => {
+                        ("silent while a server tool ran", gap_limit.max(tool_limit))
+                    }
                     _ => ("silent", gap_limit),
                 };
                 watch_from = now;
@@ -297,6 +302,7 @@ impl Router {
                             | Delta::Thinking(_)
                             | Delta::RedactedThinking(_)
                             | Delta::Refusal(_)
+                            | Delta::ServerBlock(_)
                     )
                 )
             {
@@ -343,6 +349,13 @@ impl Router {
                     // the client get an answer glued to one: a refusal cut short restarts.
                     partial.tool_started = true;
                     events.push(StreamEvent::RefusalDelta { text });
+                }
+                Delta::ServerBlock(json) => {
+                    // Another provider cannot continue an answer built on a search it did not
+                    // see (nor can the results be sent to it): an answer cut after one
+                    // restarts.
+                    partial.tool_started = true;
+                    events.push(StreamEvent::ServerBlock { json });
                 }
                 Delta::ThinkingSignature(signature) => {
                     events.push(StreamEvent::ThinkingSignature { signature })

@@ -311,6 +311,8 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
                 }
                 ContentBlock::Thinking { text, .. } => text.len(),
                 ContentBlock::RedactedThinking { data } => data.len() / 2,
+                // Search results are mostly encrypted page text, billed as its tokens.
+                ContentBlock::ServerBlock { json } => json.len(),
             };
         }
     }
@@ -338,6 +340,8 @@ const MIN_CONTINUATION_TOKENS: u32 = 256;
 struct Plan {
     /// Providers it may use, best configured first.
     candidates: Vec<usize>,
+    /// Those taken first whatever their rank (see [`Want::prefer`]).
+    prefer: Vec<usize>,
     pinned: bool,
     input_tokens: u64,
     max_tokens: u32,
@@ -499,6 +503,7 @@ impl Router {
             retry_at: Vec::new(),
             cost: Cost::request(1_000, self.cfg.default_max_tokens),
             pinned: false,
+            prefer: Vec::new(),
         };
         ranked
             .iter()
@@ -684,6 +689,7 @@ impl Router {
             // Deterministic mode: exactly what was asked for, breaker or not.
             return Ok(Plan {
                 candidates: vec![i],
+                prefer: Vec::new(),
                 pinned: true,
                 input_tokens,
                 max_tokens,
@@ -700,8 +706,22 @@ impl Router {
                 context_window(&self.providers[i].cfg, req).is_none_or(|w| input_tokens <= w)
             })
             .collect();
+        let candidates = if fits.is_empty() { all } else { fits };
+        // Anthropic's server tools (Claude Code's web search) run only there: its providers go
+        // first, in their rank order; the others still answer (without the tool) when none of
+        // them can.
+        let prefer = if req.options.server_tools.is_empty() {
+            Vec::new()
+        } else {
+            candidates
+                .iter()
+                .copied()
+                .filter(|&i| self.providers[i].cfg.api == crate::config::Api::Anthropic)
+                .collect()
+        };
         Ok(Plan {
-            candidates: if fits.is_empty() { all } else { fits },
+            candidates,
+            prefer,
             pinned: false,
             input_tokens,
             max_tokens,
@@ -852,6 +872,7 @@ impl Router {
                 candidates,
                 cost: plan.cost,
                 pinned: plan.pinned,
+                prefer: plan.prefer.clone(),
             };
             let left = self.cfg.max_queue_wait.saturating_sub(j.queued);
             let allowed = if same.is_some() && !plan.pinned && !same_may_wait {

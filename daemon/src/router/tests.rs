@@ -2573,3 +2573,53 @@ async fn failures_without_end_stop_at_the_attempts_cap() {
     // queue limit), and no longer.
     assert!(t0.elapsed() < Duration::from_secs(35), "{:?}", t0.elapsed());
 }
+
+/// Claude Code's web search (an Anthropic server tool) goes to an Anthropic provider even when
+/// another ranks first: elsewhere the tool cannot run and the model would answer without
+/// searching. Without server tools the ranking decides.
+#[tokio::test(start_paused = true)]
+async fn server_tools_go_to_anthropic_first() {
+    let h = harness_with(2, no_jitter(), |i, cfg| {
+        if i == 0 {
+            cfg.priority = 5;
+        }
+    });
+    assert_eq!(h.router.providers[0].cfg.api, crate::config::Api::Anthropic);
+    let ev = ask(&h.router, req("plain")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    let mut search = req("search");
+    search.options.server_tools =
+        vec![r#"{"type":"web_search_20250305","name":"web_search"}"#.into()];
+    let ev = ask(&h.router, search.clone()).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    // With Anthropic out, the others still answer (without the tool).
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+    let ev = ask(&h.router, search).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+}
+
+/// A web search runs at Anthropic between its call and its results, with nothing but pings for
+/// longer than text may pause (20 s here, the stall limit 15 s): the answer is not cut and sent
+/// elsewhere, where the client would get an error, since the search cannot be taken back.
+#[tokio::test(start_paused = true)]
+async fn a_server_tool_may_work_in_silence() {
+    let h = harness(2, no_jitter());
+    let call = r#"{"type":"server_tool_use","id":"s1","name":"web_search","input":{"query":"q"}}"#;
+    let results = r#"{"type":"web_search_tool_result","tool_use_id":"s1","content":[]}"#;
+    let mut items = vec![(100, Ok(Delta::ServerBlock(call.into())))];
+    for _ in 0..4 {
+        items.push((5_000, Ok(Delta::KeepAlive)));
+    }
+    items.push((0, Ok(Delta::ServerBlock(results.into()))));
+    items.push(text("found"));
+    items.push((0, Ok(Delta::Finish(FinishReason::Stop))));
+    h.scripts[0].push([Step::Stream(items)]);
+    let ev = ask(&h.router, req("search")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    let blocks = ev
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::ServerBlock { .. }))
+        .count();
+    assert_eq!(blocks, 2);
+    assert_eq!(final_text(&ev), "found");
+}

@@ -30,6 +30,8 @@ use super::Flavor;
 pub struct Features {
     /// Images anywhere in the conversation (tool results included).
     pub images: usize,
+    /// Documents (PDFs) likewise.
+    pub documents: usize,
     /// Anthropic extended thinking is on.
     pub thinking: bool,
     /// DeepSeek reasoning mode is on.
@@ -95,6 +97,30 @@ fn anthropic_image(source: &Value, at: &str) -> Result<(), String> {
     }
 }
 
+/// A `document` block's source as the API takes it: a base64 PDF, a plain-text document, or a
+/// URL.
+fn anthropic_document(source: &Value, at: &str) -> Result<(), String> {
+    let ok = match source["type"].as_str() {
+        Some("base64") => {
+            source["media_type"] == "application/pdf"
+                && source["data"].as_str().is_some_and(|d| !d.is_empty())
+        }
+        Some("text") => source["media_type"] == "text/plain" && source["data"].is_string(),
+        Some("url") => source["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")),
+        Some("content") => source["content"].is_array() || source["content"].is_string(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{at}.source: Input tag does not match any expected tag"
+        ))
+    }
+}
+
 fn anthropic(req: &Value) -> Result<Features, String> {
     if let Some(format) = req["output_config"].get("format") {
         if format["type"] != "json_schema" || !format["schema"].is_object() {
@@ -107,6 +133,17 @@ fn anthropic(req: &Value) -> Result<Features, String> {
         return Err("output_format: Extra inputs are not permitted".into());
     }
     let mut f = Features::default();
+    for (i, t) in blocks(&req["tools"]).iter().enumerate() {
+        // A tool is the client's (a schema) or one of Anthropic's own (a versioned type).
+        let server = t["type"].as_str().is_some_and(|ty| ty != "custom");
+        if t["name"].as_str().is_none_or(str::is_empty)
+            || (!server && !t["input_schema"].is_object())
+        {
+            return Err(format!(
+                "tools.{i}: Input tag does not match any expected tag"
+            ));
+        }
+    }
     let messages = blocks(&req["messages"]);
     for (i, m) in messages.iter().enumerate() {
         for (j, b) in blocks(&m["content"]).iter().enumerate() {
@@ -116,12 +153,33 @@ fn anthropic(req: &Value) -> Result<Features, String> {
                     anthropic_image(&b["source"], &at)?;
                     f.images += 1;
                 }
+                Some("document") => {
+                    anthropic_document(&b["source"], &at)?;
+                    f.documents += 1;
+                }
                 Some("tool_result") => {
                     for (k, part) in blocks(&b["content"]).iter().enumerate() {
+                        let at = format!("{at}.content.{k}");
                         if part["type"] == "image" {
-                            anthropic_image(&part["source"], &format!("{at}.content.{k}"))?;
+                            anthropic_image(&part["source"], &at)?;
                             f.images += 1;
+                        } else if part["type"] == "document" {
+                            anthropic_document(&part["source"], &at)?;
+                            f.documents += 1;
                         }
+                    }
+                }
+                // A search's results answer a search of the same turn, sent back as it came.
+                Some("web_search_tool_result") => {
+                    let id = b["tool_use_id"].as_str().unwrap_or("");
+                    let called = blocks(&m["content"])[..j]
+                        .iter()
+                        .any(|c| c["type"] == "server_tool_use" && c["id"] == id);
+                    if m["role"] != "assistant" || !called || !b["content"].is_array() {
+                        return Err(format!(
+                            "{at}: web_search_tool_result block(s) provided when previous \
+                             message does not have a matching server_tool_use"
+                        ));
                     }
                 }
                 Some("thinking") => match b["signature"].as_str() {
@@ -209,6 +267,20 @@ fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
     };
     for (i, m) in blocks(&req["messages"]).iter().enumerate() {
         for part in blocks(&m["content"]) {
+            if part["type"] == "file" {
+                let data = part["file"]["file_data"].as_str().unwrap_or("");
+                let id = part["file"]["file_id"].as_str().unwrap_or("");
+                if m["role"] != "user"
+                    || (id.is_empty() && !data.starts_with("data:application/pdf;base64,"))
+                {
+                    return Err(format!(
+                        "Invalid 'messages[{i}]': a file part needs a PDF as a base64 data URL \
+                         in `file_data` (or a `file_id`), in a user message"
+                    ));
+                }
+                f.documents += 1;
+                continue;
+            }
             if part["type"] != "image_url" {
                 continue;
             }

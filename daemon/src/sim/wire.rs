@@ -314,6 +314,9 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         // Says the images arrived; the same count gives the same text on every flavour.
         full = format!("I see {} image(s). {full}", features.images);
     }
+    if features.documents > 0 && json.is_none() {
+        full = format!("I read {} document(s). {full}", features.documents);
+    }
     let mut rest = full
         .strip_prefix(partial.as_str())
         .unwrap_or(&full)
@@ -370,14 +373,31 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         flavor == Flavor::DeepSeek && partial.is_empty() && (tool.is_none() || features.reasoning);
     let gemini_thoughts = flavor == Flavor::Gemini && req["gemini_thoughts"] == true;
     let redacted = anthropic_thinking && prompt.contains("redact");
+    // Offered Anthropic's web search, a fresh answer searches for the prompt first.
+    let searches = flavor == Flavor::Anthropic
+        && tool.is_none()
+        && !anthropic_thinking
+        && partial.is_empty()
+        && req["tools"].as_array().is_some_and(|tools| {
+            tools.iter().any(|t| {
+                t["type"]
+                    .as_str()
+                    .is_some_and(|ty| ty.starts_with("web_search_"))
+            })
+        });
     let w = Writer {
         flavor,
         model: opts.model.clone(),
         id: format!("{}-{}", opts.name, fastrand::u64(..)),
         include_usage: req["stream_options"]["include_usage"] == true,
-        block: u32::from(anthropic_thinking) + u32::from(redacted),
+        block: if searches {
+            2
+        } else {
+            u32::from(anthropic_thinking) + u32::from(redacted)
+        },
         redacted,
         refusal,
+        web_search: searches.then(|| prompt.to_string()),
     };
     let mut steps = Vec::new();
     if let Some(SimFault::KeepAliveOnly) = fault {
@@ -385,7 +405,7 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         return Plan::Stream(steps);
     }
     // With reasoning first, the answer's block (Anthropic) or tool call (OpenAI) opens after it.
-    let late_open = anthropic_thinking || (deepseek_reasoning && tool.is_some());
+    let late_open = anthropic_thinking || searches || (deepseek_reasoning && tool.is_some());
     steps.extend(
         w.preamble(input_tokens, tool.as_deref(), late_open)
             .into_iter()
@@ -535,11 +555,32 @@ struct Writer {
     redacted: bool,
     /// OpenAI: the answer is a refusal, streamed in `delta.refusal`.
     refusal: bool,
+    /// Anthropic: the request offered the web search server tool; the answer searches first
+    /// (a `server_tool_use` block, then its `web_search_tool_result`), for this query.
+    web_search: Option<String>,
 }
 
 /// What the OpenAI-flavour simulator says when a prompt asks it to `refuse`: the words of the
 /// refusal recorded from the live API in openai-python's test suite.
 pub const REFUSAL: &str = "I'm sorry, I can't assist with that request.";
+
+/// The results block of a simulated web search for `query`.
+pub fn web_search_result(tool_use_id: &str, query: &str) -> Value {
+    let slug: String = query
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    json!({"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": [
+        {"type": "web_search_result", "url": format!("https://example.com/{slug}"),
+         "title": format!("About {query}"), "encrypted_content": "EqgfCioIARgBIiQ3YTAw",
+         "page_age": "April 30, 2025"}]})
+}
 
 fn sse(event: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
@@ -621,7 +662,10 @@ impl Writer {
             // Gemini sends nothing before the first content.
             Vec::new()
         } else if self.anthropic() {
-            let block = if late_open {
+            let block = if self.web_search.is_some() {
+                json!({"type": "server_tool_use", "id": format!("srvtoolu_{}", self.id),
+                    "name": "web_search", "input": {}})
+            } else if late_open {
                 json!({"type": "thinking", "thinking": "", "signature": ""})
             } else {
                 self.answer_block(tool)
@@ -657,6 +701,35 @@ impl Writer {
     fn open_answer(&self, tool: Option<&str>) -> Vec<Bytes> {
         if self.gemini() {
             Vec::new()
+        } else if let Some(query) = self.web_search.as_deref().filter(|_| self.anthropic()) {
+            // As Anthropic streams a search: the query in one delta, then the results whole.
+            let id = format!("srvtoolu_{}", self.id);
+            let input = json!({"query": query}).to_string();
+            vec![
+                sse(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": input}}),
+                ),
+                sse(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                sse(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 1, "content_block":
+                        web_search_result(&id, query)}),
+                ),
+                sse(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 1}),
+                ),
+                sse(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": self.block,
+                    "content_block": self.answer_block(tool)}),
+                ),
+            ]
         } else if self.anthropic() {
             let mut frames = vec![sse(
                 "content_block_stop",

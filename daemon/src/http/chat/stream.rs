@@ -291,9 +291,11 @@ impl Encoder for ChatEncoder {
                 );
                 return true;
             }
+            // Server tools are offered by Messages clients only (see ChatOptions::server_tools).
             StreamEvent::Started { .. }
             | StreamEvent::Rerouted { .. }
             | StreamEvent::Usage(_)
+            | StreamEvent::ServerBlock { .. }
             | StreamEvent::Queued { .. } => {}
         }
         false

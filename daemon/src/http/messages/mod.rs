@@ -89,6 +89,10 @@ async fn serve(
             Block::Tool { id, name, args } => {
                 json!({"type": "tool_use", "id": id, "name": name, "input": args_value(args)})
             }
+            Block::Server(json) => match serde_json::from_str(json) {
+                Ok(block) => block,
+                Err(_) => continue,
+            },
         });
     }
     let body = json!({

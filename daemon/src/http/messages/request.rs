@@ -122,9 +122,11 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
                     .to_string(),
                 input_schema_json: schema.to_string(),
             }),
-            // Server tools (`web_search_20250305`, `bash_20250124`...) run at Anthropic; no
-            // other provider can run them.
-            None => tracing::debug!(tool = name, "dropped a server tool the router cannot map"),
+            // Anthropic's server tools (`web_search_20250305`, `web_fetch_*`,
+            // `code_execution_*`) run at Anthropic: they go to Anthropic providers as sent.
+            // Anthropic-defined client tools (`bash_20250124`, `text_editor_*`, `computer_*`)
+            // have their schema at Anthropic too, and go the same way.
+            None => options.server_tools.push(t.to_string()),
         }
     }
 
@@ -228,6 +230,13 @@ fn image(source: &Value) -> Option<ImageSource> {
     }
 }
 
+/// A block one of Anthropic's server tools made: its call (`server_tool_use`, `mcp_tool_use`)
+/// or its result (`web_search_tool_result`, `code_execution_tool_result`, ...).
+fn is_server_block(ty: &str) -> bool {
+    matches!(ty, "server_tool_use" | "mcp_tool_use")
+        || (ty.ends_with("_tool_result") && ty != "tool_result")
+}
+
 /// A `document` block: a PDF (base64, or at a URL the provider fetches) is a document; a
 /// plain-text one (a `text` source, or `content` blocks) is text under its title. A file by
 /// id (the Files API's) is Anthropic's alone and is dropped.
@@ -271,6 +280,16 @@ fn document(b: &Value, mi: usize) -> Option<ContentBlock> {
 
 fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError> {
     let ty = b.get("type").and_then(Value::as_str).unwrap_or("");
+    if is_server_block(ty) {
+        // Kept whole for Anthropic; its breakpoint, if any, is kept as the others are.
+        let mut block = b.clone();
+        if let Some(obj) = block.as_object_mut() {
+            obj.remove("cache_control");
+        }
+        return Ok(Some(ContentBlock::ServerBlock {
+            json: block.to_string(),
+        }));
+    }
     Ok(match ty {
         "text" => Some(ContentBlock::Text {
             text: b.get("text").and_then(Value::as_str).unwrap_or("").into(),

@@ -26,6 +26,12 @@ enum Frame<'a> {
         index: u32,
         content_block: BlockStart<'a>,
     },
+    /// A server tool's block, as Anthropic made it.
+    #[serde(rename = "content_block_start")]
+    ServerBlockStart {
+        index: u32,
+        content_block: &'a serde_json::Value,
+    },
     Ping,
     ContentBlockDelta {
         index: u32,
@@ -48,7 +54,9 @@ impl Frame<'_> {
     fn name(&self) -> &'static str {
         match self {
             Frame::MessageStart { .. } => "message_start",
-            Frame::ContentBlockStart { .. } => "content_block_start",
+            Frame::ContentBlockStart { .. } | Frame::ServerBlockStart { .. } => {
+                "content_block_start"
+            }
             Frame::Ping => "ping",
             Frame::ContentBlockDelta { .. } => "content_block_delta",
             Frame::ContentBlockStop { .. } => "content_block_stop",
@@ -278,6 +286,44 @@ impl MessagesEncoder {
         }
     }
 
+    /// A server tool's block as Anthropic streams it: a `server_tool_use` opens with an empty
+    /// `input` that one `input_json_delta` fills (the SDKs gather it so); a result comes whole
+    /// in its start.
+    fn server_block(&mut self, out: &mut BytesMut, json: &str) {
+        let Ok(mut block) = serde_json::from_str::<serde_json::Value>(json) else {
+            tracing::warn!("a server tool block that is not JSON was dropped");
+            return;
+        };
+        self.close(out);
+        self.visible = true;
+        let is_call = block.get("type").and_then(|t| t.as_str()) == Some("server_tool_use");
+        let input = block
+            .get_mut("input")
+            .filter(|_| is_call)
+            .map(|input| std::mem::replace(input, serde_json::json!({})));
+        let index = self.next_index;
+        self.next_index += 1;
+        Frame::ServerBlockStart {
+            index,
+            content_block: &block,
+        }
+        .write(out);
+        if !self.pinged {
+            self.pinged = true;
+            Frame::Ping.write(out);
+        }
+        if let Some(input) = input {
+            Self::delta(
+                out,
+                index,
+                Delta::InputJson {
+                    partial_json: &input.to_string(),
+                },
+            );
+        }
+        Frame::ContentBlockStop { index }.write(out);
+    }
+
     fn error(&mut self, out: &mut BytesMut, ty: &str, message: &str) {
         Frame::Error {
             error: ErrorBody { ty, message },
@@ -399,6 +445,7 @@ impl Encoder for MessagesEncoder {
                 self.error(out, ty, &message);
                 return true;
             }
+            StreamEvent::ServerBlock { json } => self.server_block(out, &json),
             StreamEvent::Started { .. } | StreamEvent::RefusalDelta { .. } => {}
         }
         false

@@ -851,8 +851,10 @@ impl Encoder for ResponsesEncoder {
                 self.fail(out, kind, &failure_message(message, retry_at_unix_ms));
                 return true;
             }
+            // Server tools are offered by Messages clients only (see ChatOptions::server_tools).
             StreamEvent::Started { .. }
             | StreamEvent::Rerouted { .. }
+            | StreamEvent::ServerBlock { .. }
             | StreamEvent::Queued { .. } => {}
         }
         false

@@ -77,7 +77,7 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<Vec<Tool<'a>>>,
+    tools: Option<Vec<AnyTool<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Choice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +125,14 @@ struct Tool<'a> {
     name: &'a str,
     description: &'a str,
     input_schema: &'a RawValue,
+}
+
+/// A tool the client runs, or one of Anthropic's server tools as the client offered it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnyTool<'a> {
+    Client(Tool<'a>),
+    Server(&'a RawValue),
 }
 
 #[derive(Serialize)]
@@ -192,6 +200,9 @@ enum Block<'a> {
     RedactedThinking {
         data: &'a str,
     },
+    /// A server tool's call or result, as Anthropic made it.
+    #[serde(untagged)]
+    Server(&'a RawValue),
 }
 
 impl Block<'_> {
@@ -203,7 +214,7 @@ impl Block<'_> {
             | Block::ToolResult { cache_control, .. }
             | Block::Image { cache_control, .. }
             | Block::Document { cache_control, .. } => Some(cache_control),
-            Block::Thinking { .. } | Block::RedactedThinking { .. } => None,
+            Block::Thinking { .. } | Block::RedactedThinking { .. } | Block::Server(_) => None,
         }
     }
 
@@ -367,8 +378,8 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         carrier.clear();
         let mut last_cacheable: Option<usize> = None;
         for block in &m.content {
-            if let Some(b) = block_json(block, m.role, &names) {
-                if !b.is_thinking() {
+            if let Some(mut b) = block_json(block, m.role, &names) {
+                if b.cache_slot().is_some() {
                     last_cacheable = Some(content.len());
                 }
                 content.push(b);
@@ -419,7 +430,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     }
 
     let mut max_tokens = req.max_tokens;
-    let has_tools = !chat.tools.is_empty();
+    let has_tools = !chat.tools.is_empty() || !opts.server_tools.is_empty();
     let thinking = opts.thinking.and_then(|t| {
         let why_not = if !supports_thinking(req.model) {
             Some("model has no extended thinking")
@@ -521,13 +532,16 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         .filter(|u| !u.is_empty())
         .map(|user_id| Metadata { user_id });
     if has_tools {
-        let mut tools = Vec::with_capacity(chat.tools.len());
+        let mut tools = Vec::with_capacity(chat.tools.len() + opts.server_tools.len());
         for t in &chat.tools {
-            tools.push(Tool {
+            tools.push(AnyTool::Client(Tool {
                 name: names.wire(&t.name),
                 description: &t.description,
                 input_schema: raw_json(&t.input_schema_json, "tool input schema")?,
-            });
+            }));
+        }
+        for t in &opts.server_tools {
+            tools.push(AnyTool::Server(raw_json(t, "server tool")?));
         }
         body.tools = Some(tools);
         let choice = |kind, name| Choice {
@@ -719,6 +733,13 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
             return None;
         }
         ContentBlock::RedactedThinking { data } => Block::RedactedThinking { data },
+        ContentBlock::ServerBlock { json } => match serde_json::from_str::<&RawValue>(json) {
+            Ok(raw) => Block::Server(raw),
+            Err(_) => {
+                tracing::debug!("anthropic: a server tool block that is not JSON dropped");
+                return None;
+            }
+        },
     })
 }
 

@@ -23,6 +23,9 @@ pub struct AnthropicDecoder {
     usage: Usage,
     /// Tool-use blocks seen so far, and the content-block index of each (to number calls).
     tool_blocks: Vec<u32>,
+    /// The server tool block being read: its content-block index, its start (JSON), and the
+    /// input its deltas add up to. It goes out whole at its stop.
+    server_block: Option<(u32, String, String)>,
     done: bool,
 }
 
@@ -39,7 +42,7 @@ struct Event<'a> {
     #[serde(default)]
     index: Option<u32>,
     #[serde(default, borrow)]
-    content_block: Option<Box<Block<'a>>>,
+    content_block: Option<&'a serde_json::value::RawValue>,
     #[serde(default, borrow)]
     delta: Option<DeltaBody<'a>>,
     #[serde(default)]
@@ -111,6 +114,22 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// A server tool block, whole: its start with the `input` its deltas added up to.
+fn server_block(start: &str, input: &str) -> Result<String, ProviderError> {
+    if input.trim().is_empty() {
+        return Ok(start.to_string());
+    }
+    let bad = |e: serde_json::Error| {
+        ProviderError::malformed(format!("anthropic server tool block: {e}"))
+    };
+    let mut block: serde_json::Value = serde_json::from_str(start).map_err(bad)?;
+    let input: serde_json::Value = serde_json::from_str(input).map_err(bad)?;
+    if let Some(obj) = block.as_object_mut() {
+        obj.insert("input".into(), input);
+    }
+    Ok(block.to_string())
+}
+
 fn finish_reason(s: &str) -> FinishReason {
     match s {
         "end_turn" => FinishReason::Stop,
@@ -166,9 +185,12 @@ impl WireDecoder for AnthropicDecoder {
                 }
             }
             "content_block_start" => {
-                if let Some(b) = parsed.content_block {
+                if let Some(raw) = parsed.content_block {
+                    let b: Block<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+                        ProviderError::malformed(format!("anthropic content block: {e}"))
+                    })?;
                     match b.ty.as_str() {
-                        "tool_use" | "server_tool_use" => {
+                        "tool_use" => {
                             self.tool_blocks.push(parsed.index.unwrap_or(0));
                             out.push(Delta::ToolCallStart {
                                 index: self.tool_blocks.len() as u32 - 1,
@@ -192,8 +214,16 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::RedactedThinking(d.into_string()));
                             }
                         }
-                        // Server tool results and newer kinds.
-                        _ => {}
+                        // A server tool's call (`server_tool_use`, its input to come in deltas)
+                        // or result (`web_search_tool_result`, ...), and kinds newer than
+                        // this code: whole, for the client that offered the tool.
+                        _ => {
+                            self.server_block = Some((
+                                parsed.index.unwrap_or(0),
+                                raw.get().to_string(),
+                                String::new(),
+                            ))
+                        }
                     }
                 }
             }
@@ -205,14 +235,21 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::Text(t.into_string()));
                             }
                         }
-                        Some("input_json_delta") => {
-                            if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
-                                out.push(Delta::ToolCallArgs {
-                                    index: self.tool_number(parsed.index),
-                                    json: j.into_string(),
-                                });
+                        Some("input_json_delta") => match &mut self.server_block {
+                            Some((at, _, input)) if Some(*at) == parsed.index => {
+                                if let Some(j) = d.partial_json {
+                                    input.push_str(j.as_str());
+                                }
                             }
-                        }
+                            _ => {
+                                if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
+                                    out.push(Delta::ToolCallArgs {
+                                        index: self.tool_number(parsed.index),
+                                        json: j.into_string(),
+                                    });
+                                }
+                            }
+                        },
                         Some("thinking_delta") => {
                             if let Some(t) = d.thinking.filter(|t| !t.is_empty()) {
                                 out.push(Delta::Thinking(t.into_string()));
@@ -245,6 +282,15 @@ impl WireDecoder for AnthropicDecoder {
                     self.apply_usage(&u, out);
                 }
             }
+            "content_block_stop" => {
+                if let Some((at, start, input)) = self.server_block.take() {
+                    if Some(at) == parsed.index {
+                        out.push(Delta::ServerBlock(server_block(&start, &input)?));
+                    } else {
+                        self.server_block = Some((at, start, input));
+                    }
+                }
+            }
             "message_stop" => self.done = true,
             "ping" => out.push(Delta::KeepAlive),
             "error" => {
@@ -261,7 +307,7 @@ impl WireDecoder for AnthropicDecoder {
                     ),
                 ));
             }
-            // content_block_stop and anything newer.
+            // Anything newer.
             _ => {}
         }
         Ok(())
@@ -287,6 +333,62 @@ mod tests {
         d.push(body.as_bytes(), &mut out).unwrap();
         d.finish(&mut out).unwrap();
         out
+    }
+
+    /// A web search as Anthropic's streaming documentation shows it (no SDK test suite records
+    /// one): text, the `server_tool_use` whose query comes in `input_json_delta`s, the results
+    /// whole in their start event, then the answer with a `citations_delta`. The call and the
+    /// results come out whole, once each, wherever the bytes are split; they are not mistaken
+    /// for a tool call the client should run.
+    #[test]
+    fn a_web_search_comes_out_as_whole_server_blocks() {
+        let body = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me search.\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"query\\\": \\\"rust \"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"async\\\"}\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"web_search_tool_result\",\"tool_use_id\":\"srvtoolu_1\",\"content\":[{\"type\":\"web_search_result\",\"url\":\"https://tokio.rs\",\"title\":\"Tokio\",\"encrypted_content\":\"EqgfCioIAR\",\"page_age\":null}]}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":3,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":3,\"delta\":{\"type\":\"citations_delta\",\"citation\":{\"type\":\"web_search_result_location\",\"url\":\"https://tokio.rs\",\"title\":\"Tokio\",\"encrypted_index\":\"Eo8B\",\"cited_text\":\"Tokio is\"}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":3,\"delta\":{\"type\":\"text_delta\",\"text\":\"Use Tokio.\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":3}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":30,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let call: serde_json::Value = serde_json::json!({"type": "server_tool_use",
+            "id": "srvtoolu_1", "name": "web_search", "input": {"query": "rust async"}});
+        for split in 0..=body.len() {
+            let mut d = StreamDecoder::new(AnthropicDecoder::default());
+            let mut out = Vec::new();
+            d.push(&body.as_bytes()[..split], &mut out).unwrap();
+            d.push(&body.as_bytes()[split..], &mut out).unwrap();
+            d.finish(&mut out).unwrap();
+            let mut text = String::new();
+            let mut blocks = Vec::new();
+            for delta in &out {
+                match delta {
+                    Delta::Text(t) => text.push_str(t),
+                    Delta::ServerBlock(b) => {
+                        blocks.push(serde_json::from_str::<serde_json::Value>(b).unwrap())
+                    }
+                    Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. } => {
+                        panic!("a server tool is not the client's to run: {out:?}")
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(text, "Let me search.Use Tokio.", "split at {split}");
+            assert_eq!(blocks.len(), 2, "split at {split}: {out:?}");
+            assert_eq!(blocks[0], call, "split at {split}");
+            assert_eq!(blocks[1]["type"], "web_search_tool_result");
+            assert_eq!(blocks[1]["content"][0]["url"], "https://tokio.rs");
+            assert!(out.contains(&Delta::Finish(FinishReason::Stop)));
+        }
     }
 
     #[test]

@@ -537,8 +537,10 @@ fn user_parts<'a>(
                 responses.push(Part::FunctionResponse { name, response });
                 tool_images.extend(images.iter().filter_map(image_part));
             }
-            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
-                tracing::debug!("gemini: thinking in a user turn dropped");
+            ContentBlock::Thinking { .. }
+            | ContentBlock::RedactedThinking { .. }
+            | ContentBlock::ServerBlock { .. } => {
+                tracing::debug!("gemini: thinking or server tool block in a user turn dropped");
             }
             ContentBlock::Text { .. } | ContentBlock::ToolUse { .. } => {}
         }
@@ -580,8 +582,12 @@ fn model_parts<'a>(
                     Part::FunctionCall(call)
                 });
             }
-            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
-                tracing::debug!("gemini: thinking in a model turn dropped");
+            // Anthropic's server tools' blocks mean nothing elsewhere (their results are
+            // encrypted); the text that quoted them follows.
+            ContentBlock::Thinking { .. }
+            | ContentBlock::RedactedThinking { .. }
+            | ContentBlock::ServerBlock { .. } => {
+                tracing::debug!("gemini: thinking or server tool block in a model turn dropped");
             }
             ContentBlock::Text { .. }
             | ContentBlock::Image { .. }

@@ -486,8 +486,10 @@ fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
                     tool_images.extend(images.iter().map(image_part));
                 }
             }
-            ContentBlock::Thinking { .. } | ContentBlock::RedactedThinking { .. } => {
-                tracing::debug!("openai: thinking in a user turn dropped");
+            ContentBlock::Thinking { .. }
+            | ContentBlock::RedactedThinking { .. }
+            | ContentBlock::ServerBlock { .. } => {
+                tracing::debug!("openai: thinking or server tool block in a user turn dropped");
             }
             ContentBlock::Text { .. } | ContentBlock::ToolUse { .. } => {}
         }
@@ -542,8 +544,10 @@ fn assistant_message<'a>(
                 },
             }),
             ContentBlock::Thinking { text: t, .. } => thinking.push_str(t),
-            ContentBlock::RedactedThinking { .. } => {
-                tracing::debug!("openai: redacted thinking dropped");
+            // Anthropic's server tools' blocks mean nothing elsewhere (their results are
+            // encrypted); the text that quoted them follows.
+            ContentBlock::RedactedThinking { .. } | ContentBlock::ServerBlock { .. } => {
+                tracing::debug!("openai: redacted thinking or server tool block dropped");
             }
             ContentBlock::Image { .. }
             | ContentBlock::Document { .. }
