@@ -31,47 +31,82 @@ pub fn data_url_image(url: &str) -> Option<ImageSource> {
 
 /// A file the client attached inline (`file_data`: a data URL, or bare base64 as some
 /// clients send it) or at a URL, as the Chat Completions `file` part and the Responses
-/// `input_file` part carry it. A PDF is a document; a text file is text under its name.
-/// A file by id lives on OpenAI's servers and cannot be sent elsewhere: `None`.
+/// `input_file` part carry it. A PDF is a document, an image an image, a file of text (any
+/// media type, if its bytes are UTF-8) text under its name; anything else, and a file by id
+/// (it lives on OpenAI's servers), cannot be sent elsewhere: `None`, never a block a provider
+/// would refuse.
 pub fn attached_file(
     file_data: Option<&str>,
     file_url: Option<&str>,
     filename: Option<&str>,
 ) -> Option<ContentBlock> {
     let title = filename.filter(|f| !f.is_empty()).map(String::from);
-    let source = match (file_data, file_url) {
-        (Some(d), _) if d.starts_with("data:") => data_url_image(d)?,
-        (Some(d), _) => ImageSource::Base64 {
-            media_type: PDF.to_string(),
-            data: d.to_string(),
+    let (media_type, data) = match (file_data, file_url) {
+        (Some(d), _) => match d.strip_prefix("data:").and_then(|r| r.split_once(',')) {
+            Some((meta, data)) => match meta.strip_suffix(";base64") {
+                Some(media) => (Some(media.split(';').next().unwrap_or(media)), data),
+                // Not base64: the data is the text itself (percent-encoding aside).
+                None => {
+                    return Some(titled(title, data.to_string()));
+                }
+            },
+            None => (None, d),
         },
-        (None, Some(url)) => ImageSource::Url { url: url.into() },
+        (None, Some(url)) => {
+            return Some(ContentBlock::Document {
+                source: ImageSource::Url { url: url.into() },
+                title,
+            })
+        }
         (None, None) => {
             tracing::debug!("dropped a file without its data (a file_id?)");
             return None;
         }
     };
-    if let ImageSource::Base64 { media_type, data } = &source {
-        if media_type.starts_with("text/") {
-            let text = decode_base64_text(data)?;
-            return Some(ContentBlock::Text {
-                text: match title {
-                    Some(t) => format!("{t}\n\n{text}"),
-                    None => text,
-                },
-            });
-        }
+    // Base64 as clients send it: wrapped lines, padding or not.
+    let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = decode_base64(&data)?;
+    let media = media_type.map(str::to_ascii_lowercase);
+    let source = |media_type: &str| ImageSource::Base64 {
+        media_type: media_type.to_string(),
+        data: data.clone(),
+    };
+    match media.as_deref() {
+        Some(PDF) => Some(ContentBlock::Document {
+            source: source(PDF),
+            title,
+        }),
+        None if bytes.starts_with(b"%PDF") => Some(ContentBlock::Document {
+            source: source(PDF),
+            title,
+        }),
+        Some(m) if m.starts_with("image/") => Some(ContentBlock::Image { source: source(m) }),
+        _ => match String::from_utf8(bytes) {
+            Ok(text) => Some(titled(title, text)),
+            Err(_) => {
+                tracing::debug!(media_type = ?media, "dropped a file no provider reads");
+                None
+            }
+        },
     }
-    Some(ContentBlock::Document { source, title })
 }
 
-/// Base64 (padding optional) decoded to UTF-8 text; `None` if it is neither.
-fn decode_base64_text(data: &str) -> Option<String> {
+/// `text` under its `title`, as a text block.
+fn titled(title: Option<String>, text: String) -> ContentBlock {
+    ContentBlock::Text {
+        text: match title {
+            Some(t) => format!("{t}\n\n{text}"),
+            None => text,
+        },
+    }
+}
+
+/// Base64, padding optional; `None` if it is not.
+fn decode_base64(data: &str) -> Option<Vec<u8>> {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(data.trim().trim_end_matches('='))
-        .ok()?;
-    String::from_utf8(bytes).ok()
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(data.trim_end_matches('='))
+        .ok()
 }
 
 /// The text parts of a content list, joined by blank lines. An assistant's `refusal` part

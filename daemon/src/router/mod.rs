@@ -269,15 +269,17 @@ fn human(d: Duration) -> String {
 /// windows and the first-token watchdog, where an estimate within tens of percent is enough.
 pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
     // Providers bill an image by its pixels (~1,600 tokens for a 1 MP picture), not by the
-    // length of its base64. A PDF is billed by its pages (their text and a picture of each,
-    // ~1,500-3,000 tokens a page); a page is some tens of kilobytes of PDF, so its base64
-    // length over eight tokens is near. A document at a URL counts as a few pages.
-    const URL_DOCUMENT_BYTES: usize = 3 * 2500 * 4;
+    // length of its base64. A PDF is billed by its pages (their text and a picture of each):
+    // see `pdf_bytes`. A document at a URL counts as a few pages.
+    const URL_DOCUMENT_BYTES: usize = 3 * PDF_PAGE_BYTES;
     fn attachment_bytes(source: &ImageSource) -> usize {
         const IMAGE_BYTES: usize = 1600 * 4;
         match source {
-            ImageSource::Base64 { data, .. } if source.is_document() => data.len() / 2,
-            ImageSource::Url { url } if source.is_document() => url.len() / 2,
+            ImageSource::Base64 { data, .. } if source.is_document() => pdf_bytes(data),
+            ImageSource::Url { url } if source.is_document() => {
+                crate::provider::anthropic::split_data_url(url)
+                    .map_or(URL_DOCUMENT_BYTES, |(_, d)| pdf_bytes(d))
+            }
             _ => IMAGE_BYTES,
         }
     }
@@ -322,6 +324,42 @@ pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
     (bytes as u64).div_ceil(4)
 }
 
+/// A PDF page as the estimate counts it: ~2,500 tokens (Anthropic: 1,500-3,000 of text, plus
+/// the page's picture), at ~4 bytes a token.
+const PDF_PAGE_BYTES: usize = 2_500 * 4;
+
+/// What a base64 PDF weighs in the estimate: its pages, counted where its page objects can be
+/// read (`/Type /Page`); else a hundredth of its size in tokens, at most 100,000. The bytes
+/// alone say little (a scanned page is hundreds of kilobytes, a page of text a few), and an
+/// estimate too high keeps the request from every provider whose window or quota it seems to
+/// exceed, while one too low costs at most a failover to a larger window.
+fn pdf_bytes(base64: &str) -> usize {
+    use base64::Engine;
+    let clean: String = base64
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let Ok(pdf) =
+        base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.trim_end_matches('='))
+    else {
+        return PDF_PAGE_BYTES;
+    };
+    let mut pages = 0;
+    for pattern in [&b"/Type /Page"[..], b"/Type/Page"] {
+        for at in memchr::memmem::find_iter(&pdf, pattern) {
+            // `/Pages` is the page tree, not a page.
+            if pdf.get(at + pattern.len()) != Some(&b's') {
+                pages += 1;
+            }
+        }
+    }
+    if pages > 0 {
+        pages * PDF_PAGE_BYTES
+    } else {
+        (pdf.len() / 100).clamp(PDF_PAGE_BYTES / 4, 100_000) * 4
+    }
+}
+
 /// Tokens of a text at ~4 bytes a token.
 fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
@@ -342,6 +380,8 @@ struct Plan {
     candidates: Vec<usize>,
     /// Those taken first whatever their rank (see [`Want::prefer`]).
     prefer: Vec<usize>,
+    /// The request holds images or documents.
+    attachments: bool,
     pinned: bool,
     input_tokens: u64,
     max_tokens: u32,
@@ -369,8 +409,12 @@ struct Journey {
     errors: Vec<(usize, ProviderError)>,
     /// Time spent in the wait queue.
     queued: Duration,
-    /// Time spent backing off between rounds.
-    backed_off: Duration,
+    /// An attempt of this round ended with the provider saying when to come back (a `429`'s
+    /// or an overload's pause): it is a wait away, not broken.
+    told_round: bool,
+    /// Attempts that ended so: they do not count toward the attempts cap (the queue's time
+    /// limit bounds them), or a 429 repeated for 5 s failed a request with 25 s left.
+    told_attempts: usize,
     /// The daemon's own time before the first upstream request, in microseconds.
     setup_us: u64,
     /// When a provider is expected back, if the request ended for want of capacity.
@@ -690,6 +734,7 @@ impl Router {
             return Ok(Plan {
                 candidates: vec![i],
                 prefer: Vec::new(),
+                attachments: false,
                 pinned: true,
                 input_tokens,
                 max_tokens,
@@ -719,9 +764,19 @@ impl Router {
                 .filter(|&i| self.providers[i].cfg.api == crate::config::Api::Anthropic)
                 .collect()
         };
+        let attachments = req
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .any(|b| match b {
+                ContentBlock::Image { .. } | ContentBlock::Document { .. } => true,
+                ContentBlock::ToolResult { images, .. } => !images.is_empty(),
+                _ => false,
+            });
         Ok(Plan {
             candidates,
             prefer,
+            attachments,
             pinned: false,
             input_tokens,
             max_tokens,
@@ -820,7 +875,7 @@ impl Router {
             if cancel.is_cancelled() {
                 break 'request Err((cancelled(), None));
             }
-            if attempt_no as usize >= max_attempts {
+            if (attempt_no as usize).saturating_sub(j.told_attempts) >= max_attempts {
                 break 'request Ok(());
             }
             let candidates: Vec<usize> = match same {
@@ -837,10 +892,11 @@ impl Router {
                 if plan.candidates.iter().all(|i| j.excluded.contains(i)) {
                     break 'request Ok(());
                 }
-                // Past the configured rounds, the last step repeats while the request has
-                // waited less than the queue allows (and within the attempts cap): providers
-                // that keep answering short `Retry-After`s are a second from ready, and
-                // failing then broke a session the queue could have kept.
+                // Past the configured rounds, the last step repeats while providers of the
+                // round said when to come back and the request is younger than the queue
+                // allows: providers answering short `Retry-After`s are a second from ready,
+                // and failing then broke a session the queue could have kept. Providers that
+                // fail without saying so (errors, stalls) end it after the configured rounds.
                 let step = retry::backoff(steps, jitter, round, fastrand::f64()).or_else(|| {
                     let last = retry::backoff(
                         steps,
@@ -848,18 +904,19 @@ impl Router {
                         steps.len().checked_sub(1)?,
                         fastrand::f64(),
                     )?;
-                    (j.queued + j.backed_off + last < self.cfg.max_queue_wait).then_some(last)
+                    (j.told_round && start.elapsed() + last < self.cfg.max_queue_wait)
+                        .then_some(last)
                 });
                 let Some(wait) = step else {
                     break 'request Ok(());
                 };
                 round += 1;
                 j.tried_round.clear();
+                j.told_round = false;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
                 }
-                j.backed_off += wait;
                 continue;
             }
             let want = Want {
@@ -1112,6 +1169,7 @@ impl Router {
                     retry_after: err.retry_after.map(|d| d.min(self.cfg.max_cooldown)),
                     prefill_rejected: crate::provider::error::is_prefill_rejection(&err.message),
                     native_format,
+                    attachments: plan.attachments,
                     connected: !connect_failure,
                     progressed: end.progressed,
                     continuation: prefill.is_some(),
@@ -1145,6 +1203,10 @@ impl Router {
                 break 'request Ok(());
             }
             let (next, effect) = policy::decide(&facts);
+            if effect.pause.is_some_and(|p| p >= policy::MIN_TOLD_PAUSE) {
+                j.told_round = true;
+                j.told_attempts += 1;
+            }
             // An attempt that was streaming when the laptop's lid closed died with the sleep:
             // failing over is right, blaming the provider (a breaker's fault, a failed probe)
             // is not.

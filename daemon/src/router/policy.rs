@@ -88,6 +88,9 @@ pub struct Facts {
     pub prefill_rejected: bool,
     /// The attempt asked for structured output with the API's own field.
     pub native_format: bool,
+    /// The request holds images or documents, which not every provider reads (DeepSeek,
+    /// many local servers answer `400`).
+    pub attachments: bool,
     /// The provider's server answered at all (a failed connect is not a blip worth a retry
     /// while another provider is free).
     pub connected: bool,
@@ -138,6 +141,9 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
         // for another reason comes back the same and goes to the client then.
         ErrorKind::BadRequest if f.native_format && !f.progressed => Next::InWords,
         ErrorKind::BadRequest if f.status == Some(422) => away,
+        // An image or a PDF this provider cannot read: another may. Only when every one
+        // refuses is the `400` the client's.
+        ErrorKind::BadRequest if f.attachments && !f.progressed => away,
         ErrorKind::BadRequest | ErrorKind::Protocol => Next::Surface,
         ErrorKind::ContextLength => away,
         ErrorKind::Auth => {
@@ -236,6 +242,7 @@ mod tests {
             retry_after: None,
             prefill_rejected: false,
             native_format: false,
+            attachments: false,
             connected: true,
             progressed: false,
             continuation: false,

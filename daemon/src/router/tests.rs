@@ -2537,15 +2537,33 @@ async fn the_1m_context_beta_lets_anthropic_take_a_long_prompt() {
 #[tokio::test(start_paused = true)]
 async fn rounds_go_on_while_the_queue_limit_allows() {
     let h = harness(2, no_jitter());
+    // Seven each: more attempts than the cap allows for failures (12 with two providers),
+    // which waited-out pauses do not count toward.
     let limited = Step::Fail(err(ErrorKind::RateLimited, Some(1)));
-    h.scripts[0].push(vec![limited.clone(); 5]);
-    h.scripts[1].push(vec![limited; 5]);
+    h.scripts[0].push(vec![limited.clone(); 7]);
+    h.scripts[1].push(vec![limited; 7]);
     let t0 = Instant::now();
     let ev = ask(&h.router, req("hi")).await;
     assert!(done_provider(&ev).is_some(), "{ev:?}");
     assert_eq!(final_text(&ev), "ok");
-    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 11);
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 15);
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+}
+
+/// Providers that fail without saying when to come back (here at once, with a timeout) do not
+/// get rounds beyond the configured ones: the client hears of it after the backoff steps'
+/// 1.6 s, as before, not after the queue's 30 s.
+#[tokio::test(start_paused = true)]
+async fn failures_that_say_nothing_end_after_the_configured_rounds() {
+    let h = harness(2, no_jitter());
+    let broken = Step::Fail(err(ErrorKind::Timeout, None));
+    h.scripts[0].push(vec![broken.clone(); 100]);
+    h.scripts[1].push(vec![broken; 100]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::Timeout), "{ev:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(h.scripts[0].calls() + h.scripts[1].calls() <= 8);
 }
 
 /// Providers that fail without saying when to come back are not retried forever: their
@@ -2622,4 +2640,62 @@ async fn a_server_tool_may_work_in_silence() {
         .count();
     assert_eq!(blocks, 2);
     assert_eq!(final_text(&ev), "found");
+}
+
+/// A PDF counts by its pages where they can be read, never by the length of its base64: a
+/// 4 MB scan of ten pages was "667,000 tokens", too large for every 200k window and for an
+/// OpenAI per-minute quota, so it could go nowhere.
+#[test]
+fn a_pdf_is_estimated_by_its_pages() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let with = |data: String| {
+        let mut r = ChatRequest::user_text(1, "");
+        r.messages[0].content = vec![ContentBlock::Document {
+            source: mythos_protocol::ImageSource::Base64 {
+                media_type: "application/pdf".into(),
+                data,
+            },
+            title: None,
+        }];
+        estimate_input_tokens(&r)
+    };
+    let three = b"%PDF-1.7 1 0 obj <</Type /Pages /Kids [2 0 R 3 0 R 4 0 R]>> \
+        2 0 obj <</Type /Page>> 3 0 obj <</Type/Page>> 4 0 obj <</Type /Page /Parent 1 0 R>>";
+    let t = with(b64(three));
+    assert!((7_400..7_700).contains(&t), "{t}");
+    // Pages in compressed object streams cannot be counted: a share of the size, capped.
+    let mut scan = b"%PDF-1.7 ".to_vec();
+    scan.resize(4_000_000, b'x');
+    let t = with(b64(&scan));
+    assert!((39_000..41_000).contains(&t), "{t}");
+    scan.resize(12_000_000, b'x');
+    assert!(with(b64(&scan)) <= 100_100);
+}
+
+/// A provider that cannot read an attachment (DeepSeek and many local servers answer a PDF
+/// or an image with a `400`) hands the request to one that can; the client sees the `400`
+/// only when every provider refused. A `400` without attachments is the client's at once.
+#[tokio::test(start_paused = true)]
+async fn an_attachment_one_provider_refuses_goes_to_another() {
+    let h = harness(2, no_jitter());
+    let mut with_pdf = req("read this");
+    with_pdf.messages[0].content.push(ContentBlock::Document {
+        source: mythos_protocol::ImageSource::Base64 {
+            media_type: "application/pdf".into(),
+            data: "JVBERi0=".into(),
+        },
+        title: None,
+    });
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, with_pdf.clone()).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, with_pdf).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, req("plain")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
+    assert_eq!(h.scripts[1].calls(), 2);
 }

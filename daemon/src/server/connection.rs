@@ -127,12 +127,15 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
 
     let mut streams: HashMap<u64, Stream> = HashMap::new();
     let mut tasks: JoinSet<u64> = JoinSet::new();
+    // The client read nothing for the read timeout: what is queued for it will not be read.
+    let mut stuck = false;
     loop {
         tokio::select! {
             frame = frames.next() => match frame {
                 None => break,
                 Some(Ok(req)) => {
                     if !handle(req, ctx, seat, &tx, &mut streams, &mut tasks).await {
+                        stuck = true;
                         break;
                     }
                     ctx.conns.touch(seat.id, streams.len(), Instant::now());
@@ -171,7 +174,12 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     // The writer sends what is left (the `ok` to a shutdown request among it), within moments
     // once the daemon is stopping: a client that reads nothing would hold its socket write,
     // and the exit, for ever.
+    // A client dropped for reading nothing gets its socket closed now: its writer would
+    // wait on the socket, holding the seat and the descriptor, for as long as it stays open.
     let abort = writer.abort_handle();
+    if stuck {
+        abort.abort();
+    }
     tokio::select! {
         biased;
         _ = writer => {}
@@ -191,6 +199,9 @@ const STOP_FLUSH: Duration = Duration::from_millis(500);
 /// for ever: it is dropped instead.
 async fn queue_reply(ctx: &Context, tx: &mpsc::Sender<Response>, response: Response) -> bool {
     tokio::select! {
+        // A reply that fits goes, even when the stop came meanwhile (the `ok` to a shutdown
+        // request).
+        biased;
         sent = tx.send(response) => sent.is_ok(),
         _ = ctx.hard_stop.cancelled() => false,
         _ = tokio::time::sleep(CLIENT_READ_TIMEOUT) => {

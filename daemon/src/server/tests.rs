@@ -254,3 +254,31 @@ async fn shutdown_drains_streams_and_refuses_new_ones() {
         .expect("run returns after the drain")
         .unwrap();
 }
+
+/// A client that sends requests and reads none of the replies is dropped after the read
+/// timeout: its socket is closed and its seat given back, not held for as long as it keeps the
+/// connection open (its writer waited on the full socket for ever).
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_is_let_go() {
+    let server = start().await;
+    let mut c = connect(&server.path).await;
+    // Status replies until the socket and the reply channel are full.
+    for _ in 0..4_000 {
+        if tokio::time::timeout(Duration::from_secs(1), c.send(Request::Status))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(server.ctx.conns.len(), 1);
+    let t0 = tokio::time::Instant::now();
+    while !server.ctx.conns.is_empty() {
+        assert!(
+            t0.elapsed() < crate::router::CLIENT_READ_TIMEOUT * 2,
+            "the connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(c);
+}

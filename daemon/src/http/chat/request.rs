@@ -337,6 +337,10 @@ mod tests {
             {"type": "file", "file": {"file_data": "JVBERi0="}},
             {"type": "file", "file": {"filename": "n.txt", "file_data": "data:text/plain;base64,aGVsbG8gd29ybGQ="}},
             {"type": "file", "file": {"file_id": "file-abc"}},
+            {"type": "file", "file": {"filename": "d.json", "file_data": "data:application/json;base64,eyJhIjoxfQ=="}},
+            {"type": "file", "file": {"filename": "w.txt", "file_data": "aGVs\nbG8="}},
+            {"type": "file", "file": {"filename": "p.png", "file_data": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "file", "file": {"filename": "x.bin", "file_data": "data:application/octet-stream;base64,//79"}},
             {"type": "text", "text": "summarize"}
         ]}]});
         let c = parse(&body).unwrap().chat;
@@ -358,6 +362,20 @@ mod tests {
                 ContentBlock::Text {
                     text: "n.txt\n\nhello world".into()
                 },
+                // Any file of text is text; base64 may come in lines.
+                ContentBlock::Text {
+                    text: "d.json\n\n{\"a\":1}".into()
+                },
+                ContentBlock::Text {
+                    text: "w.txt\n\nhello".into()
+                },
+                ContentBlock::Image {
+                    source: ImageSource::Base64 {
+                        media_type: "image/png".into(),
+                        data: "iVBORw0KGgo=".into()
+                    }
+                },
+                // Bytes no provider reads are not sent to be refused.
                 ContentBlock::Text {
                     text: "summarize".into()
                 },

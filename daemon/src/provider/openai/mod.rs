@@ -277,7 +277,7 @@ fn document_part<'a>(source: &'a ImageSource, title: Option<&'a str>) -> Part<'a
         ImageSource::Url { url } => {
             return Part::Text {
                 text: Cow::Owned(format!(
-                    "[A document at {url} was attached; it cannot be shown here.]"
+                    "[A document at {url} was attached; it cannot be shown here.]\n"
                 )),
             }
         }
@@ -333,7 +333,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     }
     for m in &chat.messages {
         match m.role {
-            Role::User => user_messages(&m.content, &mut messages),
+            Role::User => user_messages(&m.content, deepseek, &mut messages),
             Role::Assistant => messages.push(assistant_message(&m.content, &names, deepseek)),
         }
     }
@@ -443,7 +443,20 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 /// A user turn: its tool results as `tool` messages first (they must directly follow the
 /// assistant turn that called the tools), then a `user` message with the tools' images, then
 /// the user's own text and images.
-fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
+fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut Vec<Msg<'a>>) {
+    // DeepSeek reads no files: a PDF there is named in words (a `file` part is a `400`).
+    let document = |source: &'a ImageSource, title: Option<&'a str>| {
+        if deepseek {
+            Part::Text {
+                text: Cow::Owned(format!(
+                    "[A PDF document{} was attached; this model cannot read it.]\n",
+                    title.map(|t| format!(" ({t})")).unwrap_or_default()
+                )),
+            }
+        } else {
+            document_part(source, title)
+        }
+    };
     let mut parts: Vec<Part<'a>> = Vec::new();
     let mut tool_images: Vec<Part<'a>> = Vec::new();
     for block in content {
@@ -455,7 +468,7 @@ fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
             }
             ContentBlock::Image { source } => parts.push(image_part(source)),
             ContentBlock::Document { source, title } => {
-                parts.push(document_part(source, title.as_deref()))
+                parts.push(document(source, title.as_deref()))
             }
             ContentBlock::ToolResult {
                 tool_use_id,
@@ -483,7 +496,13 @@ fn user_messages<'a>(content: &'a [ContentBlock], messages: &mut Vec<Msg<'a>>) {
                     tool_images.push(Part::Text {
                         text: Cow::Owned(format!("Images returned by tool call {tool_use_id}:")),
                     });
-                    tool_images.extend(images.iter().map(image_part));
+                    tool_images.extend(images.iter().map(|i| {
+                        if i.is_document() {
+                            document(i, None)
+                        } else {
+                            image_part(i)
+                        }
+                    }));
                 }
             }
             ContentBlock::Thinking { .. }
