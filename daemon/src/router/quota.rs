@@ -361,7 +361,11 @@ impl Quota {
             limited_until_unix_ms: self.limited_until(now).map(to_unix),
             announces: self.announces,
             fixed_window: self.fixed(now),
-            fixed_window_until_unix_ms: self.fixed_until.filter(|&t| t > now).map(to_unix),
+            // Kept for an hour after it ended too: the next surprise then doubles it.
+            fixed_window_until_unix_ms: self
+                .fixed_until
+                .filter(|&t| t + FIXED_WINDOW_MEMORY > now)
+                .map(to_unix),
             fixed_window_ms: (!self.fixed_for.is_zero())
                 .then_some(self.fixed_for.as_millis() as u64),
         }
@@ -383,9 +387,8 @@ impl Quota {
             announces: saved.announces,
             // Saved before it expired: an hour from now at most.
             fixed_until: match saved.fixed_window_until_unix_ms {
-                Some(ms) => {
-                    (ms > now_unix_ms).then(|| from_unix(ms).min(now + FIXED_WINDOW_MEMORY))
-                }
+                Some(ms) => (ms + FIXED_WINDOW_MEMORY.as_millis() as u64 > now_unix_ms)
+                    .then(|| from_unix(ms).min(now + FIXED_WINDOW_MEMORY)),
                 None => saved.fixed_window.then(|| now + FIXED_WINDOW_MEMORY),
             },
             fixed_for: saved.fixed_window_ms.map_or(Duration::ZERO, |ms| {
@@ -563,6 +566,27 @@ mod tests {
         q.rate_limited(ONE, at + Duration::from_secs(60), at);
         assert!(!steady(&mut q, at + Duration::from_secs(119)));
         assert!(steady(&mut q, at + Duration::from_secs(120)));
+    }
+
+    /// The doubling survives a restart after the belief ended: a daemon restarted within the
+    /// hour believes the next surprise twice as long, not two minutes again.
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_surprise_doubles_across_a_restart() {
+        let t = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((60, 30, 60_000), None), true, t);
+        q.rate_limited(ONE, t + Duration::from_secs(60), t);
+        let later = t + Duration::from_secs(300);
+        assert!(!q.fixed(later), "two minutes, over");
+        let saved = q.save(later, 1_000_000);
+        let mut r = Quota::restore(&saved, later, 1_000_000, Duration::from_secs(900));
+        assert!(!r.fixed(later));
+        let s = r.reserve(ONE);
+        r.observe(s, &limits((60, 30, 60_000), None), true, later);
+        r.rate_limited(ONE, later + Duration::from_secs(60), later);
+        assert!(r.fixed(later + Duration::from_secs(239)));
+        assert!(!r.fixed(later + Duration::from_secs(241)));
     }
 
     #[tokio::test(start_paused = true)]
