@@ -474,6 +474,9 @@ pub async fn parse_request<T: Send + 'static>(
     if size <= PARSE_ON_RUNTIME_UP_TO {
         return parse();
     }
+    // A parse holds several times its body in memory: a few at a time, however many large
+    // requests come at once (the blocking pool would run hundreds).
+    let _turn = LARGE_PARSES.acquire().await;
     match tokio::task::spawn_blocking(parse).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -485,8 +488,57 @@ pub async fn parse_request<T: Send + 'static>(
     }
 }
 
+/// Large requests parsed at once (see [`parse_request`]).
+static LARGE_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The most JSON values (objects, arrays and their elements) a request body may hold. Parsed,
+/// each costs about a hundred bytes beside its text: a 31 MB body of tiny blocks took 700 MB.
+/// A long agent conversation holds some tens of thousands.
+pub const MAX_JSON_VALUES: usize = 500_000;
+
+/// Whether `body` holds more than `limit` JSON values, counted by their separators outside
+/// strings: a scan at memory speed, before a parse that would allocate for each.
+fn too_many_values(body: &[u8], limit: usize) -> bool {
+    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' | b',' => {
+                n += 1;
+                if n > limit {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parse a JSON body, saying where it is broken.
 pub fn json_body(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    if body.len() > PARSE_ON_RUNTIME_UP_TO && too_many_values(body, MAX_JSON_VALUES) {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: mythos_protocol::ErrorKind::BadRequest,
+            message: format!(
+                "the request body holds more than {MAX_JSON_VALUES} JSON values (objects, \
+                 arrays and their elements)"
+            ),
+            retry_at_unix_ms: None,
+            retried: false,
+        });
+    }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not valid JSON (line {}, column {}): {e}",
@@ -531,6 +583,29 @@ fn rejected(e: axum::extract::rejection::BytesRejection, dialect: Dialect) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of tiny blocks, each a few bytes of JSON and a hundred parsed, is refused before
+    /// it is parsed (31 MB of them took 700 MB); a large body of text is parsed, however many
+    /// commas and brackets its strings hold.
+    #[test]
+    fn a_body_of_countless_tiny_values_is_refused_before_parsing() {
+        let block = r#"{"type":"text","text":"a"},"#;
+        let mut tiny = String::from(r#"{"model":"m","messages":[{"role":"user","content":["#);
+        for _ in 0..(MAX_JSON_VALUES / 2) {
+            tiny.push_str(block);
+        }
+        tiny.push_str(r#"{"type":"text","text":"a"}]}]}"#);
+        let e = json_body(&Bytes::from(tiny)).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("JSON values"), "{}", e.message);
+
+        let code = "fn f(a: [u8; 3], b: {x, y}) {}\n".repeat(200_000);
+        let text = serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": code}]})
+        .to_string();
+        assert!(text.len() > 4_000_000);
+        assert!(json_body(&Bytes::from(text)).is_ok());
+    }
 
     /// A body that stops coming is given up after `BODY_READ_TIMEOUT` with a 408 in the
     /// dialect (its connection seat freed); a whole body reaches the handler untouched, and
