@@ -380,7 +380,31 @@ fn input_item(
             let (content, images) = match item.get("output") {
                 Some(Value::String(s)) => (s.clone(), Vec::new()),
                 Some(Value::Array(parts)) => {
-                    (text_of(parts), parts.iter().filter_map(image_of).collect())
+                    let mut texts = vec![text_of(parts)];
+                    let mut images: Vec<ImageSource> = parts.iter().filter_map(image_of).collect();
+                    // A file the tool returned: a PDF rides with the images (told apart by its
+                    // media type); a file of text joins the text.
+                    for p in parts.iter().filter(|p| p["type"] == "input_file") {
+                        let field = |k| p.get(k).and_then(Value::as_str);
+                        match attached_file(
+                            field("file_data"),
+                            field("file_url"),
+                            field("filename"),
+                        ) {
+                            Some(ContentBlock::Document { source, .. }) if source.is_document() => {
+                                images.push(source)
+                            }
+                            Some(ContentBlock::Document {
+                                source: ImageSource::Url { url },
+                                ..
+                            }) => texts.push(format!("[The document at {url}]")),
+                            Some(ContentBlock::Image { source }) => images.push(source),
+                            Some(ContentBlock::Text { text }) => texts.push(text),
+                            _ => {}
+                        }
+                    }
+                    texts.retain(|t| !t.is_empty());
+                    (texts.join("\n\n"), images)
                 }
                 _ => (String::new(), Vec::new()),
             };
@@ -549,7 +573,8 @@ mod tests {
                 {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
                 {"type": "function_call_output", "call_id": "c2", "output": [
                     {"type": "input_text", "text": "shot"},
-                    {"type": "input_image", "image_url": "data:image/jpeg;base64,/9j/"}
+                    {"type": "input_image", "image_url": "data:image/jpeg;base64,/9j/"},
+                    {"type": "input_file", "filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}
                 ]},
                 {"type": "local_shell_call", "call_id": "c3"},
                 {"type": "message", "role": "assistant",
@@ -630,7 +655,9 @@ mod tests {
                 ..
             } => {
                 assert_eq!((tool_use_id.as_str(), content.as_str()), ("c2", "shot"));
-                assert_eq!(images.len(), 1);
+                // The screenshot, and the PDF the tool returned.
+                assert_eq!(images.len(), 2);
+                assert!(images[1].is_document());
             }
             other => panic!("{other:?}"),
         }
