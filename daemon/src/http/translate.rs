@@ -91,6 +91,26 @@ pub fn attached_file(
     }
 }
 
+/// Add a file a tool returned to its result: a PDF (or an image) rides with the result's
+/// images, told apart by its media type; a document at a URL is named; text joins the text.
+pub fn add_to_tool_result(
+    file: ContentBlock,
+    texts: &mut Vec<String>,
+    images: &mut Vec<ImageSource>,
+) {
+    match file {
+        ContentBlock::Document {
+            source: ImageSource::Url { url },
+            ..
+        } if !url.starts_with("data:") => texts.push(format!("[The document at {url}]")),
+        ContentBlock::Document { source, .. } | ContentBlock::Image { source } => {
+            images.push(source)
+        }
+        ContentBlock::Text { text } => texts.push(text),
+        _ => {}
+    }
+}
+
 /// `text` under its `title`, as a text block.
 fn titled(title: Option<String>, text: String) -> ContentBlock {
     ContentBlock::Text {

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    data_url_image, merge_same_role, object_and_model, response_format, text_of, u32_field,
+    add_to_tool_result, data_url_image, merge_same_role, object_and_model, response_format,
+    text_of, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -339,19 +340,11 @@ fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError>
                             Some("image") => images.extend(p.get("source").and_then(image)),
                             // A PDF that Claude Code's Read returned: among the images, told
                             // apart by its media type; a text document joins the text.
-                            Some("document") => match document(p, mi) {
-                                Some(ContentBlock::Document { source, .. })
-                                    if source.is_document() =>
-                                {
-                                    images.push(source)
+                            Some("document") => {
+                                if let Some(file) = document(p, mi) {
+                                    add_to_tool_result(file, &mut texts, &mut images);
                                 }
-                                Some(ContentBlock::Document {
-                                    source: ImageSource::Url { url },
-                                    ..
-                                }) => texts.push(format!("[The document at {url}]")),
-                                Some(ContentBlock::Text { text }) => texts.push(text),
-                                _ => {}
-                            },
+                            }
                             _ => {}
                         }
                     }

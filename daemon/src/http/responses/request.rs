@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use crate::http::chat::request::budget_for_effort;
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    attached_file, data_url_image, merge_same_role, object_and_model, response_format, text_of,
-    u32_field,
+    add_to_tool_result, attached_file, data_url_image, merge_same_role, object_and_model,
+    response_format, text_of, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -386,21 +386,10 @@ fn input_item(
                     // media type); a file of text joins the text.
                     for p in parts.iter().filter(|p| p["type"] == "input_file") {
                         let field = |k| p.get(k).and_then(Value::as_str);
-                        match attached_file(
-                            field("file_data"),
-                            field("file_url"),
-                            field("filename"),
-                        ) {
-                            Some(ContentBlock::Document { source, .. }) if source.is_document() => {
-                                images.push(source)
-                            }
-                            Some(ContentBlock::Document {
-                                source: ImageSource::Url { url },
-                                ..
-                            }) => texts.push(format!("[The document at {url}]")),
-                            Some(ContentBlock::Image { source }) => images.push(source),
-                            Some(ContentBlock::Text { text }) => texts.push(text),
-                            _ => {}
+                        if let Some(file) =
+                            attached_file(field("file_data"), field("file_url"), field("filename"))
+                        {
+                            add_to_tool_result(file, &mut texts, &mut images);
                         }
                     }
                     texts.retain(|t| !t.is_empty());
