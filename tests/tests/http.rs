@@ -795,6 +795,9 @@ async fn pdfs_reach_the_model_in_each_providers_shape() {
             )
             .await;
         assert_eq!(r.status, 200, "{model}: {}", r.body);
+        // The simulators say what they were given to read.
+        let text = messages_stream(&r.body).text();
+        assert!(text.starts_with("I read 2 document(s)."), "{model}: {text}");
         let sim = if model == "anthropic" {
             &w.mocks.anthropic
         } else {

@@ -108,6 +108,20 @@ fn context_window(cfg: &ProviderConfig, req: &ChatRequest) -> Option<u64> {
     }
 }
 
+/// Whether `cfg`'s provider reads images and PDFs: Anthropic's, Gemini's and OpenAI's own
+/// APIs do (and OpenRouter's); DeepSeek does not, nor do most servers of open models.
+fn reads_attachments(cfg: &ProviderConfig) -> bool {
+    use crate::config::Api;
+    let url = cfg.base_url.to_ascii_lowercase();
+    if crate::provider::openai::is_deepseek(cfg, &cfg.model) {
+        return false;
+    }
+    match cfg.api {
+        Api::Anthropic | Api::Gemini => true,
+        Api::Openai => url.contains("api.openai.com") || url.contains("openrouter.ai"),
+    }
+}
+
 /// How long an event may wait for room in a client's channel before the request is given up:
 /// a client that stopped reading (a hung editor, a paused terminal, a script that sends and
 /// never reads) would otherwise keep its provider streams, concurrency seats and quota for as
@@ -752,18 +766,6 @@ impl Router {
             })
             .collect();
         let candidates = if fits.is_empty() { all } else { fits };
-        // Anthropic's server tools (Claude Code's web search) run only there: its providers go
-        // first, in their rank order; the others still answer (without the tool) when none of
-        // them can.
-        let prefer = if req.options.server_tools.is_empty() {
-            Vec::new()
-        } else {
-            candidates
-                .iter()
-                .copied()
-                .filter(|&i| self.providers[i].cfg.api == crate::config::Api::Anthropic)
-                .collect()
-        };
         let attachments = req
             .messages
             .iter()
@@ -773,6 +775,26 @@ impl Router {
                 ContentBlock::ToolResult { images, .. } => !images.is_empty(),
                 _ => false,
             });
+        // Providers that can do all the request needs go first, in their rank order; the
+        // others still answer (without the tool, or with the file named in words) when none
+        // of them can. Anthropic's server tools (Claude Code's web search) run only there; a
+        // PDF or an image is read by Anthropic, OpenAI and Gemini, not by DeepSeek nor most
+        // local servers: a request naming a "small" model (background work, often sent to
+        // DeepSeek) answered about a PDF it was only told of.
+        let server_tools = !req.options.server_tools.is_empty();
+        let prefer = if server_tools || attachments {
+            candidates
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let cfg = &self.providers[i].cfg;
+                    (!server_tools || cfg.api == crate::config::Api::Anthropic)
+                        && (!attachments || reads_attachments(cfg))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Plan {
             candidates,
             prefer,

@@ -2699,3 +2699,31 @@ async fn an_attachment_one_provider_refuses_goes_to_another() {
     assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
     assert_eq!(h.scripts[1].calls(), 2);
 }
+
+/// A PDF goes to a provider that reads it even when one that does not (DeepSeek) ranks
+/// first, as it does for background work; with no reader free, DeepSeek still answers.
+#[tokio::test(start_paused = true)]
+async fn a_pdf_goes_to_a_provider_that_reads_it() {
+    let h = harness_with(2, no_jitter(), |i, cfg| {
+        if i == 0 {
+            cfg.priority = 5;
+        } else {
+            cfg.model = "deepseek-chat".into();
+        }
+    });
+    let ev = ask(&h.router, req("plain")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    let mut pdf = req("read this");
+    pdf.messages[0].content.push(ContentBlock::Document {
+        source: mythos_protocol::ImageSource::Base64 {
+            media_type: "application/pdf".into(),
+            data: "JVBERi0=".into(),
+        },
+        title: None,
+    });
+    let ev = ask(&h.router, pdf.clone()).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+    let ev = ask(&h.router, pdf).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+}

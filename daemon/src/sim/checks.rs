@@ -175,7 +175,10 @@ fn anthropic(req: &Value) -> Result<Features, String> {
                     let called = blocks(&m["content"])[..j]
                         .iter()
                         .any(|c| c["type"] == "server_tool_use" && c["id"] == id);
-                    if m["role"] != "assistant" || !called || !b["content"].is_array() {
+                    // Results, or the error a failed search gives (`max_uses_exceeded`, ...).
+                    let shaped = b["content"].is_array()
+                        || b["content"]["type"] == "web_search_tool_result_error";
+                    if m["role"] != "assistant" || !called || !shaped {
                         return Err(format!(
                             "{at}: web_search_tool_result block(s) provided when previous \
                              message does not have a matching server_tool_use"
@@ -529,11 +532,16 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
             } else if let Some(d) = p.get("inlineData") {
                 let mime = d["mimeType"].as_str().unwrap_or("");
                 let data = d["data"].as_str().unwrap_or("");
-                if !mime.starts_with("image/") || data.is_empty() {
+                // Gemini reads PDFs as inline data too.
+                if !(mime.starts_with("image/") || mime == "application/pdf") || data.is_empty() {
                     return Err(format!("* GenerateContentRequest.{at}.inline_data: Unsupported MIME type or no data: {mime}"));
                 }
-                content.push(json!({"type": "image_url",
-                    "image_url": {"url": format!("data:{mime};base64,{data}")}}));
+                let url = format!("data:{mime};base64,{data}");
+                content.push(if mime == "application/pdf" {
+                    json!({"type": "file", "file": {"file_data": url}})
+                } else {
+                    json!({"type": "image_url", "image_url": {"url": url}})
+                });
             } else if let Some(f) = p.get("fileData") {
                 let uri = f["fileUri"].as_str().unwrap_or("");
                 if !(uri.starts_with("https://") || uri.starts_with("http://")) {
