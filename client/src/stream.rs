@@ -123,6 +123,7 @@ impl Turn {
             | StreamEvent::ThinkingSignature { .. }
             | StreamEvent::RedactedThinking { .. }
             | StreamEvent::ServerBlock { .. }
+            | StreamEvent::Citation { .. }
             | StreamEvent::ToolCallStart { .. }
             | StreamEvent::ToolCallDelta { .. }
             | StreamEvent::Queued { .. }

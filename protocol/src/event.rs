@@ -117,6 +117,13 @@ pub enum StreamEvent {
         /// The block, JSON text.
         json: String,
     },
+    /// Where the text that follows comes from (Anthropic's `citations_delta`: a web search
+    /// result, a document's pages), as JSON text. A Messages client shows it with the text;
+    /// Anthropic asks that web search sources be shown to users.
+    Citation {
+        /// The citation, JSON text.
+        json: String,
+    },
 }
 
 impl StreamEvent {
@@ -131,6 +138,7 @@ impl StreamEvent {
                 | StreamEvent::RedactedThinking { .. }
                 | StreamEvent::RefusalDelta { .. }
                 | StreamEvent::ServerBlock { .. }
+                | StreamEvent::Citation { .. }
                 | StreamEvent::ToolCallStart { .. }
                 | StreamEvent::ToolCallDelta { .. }
         )

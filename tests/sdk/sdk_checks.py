@@ -191,6 +191,8 @@ def anthropic_web_search() -> None:
     check(len(results.content) == 1 and results.content[0].url.startswith("https://"),
           f"results: {results.content}")
     check(text_of_message(message) == env("MYTHOS_EXPECT"), f"text: {message.content}")
+    cited = message.content[2].citations or []
+    check(len(cited) == 1 and cited[0].url == results.content[0].url, f"citations: {cited}")
     check(message.stop_reason == "end_turn", f"stop_reason {message.stop_reason}")
     history: Any = [
         {"role": "user", "content": prompt},

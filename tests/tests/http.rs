@@ -238,6 +238,13 @@ fn messages_stream(body: &str) -> Message {
                     "thinking_delta" => ("thinking", &d["thinking"]),
                     "signature_delta" => ("signature", &d["signature"]),
                     "input_json_delta" => ("partial_json", &d["partial_json"]),
+                    "citations_delta" => {
+                        assert_eq!(block["type"], "text", "a citation outside text: {e}");
+                        let mut list = block["citations"].as_array().cloned().unwrap_or_default();
+                        list.push(d["citation"].clone());
+                        block["citations"] = json!(list);
+                        continue;
+                    }
                     other => panic!("unknown delta {other}: {e}"),
                 };
                 let mut s = block[field].as_str().unwrap_or("").to_string();
@@ -729,6 +736,12 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     assert_eq!(m.blocks[0]["partial_json"], r#"{"query":"find it"}"#);
     assert_eq!(m.blocks[1]["tool_use_id"], m.blocks[0]["id"]);
     assert_eq!(m.blocks[2]["text"], answer_for("find it"));
+    // The answer's source, which Anthropic asks clients to show.
+    assert_eq!(
+        m.blocks[2]["citations"][0]["url"], m.blocks[1]["content"][0]["url"],
+        "{}",
+        r.body
+    );
     assert_eq!(m.stop_reason, "end_turn");
     let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
     assert_eq!(sent.body["tools"], tools);
@@ -740,6 +753,10 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     assert_eq!(content[0]["type"], "server_tool_use", "{whole}");
     assert_eq!(content[0]["input"], json!({"query": "find it"}));
     assert_eq!(content[1]["type"], "web_search_tool_result");
+    assert_eq!(
+        content[2]["citations"][0]["type"],
+        "web_search_result_location"
+    );
 
     // The next turn sends the blocks back; the provider checks that the results follow their
     // call.
@@ -752,7 +769,11 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     let r = w.post("/v1/messages", &next).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
-    assert_eq!(sent.body["messages"][1]["content"], json!(content));
+    // The server blocks as they came; the text's citations are not needed back.
+    let back = &sent.body["messages"][1]["content"];
+    assert_eq!(back[0], content[0]);
+    assert_eq!(back[1], content[1]);
+    assert_eq!(back[2]["text"], content[2]["text"]);
 
     // Elsewhere the tool cannot run: left out, and the answer comes.
     next["model"] = json!("openai");

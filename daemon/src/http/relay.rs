@@ -620,6 +620,8 @@ pub enum Block {
     },
     /// A server tool's call or result (Anthropic's), JSON text, whole.
     Server(String),
+    /// A citation of the text block that follows (or the one before, at the end), JSON text.
+    Citation(String),
 }
 
 /// A whole answer, built from events (Restart discards what came before).
@@ -660,6 +662,7 @@ impl Answer {
                 self.blocks.push(Block::RedactedThinking(data.clone()))
             }
             StreamEvent::ServerBlock { json } => self.blocks.push(Block::Server(json.clone())),
+            StreamEvent::Citation { json } => self.blocks.push(Block::Citation(json.clone())),
             StreamEvent::RefusalDelta { text } => match self.blocks.last_mut() {
                 Some(Block::Refusal(t)) => t.push_str(text),
                 _ => self.blocks.push(Block::Refusal(text.clone())),

@@ -47,6 +47,8 @@ pub enum Delta {
     RateLimits(Box<RateLimits>),
     /// A server tool's block (Anthropic's web search call or results), whole, as JSON text.
     ServerBlock(String),
+    /// Where the text that follows comes from (Anthropic's `citations_delta`), JSON text.
+    Citation(String),
 }
 
 impl Delta {

@@ -58,6 +58,7 @@ fn fold(deltas: Vec<Delta>) -> Outcome {
             Delta::KeepAlive => o.keep_alives += 1,
             Delta::RateLimits(_) => {}
             Delta::ServerBlock(b) => o.server_blocks.push(b),
+            Delta::Citation(c) => o.server_blocks.push(c),
         }
     }
     o

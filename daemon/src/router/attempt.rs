@@ -350,6 +350,7 @@ impl Router {
                     partial.tool_started = true;
                     events.push(StreamEvent::RefusalDelta { text });
                 }
+                Delta::Citation(json) => events.push(StreamEvent::Citation { json }),
                 Delta::ServerBlock(json) => {
                     // Another provider cannot continue an answer built on a search it did not
                     // see (nor can the results be sent to it): an answer cut after one

@@ -914,6 +914,7 @@ impl Router {
                 if plan.candidates.iter().all(|i| j.excluded.contains(i)) {
                     break 'request Ok(());
                 }
+                let young = |wait: Duration| start.elapsed() + wait < self.cfg.max_queue_wait;
                 // Past the configured rounds, the last step repeats while providers of the
                 // round said when to come back and the request is younger than the queue
                 // allows: providers answering short `Retry-After`s are a second from ready,
@@ -926,8 +927,7 @@ impl Router {
                         steps.len().checked_sub(1)?,
                         fastrand::f64(),
                     )?;
-                    (j.told_round && start.elapsed() + last < self.cfg.max_queue_wait)
-                        .then_some(last)
+                    (j.told_round && young(last)).then_some(last)
                 });
                 let Some(wait) = step else {
                     break 'request Ok(());
@@ -984,10 +984,12 @@ impl Router {
                     }
                     if !j.tried_round.is_empty() {
                         // Those left this round cannot be had in time, but the ones that just
-                        // failed may be back soon (a short Retry-After): next round.
+                        // failed may be back soon (a short Retry-After): next round. They are
+                        // paused, not broken: the round had providers a wait away.
                         for i in want.candidates {
                             push_once(&mut j.tried_round, i);
                         }
+                        j.told_round = true;
                         continue;
                     }
                     if j.errors.is_empty() {

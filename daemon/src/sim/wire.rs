@@ -564,8 +564,8 @@ struct Writer {
 /// refusal recorded from the live API in openai-python's test suite.
 pub const REFUSAL: &str = "I'm sorry, I can't assist with that request.";
 
-/// The results block of a simulated web search for `query`.
-pub fn web_search_result(tool_use_id: &str, query: &str) -> Value {
+/// The page a simulated web search for `query` finds.
+fn web_search_url(query: &str) -> String {
     let slug: String = query
         .chars()
         .map(|c| {
@@ -576,8 +576,13 @@ pub fn web_search_result(tool_use_id: &str, query: &str) -> Value {
             }
         })
         .collect();
+    format!("https://example.com/{slug}")
+}
+
+/// The results block of a simulated web search for `query`.
+pub fn web_search_result(tool_use_id: &str, query: &str) -> Value {
     json!({"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": [
-        {"type": "web_search_result", "url": format!("https://example.com/{slug}"),
+        {"type": "web_search_result", "url": web_search_url(query),
          "title": format!("About {query}"), "encrypted_content": "EqgfCioIARgBIiQ3YTAw",
          "page_age": "April 30, 2025"}]})
 }
@@ -728,6 +733,15 @@ impl Writer {
                     "content_block_start",
                     json!({"type": "content_block_start", "index": self.block,
                     "content_block": self.answer_block(tool)}),
+                ),
+                // The answer cites what it found, before the text it sources.
+                sse(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": self.block,
+                    "delta": {"type": "citations_delta", "citation":
+                        {"type": "web_search_result_location", "url": web_search_url(query),
+                         "title": format!("About {query}"), "encrypted_index": "Eo8BCioIAhgB",
+                         "cited_text": query}}}),
                 ),
             ]
         } else if self.anthropic() {

@@ -48,7 +48,11 @@ async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Resp
                 "id": id, "type": "function",
                 "function": {"name": name, "arguments": if args.is_empty() { "{}" } else { args }},
             })),
-            Block::Text(_) | Block::RedactedThinking(_) | Block::Refusal(_) | Block::Server(_) => {}
+            Block::Text(_)
+            | Block::RedactedThinking(_)
+            | Block::Refusal(_)
+            | Block::Server(_)
+            | Block::Citation(_) => {}
         }
     }
     let text = answer.text();

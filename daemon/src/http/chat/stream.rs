@@ -296,6 +296,7 @@ impl Encoder for ChatEncoder {
             | StreamEvent::Rerouted { .. }
             | StreamEvent::Usage(_)
             | StreamEvent::ServerBlock { .. }
+            | StreamEvent::Citation { .. }
             | StreamEvent::Queued { .. } => {}
         }
         false

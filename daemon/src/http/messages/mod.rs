@@ -74,10 +74,23 @@ async fn serve(
         return Ok((StatusCode::OK, headers, body).into_response());
     }
     let (answer, done) = routed.collect().await?;
-    let mut content = Vec::new();
+    let mut content: Vec<serde_json::Value> = Vec::new();
+    // Citations come before the text they source; one left at the end goes to the last text.
+    let mut citations: Vec<serde_json::Value> = Vec::new();
     for b in &answer.blocks {
         if matches!(b, Block::Thinking { .. } | Block::RedactedThinking(_)) && !thinking {
             continue;
+        }
+        if let Block::Citation(json) = b {
+            citations.extend(serde_json::from_str::<serde_json::Value>(json).ok());
+            continue;
+        }
+        if let Block::Text(t) = b {
+            if !citations.is_empty() {
+                content.push(json!({"type": "text", "text": t,
+                    "citations": std::mem::take(&mut citations)}));
+                continue;
+            }
         }
         content.push(match b {
             Block::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
@@ -93,7 +106,16 @@ async fn serve(
                 Ok(block) => block,
                 Err(_) => continue,
             },
+            Block::Citation(_) => continue,
         });
+    }
+    if !citations.is_empty() {
+        if let Some(last) = content.iter_mut().rev().find(|b| b["type"] == "text") {
+            match last["citations"].as_array_mut() {
+                Some(list) => list.extend(citations),
+                None => last["citations"] = json!(citations),
+            }
+        }
     }
     let body = json!({
         "id": format!("msg_mythos_{}", head.record),

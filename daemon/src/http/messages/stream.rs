@@ -117,6 +117,10 @@ enum Delta<'a> {
     Signature { signature: &'a str },
     #[serde(rename = "input_json_delta")]
     InputJson { partial_json: &'a str },
+    #[serde(rename = "citations_delta")]
+    Citations {
+        citation: &'a serde_json::value::RawValue,
+    },
 }
 
 #[derive(Serialize)]
@@ -446,6 +450,14 @@ impl Encoder for MessagesEncoder {
                 return true;
             }
             StreamEvent::ServerBlock { json } => self.server_block(out, &json),
+            // In the text block it sources, as Anthropic sends it (before the text).
+            StreamEvent::Citation { json } => {
+                if let Ok(citation) = serde_json::from_str::<&serde_json::value::RawValue>(&json) {
+                    self.visible = true;
+                    let index = self.ensure(out, Open::Text);
+                    Self::delta(out, index, Delta::Citations { citation });
+                }
+            }
             StreamEvent::Started { .. } | StreamEvent::RefusalDelta { .. } => {}
         }
         false

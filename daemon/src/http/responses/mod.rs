@@ -88,7 +88,7 @@ fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
                 }
             }
             // As in the stream: nothing a Responses client could use.
-            Block::RedactedThinking(_) | Block::Server(_) => continue,
+            Block::RedactedThinking(_) | Block::Server(_) | Block::Citation(_) => continue,
             Block::Text(text) => Item::Message {
                 id: Item::id("msg", record, n),
                 text: text.clone(),

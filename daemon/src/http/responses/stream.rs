@@ -855,6 +855,7 @@ impl Encoder for ResponsesEncoder {
             StreamEvent::Started { .. }
             | StreamEvent::Rerouted { .. }
             | StreamEvent::ServerBlock { .. }
+            | StreamEvent::Citation { .. }
             | StreamEvent::Queued { .. } => {}
         }
         false

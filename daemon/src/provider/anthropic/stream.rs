@@ -103,6 +103,8 @@ struct DeltaBody<'a> {
     stop_reason: Option<Str<'a>>,
     #[serde(default, borrow)]
     stop_sequence: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    citation: Option<&'a serde_json::value::RawValue>,
 }
 
 // Only read when the stream fails: owned, like the error it becomes.
@@ -260,7 +262,12 @@ impl WireDecoder for AnthropicDecoder {
                                 out.push(Delta::ThinkingSignature(sig.into_string()));
                             }
                         }
-                        // citations_delta and future kinds carry no text.
+                        Some("citations_delta") => {
+                            if let Some(c) = d.citation {
+                                out.push(Delta::Citation(c.get().to_string()));
+                            }
+                        }
+                        // Future kinds.
                         _ => {}
                     }
                 }
@@ -388,6 +395,12 @@ mod tests {
             assert_eq!(blocks[1]["type"], "web_search_tool_result");
             assert_eq!(blocks[1]["content"][0]["url"], "https://tokio.rs");
             assert!(out.contains(&Delta::Finish(FinishReason::Stop)));
+            // The answer's source, for the client to show with it.
+            let cited: Vec<&Delta> = out
+                .iter()
+                .filter(|d| matches!(d, Delta::Citation(c) if c.contains("https://tokio.rs")))
+                .collect();
+            assert_eq!(cited.len(), 1, "split at {split}");
         }
     }
 
