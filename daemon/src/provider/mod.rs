@@ -816,9 +816,28 @@ fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
         }
         _ => {
             let text = String::from_utf8_lossy(body).trim().to_string();
-            (None, (!text.is_empty()).then_some(text))
+            (
+                None,
+                (!text.is_empty()).then(|| html_title(&text).unwrap_or(text)),
+            )
         }
     }
+}
+
+/// The title of an HTML error page (a proxy's `502 Bad Gateway`), in place of its markup.
+fn html_title(text: &str) -> Option<String> {
+    if !text.starts_with('<') {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let start = lower.find("<title>")? + "<title>".len();
+    let end = start + lower[start..].find("</title>")?;
+    let title = text[start..end].trim();
+    Some(if title.is_empty() {
+        "an HTML error page".to_string()
+    } else {
+        format!("an HTML error page: {title}")
+    })
 }
 
 pub use redact::redact;
@@ -836,6 +855,14 @@ mod tests {
         }
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(local_exhaustion(&refused).is_none());
+    }
+
+    #[test]
+    fn an_html_error_page_is_named_by_its_title() {
+        let (_, m) = parse_error_body(
+            b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>",
+        );
+        assert_eq!(m.as_deref(), Some("an HTML error page: 502 Bad Gateway"));
     }
 
     #[test]

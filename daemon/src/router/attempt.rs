@@ -258,8 +258,9 @@ impl Router {
                         ("silent in a tool call", gap_limit.max(tool_limit))
                     }
                     // A server tool (a web search, a fetch, code running at Anthropic) works
-                    // in silence between its call and its result, pings aside.
-                    Some(Delta::ServerBlock(_)) => {
+                    // in silence between its call and its result, pings aside; after the
+                    // result, the text's pace is expected again.
+                    Some(Delta::ServerBlock(ref json)) if is_server_call(json) => {
                         ("silent while a server tool ran", gap_limit.max(tool_limit))
                     }
                     _ => ("silent", gap_limit),
@@ -541,6 +542,17 @@ fn relay_ready(
         }
     }
     Relayed::All
+}
+
+/// Whether a server tool's block is its call (`server_tool_use`, `mcp_tool_use`), after which
+/// the tool runs, rather than its result.
+fn is_server_call(block: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind<'_>>(block).is_ok_and(|k| k.ty.ends_with("_tool_use"))
 }
 
 /// Whether the tool calls held back are whole: each one's arguments, put together, are JSON (or

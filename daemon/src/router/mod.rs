@@ -426,6 +426,9 @@ struct Journey {
     /// An attempt of this round ended with the provider saying when to come back (a `429`'s
     /// or an overload's pause): it is a wait away, not broken.
     told_round: bool,
+    /// The request no longer keeps to the providers that can do all it needs (see
+    /// [`PREFER_WAIT`]).
+    prefer_over: bool,
     /// Attempts that ended so: they do not count toward the attempts cap (the queue's time
     /// limit bounds them), or a 429 repeated for 5 s failed a request with 25 s left.
     told_attempts: usize,
@@ -900,6 +903,15 @@ impl Router {
             if (attempt_no as usize).saturating_sub(j.told_attempts) >= max_attempts {
                 break 'request Ok(());
             }
+            // A request that needs what only some providers do (Anthropic's server tools, a
+            // reader of PDFs and images) keeps to them for a while: one paused for 2 s is worth
+            // waiting for, where another would answer without the search or the file. Then,
+            // or when none of them is left, any provider answers.
+            let preferring = same.is_none()
+                && !j.prefer_over
+                && !plan.prefer.is_empty()
+                && start.elapsed() < PREFER_WAIT
+                && plan.prefer.iter().any(|i| !j.excluded.contains(i));
             let candidates: Vec<usize> = match same {
                 Some(i) => vec![i],
                 None => plan
@@ -907,6 +919,7 @@ impl Router {
                     .iter()
                     .copied()
                     .filter(|i| !j.excluded.contains(i) && !j.tried_round.contains(i))
+                    .filter(|i| !preferring || plan.prefer.contains(i))
                     .collect(),
             };
             if candidates.is_empty() {
@@ -930,6 +943,12 @@ impl Router {
                     (j.told_round && young(last)).then_some(last)
                 });
                 let Some(wait) = step else {
+                    if preferring {
+                        // The providers that could do it all are spent: the others now.
+                        j.prefer_over = true;
+                        j.tried_round.clear();
+                        continue;
+                    }
                     break 'request Ok(());
                 };
                 round += 1;
@@ -969,6 +988,11 @@ impl Router {
             } else {
                 left
             };
+            let allowed = if preferring {
+                allowed.min(PREFER_WAIT.saturating_sub(start.elapsed()))
+            } else {
+                allowed
+            };
             let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
                 Ok(lease) => lease,
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
@@ -980,6 +1004,11 @@ impl Router {
                     if let Some(i) = same.take() {
                         // The provider to retry cannot be had in time: go elsewhere.
                         push_once(&mut j.tried_round, i);
+                        continue;
+                    }
+                    if preferring {
+                        // Those that could do it all cannot be had in time: the others.
+                        j.prefer_over = true;
                         continue;
                     }
                     if !j.tried_round.is_empty() {
@@ -1490,6 +1519,10 @@ impl Router {
         (err, back_at)
     }
 }
+
+/// How long a request that needs what only some providers do (Anthropic's server tools, a
+/// reader of PDFs) keeps to them before any provider may answer it without.
+const PREFER_WAIT: Duration = Duration::from_secs(10);
 
 /// Waits shorter than this are not announced to the client.
 const QUIET_WAIT: Duration = Duration::from_millis(250);

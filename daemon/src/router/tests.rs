@@ -2610,10 +2610,22 @@ async fn server_tools_go_to_anthropic_first() {
         vec![r#"{"type":"web_search_20250305","name":"web_search"}"#.into()];
     let ev = ask(&h.router, search.clone()).await;
     assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
-    // With Anthropic out, the others still answer (without the tool).
+    // Paused for 2 s, Anthropic is waited for: the search is worth it.
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(2)))]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, search.clone()).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // Out for a minute, the others answer (without the tool) after `PREFER_WAIT`.
     h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
+    let t0 = Instant::now();
     let ev = ask(&h.router, search).await;
     assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    assert!(
+        t0.elapsed() <= PREFER_WAIT + Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 /// A web search runs at Anthropic between its call and its results, with nothing but pings for
@@ -2723,7 +2735,37 @@ async fn a_pdf_goes_to_a_provider_that_reads_it() {
     });
     let ev = ask(&h.router, pdf.clone()).await;
     assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    // A reader cut mid-answer: the answer goes on at a reader (here the same one, after its
+    // backoff), not at DeepSeek, which would continue about a file it never saw.
+    h.scripts[0].push([Step::Stream(vec![
+        text("I"),
+        text(" read"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "cut"))),
+    ])]);
+    let ev = ask(&h.router, pdf.clone()).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
     h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(60)))]);
     let ev = ask(&h.router, pdf).await;
     assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+}
+
+/// Once a server tool's results are in, silence is a stall again at the text's pace: a stream
+/// that stalled after its search results waited 90 s (found by a chaos run).
+#[tokio::test(start_paused = true)]
+async fn silence_after_a_server_tools_results_is_a_stall() {
+    let h = harness(2, no_jitter());
+    let call = r#"{"type":"server_tool_use","id":"s1","name":"web_search","input":{"query":"q"}}"#;
+    let results = r#"{"type":"web_search_tool_result","tool_use_id":"s1","content":[]}"#;
+    h.scripts[0].push([Step::Stream(vec![
+        (100, Ok(Delta::ServerBlock(call.into()))),
+        (100, Ok(Delta::ServerBlock(results.into()))),
+        (60_000, Ok(Delta::Text("late".into()))),
+    ])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("search")).await;
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(
+        ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+        "{ev:?}"
+    );
 }
