@@ -429,6 +429,8 @@ struct Journey {
     /// The request no longer keeps to the providers that can do all it needs (see
     /// [`PREFER_WAIT`]).
     prefer_over: bool,
+    /// Since when it has kept to them without an answer making progress.
+    prefer_since: Option<Instant>,
     /// Attempts that ended so: they do not count toward the attempts cap (the queue's time
     /// limit bounds them), or a 429 repeated for 5 s failed a request with 25 s left.
     told_attempts: usize,
@@ -907,11 +909,17 @@ impl Router {
             // reader of PDFs and images) keeps to them for a while: one paused for 2 s is worth
             // waiting for, where another would answer without the search or the file. Then,
             // or when none of them is left, any provider answers.
+            // The 10 s run from when the request first needed them and did not have them (a
+            // wait, a failure), anew after each attempt that made progress: an answer about a
+            // PDF cut after a minute of streaming is continued by a reader too.
             let preferring = same.is_none()
                 && !j.prefer_over
                 && !plan.prefer.is_empty()
-                && start.elapsed() < PREFER_WAIT
+                && j.prefer_since.is_none_or(|t| t.elapsed() < PREFER_WAIT)
                 && plan.prefer.iter().any(|i| !j.excluded.contains(i));
+            if preferring && j.prefer_since.is_none() {
+                j.prefer_since = Some(Instant::now());
+            }
             let candidates: Vec<usize> = match same {
                 Some(i) => vec![i],
                 None => plan
@@ -970,7 +978,12 @@ impl Router {
                 candidates,
                 cost: plan.cost,
                 pinned: plan.pinned,
-                prefer: plan.prefer.clone(),
+                // Once it is over, the provider that failed is not put first again.
+                prefer: if preferring {
+                    plan.prefer.clone()
+                } else {
+                    Vec::new()
+                },
             };
             let left = self.cfg.max_queue_wait.saturating_sub(j.queued);
             let allowed = if same.is_some() && !plan.pinned && !same_may_wait {
@@ -988,10 +1001,9 @@ impl Router {
             } else {
                 left
             };
-            let allowed = if preferring {
-                allowed.min(PREFER_WAIT.saturating_sub(start.elapsed()))
-            } else {
-                allowed
+            let allowed = match j.prefer_since.filter(|_| preferring) {
+                Some(since) => allowed.min(PREFER_WAIT.saturating_sub(since.elapsed())),
+                None => allowed,
             };
             let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
                 Ok(lease) => lease,
@@ -1015,10 +1027,20 @@ impl Router {
                         // Those left this round cannot be had in time, but the ones that just
                         // failed may be back soon (a short Retry-After): next round. They are
                         // paused, not broken: the round had providers a wait away.
+                        // Paused ones (a Retry-After, a spent quota) are a wait away; a rejected
+                        // key or an open breaker is not, and does not make the round "told".
+                        let now = Instant::now();
+                        let book = self.health();
+                        if want.candidates.iter().any(|&c| {
+                            book.providers[c].quota.blocked_until(now).is_some()
+                                || book.out_for_quota(c, want.cost, now)
+                        }) {
+                            j.told_round = true;
+                        }
+                        drop(book);
                         for i in want.candidates {
                             push_once(&mut j.tried_round, i);
                         }
-                        j.told_round = true;
                         continue;
                     }
                     if j.errors.is_empty() {
@@ -1256,6 +1278,9 @@ impl Router {
                 break 'request Ok(());
             }
             let (next, effect) = policy::decide(&facts);
+            if facts.progressed {
+                j.prefer_since = None;
+            }
             if effect.pause.is_some_and(|p| p >= policy::MIN_TOLD_PAUSE) {
                 j.told_round = true;
                 j.told_attempts += 1;

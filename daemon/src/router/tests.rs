@@ -2769,3 +2769,151 @@ async fn silence_after_a_server_tools_results_is_a_stall() {
         "{ev:?}"
     );
 }
+
+fn with_a_pdf(text: &str) -> ChatRequest {
+    let mut pdf = req(text);
+    pdf.messages[0].content.push(ContentBlock::Document {
+        source: mythos_protocol::ImageSource::Base64 {
+            media_type: "application/pdf".into(),
+            data: "JVBERi0=".into(),
+        },
+        title: None,
+    });
+    pdf
+}
+
+fn reader_then_deepseek() -> Harness {
+    harness_with(2, no_jitter(), |i, cfg| {
+        if i == 0 {
+            cfg.priority = 5;
+        } else {
+            cfg.model = "deepseek-chat".into();
+        }
+    })
+}
+
+/// The mid-stream PDF case (a PDF answer cut mid-stream) with an answer that streamed
+/// for more than PREFER_WAIT is continued at a reader, not by DeepSeek, which never saw the file
+/// (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_pdf_answer_cut_after_a_long_stream_stays_at_a_reader() {
+    let h = reader_then_deepseek();
+    let mut items: Vec<_> = (0..12)
+        .map(|_| (1_000, Ok(Delta::Text(" w".into()))))
+        .collect();
+    items.push((10, Err(ProviderError::new(ErrorKind::Network, "cut"))));
+    h.scripts[0].push([Step::Stream(items)]);
+    let ev = ask(&h.router, with_a_pdf("read this")).await;
+    assert_eq!(
+        done_provider(&ev),
+        Some("alpha"),
+        "{:?}",
+        ev.iter()
+            .filter(|e| matches!(e, StreamEvent::Rerouted { .. }))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A provider that fails without saying when to come back, beside one whose key was
+/// rejected earlier ends after the configured rounds: a provider that can never take it does
+/// not make the round one whose providers said when to come back (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_hard_failure_beside_a_rejected_key_ends_after_the_rounds() {
+    let h = harness(2, no_jitter());
+    h.scripts[1].push([Step::Fail(err(ErrorKind::Auth, None))]);
+    let mut pin_beta = req("prime");
+    pin_beta.pin = Some(Pin {
+        provider: Some("beta".into()),
+        model: None,
+    });
+    let _ = ask(&h.router, pin_beta).await;
+    for n in 0..15 {
+        let ev = ask(&h.router, req(&format!("ok{n}"))).await;
+        assert_eq!(done_provider(&ev), Some("alpha"));
+    }
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Timeout, None)); 100]);
+    let c0 = h.scripts[0].calls();
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    let calls = h.scripts[0].calls() - c0;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::Timeout), "{ev:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3) && calls <= 8,
+        "{:?} {calls} calls",
+        t0.elapsed()
+    );
+}
+
+/// The same failure with no second provider ends after the configured rounds.
+#[tokio::test(start_paused = true)]
+async fn a_hard_failure_alone_ends_after_the_rounds() {
+    let h = harness(1, no_jitter());
+    for n in 0..15 {
+        ask(&h.router, req(&format!("ok{n}"))).await;
+    }
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::Timeout, None)); 100]);
+    let c0 = h.scripts[0].calls();
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    let calls = h.scripts[0].calls() - c0;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::Timeout), "{ev:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3) && calls <= 8,
+        "{:?} {calls} calls",
+        t0.elapsed()
+    );
+}
+
+/// A reader failing hard: after the preferring rounds are spent, the reader is still
+/// not picked first again once the others may answer.
+#[tokio::test(start_paused = true)]
+async fn once_preferring_is_over_the_failed_reader_is_not_tried_again() {
+    let h = reader_then_deepseek();
+    for n in 0..15 {
+        ask(&h.router, with_a_pdf(&format!("ok{n}"))).await;
+    }
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::ServerError, None)); 100]);
+    let c0 = h.scripts[0].calls();
+    let ev = ask(&h.router, with_a_pdf("x")).await;
+    let calls = h.scripts[0].calls() - c0;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert!(calls <= 5, "{calls}");
+}
+
+/// A preferred provider whose key was rejected earlier is not waited for.
+#[tokio::test(start_paused = true)]
+async fn a_reader_whose_key_was_rejected_is_not_waited_for() {
+    let h = reader_then_deepseek();
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Auth, None))]);
+    let mut pin = req("prime");
+    pin.pin = Some(Pin {
+        provider: Some("alpha".into()),
+        model: None,
+    });
+    let _ = ask(&h.router, pin).await;
+    let t0 = Instant::now();
+    let ev = ask(&h.router, with_a_pdf("x")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+}
+
+/// As with a rejected key (a 500 is retried on the same provider too: 3.2 s in all), with beta's breaker open (an outage) instead of a rejected key.
+#[tokio::test(start_paused = true)]
+async fn a_hard_failure_beside_an_open_breaker_ends_after_the_rounds() {
+    let h = harness(2, no_jitter());
+    for n in 0..15 {
+        ask(&h.router, req(&format!("ok{n}"))).await;
+    }
+    trip(&h, 1);
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::ServerError, None)); 100]);
+    let c0 = h.scripts[0].calls();
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    assert!(error_kind(&ev).is_some(), "{ev:?}");
+    let calls = h.scripts[0].calls() - c0;
+    assert!(
+        t0.elapsed() < Duration::from_secs(4) && calls <= 8,
+        "{:?} {calls} calls",
+        t0.elapsed()
+    );
+}
