@@ -935,21 +935,18 @@ impl Router {
                 if plan.candidates.iter().all(|i| j.excluded.contains(i)) {
                     break 'request Ok(());
                 }
-                let young = |wait: Duration| start.elapsed() + wait < self.cfg.max_queue_wait;
                 // Past the configured rounds, the last step repeats while providers of the
                 // round said when to come back and the request is younger than the queue
                 // allows: providers answering short `Retry-After`s are a second from ready,
                 // and failing then broke a session the queue could have kept. Providers that
                 // fail without saying so (errors, stalls) end it after the configured rounds.
-                let step = retry::backoff(steps, jitter, round, fastrand::f64()).or_else(|| {
-                    let last = retry::backoff(
-                        steps,
-                        jitter,
-                        steps.len().checked_sub(1)?,
-                        fastrand::f64(),
-                    )?;
-                    (j.told_round && young(last)).then_some(last)
-                });
+                let past_steps = round >= steps.len();
+                let last = steps.len().saturating_sub(1);
+                let step =
+                    retry::backoff(steps, jitter, round.min(last), fastrand::f64()).filter(|&w| {
+                        !past_steps
+                            || (j.told_round && start.elapsed() + w < self.cfg.max_queue_wait)
+                    });
                 let Some(wait) = step else {
                     if preferring {
                         // The providers that could do it all are spent: the others now.
