@@ -775,6 +775,34 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     assert_eq!(back[1], content[1]);
     assert_eq!(back[2]["text"], content[2]["text"]);
 
+    // Cut mid-text after its search, the answer is continued at Anthropic, given the search's
+    // blocks back: one search, the text whole. Before, the client got an error.
+    w.mocks
+        .anthropic
+        .inject([SimFault::DisconnectAfter { tokens: 4 }]);
+    let r = w.post("/v1/messages", &ask(true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = messages_stream(&r.body);
+    let kinds: Vec<&str> = m
+        .blocks
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["server_tool_use", "web_search_tool_result", "text"],
+        "{}",
+        r.body
+    );
+    assert_eq!(m.blocks[2]["text"], answer_for("find it"), "{}", r.body);
+    assert_eq!(m.stop_reason, "end_turn");
+    let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
+    let turn = &sent.body["messages"][1];
+    assert_eq!(turn["role"], "assistant", "{}", sent.body);
+    assert_eq!(turn["content"][0]["type"], "server_tool_use");
+    assert_eq!(turn["content"][1]["type"], "web_search_tool_result");
+    assert!(answer_for("find it").starts_with(turn["content"][2]["text"].as_str().unwrap()));
+
     // Elsewhere the tool cannot run: left out, and the answer comes.
     next["model"] = json!("openai");
     let r = w.post("/v1/messages", &next).await;

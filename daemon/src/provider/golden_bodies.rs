@@ -375,6 +375,7 @@ fn bodies_match_the_goldens() {
             model: c.model,
             max_tokens: c.max_tokens,
             prefill: c.prefill,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let built = match c.cfg.api {

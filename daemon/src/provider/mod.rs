@@ -63,9 +63,24 @@ pub struct UpstreamRequest<'a> {
     pub max_tokens: u32,
     /// Text of an answer another provider started, to be continued rather than repeated.
     pub prefill: Option<&'a str>,
+    /// Server tool blocks (a web search's call and its results) the client has among the
+    /// prefill's text, in order, each where it came in the text. Only an Anthropic provider
+    /// is given them: it continues such a turn as it continues one it paused (`pause_turn`),
+    /// from the blocks sent back as they came.
+    pub prefill_blocks: &'a [PrefillBlock],
     /// Ask for the response format in words, not with the API's own field: the provider
     /// refused it natively for this request (a schema feature it lacks, JSON mode beside tools).
     pub format_in_words: bool,
+}
+
+/// A server tool's block in the answer being continued (see
+/// [`UpstreamRequest::prefill_blocks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefillBlock {
+    /// Where it came in the prefill's text: the byte offset of the text after it.
+    pub at: usize,
+    /// The block, whole, as Anthropic streamed it.
+    pub json: String,
 }
 
 /// An upstream request's body, and what is needed to read its answer. The endpoint and the
@@ -239,6 +254,7 @@ mod request_tests {
                 model: "m",
                 max_tokens: 10,
                 prefill: None,
+                prefill_blocks: &[],
                 format_in_words: false,
             };
             let Err(e) = t.open(&req).await else {

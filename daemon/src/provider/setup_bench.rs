@@ -172,6 +172,7 @@ fn per_request_setup_cost() {
             model: &model,
             max_tokens: 8192,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         // Warm up allocator and caches.

@@ -14,7 +14,7 @@ use super::admission::Lease;
 use super::cancel::CancelWatch;
 use super::seam::Seam;
 use super::{human, Emitter, Router};
-use crate::provider::{Delta, ProviderError, UpstreamRequest};
+use crate::provider::{Delta, PrefillBlock, ProviderError, UpstreamRequest};
 use crate::wake::WakeFlag;
 
 /// What the answer looks like so far, across providers.
@@ -22,6 +22,9 @@ use crate::wake::WakeFlag;
 pub(super) struct Partial {
     /// Answer text the client has received.
     pub text: String,
+    /// Server tool blocks (a web search's call and results) the client has received, each
+    /// where it came in `text`: a continuation at Anthropic sends them back in place.
+    pub server_blocks: Vec<PrefillBlock>,
     /// A tool call (or a refusal) was started: the answer cannot be continued, only restarted.
     pub tool_started: bool,
     /// Anything at all was sent to the client (text, thinking, tool call).
@@ -142,12 +145,16 @@ impl Router {
         // The Anthropic adapter trims a prefill's trailing whitespace (the API refuses it), so
         // the continuation starts by replaying it; the client has it already: skip it once.
         // OpenAI-format providers saw the text whole, and their leading whitespace is meant.
-        let mut skip_ws: String = match (upstream.prefill, p.cfg.api) {
+        // After a server tool's blocks, the continuation starts a text of its own: only the
+        // text after the last one is its prefill's tail.
+        let tail_from = upstream.prefill_blocks.last().map_or(0, |b| b.at);
+        let tail = upstream.prefill.and_then(|pre| pre.get(tail_from..));
+        let mut skip_ws: String = match (tail, p.cfg.api) {
             (Some(pre), crate::config::Api::Anthropic) => pre[pre.trim_end().len()..].to_string(),
             _ => String::new(),
         };
         // A continuation may start by repeating the tail it was shown.
-        let mut seam = match upstream.prefill {
+        let mut seam = match tail {
             Some(pre) if !pre.is_empty() => Seam::new(pre),
             _ => Seam::open(),
         };
@@ -352,13 +359,9 @@ impl Router {
                     events.push(StreamEvent::RefusalDelta { text });
                 }
                 Delta::Citation(json) => events.push(StreamEvent::Citation { json }),
-                Delta::ServerBlock(json) => {
-                    // Another provider cannot continue an answer built on a search it did not
-                    // see (nor can the results be sent to it): an answer cut after one
-                    // restarts.
-                    partial.tool_started = true;
-                    events.push(StreamEvent::ServerBlock { json });
-                }
+                // Kept in `Partial` as it is sent: Anthropic can continue an answer cut after
+                // one (see `continues_server_blocks`).
+                Delta::ServerBlock(json) => events.push(StreamEvent::ServerBlock { json }),
                 Delta::ThinkingSignature(signature) => {
                     events.push(StreamEvent::ThinkingSignature { signature })
                 }
@@ -504,8 +507,13 @@ enum Relayed {
 /// whether the event is output.
 fn note_sent(event: &StreamEvent, partial: &mut Partial, end: &mut AttemptEnd) -> bool {
     let progress = event.is_output();
-    if let StreamEvent::TextDelta { text } = event {
-        partial.text.push_str(text);
+    match event {
+        StreamEvent::TextDelta { text } => partial.text.push_str(text),
+        StreamEvent::ServerBlock { json } => partial.server_blocks.push(PrefillBlock {
+            at: partial.text.len(),
+            json: json.clone(),
+        }),
+        _ => {}
     }
     if progress {
         partial.emitted = true;
@@ -524,7 +532,7 @@ fn relay_ready(
 ) -> Relayed {
     let mut drain = events.drain(..);
     while let Some(event) = drain.next() {
-        let mark = partial.text.len();
+        let mark = (partial.text.len(), partial.server_blocks.len());
         note_sent(&event, partial, end);
         match to.out.try_send(event) {
             Ok(true) => {}
@@ -534,7 +542,8 @@ fn relay_ready(
             }
             Err(back) => {
                 // `relay` sends it, and keeps the books for it then.
-                partial.text.truncate(mark);
+                partial.text.truncate(mark.0);
+                partial.server_blocks.truncate(mark.1);
                 let rest: Vec<StreamEvent> = std::iter::once(back).chain(drain).collect();
                 *events = rest;
                 return Relayed::Full;
@@ -544,15 +553,38 @@ fn relay_ready(
     Relayed::All
 }
 
+/// A server tool block's type and ids, read without the rest of it.
+#[derive(serde::Deserialize)]
+struct ServerKind<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_use_id: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// Whether a server tool's block is its call (`server_tool_use`, `mcp_tool_use`), after which
 /// the tool runs, rather than its result.
 fn is_server_call(block: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_str::<Kind<'_>>(block).is_ok_and(|k| k.ty.ends_with("_tool_use"))
+    serde_json::from_str::<ServerKind<'_>>(block).is_ok_and(|k| k.ty.ends_with("_tool_use"))
+}
+
+/// Whether an answer that holds these server tool blocks can be continued: every call has its
+/// result. A call cut while its tool ran cannot be sent back alone (the API wants its result
+/// beside it), and the client already has the call, so such an answer restarts.
+pub(super) fn server_calls_answered(blocks: &[PrefillBlock]) -> bool {
+    let kinds: Vec<Option<ServerKind<'_>>> = blocks
+        .iter()
+        .map(|b| serde_json::from_str(&b.json).ok())
+        .collect();
+    kinds.iter().enumerate().all(|(n, k)| match k {
+        None => false,
+        Some(k) if k.ty.ends_with("_tool_use") => kinds[n + 1..].iter().flatten().any(|r| {
+            r.tool_use_id.is_some() && r.tool_use_id == k.id && !r.ty.ends_with("_tool_use")
+        }),
+        Some(_) => true,
+    })
 }
 
 /// Whether the tool calls held back are whole: each one's arguments, put together, are JSON (or

@@ -19,8 +19,10 @@
 //! Failover keeps the answer whole. Text already streamed is kept in `Partial`; the next provider
 //! is asked to continue it (Anthropic: assistant prefill; OpenAI-compatible: the partial answer
 //! plus an explicit continuation turn) and the client gets a `rerouted` event followed by only
-//! the new text. When continuation is impossible (a tool call was half streamed, or the provider
-//! rejects prefill), the client gets `rerouted` with mode `restart` and the answer starts over.
+//! the new text. An answer with a server tool's blocks (a web search at Anthropic) is continued
+//! at Anthropic only, with the blocks sent back in place in the prefill. When continuation is
+//! impossible (a tool call was half streamed, the provider rejects prefill, a search's results
+//! had not come), the client gets `rerouted` with mode `restart` and the answer starts over.
 
 pub mod admission;
 mod attempt;
@@ -1066,9 +1068,19 @@ impl Router {
             // Restart when a tool call was cut (it cannot be continued), when the provider will
             // not continue someone else's text, or when only thinking was shown (there is no
             // answer to continue; the client drops the thinking it got).
+            //
+            // An answer with a server tool's blocks (a web search's call and results) is
+            // continued only at Anthropic, given the blocks back, and only with each call's
+            // result in: another provider never saw the search, nor can its results be sent to
+            // it, and the client cannot take the blocks back.
+            let answered = !partial.text.is_empty() || !partial.server_blocks.is_empty();
+            let blocks_continue = partial.server_blocks.is_empty()
+                || (p.cfg.api == crate::config::Api::Anthropic
+                    && attempt::server_calls_answered(&partial.server_blocks));
             let must_restart = partial.tool_started
-                || (!partial.text.is_empty() && (restart || !accepts_prefill))
-                || (partial.text.is_empty() && partial.emitted);
+                || !blocks_continue
+                || (answered && (restart || !accepts_prefill))
+                || (!answered && partial.emitted);
             restart = false;
             if must_restart {
                 partial = Partial::default();
@@ -1089,7 +1101,10 @@ impl Router {
                     break 'request Err((cancelled(), None));
                 }
             }
-            let prefill = (!partial.text.is_empty()).then(|| partial.text.clone());
+            // (After a restart there is nothing to continue.)
+            let answered = !partial.text.is_empty() || !partial.server_blocks.is_empty();
+            let prefill = answered.then(|| partial.text.clone());
+            let prefill_blocks = partial.server_blocks.clone();
             let model = req
                 .pin
                 .as_ref()
@@ -1114,6 +1129,7 @@ impl Router {
                 model: &model,
                 max_tokens,
                 prefill: prefill.as_deref(),
+                prefill_blocks: &prefill_blocks,
                 format_in_words: j.format_in_words.contains(&i),
             };
             // Whether a `400` could be this provider refusing the format asked natively.

@@ -36,6 +36,7 @@ struct Script {
     steps: Mutex<VecDeque<Step>>,
     calls: AtomicUsize,
     prefills: Mutex<Vec<Option<String>>>,
+    prefill_blocks: Mutex<Vec<Vec<crate::provider::PrefillBlock>>>,
     max_tokens: Mutex<Vec<u32>>,
     in_words: Mutex<Vec<bool>>,
     dropped: Arc<AtomicUsize>,
@@ -125,6 +126,10 @@ impl Transport for Script {
             .lock()
             .unwrap()
             .push(req.prefill.map(str::to_string));
+        self.prefill_blocks
+            .lock()
+            .unwrap()
+            .push(req.prefill_blocks.to_vec());
         if req.prefill.is_some() {
             self.max_tokens.lock().unwrap().push(req.max_tokens);
         }
@@ -2652,6 +2657,116 @@ async fn a_server_tool_may_work_in_silence() {
         .count();
     assert_eq!(blocks, 2);
     assert_eq!(final_text(&ev), "found");
+}
+
+const SEARCH_CALL: &str =
+    r#"{"type":"server_tool_use","id":"s1","name":"web_search","input":{"query":"q"}}"#;
+const SEARCH_RESULTS: &str = r#"{"type":"web_search_tool_result","tool_use_id":"s1","content":[]}"#;
+
+/// A web search's answer cut after its results, with text before and after them.
+fn search_then_cut(h: &Harness) {
+    h.scripts[0].push([Step::Stream(vec![
+        text("Let me look. "),
+        (10, Ok(Delta::ServerBlock(SEARCH_CALL.into()))),
+        (10, Ok(Delta::ServerBlock(SEARCH_RESULTS.into()))),
+        text("Tokio is"),
+        text(" an async"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "cut"))),
+    ])]);
+}
+
+/// A web search's answer cut mid-text (the likeliest place: the text streams after the search)
+/// is continued at another Anthropic provider, given the search's blocks back where they came,
+/// as Anthropic continues a turn it paused: the client keeps its one search and reads the
+/// answer whole. Before, the answer restarted, and a Messages client got an error, since the
+/// blocks it had could not be taken back.
+#[tokio::test(start_paused = true)]
+async fn a_web_search_answer_cut_mid_text_is_continued_at_anthropic() {
+    let h = harness_with(2, no_jitter(), |_, c| c.api = Api::Anthropic);
+    search_then_cut(&h);
+    h.scripts[1].push([answer(&[" runtime."])]);
+    let ev = ask(&h.router, req("search")).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
+    let blocks = ev
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::ServerBlock { .. }))
+        .count();
+    assert_eq!(blocks, 2, "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            StreamEvent::Rerouted {
+                mode: RerouteMode::Continue,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(
+        h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
+        Some("Let me look. Tokio is an async")
+    );
+    let at = "Let me look. ".len();
+    assert_eq!(
+        h.scripts[1].prefill_blocks.lock().unwrap()[0],
+        [
+            crate::provider::PrefillBlock {
+                at,
+                json: SEARCH_CALL.into()
+            },
+            crate::provider::PrefillBlock {
+                at,
+                json: SEARCH_RESULTS.into()
+            },
+        ]
+    );
+}
+
+/// A continuation after the search's results that starts by repeating the text it was shown
+/// has the repeat cut at the seam, and only the text after the blocks counts as that tail.
+#[tokio::test(start_paused = true)]
+async fn a_continued_search_answer_repeats_nothing() {
+    let h = harness_with(2, no_jitter(), |_, c| c.api = Api::Anthropic);
+    search_then_cut(&h);
+    h.scripts[1].push([answer(&["Tokio is an async", " runtime."])]);
+    let ev = ask(&h.router, req("search")).await;
+    assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
+}
+
+/// Only Anthropic can continue an answer built on its search (another provider never saw it),
+/// and not while the search ran (its call has no results to send back with it): such an
+/// answer restarts.
+#[tokio::test(start_paused = true)]
+async fn a_search_answer_restarts_where_it_cannot_be_continued() {
+    // The next provider speaks the OpenAI format.
+    let h = harness(2, no_jitter());
+    search_then_cut(&h);
+    let ev = ask(&h.router, req("search")).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        StreamEvent::Rerouted {
+            mode: RerouteMode::Restart,
+            ..
+        }
+    )));
+    assert_eq!(h.scripts[1].prefills.lock().unwrap()[0], None);
+    // Cut while the search ran.
+    let h = harness_with(2, no_jitter(), |_, c| c.api = Api::Anthropic);
+    h.scripts[0].push([Step::Stream(vec![
+        (10, Ok(Delta::ServerBlock(SEARCH_CALL.into()))),
+        (10, Err(ProviderError::new(ErrorKind::Network, "cut"))),
+    ])]);
+    let ev = ask(&h.router, req("search")).await;
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        StreamEvent::Rerouted {
+            mode: RerouteMode::Restart,
+            ..
+        }
+    )));
+    assert!(h.scripts[1].prefill_blocks.lock().unwrap()[0].is_empty());
 }
 
 /// A PDF counts by its pages where they can be read, never by the length of its base64: a

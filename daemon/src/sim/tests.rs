@@ -67,6 +67,7 @@ async fn run_as(
         model,
         max_tokens,
         prefill,
+        prefill_blocks: &[],
         format_in_words: false,
     };
     let mut s = t.open(&req).await?;
@@ -209,6 +210,7 @@ async fn stalls_and_keep_alives_hold_until_the_client_leaves() {
         model: "m",
         max_tokens: 10,
         prefill: None,
+        prefill_blocks: &[],
         format_in_words: false,
     };
     let mut st = t.open(&req).await.unwrap();

@@ -270,7 +270,15 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         Flavor::Anthropic => {
             if let Some((role, text)) = texts.last() {
                 if role == "assistant" {
-                    if text.trim_end() != text {
+                    // The final block, when it is text (a continued search's turn may end with
+                    // its results).
+                    let last = match messages.last().map(|m| &m["content"]) {
+                        Some(Value::Array(blocks)) => {
+                            blocks.last().and_then(|b| b["text"].as_str()).unwrap_or("")
+                        }
+                        _ => text.as_str(),
+                    };
+                    if last.trim_end() != last {
                         return Plan::Respond(error(
                             flavor,
                             400,
@@ -373,11 +381,12 @@ pub fn plan(opts: &SimOptions, req: &Value, fault: Option<SimFault>, key: &str) 
         flavor == Flavor::DeepSeek && partial.is_empty() && (tool.is_none() || features.reasoning);
     let gemini_thoughts = flavor == Flavor::Gemini && req["gemini_thoughts"] == true;
     let redacted = anthropic_thinking && prompt.contains("redact");
-    // Offered Anthropic's web search, a fresh answer searches for the prompt first.
+    // Offered Anthropic's web search, a fresh answer searches for the prompt first (not a
+    // continuation: it has its search in its prefill).
     let searches = flavor == Flavor::Anthropic
         && tool.is_none()
         && !anthropic_thinking
-        && partial.is_empty()
+        && upto == texts.len()
         && req["tools"].as_array().is_some_and(|tools| {
             tools.iter().any(|t| {
                 t["type"]

@@ -349,6 +349,7 @@ async fn direct_once(t: &HttpTransport, prompt: &str) -> (f64, f64, u64) {
         model: "bench",
         max_tokens: 1024,
         prefill: None,
+        prefill_blocks: &[],
         format_in_words: false,
     };
     let t0 = Instant::now();

@@ -22,7 +22,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::wire::{format_instruction, raw_json, to_bytes, tool_input};
-use super::{key_or_empty, secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
+use super::{
+    key_or_empty, secret_header, Built, PrefillBlock, ProviderError, ToolNames, UpstreamRequest,
+};
 use crate::config::{default_output_limit, ProviderConfig};
 
 /// API version header value; the streaming event format used here is stable under it.
@@ -417,15 +419,27 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
     }
     let mut prefilled = false;
     if let Some(prefill) = req.prefill {
-        // The API rejects a final assistant turn ending in whitespace; the router strips the
-        // trimmed part from the start of the continuation so nothing is duplicated or lost.
-        let trimmed = prefill.trim_end();
-        if !trimmed.is_empty() {
-            prefilled = true;
-            messages.push(Msg {
-                role: "assistant",
-                content: MsgContent::Text(trimmed),
-            });
+        if req.prefill_blocks.is_empty() {
+            // The API rejects a final assistant turn ending in whitespace; the router strips
+            // the trimmed part from the start of the continuation so nothing is duplicated or
+            // lost.
+            let trimmed = prefill.trim_end();
+            if !trimmed.is_empty() {
+                prefilled = true;
+                messages.push(Msg {
+                    role: "assistant",
+                    content: MsgContent::Text(trimmed),
+                });
+            }
+        } else {
+            let content = prefill_with_blocks(prefill, req.prefill_blocks);
+            if !content.is_empty() {
+                prefilled = true;
+                messages.push(Msg {
+                    role: "assistant",
+                    content: MsgContent::Blocks(content),
+                });
+            }
         }
     }
 
@@ -743,6 +757,37 @@ fn block_json<'a>(block: &'a ContentBlock, role: Role, names: &'a ToolNames) -> 
     })
 }
 
+/// A continuation's final assistant turn when the answer so far holds server tool blocks: its
+/// text in pieces, with each block back where it came, as the API takes a turn it paused
+/// (`pause_turn`) to be continued. A piece of text that is only whitespace is left out (the API
+/// refuses one), and the last piece loses its trailing whitespace (see the plain prefill above).
+fn prefill_with_blocks<'a>(text: &'a str, blocks: &'a [PrefillBlock]) -> Vec<Block<'a>> {
+    let mut content = Vec::with_capacity(2 * blocks.len() + 1);
+    let mut from = 0;
+    for b in blocks {
+        let piece = text.get(from..b.at).unwrap_or("");
+        if !piece.trim().is_empty() {
+            content.push(Block::Text {
+                text: piece,
+                cache_control: None,
+            });
+        }
+        from = b.at.max(from);
+        match serde_json::from_str::<&RawValue>(&b.json) {
+            Ok(raw) => content.push(Block::Server(raw)),
+            Err(_) => tracing::debug!("anthropic: a server tool block that is not JSON dropped"),
+        }
+    }
+    let last = text.get(from..).unwrap_or("").trim_end();
+    if !last.trim_start().is_empty() {
+        content.push(Block::Text {
+            text: last,
+            cache_control: None,
+        });
+    }
+    content
+}
+
 /// An image block (a document block for a PDF, which a tool result may hold among its
 /// images), or `None` (with a debug line) for a `data:` URL that is not base64.
 fn image_json(source: &ImageSource) -> Option<Block<'_>> {
@@ -972,6 +1017,7 @@ mod tests {
             model: "claude-x",
             max_tokens: 100,
             prefill: Some("Hello wor  "),
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let Built { body, .. } = build(&cfg(), &req).unwrap();
@@ -1001,6 +1047,7 @@ mod tests {
             model: "m",
             max_tokens: 1,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         assert_eq!(build(&cfg(), &req).unwrap_err().kind, ErrorKind::BadRequest);
@@ -1095,9 +1142,57 @@ mod tests {
             model,
             max_tokens,
             prefill,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
+    }
+
+    /// A web search's answer continued: the final assistant turn holds its text in pieces with
+    /// the search's blocks back in place, whitespace-only pieces left out (the API refuses
+    /// them) and the last piece trimmed at its end.
+    #[test]
+    fn a_prefill_with_server_blocks_puts_them_back_in_place() {
+        let call =
+            r#"{"type":"server_tool_use","id":"s1","name":"web_search","input":{"query":"q"}}"#;
+        let results = r#"{"type":"web_search_tool_result","tool_use_id":"s1","content":[]}"#;
+        let chat = ChatRequest::user_text(1, "search");
+        let blocks = |at: usize| {
+            [call, results].map(|json| PrefillBlock {
+                at,
+                json: json.into(),
+            })
+        };
+        let text = "Let me look. Tokio is an async ";
+        let with = |text: &str, blocks: &[PrefillBlock]| -> Value {
+            let req = UpstreamRequest {
+                chat: &chat,
+                model: "claude-sonnet-4-5",
+                max_tokens: 100,
+                prefill: Some(text),
+                prefill_blocks: blocks,
+                format_in_words: false,
+            };
+            serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
+        };
+        let v = with(text, &blocks(13));
+        let last = &v["messages"][1];
+        assert_eq!(last["role"], "assistant");
+        assert_eq!(
+            last["content"],
+            json!([
+                {"type": "text", "text": "Let me look. "},
+                serde_json::from_str::<Value>(call).unwrap(),
+                serde_json::from_str::<Value>(results).unwrap(),
+                {"type": "text", "text": "Tokio is an async"},
+            ])
+        );
+        // Cut right after the results, with only a space before the search.
+        let v = with(" ", &blocks(1));
+        let content = v["messages"][1]["content"].as_array().unwrap().clone();
+        assert_eq!(content.len(), 2, "{content:?}");
+        assert_eq!(content[0]["type"], "server_tool_use");
+        assert_eq!(content[1]["type"], "web_search_tool_result");
     }
 
     fn tool(name: &str) -> ToolSpec {
@@ -1484,6 +1579,7 @@ mod tests {
             model: "claude-sonnet-4-5",
             max_tokens: 100,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let b = build(&cfg(), &req).unwrap();

@@ -36,6 +36,7 @@ fn build_for(chat: &ChatRequest, prefill: Option<&str>) -> (Built, Value) {
         model: "gemini-2.5-flash",
         max_tokens: 100,
         prefill,
+        prefill_blocks: &[],
         format_in_words: false,
     };
     let b = build(&cfg(), &req).unwrap();
@@ -274,6 +275,7 @@ fn gemini_3_gets_a_thought_signature_on_past_calls() {
             model,
             max_tokens: 100,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let v: Value = serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap();
@@ -426,6 +428,7 @@ fn cached_schemas_give_the_same_body() {
             model: "gemini-2.5-flash",
             max_tokens: 100,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         }
     }

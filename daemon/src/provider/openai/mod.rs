@@ -633,6 +633,7 @@ mod tests {
             model: "deepseek-chat",
             max_tokens: 50,
             prefill: Some("Hello "),
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let Built { body, .. } = build(&cfg, &req).unwrap();
@@ -718,6 +719,7 @@ mod tests {
                 model: "gpt-4o",
                 max_tokens: 100,
                 prefill,
+                prefill_blocks: &[],
                 format_in_words,
             };
             let v: Value = serde_json::from_slice(&build(&openai, &req).unwrap().body).unwrap();
@@ -743,6 +745,7 @@ mod tests {
             model: &cfg.model,
             max_tokens: 100,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         serde_json::from_slice(&build(cfg, &req).unwrap().body).unwrap()
@@ -1025,6 +1028,7 @@ mod tests {
             model: "gpt-4o",
             max_tokens: 10,
             prefill: None,
+            prefill_blocks: &[],
             format_in_words: false,
         };
         let b = build(&openai("gpt-4o"), &req).unwrap();
