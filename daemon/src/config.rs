@@ -76,6 +76,12 @@ pub struct ProviderConfig {
     pub price_input_per_mtok: f64,
     /// US dollars per million output tokens.
     pub price_output_per_mtok: f64,
+    /// US dollars per million prompt tokens read from the provider's cache, when configured;
+    /// [`ProviderConfig::cache_read_price`] falls back to the provider's usual discount.
+    pub price_cache_read_per_mtok: Option<f64>,
+    /// US dollars per million prompt tokens written to the provider's cache, when configured
+    /// (see [`ProviderConfig::cache_write_price`]).
+    pub price_cache_write_per_mtok: Option<f64>,
     /// Whether this is one of the built-in simulated providers.
     pub simulated: bool,
     /// Attempts that may stream from this provider at once; more wait their turn or go
@@ -176,6 +182,8 @@ impl ProviderConfig {
             priority: 0,
             price_input_per_mtok: 0.0,
             price_output_per_mtok: 0.0,
+            price_cache_read_per_mtok: None,
+            price_cache_write_per_mtok: None,
             simulated: false,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             context_window: None,
@@ -196,10 +204,53 @@ impl ProviderConfig {
         (0.75 * self.price_input_per_mtok + 0.25 * self.price_output_per_mtok) / 1000.0
     }
 
-    /// Estimated cost of a request in US dollars.
-    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.price_input_per_mtok
-            + output_tokens as f64 * self.price_output_per_mtok)
+    /// US dollars per million prompt tokens read from the cache: as configured, else the
+    /// input price times the provider's usual discount. Anthropic bills a cache read at a tenth
+    /// of the input price, DeepSeek and OpenAI's gpt-5 models likewise, OpenAI's gpt-4.1 and
+    /// o-series a quarter, Gemini a quarter, and OpenAI's older models half.
+    pub fn cache_read_price(&self) -> f64 {
+        if let Some(p) = self.price_cache_read_per_mtok {
+            return p;
+        }
+        let m = self.model.to_ascii_lowercase();
+        let m = m.rsplit('/').next().unwrap_or(&m);
+        let share = match self.api {
+            Api::Anthropic => 0.1,
+            Api::Gemini => 0.25,
+            Api::Openai if m.starts_with("deepseek") || m.starts_with("gpt-5") => 0.1,
+            Api::Openai
+                if m.starts_with("gpt-4.1")
+                    || ["o1", "o3", "o4"].iter().any(|o| m.starts_with(o)) =>
+            {
+                0.25
+            }
+            Api::Openai => 0.5,
+        };
+        self.price_input_per_mtok * share
+    }
+
+    /// US dollars per million prompt tokens written to the cache: as configured, else the
+    /// input price, with Anthropic's surcharge for a five-minute cache (a quarter more). The
+    /// other APIs cache on their own and report no writes.
+    pub fn cache_write_price(&self) -> f64 {
+        if let Some(p) = self.price_cache_write_per_mtok {
+            return p;
+        }
+        match self.api {
+            Api::Anthropic => self.price_input_per_mtok * 1.25,
+            _ => self.price_input_per_mtok,
+        }
+    }
+
+    /// Estimated cost in US dollars of what an attempt used, its cache reads and writes
+    /// included: a coding agent's turn is mostly prompt read from the cache (Claude Code: a
+    /// few thousand new tokens beside 100,000 read), which the adapters count apart from
+    /// `input_tokens`, as Anthropic does.
+    pub fn cost(&self, u: &mythos_protocol::Usage) -> f64 {
+        (u.input_tokens as f64 * self.price_input_per_mtok
+            + u.output_tokens as f64 * self.price_output_per_mtok
+            + u.cache_read_input_tokens as f64 * self.cache_read_price()
+            + u.cache_creation_input_tokens as f64 * self.cache_write_price())
             / 1_000_000.0
     }
 }
@@ -465,6 +516,8 @@ struct FileProvider {
     priority: Option<u32>,
     price_input_per_mtok: Option<f64>,
     price_output_per_mtok: Option<f64>,
+    price_cache_read_per_mtok: Option<f64>,
+    price_cache_write_per_mtok: Option<f64>,
     max_concurrent: Option<u32>,
     context_window: Option<u64>,
     reasoning: Option<bool>,
@@ -480,6 +533,12 @@ fn yes() -> bool {
 impl FileProvider {
     /// The optional limits a file entry may set on any provider.
     fn apply_limits(&self, p: &mut ProviderConfig) {
+        if self.price_cache_read_per_mtok.is_some() {
+            p.price_cache_read_per_mtok = self.price_cache_read_per_mtok;
+        }
+        if self.price_cache_write_per_mtok.is_some() {
+            p.price_cache_write_per_mtok = self.price_cache_write_per_mtok;
+        }
         if let Some(n) = self.max_concurrent {
             p.max_concurrent = n.max(1);
         }
@@ -937,13 +996,13 @@ impl<'a> Checker<'a> {
                 0.0,
                 10_000.0,
             )?;
-            self.range(
-                at,
-                "price_output_per_mtok",
-                p.price_output_per_mtok,
-                0.0,
-                10_000.0,
-            )?;
+            for (field, v) in [
+                ("price_output_per_mtok", p.price_output_per_mtok),
+                ("price_cache_read_per_mtok", p.price_cache_read_per_mtok),
+                ("price_cache_write_per_mtok", p.price_cache_write_per_mtok),
+            ] {
+                self.range(at, field, v, 0.0, 10_000.0)?;
+            }
             self.range(at, "max_concurrent", p.max_concurrent, 1, 100_000)?;
             self.range(at, "context_window", p.context_window, 1, 100_000_000)?;
             self.range(at, "max_output_tokens", p.max_output_tokens, 1, 10_000_000)?;
@@ -1164,6 +1223,72 @@ priority = 7
         )
         .unwrap();
         assert_eq!(c.providers[0].output_limit(), 4000);
+    }
+
+    /// What a coding agent's turn costs counts the prompt it read from the cache and what it
+    /// wrote there: Claude Code's turn of 3 new tokens beside 100,000 read from the cache cost
+    /// $0.03, not the $0.0015 of its output alone. Before, cached tokens cost nothing.
+    #[test]
+    fn cost_counts_cache_reads_and_writes() {
+        let usage = mythos_protocol::Usage {
+            input_tokens: 3,
+            output_tokens: 100,
+            cache_read_input_tokens: 100_000,
+            cache_creation_input_tokens: 2_000,
+        };
+        let mut claude = ProviderConfig::new("a", Api::Anthropic, "http://x", "claude-sonnet-4-5");
+        claude.price_input_per_mtok = 3.0;
+        claude.price_output_per_mtok = 15.0;
+        let want = (3.0 * 3.0 + 100.0 * 15.0 + 100_000.0 * 0.3 + 2_000.0 * 3.75) / 1e6;
+        assert!(
+            (claude.cost(&usage) - want).abs() < 1e-12,
+            "{}",
+            claude.cost(&usage)
+        );
+        claude.price_cache_read_per_mtok = Some(0.5);
+        claude.price_cache_write_per_mtok = Some(6.0);
+        let want = (3.0 * 3.0 + 100.0 * 15.0 + 100_000.0 * 0.5 + 2_000.0 * 6.0) / 1e6;
+        assert!((claude.cost(&usage) - want).abs() < 1e-12);
+        // OpenAI-format discounts by model.
+        for (model, share) in [
+            ("gpt-4o", 0.5),
+            ("gpt-4.1-mini", 0.25),
+            ("o3", 0.25),
+            ("gpt-5", 0.1),
+            ("deepseek-chat", 0.1),
+            ("openai/gpt-5-mini", 0.1),
+        ] {
+            let mut c = ProviderConfig::new("o", Api::Openai, "http://x", model);
+            c.price_input_per_mtok = 2.0;
+            assert!(
+                (c.cache_read_price() - 2.0 * share).abs() < 1e-12,
+                "{model}"
+            );
+            assert_eq!(c.cache_write_price(), 2.0, "{model}");
+        }
+    }
+
+    #[test]
+    fn cache_prices_are_read_from_the_file() {
+        let env = env_of(&[("ANTHROPIC_API_KEY", "sk-ant-x")]);
+        let c = load(
+            "[[provider]]\nname = \"anthropic\"\nprice_cache_read_per_mtok = 0.6\n\n\
+             [[provider]]\nname = \"local\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n\
+             price_cache_write_per_mtok = 2.5\n",
+            &env,
+        )
+        .unwrap();
+        let a = c.providers.iter().find(|p| p.name == "anthropic").unwrap();
+        assert_eq!(a.cache_read_price(), 0.6);
+        let l = c.providers.iter().find(|p| p.name == "local").unwrap();
+        assert_eq!(l.cache_write_price(), 2.5);
+        let e = load(
+            "[[provider]]\nname = \"anthropic\"\n\nprice_cache_read_per_mtok = -1.0\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 4"), "{e}");
+        assert!(e.to_string().contains("price_cache_read_per_mtok"), "{e}");
     }
 
     #[test]

@@ -1182,7 +1182,7 @@ impl Router {
                 };
             }
             rec.usage = rec.usage + end.usage;
-            rec.cost_usd += p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
+            rec.cost_usd += p.cfg.cost(&end.usage);
             rec.attempts.push(Attempt {
                 provider: p.cfg.name.clone(),
                 model: end.model.clone(),
@@ -1201,7 +1201,7 @@ impl Router {
                 let take_outcome = !j.outcome_taken.contains(&i);
                 let mut unreachable = std::mem::take(&mut j.unreachable);
                 unreachable.retain(|&u| u != i);
-                let cost = p.cfg.cost(end.usage.input_tokens, end.usage.output_tokens);
+                let cost = p.cfg.cost(&end.usage);
                 let tokens = end.usage.input_tokens + end.usage.output_tokens;
                 lease.finish(|book, now| {
                     book.record_attempt(i, false, probe, now);
