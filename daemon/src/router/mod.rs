@@ -969,10 +969,15 @@ impl Router {
             }
             let want = Want {
                 task: req.task,
+                // An answer with a server tool's blocks can be continued only where the tool
+                // ran, and its search is paid for: the retry budget does not hold it back.
+                // Held back, the queue limit passed and it restarted elsewhere, which a
+                // Messages client gets as an error (8 of 18 cut searches, one Anthropic
+                // provider, `max_queue_wait_ms = 500`: found by a review).
                 retry_at: candidates
                     .iter()
                     .copied()
-                    .filter(|i| j.attempted.contains(i))
+                    .filter(|i| j.attempted.contains(i) && partial.server_blocks.is_empty())
                     .collect(),
                 candidates,
                 cost: plan.cost,

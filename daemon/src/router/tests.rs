@@ -2734,6 +2734,39 @@ async fn a_continued_search_answer_repeats_nothing() {
     assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
 }
 
+/// A search's answer cut while Anthropic's retry budget is spent (a storm of cuts) is still
+/// continued there, not restarted at a provider that never saw the search, even with a short
+/// queue limit.
+#[tokio::test(start_paused = true)]
+async fn a_search_answer_is_continued_whatever_the_retry_budget() {
+    let h = harness(
+        2,
+        RoutingConfig {
+            max_queue_wait: Duration::from_millis(500),
+            ..no_jitter()
+        },
+    );
+    search_then_cut(&h);
+    h.scripts[0].push([answer(&[" runtime."])]);
+    let mut search = req("search");
+    search.options.server_tools =
+        vec![r#"{"type":"web_search_20250305","name":"web_search"}"#.into()];
+    let asking = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, search).await }
+    });
+    // While it streams, other requests' retries spend the budget.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    {
+        let mut book = h.router.health();
+        let now = Instant::now();
+        while book.providers[0].budget.withdraw(now) {}
+    }
+    let ev = asking.await.unwrap();
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
+}
+
 /// Only Anthropic can continue an answer built on its search (another provider never saw it),
 /// and not while the search ran (its call has no results to send back with it): such an
 /// answer restarts.
