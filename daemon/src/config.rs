@@ -82,6 +82,9 @@ pub struct ProviderConfig {
     /// US dollars per million prompt tokens written to the provider's cache, when configured
     /// (see [`ProviderConfig::cache_write_price`]).
     pub price_cache_write_per_mtok: Option<f64>,
+    /// US dollars per web search a server tool makes, when configured (see
+    /// [`ProviderConfig::web_search_price`]).
+    pub price_per_web_search: Option<f64>,
     /// Whether this is one of the built-in simulated providers.
     pub simulated: bool,
     /// Attempts that may stream from this provider at once; more wait their turn or go
@@ -184,6 +187,7 @@ impl ProviderConfig {
             price_output_per_mtok: 0.0,
             price_cache_read_per_mtok: None,
             price_cache_write_per_mtok: None,
+            price_per_web_search: None,
             simulated: false,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             context_window: None,
@@ -242,8 +246,17 @@ impl ProviderConfig {
         }
     }
 
-    /// Estimated cost in US dollars of what an attempt used, its cache reads and writes
-    /// included: a coding agent's turn is mostly prompt read from the cache (Claude Code: a
+    /// US dollars per web search: as configured, else Anthropic's $10 per 1,000 (the other
+    /// APIs are sent no server tools).
+    pub fn web_search_price(&self) -> f64 {
+        self.price_per_web_search.unwrap_or(match self.api {
+            Api::Anthropic => 0.01,
+            _ => 0.0,
+        })
+    }
+
+    /// Estimated cost in US dollars of what an attempt used, its cache reads and writes and
+    /// its web searches included: a coding agent's turn is mostly prompt read from the cache (Claude Code: a
     /// few thousand new tokens beside 100,000 read), which the adapters count apart from
     /// `input_tokens`, as Anthropic does.
     pub fn cost(&self, u: &mythos_protocol::Usage) -> f64 {
@@ -252,6 +265,7 @@ impl ProviderConfig {
             + u.cache_read_input_tokens as f64 * self.cache_read_price()
             + u.cache_creation_input_tokens as f64 * self.cache_write_price())
             / 1_000_000.0
+            + u.web_searches as f64 * self.web_search_price()
     }
 }
 
@@ -518,6 +532,7 @@ struct FileProvider {
     price_output_per_mtok: Option<f64>,
     price_cache_read_per_mtok: Option<f64>,
     price_cache_write_per_mtok: Option<f64>,
+    price_per_web_search: Option<f64>,
     max_concurrent: Option<u32>,
     context_window: Option<u64>,
     reasoning: Option<bool>,
@@ -538,6 +553,9 @@ impl FileProvider {
         }
         if self.price_cache_write_per_mtok.is_some() {
             p.price_cache_write_per_mtok = self.price_cache_write_per_mtok;
+        }
+        if self.price_per_web_search.is_some() {
+            p.price_per_web_search = self.price_per_web_search;
         }
         if let Some(n) = self.max_concurrent {
             p.max_concurrent = n.max(1);
@@ -1003,6 +1021,13 @@ impl<'a> Checker<'a> {
             ] {
                 self.range(at, field, v, 0.0, 10_000.0)?;
             }
+            self.range(
+                at,
+                "price_per_web_search",
+                p.price_per_web_search,
+                0.0,
+                100.0,
+            )?;
             self.range(at, "max_concurrent", p.max_concurrent, 1, 100_000)?;
             self.range(at, "context_window", p.context_window, 1, 100_000_000)?;
             self.range(at, "max_output_tokens", p.max_output_tokens, 1, 10_000_000)?;
@@ -1235,6 +1260,11 @@ priority = 7
             output_tokens: 100,
             cache_read_input_tokens: 100_000,
             cache_creation_input_tokens: 2_000,
+            web_searches: 0,
+        };
+        let searched = mythos_protocol::Usage {
+            web_searches: 2,
+            ..usage
         };
         let mut claude = ProviderConfig::new("a", Api::Anthropic, "http://x", "claude-sonnet-4-5");
         claude.price_input_per_mtok = 3.0;
@@ -1245,6 +1275,8 @@ priority = 7
             "{}",
             claude.cost(&usage)
         );
+        // Anthropic's $10 per 1,000 searches.
+        assert!((claude.cost(&searched) - want - 0.02).abs() < 1e-12);
         claude.price_cache_read_per_mtok = Some(0.5);
         claude.price_cache_write_per_mtok = Some(6.0);
         let want = (3.0 * 3.0 + 100.0 * 15.0 + 100_000.0 * 0.5 + 2_000.0 * 6.0) / 1e6;
@@ -1274,7 +1306,7 @@ priority = 7
         let c = load(
             "[[provider]]\nname = \"anthropic\"\nprice_cache_read_per_mtok = 0.6\n\n\
              [[provider]]\nname = \"local\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"m\"\n\
-             price_cache_write_per_mtok = 2.5\n",
+             price_cache_write_per_mtok = 2.5\nprice_per_web_search = 0.02\n",
             &env,
         )
         .unwrap();
@@ -1282,6 +1314,8 @@ priority = 7
         assert_eq!(a.cache_read_price(), 0.6);
         let l = c.providers.iter().find(|p| p.name == "local").unwrap();
         assert_eq!(l.cache_write_price(), 2.5);
+        assert_eq!(l.web_search_price(), 0.02);
+        assert_eq!(a.web_search_price(), 0.01);
         let e = load(
             "[[provider]]\nname = \"anthropic\"\n\nprice_cache_read_per_mtok = -1.0\n",
             &env,

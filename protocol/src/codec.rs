@@ -359,7 +359,7 @@ mod tests {
     fn golden_done_event() {
         // `done` carries a DoneInfo struct; its bytes are those of the struct variant it was in
         // protocol 1 (variant index, then the fields in order), in both encodings; protocol 3 added the
-        // two cache counts to `usage`.
+        // two cache counts to `usage`, protocol 7 its web searches.
         let ev = Response::Event {
             id: 1,
             event: StreamEvent::Done(Box::new(DoneInfo {
@@ -379,11 +379,14 @@ mod tests {
         let json = frame(Encoding::Json, ev.clone());
         assert_eq!(
             std::str::from_utf8(&json[4..]).unwrap(),
-            r#"{"event":{"id":1,"event":{"done":{"finish":"stop","usage":{"input_tokens":2,"output_tokens":3,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},"cost_usd":0.0,"latency_ms":4,"provider":"p","model":"m","record":5}}}}"#
+            r#"{"event":{"id":1,"event":{"done":{"finish":"stop","usage":{"input_tokens":2,"output_tokens":3,"cache_read_input_tokens":0,"cache_creation_input_tokens":0,"web_searches":0},"cost_usd":0.0,"latency_ms":4,"provider":"p","model":"m","record":5}}}}"#
         );
         assert_eq!(
             frame(Encoding::Bincode, ev),
-            [0, 0, 0, 22, 0, 1, 7, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, b'p', 1, b'm', 5]
+            [
+                0, 0, 0, 23, 0, 1, 7, 0, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, b'p', 1,
+                b'm', 5
+            ]
         );
     }
 

@@ -188,6 +188,9 @@ pub struct Usage {
     /// Prompt tokens written to the provider's prompt cache (not counted in `input_tokens`).
     #[serde(default)]
     pub cache_creation_input_tokens: u64,
+    /// Web searches a server tool made (Anthropic's `web_search`), billed apart from tokens.
+    #[serde(default)]
+    pub web_searches: u64,
 }
 
 impl std::ops::Add for Usage {
@@ -201,6 +204,7 @@ impl std::ops::Add for Usage {
             cache_read_input_tokens: self.cache_read_input_tokens + other.cache_read_input_tokens,
             cache_creation_input_tokens: self.cache_creation_input_tokens
                 + other.cache_creation_input_tokens,
+            web_searches: self.web_searches + other.web_searches,
         }
     }
 }

@@ -743,6 +743,13 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
         r.body
     );
     assert_eq!(m.stop_reason, "end_turn");
+    // The search is billed apart from the tokens: Claude Code counts it in the session's cost.
+    assert!(
+        r.body
+            .contains(r#""server_tool_use":{"web_search_requests":1}"#),
+        "{}",
+        r.body
+    );
     let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
     assert_eq!(sent.body["tools"], tools);
 
@@ -751,6 +758,10 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     let whole: Value = serde_json::from_str(&r.body).unwrap();
     let content = whole["content"].as_array().unwrap();
     assert_eq!(content[0]["type"], "server_tool_use", "{whole}");
+    assert_eq!(
+        whole["usage"]["server_tool_use"]["web_search_requests"], 1,
+        "{whole}"
+    );
     assert_eq!(content[0]["input"], json!({"query": "find it"}));
     assert_eq!(content[1]["type"], "web_search_tool_result");
     assert_eq!(

@@ -57,6 +57,7 @@ fn answer() -> Vec<StreamEvent> {
         output_tokens: 60,
         cache_read_input_tokens: 800,
         cache_creation_input_tokens: 0,
+        web_searches: 0,
     };
     events.push(StreamEvent::Usage(usage));
     events.push(StreamEvent::Done(Box::new(DoneInfo {

@@ -35,6 +35,7 @@ fn usage() -> Usage {
         output_tokens: 5,
         cache_read_input_tokens: 3,
         cache_creation_input_tokens: 2,
+        web_searches: 1,
     }
 }
 

@@ -780,6 +780,15 @@ pub struct AnthropicUsage {
     output_tokens: u64,
     cache_read_input_tokens: u64,
     cache_creation_input_tokens: u64,
+    /// Only when a server tool searched: what Claude Code adds to a session's cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_tool_use: Option<ServerToolUse>,
+}
+
+/// `{"web_search_requests": n}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerToolUse {
+    web_search_requests: u64,
 }
 
 /// Anthropic usage JSON for `u`.
@@ -789,6 +798,9 @@ pub fn anthropic_usage(u: &Usage) -> AnthropicUsage {
         output_tokens: u.output_tokens,
         cache_read_input_tokens: u.cache_read_input_tokens,
         cache_creation_input_tokens: u.cache_creation_input_tokens,
+        server_tool_use: (u.web_searches > 0).then_some(ServerToolUse {
+            web_search_requests: u.web_searches,
+        }),
     }
 }
 

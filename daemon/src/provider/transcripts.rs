@@ -379,6 +379,7 @@ fn anthropic_thinking_signature_and_cache_usage() {
             output_tokens: 30,
             cache_read_input_tokens: 2500,
             cache_creation_input_tokens: 0,
+            web_searches: 0,
         })
     );
 }
@@ -490,6 +491,7 @@ fn gemini_thoughts_cache_and_errors() {
             output_tokens: 25,
             cache_read_input_tokens: 64,
             cache_creation_input_tokens: 0,
+            web_searches: 0,
         })
     );
     for (reason, want) in [

@@ -51,6 +51,8 @@ pub(super) struct AttemptEnd {
     /// Where this attempt's answer text starts in `Partial::text` (counted in characters only
     /// if it is needed: an estimate of a broken stream's cost).
     pub text_from: usize,
+    /// Where this attempt's server tool blocks start in `Partial::server_blocks`.
+    pub blocks_from: usize,
     pub error: Option<ProviderError>,
     /// The stream broke after its finish reason (a whole answer, see `attempt`): its usage,
     /// if it had not come yet, never will.
@@ -90,6 +92,7 @@ impl Router {
             opened: false,
             progressed: false,
             text_from: partial.text.len(),
+            blocks_from: partial.server_blocks.len(),
             error: None,
             broke_after_finish: false,
         };
@@ -568,6 +571,23 @@ struct ServerKind<'a> {
 /// the tool runs, rather than its result.
 fn is_server_call(block: &str) -> bool {
     serde_json::from_str::<ServerKind<'_>>(block).is_ok_and(|k| k.ty.ends_with("_tool_use"))
+}
+
+/// The web searches among these blocks (`server_tool_use` calls of `web_search`): what a
+/// stream cut before its usage came was billed for.
+pub(super) fn web_searches_in(blocks: &[PrefillBlock]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: std::borrow::Cow<'a, str>,
+        #[serde(borrow, default)]
+        name: Option<std::borrow::Cow<'a, str>>,
+    }
+    blocks
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Call<'_>>(&b.json).ok())
+        .filter(|c| c.ty == "server_tool_use" && c.name.as_deref() == Some("web_search"))
+        .count() as u64
 }
 
 /// Whether an answer that holds these server tool blocks can be continued: every call has its

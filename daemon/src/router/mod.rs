@@ -1186,6 +1186,12 @@ impl Router {
                     ..Usage::default()
                 };
             }
+            if end.error.is_some() && end.usage.web_searches == 0 {
+                // A stream cut before its usage came still had its searches billed.
+                end.usage.web_searches = attempt::web_searches_in(
+                    partial.server_blocks.get(end.blocks_from..).unwrap_or(&[]),
+                );
+            }
             rec.usage = rec.usage + end.usage;
             rec.cost_usd += p.cfg.cost(&end.usage);
             rec.attempts.push(Attempt {

@@ -2707,6 +2707,12 @@ async fn a_web_search_answer_cut_mid_text_is_continued_at_anthropic() {
         h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
         Some("Let me look. Tokio is an async")
     );
+    // The cut attempt never said what it used, but its search was billed.
+    let done = ev.iter().find_map(|e| match e {
+        StreamEvent::Done(d) => Some(d),
+        _ => None,
+    });
+    assert_eq!(done.unwrap().usage.web_searches, 1, "{ev:?}");
     let at = "Let me look. ".len();
     assert_eq!(
         h.scripts[1].prefill_blocks.lock().unwrap()[0],

@@ -872,6 +872,11 @@ impl Writer {
                 Some(("STOP", input_tokens, output_tokens)),
             )]
         } else if self.anthropic() {
+            let mut usage = json!({"output_tokens": output_tokens});
+            if self.web_search.is_some() {
+                // As Anthropic counts a search, billed apart from the tokens.
+                usage["server_tool_use"] = json!({"web_search_requests": 1});
+            }
             vec![
                 sse(
                     "content_block_stop",
@@ -881,7 +886,7 @@ impl Writer {
                     "message_delta",
                     json!({"type": "message_delta",
                     "delta": {"stop_reason": if tool { "tool_use" } else { "end_turn" }, "stop_sequence": null},
-                    "usage": {"output_tokens": output_tokens}}),
+                    "usage": usage}),
                 ),
                 sse("message_stop", json!({"type": "message_stop"})),
             ]

@@ -184,6 +184,7 @@ impl MessagesEncoder {
                     output_tokens: 1,
                     cache_read_input_tokens: 0,
                     cache_creation_input_tokens: 0,
+                    web_searches: 0,
                 }),
             },
         }

@@ -421,6 +421,7 @@ fn the_token_limit_ends_incomplete() {
                 output_tokens: 1,
                 cache_read_input_tokens: 3,
                 cache_creation_input_tokens: 0,
+                web_searches: 0,
             },
         ),
     ]);

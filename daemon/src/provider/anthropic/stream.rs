@@ -69,6 +69,15 @@ struct RawUsage {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
+    /// `{"web_search_requests": n, "web_fetch_requests": m}`: what server tools did.
+    #[serde(default)]
+    server_tool_use: Option<RawServerToolUse>,
+}
+
+#[derive(Deserialize)]
+struct RawServerToolUse {
+    #[serde(default)]
+    web_search_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +167,13 @@ impl AnthropicDecoder {
         }
         if let Some(w) = u.cache_creation_input_tokens {
             self.usage.cache_creation_input_tokens = w;
+        }
+        if let Some(n) = u
+            .server_tool_use
+            .as_ref()
+            .and_then(|s| s.web_search_requests)
+        {
+            self.usage.web_searches = n;
         }
         out.push(Delta::Usage(self.usage));
     }
@@ -401,6 +417,12 @@ mod tests {
                 .filter(|d| matches!(d, Delta::Citation(c) if c.contains("https://tokio.rs")))
                 .collect();
             assert_eq!(cited.len(), 1, "split at {split}");
+            // The search is billed apart from the tokens: its count comes with the usage.
+            let searches = out.iter().rev().find_map(|d| match d {
+                Delta::Usage(u) => Some(u.web_searches),
+                _ => None,
+            });
+            assert_eq!(searches, Some(1), "split at {split}");
         }
     }
 
@@ -472,6 +494,7 @@ mod tests {
             output_tokens: 1,
             cache_read_input_tokens: 30_000,
             cache_creation_input_tokens: 2048,
+            web_searches: 0,
         };
         assert_eq!(usages[0], first);
         // A delta without cache fields keeps the ones message_start gave.

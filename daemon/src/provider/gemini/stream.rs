@@ -225,6 +225,7 @@ impl WireDecoder for GeminiDecoder {
                 output_tokens: u.candidates_token_count + u.thoughts_token_count,
                 cache_read_input_tokens: cached,
                 cache_creation_input_tokens: 0,
+                web_searches: 0,
             }));
         }
         Ok(())

@@ -262,6 +262,7 @@ impl OpenAiDecoder {
                 output_tokens: u.completion_tokens,
                 cache_read_input_tokens: cached,
                 cache_creation_input_tokens: 0,
+                web_searches: 0,
             }));
         }
         Ok(())
@@ -391,6 +392,7 @@ mod tests {
                 output_tokens: 300,
                 cache_read_input_tokens: 1920,
                 cache_creation_input_tokens: 0,
+                web_searches: 0,
             }
         );
         let deepseek = usage_of(
