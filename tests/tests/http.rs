@@ -718,20 +718,23 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
         json!({"model": "claude-sonnet-5-5", "max_tokens": 512, "stream": stream,
                "tools": tools, "messages": [{"role": "user", "content": "find it"}]})
     };
+    let searched = |body: &str| {
+        let m = messages_stream(body);
+        let kinds: Vec<&str> = m
+            .blocks
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["server_tool_use", "web_search_tool_result", "text"],
+            "{body}"
+        );
+        m
+    };
     let r = w.post("/v1/messages", &ask(true)).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let m = messages_stream(&r.body);
-    let kinds: Vec<&str> = m
-        .blocks
-        .iter()
-        .map(|b| b["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        ["server_tool_use", "web_search_tool_result", "text"],
-        "{}",
-        r.body
-    );
+    let m = searched(&r.body);
     // The query came in its delta, as Anthropic streams it.
     assert_eq!(m.blocks[0]["partial_json"], r#"{"query":"find it"}"#);
     assert_eq!(m.blocks[1]["tool_use_id"], m.blocks[0]["id"]);
@@ -793,18 +796,7 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
         .inject([SimFault::DisconnectAfter { tokens: 4 }]);
     let r = w.post("/v1/messages", &ask(true)).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let m = messages_stream(&r.body);
-    let kinds: Vec<&str> = m
-        .blocks
-        .iter()
-        .map(|b| b["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        ["server_tool_use", "web_search_tool_result", "text"],
-        "{}",
-        r.body
-    );
+    let m = searched(&r.body);
     assert_eq!(m.blocks[2]["text"], answer_for("find it"), "{}", r.body);
     assert_eq!(m.stop_reason, "end_turn");
     let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");

@@ -556,7 +556,7 @@ fn relay_ready(
     Relayed::All
 }
 
-/// A server tool block's type and ids, read without the rest of it.
+/// A server tool block's type, ids and tool name, read without the rest of it.
 #[derive(serde::Deserialize)]
 struct ServerKind<'a> {
     #[serde(rename = "type", borrow)]
@@ -565,6 +565,8 @@ struct ServerKind<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     tool_use_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Whether a server tool's block is its call (`server_tool_use`, `mcp_tool_use`), after which
@@ -576,16 +578,9 @@ fn is_server_call(block: &str) -> bool {
 /// The web searches among these blocks (`server_tool_use` calls of `web_search`): what a
 /// stream cut before its usage came was billed for.
 pub(super) fn web_searches_in(blocks: &[PrefillBlock]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Call<'a> {
-        #[serde(rename = "type", borrow)]
-        ty: std::borrow::Cow<'a, str>,
-        #[serde(borrow, default)]
-        name: Option<std::borrow::Cow<'a, str>>,
-    }
     blocks
         .iter()
-        .filter_map(|b| serde_json::from_str::<Call<'_>>(&b.json).ok())
+        .filter_map(|b| serde_json::from_str::<ServerKind<'_>>(&b.json).ok())
         .filter(|c| c.ty == "server_tool_use" && c.name.as_deref() == Some("web_search"))
         .count() as u64
 }
