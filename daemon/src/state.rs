@@ -534,7 +534,9 @@ fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> 
     let since = utc_day(now_ms.saturating_sub(u64::from(days.max(1) - 1) * 86_400_000));
     let mut stmt = conn.prepare(
         "SELECT day, COALESCE(provider, '(failed)'), COUNT(*), SUM(input_tokens),
-                SUM(output_tokens), SUM(cost_usd)
+                SUM(output_tokens), SUM(cost_usd),
+                SUM(COALESCE(json_extract(json, '$.usage.cache_read_input_tokens'), 0)
+                    + COALESCE(json_extract(json, '$.usage.cache_creation_input_tokens'), 0))
          FROM requests WHERE day >= ?1
          GROUP BY day, provider ORDER BY day DESC, provider",
     )?;
@@ -546,6 +548,7 @@ fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> 
             input_tokens: r.get::<_, i64>(3)? as u64,
             output_tokens: r.get::<_, i64>(4)? as u64,
             cost_usd: r.get(5)?,
+            cached_tokens: r.get::<_, i64>(6)? as u64,
         })
     })?;
     rows.collect()
@@ -705,6 +708,31 @@ mod tests {
         let (_store, loaded, _t) = StateStore::open(&path).unwrap();
         assert_eq!(loaded.next_record, 6);
         assert_eq!(loaded.health.len(), 1);
+    }
+
+    /// `mythos usage` counts the prompt read from or written to the cache beside the rest:
+    /// most of a coding agent's prompt, which "input tokens" alone leaves out.
+    #[tokio::test]
+    async fn usage_counts_cached_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _thread) = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let now = mythos_protocol::clock::now_unix_ms();
+        for (id, read, written) in [(1, 30_000, 2_000), (2, 50_000, 0)] {
+            let mut rec = record_with_id(id);
+            rec.unix_ms = now;
+            rec.usage = Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                cache_read_input_tokens: read,
+                cache_creation_input_tokens: written,
+                ..Usage::default()
+            };
+            store.record(rec);
+        }
+        let rows = store.usage(1).await.rows;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].input_tokens, 20);
+        assert_eq!(rows[0].cached_tokens, 82_000);
     }
 
     fn record_with_id(id: u64) -> RequestRecord {

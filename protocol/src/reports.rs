@@ -234,6 +234,10 @@ pub struct UsageRow {
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// Prompt tokens read from or written to the provider's cache, besides `input_tokens`:
+    /// most of a coding agent's prompt.
+    #[serde(default)]
+    pub cached_tokens: u64,
     /// Estimated cost.
     pub cost_usd: f64,
 }

@@ -337,13 +337,15 @@ pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
         ("PROVIDER", false),
         ("REQUESTS", true),
         ("INPUT TOKENS", true),
+        ("CACHED INPUT", true),
         ("OUTPUT TOKENS", true),
         ("COST", true),
     ]);
-    let (mut req, mut inp, mut outp, mut cost) = (0u64, 0u64, 0u64, 0f64);
+    let (mut req, mut inp, mut cached, mut outp, mut cost) = (0u64, 0u64, 0u64, 0u64, 0f64);
     for r in &report.rows {
         req += r.requests;
         inp += r.input_tokens;
+        cached += r.cached_tokens;
         outp += r.output_tokens;
         cost += r.cost_usd;
         table.row(vec![
@@ -351,6 +353,7 @@ pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
             plain(&r.provider),
             plain(fmt_count(r.requests)),
             plain(fmt_count(r.input_tokens)),
+            plain(fmt_count(r.cached_tokens)),
             plain(fmt_count(r.output_tokens)),
             plain(fmt_cost(r.cost_usd)),
         ]);
@@ -360,6 +363,7 @@ pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
         plain(""),
         plain(fmt_count(req)),
         plain(fmt_count(inp)),
+        plain(fmt_count(cached)),
         plain(fmt_count(outp)),
         plain(fmt_cost(cost)),
     ]);
@@ -532,6 +536,7 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
             requests: n,
             input_tokens: n * 100,
             output_tokens: n * 10,
+            cached_tokens: n * 1000,
             cost_usd: cost,
         };
         let report = UsageReport {
@@ -542,11 +547,11 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
         };
         let text = usage_text(&report, 7, Style::PLAIN);
         let expected = "\
-DAY         PROVIDER       REQUESTS  INPUT TOKENS  OUTPUT TOKENS     COST
-2025-11-24  sim-anthropic        12         1,200            120  $0.2500
-2025-11-23  sim-deepseek          3           300             30  $0.0012
-─────────────────────────────────────────────────────────────────────────
-total                            15         1,500            150  $0.2512
+DAY         PROVIDER       REQUESTS  INPUT TOKENS  CACHED INPUT  OUTPUT TOKENS     COST
+2025-11-24  sim-anthropic        12         1,200        12,000            120  $0.2500
+2025-11-23  sim-deepseek          3           300         3,000             30  $0.0012
+───────────────────────────────────────────────────────────────────────────────────────
+total                            15         1,500        15,000            150  $0.2512
 ";
         assert_eq!(text, expected);
         assert_eq!(
