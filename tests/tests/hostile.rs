@@ -123,18 +123,22 @@ async fn continuations_that_repeat_the_tail_are_shown_once() {
     let _daemon = env.start_daemon(&[]);
     let mut c = RawClient::connect(&env.socket).await;
     let cases = [
-        (3, false, "repeats three words"),
-        (2, true, "repeats two, shouting and spaced out"),
-        (5, false, "repeats five"),
+        (3, false, "repeats three words", 9),
+        (2, true, "repeats two, shouting and spaced out", 9),
+        (5, false, "repeats five", 9),
+        // Cut after its first word, the answer is repeated from its start: "ThisThis is…"
+        // reached clients in a chaos run.
+        (3, false, "starts over after one word", 1),
+        (2, true, "starts over after one word, shouting", 1),
     ];
-    for (n, (words, vary, case)) in cases.into_iter().enumerate() {
+    for (n, (words, vary, case, cut)) in cases.into_iter().enumerate() {
         for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
             sim.set_continuation(SimContinuation {
                 repeat_words: words,
                 vary,
             });
-            // Whichever is asked first breaks after 9 chunks; the next continues it.
-            sim.inject([SimFault::DisconnectAfter { tokens: 9 }]);
+            // Whichever is asked first breaks after `cut` chunks; the next continues it.
+            sim.inject([SimFault::DisconnectAfter { tokens: cut }]);
         }
         let prompt = format!("seam case {n}");
         let ev = c.chat(ChatRequest::user_text(n as u64 + 1, &prompt)).await;

@@ -11,6 +11,10 @@
 //!
 //! Only tails of at least [`MIN_WORDS`] words or [`MIN_CHARS`] characters count: a continuation
 //! may legitimately start with the word the partial answer ended with ("very" after "very").
+//! Two exceptions, where a repeat is the only reading: the whole answer counts however short
+//! (a model that starts over after "This" says "This is…"), and when the answer was cut inside
+//! a word and the continuation starts with no space, it is glued to that word, so a repeat may
+//! be the cut word alone and may end inside a word ("The serv" → "server is": "er is").
 
 /// A repeated tail must be at least this many words...
 pub const MIN_WORDS: usize = 2;
@@ -67,6 +71,9 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
 pub struct Seam {
     /// Folded tails of the partial answer that a repeat could match, longest last.
     tails: Vec<String>,
+    /// The partial answer's last word, folded, when the answer ended inside it (a letter or a
+    /// digit last): a continuation that starts with no space is glued to it.
+    cut_word: Option<String>,
     held: String,
     done: bool,
 }
@@ -81,11 +88,15 @@ impl Seam {
             .map_or(0, |(i, _)| i);
         let window = &partial[start..];
         let mut tails: Vec<String> = Vec::new();
-        let mut push = |raw: &str| {
+        // `any_length`: the whole answer counts however short it is. A model that starts over
+        // after one word ("This" → "This is a…") repeats it; the minimum is for tails that
+        // end a longer answer, where the next word may legitimately repeat the last one.
+        let mut push = |raw: &str, any_length: bool| {
             let f = fold(raw);
             let f = f.trim_end().to_string();
             let words = f.split(' ').filter(|w| !w.is_empty()).count();
-            if (words >= MIN_WORDS || f.chars().count() >= MIN_CHARS) && !tails.contains(&f) {
+            let long = words >= MIN_WORDS || f.chars().count() >= MIN_CHARS;
+            if !f.is_empty() && (long || any_length) && !tails.contains(&f) {
                 tails.push(f);
             }
         };
@@ -95,16 +106,29 @@ impl Seam {
             let at_word = !c.is_whitespace()
                 && (k == 0 && start == 0 || k > 0 && bytes[k - 1].1.is_whitespace());
             if at_word {
-                push(&window[i..]);
+                push(&window[i..], false);
             }
         }
         // The whole answer: a model that starts over.
         if partial.len() <= RESTART_MAX {
-            push(partial);
+            push(partial, true);
         }
         tails.sort_by_key(String::len);
+        let cut_word = partial
+            .chars()
+            .next_back()
+            .filter(|c| c.is_alphanumeric())
+            .map(|_| {
+                fold(
+                    partial
+                        .rsplit(char::is_whitespace)
+                        .next()
+                        .unwrap_or(partial),
+                )
+            });
         Seam {
             tails,
+            cut_word,
             held: String::new(),
             done: false,
         }
@@ -114,6 +138,7 @@ impl Seam {
     pub fn open() -> Seam {
         Seam {
             tails: Vec::new(),
+            cut_word: None,
             held: String::new(),
             done: true,
         }
@@ -132,26 +157,32 @@ impl Seam {
             // Only whitespace so far: it may precede a repeat.
             return String::new();
         }
+        // Glued to a word the answer was cut in: the cut word is a tail too, and a repeat
+        // need not end at a word boundary.
+        let glued =
+            self.cut_word.is_some() && self.held.chars().next().is_some_and(|c| !c.is_whitespace());
+        let cut_word = self.cut_word.as_ref().filter(|_| glued);
+        let tails = || self.tails.iter().chain(cut_word);
         // A repeat could still be longer than what is held, or held may end exactly where a
         // tail ends and the next character decide whether the word goes on: wait.
         let h = held.trim_end();
-        let longer = self
-            .tails
-            .iter()
-            .any(|t| t.len() > h.len() && t.starts_with(h));
-        let open_end = !held.ends_with(' ') && self.tails.iter().any(|t| t == h);
+        let longer = tails().any(|t| t.len() > h.len() && t.starts_with(h));
+        let open_end = !glued && !held.ends_with(' ') && tails().any(|t| t == h);
         if longer || open_end {
             return String::new();
         }
         self.done = true;
-        // The longest tail the held text repeats in full, followed by a word boundary.
-        let repeat = self.tails.iter().rev().find(|t| {
+        // The longest tail the held text repeats in full, followed by a word boundary (unless
+        // glued).
+        let repeat = tails().filter(|t| {
             held.starts_with(t.as_str())
-                && held[t.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(|c| c == ' ' || !c.is_alphanumeric())
+                && (glued
+                    || held[t.len()..]
+                        .chars()
+                        .next()
+                        .is_none_or(|c| c == ' ' || !c.is_alphanumeric()))
         });
+        let repeat = repeat.max_by_key(|t| t.len()).cloned();
         let held = std::mem::take(&mut self.held);
         match repeat {
             Some(t) => held[raw_len_of_folded(&held, t.chars().count())..].to_string(),
@@ -174,7 +205,9 @@ impl Seam {
         let held = std::mem::take(&mut self.held);
         let f = fold(&held);
         let f = f.trim_end();
-        if !f.is_empty() && self.tails.iter().any(|t| t == f) {
+        let glued = held.chars().next().is_some_and(|c| !c.is_whitespace());
+        let cut_word = self.cut_word.as_ref().filter(|_| glued);
+        if !f.is_empty() && self.tails.iter().chain(cut_word).any(|t| t == f) {
             // Nothing but the repeat: drop it all.
             return String::new();
         }
@@ -261,6 +294,40 @@ mod tests {
         );
     }
 
+    /// A model that starts over after a one-word partial answer repeats that word: it is shown
+    /// once ("ThisThis is…" reached clients in 11 of 640 answers of a chaos run). A one-word
+    /// answer continued with other words is untouched.
+    #[test]
+    fn a_restart_after_one_word_is_shown_once() {
+        assert_eq!(seen("This", &["This", " is", " more."]), "This is more.");
+        assert_eq!(seen("This", &["this is more."]), "This is more.");
+        assert_eq!(seen("No", &["No, it is not."]), "No, it is not.");
+        assert_eq!(seen("This", &[" is", " more."]), "This is more.");
+    }
+
+    /// Cut inside a word, a continuation that starts with no space is glued to it: a repeat of
+    /// the cut word, or of a longer tail ending in it, is dropped even though it ends inside a
+    /// word; a real continuation of the word is untouched.
+    #[test]
+    fn a_repeat_of_a_word_cut_in_half_is_dropped() {
+        assert_eq!(
+            seen("The serv", &["server", " is up."]),
+            "The server is up."
+        );
+        assert_eq!(seen("The serv", &["er is up."]), "The server is up.");
+        assert_eq!(seen("Hello wor", &["Hello world, hi."]), "Hello world, hi.");
+        assert_eq!(seen("I", &["In fact, no."]), "In fact, no.");
+        // Nothing but the cut word, then something else (a tool call): dropped too.
+        let mut s = Seam::new("The serv");
+        assert_eq!(s.push("serv".into()), "");
+        assert_eq!(s.flush(), "");
+        // With a space, it is a new word: only whole tails count, as before.
+        assert_eq!(
+            seen("The serv", &[" server is up."]),
+            "The serv server is up."
+        );
+    }
+
     #[test]
     fn a_repeat_cut_short_by_the_end_is_dropped() {
         assert_eq!(
@@ -309,6 +376,7 @@ mod tests {
             format!("{partial} one.")
         );
         // Folding never panics on odd text.
-        assert_eq!(seen("Ünïcode ǅ", &["ǆ more"]), "Ünïcode ǅǆ more");
+        assert_eq!(seen("Ünïcode ǅ", &["ǆ more"]), "Ünïcode ǅ more");
+        assert_eq!(seen("Ünïcode ǅ", &["ǅ̈x more"]), "Ünïcode ǅ̈x more");
     }
 }
