@@ -914,10 +914,15 @@ impl Router {
             // The 10 s run from when the request first needed them and did not have them (a
             // wait, a failure), anew after each attempt that made progress: an answer about a
             // PDF cut after a minute of streaming is continued by a reader too.
+            // An answer that holds a server tool's blocks is bound to them for as long as the
+            // queue allows: only there can it be continued (elsewhere it restarts, which a
+            // Messages client gets as an error: 2-3 of 60 cut searches did, Anthropic paused
+            // for a few seconds, in a chaos run).
+            let bound = !partial.server_blocks.is_empty();
             let preferring = same.is_none()
-                && !j.prefer_over
+                && (bound
+                    || !j.prefer_over && j.prefer_since.is_none_or(|t| t.elapsed() < PREFER_WAIT))
                 && !plan.prefer.is_empty()
-                && j.prefer_since.is_none_or(|t| t.elapsed() < PREFER_WAIT)
                 && plan.prefer.iter().any(|i| !j.excluded.contains(i));
             if preferring && j.prefer_since.is_none() {
                 j.prefer_since = Some(Instant::now());
@@ -950,7 +955,7 @@ impl Router {
                             || (j.told_round && start.elapsed() + w < self.cfg.max_queue_wait)
                     });
                 let Some(wait) = step else {
-                    if preferring {
+                    if preferring && !bound {
                         // The providers that could do it all are spent: the others now.
                         j.prefer_over = true;
                         j.tried_round.clear();
@@ -1005,7 +1010,7 @@ impl Router {
             } else {
                 left
             };
-            let allowed = match j.prefer_since.filter(|_| preferring) {
+            let allowed = match j.prefer_since.filter(|_| preferring && !bound) {
                 Some(since) => allowed.min(PREFER_WAIT.saturating_sub(since.elapsed())),
                 None => allowed,
             };
@@ -1022,7 +1027,7 @@ impl Router {
                         push_once(&mut j.tried_round, i);
                         continue;
                     }
-                    if preferring {
+                    if preferring && !bound {
                         // Those that could do it all cannot be had in time: the others.
                         j.prefer_over = true;
                         continue;

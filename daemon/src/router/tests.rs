@@ -2773,6 +2773,29 @@ async fn a_search_answer_is_continued_whatever_the_retry_budget() {
     assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
 }
 
+/// A search's answer cut, then Anthropic paused for 12 s (beyond the 10 s a request with a
+/// server tool keeps to Anthropic before anything else): the answer waits for Anthropic within
+/// the queue limit and is continued there, rather than restarted at a provider that never saw
+/// the search (an error for a Messages client).
+#[tokio::test(start_paused = true)]
+async fn a_search_answer_waits_for_anthropic_within_the_queue_limit() {
+    let h = harness(2, no_jitter());
+    search_then_cut(&h);
+    h.scripts[0].push([
+        Step::Fail(err(ErrorKind::RateLimited, Some(12))),
+        answer(&[" runtime."]),
+    ]);
+    let mut search = req("search");
+    search.options.server_tools =
+        vec![r#"{"type":"web_search_20250305","name":"web_search"}"#.into()];
+    let t0 = Instant::now();
+    let ev = ask(&h.router, search).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
+    assert!(t0.elapsed() < Duration::from_secs(14), "{:?}", t0.elapsed());
+    assert_eq!(h.scripts[1].calls(), 0);
+}
+
 /// Only Anthropic can continue an answer built on its search (another provider never saw it),
 /// and not while the search ran (its call has no results to send back with it): such an
 /// answer restarts.
