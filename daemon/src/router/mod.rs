@@ -1441,6 +1441,29 @@ impl Router {
         };
         rec.queued_ms = j.queued.as_millis() as u64;
         outcome?;
+        if j.back_at.is_none() {
+            // The providers said when they would be back (a Retry-After, a quota, a cooldown):
+            // the client is told when to ask again (an HTTP client gets `retry-after`), as after
+            // a wait for capacity that ran out.
+            let want = Want {
+                task: req.task,
+                candidates: plan
+                    .candidates
+                    .iter()
+                    .copied()
+                    .filter(|i| !j.excluded.contains(i))
+                    .collect(),
+                retry_at: Vec::new(),
+                cost: plan.cost,
+                pinned: plan.pinned,
+                prefer: Vec::new(),
+            };
+            if let admission::Outlook::Wait { eta: Some(t), .. } =
+                self.health().outlook(&want, Instant::now())
+            {
+                j.back_at = Some(t);
+            }
+        }
         Err(self.nobody_answered(j, &partial, plan.pinned))
     }
 

@@ -1893,6 +1893,29 @@ async fn waits_beyond_the_limit_fail_fast_and_say_when() {
     assert_eq!(calls(&h), [1, 1]);
 }
 
+/// A request that meets a Retry-After at every attempt until its queue limit passes ends by
+/// saying when the provider is back (an HTTP client's `retry-after`), not with nothing.
+#[tokio::test(start_paused = true)]
+async fn a_request_failed_by_pauses_says_when_to_come_back() {
+    let h = harness(
+        1,
+        RoutingConfig {
+            max_queue_wait: Duration::from_secs(3),
+            ..no_jitter()
+        },
+    );
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::RateLimited, Some(1))); 60]);
+    let ev = ask(&h.router, req("storm")).await;
+    match ev.last() {
+        Some(StreamEvent::Error {
+            kind: ErrorKind::RateLimited,
+            retry_at_unix_ms: Some(_),
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Every provider's headers said its quota is spent for longer than a request may wait: the
 /// client is told it is rate limited (an HTTP client's 429 with when to come back), not that
 /// the providers are overloaded, though none of them ever answered 429.
