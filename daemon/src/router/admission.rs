@@ -38,6 +38,11 @@ pub struct Want {
     pub candidates: Vec<usize>,
     /// Candidates where an attempt would be a retry (it needs their retry budget).
     pub retry_at: Vec<usize>,
+    /// An attempt the retry budget neither holds back nor is paid by: the continuation of an
+    /// answer only the provider that ran its server tool can continue. (A first attempt pays
+    /// into the budget; this one is no first attempt, and paying in would refill the budget of
+    /// a provider cutting every stream.)
+    pub budget_free: bool,
     /// Estimated cost against quotas.
     pub cost: Cost,
     /// Deterministic mode: breakers do not apply.
@@ -355,7 +360,7 @@ impl HealthBook {
         p.last_selected = Some(now);
         if want.retry_at.contains(&i) {
             p.budget.withdraw(now);
-        } else {
+        } else if !want.budget_free {
             p.budget.deposit(now);
         }
         let probe = match &mut p.breaker {

@@ -158,7 +158,10 @@ impl Router {
         };
         // A continuation may start by repeating the tail it was shown.
         let mut seam = match tail {
-            Some(pre) if !pre.is_empty() => Seam::new(pre),
+            // A prefill's continuation goes on exactly; one asked for in words may repeat.
+            Some(pre) if !pre.is_empty() => {
+                Seam::new(pre, p.cfg.api != crate::config::Api::Anthropic)
+            }
             _ => Seam::open(),
         };
         // The latest token: the mean gap between tokens is its distance from the first one

@@ -566,6 +566,7 @@ impl Router {
             task: TaskKind::Chat,
             candidates: (0..self.providers.len()).collect(),
             retry_at: Vec::new(),
+            budget_free: false,
             cost: Cost::request(1_000, self.cfg.default_max_tokens),
             pinned: false,
             prefer: Vec::new(),
@@ -918,7 +919,8 @@ impl Router {
             // queue allows: only there can it be continued (elsewhere it restarts, which a
             // Messages client gets as an error: 2-3 of 60 cut searches did, Anthropic paused
             // for a few seconds, in a chaos run).
-            let bound = !partial.server_blocks.is_empty();
+            let bound = !partial.server_blocks.is_empty()
+                && attempt::server_calls_answered(&partial.server_blocks);
             let preferring = same.is_none()
                 && (bound
                     || !j.prefer_over && j.prefer_since.is_none_or(|t| t.elapsed() < PREFER_WAIT))
@@ -982,8 +984,9 @@ impl Router {
                 retry_at: candidates
                     .iter()
                     .copied()
-                    .filter(|i| j.attempted.contains(i) && partial.server_blocks.is_empty())
+                    .filter(|i| j.attempted.contains(i) && !bound)
                     .collect(),
+                budget_free: bound,
                 candidates,
                 cost: plan.cost,
                 pinned: plan.pinned,
@@ -1454,6 +1457,7 @@ impl Router {
                     .filter(|i| !j.excluded.contains(i))
                     .collect(),
                 retry_at: Vec::new(),
+                budget_free: false,
                 cost: plan.cost,
                 pinned: plan.pinned,
                 prefer: Vec::new(),

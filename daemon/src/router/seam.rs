@@ -11,15 +11,24 @@
 //!
 //! Only tails of at least [`MIN_WORDS`] words or [`MIN_CHARS`] characters count: a continuation
 //! may legitimately start with the word the partial answer ended with ("very" after "very").
-//! Two exceptions, where a repeat is the only reading: the whole answer counts however short
-//! (a model that starts over after "This" says "This is…"), and when the answer was cut inside
-//! a word and the continuation starts with no space, it is glued to that word, so a repeat may
-//! be the cut word alone and may end inside a word ("The serv" → "server is": "er is").
+//! A model asked in words to continue (the OpenAI and Gemini formats have no prefill) also
+//! starts over after a short answer, or repeats the word it was cut in. For those, two more
+//! tails count: the whole answer however short, if it has a letter or a digit (a model that
+//! starts over after "This" says "This is…"); and, when the answer was cut inside a word of at
+//! least [`MIN_CUT_WORD`] letters and the continuation starts with no space, that word, with a
+//! repeat that may end inside a word ("The serv" → "server is": "er is"). A continuation of
+//! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
+//! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
 
 /// A repeated tail must be at least this many words...
 pub const MIN_WORDS: usize = 2;
 /// ...or this many characters (folded).
 pub const MIN_CHARS: usize = 12;
+/// The shortest cut word a continuation asked in words may repeat (see the module doc): a
+/// shorter one is as likely the start of the word's rest ("co" → "conut").
+pub const MIN_CUT_WORD: usize = 3;
+/// The longest: text with no spaces (CJK, base64, minified code) has no words to repeat.
+pub const MAX_CUT_WORD: usize = 32;
 /// Tails are looked for in this many characters at the end of the partial answer...
 pub const WINDOW: usize = 400;
 /// ...plus the whole answer, for a model that starts over, when it is no longer than this (the
@@ -71,16 +80,17 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
 pub struct Seam {
     /// Folded tails of the partial answer that a repeat could match, longest last.
     tails: Vec<String>,
-    /// The partial answer's last word, folded, when the answer ended inside it (a letter or a
-    /// digit last): a continuation that starts with no space is glued to it.
+    /// The letters the partial answer ended in, folded, when it was continued in words and
+    /// ended inside a word: a continuation that starts with no space is glued to them.
     cut_word: Option<String>,
     held: String,
     done: bool,
 }
 
 impl Seam {
-    /// A seam after `partial`, the answer text the client already has.
-    pub fn new(partial: &str) -> Seam {
+    /// A seam after `partial`, the answer text the client already has; `in_words` when the
+    /// continuation was asked for in words rather than by a prefill (see the module doc).
+    pub fn new(partial: &str, in_words: bool) -> Seam {
         let start = partial
             .char_indices()
             .rev()
@@ -96,7 +106,8 @@ impl Seam {
             let f = f.trim_end().to_string();
             let words = f.split(' ').filter(|w| !w.is_empty()).count();
             let long = words >= MIN_WORDS || f.chars().count() >= MIN_CHARS;
-            if !f.is_empty() && (long || any_length) && !tails.contains(&f) {
+            let short_ok = any_length && f.chars().any(char::is_alphanumeric);
+            if !f.is_empty() && (long || short_ok) && !tails.contains(&f) {
                 tails.push(f);
             }
         };
@@ -111,21 +122,27 @@ impl Seam {
         }
         // The whole answer: a model that starts over.
         if partial.len() <= RESTART_MAX {
-            push(partial, true);
+            push(partial, in_words);
         }
         tails.sort_by_key(String::len);
-        let cut_word = partial
-            .chars()
-            .next_back()
-            .filter(|c| c.is_alphanumeric())
-            .map(|_| {
-                fold(
-                    partial
-                        .rsplit(char::is_whitespace)
-                        .next()
-                        .unwrap_or(partial),
-                )
-            });
+        // The letters the answer ends in ("self.con" → "con"), a whole run of them: a run longer
+        // than a word, or one with a digit in it (a number's rest may begin like its start:
+        // "20" → "20"), is no word a model repeats.
+        let run: String = {
+            let mut r: Vec<char> = partial
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric())
+                .take(MAX_CUT_WORD + 1)
+                .collect();
+            r.reverse();
+            r.into_iter().collect()
+        };
+        let n = run.chars().count();
+        let cut_word = (in_words
+            && (MIN_CUT_WORD..=MAX_CUT_WORD).contains(&n)
+            && run.chars().all(char::is_alphabetic))
+        .then(|| fold(&run));
         Seam {
             tails,
             cut_word,
@@ -221,7 +238,16 @@ mod tests {
 
     /// Feed `pieces` after `partial`; return what the user sees in all.
     fn seen(partial: &str, pieces: &[&str]) -> String {
-        let mut s = Seam::new(partial);
+        seen_as(partial, pieces, true)
+    }
+
+    /// As [`seen`], for a continuation of a prefill (Anthropic).
+    fn seen_exact(partial: &str, pieces: &[&str]) -> String {
+        seen_as(partial, pieces, false)
+    }
+
+    fn seen_as(partial: &str, pieces: &[&str], in_words: bool) -> String {
+        let mut s = Seam::new(partial, in_words);
         let mut out = partial.to_string();
         for p in pieces {
             out.push_str(&s.push(p.to_string()));
@@ -316,9 +342,17 @@ mod tests {
         );
         assert_eq!(seen("The serv", &["er is up."]), "The server is up.");
         assert_eq!(seen("Hello wor", &["Hello world, hi."]), "Hello world, hi.");
-        assert_eq!(seen("I", &["In fact, no."]), "In fact, no.");
+        assert_eq!(
+            seen("Call the (serv", &["server) now."]),
+            "Call the (server) now."
+        );
+        assert_eq!(
+            seen("let x = self.con", &["config;"]),
+            "let x = self.config;"
+        );
+        assert_eq!(seen("Use **bol", &["bold** text"]), "Use **bold** text");
         // Nothing but the cut word, then something else (a tool call): dropped too.
-        let mut s = Seam::new("The serv");
+        let mut s = Seam::new("The serv", true);
         assert_eq!(s.push("serv".into()), "");
         assert_eq!(s.flush(), "");
         // With a space, it is a new word: only whole tails count, as before.
@@ -326,6 +360,50 @@ mod tests {
             seen("The serv", &[" server is up."]),
             "The serv server is up."
         );
+    }
+
+    /// What a glued cut word must not take: the rest of a word or a number that begins like
+    /// its start. A prefill's continuation (Anthropic) is always the rest; in words, a cut word
+    /// of under three letters or with a digit is too likely to be (found by a review).
+    #[test]
+    fn the_rest_of_a_word_is_not_taken_for_a_repeat() {
+        for seen in [seen, seen_exact] {
+            assert_eq!(seen("I like the co", &["conut."]), "I like the coconut.");
+            assert_eq!(seen("Version 1", &["1.2 is out."]), "Version 11.2 is out.");
+            assert_eq!(
+                seen("Founded in 20", &["20, it grew."]),
+                "Founded in 2020, it grew."
+            );
+            assert_eq!(seen("A", &["ardvarks dig."]), "Aardvarks dig.");
+            assert_eq!(seen("谢", &["谢你"]), "谢谢你");
+            assert_eq!(seen("a well-kn", &["known fact"]), "a well-knknown fact");
+            // A partial answer of punctuation alone is no word to start over from.
+            assert_eq!(
+                seen("`", &["``rust\nfn main() {}\n```"]),
+                "```rust\nfn main() {}\n```"
+            );
+            assert_eq!(seen("#", &["# Title"]), "## Title");
+        }
+        // After a prefill the model goes on exactly: a word's rest is never cut.
+        assert_eq!(seen_exact("The serv", &["server"]), "The servserver");
+        assert_eq!(seen_exact("This", &["This is"]), "ThisThis is");
+        // Longer tails still count for every continuation.
+        assert_eq!(
+            seen_exact(
+                "The quick brown fox jumps over",
+                &[" jumps over the lazy dog and runs away."]
+            ),
+            FULL
+        );
+    }
+
+    /// Text without spaces (CJK, base64) has no cut word: nothing is held for its length, and
+    /// a long restart costs no refolding of all of it at every piece.
+    #[test]
+    fn text_without_spaces_is_not_held() {
+        let partial = "数".repeat(30_000);
+        let mut s = Seam::new(&partial, true);
+        assert_eq!(s.push("数".into()), "数");
     }
 
     #[test]
@@ -354,7 +432,7 @@ mod tests {
 
     #[test]
     fn holding_ends_early_for_ordinary_text() {
-        let mut s = Seam::new("The quick brown fox jumps over");
+        let mut s = Seam::new("The quick brown fox jumps over", true);
         assert_eq!(s.push(" the".into()), "");
         assert_eq!(
             s.push(" lazy".into()),
@@ -376,7 +454,7 @@ mod tests {
             format!("{partial} one.")
         );
         // Folding never panics on odd text.
-        assert_eq!(seen("Ünïcode ǅ", &["ǆ more"]), "Ünïcode ǅ more");
-        assert_eq!(seen("Ünïcode ǅ", &["ǅ̈x more"]), "Ünïcode ǅ̈x more");
+        assert_eq!(seen("Ünïcode ǅ", &["ǆ more"]), "Ünïcode ǅǆ more");
+        assert_eq!(seen("Ünïcode ǅǅǅ", &["ǆǆǆ̈x more"]), "Ünïcode ǅǅǅ̈x more");
     }
 }

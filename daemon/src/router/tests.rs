@@ -2819,6 +2819,49 @@ async fn a_search_answer_waits_for_anthropic_within_the_queue_limit() {
     assert_eq!(h.scripts[1].calls(), 0);
 }
 
+/// A search's continuation is not held back by the retry budget, and does not pay into it
+/// either: paying in as a first attempt does, it refilled the budget of a provider cutting
+/// every stream, letting other requests' retries through (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_search_continuation_does_not_refill_the_retry_budget() {
+    async fn room_after(search: bool) -> u32 {
+        let h = harness(
+            1,
+            RoutingConfig {
+                retry_budget_ratio: 1.0,
+                ..no_jitter()
+            },
+        );
+        if search {
+            search_then_cut(&h);
+        } else {
+            h.scripts[0].push([Step::Stream(vec![
+                text("Let me look. "),
+                text("Tokio is"),
+                text(" an async"),
+                (10, Err(ProviderError::new(ErrorKind::Network, "cut"))),
+            ])]);
+        }
+        h.scripts[0].push([answer(&[" runtime."])]);
+        let ev = ask(&h.router, req("search")).await;
+        assert_eq!(final_text(&ev), "Let me look. Tokio is an async runtime.");
+        assert_eq!(h.scripts[0].calls(), 2);
+        let mut book = h.router.health();
+        let now = Instant::now();
+        let mut room = 0;
+        while book.providers[0].budget.withdraw(now) {
+            room += 1;
+        }
+        room
+    }
+    let plain = room_after(false).await;
+    let search = room_after(true).await;
+    assert!(
+        search <= plain + 1,
+        "retries left: plain {plain}, search {search}"
+    );
+}
+
 /// Only Anthropic can continue an answer built on its search (another provider never saw it),
 /// and not while the search ran (its call has no results to send back with it): such an
 /// answer restarts.
