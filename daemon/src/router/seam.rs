@@ -29,6 +29,9 @@ pub const MIN_CHARS: usize = 12;
 pub const MIN_CUT_WORD: usize = 3;
 /// The longest: text with no spaces (CJK, base64, minified code) has no words to repeat.
 pub const MAX_CUT_WORD: usize = 32;
+/// Whitespace held at the start of a continuation beyond this is let go: no repeat waits behind
+/// that much of it.
+pub const MAX_HELD_SPACE: usize = 256;
 /// Tails are looked for in this many characters at the end of the partial answer...
 pub const WINDOW: usize = 400;
 /// ...plus the whole answer, for a model that starts over, when it is no longer than this (the
@@ -80,9 +83,13 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
 pub struct Seam {
     /// Folded tails of the partial answer that a repeat could match, longest last.
     tails: Vec<String>,
-    /// The letters the partial answer ended in, folded, when it was continued in words and
-    /// ended inside a word: a continuation that starts with no space is glued to them.
-    cut_word: Option<String>,
+    /// The word the partial answer ended in, folded (its letters, and all of it since the last
+    /// space), when it was continued in words and ended inside a word: a continuation that
+    /// starts with no space is glued to it.
+    cut_words: Vec<String>,
+    /// Continued in words, the answer ended in a letter or a digit: a repeat of two or more
+    /// words may end inside a word ("Hello wo" → "Hello world").
+    ends_in_word: bool,
     held: String,
     done: bool,
 }
@@ -104,8 +111,13 @@ impl Seam {
         let mut push = |raw: &str, any_length: bool| {
             let f = fold(raw);
             let f = f.trim_end().to_string();
-            let words = f.split(' ').filter(|w| !w.is_empty()).count();
-            let long = words >= MIN_WORDS || f.chars().count() >= MIN_CHARS;
+            // Words with a letter or a digit: closing brackets are no words ("]\n}" repeated
+            // was taken for a two-word tail, and a JSON answer lost its end).
+            let words = f
+                .split(' ')
+                .filter(|w| w.chars().any(char::is_alphanumeric))
+                .count();
+            let long = words >= MIN_WORDS || (words >= 1 && f.chars().count() >= MIN_CHARS);
             let short_ok = any_length && f.chars().any(char::is_alphanumeric);
             if !f.is_empty() && (long || short_ok) && !tails.contains(&f) {
                 tails.push(f);
@@ -125,27 +137,41 @@ impl Seam {
             push(partial, in_words);
         }
         tails.sort_by_key(String::len);
-        // The letters the answer ends in ("self.con" → "con"), a whole run of them: a run longer
-        // than a word, or one with a digit in it (a number's rest may begin like its start:
-        // "20" → "20"), is no word a model repeats.
-        let run: String = {
+        let ends_in_word = in_words
+            && partial
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphanumeric);
+        // The word the answer was cut in, as a model may repeat it: the letters it ends in
+        // ("self.con" → "con"), and the word since the last space ("self.con"). A run longer
+        // than a word, or letters with a digit among them (a number's rest may begin like its
+        // start: "20" → "20"), is no word a model repeats.
+        let tail_of = |keep: fn(&char) -> bool| -> String {
             let mut r: Vec<char> = partial
                 .chars()
                 .rev()
-                .take_while(|c| c.is_alphanumeric())
+                .take_while(keep)
                 .take(MAX_CUT_WORD + 1)
                 .collect();
             r.reverse();
             r.into_iter().collect()
         };
-        let n = run.chars().count();
-        let cut_word = (in_words
-            && (MIN_CUT_WORD..=MAX_CUT_WORD).contains(&n)
-            && run.chars().all(char::is_alphabetic))
-        .then(|| fold(&run));
+        let fits = |w: &str| (MIN_CUT_WORD..=MAX_CUT_WORD).contains(&w.chars().count());
+        let mut cut_words = Vec::new();
+        if ends_in_word {
+            let letters = tail_of(|c| c.is_alphanumeric());
+            if fits(&letters) && letters.chars().all(char::is_alphabetic) {
+                cut_words.push(fold(&letters));
+            }
+            let word = tail_of(|c| !c.is_whitespace());
+            if fits(&word) && word != letters && !word.chars().any(|c| c.is_numeric()) {
+                cut_words.push(fold(&word));
+            }
+        }
         Seam {
             tails,
-            cut_word,
+            cut_words,
+            ends_in_word,
             held: String::new(),
             done: false,
         }
@@ -155,7 +181,8 @@ impl Seam {
     pub fn open() -> Seam {
         Seam {
             tails: Vec::new(),
-            cut_word: None,
+            cut_words: Vec::new(),
+            ends_in_word: false,
             held: String::new(),
             done: true,
         }
@@ -171,29 +198,37 @@ impl Seam {
         self.held.push_str(&text);
         let held = fold(&self.held);
         if held.is_empty() {
+            if self.held.len() > MAX_HELD_SPACE {
+                // Whitespace without end is no repeat; refolding it at every piece would cost
+                // the square of its length.
+                self.done = true;
+                return std::mem::take(&mut self.held);
+            }
             // Only whitespace so far: it may precede a repeat.
             return String::new();
         }
-        // Glued to a word the answer was cut in: the cut word is a tail too, and a repeat
-        // need not end at a word boundary.
-        let glued =
-            self.cut_word.is_some() && self.held.chars().next().is_some_and(|c| !c.is_whitespace());
-        let cut_word = self.cut_word.as_ref().filter(|_| glued);
-        let tails = || self.tails.iter().chain(cut_word);
+        // Glued to the word the answer was cut in: that word is a tail too.
+        let glued = self.held.chars().next().is_some_and(|c| !c.is_whitespace());
+        let cut_words: &[String] = if glued { &self.cut_words } else { &[] };
+        let tails = || self.tails.iter().chain(cut_words);
+        // Where a repeat may end inside a word: the cut word glued to the continuation, or a
+        // tail of two or more words after an answer cut inside a word.
+        let mid_word_ok =
+            |t: &String| cut_words.contains(t) || (self.ends_in_word && t.contains(' '));
         // A repeat could still be longer than what is held, or held may end exactly where a
         // tail ends and the next character decide whether the word goes on: wait.
         let h = held.trim_end();
         let longer = tails().any(|t| t.len() > h.len() && t.starts_with(h));
-        let open_end = !glued && !held.ends_with(' ') && tails().any(|t| t == h);
+        let open_end = !held.ends_with(' ') && tails().any(|t| t == h && !mid_word_ok(t));
         if longer || open_end {
             return String::new();
         }
         self.done = true;
-        // The longest tail the held text repeats in full, followed by a word boundary (unless
-        // glued).
+        // The longest tail the held text repeats in full, followed by a word boundary (or not,
+        // where it may end inside a word).
         let repeat = tails().filter(|t| {
             held.starts_with(t.as_str())
-                && (glued
+                && (mid_word_ok(t)
                     || held[t.len()..]
                         .chars()
                         .next()
@@ -223,8 +258,8 @@ impl Seam {
         let f = fold(&held);
         let f = f.trim_end();
         let glued = held.chars().next().is_some_and(|c| !c.is_whitespace());
-        let cut_word = self.cut_word.as_ref().filter(|_| glued);
-        if !f.is_empty() && self.tails.iter().chain(cut_word).any(|t| t == f) {
+        let cut_words: &[String] = if glued { &self.cut_words } else { &[] };
+        if !f.is_empty() && self.tails.iter().chain(cut_words).any(|t| t == f) {
             // Nothing but the repeat: drop it all.
             return String::new();
         }
@@ -307,9 +342,11 @@ mod tests {
             seen("We saw the lazy", &[" the", " lazier", " cat."]),
             "We saw the lazy the lazier cat."
         );
-        // A word that only begins like the tail's last word.
+        // A word that only begins like the tail's last word, after a prefill (which goes on
+        // exactly). Asked in words, the answer may have been cut inside "the|reafter" and the
+        // model repeated it: see `a_tail_that_ends_mid_word_is_no_repeat`.
         assert_eq!(
-            seen("jumps over the", &[" jumps over thereafter"]),
+            seen_exact("jumps over the", &[" jumps over thereafter"]),
             "jumps over the jumps over thereafter"
         );
         // Whitespace at the start is kept when it is not part of a repeat.
@@ -414,12 +451,48 @@ mod tests {
         );
     }
 
+    /// After a prefill, a tail that ends mid-word is no repeat. Asked in words, a repeat of two
+    /// or more words may end inside a word when the answer ended in a letter or a digit: the
+    /// answer was cut inside that word, and the model repeated the words and finished it
+    /// ("Hello wo" → "Hello world"; found by a review).
     #[test]
     fn a_tail_that_ends_mid_word_is_no_repeat() {
         assert_eq!(
-            seen("jumps over the", &[" jumps over the", "reafter"]),
+            seen_exact("jumps over the", &[" jumps over the", "reafter"]),
             "jumps over the jumps over thereafter"
         );
+        assert_eq!(
+            seen("jumps over the", &[" jumps over the", "reafter"]),
+            "jumps over thereafter"
+        );
+        assert_eq!(seen("Hello wo", &["Hello world, hi."]), "Hello world, hi.");
+        assert_eq!(
+            seen("Listening on port 80", &["port 8080 now."]),
+            "Listening on port 8080 now."
+        );
+        assert_eq!(
+            seen("The answer is 4", &["The answer is 42."]),
+            "The answer is 42."
+        );
+        // The whole word since the last space is a cut word too.
+        assert_eq!(
+            seen("let x = self.con", &["self.config;"]),
+            "let x = self.config;"
+        );
+        assert_eq!(
+            seen("Call the (serv", &["(server) now."]),
+            "Call the (server) now."
+        );
+        // Closing brackets are no words: a pretty-printed answer keeps its end.
+        let p = "{\n  \"items\": [\n    {\n      \"tags\": [\n        \"x\"\n      ]\n    }";
+        assert_eq!(seen_exact(p, &["\n  ]", "\n}"]), format!("{p}\n  ]\n}}"));
+        assert_eq!(seen(p, &["\n  ]", "\n}"]), format!("{p}\n  ]\n}}"));
+        // Whitespace without end is let go.
+        let mut s = Seam::new("The serv", true);
+        for _ in 0..MAX_HELD_SPACE {
+            assert_eq!(s.push("\n".into()), "");
+        }
+        assert_eq!(s.push("\n".into()).len(), MAX_HELD_SPACE + 1);
         // Piece by piece, a repeat still completes.
         assert_eq!(
             seen(
