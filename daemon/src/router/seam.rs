@@ -15,8 +15,10 @@
 //! starts over after a short answer, or repeats the word it was cut in. For those, two more
 //! tails count: the whole answer however short, if it has a letter or a digit (a model that
 //! starts over after "This" says "This is…"); and, when the answer was cut inside a word of at
-//! least [`MIN_CUT_WORD`] letters and the continuation starts with no space, that word, with a
-//! repeat that may end inside a word ("The serv" → "server is": "er is"). A continuation of
+//! least [`MIN_CUT_WORD`] letters and the continuation starts with no space, that word (its
+//! letters, or all of it since the last space), with a repeat that may end inside a word ("The
+//! serv" → "server is": "er is"). After such a cut, a repeat of two or more words may end
+//! inside a word too ("Hello wo" → "Hello world"). A continuation of
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
 
@@ -76,6 +78,16 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
         }
     }
     raw.len()
+}
+
+/// The cut words that are tails for `held`: all of them when it is glued to the word the answer
+/// was cut in (it starts with no space), else none.
+fn glued<'a>(cut_words: &'a [String], held: &str) -> &'a [String] {
+    if held.chars().next().is_some_and(|c| !c.is_whitespace()) {
+        cut_words
+    } else {
+        &[]
+    }
 }
 
 /// Watches the start of a continuation.
@@ -207,9 +219,7 @@ impl Seam {
             // Only whitespace so far: it may precede a repeat.
             return String::new();
         }
-        // Glued to the word the answer was cut in: that word is a tail too.
-        let glued = self.held.chars().next().is_some_and(|c| !c.is_whitespace());
-        let cut_words: &[String] = if glued { &self.cut_words } else { &[] };
+        let cut_words = glued(&self.cut_words, &self.held);
         let tails = || self.tails.iter().chain(cut_words);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
         // tail of two or more words after an answer cut inside a word.
@@ -257,8 +267,7 @@ impl Seam {
         let held = std::mem::take(&mut self.held);
         let f = fold(&held);
         let f = f.trim_end();
-        let glued = held.chars().next().is_some_and(|c| !c.is_whitespace());
-        let cut_words: &[String] = if glued { &self.cut_words } else { &[] };
+        let cut_words = glued(&self.cut_words, &held);
         if !f.is_empty() && self.tails.iter().chain(cut_words).any(|t| t == f) {
             // Nothing but the repeat: drop it all.
             return String::new();
