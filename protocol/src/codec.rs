@@ -327,8 +327,12 @@ mod tests {
             for text in texts {
                 let len = text.len();
                 for event in [
-                    StreamEvent::TextDelta { text: text.clone() },
-                    StreamEvent::ThinkingDelta { text: text.clone() },
+                    StreamEvent::TextDelta {
+                        text: text.as_str().into(),
+                    },
+                    StreamEvent::ThinkingDelta {
+                        text: text.as_str().into(),
+                    },
                 ] {
                     let msg = Response::Event { id, event };
                     let mut fast = BytesMut::new();
@@ -460,7 +464,7 @@ mod tests {
             let mut buf = BytesMut::new();
             let text = |t: String| Response::Event {
                 id: 7,
-                event: StreamEvent::TextDelta { text: t },
+                event: StreamEvent::TextDelta { text: t.into() },
             };
             let small = text("ok".into());
             codec.encode(small.clone(), &mut buf).unwrap();

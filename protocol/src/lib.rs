@@ -67,7 +67,7 @@ pub mod startup;
 #[cfg(feature = "codec")]
 pub mod codec;
 
-pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Usage};
+pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Text, Usage};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
     Attempt, BreakerState, CandidateScore, Failover, ModelLimits, ProviderStatus, QuotaStatus,

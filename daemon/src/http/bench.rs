@@ -46,9 +46,9 @@ fn answer() -> Vec<StreamEvent> {
     let mut events: Vec<StreamEvent> = (0..CHUNKS)
         .map(|i| StreamEvent::TextDelta {
             text: if i % 10 == 9 {
-                "\n\n\"quoted\"".to_string()
+                "\n\n\"quoted\"".into()
             } else {
-                format!(" word{i}")
+                format!(" word{i}").into()
             },
         })
         .collect();

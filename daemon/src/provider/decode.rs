@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use mythos_protocol::Text;
 use serde::{Deserialize, Deserializer};
 
 use super::delta::Delta;
@@ -102,6 +103,14 @@ impl Str<'_> {
     /// The text, owned (one copy when it was borrowed).
     pub fn into_string(self) -> String {
         self.0.into_owned()
+    }
+
+    /// The text as a delta's [`Text`]: a short one kept inline, without an allocation.
+    pub fn into_text(self) -> Text {
+        match self.0 {
+            Cow::Borrowed(s) => Text::from(s),
+            Cow::Owned(s) => Text::from(s),
+        }
     }
 
     /// The text.

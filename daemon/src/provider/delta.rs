@@ -1,6 +1,6 @@
 //! What a provider stream yields once its wire format is decoded.
 
-use mythos_protocol::{FinishReason, Usage};
+use mythos_protocol::{FinishReason, Text, Usage};
 
 use super::ratelimit::RateLimits;
 
@@ -10,15 +10,15 @@ pub enum Delta {
     /// The provider named the model that answers (Anthropic `message_start`, OpenAI `model`).
     Model(String),
     /// Answer text.
-    Text(String),
+    Text(Text),
     /// Reasoning text (DeepSeek `reasoning_content`, Anthropic `thinking_delta`).
-    Thinking(String),
+    Thinking(Text),
     /// The signature that closes a thinking block (Anthropic `signature_delta`).
     ThinkingSignature(String),
     /// A redacted thinking block's encrypted data (Anthropic `redacted_thinking`).
     RedactedThinking(String),
     /// The model declines, in words (OpenAI `delta.refusal`), in place of answer text.
-    Refusal(String),
+    Refusal(Text),
     /// A tool call begins.
     ToolCallStart {
         /// Position of the call in the answer (OpenAI `index`, or the Anthropic tool block's

@@ -305,7 +305,7 @@ impl Router {
             if flush {
                 let rest = seam.flush();
                 if !rest.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: rest });
+                    events.push(StreamEvent::TextDelta { text: rest.into() });
                 }
             }
             if !held.is_empty()
@@ -345,7 +345,7 @@ impl Router {
                             .take_while(|(a, b)| a == b)
                             .map(|(a, _)| a.len_utf8())
                             .sum::<usize>();
-                        t.drain(..common);
+                        t = t[common..].into();
                         skip_ws.drain(..common);
                         if !t.is_empty() {
                             // The provider did not repeat the whitespace; stop looking.

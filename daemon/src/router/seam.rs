@@ -22,6 +22,8 @@
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
 
+use mythos_protocol::Text;
+
 /// A repeated tail must be at least this many words...
 pub const MIN_WORDS: usize = 2;
 /// ...or this many characters (folded).
@@ -203,7 +205,7 @@ impl Seam {
     /// Take the next piece of the continuation; returns what may be shown now. Once the seam is
     /// passed (and on every request that is not a continuation) the piece comes back as it is,
     /// without a copy: this runs for every text delta.
-    pub fn push(&mut self, text: String) -> String {
+    pub fn push(&mut self, text: Text) -> Text {
         if self.done {
             return text;
         }
@@ -214,10 +216,10 @@ impl Seam {
                 // Whitespace without end is no repeat; refolding it at every piece would cost
                 // the square of its length.
                 self.done = true;
-                return std::mem::take(&mut self.held);
+                return std::mem::take(&mut self.held).into();
             }
             // Only whitespace so far: it may precede a repeat.
-            return String::new();
+            return Text::default();
         }
         let cut_words = glued(&self.cut_words, &self.held);
         let tails = || self.tails.iter().chain(cut_words);
@@ -231,7 +233,7 @@ impl Seam {
         let longer = tails().any(|t| t.len() > h.len() && t.starts_with(h));
         let open_end = !held.ends_with(' ') && tails().any(|t| t == h && !mid_word_ok(t));
         if longer || open_end {
-            return String::new();
+            return Text::default();
         }
         self.done = true;
         // The longest tail the held text repeats in full, followed by a word boundary (or not,
@@ -247,8 +249,8 @@ impl Seam {
         let repeat = repeat.max_by_key(|t| t.len()).cloned();
         let held = std::mem::take(&mut self.held);
         match repeat {
-            Some(t) => held[raw_len_of_folded(&held, t.chars().count())..].to_string(),
-            None => held,
+            Some(t) => held[raw_len_of_folded(&held, t.chars().count())..].into(),
+            None => held.into(),
         }
     }
 
@@ -294,7 +296,7 @@ mod tests {
         let mut s = Seam::new(partial, in_words);
         let mut out = partial.to_string();
         for p in pieces {
-            out.push_str(&s.push(p.to_string()));
+            out.push_str(&s.push((*p).into()));
         }
         out.push_str(&s.flush());
         out

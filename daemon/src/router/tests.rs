@@ -50,7 +50,7 @@ impl Drop for DropFlag {
 }
 
 fn text(s: &str) -> (u64, Result<Delta, ProviderError>) {
-    (10, Ok(Delta::Text(s.to_string())))
+    (10, Ok(Delta::Text(s.into())))
 }
 
 fn answer(words: &[&str]) -> Step {
@@ -2248,7 +2248,7 @@ impl Transport for Chaos {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let mut items: Vec<(u64, Result<Delta, ProviderError>)> = rest
                 .iter()
-                .map(|w| (2, Ok(Delta::Text(w.to_string()))))
+                .map(|w| (2, Ok(Delta::Text((*w).into()))))
                 .collect();
             if roll < 0.15 {
                 return Err(err(ErrorKind::RateLimited, Some(1)));

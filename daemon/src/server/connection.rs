@@ -599,7 +599,7 @@ mod writer_tests {
         Response::Event {
             id: 1,
             event: StreamEvent::TextDelta {
-                text: format!("t{i}"),
+                text: format!("t{i}").into(),
             },
         }
     }

@@ -218,12 +218,12 @@ impl WireDecoder for AnthropicDecoder {
                         }
                         "text" => {
                             if let Some(t) = b.text.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Text(t.into_string()));
+                                out.push(Delta::Text(t.into_text()));
                             }
                         }
                         "thinking" => {
                             if let Some(t) = b.thinking.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Thinking(t.into_string()));
+                                out.push(Delta::Thinking(t.into_text()));
                             }
                         }
                         // Whole in its start event: the client gets it to send back.
@@ -250,7 +250,7 @@ impl WireDecoder for AnthropicDecoder {
                     match d.ty.as_ref().map(Str::as_str) {
                         Some("text_delta") => {
                             if let Some(t) = d.text.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Text(t.into_string()));
+                                out.push(Delta::Text(t.into_text()));
                             }
                         }
                         Some("input_json_delta") => match &mut self.server_block {
@@ -270,7 +270,7 @@ impl WireDecoder for AnthropicDecoder {
                         },
                         Some("thinking_delta") => {
                             if let Some(t) = d.thinking.filter(|t| !t.is_empty()) {
-                                out.push(Delta::Thinking(t.into_string()));
+                                out.push(Delta::Thinking(t.into_text()));
                             }
                         }
                         Some("signature_delta") => {

@@ -197,9 +197,9 @@ impl WireDecoder for GeminiDecoder {
                     out.push(Delta::ToolCallArgs { index, json });
                 } else if let Some(t) = part.text.filter(|t| !t.is_empty()) {
                     out.push(if part.thought {
-                        Delta::Thinking(t.into_string())
+                        Delta::Thinking(t.into_text())
                     } else {
-                        Delta::Text(t.into_string())
+                        Delta::Text(t.into_text())
                     });
                 }
             }

@@ -8,7 +8,7 @@
 //! `prompt_tokens_details.cached_tokens`, DeepSeek `prompt_cache_hit_tokens`) as cache reads,
 //! and only the rest as input, as Anthropic does, so no token is counted twice.
 
-use mythos_protocol::{FinishReason, Usage};
+use mythos_protocol::{FinishReason, Text, Usage};
 use serde::Deserialize;
 
 use crate::provider::decode::{Seq, Str, WireDecoder};
@@ -168,10 +168,10 @@ impl OpenAiDecoder {
             }
         }
         if let Some(t) = fast.reasoning.filter(|t| !t.is_empty()) {
-            out.push(Delta::Thinking(t.into_owned()));
+            out.push(Delta::Thinking(Text::from(t)));
         }
         if let Some(t) = fast.content.filter(|t| !t.is_empty()) {
-            out.push(Delta::Text(t.into_owned()));
+            out.push(Delta::Text(Text::from(t)));
         }
     }
 
@@ -201,13 +201,13 @@ impl OpenAiDecoder {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(d) = choice.delta {
                 if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Thinking(t.into_string()));
+                    out.push(Delta::Thinking(t.into_text()));
                 }
                 if let Some(t) = d.content.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Text(t.into_string()));
+                    out.push(Delta::Text(t.into_text()));
                 }
                 if let Some(t) = d.refusal.filter(|t| !t.is_empty()) {
-                    out.push(Delta::Refusal(t.into_string()));
+                    out.push(Delta::Refusal(t.into_text()));
                 }
                 for call in d.tool_calls.unwrap_or_default() {
                     let (name, args) = match call.function {
