@@ -206,7 +206,8 @@ pub fn decode_payload<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, CodecError> {
     let err = |message: String| CodecError::Decode { encoding, message };
-    match encoding {
+    // Its strings are bounded by the payload; its sequences' items by the budget.
+    crate::budget::within(|| match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| err(e.to_string())),
         Encoding::Bincode => {
             let (msg, used) = bincode_decode(bytes).map_err(|e| err(e.to_string()))?;
@@ -215,7 +216,7 @@ pub fn decode_payload<T: DeserializeOwned>(
             }
             Ok(msg)
         }
-    }
+    })
 }
 
 impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {

@@ -55,6 +55,7 @@
 
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod clock;
 pub mod event;
 pub mod hello;

@@ -43,6 +43,7 @@ pub enum Request {
         /// A simulated provider's name.
         provider: String,
         /// Served to the next requests in order, one each.
+        #[serde(deserialize_with = "crate::budget::vec")]
         faults: Vec<SimFault>,
     },
     /// Where the HTTP front end listens and its token. Answered by
@@ -56,6 +57,7 @@ pub struct ChatRequest {
     /// Chosen by the client; echoed on every event of this stream.
     pub id: RequestId,
     /// The conversation so far, oldest first, ending with the user's turn.
+    #[serde(deserialize_with = "crate::budget::vec")]
     pub messages: Vec<Message>,
     /// Optional system prompt.
     #[serde(default)]
@@ -73,7 +75,7 @@ pub struct ChatRequest {
     #[serde(default)]
     pub temperature: Option<f32>,
     /// Tools the model may call.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub tools: Vec<ToolSpec>,
     /// Everything else a provider API can say about generation (stop sequences, tool choice,
     /// thinking, prompt caching). The HTTP front end fills it from the agent's request; each
@@ -87,10 +89,10 @@ pub struct ChatRequest {
 pub struct ChatOptions {
     /// The system prompt as separate blocks, when the client sent blocks (each may carry a
     /// prompt-cache breakpoint). When non-empty, [`ChatRequest::system`] holds their joined text.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub system_blocks: Vec<SystemBlock>,
     /// Sequences that end generation.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub stop: Vec<String>,
     /// Nucleus sampling.
     #[serde(default)]
@@ -108,7 +110,7 @@ pub struct ChatOptions {
     #[serde(default)]
     pub user: Option<String>,
     /// Prompt-cache breakpoints in `messages` (kept for Anthropic, dropped elsewhere).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub cache_points: Vec<CachePoint>,
     /// With no `max_tokens`: let the answer run to the serving model's own output limit
     /// rather than the daemon's default (agents that send no limit, such as Codex, expect
@@ -122,7 +124,7 @@ pub struct ChatOptions {
     /// Anthropic beta features the client asked for (its `anthropic-beta` header: Claude
     /// Code's 1M-token context, interleaved thinking, context management), for Anthropic
     /// providers only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub anthropic_beta: Vec<String>,
     /// Anthropic's `context_management` (server-side clearing of old tool results and
     /// thinking, a beta), as JSON text, for Anthropic providers only.
@@ -131,7 +133,7 @@ pub struct ChatOptions {
     /// Anthropic server tools the client offered (`web_search_20250305`, `web_fetch_*`,
     /// `code_execution_*`: run by Anthropic, not by the client), each as JSON text, for
     /// Anthropic providers only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::budget::vec")]
     pub server_tools: Vec<String>,
     /// Place prompt-cache breakpoints for providers that need them (Anthropic) when the client
     /// placed none: its API has no way to ask (Chat Completions, Responses, this protocol's
@@ -288,6 +290,7 @@ pub struct Message {
     /// Who said it.
     pub role: Role,
     /// What was said.
+    #[serde(deserialize_with = "crate::budget::vec")]
     pub content: Vec<ContentBlock>,
 }
 
@@ -351,7 +354,7 @@ pub enum ContentBlock {
         is_error: bool,
         /// Images the tool returned (screenshots, diagrams), after the text; and documents
         /// (a PDF that a file-reading tool read), told apart by [`ImageSource::is_document`].
-        #[serde(default)]
+        #[serde(default, deserialize_with = "crate::budget::vec")]
         images: Vec<ImageSource>,
     },
     /// An image the user attached.

@@ -54,6 +54,71 @@ async fn a_frame_claiming_terabytes_drops_one_client_only() {
     assert!(!c.status().await.providers.is_empty());
 }
 
+/// A frame of tiny items (an empty text block is two bytes on the wire and a hundred in memory)
+/// took a gigabyte per 16 MiB frame to decode: a few clients sending one each would have the
+/// daemon killed for memory, every session with it. Now each costs its sender the connection
+/// with a reason, and the daemon stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_tiny_items_cost_their_senders_only() {
+    use mythos_protocol::{codec::encode_payload, ContentBlock, Encoding, Message, Role};
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let daemon = env.start_daemon(&[]);
+    let mut req = ChatRequest::user_text(1, "");
+    req.messages = vec![Message {
+        role: Role::User,
+        content: vec![ContentBlock::Text { text: String::new() }; 7_000_000],
+    }];
+    let payload = encode_payload(Encoding::Bincode, &Request::Chat(req)).unwrap();
+    assert!(payload.len() <= mythos_protocol::MAX_FRAME_LEN);
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let frame = frame.clone();
+        let mut c = RawClient::connect(&env.socket).await;
+        senders.push(tokio::spawn(async move {
+            c.framed.get_mut().write_all(&frame).await.unwrap();
+            match c.recv().await {
+                Response::Error { kind, message } => {
+                    assert_eq!(kind, ErrorKind::Protocol);
+                    assert!(message.contains("too many items"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    // The peak of the daemon's resident memory: the four frames themselves and what one of
+    // them decoded into before it was refused.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()));
+    if let Ok(status) = status {
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM");
+        assert!(peak_kib < 400 << 10, "the daemon peaked at {} MiB", peak_kib >> 10);
+    }
+    let mut c = RawClient::connect(&env.socket).await;
+    assert!(!c.status().await.providers.is_empty());
+    let mut c = RawClient::connect(&env.socket).await;
+    c.send(Request::Chat(ChatRequest::user_text(2, "still here"))).await;
+    let mut events = Vec::new();
+    loop {
+        if let Response::Event { event, .. } = c.recv().await {
+            let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
+            events.push(event);
+            if end {
+                break;
+            }
+        }
+    }
+    assert_eq!(text_of(&events), answer_for("still here"));
+}
+
 /// Every place a provider can put the key back into our words: a 400 body, an in-stream error
 /// event, on every provider. None of it may reach the user, the logs or the state database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
