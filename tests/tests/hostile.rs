@@ -67,7 +67,12 @@ async fn frames_of_tiny_items_cost_their_senders_only() {
     let mut req = ChatRequest::user_text(1, "");
     req.messages = vec![Message {
         role: Role::User,
-        content: vec![ContentBlock::Text { text: String::new() }; 7_000_000],
+        content: vec![
+            ContentBlock::Text {
+                text: String::new()
+            };
+            7_000_000
+        ],
     }];
     let payload = encode_payload(Encoding::Bincode, &Request::Chat(req)).unwrap();
     assert!(payload.len() <= mythos_protocol::MAX_FRAME_LEN);
@@ -100,12 +105,17 @@ async fn frames_of_tiny_items_cost_their_senders_only() {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmHWM");
-        assert!(peak_kib < 400 << 10, "the daemon peaked at {} MiB", peak_kib >> 10);
+        assert!(
+            peak_kib < 400 << 10,
+            "the daemon peaked at {} MiB",
+            peak_kib >> 10
+        );
     }
     let mut c = RawClient::connect(&env.socket).await;
     assert!(!c.status().await.providers.is_empty());
     let mut c = RawClient::connect(&env.socket).await;
-    c.send(Request::Chat(ChatRequest::user_text(2, "still here"))).await;
+    c.send(Request::Chat(ChatRequest::user_text(2, "still here")))
+        .await;
     let mut events = Vec::new();
     loop {
         if let Response::Event { event, .. } = c.recv().await {

@@ -653,6 +653,43 @@ async fn a_refusal_reaches_each_api_in_its_own_shape() {
     }
 }
 
+/// A refusal cut mid-stream is asked again, and reaches each API whole: it used to be shown as
+/// it came, and a cut then ended an HTTP client's request with an error (a restart after
+/// visible output cannot be expressed to it), while the provider would have refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_cut_mid_stream_still_reaches_each_api_whole() {
+    let w = World::start().await;
+    for path in ["/v1/chat/completions", "/v1/messages", "/v1/responses"] {
+        w.mocks
+            .openai
+            .inject([SimFault::DisconnectAfter { tokens: 3 }]);
+        let req = if path == "/v1/responses" {
+            json!({"model": "openai", "input": "please refuse this", "stream": true})
+        } else {
+            user("openai", "please refuse this", true)
+        };
+        let r = w.post(path, &req).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let refusal = match path {
+            "/v1/chat/completions" => chat_stream(&r.body, false).refusal,
+            "/v1/messages" => messages_stream(&r.body).text(),
+            _ => frames(&r.body)
+                .iter()
+                .filter_map(|f| serde_json::from_str::<Value>(&f.data).ok())
+                .filter(|e| e["type"] == "response.refusal.delta")
+                .filter_map(|e| e["delta"].as_str().map(str::to_string))
+                .collect(),
+        };
+        assert_eq!(refusal, SIM_REFUSAL, "{path}: {}", r.body);
+        let failed = ["\"error\":{", "event: error", "response.failed"];
+        assert!(
+            !failed.iter().any(|f| r.body.contains(f)),
+            "{path}: {}",
+            r.body
+        );
+    }
+}
+
 /// Claude Code's beta features (`anthropic-beta`: 1M-token context, interleaved thinking,
 /// context management) and its `context_management` reach an Anthropic provider as it sent
 /// them, and no other provider.

@@ -66,7 +66,8 @@ impl Router {
     ///
     /// Tool calls are held back until they are complete (the next block begins or the stream
     /// ends cleanly): a call cut in the middle is never shown, so the answer before it can be
-    /// continued elsewhere and the call made again there, as if nothing had happened.
+    /// continued elsewhere and the call made again there, as if nothing had happened. A
+    /// refusal likewise: cut, it is asked again elsewhere.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
@@ -173,7 +174,7 @@ impl Router {
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
-        // Tool-call events not yet shown: the calls are still being streamed.
+        // Tool-call and refusal events not yet shown: they are still being streamed.
         let mut held: Vec<StreamEvent> = Vec::new();
         let sink = Sink { out, cancel };
         // One watch for the whole attempt, asked at each chunk for an atomic load (see
@@ -308,7 +309,11 @@ impl Router {
                     events.push(StreamEvent::TextDelta { text: rest.into() });
                 }
             }
+            // More of a refusal held back is held with it.
+            let more_refusal = matches!(delta, Some(Delta::Refusal(_)))
+                && matches!(held.last(), Some(StreamEvent::RefusalDelta { .. }));
             if !held.is_empty()
+                && !more_refusal
                 && matches!(
                     delta,
                     None | Some(
@@ -358,12 +363,12 @@ impl Router {
                     }
                 }
                 Delta::Thinking(t) => events.push(StreamEvent::ThinkingDelta { text: t }),
-                Delta::Refusal(text) => {
-                    // Another model would not continue a refusal in its words, nor should
-                    // the client get an answer glued to one: a refusal cut short restarts.
-                    partial.tool_started = true;
-                    events.push(StreamEvent::RefusalDelta { text });
-                }
+                // Another model would not continue a refusal in its words, nor should the client
+                // get an answer glued to one: a refusal cut short restarts. So it is held back
+                // until it is whole, as a tool call is: shown, it could not be taken back
+                // from an HTTP client, whose request then failed where another provider would
+                // have answered.
+                Delta::Refusal(text) => held.push(StreamEvent::RefusalDelta { text }),
                 Delta::Citation(json) => events.push(StreamEvent::Citation { json }),
                 // Kept in `Partial` as it is sent: Anthropic can continue an answer cut after
                 // one (see `continues_server_blocks`).

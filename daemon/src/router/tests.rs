@@ -920,6 +920,78 @@ async fn half_streamed_tool_call_is_never_shown_and_is_made_again() {
     ));
 }
 
+/// A refusal cut short is never shown, and is asked again elsewhere: shown, it could not be
+/// taken back from an HTTP client, whose request then failed while another provider was free
+/// (9 % of refusals in a chaos run). A whole one goes out, in its pieces and in order.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_cut_short_is_never_shown_and_is_asked_again() {
+    let refusal = |s: &str| (10, Ok(Delta::Refusal(s.into())));
+    let h = harness(2, no_jitter());
+    // Nothing was shown, so the cut is a blip the same provider is asked again for.
+    h.scripts[0].push([
+        Step::Stream(vec![
+            refusal("I'm sorry, "),
+            refusal("but I can"),
+            (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+        ]),
+        Step::Stream(vec![
+            refusal("I can't "),
+            refusal("help with that."),
+            (0, Ok(Delta::Finish(FinishReason::Stop))),
+        ]),
+    ]);
+    let ev = ask(&h.router, req("refuse")).await;
+    let refused: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::RefusalDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, ["I can't ", "help with that."], "{ev:?}");
+    // Nothing had been shown: no restart to announce, nothing for a client to take back.
+    assert!(!ev.iter().any(|e| matches!(
+        e,
+        StreamEvent::Rerouted {
+            mode: RerouteMode::Restart,
+            ..
+        }
+    )));
+}
+
+/// Text before a refusal goes out as it comes; the refusal after it is held until whole, and
+/// a later cut restarts (a refusal is not continued in another model's words).
+#[tokio::test(start_paused = true)]
+async fn a_whole_refusal_goes_out_and_makes_the_answer_restart_if_cut_later() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        text("Well. "),
+        (10, Ok(Delta::Refusal("No.".into()))),
+        text(" Anyway"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    h.scripts[1].push([answer(&["Fine."])]);
+    let ev = ask(&h.router, req("refuse")).await;
+    let order: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::TextDelta { text } | StreamEvent::RefusalDelta { text } => {
+                Some(text.as_str())
+            }
+            StreamEvent::Rerouted { .. } => Some("|"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["Well. ", "No.", " Anyway", "|", "Fine."], "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        StreamEvent::Rerouted {
+            mode: RerouteMode::Restart,
+            ..
+        }
+    )));
+}
+
 /// A call that is whole (text follows it) is shown at once; text after it can still be cut.
 #[tokio::test(start_paused = true)]
 async fn a_complete_tool_call_goes_out_before_the_next_block() {
