@@ -16,18 +16,30 @@ struct Watch;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// The largest allocation of this thread: tests run in parallel, and a test that asserts a
+    /// bound far below another's cannot share the global figure.
+    static LARGEST_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note(size: usize) {
+    LARGEST.fetch_max(size, Ordering::Relaxed);
+    // `try_with`: the thread-local may be gone while a thread exits.
+    let _ = LARGEST_HERE.try_with(|l| l.set(l.get().max(size)));
+}
+
 // SAFETY: forwards to the system allocator; only records sizes.
 unsafe impl GlobalAlloc for Watch {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        note(layout.size());
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        note(layout.size());
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        note(new_size);
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -64,6 +76,25 @@ fn the_frame_that_aborted_the_daemon() {
         assert!(largest < 64 * 1024, "{claim}: {largest} bytes");
         assert!(decode_payload::<Request>(Encoding::Bincode, &frame).is_err());
     }
+}
+
+/// A delta's text is taken from the frame's own bytes (a borrowed string, kept inline or
+/// copied once): a length claiming more than the frame holds allocates nothing of that size.
+/// (With a `String`, bincode reserved the claimed length before it found the bytes missing.)
+#[test]
+fn a_delta_claiming_more_than_its_frame_allocates_nothing_of_that_size() {
+    // Event, id 7, TextDelta, a length of 3,000 as a u16 varint, then 3 bytes.
+    let mut frame = vec![0u8, 7, 1, 251];
+    frame.extend_from_slice(&3000u16.to_le_bytes());
+    frame.extend_from_slice(b"abc");
+    LARGEST_HERE.with(|l| l.set(0));
+    assert!(decode_payload::<Response>(Encoding::Bincode, &frame).is_err());
+    let largest = LARGEST_HERE.with(|l| l.get());
+    assert!(
+        largest < 1024,
+        "{largest} bytes for a {}-byte frame",
+        frame.len()
+    );
 }
 
 fn samples() -> Vec<Vec<u8>> {

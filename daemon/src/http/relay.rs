@@ -639,7 +639,7 @@ impl Answer {
         match ev {
             StreamEvent::TextDelta { text } => match self.blocks.last_mut() {
                 Some(Block::Text(t)) => t.push_str(text),
-                _ => self.blocks.push(Block::Text(text.to_string())),
+                _ => self.blocks.push(Block::Text(text.as_str().to_owned())),
             },
             StreamEvent::ThinkingDelta { text } => match self.blocks.last_mut() {
                 Some(Block::Thinking {
@@ -647,7 +647,7 @@ impl Answer {
                     signature: None,
                 }) => t.push_str(text),
                 _ => self.blocks.push(Block::Thinking {
-                    text: text.to_string(),
+                    text: text.as_str().to_owned(),
                     signature: None,
                 }),
             },
@@ -665,7 +665,7 @@ impl Answer {
             StreamEvent::Citation { json } => self.blocks.push(Block::Citation(json.clone())),
             StreamEvent::RefusalDelta { text } => match self.blocks.last_mut() {
                 Some(Block::Refusal(t)) => t.push_str(text),
-                _ => self.blocks.push(Block::Refusal(text.to_string())),
+                _ => self.blocks.push(Block::Refusal(text.as_str().to_owned())),
             },
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.tools.push((*index, self.blocks.len()));

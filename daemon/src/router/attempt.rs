@@ -350,7 +350,7 @@ impl Router {
                             .take_while(|(a, b)| a == b)
                             .map(|(a, _)| a.len_utf8())
                             .sum::<usize>();
-                        t = t[common..].into();
+                        t.replace_range(..common, "");
                         skip_ws.drain(..common);
                         if !t.is_empty() {
                             // The provider did not repeat the whitespace; stop looking.
