@@ -200,16 +200,30 @@ pub fn footer(provider: &str, model: &str, latency_ms: u64, usage: Usage, cost_u
 }
 
 /// The line shown when the daemon moves a request to another provider.
-pub fn reroute_notice(from: &str, to: &str, reason: &str, mode: RerouteMode) -> String {
+///
+/// `after_wait`: the request waited for capacity since `from` failed, and that wait was shown
+/// first; the notice then says the failure came before it.
+pub fn reroute_notice(
+    from: &str,
+    to: &str,
+    reason: &str,
+    mode: RerouteMode,
+    after_wait: bool,
+) -> String {
     let reason = reason.trim();
     let why = if reason.is_empty() {
         String::new()
     } else {
         format!(" ({reason})")
     };
+    let (failed, next) = if after_wait {
+        (" had failed", "; after the wait,")
+    } else {
+        (" failed", ":")
+    };
     match mode {
-        RerouteMode::Continue => format!("↪ {from} failed{why}: continuing on {to}"),
-        RerouteMode::Restart => format!("↪ {from} failed{why}: the answer restarts on {to}"),
+        RerouteMode::Continue => format!("↪ {from}{failed}{why}{next} continuing on {to}"),
+        RerouteMode::Restart => format!("↪ {from}{failed}{why}{next} the answer restarts on {to}"),
     }
 }
 

@@ -74,6 +74,8 @@ pub struct StreamPrinter<O: Write, S: Write> {
     status_line: bool,
     /// The gist of the last waiting reason shown (plain output shows each one once).
     last_wait: Option<String>,
+    /// A wait was shown since the last reroute: the next reroute's failure came before it.
+    waited: bool,
     /// The Markdown renderer, when the answer is rendered.
     md: Option<super::markdown::MarkdownStream>,
 }
@@ -91,6 +93,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             buffer: String::new(),
             status_line: false,
             last_wait: None,
+            waited: false,
             md: opts
                 .markdown
                 .map(|w| super::markdown::MarkdownStream::new(w, Style::stdout())),
@@ -119,6 +122,7 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
             deadline_unix_ms,
         } = ev
         {
+            self.waited = true;
             let line = queued_notice(reason, *until_unix_ms, *deadline_unix_ms, now_unix_ms());
             let line = self.opts.side_style.yellow(&line);
             if self.opts.live {
@@ -136,6 +140,8 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
         }
         self.clear_status()?;
         match ev {
+            // A wait before this provider started is over; it explains no later failure.
+            StreamEvent::Started { .. } => self.waited = false,
             StreamEvent::TextDelta { text } if !text.is_empty() => {
                 if self.opts.buffer_text {
                     self.buffer.push_str(text);
@@ -199,10 +205,9 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
                         md.reset();
                     }
                 }
-                let line = self
-                    .opts
-                    .side_style
-                    .yellow(&reroute_notice(from, to, reason, *mode));
+                let notice = reroute_notice(from, to, reason, *mode, self.waited);
+                self.waited = false;
+                let line = self.opts.side_style.yellow(&notice);
                 self.note(&line)?;
             }
             _ => {}
@@ -336,6 +341,41 @@ mod tests {
             until_unix_ms: Some(now + wait_ms),
             deadline_unix_ms: now + 30_000,
         }
+    }
+
+    /// Every provider failed and the request waited: the failure that led to the wait is told
+    /// as past once the wait was shown (it used to read as if it came after the wait).
+    #[test]
+    fn a_reroute_after_a_wait_says_the_failure_came_first() {
+        let mut p = printer(false, false);
+        let started = StreamEvent::Started {
+            provider: "sim-openai".into(),
+            model: "m".into(),
+            attempt: 2,
+            record: 1,
+            setup_us: 0,
+        };
+        for ev in [
+            queued("sim-openai: rate limited, 3.0 s left", 3_000),
+            reroute(RerouteMode::Continue),
+            started.clone(),
+            text("Hello"),
+            reroute(RerouteMode::Continue),
+        ] {
+            p.event(&ev).unwrap();
+        }
+        let (_, side) = outputs(p);
+        let notices: Vec<&str> = side.lines().filter(|l| l.starts_with('↪')).collect();
+        assert_eq!(
+            notices,
+            [
+                "↪ sim-deepseek had failed (connection dropped); after the wait, continuing on \
+                 sim-openai",
+                // A wait before the provider started explains no later failure.
+                "↪ sim-deepseek failed (connection dropped): continuing on sim-openai",
+            ],
+            "{side}"
+        );
     }
 
     #[test]
