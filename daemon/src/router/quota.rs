@@ -94,7 +94,21 @@ pub struct Quota {
     /// How long the last such 429 was believed: the next one within an hour of its end is
     /// believed twice as long.
     fixed_for: Duration,
+    /// Prompt tokens the provider counted per estimated one (see [`Quota::learn_input`]), at
+    /// least 1; 0 until learnt.
+    input_scale: f64,
+    /// An answer told how the provider counts prompts (any answer: a short prompt's teaches
+    /// no ratio, but shows the estimate was not far off).
+    counted: bool,
 }
+
+/// Prompts shorter than this (estimated tokens) teach nothing about their density: the tokens a
+/// provider adds around every prompt (its template, the roles) are most of a short one.
+const LEARN_INPUT_MIN: u64 = 500;
+
+/// The most a prompt's estimate is scaled by: a provider that counts more than this is
+/// counting something else (a tool's definitions, a system prompt of its own).
+const INPUT_SCALE_MAX: f64 = 8.0;
 
 /// The longest a 429 that the estimate did not foresee makes refills count only at the reset.
 /// Such a 429 may come from a limit the headers do not show (a daily or an organisation's
@@ -121,8 +135,45 @@ impl Quota {
     /// Count a request dispatched now; returns its reservation's sequence number.
     pub fn reserve(&mut self, cost: Cost) -> u64 {
         self.next_seq += 1;
+        let cost = self.scaled(cost);
         self.pending.push((self.next_seq, cost));
         self.next_seq
+    }
+
+    /// A prompt estimated at `estimated` tokens was counted as `actual` by the provider (its
+    /// usage, cached tokens included: the estimate is of the whole prompt).
+    ///
+    /// The estimate assumes ~4 bytes a token, right for English prose; code, CJK text and
+    /// numbers have more tokens per byte. Reserved at the estimate, requests in flight on a
+    /// token quota took about twice what was reserved for them, and a provider's 429s the
+    /// headers had foreseen came anyway (43 % of upstream requests in a test of dense
+    /// prompts). So the reservations of prompts are scaled by what the provider counted of
+    /// the recent ones: a moving average of their ratios, never below 1 (where the estimate
+    /// counts more than the provider, as for a prompt mostly read from a cache that the quota
+    /// does not charge, the estimate stays as it was).
+    pub fn learn_input(&mut self, estimated: u64, actual: u64) {
+        self.counted = true;
+        if estimated < LEARN_INPUT_MIN || actual == 0 {
+            return;
+        }
+        let ratio = (actual as f64 / estimated as f64).clamp(1.0, INPUT_SCALE_MAX);
+        self.input_scale = if self.input_scale > 0.0 {
+            0.7 * self.input_scale + 0.3 * ratio
+        } else {
+            ratio
+        };
+    }
+
+    /// `cost` with its prompt tokens scaled by what was learnt (see [`Quota::learn_input`]).
+    fn scaled(&self, cost: Cost) -> Cost {
+        let scale = if self.input_scale > 0.0 {
+            self.input_scale
+        } else {
+            1.0
+        };
+        let [requests, _, input, output] = cost.0;
+        let input = input * scale;
+        Cost([requests, input + output, input, output])
     }
 
     /// The request `seq` is over; if no response of the provider counted it, stop counting it.
@@ -173,8 +224,18 @@ impl Quota {
     /// minute for room that came back within seconds. Each further one, while believed or
     /// within an hour of that, doubles it, up to an hour: a provider that really refills at
     /// the reset costs a few 429s (each one failed over, not shown) until it is believed.
+    ///
+    /// Not before an answer told how the provider counts prompts, where it has token quotas:
+    /// until then the surprise may be the estimate's (dense prompts), not the window's, and
+    /// believing it slowed the provider's pacing for minutes.
     pub fn rate_limited(&mut self, cost: Cost, until: Instant, now: Instant) {
-        if self.room_ignoring_block(cost, now) == Room::Now && self.announces == Some(true) {
+        let tokens_quota = [QuotaKind::Tokens, QuotaKind::InputTokens]
+            .iter()
+            .any(|k| self.buckets[k.index()].is_some());
+        if self.room_ignoring_block(self.scaled(cost), now) == Room::Now
+            && self.announces == Some(true)
+            && (self.counted || !tokens_quota)
+        {
             let recent = self
                 .fixed_until
                 .is_some_and(|t| now < t + FIXED_WINDOW_MEMORY);
@@ -220,7 +281,8 @@ impl Quota {
     /// Whether its quota keeps a request of `cost` out now: a `429`'s pause, or a window that
     /// its headers say has no room (an overloaded server's pause is not a quota).
     pub fn out_of_quota(&self, cost: Cost, now: Instant) -> bool {
-        self.limited_until(now).is_some() || self.room_ignoring_block(cost, now) != Room::Now
+        self.limited_until(now).is_some()
+            || self.room_ignoring_block(self.scaled(cost), now) != Room::Now
     }
 
     /// Forget a pause and what was learnt about the windows (`mythos reset`).
@@ -233,6 +295,7 @@ impl Quota {
 
     /// Whether a request of `cost` fits now, and if not, when it will.
     pub fn room(&self, cost: Cost, now: Instant) -> Room {
+        let cost = self.scaled(cost);
         match self.blocked_until(now) {
             Some(t) => match self.room_ignoring_block(cost, t) {
                 Room::Now => Room::At(t),
@@ -509,6 +572,82 @@ mod tests {
         // A request that never reached the provider (connect error) stops counting.
         q.settle(s4);
         assert_eq!(q.room(ONE, now), Room::Now);
+    }
+
+    /// Dense prompts (code, CJK) have more tokens per byte than the estimate assumes: what the
+    /// provider counted of recent prompts scales what later ones reserve, so requests in flight
+    /// no longer overrun a token quota the headers announced (43 % of upstream requests were
+    /// 429s in a test of such prompts). A prompt it counts as fewer tokens (read from a cache)
+    /// changes nothing, and short prompts teach nothing.
+    #[tokio::test(start_paused = true)]
+    async fn prompts_reserve_what_the_provider_counted_of_recent_ones() {
+        let now = Instant::now();
+        // 10,000 tokens left of 10,000 for 60 s; a request of 1,000 prompt tokens (estimated)
+        // and no output.
+        let prompt = Cost([1.0, 1_000.0, 1_000.0, 0.0]);
+        let fresh = || {
+            let mut q = Quota::default();
+            let s = q.reserve(prompt);
+            q.observe(
+                s,
+                &limits((100, 100, 60_000), Some((10_000, 10_000, 60_000))),
+                true,
+                now,
+            );
+            q
+        };
+        let in_flight = |q: &mut Quota| {
+            let mut n = 0;
+            while q.room(prompt, now) == Room::Now {
+                q.reserve(prompt);
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(in_flight(&mut fresh()), 10);
+        // The provider counted twice the estimate, again and again.
+        let mut q = fresh();
+        for _ in 0..10 {
+            q.learn_input(1_000, 2_000);
+        }
+        assert_eq!(in_flight(&mut q), 5);
+        // Counted as fewer (a cached prompt), or short prompts: the estimate as it was.
+        let mut q = fresh();
+        q.learn_input(1_000, 100);
+        q.learn_input(100, 800);
+        assert_eq!(in_flight(&mut q), 10);
+        // A ratio beyond reason is taken as at most 8.
+        let mut q = fresh();
+        q.learn_input(1_000, 1_000_000);
+        assert_eq!(in_flight(&mut q), 1);
+    }
+
+    /// A 429 on a token quota before any answer told how the provider counts prompts proves
+    /// nothing about its window: the estimate of the prompts may have been short.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_before_prompts_were_counted_is_not_taken_for_a_fixed_window() {
+        let now = Instant::now();
+        // Room for the request by the headers (150 tokens of 600 left): a 429 is a surprise.
+        let fresh = || {
+            let mut q = Quota::default();
+            let s = q.reserve(ONE);
+            q.observe(
+                s,
+                &limits((60, 59, 60_000), Some((600, 150, 60_000))),
+                true,
+                now,
+            );
+            q
+        };
+        let later = now + Duration::from_secs(1);
+        let mut q = fresh();
+        q.rate_limited(ONE, later, now);
+        assert!(!q.fixed(later), "believed before any prompt was counted");
+        // Once an answer was counted, the same surprise is believed.
+        let mut q = fresh();
+        q.learn_input(10, 12);
+        q.rate_limited(ONE, later, now);
+        assert!(q.fixed(later));
     }
 
     #[tokio::test(start_paused = true)]
