@@ -121,6 +121,14 @@ impl Lease {
         book.dispatch(&self.book, now);
     }
 
+    /// The provider counted the prompt estimated at `estimated` tokens as `counted` (see
+    /// [`super::quota::Quota::learn_input`]).
+    pub fn learn_input(&self, estimated: u64, counted: u64) {
+        lock(&self.book).providers[self.index]
+            .quota
+            .learn_input(estimated, counted);
+    }
+
     /// End the attempt: apply `verdict` to the book, then give the slot back.
     pub fn finish(mut self, verdict: impl FnOnce(&mut HealthBook, Instant)) {
         self.armed = false;

@@ -176,6 +176,7 @@ impl Router {
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
         // Tool-call and refusal events not yet shown: they are still being streamed.
         let mut held: Vec<StreamEvent> = Vec::new();
+        let mut prompt_counted = false;
         let sink = Sink { out, cancel };
         // One watch for the whole attempt, asked at each chunk for an atomic load (see
         // `CancelWatch`): the upstream may always be ready, and a cancel must still stop it.
@@ -396,6 +397,16 @@ impl Router {
                 }
                 Delta::Usage(u) => {
                     end.usage = u;
+                    // The whole prompt as the provider counted it, for its quota's estimates,
+                    // at its first report (Anthropic and Gemini count it as the answer starts,
+                    // OpenAI at its end). A continuation's prompt, with the answer so far, is
+                    // not the one estimated.
+                    let counted =
+                        u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+                    if !prompt_counted && counted > 0 && end.text_from == 0 {
+                        prompt_counted = true;
+                        lease.learn_input(input_tokens, counted);
+                    }
                     events.push(StreamEvent::Usage(u));
                 }
                 Delta::Finish(r) => {

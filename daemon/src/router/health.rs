@@ -460,11 +460,6 @@ impl HealthBook {
         p.cost.observe(cost_per_1k, prior, now, hl);
     }
 
-    /// A prompt estimated at `estimated` tokens was counted as `actual` by provider `i`.
-    pub fn learn_input(&mut self, i: usize, estimated: u64, actual: u64) {
-        self.providers[i].quota.learn_input(estimated, actual);
-    }
-
     /// A whole answer took `latency`.
     pub fn record_latency(&mut self, i: usize, latency: Duration, now: Instant) {
         let hl = self.cfg.health_half_life;

@@ -1222,19 +1222,8 @@ impl Router {
                 unreachable.retain(|&u| u != i);
                 let cost = p.cfg.cost(&end.usage);
                 let tokens = end.usage.input_tokens + end.usage.output_tokens;
-                // The whole prompt as the provider counted it, for its quota's estimates; a
-                // continuation's prompt (with the answer so far) is not the one estimated.
-                let counted = (end.text_from == 0).then(|| {
-                    end.usage.input_tokens
-                        + end.usage.cache_read_input_tokens
-                        + end.usage.cache_creation_input_tokens
-                });
-                let estimated = plan.input_tokens;
                 lease.finish(|book, now| {
                     book.record_attempt(i, false, probe, now);
-                    if let Some(counted) = counted {
-                        book.learn_input(i, estimated, counted);
-                    }
                     if take_outcome {
                         book.record_outcome(i, true, now);
                     }

@@ -431,6 +431,7 @@ impl Quota {
                 .map(to_unix),
             fixed_window_ms: (!self.fixed_for.is_zero())
                 .then_some(self.fixed_for.as_millis() as u64),
+            input_scale: self.counted.then(|| self.input_scale.max(1.0)),
         }
     }
 
@@ -465,6 +466,12 @@ impl Quota {
                 .limited_until_unix_ms
                 .filter(|&ms| ms > now_unix_ms)
                 .map(|ms| from_unix(ms).min(now + max_pause)),
+            // A figure from a file is kept within what could have been learnt.
+            input_scale: saved
+                .input_scale
+                .filter(|s| s.is_finite())
+                .map_or(0.0, |s| s.clamp(1.0, INPUT_SCALE_MAX)),
+            counted: saved.input_scale.is_some(),
             ..Quota::default()
         };
         for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
@@ -501,6 +508,10 @@ pub struct SavedQuota {
     /// For how long the last 429 that showed it was believed.
     #[serde(default)]
     pub fixed_window_ms: Option<u64>,
+    /// Prompt tokens it counted per estimated one, once an answer told ([`Quota::learn_input`]):
+    /// a restarted daemon does not send its first burst at the bare estimate again.
+    #[serde(default)]
+    pub input_scale: Option<f64>,
 }
 
 /// Persisted form of one quota.
@@ -845,5 +856,32 @@ mod tests {
         assert_eq!(r.blocked_until(now2), Some(now + Duration::from_secs(5)));
         assert_eq!(r.announces, Some(true));
         assert_eq!(r.room(ONE, now2), Room::At(now + Duration::from_secs(5)));
+    }
+
+    /// What a provider counted of prompts survives a restart, within reason.
+    #[tokio::test(start_paused = true)]
+    async fn the_prompts_scale_survives_a_restart() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        assert_eq!(q.save(now, 1_000_000).input_scale, None);
+        q.learn_input(1_000, 2_000);
+        let saved = q.save(now, 1_000_000);
+        assert_eq!(saved.input_scale, Some(2.0));
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: SavedQuota = serde_json::from_str(&json).unwrap();
+        let r = Quota::restore(&back, now, 1_000_000, Duration::from_secs(900));
+        assert_eq!(
+            r.scaled(Cost([1.0, 1_100.0, 1_000.0, 100.0])).0,
+            [1.0, 2_100.0, 2_000.0, 100.0]
+        );
+        // A file's figure beyond reason is kept within the bounds.
+        for (wild, kept) in [(1e9, INPUT_SCALE_MAX), (0.01, 1.0), (f64::NAN, 1.0)] {
+            let saved = SavedQuota {
+                input_scale: Some(wild),
+                ..back.clone()
+            };
+            let r = Quota::restore(&saved, now, 1_000_000, Duration::from_secs(900));
+            assert_eq!(r.scaled(Cost([1.0, 1.0, 1.0, 0.0])).0[2], kept, "{wild}");
+        }
     }
 }
