@@ -226,23 +226,24 @@ async fn long_multibyte_deltas_socket_and_http() {
     for api in ["openai", "anthropic"] {
         let base = serve(if api == "openai" { oa } else { an }).await;
         let (env, _d) = daemon_on(api, base).await;
+        // What each hand-made stream sends depends on the prompt (see `oa` and `an`).
+        let prompts: &[&str] = if api == "openai" {
+            &[
+                "plain",
+                "reason",
+                "refuse",
+                "escape",
+                "escape reason",
+                "escape refuse",
+            ]
+        } else {
+            &["plain", "think"]
+        };
         for enc in [
             mythos_protocol::Encoding::Bincode,
             mythos_protocol::Encoding::Json,
         ] {
             let mut c = RawClient::connect_with(&env.socket, enc).await;
-            let prompts: &[&str] = if api == "openai" {
-                &[
-                    "plain",
-                    "reason",
-                    "refuse",
-                    "escape",
-                    "escape reason",
-                    "escape refuse",
-                ]
-            } else {
-                &["plain", "think"]
-            };
             for (k, p) in prompts.iter().enumerate() {
                 let mut req = ChatRequest::user_text(k as u64 + 1, *p);
                 if *p == "think" {
@@ -278,18 +279,6 @@ async fn long_multibyte_deltas_socket_and_http() {
                 }
             }
         }
-        let prompts: &[&str] = if api == "openai" {
-            &[
-                "plain",
-                "reason",
-                "refuse",
-                "escape",
-                "escape reason",
-                "escape refuse",
-            ]
-        } else {
-            &["plain", "think"]
-        };
         // HTTP: chat completions and messages, each prompt.
         let (hbase, token) = env.http();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();

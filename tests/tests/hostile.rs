@@ -114,18 +114,7 @@ async fn frames_of_tiny_items_cost_their_senders_only() {
     let mut c = RawClient::connect(&env.socket).await;
     assert!(!c.status().await.providers.is_empty());
     let mut c = RawClient::connect(&env.socket).await;
-    c.send(Request::Chat(ChatRequest::user_text(2, "still here")))
-        .await;
-    let mut events = Vec::new();
-    loop {
-        if let Response::Event { event, .. } = c.recv().await {
-            let end = matches!(event, StreamEvent::Done(_) | StreamEvent::Error { .. });
-            events.push(event);
-            if end {
-                break;
-            }
-        }
-    }
+    let events = c.chat(ChatRequest::user_text(2, "still here")).await;
     assert_eq!(text_of(&events), answer_for("still here"));
 }
 
