@@ -139,30 +139,20 @@ fn anthropic_body(thinking: bool) -> String {
     out
 }
 
+/// A provider on 127.0.0.1 answering either API's path with `body` of the request.
 async fn serve(body: fn(&Value) -> String) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let answer = post(move |b: axum::body::Bytes| async move {
+        let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from(body(&v)))
+            .unwrap()
+    });
     let app = axum::Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(move |b: axum::body::Bytes| async move {
-                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from(body(&v)))
-                    .unwrap()
-            }),
-        )
-        .route(
-            "/v1/messages",
-            post(move |b: axum::body::Bytes| async move {
-                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from(body(&v)))
-                    .unwrap()
-            }),
-        );
+        .route("/v1/chat/completions", answer.clone())
+        .route("/v1/messages", answer);
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     format!("http://{addr}")
 }

@@ -107,10 +107,7 @@ impl Str<'_> {
 
     /// The text as a delta's [`Text`]: a short one kept inline, without an allocation.
     pub fn into_text(self) -> Text {
-        match self.0 {
-            Cow::Borrowed(s) => Text::from(s),
-            Cow::Owned(s) => Text::from(s),
-        }
+        Text::from(self.0)
     }
 
     /// The text.

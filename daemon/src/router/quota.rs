@@ -95,8 +95,8 @@ pub struct Quota {
     /// believed twice as long.
     fixed_for: Duration,
     /// Prompt tokens the provider counted per estimated one (see [`Quota::learn_input`]), at
-    /// least 1; 0 until learnt.
-    input_scale: f64,
+    /// least 1; `None` until a prompt long enough to tell was counted.
+    input_scale: Option<f64>,
     /// An answer told how the provider counts prompts (any answer: a short prompt's teaches
     /// no ratio, but shows the estimate was not far off).
     counted: bool,
@@ -157,22 +157,13 @@ impl Quota {
             return;
         }
         let ratio = (actual as f64 / estimated as f64).clamp(1.0, INPUT_SCALE_MAX);
-        self.input_scale = if self.input_scale > 0.0 {
-            0.7 * self.input_scale + 0.3 * ratio
-        } else {
-            ratio
-        };
+        self.input_scale = Some(self.input_scale.map_or(ratio, |s| 0.7 * s + 0.3 * ratio));
     }
 
     /// `cost` with its prompt tokens scaled by what was learnt (see [`Quota::learn_input`]).
     fn scaled(&self, cost: Cost) -> Cost {
-        let scale = if self.input_scale > 0.0 {
-            self.input_scale
-        } else {
-            1.0
-        };
         let [requests, _, input, output] = cost.0;
-        let input = input * scale;
+        let input = input * self.input_scale.unwrap_or(1.0);
         Cost([requests, input + output, input, output])
     }
 
@@ -232,7 +223,7 @@ impl Quota {
         let tokens_quota = [QuotaKind::Tokens, QuotaKind::InputTokens]
             .iter()
             .any(|k| self.buckets[k.index()].is_some());
-        if self.room_ignoring_block(self.scaled(cost), now) == Room::Now
+        if self.room_ignoring_block(cost, now) == Room::Now
             && self.announces == Some(true)
             && (self.counted || !tokens_quota)
         {
@@ -281,8 +272,7 @@ impl Quota {
     /// Whether its quota keeps a request of `cost` out now: a `429`'s pause, or a window that
     /// its headers say has no room (an overloaded server's pause is not a quota).
     pub fn out_of_quota(&self, cost: Cost, now: Instant) -> bool {
-        self.limited_until(now).is_some()
-            || self.room_ignoring_block(self.scaled(cost), now) != Room::Now
+        self.limited_until(now).is_some() || self.room_ignoring_block(cost, now) != Room::Now
     }
 
     /// Forget a pause and what was learnt about the windows (`mythos reset`).
@@ -295,7 +285,6 @@ impl Quota {
 
     /// Whether a request of `cost` fits now, and if not, when it will.
     pub fn room(&self, cost: Cost, now: Instant) -> Room {
-        let cost = self.scaled(cost);
         match self.blocked_until(now) {
             Some(t) => match self.room_ignoring_block(cost, t) {
                 Room::Now => Room::At(t),
@@ -305,10 +294,13 @@ impl Quota {
         }
     }
 
+    /// As [`Quota::room`], pauses aside; `cost` as estimated (it is scaled here, as the
+    /// reservations it is added to were).
     fn room_ignoring_block(&self, cost: Cost, now: Instant) -> Room {
         if self.announces.is_none() && !self.pending.is_empty() {
             return Room::AfterPending;
         }
+        let cost = self.scaled(cost);
         let mut at: Option<Instant> = None;
         // Anthropic announces input and output tokens apart, and its combined `tokens` figures
         // are then the most restrictive of those limits (often the output one), not a budget
@@ -431,7 +423,8 @@ impl Quota {
                 .map(to_unix),
             fixed_window_ms: (!self.fixed_for.is_zero())
                 .then_some(self.fixed_for.as_millis() as u64),
-            input_scale: self.counted.then(|| self.input_scale.max(1.0)),
+            input_scale: self.input_scale,
+            counted: self.counted,
         }
     }
 
@@ -470,8 +463,8 @@ impl Quota {
             input_scale: saved
                 .input_scale
                 .filter(|s| s.is_finite())
-                .map_or(0.0, |s| s.clamp(1.0, INPUT_SCALE_MAX)),
-            counted: saved.input_scale.is_some(),
+                .map(|s| s.clamp(1.0, INPUT_SCALE_MAX)),
+            counted: saved.counted,
             ..Quota::default()
         };
         for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
@@ -512,6 +505,9 @@ pub struct SavedQuota {
     /// a restarted daemon does not send its first burst at the bare estimate again.
     #[serde(default)]
     pub input_scale: Option<f64>,
+    /// An answer told how it counts prompts.
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// Persisted form of one quota.
