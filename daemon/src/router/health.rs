@@ -518,6 +518,15 @@ impl HealthBook {
         (failed_probe || (repeated && !settled)).then(|| self.trip(i, now))
     }
 
+    /// Provider `i` answered a request (an attempt ended without a fault) after `since`: it is
+    /// working, and a request's run of failures there is bad luck, not an outage.
+    pub fn answered_since(&self, i: usize, since: Instant) -> bool {
+        self.providers[i]
+            .recent
+            .iter()
+            .any(|&(t, fault)| !fault && t > since)
+    }
+
     /// Remember the last failure, in words.
     pub fn note_error(&mut self, i: usize, kind: ErrorKind, message: &str) {
         self.providers[i].last_error = Some(format!("{}: {message}", kind.as_str()));
