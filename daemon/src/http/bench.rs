@@ -174,14 +174,13 @@ async fn paced_events_go_out_alone_and_bursts_together() {
     let burst = relay(events.clone(), Pace::Burst).await;
     // All there at once: the head, the opening frames and the whole answer in one write.
     assert_eq!(burst.len(), 1, "{burst:?}");
+    // The opening frames with the first token, then the rest in one more chunk: a burst's
+    // frames fit the body buffer, and a burst reaching the router one event every other
+    // round fits the rounds a chunk may wait.
     let rounds = relay(events.clone(), Pace::Rounds(1)).await;
-    assert!(rounds.len() <= 1 + CHUNKS / 8, "{} chunks", rounds.len());
+    assert!(rounds.len() <= 2, "{} chunks", rounds.len());
     let every_other = relay(events.clone(), Pace::Rounds(2)).await;
-    assert!(
-        every_other.len() <= 1 + CHUNKS / 4,
-        "{} chunks",
-        every_other.len()
-    );
+    assert!(every_other.len() <= 2, "{} chunks", every_other.len());
     // A first token a round or two behind the opening frames joins them.
     for chunks in [&rounds, &every_other] {
         assert!(String::from_utf8_lossy(&chunks[0]).contains(" word0"));
@@ -189,6 +188,38 @@ async fn paced_events_go_out_alone_and_bursts_together() {
     assert_eq!(every_other.concat(), burst.concat());
     assert_eq!(paced.concat(), burst.concat());
     assert_eq!(rounds.concat(), burst.concat());
+}
+
+/// The end of a burst whose last frames come after upstream chunks that write nothing (a Chat
+/// stream's finish and usage chunks, [DONE], the body's end, each a round of the route with no
+/// event) goes out with the burst, not in a write of its own (measured: 4.3 writes per request
+/// through `/v1/chat/completions`, 3.3 with this, the bench's 59-chunk answers).
+#[tokio::test(start_paused = true)]
+async fn a_bursts_end_joins_it_after_upstream_chunks_that_write_nothing() {
+    let mut events = answer();
+    let done = events.pop().expect("done");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let route = async move {
+        for event in events {
+            let _ = tx
+                .send(mythos_protocol::Response::Event { id: 0, event })
+                .await;
+            tokio::task::yield_now().await;
+        }
+        // Upstream chunks the route reads and sends nothing for.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let _ = tx
+            .send(mythos_protocol::Response::Event { id: 0, event: done })
+            .await;
+    };
+    let chunks = body_chunks(routed(rx, route)).await;
+    let last = String::from_utf8_lossy(chunks.last().expect("a chunk")).into_owned();
+    assert!(
+        last.contains("message_stop") && last.contains(&format!(" word{}", CHUNKS - 2)),
+        "{chunks:?}"
+    );
 }
 
 /// The head is not held for a first token that is not there yet: the body is ready at once,

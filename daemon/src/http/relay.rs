@@ -37,12 +37,15 @@ const FRAME_ROOM: usize = 1024;
 
 /// How many scheduler rounds a body chunk may wait for more events of a burst. A round brings
 /// one event at most (the route runs in this task, and the upstream connection hands over one
-/// HTTP chunk per round), and a round that brings one costs a task switch, not a poll of the
-/// I/O driver (see `requeue` below): 16 rounds made 0.17 writes per relayed chunk, 64 make
-/// 0.085. A paced stream's event still goes out after two empty rounds (`EMPTY_ROUNDS`).
-const COALESCE_ROUNDS: usize = 64;
+/// HTTP chunk per round, so a burst comes an event every other round), and a round that brings
+/// one costs a task switch, not a poll of the I/O driver (see `requeue` below): 16 rounds made
+/// 0.17 writes per relayed chunk, 64 made 0.085 (a 60-event answer in three writes besides its
+/// first), 128 take such an answer whole (a few hundred microseconds at most). A paced stream's
+/// event still goes out after two empty rounds (`EMPTY_ROUNDS`).
+const COALESCE_ROUNDS: usize = 128;
 
-/// Rounds in a row that bring nothing before a body chunk goes out. One is not enough: the
+/// Rounds in a row that bring nothing (the route did not run: nothing came from upstream)
+/// before a body chunk goes out. One is not enough: the
 /// upstream connection hands over what it has buffered one HTTP chunk per wake-up, and when
 /// that runs out it needs a round (a poll of the I/O driver) to read the next part of the
 /// burst from its socket, so a burst arrives "event, nothing, event, nothing" (measured: ending
@@ -86,6 +89,9 @@ pub struct Routed {
     waker: std::task::Waker,
     /// The route has run since the channel was last found empty.
     maybe_queued: bool,
+    /// Times the route has run: it runs when woken, so a run that sent nothing still says the
+    /// upstream stream moved (a Chat finish chunk, a usage report) and more may follow.
+    runs: u64,
     /// Cancels the route when the HTTP response is dropped (the client went away).
     cancel: CancellationToken,
     /// Where an unfinished route goes to end properly (its record written, its leases given
@@ -258,6 +264,7 @@ impl Routed {
             waker,
             wake,
             maybe_queued: true,
+            runs: 0,
             cancel,
             streams,
             reroutes: 0,
@@ -305,6 +312,7 @@ impl Routed {
                 .as_mut()
                 .poll(&mut std::task::Context::from_waker(&self.waker));
             self.maybe_queued = true;
+            self.runs += 1;
             if polled.is_ready() {
                 self.route = None;
             } else if !self.peek_queued() {
@@ -400,7 +408,7 @@ impl Routed {
     /// `encoder` until it says the stream is over. Keep-alives fill long silences.
     ///
     /// It returns once the first token has joined the opening frames, or after two scheduler
-    /// rounds without it: the response head is written with the body's first chunk when that
+    /// rounds in which nothing came from upstream: the response head is written with the body's first chunk when that
     /// is ready, so the head, the opening frames and the first token go out in one write
     /// (the upstream connection hands over one HTTP chunk per round, so the first token is
     /// usually a round or two behind the provider's head). The first token is not held back
@@ -466,7 +474,7 @@ impl Routed {
                     } else {
                         tokio::task::yield_now().await;
                     }
-                    let before = self.buf.len();
+                    let before = self.routed.runs;
                     match self.routed.next().now_or_never() {
                         Some(Some(ev)) => self.done = self.encoder.event(ev, &mut self.buf),
                         Some(None) => {
@@ -476,7 +484,11 @@ impl Routed {
                         None => {}
                     }
                     self.drain();
-                    came = self.buf.len() > before;
+                    // A round in which the route ran brought something from upstream, even if
+                    // it wrote nothing yet (the finish and usage chunks ahead of a Chat
+                    // stream's last frame): the end of a burst is near, not over. Counting it
+                    // empty sent a burst's last frame in a write of its own.
+                    came = self.routed.runs > before;
                     if came {
                         empty = 0;
                     } else {
@@ -531,7 +543,10 @@ impl Routed {
                 if !st.started {
                     st.started = st.buf.len() > kept_alive;
                 } else {
-                    st.gather(|st| st.buf.len() >= BODY_BUFFER / 2).await;
+                    // Until the buffer is nearly full: half of it split a typical answer's
+                    // burst (13 KB through Chat) in two writes.
+                    st.gather(|st| st.buf.len() >= BODY_BUFFER - FRAME_ROOM)
+                        .await;
                 }
             }
             st.last_sent = tokio::time::Instant::now();
