@@ -21,6 +21,10 @@
 //! inside a word too ("Hello wo" → "Hello world"). A continuation of
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
+//!
+//! Nor is a tail that continues a pattern the answer already showed twice ("0, 0," after
+//! "[0, 0, 0, 0,", "ha ha" after "ha ha ha"): going on with it is what such text does, and
+//! dropping it cut a list of zeros short where the provider had continued exactly.
 
 use mythos_protocol::Text;
 
@@ -82,6 +86,24 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
     raw.len()
 }
 
+/// For folded text, whether its last `k` words repeat a pattern the text was already in: whole
+/// units of `q` words (`q` dividing `k`), with at least two units at its end ("ha ha", "0, 0,",
+/// "to the to the"). Continuing such text with those words again is what the text does (a list
+/// of zeros, a table's separators, a refrain) at least as often as it is a model repeating
+/// itself, so they are no tail: dropping them silently cut "[0, 0, 0, 0, 0, 0]" to four zeros
+/// at a seam where the provider continued exactly (found by a chaos run). The rare model that
+/// repeats such words shows them twice.
+fn periodic_ends(folded: &str) -> impl Fn(usize) -> bool {
+    let words: Vec<String> = folded.split(' ').map(str::to_string).collect();
+    move |k: usize| {
+        let n = words.len();
+        (1..=k).any(|q| {
+            let m = k.max(2 * q);
+            k % q == 0 && m <= n && (n - m..n - q).all(|j| words[j] == words[j + q])
+        })
+    }
+}
+
 /// The cut words that are tails for `held`: all of them when it is glued to the word the answer
 /// was cut in (it starts with no space), else none.
 fn glued<'a>(cut_words: &'a [String], held: &str) -> &'a [String] {
@@ -118,6 +140,8 @@ impl Seam {
             .nth(WINDOW)
             .map_or(0, |(i, _)| i);
         let window = &partial[start..];
+        let folded_window = fold(window);
+        let ends_periodic = periodic_ends(folded_window.trim_end());
         let mut tails: Vec<String> = Vec::new();
         // `any_length`: the whole answer counts however short it is. A model that starts over
         // after one word ("This" → "This is a…") repeats it; the minimum is for tails that
@@ -133,7 +157,11 @@ impl Seam {
                 .count();
             let long = words >= MIN_WORDS || (words >= 1 && f.chars().count() >= MIN_CHARS);
             let short_ok = any_length && f.chars().any(char::is_alphanumeric);
-            if !f.is_empty() && (long || short_ok) && !tails.contains(&f) {
+            if !f.is_empty()
+                && (long || short_ok)
+                && !ends_periodic(f.split(' ').count())
+                && !tails.contains(&f)
+            {
                 tails.push(f);
             }
         };
@@ -303,6 +331,49 @@ mod tests {
     }
 
     const FULL: &str = "The quick brown fox jumps over the lazy dog and runs away.";
+
+    /// Text that repeats itself (a list of zeros, laughter, a refrain), cut once it has shown
+    /// its pattern twice and continued exactly, at every word boundary from there: nothing is
+    /// taken for a repeat and dropped, after a prefill or in words. Found by a chaos run:
+    /// "x = [0, 0, 0, 0, 0, 0]" came out with four zeros. (Cut before the pattern shows twice,
+    /// as in "to the to", a continuation "the to the" is a repeat of the last two words as much
+    /// as it is the text going on, and is taken for one.)
+    #[test]
+    fn repetitive_text_continued_exactly_is_kept_whole() {
+        for (whole, shown) in [
+            ("x = [0, 0, 0, 0, 0, 0]", "x = [0, 0, 0,"),
+            (
+                "answer to \"to the to the to the to the\".",
+                "answer to \"to the to the to",
+            ),
+            ("ha ha ha ha ha ha", "ha ha"),
+            ("| --- | --- | --- | --- |", "| --- | ---"),
+            ("na na na na, hey hey hey, goodbye", "na na"),
+        ] {
+            for (cut, _) in whole.match_indices(' ').filter(|(i, _)| *i >= shown.len()) {
+                let (partial, rest) = whole.split_at(cut);
+                let words: Vec<&str> = rest.split_inclusive(' ').collect();
+                for in_words in [false, true] {
+                    // In one piece and word by word.
+                    assert_eq!(seen_as(partial, &[rest], in_words), whole, "{partial:?}");
+                    assert_eq!(seen_as(partial, &words, in_words), whole, "{partial:?}");
+                }
+            }
+        }
+    }
+
+    /// Repeats are still dropped where the text before them is not in a pattern of them.
+    #[test]
+    fn a_repeat_after_repetitive_text_is_still_dropped() {
+        assert_eq!(
+            seen("Say ha ha. Then the end", &[" Then the end of it."]),
+            "Say ha ha. Then the end of it."
+        );
+        assert_eq!(
+            seen("The list is [0, 0, 1] and", &["[0, 0, 1] and more."]),
+            "The list is [0, 0, 1] and more."
+        );
+    }
 
     #[test]
     fn every_word_once() {
