@@ -81,7 +81,7 @@ impl ApiError {
         let body = self.body(dialect);
         let mut headers = HeaderMap::new();
         retry_headers(&mut headers, self.retried, self.retry_at_unix_ms);
-        (self.status, headers, axum::Json(body)).into_response()
+        (status_in(dialect, self.status), headers, axum::Json(body)).into_response()
     }
 }
 
@@ -126,6 +126,15 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::Offline
         | ErrorKind::Auth
         | ErrorKind::Billing => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// `status` as `dialect`'s clients know it: `529` is Anthropic's "overloaded"; OpenAI's API and
+/// its clients say `503` (found by a chaos run: `/v1/chat/completions` answered 529).
+pub fn status_in(dialect: Dialect, status: StatusCode) -> StatusCode {
+    match dialect {
+        Dialect::Openai if status.as_u16() == 529 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => status,
     }
 }
 
@@ -257,6 +266,14 @@ mod tests {
         assert_eq!(status_of(ErrorKind::Billing), StatusCode::BAD_GATEWAY);
         assert_eq!(status_of(ErrorKind::RateLimited).as_u16(), 429);
         assert_eq!(status_of(ErrorKind::Overloaded).as_u16(), 529);
+    }
+
+    /// Overloaded is 529 for Anthropic's clients, 503 for OpenAI's (Chat and Responses).
+    #[test]
+    fn overloaded_is_said_in_each_apis_status() {
+        let e = || ApiError::from_route(ErrorKind::AllCoolingDown, "x".into(), None);
+        assert_eq!(e().into_response(Dialect::Anthropic).status().as_u16(), 529);
+        assert_eq!(e().into_response(Dialect::Openai).status().as_u16(), 503);
     }
 
     #[test]
