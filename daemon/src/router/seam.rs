@@ -99,7 +99,7 @@ fn periodic_ends(folded: &str) -> impl Fn(usize) -> bool {
         let n = words.len();
         (1..=k).any(|q| {
             let m = k.max(2 * q);
-            k % q == 0 && m <= n && (n - m..n - q).all(|j| words[j] == words[j + q])
+            k.is_multiple_of(q) && m <= n && (n - m..n - q).all(|j| words[j] == words[j + q])
         })
     }
 }
