@@ -109,7 +109,10 @@ pub fn list(providers: &[ProviderConfig]) -> Value {
             format!("mythos router ({} task)", task.as_str()),
         ));
     }
-    for p in providers {
+    // In configured order: the router keeps a provider's place across reloads that reorder.
+    let mut ordered: Vec<&ProviderConfig> = providers.iter().collect();
+    ordered.sort_by_key(|p| p.priority);
+    for p in ordered {
         data.push(entry(
             format!("{}/{}", p.name, p.model),
             &p.name,

@@ -220,6 +220,35 @@ pub struct ProviderHealth {
     pub no_prefill_until: Option<Instant>,
 }
 
+impl ProviderHealth {
+    /// Health with nothing learnt yet, for provider `p`.
+    fn fresh(p: &ProviderConfig, cfg: &RoutingConfig) -> Self {
+        ProviderHealth {
+            name: p.name.clone(),
+            priority: p.priority,
+            cost_per_1k: p.cost_per_1k(),
+            cost: Ema::default(),
+            success: SuccessRate::default(),
+            ttft: Ema::default(),
+            gap: Ema::default(),
+            latency: Ema::default(),
+            breaker: Breaker::Closed,
+            recent: VecDeque::new(),
+            quota: Quota::default(),
+            budget: RetryBudget::new(cfg.retry_budget_ratio, 5),
+            in_flight: 0,
+            max_concurrent: p.max_concurrent.max(1),
+            context_window: p.context_window,
+            reasoning: p.reasoning,
+            requests: 0,
+            failures: 0,
+            last_selected: None,
+            last_error: None,
+            no_prefill_until: None,
+        }
+    }
+}
+
 /// A provider ranked for one request.
 #[derive(Debug, Clone)]
 pub struct Ranked {
@@ -256,29 +285,7 @@ impl HealthBook {
         HealthBook {
             providers: providers
                 .into_iter()
-                .map(|p| ProviderHealth {
-                    name: p.name.clone(),
-                    priority: p.priority,
-                    cost_per_1k: p.cost_per_1k(),
-                    cost: Ema::default(),
-                    success: SuccessRate::default(),
-                    ttft: Ema::default(),
-                    gap: Ema::default(),
-                    latency: Ema::default(),
-                    breaker: Breaker::Closed,
-                    recent: VecDeque::new(),
-                    quota: Quota::default(),
-                    budget: RetryBudget::new(cfg.retry_budget_ratio, 5),
-                    in_flight: 0,
-                    max_concurrent: p.max_concurrent.max(1),
-                    context_window: p.context_window,
-                    reasoning: p.reasoning,
-                    requests: 0,
-                    failures: 0,
-                    last_selected: None,
-                    last_error: None,
-                    no_prefill_until: None,
-                })
+                .map(|p| ProviderHealth::fresh(p, &cfg))
                 .collect(),
             cfg,
             queue: WaitQueue::default(),
@@ -286,14 +293,18 @@ impl HealthBook {
         }
     }
 
-    /// Take new configurations for the same providers, in the same order (a reload): health,
-    /// breakers, quotas and claims stay as they are.
+    /// Take new configurations for the same providers, in the same order, and any new ones
+    /// after them (a reload): health, breakers, quotas and claims stay as they are.
     pub fn reconfigure<'a>(
         &mut self,
         providers: impl IntoIterator<Item = &'a ProviderConfig>,
         cfg: RoutingConfig,
     ) {
-        for (h, p) in self.providers.iter_mut().zip(providers) {
+        for (i, p) in providers.into_iter().enumerate() {
+            let Some(h) = self.providers.get_mut(i) else {
+                self.providers.push(ProviderHealth::fresh(p, &cfg));
+                continue;
+            };
             h.priority = p.priority;
             h.cost_per_1k = p.cost_per_1k();
             h.max_concurrent = p.max_concurrent.max(1);

@@ -493,16 +493,23 @@ impl Router {
     }
 
     /// The router that replaces this one on a config reload. Record ids go on in one sequence.
-    /// When the providers are the same ones in the same order, the health book itself is
-    /// shared (requests still streaming on this router keep updating it, and a probe in flight
-    /// stays the only probe); otherwise health carries over by name from a snapshot.
-    pub fn succeed(&self, providers: Vec<RoutedProvider>, cfg: RoutingConfig) -> Router {
-        let same = providers.len() == self.providers.len()
-            && providers
-                .iter()
-                .zip(&self.providers)
-                .all(|(a, b)| a.cfg.name == b.cfg.name);
-        let book = if same {
+    /// When every provider stays (reordered, reconfigured, or with new ones added), the health
+    /// book itself is shared: the providers keep their places in it, new ones after them, so
+    /// requests still streaming on this router keep updating it by the same indices, and a
+    /// probe in flight stays the only probe. (Ranking goes by the configured priority, not the
+    /// place.) Health carried over from a snapshot instead lost what those requests learnt: a
+    /// reload that swapped two priorities while a request hit a `429` and a stall left the
+    /// `429`'s provider shown healthy, and the next request was sent into its pause (found by
+    /// a chaos run). When a provider is removed, health carries over by name from a snapshot.
+    pub fn succeed(&self, mut providers: Vec<RoutedProvider>, cfg: RoutingConfig) -> Router {
+        let place = |name: &str| self.providers.iter().position(|p| p.cfg.name == name);
+        let all_stay = self
+            .providers
+            .iter()
+            .all(|old| providers.iter().any(|p| p.cfg.name == old.cfg.name));
+        let book = if all_stay {
+            // Old places first, new providers after them in configured order (a stable sort).
+            providers.sort_by_key(|p| place(&p.cfg.name).unwrap_or(usize::MAX));
             self.health()
                 .reconfigure(providers.iter().map(|p| &p.cfg), cfg.clone());
             self.book.clone()
@@ -530,7 +537,8 @@ impl Router {
         !self.providers.is_empty() && self.providers.iter().all(|p| p.cfg.simulated)
     }
 
-    /// The providers, in configured order.
+    /// The providers, in the health book's order: configured order, except after a reload that
+    /// reordered them or added some (see [`Router::succeed`]); ranking goes by priority.
     pub fn providers(&self) -> &[RoutedProvider] {
         &self.providers
     }
