@@ -268,7 +268,7 @@ fn release_free_memory() {
 }
 
 /// Re-read the config file (SIGHUP), as a start would read it: providers are rebuilt and health
-/// carries over (the same book when the providers are unchanged, by name otherwise); a provider
+/// carries over (the same book when the same providers stay, in any order; by name otherwise); a provider
 /// whose key changed gets a fresh chance after a 401. A config that now yields no provider (the
 /// file with the keys was deleted) falls back to the simulated providers, as a start without
 /// keys does; one that yields providers again leaves them.

@@ -181,6 +181,15 @@ async fn paced_events_go_out_alone_and_bursts_together() {
     assert!(rounds.len() <= 2, "{} chunks", rounds.len());
     let every_other = relay(events.clone(), Pace::Rounds(2)).await;
     assert!(every_other.len() <= 2, "{} chunks", every_other.len());
+    // Two rounds in a row without anything from upstream end a chunk: the route is waiting
+    // on its socket, and what is gathered goes out.
+    let every_third = relay(events.clone(), Pace::Rounds(3)).await;
+    assert!(
+        every_third.len() >= CHUNKS / 2,
+        "{} chunks",
+        every_third.len()
+    );
+    assert_eq!(every_third.concat(), burst.concat());
     // A first token a round or two behind the opening frames joins them.
     for chunks in [&rounds, &every_other] {
         assert!(String::from_utf8_lossy(&chunks[0]).contains(" word0"));

@@ -68,7 +68,8 @@ pub(crate) enum Pace {
     Burst,
     /// One per this many scheduler rounds, as a provider's burst reaches the router: every
     /// round while the upstream connection has the burst buffered, every other one when it
-    /// must read the next part from its socket.
+    /// must read the next part from its socket. The route is woken by another task and does
+    /// not run in the rounds between.
     Rounds(usize),
     /// One per `Duration`, as a provider streams tokens.
     Every(Duration),
@@ -234,9 +235,17 @@ impl Routed {
                 match pace {
                     Pace::Burst => {}
                     Pace::Rounds(n) => {
-                        for _ in 0..n {
-                            tokio::task::yield_now().await;
-                        }
+                        // Woken by another task (the upstream connection), not by itself: in
+                        // the rounds between, the route does not run, as when the connection
+                        // waits for its socket.
+                        let (wake, woken) = tokio::sync::oneshot::channel::<()>();
+                        tokio::spawn(async move {
+                            for _ in 1..n {
+                                tokio::task::yield_now().await;
+                            }
+                            let _ = wake.send(());
+                        });
+                        let _ = woken.await;
                     }
                     Pace::Every(gap) => tokio::time::sleep(gap).await,
                 }

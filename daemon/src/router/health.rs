@@ -293,18 +293,14 @@ impl HealthBook {
         }
     }
 
-    /// Take new configurations for the same providers, in the same order, and any new ones
-    /// after them (a reload): health, breakers, quotas and claims stay as they are.
+    /// Take new configurations for the same providers, in the same order (a reload): health,
+    /// breakers, quotas and claims stay as they are.
     pub fn reconfigure<'a>(
         &mut self,
         providers: impl IntoIterator<Item = &'a ProviderConfig>,
         cfg: RoutingConfig,
     ) {
-        for (i, p) in providers.into_iter().enumerate() {
-            let Some(h) = self.providers.get_mut(i) else {
-                self.providers.push(ProviderHealth::fresh(p, &cfg));
-                continue;
-            };
+        for (h, p) in self.providers.iter_mut().zip(providers) {
             h.priority = p.priority;
             h.cost_per_1k = p.cost_per_1k();
             h.max_concurrent = p.max_concurrent.max(1);
@@ -507,7 +503,10 @@ impl HealthBook {
         if !fault {
             if probe || matches!(p.breaker, Breaker::HalfOpen { .. }) {
                 p.breaker = Breaker::Closed;
+                // A fresh start for the breaker, keeping this answer: it is the evidence that
+                // the provider works (`answered_since`).
                 p.recent.clear();
+                p.recent.push_back((now, false));
             }
             return None;
         }
@@ -1107,9 +1106,10 @@ mod tests {
         let t1 = book.record_attempt(0, true, true, t0).expect("reopened");
         assert_eq!(t1 - t0, cooldown * 2);
         book.tick(t1);
-        // A successful one closes it.
+        // A successful one closes it, and is kept as the sign that the provider answers again.
         assert_eq!(book.record_attempt(0, false, true, t1), None);
         assert_eq!(book.providers[0].breaker, Breaker::Closed);
+        assert!(book.answered_since(0, t0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -493,23 +493,24 @@ impl Router {
     }
 
     /// The router that replaces this one on a config reload. Record ids go on in one sequence.
-    /// When every provider stays (reordered, reconfigured, or with new ones added), the health
-    /// book itself is shared: the providers keep their places in it, new ones after them, so
-    /// requests still streaming on this router keep updating it by the same indices, and a
-    /// probe in flight stays the only probe. (Ranking goes by the configured priority, not the
-    /// place.) Health carried over from a snapshot instead lost what those requests learnt: a
-    /// reload that swapped two priorities while a request hit a `429` and a stall left the
-    /// `429`'s provider shown healthy, and the next request was sent into its pause (found by
-    /// a chaos run). When a provider is removed, health carries over by name from a snapshot.
+    /// When the providers are the same ones (reordered or reconfigured), the health book itself
+    /// is shared, each provider keeping its place in it: requests still streaming on this
+    /// router keep updating it by the same indices, and a probe in flight stays the only
+    /// probe. (Ranking goes by the configured priority, not the place.) Health carried over
+    /// from a snapshot instead lost what those requests learnt: a reload that swapped two
+    /// priorities while a request hit a `429` and a stall left the `429`'s provider shown
+    /// healthy, and the next request was sent into its pause (found by a chaos run). When
+    /// providers are added or removed, health carries over by name from a snapshot: a book
+    /// longer than this router's providers would have it rank ones it cannot index.
     pub fn succeed(&self, mut providers: Vec<RoutedProvider>, cfg: RoutingConfig) -> Router {
         let place = |name: &str| self.providers.iter().position(|p| p.cfg.name == name);
-        let all_stay = self
-            .providers
-            .iter()
-            .all(|old| providers.iter().any(|p| p.cfg.name == old.cfg.name));
+        let all_stay = providers.len() == self.providers.len()
+            && self
+                .providers
+                .iter()
+                .all(|old| providers.iter().any(|p| p.cfg.name == old.cfg.name));
         let book = if all_stay {
-            // Old places first, new providers after them in configured order (a stable sort).
-            providers.sort_by_key(|p| place(&p.cfg.name).unwrap_or(usize::MAX));
+            providers.sort_by_key(|p| place(&p.cfg.name));
             self.health()
                 .reconfigure(providers.iter().map(|p| &p.cfg), cfg.clone());
             self.book.clone()
@@ -538,7 +539,7 @@ impl Router {
     }
 
     /// The providers, in the health book's order: configured order, except after a reload that
-    /// reordered them or added some (see [`Router::succeed`]); ranking goes by priority.
+    /// reordered them (see [`Router::succeed`]); ranking goes by priority.
     pub fn providers(&self) -> &[RoutedProvider] {
         &self.providers
     }

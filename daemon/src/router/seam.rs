@@ -22,9 +22,11 @@
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
 //!
-//! Nor is a tail that continues a pattern the answer already showed twice ("0, 0," after
-//! "[0, 0, 0, 0,", "ha ha" after "ha ha ha"): going on with it is what such text does, and
-//! dropping it cut a list of zeros short where the provider had continued exactly.
+//! Nor is a tail whose words end the answer in a pattern that comes at least twice, the tail's
+//! own words included ("0, 0," and "None, None," are such tails after anything; "ha ha" after
+//! "ha ha ha"): going on with the pattern is what such text does, and dropping it cut a list of
+//! zeros short where the provider had continued exactly. The price: a model that repeats such
+//! words shows them twice ("f(a, None, None," + " None, None, b)").
 
 use mythos_protocol::Text;
 
@@ -86,9 +88,9 @@ fn raw_len_of_folded(raw: &str, n: usize) -> usize {
     raw.len()
 }
 
-/// For folded text, whether its last `k` words repeat a pattern the text was already in: whole
-/// units of `q` words (`q` dividing `k`), with at least two units at its end ("ha ha", "0, 0,",
-/// "to the to the"). Continuing such text with those words again is what the text does (a list
+/// For folded text, whether its last `k` words are whole units of a pattern of `q` words (`q`
+/// dividing `k`) that comes at least twice at its end, those `k` words included ("ha ha",
+/// "0, 0,", "to the to the"). Continuing such text with those words again is what the text does (a list
 /// of zeros, a table's separators, a refrain) at least as often as it is a model repeating
 /// itself, so they are no tail: dropping them silently cut "[0, 0, 0, 0, 0, 0]" to four zeros
 /// at a seam where the provider continued exactly (found by a chaos run). The rare model that

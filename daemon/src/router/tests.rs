@@ -2707,6 +2707,37 @@ async fn a_reload_that_reorders_providers_keeps_what_streaming_requests_learn() 
     assert_eq!(h.scripts[1].calls(), 1, "sent into beta's pause");
 }
 
+/// A reload that adds a provider leaves the old router whole: a request that reaches it after
+/// the reload (one accepted just before) is planned, answered and shown in its status over its
+/// own providers (sharing a longer book, it ranked one it could not index and panicked: found
+/// by a review).
+#[tokio::test(start_paused = true)]
+async fn the_old_router_still_serves_after_a_reload_that_adds_a_provider() {
+    let h = harness(2, no_jitter());
+    let mut providers: Vec<RoutedProvider> = h
+        .router
+        .providers()
+        .iter()
+        .map(|p| RoutedProvider {
+            cfg: p.cfg.clone(),
+            transport: p.transport.clone(),
+        })
+        .collect();
+    providers.push(RoutedProvider {
+        cfg: ProviderConfig {
+            api_key: Some(Secret::new("k")),
+            priority: 2,
+            ..ProviderConfig::new("gamma", Api::Openai, "http://127.0.0.1:1", "gamma-model")
+        },
+        transport: Arc::new(Script::default()) as Arc<dyn Transport>,
+    });
+    let new = h.router.succeed(providers, no_jitter());
+    assert_eq!(new.status().len(), 3);
+    let ev = ask(&h.router, req("hi")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(h.router.status().len(), 2);
+}
+
 /// One request fails again and again (5xx, no `Retry-After`) at providers that answer every
 /// other request meanwhile: they work, and its failures are bad luck, so it keeps its turn past
 /// the configured rounds, up to the attempt limit (12 with two providers; it is answered at the
