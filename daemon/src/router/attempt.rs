@@ -14,7 +14,7 @@ use super::admission::Lease;
 use super::cancel::CancelWatch;
 use super::seam::Seam;
 use super::{human, Emitter, Router};
-use crate::provider::{Delta, PrefillBlock, ProviderError, UpstreamRequest};
+use crate::provider::{Delta, DeltaStream, PrefillBlock, ProviderError, UpstreamRequest};
 use crate::wake::WakeFlag;
 
 /// What the answer looks like so far, across providers.
@@ -124,6 +124,22 @@ impl Router {
             }
         };
         end.opened = true;
+        // The quotas the response announced are counted before anything goes to the client,
+        // whose queue may be full: a provider that has never answered takes one request at a
+        // time until its first response is counted, and every other session waited 30 s behind
+        // a client that had stopped reading (found by a chaos run). Transports put them first.
+        use futures_util::FutureExt;
+        let mut stream: DeltaStream = match stream.next().now_or_never() {
+            Some(Some(Ok(Delta::RateLimits(limits)))) => {
+                lease.observe(&limits, true);
+                stream
+            }
+            Some(Some(item)) => {
+                Box::pin(futures_util::stream::once(std::future::ready(item)).chain(stream))
+            }
+            Some(None) => Box::pin(futures_util::stream::empty()),
+            None => stream,
+        };
         let started = StreamEvent::Started {
             provider: p.cfg.name.clone(),
             model: upstream.model.to_string(),

@@ -2738,6 +2738,40 @@ async fn the_old_router_still_serves_after_a_reload_that_adds_a_provider() {
     assert_eq!(h.router.status().len(), 2);
 }
 
+/// A client that stopped reading (its queue full) does not hold a fresh provider's first
+/// response: its quotas are counted before the client is written to, so other sessions are
+/// served at once instead of waiting out the queue limit behind it (found by a chaos run: 30 s,
+/// then a `rate_limited` error with no provider rate-limited).
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stopped_reading_does_not_hold_a_fresh_providers_quota() {
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([
+        answer_with(quota(100, 99, 60_000), &["stuck"]),
+        answer_with(quota(100, 98, 60_000), &["ok"]),
+    ]);
+    // A queue with room for nothing, never read.
+    let (tx, _unread) = mpsc::channel(1);
+    tx.try_send(Response::Event {
+        id: 1,
+        event: StreamEvent::TextDelta { text: "x".into() },
+    })
+    .unwrap();
+    let stuck = {
+        let router = h.router.clone();
+        tokio::spawn(async move {
+            router
+                .route(req("stuck"), Emitter::new(1, tx), CancellationToken::new())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("next")).await;
+    assert_eq!(final_text(&ev), "ok", "{ev:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    stuck.abort();
+}
+
 /// One request fails again and again (5xx, no `Retry-After`) at providers that answer every
 /// other request meanwhile: they work, and its failures are bad luck, so it keeps its turn past
 /// the configured rounds, up to the attempt limit (12 with two providers; it is answered at the
