@@ -106,6 +106,14 @@ fn periodic_ends(folded: &str) -> impl Fn(usize) -> bool {
     }
 }
 
+/// A piece of text (between spaces) that is a word for a repeat: it has a letter or a digit, or
+/// a symbol beyond ASCII (an emoji, an arrow, a dash); ASCII punctuation alone is not.
+fn is_word(piece: &str) -> bool {
+    piece
+        .chars()
+        .any(|c| c.is_alphanumeric() || (!c.is_ascii() && !c.is_whitespace()))
+}
+
 /// The cut words that are tails for `held`: all of them when it is glued to the word the answer
 /// was cut in (it starts with no space), else none.
 fn glued<'a>(cut_words: &'a [String], held: &str) -> &'a [String] {
@@ -128,6 +136,9 @@ pub struct Seam {
     /// Continued in words, the answer ended in a letter or a digit: a repeat of two or more
     /// words may end inside a word ("Hello wo" → "Hello world").
     ends_in_word: bool,
+    /// The partial answer ended in whitespace: what follows a dropped repeat needs none of its
+    /// own before it.
+    ends_in_space: bool,
     held: String,
     done: bool,
 }
@@ -151,13 +162,14 @@ impl Seam {
         let mut push = |raw: &str, any_length: bool| {
             let f = fold(raw);
             let f = f.trim_end().to_string();
-            // Words with a letter or a digit: closing brackets are no words ("]\n}" repeated
+            // Two pieces at least, one of them a word: a letter or a digit, or a symbol beyond
+            // ASCII (an emoji, an arrow, a dash). Operators and brackets count as pieces beside
+            // a word ("== b", "-> u8", "{ x }": repeats of those went through, 4 to 7 of 8 cut
+            // points of a code answer in a chaos run) but make no tail alone ("]\n}" repeated
             // was taken for a two-word tail, and a JSON answer lost its end).
-            let words = f
-                .split(' ')
-                .filter(|w| w.chars().any(char::is_alphanumeric))
-                .count();
-            let long = words >= MIN_WORDS || (words >= 1 && f.chars().count() >= MIN_CHARS);
+            let pieces = f.split(' ').count();
+            let words = f.split(' ').filter(|w| is_word(w)).count();
+            let long = words >= 1 && (pieces >= MIN_WORDS || f.chars().count() >= MIN_CHARS);
             let short_ok = any_length && f.chars().any(char::is_alphanumeric);
             if !f.is_empty()
                 && (long || short_ok)
@@ -216,6 +228,7 @@ impl Seam {
             tails,
             cut_words,
             ends_in_word,
+            ends_in_space: partial.ends_with(char::is_whitespace),
             held: String::new(),
             done: false,
         }
@@ -227,6 +240,7 @@ impl Seam {
             tails: Vec::new(),
             cut_words: Vec::new(),
             ends_in_word: false,
+            ends_in_space: false,
             held: String::new(),
             done: true,
         }
@@ -279,7 +293,17 @@ impl Seam {
         let repeat = repeat.max_by_key(|t| t.len()).cloned();
         let held = std::mem::take(&mut self.held);
         match repeat {
-            Some(t) => held[raw_len_of_folded(&held, t.chars().count())..].into(),
+            Some(t) => {
+                let rest = &held[raw_len_of_folded(&held, t.chars().count())..];
+                // "brief " + "brief failures" is "brief failures", not "brief  failures"
+                // (found by a chaos run, cuts after a space). Line breaks stay: they may start a
+                // paragraph.
+                if self.ends_in_space {
+                    rest.trim_start_matches([' ', '\t']).into()
+                } else {
+                    rest.into()
+                }
+            }
             None => held.into(),
         }
     }
@@ -362,6 +386,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A repeat of code, symbols or emoji is dropped like one of words: operators and brackets
+    /// count as pieces of a repeat beside a word, and so do symbols beyond ASCII (found by a
+    /// chaos run: "if a == b == b { x }", "émoji 🎉 émoji 🎉" at most cut points).
+    #[test]
+    fn repeats_of_code_symbols_and_emoji_are_dropped() {
+        for (partial, rest, whole) in [
+            (
+                "if a == b",
+                " == b { x } else { y }",
+                "if a == b { x } else { y }",
+            ),
+            (
+                "if a == b { x }",
+                " { x } else { y }",
+                "if a == b { x } else { y }",
+            ),
+            ("fn f() -> u8", " -> u8 { 0 }", "fn f() -> u8 { 0 }"),
+            ("a — b", " — b – c … d", "a — b – c … d"),
+            (
+                "q13 émoji 🎉",
+                " émoji 🎉 日本語 テスト",
+                "q13 émoji 🎉 日本語 テスト",
+            ),
+            ("→ ← ↑", " ← ↑ ↓ ✓ ✗", "→ ← ↑ ↓ ✓ ✗"),
+        ] {
+            assert_eq!(seen(partial, &[rest]), whole);
+        }
+        // Brackets alone are still no repeat: a JSON answer's end is kept.
+        assert_eq!(seen("{\"a\": [1]\n}", &["]\n}"]), "{\"a\": [1]\n}]\n}");
+    }
+
+    /// After an answer cut just after a space, a dropped repeat leaves no second space; a line
+    /// break after it stays.
+    #[test]
+    fn a_repeat_after_a_trailing_space_leaves_one_space() {
+        assert_eq!(
+            seen("the retries brief ", &[" retries brief failures"]),
+            "the retries brief failures"
+        );
+        assert_eq!(
+            seen("the retries brief\n", &["retries brief failures"]),
+            "the retries brief\nfailures"
+        );
+        assert_eq!(
+            seen("the retries brief ", &["retries brief\n\nNext"]),
+            "the retries brief \n\nNext"
+        );
     }
 
     /// Repeats are still dropped where the text before them is not in a pattern of them.
