@@ -34,7 +34,9 @@ pub enum Response {
         /// The local token agents present (never a provider key).
         token: Option<String>,
     },
-    /// A non-stream request failed, or the client broke the protocol (the daemon then closes).
+    /// A non-stream request failed, a chat was not started because its id is already streaming
+    /// on the connection (that stream goes on), or the client broke the protocol (the daemon
+    /// then closes).
     Error {
         /// What kind of failure.
         kind: ErrorKind,

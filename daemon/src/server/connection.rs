@@ -418,10 +418,16 @@ async fn handle(
                     .filter(|s| !s.ended.load(Ordering::Acquire))
                     .count();
                 match streams.entry(id) {
-                    Entry::Occupied(_) => refuse(
-                        ErrorKind::Protocol,
-                        "a stream with this id is already running",
-                    ),
+                    // Not an event of stream `id`: that stream is running and will end with
+                    // its own `done` or `error`, the only last event it may have (an error
+                    // event here, then the running stream's events, broke that for the client).
+                    Entry::Occupied(_) => Response::Error {
+                        kind: ErrorKind::Protocol,
+                        message: format!(
+                            "a stream with id {id} is already running on this connection: \
+                             this request was not started"
+                        ),
+                    },
                     Entry::Vacant(_) if running >= MAX_STREAMS_PER_CONNECTION => refuse(
                         ErrorKind::BadRequest,
                         &format!(

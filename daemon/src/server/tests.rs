@@ -204,6 +204,41 @@ async fn a_panicking_request_ends_with_an_internal_error_and_nothing_else_stops(
     assert!(matches!(ev.last(), Some(StreamEvent::Done(_))), "{ev:?}");
 }
 
+/// A chat sent with the id of a stream still running is refused with an error of its own (not
+/// an event of that stream), and the running stream goes on to its one last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_is_refused_without_ending_the_running_stream() {
+    let s = start().await;
+    let mut c = connect(&s.path).await;
+    c.send(Request::Chat(ChatRequest::user_text(1, "slow")))
+        .await
+        .unwrap();
+    c.send(Request::Chat(ChatRequest::user_text(1, "again")))
+        .await
+        .unwrap();
+    let mut refused = false;
+    let mut last_events = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next()).await {
+            Ok(Some(Ok(Response::Error { kind, .. }))) => {
+                assert_eq!(kind, ErrorKind::Protocol);
+                refused = true;
+            }
+            Ok(Some(Ok(Response::Event { id: 1, event }))) => match event {
+                StreamEvent::Done(_) => {
+                    last_events += 1;
+                    break;
+                }
+                StreamEvent::Error { .. } => last_events += 1,
+                _ => {}
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(refused);
+    assert_eq!(last_events, 1, "one last event for stream 1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_streams_and_refuses_new_ones() {
     let mut s = start().await;
