@@ -250,9 +250,10 @@ fn alive(pid: u32) -> bool {
 fn spawn_watchers(
     ctx: std::sync::Arc<mythosd::server::Context>,
     path: PathBuf,
+    ours: Option<socket::SocketId>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     owner_pid: Option<u32>,
 ) {
-    let ours = socket::SocketId::of(&path);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
@@ -263,6 +264,7 @@ fn spawn_watchers(
             if ours.is_some() && socket::SocketId::of(&path) != ours {
                 tracing::warn!(socket = %path.display(),
                                "the socket file was removed or replaced: shutting down");
+                lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 ctx.shutdown_requested.cancel();
                 return;
             }
@@ -330,7 +332,7 @@ async fn run(
             );
             eprintln!("mythosd: {e}");
             drop(bound.listener);
-            socket::Bound::remove_socket(&bound.path);
+            socket::Bound::remove_socket(&bound.path, bound.id);
             return ExitCode::FAILURE;
         }
     };
@@ -392,7 +394,16 @@ async fn run(
         }
     }
     app::spawn_health_saver(ctx.clone());
-    spawn_watchers(ctx.clone(), bound.path.clone(), owner_pid);
+    // Set when the socket file was seen removed or replaced: any file at the path by shutdown
+    // is then another daemon's, whatever its metadata looks like.
+    let socket_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    spawn_watchers(
+        ctx.clone(),
+        bound.path.clone(),
+        bound.id,
+        socket_lost.clone(),
+        owner_pid,
+    );
     tracing::info!(socket = %bound.path.display(), simulated = ctx.router().is_simulated(),
                    version = env!("CARGO_PKG_VERSION"), fd_limit, "mythosd ready");
     notify(
@@ -402,6 +413,7 @@ async fn run(
     sd_notify_ready();
 
     let socket_path = bound.path.clone();
+    let socket_id = bound.id;
     // `bound` keeps holding the lock file until the end of this function.
     let listener = bound.listener;
     server::run(
@@ -427,7 +439,9 @@ async fn run(
         state.close().await;
     }
     ctx.stop_sims();
-    socket::Bound::remove_socket(&socket_path);
+    if !socket_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        socket::Bound::remove_socket(&socket_path, socket_id);
+    }
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS
 }

@@ -37,11 +37,14 @@ pub enum BindError {
     },
 }
 
-/// The identity of the socket file we bound, to notice it being deleted or replaced.
+/// The identity of the socket file we bound, to notice it being deleted or replaced. The
+/// change time is part of it: a file made after ours was deleted may get its inode number back
+/// (tmpfs hands it out again at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketId {
     dev: u64,
     ino: u64,
+    ctime: (i64, i64),
 }
 
 impl SocketId {
@@ -54,12 +57,17 @@ impl SocketId {
             Some(SocketId {
                 dev: m.dev(),
                 ino: m.ino(),
+                ctime: (m.ctime(), m.ctime_nsec()),
             })
         }
         #[cfg(not(unix))]
         {
             let _ = path;
-            Some(SocketId { dev: 0, ino: 0 })
+            Some(SocketId {
+                dev: 0,
+                ino: 0,
+                ctime: (0, 0),
+            })
         }
     }
 }
@@ -70,17 +78,25 @@ pub struct Bound {
     pub listener: Listener,
     /// The socket path.
     pub path: PathBuf,
+    /// The socket file as bound: only that file is ours to remove.
+    pub id: Option<SocketId>,
     /// Held for the daemon's life; the OS releases it if we die.
     _lock: Option<File>,
 }
 
 impl Bound {
-    /// Remove the socket file (on clean shutdown, after the listener is dropped).
-    pub fn remove_socket(path: &Path) {
+    /// Remove the socket file (on clean shutdown, after the listener is dropped), if it is still
+    /// the one bound (`id`). A daemon that stops because its file was deleted may find another
+    /// daemon's file there by then: removing that one left the new daemon running unreachable,
+    /// holding the lock, and every client failing for good (found by a chaos run: a runtime
+    /// directory emptied while a client started a second daemon).
+    pub fn remove_socket(path: &Path, id: Option<SocketId>) {
         #[cfg(unix)]
-        let _ = std::fs::remove_file(path);
+        if id.is_some() && SocketId::of(path) == id {
+            let _ = std::fs::remove_file(path);
+        }
         #[cfg(not(unix))]
-        let _ = path;
+        let _ = (path, id);
     }
 }
 
@@ -186,8 +202,11 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             }
         }
         let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
+        // No name reclamation (interprocess unlinks the path when the listener is dropped,
+        // whoever's file is there by then): `Bound::remove_socket` removes it if it is ours.
         let listener = match ListenerOptions::new()
             .name(name.clone())
+            .reclaim_name(false)
             .mode(0o600)
             .create_tokio()
         {
@@ -197,6 +216,7 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
                 // keeps others out in the meantime.
                 let l = ListenerOptions::new()
                     .name(name)
+                    .reclaim_name(false)
                     .create_tokio()
                     .map_err(io_err)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -208,6 +228,7 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
         Ok(Bound {
             listener,
             path: path.to_path_buf(),
+            id: SocketId::of(path),
             _lock: Some(lock),
         })
     }
@@ -230,6 +251,7 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
         Ok(Bound {
             listener,
             path: path.to_path_buf(),
+            id: SocketId::of(path),
             _lock: None,
         })
     }
@@ -248,4 +270,34 @@ fn is_private_dir(dir: &Path) -> bool {
     dir.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("mythos"))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A daemon removes its own socket file, never one another daemon bound at the same path
+    /// after its own was deleted.
+    #[tokio::test]
+    async fn only_the_socket_file_bound_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("mythosd.sock");
+        let first = bind(&path).await.unwrap();
+        let (first_path, first_id) = (first.path.clone(), first.id);
+        // Its runtime directory is emptied, and a second daemon binds the path anew.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(lock_path(&path)).unwrap();
+        // A file's change time moves in clock ticks (up to 10 ms), and tmpfs hands the deleted
+        // inode number out again at once: a file made within the same tick looks the same.
+        // (A client starting a daemon takes tens of milliseconds.)
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let second = bind(&path).await.unwrap();
+        // The first stops: the file there is not its own.
+        drop(first.listener);
+        Bound::remove_socket(&first_path, first_id);
+        assert!(path.exists(), "the second daemon's socket was removed");
+        drop(second.listener);
+        Bound::remove_socket(&second.path, second.id);
+        assert!(!path.exists());
+    }
 }
