@@ -392,7 +392,21 @@ impl HealthBook {
                         "cooldown over: this request probes it".to_string(),
                         None,
                     ),
-                    Breaker::Closed => (true, "healthy".to_string(), None),
+                    // Paused by a `429` or a `503` with `Retry-After`: still ranked (admission
+                    // waits for the pause), but not called healthy where a request's record
+                    // lists its candidates (`mythos why` showed a paused provider healthy).
+                    Breaker::Closed => match p.quota.blocked_until(now) {
+                        Some(t) => {
+                            let what = if p.quota.limited_until(now).is_some() {
+                                "rate limited"
+                            } else {
+                                "overloaded"
+                            };
+                            let left = t.saturating_duration_since(now).as_secs_f64().ceil();
+                            (true, format!("{what}, {left:.0} s left"), None)
+                        }
+                        None => (true, "healthy".to_string(), None),
+                    },
                 };
                 Ranked {
                     index: i,
@@ -950,6 +964,22 @@ mod tests {
             })
             .collect();
         HealthBook::new(&cfgs, RoutingConfig::default())
+    }
+
+    /// A provider paused by a `429` is not called healthy in the ranking a request's record
+    /// keeps (`mythos why`).
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_provider_is_ranked_with_its_pause() {
+        let mut book = book(2);
+        let now = Instant::now();
+        let cost = Cost::request(100, 100);
+        book.providers[0]
+            .quota
+            .rate_limited(cost, now + Duration::from_secs(93), now);
+        let ranked = book.rank(TaskKind::Chat, now);
+        let note = |i: usize| &ranked.iter().find(|r| r.index == i).unwrap().note;
+        assert_eq!(note(0), "rate limited, 93 s left");
+        assert_eq!(note(1), "healthy");
     }
 
     /// The lid closed overnight: a provider paused for an hour by a `429`, one whose breaker
