@@ -59,6 +59,7 @@ use policy::{Facts, Next};
 use quota::Cost;
 
 /// A provider as the router holds it.
+#[derive(Clone)]
 pub struct RoutedProvider {
     /// Its configuration.
     pub cfg: ProviderConfig,

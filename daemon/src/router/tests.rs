@@ -2685,15 +2685,7 @@ async fn a_reload_that_reorders_providers_keeps_what_streaming_requests_learn() 
     let old = h.router.clone();
     let first = tokio::spawn(async move { ask(&old, req("first")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut providers: Vec<RoutedProvider> = h
-        .router
-        .providers()
-        .iter()
-        .map(|p| RoutedProvider {
-            cfg: p.cfg.clone(),
-            transport: p.transport.clone(),
-        })
-        .collect();
+    let mut providers = h.router.providers().to_vec();
     providers.reverse();
     for (i, p) in providers.iter_mut().enumerate() {
         p.cfg.priority = i as u32;
@@ -2714,15 +2706,7 @@ async fn a_reload_that_reorders_providers_keeps_what_streaming_requests_learn() 
 #[tokio::test(start_paused = true)]
 async fn the_old_router_still_serves_after_a_reload_that_adds_a_provider() {
     let h = harness(2, no_jitter());
-    let mut providers: Vec<RoutedProvider> = h
-        .router
-        .providers()
-        .iter()
-        .map(|p| RoutedProvider {
-            cfg: p.cfg.clone(),
-            transport: p.transport.clone(),
-        })
-        .collect();
+    let mut providers = h.router.providers().to_vec();
     providers.push(RoutedProvider {
         cfg: ProviderConfig {
             api_key: Some(Secret::new("k")),
