@@ -395,17 +395,17 @@ impl HealthBook {
                     // Paused by a `429` or a `503` with `Retry-After`: still ranked (admission
                     // waits for the pause), but not called healthy where a request's record
                     // lists its candidates (`mythos why` showed a paused provider healthy).
-                    Breaker::Closed => match p.quota.blocked_until(now) {
-                        Some(t) => {
-                            let what = if p.quota.limited_until(now).is_some() {
+                    Breaker::Closed => match self.state_of(i, now) {
+                        (state @ (BreakerState::RateLimited | BreakerState::Overloaded), left) => {
+                            let what = if state == BreakerState::RateLimited {
                                 "rate limited"
                             } else {
                                 "overloaded"
                             };
-                            let left = t.saturating_duration_since(now).as_secs_f64().ceil();
+                            let left = left.unwrap_or_default().as_secs_f64().ceil();
                             (true, format!("{what}, {left:.0} s left"), None)
                         }
-                        None => (true, "healthy".to_string(), None),
+                        _ => (true, "healthy".to_string(), None),
                     },
                 };
                 Ranked {
