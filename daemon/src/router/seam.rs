@@ -17,7 +17,8 @@
 //! starts over after "This" says "This is…"); and, when the answer was cut inside a word of at
 //! least [`MIN_CUT_WORD`] letters and the continuation starts with no space, that word (its
 //! letters, or all of it since the last space), with a repeat that may end inside a word ("The
-//! serv" → "server is": "er is"). After such a cut, a repeat of two or more words may end
+//! serv" → "server is": "er is"); an answer of one or two letters from a capital counts so too
+//! when repeated exactly ("T" → "This"). After such a cut, a repeat of two or more words may end
 //! inside a word too ("Hello wo" → "Hello world"). A continuation of
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
@@ -115,12 +116,15 @@ fn is_word(piece: &str) -> bool {
 }
 
 /// The cut words that are tails for `held`: all of them when it is glued to the word the answer
-/// was cut in (it starts with no space), else none.
-fn glued<'a>(cut_words: &'a [String], held: &str) -> &'a [String] {
-    if held.chars().next().is_some_and(|c| !c.is_whitespace()) {
-        cut_words
-    } else {
-        &[]
+/// was cut in (it starts with no space), else none. A short start (see [`Seam::short_start`])
+/// counts only when `held` repeats it letter for letter, capitals included.
+fn glued<'a>(cut_words: &'a [String], short_start: Option<&str>, held: &str) -> &'a [String] {
+    if !held.chars().next().is_some_and(|c| !c.is_whitespace()) {
+        return &[];
+    }
+    match short_start {
+        Some(s) if !held.starts_with(s) => &cut_words[..cut_words.len() - 1],
+        _ => cut_words,
     }
 }
 
@@ -133,6 +137,11 @@ pub struct Seam {
     /// space), when it was continued in words and ended inside a word: a continuation that
     /// starts with no space is glued to it.
     cut_words: Vec<String>,
+    /// Continued in words, the whole answer is one or two letters beginning with a capital
+    /// ("T", "Th"): too short for a cut word, but a model that starts over repeats it glued to
+    /// its next letters ("T" → "This": "TThis" reached clients in a chaos run). It is the last
+    /// of `cut_words`, and counts only when repeated exactly: "A" → "ardvarks" goes on.
+    short_start: Option<String>,
     /// Continued in words, the answer ended in a letter or a digit: a repeat of two or more
     /// words may end inside a word ("Hello wo" → "Hello world").
     ends_in_word: bool,
@@ -224,9 +233,21 @@ impl Seam {
                 cut_words.push(fold(&word));
             }
         }
+        let mut short_start = None;
+        let mut letters = partial.chars();
+        if ends_in_word
+            && cut_words.is_empty()
+            && partial.chars().count() < MIN_CUT_WORD
+            && letters.next().is_some_and(char::is_uppercase)
+            && letters.all(char::is_alphabetic)
+        {
+            cut_words.push(fold(partial));
+            short_start = Some(partial.to_string());
+        }
         Seam {
             tails,
             cut_words,
+            short_start,
             ends_in_word,
             ends_in_space: partial.ends_with(char::is_whitespace),
             held: String::new(),
@@ -239,6 +260,7 @@ impl Seam {
         Seam {
             tails: Vec::new(),
             cut_words: Vec::new(),
+            short_start: None,
             ends_in_word: false,
             ends_in_space: false,
             held: String::new(),
@@ -265,7 +287,7 @@ impl Seam {
             // Only whitespace so far: it may precede a repeat.
             return Text::default();
         }
-        let cut_words = glued(&self.cut_words, &self.held);
+        let cut_words = glued(&self.cut_words, self.short_start.as_deref(), &self.held);
         let tails = || self.tails.iter().chain(cut_words);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
         // tail of two or more words after an answer cut inside a word.
@@ -323,7 +345,7 @@ impl Seam {
         let held = std::mem::take(&mut self.held);
         let f = fold(&held);
         let f = f.trim_end();
-        let cut_words = glued(&self.cut_words, &held);
+        let cut_words = glued(&self.cut_words, self.short_start.as_deref(), &held);
         if !f.is_empty() && self.tails.iter().chain(cut_words).any(|t| t == f) {
             // Nothing but the repeat: drop it all.
             return String::new();
@@ -523,6 +545,17 @@ mod tests {
         assert_eq!(seen("This", &["this is more."]), "This is more.");
         assert_eq!(seen("No", &["No, it is not."]), "No, it is not.");
         assert_eq!(seen("This", &[" is", " more."]), "This is more.");
+        // Cut after a letter or two, the start is repeated glued to the rest of its word.
+        assert_eq!(seen("T", &["This", " is", " more."]), "This is more.");
+        assert_eq!(seen("T", &["T", "his is more."]), "This is more.");
+        assert_eq!(seen("Th", &["The end."]), "The end.");
+        assert_eq!(seen("I", &["In short, yes."]), "In short, yes.");
+        // ...and its own rest is untouched.
+        assert_eq!(seen("T", &["his is more."]), "This is more.");
+        assert_eq!(seen("Th", &["e end."]), "The end.");
+        let mut s = Seam::new("T", true);
+        assert_eq!(s.push("T".into()), "");
+        assert_eq!(s.flush(), "");
     }
 
     /// Cut inside a word, a continuation that starts with no space is glued to it: a repeat of
@@ -581,6 +614,9 @@ mod tests {
         // After a prefill the model goes on exactly: a word's rest is never cut.
         assert_eq!(seen_exact("The serv", &["server"]), "The servserver");
         assert_eq!(seen_exact("This", &["This is"]), "ThisThis is");
+        assert_eq!(seen_exact("T", &["This"]), "TThis");
+        // A start in small letters is as likely a word's first letters ("co" → "coconut").
+        assert_eq!(seen("co", &["conut."]), "coconut.");
         // Longer tails still count for every continuation.
         assert_eq!(
             seen_exact(
