@@ -274,6 +274,46 @@ mod request_tests {
         assert!(waited.is_err(), "the other host was reached: {waited:?}");
     }
 
+    /// A `429` without `Retry-After` whose headers say the requests quota is spent for 15 s
+    /// asks for those 15 s (the router's default pause is 2 s, and requests went back into
+    /// the spent quota until its reset: found by a chaos run).
+    #[tokio::test]
+    async fn a_429_without_retry_after_asks_for_its_spent_quotas_reset() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", provider.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = provider.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+                let reply = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nx-ratelimit-limit-requests: 3\r\n\
+                     x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 15.8s\r\n\
+                     content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+            }
+        });
+        let t = transport(Api::Openai, &base, "m");
+        let chat = ChatRequest::user_text(1, "hi");
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "m",
+            max_tokens: 10,
+            prefill: None,
+            prefill_blocks: &[],
+            format_in_words: false,
+        };
+        let Err(e) = t.open(&req).await else {
+            panic!("a 429 was taken for an answer")
+        };
+        assert_eq!(e.kind, ErrorKind::RateLimited, "{e:?}");
+        assert_eq!(e.retry_after, Some(Duration::from_millis(15_800)), "{e:?}");
+    }
+
     #[test]
     fn each_request_gets_the_endpoint_and_headers() {
         let t = transport(Api::Anthropic, "http://127.0.0.1:1/", "claude-x");
@@ -783,7 +823,11 @@ async fn error_from_response(
         None => {
             let (ty, msg) = parse_error_body(&body);
             let kind = error::classify(status, ty.as_deref(), msg.as_deref());
-            (ty, msg, kind, limits.retry_after)
+            let told = match kind {
+                ErrorKind::RateLimited => limits.retry_after.or_else(|| limits.spent_for()),
+                _ => limits.retry_after,
+            };
+            (ty, msg, kind, told)
         }
     };
     let mut message = format!("{name} answered HTTP {status}");

@@ -87,6 +87,19 @@ impl RateLimits {
     pub fn get(&self, kind: QuotaKind) -> Option<&Announced> {
         self.quotas[kind.index()].as_ref()
     }
+
+    /// How long until every quota announced as spent (nothing remaining) is whole again: what
+    /// a `429` without `Retry-After` says about when to come back. Paused only the default
+    /// two seconds, requests went back into a quota its headers said was spent for another 15
+    /// (found by a chaos run: 21 upstream 429s for 15 answers).
+    pub fn spent_for(&self) -> Option<Duration> {
+        self.quotas
+            .iter()
+            .flatten()
+            .filter(|a| a.remaining == Some(0))
+            .filter_map(|a| a.reset_in)
+            .max()
+    }
 }
 
 /// Longest wait any header may ask for; longer values are taken as this (a day). The router
@@ -110,7 +123,9 @@ pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
     let read = |fields: [Option<Option<&str>>; 3], reset: &dyn Fn(&str) -> Option<Duration>| {
         let [limit, remaining, reset_at] = fields.map(Option::flatten);
         Announced {
-            limit: limit.and_then(parse_count),
+            // A limit of 0 is no quota a provider that answers has; taken as one, it made
+            // every request "larger than the quota", for good (found by a chaos run).
+            limit: limit.and_then(parse_count).filter(|&l| l > 0),
             remaining: remaining.and_then(parse_count),
             reset_in: reset_at.and_then(reset),
         }
@@ -123,7 +138,7 @@ pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
         let i = kind.index();
         let a = read(raw.anthropic[i], &|t| reset_in_rfc3339(t, now_unix_ms));
         let o = match raw.openai.get(i) {
-            Some(&fields) => read(fields, &parse_go_duration),
+            Some(&fields) => read(fields, &|t| reset_in_openai(t, now_unix_ms)),
             None => Announced::default(),
         };
         let mut merged = pick(a, o);
@@ -290,6 +305,18 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     secs(total)
 }
 
+/// An OpenAI-form reset: a Go duration ("6m0s", "20ms"), or a bare number, read as
+/// [`reset_in_number`] does: seconds, or a Unix time in seconds or milliseconds when it is
+/// that large (some compatible servers send one; read as seconds, it paused the provider for
+/// the day the header cap allows).
+fn reset_in_openai(s: &str, now_unix_ms: u64) -> Option<Duration> {
+    if s.parse::<f64>().is_ok() {
+        reset_in_number(s, now_unix_ms)
+    } else {
+        parse_go_duration(s)
+    }
+}
+
 /// An RFC 3339 instant (Anthropic's resets) as time from `now_unix_ms`; an instant in the past
 /// is zero.
 pub fn reset_in_rfc3339(s: &str, now_unix_ms: u64) -> Option<Duration> {
@@ -342,6 +369,7 @@ mod tests {
                 .map(str::trim)
         };
         let count = |name: &str| text(name).and_then(parse_count);
+        let limit = |name: &str| count(name).filter(|&l| l > 0);
         let mut out = RateLimits {
             retry_after: retry_after(headers, now_unix_ms),
             ..RateLimits::default()
@@ -350,16 +378,17 @@ mod tests {
         for (i, kind) in QuotaKind::ALL.into_iter().enumerate() {
             let k = kinds[i];
             let a = Announced {
-                limit: count(&format!("anthropic-ratelimit-{k}-limit")),
+                limit: limit(&format!("anthropic-ratelimit-{k}-limit")),
                 remaining: count(&format!("anthropic-ratelimit-{k}-remaining")),
                 reset_in: text(&format!("anthropic-ratelimit-{k}-reset"))
                     .and_then(|t| reset_in_rfc3339(t, now_unix_ms)),
             };
             let o = if i < 2 {
                 Announced {
-                    limit: count(&format!("x-ratelimit-limit-{k}")),
+                    limit: limit(&format!("x-ratelimit-limit-{k}")),
                     remaining: count(&format!("x-ratelimit-remaining-{k}")),
-                    reset_in: text(&format!("x-ratelimit-reset-{k}")).and_then(parse_go_duration),
+                    reset_in: text(&format!("x-ratelimit-reset-{k}"))
+                        .and_then(|t| reset_in_openai(t, now_unix_ms)),
                 }
             } else {
                 Announced::default()
@@ -368,7 +397,7 @@ mod tests {
             if kind == QuotaKind::Requests && merged.is_none() {
                 for prefix in ["x-ratelimit", "ratelimit"] {
                     let d = Announced {
-                        limit: count(&format!("{prefix}-limit")),
+                        limit: limit(&format!("{prefix}-limit")),
                         remaining: count(&format!("{prefix}-remaining")),
                         reset_in: text(&format!("{prefix}-reset"))
                             .and_then(|t| reset_in_number(t, now_unix_ms)),
@@ -481,6 +510,39 @@ mod tests {
         assert_eq!(tok.reset_in, Some(Duration::from_secs(360)));
         assert_eq!(r.get(QuotaKind::InputTokens), None);
         assert_eq!(r.retry_after, None);
+        assert_eq!(r.spent_for(), None);
+    }
+
+    /// What compatible servers send beside OpenAI's own forms: a reset as a Unix time (read as
+    /// seconds, it paused the provider for a day), a limit of 0 (taken for one, every request
+    /// was "larger than the quota", for good). A 429 without `Retry-After` comes back when the
+    /// quotas it says are spent are whole again.
+    #[test]
+    fn odd_openai_forms_do_not_lock_a_provider_out() {
+        let now = 1_780_000_000_000;
+        let h = headers(&[
+            ("x-ratelimit-limit-requests", "0"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1780000012"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "1780000003500"),
+        ]);
+        let r = from_headers(&h, now);
+        let req = r.get(QuotaKind::Requests).unwrap();
+        assert_eq!(req.limit, None);
+        assert_eq!(req.reset_in, Some(Duration::from_secs(12)));
+        let tok = r.get(QuotaKind::Tokens).unwrap();
+        assert_eq!(tok.reset_in, Some(Duration::from_millis(3_500)));
+        assert_eq!(r.spent_for(), Some(Duration::from_secs(12)));
+        // A plain number of seconds is still that.
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "3"),
+            ("x-ratelimit-reset-requests", "20"),
+        ]);
+        let r = from_headers(&h, now);
+        let req = r.get(QuotaKind::Requests).unwrap();
+        assert_eq!(req.reset_in, Some(Duration::from_secs(20)));
+        assert_eq!(r.spent_for(), None, "3 remaining is not spent");
     }
 
     #[test]

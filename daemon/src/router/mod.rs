@@ -825,10 +825,12 @@ impl Router {
     }
 
     /// Wait for a provider that can take `want`, for at most `allowed`, telling the client why
-    /// it waits. Adds the time waited to `journey.queued`.
+    /// it waits; in the queue the request ranks by `arrived`, when it first came. Adds the time
+    /// waited to `journey.queued`.
     async fn acquire(
         &self,
         want: &Want,
+        arrived: Instant,
         allowed: Duration,
         out: &Emitter,
         cancel: &CancellationToken,
@@ -836,7 +838,7 @@ impl Router {
     ) -> Result<Lease, Refusal> {
         let start = Instant::now();
         let deadline = start + allowed;
-        let mut ticket = match admission::try_acquire(&self.book, want, deadline)? {
+        let mut ticket = match admission::try_acquire(&self.book, want, arrived, deadline)? {
             Ok(lease) => return Ok(lease),
             Err(ticket) => ticket,
         };
@@ -1038,7 +1040,10 @@ impl Router {
                 Some(since) => allowed.min(PREFER_WAIT.saturating_sub(since.elapsed())),
                 None => allowed,
             };
-            let lease = match self.acquire(&want, allowed, out, cancel, &mut j).await {
+            let lease = match self
+                .acquire(&want, start, allowed, out, cancel, &mut j)
+                .await
+            {
                 Ok(lease) => lease,
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
                 Err(Refusal::NoCapacity {

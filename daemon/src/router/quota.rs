@@ -100,6 +100,15 @@ pub struct Quota {
     /// An answer told how the provider counts prompts (any answer: a short prompt's teaches
     /// no ratio, but shows the estimate was not far off).
     counted: bool,
+    /// When an error response's figures (a `429`'s own headers) said the quota was spent
+    /// while the estimate before them had room for every request in flight: read by
+    /// [`Quota::rate_limited`], which comes after those figures replaced the estimate.
+    unforeseen: Option<Instant>,
+    /// A provider that does not announce its quotas answered `429`: when its pause ends, it
+    /// takes one request at a time until one is answered, as before its first answer. Its
+    /// whole queue, let go at once, got `429` but for the first few (91 % of its upstream
+    /// requests at 64 clients in a chaos run).
+    after_pause: bool,
 }
 
 /// Prompts shorter than this (estimated tokens) teach nothing about their density: the tokens a
@@ -175,6 +184,17 @@ impl Quota {
     /// Take in what the response to request `seq` announced at `now`. `success` tells a normal
     /// answer from an error response (whose missing headers prove nothing).
     pub fn observe(&mut self, seq: u64, limits: &RateLimits, success: bool, now: Instant) {
+        // Judged before the response's figures replace the estimate: a 429 that carries them
+        // says the quota is spent, which the estimate then always agrees with, and no fixed
+        // window was ever recognised (one self-inflicted 429 per window, for good, from a
+        // provider that announces quotas on its 429s as Anthropic and OpenAI do).
+        self.unforeseen = (!success
+            && self.announces == Some(true)
+            && self.room_ignoring_block(Cost([0.0; 4]), now) == Room::Now)
+            .then_some(now);
+        if success {
+            self.after_pause = false;
+        }
         if limits.announces() {
             self.announces = Some(true);
         } else if success && self.announces.is_none() {
@@ -223,7 +243,12 @@ impl Quota {
         let tokens_quota = [QuotaKind::Tokens, QuotaKind::InputTokens]
             .iter()
             .any(|k| self.buckets[k.index()].is_some());
-        if self.room_ignoring_block(cost, now) == Room::Now
+        // The figures this 429 carried, if any, were read just before (same attempt).
+        let unforeseen = self
+            .unforeseen
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        if (unforeseen || self.room_ignoring_block(cost, now) == Room::Now)
             && self.announces == Some(true)
             && (self.counted || !tokens_quota)
         {
@@ -247,6 +272,9 @@ impl Quota {
         }
         self.block(until);
         self.limited_until = Some(self.limited_until.map_or(until, |t| t.max(until)));
+        if self.announces != Some(true) {
+            self.after_pause = true;
+        }
     }
 
     /// No request before `until` (a `Retry-After`).
@@ -276,11 +304,19 @@ impl Quota {
     }
 
     /// Forget a pause and what was learnt about the windows (`mythos reset`).
+    ///
+    /// The announced figures go too: a provider that once announced nonsense (a limit of 0, a
+    /// reset in years) is asked afresh, one request at a time until its next answer says how
+    /// much it takes. Kept, they refused every request across `reset` and restarts.
     pub fn clear_block(&mut self) {
         self.blocked_until = None;
         self.limited_until = None;
         self.fixed_until = None;
         self.fixed_for = Duration::ZERO;
+        self.buckets = Default::default();
+        self.announces = None;
+        self.unforeseen = None;
+        self.after_pause = false;
     }
 
     /// Whether a request of `cost` fits now, and if not, when it will.
@@ -297,7 +333,7 @@ impl Quota {
     /// As [`Quota::room`], pauses aside; `cost` as estimated (it is scaled here, as the
     /// reservations it is added to were).
     fn room_ignoring_block(&self, cost: Cost, now: Instant) -> Room {
-        if self.announces.is_none() && !self.pending.is_empty() {
+        if (self.announces.is_none() || self.after_pause) && !self.pending.is_empty() {
             return Room::AfterPending;
         }
         let cost = self.scaled(cost);
@@ -469,7 +505,8 @@ impl Quota {
         };
         for (slot, b) in q.buckets.iter_mut().zip(&saved.buckets) {
             *slot = b.as_ref().map(|b| Bucket {
-                limit: b.limit,
+                // Saved by a version that took a limit of 0 for one.
+                limit: b.limit.filter(|&l| l > 0.0),
                 remaining: b.remaining,
                 observed: from_unix(b.observed_unix_ms).min(now),
                 reset_at: b
@@ -655,6 +692,78 @@ mod tests {
         q.learn_input(10, 12);
         q.rate_limited(ONE, later, now);
         assert!(q.fixed(later));
+    }
+
+    /// Anthropic and OpenAI send their quota headers on a `429` too, saying nothing is left:
+    /// the fixed window is recognised from what the estimate said before those figures, not
+    /// after (when it always agreed with the 429), or a request went into the spent window
+    /// once per window, for good (found by a chaos run).
+    #[tokio::test(start_paused = true)]
+    async fn a_429_that_carries_its_quota_still_proves_a_fixed_window() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        // 4 a window of 10 s, none left: steady, one back every 2.5 s.
+        q.observe(s, &limits((4, 0, 10_000), None), true, now);
+        let later = now + Duration::from_millis(2_500);
+        assert_eq!(q.room(ONE, later), Room::Now);
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((4, 0, 7_500), None), false, later);
+        q.rate_limited(ONE, later + Duration::from_secs(2), later);
+        assert!(q.fixed(later), "the 429 was not foreseen");
+        let reset = now + Duration::from_secs(10);
+        assert_eq!(q.room(ONE, later + Duration::from_secs(3)), Room::At(reset));
+        // A 429 that the estimate foresaw (its room taken by requests in flight when it was
+        // sent) proves nothing.
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((4, 1, 10_000), None), true, now);
+        let a = q.reserve(ONE);
+        let b = q.reserve(ONE);
+        q.observe(b, &limits((4, 0, 10_000), None), false, now);
+        q.rate_limited(ONE, now + Duration::from_secs(2), now);
+        assert!(!q.fixed(now));
+        q.settle(a);
+    }
+
+    /// A provider that announces no quota and answered `429` takes one request at a time when
+    /// its pause ends, until one is answered: the whole queue let go at once got 429s but for
+    /// the first few.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_provider_takes_one_request_after_its_pause() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &RateLimits::default(), true, now);
+        q.reserve(ONE);
+        q.reserve(ONE);
+        assert_eq!(q.room(ONE, now), Room::Now, "not paced while it answers");
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &RateLimits::default(), true, now);
+        let until = now + Duration::from_secs(2);
+        q.rate_limited(ONE, until, now);
+        assert_eq!(q.room(ONE, now), Room::At(until));
+        let first = q.reserve(ONE);
+        assert_eq!(q.room(ONE, until), Room::AfterPending);
+        q.observe(first, &RateLimits::default(), true, until);
+        q.reserve(ONE);
+        assert_eq!(q.room(ONE, until), Room::Now, "answered: paced no more");
+    }
+
+    /// `mythos reset` forgets announced figures too: nonsense once announced (a reset a year
+    /// away) no longer holds the provider, which is asked afresh, one request first.
+    #[tokio::test(start_paused = true)]
+    async fn reset_forgets_what_was_announced() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        q.observe(s, &limits((10, 0, 86_400_000), None), true, now);
+        assert!(matches!(q.room(ONE, now), Room::At(_)));
+        q.clear_block();
+        assert_eq!(q.room(ONE, now), Room::Now);
+        q.reserve(ONE);
+        assert_eq!(q.room(ONE, now), Room::AfterPending);
     }
 
     #[tokio::test(start_paused = true)]

@@ -119,7 +119,7 @@ fn is_word(piece: &str) -> bool {
 /// was cut in (it starts with no space), else none. A short start (see [`Seam::short_start`])
 /// counts only when `held` repeats it letter for letter, capitals included.
 fn glued<'a>(cut_words: &'a [String], short_start: Option<&str>, held: &str) -> &'a [String] {
-    if !held.chars().next().is_some_and(|c| !c.is_whitespace()) {
+    if held.chars().next().is_none_or(char::is_whitespace) {
         return &[];
     }
     match short_start {

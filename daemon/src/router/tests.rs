@@ -3403,3 +3403,44 @@ async fn a_hard_failure_beside_an_open_breaker_ends_after_the_rounds() {
         t0.elapsed()
     );
 }
+
+/// A request back in the queue for another attempt (its provider answered `429`) keeps its
+/// place ahead of requests that came after it. Put at the back, the first requests of a burst
+/// waited longest and ran out of time while later ones were answered (found by a chaos run: a
+/// fixed window of 4 requests, 14 clients).
+#[tokio::test(start_paused = true)]
+async fn a_request_back_from_a_429_keeps_its_place_in_the_queue() {
+    let h = harness(1, no_jitter());
+    // One request a second, none left now.
+    h.scripts[0].push([answer_with(quota(1, 0, 1_000), &["warm"])]);
+    ask(&h.router, req("warm")).await;
+    let mut limited = err(ErrorKind::RateLimited, Some(1));
+    limited.limits = Some(Box::new(quota(1, 0, 1_000)));
+    h.scripts[0].push([Step::Fail(limited)]);
+    for w in ["a", "b", "c", "d"] {
+        h.scripts[0].push([answer_with(quota(1, 0, 1_000), &[w])]);
+    }
+    let mut tasks = Vec::new();
+    for n in 1..=4 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let ev = ask(&r, req(&n.to_string())).await;
+            (n, final_text(&ev))
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            (1, "a".to_string()),
+            (2, "b".into()),
+            (3, "c".into()),
+            (4, "d".into())
+        ],
+        "served in arrival order, the first request's 429 notwithstanding"
+    );
+}
