@@ -274,7 +274,14 @@ impl Router {
                 match last_progress {
                     None => {
                         end.ttft = Some(now - t0);
-                        self.health().record_ttft(i, now - t0, now);
+                        let mut book = self.health();
+                        book.record_ttft(i, now - t0, now);
+                        if lease.probe && book.probe_answered(i, now) {
+                            // Requests waiting for the probe's verdict have it now.
+                            book.dispatch(&self.book, now);
+                            drop(book);
+                            self.changed.notify_one();
+                        }
                     }
                     // A pause in a tool call is not the pace of the provider's tokens: left
                     // out of the mean gap, it would stretch the limit for the next text.

@@ -542,6 +542,22 @@ impl HealthBook {
         (failed_probe || (repeated && !settled)).then(|| self.trip(i, now))
     }
 
+    /// The half-open probe of provider `i` streams an answer: the provider works, and its
+    /// breaker closes now rather than when that answer ends. Requests that only it can take
+    /// waited for the whole answer, and a long one outlasted their queue limit: they failed
+    /// with "being probed by another request" while it streamed (found by a review). Returns
+    /// whether the breaker closed.
+    pub fn probe_answered(&mut self, i: usize, now: Instant) -> bool {
+        let p = &mut self.providers[i];
+        if !matches!(p.breaker, Breaker::HalfOpen { .. }) {
+            return false;
+        }
+        p.breaker = Breaker::Closed;
+        p.recent.clear();
+        p.recent.push_back((now, false));
+        true
+    }
+
     /// Provider `i` answered a request (an attempt ended without a fault) after `since`: it is
     /// working, and a request's run of failures there is bad luck, not an outage.
     pub fn answered_since(&self, i: usize, since: Instant) -> bool {

@@ -418,6 +418,10 @@ struct Journey {
     outcome_taken: Vec<usize>,
     /// Failed to connect; blamed only once some provider proves the network works.
     unreachable: Vec<usize>,
+    /// Those of them whose attempt was their breaker's half-open probe: the blame is the
+    /// probe's verdict. Blamed as any fault, which a half-open breaker ignores, a dead
+    /// provider stayed half-open for good and every request tried it first.
+    unreachable_probes: Vec<usize>,
     /// Refused the response format asked natively (a `400`): asked in words from then on.
     format_in_words: Vec<usize>,
     /// Retries on each provider: (index, count).
@@ -1262,7 +1266,7 @@ impl Router {
                     }
                     // Whoever failed to connect while this provider answered was really down.
                     for u in unreachable {
-                        book.record_attempt(u, true, false, now);
+                        book.record_attempt(u, true, j.unreachable_probes.contains(&u), now);
                         book.record_outcome(u, false, now);
                     }
                 });
@@ -1319,8 +1323,16 @@ impl Router {
                 }
             };
             // A failed connect is held back: if no provider can be reached, this machine is
-            // offline and nobody is to blame.
-            let defer = connect_failure && !plan.pinned;
+            // offline and nobody is to blame. Not when another provider answered a moment ago:
+            // the network works.
+            let network_works = connect_failure && {
+                let book = self.health();
+                let since = Instant::now()
+                    .checked_sub(NETWORK_EVIDENCE)
+                    .unwrap_or(start);
+                (0..self.providers.len()).any(|c| c != i && book.answered_since(c, since))
+            };
+            let defer = connect_failure && !plan.pinned && !network_works;
             if defer
                 && plan.candidates.len() > 1
                 && plan
@@ -1351,6 +1363,9 @@ impl Router {
             let fault = effect.fault && !defer && !slept;
             if defer {
                 push_once(&mut j.unreachable, i);
+                if lease.probe {
+                    push_once(&mut j.unreachable_probes, i);
+                }
             }
             // The success rate takes one sample per request and provider: the outcome when the
             // request leaves it (a fault a retry recovers is not a failure).
@@ -1575,7 +1590,7 @@ impl Router {
             let now = Instant::now();
             let mut book = self.health();
             for u in std::mem::take(&mut j.unreachable) {
-                book.record_attempt(u, true, false, now);
+                book.record_attempt(u, true, j.unreachable_probes.contains(&u), now);
                 book.record_outcome(u, false, now);
             }
         }
@@ -1633,6 +1648,10 @@ const PREFER_WAIT: Duration = Duration::from_secs(10);
 
 /// Waits shorter than this are not announced to the client.
 const QUIET_WAIT: Duration = Duration::from_millis(250);
+
+/// Another provider that answered within this long proves the network works: a provider that
+/// cannot be connected to meanwhile is down, and blamed at once (see `defer` in `run`).
+const NETWORK_EVIDENCE: Duration = Duration::from_secs(60);
 
 /// A provider free within this long counts as an alternative worth failing over to.
 const SOON: Duration = Duration::from_secs(1);

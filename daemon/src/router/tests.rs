@@ -3444,3 +3444,87 @@ async fn a_request_back_from_a_429_keeps_its_place_in_the_queue() {
         "served in arrival order, the first request's 429 notwithstanding"
     );
 }
+
+/// A half-open provider whose probe cannot even connect, while another provider answers, is
+/// down: its breaker opens again. The connect failure was held back (nobody is blamed when the
+/// machine is offline) and then blamed as an ordinary fault, which a half-open breaker
+/// ignores: it stayed half-open for good, and every request tried the dead provider first and
+/// reached its client rerouted (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_dead_half_open_provider_is_not_probed_by_every_request() {
+    let h = harness(2, no_jitter());
+    let until = trip(&h, 0);
+    tokio::time::advance(until - Instant::now()).await;
+    h.scripts[0].push(vec![Step::Fail(connect_refused()); 20]);
+    let mut rerouted = 0;
+    for n in 0..5 {
+        let ev = ask(&h.router, req(&format!("r{n}"))).await;
+        assert_eq!(done_provider(&ev), Some("beta"));
+        if ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })) {
+            rerouted += 1;
+        }
+    }
+    let state = h.router.health().state_of(0, Instant::now()).0;
+    assert_eq!(
+        (h.scripts[0].calls(), rerouted, state),
+        (1, 1, BreakerState::Open),
+        "(probes sent to the dead provider, requests rerouted, its breaker)"
+    );
+}
+
+/// A probe that streams has answered: requests only that provider can take go as soon as its
+/// first tokens come, not when its whole answer ends (a long one outlasted their queue limit,
+/// and they failed while the provider streamed: found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_long_probe_answer_does_not_fail_the_requests_waiting_for_it() {
+    let h = harness(1, no_jitter());
+    let until = trip(&h, 0);
+    tokio::time::advance(until - Instant::now()).await;
+    let mut long: Vec<_> = (0..45)
+        .map(|_| (1_000, Ok(Delta::Text("tok ".into()))))
+        .collect();
+    long.push((0, Ok(Delta::Finish(FinishReason::Stop))));
+    long.insert(0, (0, Ok(Delta::RateLimits(Box::default()))));
+    h.scripts[0].push([Step::Stream(long), answer(&["second"])]);
+    let probe = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("write a long file")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("meanwhile")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{:?}", ev.last());
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(final_text(&probe.await.unwrap()).len(), 45 * 4);
+}
+
+/// While another provider answered a moment ago, the network works: a probe that cannot
+/// connect opens its breaker again at once, not when the request it failed over ends, so the
+/// requests meanwhile do not probe the dead provider one after another.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_connect_is_judged_at_once_while_others_answer() {
+    let h = harness(2, no_jitter());
+    let until = trip(&h, 0);
+    h.scripts[1].push([answer(&["warm"])]);
+    assert_eq!(done_provider(&ask(&h.router, req("w")).await), Some("beta"));
+    tokio::time::advance(until - Instant::now()).await;
+    h.scripts[0].push(vec![Step::Fail(connect_refused()); 20]);
+    let slow: Vec<_> = (0..10)
+        .map(|_| (1_000, Ok(Delta::Text("b ".into()))))
+        .chain([(0, Ok(Delta::Finish(FinishReason::Stop)))])
+        .collect();
+    h.scripts[1].push([Step::Stream(slow), answer(&["second"])]);
+    let first = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("long")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ev = ask(&h.router, req("meanwhile")).await;
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(
+        h.scripts[0].calls(),
+        1,
+        "the dead provider was probed again"
+    );
+    assert_eq!(done_provider(&first.await.unwrap()), Some("beta"));
+}
