@@ -52,6 +52,19 @@ pub enum Delta {
 }
 
 impl Delta {
+    /// Bytes of answer this delta carries (text, reasoning, tool calls, server blocks): what
+    /// an answer's size cap counts.
+    pub fn answer_bytes(&self) -> usize {
+        match self {
+            Delta::Text(t) | Delta::Thinking(t) | Delta::Refusal(t) => t.len(),
+            Delta::ToolCallArgs { json, .. } => json.len(),
+            Delta::ToolCallStart { id, name, .. } => id.len() + name.len(),
+            Delta::ServerBlock(json) | Delta::Citation(json) => json.len(),
+            Delta::ThinkingSignature(s) | Delta::RedactedThinking(s) => s.len(),
+            _ => 0,
+        }
+    }
+
     /// Whether this delta is progress for the stall watchdog: content the user (or the tool
     /// caller) will see. Pings and keep-alives prove the socket is open, not that the model works.
     pub fn is_progress(&self) -> bool {

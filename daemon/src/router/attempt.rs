@@ -31,6 +31,23 @@ pub(super) struct Partial {
     pub emitted: bool,
 }
 
+/// An answer may hold this many bytes (text, reasoning, tool calls) for each token it may
+/// write: far more than any tokenizer makes of a token, so only a provider that ignores
+/// `max_tokens` reaches it...
+const ANSWER_BYTES_PER_TOKEN: usize = 64;
+/// ...and never less than this (a small `max_tokens` is still a whole answer)...
+const MIN_ANSWER_CAP: usize = 1 << 20;
+/// ...nor more than this: what one stream may hold in memory.
+const MAX_ANSWER_CAP: usize = 16 << 20;
+
+/// The most an answer of up to `max_tokens` tokens may hold, in bytes (see
+/// [`ANSWER_BYTES_PER_TOKEN`]).
+pub(super) fn answer_cap(max_tokens: u32) -> usize {
+    (max_tokens as usize)
+        .saturating_mul(ANSWER_BYTES_PER_TOKEN)
+        .clamp(MIN_ANSWER_CAP, MAX_ANSWER_CAP)
+}
+
 /// Where an attempt's events go.
 struct Sink<'a> {
     out: &'a Emitter,
@@ -105,6 +122,8 @@ impl Router {
             )
         };
 
+        let cap = answer_cap(upstream.max_tokens);
+        let mut answer_bytes = partial.text.len();
         let deadline = tokio::time::sleep_until(t0 + ttft_limit);
         tokio::pin!(deadline);
         let opened = tokio::select! {
@@ -363,6 +382,50 @@ impl Router {
                 }
                 break;
             };
+            answer_bytes += delta.answer_bytes();
+            if answer_bytes > cap {
+                // A provider that ignores `max_tokens` (a local server looping on a phrase)
+                // streams for ever, each token progress for the watchdog, and the answer kept
+                // for a continuation (or a tool call held until whole, or a non-streamed
+                // response) grew without bound: 1.2 GB in 25 s in a chaos run.
+                let calling = !held.is_empty()
+                    || matches!(
+                        delta,
+                        Delta::ToolCallStart { .. }
+                            | Delta::ToolCallArgs { .. }
+                            | Delta::Refusal(_)
+                    );
+                let mib = cap >> 20;
+                if calling {
+                    // Not shown yet: made again elsewhere.
+                    end.error = Some(ProviderError::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "{}: a tool call past {mib} MiB of answer (the provider ignores \
+                             max_tokens)",
+                            p.cfg.name
+                        ),
+                    ));
+                    return end;
+                }
+                // What was shown stays; the answer ends as a provider's does at `max_tokens`.
+                tracing::warn!(
+                    provider = %p.cfg.name,
+                    "answer cut at {mib} MiB: the provider ignores max_tokens"
+                );
+                let rest = seam.flush();
+                if !rest.is_empty() {
+                    events.push(StreamEvent::TextDelta { text: rest.into() });
+                }
+                end.finish = Some(FinishReason::MaxTokens);
+                if !self
+                    .relay(&mut events, &sink, partial, &mut end, &mut watch_from)
+                    .await
+                {
+                    return end;
+                }
+                break;
+            }
             match delta {
                 Delta::RateLimits(limits) => lease.observe(&limits, true),
                 Delta::Model(m) => end.model = m,

@@ -3528,3 +3528,56 @@ async fn a_probe_that_cannot_connect_is_judged_at_once_while_others_answer() {
     );
     assert_eq!(done_provider(&first.await.unwrap()), Some("beta"));
 }
+
+/// A provider that ignores `max_tokens` and streams for ever (a local server looping on a
+/// phrase: every token is progress for the watchdog) is cut at the answer's size cap: the text
+/// shown stays and the answer ends as at `max_tokens`; a tool call growing past it was never
+/// shown and is made again elsewhere. Before, the answer kept for a continuation grew without
+/// bound (1.2 GB in 25 s in a chaos run).
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_never_ends_is_cut_at_its_size_cap() {
+    let chunk = "loop ".repeat(800);
+    let endless = |first: Option<Delta>| {
+        let mut items: Vec<(u64, Result<Delta, ProviderError>)> =
+            first.into_iter().map(|d| (1, Ok(d))).collect();
+        let more = |c: &str| match items.first() {
+            Some((_, Ok(Delta::ToolCallStart { .. }))) => Delta::ToolCallArgs {
+                index: 0,
+                json: c.to_string(),
+            },
+            _ => Delta::Text(c.into()),
+        };
+        let d = more(&chunk);
+        items.extend((0..1_000).map(|_| (1, Ok(d.clone()))));
+        Step::Stream(items)
+    };
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([endless(None)]);
+    let mut r = req("x");
+    r.max_tokens = Some(100);
+    let ev = ask(&h.router, r.clone()).await;
+    let Some(StreamEvent::Done(d)) = ev.last() else {
+        panic!("{:?}", ev.last())
+    };
+    assert_eq!(d.finish, FinishReason::MaxTokens);
+    let text = final_text(&ev);
+    assert!(
+        (1_000_000..=1 << 20).contains(&text.len()),
+        "{} bytes shown",
+        text.len()
+    );
+    // A tool call that never ends is made again (here: alpha retried, then beta), unseen.
+    let tool = endless(Some(Delta::ToolCallStart {
+        index: 0,
+        id: "call_1".into(),
+        name: "write".into(),
+    }));
+    h.scripts[0].push([tool.clone(), tool]);
+    h.scripts[1].push([answer(&["fine"])]);
+    let ev = ask(&h.router, r).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{:?}", ev.last());
+    assert_eq!(final_text(&ev), "fine");
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })));
+}
