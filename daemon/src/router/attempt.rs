@@ -48,6 +48,32 @@ pub(super) fn answer_cap(max_tokens: u32) -> usize {
         .clamp(MIN_ANSWER_CAP, MAX_ANSWER_CAP)
 }
 
+/// The name of the first whole tool call in `held` whose arguments are not a JSON object
+/// (none at all stand for `{}`): every API's tool input is an object.
+fn broken_call(held: &[StreamEvent]) -> Option<&str> {
+    let mut calls: Vec<(u32, &str, String)> = Vec::new();
+    for e in held {
+        match e {
+            StreamEvent::ToolCallStart { index, name, .. } => {
+                calls.push((*index, name, String::new()))
+            }
+            StreamEvent::ToolCallDelta { index, json } => {
+                if let Some(c) = calls.iter_mut().rev().find(|c| c.0 == *index) {
+                    c.2.push_str(json);
+                }
+            }
+            _ => {}
+        }
+    }
+    calls.into_iter().find_map(|(_, name, args)| {
+        let args = args.trim();
+        let object = args.is_empty()
+            || (args.starts_with('{')
+                && serde_json::from_str::<serde::de::IgnoredAny>(args).is_ok());
+        (!object).then_some(name)
+    })
+}
+
 /// Where an attempt's events go.
 struct Sink<'a> {
     out: &'a Emitter,
@@ -369,6 +395,18 @@ impl Router {
                 )
             {
                 // Another block began, or the answer is complete: the calls are whole.
+                if let Some(name) = broken_call(&held) {
+                    // Not shown yet: made again, here or elsewhere. Shown, an agent got
+                    // `{}` or a string for its tool's input (weak local models write such).
+                    end.error = Some(ProviderError::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "{}: the arguments of its call to `{name}` are not a JSON object",
+                            p.cfg.name
+                        ),
+                    ));
+                    return end;
+                }
                 partial.tool_started = true;
                 events.append(&mut held);
             }

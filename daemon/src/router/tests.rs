@@ -340,12 +340,17 @@ async fn long_tool_call_argument_stream_is_not_killed() {
         }),
     )];
     // 40 fragments 10 s apart: 400 s in all, each gap under the 15 s stall limit.
-    for _ in 0..40 {
+    for n in 0..40 {
+        let json = match n {
+            0 => "{\"c\":\"xxxx",
+            39 => "xxxx\"}",
+            _ => "xxxx",
+        };
         items.push((
             10_000,
             Ok(Delta::ToolCallArgs {
                 index: 0,
-                json: "xxxx".into(),
+                json: json.into(),
             }),
         ));
     }
@@ -3578,6 +3583,71 @@ async fn an_answer_that_never_ends_is_cut_at_its_size_cap() {
     assert_eq!(done_provider(&ev), Some("beta"), "{:?}", ev.last());
     assert_eq!(final_text(&ev), "fine");
     assert!(!ev
+        .iter()
+        .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })));
+}
+
+/// A tool call whose arguments are not a JSON object (weak local models write `{not json`,
+/// arrays, strings) is never shown: the call is made again, here or elsewhere. Shown, a
+/// Messages client got it as a finished `tool_use` (found by a chaos run).
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_with_broken_arguments_is_made_again() {
+    let call = |args: &str| {
+        Step::Stream(vec![
+            (
+                10,
+                Ok(Delta::ToolCallStart {
+                    index: 0,
+                    id: "call_1".into(),
+                    name: "read".into(),
+                }),
+            ),
+            (
+                10,
+                Ok(Delta::ToolCallArgs {
+                    index: 0,
+                    json: args.into(),
+                }),
+            ),
+            (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+        ])
+    };
+    for broken in [
+        "{not json",
+        "[1,2,3]",
+        "\"just a string\"",
+        "null",
+        "{\"a\":1",
+    ] {
+        let h = harness(2, no_jitter());
+        h.scripts[0].push([call(broken), call(broken)]);
+        h.scripts[1].push([call(r#"{"path":"a.rs"}"#)]);
+        let ev = ask(&h.router, req("x")).await;
+        let args: String = ev
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, r#"{"path":"a.rs"}"#, "{broken}: {ev:?}");
+        assert_eq!(done_provider(&ev), Some("beta"), "{broken}");
+    }
+    // No arguments at all stand for `{}`.
+    let h = harness(1, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: "call_1".into(),
+                name: "now".into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
+    let ev = ask(&h.router, req("x")).await;
+    assert!(ev
         .iter()
         .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })));
 }
