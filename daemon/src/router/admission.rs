@@ -263,7 +263,7 @@ impl HealthBook {
                 None => return (Avail::Never, "its retry budget is spent".into()),
             }
         }
-        match p.quota.room(want.cost, now) {
+        match p.quota.room(p.quota_cost(want.cost), now) {
             Room::Now => {}
             Room::At(t) => {
                 at = Some(at.map_or(t, |a| a.max(t)));
@@ -391,7 +391,7 @@ impl HealthBook {
             }
             _ => false,
         };
-        let seq = p.quota.reserve(want.cost);
+        let seq = p.quota.reserve(p.quota_cost(want.cost));
         Lease {
             book: book.clone(),
             index: i,

@@ -206,6 +206,8 @@ pub struct ProviderHealth {
     pub max_concurrent: u32,
     /// Context window in tokens, if known.
     pub context_window: Option<u64>,
+    /// The most output its model writes (what a request's `max_tokens` is clamped to there).
+    pub output_limit: u32,
     /// The model reasons silently before its first token.
     pub reasoning: bool,
     /// Attempts.
@@ -221,6 +223,16 @@ pub struct ProviderHealth {
 }
 
 impl ProviderHealth {
+    /// What a request estimated at `cost` takes from this provider's quotas: its output as the
+    /// request sent here asks for it, clamped to the model's limit. Counted at the client's
+    /// `max_tokens` (Claude Code asks for 128,000), a provider whose model writes 8,192 and
+    /// whose quota is 50,000 tokens a minute was "larger than its quota" for every request;
+    /// counted at the default, a request sent with the model's whole limit (a client that
+    /// named none) was under-reserved (found by a review).
+    pub fn quota_cost(&self, cost: Cost) -> Cost {
+        cost.output_at_most(f64::from(self.output_limit))
+    }
+
     /// Health with nothing learnt yet, for provider `p`.
     fn fresh(p: &ProviderConfig, cfg: &RoutingConfig) -> Self {
         ProviderHealth {
@@ -239,6 +251,7 @@ impl ProviderHealth {
             in_flight: 0,
             max_concurrent: p.max_concurrent.max(1),
             context_window: p.context_window,
+            output_limit: p.output_limit(),
             reasoning: p.reasoning,
             requests: 0,
             failures: 0,
@@ -305,6 +318,7 @@ impl HealthBook {
             h.cost_per_1k = p.cost_per_1k();
             h.max_concurrent = p.max_concurrent.max(1);
             h.context_window = p.context_window;
+            h.output_limit = p.output_limit();
             h.reasoning = p.reasoning;
         }
         self.cfg = cfg;
@@ -713,7 +727,7 @@ impl HealthBook {
             Breaker::Open { until, .. } => until <= now,
             Breaker::Disabled { .. } => false,
         };
-        breaker_ok && p.quota.out_of_quota(cost, now)
+        breaker_ok && p.quota.out_of_quota(p.quota_cost(cost), now)
     }
 
     /// Snapshot for persistence, with deadlines as Unix milliseconds.

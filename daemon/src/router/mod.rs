@@ -715,7 +715,13 @@ impl Router {
         let now = Instant::now();
         let input_tokens = estimate_input_tokens(req);
         let max_tokens = req.max_tokens.unwrap_or(self.cfg.default_max_tokens);
-        let cost = Cost::request(input_tokens, max_tokens);
+        // A client that named no limit where the API has none to name gets each model's whole
+        // output limit (see `up_to_model_limit`): its quota cost is that, per provider.
+        let cost_tokens = match req.max_tokens {
+            None if req.options.up_to_model_limit => u32::MAX,
+            _ => max_tokens,
+        };
+        let cost = Cost::request(input_tokens, cost_tokens);
         let mut book = self.health();
         let ranked = book.rank(req.task, now);
         rec.candidates = ranked

@@ -44,6 +44,13 @@ impl Cost {
         Cost([1.0, i + o, i, o])
     }
 
+    /// This cost with at most `limit` output tokens.
+    pub fn output_at_most(self, limit: f64) -> Cost {
+        let [requests, _, input, output] = self.0;
+        let output = output.min(limit);
+        Cost([requests, input + output, input, output])
+    }
+
     fn get(&self, kind: QuotaKind) -> f64 {
         self.0[kind.index()]
     }

@@ -3651,3 +3651,62 @@ async fn a_tool_call_with_broken_arguments_is_made_again() {
         .iter()
         .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })));
 }
+
+/// What a token quota counts of a request is the output asked for where it is sent: the
+/// client's `max_tokens` clamped to the model's limit, or that whole limit for a client that
+/// named none (see `up_to_model_limit`). Counted at 128,000 (Claude Code asks for that), a
+/// provider writing at most 8,192 with 50,000 tokens a minute was "larger than its quota" for
+/// every request after the first; counted at the default 4,096, four requests sent with
+/// 64,000 each went into a quota of 100,000 at once (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_quota_counts_the_output_asked_for_where_the_request_goes() {
+    let tokens = |limit: u64| {
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::Tokens.index()] = Some(Announced {
+            limit: Some(limit),
+            remaining: Some(limit),
+            reset_in: Some(Duration::from_secs(60)),
+        });
+        r
+    };
+    let h = harness_with(1, no_jitter(), |_, cfg| cfg.max_output_tokens = Some(8_192));
+    h.scripts[0].push([
+        answer_with(tokens(50_000), &["first"]),
+        answer_with(tokens(50_000), &["second"]),
+    ]);
+    let mut r = req("hi");
+    r.max_tokens = Some(128_000);
+    let first = ask(&h.router, r.clone()).await;
+    assert_eq!(done_provider(&first), Some("alpha"), "{:?}", first.last());
+    let second = ask(&h.router, r).await;
+    assert_eq!(done_provider(&second), Some("alpha"), "{:?}", second.last());
+
+    let h = harness_with(1, no_jitter(), |_, cfg| {
+        cfg.max_output_tokens = Some(64_000)
+    });
+    h.scripts[0].push([answer_with(tokens(100_000), &["warm"])]);
+    let mut r = req("hi");
+    r.options.up_to_model_limit = true;
+    ask(&h.router, r.clone()).await;
+    let long: Vec<_> = (0..50)
+        .map(|_| (1_000, Ok(Delta::Text("x".into()))))
+        .collect();
+    for _ in 0..4 {
+        h.scripts[0].push([Step::Stream(long.clone())]);
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let router = h.router.clone();
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move { ask(&router, r).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_flight = h.router.health().providers[0].in_flight;
+    assert_eq!(
+        in_flight, 1,
+        "requests of 64,000 output tokens in a 100,000-token quota"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
