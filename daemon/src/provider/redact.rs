@@ -17,13 +17,106 @@ const KEY_PREFIXES: [&str; 7] = ["sk-", "sk_", "gsk_", "xai-", "AIza", "key-", "
 /// A key-like token is this long at least (prefix included): shorter runs are ordinary words.
 const MIN_KEY_LEN: usize = 16;
 
+/// Well-known starts of API keys, longest first: what follows is the key's own random body,
+/// which a provider may echo without the prefix (`proj-…` for `sk-proj-…`).
+const KNOWN_PREFIXES: [&str; 14] = [
+    "sk-ant-admin01-",
+    "sk-ant-api03-",
+    "sk-svcacct-",
+    "sk-or-v1-",
+    "sk-proj-",
+    "sk-ant-",
+    "AIza",
+    "gsk_",
+    "xai-",
+    "key-",
+    "csk-",
+    "sk-",
+    "sk_",
+    "pk-",
+];
+
+/// The shortest run of the configured key that is masked wherever it stands, in any case.
+/// Eight characters of a random key are ~47 bits: no ordinary text holds them by chance, while
+/// a key of a few characters (`test`, a local server's `none`) would otherwise blank every word
+/// that contains it. Shorter keys are masked only where they stand whole, in their own case.
+pub const MIN_KEY_RUN: usize = 8;
+
 /// Remove the configured key, and anything shaped like an API key, from `text`.
+///
+/// The key is masked as it stands, and also in another case (`SK-PROJ-…`) or in part (`proj-…`
+/// without its `sk-`, a proxy that quotes its tail): any run of [`MIN_KEY_RUN`] characters or
+/// more of the key after its well-known prefix, ignoring ASCII case.
 pub fn redact(text: &str, key: Option<&Secret>) -> String {
     let mut out = text.to_string();
     if let Some(k) = key.map(Secret::expose).filter(|k| k.len() >= 4) {
         out = out.replace(k, "***");
+        out = mask_key_runs(&out, k);
     }
     mask_key_shapes(&out)
+}
+
+/// The key without its well-known prefix: the part that is the user's secret alone.
+fn key_body(key: &str) -> &str {
+    KNOWN_PREFIXES
+        .iter()
+        .find_map(|p| key.strip_prefix(p))
+        .filter(|body| !body.is_empty())
+        .unwrap_or(key)
+}
+
+/// Replace every run of [`MIN_KEY_RUN`] or more bytes of `text` that also stands in the body of
+/// `key`, ignoring ASCII case, by `***`.
+///
+/// Each window of [`MIN_KEY_RUN`] bytes of the key's body goes into a set as one `u64`; a
+/// text position whose window is in the set covers those bytes, and the union of covered
+/// windows is exactly the text's runs shared with the key. One pass over the text with a
+/// hash look-up per byte: this runs on error messages and model names (once per stream),
+/// never per chunk of an answer, and a 64 KiB error body costs well under a millisecond.
+fn mask_key_runs(text: &str, key: &str) -> String {
+    let body = key_body(key).as_bytes();
+    // A non-ASCII key could match inside a character; keys are ASCII in practice, and such a
+    // key is still masked whole by the exact match above.
+    if body.len() < MIN_KEY_RUN || !body.is_ascii() || text.len() < MIN_KEY_RUN {
+        return text.to_string();
+    }
+    let window = |bytes: &[u8]| {
+        let mut w = [0u8; MIN_KEY_RUN];
+        for (slot, b) in w.iter_mut().zip(bytes) {
+            *slot = b.to_ascii_lowercase();
+        }
+        u64::from_le_bytes(w)
+    };
+    let windows: std::collections::HashSet<u64> = body.windows(MIN_KEY_RUN).map(window).collect();
+    let bytes = text.as_bytes();
+    let mut covered = vec![false; bytes.len()];
+    let mut any = false;
+    for (at, w) in bytes.windows(MIN_KEY_RUN).enumerate() {
+        if windows.contains(&window(w)) {
+            covered[at..at + MIN_KEY_RUN].fill(true);
+            any = true;
+        }
+    }
+    if !any {
+        return text.to_string();
+    }
+    // Covered bytes equal ASCII key bytes (lower-casing leaves every other byte as it is), so
+    // each covered run starts and ends on a character boundary.
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = covered[at..]
+            .iter()
+            .position(|&c| c != covered[at])
+            .map_or(bytes.len(), |n| at + n);
+        if covered[at] {
+            out.push_str("***");
+        } else {
+            out.push_str(&text[at..end]);
+        }
+        at = end;
+    }
+    out
 }
 
 /// Redact, replace control characters, then cut to [`MAX_PROVIDER_TEXT`] characters.
@@ -52,11 +145,19 @@ pub fn is_unprintable(c: char) -> bool {
 }
 
 /// `text` (a tool call's id or name, which the client must get back as the provider sent it)
-/// with the configured key masked, if it holds it; any other text is left as it is.
+/// with the configured key masked, if it holds it (whole, or in part or in another case as
+/// [`redact`] finds it); any other text is left as it is, key-shaped or not.
 pub fn exact_key(text: String, key: Option<&Secret>) -> String {
     match key.map(Secret::expose).filter(|k| k.len() >= 4) {
-        Some(k) if text.contains(k) => text.replace(k, "***"),
-        _ => text,
+        Some(k) => {
+            let text = if text.contains(k) {
+                text.replace(k, "***")
+            } else {
+                text
+            };
+            mask_key_runs(&text, k)
+        }
+        None => text,
     }
 }
 
@@ -148,6 +249,51 @@ mod tests {
         // Ordinary words and short ids stay.
         let plain = "rate_limit_error: sk-short and task-123 are fine";
         assert_eq!(redact(plain, None), plain);
+    }
+
+    /// A provider that echoes the key in capitals, or its body without the `sk-proj-` prefix,
+    /// leaked it to the CLI, HTTP error bodies, status, `why` and the state database: only the
+    /// exact key was masked (found by a chaos run against a mock that echoes all three).
+    #[test]
+    fn the_key_in_another_case_or_in_part_is_removed() {
+        let key = Secret::new("sk-proj-SECRETSECRET123456789abcdef");
+        let text = "Incorrect API key provided: sk-proj-...abcdef / \
+                    proj-SECRETSECRET123456789abcdef / SK-PROJ-SECRETSECRET123456789ABCDEF / \
+                    secretsecret12 / tail=23456789abcdef.";
+        let r = provider_text(text, Some(&key));
+        for part in ["SECRET", "secret", "23456789", "ABCDEF"] {
+            assert!(!r.contains(part), "{part}: {r}");
+        }
+        // The provider's own masked form (six characters) and the words around stay readable.
+        assert!(
+            r.starts_with("Incorrect API key provided: sk-proj-...abcdef / "),
+            "{r}"
+        );
+        assert!(r.ends_with(" / tail=***."), "{r}");
+        // Keys without a known prefix: any run of eight characters, in any case.
+        let key = Secret::new("localpass-SECRETPASS-xyz");
+        let r = redact("got LOCALPASS-secretpass-XYZ and secretpass-x", Some(&key));
+        assert_eq!(r, "got *** and ***");
+        // Tool ids lose such runs too, and nothing else.
+        assert_eq!(
+            exact_key("call_SECRETPASS-XYZ".into(), Some(&key)),
+            "call_***"
+        );
+    }
+
+    /// A short key is masked only where it stands whole: a key of a few characters must not
+    /// blank every word that shares them, nor a prefix every key of its kind shares.
+    #[test]
+    fn short_keys_and_public_prefixes_leave_text_readable() {
+        let key = Secret::new("short1");
+        let text = "SHORT1 is short1 in a shortlist";
+        assert_eq!(redact(text, Some(&key)), "SHORT1 is *** in a shortlist");
+        let key = Secret::new("sk-ant-api03-SECRETSECRET123456789");
+        let text = "keys look like sk-ant-api03-… and this is an invalid_request_error";
+        assert_eq!(redact(text, Some(&key)), text);
+        // Multi-byte text around a run keeps its characters.
+        let r = redact("é secretsecret123 ü", Some(&key));
+        assert_eq!(r, "é *** ü");
     }
 
     #[test]
