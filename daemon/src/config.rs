@@ -392,6 +392,14 @@ pub enum ConfigError {
         /// What is wrong and where.
         message: String,
     },
+    /// An environment variable that overrides the file holds a bad value.
+    #[error("environment variable {variable} {message}")]
+    Env {
+        /// The variable (`MYTHOS_HTTP_LISTEN`).
+        variable: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 /// A built-in provider that registers itself from an environment variable.
@@ -583,8 +591,11 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (parsed, source, text) = match std::fs::read_to_string(file) {
-            Ok(text) => (parse(&text, file)?, Some(file.to_path_buf()), text),
+        let (parsed, source, text) = match std::fs::read(file) {
+            Ok(bytes) => {
+                let text = utf8(bytes, file)?;
+                (parse(&text, file)?, Some(file.to_path_buf()), text)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (FileConfig::default(), None, String::new())
             }
@@ -605,9 +616,8 @@ impl Config {
         let mut providers: Vec<ProviderConfig> = Vec::new();
         let mut from_file: HashMap<&str, &FileProvider> = HashMap::new();
         for p in &parsed.providers {
-            if from_file.insert(p.name.as_str(), p).is_some() {
-                return Err(err(format!("provider `{}` is defined twice", p.name)));
-            }
+            // The checker refused duplicates with their line already.
+            from_file.insert(p.name.as_str(), p);
         }
         let gemini_priority = (BUILTINS.len() + crate::presets::PRESETS.len()) as u32;
         let builtins = BUILTINS
@@ -788,10 +798,18 @@ impl Config {
                 "routing.watchdog_floor_ms is larger than routing.watchdog_ceiling_ms".into(),
             ));
         }
+        let listen_env = env(crate::http::config::LISTEN_ENV);
         let http = parsed
             .http
-            .resolve(env(crate::http::config::LISTEN_ENV))
-            .map_err(|(key, why)| check.fail("http", None, key, why))?;
+            .resolve(listen_env.clone())
+            .map_err(|(key, why)| match (&listen_env, key) {
+                // The value came from the environment: the file is not at fault.
+                (Some(_), "listen") => ConfigError::Env {
+                    variable: crate::http::config::LISTEN_ENV,
+                    message: why,
+                },
+                _ => check.fail("http", None, key, why),
+            })?;
         Ok(Config {
             providers,
             routing,
@@ -837,14 +855,45 @@ impl<'a> Checker<'a> {
             table.span()
         });
         match span {
-            Some(span) => {
-                let before = &self.text[..span.start.min(self.text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}: ")
-            }
+            Some(span) => format!("{}: ", line_col(self.text, span.start)),
             None => String::new(),
         }
+    }
+
+    /// A text field of provider `at` that is shown to the user or sent as a header: it must
+    /// not be empty, and it must not hold a control character (an `ESC [ 2J` in a name cleared
+    /// the terminal on `mythos status`; a newline splits a log line). `secret` keeps the value
+    /// out of the message.
+    fn text(
+        &self,
+        at: Option<usize>,
+        key: &str,
+        value: Option<&str>,
+        secret: bool,
+    ) -> Result<(), ConfigError> {
+        let Some(v) = value else { return Ok(()) };
+        if v.trim().is_empty() {
+            return Err(self.fail("provider", at, key, "is empty".into()));
+        }
+        if let Some(c) = v.chars().find(|c| c.is_control()) {
+            let shown = if secret {
+                String::new()
+            } else {
+                // Debug escapes the control characters, so the message itself is safe to print.
+                format!("= {v:?} ")
+            };
+            return Err(self.fail(
+                "provider",
+                at,
+                key,
+                format!(
+                    "{shown}holds the control character U+{:04X}: names, models and keys are \
+                     printed to terminals and sent in headers",
+                    c as u32
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn fail(&self, section: &str, provider: Option<usize>, key: &str, why: String) -> ConfigError {
@@ -982,8 +1031,41 @@ impl<'a> Checker<'a> {
             1,
             100_000,
         )?;
+        let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, p) in f.providers.iter().enumerate() {
             let at = Some(i);
+            self.text(at, "name", Some(&p.name), false)?;
+            if let Some(first) = names.insert(p.name.as_str(), i) {
+                let first_at = self.at("provider", Some(first), "name");
+                return Err(self.fail(
+                    "provider",
+                    at,
+                    "name",
+                    format!(
+                        "= {:?} is defined twice (first at {})",
+                        p.name,
+                        first_at.trim_end_matches(": ")
+                    ),
+                ));
+            }
+            self.text(at, "model", p.model.as_deref(), false)?;
+            self.text(at, "api_key", p.api_key.as_deref(), true)?;
+            self.text(at, "api_key_env", p.api_key_env.as_deref(), false)?;
+            if p.api_key_env
+                .as_deref()
+                .is_some_and(|v| !is_variable_name(v))
+            {
+                // Most likely the key itself, pasted where its variable's name belongs: the
+                // message must not show it, nor may a later warning that names the variable.
+                return Err(self.fail(
+                    "provider",
+                    at,
+                    "api_key_env",
+                    "is not a variable name (letters, digits and `_`, at most 64): it names the \
+                     environment variable that holds the key; a key itself goes in `api_key`"
+                        .into(),
+                ));
+            }
             if let Some(url) = &p.base_url {
                 let ok = reqwest::Url::parse(url)
                     .ok()
@@ -1036,16 +1118,91 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// Whether `name` can be an environment variable's name as shells write them, and short
+/// enough not to be a key pasted into `api_key_env`.
+fn is_variable_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// "line L, column C" of byte `offset` in `text` (the column counts bytes, as toml does).
+fn line_col(text: &str, offset: usize) -> String {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}")
+}
+
+/// The file as text; bytes that are not UTF-8 are refused with their place, which an editor
+/// saving in Latin-1 needs to be found.
+fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let text = String::from_utf8_lossy(&bytes[..good]);
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "{}: byte 0x{:02x} is not UTF-8 (save the file as UTF-8)",
+                line_col(&text, good),
+                bytes[good]
+            ),
+        }
+    })
+}
+
+/// The dotted name of the field whose value holds byte `offset` (`provider.priority`), so a
+/// type error ("invalid value: integer `-1`, expected u32") says which field it is about.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    fn in_table(t: &dyn toml_edit::TableLike, offset: usize, path: &str) -> Option<String> {
+        t.iter().find_map(|(key, item)| {
+            let path = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            match item {
+                toml_edit::Item::Table(t) => in_table(t, offset, &path),
+                toml_edit::Item::ArrayOfTables(a) => {
+                    a.iter().find_map(|t| in_table(t, offset, &path))
+                }
+                toml_edit::Item::Value(v) => {
+                    let span = v.span()?;
+                    if !span.contains(&offset) {
+                        return None;
+                    }
+                    match v.as_inline_table() {
+                        Some(t) => in_table(t, offset, &path).or(Some(path)),
+                        None => Some(path),
+                    }
+                }
+                toml_edit::Item::None => None,
+            }
+        })
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    in_table(doc.as_table(), offset, "")
+}
+
 fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
         // One line, compiler style: "line 3, column 1: unknown field `x`, expected ...". The
         // daemon reports start-up errors on a single line, and editors jump to line:column.
         let message = match e.span() {
             Some(span) => {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}: {}", e.message().trim())
+                let field = field_at(text, span.start)
+                    .map(|f| format!("{f}: "))
+                    .unwrap_or_default();
+                format!(
+                    "{}: {field}{}",
+                    line_col(text, span.start),
+                    e.message().trim()
+                )
             }
             None => e.message().trim().to_string(),
         };
@@ -1363,6 +1520,116 @@ priority = 7
 
         let e = load("[[provider]]\nname = \"x\"\nmodel = \"m\"\n", &env).unwrap_err();
         assert!(e.to_string().contains("base_url"), "{e}");
+    }
+
+    /// An empty name, model or key, or a control character in one, was accepted: `ESC [ 2J`
+    /// in a name cleared the terminal on `mythos status` (found by a chaos run). Each is
+    /// refused with its line, and a key's value never shows in the message.
+    #[test]
+    fn empty_fields_and_control_characters_are_refused_with_their_line() {
+        let env = env_of(&[]);
+        let head = "[[provider]]\nbase_url = \"http://x\"\n";
+        for (fields, line, what) in [
+            ("name = \"\"\nmodel = \"m\"\n", 3, "provider.name is empty"),
+            (
+                "name = \"  \"\nmodel = \"m\"\n",
+                3,
+                "provider.name is empty",
+            ),
+            ("name = \"a\"\nmodel = \"\"\n", 4, "provider.model is empty"),
+            (
+                "name = \"a\"\nmodel = \"m\"\napi_key = \"\"\n",
+                5,
+                "provider.api_key is empty",
+            ),
+            (
+                "name = \"a\"\nmodel = \"m\"\napi_key_env = \"\"\n",
+                5,
+                "provider.api_key_env is empty",
+            ),
+            ("name = \"a\\u001b[2J\"\nmodel = \"m\"\n", 3, "U+001B"),
+            ("name = \"a\\nb\"\nmodel = \"m\"\n", 3, "U+000A"),
+            ("name = \"a b/c\\u0000\"\nmodel = \"m\"\n", 3, "U+0000"),
+            ("name = \"a\"\nmodel = \"m\\u009b\"\n", 4, "provider.model"),
+            (
+                "name = \"a\"\nmodel = \"m\"\napi_key = \"sk-secret\\r\"\n",
+                5,
+                "provider.api_key",
+            ),
+            (
+                "name = \"a\"\nmodel = \"m\"\napi_key_env = \"sk-secret-0123456789\"\n",
+                5,
+                "provider.api_key_env is not a variable name",
+            ),
+        ] {
+            let text = format!("{head}{fields}");
+            let e = load(&text, &env).unwrap_err().to_string();
+            assert!(e.contains(&format!("line {line},")), "{text:?}: {e}");
+            assert!(e.contains(what), "{text:?}: {e}");
+            assert!(!e.chars().any(|c| c.is_control()), "printable: {e:?}");
+            assert!(!e.contains("sk-secret"), "{e}");
+        }
+    }
+
+    /// Errors that had no place, or named the wrong place: a provider defined twice, a file
+    /// that is not UTF-8, a negative priority (named only "expected u32"), and a bad
+    /// `MYTHOS_HTTP_LISTEN`, which was reported as the file's `http.listen`.
+    #[test]
+    fn every_error_names_its_place() {
+        let env = env_of(&[]);
+        let e = load(
+            "[[provider]]\nname = \"dup\"\nbase_url = \"http://x\"\nmodel = \"m\"\n\n\
+             [[provider]]\nname = \"dup\"\nbase_url = \"http://y\"\nmodel = \"m\"\n",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 7, column 8: provider.name"), "{e}");
+        assert!(e.contains("twice (first at line 2, column 8)"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, b"[routing]\n# caf\xe9\ncooldown_secs = 3\n").unwrap();
+        let e = Config::load_with(&path, &env).unwrap_err().to_string();
+        assert!(
+            e.contains("config.toml: line 2, column 6: byte 0xe9 is not UTF-8"),
+            "{e}"
+        );
+
+        let e = load(
+            "[[provider]]\nname = \"x\"\nbase_url = \"http://x\"\nmodel = \"m\"\npriority = -1\n",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 5, column 12: provider.priority: "), "{e}");
+        let e = load("[routing]\nretry_backoff_ms = [1, -5]\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2, column 24: routing.retry_backoff_ms: "),
+            "{e}"
+        );
+
+        let e = load("", &env_of(&[("MYTHOS_HTTP_LISTEN", "garbage")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment variable MYTHOS_HTTP_LISTEN = \"garbage\""),
+            "{e}"
+        );
+        assert!(
+            !e.contains("config.toml") && !e.contains("http.listen"),
+            "{e}"
+        );
+        // The file's own value is still reported as the file's.
+        let e = load("[http]\nlisten = \"garbage\"\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.toml: line 2, column 10: http.listen"),
+            "{e}"
+        );
     }
 
     #[test]
