@@ -125,6 +125,12 @@ async fn open_state(
 /// Load config, open state, start simulated providers if needed, build the router.
 pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
+    if !opts.simulate {
+        config.check_usable().map_err(|e| e.to_string())?;
+    }
+    for s in &config.skipped {
+        tracing::warn!(provider = %s.provider, variable = %s.variable, "{s}");
+    }
     let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
     let mut notes = Vec::new();
     let mut held_elsewhere = false;
@@ -197,6 +203,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
             .with_metrics(metrics)
             .with_notes(notes),
     );
+    ctx.set_config_warnings(config.skipped.iter().map(ToString::to_string).collect());
     Ok(Prepared {
         ctx,
         config,
@@ -267,39 +274,101 @@ fn release_free_memory() {
     }
 }
 
+/// What a reload does with a config that loaded: a pure decision from the new config and the
+/// providers in force, carried out by [`reload`].
+#[derive(Debug)]
+pub enum ReloadPlan {
+    /// Run on these real providers; `warnings` are for the log and `status`.
+    Providers {
+        /// The providers, in priority order.
+        providers: Vec<ProviderConfig>,
+        /// Providers skipped for want of a key, and those that kept their old settings.
+        warnings: Vec<String>,
+    },
+    /// Run on the built-in simulated providers (no provider and no key, or `--simulate`).
+    Simulated,
+    /// Keep the config in force, for this reason.
+    Refuse(String),
+}
+
+/// Decide a reload. Like a start, a config whose file names providers none of which has its
+/// key is refused. Beyond a start: a config that yields no provider at all while real ones
+/// run (the file with the keys was deleted; a SIGHUP cannot change the daemon's environment)
+/// is refused rather than switching to simulated answers, and a provider the new file names
+/// without its key keeps the settings it had, with a warning, rather than vanishing.
+pub fn plan_reload(config: &Config, old: &[ProviderConfig], simulate: bool) -> ReloadPlan {
+    if simulate {
+        return ReloadPlan::Simulated;
+    }
+    if let Err(e) = config.check_usable() {
+        return ReloadPlan::Refuse(e.to_string());
+    }
+    let real_before = old.iter().filter(|p| !p.simulated).count();
+    if config.providers.is_empty() {
+        if real_before == 0 {
+            return ReloadPlan::Simulated;
+        }
+        return ReloadPlan::Refuse(format!(
+            "the new config has no provider ({} names none, and no API key is in mythosd's \
+             environment) while {real_before} run now: it would switch to the simulated \
+             providers",
+            config
+                .file
+                .as_ref()
+                .map_or("no config file".to_string(), |f| f.display().to_string())
+        ));
+    }
+    let mut providers = config.providers.clone();
+    let mut warnings = Vec::new();
+    for s in &config.skipped {
+        let before = old
+            .iter()
+            .find(|o| o.name == s.provider && !o.simulated && o.api_key.is_some());
+        match before {
+            Some(o) if !providers.iter().any(|p| p.name == o.name) => {
+                providers.push(o.clone());
+                warnings.push(format!("{s}; it keeps its settings from before the reload"));
+            }
+            _ => warnings.push(s.to_string()),
+        }
+    }
+    providers.sort_by_key(|p| p.priority);
+    ReloadPlan::Providers {
+        providers,
+        warnings,
+    }
+}
+
 /// Re-read the config file (SIGHUP), as a start would read it: providers are rebuilt and health
 /// carries over (the same book when the same providers stay, in any order; by name otherwise); a provider
-/// whose key changed gets a fresh chance after a 401. A config that now yields no provider (the
-/// file with the keys was deleted) falls back to the simulated providers, as a start without
-/// keys does; one that yields providers again leaves them.
+/// whose key changed gets a fresh chance after a 401. What a config that loaded leads to is
+/// [`plan_reload`]'s decision; a refused reload, like a config that does not parse, keeps the
+/// config in force, is logged as an error and noted in `status`.
 pub async fn reload(ctx: &Context, opts: &Options) {
+    let refuse = |why: String| {
+        tracing::error!(error = %why, "config reload failed; keeping the old config");
+        ctx.reload_refused(why);
+    };
     let config = match Config::load(&opts.config) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "config reload failed; keeping the old config");
-            return;
-        }
+        Err(e) => return refuse(e.to_string()),
     };
     let old = ctx.router();
-    let providers = if opts.simulate || config.providers.is_empty() {
-        match ctx.sims_or_start().await {
-            Ok(configs) => {
-                if !opts.simulate && !old.is_simulated() {
-                    tracing::warn!(
-                        "the reloaded config has no provider (no API key found): using the \
-                         built-in simulated providers"
-                    );
-                }
-                configs
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the old config");
-                return;
-            }
-        }
-    } else {
-        config.providers.clone()
+    let old_configs: Vec<ProviderConfig> = old.providers().iter().map(|p| p.cfg.clone()).collect();
+    let (providers, warnings) = match plan_reload(&config, &old_configs, opts.simulate) {
+        ReloadPlan::Refuse(why) => return refuse(why),
+        ReloadPlan::Providers {
+            providers,
+            warnings,
+        } => (providers, warnings),
+        ReloadPlan::Simulated => match ctx.sims_or_start().await {
+            Ok(configs) => (configs, Vec::new()),
+            Err(e) => return refuse(format!("cannot start simulated providers: {e}")),
+        },
     };
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let router = old.succeed(routed(&providers, &ctx.http), config.routing.clone());
     for p in &providers {
         let same_key = old
@@ -317,11 +386,87 @@ pub async fn reload(ctx: &Context, opts: &Options) {
         "config reloaded"
     );
     ctx.replace_router(router);
+    ctx.set_config_warnings(warnings);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(text: Option<&str>) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        Config::load_with(&path, &|_| None).unwrap()
+    }
+
+    fn real(name: &str, priority: u32) -> ProviderConfig {
+        let mut p = ProviderConfig::new(name, crate::config::Api::Openai, "http://x/v1", "m");
+        p.api_key = Some(crate::config::Secret::new("k-0123456789"));
+        p.priority = priority;
+        p
+    }
+
+    /// A SIGHUP with a config whose only provider lacks its variable, or with the config file
+    /// deleted, switched a working daemon to the simulated providers: "keep the old config"
+    /// covered parse errors only (found by a chaos run). Such reloads are refused now, and a
+    /// provider the new file names without its key keeps its old settings.
+    #[test]
+    fn a_reload_never_trades_real_providers_for_the_simulation() {
+        let old = [real("good", 0)];
+        let missing = config(Some(
+            "[[provider]]\nname = \"good\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             api_key_env = \"NOPE_UNSET\"\n",
+        ));
+        match plan_reload(&missing, &old, false) {
+            ReloadPlan::Refuse(why) => {
+                assert!(why.contains("`good` needs NOPE_UNSET"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The file deleted (the keys were in it): nothing left but the simulation.
+        match plan_reload(&config(None), &old, false) {
+            ReloadPlan::Refuse(why) => assert!(why.contains("simulated"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A provider that lost its key keeps its old settings beside the usable ones.
+        let mixed = config(Some(
+            "[[provider]]\nname = \"good\"\nbase_url = \"http://x/v1\"\nmodel = \"m2\"\n\
+             api_key_env = \"NOPE_UNSET\"\npriority = 9\n\n\
+             [[provider]]\nname = \"new\"\nbase_url = \"http://y/v1\"\nmodel = \"m\"\n\
+             api_key = \"k-abcdefgh\"\npriority = 3\n",
+        ));
+        match plan_reload(&mixed, &old, false) {
+            ReloadPlan::Providers {
+                providers,
+                warnings,
+            } => {
+                let got: Vec<_> = providers
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.model.as_str()))
+                    .collect();
+                assert_eq!(got, [("good", "m"), ("new", "m")]);
+                assert_eq!(warnings.len(), 1);
+                assert!(warnings[0].contains("NOPE_UNSET"), "{warnings:?}");
+                assert!(warnings[0].contains("keeps its settings"), "{warnings:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unchanged: a daemon on the simulation stays there while no key appears, and
+        // `--simulate` always simulates.
+        let mut sim = real("sim-openai", 0);
+        sim.simulated = true;
+        assert!(matches!(
+            plan_reload(&config(None), &[sim], false),
+            ReloadPlan::Simulated
+        ));
+        assert!(matches!(
+            plan_reload(&missing, &old, true),
+            ReloadPlan::Simulated
+        ));
+    }
 
     /// Every seat the caps allow, with its upstream stream, fits under the fd limit.
     #[test]

@@ -4,6 +4,8 @@
 //! (`ANTHROPIC_API_KEY` priority 0, `DEEPSEEK_API_KEY` 1, `OPENAI_API_KEY` 2, then the presets,
 //! then `GEMINI_API_KEY` or `GOOGLE_API_KEY`). The file can reorder them, change models and prices, tune routing, and add any OpenAI-compatible endpoint.
 //! Errors name the file, the line and the field, because toml's messages carry line and column.
+//! A provider the file names without its key is reported in [`Config::skipped`], never dropped
+//! in silence; [`Config::check_usable`] refuses a file none of whose providers has one.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -371,6 +373,64 @@ pub struct Config {
     pub http: crate::http::config::HttpConfig,
     /// The file this came from, if any.
     pub file: Option<PathBuf>,
+    /// Providers the file names that could not be registered for want of a key: the daemon
+    /// warns about each at start and reload, and `status` lists them.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A provider the file names but that has no key: its key variable is unset (a typo in the
+/// variable's name, a service started without the user's environment) or holds mythosd's own
+/// token. Skipping it silently sent a user with a typo to the simulated providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The provider's name.
+    pub provider: String,
+    /// The environment variable(s) its key is read from (never the key).
+    pub variable: String,
+    /// Why the variable gave no key.
+    pub why: &'static str,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "provider `{}` is not used: its key variable {} {}",
+            self.provider, self.variable, self.why
+        )
+    }
+}
+
+/// [`Skipped::why`] of a variable that is not set (or is empty).
+const UNSET: &str = "is not set in mythosd's environment";
+/// [`Skipped::why`] of a variable that holds mythosd's own token (`eval "$(mythos env ...)"`).
+const OWN_TOKEN: &str = "holds mythosd's own local token, not a provider key";
+
+impl Config {
+    /// Refuse a configuration whose file names providers none of which can be used.
+    ///
+    /// Without this the daemon fell back to the simulated providers and answered every agent
+    /// with "This is a simulated answer": a typo in a variable's name looked like a working
+    /// setup. The simulation stays what a user without any key and without any `[[provider]]`
+    /// gets (the demo mode); a file that names providers means real ones were wanted.
+    pub fn check_usable(&self) -> Result<(), ConfigError> {
+        if !self.providers.is_empty() || self.skipped.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("`{}` needs {} ({})", s.provider, s.variable, s.why))
+            .collect();
+        Err(ConfigError::Unusable {
+            path: self.file.clone().unwrap_or_default(),
+            message: format!(
+                "no configured provider can be used: {}. Set the variable where mythosd starts \
+                 (for the service: ~/.config/mythos/env), or give the key as `api_key`",
+                missing.join("; ")
+            ),
+        })
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -390,6 +450,14 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// What is wrong and where.
+        message: String,
+    },
+    /// The file names providers, and none of them has its key (see [`Config::check_usable`]).
+    #[error("{path}: {message}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// Which providers lack which variables.
         message: String,
     },
     /// An environment variable that overrides the file holds a bad value.
@@ -614,6 +682,14 @@ impl Config {
         check.file(&parsed)?;
 
         let mut providers: Vec<ProviderConfig> = Vec::new();
+        let mut skipped: Vec<Skipped> = Vec::new();
+        let mut skip = |provider: &str, variable: String, why| {
+            skipped.push(Skipped {
+                provider: provider.to_string(),
+                variable,
+                why,
+            })
+        };
         let mut from_file: HashMap<&str, &FileProvider> = HashMap::new();
         for p in &parsed.providers {
             // The checker refused duplicates with their line already.
@@ -636,7 +712,18 @@ impl Config {
                 .and_then(|o| o.api_key.clone())
                 .or_else(|| env(key_env))
                 .or_else(|| b.alt_key_env.filter(|_| named.is_none()).and_then(env));
-            let Some(key) = key else { continue };
+            // Unset built-ins the file does not name are skipped in silence by design: they
+            // are offers (`ANTHROPIC_API_KEY` if you have it), not the user's choice.
+            let variable = || match (named, b.alt_key_env) {
+                (None, Some(alt)) => format!("{key_env} (or {alt})"),
+                _ => key_env.to_string(),
+            };
+            let Some(key) = key else {
+                if over.is_some() {
+                    skip(b.name, variable(), UNSET);
+                }
+                continue;
+            };
             if key.starts_with(crate::http::token::TOKEN_PREFIX) {
                 // A shell pointed at mythosd (`eval "$(mythos env openai)"`) holds the daemon's
                 // own token here: registering it would route requests back into the daemon.
@@ -644,6 +731,9 @@ impl Config {
                     variable = key_env,
                     "holds mythosd's own local token, not a provider key: ignored"
                 );
+                if over.is_some() {
+                    skip(b.name, variable(), OWN_TOKEN);
+                }
                 continue;
             }
             let mut p = ProviderConfig::new(
@@ -733,9 +823,17 @@ impl Config {
             let api_key = match (&p.api_key, key_env) {
                 (Some(k), _) => Some(Secret::new(k.clone())),
                 (None, Some(var)) => match env(var) {
+                    Some(k) if k.starts_with(crate::http::token::TOKEN_PREFIX) => {
+                        skip(&p.name, var.to_string(), OWN_TOKEN);
+                        continue;
+                    }
                     Some(k) => Some(Secret::new(k)),
-                    // Named a key variable that is not set: skip, as for the built-ins.
-                    None => continue,
+                    // The file names this provider: it is wanted, so it is named in a warning
+                    // (and refused at start if it was the only one), never dropped in silence.
+                    None => {
+                        skip(&p.name, var.to_string(), UNSET);
+                        continue;
+                    }
                 },
                 // Local servers (Ollama, vLLM) need no key.
                 (None, None) => None,
@@ -821,6 +919,7 @@ impl Config {
                     .unwrap_or(ServerConfig::default().max_connections),
             },
             file: source,
+            skipped,
         })
     }
 }
@@ -1354,9 +1453,92 @@ priority = 7
         assert_eq!(groq.price_input_per_mtok, 0.0);
         assert_eq!(groq.context_window, None);
         assert!(!c.providers.iter().any(|p| p.name == "lmstudio"));
-        // A preset named in the file without its key variable set is skipped.
+        // A preset named in the file without its key variable set is skipped, and named.
         let c = load("[[provider]]\nname = \"mistral\"\n", &env_of(&[])).unwrap();
         assert!(c.providers.is_empty());
+        assert_eq!(c.skipped[0].variable, "MISTRAL_API_KEY");
+    }
+
+    /// A provider whose `api_key_env` names an unset variable was dropped without a word; when
+    /// it was the only one, the daemon ran on the simulated providers and agents got "This is
+    /// a simulated answer" (found by a chaos run). Each such provider is now named with its
+    /// variable (never a key), and a file none of whose providers can be used is refused.
+    #[test]
+    fn a_configured_provider_without_its_key_is_named_not_dropped() {
+        let none = env_of(&[]);
+        // One usable, one with a typo in its variable: the daemon runs on the first and says
+        // which variable the second lacks.
+        let c = load(
+            "[[provider]]\nname = \"typo\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             api_key_env = \"OPENAI_APIKEY\"\npriority = 0\n\n\
+             [[provider]]\nname = \"other\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             api_key = \"k-123456\"\npriority = 5\n",
+            &none,
+        )
+        .unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["other"]);
+        assert_eq!(c.skipped.len(), 1);
+        let warning = c.skipped[0].to_string();
+        assert!(
+            warning.contains("`typo`") && warning.contains("OPENAI_APIKEY"),
+            "{warning}"
+        );
+        assert!(!warning.contains("k-123456"), "{warning}");
+        c.check_usable().unwrap();
+
+        // Only providers without their keys: refused, naming each provider and variable.
+        let c = load(
+            "[[provider]]\nname = \"x\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             api_key_env = \"DOES_NOT_EXIST\"\n\n\
+             [[provider]]\nname = \"anthropic\"\nmodel = \"claude-opus-4-1\"\n\n\
+             [[provider]]\nname = \"gemini\"\n\n[[provider]]\nname = \"groq\"\n",
+            &none,
+        )
+        .unwrap();
+        assert!(c.providers.is_empty());
+        let e = c.check_usable().unwrap_err().to_string();
+        for part in [
+            "config.toml: no configured provider can be used",
+            "`x` needs DOES_NOT_EXIST",
+            "`anthropic` needs ANTHROPIC_API_KEY",
+            "`gemini` needs GEMINI_API_KEY (or GOOGLE_API_KEY)",
+            "`groq` needs GROQ_API_KEY",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        assert!(!e.contains('\n'), "one line: {e}");
+
+        // A variable that holds mythosd's own token is no key either (a custom provider
+        // registered it before, and would have sent requests back into the daemon).
+        assert_eq!(crate::http::token::TOKEN_PREFIX, "mythos-");
+        let env = env_of(&[("MY_KEY", "mythos-0123456789abcdef")]);
+        let c = load(
+            "[[provider]]\nname = \"x\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\napi_key_env = \"MY_KEY\"\n",
+            &env,
+        )
+        .unwrap();
+        assert!(c.providers.is_empty());
+        assert!(c
+            .check_usable()
+            .unwrap_err()
+            .to_string()
+            .contains("own local token"));
+
+        // By design, unchanged: built-ins and presets the file does not name are offers, and
+        // skip in silence without their keys; no provider and no key at all is the demo mode
+        // (the simulated providers), with or without a file.
+        for text in ["", "[routing]\ncooldown_secs = 5\n"] {
+            let c = load(text, &none).unwrap();
+            assert!(c.providers.is_empty() && c.skipped.is_empty());
+            c.check_usable().unwrap();
+        }
+        let c = Config::load_with(Path::new("/nonexistent/mythos.toml"), &none).unwrap();
+        c.check_usable().unwrap();
+        // A provider turned off is not wanted.
+        let c = load("[[provider]]\nname = \"groq\"\nenabled = false\n", &none).unwrap();
+        assert!(c.skipped.is_empty());
+        c.check_usable().unwrap();
     }
 
     #[test]

@@ -279,11 +279,12 @@ async fn status_until(
     panic!("the status never changed as expected");
 }
 
-/// A reload keeps one sequence of record ids, falls back to the simulated providers when the
-/// config no longer yields any provider (the file with the keys was deleted), and leaves them
-/// again when it does.
+/// A reload keeps one sequence of record ids and leaves the simulated providers when the
+/// config yields real ones; one that would fall back to them (the file with the keys was
+/// deleted) is refused, and `status` says so. It used to switch a working daemon to simulated
+/// answers (found by a chaos run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_switches_between_real_and_simulated_providers() {
+async fn reload_leaves_the_simulation_but_never_falls_back_to_it() {
     let mocks = Mocks::start().await;
     let env = TestEnv::new();
     let config = format!(
@@ -291,27 +292,32 @@ async fn reload_switches_between_real_and_simulated_providers() {
          api_key = \"key-openai\"\n",
         mocks.openai.base_url()
     );
-    env.write_config(&config);
+    // No file and no key: the demo mode.
     let daemon = env.start_daemon(&[]);
     let mut c = RawClient::connect(&env.socket).await;
     let record = |ev: &[StreamEvent]| match ev.last() {
         Some(StreamEvent::Done(d)) => d.record,
         other => panic!("{other:?}"),
     };
-    let first = record(&c.chat(ChatRequest::user_text(1, "one")).await);
-    // The config file goes away: nothing is configured any more.
-    std::fs::remove_file(&env.config).unwrap();
-    daemon.signal(libc::SIGHUP);
     let s = status_until(&mut c, |s| s.simulated).await;
     assert!(s.providers.iter().all(|p| p.name.starts_with("sim-")));
-    let ev = c.chat(ChatRequest::user_text(2, "two")).await;
-    assert_eq!(mythos_tests::text_of(&ev), answer_for("two"));
-    let second = record(&ev);
-    // And back.
+    let ev = c.chat(ChatRequest::user_text(1, "one")).await;
+    assert_eq!(mythos_tests::text_of(&ev), answer_for("one"));
+    let first = record(&ev);
     env.write_config(&config);
     daemon.signal(libc::SIGHUP);
     status_until(&mut c, |s| !s.simulated && s.providers[0].name == "mock").await;
+    let second = record(&c.chat(ChatRequest::user_text(2, "two")).await);
+    // The config file goes away: the reload is refused, the mock stays.
+    std::fs::remove_file(&env.config).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let s = status_until(&mut c, |s| s.notes.iter().any(|n| n.contains("refused"))).await;
+    assert!(!s.simulated && s.providers[0].name == "mock", "{s:?}");
     let third = record(&c.chat(ChatRequest::user_text(3, "three")).await);
     assert!(first < second && second < third, "{first} {second} {third}");
+    // A good reload clears the note.
+    env.write_config(&config);
+    daemon.signal(libc::SIGHUP);
+    status_until(&mut c, |s| s.notes.is_empty()).await;
     drop(daemon);
 }

@@ -38,6 +38,9 @@ pub struct Context {
     pub conns: limits::ConnTable,
     /// Things the user should know about the daemon itself (state recovered, ...), for status.
     pub notes: Vec<String>,
+    /// What the config in force, and the last reload, left the user to fix (providers without
+    /// their key, a refused reload), for status; replaced on every reload.
+    config_notes: std::sync::Mutex<ConfigNotes>,
     /// The state store, if one could be opened.
     pub state: Option<StateStore>,
     /// Cancelled when a client asks the daemon to shut down.
@@ -69,6 +72,7 @@ impl Context {
             http,
             conns: limits::ConnTable::new(crate::config::ServerConfig::default().max_connections),
             notes: Vec::new(),
+            config_notes: std::sync::Mutex::default(),
             state,
             shutdown_requested: CancellationToken::new(),
             draining: CancellationToken::new(),
@@ -95,7 +99,12 @@ impl Context {
             in_flight: router.in_flight(),
             simulated: router.is_simulated(),
             providers: router.status(),
-            notes: self.notes.clone(),
+            notes: self
+                .notes
+                .iter()
+                .cloned()
+                .chain(self.config_notes_lock().all())
+                .collect(),
             recent_failovers: self.metrics.recent_failovers(),
             restart_command: crate::supervisor::restart_command(),
         }
@@ -113,6 +122,25 @@ impl Context {
     pub fn with_notes(mut self, notes: Vec<String>) -> Self {
         self.notes = notes;
         self
+    }
+
+    /// What the config now in force leaves to fix, for `status`; a reload that succeeds
+    /// replaces it, and clears the note of an earlier refused reload.
+    pub fn set_config_warnings(&self, warnings: Vec<String>) {
+        *self.config_notes_lock() = ConfigNotes {
+            warnings,
+            refused: None,
+        };
+    }
+
+    /// A reload was refused for `why`: the config before it stays, and `status` says so until
+    /// a reload succeeds.
+    pub fn reload_refused(&self, why: String) {
+        self.config_notes_lock().refused = Some(why);
+    }
+
+    fn config_notes_lock(&self) -> std::sync::MutexGuard<'_, ConfigNotes> {
+        self.config_notes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Use `table` for connections (the cap from the config, fitted to the fd limit).
@@ -158,6 +186,24 @@ impl Context {
                 sim.shutdown();
             }
         }
+    }
+}
+
+/// The config's notes for `status`.
+#[derive(Debug, Default)]
+struct ConfigNotes {
+    /// Of the config in force (providers skipped for want of a key).
+    warnings: Vec<String>,
+    /// Why the last reload was refused, if it was.
+    refused: Option<String>,
+}
+
+impl ConfigNotes {
+    fn all(&self) -> Vec<String> {
+        let refused = self.refused.as_ref().map(|why| {
+            format!("the last config reload was refused, the config before it stays: {why}")
+        });
+        self.warnings.iter().cloned().chain(refused).collect()
     }
 }
 
