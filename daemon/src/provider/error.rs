@@ -103,8 +103,10 @@ pub fn kind_for_error_type(ty: &str) -> ErrorKind {
 }
 
 /// Phrases providers use for a prompt that does not fit (in 400 bodies with a generic type).
-const CONTEXT_PHRASES: [&str; 7] = [
+const CONTEXT_PHRASES: [&str; 8] = [
     "prompt is too long",
+    // Anthropic: "input length and `max_tokens` exceed context limit: 180000 + 32000 > 200000".
+    "exceed context limit",
     "context length",
     "context_length",
     "context window",
@@ -122,6 +124,10 @@ const BILLING_PHRASES: [&str; 5] = [
     "billing",
 ];
 
+/// Phrases of a `403` about the request's content, not the key (OpenRouter's moderation:
+/// "… was flagged …"): one flagged prompt disabled the provider for everyone until a restart.
+const CONTENT_PHRASES: [&str; 2] = ["flagged", "moderation"];
+
 /// Kind of an error response from its status, its body's error `type` and its message.
 ///
 /// The status decides, except where providers are known to be vaguer than their words: a 400
@@ -138,6 +144,11 @@ pub fn classify(status: u16, ty: Option<&str>, message: Option<&str>) -> ErrorKi
             if by_type == Some(ErrorKind::Billing) || says(&BILLING_PHRASES) =>
         {
             ErrorKind::Billing
+        }
+        ErrorKind::Auth
+            if status == 403 && by_type != Some(ErrorKind::Auth) && says(&CONTENT_PHRASES) =>
+        {
+            ErrorKind::BadRequest
         }
         ErrorKind::BadRequest
             if by_type == Some(ErrorKind::ContextLength) || says(&CONTEXT_PHRASES) =>
@@ -173,6 +184,31 @@ pub fn is_prefill_rejection(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: Anthropic's prompt-plus-`max_tokens` overflow is a context error
+    /// (another provider's window may take it), and a `403` for flagged content is the
+    /// request's, not a rejected key (which disables the provider for everyone).
+    #[test]
+    fn context_overflow_and_flagged_content_are_the_requests() {
+        let k = |status, ty: Option<&str>, msg: Option<&str>| classify(status, ty, msg);
+        assert_eq!(
+            k(
+                400,
+                Some("invalid_request_error"),
+                Some("input length and `max_tokens` exceed context limit: 180000 + 32000 > 200000, decrease input length or `max_tokens` and try again")
+            ),
+            ErrorKind::ContextLength
+        );
+        assert_eq!(
+            k(403, None, Some("Your chosen model requires moderation and your input was flagged for \"harassment\"")),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(k(403, None, Some("Forbidden")), ErrorKind::Auth);
+        assert_eq!(
+            k(403, Some("permission_error"), Some("moderation settings")),
+            ErrorKind::Auth
+        );
+    }
 
     #[test]
     fn classification_table() {

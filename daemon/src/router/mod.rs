@@ -1366,7 +1366,18 @@ impl Router {
             // is not.
             let slept = self.health().slept_since(attempt_start)
                 || crate::suspend::slept_between(asleep_before, crate::suspend::suspended_total());
-            let fault = effect.fault && !defer && !slept;
+            // A model the entry does not name (`PROVIDER/MODEL` pins any): its 404 is the
+            // caller's (a typo), not the entry's; five of them opened its breaker for every
+            // other request (found by a review).
+            let foreign_model = req
+                .pin
+                .as_ref()
+                .and_then(|pin| pin.model.as_deref())
+                .is_some_and(|m| m != self.providers[i].cfg.model);
+            let fault = effect.fault
+                && !defer
+                && !slept
+                && !(foreign_model && err.kind == ErrorKind::NotFound);
             if defer {
                 push_once(&mut j.unreachable, i);
                 if lease.probe {

@@ -3710,3 +3710,27 @@ async fn a_quota_counts_the_output_asked_for_where_the_request_goes() {
         t.abort();
     }
 }
+
+/// A pinned request may name any model of a provider (`alpha/some-model`): its 404 (the
+/// caller's typo) goes to the caller and is no fault of the entry, whose breaker five of them
+/// opened for every other request (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_pinned_unknown_model_does_not_cool_the_provider() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push(vec![Step::Fail(err(ErrorKind::NotFound, None)); 5]);
+    for _ in 0..5 {
+        let mut r = req("x");
+        r.pin = Some(Pin {
+            provider: Some("alpha".into()),
+            model: Some("alpha-modle".into()),
+        });
+        let ev = ask(&h.router, r).await;
+        assert_eq!(error_kind(&ev), Some(ErrorKind::NotFound));
+    }
+    let ev = ask(&h.router, req("unpinned")).await;
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
+    assert_eq!(done_provider(&ev), Some("alpha"));
+}
