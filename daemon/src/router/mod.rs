@@ -1374,10 +1374,8 @@ impl Router {
                 .as_ref()
                 .and_then(|pin| pin.model.as_deref())
                 .is_some_and(|m| m != self.providers[i].cfg.model);
-            let fault = effect.fault
-                && !defer
-                && !slept
-                && !(foreign_model && err.kind == ErrorKind::NotFound);
+            let callers_typo = foreign_model && err.kind == ErrorKind::NotFound;
+            let fault = effect.fault && !defer && !slept && !callers_typo;
             if defer {
                 push_once(&mut j.unreachable, i);
                 if lease.probe {
