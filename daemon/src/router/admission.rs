@@ -297,8 +297,11 @@ impl HealthBook {
             why.push(format!("all {} of its streams busy", p.max_concurrent));
         }
         let avail = match (later, at) {
+            // Busy and paused: not before the pause ends, whoever lets go of it. As `Later`, a
+            // request waited its whole queue limit for a pause that outlasted it (found by a
+            // review).
+            (_, Some(t)) if t > now => Avail::At(t),
             (true, _) => Avail::Later,
-            (false, Some(t)) if t > now => Avail::At(t),
             _ => Avail::Now,
         };
         (avail, why.join(", "))

@@ -329,8 +329,9 @@ impl Quota {
     /// Whether a request of `cost` fits now, and if not, when it will.
     pub fn room(&self, cost: Cost, now: Instant) -> Room {
         match self.blocked_until(now) {
+            // Whatever holds the room besides, nothing goes before the pause ends.
             Some(t) => match self.room_ignoring_block(cost, t) {
-                Room::Now => Room::At(t),
+                Room::Now | Room::AfterPending => Room::At(t),
                 other => other,
             },
             None => self.room_ignoring_block(cost, now),

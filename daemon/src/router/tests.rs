@@ -3734,3 +3734,32 @@ async fn a_pinned_unknown_model_does_not_cool_the_provider() {
     );
     assert_eq!(done_provider(&ev), Some("alpha"));
 }
+
+/// A provider both busy and paused is not back before its pause ends: a request that cannot
+/// wait that long is told at once when it will be, rather than waiting out its whole queue
+/// limit (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_busy_and_paused_provider_is_not_waited_for_past_its_pause() {
+    let h = harness_with(1, no_jitter(), |_, c| c.max_concurrent = 1);
+    let long: Vec<_> = (0..100)
+        .map(|_| (1_000, Ok(Delta::Text("x".into()))))
+        .collect();
+    h.scripts[0].push([Step::Stream(long)]);
+    let first = tokio::spawn({
+        let r = h.router.clone();
+        async move { ask(&r, req("long")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now = Instant::now();
+    h.router.health().providers[0]
+        .quota
+        .block(now + Duration::from_secs(120));
+    let ev = ask(&h.router, req("next")).await;
+    assert!(error_kind(&ev).is_some(), "{:?}", ev.last());
+    assert!(
+        now.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        now.elapsed()
+    );
+    first.abort();
+}
