@@ -274,6 +274,62 @@ mod request_tests {
         assert!(waited.is_err(), "the other host was reached: {waited:?}");
     }
 
+    /// A `200` that is no event stream (a captive portal's page, a JSON error or a whole
+    /// answer) is said as what it is, and its JSON error's kind counts: it used to read as a
+    /// stream that "ended without [DONE]" (found by a chaos run).
+    #[tokio::test]
+    async fn a_success_that_is_no_stream_says_what_it_is() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", provider.local_addr().unwrap());
+        tokio::spawn(async move {
+            let bodies = [
+                (
+                    "text/html; charset=utf-8",
+                    "<html><head><title>Sign in</title></head></html>",
+                ),
+                (
+                    "application/json",
+                    r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#,
+                ),
+            ];
+            for (ty, body) in bodies {
+                let (mut c, _) = provider.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ty}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+            }
+        });
+        let t = transport(Api::Openai, &base, "m");
+        let chat = ChatRequest::user_text(1, "hi");
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "m",
+            max_tokens: 10,
+            prefill: None,
+            prefill_blocks: &[],
+            format_in_words: false,
+        };
+        let Err(e) = t.open(&req).await else {
+            panic!("an HTML page was taken for a stream")
+        };
+        assert_eq!(e.kind, ErrorKind::Malformed, "{e:?}");
+        assert!(e.message.contains("Sign in"), "{e:?}");
+        assert!(
+            e.message.contains("text/html where an event stream"),
+            "{e:?}"
+        );
+        let Err(e) = t.open(&req).await else {
+            panic!("a JSON error was taken for a stream")
+        };
+        assert_eq!(e.kind, ErrorKind::RateLimited, "{e:?}");
+        assert!(e.message.contains("slow down"), "{e:?}");
+    }
+
     /// A `429` without `Retry-After` whose headers say the requests quota is spent for 15 s
     /// asks for those 15 s (the router's default pause is 2 s, and requests went back into
     /// the spent quota until its reset: found by a chaos run).
@@ -408,6 +464,18 @@ impl Transport for HttpTransport {
                     ratelimit::from_headers(resp.headers(), mythos_protocol::clock::now_unix_ms());
                 if !status.is_success() {
                     return Err(error_from_response(&name, api, key.as_ref(), resp, limits).await);
+                }
+                if let Some(ty) = not_a_stream(resp.headers()) {
+                    // A login page, a proxy's notice, an error or a whole answer in JSON: said
+                    // as what it is, not as a stream that "ended without [DONE]".
+                    let mut e = error_from_response(&name, api, key.as_ref(), resp, limits).await;
+                    if e.kind == ErrorKind::ServerError {
+                        e.kind = ErrorKind::Malformed;
+                    }
+                    e.message.push_str(&format!(
+                        " ({ty} where an event stream was asked for: is base_url the API's?)"
+                    ));
+                    return Err(e);
                 }
                 // The quotas come first, so the router counts this response before any content.
                 let first = Delta::RateLimits(Box::new(limits));
@@ -760,6 +828,20 @@ fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         source = s.source();
     }
     None
+}
+
+/// The content type of a successful response that cannot be an event stream (an HTML page,
+/// a JSON document), if it is one. Others, and none at all, are read as a stream: servers are
+/// loose about it.
+fn not_a_stream(headers: &HeaderMap) -> Option<String> {
+    let ty = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = ty
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(essence.as_str(), "text/html" | "application/json").then_some(essence)
 }
 
 /// errno values that mean this machine ran out of something, not that a peer misbehaved.
