@@ -24,6 +24,8 @@ pub mod relay;
 pub mod responses;
 #[cfg(test)]
 mod roundtrip;
+#[cfg(test)]
+mod serve_tests;
 pub mod template;
 pub mod token;
 pub mod translate;
@@ -75,19 +77,38 @@ impl Front {
     }
 }
 
+/// What a request brings besides its body and headers.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When the handler got it: the daemon's time on it since counts as its overhead.
+    pub received: tokio::time::Instant,
+    /// Its connection's flag, set when the connection gives up on a client that stopped
+    /// reading.
+    pub stuck: listener::Stuck,
+}
+
+impl Arrival {
+    /// A request arriving now on the connection that holds `stuck`.
+    pub fn now(stuck: listener::Stuck) -> Self {
+        Arrival {
+            received: tokio::time::Instant::now(),
+            stuck,
+        }
+    }
+}
+
 /// Route a translated request: task and pin from `model`, then wait for the response head.
-/// The head's headers go into `headers`. `received` is when the HTTP request arrived: the time
-/// spent on it since counts as the daemon's overhead.
+/// The head's headers go into `headers`.
 pub async fn begin(
     front: &Front,
     mut chat: ChatRequest,
     model: &str,
-    received: tokio::time::Instant,
+    arrival: Arrival,
     headers: &mut HeaderMap,
 ) -> Result<(relay::Routed, relay::Head), ApiError> {
     front.route_options(&mut chat, model);
-    let mut routed = relay::start(&front.ctx, chat)?;
-    let head = routed.head(received.elapsed()).await?;
+    let mut routed = relay::start(&front.ctx, chat, arrival.stuck)?;
+    let head = routed.head(arrival.received.elapsed()).await?;
     head.headers(headers);
     Ok((routed, head))
 }
@@ -151,7 +172,8 @@ pub async fn start(
 
 /// A connection that sends no request head for this long is closed: one that connected and
 /// said nothing, or a keep-alive connection idle between requests (the SDKs reconnect).
-/// Without it, a few hundred silent connections would hold every seat of the cap.
+/// It gives their descriptors back; a new client does not wait for it, since at the cap it
+/// displaces such a connection (see [`listener`]).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A request body that has not arrived whole this long after its head is given up (408): a
@@ -215,7 +237,7 @@ async fn serve(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     use axum::serve::Listener as _;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -225,20 +247,61 @@ async fn serve(
             conn = listener.accept() => conn,
             _ = draining.cancelled() => break,
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let seat = io.seat().clone();
+        let svc = listener::Seated::new(
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+            seat.clone(),
+        );
         let io = crate::metrics::CountedIo::new(io, metrics.clone(), crate::metrics::Front::Http);
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-        });
+        connections.spawn(connection(conn, seat, draining.clone(), hard_stop.clone()));
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = hard_stop.cancelled() => {}
+    }
+}
+
+/// Serve one connection until it ends. Displaced by a newcomer, it closes at once, unless a
+/// request head arrived meanwhile: that request is answered first, as on a drain. At
+/// `hard_stop` it is cut.
+async fn connection<I, S, B>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    seat: Arc<listener::HttpSeat>,
+    draining: tokio_util::sync::CancellationToken,
+    hard_stop: tokio_util::sync::CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: axum::body::HttpBody + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            _ = seat.displaced().cancelled(), if !closing => {
+                if !seat.busy() {
+                    // Dropped: the socket closes now. hyper's own graceful close would wait
+                    // out a head that has begun to arrive, and a slowloris's never ends.
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = draining.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = hard_stop.cancelled() => return,
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 
@@ -248,9 +311,12 @@ pub fn routes(front: Arc<Front>) -> Routes {
         .route(
             "/v1/messages",
             post(
-                |State(f): State<Arc<Front>>, headers: HeaderMap, body: Body| async move {
+                |State(f): State<Arc<Front>>,
+                 stuck: listener::Stuck,
+                 headers: HeaderMap,
+                 body: Body| async move {
                     match body {
-                        Ok(b) => messages::create(f, headers, b).await,
+                        Ok(b) => messages::create(f, headers, b, stuck).await,
                         Err(e) => rejected(e, Dialect::Anthropic),
                     }
                 },
@@ -267,21 +333,25 @@ pub fn routes(front: Arc<Front>) -> Routes {
         )
         .route(
             "/v1/chat/completions",
-            post(|State(f): State<Arc<Front>>, body: Body| async move {
-                match body {
-                    Ok(b) => chat::create(f, b).await,
-                    Err(e) => rejected(e, Dialect::Openai),
-                }
-            }),
+            post(
+                |State(f): State<Arc<Front>>, stuck: listener::Stuck, body: Body| async move {
+                    match body {
+                        Ok(b) => chat::create(f, b, stuck).await,
+                        Err(e) => rejected(e, Dialect::Openai),
+                    }
+                },
+            ),
         )
         .route(
             "/v1/responses",
-            post(|State(f): State<Arc<Front>>, body: Body| async move {
-                match body {
-                    Ok(b) => responses::create(f, b).await,
-                    Err(e) => rejected(e, Dialect::Openai),
-                }
-            }),
+            post(
+                |State(f): State<Arc<Front>>, stuck: listener::Stuck, body: Body| async move {
+                    match body {
+                        Ok(b) => responses::create(f, b, stuck).await,
+                        Err(e) => rejected(e, Dialect::Openai),
+                    }
+                },
+            ),
         )
         .route(
             "/v1/models",

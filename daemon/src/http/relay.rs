@@ -189,9 +189,14 @@ impl Head {
     }
 }
 
-/// Start `chat` on the router in force. `received` is when the HTTP request arrived: the
-/// parsing and translation time counts as the daemon's overhead.
-pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> {
+/// Start `chat` on the router in force. `stuck` is its connection's flag, set when the
+/// connection gives up on a client that stopped reading (the route is cancelled then, and
+/// records why).
+pub fn start(
+    ctx: &Arc<Context>,
+    chat: ChatRequest,
+    stuck: super::listener::Stuck,
+) -> Result<Routed, ApiError> {
     if ctx.draining.is_cancelled() {
         return Err(ApiError::from_route(
             ErrorKind::ShuttingDown,
@@ -202,7 +207,9 @@ pub fn start(ctx: &Arc<Context>, chat: ChatRequest) -> Result<Routed, ApiError> 
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let token = ctx.hard_stop.child_token();
     let router = ctx.router();
-    let emitter = Emitter::new(0, tx.clone()).with_shutdown(ctx.hard_stop.clone());
+    let emitter = Emitter::new(0, tx.clone())
+        .with_shutdown(ctx.hard_stop.clone())
+        .with_stuck_flag(stuck.0);
     let route_token = token.clone();
     let route: RouteFuture = Box::pin(async move {
         let run = AssertUnwindSafe(router.route(chat, emitter, route_token));

@@ -140,7 +140,7 @@ impl Router {
             error: None,
             broke_after_finish: false,
         };
-        let cancelled = cancelled_by_client;
+        let cancelled = || client_gone(out);
         let stalled = |what: &str, limit: Duration| {
             ProviderError::new(
                 ErrorKind::Timeout,
@@ -583,7 +583,7 @@ impl Router {
             let event = match to.out.try_send(event) {
                 Ok(true) => continue,
                 Ok(false) => {
-                    end.error = Some(cancelled_by_client());
+                    end.error = Some(client_gone(to.out));
                     return false;
                 }
                 Err(event) => event,
@@ -596,11 +596,7 @@ impl Router {
                 _ = to.cancel.cancelled() => false,
             };
             if !sent {
-                end.error = Some(if to.out.stuck() {
-                    stopped_reading()
-                } else {
-                    cancelled_by_client()
-                });
+                end.error = Some(client_gone(to.out));
                 return false;
             }
             // A client that reads slowly holds us in `send` (backpressure) while the provider
@@ -616,6 +612,16 @@ impl Router {
 /// Why an attempt ends when its client cancels or goes away.
 pub(super) fn cancelled_by_client() -> ProviderError {
     ProviderError::new(ErrorKind::Cancelled, "cancelled by the client")
+}
+
+/// Why an attempt ends when its client cancels or goes away: stopped reading, when its
+/// transport gave up on it for that.
+fn client_gone(out: &Emitter) -> ProviderError {
+    if out.stuck() {
+        stopped_reading()
+    } else {
+        cancelled_by_client()
+    }
 }
 
 /// Why an attempt ends when its client stopped reading (see [`super::CLIENT_READ_TIMEOUT`]).
@@ -683,7 +689,7 @@ fn relay_ready(
         match to.out.try_send(event) {
             Ok(true) => {}
             Ok(false) => {
-                end.error = Some(cancelled_by_client());
+                end.error = Some(client_gone(to.out));
                 return Relayed::Gone;
             }
             Err(back) => {

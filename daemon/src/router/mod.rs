@@ -157,6 +157,14 @@ impl Emitter {
         self
     }
 
+    /// Share `flag` as the stuck flag: a transport that sees for itself that the client stopped
+    /// reading (the HTTP front end, whose routes cannot wait on a channel the client drains)
+    /// sets it before it cancels the request, which is then recorded as given up for that.
+    pub fn with_stuck_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stuck = flag;
+        self
+    }
+
     /// Set `flag` just before the stream's last event (`done` or `error`) is sent.
     pub fn with_end_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.ended = Some(flag);

@@ -9,29 +9,32 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::errors::{ApiError, Dialect};
 use super::relay::{self, openai_finish, openai_usage, Block};
 use super::Front;
 
 /// Serve one Chat Completions request, streaming or not.
-pub async fn create(front: Arc<Front>, body: Bytes) -> Response {
-    let received = Instant::now();
-    match serve(front, body, received).await {
+pub async fn create(front: Arc<Front>, body: Bytes, stuck: super::listener::Stuck) -> Response {
+    let arrival = super::Arrival::now(stuck);
+    match serve(front, body, arrival).await {
         Ok(r) => r,
         Err(e) => e.into_response(Dialect::Openai),
     }
 }
 
-async fn serve(front: Arc<Front>, body: Bytes, received: Instant) -> Result<Response, ApiError> {
+async fn serve(
+    front: Arc<Front>,
+    body: Bytes,
+    arrival: super::Arrival,
+) -> Result<Response, ApiError> {
     let parsed = super::parse_request(body.len(), move || {
         request::parse(&super::json_body(&body)?)
     })
     .await?;
     let mut headers = HeaderMap::new();
     let (mut routed, head) =
-        super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
+        super::begin(&front, parsed.chat, &parsed.model, arrival, &mut headers).await?;
     if parsed.stream {
         let (encoder, first) = stream::ChatEncoder::start(&head, parsed.include_usage);
         super::sse_headers(&mut headers);

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::errors::{ApiError, Dialect};
 use super::relay::{self, anthropic_stop, anthropic_usage, args_value, stop_sequence, Block};
@@ -42,10 +41,15 @@ pub fn betas(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// Serve one Messages request, streaming or not.
-pub async fn create(front: Arc<Front>, headers: HeaderMap, body: Bytes) -> Response {
-    let received = Instant::now();
+pub async fn create(
+    front: Arc<Front>,
+    headers: HeaderMap,
+    body: Bytes,
+    stuck: super::listener::Stuck,
+) -> Response {
+    let arrival = super::Arrival::now(stuck);
     let betas = betas(&headers);
-    match serve(front, body, betas, received).await {
+    match serve(front, body, betas, arrival).await {
         Ok(r) => r,
         Err(e) => e.into_response(Dialect::Anthropic),
     }
@@ -55,7 +59,7 @@ async fn serve(
     front: Arc<Front>,
     body: Bytes,
     betas: Vec<String>,
-    received: Instant,
+    arrival: super::Arrival,
 ) -> Result<Response, ApiError> {
     let mut parsed = super::parse_request(body.len(), move || {
         request::parse(&super::json_body(&body)?)
@@ -66,7 +70,7 @@ async fn serve(
     let thinking = parsed.chat.options.thinking.is_some();
     let mut headers = HeaderMap::new();
     let (mut routed, head) =
-        super::begin(&front, parsed.chat, &parsed.model, received, &mut headers).await?;
+        super::begin(&front, parsed.chat, &parsed.model, arrival, &mut headers).await?;
     if parsed.stream {
         let (encoder, first) = stream::MessagesEncoder::start(&head, estimate, thinking);
         super::sse_headers(&mut headers);
