@@ -238,10 +238,11 @@ impl RecordSink for Records {
     }
 }
 
-/// A Chat Completions request for `prompt`, with the token.
+/// A Chat Completions request for `prompt`, with the token, asking for up to a million tokens
+/// (see the provider's `max_output_tokens` below).
 fn chat_request(prompt: &str, stream: bool) -> String {
     let body = serde_json::json!({
-        "model": "mythos", "stream": stream,
+        "model": "mythos", "stream": stream, "max_tokens": 1_000_000,
         "messages": [{"role": "user", "content": prompt}],
     })
     .to_string();
@@ -262,6 +263,9 @@ async fn a_client_that_stops_reading_gives_its_provider_seat_back() {
     let open = Arc::new(AtomicUsize::new(0));
     let mut cfg = ProviderConfig::new("solo", Api::Openai, "http://127.0.0.1:1", "m");
     cfg.max_concurrent = 1;
+    // Its answers may hold 16 MiB (see `answer_cap`): the endless one must outlast the
+    // buffers between it and the client that reads nothing.
+    cfg.max_output_tokens = Some(1_000_000);
     let records = Arc::new(Records::default());
     let router = Router::new(
         vec![RoutedProvider {
