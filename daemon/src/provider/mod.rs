@@ -275,8 +275,9 @@ mod request_tests {
     }
 
     /// A `200` that is no event stream (a captive portal's page, a JSON error or a whole
-    /// answer) is said as what it is, and its JSON error's kind counts: it used to read as a
-    /// stream that "ended without [DONE]" (found by a chaos run).
+    /// answer, a compressed body) is said as what it is, and its JSON error's kind counts: it
+    /// used to read as a stream that "ended without [DONE]", or "not UTF-8" (found by a chaos
+    /// run).
     #[tokio::test]
     async fn a_success_that_is_no_stream_says_what_it_is() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,6 +304,19 @@ mod request_tests {
                 );
                 let _ = c.write_all(reply.as_bytes()).await;
             }
+            {
+                let (mut c, _) = provider.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let body = [0x1f_u8, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+                let mut reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                reply.extend_from_slice(&body);
+                let _ = c.write_all(&reply).await;
+            }
         });
         let t = transport(Api::Openai, &base, "m");
         let chat = ChatRequest::user_text(1, "hi");
@@ -328,6 +342,11 @@ mod request_tests {
         };
         assert_eq!(e.kind, ErrorKind::RateLimited, "{e:?}");
         assert!(e.message.contains("slow down"), "{e:?}");
+        let Err(e) = t.open(&req).await else {
+            panic!("a gzip-encoded body was taken for a stream")
+        };
+        assert_eq!(e.kind, ErrorKind::Malformed, "{e:?}");
+        assert!(e.message.contains("a gzip-encoded body where"), "{e:?}");
     }
 
     /// A `429` without `Retry-After` whose headers say the requests quota is spent for 15 s
@@ -834,6 +853,16 @@ fn local_exhaustion(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// a JSON document), if it is one. Others, and none at all, are read as a stream: servers are
 /// loose about it.
 fn not_a_stream(headers: &HeaderMap) -> Option<String> {
+    // Nothing is asked to be compressed; a body that is anyway cannot be read as text (it was
+    // "an SSE line is not UTF-8").
+    if let Some(enc) = headers.get(reqwest::header::CONTENT_ENCODING) {
+        let enc = String::from_utf8_lossy(enc.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
+        if !enc.is_empty() && enc != "identity" {
+            return Some(format!("a {enc}-encoded body"));
+        }
+    }
     let ty = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let essence = ty
         .split(';')
