@@ -274,51 +274,25 @@ mod request_tests {
         assert!(waited.is_err(), "the other host was reached: {waited:?}");
     }
 
-    /// A `200` that is no event stream (a captive portal's page, a JSON error or a whole
-    /// answer, a compressed body) is said as what it is, and its JSON error's kind counts: it
-    /// used to read as a stream that "ended without [DONE]", or "not UTF-8" (found by a chaos
-    /// run).
-    #[tokio::test]
-    async fn a_success_that_is_no_stream_says_what_it_is() {
+    /// A provider on loopback that answers its connections, one each, with `replies` as
+    /// they are (raw HTTP); its base URL.
+    async fn raw_provider(replies: Vec<Vec<u8>>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", provider.local_addr().unwrap());
         tokio::spawn(async move {
-            let bodies = [
-                (
-                    "text/html; charset=utf-8",
-                    "<html><head><title>Sign in</title></head></html>",
-                ),
-                (
-                    "application/json",
-                    r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#,
-                ),
-            ];
-            for (ty, body) in bodies {
+            for reply in replies {
                 let (mut c, _) = provider.accept().await.unwrap();
                 let mut buf = vec![0u8; 65536];
                 let _ = c.read(&mut buf).await;
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: {ty}\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = c.write_all(reply.as_bytes()).await;
-            }
-            {
-                let (mut c, _) = provider.accept().await.unwrap();
-                let mut buf = vec![0u8; 65536];
-                let _ = c.read(&mut buf).await;
-                let body = [0x1f_u8, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-                let mut reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                reply.extend_from_slice(&body);
                 let _ = c.write_all(&reply).await;
             }
         });
-        let t = transport(Api::Openai, &base, "m");
+        base
+    }
+
+    /// What opening a request on `t` fails with.
+    async fn open_error(t: &HttpTransport) -> ProviderError {
         let chat = ChatRequest::user_text(1, "hi");
         let req = UpstreamRequest {
             chat: &chat,
@@ -328,23 +302,54 @@ mod request_tests {
             prefill_blocks: &[],
             format_in_words: false,
         };
-        let Err(e) = t.open(&req).await else {
-            panic!("an HTML page was taken for a stream")
+        match t.open(&req).await {
+            Err(e) => e,
+            Ok(_) => panic!("taken for an answer"),
+        }
+    }
+
+    /// A `200` that is no event stream (a captive portal's page, a JSON error or a whole
+    /// answer, a compressed body) is said as what it is, and its JSON error's kind counts: it
+    /// used to read as a stream that "ended without [DONE]", or "not UTF-8" (found by a chaos
+    /// run).
+    #[tokio::test]
+    async fn a_success_that_is_no_stream_says_what_it_is() {
+        let ok = |head: &str, body: &[u8]| {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\n{head}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
         };
+        let base = raw_provider(vec![
+            ok(
+                "content-type: text/html; charset=utf-8",
+                b"<html><head><title>Sign in</title></head></html>",
+            ),
+            ok(
+                "content-type: application/json",
+                br#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#,
+            ),
+            ok(
+                "content-type: text/event-stream\r\ncontent-encoding: gzip",
+                &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3],
+            ),
+        ])
+        .await;
+        let t = transport(Api::Openai, &base, "m");
+        let e = open_error(&t).await;
         assert_eq!(e.kind, ErrorKind::Malformed, "{e:?}");
         assert!(e.message.contains("Sign in"), "{e:?}");
         assert!(
             e.message.contains("text/html where an event stream"),
             "{e:?}"
         );
-        let Err(e) = t.open(&req).await else {
-            panic!("a JSON error was taken for a stream")
-        };
+        let e = open_error(&t).await;
         assert_eq!(e.kind, ErrorKind::RateLimited, "{e:?}");
         assert!(e.message.contains("slow down"), "{e:?}");
-        let Err(e) = t.open(&req).await else {
-            panic!("a gzip-encoded body was taken for a stream")
-        };
+        let e = open_error(&t).await;
         assert_eq!(e.kind, ErrorKind::Malformed, "{e:?}");
         assert!(e.message.contains("a gzip-encoded body where"), "{e:?}");
     }
@@ -354,37 +359,15 @@ mod request_tests {
     /// the spent quota until its reset: found by a chaos run).
     #[tokio::test]
     async fn a_429_without_retry_after_asks_for_its_spent_quotas_reset() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/v1", provider.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = provider.accept().await.unwrap();
-                let mut buf = vec![0u8; 65536];
-                let _ = c.read(&mut buf).await;
-                let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
-                let reply = format!(
-                    "HTTP/1.1 429 Too Many Requests\r\nx-ratelimit-limit-requests: 3\r\n\
-                     x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 15.8s\r\n\
-                     content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = c.write_all(reply.as_bytes()).await;
-            }
-        });
-        let t = transport(Api::Openai, &base, "m");
-        let chat = ChatRequest::user_text(1, "hi");
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "m",
-            max_tokens: 10,
-            prefill: None,
-            prefill_blocks: &[],
-            format_in_words: false,
-        };
-        let Err(e) = t.open(&req).await else {
-            panic!("a 429 was taken for an answer")
-        };
+        let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let reply = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nx-ratelimit-limit-requests: 3\r\n\
+             x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 15.8s\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let base = raw_provider(vec![reply.into_bytes()]).await;
+        let e = open_error(&transport(Api::Openai, &base, "m")).await;
         assert_eq!(e.kind, ErrorKind::RateLimited, "{e:?}");
         assert_eq!(e.retry_after, Some(Duration::from_millis(15_800)), "{e:?}");
     }
