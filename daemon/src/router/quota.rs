@@ -112,10 +112,16 @@ pub struct Quota {
     /// [`Quota::rate_limited`], which comes after those figures replaced the estimate.
     unforeseen: Option<Instant>,
     /// A provider that does not announce its quotas answered `429`: when its pause ends, it
-    /// takes one request at a time until one is answered, as before its first answer. Its
+    /// takes one request at a time until one is answered, as before its first answer (and then
+    /// what its learnt quota allows). Its
     /// whole queue, let go at once, got `429` but for the first few (91 % of its upstream
     /// requests at 64 clients in a chaos run).
     after_pause: bool,
+    /// Answers since the last `429` pause of a provider that announces nothing.
+    answered_since_pause: u32,
+    /// Its requests quota is learnt, not announced (see [`Quota::rate_limited`]): each answer
+    /// takes one from it, as no header will.
+    learnt: bool,
 }
 
 /// Prompts shorter than this (estimated tokens) teach nothing about their density: the tokens a
@@ -201,6 +207,10 @@ impl Quota {
             .then_some(now);
         if success {
             self.after_pause = false;
+            if self.announces != Some(true) && !limits.announces() {
+                self.answered_since_pause = self.answered_since_pause.saturating_add(1);
+                self.take_learnt(now);
+            }
         }
         if limits.announces() {
             self.announces = Some(true);
@@ -281,7 +291,47 @@ impl Quota {
         self.limited_until = Some(self.limited_until.map_or(until, |t| t.max(until)));
         if self.announces != Some(true) {
             self.after_pause = true;
+            // What it answered since its last pause is what its window holds: a learnt
+            // quota, whole again when this pause ends. Its queue, let go at the end of each
+            // pause, got 429s for all but the first few (~45 a window at 64 clients).
+            let limit = f64::from(self.answered_since_pause.max(1));
+            self.buckets[QuotaKind::Requests.index()] = Some(Bucket {
+                limit: Some(limit),
+                remaining: 0.0,
+                observed: now,
+                reset_at: Some(until),
+            });
+            self.learnt = true;
+            self.answered_since_pause = 0;
         }
+    }
+
+    /// An answer of a provider whose requests quota is learnt takes one from it. Once its
+    /// window is over, the next one starts at this answer, with no known end: when it is
+    /// spent, one request at a time goes until a `429` tells again (see the `None` case of
+    /// [`Quota::room`]'s look at each bucket).
+    fn take_learnt(&mut self, now: Instant) {
+        if !self.learnt {
+            return;
+        }
+        let slot = &mut self.buckets[QuotaKind::Requests.index()];
+        let Some(b) = slot else { return };
+        let limit = b.limit.unwrap_or(1.0);
+        if b.reset_at.is_some_and(|t| now >= t) {
+            *b = Bucket {
+                limit: Some(limit),
+                remaining: limit,
+                observed: now,
+                reset_at: None,
+            };
+        } else if b.remaining < 1.0 {
+            // Answered past what was learnt: the window holds more (the 429 was not its end).
+            // Paced one at a time for good, random 429s of a healthy provider slowed it.
+            *slot = None;
+            self.learnt = false;
+            return;
+        }
+        b.remaining = (b.remaining - 1.0).max(0.0);
     }
 
     /// No request before `until` (a `Retry-After`).
@@ -324,6 +374,8 @@ impl Quota {
         self.announces = None;
         self.unforeseen = None;
         self.after_pause = false;
+        self.learnt = false;
+        self.answered_since_pause = 0;
     }
 
     /// Whether a request of `cost` fits now, and if not, when it will.
@@ -734,29 +786,49 @@ mod tests {
         q.settle(a);
     }
 
-    /// A provider that announces no quota and answered `429` takes one request at a time when
-    /// its pause ends, until one is answered: the whole queue let go at once got 429s but for
-    /// the first few.
+    /// A provider that announces no quota and answered `429` gets, when its pause ends, what
+    /// it answered between its pauses, one request first: its whole queue let go at once got
+    /// 429s but for the first few (~45 a window at 64 clients in a chaos run). Spent, that
+    /// learnt quota lets one request at a time go until the next 429 tells again.
     #[tokio::test(start_paused = true)]
-    async fn a_silent_provider_takes_one_request_after_its_pause() {
+    async fn a_silent_provider_is_paced_by_what_it_answered_between_pauses() {
         let now = Instant::now();
+        let silent = RateLimits::default();
         let mut q = Quota::default();
-        let s = q.reserve(ONE);
-        q.observe(s, &RateLimits::default(), true, now);
-        q.reserve(ONE);
+        for _ in 0..5 {
+            let s = q.reserve(ONE);
+            q.observe(s, &silent, true, now);
+        }
         q.reserve(ONE);
         assert_eq!(q.room(ONE, now), Room::Now, "not paced while it answers");
         let mut q = Quota::default();
-        let s = q.reserve(ONE);
-        q.observe(s, &RateLimits::default(), true, now);
-        let until = now + Duration::from_secs(2);
+        for _ in 0..5 {
+            let s = q.reserve(ONE);
+            q.observe(s, &silent, true, now);
+        }
+        let until = now + Duration::from_secs(10);
         q.rate_limited(ONE, until, now);
         assert_eq!(q.room(ONE, now), Room::At(until));
         let first = q.reserve(ONE);
+        assert_eq!(q.room(ONE, until), Room::AfterPending, "one first");
+        q.observe(first, &silent, true, until);
+        let mut sent = vec![];
+        while q.room(ONE, until) == Room::Now && sent.len() < 10 {
+            sent.push(q.reserve(ONE));
+        }
+        assert_eq!(sent.len(), 4, "the window's other four");
+        for s in sent {
+            q.observe(s, &silent, true, until);
+        }
+        // Spent: one request at a time until a 429 or its answer says more...
+        assert_eq!(q.room(ONE, until), Room::Now);
+        let probe = q.reserve(ONE);
         assert_eq!(q.room(ONE, until), Room::AfterPending);
-        q.observe(first, &RateLimits::default(), true, until);
+        // ...here an answer: the window holds more than was learnt, and pacing ends.
+        q.observe(probe, &silent, true, until);
         q.reserve(ONE);
-        assert_eq!(q.room(ONE, until), Room::Now, "answered: paced no more");
+        q.reserve(ONE);
+        assert_eq!(q.room(ONE, until), Room::Now);
     }
 
     /// `mythos reset` forgets announced figures too: nonsense once announced (a reset a year
