@@ -294,12 +294,22 @@ impl Quota {
             // What it answered since its last pause is what its window holds: a learnt
             // quota, whole again when this pause ends. Its queue, let go at the end of each
             // pause, got 429s for all but the first few (~45 a window at 64 clients).
-            let limit = f64::from(self.answered_since_pause.max(1));
-            self.buckets[QuotaKind::Requests.index()] = Some(Bucket {
+            let answered = f64::from(self.answered_since_pause.max(1));
+            // The other 429s of the same burst come within the pause, with nothing answered
+            // since the first: they keep what it learnt (taken as 1, the window let one
+            // request go, and the next answer dropped the pacing: a flood at every pause).
+            let slot = &mut self.buckets[QuotaKind::Requests.index()];
+            let limit = match slot {
+                Some(b) if self.learnt && b.reset_at.is_some_and(|t| t > now) => {
+                    b.limit.unwrap_or(1.0).max(answered)
+                }
+                _ => answered,
+            };
+            *slot = Some(Bucket {
                 limit: Some(limit),
                 remaining: 0.0,
                 observed: now,
-                reset_at: Some(until),
+                reset_at: Some(until.max(slot.and_then(|b| b.reset_at).unwrap_or(until))),
             });
             self.learnt = true;
             self.answered_since_pause = 0;
@@ -808,6 +818,10 @@ mod tests {
         }
         let until = now + Duration::from_secs(10);
         q.rate_limited(ONE, until, now);
+        // The rest of the burst's 429s, nothing answered between them, keep what was learnt.
+        for _ in 0..20 {
+            q.rate_limited(ONE, until, now + Duration::from_millis(5));
+        }
         assert_eq!(q.room(ONE, now), Room::At(until));
         let first = q.reserve(ONE);
         assert_eq!(q.room(ONE, until), Room::AfterPending, "one first");
