@@ -247,19 +247,7 @@ mod request_tests {
             } else {
                 base.clone()
             };
-            let t = transport(api, &base, "m");
-            let chat = ChatRequest::user_text(1, "hi");
-            let req = UpstreamRequest {
-                chat: &chat,
-                model: "m",
-                max_tokens: 10,
-                prefill: None,
-                prefill_blocks: &[],
-                format_in_words: false,
-            };
-            let Err(e) = t.open(&req).await else {
-                panic!("{api:?}: a redirect was taken for an answer")
-            };
+            let e = open_error(&transport(api, &base, "m")).await;
             assert_eq!(e.status, Some(307), "{api:?}: {e:?}");
             // The configuration's fault: the next provider, not a retry of this one.
             assert_eq!(e.kind, ErrorKind::NotFound, "{api:?}: {e:?}");
