@@ -250,7 +250,7 @@ fn alive(pid: u32) -> bool {
 fn spawn_watchers(
     ctx: std::sync::Arc<mythosd::server::Context>,
     path: PathBuf,
-    ours: Option<socket::SocketId>,
+    ours: std::sync::Arc<std::sync::Mutex<Option<socket::SocketId>>>,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     owner_pid: Option<u32>,
 ) {
@@ -261,12 +261,22 @@ fn spawn_watchers(
                 _ = tick.tick() => {}
                 _ = ctx.draining.cancelled() => return,
             }
-            if ours.is_some() && socket::SocketId::of(&path) != ours {
-                tracing::warn!(socket = %path.display(),
-                               "the socket file was removed or replaced: shutting down");
-                lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                ctx.shutdown_requested.cancel();
-                return;
+            let bound = *ours.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = bound {
+                match socket::holder(&path, id).await {
+                    socket::Holder::Ours | socket::Holder::Unknown => {}
+                    socket::Holder::OursChanged(now) => {
+                        tracing::debug!(socket = %path.display(), "the socket file's metadata changed");
+                        *ours.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                    }
+                    socket::Holder::Lost => {
+                        tracing::warn!(socket = %path.display(),
+                                       "the socket file was removed or replaced: shutting down");
+                        lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                        ctx.shutdown_requested.cancel();
+                        return;
+                    }
+                }
             }
             if let Some(pid) = owner_pid.filter(|&p| !alive(p)) {
                 tracing::info!(
@@ -397,10 +407,13 @@ async fn run(
     // Set when the socket file was seen removed or replaced: any file at the path by shutdown
     // is then another daemon's, whatever its metadata looks like.
     let socket_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The socket file's identity, kept up to date by the watcher across `chmod`s: the file is
+    // removed at shutdown only if it is still the one bound.
+    let socket_id = std::sync::Arc::new(std::sync::Mutex::new(bound.id));
     spawn_watchers(
         ctx.clone(),
         bound.path.clone(),
-        bound.id,
+        socket_id.clone(),
         socket_lost.clone(),
         owner_pid,
     );
@@ -413,7 +426,6 @@ async fn run(
     sd_notify_ready();
 
     let socket_path = bound.path.clone();
-    let socket_id = bound.id;
     // `bound` keeps holding the lock file until the end of this function.
     let listener = bound.listener;
     server::run(
@@ -440,7 +452,8 @@ async fn run(
     }
     ctx.stop_sims();
     if !socket_lost.load(std::sync::atomic::Ordering::Relaxed) {
-        socket::Bound::remove_socket(&socket_path, socket_id);
+        let id = *socket_id.lock().unwrap_or_else(|e| e.into_inner());
+        socket::Bound::remove_socket(&socket_path, id);
     }
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS

@@ -313,6 +313,66 @@ async fn a_daemon_that_lost_its_socket_file_makes_way() {
     let _ = env.mythos(&["daemon", "stop"]);
 }
 
+/// Tightening or sharing the socket (`chmod`, `chown`) is not losing it: the daemon keeps
+/// serving, and still removes its own file when it stops. (It took the moved change time for a
+/// replacement and shut down a second later.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chmod_of_the_socket_does_not_stop_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let mut daemon = env.start_daemon(&["--simulate"]);
+    std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+    // The daemon looks at its file once a second: past two looks.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon stopped"
+    );
+    let out = env.mythos(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.mythos(&["daemon", "stop"]).status.success());
+    let t0 = std::time::Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!env.socket.exists(), "its socket file was left behind");
+}
+
+/// A daemon whose socket path another daemon took over (its runtime directory emptied, a
+/// client started a new one) stops, and leaves the new one's file alone, even when the new
+/// file got the old one's inode number back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_socket_was_taken_over_makes_way() {
+    let env = TestEnv::new();
+    let mut first = env.start_daemon(&["--simulate"]);
+    std::fs::remove_file(&env.socket).unwrap();
+    let mut lock = env.socket.clone().into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(&lock);
+    let _second = env.start_daemon(&["--simulate"]);
+    let t0 = std::time::Instant::now();
+    while first.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the first is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = env.mythos(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.socket.exists());
+    let _ = env.mythos(&["daemon", "stop"]);
+}
+
 /// A private daemon (`mythos demo`, `chat --demo`) dies with the process that started it, and
 /// takes its temp dir with it, even when that process could not clean up (its terminal closed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,56 @@ impl SocketId {
     }
 }
 
+/// What the socket path holds now, against the file this daemon bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The very file bound, untouched.
+    Ours,
+    /// The same file, its metadata changed (a `chmod` or `chown` moves the change time): still
+    /// ours, known by this identity from now on.
+    OursChanged(SocketId),
+    /// Nothing, or another file: nobody can reach this daemon by the path any more.
+    Lost,
+    /// Cannot tell yet (the file's listener did not answer in time): ask again later.
+    Unknown,
+}
+
+/// Who holds the socket path now, given the identity `ours` of the file this daemon bound.
+///
+/// The change time is in the identity because tmpfs hands a deleted file's inode number out
+/// again at once; but a `chmod` or `chown` moves it too, and a daemon that took that for a
+/// replacement shut itself down a second after someone tightened or shared its socket (found
+/// as a flaky CI test that chowns the socket). So an inode that is the same but changed is
+/// asked directly: connect to the path and read the listener's process from the kernel's peer
+/// credentials. Only a listener in this process makes the file ours.
+pub async fn holder(path: &Path, ours: SocketId) -> Holder {
+    let Some(now) = SocketId::of(path) else {
+        return Holder::Lost;
+    };
+    if now == ours {
+        return Holder::Ours;
+    }
+    if (now.dev, now.ino) != (ours.dev, ours.ino) {
+        return Holder::Lost;
+    }
+    #[cfg(unix)]
+    {
+        let connect = tokio::net::UnixStream::connect(path);
+        match tokio::time::timeout(std::time::Duration::from_secs(1), connect).await {
+            Err(_) => Holder::Unknown,
+            Ok(Err(_)) => Holder::Lost,
+            Ok(Ok(stream)) => match stream.peer_cred().ok().and_then(|c| c.pid()) {
+                Some(pid) if pid as u32 == std::process::id() => Holder::OursChanged(now),
+                Some(_) => Holder::Lost,
+                // A platform that does not say: the inode is the same, keep trusting it.
+                None => Holder::OursChanged(now),
+            },
+        }
+    }
+    #[cfg(not(unix))]
+    Holder::OursChanged(now)
+}
+
 /// A bound listener plus what keeps it ours.
 pub struct Bound {
     /// The listener.
