@@ -906,7 +906,7 @@ async fn error_from_response(
             let (ty, msg) = parse_error_body(&body);
             let kind = error::classify(status, ty.as_deref(), msg.as_deref());
             let told = match kind {
-                ErrorKind::RateLimited => limits.retry_after.or_else(|| limits.spent_for()),
+                ErrorKind::RateLimited => limits.wait_after_429(),
                 _ => limits.retry_after,
             };
             (ty, msg, kind, told)
