@@ -141,6 +141,13 @@ const FIXED_WINDOW_MEMORY: Duration = Duration::from_secs(3600);
 /// The shortest such belief: a minute's window and the next.
 const FIXED_WINDOW_FIRST: Duration = Duration::from_secs(120);
 
+/// The longest a spent quota's announced reset is taken on trust: past this since it was
+/// announced, one request at a time goes to ask again. A provider announced a reset in 10^9 s
+/// once, with nothing remaining, and was held for a day (the header cap) until `mythos reset`;
+/// a real daily quota that is spent costs one upstream `429` per check. The same as the
+/// default longest pause (`max_cooldown_secs`).
+pub const LONG_RESET_CHECK: Duration = Duration::from_secs(900);
+
 impl Quota {
     /// The machine slept for `gap`: windows went on refilling and resets came meanwhile.
     pub fn slept(&mut self, gap: Duration, now: Instant) {
@@ -437,6 +444,16 @@ impl Quota {
                 continue;
             }
             match self.time_to(&b, need, now) {
+                // Too far off to take on trust (see `LONG_RESET_CHECK`): checked by one
+                // request once the check is due, and only one.
+                Some(t) if t > b.observed + LONG_RESET_CHECK => {
+                    let check = b.observed + LONG_RESET_CHECK;
+                    if check > now {
+                        at = Some(at.map_or(check, |a| a.max(check)));
+                    } else if !self.pending.is_empty() {
+                        return Room::AfterPending;
+                    }
+                }
                 Some(t) => at = Some(at.map_or(t, |a| a.max(t))),
                 // Only requests in flight hold the room: it comes back when they are answered.
                 None if !self.pending.is_empty() => return Room::AfterPending,
@@ -1021,6 +1038,43 @@ mod tests {
             .remaining = Some(10_000);
         q.observe(probe, &r, true, now + Duration::from_secs(5));
         assert_eq!(q.room(ONE, now + Duration::from_secs(5)), Room::Now);
+    }
+
+    /// A spent quota announced back in a day (or in 10^9 s) is asked again, one request at a
+    /// time, every `LONG_RESET_CHECK`: it held a provider for a day until `mythos reset`.
+    #[tokio::test(start_paused = true)]
+    async fn a_far_reset_is_checked_one_request_at_a_time() {
+        let now = Instant::now();
+        let mut q = Quota::default();
+        let s = q.reserve(ONE);
+        let spent = |reset_ms| {
+            let mut r = RateLimits::default();
+            r.quotas[QuotaKind::Requests.index()] = Some(Announced {
+                limit: None,
+                remaining: Some(0),
+                reset_in: Some(Duration::from_millis(reset_ms)),
+            });
+            r
+        };
+        q.observe(s, &spent(86_400_000), true, now);
+        let check = now + LONG_RESET_CHECK;
+        assert_eq!(q.room(ONE, now), Room::At(check));
+        assert_eq!(q.room(ONE, now + Duration::from_secs(60)), Room::At(check));
+        // Due: one request asks; the others wait for its answer.
+        assert_eq!(q.room(ONE, check), Room::Now);
+        let probe = q.reserve(ONE);
+        assert_eq!(q.room(ONE, check), Room::AfterPending);
+        // Still spent: believed for another check's time.
+        q.observe(probe, &spent(86_400_000), false, check);
+        assert_eq!(q.room(ONE, check), Room::At(check + LONG_RESET_CHECK));
+        // A reset within the check's time is taken as said.
+        let s = q.reserve(ONE);
+        let later = check + LONG_RESET_CHECK;
+        q.observe(s, &spent(60_000), true, later);
+        assert_eq!(
+            q.room(ONE, later),
+            Room::At(later + Duration::from_secs(60))
+        );
     }
 
     #[tokio::test(start_paused = true)]
