@@ -686,7 +686,7 @@ impl Config {
         let mut skip = |provider: &str, variable: String, why| {
             skipped.push(Skipped {
                 provider: provider.to_string(),
-                variable,
+                variable: shown_variable(variable),
                 why,
             })
         };
@@ -1225,6 +1225,26 @@ fn is_variable_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A variable's name as a warning may show it: a key of letters and digits pasted into
+/// `api_key_env` passes for a name, is not set as one, and was printed in the warning that
+/// says so (in the log and in `mythos status`). A name that looks like a key is not shown.
+fn shown_variable(name: String) -> String {
+    if looks_like_key(&name) {
+        "named in `api_key_env` (not shown: it looks like a key itself; a key goes in `api_key`, \
+         its variable's name in `api_key_env`)"
+            .into()
+    } else {
+        name
+    }
+}
+
+/// Whether a would-be variable name looks like a key: long, with digits and lower-case letters
+/// among its characters, as keys are and names (`OPENAI_API_KEY_2`) are not.
+fn looks_like_key(name: &str) -> bool {
+    let count = |f: fn(&char) -> bool| name.chars().filter(f).count();
+    name.len() >= 20 && count(char::is_ascii_digit) >= 4 && count(char::is_ascii_lowercase) >= 4
+}
+
 /// "line L, column C" of byte `offset` in `text` (the column counts bytes, as toml does).
 fn line_col(text: &str, offset: usize) -> String {
     let mut offset = offset.min(text.len());
@@ -1457,6 +1477,32 @@ priority = 7
         let c = load("[[provider]]\nname = \"mistral\"\n", &env_of(&[])).unwrap();
         assert!(c.providers.is_empty());
         assert_eq!(c.skipped[0].variable, "MISTRAL_API_KEY");
+    }
+
+    /// A key of letters and digits pasted into `api_key_env` passes for a variable name and is
+    /// not set as one: the warning that says so must not print it (it went to the log and to
+    /// `mythos status`). Ordinary names are still shown.
+    #[test]
+    fn a_key_pasted_for_its_variable_is_not_printed() {
+        let none = env_of(&[]);
+        let key = "Xk3f9aQ7mZ2pL8vR4tY6wB1nC5dE0gHj";
+        let c = load(
+            &format!(
+                "[[provider]]\nname = \"mistral\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+                 api_key_env = \"{key}\"\n\n[[provider]]\nname = \"other\"\n\
+                 base_url = \"http://x/v1\"\nmodel = \"m\"\napi_key_env = \"OPENAI_API_KEY_2\"\n"
+            ),
+            &none,
+        )
+        .unwrap();
+        let warnings: Vec<String> = c.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("`mistral`") && warnings[0].contains("looks like a key"));
+        assert!(warnings[1].contains("OPENAI_API_KEY_2"), "{warnings:?}");
+        let refused = c.check_usable().unwrap_err().to_string();
+        for text in warnings.iter().chain([&refused]) {
+            assert!(!text.contains(&key[4..20]), "{text}");
+        }
     }
 
     /// A provider whose `api_key_env` names an unset variable was dropped without a word; when
