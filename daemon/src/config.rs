@@ -1130,11 +1130,27 @@ impl<'a> Checker<'a> {
             1,
             100_000,
         )?;
-        let mut names: HashMap<&str, usize> = HashMap::new();
+        // Compared without case, as agents' `model` names are (`Groq/llama` pins `groq`): two
+        // names that differ in case alone could not both be pinned.
+        let mut names: HashMap<String, usize> = HashMap::new();
         for (i, p) in f.providers.iter().enumerate() {
             let at = Some(i);
             self.text(at, "name", Some(&p.name), false)?;
-            if let Some(first) = names.insert(p.name.as_str(), i) {
+            if let Some(c) = p.name.chars().find(|&c| c == '/' || c.is_whitespace()) {
+                // A model is pinned as `provider/model`: a name with a `/` was cut at it and
+                // never matched; one with spaces cannot be typed as an agent's model.
+                return Err(self.fail(
+                    "provider",
+                    at,
+                    "name",
+                    format!(
+                        "= {:?} holds {c:?}: names are pinned as `name/model` in a request's \
+                         model, so they cannot hold `/` or spaces",
+                        p.name
+                    ),
+                ));
+            }
+            if let Some(first) = names.insert(p.name.to_ascii_lowercase(), i) {
                 let first_at = self.at("provider", Some(first), "name");
                 return Err(self.fail(
                     "provider",
@@ -1814,6 +1830,27 @@ priority = 7
         .to_string();
         assert!(e.contains("line 7, column 8: provider.name"), "{e}");
         assert!(e.contains("twice (first at line 2, column 8)"), "{e}");
+        // In other capitals, it is still the same name to an agent that pins it.
+        let e = load(
+            "[[provider]]\nname = \"Dup\"\nbase_url = \"http://x\"\nmodel = \"m\"\n\n\
+             [[provider]]\nname = \"dup\"\nbase_url = \"http://y\"\nmodel = \"m\"\n",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice (first at line 2, column 8)"), "{e}");
+        for name in ["open/router", "my provider"] {
+            let e = load(
+                &format!(
+                    "[[provider]]\nname = \"{name}\"\nbase_url = \"http://x\"\nmodel = \"m\"\n"
+                ),
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("line 2, column 8: provider.name"), "{e}");
+            assert!(e.contains("cannot hold `/` or spaces"), "{e}");
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
