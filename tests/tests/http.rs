@@ -1256,6 +1256,26 @@ async fn health_needs_no_token() {
     let v = r.json();
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["providers"], 3, "{v}");
+    assert_eq!(v["notes"], serde_json::json!([]), "{v}");
+}
+
+/// A configured provider that cannot be used (its key variable unset) is said in `/health`,
+/// not only in `mythos status`: it is why every request goes elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_a_provider_left_out_for_want_of_its_key() {
+    let w = World::on(
+        Mocks::start().await,
+        "[[provider]]\nname = \"lacking\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+         model = \"m\"\napi_key_env = \"MYTHOS_TEST_NEVER_SET\"\n",
+    );
+    let r = w.send(w.http.get(format!("{}/health", w.base))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("`lacking`") && notes.contains("MYTHOS_TEST_NEVER_SET"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -506,6 +506,9 @@ pub fn routes(front: Arc<Front>) -> Routes {
                     "usable": usable,
                     "simulated": router.is_simulated(),
                     "version": env!("CARGO_PKG_VERSION"),
+                    // A provider skipped for want of its key is why an agent's requests all
+                    // go elsewhere: said here too, for set-ups that only look at /health.
+                    "notes": f.ctx.notes(),
                 }))
             }),
         )

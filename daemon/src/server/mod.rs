@@ -99,15 +99,20 @@ impl Context {
             in_flight: router.in_flight(),
             simulated: router.is_simulated(),
             providers: router.status(),
-            notes: self
-                .notes
-                .iter()
-                .cloned()
-                .chain(self.config_notes_lock().all())
-                .collect(),
+            notes: self.notes(),
             recent_failovers: self.metrics.recent_failovers(),
             restart_command: crate::supervisor::restart_command(),
         }
+    }
+
+    /// What the user should know about this daemon's set-up: a state database moved aside,
+    /// providers skipped for want of a key, a refused reload (for `status` and `/health`).
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .cloned()
+            .chain(self.config_notes_lock().all())
+            .collect()
     }
 
     /// The router in force (replaced on config reload; running streams keep the old one).
