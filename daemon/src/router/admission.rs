@@ -9,7 +9,9 @@
 //! When none can, but one will within the request's remaining `max_queue_wait`, the request
 //! joins a FIFO queue and is told why and until when (a `queued` event). Capacity is handed out
 //! in queue order: a request behind others may only take a provider that no request ahead of it
-//! is waiting for, so a large request is not starved by small ones arriving later. Grants happen
+//! is waiting for, so a large request is not starved by small ones arriving later. It holds only
+//! what can take it before its own wait ends: a place kept for a request that will have given
+//! up by then only delays the ones behind it. Grants happen
 //! whenever capacity may have returned: an attempt ends, a response announces a larger quota,
 //! or a waiter's expected time arrives.
 //!
@@ -155,6 +157,8 @@ struct Waiter {
     id: u64,
     /// When its request arrived: the queue's order.
     since: Instant,
+    /// When it stops waiting.
+    deadline: Instant,
     want: Want,
     tx: oneshot::Sender<Lease>,
 }
@@ -189,7 +193,13 @@ impl WaitQueue {
     /// behind every later arrival each time, and the first requests of a burst waited longest
     /// and ran out of time while later ones were answered (found by a chaos run: a fixed
     /// window of 4 requests, 14 clients).
-    fn push(&mut self, want: Want, since: Instant, tx: oneshot::Sender<Lease>) -> u64 {
+    fn push(
+        &mut self,
+        want: Want,
+        since: Instant,
+        deadline: Instant,
+        tx: oneshot::Sender<Lease>,
+    ) -> u64 {
         self.next_id += 1;
         let at = self.waiters.partition_point(|w| w.since <= since);
         self.waiters.insert(
@@ -197,6 +207,7 @@ impl WaitQueue {
             Waiter {
                 id: self.next_id,
                 since,
+                deadline,
                 want,
                 tx,
             },
@@ -452,14 +463,18 @@ impl HealthBook {
                     // its own retry budget keeps it from: they are free for anybody's first
                     // attempt, and held they kept every new request off a provider for as long
                     // as a retry waited for the budget's window to move (up to 10 s, in a
-                    // fault storm, one waiter after another).
+                    // fault storm, one waiter after another). Nor those that cannot take it
+                    // before its deadline (a quota refilling too late): it gives up first, and
+                    // held, a provider free for the others stayed idle until it did.
                     let first_try = (!w.want.retry_at.is_empty()).then(|| Want {
                         retry_at: Vec::new(),
                         ..w.want.clone()
                     });
                     for &c in &w.want.candidates {
-                        if self.availability(c, &w.want, now).0 == Avail::Never {
-                            continue;
+                        match self.availability(c, &w.want, now).0 {
+                            Avail::Never => continue,
+                            Avail::At(t) if t > w.deadline => continue,
+                            _ => {}
                         }
                         if let Some(first) = &first_try {
                             if w.want.retry_at.contains(&c)
@@ -546,7 +561,7 @@ pub fn try_acquire(
         Outlook::Ready => (None, "other requests are ahead in the queue".to_string()),
     };
     let (tx, rx) = oneshot::channel();
-    let id = b.queue.push(want.clone(), since, tx);
+    let id = b.queue.push(want.clone(), since, deadline, tx);
     b.dispatch(book, now);
     Ok(Err(Ticket {
         id,

@@ -2155,6 +2155,80 @@ async fn a_waiter_does_not_hold_what_it_cannot_use() {
     assert_eq!(done_provider(&second.await.unwrap()), Some("beta"));
 }
 
+/// alpha, announcing 10,000 tokens with 1,000 left, whole again in `reset_s`; beta taking one
+/// request at a time, busy for 10 s with a large request. A second large request (4,096
+/// tokens to write: alpha has room for it once its quota has refilled enough) waits; then a
+/// small request comes. Returns how long the small one waited, and who answered each.
+async fn small_behind_large(reset_s: u64) -> (Duration, [Option<String>; 3]) {
+    let h = harness_with(2, no_jitter(), |i, c| {
+        if i == 1 {
+            c.max_concurrent = 1;
+        }
+    });
+    let mut tokens = RateLimits::default();
+    tokens.quotas[QuotaKind::Tokens.index()] = Some(Announced {
+        limit: Some(10_000),
+        remaining: Some(1_000),
+        reset_in: Some(Duration::from_secs(reset_s)),
+    });
+    let mut small = req("small");
+    small.max_tokens = Some(100);
+    h.scripts[0].push([answer_with(tokens.clone(), &["warm"])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, small.clone()).await),
+        Some("alpha")
+    );
+    h.scripts[1].push([Step::Stream(vec![
+        (10_000, Ok(Delta::Text("long".into()))),
+        (0, Ok(Delta::Finish(FinishReason::Stop))),
+    ])]);
+    let spawn_large = |n: &str| {
+        let r = h.router.clone();
+        let q = req(n);
+        tokio::spawn(async move { ask(&r, q).await })
+    };
+    let first = spawn_large("large 1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn_large("large 2");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.router.health().queue.len(), 1, "the second one waits");
+    h.scripts[0].push([answer_with(tokens, &["quick"])]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, small).await;
+    let waited = t0.elapsed();
+    let who = |ev: &[StreamEvent]| done_provider(ev).map(str::to_string);
+    let answered = [
+        who(&first.await.unwrap()),
+        who(&second.await.unwrap()),
+        who(&ev),
+    ];
+    (waited, answered)
+}
+
+/// A waiting request holds, for the requests behind it, only the providers that can take it
+/// before its own wait ends. alpha's quota refills for a large request in about 41 s, past
+/// the 30 s the queue allows: the large one waits for beta, and a small request that alpha can
+/// take now is served at once. It waited 10 s behind a request that could never have used
+/// alpha (found by a review); with the quota whole again in 60 s (the large one fits alpha in
+/// about 21 s) it waits its turn, as before: arrival order among requests that can be served.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_does_not_hold_what_cannot_take_it_in_time() {
+    let beta = Some("beta".to_string());
+    let alpha = Some("alpha".to_string());
+    let (waited, answered) = small_behind_large(120).await;
+    assert!(
+        waited < Duration::from_secs(1),
+        "the small request waited {waited:?} behind one alpha could not take in time"
+    );
+    assert_eq!(answered, [beta.clone(), beta.clone(), alpha.clone()]);
+    let (waited, answered) = small_behind_large(60).await;
+    assert!(
+        waited >= Duration::from_secs(9),
+        "the small request went ahead of one alpha can take in time ({waited:?})"
+    );
+    assert_eq!(answered, [beta.clone(), beta, alpha]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_provider_sends_the_overflow_elsewhere() {
     let h = harness_with(2, no_jitter(), |i, c| {
