@@ -10,8 +10,8 @@
 //! joins a FIFO queue and is told why and until when (a `queued` event). Capacity is handed out
 //! in queue order: a request behind others may only take a provider that no request ahead of it
 //! is waiting for, so a large request is not starved by small ones arriving later. It holds only
-//! what can take it before its own wait ends: a place kept for a request that will have given
-//! up by then only delays the ones behind it. Grants happen
+//! what can take it before its own wait ends, and nothing once that wait is over: a place kept
+//! for a request that will have given up by then only delays the ones behind it. Grants happen
 //! whenever capacity may have returned: an attempt ends, a response announces a larger quota,
 //! or a waiter's expected time arrives.
 //!
@@ -443,7 +443,10 @@ impl HealthBook {
                 // Its request is gone without leaving the queue (its task was dropped).
                 continue;
             }
-            if held.iter().all(|h| *h) {
+            if held.iter().all(|h| *h) || now > w.deadline {
+                // Past its deadline a waiter is only waiting for its task to take it out and
+                // say so (which a client that reads nothing can hold up for a minute): granted,
+                // its lease sat unused while the requests behind it ran out of time.
                 kept.push_back(w);
                 continue;
             }

@@ -2229,6 +2229,111 @@ async fn a_waiter_does_not_hold_what_cannot_take_it_in_time() {
     assert_eq!(answered, [beta.clone(), beta, alpha]);
 }
 
+/// A queued request whose client stopped reading (its `queued` notice cannot be written, and
+/// the route waits on the client for up to a minute) is out of the queue once its own wait
+/// is over: capacity that comes back after that goes to the requests behind it. It was granted
+/// to the stuck request, whose lease then sat unused, and the request behind ran out of time
+/// with the provider free (found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_past_its_limit_takes_nothing_from_those_behind() {
+    let routing = RoutingConfig {
+        max_queue_wait: Duration::from_secs(2),
+        ..no_jitter()
+    };
+    let h = harness_with(1, routing, |_, c| c.max_concurrent = 1);
+    // The one stream alpha takes ends at 2.5 s.
+    h.scripts[0].push([
+        Step::Stream(vec![
+            (2_500, Ok(Delta::Text("long".into()))),
+            (0, Ok(Delta::Finish(FinishReason::Stop))),
+        ]),
+        answer(&["next"]),
+    ]);
+    let long = {
+        let r = h.router.clone();
+        tokio::spawn(async move { ask(&r, req("long")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Queued until 2.01 s, with a client that reads nothing.
+    let (tx, _unread) = mpsc::channel(1);
+    tx.try_send(Response::Event {
+        id: 1,
+        event: StreamEvent::TextDelta { text: "x".into() },
+    })
+    .unwrap();
+    let stuck = {
+        let router = h.router.clone();
+        tokio::spawn(async move {
+            router
+                .route(req("stuck"), Emitter::new(1, tx), CancellationToken::new())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Queued behind it until 3.01 s.
+    let ev = ask(&h.router, req("next")).await;
+    assert_eq!(final_text(&ev), "next", "{:?}", ev.last());
+    assert_eq!(final_text(&long.await.unwrap()), "long");
+    stuck.abort();
+}
+
+/// The request at the head of the queue, holding a provider for itself, gives it up the moment
+/// its wait is over, and the request behind it that the provider can take goes then: not at
+/// its own next look (a lost wake-up), and not never.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_limit_ends_at_the_head_lets_the_next_go_at_once() {
+    let routing = RoutingConfig {
+        max_queue_wait: Duration::from_secs(2),
+        ..no_jitter()
+    };
+    let h = harness(1, routing);
+    // alpha announces 10,000 tokens, all there.
+    let mut tokens = RateLimits::default();
+    tokens.quotas[QuotaKind::Tokens.index()] = Some(Announced {
+        limit: Some(10_000),
+        remaining: Some(10_000),
+        reset_in: Some(Duration::from_secs(60)),
+    });
+    let sized = |text: &str, max_tokens: u32| {
+        let mut r = req(text);
+        r.max_tokens = Some(max_tokens);
+        r
+    };
+    h.scripts[0].push([answer_with(tokens.clone(), &["warm"])]);
+    ask(&h.router, sized("warm", 100)).await;
+    // A large request streams for 10 s, its 8,000 tokens reserved all the while; a second one
+    // waits for them (it does not fit beside them), then its 2 s are over.
+    let mut long: Vec<_> = (0..10)
+        .map(|_| (1_000, Ok(Delta::Text("long ".into()))))
+        .collect();
+    long.push((0, Ok(Delta::Finish(FinishReason::Stop))));
+    h.scripts[0].push([Step::Stream(long)]);
+    let spawn = |text: &str, max_tokens: u32| {
+        let r = h.router.clone();
+        let q = sized(text, max_tokens);
+        tokio::spawn(async move { ask(&r, q).await })
+    };
+    let first = spawn("large 1", 8_000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t_second = Instant::now();
+    let second = spawn("large 2", 8_000);
+    tokio::time::sleep(Duration::from_millis(1_250)).await;
+    // A small one, which fits beside the first, comes 1.25 s later: behind the second.
+    h.scripts[0].push([answer_with(tokens, &["small"])]);
+    let ev = ask(&h.router, sized("small", 100)).await;
+    assert_eq!(final_text(&ev), "small", "{:?}", ev.last());
+    let served = Instant::now() - t_second;
+    assert!(
+        served < Duration::from_millis(2_100),
+        "the small one went {served:?} after the second, whose wait ended at 2 s"
+    );
+    assert_eq!(
+        error_kind(&second.await.unwrap()),
+        Some(ErrorKind::RateLimited)
+    );
+    assert_eq!(final_text(&first.await.unwrap()), "long ".repeat(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_busy_provider_sends_the_overflow_elsewhere() {
     let h = harness_with(2, no_jitter(), |i, c| {
