@@ -340,6 +340,18 @@ impl Daemon {
         }
         self.child.wait().expect("wait mythosd")
     }
+
+    /// Wait for the daemon to exit by itself, failing the test with `what` after 10 s.
+    pub async fn exits(&mut self, what: &str) {
+        let t0 = std::time::Instant::now();
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: still running"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Daemon {

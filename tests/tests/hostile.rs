@@ -299,11 +299,7 @@ async fn a_daemon_that_lost_its_socket_file_makes_way() {
     let env = TestEnv::new();
     let mut daemon = env.start_daemon(&["--simulate"]);
     std::fs::remove_file(&env.socket).unwrap();
-    let t0 = std::time::Instant::now();
-    while daemon.child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.exits("the daemon").await;
     let out = env.mythos(&["status"]);
     assert!(
         out.status.success(),
@@ -335,11 +331,7 @@ async fn a_chmod_of_the_socket_does_not_stop_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(env.mythos(&["daemon", "stop"]).status.success());
-    let t0 = std::time::Instant::now();
-    while daemon.child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.exits("the daemon").await;
     assert!(!env.socket.exists(), "its socket file was left behind");
 }
 
@@ -355,14 +347,7 @@ async fn a_daemon_whose_socket_was_taken_over_makes_way() {
     lock.push(".lock");
     let _ = std::fs::remove_file(&lock);
     let _second = env.start_daemon(&["--simulate"]);
-    let t0 = std::time::Instant::now();
-    while first.child.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the first is still running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first.exits("the first daemon").await;
     let out = env.mythos(&["status"]);
     assert!(
         out.status.success(),
@@ -393,11 +378,7 @@ async fn a_private_daemon_dies_with_its_owner() {
         private.to_str().unwrap(),
     ]);
     owner.wait().unwrap();
-    let t0 = std::time::Instant::now();
-    while daemon.child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.exits("the daemon").await;
     assert!(!private.exists());
 }
 
