@@ -200,6 +200,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
     let ctx = Arc::new(
         Context::new(router, sims, state, client)
             .with_connection_table(crate::server::limits::ConnTable::new(cap))
+            .with_request_memory(config.server.max_request_memory)
             .with_metrics(metrics)
             .with_notes(notes),
     );

@@ -350,12 +350,16 @@ pub struct ServerConfig {
     /// Client connections at once (further ones push out the longest idle, or get a small
     /// reserve that can ask for status but not chat). Lowered at start to fit the fd limit.
     pub max_connections: usize,
+    /// Bytes of requests held in memory at once, over both front ends (bodies being read,
+    /// requests being answered): a request beyond it waits a moment, then is refused as busy.
+    pub max_request_memory: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_connections: 512,
+            max_request_memory: crate::server::memory::DEFAULT_MIB << 20,
         }
     }
 }
@@ -570,6 +574,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileServer {
     max_connections: Option<usize>,
+    max_request_memory_mib: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -917,6 +922,10 @@ impl Config {
                     .server
                     .max_connections
                     .unwrap_or(ServerConfig::default().max_connections),
+                max_request_memory: parsed
+                    .server
+                    .max_request_memory_mib
+                    .map_or(ServerConfig::default().max_request_memory, |mib| mib << 20),
             },
             file: source,
             skipped,
@@ -1016,7 +1025,7 @@ impl<'a> Checker<'a> {
     ) -> Result<(), ConfigError> {
         let section = match (provider, key) {
             (Some(_), _) => "provider",
-            (None, "max_connections") => "server",
+            (None, "max_connections" | "max_request_memory_mib") => "server",
             _ => "routing",
         };
         match value {
@@ -1129,6 +1138,14 @@ impl<'a> Checker<'a> {
             f.server.max_connections,
             1,
             100_000,
+        )?;
+        // At least a few requests of the largest size; at most what a 64-bit machine has.
+        self.range(
+            None,
+            "max_request_memory_mib",
+            f.server.max_request_memory_mib,
+            16,
+            1 << 20,
         )?;
         // Compared without case, as agents' `model` names are (`Groq/llama` pins `groq`): two
         // names that differ in case alone could not both be pinned.
@@ -1601,6 +1618,24 @@ priority = 7
         let c = load("[[provider]]\nname = \"groq\"\nenabled = false\n", &none).unwrap();
         assert!(c.skipped.is_empty());
         c.check_usable().unwrap();
+    }
+
+    /// The request memory is read in MiB; a budget too small for a few large requests is
+    /// refused with its place.
+    #[test]
+    fn request_memory_is_configured_in_mib() {
+        let env = env_of(&[("ANTHROPIC_API_KEY", "a")]);
+        let c = load("", &env).unwrap();
+        assert_eq!(c.server.max_request_memory, 256 << 20);
+        let c = load("[server]\nmax_request_memory_mib = 64\n", &env).unwrap();
+        assert_eq!(c.server.max_request_memory, 64 << 20);
+        let e = load("[server]\nmax_request_memory_mib = 8\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_request_memory_mib") && e.contains("between 16 and"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -427,6 +427,12 @@ impl RecordSink for Metrics {
     }
 }
 
+/// A gauge without labels, for figures kept outside the metrics (the request memory).
+pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    header(out, name, help, "gauge");
+    sample(out, name, &Vec::new(), v);
+}
+
 fn header(out: &mut String, name: &str, help: &str, ty: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
 }

@@ -619,3 +619,201 @@ fn another_users_symlink_is_not_taken_for_the_socket_directory() {
     assert_eq!(mode, 0o755, "the linked directory was changed");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
 }
+
+/// Large requests share one memory budget over both front ends (`[server]
+/// max_request_memory_mib`, 16 MiB here): each could be held on its own, but 40 bodies of
+/// 31 MB at once took the daemon to 2.3 GB. A request's bytes are held before they are read
+/// and until it is answered; one that does not fit waits a moment, then gets a 503 with
+/// `retry-after` in its API's error shape (the SDKs retry it), or an `overloaded` error on the
+/// socket; small requests are answered meanwhile, and a large one goes once room frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_share_a_memory_budget_and_small_ones_get_through() {
+    use serde_json::{json, Value};
+    const MIB: usize = 1 << 20;
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    env.write_config("[server]\nmax_request_memory_mib = 16\n");
+    let daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let addr = base.trim_start_matches("http://").to_string();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let held_now = || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("mythos_request_memory_bytes "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .expect("mythos_request_memory_bytes") as usize
+        }
+    };
+    let held_becomes = |want: usize| {
+        let held_now = &held_now;
+        async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                let now = held_now().await;
+                if now == want {
+                    return;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(20), "{now} bytes held");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // One HTTP client and one socket client each announce 6 MiB and send a little of it.
+    let mut http_holder = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nx-api-key: {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        6 * MIB
+    );
+    http_holder.write_all(head.as_bytes()).await.unwrap();
+    http_holder.write_all(&[b' '; 1024]).await.unwrap();
+    let mut socket_holder = RawClient::connect(&env.socket).await;
+    let mut partial = ((6 * MIB) as u32).to_be_bytes().to_vec();
+    partial.extend_from_slice(&[0; 1024]);
+    socket_holder
+        .framed
+        .get_mut()
+        .write_all(&partial)
+        .await
+        .unwrap();
+    held_becomes(12 * MIB).await;
+
+    let large = |path: &'static str| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let text = "x".repeat(6 * MIB);
+            let body = json!({"model": "mythos", "max_tokens": 64,
+                              "messages": [{"role": "user", "content": text}]});
+            let r = http
+                .post(format!("{base}{path}"))
+                .header("x-api-key", &token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            (status, retry_after, v)
+        }
+    };
+    let frame_of = |len: usize| {
+        let socket = env.socket.clone();
+        async move {
+            let mut c = RawClient::connect(&socket).await;
+            let mut frame = (len as u32).to_be_bytes().to_vec();
+            frame.resize(4 + len, 0);
+            c.framed.get_mut().write_all(&frame).await.unwrap();
+            match c.recv().await {
+                Response::Error { kind, message } => (kind, message),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let small = async {
+        let t0 = std::time::Instant::now();
+        let r = http
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", &token)
+            .body(
+                json!({"model": "mythos", "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "small one"}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["content"][0]["text"], answer_for("small one"));
+        let mut c = RawClient::connect(&env.socket).await;
+        let events = c
+            .chat(ChatRequest::user_text(1, "small on the socket"))
+            .await;
+        assert_eq!(text_of(&events), answer_for("small on the socket"));
+        t0.elapsed()
+    };
+    let (anthropic, openai, socket_busy, socket_too_large, small_took) = tokio::join!(
+        large("/v1/messages"),
+        large("/v1/chat/completions"),
+        frame_of(6 * MIB),
+        frame_of(15 * MIB),
+        small,
+    );
+    let (status, retry_after, v) = anthropic;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_request_memory_mib"), "{message}");
+    let (status, retry_after, v) = openai;
+    assert_eq!(status, 503, "{v}");
+    assert!(retry_after.is_some());
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert_eq!(socket_busy.0, ErrorKind::Overloaded, "{}", socket_busy.1);
+    assert_eq!(socket_too_large.0, ErrorKind::BadRequest);
+    assert!(
+        socket_too_large.1.contains("max_request_memory_mib"),
+        "{}",
+        socket_too_large.1
+    );
+    assert!(
+        small_took < Duration::from_secs(4),
+        "small requests waited {small_took:?} behind large ones"
+    );
+    // A body that could never fit is a 413, at once.
+    let r = http
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", &token)
+        .body(vec![b' '; 15 * MIB])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["type"], "request_too_large", "{v}");
+
+    // The holders leave; a large request waiting for room goes.
+    held_becomes(12 * MIB).await;
+    let counted = tokio::spawn(large("/v1/messages/count_tokens"));
+    drop(http_holder);
+    drop(socket_holder);
+    let (status, _, v) = counted.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(v["input_tokens"].as_u64().unwrap() > 100_000, "{v}");
+    held_becomes(0).await;
+
+    // The daemon never grew far: what the budget holds and what it decoded.
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())) {
+        let peak_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM");
+        assert!(
+            peak_kib < 200 << 10,
+            "the daemon peaked at {} MiB",
+            peak_kib >> 10
+        );
+    }
+}

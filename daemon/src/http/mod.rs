@@ -46,6 +46,7 @@ use axum::Router as Routes;
 use mythos_protocol::ChatRequest;
 use serde_json::json;
 
+use crate::server::memory::{self, Held, Refusal, RequestMemory};
 use crate::server::Context;
 use config::HttpConfig;
 use errors::{ApiError, Dialect};
@@ -185,8 +186,14 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Read the whole body within [`BODY_READ_TIMEOUT`] (and [`MAX_BODY`]) before the handler
-/// runs; the handler then takes it from memory.
-async fn body_deadline(req: Request, next: Next) -> Response {
+/// runs; the handler then takes it from memory. The body's bytes are held from the daemon's
+/// request memory first (its declared length, or as it arrives when it has none), and stay held
+/// until the response has been sent: the request lives that long, translated, in the router.
+async fn body_deadline(
+    State(memory): State<Arc<RequestMemory>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let dialect = dialect_of(req.uri().path());
     let (parts, body) = req.into_parts();
     let error = |status: StatusCode, message: String| {
@@ -199,19 +206,51 @@ async fn body_deadline(req: Request, next: Next) -> Response {
         }
         .into_response(dialect)
     };
-    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+        )
+    };
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    let mut held = match declared {
+        Some(len) if len > MAX_BODY as u64 => return too_large(),
+        // Nothing of it is read before its bytes are held.
+        Some(len) => match memory.hold(len as usize).await {
+            Ok(held) => held,
+            Err(refusal) => {
+                // Read (and drop) the body first: a client still writing it would see its
+                // connection reset instead of the answer.
+                let _ = tokio::time::timeout(BODY_READ_TIMEOUT, discard(body)).await;
+                return over_budget(refusal, len as usize, dialect);
+            }
+        },
+        None => match memory.try_hold(0) {
+            Ok(held) => held,
+            Err(refusal) => return over_budget(refusal, 0, dialect),
+        },
+    };
+    let read = async {
+        if declared.is_some() {
+            axum::body::to_bytes(body, MAX_BODY)
                 .await
+                .map_err(BodyError::Read)
+        } else {
+            read_growing(body, &mut held).await
         }
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await
+            .map(|body| axum::body::Body::new(HeldBody { body, _held: held })),
+        Ok(Err(BodyError::Memory(refusal, len))) => over_budget(refusal, len, dialect),
+        Ok(Err(BodyError::TooLarge)) => too_large(),
+        Ok(Err(BodyError::Read(e))) => {
+            let too_large_ = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {} MiB", MAX_BODY >> 20),
-                )
+            if too_large_ {
+                too_large()
             } else {
                 error(
                     StatusCode::BAD_REQUEST,
@@ -226,6 +265,100 @@ async fn body_deadline(req: Request, next: Next) -> Response {
                 BODY_READ_TIMEOUT.as_secs()
             ),
         ),
+    }
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    /// Over [`MAX_BODY`].
+    TooLarge,
+    /// Its bytes could not be held (and how many it had then).
+    Memory(Refusal, usize),
+    /// The connection failed or was cut.
+    Read(axum::Error),
+}
+
+/// Read a body to its end, keeping none of it.
+async fn discard(mut body: axum::body::Body) {
+    use http_body_util::BodyExt as _;
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// A body of unknown length (chunked), its bytes held as they arrive.
+async fn read_growing(mut body: axum::body::Body, held: &mut Held) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let deadline = tokio::time::Instant::now() + memory::WAIT;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        if let Err(refusal) = held.grow(data.len(), deadline).await {
+            let len = buf.len() + data.len();
+            drop(buf);
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, discard(body)).await;
+            return Err(BodyError::Memory(refusal, len));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// The answer to a request whose bytes do not fit in the daemon's request memory: `503` with
+/// `retry-after` while others hold it (the SDKs retry it, as they retry a provider's
+/// overload), `413` for one that could never fit (which they do not).
+fn over_budget(refusal: Refusal, len: usize, dialect: Dialect) -> Response {
+    let message = refusal.message(len);
+    tracing::debug!(bytes = len, "{message}");
+    match refusal {
+        Refusal::TooLarge { .. } => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: mythos_protocol::ErrorKind::BadRequest,
+            message,
+            retry_at_unix_ms: None,
+            retried: false,
+        },
+        Refusal::Busy { .. } => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: mythos_protocol::ErrorKind::Overloaded,
+            message,
+            retry_at_unix_ms: Some(
+                mythos_protocol::clock::now_unix_ms() + memory::RETRY_AFTER.as_millis() as u64,
+            ),
+            retried: false,
+        },
+    }
+    .into_response(dialect)
+}
+
+/// A response body that keeps its request's bytes held until it has been sent (or its client
+/// has gone).
+struct HeldBody {
+    body: axum::body::Body,
+    _held: Held,
+}
+
+impl axum::body::HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    #[inline]
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -469,7 +602,10 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 },
             ),
         )
-        .route_layer(middleware::from_fn(body_deadline))
+        .route_layer(middleware::from_fn_with_state(
+            front.ctx.memory.clone(),
+            body_deadline,
+        ))
         .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
     Routes::new()
         .merge(api)
@@ -478,10 +614,23 @@ pub fn routes(front: Arc<Front>) -> Routes {
         .route(
             "/metrics",
             get(|State(f): State<Arc<Front>>| async move {
-                let text = f
+                let mut text = f
                     .ctx
                     .metrics
                     .render(&f.ctx.status_report(), f.ctx.conns.len());
+                crate::metrics::gauge(
+                    &mut text,
+                    "mythos_request_memory_bytes",
+                    "Bytes of requests held in memory (bodies being read, requests being \
+                     answered), over both front ends.",
+                    f.ctx.memory.used() as f64,
+                );
+                crate::metrics::gauge(
+                    &mut text,
+                    "mythos_request_memory_limit_bytes",
+                    "The most bytes of requests held at once ([server] max_request_memory_mib).",
+                    f.ctx.memory.limit() as f64,
+                );
                 (
                     [(
                         header::CONTENT_TYPE,
@@ -769,7 +918,10 @@ mod tests {
         use tower::ServiceExt;
         let app = Routes::new()
             .route("/v1/messages", post(|b: Bytes| async move { b }))
-            .route_layer(middleware::from_fn(body_deadline));
+            .route_layer(middleware::from_fn_with_state(
+                RequestMemory::new(64 << 20),
+                body_deadline,
+            ));
         let trickle = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("{"))])
             .chain(futures_util::stream::pending());
         let req = |body| Request::post("/v1/messages").body(body).expect("request");
@@ -797,6 +949,152 @@ mod tests {
         let big = vec![b' '; MAX_BODY + 1];
         let resp = app.oneshot(req(axum::body::Body::from(big))).await.unwrap();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// A body's bytes are held from the request memory before it is read and until its
+    /// response has been sent. One that does not fit waits, then gets a 503 with
+    /// `retry-after` in its dialect (the SDKs retry it); one that could never fit a 413; a
+    /// small one gets in beside the large ones that fill the budget.
+    #[tokio::test(start_paused = true)]
+    async fn bodies_hold_request_memory_until_answered() {
+        use tower::ServiceExt;
+        let memory = RequestMemory::new(16 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let rx = std::sync::Mutex::new(Some(rx));
+        let rx = Arc::new(rx);
+        let app = Routes::new()
+            .route(
+                "/v1/messages",
+                post(|b: Bytes| async move { b.len().to_string() }),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(move |_: Bytes| {
+                    let rx = rx.clone();
+                    async move {
+                        // A stream that goes on until the test ends it.
+                        let rx = rx.lock().unwrap().take().unwrap();
+                        axum::body::Body::from_stream(tokio_stream_of(rx))
+                    }
+                }),
+            )
+            .route_layer(middleware::from_fn_with_state(
+                memory.clone(),
+                body_deadline,
+            ))
+            .layer(DefaultBodyLimit::max(MAX_BODY));
+        let req = |path: &str, len: usize| {
+            Request::post(path)
+                .body(axum::body::Body::from(vec![b' '; len]))
+                .expect("request")
+        };
+        const MIB: usize = 1 << 20;
+
+        // A streamed answer keeps its request's 10 MiB held until it is done.
+        let streaming = app
+            .clone()
+            .oneshot(req("/v1/chat/completions", 10 * MIB))
+            .await
+            .unwrap();
+        assert_eq!(streaming.status(), StatusCode::OK);
+        assert_eq!(memory.used(), 10 * MIB);
+
+        for (path, dialect_type) in [
+            ("/v1/messages", "overloaded_error"),
+            ("/v1/chat/completions", "server_error"),
+        ] {
+            let t0 = tokio::time::Instant::now();
+            let resp = app.clone().oneshot(req(path, 5 * MIB)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(t0.elapsed(), memory::WAIT, "it waited for room first");
+            assert_eq!(resp.headers()["retry-after"], "5");
+            assert!(resp.headers().get("x-should-retry").is_none());
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["type"], dialect_type, "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("max_request_memory_mib"),
+                "{v}"
+            );
+        }
+        // A small request is answered at once beside it; one that could never fit is a 413.
+        let t0 = tokio::time::Instant::now();
+        let resp = app
+            .clone()
+            .oneshot(req("/v1/messages", 4096))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
+        drop(resp);
+        let resp = app
+            .clone()
+            .oneshot(req("/v1/messages", 15 * MIB))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(memory.used(), 10 * MIB);
+
+        // Once the stream ends and is sent, the large request fits.
+        let mut body = streaming.into_body();
+        tx.send(Ok(Bytes::from("data: done\n\n"))).await.unwrap();
+        drop(tx);
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            frame.unwrap();
+        }
+        drop(body);
+        assert_eq!(memory.used(), 0);
+        let resp = app.oneshot(req("/v1/messages", 5 * MIB)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        assert_eq!(&body[..], (5 * MIB).to_string().as_bytes());
+        assert_eq!(memory.used(), 0);
+    }
+
+    /// The receiver as a stream of body chunks.
+    fn tokio_stream_of(
+        rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+    }
+
+    /// A chunked body (no length declared) holds its bytes as they arrive, and is refused
+    /// once they no longer fit.
+    #[tokio::test(start_paused = true)]
+    async fn a_chunked_body_holds_its_bytes_as_they_arrive() {
+        use tower::ServiceExt;
+        let memory = RequestMemory::new(16 << 20);
+        let app = Routes::new()
+            .route(
+                "/v1/messages",
+                post(|b: Bytes| async move { b.len().to_string() }),
+            )
+            .route_layer(middleware::from_fn_with_state(
+                memory.clone(),
+                body_deadline,
+            ))
+            .layer(DefaultBodyLimit::max(MAX_BODY));
+        let chunked = |chunks: usize| {
+            let s = futures_util::stream::iter(
+                (0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1 << 20]))),
+            );
+            Request::post("/v1/messages")
+                .body(axum::body::Body::from_stream(s))
+                .expect("request")
+        };
+        let resp = app.clone().oneshot(chunked(3)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(memory.used(), 3 << 20, "held until its answer is sent");
+        drop(resp);
+        let _other = memory.try_hold(10 << 20).unwrap();
+        let resp = app.oneshot(chunked(6)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(memory.used(), 10 << 20, "what it held is given back");
     }
 
     #[test]

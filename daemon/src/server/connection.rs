@@ -28,10 +28,11 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::codec::{Framed, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::limits::Seat;
+use super::memory::{Held, Refusal, RequestMemory};
 use super::Context;
 use crate::metrics::{CountedIo, Front};
 use crate::router::Emitter;
@@ -120,7 +121,12 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
     let hello_parts = framed.into_parts();
     let codec = || FrameCodec::<Request, Response>::new(encoding, MAX_FRAME_LEN);
     let sink = FramedWrite::new(hello_parts.io, codec());
-    let mut frames = reader_after_hello(Shared(socket), codec(), hello_parts.read_buf);
+    let mut frames = reader_after_hello(
+        Shared(socket),
+        codec(),
+        hello_parts.read_buf,
+        ctx.memory.clone(),
+    );
 
     let (tx, rx) = mpsc::channel::<Response>(256);
     let writer = tokio::spawn(write_batches(rx, sink));
@@ -133,14 +139,14 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
         tokio::select! {
             frame = frames.next() => match frame {
                 None => break,
-                Some(Ok(req)) => {
-                    if !handle(req, ctx, seat, &tx, &mut streams, &mut tasks).await {
+                Some(Ok((req, held))) => {
+                    if !handle(req, held, ctx, seat, &tx, &mut streams, &mut tasks).await {
                         stuck = true;
                         break;
                     }
                     ctx.conns.touch(seat.id, streams.len(), Instant::now());
                 }
-                Some(Err(e)) => {
+                Some(Err(ReadError::Codec(e))) => {
                     // The stream is out of sync after a bad frame: say why and drop this client.
                     let kind = match e {
                         CodecError::Io(_) => None,
@@ -150,6 +156,18 @@ async fn serve_seated(stream: Socket, ctx: &Arc<Context>, seat: &Seat) {
                         tracing::debug!(error = %e, "dropping client after a bad frame");
                         queue_reply(ctx, &tx, Response::Error { kind, message: e.to_string() }).await;
                     }
+                    break;
+                }
+                Some(Err(ReadError::Memory(refusal, len))) => {
+                    // Its frame was read and dropped; the client learns why, and its
+                    // connection ends as after any refused frame.
+                    let kind = match refusal {
+                        Refusal::TooLarge { .. } => ErrorKind::BadRequest,
+                        Refusal::Busy { .. } => ErrorKind::Overloaded,
+                    };
+                    let message = refusal.message(len);
+                    tracing::debug!(bytes = len, "{message}");
+                    queue_reply(ctx, &tx, Response::Error { kind, message }).await;
                     break;
                 }
             },
@@ -211,32 +229,138 @@ async fn queue_reply(ctx: &Context, tx: &mpsc::Sender<Response>, response: Respo
     }
 }
 
-/// The connection's requests: first those the client sent along with its hello (already read
-/// with it), then the socket's. A `FramedRead` given those bytes in its buffer would wait for
-/// the socket before decoding them, and a `Framed` would add a write buffer the reader never
-/// uses; so the whole frames among them are decoded here, and the rest (a part of a frame) is
-/// left in front of the socket's bytes. Decoding stops at the first bad frame, which ends the
-/// connection as any other.
+/// Frames smaller than this are not held from the request memory: a `status`, a `cancel`, a
+/// short chat turn. The connection cap and [`MAX_STREAMS_PER_CONNECTION`] bound what they hold
+/// (512 connections of 32 such streams: 64 MiB), and a `status` is answered however full the
+/// budget is.
+const HOLD_FROM: usize = 4096;
+
+/// A read buffer that grew past this for a large frame is replaced once that frame is decoded:
+/// an idle connection would otherwise keep the frame's 16 MiB for as long as it stays open.
+const KEEP_BUFFER_UP_TO: usize = 64 * 1024;
+
+/// Why the connection's next request could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// A bad frame, or the socket failed.
+    Codec(CodecError),
+    /// The frame's bytes could not be held (it was read and dropped without being kept).
+    Memory(Refusal, usize),
+}
+
+/// The connection's requests, each with the bytes it holds from the request memory: first
+/// those the client sent along with its hello (already read with it), then the socket's. A
+/// frame's length is held as soon as its prefix is read, before its body is (a frame that does
+/// not fit waits, or ends the connection with an `overloaded` error), and stays held for as long
+/// as its request runs. Reading stops at the first error, which ends the connection.
 fn reader_after_hello(
     socket: Shared,
-    mut codec: FrameCodec<Request, Response>,
-    mut leftover: bytes::BytesMut,
-) -> impl futures_util::Stream<Item = Result<Request, CodecError>> + Unpin {
-    use tokio_util::codec::Decoder;
-    let mut early = Vec::new();
-    loop {
-        match codec.decode(&mut leftover) {
-            Ok(Some(req)) => early.push(Ok(req)),
-            Ok(None) => break,
-            Err(e) => {
-                early.push(Err(e));
-                break;
+    codec: FrameCodec<Request, Response>,
+    leftover: bytes::BytesMut,
+    memory: Arc<RequestMemory>,
+) -> impl futures_util::Stream<Item = Result<(Request, Option<Held>), ReadError>> + Unpin {
+    let reader = FrameReader {
+        socket,
+        codec,
+        buf: leftover,
+        memory,
+        held: None,
+        checked: false,
+    };
+    // `unfold` keeps a read in progress (a frame half read, a wait for memory) across the
+    // connection loop's polls.
+    Box::pin(futures_util::stream::unfold(
+        Some(reader),
+        |reader| async move {
+            let mut reader = reader?;
+            match reader.next().await {
+                Ok(Some(item)) => Some((Ok(item), Some(reader))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        },
+    ))
+}
+
+struct FrameReader {
+    socket: Shared,
+    codec: FrameCodec<Request, Response>,
+    buf: bytes::BytesMut,
+    memory: Arc<RequestMemory>,
+    /// What the frame being read holds.
+    held: Option<Held>,
+    /// The frame being read has been looked at (and its bytes held if it needs them).
+    checked: bool,
+}
+
+/// How long a refused frame may take to arrive (and be dropped) before its answer is sent.
+const DISCARD_WITHIN: Duration = Duration::from_secs(30);
+
+impl FrameReader {
+    /// Read and drop the next `len` bytes, those in the buffer first.
+    async fn discard(&mut self, mut len: usize) {
+        use bytes::Buf as _;
+        use tokio::io::AsyncReadExt as _;
+        let buffered = len.min(self.buf.len());
+        self.buf.advance(buffered);
+        len -= buffered;
+        let mut scratch = vec![0u8; len.min(64 * 1024)];
+        while len > 0 {
+            let want = len.min(scratch.len());
+            match self.socket.read(&mut scratch[..want]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => len -= n,
             }
         }
     }
-    let mut frames = FramedRead::new(socket, codec);
-    *frames.read_buffer_mut() = leftover;
-    futures_util::stream::iter(early).chain(frames)
+
+    async fn next(&mut self) -> Result<Option<(Request, Option<Held>)>, ReadError> {
+        use tokio::io::AsyncReadExt as _;
+        use tokio_util::codec::Decoder;
+        loop {
+            if !self.checked && self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                // Over the cap, the codec refuses it below.
+                if (HOLD_FROM..=MAX_FRAME_LEN).contains(&len) {
+                    match self.memory.hold(len).await {
+                        Ok(held) => self.held = Some(held),
+                        Err(refusal) => {
+                            // Read (and drop) the frame first: a client still writing it
+                            // would fail on a closed socket instead of reading the answer.
+                            let _ =
+                                tokio::time::timeout(DISCARD_WITHIN, self.discard(4 + len)).await;
+                            return Err(ReadError::Memory(refusal, len));
+                        }
+                    }
+                }
+                self.checked = true;
+            }
+            if let Some(req) = self.codec.decode(&mut self.buf).map_err(ReadError::Codec)? {
+                self.checked = false;
+                if self.buf.capacity() > KEEP_BUFFER_UP_TO {
+                    self.buf = bytes::BytesMut::from(&self.buf[..]);
+                }
+                return Ok(Some((req, self.held.take())));
+            }
+            self.buf.reserve(8 * 1024);
+            let n = self
+                .socket
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| ReadError::Codec(CodecError::Io(e)))?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Codec(CodecError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed in the middle of a frame",
+                    ))))
+                };
+            }
+        }
+    }
 }
 
 /// The most events the writer takes from its channel at once.
@@ -374,6 +498,7 @@ fn incompatible(reason: String) -> HelloReply {
 /// Serve one request of the connection; `false` drops the client (see [`queue_reply`]).
 async fn handle(
     req: Request,
+    held: Option<Held>,
     ctx: &Arc<Context>,
     seat: &Seat,
     tx: &mpsc::Sender<Response>,
@@ -448,6 +573,8 @@ async fn handle(
                             .with_shutdown(ctx.hard_stop.clone());
                         let report = tx.clone();
                         let tracked = ctx.streams.track_future(async move {
+                            // The request's bytes stay held while it runs.
+                            let _held = held;
                             // A bug in one request must not hang its client or touch any other
                             // stream: end this one with an `internal` error and go on.
                             // Boxed: the route's state (~4 KB) is then made in place once,

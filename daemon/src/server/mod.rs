@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod limits;
+pub mod memory;
 pub mod socket;
 
 use std::future::Future;
@@ -36,6 +37,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// Live client connections.
     pub conns: limits::ConnTable,
+    /// Bytes of requests held in memory, over both front ends.
+    pub memory: Arc<memory::RequestMemory>,
     /// Things the user should know about the daemon itself (state recovered, ...), for status.
     pub notes: Vec<String>,
     /// What the config in force, and the last reload, left the user to fix (providers without
@@ -71,6 +74,7 @@ impl Context {
             sims: std::sync::Mutex::new(sims),
             http,
             conns: limits::ConnTable::new(crate::config::ServerConfig::default().max_connections),
+            memory: memory::RequestMemory::new(memory::DEFAULT_MIB << 20),
             notes: Vec::new(),
             config_notes: std::sync::Mutex::default(),
             state,
@@ -151,6 +155,12 @@ impl Context {
     /// Use `table` for connections (the cap from the config, fitted to the fd limit).
     pub fn with_connection_table(mut self, table: limits::ConnTable) -> Self {
         self.conns = table;
+        self
+    }
+
+    /// Hold at most `bytes` of requests in memory at once.
+    pub fn with_request_memory(mut self, bytes: usize) -> Self {
+        self.memory = memory::RequestMemory::new(bytes);
         self
     }
 
