@@ -21,7 +21,10 @@
 //! when repeated exactly ("T" → "This"). After such a cut, a repeat of two or more words may end
 //! inside a word too ("Hello wo" → "Hello world"). A continuation of
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
-//! begins like its start ("I like the co" → "conut") is the rest, never a repeat.
+//! begins like its start ("I like the co" → "conut") is the rest, never a repeat; but a repeat
+//! of [`PREFILL_MID_WORD_WORDS`] words or more that ends inside a word is one (a model that
+//! started over: an exact continuation never begins with the answer's last four words). Line
+//! breaks the partial answer already ends with are not shown again after a dropped repeat.
 //!
 //! Nor is a tail whose words end the answer in a pattern that comes at least twice, the tail's
 //! own words included ("0, 0," and "None, None," are such tails after anything; "ha ha" after
@@ -40,6 +43,9 @@ pub const MIN_CHARS: usize = 12;
 pub const MIN_CUT_WORD: usize = 3;
 /// The longest: text with no spaces (CJK, base64, minified code) has no words to repeat.
 pub const MAX_CUT_WORD: usize = 32;
+/// After a prefill, a repeat that ends inside a word counts when it has this many words: an
+/// exact continuation does not begin with the answer's last four words.
+pub const PREFILL_MID_WORD_WORDS: usize = 4;
 /// Whitespace held at the start of a continuation beyond this is let go: no repeat waits behind
 /// that much of it.
 pub const MAX_HELD_SPACE: usize = 256;
@@ -148,6 +154,13 @@ pub struct Seam {
     /// The partial answer ended in whitespace: what follows a dropped repeat needs none of its
     /// own before it.
     ends_in_space: bool,
+    /// Line breaks in the whitespace the partial answer ends with: a repeat followed by the
+    /// same line breaks must not show them twice.
+    newlines_at_end: usize,
+    /// After a prefill, the answer ended in a letter or a digit: a repeat of
+    /// [`PREFILL_MID_WORD_WORDS`] words or more may still end inside a word (a model that
+    /// started over), which an exact continuation never begins with.
+    prefill_ends_in_word: bool,
     held: String,
     done: bool,
 }
@@ -250,6 +263,17 @@ impl Seam {
             short_start,
             ends_in_word,
             ends_in_space: partial.ends_with(char::is_whitespace),
+            newlines_at_end: partial
+                .chars()
+                .rev()
+                .take_while(|c| c.is_whitespace())
+                .filter(|&c| c == '\n')
+                .count(),
+            prefill_ends_in_word: !in_words
+                && partial
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric),
             held: String::new(),
             done: false,
         }
@@ -263,6 +287,8 @@ impl Seam {
             short_start: None,
             ends_in_word: false,
             ends_in_space: false,
+            newlines_at_end: 0,
+            prefill_ends_in_word: false,
             held: String::new(),
             done: true,
         }
@@ -291,8 +317,12 @@ impl Seam {
         let tails = || self.tails.iter().chain(cut_words);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
         // tail of two or more words after an answer cut inside a word.
-        let mid_word_ok =
-            |t: &String| cut_words.contains(t) || (self.ends_in_word && t.contains(' '));
+        let mid_word_ok = |t: &String| {
+            cut_words.contains(t)
+                || (self.ends_in_word && t.contains(' '))
+                || (self.prefill_ends_in_word
+                    && t.split(' ').filter(|w| is_word(w)).count() >= PREFILL_MID_WORD_WORDS)
+        };
         // A repeat could still be longer than what is held, or held may end exactly where a
         // tail ends and the next character decide whether the word goes on: wait.
         let h = held.trim_end();
@@ -321,7 +351,21 @@ impl Seam {
                 // (found by a chaos run, cuts after a space). Line breaks stay: they may start a
                 // paragraph.
                 if self.ends_in_space {
-                    rest.trim_start_matches([' ', '\t']).into()
+                    // Line breaks the answer already ends with are not shown again either
+                    // ("end.\n" + "end.\n\nNext" is "end.\n\nNext", not three breaks).
+                    // The indentation after the last break stays: it is the next line's
+                    // (Python's blocks, a nested list).
+                    let body = rest.trim_start();
+                    let lead = &rest[..rest.len() - body.len()];
+                    let indent = lead.rfind('\n').map_or("", |i| &lead[i + 1..]);
+                    let breaks = lead
+                        .matches('\n')
+                        .count()
+                        .saturating_sub(self.newlines_at_end);
+                    let mut out = "\n".repeat(breaks);
+                    out.push_str(indent);
+                    out.push_str(body);
+                    out.into()
                 } else {
                     rest.into()
                 }
@@ -634,6 +678,33 @@ mod tests {
         let partial = "数".repeat(30_000);
         let mut s = Seam::new(&partial, true);
         assert_eq!(s.push("数".into()), "数");
+    }
+
+    /// Found by a chaos run: an Anthropic fallback that started over after a cut inside a
+    /// word showed the whole answer twice; a repeat after an answer cut between two line
+    /// breaks showed three.
+    #[test]
+    fn a_restart_after_a_prefill_cut_mid_word_and_repeated_breaks_are_shown_once() {
+        assert_eq!(
+            seen_exact(
+                "The quick brown fox jumps ov",
+                &["The quick brown fox jumps over the lazy dog and runs away."]
+            ),
+            FULL
+        );
+        assert_eq!(
+            seen("It ends here.\n", &["ends here.\n\nNext line."]),
+            "It ends here.\n\nNext line."
+        );
+        assert_eq!(
+            seen("It ends here.\n\n", &["Ends here.\n\nNext line."]),
+            "It ends here.\n\nNext line."
+        );
+        // The next line's indentation is its own.
+        assert_eq!(
+            seen("    return a + b\n", &["return a + b\n\n    def g():"]),
+            "    return a + b\n\n    def g():"
+        );
     }
 
     #[test]
