@@ -1496,3 +1496,62 @@ async fn one_model_is_retrieved_by_its_id() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["id"], "claude-sonnet-4-5");
 }
+
+/// A stop that cannot wait for an answer (its drain time is over) ends the HTTP stream as the
+/// API ends a failed one, with an error event that says why, not with a body cut off mid-chunk
+/// that the SDKs report as a broken connection (found by a chaos run: tool-call streams
+/// stalled inside their arguments were cut at `mythos daemon stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_past_its_drain_time_ends_http_streams_with_an_error_event() {
+    let mocks = Mocks::start().await;
+    for sim in [&mocks.anthropic, &mocks.deepseek, &mocks.openai] {
+        sim.inject(vec![SimFault::StallAfter { tokens: 3 }; 4]);
+    }
+    let w = World::on(
+        mocks,
+        "[routing]\ndrain_timeout_secs = 1\nstall_timeout_ms = 60000\n\
+         watchdog_ceiling_ms = 60000\nwatchdog_floor_ms = 60000\n",
+    );
+    let ask = |path: &'static str, body: Value| {
+        let req = w
+            .http
+            .post(format!("{}{path}", w.base))
+            .header("x-api-key", &w.token)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let resp = req.send().await.expect("request");
+            assert_eq!(resp.status(), 200);
+            // A body cut mid-chunk fails here.
+            String::from_utf8(resp.bytes().await.expect("the body was cut").to_vec()).unwrap()
+        }
+    };
+    let messages = ask(
+        "/v1/messages",
+        json!({"model": "anthropic", "max_tokens": 64, "stream": true,
+               "messages": [{"role": "user", "content": "stall please"}]}),
+    );
+    let chat = ask(
+        "/v1/chat/completions",
+        json!({"model": "openai", "stream": true,
+               "messages": [{"role": "user", "content": "stall please"}]}),
+    );
+    let stop = async {
+        let t0 = std::time::Instant::now();
+        while w.total_requests() < 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "never reached the providers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Both streams have begun and stalled: stop the daemon.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w._daemon.signal(libc::SIGTERM);
+    };
+    let (messages, chat, ()) = tokio::join!(messages, chat, stop);
+    let last = frames(&messages).pop().expect("frames");
+    assert_eq!(last.event.as_deref(), Some("error"), "{messages}");
+    assert!(last.data.contains("shutting down"), "{messages}");
+    assert!(chat.contains("shutting down"), "{chat}");
+}

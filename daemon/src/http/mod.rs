@@ -395,9 +395,18 @@ async fn serve(
     connections.close();
     tokio::select! {
         _ = connections.wait() => {}
-        _ = hard_stop.cancelled() => {}
+        _ = async {
+            hard_stop.cancelled().await;
+            // Each connection writes its answer's last event within the grace (see
+            // `connection`).
+            tokio::time::sleep(HARD_STOP_GRACE).await;
+        } => {}
     }
 }
+
+/// How long, once the drain time is over, a connection has to write the `shutting_down` error
+/// that ends its answer. Within the 2 s the shutdown waits for cut streams.
+const HARD_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serve one connection until it ends. Displaced by a newcomer, it closes at once, unless a
 /// request head arrived meanwhile: that request is answered first, as on a drain. At
@@ -436,7 +445,15 @@ async fn connection<I, S, B>(
         };
         match Watched::new(conn.as_mut(), signals).await {
             Either::Left(ended) => break ended,
-            Either::Right(Signal::HardStop) => return,
+            Either::Right(Signal::HardStop) => {
+                // The routes were cut with it and end their answers with a `shutting_down`
+                // error: the connection writes it, briefly, so the client reads why rather than
+                // a body cut off mid-chunk, which the SDKs report as a broken connection (found
+                // by a chaos run). A client that reads nothing is not waited for past the grace.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(HARD_STOP_GRACE, conn.as_mut()).await;
+                return;
+            }
             Either::Right(Signal::Displaced) if !seat.busy() => return,
             Either::Right(Signal::Displaced | Signal::Draining) => {
                 conn.as_mut().graceful_shutdown();
