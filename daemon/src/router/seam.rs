@@ -161,6 +161,11 @@ pub struct Seam {
     /// [`PREFILL_MID_WORD_WORDS`] words or more may still end inside a word (a model that
     /// started over), which an exact continuation never begins with.
     prefill_ends_in_word: bool,
+    /// The whole partial answer, folded, when it is a tail: after a prefill, a model that starts
+    /// over after two or more words repeats it from its first character to a point inside a
+    /// word ("Let me o" → "Let me open"), which an exact continuation never begins with (one
+    /// that goes on with a space and the same words is text that repeats itself).
+    whole: Option<String>,
     held: String,
     done: bool,
 }
@@ -214,6 +219,9 @@ impl Seam {
         if partial.len() <= RESTART_MAX {
             push(partial, in_words);
         }
+        let whole = (partial.len() <= RESTART_MAX)
+            .then(|| fold(partial).trim_end().to_string())
+            .filter(|w| tails.contains(w));
         tails.sort_by_key(String::len);
         let ends_in_word = in_words
             && partial
@@ -274,6 +282,7 @@ impl Seam {
                     .chars()
                     .next_back()
                     .is_some_and(char::is_alphanumeric),
+            whole,
             held: String::new(),
             done: false,
         }
@@ -289,6 +298,7 @@ impl Seam {
             ends_in_space: false,
             newlines_at_end: 0,
             prefill_ends_in_word: false,
+            whole: None,
             held: String::new(),
             done: true,
         }
@@ -320,8 +330,13 @@ impl Seam {
         let mid_word_ok = |t: &String| {
             cut_words.contains(t)
                 || (self.ends_in_word && t.contains(' '))
-                || (self.prefill_ends_in_word
-                    && t.split(' ').filter(|w| is_word(w)).count() >= PREFILL_MID_WORD_WORDS)
+                || (self.prefill_ends_in_word && {
+                    let words = t.split(' ').filter(|w| is_word(w)).count();
+                    words >= PREFILL_MID_WORD_WORDS
+                        || (words >= 2
+                            && self.whole.as_ref() == Some(t)
+                            && !self.held.starts_with(char::is_whitespace))
+                })
         };
         // A repeat could still be longer than what is held, or held may end exactly where a
         // tail ends and the next character decide whether the word goes on: wait.
@@ -700,6 +715,13 @@ mod tests {
             seen("It ends here.\n\n", &["Ends here.\n\nNext line."]),
             "It ends here.\n\nNext line."
         );
+        // Started over after fewer words: the whole answer, two words or more.
+        assert_eq!(
+            seen_exact("Let me o", &["Let me open the file."]),
+            "Let me open the file."
+        );
+        // One word's start is as likely the rest of it ("co" + "conut").
+        assert_eq!(seen_exact("co", &["conut."]), "coconut.");
         // The next line's indentation is its own.
         assert_eq!(
             seen("    return a + b\n", &["return a + b\n\n    def g():"]),
