@@ -239,9 +239,16 @@ impl Quota {
             };
             // An answer read later may carry an older count: keep the lower estimate, unless
             // the limit changed or the kept figure's window is over.
+            // Nor a far reset whose check is due (see `LONG_RESET_CHECK`): this answer is the
+            // check's, and kept as the lower count, the far reset went on holding the provider
+            // to one request at a time after its check said the quota had room.
             let keep = self.buckets[kind.index()].is_some_and(|old| {
                 old.limit == fresh.limit
-                    && old.reset_at.is_some_and(|t| t > now)
+                    && old.reset_at.is_some_and(|t| {
+                        t > now
+                            && (t <= old.observed + LONG_RESET_CHECK
+                                || now < old.observed + LONG_RESET_CHECK)
+                    })
                     && self.level(&old, now) < fresh.remaining
             });
             if !keep {
@@ -1075,6 +1082,40 @@ mod tests {
             q.room(ONE, later),
             Room::At(later + Duration::from_secs(60))
         );
+    }
+
+    /// The check's answer is what the quota is from then on: a figure that contradicts a far
+    /// reset (the quota has room after all) replaces it. Kept as "the lower count" of two
+    /// answers read out of order, the far reset stayed, its check stayed due, and the provider
+    /// went on one request at a time until that reset (a day) though it said 49 were left.
+    #[tokio::test(start_paused = true)]
+    async fn a_far_reset_gives_way_to_the_answer_of_its_check() {
+        let announced = |limit: Option<u64>, remaining, reset_ms| {
+            let mut r = RateLimits::default();
+            r.quotas[QuotaKind::Requests.index()] = Some(Announced {
+                limit,
+                remaining: Some(remaining),
+                reset_in: Some(Duration::from_millis(reset_ms)),
+            });
+            r
+        };
+        for limit in [None, Some(50)] {
+            let now = Instant::now();
+            let mut q = Quota::default();
+            let s = q.reserve(ONE);
+            q.observe(s, &announced(limit, 0, 86_400_000), true, now);
+            let check = now + LONG_RESET_CHECK;
+            assert_eq!(q.room(ONE, check), Room::Now, "{limit:?}");
+            let probe = q.reserve(ONE);
+            // The check is answered: 49 left, whole again in a minute.
+            q.observe(probe, &announced(limit, 49, 60_000), true, check);
+            q.reserve(ONE);
+            assert_eq!(
+                q.room(ONE, check),
+                Room::Now,
+                "{limit:?}: still one at a time after the check said 49 were left"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
