@@ -75,6 +75,9 @@ pub struct RateLimits {
     pub quotas: [Option<Announced>; 4],
     /// `retry-after-ms` or `retry-after`.
     pub retry_after: Option<Duration>,
+    /// By [`QuotaKind::index`]: the quota's reset was an instant (Anthropic's RFC 3339 ones, in
+    /// whole seconds; a Unix time), read against a clock that may be off from the server's.
+    pub reset_on_clock: [bool; 4],
 }
 
 impl RateLimits {
@@ -109,11 +112,24 @@ impl RateLimits {
     /// over a 7.4 s reset, each window of a provider whose window starts at its first request
     /// slipped 0.6 s, and a request that would have been served in the next one timed out 10 ms
     /// before it (found by a chaos run of a fixed-window provider at 14 clients).
+    ///
+    /// Only a reset given as a duration is that precise: an instant (Anthropic's, in whole
+    /// seconds) is read against the local clock, which may be off from the server's by up to
+    /// the skew tolerated unnoticed, and a clock 0.8 s fast made it 7.2 s against the 8 s
+    /// asked (earlier retries fail, Anthropic says): the provider's queue went 0.8 s early,
+    /// into 429s.
     pub fn wait_after_429(&self) -> Option<Duration> {
         let spent = self.spent_for();
+        let on_clock = self
+            .quotas
+            .iter()
+            .zip(self.reset_on_clock)
+            .any(|(a, clock)| clock && a.is_some_and(|a| a.remaining == Some(0)));
         match (self.retry_after, spent) {
             (Some(told), Some(reset))
-                if told.subsec_nanos() == 0 && reset.abs_diff(told) < Duration::from_secs(1) =>
+                if told.subsec_nanos() == 0
+                    && !on_clock
+                    && reset.abs_diff(told) < Duration::from_secs(1) =>
             {
                 Some(reset)
             }
@@ -158,18 +174,26 @@ pub fn from_headers(headers: &HeaderMap, now_unix_ms: u64) -> RateLimits {
     for kind in QuotaKind::ALL {
         let i = kind.index();
         let a = read(raw.anthropic[i], &|t| reset_in_rfc3339(t, now_unix_ms));
-        let o = match raw.openai.get(i) {
-            Some(&fields) => read(fields, &|t| reset_in_openai(t, now_unix_ms)),
-            None => Announced::default(),
+        let (o, o_reset) = match raw.openai.get(i) {
+            Some(&fields) => (
+                read(fields, &|t| reset_in_openai(t, now_unix_ms)),
+                fields[2].flatten(),
+            ),
+            None => (Announced::default(), None),
         };
         let mut merged = pick(a, o);
+        let mut on_clock = a.remaining.is_some() || o_reset.is_some_and(is_unix_time);
         if kind == QuotaKind::Requests && merged.is_none() {
             // The IETF draft / OpenRouter form counts requests.
             for fields in raw.draft {
                 let d = read(fields, &|t| reset_in_number(t, now_unix_ms));
+                if merged.is_none() && d.remaining.is_some() {
+                    on_clock = fields[2].flatten().is_some_and(is_unix_time);
+                }
                 merged = merged.or(pick(d, Announced::default()));
             }
         }
+        out.reset_on_clock[i] = merged.is_some() && on_clock;
         out.quotas[i] = merged;
     }
     out
@@ -349,6 +373,11 @@ pub fn reset_in_rfc3339(s: &str, now_unix_ms: u64) -> Option<Duration> {
     ))
 }
 
+/// Whether a reset given as a number is a Unix time (see [`reset_in_number`]), not seconds.
+fn is_unix_time(s: &str) -> bool {
+    s.parse::<f64>().is_ok_and(|v| v > 1e9)
+}
+
 /// A reset given as a number: seconds from now, or a Unix timestamp in seconds or milliseconds
 /// (OpenRouter sends milliseconds).
 fn reset_in_number(s: &str, now_unix_ms: u64) -> Option<Duration> {
@@ -415,8 +444,13 @@ mod tests {
                 Announced::default()
             };
             let mut merged = pick(a, o);
+            let mut on_clock = a.remaining.is_some()
+                || (i < 2 && text(&format!("x-ratelimit-reset-{k}")).is_some_and(is_unix_time));
             if kind == QuotaKind::Requests && merged.is_none() {
                 for prefix in ["x-ratelimit", "ratelimit"] {
+                    if merged.is_none() && count(&format!("{prefix}-remaining")).is_some() {
+                        on_clock = text(&format!("{prefix}-reset")).is_some_and(is_unix_time);
+                    }
                     let d = Announced {
                         limit: limit(&format!("{prefix}-limit")),
                         remaining: count(&format!("{prefix}-remaining")),
@@ -426,6 +460,7 @@ mod tests {
                     merged = merged.or(pick(d, Announced::default()));
                 }
             }
+            out.reset_on_clock[i] = merged.is_some() && on_clock;
             out.quotas[i] = merged;
         }
         out
@@ -577,6 +612,26 @@ mod tests {
         ];
         assert_eq!(wait(&left), Some(ms(8_000)));
         assert_eq!(wait(&spent), Some(ms(7_386)));
+    }
+
+    /// An instant (Anthropic's RFC 3339 resets, in whole seconds) is read against the local
+    /// clock, which may run up to `SKEW_TOLERANCE_MS` off the server's unnoticed: it is no more
+    /// precise than a whole-second `Retry-After`, and a clock 0.8 s fast made it the "precise"
+    /// 7.2 s against the 8 s Anthropic asked for (earlier retries fail, it says): the provider's
+    /// whole queue was let go 0.8 s early, into its 429s.
+    #[test]
+    fn a_retry_after_is_not_cut_short_by_a_reset_read_on_the_local_clock() {
+        let server_now = 1_780_000_000_000;
+        let limits = from_headers(
+            &headers(&[
+                ("retry-after", "8"),
+                ("anthropic-ratelimit-requests-limit", "50"),
+                ("anthropic-ratelimit-requests-remaining", "0"),
+                ("anthropic-ratelimit-requests-reset", "2026-05-28T20:26:48Z"),
+            ]),
+            server_now + 800,
+        );
+        assert_eq!(limits.wait_after_429(), Some(Duration::from_secs(8)));
     }
 
     #[test]
