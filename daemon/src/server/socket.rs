@@ -82,7 +82,8 @@ pub enum Holder {
     OursChanged(SocketId),
     /// Nothing, or another file: nobody can reach this daemon by the path any more.
     Lost,
-    /// Cannot tell yet (the file's listener did not answer in time): ask again later.
+    /// Cannot tell yet (the file's listener did not answer in time, or could not take a
+    /// connection just now): ask again later.
     Unknown,
 }
 
@@ -109,6 +110,20 @@ pub async fn holder(path: &Path, ours: SocketId) -> Holder {
         let connect = tokio::net::UnixStream::connect(path);
         match tokio::time::timeout(std::time::Duration::from_secs(1), connect).await {
             Err(_) => Holder::Unknown,
+            // The listener could not take one more connection just now (its accept queue full:
+            // a burst of clients, or its accept loop backing off at the file limit), or this
+            // process is out of descriptors: that says nothing of who listens. Taken for a lost
+            // socket, either shut the daemon down. (macOS refuses a full queue with
+            // `ECONNREFUSED`, which cannot be told from nobody listening.)
+            Ok(Err(e))
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+            {
+                Holder::Unknown
+            }
             Ok(Err(_)) => Holder::Lost,
             Ok(Ok(stream)) => match stream.peer_cred().ok().and_then(|c| c.pid()) {
                 Some(pid) if pid as u32 == std::process::id() => Holder::OursChanged(now),
@@ -349,5 +364,42 @@ mod tests {
         drop(second.listener);
         Bound::remove_socket(&second.path, second.id);
         assert!(!path.exists());
+    }
+
+    /// A listener of this process that cannot take one more connection just now (its accept
+    /// queue full: a burst of clients, or its accept loop backing off at the file limit) is
+    /// still this daemon's. After a `chmod`, the connect that asks was refused with `EAGAIN`,
+    /// taken for a lost socket, and the daemon shut itself down, leaving the file behind.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_busy_listener_after_a_chmod_is_not_a_lost_socket() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mythosd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Its accept queue shrunk to one, and filled: nothing accepts.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            match tokio::net::UnixStream::connect(&path).await {
+                Ok(s) => queued.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+                    break;
+                }
+            }
+        }
+        let ours = SocketId::of(&path).unwrap();
+        // The change time moves in clock ticks (see above).
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(
+            SocketId::of(&path),
+            Some(ours),
+            "the chmod did not move the change time"
+        );
+        assert_ne!(holder(&path, ours).await, Holder::Lost);
+        drop(queued);
     }
 }
