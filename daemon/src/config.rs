@@ -695,10 +695,13 @@ impl Config {
                 why,
             })
         };
-        let mut from_file: HashMap<&str, &FileProvider> = HashMap::new();
+        // By name without case, as presets are found and agents pin names: an entry `Groq` is
+        // the `groq` preset, not a second provider on the same key (each pacing its own view
+        // of the one quota).
+        let mut from_file: HashMap<String, &FileProvider> = HashMap::new();
         for p in &parsed.providers {
             // The checker refused duplicates with their line already.
-            from_file.insert(p.name.as_str(), p);
+            from_file.insert(p.name.to_ascii_lowercase(), p);
         }
         let gemini_priority = (BUILTINS.len() + crate::presets::PRESETS.len()) as u32;
         let builtins = BUILTINS
@@ -770,7 +773,7 @@ impl Config {
         // Presets with a key in the environment register themselves, after the built-ins
         // (local servers only when the file names them).
         for (i, preset) in crate::presets::PRESETS.iter().enumerate() {
-            if from_file.contains_key(preset.name) {
+            if from_file.contains_key(&preset.name.to_ascii_lowercase()) {
                 continue;
             }
             let Some(key) = preset.key_env.and_then(env) else {
@@ -790,7 +793,7 @@ impl Config {
         }
         // Extra endpoints, in file order after the built-ins.
         for p in &parsed.providers {
-            if !from_file.contains_key(p.name.as_str()) || !p.enabled {
+            if !from_file.contains_key(&p.name.to_ascii_lowercase()) || !p.enabled {
                 continue;
             }
             // A preset's name brings its defaults; the file's fields override them.
@@ -1510,6 +1513,22 @@ priority = 7
         let c = load("[[provider]]\nname = \"mistral\"\n", &env_of(&[])).unwrap();
         assert!(c.providers.is_empty());
         assert_eq!(c.skipped[0].variable, "MISTRAL_API_KEY");
+    }
+
+    /// A file's entry for a preset or a built-in, in other capitals, is that provider (its
+    /// preset is found without case, and agents pin names without case): registered besides
+    /// the one the environment brings, the same key was paced as two providers' quotas, each
+    /// ignorant of the other's requests, and `groq/...` pinned either.
+    #[test]
+    fn a_preset_named_in_other_capitals_is_not_registered_twice() {
+        let env = env_of(&[("GROQ_API_KEY", "gsk_test")]);
+        let c = load("[[provider]]\nname = \"Groq\"\npriority = 1\n", &env).unwrap();
+        let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        let same = names
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case("groq"))
+            .count();
+        assert_eq!(same, 1, "{names:?}");
     }
 
     /// A key of letters and digits pasted into `api_key_env` passes for a variable name and is
