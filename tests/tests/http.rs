@@ -1501,6 +1501,7 @@ async fn one_model_is_retrieved_by_its_id() {
 /// API ends a failed one, with an error event that says why, not with a body cut off mid-chunk
 /// that the SDKs report as a broken connection (found by a chaos run: tool-call streams
 /// stalled inside their arguments were cut at `mythos daemon stop`).
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_past_its_drain_time_ends_http_streams_with_an_error_event() {
     let mocks = Mocks::start().await;
