@@ -341,6 +341,16 @@ impl Daemon {
         self.child.wait().expect("wait mythosd")
     }
 
+    /// The peak of its resident memory so far, in MiB (Linux's `VmHWM`; elsewhere `None`).
+    pub fn peak_rss_mib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+        Some(kib >> 10)
+    }
+
     /// Wait for the daemon to exit by itself, failing the test with `what` after 10 s.
     pub async fn exits(&mut self, what: &str) {
         let t0 = std::time::Instant::now();

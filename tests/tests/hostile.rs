@@ -98,18 +98,8 @@ async fn frames_of_tiny_items_cost_their_senders_only() {
     }
     // The peak of the daemon's resident memory: the four frames themselves and what one of
     // them decoded into before it was refused.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()));
-    if let Ok(status) = status {
-        let peak_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmHWM");
-        assert!(
-            peak_kib < 400 << 10,
-            "the daemon peaked at {} MiB",
-            peak_kib >> 10
-        );
+    if let Some(peak) = daemon.peak_rss_mib() {
+        assert!(peak < 400, "the daemon peaked at {peak} MiB");
     }
     let mut c = RawClient::connect(&env.socket).await;
     assert!(!c.status().await.providers.is_empty());
@@ -804,16 +794,7 @@ async fn large_requests_share_a_memory_budget_and_small_ones_get_through() {
     held_becomes(0).await;
 
     // The daemon never grew far: what the budget holds and what it decoded.
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())) {
-        let peak_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmHWM");
-        assert!(
-            peak_kib < 200 << 10,
-            "the daemon peaked at {} MiB",
-            peak_kib >> 10
-        );
+    if let Some(peak) = daemon.peak_rss_mib() {
+        assert!(peak < 200, "the daemon peaked at {peak} MiB");
     }
 }
