@@ -1161,7 +1161,10 @@ async fn headers_name_the_record_that_why_explains() {
         .post("/v1/messages", &user("claude-sonnet-5-5", "move me", false))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.header("x-mythos-rerouted"), Some("1"));
+    // At least the one: on a loaded machine, this test's 300 ms watchdog floor may reroute the
+    // continuation once more (seen once in CI).
+    let rerouted: u32 = r.header("x-mythos-rerouted").unwrap().parse().unwrap();
+    assert!(rerouted >= 1, "{rerouted}");
     assert_ne!(r.header("x-mythos-provider"), Some("anthropic"));
 }
 
