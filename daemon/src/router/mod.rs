@@ -446,6 +446,11 @@ struct Journey {
     prefer_over: bool,
     /// Since when it has kept to them without an answer making progress.
     prefer_since: Option<Instant>,
+    /// When the last attempt that made progress ended: the rounds past the configured steps
+    /// go on while the request is younger than the queue allows, counted from here, not from
+    /// its start (an answer streamed for a minute and then cut had no patience left for a
+    /// two-second `Retry-After`).
+    progressed_at: Option<Instant>,
     /// Attempts that ended so: they do not count toward the attempts cap (the queue's time
     /// limit bounds them), or a 429 repeated for 5 s failed a request with 25 s left.
     told_attempts: usize,
@@ -994,7 +999,8 @@ impl Router {
                 let step =
                     retry::backoff(steps, jitter, round.min(last), fastrand::f64()).filter(|&w| {
                         !past_steps
-                            || (start.elapsed() + w < self.cfg.max_queue_wait
+                            || (j.progressed_at.unwrap_or(start).elapsed() + w
+                                < self.cfg.max_queue_wait
                                 && (j.told_round || working()))
                     });
                 let Some(wait) = step else {
@@ -1364,6 +1370,7 @@ impl Router {
             let (next, effect) = policy::decide(&facts);
             if facts.progressed {
                 j.prefer_since = None;
+                j.progressed_at = Some(Instant::now());
             }
             if effect.pause.is_some_and(|p| p >= policy::MIN_TOLD_PAUSE) {
                 j.told_round = true;

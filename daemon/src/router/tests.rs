@@ -3942,3 +3942,33 @@ async fn a_busy_and_paused_provider_is_not_waited_for_past_its_pause() {
     );
     first.abort();
 }
+
+/// An answer that streamed for longer than the queue allows and was then cut still waits for
+/// providers that said when to come back: the rounds past the configured steps went on only
+/// while the request was younger than `max_queue_wait` counted from its start, streaming
+/// included, so a tool call that streamed 45 s, cut, met every provider answering `429` with a
+/// `Retry-After` of 1-3 s for four seconds and failed ("every provider failed"), where the same
+/// answer cut after a second waited and was answered. Found by a chaos run of the release
+/// binaries (helper, qage.sh; 3 of the 4 failures of two runs that were not a daemon stop or
+/// kill). The age is now counted from the end of the last attempt that made progress.
+#[tokio::test(start_paused = true)]
+async fn a_long_answer_cut_waits_for_short_retry_afters_like_a_young_one() {
+    let h = harness(2, no_jitter());
+    let mut long = vec![(0, Ok(Delta::Text("Hello".into())))];
+    for _ in 0..40 {
+        long.push((1_000, Ok(Delta::Text(" word".into()))));
+    }
+    long.push((
+        10,
+        Err(ProviderError::new(ErrorKind::Network, "connection lost mid-stream")),
+    ));
+    let limited = || Step::Fail(err(ErrorKind::RateLimited, Some(1)));
+    h.scripts[0].push([Step::Stream(long)]);
+    for i in 0..2 {
+        h.scripts[i].push((0..6).map(|_| limited()).collect::<Vec<_>>());
+        h.scripts[i].push([answer(&[" rest."])]);
+    }
+    let ev = ask(&h.router, req("q")).await;
+    assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
+    assert!(final_text(&ev).ends_with("word rest."), "{}", final_text(&ev));
+}
