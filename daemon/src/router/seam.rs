@@ -364,9 +364,7 @@ impl Seam {
             // only when all of them are seen (decided at the first piece, the second went
             // through: three breaks for two).
             let after = &self.held[raw_len_of_folded(&self.held, t.chars().count())..];
-            if self.ends_in_space
-                && after.trim_start().is_empty()
-                && after.len() <= MAX_HELD_SPACE
+            if self.ends_in_space && after.trim_start().is_empty() && after.len() <= MAX_HELD_SPACE
             {
                 self.done = false;
                 return Text::default();
@@ -766,11 +764,17 @@ mod tests {
         }
         // The next line's indentation still comes through, in its own piece too.
         assert_eq!(
-            seen("    return a + b\n\n", &["return a + b\n", "\n", "    def g():"]),
+            seen(
+                "    return a + b\n\n",
+                &["return a + b\n", "\n", "    def g():"]
+            ),
             "    return a + b\n\n    def g():"
         );
         // A repeat and breaks, then the end: nothing more to show.
-        assert_eq!(seen("It ends here.\n\n", &["ends here.\n"]), "It ends here.\n\n");
+        assert_eq!(
+            seen("It ends here.\n\n", &["ends here.\n"]),
+            "It ends here.\n\n"
+        );
     }
 
     #[test]

@@ -3960,7 +3960,10 @@ async fn a_long_answer_cut_waits_for_short_retry_afters_like_a_young_one() {
     }
     long.push((
         10,
-        Err(ProviderError::new(ErrorKind::Network, "connection lost mid-stream")),
+        Err(ProviderError::new(
+            ErrorKind::Network,
+            "connection lost mid-stream",
+        )),
     ));
     let limited = || Step::Fail(err(ErrorKind::RateLimited, Some(1)));
     h.scripts[0].push([Step::Stream(long)]);
@@ -3970,5 +3973,9 @@ async fn a_long_answer_cut_waits_for_short_retry_afters_like_a_young_one() {
     }
     let ev = ask(&h.router, req("q")).await;
     assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
-    assert!(final_text(&ev).ends_with("word rest."), "{}", final_text(&ev));
+    assert!(
+        final_text(&ev).ends_with("word rest."),
+        "{}",
+        final_text(&ev)
+    );
 }
