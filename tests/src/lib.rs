@@ -373,6 +373,17 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemon's `GET /metrics` text at `base` (its HTTP front end).
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    let resp = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200, "GET /metrics");
+    resp.text().await.expect("the metrics' text")
+}
+
 /// A protocol client speaking frames directly.
 pub struct RawClient {
     /// The framed connection after the hello.

@@ -634,15 +634,9 @@ async fn large_requests_share_a_memory_budget_and_small_ones_get_through() {
     let held_now = || {
         let (http, base) = (http.clone(), base.clone());
         async move {
-            let text = http
-                .get(format!("{base}/metrics"))
-                .send()
+            mythos_tests::metrics_text(&http, &base)
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
+                .lines()
                 .find_map(|l| l.strip_prefix("mythos_request_memory_bytes "))
                 .and_then(|v| v.parse::<f64>().ok())
                 .expect("mythos_request_memory_bytes") as usize

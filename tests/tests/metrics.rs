@@ -103,14 +103,7 @@ async fn a_burst_goes_out_in_few_writes() {
     let (base, token) = env.http();
     let http = reqwest::Client::new();
     let writes = || async {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = mythos_tests::metrics_text(&http, &base).await;
         let m = parse_exposition(&text).unwrap();
         let get = |front: &str| m[&format!("mythos_client_writes_total{{front=\"{front}\"}}")];
         (get("socket"), get("http"))
