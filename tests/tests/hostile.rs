@@ -792,3 +792,56 @@ async fn large_requests_share_a_memory_budget_and_small_ones_get_through() {
         assert!(peak < 200, "the daemon peaked at {peak} MiB");
     }
 }
+
+/// Idle TCP connections to the HTTP front end past the daemon's file-descriptor limit must not
+/// lock an editor or agent out: a request made behind a few hundred of them is answered at once
+/// (the connection cap, scaled to the limit, pushes idle ones out before descriptors run out),
+/// and the log does not fill with accept errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_past_the_fd_limit_do_not_lock_users_out() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let daemon = env.start_daemon_with_fd_limit(&[], 256);
+    let (base, token) = env.http();
+    let addr = base.trim_start_matches("http://").to_string();
+    // Connected by the kernel (the listener's backlog), never a byte sent: far more than the
+    // daemon can hold open.
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({
+                    "model": "mythos",
+                    "messages": [{"role": "user", "content": "still there?"}],
+                })
+                .to_string(),
+            )
+            .send(),
+    )
+    .await
+    .expect("the request was not answered within 30 s")
+    .expect("request");
+    let waited = started.elapsed();
+    assert_eq!(reply.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&reply.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"].as_str(),
+        Some(answer_for("still there?").as_str())
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "answered only after {waited:?} behind idle connections"
+    );
+    drop(idle);
+    assert!(daemon.stop().success());
+    let log = read_logs(&env.state);
+    assert!(log.matches("HTTP accept failed").count() <= 1, "{log}");
+}
