@@ -82,6 +82,9 @@ fn private_files() {
     }
 }
 
+/// Days of daily log files kept in the state directory's `logs/`.
+const LOG_DAYS: usize = 14;
+
 /// One descriptor per connection and per upstream stream: raise the soft limit to the hard one
 /// (often 1,024 against 500,000), so a busy machine runs out of neither. Returns the limit.
 fn raise_fd_limit() -> Option<u64> {
@@ -145,6 +148,8 @@ fn main() -> ExitCode {
     let appender = tracing_appender::rolling::RollingFileAppender::builder()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("mythosd.log")
+        // A service runs for months: the oldest days go, at start-up and at each new day.
+        .max_log_files(LOG_DAYS)
         .build(&log_dir);
     let log_file_ok = appender.is_ok();
     let appender: Box<dyn std::io::Write + Send> = match appender {

@@ -21,8 +21,13 @@ use crate::router::RecordSink;
 /// Schema version in `PRAGMA user_version`. Migrations go in [`migrate`].
 const SCHEMA_VERSION: i64 = 1;
 
-/// Request records older than this are deleted at start-up (`why` and `usage` look back less).
+/// Request records older than this are deleted, at start-up and then every
+/// [`PRUNE_EVERY`] while requests are written (`why` and `usage` look back less).
 pub const RECORD_DAYS: u64 = 90;
+
+/// How often a running daemon deletes records past [`RECORD_DAYS`]: a service that is never
+/// restarted would otherwise keep every request it ever served.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Why the state database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -176,14 +181,16 @@ pub struct Loaded {
 impl StateStore {
     /// Open (or create) the database at `path` and start its thread.
     pub fn open(path: &Path) -> Result<(StateStore, Loaded, JoinHandle<()>), StateError> {
-        Self::open_with(path, WRITE_WINDOW, None, lock(path)?)
+        Self::open_with(path, WRITE_WINDOW, PRUNE_EVERY, None, lock(path)?)
     }
 
-    /// [`StateStore::open`], with writes waiting up to `window` for more; `parked` hears each
-    /// time the thread starts such a wait (tests).
+    /// [`StateStore::open`], with writes waiting up to `window` for more and old records
+    /// deleted every `prune_every`; `parked` hears each time the thread starts such a wait
+    /// (tests).
     fn open_with(
         path: &Path,
         window: Duration,
+        prune_every: Duration,
         parked: Option<std_mpsc::Sender<()>>,
         lock: std::fs::File,
     ) -> Result<(StateStore, Loaded, JoinHandle<()>), StateError> {
@@ -193,14 +200,7 @@ impl StateStore {
         };
         let conn = Connection::open(path).map_err(err)?;
         migrate(&conn).map_err(err)?;
-        let cutoff =
-            mythos_protocol::clock::now_unix_ms().saturating_sub(RECORD_DAYS * 86_400_000) as i64;
-        let pruned = conn
-            .execute("DELETE FROM requests WHERE unix_ms < ?1", params![cutoff])
-            .map_err(err)?;
-        if pruned > 0 {
-            tracing::info!(pruned, days = RECORD_DAYS, "deleted old request records");
-        }
+        prune(&conn).map_err(err)?;
         let health = load_health(&conn).map_err(err)?;
         let next_record: u64 = conn
             .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM requests", [], |r| {
@@ -211,7 +211,7 @@ impl StateStore {
         let thread = std::thread::Builder::new()
             .name("mythosd-state".into())
             .spawn(move || {
-                let closed = run(conn, rx, window, parked);
+                let closed = run(conn, rx, window, prune_every, parked);
                 // Held until the last write is on disk and the database is closed.
                 drop(lock);
                 if let Some(ack) = closed {
@@ -248,7 +248,7 @@ impl StateStore {
             })
         };
         let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-        match Self::open_with(path, WRITE_WINDOW, None, copy()?) {
+        match Self::open_with(path, WRITE_WINDOW, PRUNE_EVERY, None, copy()?) {
             Ok((s, l, t)) => {
                 let note = empty.then(|| {
                     format!(
@@ -279,7 +279,7 @@ impl StateStore {
                         source: rusqlite::Error::ToSqlConversionFailure(Box::new(m)),
                     });
                 }
-                let (s, l, t) = Self::open_with(path, WRITE_WINDOW, None, copy()?)?;
+                let (s, l, t) = Self::open_with(path, WRITE_WINDOW, PRUNE_EVERY, None, copy()?)?;
                 let note = format!(
                     "the state database was unreadable ({}): it was moved to {} and a fresh \
                      one started, so provider health and history start over",
@@ -430,13 +430,29 @@ fn gather(
     }
 }
 
+/// Delete the records from before the day [`RECORD_DAYS`] ago began (by the indexed `day`
+/// column: no scan of the table).
+fn prune(conn: &Connection) -> rusqlite::Result<()> {
+    let cutoff = mythos_protocol::clock::now_unix_ms().saturating_sub(RECORD_DAYS * 86_400_000);
+    let pruned = conn.execute(
+        "DELETE FROM requests WHERE day < ?1",
+        params![utc_day(cutoff)],
+    )?;
+    if pruned > 0 {
+        tracing::info!(pruned, days = RECORD_DAYS, "deleted old request records");
+    }
+    Ok(())
+}
+
 fn run(
     mut conn: Connection,
     rx: std_mpsc::Receiver<Cmd>,
     mut window: Duration,
+    prune_every: Duration,
     parked: Option<std_mpsc::Sender<()>>,
 ) -> Option<oneshot::Sender<()>> {
     let mut closing = None;
+    let mut pruned_at = Instant::now();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         gather(&rx, &mut batch, window, parked.as_ref());
@@ -463,6 +479,12 @@ fn run(
         })();
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write state");
+        }
+        if pruned_at.elapsed() >= prune_every {
+            pruned_at = Instant::now();
+            if let Err(e) = prune(&conn) {
+                tracing::warn!(error = %e, "cannot delete old request records");
+            }
         }
         for cmd in replies {
             match cmd {
@@ -735,6 +757,35 @@ mod tests {
         assert_eq!(rows[0].cached_tokens, 82_000);
     }
 
+    /// A daemon run as a service for months keeps [`RECORD_DAYS`] of history, not every
+    /// request it ever served: old records go while it runs, not only at its next start.
+    #[tokio::test]
+    async fn records_past_the_kept_days_are_deleted_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, _, _thread) = StateStore::open_with(
+            &path,
+            Duration::ZERO,
+            Duration::ZERO,
+            None,
+            lock(&path).unwrap(),
+        )
+        .unwrap();
+        let now = mythos_protocol::clock::now_unix_ms();
+        let mut old = record_with_id(1);
+        old.unix_ms = now - (RECORD_DAYS + 2) * 86_400_000;
+        store.record(old);
+        assert_eq!(
+            store.why(Some(1)).await.map(|r| r.id),
+            None,
+            "kept past its days"
+        );
+        let mut recent = record_with_id(2);
+        recent.unix_ms = now - (RECORD_DAYS - 2) * 86_400_000;
+        store.record(recent);
+        assert_eq!(store.why(Some(2)).await.map(|r| r.id), Some(2));
+    }
+
     fn record_with_id(id: u64) -> RequestRecord {
         RequestRecord {
             id,
@@ -763,7 +814,8 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let (parked_tx, parked) = std_mpsc::channel();
         let (store, _, thread) =
-            StateStore::open_with(&path, hour, Some(parked_tx), lock(&path).unwrap()).unwrap();
+            StateStore::open_with(&path, hour, hour, Some(parked_tx), lock(&path).unwrap())
+                .unwrap();
         for id in 1..=3 {
             store.record(record_with_id(id));
         }
@@ -793,7 +845,7 @@ mod tests {
         let path = dir.path().join("state.db");
         let hour = Duration::from_secs(3600);
         let (store, _, _thread) =
-            StateStore::open_with(&path, hour, None, lock(&path).unwrap()).unwrap();
+            StateStore::open_with(&path, hour, hour, None, lock(&path).unwrap()).unwrap();
         store.stop_waiting();
         // Taken in: the record below comes in a batch of its own.
         store.flush().await;

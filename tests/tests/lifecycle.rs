@@ -161,6 +161,31 @@ async fn a_restart_keeps_the_pause() {
     );
 }
 
+/// A daemon run as a service for months keeps two weeks of logs, not every day it ran.
+#[test]
+fn old_log_files_are_deleted() {
+    let env = TestEnv::new();
+    let logs = env.state.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for day in 1..=30 {
+        std::fs::write(logs.join(format!("mythosd.log.2026-01-{day:02}")), "old\n").unwrap();
+    }
+    // Not ours: left alone whatever its age.
+    std::fs::write(logs.join("notes.txt"), "mine\n").unwrap();
+    let daemon = env.start_daemon(&["--simulate"]);
+    assert!(daemon.stop().success());
+    let names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let kept = names
+        .iter()
+        .filter(|n| n.starts_with("mythosd.log"))
+        .count();
+    assert!((1..=14).contains(&kept), "{kept} log files kept: {names:?}");
+    assert!(names.iter().any(|n| n == "notes.txt"), "{names:?}");
+}
+
 #[test]
 fn a_bad_config_file_names_the_file_line_and_field() {
     let env = TestEnv::new();
