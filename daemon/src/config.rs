@@ -792,7 +792,7 @@ impl Config {
             providers.push(c);
         }
         // Extra endpoints, in file order after the built-ins.
-        for p in &parsed.providers {
+        for (index, p) in parsed.providers.iter().enumerate() {
             if !from_file.contains_key(&p.name.to_ascii_lowercase()) || !p.enabled {
                 continue;
             }
@@ -800,9 +800,11 @@ impl Config {
             let preset = crate::presets::find(&p.name);
             let need = |field: &str, v: Option<String>| {
                 v.ok_or_else(|| {
+                    // The field is missing, so the entry's name is where to look.
                     err(format!(
-                        "provider `{}` needs `{field}` (built-ins and presets have defaults: \
+                        "{}provider `{}` needs `{field}` (built-ins and presets have defaults: \
                          anthropic, deepseek, openai, gemini, {})",
+                        check.at("provider", Some(index), "name"),
                         p.name,
                         crate::presets::PRESETS
                             .iter()
@@ -900,9 +902,28 @@ impl Config {
             tool_stall_timeout: ms(r.tool_stall_timeout_ms, d.tool_stall_timeout),
         };
         if routing.watchdog_floor > routing.watchdog_ceiling {
-            return Err(err(
-                "routing.watchdog_floor_ms is larger than routing.watchdog_ceiling_ms".into(),
-            ));
+            // Both set was refused with its line by the checker: one of them is the default.
+            let (floor, ceiling) = (
+                routing.watchdog_floor.as_millis(),
+                routing.watchdog_ceiling.as_millis(),
+            );
+            return Err(if r.watchdog_floor_ms.is_some() {
+                check.fail(
+                    "routing",
+                    None,
+                    "watchdog_floor_ms",
+                    format!(
+                        "= {floor} is larger than watchdog_ceiling_ms ({ceiling}, the default)"
+                    ),
+                )
+            } else {
+                check.fail(
+                    "routing",
+                    None,
+                    "watchdog_ceiling_ms",
+                    format!("= {ceiling} is less than watchdog_floor_ms ({floor}, the default)"),
+                )
+            });
         }
         let listen_env = env(crate::http::config::LISTEN_ENV);
         let http = parsed
@@ -1344,8 +1365,33 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
     in_table(doc.as_table(), offset, "")
 }
 
+/// Where a `provider` written as one table (`[provider]`, `provider = {...}`) starts, if it is:
+/// serde's "invalid type: map, expected a sequence" at line 1 did not say which key, nor how
+/// to write it.
+fn single_provider_table(text: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let (key, item) = doc.as_table().get_key_value("provider")?;
+    if item.is_array_of_tables() || item.is_array() {
+        return None;
+    }
+    item.is_table_like()
+        .then(|| key.span().or_else(|| item.span()))
+        .flatten()
+        .map(|span| span.start)
+}
+
 fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| {
+        if let Some(offset) = single_provider_table(text) {
+            return ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{}: provider: each provider is an entry of a list: write its table \
+                     `[[provider]]`, with double brackets",
+                    line_col(text, offset)
+                ),
+            };
+        }
         // One line, compiler style: "line 3, column 1: unknown field `x`, expected ...". The
         // daemon reports start-up errors on a single line, and editors jump to line:column.
         let message = match e.span() {
@@ -1818,6 +1864,52 @@ priority = 7
 
         let e = load("[[provider]]\nname = \"x\"\nmodel = \"m\"\n", &env).unwrap_err();
         assert!(e.to_string().contains("base_url"), "{e}");
+    }
+
+    /// Three mistakes were reported without their line: an entry missing its `base_url` or
+    /// `model` (the file, then the message, with nothing to find it by in a file of ten
+    /// providers), a watchdog floor above the default ceiling (or a ceiling below the default
+    /// floor), and `[provider]` written with single brackets ("line 1, column 1: invalid
+    /// type: map, expected a sequence", naming neither the key nor the fix).
+    #[test]
+    fn missing_fields_defaults_and_single_brackets_are_reported_with_their_line() {
+        let env = env_of(&[]);
+        for (text, line, what) in [
+            (
+                "[[provider]]\nname = \"ollama\"\n\n[[provider]]\nname = \"x\"\nmodel = \"m\"\n",
+                5,
+                "provider `x` needs `base_url`",
+            ),
+            (
+                "[[provider]]\nname = \"ollama\"\n\n[[provider]]\nname = \"x\"\nbase_url = \"http://h\"\n",
+                5,
+                "provider `x` needs `model`",
+            ),
+            (
+                "[routing]\nstall_timeout_ms = 1000\nwatchdog_floor_ms = 70000\n",
+                3,
+                "watchdog_floor_ms = 70000 is larger than watchdog_ceiling_ms (60000, the default)",
+            ),
+            (
+                "[routing]\nwatchdog_ceiling_ms = 1000\n",
+                2,
+                "watchdog_ceiling_ms = 1000 is less than watchdog_floor_ms (5000, the default)",
+            ),
+            (
+                "[routing]\ncooldown_secs = 5\n\n[provider]\nname = \"ollama\"\n",
+                4,
+                "write its table `[[provider]]`",
+            ),
+            ("provider = { name = \"ollama\" }\n", 1, "`[[provider]]`"),
+        ] {
+            let e = load(text, &env).unwrap_err().to_string();
+            assert!(e.contains(&format!("line {line},")), "{text}: {e}");
+            assert!(e.contains(what), "{text}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // Written right, the same entries load.
+        let c = load("[[provider]]\nname = \"ollama\"\n", &env).unwrap();
+        assert_eq!(c.providers.len(), 1);
     }
 
     /// An empty name, model or key, or a control character in one, was accepted: `ESC [ 2J`
