@@ -395,18 +395,25 @@ async fn run(
     if owns_state {
         let _ = std::fs::remove_file(&address_file);
     }
-    if let Some(listener) = mythosd::http::bind(&prepared.config.http).await {
-        if let Err(e) = mythosd::http::start(
-            ctx.clone(),
-            prepared.config.http.clone(),
-            listener,
-            &opts.state_dir,
-            owns_state,
-        )
-        .await
-        {
-            tracing::error!(error = %e, "the HTTP front end cannot start");
+    match mythosd::http::bind(&prepared.config.http).await {
+        Ok(Some(listener)) => {
+            if let Err(e) = mythosd::http::start(
+                ctx.clone(),
+                prepared.config.http.clone(),
+                listener,
+                &opts.state_dir,
+                owns_state,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "the HTTP front end cannot start");
+                ctx.add_note(format!("the HTTP front end cannot start: {e}"));
+            }
         }
+        Ok(None) => {}
+        // Said in `status` and `/health` too: otherwise only `mythos env` failing, or an
+        // agent's connection refused, told that the port was taken.
+        Err(note) => ctx.add_note(note),
     }
     app::spawn_health_saver(ctx.clone());
     // Set when the socket file was seen removed or replaced: any file at the path by shutdown

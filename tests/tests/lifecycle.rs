@@ -218,6 +218,26 @@ fn with_no_keys_the_simulated_providers_answer() {
     assert!(out.status.success());
 }
 
+/// A daemon whose HTTP port another program holds serves its socket clients, as it should,
+/// but only its log said that agents could not reach it: `status` and `/health` were silent,
+/// and `mythos env` failed with "not listening". The reason is now a note in `status`.
+#[test]
+fn a_taken_http_port_is_said_in_status() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut env = TestEnv::new();
+    env.var("MYTHOS_HTTP_LISTEN", addr.to_string());
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env.mythos(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("note: the HTTP front end cannot listen on {addr}")),
+        "{text}"
+    );
+    drop(taken);
+}
+
 #[test]
 fn the_demo_shows_routing_and_failover() {
     let env = TestEnv::new();

@@ -116,18 +116,24 @@ pub async fn begin(
     Ok((routed, head))
 }
 
-/// Bind the front end's listener as configured, or `None` (logged) when it is off or the
-/// address is taken: the socket clients work either way, so a busy port never stops the daemon.
-pub async fn bind(cfg: &HttpConfig) -> Option<tokio::net::TcpListener> {
+/// Bind the front end's listener as configured: `Ok(None)` when it is off, and an error
+/// (logged, and a note for `status` and `/health`) when the address is taken: the socket
+/// clients work either way, so a busy port never stops the daemon.
+pub async fn bind(cfg: &HttpConfig) -> Result<Option<tokio::net::TcpListener>, String> {
     if !cfg.enabled {
-        return None;
+        return Ok(None);
     }
     match tokio::net::TcpListener::bind(cfg.listen).await {
-        Ok(l) => Some(l),
+        Ok(l) => Ok(Some(l)),
         Err(e) => {
             tracing::warn!(listen = %cfg.listen, error = %e,
                            "the HTTP front end cannot listen; agents cannot reach this daemon over HTTP");
-            None
+            Err(format!(
+                "the HTTP front end cannot listen on {}: {e}; agents cannot reach this daemon \
+                 over HTTP (another program holds the port? set `[http] listen` or \
+                 MYTHOS_HTTP_LISTEN to a free address)",
+                cfg.listen
+            ))
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct Context {
     pub memory: Arc<memory::RequestMemory>,
     /// Things the user should know about the daemon itself (state recovered, ...), for status.
     pub notes: Vec<String>,
+    /// Things learnt about the daemon itself after it started (its HTTP port taken), for
+    /// status.
+    later_notes: std::sync::Mutex<Vec<String>>,
     /// What the config in force, and the last reload, left the user to fix (providers without
     /// their key, a refused reload), for status; replaced on every reload.
     config_notes: std::sync::Mutex<ConfigNotes>,
@@ -76,6 +79,7 @@ impl Context {
             conns: limits::ConnTable::new(crate::config::ServerConfig::default().max_connections),
             memory: memory::RequestMemory::new(memory::DEFAULT_MIB << 20),
             notes: Vec::new(),
+            later_notes: std::sync::Mutex::default(),
             config_notes: std::sync::Mutex::default(),
             state,
             shutdown_requested: CancellationToken::new(),
@@ -112,11 +116,25 @@ impl Context {
     /// What the user should know about this daemon's set-up: a state database moved aside,
     /// providers skipped for want of a key, a refused reload (for `status` and `/health`).
     pub fn notes(&self) -> Vec<String> {
+        let later = self
+            .later_notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.notes
             .iter()
             .cloned()
+            .chain(later)
             .chain(self.config_notes_lock().all())
             .collect()
+    }
+
+    /// Add a note about the daemon itself, for `status` and `/health`.
+    pub fn add_note(&self, note: String) {
+        self.later_notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(note);
     }
 
     /// The router in force (replaced on config reload; running streams keep the old one).
