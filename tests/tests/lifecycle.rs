@@ -218,6 +218,33 @@ fn with_no_keys_the_simulated_providers_answer() {
     assert!(out.status.success());
 }
 
+/// The first `mythos` command starts the daemon from the shell it runs in; a key exported
+/// after that is not the daemon's. `status` said "no API keys found: set ANTHROPIC_API_KEY"
+/// with that very variable set: it now says the daemon was started without it.
+#[test]
+fn a_key_exported_after_the_daemon_started_is_named_in_status() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&[]);
+    let out = env
+        .command("mythos")
+        .env("ANTHROPIC_API_KEY", "sk-ant-exported-later-0123456789")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("this shell has ANTHROPIC_API_KEY, but mythosd was started without it")
+            && text.contains("mythos daemon restart"),
+        "{text}"
+    );
+    assert!(!text.contains("no API keys found"), "{text}");
+    assert!(!text.contains("exported-later"), "never the key: {text}");
+    // Without the variable, the usual advice.
+    let text = String::from_utf8(env.mythos(&["status"]).stdout).unwrap();
+    assert!(text.contains("no API keys found"), "{text}");
+}
+
 /// A daemon whose HTTP port another program holds serves its socket clients, as it should,
 /// but only its log said that agents could not reach it: `status` and `/health` were silent,
 /// and `mythos env` failed with "not listening". The reason is now a note in `status`.

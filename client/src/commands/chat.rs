@@ -576,7 +576,13 @@ impl Session<'_> {
         if demo {
             line.push_str(" · private demo daemon");
         } else if report.simulated {
-            line.push_str(" · simulated (set an API key for real providers)");
+            match self.keys_here().as_slice() {
+                [] => line.push_str(" · simulated (set an API key for real providers)"),
+                keys => line.push_str(&format!(
+                    " · simulated: mythosd was started without {} (`mythos daemon restart`)",
+                    keys.join(", ")
+                )),
+            }
         }
         print(&format!(
             "{}\n{}\n",
@@ -607,7 +613,17 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        print(&status_text(&report, Style::stdout()))
+        print(&status_text(&report, Style::stdout(), &self.keys_here()))
+    }
+
+    /// The key variables of this shell the daemon may lack (none for the private demo daemon,
+    /// which is never given them).
+    fn keys_here(&self) -> Vec<&'static str> {
+        if self.demo {
+            Vec::new()
+        } else {
+            crate::render::env_keys()
+        }
     }
 
     fn fault(&mut self, provider: String, fault: &str) -> Result<(), Failure> {

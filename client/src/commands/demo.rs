@@ -346,7 +346,7 @@ async fn tour(daemon: &PrivateDaemon, style: Style) -> Result<u8, Failure> {
     heading(style, "5/5", "What the daemon learned")?;
     print(&format!("{}\n", style.dim("$ mythos status")))?;
     let report = status::fetch(&mut conn).await?;
-    print(&status_text(&report, style))?;
+    print(&status_text(&report, style, &[]))?;
     print(&format!("\n{}\n", style.dim("$ mythos why last")))?;
     let rec = why::fetch(&mut conn, why::RecordSel::Last).await?;
     print(&why::text(&rec, style))?;

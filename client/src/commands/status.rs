@@ -53,6 +53,10 @@ pub fn show(report: &StatusReport, json: bool) -> Result<(), Failure> {
     if json {
         print_json(report)
     } else {
-        print(&status_text(report, Style::stdout()))
+        print(&status_text(
+            report,
+            Style::stdout(),
+            &crate::render::env_keys(),
+        ))
     }
 }

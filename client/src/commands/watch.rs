@@ -57,7 +57,7 @@ pub async fn run(g: &Globals, interval: Duration, count: Option<u64>) -> Result<
             // Raw mode: a bare \n would not return the carriage.
             format!(
                 "{CLEAR}{}{}\n{footer}\n",
-                status_text(&report, Style::stdout()),
+                status_text(&report, Style::stdout(), &crate::render::env_keys()),
                 failovers_text(&report)
             )
             .replace('\n', "\r\n")

@@ -51,6 +51,57 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// The API key variables the daemon reads, named in hints.
 pub const KEY_VARS: &str = "ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY";
 
+/// Every variable from which the daemon registers a provider when it starts.
+const ALL_KEY_VARS: [&str; 12] = [
+    "ANTHROPIC_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENROUTER_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "XAI_API_KEY",
+    "TOGETHER_API_KEY",
+    "FIREWORKS_API_KEY",
+    "CEREBRAS_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+];
+
+/// The key variables set in `env` (this client's environment): the daemon reads its own once,
+/// when it starts, so a key exported after a command started it is not the daemon's. The
+/// daemon's own token (`eval "$(mythos env openai)"`) is no key.
+pub fn keys_in_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<&'static str> {
+    ALL_KEY_VARS
+        .into_iter()
+        .filter(|k| env(k).is_some_and(|v| !v.trim().is_empty() && !v.starts_with("mythos-")))
+        .collect()
+}
+
+/// [`keys_in_env`] of this process's environment.
+pub fn env_keys() -> Vec<&'static str> {
+    keys_in_env(&|k| std::env::var(k).ok())
+}
+
+/// The line that says the daemon runs on its simulated providers, and what to do about it. A
+/// user who exported a key after the first `mythos` command started the daemon was told "no
+/// API keys found: set ANTHROPIC_API_KEY..." with that very variable set in the shell.
+pub fn simulated_note(keys_here: &[&str], service: bool) -> String {
+    if keys_here.is_empty() {
+        return format!("simulated providers (no API keys found: set {KEY_VARS})");
+    }
+    let how = if service {
+        "put it in the service's environment (~/.config/mythos/env), then run `mythos daemon \
+         restart`"
+    } else {
+        "run `mythos daemon restart` from this shell to use it"
+    };
+    format!(
+        "simulated providers: this shell has {}, but mythosd was started without it (it reads \
+         keys when it starts): {how}",
+        keys_here.join(", ")
+    )
+}
+
 /// Whether (and how) to style text for one output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
@@ -401,6 +452,37 @@ fn local_civil(secs: i64) -> Option<(i64, u32, u32, u32, u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon a `mythos` command started before the user exported a key runs on simulated
+    /// providers, and `status` said "no API keys found: set ANTHROPIC_API_KEY" with that very
+    /// variable set in the shell: it now says the daemon lacks it, and how to fix that.
+    #[test]
+    fn the_simulated_note_names_keys_this_shell_has_and_the_daemon_lacks() {
+        let env = |k: &str| match k {
+            "ANTHROPIC_API_KEY" => Some("sk-ant-xyz".to_string()),
+            "GROQ_API_KEY" => Some("gsk_abc".to_string()),
+            // `eval "$(mythos env openai)"`: the daemon's own token, no key.
+            "OPENAI_API_KEY" => Some("mythos-0123abcd".to_string()),
+            "DEEPSEEK_API_KEY" => Some("  ".to_string()),
+            _ => None,
+        };
+        let keys = keys_in_env(&env);
+        assert_eq!(keys, ["ANTHROPIC_API_KEY", "GROQ_API_KEY"]);
+        let note = simulated_note(&keys, false);
+        assert!(
+            note.contains("this shell has ANTHROPIC_API_KEY, GROQ_API_KEY")
+                && note.contains("mythos daemon restart")
+                && !note.contains("no API keys found"),
+            "{note}"
+        );
+        assert!(!note.contains("sk-ant"), "never a key's value: {note}");
+        let service = simulated_note(&keys, true);
+        assert!(service.contains("~/.config/mythos/env"), "{service}");
+        assert_eq!(
+            simulated_note(&keys_in_env(&|_| None), false),
+            format!("simulated providers (no API keys found: set {KEY_VARS})")
+        );
+    }
 
     #[test]
     fn small_formats() {

@@ -2,7 +2,7 @@
 
 use mythos_protocol::{BreakerState, StatusReport, UsageReport};
 
-use super::{fmt_cost, fmt_count, fmt_duration_ms, fmt_uptime, fmt_wait_ms, Style, KEY_VARS};
+use super::{fmt_cost, fmt_count, fmt_duration_ms, fmt_uptime, fmt_wait_ms, Style};
 
 /// Colour of a table cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,14 +153,21 @@ fn opt_ms(v: Option<f64>) -> String {
 
 /// `mythos status`: a header line, the simulated-mode note, the provider table and the last
 /// error of each provider that has one. On a terminal, the table leaves out what does not fit.
-pub fn status_text(report: &StatusReport, style: Style) -> String {
+/// `keys_here` are the key variables set in this client's environment (see
+/// [`super::keys_in_env`]; none for a private daemon, which never sees them).
+pub fn status_text(report: &StatusReport, style: Style, keys_here: &[&str]) -> String {
     let width =
         std::io::IsTerminal::is_terminal(&std::io::stdout()).then(super::markdown::terminal_width);
-    status_text_in(report, style, width)
+    status_text_in(report, style, width, keys_here)
 }
 
 /// [`status_text`] for a terminal `width` columns wide (`None`: every column).
-pub fn status_text_in(report: &StatusReport, style: Style, width: Option<usize>) -> String {
+pub fn status_text_in(
+    report: &StatusReport,
+    style: Style,
+    width: Option<usize>,
+    keys_here: &[&str],
+) -> String {
     let mut out = format!(
         "mythosd {} · pid {} · up {} · {} in flight\n",
         report.build,
@@ -169,9 +176,8 @@ pub fn status_text_in(report: &StatusReport, style: Style, width: Option<usize>)
         report.in_flight
     );
     if report.simulated {
-        out.push_str(&style.yellow(&format!(
-            "simulated providers (no API keys found: set {KEY_VARS})"
-        )));
+        let note = super::simulated_note(keys_here, report.restart_command.is_some());
+        out.push_str(&style.yellow(&note));
         out.push('\n');
     }
     for note in &report.notes {
@@ -492,7 +498,7 @@ mod tests {
             recent_failovers: Vec::new(),
             restart_command: None,
         };
-        let text = status_text_in(&report, Style::PLAIN, None);
+        let text = status_text_in(&report, Style::PLAIN, None, &[]);
         let expected = "\
 mythosd 0.1.0 · pid 4242 · up 3 m 12 s · 1 in flight
 simulated providers (no API keys found: set ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY)
@@ -506,7 +512,7 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
 ";
         assert_eq!(text, expected);
         // Colour never changes the layout: strip the escapes and compare.
-        let colored = status_text_in(&report, Style::COLOR, None);
+        let colored = status_text_in(&report, Style::COLOR, None, &[]);
         assert!(colored.contains("\x1b[33mrate limited"));
         assert_eq!(strip_ansi(&colored), expected);
     }
