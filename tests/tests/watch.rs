@@ -134,4 +134,20 @@ fn watch_piped_prints_plain_lines() {
         lines[0].contains("sim-anthropic state=healthy score="),
         "{text}"
     );
+
+    // Once a provider announced quotas of several kinds (sim-anthropic: requests, input and
+    // output tokens), each line still splits on spaces into its seven fields: `input
+    // tokens:200000` made it eight and put a field without its `=`.
+    let ask = env.mythos(&["ask", "--provider", "sim-anthropic", "hi"]);
+    assert!(ask.status.success(), "{ask:?}");
+    let out = env.mythos(&["status", "--watch", "--count", "1"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("sim-anthropic"))
+        .expect("a line for sim-anthropic");
+    assert!(line.contains("input_tokens:"), "{line}");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 7, "{line}");
+    assert!(fields[2..].iter().all(|f| f.contains('=')), "{line}");
 }

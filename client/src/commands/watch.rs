@@ -117,7 +117,8 @@ fn plain_lines(report: &StatusReport) -> String {
         let quota = p
             .quotas
             .iter()
-            .map(|q| format!("{}:{}", q.what, q.remaining))
+            // `input tokens` is two words: one field per line item, so `_`.
+            .map(|q| format!("{}:{}", q.what.replace(' ', "_"), q.remaining))
             .collect::<Vec<_>>()
             .join(",");
         out.push_str(&format!(
