@@ -207,7 +207,9 @@ struct ChatArgs {
 struct AskArgs {
     /// The prompt; read from stdin when absent or `-`.
     #[arg(value_name = "PROMPT")]
-    prompt: Vec<String>,
+    // Bytes that are not UTF-8 (`"$(cat latin1.txt)"`) become U+FFFD, as on stdin, rather
+    // than refusing the question.
+    prompt: Vec<std::ffi::OsString>,
     /// Send to this provider only, with no fallback.
     #[arg(long, value_name = "NAME")]
     provider: Option<String>,
@@ -221,7 +223,7 @@ struct AskArgs {
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Upper bound on output tokens.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: Option<u32>,
     /// Print every stream event as one JSON object per line.
     #[arg(long)]
@@ -277,7 +279,11 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Ask(a) => rt.block_on(commands::ask::run(
             g,
             AskOptions {
-                prompt: a.prompt,
+                prompt: a
+                    .prompt
+                    .iter()
+                    .map(|w| w.to_string_lossy().into_owned())
+                    .collect(),
                 provider: a.provider,
                 model: a.model,
                 task: a.task.into(),

@@ -245,6 +245,50 @@ fn a_key_exported_after_the_daemon_started_is_named_in_status() {
     assert!(text.contains("no API keys found"), "{text}");
 }
 
+/// `mythos ask --model NAME` for a model nobody serves was told "no provider matches `NAME`;
+/// configured: sim-anthropic, ..." (provider names, for a model) and to see `mythos status`;
+/// it now lists the models. `--max-tokens 0`, which real providers refuse, is a usage error.
+#[test]
+fn an_unknown_model_lists_the_models_and_zero_max_tokens_is_refused() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env.mythos(&["ask", "--model", "gpt-nope", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no provider is configured with model `gpt-nope`")
+            && err.contains("sim-anthropic/claude-sim-1")
+            && err.contains("mythos models"),
+        "{err}"
+    );
+    let out = env.mythos(&["ask", "--provider", "nope", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no provider matches `nope`"), "{err}");
+    let out = env.mythos(&["ask", "--max-tokens", "0", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// A prompt given as arguments that is not UTF-8 (`mythos ask "$(cat latin1.txt)"`) was
+/// refused by the argument parser ("invalid UTF-8 was detected"), where the same bytes on
+/// stdin are asked with U+FFFD in their place: arguments now are too.
+#[test]
+fn a_prompt_argument_that_is_not_utf8_is_asked() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env
+        .command("mythos")
+        .arg("ask")
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9 au lait"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        answer_for("caf\u{fffd} au lait")
+    );
+}
+
 /// A daemon whose HTTP port another program holds serves its socket clients, as it should,
 /// but only its log said that agents could not reach it: `status` and `/health` were silent,
 /// and `mythos env` failed with "not listening". The reason is now a note in `status`.

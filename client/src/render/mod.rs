@@ -348,7 +348,8 @@ pub fn error_hint(
     });
     match kind {
         ErrorKind::NoProviders if pinned => Some(
-            "`mythos status` (/status in chat) lists the provider names; without a pin \
+            "`mythos status` (/status in chat) lists the provider names, `mythos models` their \
+             models; without a pin \
              (no --provider, /auto in chat) mythos chooses"
                 .to_string(),
         ),

@@ -768,22 +768,30 @@ impl Router {
                 }
             });
             let Some(i) = matching else {
-                let names: Vec<_> = self.providers.iter().map(|p| p.cfg.name.as_str()).collect();
-                let what = pin
-                    .provider
-                    .clone()
-                    .or_else(|| pin.model.clone())
-                    .unwrap_or_default();
-                return Err((
-                    ProviderError::new(
-                        ErrorKind::NoProviders,
+                let message = match (&pin.provider, &pin.model) {
+                    // A model alone (`mythos ask --model`): the models are what to choose from.
+                    (None, Some(model)) => {
+                        let models: Vec<_> = self
+                            .providers
+                            .iter()
+                            .map(|p| format!("{}/{}", p.cfg.name, p.cfg.model))
+                            .collect();
                         format!(
-                            "no provider matches `{what}`; configured: {}",
+                            "no provider is configured with model `{model}`; configured: {}",
+                            models.join(", ")
+                        )
+                    }
+                    _ => {
+                        let names: Vec<_> =
+                            self.providers.iter().map(|p| p.cfg.name.as_str()).collect();
+                        format!(
+                            "no provider matches `{}`; configured: {}",
+                            pin.provider.clone().unwrap_or_default(),
                             names.join(", ")
-                        ),
-                    ),
-                    None,
-                ));
+                        )
+                    }
+                };
+                return Err((ProviderError::new(ErrorKind::NoProviders, message), None));
             };
             // Deterministic mode: exactly what was asked for, breaker or not.
             return Ok(Plan {
