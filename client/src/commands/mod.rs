@@ -74,10 +74,42 @@ pub fn stream_failure(
 /// The failure for an answer other than the one a request expects.
 pub fn unexpected(resp: Response, wanted: &str) -> Failure {
     match resp {
+        // "no request has been routed yet", "no provider named `x`": the daemon's words say it;
+        // `bad_request:` before them was protocol jargon.
+        Response::Error {
+            kind: mythos_protocol::ErrorKind::BadRequest,
+            message,
+        } => Failure::new(message),
         Response::Error { kind, message } => Failure::new(format!("{}: {message}", kind.as_str())),
         other => Failure::new(format!(
             "protocol error: expected {wanted}, mythosd sent {}",
             response_name(&other)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mythos_protocol::ErrorKind;
+
+    #[test]
+    fn a_refused_call_shows_the_daemons_words_without_protocol_jargon() {
+        let f = unexpected(
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: "no request has been routed yet".into(),
+            },
+            "a request record",
+        );
+        assert_eq!(f.message, "no request has been routed yet");
+        let f = unexpected(
+            Response::Error {
+                kind: ErrorKind::Overloaded,
+                message: "busy".into(),
+            },
+            "a status report",
+        );
+        assert_eq!(f.message, "overloaded: busy");
     }
 }
