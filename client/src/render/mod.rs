@@ -273,6 +273,11 @@ pub fn reroute_notice(
         (" failed", ":")
     };
     match mode {
+        // A quick retry, or the only provider there is: "continuing on v" after "v failed"
+        // read as if another provider had taken over.
+        RerouteMode::Continue if from == to => {
+            format!("↪ {from}{failed}{why}{next} trying it again")
+        }
         RerouteMode::Continue => format!("↪ {from}{failed}{why}{next} continuing on {to}"),
         RerouteMode::Restart => format!("↪ {from}{failed}{why}{next} the answer restarts on {to}"),
     }
@@ -453,6 +458,18 @@ fn local_civil(secs: i64) -> Option<(i64, u32, u32, u32, u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_on_the_same_provider_is_not_called_a_move() {
+        assert_eq!(
+            reroute_notice("v", "v", "cannot connect", RerouteMode::Continue, false),
+            "↪ v failed (cannot connect): trying it again"
+        );
+        assert_eq!(
+            reroute_notice("a", "b", "cut", RerouteMode::Continue, false),
+            "↪ a failed (cut): continuing on b"
+        );
+    }
 
     /// A daemon a `mythos` command started before the user exported a key runs on simulated
     /// providers, and `status` said "no API keys found: set ANTHROPIC_API_KEY" with that very
