@@ -692,7 +692,7 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 message: format!(
                     "mythosd does not serve {} {} (it serves /v1/messages, \
                      /v1/messages/count_tokens, /v1/chat/completions, /v1/responses, /v1/models, \
-                     /health)",
+                     /health, /metrics)",
                     req.method(),
                     req.uri().path()
                 ),
