@@ -152,6 +152,9 @@ enum DaemonCommand {
     Stop,
     /// Stop the daemon, then start it again (picks up new API keys and a new binary).
     Restart,
+    /// Read the config file again without a restart (streams go on); says why if the new one is
+    /// refused, and the old one then stays. Exit status 3 if no daemon runs.
+    Reload,
     /// Show the daemon's status; exit status 3 if it is not running (never starts it).
     Status {
         /// Print the status report as JSON.
@@ -311,6 +314,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 DaemonCommand::Start => Action::Start,
                 DaemonCommand::Stop => Action::Stop,
                 DaemonCommand::Restart => Action::Restart,
+                DaemonCommand::Reload => Action::Reload,
                 DaemonCommand::Status { json } => Action::Status { json },
             };
             rt.block_on(commands::daemon::run(g, action))
@@ -446,6 +450,7 @@ mod tests {
             ("start", "Start"),
             ("stop", "Stop"),
             ("restart", "Restart"),
+            ("reload", "Reload"),
             ("status", "Status"),
         ] {
             let cli = parse(&["daemon", word]).unwrap();

@@ -344,11 +344,12 @@ pub fn plan_reload(config: &Config, old: &[ProviderConfig], simulate: bool) -> R
 /// carries over (the same book when the same providers stay, in any order; by name otherwise); a provider
 /// whose key changed gets a fresh chance after a 401. What a config that loaded leads to is
 /// [`plan_reload`]'s decision; a refused reload, like a config that does not parse, keeps the
-/// config in force, is logged as an error and noted in `status`.
-pub async fn reload(ctx: &Context, opts: &Options) {
+/// config in force, is logged as an error, noted in `status` and returned as `Err(why)`.
+pub async fn reload(ctx: &Context, opts: &Options) -> Result<(), String> {
     let refuse = |why: String| {
         tracing::error!(error = %why, "config reload failed; keeping the old config");
-        ctx.reload_refused(why);
+        ctx.reload_refused(why.clone());
+        Err(why)
     };
     let config = match Config::load(&opts.config) {
         Ok(c) => c,
@@ -388,6 +389,25 @@ pub async fn reload(ctx: &Context, opts: &Options) {
     );
     ctx.replace_router(router);
     ctx.set_config_warnings(warnings);
+    Ok(())
+}
+
+/// Carry out reloads one at a time, as they are asked for (`SIGHUP`, `mythos daemon reload`):
+/// two at once would each build a router from the one before, and the second could undo the
+/// first.
+pub fn spawn_reloader(ctx: Arc<Context>, opts: Options) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::server::ReloadAsk>(16);
+    if ctx.reloads.set(tx).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let outcome = reload(&ctx, &opts).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    });
 }
 
 #[cfg(test)]

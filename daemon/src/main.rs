@@ -354,6 +354,7 @@ async fn run(
     let ctx = prepared.ctx.clone();
     let drain = prepared.config.routing.drain_timeout;
 
+    app::spawn_reloader(ctx.clone(), opts.clone());
     // Signals: TERM/INT shut down, HUP reloads the config.
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     #[cfg(unix)]
@@ -363,13 +364,14 @@ async fn run(
             Ok(mut signals) => {
                 use futures_util::StreamExt;
                 let ctx = ctx.clone();
-                let opts = opts.clone();
                 tokio::spawn(async move {
                     let mut shutdown_tx = Some(shutdown_tx);
                     while let Some(sig) = signals.next().await {
                         if sig == SIGHUP {
                             tracing::info!("SIGHUP: reloading config");
-                            app::reload(&ctx, &opts).await;
+                            if let Some(asks) = ctx.reloads.get() {
+                                let _ = asks.send(None).await;
+                            }
                         } else if let Some(tx) = shutdown_tx.take() {
                             tracing::info!(signal = sig, "shutdown signal");
                             let _ = tx.send(());

@@ -127,7 +127,7 @@ mod tests {
         let json = serde_json::to_string(&hello).unwrap();
         assert_eq!(
             json,
-            r#"{"magic":"mythos","protocol":7,"build":"0.1.0","encodings":["bincode","json"]}"#
+            r#"{"magic":"mythos","protocol":8,"build":"0.1.0","encodings":["bincode","json"]}"#
         );
         let reply = HelloReply::Accepted {
             protocol: 1,
@@ -139,16 +139,16 @@ mod tests {
             r#"{"accepted":{"protocol":1,"build":"0.1.0","encoding":"json"}}"#
         );
         let old: HelloReply = serde_json::from_str(
-            r#"{"incompatible":{"protocol":7,"build":"9.9.9","reason":"x","later_field":1}}"#,
+            r#"{"incompatible":{"protocol":8,"build":"9.9.9","reason":"x","later_field":1}}"#,
         )
         .unwrap();
-        assert!(matches!(old, HelloReply::Incompatible { protocol: 7, .. }));
+        assert!(matches!(old, HelloReply::Incompatible { protocol: 8, .. }));
     }
 
     #[test]
     fn unknown_encodings_are_skipped_and_the_next_one_is_chosen() {
         let hello: Hello = serde_json::from_str(
-            r#"{"magic":"mythos","protocol":7,"build":"9","encodings":["msgpack","json"]}"#,
+            r#"{"magic":"mythos","protocol":8,"build":"9","encodings":["msgpack","json"]}"#,
         )
         .unwrap();
         assert_eq!(hello.encodings, [Encoding::Json]);
@@ -160,7 +160,7 @@ mod tests {
             }
         ));
         let only_new: Hello = serde_json::from_str(
-            r#"{"magic":"mythos","protocol":7,"build":"9","encodings":["cbor"]}"#,
+            r#"{"magic":"mythos","protocol":8,"build":"9","encodings":["cbor"]}"#,
         )
         .unwrap();
         match negotiate(&only_new, "d") {

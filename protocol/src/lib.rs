@@ -86,7 +86,7 @@ pub use startup::StartupLine;
 pub const MAGIC: &str = "mythos";
 
 /// Version of the message model after the hello. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Cap on a hello frame. Hellos are tiny; a larger length prefix means the peer is not a mythos
 /// client (an HTTP request's `GET ` reads as a 1.2 GB length, for instance).

@@ -49,6 +49,10 @@ pub enum Request {
     /// Where the HTTP front end listens and its token. Answered by
     /// [`crate::Response::Http`].
     Http,
+    /// Read the config file again, as `SIGHUP` does (the only way on Windows). Answered by
+    /// [`crate::Response::Ok`] once the new config is in force, or by
+    /// [`crate::Response::Error`] saying why it was refused (the old config stays).
+    Reload,
 }
 
 /// A streamed chat request.

@@ -367,6 +367,40 @@ async fn sighup_reloads_the_config_and_keeps_health() {
     drop(daemon);
 }
 
+/// A user who edits the config, with no service manager to send `SIGHUP` for them (the
+/// default set-up, and Windows), reloads it with one command and hears at once whether it took:
+/// a file with a mistake is refused with its line, and the config before it stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mythos_daemon_reload_applies_the_config_or_says_why_not() {
+    let (_mocks, env, daemon, mut c) = anthropic_paused().await;
+    env.write_config(
+        "[[provider]]\nname = \"deepseek\"\npriority = 7\nmodel = \"deepseek-reasoner\"\n",
+    );
+    let out = env.mythos(&["daemon", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config reloaded"));
+    // In force when the command returns: no waiting for it.
+    let s = c.status().await;
+    let p = s.providers.iter().find(|p| p.name == "deepseek").unwrap();
+    assert_eq!((p.model.as_str(), p.priority), ("deepseek-reasoner", 7));
+
+    env.write_config("[[provider]]\nname = \"deepseek\"\npriority = \"high\"\n");
+    let out = env.mythos(&["daemon", "reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not reloaded") && err.contains("line 3") && err.contains("priority"),
+        "{err}"
+    );
+    let s = c.status().await;
+    let p = s.providers.iter().find(|p| p.name == "deepseek").unwrap();
+    assert_eq!(p.model, "deepseek-reasoner", "the config before stays");
+    drop(daemon);
+
+    let out = env.mythos(&["daemon", "reload"]);
+    assert_eq!(out.status.code(), Some(3), "no daemon: {out:?}");
+}
+
 #[test]
 fn an_unwritable_socket_path_is_a_clear_error() {
     let mut env = TestEnv::new();

@@ -1,4 +1,4 @@
-//! `mythos daemon start|stop|restart|status`: manage the shared daemon.
+//! `mythos daemon start|stop|restart|reload|status`: manage the shared daemon.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ pub enum Action {
     Stop,
     /// Stop, then start.
     Restart,
+    /// Read the config file again.
+    Reload,
     /// Show its status without ever starting it.
     Status {
         /// As JSON.
@@ -41,6 +43,7 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
             stop(g).await?;
             start(g).await
         }
+        Action::Reload => reload(g).await,
         Action::Status { json } => match Connection::connect(&g.target).await {
             Err(ConnectError::NotRunning) => {
                 let line = "mythosd is not running";
@@ -58,6 +61,32 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
                 Ok(EXIT_OK)
             }
         },
+    }
+}
+
+/// Ask the running daemon to read its config again; never starts one (a daemon that starts
+/// reads the config as it is anyway).
+async fn reload(g: &Globals) -> Result<u8, Failure> {
+    let mut conn = match Connection::connect(&g.target).await {
+        Err(ConnectError::NotRunning) => {
+            print("mythosd is not running; it reads the config when it starts\n")?;
+            return Ok(EXIT_NOT_RUNNING);
+        }
+        Err(e) => return Err(e.into_failure(&g.target)),
+        Ok(conn) => conn,
+    };
+    match conn.call(Request::Reload).await? {
+        Response::Ok => {
+            print("config reloaded\n")?;
+            // What the new config leaves to fix (a provider without its key, ...).
+            if let Ok(report) = status::fetch(&mut conn).await {
+                for note in &report.notes {
+                    eprint_line(&format!("note: {note}"));
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        other => Err(unexpected(other, "ok").hint("fix the config file and run this again")),
     }
 }
 

@@ -643,6 +643,13 @@ async fn handle(
             Some(state) => Response::Usage(Box::new(state.usage(days).await)),
             None => no_state(),
         },
+        Request::Reload => match ctx.reload().await {
+            Ok(()) => Response::Ok,
+            Err(message) => Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: format!("the config was not reloaded: {message}"),
+            },
+        },
         Request::Http => {
             let info = ctx.front_end.get();
             Response::Http {

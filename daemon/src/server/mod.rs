@@ -61,7 +61,13 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The HTTP front end's base URL and token, once it listens (`mythos env`).
     pub front_end: std::sync::OnceLock<(String, String)>,
+    /// Where reloads are asked for (`SIGHUP`, `mythos daemon reload`), once the task that
+    /// carries them out, one at a time, runs.
+    pub reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<ReloadAsk>>,
 }
+
+/// A reload asked for; the answer, if someone waits for it, is `Err(why)` when it was refused.
+pub type ReloadAsk = Option<tokio::sync::oneshot::Sender<Result<(), String>>>;
 
 impl Context {
     /// A context around `router`.
@@ -88,6 +94,7 @@ impl Context {
             streams: TaskTracker::new(),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             front_end: std::sync::OnceLock::new(),
+            reloads: std::sync::OnceLock::new(),
         }
     }
 
@@ -164,6 +171,20 @@ impl Context {
     /// a reload succeeds.
     pub fn reload_refused(&self, why: String) {
         self.config_notes_lock().refused = Some(why);
+    }
+
+    /// Reload the config and wait for the outcome: `Err(why)` when it was refused (the config
+    /// before it stays) or no reload can be made now.
+    pub async fn reload(&self) -> Result<(), String> {
+        let Some(asks) = self.reloads.get() else {
+            return Err("the daemon is still starting; try again in a moment".into());
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if asks.send(Some(tx)).await.is_err() {
+            return Err("the daemon is stopping".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the daemon is stopping".into()))
     }
 
     fn config_notes_lock(&self) -> std::sync::MutexGuard<'_, ConfigNotes> {
