@@ -401,6 +401,54 @@ async fn mythos_daemon_reload_applies_the_config_or_says_why_not() {
     assert_eq!(out.status.code(), Some(3), "no daemon: {out:?}");
 }
 
+/// Ctrl-C on `mythos ask` mid-answer stops the provider's generation (and its bill) and ends
+/// the line with the usual exit status 130, instead of the process dying mid-line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_ask_cancels_the_request_and_ends_cleanly() {
+    let mocks = Mocks::start().await;
+    mocks.anthropic.set_delays(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(200),
+    );
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let child = env
+        .command("mythos")
+        .args(["ask", "tell me a long story"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut streaming = false;
+    for _ in 0..500 {
+        if mocks.anthropic.stats().active == 1 {
+            streaming = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(streaming, "the answer never started");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+    let mut aborted = false;
+    for _ in 0..500 {
+        if mocks.anthropic.stats().aborted == 1 {
+            aborted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(aborted, "the provider went on generating");
+}
+
 #[test]
 fn an_unwritable_socket_path_is_a_clear_error() {
     let mut env = TestEnv::new();

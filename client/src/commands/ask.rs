@@ -76,7 +76,9 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
                     printer.event(ev)
                 }
             };
-            stream::run(&mut conn, req, false, &mut sink).await
+            // Ctrl-C cancels the request (the provider stops generating, and billing, at
+            // once) and ends the line, rather than killing the process mid-line.
+            stream::run(&mut conn, req, true, &mut sink).await
         };
         // The daemon went away mid-answer: the error goes on a line of its own, not glued to
         // the last word printed.
@@ -96,7 +98,12 @@ pub async fn run(g: &Globals, opts: AskOptions) -> Result<u8, Failure> {
                 continue;
             }
             Ended::NotDelivered(f) => return Err(f),
-            Ended::Interrupted => return Err(Failure::silent(EXIT_INTERRUPTED)),
+            Ended::Interrupted => {
+                if !opts.json {
+                    printer.abandon()?;
+                }
+                return Err(Failure::silent(EXIT_INTERRUPTED));
+            }
         };
         return match turn.outcome {
             Some(done @ Outcome::Done(_)) => {
