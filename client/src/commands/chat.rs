@@ -596,7 +596,20 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        if report.providers.iter().any(|p| p.name == name) {
+        // Names are compared without case, as the config compares them: `/provider DeepSeek`
+        // pins `deepseek`, under its own name.
+        let found = report
+            .providers
+            .iter()
+            .find(|p| p.name == name)
+            .or_else(|| {
+                report
+                    .providers
+                    .iter()
+                    .find(|p| p.name.eq_ignore_ascii_case(&name))
+            });
+        if let Some(p) = found {
+            let name = p.name.clone();
             print(&format!("pinned to {name}: no fallback until /auto\n"))?;
             self.pin = Some(name);
             Ok(())

@@ -762,7 +762,7 @@ impl Router {
             let matching = ranked.iter().map(|r| r.index).find(|&i| {
                 let c = &self.providers[i].cfg;
                 match (&pin.provider, &pin.model) {
-                    (Some(p), _) => &c.name == p,
+                    (Some(p), _) => c.name.eq_ignore_ascii_case(p),
                     (None, Some(m)) => &c.model == m,
                     (None, None) => true,
                 }

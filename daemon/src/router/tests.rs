@@ -1097,6 +1097,22 @@ async fn pinned_requests_never_fall_back() {
     assert_eq!(error_kind(&ev), Some(ErrorKind::NoProviders));
 }
 
+/// Provider names are compared without case everywhere in the config (two names differing only
+/// in case are refused), so a pin typed in other capitals (`--provider Beta`) is that provider.
+#[tokio::test(start_paused = true)]
+async fn a_pin_in_other_capitals_names_the_same_provider() {
+    let h = harness(2, no_jitter());
+    let mut r = req("x");
+    r.pin = Some(Pin {
+        provider: Some("BETA".into()),
+        model: None,
+    });
+    let ev = ask(&h.router, r).await;
+    assert_eq!(error_kind(&ev), None, "{ev:?}");
+    assert_eq!(h.scripts[0].calls(), 0);
+    assert_eq!(h.scripts[1].calls(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_aborts_upstream_and_blames_nobody() {
     let h = harness(2, no_jitter());
