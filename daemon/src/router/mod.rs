@@ -1380,7 +1380,13 @@ impl Router {
                 j.prefer_since = None;
                 j.progressed_at = Some(Instant::now());
             }
-            if effect.pause.is_some_and(|p| p >= policy::MIN_TOLD_PAUSE) {
+            // A provider that said when to come back: a pause of a second or more, or any
+            // `429`'s (a quota's `retry-after-ms` is often a few hundred milliseconds, and says
+            // as much as a whole second does; an overload's `Retry-After: 0` says nothing).
+            let told = effect.pause.is_some_and(|p| {
+                p >= policy::MIN_TOLD_PAUSE || (err.kind == ErrorKind::RateLimited && !p.is_zero())
+            });
+            if told {
                 j.told_round = true;
                 j.told_attempts += 1;
             }

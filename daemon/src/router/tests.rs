@@ -3995,3 +3995,28 @@ async fn a_long_answer_cut_waits_for_short_retry_afters_like_a_young_one() {
         final_text(&ev)
     );
 }
+
+/// A `429` whose `retry-after-ms` is under a second (OpenAI's form, common for token limits)
+/// says when to come back as much as one of two seconds does: a request that meets every
+/// provider answering such `429`s for a few seconds (a burst of sessions on one account) waits
+/// for them, as it does for `Retry-After: 1`. It used to end after the configured rounds with
+/// "every provider failed" (2.5 s, seven `429`s), since only pauses of a second or more counted
+/// as the provider having said when. Found by a chaos run of the release binaries through the
+/// official SDKs (a 3 s storm of `429`s with `retry-after-ms` 100-1500 at every provider).
+#[tokio::test(start_paused = true)]
+async fn short_retry_after_ms_429s_are_waited_for_like_whole_seconds() {
+    let h = harness(2, no_jitter());
+    let limited = || {
+        Step::Fail(ProviderError {
+            retry_after: Some(Duration::from_millis(300)),
+            ..err(ErrorKind::RateLimited, None)
+        })
+    };
+    for i in 0..2 {
+        h.scripts[i].push((0..8).map(|_| limited()).collect::<Vec<_>>());
+        h.scripts[i].push([answer(&["answered."])]);
+    }
+    let ev = ask(&h.router, req("q")).await;
+    assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
+    assert_eq!(final_text(&ev), "answered.");
+}
