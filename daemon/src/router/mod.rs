@@ -244,6 +244,13 @@ pub struct Router {
     /// Woken when a breaker opens or closes, a provider is paused or disabled: state worth
     /// saving at once rather than at the next periodic save.
     changed: Arc<tokio::sync::Notify>,
+    /// The router in force, shared by every generation: set by [`Router::publish`].
+    latest: Arc<std::sync::RwLock<std::sync::Weak<Router>>>,
+    /// Cancelled when a router that succeeds this one is published: requests still waiting
+    /// here for capacity, with nothing of their answer streamed, move to it.
+    retired: CancellationToken,
+    /// The `retired` token of the router this one succeeded.
+    predecessor: Option<CancellationToken>,
 }
 
 /// One request counted in a gauge while it lives.
@@ -502,7 +509,32 @@ impl Router {
             in_flight: Arc::new(AtomicU32::new(0)),
             last_record: Arc::new(AtomicU64::new(0)),
             changed: Arc::new(tokio::sync::Notify::new()),
+            latest: Arc::default(),
+            retired: CancellationToken::new(),
+            predecessor: None,
         }
+    }
+
+    /// Make this router the one in force (a start, a reload): the one it succeeded retires,
+    /// and its requests that wait for capacity with nothing streamed yet come here, to the
+    /// providers this configuration has. Without it, a request queued behind the only
+    /// provider's `Retry-After: 20` waited out the 20 s and failed, though the user had added
+    /// a provider (SIGHUP) two seconds in.
+    pub fn publish(self: &Arc<Self>) {
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(self);
+        if let Some(old) = &self.predecessor {
+            old.cancel();
+        }
+    }
+
+    /// The router in force, if it is not this one.
+    fn successor(&self) -> Option<Arc<Router>> {
+        let latest = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()?;
+        (!std::ptr::eq(Arc::as_ptr(&latest), self)).then_some(latest)
     }
 
     /// Notified when health changed in a way worth saving at once.
@@ -548,6 +580,9 @@ impl Router {
             in_flight: self.in_flight.clone(),
             last_record: self.last_record.clone(),
             changed: self.changed.clone(),
+            latest: self.latest.clone(),
+            retired: CancellationToken::new(),
+            predecessor: Some(self.retired.clone()),
         }
     }
 
@@ -678,7 +713,16 @@ impl Router {
         // Numbered at the start so that every `started` event (and the HTTP front end's
         // `x-mythos-request` header) can name the record before the answer is done.
         rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
-        let result = self.run(&req, &out, &cancel, &mut rec, start).await;
+        let mut moved = false;
+        let mut result = self
+            .run(&req, &out, &cancel, &mut rec, start, &mut moved)
+            .await;
+        while moved {
+            // Reconfigured while it waited, with nothing streamed: the providers in force now.
+            moved = false;
+            let Some(next) = self.successor() else { break };
+            result = Box::pin(next.run(&req, &out, &cancel, &mut rec, start, &mut moved)).await;
+        }
         rec.latency_ms = start.elapsed().as_millis() as u64;
         let event = match result {
             Ok((finish, model)) => StreamEvent::Done(Box::new(DoneInfo {
@@ -867,6 +911,8 @@ impl Router {
         cancel: &CancellationToken,
         journey: &mut Journey,
     ) -> Result<Lease, Refusal> {
+        // Nothing of the answer streamed yet: a reload may move the request (see `publish`).
+        let movable = journey.progressed_at.is_none();
         let start = Instant::now();
         let deadline = start + allowed;
         let mut ticket = match admission::try_acquire(&self.book, want, arrived, deadline)? {
@@ -905,6 +951,8 @@ impl Router {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break Err(Refusal::Cancelled),
+                // Reconfigured: the caller moves the request to the router in force.
+                _ = self.retired.cancelled(), if movable => break Err(Refusal::Cancelled),
                 r = ticket.wait(&self.book, want, deadline) => match r {
                     Ok(Some(lease)) => break Ok(lease),
                     Ok(None) => {}
@@ -928,6 +976,7 @@ impl Router {
         cancel: &CancellationToken,
         rec: &mut RequestRecord,
         start: Instant,
+        moved: &mut bool,
     ) -> Result<(FinishReason, String), Failure> {
         let plan = self.plan(req, rec)?;
         let cancelled = attempt::cancelled_by_client;
@@ -944,9 +993,21 @@ impl Router {
         let steps = &self.cfg.retry_backoff;
         let jitter = self.cfg.retry_jitter;
 
+        // A reload while nothing of the answer was streamed yet moves the request to the
+        // router in force (see `Router::publish`).
+        let reconfigured = || {
+            (
+                ProviderError::new(ErrorKind::NoProviders, "the configuration was reloaded"),
+                None,
+            )
+        };
         let outcome = 'request: loop {
             if cancel.is_cancelled() {
                 break 'request Err((cancelled(), None));
+            }
+            if self.retired.is_cancelled() && j.progressed_at.is_none() {
+                *moved = true;
+                break 'request Err(reconfigured());
             }
             if (attempt_no as usize).saturating_sub(j.told_attempts) >= max_attempts {
                 break 'request Ok(());
@@ -1023,9 +1084,11 @@ impl Router {
                 round += 1;
                 j.tried_round.clear();
                 j.told_round = false;
+                let movable = j.progressed_at.is_none();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
+                    _ = self.retired.cancelled(), if movable => {}
                 }
                 continue;
             }
@@ -1077,6 +1140,12 @@ impl Router {
                 .await
             {
                 Ok(lease) => lease,
+                Err(Refusal::Cancelled)
+                    if !cancel.is_cancelled() && self.retired.is_cancelled() =>
+                {
+                    *moved = true;
+                    break 'request Err(reconfigured());
+                }
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
                 Err(Refusal::NoCapacity {
                     reason,

@@ -4020,3 +4020,33 @@ async fn short_retry_after_ms_429s_are_waited_for_like_whole_seconds() {
     assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
     assert_eq!(final_text(&ev), "answered.");
 }
+
+/// A request waiting for capacity, with nothing of its answer streamed, is served by a
+/// provider a config reload adds meanwhile: the user who sees every session wait on the only
+/// provider's `Retry-After` adds another (SIGHUP) and expects the waiting sessions to use it.
+/// It used to stay with the providers it started with: waited out the 20 s, met another
+/// `429` and failed, the added provider never asked. Found by a chaos run of the release
+/// binaries (reload_add.sh: `429` after 20.5 s).
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_capacity_moves_to_providers_a_reload_adds() {
+    let h = harness(2, no_jitter());
+    let all: Vec<RoutedProvider> = h.router.providers().to_vec();
+    let first = Arc::new(Router::new(vec![all[0].clone()], no_jitter(), None, 1));
+    first.publish();
+    let limited = || Step::Fail(err(ErrorKind::RateLimited, Some(20)));
+    h.scripts[0].push([limited(), limited(), limited()]);
+    h.scripts[1].push([answer(&["from beta."])]);
+    let waiting = {
+        let r = first.clone();
+        tokio::spawn(async move { ask(&r, req("q")).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    let second = Arc::new(first.succeed(all, no_jitter()));
+    second.publish();
+    let ev = waiting.await.unwrap();
+    assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
+    assert_eq!(final_text(&ev), "from beta.");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(h.scripts[1].calls.load(Ordering::SeqCst), 1);
+}

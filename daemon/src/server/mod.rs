@@ -77,8 +77,10 @@ impl Context {
         state: Option<StateStore>,
         http: reqwest::Client,
     ) -> Self {
+        let router = Arc::new(router);
+        router.publish();
         Context {
-            router: RwLock::new(Arc::new(router)),
+            router: RwLock::new(router),
             started: Instant::now(),
             sims: std::sync::Mutex::new(sims),
             http,
@@ -205,7 +207,9 @@ impl Context {
 
     /// Swap in a new router.
     pub fn replace_router(&self, router: Router) {
-        *self.router.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(router);
+        let router = Arc::new(router);
+        router.publish();
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = router;
     }
 
     fn sims_lock(&self) -> std::sync::MutexGuard<'_, Option<Sims>> {
