@@ -116,6 +116,20 @@ pub fn find(name: &str) -> Option<&'static Preset> {
 mod tests {
     use super::*;
 
+    /// Clients name the daemon's key variables from the protocol crate's list (which of a
+    /// user's keys the daemon lacks; what a private demo daemon must not see): it must be
+    /// exactly the variables the daemon reads.
+    #[test]
+    fn the_protocol_names_every_key_variable_the_daemon_reads() {
+        let mut ours: Vec<&str> = crate::config::KEY_ENV_VARS.to_vec();
+        ours.extend(PRESETS.iter().filter_map(|p| p.key_env));
+        ours.sort_unstable();
+        ours.dedup();
+        let mut listed = mythos_protocol::PROVIDER_KEY_VARIABLES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(ours, listed);
+    }
+
     #[test]
     fn presets_are_well_formed() {
         for p in PRESETS {

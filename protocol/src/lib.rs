@@ -82,6 +82,25 @@ pub use request::{
 pub use response::Response;
 pub use startup::StartupLine;
 
+/// Every environment variable from which mythosd registers a provider when it starts (the
+/// built-in providers' and the presets' keys), for clients that tell a user which of their
+/// keys the daemon lacks, or keep a private daemon away from them. The daemon's tests check
+/// this list against its own.
+pub const PROVIDER_KEY_VARIABLES: [&str; 12] = [
+    "ANTHROPIC_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENROUTER_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "XAI_API_KEY",
+    "TOGETHER_API_KEY",
+    "FIREWORKS_API_KEY",
+    "CEREBRAS_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+];
+
 /// Identifies a mythos hello; anything else on the socket is not one of ours.
 pub const MAGIC: &str = "mythos";
 

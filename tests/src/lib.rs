@@ -89,23 +89,12 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// Environment variables that must not leak from the developer's shell into a test daemon.
-const SCRUB: [&str; 25] = [
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
+/// Environment variables that must not leak from the developer's shell into a test daemon,
+/// besides the keys ([`mythos_protocol::PROVIDER_KEY_VARIABLES`]).
+const SCRUB: [&str; 13] = [
     "GEMINI_BASE_URL",
     "MYTHOS_GEMINI_MODEL",
-    "OPENROUTER_API_KEY",
-    "GROQ_API_KEY",
-    "MISTRAL_API_KEY",
-    "XAI_API_KEY",
-    "TOGETHER_API_KEY",
-    "FIREWORKS_API_KEY",
-    "CEREBRAS_API_KEY",
     "MYTHOS_HTTP_LISTEN",
-    "ANTHROPIC_API_KEY",
-    "DEEPSEEK_API_KEY",
-    "OPENAI_API_KEY",
     "ANTHROPIC_BASE_URL",
     "DEEPSEEK_BASE_URL",
     "OPENAI_BASE_URL",
@@ -161,7 +150,7 @@ impl TestEnv {
     }
 
     fn apply(&self, cmd: &mut Command) {
-        for k in SCRUB {
+        for k in mythos_protocol::PROVIDER_KEY_VARIABLES.iter().chain(&SCRUB) {
             cmd.env_remove(k);
         }
         cmd.env("XDG_RUNTIME_DIR", self.dir.path().join("run"))

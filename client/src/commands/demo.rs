@@ -21,22 +21,11 @@ use crate::launcher::{daemon_command, find_daemon, spawn_and_wait, start_failure
 use crate::render::{fmt_duration_ms, status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome, Turn};
 
-/// Variables that would point the private daemon at the user's world.
-const SCRUB: [&str; 24] = [
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
+/// Variables that would point the private daemon at the user's world, besides the keys
+/// ([`mythos_protocol::PROVIDER_KEY_VARIABLES`]).
+const SCRUB: [&str; 12] = [
     "GEMINI_BASE_URL",
     "MYTHOS_GEMINI_MODEL",
-    "OPENROUTER_API_KEY",
-    "GROQ_API_KEY",
-    "MISTRAL_API_KEY",
-    "XAI_API_KEY",
-    "TOGETHER_API_KEY",
-    "FIREWORKS_API_KEY",
-    "CEREBRAS_API_KEY",
-    "ANTHROPIC_API_KEY",
-    "DEEPSEEK_API_KEY",
-    "OPENAI_API_KEY",
     "ANTHROPIC_BASE_URL",
     "DEEPSEEK_BASE_URL",
     "OPENAI_BASE_URL",
@@ -84,7 +73,7 @@ impl PrivateDaemon {
             .arg(std::process::id().to_string())
             .arg("--remove-dir")
             .arg(&daemon.dir);
-        for var in SCRUB {
+        for var in mythos_protocol::PROVIDER_KEY_VARIABLES.iter().chain(&SCRUB) {
             cmd.env_remove(var);
         }
         // A private daemon serves its one client over the socket: it must not take (or fight

@@ -51,27 +51,11 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// The API key variables the daemon reads, named in hints.
 pub const KEY_VARS: &str = "ANTHROPIC_API_KEY, DEEPSEEK_API_KEY, OPENAI_API_KEY or GEMINI_API_KEY";
 
-/// Every variable from which the daemon registers a provider when it starts.
-const ALL_KEY_VARS: [&str; 12] = [
-    "ANTHROPIC_API_KEY",
-    "DEEPSEEK_API_KEY",
-    "OPENAI_API_KEY",
-    "OPENROUTER_API_KEY",
-    "GROQ_API_KEY",
-    "MISTRAL_API_KEY",
-    "XAI_API_KEY",
-    "TOGETHER_API_KEY",
-    "FIREWORKS_API_KEY",
-    "CEREBRAS_API_KEY",
-    "GEMINI_API_KEY",
-    "GOOGLE_API_KEY",
-];
-
 /// The key variables set in `env` (this client's environment): the daemon reads its own once,
 /// when it starts, so a key exported after a command started it is not the daemon's. The
 /// daemon's own token (`eval "$(mythos env openai)"`) is no key.
 pub fn keys_in_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<&'static str> {
-    ALL_KEY_VARS
+    mythos_protocol::PROVIDER_KEY_VARIABLES
         .into_iter()
         .filter(|k| env(k).is_some_and(|v| !v.trim().is_empty() && !v.starts_with("mythos-")))
         .collect()
