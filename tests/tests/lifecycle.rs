@@ -420,15 +420,20 @@ async fn ctrl_c_on_ask_cancels_the_request_and_ends_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut streaming = false;
-    for _ in 0..500 {
-        if mocks.anthropic.stats().active == 1 {
-            streaming = true;
-            break;
+    // Whether the mock reaches a state within 5 s, looked at every 10 ms.
+    let reaches = |state: fn(&mythosd::sim::SimStats) -> bool| {
+        let sim = mocks.anthropic.clone();
+        async move {
+            for _ in 0..500 {
+                if state(&sim.stats()) {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            false
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(streaming, "the answer never started");
+    };
+    assert!(reaches(|s| s.active == 1).await, "the answer never started");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -438,15 +443,10 @@ async fn ctrl_c_on_ask_cancels_the_request_and_ends_cleanly() {
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
-    let mut aborted = false;
-    for _ in 0..500 {
-        if mocks.anthropic.stats().aborted == 1 {
-            aborted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(aborted, "the provider went on generating");
+    assert!(
+        reaches(|s| s.aborted == 1).await,
+        "the provider went on generating"
+    );
 }
 
 #[test]
