@@ -325,7 +325,16 @@ async fn run(
                 );
                 return ExitCode::from(3);
             }
-            return ExitCode::SUCCESS;
+            // Exit status 3 ("already running", as `mythos daemon status` says "not running"):
+            // a script that starts one learns it did not. Not as the launchd agent, whose
+            // `KeepAlive` would start it again every ten seconds after any unsuccessful exit.
+            let launchd =
+                mythosd::supervisor::restart_command().is_some_and(|c| c[0] == "launchctl");
+            return if launchd {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            };
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot bind");

@@ -1312,6 +1312,39 @@ async fn a_body_that_is_not_json_is_a_400_in_the_dialect() {
     assert_eq!(w.total_requests(), 0);
 }
 
+/// A path the daemon does not serve is a 404 in the API's own shape, saying which paths it
+/// serves; nothing in it points at a model (an OpenAI `model_not_found` code did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_is_a_404_in_the_dialect() {
+    let w = World::start().await;
+    for (path, anthropic) in [("/v1/messages/batches", true), ("/v1/embeddings", false)] {
+        let r = w
+            .send(
+                w.http
+                    .post(format!("{}{path}", w.base))
+                    .bearer_auth(&w.token)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        let v = r.json();
+        if anthropic {
+            assert_eq!(v["type"], "error", "{path}: {v}");
+            assert_eq!(v["error"]["type"], "not_found_error", "{path}: {v}");
+        } else {
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{path}: {v}");
+            assert!(v["error"]["code"].is_null(), "{path}: {v}");
+        }
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(path) && message.contains("/v1/chat/completions"),
+            "{path}: {message}"
+        );
+    }
+    assert_eq!(w.total_requests(), 0);
+}
+
 /// A web page cannot read the daemon through DNS rebinding: a request whose Host is not a
 /// loopback name is refused, even on routes that need no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

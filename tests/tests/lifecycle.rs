@@ -52,6 +52,8 @@ fn one_daemon_per_socket_and_stale_sockets_are_reclaimed() {
         mythos_protocol::StartupLine::parse(&String::from_utf8_lossy(&out.stdout)),
         Some(mythos_protocol::StartupLine::AlreadyRunning(_))
     ));
+    // Not a success: a script that starts one learns it did not (it exited 0).
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     let status = env.mythos(&["status"]);
     assert!(
         status.status.success(),
@@ -399,6 +401,11 @@ async fn mythos_daemon_reload_applies_the_config_or_says_why_not() {
 
     let out = env.mythos(&["daemon", "reload"]);
     assert_eq!(out.status.code(), Some(3), "no daemon: {out:?}");
+    // A script asking for JSON gets JSON on stdout, not an empty string, with no daemon too.
+    let out = env.mythos(&["daemon", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "no daemon: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["running"], false, "{v}");
 }
 
 /// Ctrl-C on `mythos ask` mid-answer stops the provider's generation (and its bill) and ends
@@ -518,4 +525,29 @@ async fn reload_leaves_the_simulation_but_never_falls_back_to_it() {
     daemon.signal(libc::SIGHUP);
     status_until(&mut c, |s| s.notes.is_empty()).await;
     drop(daemon);
+}
+
+/// A piped conversation (`mythos chat < questions.txt`): `--provider` in other capitals pins
+/// the provider as the config spells it, and a `/provider` naming none the daemon knows is an
+/// error the exit status reports (it printed a remark, went on unpinned and exited 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_chat_pins_by_any_capitals_and_fails_on_an_unknown_provider() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let out = env.mythos_with_stdin(&["chat", "--provider", "DeepSeek"], "first question\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mocks.deepseek.requests().len(), 1, "{out:?}");
+    assert_eq!(mocks.anthropic.requests().len(), 0);
+
+    let out = env.mythos_with_stdin(&["chat"], "/provider nope\nsecond question\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no provider named nope") && err.contains("deepseek"),
+        "{err}"
+    );
+    // The rest of the conversation is still answered.
+    let answered = mocks.anthropic.requests().len() + mocks.deepseek.requests().len();
+    assert_eq!(answered, 2, "{out:?}");
 }

@@ -13,7 +13,8 @@ use std::io::{self, BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use mythos_protocol::{
-    ChatRequest, Message, Pin, Request, Response, Role, SimFault, StreamEvent, TaskKind,
+    ChatRequest, Message, Pin, Request, Response, Role, SimFault, StatusReport, StreamEvent,
+    TaskKind,
 };
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -438,13 +439,9 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         // A provider the daemon does not know is a mistake to say now, not a failure on every
         // line of a piped conversation.
         let report = rt.block_on(status::fetch(s.connection()?))?;
-        if !report.providers.iter().any(|p| p.name == name) {
-            let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
-            return Err(Failure::new(format!(
-                "no provider named {name}; choose one of: {}",
-                names.join(", ")
-            ))
-            .code(EXIT_USAGE));
+        match provider_named(&report, &name) {
+            Some(found) => s.pin = Some(found),
+            None => return Err(no_provider(&report, &name).code(EXIT_USAGE)),
         }
     }
     let mut input = LineSource::new();
@@ -531,6 +528,25 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
     })
 }
 
+/// The daemon's own spelling of provider `name`. Names are compared without case, as the
+/// config compares them: `--provider DeepSeek` and `/provider DeepSeek` pin `deepseek`.
+fn provider_named(report: &StatusReport, name: &str) -> Option<String> {
+    let ps = &report.providers;
+    ps.iter()
+        .find(|p| p.name == name)
+        .or_else(|| ps.iter().find(|p| p.name.eq_ignore_ascii_case(name)))
+        .map(|p| p.name.clone())
+}
+
+/// "No such provider", with the names there are.
+fn no_provider(report: &StatusReport, name: &str) -> Failure {
+    let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
+    Failure::new(format!(
+        "no provider named {name}; choose one of: {}",
+        names.join(", ")
+    ))
+}
+
 /// Run `fut` on `rt`, or stop at Ctrl-C. Once an answer has streamed, tokio's handler holds
 /// SIGINT for good: a wait outside an answer (a daemon starting, a status call) would ignore
 /// Ctrl-C for as long as it lasts.
@@ -596,29 +612,16 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        // Names are compared without case, as the config compares them: `/provider DeepSeek`
-        // pins `deepseek`, under its own name.
-        let found = report
-            .providers
-            .iter()
-            .find(|p| p.name == name)
-            .or_else(|| {
-                report
-                    .providers
-                    .iter()
-                    .find(|p| p.name.eq_ignore_ascii_case(&name))
-            });
-        if let Some(p) = found {
-            let name = p.name.clone();
-            print(&format!("pinned to {name}: no fallback until /auto\n"))?;
-            self.pin = Some(name);
-            Ok(())
-        } else {
-            let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
-            print(&format!(
-                "no provider named {name}; choose one of: {}\n",
-                names.join(", ")
-            ))
+        match provider_named(&report, &name) {
+            Some(name) => {
+                print(&format!("pinned to {name}: no fallback until /auto\n"))?;
+                self.pin = Some(name);
+                Ok(())
+            }
+            // A failure, not a remark: a piped conversation that meant to pin a provider
+            // ends with exit status 1 (it went on unpinned and exited 0), and a terminal
+            // shows it as an error and goes on.
+            None => Err(no_provider(&report, &name)),
         }
     }
 

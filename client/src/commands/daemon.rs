@@ -48,7 +48,13 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
             Err(ConnectError::NotRunning) => {
                 let line = "mythosd is not running";
                 if json {
+                    // A script parses stdout: it gets an answer there too, not an empty
+                    // string that fails to parse.
                     eprint_line(line);
+                    super::print_json(&serde_json::json!({
+                        "running": false,
+                        "socket": g.target.socket.display().to_string(),
+                    }))?;
                 } else {
                     print(&format!("{line}\n"))?;
                 }

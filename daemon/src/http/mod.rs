@@ -686,9 +686,16 @@ pub fn routes(front: Arc<Front>) -> Routes {
         )
         .fallback(|req: Request| async move {
             let dialect = dialect_of(req.uri().path());
+            // As each API answers a path it does not have: Anthropic's `not_found_error`;
+            // OpenAI's `invalid_request_error` with no code (a `model_not_found` code here
+            // sent agents looking for a model problem).
+            let kind = match dialect {
+                Dialect::Anthropic => mythos_protocol::ErrorKind::NotFound,
+                Dialect::Openai => mythos_protocol::ErrorKind::BadRequest,
+            };
             let e = ApiError {
                 status: StatusCode::NOT_FOUND,
-                kind: mythos_protocol::ErrorKind::NotFound,
+                kind,
                 message: format!(
                     "mythosd does not serve {} {} (it serves /v1/messages, \
                      /v1/messages/count_tokens, /v1/chat/completions, /v1/responses, /v1/models, \
