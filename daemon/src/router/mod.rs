@@ -246,8 +246,8 @@ pub struct Router {
     changed: Arc<tokio::sync::Notify>,
     /// The router in force, shared by every generation: set by [`Router::publish`].
     latest: Arc<std::sync::RwLock<std::sync::Weak<Router>>>,
-    /// Cancelled when a router that succeeds this one is published: requests still waiting
-    /// here for capacity, with nothing of their answer streamed, move to it.
+    /// Cancelled when a router that succeeds this one is published: requests between attempts
+    /// here (waiting for capacity, backing off) move to it with their answer as it stands.
     retired: CancellationToken,
     /// The `retired` token of the router this one succeeded.
     predecessor: Option<CancellationToken>,
@@ -420,6 +420,32 @@ struct Plan {
     cost: Cost,
 }
 
+/// What a request takes along when a reload moves it to the router in force: the answer as it
+/// stands, so that the new config's providers continue it (an answer cut on a provider the
+/// reload removed was retried there until its budget ran out), the notice owed for its last
+/// failure, and when it last made progress (its patience counts from there).
+#[derive(Default)]
+struct Moved {
+    partial: Partial,
+    reroute: Option<(String, String)>,
+    progressed_at: Option<Instant>,
+}
+
+impl Moved {
+    /// What the request has so far, taken along.
+    fn take(
+        partial: &mut Partial,
+        reroute: &mut Option<(String, String)>,
+        journey: &Journey,
+    ) -> Moved {
+        Moved {
+            partial: std::mem::take(partial),
+            reroute: reroute.take(),
+            progressed_at: journey.progressed_at,
+        }
+    }
+}
+
 /// Everything one request learns on its way through providers.
 #[derive(Default)]
 struct Journey {
@@ -516,7 +542,7 @@ impl Router {
     }
 
     /// Make this router the one in force (a start, a reload): the one it succeeded retires,
-    /// and its requests that wait for capacity with nothing streamed yet come here, to the
+    /// and its requests between attempts (waiting for capacity, backing off) come here, to the
     /// providers this configuration has. Without it, a request queued behind the only
     /// provider's `Retry-After: 20` waited out the 20 s and failed, though the user had added
     /// a provider (SIGHUP) two seconds in.
@@ -713,13 +739,13 @@ impl Router {
         // Numbered at the start so that every `started` event (and the HTTP front end's
         // `x-mythos-request` header) can name the record before the answer is done.
         rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
-        let mut moved = false;
+        let mut moved = None;
         let mut result = self
             .run(&req, &out, &cancel, &mut rec, start, &mut moved)
             .await;
-        while moved {
-            // Reconfigured while it waited, with nothing streamed: the providers in force now.
-            moved = false;
+        while moved.is_some() {
+            // Reconfigured while it waited: the providers in force now go on from where the
+            // answer stands.
             let Some(next) = self.successor() else { break };
             result = Box::pin(next.run(&req, &out, &cancel, &mut rec, start, &mut moved)).await;
         }
@@ -911,8 +937,6 @@ impl Router {
         cancel: &CancellationToken,
         journey: &mut Journey,
     ) -> Result<Lease, Refusal> {
-        // Nothing of the answer streamed yet: a reload may move the request (see `publish`).
-        let movable = journey.progressed_at.is_none();
         let start = Instant::now();
         let deadline = start + allowed;
         let mut ticket = match admission::try_acquire(&self.book, want, arrived, deadline)? {
@@ -952,7 +976,7 @@ impl Router {
                 biased;
                 _ = cancel.cancelled() => break Err(Refusal::Cancelled),
                 // Reconfigured: the caller moves the request to the router in force.
-                _ = self.retired.cancelled(), if movable => break Err(Refusal::Cancelled),
+                _ = self.retired.cancelled() => break Err(Refusal::Cancelled),
                 r = ticket.wait(&self.book, want, deadline) => match r {
                     Ok(Some(lease)) => break Ok(lease),
                     Ok(None) => {}
@@ -976,37 +1000,42 @@ impl Router {
         cancel: &CancellationToken,
         rec: &mut RequestRecord,
         start: Instant,
-        moved: &mut bool,
+        moved: &mut Option<Moved>,
     ) -> Result<(FinishReason, String), Failure> {
         let plan = self.plan(req, rec)?;
         let cancelled = attempt::cancelled_by_client;
-        let mut partial = Partial::default();
-        let mut j = Journey::default();
+        let carried = moved.take().unwrap_or_default();
+        let mut partial = carried.partial;
+        let mut j = Journey {
+            progressed_at: carried.progressed_at,
+            ..Journey::default()
+        };
         let mut attempt_no = 0u32;
         let mut round = 0usize;
         let mut same: Option<usize> = None;
         let mut restart = false;
         // The retry on `same` may wait for it in the queue (it is owed, not a gamble).
         let mut same_may_wait = false;
-        let mut pending_reroute: Option<(String, String)> = None;
+        let mut pending_reroute = carried.reroute;
         let max_attempts = (1 + self.cfg.retry_backoff.len()) * (plan.candidates.len() + 1);
         let steps = &self.cfg.retry_backoff;
         let jitter = self.cfg.retry_jitter;
 
-        // A reload while nothing of the answer was streamed yet moves the request to the
-        // router in force (see `Router::publish`).
+        // A reload moves the request, between attempts, to the router in force (see
+        // `Router::publish`), with the answer as it stands.
         let reconfigured = || {
             (
                 ProviderError::new(ErrorKind::NoProviders, "the configuration was reloaded"),
                 None,
             )
         };
+
         let outcome = 'request: loop {
             if cancel.is_cancelled() {
                 break 'request Err((cancelled(), None));
             }
-            if self.retired.is_cancelled() && j.progressed_at.is_none() {
-                *moved = true;
+            if self.retired.is_cancelled() {
+                *moved = Some(Moved::take(&mut partial, &mut pending_reroute, &j));
                 break 'request Err(reconfigured());
             }
             if (attempt_no as usize).saturating_sub(j.told_attempts) >= max_attempts {
@@ -1084,11 +1113,10 @@ impl Router {
                 round += 1;
                 j.tried_round.clear();
                 j.told_round = false;
-                let movable = j.progressed_at.is_none();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
-                    _ = self.retired.cancelled(), if movable => {}
+                    _ = self.retired.cancelled() => {}
                 }
                 continue;
             }
@@ -1143,7 +1171,7 @@ impl Router {
                 Err(Refusal::Cancelled)
                     if !cancel.is_cancelled() && self.retired.is_cancelled() =>
                 {
-                    *moved = true;
+                    *moved = Some(Moved::take(&mut partial, &mut pending_reroute, &j));
                     break 'request Err(reconfigured());
                 }
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),

@@ -4050,3 +4050,49 @@ async fn a_request_waiting_for_capacity_moves_to_providers_a_reload_adds() {
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert_eq!(h.scripts[1].calls.load(Ordering::SeqCst), 1);
 }
+
+/// An answer cut mid-stream on a provider that a config reload then removes is continued by
+/// the providers the new config has, where the text stopped, at once. It used to stay with
+/// the providers it started with, waiting for and retrying the removed one until its budget
+/// ran out (5 answers in a reload chaos run ended "the answer is incomplete" after ~29 s).
+#[tokio::test(start_paused = true)]
+async fn an_answer_cut_on_a_provider_a_reload_removes_is_continued_by_the_new_config() {
+    let h = harness(2, no_jitter());
+    let all: Vec<RoutedProvider> = h.router.providers().to_vec();
+    let first = Arc::new(Router::new(vec![all[0].clone()], no_jitter(), None, 1));
+    first.publish();
+    h.scripts[0].push([Step::Stream(vec![
+        text("Hello"),
+        text(" wor"),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    // It comes back after 20 s, which the request would wait for (a continuation there).
+    let limited = || Step::Fail(err(ErrorKind::RateLimited, Some(20)));
+    h.scripts[0].push([limited(), limited(), limited()]);
+    h.scripts[1].push([answer(&["ld", ", how are you?"])]);
+    let asking = {
+        let r = first.clone();
+        tokio::spawn(async move { ask(&r, req("greet")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let second = Arc::new(first.succeed(vec![all[1].clone()], no_jitter()));
+    second.publish();
+    let ev = asking.await.unwrap();
+    assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
+    assert_eq!(final_text(&ev), "Hello world, how are you?");
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(
+        h.scripts[1].prefills.lock().unwrap()[0].as_deref(),
+        Some("Hello wor")
+    );
+    let reroutes: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Rerouted { to, mode, .. } => Some((to.as_str(), *mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reroutes.last(), Some(&("beta", RerouteMode::Continue)));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+}
