@@ -568,6 +568,52 @@ async fn structured_output_survives_failover_on_every_api() {
     assert!(r.body.contains("response_format.schema"), "{}", r.body);
 }
 
+/// After a failover mid-answer, the usage an agent gets is the answer's: the prompt it
+/// answered (counted once), not the sum over every provider that started it. Agents size the
+/// conversation from it (Claude Code compacts near its context limit): summed over three
+/// attempts, a 2,500-token conversation read as 7,500 after one answer, and one near half the
+/// window as full. What each attempt billed stays in the record (`mythos usage`, `mythos why`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_after_a_failover_counts_the_prompt_once() {
+    let w = World::start().await;
+    let prompt = format!(
+        "summarize this: {}",
+        "the quota window resets hourly. ".repeat(300)
+    );
+    let input = |r: &Reply, path: &str| -> u64 {
+        let v = r.json();
+        if path == "/v1/messages" {
+            v["usage"]["input_tokens"].as_u64().unwrap()
+                + v["usage"]["cache_read_input_tokens"].as_u64().unwrap_or(0)
+        } else {
+            v["usage"]["prompt_tokens"].as_u64().unwrap()
+        }
+    };
+    for path in ["/v1/messages", "/v1/chat/completions"] {
+        let r = w.post(path, &user("mythos", &prompt, false)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let clean = input(&r, path);
+        assert!(clean > 1_000, "{path}: {clean}");
+        for sim in [&w.mocks.anthropic, &w.mocks.deepseek, &w.mocks.openai] {
+            sim.inject([SimFault::DisconnectAfter { tokens: 4 }]);
+        }
+        let r = w.post(path, &user("mythos", &prompt, false)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(
+            r.header("x-mythos-rerouted").is_some_and(|n| n != "0"),
+            "{path}: no failover happened"
+        );
+        let failed_over = input(&r, path);
+        assert!(
+            failed_over < clean * 3 / 2,
+            "{path}: the prompt counted more than once ({failed_over} against {clean})"
+        );
+        for sim in [&w.mocks.anthropic, &w.mocks.deepseek, &w.mocks.openai] {
+            sim.clear_faults();
+        }
+    }
+}
+
 /// An OpenAI model's refusal (its own field, `refusal`, in place of content) reaches each API in
 /// that API's own shape, streamed and not: Chat Completions' `refusal` (content `null`), the
 /// Responses API's `refusal` part, and in Messages the words as text with `stop_reason:

@@ -100,6 +100,8 @@ pub struct Routed {
     streams: tokio_util::task::TaskTracker,
     /// Reroutes seen so far.
     pub reroutes: u32,
+    /// The token counts of the attempt in progress, as its provider last reported them.
+    attempt_usage: Option<Usage>,
 }
 
 impl Drop for Routed {
@@ -284,6 +286,7 @@ impl Routed {
             cancel,
             streams,
             reroutes: 0,
+            attempt_usage: None,
         }
     }
 
@@ -365,9 +368,32 @@ impl Routed {
         self.take_queued().flatten()
     }
 
-    fn counted(&mut self, event: StreamEvent) -> StreamEvent {
-        if matches!(event, StreamEvent::Rerouted { .. }) {
-            self.reroutes += 1;
+    /// Every event on its way out: counts reroutes, and gives the answer the usage of its last
+    /// attempt. The router's total is what every attempt billed (a cut attempt's
+    /// prompt included, and each continuation's prompt holds the one before): an agent that
+    /// sizes the conversation from `usage` (Claude Code compacts near its context limit) read
+    /// a 1,500-token conversation as 7,900 after three providers shared one answer. The last
+    /// attempt's prompt is the conversation with the answer so far, and its output the rest:
+    /// together, what the conversation now holds. Web searches stay summed (their blocks are
+    /// in the answer), as do cost and the record.
+    fn counted(&mut self, mut event: StreamEvent) -> StreamEvent {
+        match &mut event {
+            StreamEvent::Rerouted { .. } => {
+                self.reroutes += 1;
+                self.attempt_usage = None;
+            }
+            StreamEvent::Usage(u) => self.attempt_usage = Some(*u),
+            // (A retry on the same provider sends no reroute; its report replaces the one
+            // before all the same.)
+            StreamEvent::Done(done) => {
+                if let Some(last) = self.attempt_usage {
+                    done.usage = Usage {
+                        web_searches: done.usage.web_searches.max(last.web_searches),
+                        ..last
+                    };
+                }
+            }
+            _ => {}
         }
         event
     }
