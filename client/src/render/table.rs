@@ -342,9 +342,11 @@ pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
         ("DAY", false),
         ("PROVIDER", false),
         ("REQUESTS", true),
-        ("INPUT TOKENS", true),
-        ("CACHED INPUT", true),
-        ("OUTPUT TOKENS", true),
+        // Token counts, in headers short enough that a day's row fits 80 columns with room
+        // for long provider names (the longer headers made 87 and wrapped every row).
+        ("INPUT", true),
+        ("CACHED", true),
+        ("OUTPUT", true),
         ("COST", true),
     ]);
     let (mut req, mut inp, mut cached, mut outp, mut cost) = (0u64, 0u64, 0u64, 0u64, 0f64);
@@ -553,11 +555,11 @@ sim-anthropic: rate limited, 59 s left; last error: 429 rate limited (retry afte
         };
         let text = usage_text(&report, 7, Style::PLAIN);
         let expected = "\
-DAY         PROVIDER       REQUESTS  INPUT TOKENS  CACHED INPUT  OUTPUT TOKENS     COST
-2025-11-24  sim-anthropic        12         1,200        12,000            120  $0.2500
-2025-11-23  sim-deepseek          3           300         3,000             30  $0.0012
-───────────────────────────────────────────────────────────────────────────────────────
-total                            15         1,500        15,000            150  $0.2512
+DAY         PROVIDER       REQUESTS  INPUT  CACHED  OUTPUT     COST
+2025-11-24  sim-anthropic        12  1,200  12,000     120  $0.2500
+2025-11-23  sim-deepseek          3    300   3,000      30  $0.0012
+───────────────────────────────────────────────────────────────────
+total                            15  1,500  15,000     150  $0.2512
 ";
         assert_eq!(text, expected);
         assert_eq!(
