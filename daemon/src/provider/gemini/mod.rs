@@ -603,6 +603,9 @@ fn model_parts<'a>(
 /// `schema` with only what Gemini's `parameters` accepts: unknown keywords removed at every
 /// level, local `$ref`s inlined (unresolvable ones become a bare object), `const` as a
 /// one-value `enum`, `oneOf` as `anyOf`, and `"type": ["string", "null"]` as a nullable string.
+/// A property Gemini cannot express (an object without properties, such as a map of
+/// `additionalProperties`, or an array of them) is left out; an object left with none at the
+/// top is a function without parameters (see [`SchemaCache`]).
 pub fn clean_schema(schema: &Value) -> Value {
     let defs = schema
         .get("$defs")
@@ -643,11 +646,16 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
     for (k, v) in obj {
         match k.as_str() {
             "properties" => {
+                // Gemini refuses an object without properties at any depth ("properties:
+                // should be non-empty for OBJECT type"): one free-form map among a tool's
+                // arguments (an `env`, MCP's `arguments`) failed every request offering the
+                // tool. Left out, the rest of the tool is still callable.
                 let props: Map<String, Value> = v
                     .as_object()
                     .into_iter()
                     .flatten()
                     .map(|(name, s)| (name.clone(), clean(s, defs, depth, budget)))
+                    .filter(|(_, s)| !inexpressible(s))
                     .collect();
                 out.insert(k.clone(), Value::Object(props));
             }
@@ -717,6 +725,20 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
         out.insert("required".into(), Value::Array(kept));
     }
     Value::Object(out)
+}
+
+/// Whether a cleaned schema is one Gemini refuses inside `parameters`: an object without
+/// properties, or an array of such.
+fn inexpressible(schema: &Value) -> bool {
+    match schema["type"].as_str() {
+        Some(t) if t.eq_ignore_ascii_case("object") => {
+            schema["properties"].as_object().is_none_or(Map::is_empty)
+        }
+        Some(t) if t.eq_ignore_ascii_case("array") => {
+            schema.get("items").is_some_and(inexpressible)
+        }
+        _ => false,
+    }
 }
 
 /// A Google API error object (`{"error": {"code", "message", "status", "details"}}`), as an

@@ -322,16 +322,33 @@ fn schema_cleaning() {
             "type": "object",
             "properties": {
                 "point": {"type": "object", "properties": {"x": {"type": "number"}}, "description": "where"},
-                "remote": {"type": "object"},
                 "name": {"type": "string", "nullable": true, "default": "x"},
                 "kind": {"enum": ["fixed"]},
                 "level": {"type": "integer"},
                 "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-                "list": {"type": "array", "items": {"type": "object"}},
             },
             "required": ["name"],
         })
     );
+    // Objects without properties (a bare one for a `$ref` that cannot be resolved, a map of
+    // `additionalProperties`, an array of maps) are refused by Gemini at any depth: they are
+    // left out, and a tool left with no parameters has none.
+    let maps = json!({"type": "object", "properties": {
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "headers": {"type": "array", "items": {"type": "object", "properties": {}}},
+        "nested": {"type": "object", "properties": {"cmd": {"type": "string"}, "opts": {"type": "object"}}},
+        "cmd": {"type": "string"}},
+        "required": ["env", "cmd"]});
+    assert_eq!(
+        clean_schema(&maps),
+        json!({"type": "object", "properties": {
+            "nested": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+            "cmd": {"type": "string"}},
+            "required": ["cmd"]})
+    );
+    let only_maps = json!({"type": "object", "properties": {"env": {"type": "object"}}});
+    let cache = SchemaCache::default();
+    assert!(cache.get(&only_maps.to_string()).unwrap().is_none());
     // A recursive definition stops at a bare object instead of recursing forever.
     let tree = json!({"$defs": {"N": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/N"}}}}},
                       "$ref": "#/$defs/N"});
