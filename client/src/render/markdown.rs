@@ -387,8 +387,9 @@ pub struct MarkdownStream {
     width: usize,
     /// The line in progress.
     partial: String,
-    /// The raw partial line on screen must not be re-drawn (a notice was printed after it).
-    detached: bool,
+    /// Bytes at the start of `partial` shown for good: a notice was printed below them, so
+    /// they were drawn rendered then, and only what came after is re-drawn.
+    fixed: usize,
 }
 
 impl MarkdownStream {
@@ -399,13 +400,15 @@ impl MarkdownStream {
             // The real width: rows are counted against the terminal's columns.
             width: width.max(1),
             partial: String::new(),
-            detached: false,
+            fixed: 0,
         }
     }
 
     /// Rows the raw partial line takes on screen.
     fn partial_rows(&self) -> usize {
-        visible_width(&self.partial).max(1).div_ceil(self.width)
+        visible_width(&self.partial[self.fixed..])
+            .max(1)
+            .div_ceil(self.width)
     }
 
     /// Erase the raw partial line: back to its first row, clear to the end of the screen.
@@ -430,32 +433,40 @@ impl MarkdownStream {
                 break;
             }
             // What is on screen of this line is the partial so far (not `piece`).
-            if self.detached {
-                // The raw text stays where it is; only the state (code fences) moves on.
-                out.write_all(piece.as_bytes())?;
+            if self.partial.len() > self.fixed {
+                self.erase_partial(out)?;
+            }
+            self.partial.push_str(piece);
+            let line = std::mem::take(&mut self.partial);
+            let fixed = std::mem::take(&mut self.fixed);
+            // Before the renderer moves on (a code fence opening or closing on this line).
+            let mut before = self.lines.clone();
+            let rendered = self.lines.render(&line);
+            if fixed == 0 {
+                out.write_all(rendered.as_bytes())?;
                 out.write_all(b"\n")?;
-                self.partial.push_str(piece);
-                let line = std::mem::take(&mut self.partial);
-                self.lines.render(&line);
-            } else {
-                if !self.partial.is_empty() {
-                    self.erase_partial(out)?;
-                }
-                self.partial.push_str(piece);
-                let line = std::mem::take(&mut self.partial);
-                out.write_all(self.lines.render(&line).as_bytes())?;
+            } else if !line[fixed..].trim().is_empty() {
+                // The rest of a line a notice broke: wrapped on its own rows, below the notice.
+                out.write_all(before.render(&line[fixed..]).as_bytes())?;
                 out.write_all(b"\n")?;
             }
-            self.detached = false;
         }
         out.flush()
     }
 
-    /// Something else is about to be printed below the partial line: leave it as it is.
-    pub fn detach(&mut self) {
-        if !self.partial.is_empty() {
-            self.detached = true;
+    /// A notice is about to be printed below the line in progress: draw what there is of it
+    /// now, rendered and wrapped (left raw, it would stay folded mid-word at the terminal's
+    /// edge), and re-draw only what follows once the line completes. The cursor is left at the
+    /// end of the drawn text.
+    pub fn detach(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.partial.len() == self.fixed {
+            return Ok(());
         }
+        self.erase_partial(out)?;
+        let shown = self.lines.clone().render(&self.partial[self.fixed..]);
+        out.write_all(shown.as_bytes())?;
+        self.fixed = self.partial.len();
+        Ok(())
     }
 
     /// The answer is complete: render the last line if it had no newline. Returns whether
@@ -471,7 +482,7 @@ impl MarkdownStream {
     /// Forget the answer in progress (a restart).
     pub fn reset(&mut self) {
         self.partial.clear();
-        self.detached = false;
+        self.fixed = 0;
         self.lines.code = None;
     }
 }

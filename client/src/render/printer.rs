@@ -273,9 +273,11 @@ impl<O: Write, S: Write> StreamPrinter<O, S> {
 
     /// Before a notice: make sure the screen's cursor is at the start of a line.
     fn fresh_line(&mut self) -> io::Result<()> {
-        if let Some(md) = &mut self.md {
-            // The line in progress stays as it is; what follows goes below it.
-            md.detach();
+        if self.out_mid_line && self.opts.same_screen {
+            if let Some(md) = &mut self.md {
+                // The line in progress is drawn for good; what follows goes below the notice.
+                md.detach(&mut self.out)?;
+            }
         }
         if self.side_mid_line {
             self.side.write_all(b"\n")?;

@@ -1,0 +1,351 @@
+//! `mythos chat` as a user at a terminal runs it: the real binary on a pseudo-terminal, with
+//! its private demo daemon (`--demo`, simulated providers), typed at and read back through a
+//! small model of the screen, so a test sees what the user sees (wrapped rows, lines erased
+//! and re-drawn) rather than the bytes that drew it.
+
+#![cfg(unix)]
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use mythos_tests::TestEnv;
+
+/// The simulated providers' answer to `question` (their text is fixed).
+fn sim_answer(question: &str) -> String {
+    format!(
+        "This is a simulated answer to \"{question}\". mythos sends each request to the \
+         healthiest provider, retries brief failures with backoff, and cools down a provider \
+         that keeps failing. When a stream breaks in the middle of an answer, the next provider \
+         is asked to continue exactly where the text stopped, so nothing is lost and nothing is \
+         repeated."
+    )
+}
+
+/// What a terminal `cols` wide shows: printable text with auto-wrap, `\r`, `\n`, cursor up and
+/// down, erase to the end of the line or screen; colours and modes are ignored.
+struct Screen {
+    cols: usize,
+    rows: Vec<Vec<char>>,
+    row: usize,
+    col: usize,
+    /// The last column was written: the next character goes to the next row (as xterm does).
+    pending_wrap: bool,
+}
+
+impl Screen {
+    fn new(cols: usize) -> Screen {
+        Screen {
+            cols,
+            rows: vec![Vec::new()],
+            row: 0,
+            col: 0,
+            pending_wrap: false,
+        }
+    }
+
+    fn line_mut(&mut self) -> &mut Vec<char> {
+        while self.rows.len() <= self.row {
+            self.rows.push(Vec::new());
+        }
+        &mut self.rows[self.row]
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' => {
+                    self.col = 0;
+                    self.pending_wrap = false;
+                }
+                '\n' => {
+                    self.row += 1;
+                    self.pending_wrap = false;
+                    self.line_mut();
+                }
+                '\x07' => {}
+                '\x1b' => match chars.next() {
+                    Some('[') => {
+                        let mut params = String::new();
+                        let mut end = ' ';
+                        for p in chars.by_ref() {
+                            if p.is_ascii_alphabetic() || p == '~' {
+                                end = p;
+                                break;
+                            }
+                            params.push(p);
+                        }
+                        let n = params
+                            .trim_start_matches('?')
+                            .parse::<usize>()
+                            .unwrap_or(1)
+                            .max(1);
+                        self.pending_wrap = false;
+                        match end {
+                            'A' => self.row = self.row.saturating_sub(n),
+                            'B' => self.row += n,
+                            'C' => self.col = (self.col + n).min(self.cols - 1),
+                            'D' => self.col = self.col.saturating_sub(n),
+                            'K' => {
+                                let col = self.col;
+                                self.line_mut().truncate(col);
+                            }
+                            'J' => {
+                                let col = self.col;
+                                self.line_mut().truncate(col);
+                                self.rows.truncate(self.row + 1);
+                            }
+                            _ => {}
+                        }
+                    }
+                    // An OSC string, up to BEL or ST.
+                    Some(']') => {
+                        while let Some(p) = chars.next() {
+                            if p == '\x07' || (p == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {}
+                },
+                c if c.is_control() => {}
+                c => {
+                    if self.pending_wrap {
+                        self.row += 1;
+                        self.col = 0;
+                        self.pending_wrap = false;
+                    }
+                    let col = self.col;
+                    let line = self.line_mut();
+                    while line.len() < col {
+                        line.push(' ');
+                    }
+                    if line.len() == col {
+                        line.push(c);
+                    } else {
+                        line[col] = c;
+                    }
+                    if self.col + 1 == self.cols {
+                        self.pending_wrap = true;
+                    } else {
+                        self.col += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rows, without trailing blanks.
+    fn lines(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .map(|r| r.iter().collect::<String>().trim_end().to_string())
+            .collect()
+    }
+}
+
+/// `mythos chat` running on a pseudo-terminal.
+struct Tty {
+    master: std::fs::File,
+    child: Child,
+    /// Everything read so far.
+    output: Vec<u8>,
+    cols: usize,
+    _env: TestEnv,
+}
+
+impl Tty {
+    /// Start `mythos ARGS` on a terminal `cols` wide, with `vars` set.
+    fn start(args: &[&str], cols: u16, vars: &[(&str, &str)]) -> Tty {
+        let env = TestEnv::new();
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills the two descriptors; the name and termios may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned here alone.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = env.command("mythos");
+        cmd.args(args)
+            .env("TERM", "xterm-256color")
+            .env("HOME", env.dir.path())
+            .env_remove("NO_COLOR")
+            .env_remove("COLUMNS")
+            .stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave));
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        // SAFETY: setsid and ioctl are async-signal-safe; they run in the child before exec,
+        // making the terminal its controlling one (so that Ctrl-C is a SIGINT).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn mythos chat");
+        Tty {
+            master: std::fs::File::from(master),
+            child,
+            output: Vec::new(),
+            cols: cols as usize,
+            _env: env,
+        }
+    }
+
+    /// Read what is there, waiting up to `wait` for more.
+    fn pump(&mut self, wait: Duration) -> bool {
+        let mut fds = libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let n = unsafe { libc::poll(&mut fds, 1, wait.as_millis() as i32) };
+        if n <= 0 {
+            return false;
+        }
+        let mut buf = [0u8; 65536];
+        match self.master.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                self.output.extend_from_slice(&buf[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Wait until the output (from byte `from`) holds `needle`; returns the offset after it.
+    fn wait_for(&mut self, from: usize, needle: &str, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = find(
+                &self.output[from.min(self.output.len())..],
+                needle.as_bytes(),
+            ) {
+                return from + i + needle.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {within:?}; the screen:\n{}",
+                self.screen().join("\n")
+            );
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait for the next prompt after byte `from`; returns the offset after it.
+    fn prompt(&mut self, from: usize) -> usize {
+        self.wait_for(from, "> ", Duration::from_secs(20))
+    }
+
+    /// Type `text`.
+    fn type_text(&mut self, text: &str) {
+        self.master
+            .write_all(text.as_bytes())
+            .expect("write to the terminal");
+    }
+
+    /// Type `line` and Enter, wait for the next prompt; returns the offsets of the line's
+    /// output (from the Enter to the prompt).
+    fn ask(&mut self, line: &str) -> (usize, usize) {
+        let start = self.output.len();
+        self.type_text(&format!("{line}\r"));
+        let end = self.prompt(start);
+        (start, end)
+    }
+
+    /// The screen the output so far draws.
+    fn screen(&self) -> Vec<String> {
+        let mut s = Screen::new(self.cols);
+        s.feed(&self.output);
+        s.lines()
+    }
+
+    /// Ctrl-D, and the exit status.
+    fn quit(mut self) -> i32 {
+        self.type_text("\x04");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.pump(Duration::from_millis(50));
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("mythos chat did not exit on Ctrl-D");
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A connection cut mid-answer, on a terminal: the notice breaks the answer's line and the
+/// answer goes on below it. Both halves are wrapped at word boundaries like any other line;
+/// the rest of the line after the notice used to be left as it streamed, one long line the
+/// terminal folded mid-word ("so nothin" / "g is lost").
+#[test]
+fn an_answer_continued_after_a_notice_is_wrapped_at_word_boundaries() {
+    let mut tty = Tty::start(&["chat", "--demo"], 80, &[]);
+    tty.prompt(0);
+    tty.ask("/fault sim-anthropic disconnect");
+    tty.ask("tell me");
+    let screen = tty.screen();
+    let notice = screen
+        .iter()
+        .position(|l| l.starts_with("↪ sim-anthropic failed"))
+        .unwrap_or_else(|| panic!("no reroute notice:\n{}", screen.join("\n")));
+    let first = screen[..notice]
+        .iter()
+        .rposition(|l| l.starts_with("This is a simulated answer"))
+        .expect("the answer's first row");
+    let footer = screen[notice..]
+        .iter()
+        .position(|l| l.starts_with("[sim-"))
+        .map(|i| notice + i)
+        .expect("the footer");
+    for row in &screen[first..footer] {
+        assert!(row.chars().count() <= 80, "{row:?}");
+    }
+    // The notice may take two rows.
+    let resumed = screen[notice..]
+        .iter()
+        .position(|l| l.ends_with("continuing on sim-deepseek"))
+        .map(|i| notice + i + 1)
+        .expect("the notice's end");
+    let before = screen[first..notice].join(" ");
+    let after = screen[resumed..footer].join(" ");
+    // Every row ends at a word boundary: the rows, joined by spaces, are the answer.
+    assert_eq!(
+        format!("{before} {after}"),
+        sim_answer("tell me"),
+        "the screen:\n{}",
+        screen.join("\n")
+    );
+    assert_eq!(tty.quit(), 0);
+}
