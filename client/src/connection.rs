@@ -254,6 +254,25 @@ impl Connection {
         self.broken
     }
 
+    /// Notice that the daemon closed this idle connection (it was stopped or restarted since
+    /// the last request), so that the next request goes to a new one instead of failing with
+    /// "lost the connection". Events of abandoned streams still arriving are read and
+    /// dropped; anything else makes the connection broken. Waits a millisecond at most: the
+    /// runtime must turn once to learn that the socket was closed.
+    pub async fn check_idle(&mut self) {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(1), self.framed.next()).await {
+                // Nothing to read: the daemon is there.
+                Err(_) => return,
+                Ok(Some(Ok(Response::Event { .. }))) => continue,
+                Ok(_) => {
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Mark the connection unusable (a stream was abandoned half-read).
     pub fn mark_broken(&mut self) {
         self.broken = true;

@@ -155,13 +155,18 @@ struct Tty {
     /// Everything read so far.
     output: Vec<u8>,
     cols: usize,
-    _env: TestEnv,
+    /// Its environment (socket, state, config).
+    env: TestEnv,
 }
 
 impl Tty {
     /// Start `mythos ARGS` on a terminal `cols` wide, with `vars` set.
     fn start(args: &[&str], cols: u16, vars: &[(&str, &str)]) -> Tty {
-        let env = TestEnv::new();
+        Tty::start_in(TestEnv::new(), args, cols, vars)
+    }
+
+    /// [`Tty::start`] in `env`.
+    fn start_in(env: TestEnv, args: &[&str], cols: u16, vars: &[(&str, &str)]) -> Tty {
         let (mut master, mut slave) = (0, 0);
         let size = libc::winsize {
             ws_row: 40,
@@ -211,7 +216,7 @@ impl Tty {
             child,
             output: Vec::new(),
             cols: cols as usize,
-            _env: env,
+            env,
         }
     }
 
@@ -346,6 +351,39 @@ fn an_answer_continued_after_a_notice_is_wrapped_at_word_boundaries() {
         sim_answer("tell me"),
         "the screen:\n{}",
         screen.join("\n")
+    );
+    assert_eq!(tty.quit(), 0);
+}
+
+/// `mythos daemon restart` (here: a stop and a new daemon) in another terminal while the chat
+/// waits at its prompt: the next command goes to the new daemon. `/status` used to fail once
+/// with "lost the connection to mythosd (Broken pipe)" and a hint that it may have crashed.
+#[test]
+fn a_command_after_the_daemon_restarted_reaches_the_new_daemon() {
+    let env = TestEnv::new();
+    let daemon = env.start_daemon(&["--simulate"]);
+    let mut tty = Tty::start_in(env, &["chat"], 100, &[]);
+    tty.prompt(0);
+    let (start, _) = tty.ask("/status");
+    tty.wait_for(start, "sim-anthropic", Duration::from_secs(5));
+    let pid = daemon.child.id();
+    assert!(daemon.stop().success());
+    let daemon = tty.env.start_daemon(&["--simulate"]);
+    assert_ne!(daemon.child.id(), pid);
+    for command in ["/status", "/provider sim-openai", "/fault sim-openai 500"] {
+        let (start, end) = tty.ask(command);
+        let shown = String::from_utf8_lossy(&tty.output[start..end]).into_owned();
+        assert!(!shown.contains("lost the connection"), "{command}: {shown}");
+    }
+    let screen = tty.screen().join("\n");
+    assert!(
+        screen.contains(&format!("pid {}", daemon.child.id())),
+        "{screen}"
+    );
+    assert!(screen.contains("pinned to sim-openai"), "{screen}");
+    assert!(
+        screen.contains("sim-openai will fail its next request"),
+        "{screen}"
     );
     assert_eq!(tty.quit(), 0);
 }

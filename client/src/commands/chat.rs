@@ -565,6 +565,12 @@ fn interruptible<T, E: Into<Failure>>(
 impl Session<'_> {
     /// The connection, reconnected (and the daemon restarted) if the last one broke.
     fn connection(&mut self) -> Result<&mut Connection, Failure> {
+        if let Some(conn) = &mut self.conn {
+            // `mythos daemon restart` in another terminal while the chat sat at its prompt:
+            // /status, /provider and /fault go to the new daemon (they said "lost the
+            // connection to mythosd ... may have crashed" once).
+            self.rt.block_on(conn.check_idle());
+        }
         if let Some(conn) = self.conn.take().filter(|c| !c.is_broken()) {
             return Ok(self.conn.insert(conn));
         }
