@@ -167,6 +167,17 @@ impl Tty {
 
     /// [`Tty::start`] in `env`.
     fn start_in(env: TestEnv, args: &[&str], cols: u16, vars: &[(&str, &str)]) -> Tty {
+        Tty::start_with(env, args, cols, vars, None)
+    }
+
+    /// [`Tty::start_in`], with stdout going to `stdout` instead of the terminal if given.
+    fn start_with(
+        env: TestEnv,
+        args: &[&str],
+        cols: u16,
+        vars: &[(&str, &str)],
+        stdout: Option<std::fs::File>,
+    ) -> Tty {
         let (mut master, mut slave) = (0, 0);
         let size = libc::winsize {
             ws_row: 40,
@@ -195,7 +206,10 @@ impl Tty {
             .env_remove("NO_COLOR")
             .env_remove("COLUMNS")
             .stdin(Stdio::from(slave.try_clone().expect("dup")))
-            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(match stdout {
+                Some(file) => Stdio::from(file),
+                None => Stdio::from(slave.try_clone().expect("dup")),
+            })
             .stderr(Stdio::from(slave));
         for (k, v) in vars {
             cmd.env(k, v);
@@ -385,5 +399,23 @@ fn a_command_after_the_daemon_restarted_reaches_the_new_daemon() {
         screen.contains("sim-openai will fail its next request"),
         "{screen}"
     );
+    assert_eq!(tty.quit(), 0);
+}
+
+/// `mythos chat > answers.md`: the prompt and the typed line are on the terminal, the file
+/// gets the answers without a prompt or an escape code. Rustyline wrote its prompt and echo to
+/// stdout: the user typed blind and the file held `> `, the typed text and terminal modes.
+#[test]
+fn with_stdout_in_a_file_the_prompt_stays_on_the_terminal() {
+    let env = TestEnv::new();
+    let path = env.dir.path().join("answers.md");
+    let file = std::fs::File::create(&path).expect("create answers.md");
+    let mut tty = Tty::start_with(env, &["chat", "--demo"], 80, &[], Some(file));
+    tty.prompt(0);
+    let (start, _) = tty.ask("tell me");
+    tty.wait_for(start, "tell me", Duration::from_secs(1));
+    let text = std::fs::read_to_string(&path).expect("read answers.md");
+    assert!(text.contains(&sim_answer("tell me")), "{text:?}");
+    assert!(!text.contains('\x1b') && !text.contains("> "), "{text:?}");
     assert_eq!(tty.quit(), 0);
 }

@@ -18,7 +18,7 @@ use mythos_protocol::{
 };
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
-use rustyline::{Config, Editor};
+use rustyline::{Behavior, Config, Editor};
 use tokio::runtime::Runtime;
 
 use super::demo::PrivateDaemon;
@@ -342,10 +342,23 @@ impl LineSource {
         if !io::stdin().is_terminal() {
             return LineSource::Plain(io::stdin().lock());
         }
+        // `mythos chat > answers.md`: the prompt and the line being typed belong on the
+        // terminal (rustyline writes them to stdout, so the user typed blind and the file got
+        // the prompts and their escape codes); the answers still go to stdout.
+        let behavior = if io::stdout().is_terminal() {
+            Behavior::Stdio
+        } else {
+            Behavior::PreferTerm
+        };
         let config = Config::builder()
             .max_history_size(1000)
             .and_then(|b| b.history_ignore_dups(true))
-            .map(|b| b.history_ignore_space(true).auto_add_history(false).build())
+            .map(|b| {
+                b.history_ignore_space(true)
+                    .auto_add_history(false)
+                    .behavior(behavior)
+                    .build()
+            })
             .unwrap_or_default();
         let Ok(mut editor) = Editor::<(), DefaultHistory>::with_config(config) else {
             return LineSource::Plain(io::stdin().lock());
