@@ -419,3 +419,22 @@ fn with_stdout_in_a_file_the_prompt_stays_on_the_terminal() {
     assert!(!text.contains('\x1b') && !text.contains("> "), "{text:?}");
     assert_eq!(tty.quit(), 0);
 }
+
+/// `TERM=dumb` (an Emacs shell buffer): no escape code in what the chat prints, and the
+/// answer once. The rendered answer was erased and re-drawn with cursor movements, which a
+/// dumb terminal shows as text, after the answer as streamed: the answer twice, with `^[[4A`.
+#[test]
+fn a_dumb_terminal_gets_plain_text() {
+    let mut tty = Tty::start(&["chat", "--demo"], 80, &[("TERM", "dumb")]);
+    tty.prompt(0);
+    tty.ask("/fault sim-anthropic disconnect");
+    let (start, end) = tty.ask("tell me");
+    let shown = String::from_utf8_lossy(&tty.output[start..end]).into_owned();
+    assert!(!shown.contains('\x1b'), "{shown:?}");
+    assert_eq!(
+        shown.matches("This is a simulated answer").count(),
+        1,
+        "{shown:?}"
+    );
+    assert_eq!(tty.quit(), 0);
+}

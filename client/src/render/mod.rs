@@ -156,7 +156,13 @@ impl Style {
 
 fn color_allowed() -> bool {
     // no-color.org: set and not empty means no color.
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && !dumb_terminal()
+}
+
+/// `TERM=dumb` (Emacs' shell buffers, some CI logs): the terminal shows text and moves to the
+/// next line, nothing more; a colour or a cursor movement would appear as literal `^[[4A`.
+pub fn dumb_terminal() -> bool {
+    std::env::var_os("TERM").is_some_and(|t| t == "dumb")
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -31,13 +31,16 @@ impl PrinterOptions {
     pub fn for_terminal(show_thinking: bool) -> Self {
         let stdout_tty = io::stdout().is_terminal();
         let stderr_tty = io::stderr().is_terminal();
+        // Re-drawing a line in place (a rendered answer, a countdown) takes cursor movements a
+        // dumb terminal prints as text: there, the answer streams as it is.
+        let redraw = !super::dumb_terminal();
         PrinterOptions {
             buffer_text: !stdout_tty,
             show_thinking,
             same_screen: stdout_tty && stderr_tty,
             side_style: Style::stderr(),
-            live: stderr_tty,
-            markdown: stdout_tty.then(super::markdown::terminal_width),
+            live: stderr_tty && redraw,
+            markdown: (stdout_tty && redraw).then(super::markdown::terminal_width),
         }
     }
 
