@@ -236,6 +236,8 @@ pub enum Input {
     Save(Option<String>),
     /// `/retry`: ask the last question again.
     Retry,
+    /// A command given the wrong arguments: what to say.
+    Usage(String),
     /// Any other `/word`.
     Unknown(String),
 }
@@ -262,15 +264,26 @@ pub fn parse_input(line: &str) -> Input {
         ("provider" | "p", []) => Input::Provider(None),
         ("provider" | "p", [p, ..]) => Input::Provider(Some((*p).to_string())),
         ("auto", _) => Input::Auto,
-        ("task", [k, ..]) => Input::Task(parse_task(k)),
+        ("task", [k, ..]) => match parse_task(k) {
+            Some(kind) => Input::Task(Some(kind)),
+            None => Input::Usage(format!(
+                "unknown task {k}; choose chat, code, analysis or background"
+            )),
+        },
         ("task", []) => Input::Task(None),
         ("status", _) => Input::Status,
         ("clear", _) => Input::Clear,
         ("fault", [p, f, ..]) => Input::Fault((*p).to_string(), (*f).to_string()),
+        ("fault", _) => Input::Usage(
+            "/fault needs a provider and a fault, e.g. /fault sim-anthropic 429 (/help lists them)"
+                .into(),
+        ),
         ("copy", _) => Input::Copy,
         ("save", []) => Input::Save(None),
         ("save", _) => Input::Save(Some(command["save".len()..].trim().to_string())),
         ("retry", _) => Input::Retry,
+        // A path ("/etc/hosts what is this?") is never a command: it is a question.
+        (name, _) if name.contains('/') => Input::Message(line.to_string()),
         _ => Input::Unknown(line.to_string()),
     }
 }
@@ -523,7 +536,11 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 Some(q) => s.turn(&q),
                 None => print("nothing to retry yet\n"),
             },
-            Input::Unknown(c) => print(&format!("unknown command {c}; /help lists them\n")),
+            Input::Usage(text) => print(&format!("{text}\n")),
+            Input::Unknown(c) => print(&format!(
+                "unknown command {c}; /help lists them (//{} sends it as a message)\n",
+                c.trim_start_matches('/')
+            )),
             Input::Message(text) => s.turn(&text),
         };
         if let Err(f) = result {
@@ -812,7 +829,19 @@ mod tests {
         assert_eq!(parse_input("/provider"), Input::Provider(None));
         assert_eq!(parse_input("/auto"), Input::Auto);
         assert_eq!(parse_input("/task code"), Input::Task(Some(TaskKind::Code)));
-        assert_eq!(parse_input("/task nonsense"), Input::Task(None));
+        assert_eq!(parse_input("/task"), Input::Task(None));
+        // A command with wrong arguments says so; it is not an unknown command, nor silence.
+        assert_eq!(
+            parse_input("/task nonsense"),
+            Input::Usage("unknown task nonsense; choose chat, code, analysis or background".into())
+        );
+        assert!(matches!(parse_input("/fault"), Input::Usage(_)));
+        assert!(matches!(parse_input("/fault sim-openai"), Input::Usage(_)));
+        // A path is a question, not an unknown command.
+        assert_eq!(
+            parse_input("/etc/hosts what is this?"),
+            Input::Message("/etc/hosts what is this?".into())
+        );
         assert_eq!(parse_input("/status"), Input::Status);
         assert_eq!(parse_input("/clear"), Input::Clear);
         assert_eq!(parse_input("/copy"), Input::Copy);
