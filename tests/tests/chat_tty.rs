@@ -438,3 +438,18 @@ fn a_dumb_terminal_gets_plain_text() {
     );
     assert_eq!(tty.quit(), 0);
 }
+
+/// A line typed with a leading space stays out of the history file, as in a shell (the editor
+/// is set up for it, but the chat trimmed the line first and every line was kept).
+#[test]
+fn a_line_starting_with_a_space_stays_out_of_the_history() {
+    let mut tty = Tty::start(&["chat", "--demo"], 80, &[]);
+    tty.prompt(0);
+    tty.ask("/task code");
+    tty.ask(" /fault sim-secret-key 429");
+    let history = tty.env.dir.path().join("xdg-state/mythos/history.txt");
+    let kept = std::fs::read_to_string(&history).expect("read the history");
+    assert!(kept.contains("/task code"), "{kept:?}");
+    assert!(!kept.contains("sim-secret-key"), "{kept:?}");
+    assert_eq!(tty.quit(), 0);
+}

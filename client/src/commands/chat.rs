@@ -490,7 +490,9 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         };
         let parsed = parse_input(&line);
         if parsed != Input::Empty {
-            input.remember(line.trim());
+            // Trimmed at the end only: a line typed with a leading space stays out of the
+            // history file (history_ignore_space), as in a shell, for a line holding a secret.
+            input.remember(line.trim_end());
         }
         // Failures inside the loop are reported and the chat goes on.
         let result = match parsed {
