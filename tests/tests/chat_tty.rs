@@ -196,6 +196,10 @@ impl Tty {
             )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: fcntl on the descriptor just opened. Without close-on-exec the chat (and its
+        // daemon) would hold the master open: a test that fails would leave them waiting on a
+        // terminal that never hangs up.
+        unsafe { libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC) };
         // SAFETY: both descriptors were just opened and are owned here alone.
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
@@ -316,6 +320,16 @@ impl Tty {
                 let _ = self.child.kill();
                 panic!("mythos chat did not exit on Ctrl-D");
             }
+        }
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        // A failed test: the chat must not outlive it.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
