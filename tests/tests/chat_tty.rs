@@ -431,6 +431,10 @@ fn with_stdout_in_a_file_the_prompt_stays_on_the_terminal() {
     let text = std::fs::read_to_string(&path).expect("read answers.md");
     assert!(text.contains(&sim_answer("tell me")), "{text:?}");
     assert!(!text.contains('\x1b') && !text.contains("> "), "{text:?}");
+    // The banner is for the person at the terminal, not for the file of answers.
+    assert!(!text.contains("/help for commands"), "{text:?}");
+    let shown = String::from_utf8_lossy(&tty.output).into_owned();
+    assert!(shown.contains("/help for commands"), "{shown:?}");
     assert_eq!(tty.quit(), 0);
 }
 

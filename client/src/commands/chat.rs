@@ -624,7 +624,14 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        let style = Style::stdout();
+        // `mythos chat > answers.md`: the banner is for the person at the terminal, not for
+        // the file that collects the answers.
+        let to_file = !io::stdout().is_terminal();
+        let style = if to_file {
+            Style::stderr()
+        } else {
+            Style::stdout()
+        };
         let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
         let mut line = format!("mythos chat · {}", names.join(", "));
         if demo {
@@ -638,11 +645,17 @@ impl Session<'_> {
                 )),
             }
         }
-        print(&format!(
-            "{}\n{}\n",
+        let text = format!(
+            "{}\n{}",
             style.bold(&line),
             style.dim("/help for commands, Ctrl-D to quit")
-        ))
+        );
+        if to_file {
+            super::eprint_line(&text);
+            Ok(())
+        } else {
+            print(&format!("{text}\n"))
+        }
     }
 
     /// Pin to `name` if the daemon knows such a provider.
