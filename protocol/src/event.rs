@@ -160,7 +160,9 @@ impl StreamEvent {
 pub struct DoneInfo {
     /// Why the model stopped.
     pub finish: FinishReason,
-    /// Tokens of the whole request, summed over providers that were billed.
+    /// Tokens of the whole request, summed over providers that were billed (what `mythos
+    /// usage` counts; the HTTP front end gives agents the last attempt's own count instead,
+    /// the conversation with the whole answer, which is what they size their context by).
     pub usage: Usage,
     /// Estimated cost in US dollars.
     pub cost_usd: f64,

@@ -397,6 +397,9 @@ async fn mythos_daemon_reload_applies_the_config_or_says_why_not() {
     let s = c.status().await;
     let p = s.providers.iter().find(|p| p.name == "deepseek").unwrap();
     assert_eq!(p.model, "deepseek-reasoner", "the config before stays");
+    let out = env.mythos(&["daemon", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["running"], true, "{v}");
     drop(daemon);
 
     let out = env.mythos(&["daemon", "reload"]);

@@ -51,7 +51,14 @@ pub async fn models(g: &Globals, json: bool) -> Result<u8, Failure> {
 /// Print the report as a table, or as JSON.
 pub fn show(report: &StatusReport, json: bool) -> Result<(), Failure> {
     if json {
-        print_json(report)
+        // `"running": true`, as `daemon status --json` says `false` with no daemon: a script
+        // asks one field either way.
+        let mut value = serde_json::to_value(report)
+            .map_err(|e| Failure::new(format!("cannot encode JSON: {e}")))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("running".into(), serde_json::Value::Bool(true));
+        }
+        print_json(&value)
     } else {
         print(&status_text(
             report,

@@ -378,13 +378,12 @@ impl Routed {
     /// in the answer), as do cost and the record.
     fn counted(&mut self, mut event: StreamEvent) -> StreamEvent {
         match &mut event {
-            StreamEvent::Rerouted { .. } => {
-                self.reroutes += 1;
-                self.attempt_usage = None;
-            }
+            StreamEvent::Rerouted { .. } => self.reroutes += 1,
+            // Every attempt starts so, once its provider has opened the stream (a retry
+            // elsewhere after nothing was shown sends no reroute notice): a report from the
+            // attempt before is not this one's.
+            StreamEvent::Started { .. } => self.attempt_usage = None,
             StreamEvent::Usage(u) => self.attempt_usage = Some(*u),
-            // (A retry on the same provider sends no reroute; its report replaces the one
-            // before all the same.)
             StreamEvent::Done(done) => {
                 if let Some(last) = self.attempt_usage {
                     done.usage = Usage {

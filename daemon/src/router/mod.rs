@@ -423,27 +423,19 @@ struct Plan {
 /// What a request takes along when a reload moves it to the router in force: the answer as it
 /// stands, so that the new config's providers continue it (an answer cut on a provider the
 /// reload removed was retried there until its budget ran out), the notice owed for its last
-/// failure, and when it last made progress (its patience counts from there).
+/// failure, and all it learnt on the way (which providers failed this round or refused it for
+/// good, its retries, its time in the queue), so that a move neither sends it back to the
+/// provider it just left nor gives it a fresh queue allowance.
 #[derive(Default)]
 struct Moved {
     partial: Partial,
     reroute: Option<(String, String)>,
-    progressed_at: Option<Instant>,
-}
-
-impl Moved {
-    /// What the request has so far, taken along.
-    fn take(
-        partial: &mut Partial,
-        reroute: &mut Option<(String, String)>,
-        journey: &Journey,
-    ) -> Moved {
-        Moved {
-            partial: std::mem::take(partial),
-            reroute: reroute.take(),
-            progressed_at: journey.progressed_at,
-        }
-    }
+    /// The answer must restart on the next provider (one refused to continue it).
+    restart: bool,
+    attempt_no: u32,
+    journey: Journey,
+    /// The providers `journey`'s indices stand for.
+    names: Vec<String>,
 }
 
 /// Everything one request learns on its way through providers.
@@ -501,6 +493,41 @@ impl Journey {
             .iter()
             .find(|(j, _)| *j == i)
             .map_or(0, |(_, n)| *n)
+    }
+
+    /// This journey on a router whose providers are `to`, from one whose providers were
+    /// `from`: each index by provider name, those no longer configured left out. What only
+    /// held for the last wait (`told_round`, `back_at`, `unavailable`) starts over.
+    fn moved(self, from: &[String], to: &[RoutedProvider]) -> Journey {
+        let at = |i: usize| {
+            from.get(i)
+                .and_then(|name| to.iter().position(|p| &p.cfg.name == name))
+        };
+        let list = |v: Vec<usize>| v.into_iter().filter_map(at).collect();
+        let pairs = |v: Vec<(usize, u32)>| {
+            v.into_iter()
+                .filter_map(|(i, n)| at(i).map(|i| (i, n)))
+                .collect()
+        };
+        Journey {
+            tried_round: list(self.tried_round),
+            excluded: list(self.excluded),
+            attempted: list(self.attempted),
+            outcome_taken: list(self.outcome_taken),
+            unreachable: list(self.unreachable),
+            unreachable_probes: list(self.unreachable_probes),
+            format_in_words: list(self.format_in_words),
+            retries: pairs(self.retries),
+            errors: self
+                .errors
+                .into_iter()
+                .filter_map(|(i, e)| at(i).map(|i| (i, e)))
+                .collect(),
+            told_round: false,
+            back_at: None,
+            unavailable: None,
+            ..self
+        }
     }
 
     fn count_retry(&mut self, i: usize) {
@@ -1006,14 +1033,11 @@ impl Router {
         let cancelled = attempt::cancelled_by_client;
         let carried = moved.take().unwrap_or_default();
         let mut partial = carried.partial;
-        let mut j = Journey {
-            progressed_at: carried.progressed_at,
-            ..Journey::default()
-        };
-        let mut attempt_no = 0u32;
+        let mut j = carried.journey.moved(&carried.names, &self.providers);
+        let mut attempt_no = carried.attempt_no;
         let mut round = 0usize;
         let mut same: Option<usize> = None;
-        let mut restart = false;
+        let mut restart = carried.restart;
         // The retry on `same` may wait for it in the queue (it is owed, not a gamble).
         let mut same_may_wait = false;
         let mut pending_reroute = carried.reroute;
@@ -1035,7 +1059,14 @@ impl Router {
                 break 'request Err((cancelled(), None));
             }
             if self.retired.is_cancelled() {
-                *moved = Some(Moved::take(&mut partial, &mut pending_reroute, &j));
+                *moved = Some(Moved {
+                    partial: std::mem::take(&mut partial),
+                    reroute: pending_reroute.take(),
+                    restart,
+                    attempt_no,
+                    journey: std::mem::take(&mut j),
+                    names: self.providers.iter().map(|p| p.cfg.name.clone()).collect(),
+                });
                 break 'request Err(reconfigured());
             }
             if (attempt_no as usize).saturating_sub(j.told_attempts) >= max_attempts {
@@ -1171,7 +1202,14 @@ impl Router {
                 Err(Refusal::Cancelled)
                     if !cancel.is_cancelled() && self.retired.is_cancelled() =>
                 {
-                    *moved = Some(Moved::take(&mut partial, &mut pending_reroute, &j));
+                    *moved = Some(Moved {
+                        partial: std::mem::take(&mut partial),
+                        reroute: pending_reroute.take(),
+                        restart,
+                        attempt_no,
+                        journey: std::mem::take(&mut j),
+                        names: self.providers.iter().map(|p| p.cfg.name.clone()).collect(),
+                    });
                     break 'request Err(reconfigured());
                 }
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
@@ -1572,6 +1610,8 @@ impl Router {
                         tokio::select! {
                             _ = tokio::time::sleep(after) => {}
                             _ = cancel.cancelled() => break 'request Err((cancelled(), None)),
+                            // A reload: the loop's top moves the request.
+                            _ = self.retired.cancelled() => {}
                         }
                     }
                     j.count_retry(i);

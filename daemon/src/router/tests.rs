@@ -4096,3 +4096,34 @@ async fn an_answer_cut_on_a_provider_a_reload_removes_is_continued_by_the_new_co
     assert_eq!(reroutes.last(), Some(&("beta", RerouteMode::Continue)));
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
 }
+
+/// A reload that lands while an answer streams, the stream then cut: the request moves to the
+/// new router knowing which provider just failed it, and goes on elsewhere, not back to that
+/// one (a move started its journey afresh, and the provider it had just left ranked first
+/// again; found by a review).
+#[tokio::test(start_paused = true)]
+async fn a_request_moved_by_a_reload_does_not_go_back_to_the_provider_that_just_failed() {
+    let h = harness(2, no_jitter());
+    let all: Vec<RoutedProvider> = h.router.providers().to_vec();
+    let first = Arc::new(Router::new(all.clone(), no_jitter(), None, 1));
+    first.publish();
+    h.scripts[0].push([Step::Stream(vec![
+        text("Hello"),
+        text(" wor"),
+        (500, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    h.scripts[0].push([answer(&["ld, again from alpha."])]);
+    h.scripts[1].push([answer(&["ld", ", how are you?"])]);
+    let asking = {
+        let r = first.clone();
+        tokio::spawn(async move { ask(&r, req("greet")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = Arc::new(first.succeed(all, no_jitter()));
+    second.publish();
+    let ev = asking.await.unwrap();
+    assert_eq!(error_kind(&ev), None, "{:?}", ev.last());
+    assert_eq!(final_text(&ev), "Hello world, how are you?");
+    assert_eq!(done_provider(&ev), Some("beta"));
+    assert_eq!(h.scripts[0].calls.load(Ordering::SeqCst), 1);
+}

@@ -663,11 +663,14 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
                 out.insert(k.clone(), clean(v, defs, depth, budget));
             }
             "anyOf" | "oneOf" => {
+                // A variant Gemini cannot express goes likewise (Pydantic's `Optional[dict]`:
+                // a map or null); one left with none is left out above.
                 let all: Vec<Value> = v
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(|s| clean(s, defs, depth, budget))
+                    .filter(|s| !inexpressible(s))
                     .collect();
                 out.insert("anyOf".into(), Value::Array(all));
             }
@@ -728,8 +731,11 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
 }
 
 /// Whether a cleaned schema is one Gemini refuses inside `parameters`: an object without
-/// properties, or an array of such.
+/// properties, an array of such, or a choice left with nothing but `null`.
 fn inexpressible(schema: &Value) -> bool {
+    if let Some(choices) = schema.get("anyOf").and_then(Value::as_array) {
+        return choices.iter().all(|c| c["type"] == "null");
+    }
     match schema["type"].as_str() {
         Some(t) if t.eq_ignore_ascii_case("object") => {
             schema["properties"].as_object().is_none_or(Map::is_empty)

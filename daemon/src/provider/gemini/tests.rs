@@ -331,19 +331,22 @@ fn schema_cleaning() {
         })
     );
     // Objects without properties (a bare one for a `$ref` that cannot be resolved, a map of
-    // `additionalProperties`, an array of maps) are refused by Gemini at any depth: they are
+    // `additionalProperties`, an array of maps, Pydantic's `Optional[dict]`) are refused by Gemini at any depth: they are
     // left out, and a tool left with no parameters has none.
     let maps = json!({"type": "object", "properties": {
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
         "headers": {"type": "array", "items": {"type": "object", "properties": {}}},
         "nested": {"type": "object", "properties": {"cmd": {"type": "string"}, "opts": {"type": "object"}}},
-        "cmd": {"type": "string"}},
+        "cmd": {"type": "string"},
+        "meta": {"anyOf": [{"type": "object", "additionalProperties": true}, {"type": "null"}]},
+        "either": {"anyOf": [{"type": "object"}, {"type": "string"}]}},
         "required": ["env", "cmd"]});
     assert_eq!(
         clean_schema(&maps),
         json!({"type": "object", "properties": {
             "nested": {"type": "object", "properties": {"cmd": {"type": "string"}}},
-            "cmd": {"type": "string"}},
+            "cmd": {"type": "string"},
+            "either": {"anyOf": [{"type": "string"}]}},
             "required": ["cmd"]})
     );
     let only_maps = json!({"type": "object", "properties": {"env": {"type": "object"}}});
