@@ -1364,15 +1364,7 @@ async fn a_body_that_is_not_json_is_a_400_in_the_dialect() {
 async fn an_unknown_path_is_a_404_in_the_dialect() {
     let w = World::start().await;
     for (path, anthropic) in [("/v1/messages/batches", true), ("/v1/embeddings", false)] {
-        let r = w
-            .send(
-                w.http
-                    .post(format!("{}{path}", w.base))
-                    .bearer_auth(&w.token)
-                    .header("content-type", "application/json")
-                    .body("{}"),
-            )
-            .await;
+        let r = w.post(path, &json!({})).await;
         assert_eq!(r.status, 404, "{path}: {}", r.body);
         let v = r.json();
         if anthropic {

@@ -1199,18 +1199,11 @@ impl Router {
                 .await
             {
                 Ok(lease) => lease,
+                // Reconfigured while it waited: the loop's top moves it.
                 Err(Refusal::Cancelled)
                     if !cancel.is_cancelled() && self.retired.is_cancelled() =>
                 {
-                    *moved = Some(Moved {
-                        partial: std::mem::take(&mut partial),
-                        reroute: pending_reroute.take(),
-                        restart,
-                        attempt_no,
-                        journey: std::mem::take(&mut j),
-                        names: self.providers.iter().map(|p| p.cfg.name.clone()).collect(),
-                    });
-                    break 'request Err(reconfigured());
+                    continue
                 }
                 Err(Refusal::Cancelled) => break 'request Err((cancelled(), None)),
                 Err(Refusal::NoCapacity {
