@@ -14,6 +14,7 @@ mod error;
 mod launcher;
 mod render;
 mod stream;
+mod typeahead;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

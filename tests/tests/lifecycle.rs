@@ -554,3 +554,51 @@ async fn piped_chat_pins_by_any_capitals_and_fails_on_an_unknown_provider() {
     let answered = mocks.anthropic.requests().len() + mocks.deepseek.requests().len();
     assert_eq!(answered, 2, "{out:?}");
 }
+
+/// A piped conversation with a command written wrong (`/task cod`, `/fault` with an unknown
+/// fault, a `/word` that is no command, `/save` where nothing can be written) ends with exit
+/// status 1 and says why on stderr, while the rest is still answered: it exited 0, and a
+/// script never learnt that its commands did nothing. A first word that is an existing path
+/// (`/tmp …`) is a question, not an unknown command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_chat_fails_on_a_command_written_wrong_and_asks_about_a_path() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let dir = env.dir.path().display().to_string();
+    for (line, said) in [
+        ("/task cod", "unknown task cod"),
+        ("/fault anthropic nope", "unknown fault nope"),
+        ("/frobnicate", "unknown command /frobnicate"),
+        (
+            "/save /nonexistent-dir/x.md",
+            "cannot write /nonexistent-dir/x.md",
+        ),
+    ] {
+        let before = mocks.anthropic.requests().len();
+        let out = env.mythos_with_stdin(&["chat"], &format!("{line}\nthe question\n"));
+        assert_eq!(out.status.code(), Some(1), "{line}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{line}: {err}");
+        assert_eq!(
+            mocks.anthropic.requests().len(),
+            before + 1,
+            "{line}: {out:?}"
+        );
+    }
+    let before = mocks.anthropic.requests().len();
+    let out = env.mythos_with_stdin(&["chat"], &format!("{dir} what is in here\n"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mocks.anthropic.requests().len(), before + 1, "{out:?}");
+    let asked = mocks
+        .anthropic
+        .requests()
+        .last()
+        .cloned()
+        .expect("a request");
+    assert!(
+        asked.body.to_string().contains("what is in here"),
+        "{}",
+        asked.body
+    );
+}

@@ -27,6 +27,7 @@ use crate::connection::{Connection, Target};
 use crate::error::{Failure, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::render::{status_text, PrinterOptions, StreamPrinter, Style};
 use crate::stream::{self, Ended, Outcome};
+use crate::typeahead::{Quiet, Typed, TypedAhead};
 
 /// What `mythos chat` was asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -346,6 +347,8 @@ enum LineSource {
     Editor {
         editor: Box<Editor<(), DefaultHistory>>,
         history: Option<PathBuf>,
+        /// Lines typed while the last one was being answered, to be read before the editor.
+        ahead: TypedAhead,
     },
     Plain(io::StdinLock<'static>),
 }
@@ -387,6 +390,7 @@ impl LineSource {
         LineSource::Editor {
             editor: Box::new(editor),
             history,
+            ahead: TypedAhead::default(),
         }
     }
 
@@ -396,6 +400,19 @@ impl LineSource {
 
     fn read(&mut self, prompt: &str) -> Result<ReadLine, Failure> {
         match self {
+            LineSource::Editor { ahead, .. } if ahead.has_next() => match ahead.next() {
+                Some(Typed::Line(line)) => {
+                    // Shown as the editor shows a line it returns, where it shows it.
+                    let shown = format!("{prompt}{line}\n");
+                    if io::stdout().is_terminal() {
+                        print(&shown)?;
+                    } else {
+                        eprint!("{shown}");
+                    }
+                    Ok(ReadLine::Line(line))
+                }
+                Some(Typed::Eof) | None => Ok(ReadLine::Eof),
+            },
             LineSource::Editor { editor, .. } => match editor.readline(prompt) {
                 Ok(line) => Ok(ReadLine::Line(line)),
                 Err(ReadlineError::Interrupted) => Ok(ReadLine::Interrupted),
@@ -415,8 +432,24 @@ impl LineSource {
         }
     }
 
+    /// Keep what is typed from now on off the screen, for [`LineSource::resume`] to read:
+    /// the chat is busy (an answer streams) and the terminal would echo it into the answer.
+    fn quiet(&self) -> Option<Quiet> {
+        self.interactive().then(Quiet::hold)
+    }
+
+    /// The chat is ready for the next line: take the lines typed meanwhile.
+    fn resume(&mut self, quiet: Option<Quiet>) {
+        if let (Some(q), LineSource::Editor { ahead, .. }) = (quiet, self) {
+            q.release(ahead);
+        }
+    }
+
     fn remember(&mut self, line: &str) {
-        if let LineSource::Editor { editor, history } = self {
+        if let LineSource::Editor {
+            editor, history, ..
+        } = self
+        {
             if editor.add_history_entry(line).unwrap_or(false) {
                 if let Some(path) = history {
                     // History is a convenience: a read-only state dir must not break the chat.
@@ -494,6 +527,16 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
             // history file (history_ignore_space), as in a shell, for a line holding a secret.
             input.remember(line.trim_end());
         }
+        let quiet = input.quiet();
+        // A command written wrong: said at a terminal, where the user types it again; a
+        // failure when piped, so that the script learns of it (exit status 1).
+        let mistake = |text: &str| {
+            if interactive {
+                print(&format!("{text}\n"))
+            } else {
+                Err(Failure::new(text))
+            }
+        };
         // Failures inside the loop are reported and the chat goes on.
         let result = match parsed {
             Input::Empty => Ok(()),
@@ -521,7 +564,10 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 s.convo.clear();
                 print("conversation cleared\n")
             }
-            Input::Fault(p, f) => s.fault(p, &f),
+            Input::Fault(p, f) => match parse_fault(&f) {
+                Some(fault) => s.fault(p, fault),
+                None => mistake(&format!("unknown fault {f}; /help lists them")),
+            },
             Input::Copy => match s.convo.last_answer() {
                 None => print("nothing to copy yet\n"),
                 Some(answer) => match copy_to_clipboard(&last_code_block(&answer)) {
@@ -529,22 +575,26 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                     Err(e) => print(&format!("cannot copy: {e}\n")),
                 },
             },
-            Input::Save(None) => print("/save needs a file name\n"),
+            Input::Save(None) => mistake("/save needs a file name"),
             Input::Save(Some(path)) => match std::fs::write(&path, s.convo.markdown()) {
                 Ok(()) => print(&format!("saved to {path}\n")),
-                Err(e) => print(&format!("cannot write {path}: {e}\n")),
+                Err(e) => Err(Failure::new(format!("cannot write {path}: {e}"))),
             },
             Input::Retry => match s.convo.take_last_question() {
                 Some(q) => s.turn(&q),
                 None => print("nothing to retry yet\n"),
             },
-            Input::Usage(text) => print(&format!("{text}\n")),
-            Input::Unknown(c) => print(&format!(
-                "unknown command {c}; /help lists them (//{} sends it as a message)\n",
+            Input::Usage(text) => mistake(&text),
+            // A path that exists ("/tmp what is here?") is a question, as one with a slash
+            // inside its first word is (`parse_input`).
+            Input::Unknown(c) if first_word_is_a_path(&c) => s.turn(c.trim()),
+            Input::Unknown(c) => mistake(&format!(
+                "unknown command {c}; /help lists them (//{} sends it as a message)",
                 c.trim_start_matches('/')
             )),
             Input::Message(text) => s.turn(&text),
         };
+        input.resume(quiet);
         if let Err(f) = result {
             if f.message.is_empty() {
                 return Err(f);
@@ -558,6 +608,13 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
     } else {
         EXIT_OK
     })
+}
+
+/// Whether the first word of `line` (a `/word` that is no command) names a file or directory.
+fn first_word_is_a_path(line: &str) -> bool {
+    line.split_whitespace()
+        .next()
+        .is_some_and(|w| std::path::Path::new(w).exists())
 }
 
 /// The daemon's own spelling of provider `name`. Names are compared without case, as the
@@ -693,10 +750,7 @@ impl Session<'_> {
         }
     }
 
-    fn fault(&mut self, provider: String, fault: &str) -> Result<(), Failure> {
-        let Some(fault) = parse_fault(fault) else {
-            return print(&format!("unknown fault {fault}; /help lists them\n"));
-        };
+    fn fault(&mut self, provider: String, fault: SimFault) -> Result<(), Failure> {
         let rt = self.rt;
         let conn = self.connection()?;
         let req = Request::SimInject {

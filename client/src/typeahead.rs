@@ -1,0 +1,166 @@
+//! Lines typed at the terminal while the chat is busy (an answer streaming): kept out of the
+//! answer on the screen and asked next, in order.
+//!
+//! Between two prompts the terminal is in its ordinary (canonical) mode, where it echoes what
+//! is typed: a question typed while an answer streamed appeared in the middle of the answer.
+//! And rustyline reads the terminal 1,024 bytes at a time and drops what it read past the line
+//! it returns (without its `buffer-redux` feature, gone from rustyline 19): of two lines typed
+//! ahead, the second was lost. So while busy the echo is off, and before the next prompt the
+//! complete lines typed meanwhile are taken here, one `read` each (canonical mode hands over one
+//! line per read), leaving rustyline only the line still being typed, which it then shows in
+//! its editor as if typed there.
+
+use std::collections::VecDeque;
+
+/// What was typed ahead, in order.
+#[derive(Debug, Default)]
+pub struct TypedAhead {
+    lines: VecDeque<String>,
+    /// Ctrl-D was typed on an empty line: the chat ends once the lines before it are done.
+    eof: bool,
+}
+
+/// One line (or the end) typed ahead.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Typed {
+    /// A complete line, without its newline.
+    Line(String),
+    /// Ctrl-D on an empty line.
+    Eof,
+}
+
+impl TypedAhead {
+    /// Whether anything was typed ahead.
+    pub fn has_next(&self) -> bool {
+        !self.lines.is_empty() || self.eof
+    }
+
+    /// The next thing typed ahead, if any.
+    pub fn next(&mut self) -> Option<Typed> {
+        if let Some(line) = self.lines.pop_front() {
+            return Some(Typed::Line(line));
+        }
+        if std::mem::take(&mut self.eof) {
+            return Some(Typed::Eof);
+        }
+        None
+    }
+
+    /// Add what one canonical-mode read returned: a line ending in a newline, a line ended by
+    /// Ctrl-D (no newline), or nothing (Ctrl-D on an empty line).
+    fn push_read(&mut self, bytes: &[u8]) {
+        if self.eof {
+            return;
+        }
+        if bytes.is_empty() {
+            self.eof = true;
+            return;
+        }
+        let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.lines
+            .push_back(String::from_utf8_lossy(line).into_owned());
+    }
+}
+
+/// The terminal's echo, off while this lives (on stdin, when it is a terminal in canonical
+/// mode with echo on; otherwise this does nothing).
+pub struct Quiet {
+    #[cfg(unix)]
+    saved: Option<libc::termios>,
+}
+
+impl Quiet {
+    /// Turn the echo off.
+    pub fn hold() -> Quiet {
+        #[cfg(unix)]
+        {
+            // SAFETY: tcgetattr/tcsetattr on fd 0 with a termios owned here; a failure (stdin
+            // not a terminal) leaves it untouched and this guard empty.
+            unsafe {
+                let mut t: libc::termios = std::mem::zeroed();
+                if libc::isatty(0) != 1 || libc::tcgetattr(0, &mut t) != 0 {
+                    return Quiet { saved: None };
+                }
+                if t.c_lflag & libc::ECHO == 0 || t.c_lflag & libc::ICANON == 0 {
+                    return Quiet { saved: None };
+                }
+                let saved = t;
+                // ISIG stays: Ctrl-C still interrupts the answer.
+                t.c_lflag &= !(libc::ECHO | libc::ECHONL);
+                if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                    return Quiet { saved: None };
+                }
+                Quiet { saved: Some(saved) }
+            }
+        }
+        #[cfg(not(unix))]
+        Quiet {}
+    }
+
+    /// The complete lines typed while the echo was off, into `ahead`; then the echo is back.
+    /// What is still being typed (no Enter yet) stays for the line editor.
+    pub fn release(mut self, ahead: &mut TypedAhead) {
+        #[cfg(unix)]
+        if self.saved.is_some() {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                let mut fds = libc::pollfd {
+                    fd: 0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd owned here; a zero timeout never blocks. In canonical mode
+                // stdin is readable only once a line is complete (or Ctrl-D was typed).
+                let ready = unsafe { libc::poll(&mut fds, 1, 0) };
+                if ready != 1 || fds.revents & libc::POLLIN == 0 {
+                    break;
+                }
+                // SAFETY: reads into a buffer owned here, within its length; poll said a line
+                // is there, so this does not block.
+                let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                let Ok(n) = usize::try_from(n) else { break };
+                ahead.push_read(&buf[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        self.restore();
+    }
+
+    fn restore(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: puts back the settings read in `hold`. TCSANOW: what was typed stays.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+        }
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        // An error or a panic between hold and release must not leave the terminal mute.
+        self.restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_come_in_order_and_the_end_after_them() {
+        let mut ahead = TypedAhead::default();
+        ahead.push_read(b"second question\n");
+        ahead.push_read(b"third\r\n");
+        ahead.push_read(b"ended by ctrl-d");
+        ahead.push_read(b"");
+        ahead.push_read(b"after the end\n");
+        assert_eq!(ahead.next(), Some(Typed::Line("second question".into())));
+        assert_eq!(ahead.next(), Some(Typed::Line("third".into())));
+        assert_eq!(ahead.next(), Some(Typed::Line("ended by ctrl-d".into())));
+        assert_eq!(ahead.next(), Some(Typed::Eof));
+        assert_eq!(ahead.next(), None);
+    }
+}
