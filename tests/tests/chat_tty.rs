@@ -435,6 +435,38 @@ fn with_stdout_in_a_file_the_prompt_stays_on_the_terminal() {
     assert!(!text.contains("/help for commands"), "{text:?}");
     let shown = String::from_utf8_lossy(&tty.output).into_owned();
     assert!(shown.contains("/help for commands"), "{shown:?}");
+    // So are what commands say: they went into the file.
+    tty.ask("/help");
+    tty.ask("/task code");
+    tty.ask("/status");
+    let text = std::fs::read_to_string(&path).expect("read answers.md");
+    assert_eq!(text.trim(), sim_answer("tell me"), "{text:?}");
+    let shown = String::from_utf8_lossy(&tty.output).into_owned();
+    for said in ["/provider NAME", "task: code", "sim-deepseek"] {
+        assert!(shown.contains(said), "{said}: {shown:?}");
+    }
+    assert_eq!(tty.quit(), 0);
+}
+
+/// `TERM=dumb` with stdout in a file: the prompt is on the terminal, not in the file
+/// (rustyline, which cannot drive such a terminal, prompted on stdout).
+#[test]
+fn a_dumb_terminal_with_stdout_in_a_file_keeps_the_prompt_on_the_terminal() {
+    let env = TestEnv::new();
+    let path = env.dir.path().join("answers.md");
+    let file = std::fs::File::create(&path).expect("create answers.md");
+    let mut tty = Tty::start_with(
+        env,
+        &["chat", "--demo"],
+        80,
+        &[("TERM", "dumb")],
+        Some(file),
+    );
+    tty.prompt(0);
+    let (start, _) = tty.ask("tell me");
+    tty.wait_for(start, "tell me", Duration::from_secs(1));
+    let text = std::fs::read_to_string(&path).expect("read answers.md");
+    assert_eq!(text.trim(), sim_answer("tell me"), "{text:?}");
     assert_eq!(tty.quit(), 0);
 }
 

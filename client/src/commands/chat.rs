@@ -350,13 +350,32 @@ enum LineSource {
         /// Lines typed while the last one was being answered, to be read before the editor.
         ahead: TypedAhead,
     },
-    Plain(io::StdinLock<'static>),
+    /// Lines from stdin; `prompt`: shown on stderr first (a terminal rustyline does not
+    /// support, such as `TERM=dumb`, with stdout in a file: rustyline would write its prompt
+    /// into the file).
+    Plain {
+        stdin: io::StdinLock<'static>,
+        prompt: bool,
+    },
 }
 
 impl LineSource {
     fn new() -> LineSource {
         if !io::stdin().is_terminal() {
-            return LineSource::Plain(io::stdin().lock());
+            return LineSource::Plain {
+                stdin: io::stdin().lock(),
+                prompt: false,
+            };
+        }
+        // rustyline's list of terminals it cannot drive (it then reads plain lines and
+        // prompts on stdout).
+        let unsupported =
+            std::env::var("TERM").is_ok_and(|t| ["dumb", "cons25", "emacs"].contains(&t.as_str()));
+        if unsupported && !io::stdout().is_terminal() {
+            return LineSource::Plain {
+                stdin: io::stdin().lock(),
+                prompt: true,
+            };
         }
         // `mythos chat > answers.md`: the prompt and the line being typed belong on the
         // terminal (rustyline writes them to stdout, so the user typed blind and the file got
@@ -377,7 +396,10 @@ impl LineSource {
             })
             .unwrap_or_default();
         let Ok(mut editor) = Editor::<(), DefaultHistory>::with_config(config) else {
-            return LineSource::Plain(io::stdin().lock());
+            return LineSource::Plain {
+                stdin: io::stdin().lock(),
+                prompt: false,
+            };
         };
         let dir = mythos_protocol::paths::state_dir();
         let history = std::fs::create_dir_all(&dir)
@@ -395,7 +417,10 @@ impl LineSource {
     }
 
     fn interactive(&self) -> bool {
-        matches!(self, LineSource::Editor { .. })
+        matches!(
+            self,
+            LineSource::Editor { .. } | LineSource::Plain { prompt: true, .. }
+        )
     }
 
     fn read(&mut self, prompt: &str) -> Result<ReadLine, Failure> {
@@ -419,7 +444,13 @@ impl LineSource {
                 Err(ReadlineError::Eof) => Ok(ReadLine::Eof),
                 Err(e) => Err(Failure::new(format!("cannot read input: {e}"))),
             },
-            LineSource::Plain(stdin) => {
+            LineSource::Plain { stdin, prompt: p } => {
+                if *p {
+                    use std::io::Write;
+                    let mut err = io::stderr().lock();
+                    // The prompt is a courtesy: a closed stderr must not end the chat.
+                    let _ = write!(err, "{prompt}").and_then(|()| err.flush());
+                }
                 let mut line = String::new();
                 match stdin.read_line(&mut line) {
                     Ok(0) => Ok(ReadLine::Eof),
@@ -532,7 +563,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         // failure when piped, so that the script learns of it (exit status 1).
         let mistake = |text: &str| {
             if interactive {
-                print(&format!("{text}\n"))
+                say(&format!("{text}\n"))
             } else {
                 Err(Failure::new(text))
             }
@@ -541,48 +572,48 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         let result = match parsed {
             Input::Empty => Ok(()),
             Input::Exit => break,
-            Input::Help => print(HELP),
+            Input::Help => say(HELP),
             Input::Provider(Some(p)) => s.pin_to(p),
-            Input::Provider(None) => print(&match &s.pin {
+            Input::Provider(None) => say(&match &s.pin {
                 Some(p) => format!("pinned to {p}\n"),
                 None => "not pinned: mythos chooses the provider\n".to_string(),
             }),
             Input::Auto => {
                 s.pin = None;
-                print("mythos chooses the provider again\n")
+                say("mythos chooses the provider again\n")
             }
             Input::Task(Some(k)) => {
                 s.task = k;
-                print(&format!("task: {}\n", k.as_str()))
+                say(&format!("task: {}\n", k.as_str()))
             }
-            Input::Task(None) => print(&format!(
+            Input::Task(None) => say(&format!(
                 "task: {} (choose chat, code, analysis or background)\n",
                 s.task.as_str()
             )),
             Input::Status => s.status(),
             Input::Clear => {
                 s.convo.clear();
-                print("conversation cleared\n")
+                say("conversation cleared\n")
             }
             Input::Fault(p, f) => match parse_fault(&f) {
                 Some(fault) => s.fault(p, fault),
                 None => mistake(&format!("unknown fault {f}; /help lists them")),
             },
             Input::Copy => match s.convo.last_answer() {
-                None => print("nothing to copy yet\n"),
+                None => say("nothing to copy yet\n"),
                 Some(answer) => match copy_to_clipboard(&last_code_block(&answer)) {
-                    Ok(tool) => print(&format!("copied (with {tool})\n")),
-                    Err(e) => print(&format!("cannot copy: {e}\n")),
+                    Ok(tool) => say(&format!("copied (with {tool})\n")),
+                    Err(e) => say(&format!("cannot copy: {e}\n")),
                 },
             },
             Input::Save(None) => mistake("/save needs a file name"),
             Input::Save(Some(path)) => match std::fs::write(&path, s.convo.markdown()) {
-                Ok(()) => print(&format!("saved to {path}\n")),
+                Ok(()) => say(&format!("saved to {path}\n")),
                 Err(e) => Err(Failure::new(format!("cannot write {path}: {e}"))),
             },
             Input::Retry => match s.convo.take_last_question() {
                 Some(q) => s.turn(&q),
-                None => print("nothing to retry yet\n"),
+                None => say("nothing to retry yet\n"),
             },
             Input::Usage(text) => mistake(&text),
             // A path that exists ("/tmp what is here?") is a question, as one with a slash
@@ -608,6 +639,23 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
     } else {
         EXIT_OK
     })
+}
+
+/// Whether stdout is a file of answers beside a terminal (`mythos chat > answers.md`): what
+/// is for the person typing then goes to the terminal, through stderr.
+fn to_terminal_aside() -> bool {
+    io::stdin().is_terminal() && !io::stdout().is_terminal()
+}
+
+/// What a command says (help, status, a pin, a mistake): on the terminal, not in a file of
+/// answers.
+fn say(text: &str) -> Result<(), Failure> {
+    if to_terminal_aside() {
+        eprint!("{text}");
+        Ok(())
+    } else {
+        print(text)
+    }
 }
 
 /// Whether the first word of `line` (a `/word` that is no command) names a file or directory.
@@ -722,7 +770,7 @@ impl Session<'_> {
         let report = interruptible(rt, status::fetch(conn))?;
         match provider_named(&report, &name) {
             Some(name) => {
-                print(&format!("pinned to {name}: no fallback until /auto\n"))?;
+                say(&format!("pinned to {name}: no fallback until /auto\n"))?;
                 self.pin = Some(name);
                 Ok(())
             }
@@ -737,7 +785,12 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        print(&status_text(&report, Style::stdout(), &self.keys_here()))
+        let style = if to_terminal_aside() {
+            Style::stderr()
+        } else {
+            Style::stdout()
+        };
+        say(&status_text(&report, style, &self.keys_here()))
     }
 
     /// The key variables of this shell the daemon may lack (none for the private demo daemon,
@@ -758,7 +811,7 @@ impl Session<'_> {
             faults: vec![fault],
         };
         match interruptible(rt, conn.call(req))? {
-            Response::Ok => print(&format!("{provider} will fail its next request\n")),
+            Response::Ok => say(&format!("{provider} will fail its next request\n")),
             other => Err(unexpected(other, "ok")),
         }
     }
