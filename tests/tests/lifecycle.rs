@@ -602,3 +602,25 @@ async fn piped_chat_fails_on_a_command_written_wrong_and_asks_about_a_path() {
         asked.body
     );
 }
+
+/// `/fault` on a provider that a first `/fault … 429` paused says that the fault waits for
+/// the pause to end: the chat said "will fail its next request" and the next answers came
+/// from another provider without a sign of it, for the 60 s of the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_for_a_paused_provider_says_it_waits_for_the_pause() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env.mythos_with_stdin(
+        &["chat"],
+        "/fault sim-anthropic 429\nfirst question\n/fault sim-anthropic disconnect\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("will fail")).collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(!lines[0].contains("pause"), "{said}");
+    assert!(
+        lines[1].contains("waits for the end of its pause") && lines[1].contains("rate limited"),
+        "{said}"
+    );
+}

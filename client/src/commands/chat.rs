@@ -13,8 +13,8 @@ use std::io::{self, BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use mythos_protocol::{
-    ChatRequest, Message, Pin, Request, Response, Role, SimFault, StatusReport, StreamEvent,
-    TaskKind,
+    BreakerState, ChatRequest, Message, Pin, Request, Response, Role, SimFault, StatusReport,
+    StreamEvent, TaskKind,
 };
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -811,7 +811,26 @@ impl Session<'_> {
             faults: vec![fault],
         };
         match interruptible(rt, conn.call(req))? {
-            Response::Ok => say(&format!("{provider} will fail its next request\n")),
+            Response::Ok => {
+                // A provider paused (by a 429 it was made to send, typically) gets no request
+                // until the pause ends: said, or faults typed meanwhile seem to do nothing.
+                let report = interruptible(rt, status::fetch(conn)).ok();
+                let paused = report
+                    .as_ref()
+                    .and_then(|r| r.providers.iter().find(|p| p.name == provider))
+                    .filter(|p| {
+                        p.state != BreakerState::Closed
+                            || p.cooldown_left_ms.is_some_and(|ms| ms > 0)
+                    });
+                match paused {
+                    Some(p) => say(&format!(
+                        "{provider} will fail its next request, which waits for the end of its \
+                         pause ({})\n",
+                        p.note
+                    )),
+                    None => say(&format!("{provider} will fail its next request\n")),
+                }
+            }
             other => Err(unexpected(other, "ok")),
         }
     }
