@@ -979,12 +979,24 @@ impl<'a> Checker<'a> {
     /// `[[provider]]` table).
     fn at(&self, section: &str, provider: Option<usize>, key: &str) -> String {
         let span = self.doc.as_ref().and_then(|doc| {
-            let table = doc.get(section)?;
-            let table = match provider {
-                Some(i) => table.as_array_of_tables()?.get(i)?.get(key)?,
-                None => table.get(key)?,
-            };
-            table.span()
+            let section = doc.get(section)?;
+            match provider {
+                Some(i) => match section.as_array_of_tables() {
+                    Some(tables) => tables.get(i)?.get(key)?.span(),
+                    // `provider = [{ name = "a", … }, …]`: an array of inline tables.
+                    None => section
+                        .as_array()?
+                        .get(i)?
+                        .as_inline_table()?
+                        .get(key)?
+                        .span(),
+                },
+                // `routing = { … }` as well as `[routing]`.
+                None => match section.as_table_like()?.get(key)? {
+                    toml_edit::Item::Value(v) => v.span(),
+                    item => item.span(),
+                },
+            }
         });
         match span {
             Some(span) => format!("{}: ", line_col(self.text, span.start)),
@@ -2014,6 +2026,22 @@ priority = 7
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 5, column 12: provider.priority: "), "{e}");
+        // The same mistakes in the inline forms: they were reported without their line.
+        let e = load(
+            "provider = [\n  { name = \"x\", base_url = \"http://x\", model = \"m\" },\n  \
+             { name = \"y\", base_url = \"ftp://y\", model = \"m\" },\n]\n",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 3, column 28: provider.base_url"), "{e}");
+        let e = load("routing = { drain_timeout_secs = 99999 }\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1, column 34: routing.drain_timeout_secs"),
+            "{e}"
+        );
         let e = load("[routing]\nretry_backoff_ms = [1, -5]\n", &env)
             .unwrap_err()
             .to_string();
