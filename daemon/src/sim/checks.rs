@@ -583,6 +583,14 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
                     params,
                     &format!("tools[{i}].function_declarations[{j}].parameters"),
                 )?;
+                if d.get("parametersJsonSchema").is_some() {
+                    return Err(format!("* GenerateContentRequest.tools[{i}].function_declarations[{j}]: parameters and parameters_json_schema are mutually exclusive"));
+                }
+            }
+            if let Some(params) = d.get("parametersJsonSchema") {
+                if params["type"] != "object" {
+                    return Err(format!("* GenerateContentRequest.tools[{i}].function_declarations[{j}].parameters_json_schema: the schema must describe an object"));
+                }
             }
             tools.push(json!({"name": name}));
         }
@@ -597,6 +605,12 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
             return Err("* GenerateContentRequest.generation_config.response_mime_type: responseSchema needs the application/json MIME type".into());
         }
         gemini_schema(schema, "generation_config.response_schema")?;
+        if gen.get("responseJsonSchema").is_some() {
+            return Err("* GenerateContentRequest.generation_config: response_schema and response_json_schema are mutually exclusive".into());
+        }
+    }
+    if gen.get("responseJsonSchema").is_some() && gen["responseMimeType"] != "application/json" {
+        return Err("* GenerateContentRequest.generation_config.response_mime_type: responseJsonSchema needs the application/json MIME type".into());
     }
     let mut out = json!({
         "model": model,
@@ -612,7 +626,10 @@ pub fn gemini_as_chat(req: &Value, model: &str) -> Result<Value, String> {
         out["tools"] = Value::Array(tools);
     }
     if gen["responseMimeType"] == "application/json" {
-        out["response_format"] = match gen.get("responseSchema") {
+        out["response_format"] = match gen
+            .get("responseSchema")
+            .or_else(|| gen.get("responseJsonSchema"))
+        {
             Some(schema) => json!({"type": "json_schema", "json_schema": {"schema": schema}}),
             None => json!({"type": "json_object"}),
         };

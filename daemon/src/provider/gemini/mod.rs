@@ -10,7 +10,10 @@
 //! Tool schemas go in `parameters`, which takes an OpenAPI subset of JSON Schema and refuses
 //! the rest with a 400; [`clean_schema`] keeps only what the API knows (the fields of the
 //! official SDK's `Schema` type), inlines local `$ref`s, and turns `const` and `type` arrays
-//! into their OpenAPI spellings.
+//! into their OpenAPI spellings. A schema that subset cannot hold (a free-form map, a
+//! recursive tree) goes as the client wrote it in `parametersJsonSchema` instead, which takes
+//! JSON Schema: cleaned, such arguments were left out, and a tool whose required `env` map was
+//! cut could not be called in a way the client accepts.
 //!
 //! The body is a tree of structs borrowing from the client's request (see [`super::wire`]);
 //! their field order is the order the keys go out in.
@@ -208,6 +211,9 @@ struct GenerationConfig<'a> {
     /// The schema, in the OpenAPI subset the API takes (cleaned as tool schemas are).
     #[serde(skip_serializing_if = "Option::is_none")]
     response_schema: Option<&'a RawValue>,
+    /// Or, when the cleaning would lose part of it, the schema as JSON Schema.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -224,11 +230,43 @@ struct Tools<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct FunctionDecl<'a> {
     name: &'a str,
     description: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<&'a RawValue>,
+    /// In place of `parameters` (the API takes one or the other).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters_json_schema: Option<&'a RawValue>,
+}
+
+/// A schema as it goes to Gemini.
+#[derive(Clone)]
+enum Schema {
+    /// Cleaned to the OpenAPI subset of `parameters` and `responseSchema`, which every Gemini
+    /// model has taken since function calling began.
+    OpenApi(Arc<RawValue>),
+    /// As the client wrote it, in `parametersJsonSchema` and `responseJsonSchema` (JSON Schema
+    /// with maps, `$ref`s and recursion): for a schema the cleaning would have cut, where a
+    /// free-form map (a shell tool's `env`) or a tree (a recursive node) must stay callable.
+    Json(Arc<RawValue>),
+}
+
+impl Schema {
+    fn open_api(this: &Option<Schema>) -> Option<&RawValue> {
+        match this {
+            Some(Schema::OpenApi(raw)) => Some(raw),
+            _ => None,
+        }
+    }
+
+    fn json(this: &Option<Schema>) -> Option<&RawValue> {
+        match this {
+            Some(Schema::Json(raw)) => Some(raw),
+            _ => None,
+        }
+    }
 }
 
 /// Most schemas a [`SchemaCache`] keeps; past that it starts over.
@@ -239,29 +277,39 @@ const MAX_CACHED_SCHEMAS: usize = 256;
 /// is the key, so a changed schema is cleaned afresh.
 #[derive(Default)]
 pub struct SchemaCache {
-    /// `None`: an object without properties, sent without `parameters`.
-    cleaned: Mutex<HashMap<String, Option<Arc<RawValue>>>>,
+    /// `None`: an object without properties, sent without parameters.
+    cleaned: Mutex<HashMap<String, Option<Schema>>>,
 }
 
 impl SchemaCache {
-    /// The cleaned `parameters` for `schema_json`; invalid JSON fails the request.
-    fn get(&self, schema_json: &str) -> Result<Option<Arc<RawValue>>, ProviderError> {
+    /// The schema to send for `schema_json`; invalid JSON fails the request.
+    fn get(&self, schema_json: &str) -> Result<Option<Schema>, ProviderError> {
         if let Some(hit) = lock(&self.cleaned).get(schema_json) {
             return Ok(hit.clone());
         }
-        let schema = clean_schema(&parse_json(schema_json, "tool input schema")?);
+        let raw = |v: &Value| {
+            let text = serde_json::to_string(v)
+                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+            let raw = RawValue::from_string(text)
+                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
+            Ok::<_, ProviderError>(Arc::from(raw))
+        };
+        let mut original = parse_json(schema_json, "tool input schema")?;
+        let (schema, lossy) = clean_schema_telling(&original);
         // An object without properties is refused ("properties: should be non-empty for
         // OBJECT type"); a function without parameters is what it means.
         let empty_object = schema["type"] == "object"
             && schema["properties"].as_object().is_none_or(Map::is_empty);
-        let cleaned = if empty_object {
+        let cleaned = if lossy {
+            // The dialect marker names a draft the API does not claim; the rest is the schema.
+            if let Some(o) = original.as_object_mut() {
+                o.remove("$schema");
+            }
+            Some(Schema::Json(raw(&original)?))
+        } else if empty_object {
             None
         } else {
-            let text = serde_json::to_string(&schema)
-                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
-            let raw = RawValue::from_string(text)
-                .map_err(|e| ProviderError::new(ErrorKind::Internal, e.to_string()))?;
-            Some(Arc::from(raw))
+            Some(Schema::OpenApi(raw(&schema)?))
         };
         let mut map = lock(&self.cleaned);
         if map.len() >= MAX_CACHED_SCHEMAS {
@@ -390,7 +438,8 @@ pub fn build_cached(
         thinking_config: None,
         response_mime_type: (opts.response_format.is_some() && !continuing)
             .then_some("application/json"),
-        response_schema: response_schema.as_deref(),
+        response_schema: Schema::open_api(&response_schema),
+        response_json_schema: Schema::json(&response_schema),
     };
     if let Some(t) = opts.thinking {
         if supports_thinking(req.model) {
@@ -430,7 +479,8 @@ pub fn build_cached(
             decls.push(FunctionDecl {
                 name: names.wire(&t.name),
                 description: &t.description,
-                parameters: schema.as_deref(),
+                parameters: Schema::open_api(schema),
+                parameters_json_schema: Schema::json(schema),
             });
         }
         body.tools = Some([Tools {
@@ -607,34 +657,58 @@ fn model_parts<'a>(
 /// `additionalProperties`, or an array of them) is left out; an object left with none at the
 /// top is a function without parameters (see [`SchemaCache`]).
 pub fn clean_schema(schema: &Value) -> Value {
+    clean_schema_telling(schema).0
+}
+
+/// [`clean_schema`], and whether the cleaning lost part of what the schema describes (a
+/// property or a choice left out, a `$ref` not inlined): a model given the cleaned schema
+/// could not call the tool with those arguments, so such a schema goes to Gemini whole, in
+/// the JSON Schema field instead (see [`SchemaCache`]).
+fn clean_schema_telling(schema: &Value) -> (Value, bool) {
     let defs = schema
         .get("$defs")
         .or_else(|| schema.get("definitions"))
         .cloned()
         .unwrap_or(Value::Null);
-    let mut budget = MAX_SCHEMA_NODES;
-    clean(schema, &defs, 0, &mut budget)
+    let mut cleaning = Cleaning {
+        budget: MAX_SCHEMA_NODES,
+        lossy: false,
+    };
+    let out = clean(schema, &defs, 0, &mut cleaning);
+    (out, cleaning.lossy)
 }
 
-/// `schema` cleaned; `budget` is the nodes left to make (past it, what is left is a bare
-/// object, as an unresolvable `$ref`).
-fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Value {
+/// What a cleaning has left to spend, and whether it has lost anything.
+struct Cleaning {
+    /// Schema nodes left to make (past it, what is left is a bare object, as an unresolvable
+    /// `$ref`).
+    budget: usize,
+    /// Something the schema says was left out.
+    lossy: bool,
+}
+
+/// `schema` cleaned.
+fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value {
     let Some(obj) = schema.as_object() else {
         // `true`/`false` schemas and other oddities: anything goes.
         return json!({});
     };
-    if *budget == 0 {
+    if c.budget == 0 {
+        c.lossy = true;
         return json!({"type": "object"});
     }
-    *budget -= 1;
+    c.budget -= 1;
     if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
         let name = r
             .strip_prefix("#/$defs/")
             .or_else(|| r.strip_prefix("#/definitions/"));
         let target = name.and_then(|n| defs.get(n));
         let mut out = match target {
-            Some(t) if depth < MAX_REF_DEPTH => clean(t, defs, depth + 1, budget),
-            _ => json!({"type": "object"}),
+            Some(t) if depth < MAX_REF_DEPTH => clean(t, defs, depth + 1, c),
+            _ => {
+                c.lossy = true;
+                json!({"type": "object"})
+            }
         };
         // Siblings of `$ref` (a description, say) describe this use of the definition.
         if let Some(d) = obj.get("description") {
@@ -654,13 +728,19 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|(name, s)| (name.clone(), clean(s, defs, depth, budget)))
-                    .filter(|(_, s)| !inexpressible(s))
+                    .map(|(name, s)| (name.clone(), clean(s, defs, depth, c)))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .filter(|(_, s)| {
+                        let dropped = inexpressible(s);
+                        c.lossy |= dropped;
+                        !dropped
+                    })
                     .collect();
                 out.insert(k.clone(), Value::Object(props));
             }
             "items" => {
-                out.insert(k.clone(), clean(v, defs, depth, budget));
+                out.insert(k.clone(), clean(v, defs, depth, c));
             }
             "anyOf" | "oneOf" => {
                 // A variant Gemini cannot express goes likewise (Pydantic's `Optional[dict]`:
@@ -669,8 +749,14 @@ fn clean(schema: &Value, defs: &Value, depth: usize, budget: &mut usize) -> Valu
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|s| clean(s, defs, depth, budget))
-                    .filter(|s| !inexpressible(s))
+                    .map(|s| clean(s, defs, depth, c))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .filter(|s| {
+                        let dropped = inexpressible(s);
+                        c.lossy |= dropped;
+                        !dropped
+                    })
                     .collect();
                 out.insert("anyOf".into(), Value::Array(all));
             }

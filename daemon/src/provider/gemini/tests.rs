@@ -351,7 +351,12 @@ fn schema_cleaning() {
     );
     let only_maps = json!({"type": "object", "properties": {"env": {"type": "object"}}});
     let cache = SchemaCache::default();
-    assert!(cache.get(&only_maps.to_string()).unwrap().is_none());
+    assert!(matches!(
+        cache.get(&only_maps.to_string()).unwrap(),
+        Some(Schema::Json(_))
+    ));
+    let no_parameters = json!({"type": "object", "properties": {}});
+    assert!(cache.get(&no_parameters.to_string()).unwrap().is_none());
     // A recursive definition stops at a bare object instead of recursing forever.
     let tree = json!({"$defs": {"N": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/N"}}}}},
                       "$ref": "#/$defs/N"});
@@ -472,6 +477,68 @@ fn cached_schemas_give_the_same_body() {
         build_cached(&req(&chat), &cache).unwrap_err().kind,
         ErrorKind::BadRequest
     );
+}
+
+/// A tool whose schema the OpenAPI subset cannot hold (a required free-form map, a recursive
+/// tree) goes to Gemini whole, as JSON Schema in `parametersJsonSchema`: cleaned, the map was
+/// left out, and the model could never supply the `env` the client requires. A schema the
+/// subset holds still goes cleaned in `parameters`, as before; so does structured output.
+#[test]
+fn schemas_the_subset_cannot_hold_go_as_json_schema() {
+    let mut chat = ChatRequest::user_text(1, "run it");
+    let shell = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object",
+        "properties":{"cmd":{"type":"string"},
+                      "env":{"type":"object","additionalProperties":{"type":"string"}}},
+        "required":["cmd","env"],"additionalProperties":false}"#;
+    let tree = r##"{"type":"object","$defs":{"N":{"type":"object","properties":{"name":{"type":"string"},
+        "kids":{"type":"array","items":{"$ref":"#/$defs/N"}}}}},
+        "properties":{"root":{"$ref":"#/$defs/N"}},"required":["root"]}"##;
+    for (name, schema) in [("shell", shell), ("outline", tree)] {
+        chat.tools.push(ToolSpec {
+            name: name.into(),
+            description: "d".into(),
+            input_schema_json: schema.into(),
+        });
+    }
+    chat.tools.push(ToolSpec {
+        name: "read".into(),
+        description: "d".into(),
+        input_schema_json: r#"{"type":"object","properties":{"path":{"type":"string"}}}"#.into(),
+    });
+    let (_, v) = build_for(&chat, None);
+    let decls = &v["tools"][0]["functionDeclarations"];
+    let mut expected: Value = serde_json::from_str(shell).unwrap();
+    expected.as_object_mut().unwrap().remove("$schema");
+    assert_eq!(decls[0]["parametersJsonSchema"], expected);
+    assert!(decls[0].get("parameters").is_none(), "{}", decls[0]);
+    assert_eq!(
+        decls[1]["parametersJsonSchema"],
+        serde_json::from_str::<Value>(tree).unwrap()
+    );
+    assert!(decls[1].get("parameters").is_none(), "{}", decls[1]);
+    assert_eq!(
+        decls[2]["parameters"]["properties"]["path"]["type"],
+        "string"
+    );
+    assert!(
+        decls[2].get("parametersJsonSchema").is_none(),
+        "{}",
+        decls[2]
+    );
+
+    // (With tools, older models take the format in words: none here.)
+    chat.tools.clear();
+    chat.options.response_format = Some(ResponseFormat::JsonSchema {
+        name: "config".into(),
+        description: None,
+        schema_json: shell.into(),
+        strict: None,
+    });
+    let (_, v) = build_for(&chat, None);
+    let gen = &v["generationConfig"];
+    assert_eq!(gen["responseJsonSchema"], expected);
+    assert!(gen.get("responseSchema").is_none(), "{gen}");
+    assert_eq!(gen["responseMimeType"], "application/json");
 }
 
 /// Structured output: JSON mode with the schema cleaned to the API's subset; a continuation
