@@ -19,7 +19,13 @@ use crate::router::health::SavedHealth;
 use crate::router::RecordSink;
 
 /// Schema version in `PRAGMA user_version`. Migrations go in [`migrate`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// How long a write waits for the other daemon's transaction to end. Two daemons share the
+/// database for a moment at a restart (the old one writes the records of the streams it
+/// finishes while the new one serves): SQLite's own lock serialises their transactions, each
+/// a few milliseconds long.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Request records older than this are deleted, at start-up and then every
 /// [`PRUNE_EVERY`] while requests are written (`why` and `usage` look back less).
@@ -130,6 +136,16 @@ enum Cmd {
     NoWait,
     /// Write what is queued, close the database and let go of its lock, then answer.
     Close(oneshot::Sender<()>),
+    /// Write what is queued, this health and the first record id the next daemon may use, then
+    /// let go of the lock file (the connection stays open) and answer.
+    HandOver {
+        health: Vec<SavedHealth>,
+        next_record: u64,
+        ack: oneshot::Sender<()>,
+    },
+    /// Take the lock file back if nobody took the state since the hand-over; answer whether
+    /// it was.
+    Reclaim(oneshot::Sender<bool>),
 }
 
 impl Cmd {
@@ -199,19 +215,27 @@ impl StateStore {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        // Said here rather than left to rusqlite's default: the hand-over at a restart relies
+        // on it (see [`StateStore::hand_over`]).
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         migrate(&conn).map_err(err)?;
         prune(&conn).map_err(err)?;
         let health = load_health(&conn).map_err(err)?;
+        // Past the ids a daemon that handed the state over gave to the requests it still
+        // finishes: their records come later.
         let next_record: u64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM requests", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM requests), 0) + 1,
+                            COALESCE((SELECT value FROM meta WHERE key = 'next_record'), 1))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(err)? as u64;
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("mythosd-state".into())
             .spawn(move || {
-                let closed = run(conn, rx, window, prune_every, parked);
+                let closed = run(conn, rx, window, prune_every, parked, &lock);
                 // Held until the last write is on disk and the database is closed.
                 drop(lock);
                 if let Some(ack) = closed {
@@ -328,6 +352,40 @@ impl StateStore {
         let _ = self.ask(Cmd::NoWait);
     }
 
+    /// Let another daemon take the state over while this one finishes its streams: write
+    /// everything queued so far, `health` (the last this daemon saves: the next one loads it,
+    /// then owns it) and `next_record`, the first record id this daemon did not give out; then
+    /// let go of the lock file. Records go on being written, each at once, through the
+    /// connection that stays open: SQLite's own lock (WAL, a busy timeout, transactions that
+    /// take the write lock at their start) keeps the two daemons' transactions apart, and the
+    /// next daemon numbers its records from `next_record` on, so no record of either replaces
+    /// one of the other's.
+    pub async fn hand_over(&self, health: Vec<SavedHealth>, next_record: u64) {
+        let (ack, rx) = oneshot::channel();
+        if self
+            .ask(Cmd::HandOver {
+                health,
+                next_record,
+                ack,
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// After [`StateStore::hand_over`]: take the lock back if no other daemon took the state
+    /// meanwhile (a stop, not a restart). `true`: this daemon holds it again and may save
+    /// health once more; `false`: another daemon holds it, or held it and saved health newer
+    /// than this one's, which must not be overwritten.
+    pub async fn reclaim(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.ask(Cmd::Reclaim(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Write everything queued so far, close the database and release its lock, so that a
     /// daemon starting right after this one finds it free. Writes after this are dropped.
     pub async fn close(&self) {
@@ -355,8 +413,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // One transaction, taking the write lock at once: a daemon that handed the state over may
+    // still write to it.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     if version < 1 {
-        conn.execute_batch(
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS health (
                  name TEXT PRIMARY KEY,
                  json TEXT NOT NULL
@@ -373,9 +437,19 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              );
              CREATE INDEX IF NOT EXISTS requests_day ON requests(day);",
         )?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
-    Ok(())
+    if version < 2 {
+        // `next_record`: the first record id a daemon that handed the state over did not give
+        // out (see `StateStore::hand_over`).
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (
+                 key TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL
+             );",
+        )?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 fn load_health(conn: &Connection) -> rusqlite::Result<Vec<SavedHealth>> {
@@ -450,6 +524,7 @@ fn run(
     mut window: Duration,
     prune_every: Duration,
     parked: Option<std_mpsc::Sender<()>>,
+    lock: &std::fs::File,
 ) -> Option<oneshot::Sender<()>> {
     let mut closing = None;
     let mut pruned_at = Instant::now();
@@ -458,19 +533,30 @@ fn run(
         gather(&rx, &mut batch, window, parked.as_ref());
         let mut replies = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            // The write lock at the start: with another daemon on the database (a restart's
+            // hand-over), a deferred transaction that read first could not upgrade to write
+            // and would fail at once instead of waiting out the busy timeout.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for cmd in batch {
                 match cmd {
                     Cmd::Record(rec) => insert_record(&tx, &rec)?,
-                    Cmd::SaveHealth(list) => {
-                        let mut upsert = tx.prepare_cached(
-                            "INSERT INTO health(name, json) VALUES (?1, ?2)
-                             ON CONFLICT(name) DO UPDATE SET json = excluded.json",
+                    Cmd::SaveHealth(list) => save_health(&tx, list)?,
+                    Cmd::HandOver {
+                        health,
+                        next_record,
+                        ack,
+                    } => {
+                        save_health(&tx, health)?;
+                        tx.execute(
+                            "INSERT INTO meta(key, value) VALUES ('next_record', ?1)
+                             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                            [next_record as i64],
                         )?;
-                        for h in list {
-                            let json = serde_json::to_string(&h).unwrap_or_default();
-                            upsert.execute(params![h.name, json])?;
-                        }
+                        replies.push(Cmd::HandOver {
+                            health: Vec::new(),
+                            next_record,
+                            ack,
+                        });
                     }
                     other => replies.push(other),
                 }
@@ -500,6 +586,19 @@ fn run(
                 }
                 Cmd::NoWait => window = Duration::ZERO,
                 Cmd::Close(ack) => closing = Some(ack),
+                Cmd::HandOver { ack, .. } => {
+                    // Written (or failed, and logged): either way the next daemon must not
+                    // wait for a process on its way out. Records come one by one from now
+                    // on, with another daemon's beside them.
+                    window = Duration::ZERO;
+                    if let Err(e) = lock.unlock() {
+                        tracing::warn!(error = %e, "cannot let go of the state database's lock");
+                    }
+                    let _ = ack.send(());
+                }
+                Cmd::Reclaim(reply) => {
+                    let _ = reply.send(reclaim(lock));
+                }
                 Cmd::Record(_) | Cmd::SaveHealth(_) => {}
             }
         }
@@ -508,6 +607,37 @@ fn run(
         }
     }
     closing
+}
+
+fn save_health(tx: &rusqlite::Transaction<'_>, list: Vec<SavedHealth>) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO health(name, json) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET json = excluded.json",
+    )?;
+    for h in list {
+        let json = serde_json::to_string(&h).unwrap_or_default();
+        upsert.execute(params![h.name, json])?;
+    }
+    Ok(())
+}
+
+/// Lock `lock` again if it still names this process: a daemon that took the state writes its
+/// own pid there (see [`lock`]), so another pid means one took it, even if it has gone again.
+fn reclaim(lock: &std::fs::File) -> bool {
+    use std::io::{Read, Seek};
+    if lock.try_lock().is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let mut file = lock;
+    let read = file
+        .rewind()
+        .and_then(|_| file.take(32).read_to_string(&mut text));
+    if read.is_ok() && text.trim().parse::<u32>().ok() == Some(std::process::id()) {
+        return true;
+    }
+    let _ = lock.unlock();
+    false
 }
 
 fn insert_record(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<()> {
@@ -673,6 +803,61 @@ mod tests {
             None,
             "closed: nothing more is read or written"
         );
+    }
+
+    /// A restart's hand-over: the next daemon opens the state while this one still writes the
+    /// records of the streams it finishes (ids 2 and 3 here), and numbers its own after them;
+    /// neither replaces the other's. Once another daemon held it, the state is not taken back
+    /// (its health is newer), even after that daemon is gone.
+    #[tokio::test]
+    async fn a_handed_over_state_is_shared_and_not_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (old, _, _t, _) = StateStore::open_or_recover(&path).unwrap();
+        old.record(record_with_id(1));
+        old.hand_over(Vec::new(), 4).await;
+        let (new, loaded, _t2, _) = StateStore::open_or_recover(&path).unwrap();
+        assert_eq!(loaded.next_record, 4, "past the ids still in flight");
+        // What the next daemon, another process, leaves in the lock file (this test is one
+        // process: its own pid is there).
+        std::fs::write(lock_path(&path), "4194305").unwrap();
+        old.record(record_with_id(2));
+        new.record(record_with_id(4));
+        old.record(record_with_id(3));
+        old.flush().await;
+        for id in 1..=4 {
+            assert_eq!(
+                new.why(Some(id)).await.map(|r| r.id),
+                Some(id),
+                "record {id}"
+            );
+        }
+        assert!(!old.reclaim().await, "taken from the daemon that holds it");
+        new.close().await;
+        assert!(
+            !old.reclaim().await,
+            "taken back after another daemon held it"
+        );
+        old.close().await;
+        let (_s, loaded, _t3, _) = StateStore::open_or_recover(&path).unwrap();
+        assert_eq!(loaded.next_record, 5);
+    }
+
+    /// A stop that no daemon followed takes the state back for its last health save, and
+    /// holds it again until it closes.
+    #[tokio::test]
+    async fn a_state_nobody_took_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (old, _, _t, _) = StateStore::open_or_recover(&path).unwrap();
+        old.hand_over(Vec::new(), 1).await;
+        assert!(old.reclaim().await);
+        assert!(matches!(
+            StateStore::open_or_recover(&path).err(),
+            Some(StateError::InUse { .. })
+        ));
+        old.close().await;
+        assert!(StateStore::open_or_recover(&path).is_ok());
     }
 
     #[tokio::test]
