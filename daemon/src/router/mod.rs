@@ -230,6 +230,9 @@ const LAST_EVENT_GRACE: Duration = Duration::from_secs(3);
 /// The same when the daemon is stopping.
 const STOP_GRACE: Duration = Duration::from_millis(500);
 
+/// Record ids from this one on are never given out: see [`Router::seal_record_ids`].
+const SEALED: u64 = 1 << 62;
+
 /// The engine.
 pub struct Router {
     providers: Vec<RoutedProvider>,
@@ -665,6 +668,18 @@ impl Router {
         self.next_record.load(Ordering::Relaxed)
     }
 
+    /// Give out no more record ids, and return the first one not given out. A stopping daemon
+    /// hands the state over to the next one, which numbers its records from there on while
+    /// this one still finishes its streams: a request that had not yet got its id (accepted
+    /// just before the stop, its task not yet run) would take one the next daemon uses too,
+    /// and one record would replace the other. Such a request is refused instead, as one a
+    /// moment later would be. One atomic swap, so no id is given out on either side of it.
+    pub fn seal_record_ids(&self) -> u64 {
+        self.next_record
+            .fetch_max(SEALED, Ordering::SeqCst)
+            .min(SEALED)
+    }
+
     /// Id of the most recent finished record, 0 if none.
     pub fn last_record(&self) -> u64 {
         self.last_record.load(Ordering::Relaxed)
@@ -766,6 +781,17 @@ impl Router {
         // Numbered at the start so that every `started` event (and the HTTP front end's
         // `x-mythos-request` header) can name the record before the answer is done.
         rec.id = self.next_record.fetch_add(1, Ordering::Relaxed);
+        if rec.id >= SEALED {
+            // Began after the daemon handed its state over (see `seal_record_ids`): not
+            // recorded, as it never ran.
+            let refused = StreamEvent::Error {
+                kind: ErrorKind::ShuttingDown,
+                message: "mythosd is shutting down".into(),
+                retry_at_unix_ms: None,
+            };
+            let _ = tokio::time::timeout(STOP_GRACE, out.send(refused)).await;
+            return;
+        }
         let mut moved = None;
         let mut result = self
             .run(&req, &out, &cancel, &mut rec, start, &mut moved)
