@@ -216,9 +216,13 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
 /// Save health now.
 pub fn save_health(ctx: &Context) {
     if let Some(state) = &ctx.state {
-        let snapshot = ctx.router().health().save(Instant::now(), now_unix_ms());
-        state.save_health(snapshot);
+        state.save_health(health_snapshot(ctx));
     }
+}
+
+/// Every provider's health as it is now, to save.
+pub fn health_snapshot(ctx: &Context) -> Vec<crate::router::health::SavedHealth> {
+    ctx.router().health().save(Instant::now(), now_unix_ms())
 }
 
 /// Every few seconds while the daemon runs, off the request path: save health, notice that the
@@ -257,6 +261,13 @@ pub fn spawn_health_saver(ctx: Arc<Context>) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 _ = ctx.draining.cancelled() => return,
+            }
+            // A stopping daemon hands its last health over to the next one, which owns it from
+            // then on: a save after that (a change seen during the drain) would overwrite the
+            // next daemon's. Checked with nothing awaited before the save is queued, so any
+            // save comes before the hand-over's.
+            if ctx.draining.is_cancelled() {
+                return;
             }
             save_health(&ctx);
         }

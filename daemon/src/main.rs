@@ -406,9 +406,10 @@ async fn run(
     if owns_state {
         let _ = std::fs::remove_file(&address_file);
     }
+    let mut front_end = None;
     match mythosd::http::bind(&prepared.config.http).await {
         Ok(Some(listener)) => {
-            if let Err(e) = mythosd::http::start(
+            match mythosd::http::start(
                 ctx.clone(),
                 prepared.config.http.clone(),
                 listener,
@@ -417,8 +418,11 @@ async fn run(
             )
             .await
             {
-                tracing::error!(error = %e, "the HTTP front end cannot start");
-                ctx.add_note(format!("the HTTP front end cannot start: {e}"));
+                Ok(f) => front_end = Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "the HTTP front end cannot start");
+                    ctx.add_note(format!("the HTTP front end cannot start: {e}"));
+                }
             }
         }
         Ok(None) => {}
@@ -427,59 +431,119 @@ async fn run(
         Err(note) => ctx.add_note(note),
     }
     app::spawn_health_saver(ctx.clone());
+    let socket::Bound {
+        listener,
+        path: socket_path,
+        id,
+        lock,
+    } = bound;
     // Set when the socket file was seen removed or replaced: any file at the path by shutdown
     // is then another daemon's, whatever its metadata looks like.
     let socket_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The socket file's identity, kept up to date by the watcher across `chmod`s: the file is
     // removed at shutdown only if it is still the one bound.
-    let socket_id = std::sync::Arc::new(std::sync::Mutex::new(bound.id));
+    let socket_id = std::sync::Arc::new(std::sync::Mutex::new(id));
     spawn_watchers(
         ctx.clone(),
-        bound.path.clone(),
+        socket_path.clone(),
         socket_id.clone(),
         socket_lost.clone(),
         owner_pid,
     );
-    tracing::info!(socket = %bound.path.display(), simulated = ctx.router().is_simulated(),
+    tracing::info!(socket = %socket_path.display(), simulated = ctx.router().is_simulated(),
                    version = env!("CARGO_PKG_VERSION"), fd_limit, "mythosd ready");
     notify(
         notify_stdout,
-        &StartupLine::Ready(bound.path.display().to_string()).to_string(),
+        &StartupLine::Ready(socket_path.display().to_string()).to_string(),
     );
     sd_notify_ready();
 
-    let socket_path = bound.path.clone();
-    // `bound` keeps holding the lock file until the end of this function.
-    let listener = bound.listener;
+    let handed = Handed {
+        ctx: ctx.clone(),
+        front_end,
+        address_file,
+        socket_path,
+        socket_id,
+        socket_lost,
+        lock,
+    };
     server::run(
         listener,
         ctx.clone(),
         async {
             let _ = shutdown_rx.await;
         },
+        hand_over(handed),
         drain,
     )
     .await;
 
-    // In order: state, then the socket, then (on return) the logs.
-    app::save_health(&ctx);
-    // The address goes first: once the state is let go, the next daemon may write its own.
-    if owns_state {
-        let _ = std::fs::remove_file(&address_file);
-    }
+    // In order: the state's last writes, then (on return) the logs.
     if let Some(state) = &ctx.state {
-        state.stop_waiting();
-        // Closed before the socket is let go: a daemon started the moment this one stops finds
-        // the database free, not held by a process on its way out.
+        // What the drained streams taught this daemon about its providers is saved only if no
+        // daemon took the state since the hand-over: one that did loaded the health saved
+        // then and has saved its own since, which this older view must not overwrite.
+        if state.reclaim().await {
+            app::save_health(&ctx);
+        }
         state.close().await;
     }
     ctx.stop_sims();
-    if !socket_lost.load(std::sync::atomic::Ordering::Relaxed) {
-        let id = *socket_id.lock().unwrap_or_else(|e| e.into_inner());
-        socket::Bound::remove_socket(&socket_path, id);
-    }
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS
+}
+
+/// What a stopping daemon lets go of for the next one (see [`hand_over`]).
+struct Handed {
+    ctx: std::sync::Arc<mythosd::server::Context>,
+    front_end: Option<mythosd::http::FrontEnd>,
+    address_file: PathBuf,
+    socket_path: PathBuf,
+    socket_id: std::sync::Arc<std::sync::Mutex<Option<socket::SocketId>>>,
+    socket_lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lock: socket::InstanceLock,
+}
+
+/// At the drain's start, with both listeners closed, let go of everything a new daemon needs,
+/// so that a restart does not wait for the streams in flight (up to the drain time, 10 s by
+/// default): agents' connections were refused for that long, more than the SDKs' retries
+/// cover, and a new daemon could not start. The streams go on, and end, here.
+///
+/// The order keeps each file safe from a daemon that starts meanwhile: the address file goes
+/// while this daemon still holds the state (a new one writes its own only once it has the
+/// state), and the socket file while it still holds the instance lock (a new one binds only
+/// once it has the lock).
+async fn hand_over(h: Handed) {
+    // The front end closes its listener when the drain begins; wait for the port to be free.
+    let published = match h.front_end {
+        Some(f) => {
+            let _ = f.closed.await;
+            f.published
+        }
+        None => None,
+    };
+    // Only the address this daemon wrote: a file that says another address is another
+    // daemon's (one sharing the state directory, which took it over).
+    if let Some(text) = published {
+        if std::fs::read_to_string(&h.address_file).is_ok_and(|t| t == text) {
+            let _ = std::fs::remove_file(&h.address_file);
+        }
+    }
+    if let Some(state) = &h.ctx.state {
+        let router = h.ctx.router();
+        let next_record = router.seal_record_ids();
+        let health = app::health_snapshot(&h.ctx);
+        state.hand_over(health, next_record).await;
+    }
+    if !h.socket_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        let id = *h.socket_id.lock().unwrap_or_else(|e| e.into_inner());
+        socket::Bound::remove_socket(&h.socket_path, id);
+    }
+    h.lock.release();
+    tracing::info!(
+        in_flight = h.ctx.router().in_flight(),
+        "handed over to the next daemon; finishing the streams in flight"
+    );
 }
 
 /// The async runtime: one worker thread unless `MYTHOS_WORKER_THREADS=N` asks for N (0: tokio's

@@ -28,6 +28,15 @@ fn default_socket_path() -> PathBuf {
     PathBuf::from(format!("mythosd-{user}"))
 }
 
+/// The lock file beside the socket (Unix): the daemon that holds its lock is the one for the
+/// socket path. A stopping daemon lets go of it as its drain begins, and `mythos daemon
+/// restart` starts the next one as soon as it is free.
+pub fn instance_lock_path(socket: &std::path::Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
 /// Per-user runtime directory: `$XDG_RUNTIME_DIR/mythos`, else `mythos-<uid>` under the
 /// temp dir. The daemon creates it with mode 0700.
 pub fn runtime_dir() -> PathBuf {

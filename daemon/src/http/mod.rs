@@ -138,6 +138,17 @@ pub async fn bind(cfg: &HttpConfig) -> Result<Option<tokio::net::TcpListener>, S
     }
 }
 
+/// The front end, once it listens.
+pub struct FrontEnd {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// The address file's content as written, if it was (see [`start`]).
+    pub published: Option<String>,
+    /// Resolves once the listener is closed (at the drain's start): the port is then free for
+    /// the next daemon.
+    pub closed: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// Serve on `listener` until the daemon drains. Writes the token (made on first start) and,
 /// if `publish`, the bound address into `state_dir` for `mythos token` / `mythos env` (a
 /// daemon sharing another's state directory does not take over its address).
@@ -147,14 +158,12 @@ pub async fn start(
     listener: tokio::net::TcpListener,
     state_dir: &Path,
     publish: bool,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<FrontEnd> {
     let token = token::load_or_create(state_dir)?;
     let addr = listener.local_addr()?;
+    let published = format!("{addr}\n");
     if publish {
-        token::write_private(
-            &state_dir.join(token::ADDRESS_FILE),
-            format!("{addr}\n").as_bytes(),
-        )?;
+        token::write_private(&state_dir.join(token::ADDRESS_FILE), published.as_bytes())?;
     }
     let _ = ctx.front_end.set((format!("http://{addr}"), token.clone()));
     let front = Arc::new(Front::new(ctx.clone(), cfg, token));
@@ -166,6 +175,7 @@ pub async fn start(
     let cap = (ctx.conns.max() / 2).max(4);
     let listener = listener::CappedListener::new(listener, cap);
     let streams = ctx.streams.clone();
+    let (closing, closed) = tokio::sync::oneshot::channel();
     // Tracked with the chat streams, so shutdown waits until the last frames of every HTTP
     // answer are written, not only until the router has produced them.
     streams.spawn(serve(
@@ -174,9 +184,14 @@ pub async fn start(
         draining,
         ctx.hard_stop.clone(),
         ctx.metrics.clone(),
+        closing,
     ));
     tracing::info!(listen = %addr, "HTTP front end ready");
-    Ok(addr)
+    Ok(FrontEnd {
+        addr,
+        published: publish.then_some(published),
+        closed,
+    })
 }
 
 /// A connection that sends no request head for this long is closed: one that connected and
@@ -368,14 +383,15 @@ impl axum::body::HttpBody for HeldBody {
     }
 }
 
-/// Accept and serve connections until `draining`; then stop accepting, let answers in progress
-/// finish, and cut what is left at `hard_stop`.
+/// Accept and serve connections until `draining`; then close the listener (and say so by
+/// dropping `closing`), let answers in progress finish, and cut what is left at `hard_stop`.
 async fn serve(
     mut listener: listener::CappedListener,
     app: Routes,
     draining: tokio_util::sync::CancellationToken,
     hard_stop: tokio_util::sync::CancellationToken,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    closing: tokio::sync::oneshot::Sender<()>,
 ) {
     use axum::serve::Listener as _;
     let connections = tokio_util::task::TaskTracker::new();
@@ -398,6 +414,8 @@ async fn serve(
         connections.spawn(connection(conn, seat, draining.clone(), hard_stop.clone()));
     }
     drop(listener);
+    // The port is free: the next daemon may bind it while these answers finish.
+    drop(closing);
     connections.close();
     tokio::select! {
         _ = connections.wait() => {}

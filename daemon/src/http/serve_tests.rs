@@ -30,6 +30,7 @@ async fn serve_app(app: Routes, cap: usize) -> (SocketAddr, tokio_util::sync::Dr
         stop.clone(),
         stop.clone(),
         Arc::new(crate::metrics::Metrics::default()),
+        tokio::sync::oneshot::channel().0,
     ));
     (addr, stop.drop_guard())
 }
@@ -153,12 +154,14 @@ async fn a_drain_finishes_the_requests_in_progress_and_closes_the_rest() {
     let addr = tcp.local_addr().unwrap();
     let (draining, hard_stop) = (CancellationToken::new(), CancellationToken::new());
     let (entered, release) = (Arc::default(), Arc::new(tokio::sync::Notify::new()));
+    let (closing, port_free) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(serve(
         listener::CappedListener::new(tcp, 4),
         app(Arc::clone(&entered), release.clone()),
         draining.clone(),
         hard_stop.clone(),
         Arc::new(crate::metrics::Metrics::default()),
+        closing,
     ));
     let mut busy = TcpStream::connect(addr).await.unwrap();
     busy.write_all(b"GET /hold HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -170,6 +173,16 @@ async fn a_drain_finishes_the_requests_in_progress_and_closes_the_rest() {
     draining.cancel();
     assert!(closed(&mut idle).await, "the idle connection is closed");
     assert!(!server.is_finished(), "a request is still in progress");
+    // The port is let go at the drain's start, not when the last answer is done: the next
+    // daemon binds it while this one finishes.
+    tokio::time::timeout(Duration::from_secs(10), port_free)
+        .await
+        .expect("the listener was not closed at the drain's start")
+        .unwrap_err();
+    let next = TcpListener::bind(addr)
+        .await
+        .expect("the port is still taken");
+    drop(next);
     release.notify_one();
     let mut held = Vec::new();
     busy.read_buf(&mut held).await.unwrap();

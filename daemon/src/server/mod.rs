@@ -2,8 +2,10 @@
 //!
 //! [`run`] takes an already-bound listener and a shutdown future (mini-redis style), so tests run
 //! the real server in-process and `main` only wires things together. Shutdown has an order:
-//! stop accepting, refuse new streams, let streams in flight finish up to the drain deadline,
-//! then cancel what is left and wait for every connection to close.
+//! stop accepting, refuse new streams, hand over to the next daemon (the caller's `hand_over`:
+//! everything a new daemon needs is let go here, so a restart does not wait for the drain), let
+//! streams in flight finish up to the drain deadline, then cancel what is left and wait for
+//! every connection to close.
 
 pub mod connection;
 pub mod limits;
@@ -283,11 +285,13 @@ fn foreign_peer(stream: &interprocess::local_socket::tokio::Stream) -> Option<u3
 }
 
 /// Serve connections on `listener` until `shutdown` resolves (or a client asks to stop), then
-/// drain streams for up to `drain` and return once every connection is closed.
+/// close it, run `hand_over`, drain streams for up to `drain` (counted from the stop) and
+/// return once every connection is closed.
 pub async fn run(
     listener: Listener,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()>,
+    hand_over: impl Future<Output = ()>,
     drain: Duration,
 ) {
     let connections = TaskTracker::new();
@@ -341,10 +345,13 @@ pub async fn run(
         in_flight = ctx.router().in_flight(),
         "shutting down: draining streams"
     );
+    let deadline = Instant::now() + drain;
     drop(listener);
     ctx.draining.cancel();
     ctx.streams.close();
-    if tokio::time::timeout(drain, ctx.streams.wait())
+    // The streams in flight go on meanwhile: they are tasks of their own.
+    hand_over.await;
+    if tokio::time::timeout_at(deadline, ctx.streams.wait())
         .await
         .is_err()
     {

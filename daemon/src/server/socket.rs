@@ -145,8 +145,22 @@ pub struct Bound {
     pub path: PathBuf,
     /// The socket file as bound: only that file is ours to remove.
     pub id: Option<SocketId>,
-    /// Held for the daemon's life; the OS releases it if we die.
-    _lock: Option<File>,
+    /// Held until the daemon hands over to the next one; the OS releases it if we die.
+    pub lock: InstanceLock,
+}
+
+/// The lock on `<socket>.lock` that makes this daemon the one for its socket path.
+pub struct InstanceLock(Option<File>);
+
+impl InstanceLock {
+    /// Let the next daemon take the socket path. Unlocked explicitly rather than by closing
+    /// the file: the lock belongs to the open file, which a descriptor inherited by a child
+    /// process would otherwise keep locked.
+    pub fn release(self) {
+        if let Some(file) = self.0 {
+            let _ = file.unlock();
+        }
+    }
 }
 
 impl Bound {
@@ -294,7 +308,7 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             listener,
             path: path.to_path_buf(),
             id: SocketId::of(path),
-            _lock: Some(lock),
+            lock: InstanceLock(Some(lock)),
         })
     }
     #[cfg(windows)]
@@ -317,16 +331,14 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             listener,
             path: path.to_path_buf(),
             id: SocketId::of(path),
-            _lock: None,
+            lock: InstanceLock(None),
         })
     }
 }
 
 #[cfg(unix)]
 fn lock_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+    mythos_protocol::paths::instance_lock_path(socket)
 }
 
 /// Whether `dir` is a directory mythos made for itself (its name starts with `mythos`).

@@ -116,6 +116,7 @@ async fn start() -> Server {
         async {
             let _ = rx.await;
         },
+        async {},
         Duration::from_secs(2),
     ));
     Server {
