@@ -20,7 +20,8 @@ pub enum Action {
     Start,
     /// Ask it to shut down and wait until it has.
     Stop,
-    /// Stop, then start.
+    /// Stop, then start: the new daemon as soon as the old one has handed over (the old one
+    /// finishes its streams in flight meanwhile).
     Restart,
     /// Read the config file again.
     Reload,
@@ -40,8 +41,7 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
             if let Some((cmd, pid)) = service_restart(g).await {
                 return restart_service(g, &cmd, pid).await;
             }
-            stop(g).await?;
-            start(g).await
+            restart(g).await
         }
         Action::Reload => reload(g).await,
         Action::Status { json } => match Connection::connect(&g.target).await {
@@ -195,11 +195,60 @@ async fn start(g: &Globals) -> Result<u8, Failure> {
 }
 
 async fn stop(g: &Globals) -> Result<u8, Failure> {
-    let pid = match Connection::connect(&g.target).await {
-        Err(ConnectError::NotRunning) => {
-            print("mythosd is not running\n")?;
-            return Ok(EXIT_OK);
+    let Some(pid) = ask_to_stop(g).await? else {
+        print("mythosd is not running\n")?;
+        return Ok(EXIT_OK);
+    };
+    let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+    match wait_until_stopped(g, pid).await? {
+        true => print(&format!("mythosd stopped{pid_text}\n"))?,
+        false => print(&format!(
+            "mythosd stopped accepting connections and is finishing the streams in flight{pid_text}\n"
+        ))?,
+    }
+    Ok(EXIT_OK)
+}
+
+/// Stop the daemon and start a new one as soon as the old one has handed over: it lets go of
+/// its socket, its lock, the HTTP port and the state as its drain begins, so the new one
+/// serves while the old one finishes its streams in flight (up to its drain time). Waiting
+/// for the old one to exit left agents' connections refused for that long.
+async fn restart(g: &Globals) -> Result<u8, Failure> {
+    let old = ask_to_stop(g).await?;
+    if old.is_some() && !wait_until_handed_over(g).await? {
+        // An older daemon lets go at its exit only; the start below waits for that in turn
+        // (a daemon that finds the socket still held retries until it is free).
+        eprint_line("note: the old mythosd still holds its socket; starting the new one anyway");
+    }
+    let mut conn = Connection::connect_or_start(&g.target).await?;
+    let report = status::fetch(&mut conn).await?;
+    match old {
+        None => print("mythosd was not running\n")?,
+        Some(pid) => {
+            let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+            // Looked at once the new one runs: by then an old one with nothing in flight has
+            // long exited.
+            if pid.is_some_and(process_alive) {
+                print(&format!(
+                    "the old mythosd{pid_text} is finishing the streams in flight\n"
+                ))?;
+            } else {
+                print(&format!("mythosd stopped{pid_text}\n"))?;
+            }
         }
+    }
+    print(&format!(
+        "mythosd running on {} (pid {})\n",
+        g.target.socket.display(),
+        report.pid
+    ))?;
+    Ok(EXIT_OK)
+}
+
+/// Ask the running daemon to shut down. `None`: none runs; else its pid, if known.
+async fn ask_to_stop(g: &Globals) -> Result<Option<Option<u32>>, Failure> {
+    let pid = match Connection::connect(&g.target).await {
+        Err(ConnectError::NotRunning) => return Ok(None),
         // A daemon of another protocol version cannot be asked in words; a signal works for
         // any version (SIGTERM is its orderly shutdown).
         Err(ConnectError::Incompatible {
@@ -229,14 +278,49 @@ async fn stop(g: &Globals) -> Result<u8, Failure> {
             pid
         }
     };
-    let pid_text = pid.map_or_else(String::new, |p| format!(" (pid {p})"));
-    match wait_until_stopped(g, pid).await? {
-        true => print(&format!("mythosd stopped{pid_text}\n"))?,
-        false => print(&format!(
-            "mythosd stopped accepting connections and is finishing the streams in flight{pid_text}\n"
-        ))?,
+    Ok(Some(pid))
+}
+
+/// Wait until the socket refuses connections and its instance lock is free: the daemon has
+/// handed over, and a new one can start. False if that has not happened by the deadline.
+async fn wait_until_handed_over(g: &Globals) -> Result<bool, Failure> {
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        let refused = matches!(open(&g.target.socket).await, Err(e) if nothing_listens(&e));
+        if refused && instance_lock_free(&g.target.socket) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
     }
-    Ok(EXIT_OK)
+}
+
+/// Whether no daemon holds the socket's instance lock. The lock is taken and given back at
+/// once: a daemon starting in that instant finds it held and retries, as it would behind a
+/// daemon on its way out.
+#[cfg(unix)]
+fn instance_lock_free(socket: &std::path::Path) -> bool {
+    let path = mythos_protocol::paths::instance_lock_path(socket);
+    match std::fs::File::open(&path) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                true
+            }
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            // Cannot tell (a file system without locks): the start finds out.
+            Err(std::fs::TryLockError::Error(_)) => true,
+        },
+        Err(_) => true,
+    }
+}
+
+/// A pipe that refuses connections is free for the next daemon (no lock file on Windows).
+#[cfg(not(unix))]
+fn instance_lock_free(_socket: &std::path::Path) -> bool {
+    true
 }
 
 /// Wait until the socket refuses connections, then (where we can see processes) until the
