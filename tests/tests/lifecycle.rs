@@ -623,4 +623,187 @@ async fn a_fault_for_a_paused_provider_says_it_waits_for_the_pause() {
         lines[1].contains("waits for the end of its pause") && lines[1].contains("rate limited"),
         "{said}"
     );
+
+/// The record `id` as the daemon on `env`'s socket tells it.
+async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
+    let mut c = env.connect().await;
+    c.send(mythos_protocol::Request::Why { record: Some(id) })
+        .await;
+    match c.recv().await {
+        mythos_protocol::Response::Why(r) => *r,
+        other => panic!("record {id}: {other:?}"),
+    }
+}
+
+/// `mythos daemon restart` while long answers stream: the old daemon hands over at once (its
+/// socket, lock, HTTP port, address file and state) and finishes them, while the new one
+/// answers over the socket and over HTTP, at the same address. Before, the restart waited for
+/// the old daemon to exit: agents' connections were refused for the length of the drain, more
+/// than the SDKs' two retries cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
+    use std::time::{Duration, Instant};
+    let mocks = Mocks::start().await;
+    // The answers the old daemon finishes take seconds; the new daemon's go to the others.
+    mocks
+        .anthropic
+        .set_delays(Duration::from_millis(5), Duration::from_millis(40));
+    mocks.anthropic.set_answer_repeat(2);
+    let mut env = mocks.env();
+    // One fixed address for both daemons, as the default port is: the new one binds it while
+    // the old one still streams an answer on a connection to it.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    env.var("MYTHOS_HTTP_LISTEN", listen.clone());
+    let mut old = env.start_daemon(&[]);
+    let old_pid = old.child.id();
+    let (base, token) = env.http();
+    assert_eq!(base, format!("http://{listen}"));
+    let http = reqwest::Client::new();
+    let pinned = |id: u64, prompt: &str, provider: &str| {
+        let mut req = ChatRequest::user_text(id, prompt);
+        req.pin = Some(mythos_protocol::Pin {
+            provider: Some(provider.into()),
+            model: None,
+        });
+        req
+    };
+
+    // Through the old daemon: a long answer over the socket, another over HTTP.
+    let mut c = env.connect().await;
+    let long = pinned(1, "the long one", "anthropic");
+    let socket_stream = tokio::spawn(async move {
+        let events = c.chat(long).await;
+        (events, Instant::now())
+    });
+    let post = http
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", &token)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"model": "anthropic", "max_tokens": 4000, "stream": true,
+                "messages": [{"role": "user", "content": "the long one"}]})
+            .to_string(),
+        );
+    let http_stream = tokio::spawn(async move {
+        let resp = post.send().await.expect("the HTTP stream");
+        assert_eq!(resp.status(), 200);
+        let record: u64 = resp.headers()["x-mythos-request"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = resp.bytes().await.expect("the HTTP stream was cut");
+        (
+            String::from_utf8(body.to_vec()).unwrap(),
+            record,
+            Instant::now(),
+        )
+    });
+    let t0 = Instant::now();
+    while mocks.anthropic.stats().requests < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the streams never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut restart = env.command("mythos");
+    restart.args(["daemon", "restart"]);
+    let asked = Instant::now();
+    let out = tokio::task::spawn_blocking(move || restart.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let restarted = asked.elapsed();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The new daemon answers over the socket and at the address it wrote, while the old one
+    // still streams.
+    let mut n = env.connect().await;
+    let new_pid = n.status().await.pid;
+    assert_ne!(new_pid, old_pid, "{said}");
+    let fresh = n.chat(pinned(1, "a new one", "openai")).await;
+    assert_eq!(mythos_tests::text_of(&fresh), answer_for("a new one"));
+    let Some(StreamEvent::Done(fresh)) = fresh.last() else {
+        panic!("{fresh:?}")
+    };
+    assert_eq!(env.http(), (base.clone(), token.clone()));
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"model": "openai",
+                "messages": [{"role": "user", "content": "over http"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("the new daemon's front end");
+    assert_eq!(resp.status(), 200);
+    let answered = asked.elapsed();
+    assert!(
+        !socket_stream.is_finished() && !http_stream.is_finished(),
+        "the new daemon answered only after the old one's streams ended ({answered:?} after \
+         the restart was asked)"
+    );
+    assert!(said.contains("finishing the streams in flight"), "{said}");
+
+    // The old daemon finishes both answers in full, then exits.
+    let (events, socket_end) = socket_stream.await.unwrap();
+    let whole = [answer_for("the long one"), answer_for("the long one")].join(" ");
+    assert_eq!(mythos_tests::text_of(&events), whole);
+    let Some(StreamEvent::Done(drained)) = events.last() else {
+        panic!("{events:?}")
+    };
+    let (body, http_record, http_end) = http_stream.await.unwrap();
+    assert!(body.contains("message_stop"), "{body}");
+    assert!(!body.contains("event: error"), "{body}");
+    old.exits("the old daemon").await;
+    assert!(old.child.wait().unwrap().success());
+    eprintln!(
+        "restart returned after {restarted:?}, new answers by {answered:?}, old streams ended \
+         after {:?} (socket) and {:?} (HTTP)",
+        socket_end - asked,
+        http_end - asked
+    );
+
+    // The new daemon still serves, its files intact, and the history has both daemons'
+    // requests, none in another's place.
+    assert!(
+        env.socket.exists(),
+        "the old daemon removed the new one's socket"
+    );
+    assert_eq!(env.connect().await.status().await.pid, new_pid);
+    assert_eq!(
+        env.http(),
+        (base.clone(), token.clone()),
+        "the old daemon removed the new one's address"
+    );
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let mut ids = vec![drained.record, http_record, fresh.record];
+    for (id, provider) in [
+        (drained.record, "anthropic"),
+        (http_record, "anthropic"),
+        (fresh.record, "openai"),
+    ] {
+        let r = record(&env, id).await;
+        assert_eq!(r.provider.as_deref(), Some(provider), "record {id}: {r:?}");
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "two requests share a record id");
+    let out = env.mythos(&["daemon", "stop"]);
+    assert!(out.status.success());
 }
