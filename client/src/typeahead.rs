@@ -48,6 +48,7 @@ impl TypedAhead {
 
     /// Add what one canonical-mode read returned: a line ending in a newline, a line ended by
     /// Ctrl-D (no newline), or nothing (Ctrl-D on an empty line).
+    #[cfg_attr(not(unix), allow(dead_code))]
     fn push_read(&mut self, bytes: &[u8]) {
         if self.eof {
             return;
@@ -126,6 +127,9 @@ impl Quiet {
                 }
             }
         }
+        // Nothing is held back where the echo cannot be turned off.
+        #[cfg(not(unix))]
+        let _ = ahead;
         self.restore();
     }
 

@@ -623,6 +623,7 @@ async fn a_fault_for_a_paused_provider_says_it_waits_for_the_pause() {
         lines[1].contains("waits for the end of its pause") && lines[1].contains("rate limited"),
         "{said}"
     );
+}
 
 /// The record `id` as the daemon on `env`'s socket tells it.
 async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
