@@ -467,19 +467,40 @@ async fn run(
         socket_lost,
         lock,
     };
+    // A service manager starts the next daemon only once this one has exited (`systemctl
+    // restart`, `launchctl kickstart -k`): letting go at the drain's start would only let a
+    // client that finds no daemon start an unmanaged one meanwhile (with the shell's keys, not
+    // the unit's), and the manager's new daemon would then find it running and fail. So a
+    // managed daemon lets go as it exits, as it always did.
+    let managed = mythosd::supervisor::restart_command().is_some();
+    let (early, late) = if managed {
+        (None, Some(handed))
+    } else {
+        (Some(handed), None)
+    };
     server::run(
         listener,
         ctx.clone(),
         async {
             let _ = shutdown_rx.await;
         },
-        hand_over(handed),
+        async move {
+            if let Some(h) = early {
+                hand_over(h).await;
+            }
+        },
         drain,
     )
     .await;
 
     // In order: the state's last writes, then (on return) the logs.
-    if let Some(state) = &ctx.state {
+    if let Some(h) = late {
+        // After the drain: the health saved is the last word, the files go, the lock is free.
+        hand_over(h).await;
+        if let Some(state) = &ctx.state {
+            state.close().await;
+        }
+    } else if let Some(state) = &ctx.state {
         // What the drained streams taught this daemon about its providers is saved only if no
         // daemon took the state since the hand-over: one that did loaded the health saved
         // then and has saved its own since, which this older view must not overwrite.

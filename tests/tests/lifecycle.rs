@@ -808,3 +808,66 @@ async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
     let out = env.mythos(&["daemon", "stop"]);
     assert!(out.status.success());
 }
+
+/// A daemon a service manager runs (here the launchd agent, by its label) keeps its socket
+/// and lock while it finishes its streams: the manager starts the next daemon only once this
+/// one has exited, and a client that found the socket gone meanwhile would start an unmanaged
+/// daemon in its place (with the shell's keys), which the manager's would then find running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_daemon_keeps_its_socket_while_it_finishes_its_streams() {
+    use std::time::{Duration, Instant};
+    let mocks = Mocks::start().await;
+    mocks
+        .anthropic
+        .set_delays(Duration::from_millis(5), Duration::from_millis(40));
+    mocks.anthropic.set_answer_repeat(2);
+    let mut env = mocks.env();
+    env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
+    let mut managed = env.start_daemon(&[]);
+    let mut c = env.connect().await;
+    let mut long = ChatRequest::user_text(1, "the long one");
+    long.pin = Some(mythos_protocol::Pin {
+        provider: Some("anthropic".into()),
+        model: None,
+    });
+    let stream = tokio::spawn(async move { c.chat(long).await });
+    let t0 = Instant::now();
+    while mocks.anthropic.stats().requests < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stream never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM, as launchd (and systemd) stop it.
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        managed.child.try_wait().unwrap().is_none(),
+        "the daemon did not wait for its stream"
+    );
+    assert!(
+        env.socket.exists(),
+        "the socket file went before the daemon"
+    );
+    // Another daemon (not the agent) cannot start in its place meanwhile.
+    let mut second = env.command("mythosd");
+    second.env_remove("XPC_SERVICE_NAME");
+    let out = tokio::task::spawn_blocking(move || second.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let events = stream.await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, StreamEvent::Done(_))),
+        "{events:?}"
+    );
+    let status = tokio::task::spawn_blocking(move || managed.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!env.socket.exists(), "the socket file is left behind");
+}
