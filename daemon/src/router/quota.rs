@@ -33,7 +33,7 @@ use super::wallclock::{earlier, from_unix_ms, to_unix_ms};
 use crate::provider::ratelimit::{QuotaKind, RateLimits};
 
 /// What one request is expected to take from each quota, indexed by [`QuotaKind::index`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Cost(pub [f64; 4]);
 
 impl Cost {
@@ -122,6 +122,9 @@ pub struct Quota {
     /// Its requests quota is learnt, not announced (see [`Quota::rate_limited`]): each answer
     /// takes one from it, as no header will.
     learnt: bool,
+    /// The largest request (each kind apart, as reserved) the provider answered: one no larger
+    /// is never "larger than the quota", whatever the figures announced since say.
+    proven: Cost,
 }
 
 /// Prompts shorter than this (estimated tokens) teach nothing about their density: the tokens a
@@ -213,6 +216,11 @@ impl Quota {
             && self.room_ignoring_block(Cost([0.0; 4]), now) == Room::Now)
             .then_some(now);
         if success {
+            if let Some((_, c)) = self.pending.iter().find(|(s, _)| *s == seq) {
+                for (p, c) in self.proven.0.iter_mut().zip(c.0) {
+                    *p = p.max(c);
+                }
+            }
             self.after_pause = false;
             if self.announces != Some(true) && !limits.announces() {
                 self.answered_since_pause = self.answered_since_pause.saturating_add(1);
@@ -442,11 +450,20 @@ impl Quota {
                 // whole limit waits for a full bucket rather than never going.
                 cost_here = b.limit.map_or(cost_here, |l| cost_here.min(l));
             }
+            if let Some(l) = b.limit.filter(|&l| cost_here > l) {
+                // Larger than the whole quota. Anthropic counts `max_tokens` against its output
+                // limit as a request starts, yet answered a coding agent's 32,000 at a limit of
+                // 8,000 a minute: judged "never", every later request of the session failed at
+                // once (or all went elsewhere) though the provider had just served one the same
+                // size. What it has served waits for a full bucket instead, as a prompt larger
+                // than the input limit does.
+                if cost_here > self.proven.get(kind) {
+                    return Room::Never;
+                }
+                cost_here = l;
+            }
             let reserved: f64 = self.pending.iter().map(|(_, c)| c.get(kind)).sum();
             let need = cost_here + reserved;
-            if b.limit.is_some_and(|l| cost_here > l) {
-                return Room::Never;
-            }
             if self.level(&b, now) >= need {
                 continue;
             }
@@ -1016,8 +1033,24 @@ mod tests {
             q.room(Cost::request(60_000, 4_096), now),
             Room::At(_)
         ));
-        // More output than the output limit can ever take is still refused.
+        // More output than the output limit can ever take is refused...
         assert_eq!(q.room(Cost::request(1_000, 9_000), now), Room::Never);
+        // ...until the provider answers one that large (a coding agent's `max_tokens` of
+        // 32,000 at a limit of 8,000 a minute): then it waits for a full bucket.
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::OutputTokens.index()] = a(8_000, 8_000);
+        let mut q = Quota::default();
+        let s = q.reserve(Cost::request(1_000, 32_000));
+        q.observe(s, &r, true, now);
+        assert_eq!(q.room(Cost::request(1_000, 32_000), now), Room::Now);
+        assert_eq!(q.room(Cost::request(1_000, 40_000), now), Room::Never);
+        r.quotas[QuotaKind::OutputTokens.index()] = a(8_000, 2_000);
+        let s = q.reserve(Cost::request(1_000, 32_000));
+        q.observe(s, &r, true, now);
+        assert!(matches!(
+            q.room(Cost::request(1_000, 32_000), now),
+            Room::At(_)
+        ));
     }
 
     /// A server that announces what is left but not when it comes back (no reset header):
