@@ -215,7 +215,7 @@ async fn stop(g: &Globals) -> Result<u8, Failure> {
 /// for the old one to exit left agents' connections refused for that long.
 async fn restart(g: &Globals) -> Result<u8, Failure> {
     let old = ask_to_stop(g).await?;
-    if old.is_some() && !wait_until_handed_over(g).await? {
+    if old.is_some() && !wait_until_handed_over(g, old.flatten()).await? {
         // An older daemon lets go at its exit only; the start below waits for that in turn
         // (a daemon that finds the socket still held retries until it is free).
         eprint_line("note: the old mythosd still holds its socket; starting the new one anyway");
@@ -282,13 +282,29 @@ async fn ask_to_stop(g: &Globals) -> Result<Option<Option<u32>>, Failure> {
 }
 
 /// Wait until the socket refuses connections and its instance lock is free: the daemon has
-/// handed over, and a new one can start. False if that has not happened by the deadline.
-async fn wait_until_handed_over(g: &Globals) -> Result<bool, Failure> {
+/// handed over, and a new one can start. Also done when another process than `old` already
+/// serves the socket: a client (`mythos ask`) that found it refusing started the next daemon
+/// first, and the socket will not refuse again. False if neither has happened by the deadline.
+async fn wait_until_handed_over(g: &Globals, old: Option<u32>) -> Result<bool, Failure> {
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {
-        let refused = matches!(open(&g.target.socket).await, Err(e) if nothing_listens(&e));
-        if refused && instance_lock_free(&g.target.socket) {
-            return Ok(true);
+        match open(&g.target.socket).await {
+            Err(e) if nothing_listens(&e) => {
+                if instance_lock_free(&g.target.socket) {
+                    return Ok(true);
+                }
+            }
+            Err(_) => {}
+            Ok(stream) => {
+                use interprocess::local_socket::traits::StreamCommon as _;
+                let server = stream.peer_creds().ok().and_then(|c| c.pid()).and_then(
+                    #[allow(clippy::useless_conversion)]
+                    |p| u32::try_from(p).ok(),
+                );
+                if old.is_some() && server.is_some() && server != old {
+                    return Ok(true);
+                }
+            }
         }
         if Instant::now() >= deadline {
             return Ok(false);
@@ -423,6 +439,47 @@ mod tests {
 #[cfg(test)]
 mod restart_tests {
     use super::*;
+
+    /// A client that found the socket refusing may start the next daemon before the restart
+    /// looks: the socket then never refuses again, and the restart waited its whole 10 s for
+    /// it, then said that the old daemon still held the socket.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_next_daemon_already_serving_is_a_hand_over() {
+        use interprocess::local_socket::traits::tokio::Listener as _;
+        use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+        let dir =
+            std::env::temp_dir().join(format!("mythos-client-test-{}-handed", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("d.sock");
+        let name = socket.as_path().to_fs_name::<GenericFilePath>().unwrap();
+        // The next daemon: this process, not the old one.
+        let listener = ListenerOptions::new().name(name).create_tokio().unwrap();
+        let accepting = tokio::spawn(async move {
+            loop {
+                let _ = listener.accept().await;
+            }
+        });
+        let g = Globals {
+            target: crate::connection::Target {
+                socket,
+                encodings: vec![mythos_protocol::Encoding::Json],
+            },
+        };
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let old = gone.id();
+        gone.wait().unwrap();
+        let asked = Instant::now();
+        assert!(wait_until_handed_over(&g, Some(old)).await.unwrap());
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        accepting.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The client runs only the restarts it knows, whatever a daemon says.
     #[test]
