@@ -531,6 +531,57 @@ mod tests {
         })
     }
 
+    /// A daemon on its way out (a restart's) refuses a request before any attempt of it began,
+    /// after it queued or at once: that request was never the daemon's, and is sent again to
+    /// the next one (`NotDelivered`). `mythos ask` failed with "run the command again".
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_request_refused_by_a_stopping_daemon_before_it_began_is_not_delivered() {
+        use crate::stream::{self, Ended};
+        use mythos_protocol::{ChatRequest, ErrorKind, StreamEvent};
+        let refused = StreamEvent::Error {
+            kind: ErrorKind::ShuttingDown,
+            message: "mythosd is shutting down".into(),
+            retry_at_unix_ms: None,
+        };
+        let queued = StreamEvent::Queued {
+            reason: "a: rate limited for 4 s".into(),
+            until_unix_ms: None,
+            deadline_unix_ms: u64::MAX,
+        };
+        let started = StreamEvent::Started {
+            provider: "a".into(),
+            model: "m".into(),
+            attempt: 1,
+            record: 0,
+            setup_us: 0,
+        };
+        for (tag, events, delivered) in [
+            ("at-once", vec![refused.clone()], false),
+            ("queued", vec![queued, refused.clone()], false),
+            ("begun", vec![started, refused.clone()], true),
+        ] {
+            let (dir, socket) = scratch_socket(tag);
+            let _daemon = fake_daemon(socket.clone(), true, events).await;
+            let target = Target {
+                socket,
+                encodings: vec![Encoding::Bincode],
+            };
+            let mut conn = Connection::connect(&target).await.unwrap();
+            let id = conn.next_id();
+            let mut sink = |_: RequestId, _: &StreamEvent| Ok(());
+            let ended = stream::run(&mut conn, ChatRequest::user_text(id, "q"), false, &mut sink)
+                .await
+                .unwrap();
+            assert_eq!(
+                !matches!(ended, Ended::NotDelivered(_)),
+                delivered,
+                "{tag}: {ended:?}"
+            );
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
     #[cfg(unix)]
     fn scratch_socket(tag: &str) -> (PathBuf, PathBuf) {
         let dir =

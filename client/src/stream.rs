@@ -169,6 +169,8 @@ pub async fn run(
         return Ok(Ended::NotDelivered(f));
     }
     let mut got_event = false;
+    // An attempt started: from then on the request was the daemon's to answer.
+    let mut began = false;
     let interrupt = interrupt_signal(ctrl_c);
     tokio::pin!(interrupt);
     let mut waiting: Option<StreamEvent> = None;
@@ -187,8 +189,24 @@ pub async fn run(
             }
         };
         match resp {
+            // Refused before any attempt began (at once, or while it waited for capacity), by a
+            // daemon on its way out (a restart): the next one is already serving or about to,
+            // and takes the request as if it were new.
+            Ok(Response::Event {
+                id: got,
+                event:
+                    StreamEvent::Error {
+                        kind: ErrorKind::ShuttingDown,
+                        message,
+                        ..
+                    },
+            }) if got == id && !began => {
+                conn.mark_broken();
+                return Ok(Ended::NotDelivered(Failure::new(message)));
+            }
             Ok(Response::Event { id: got, event }) if got == id => {
                 got_event = true;
+                began |= matches!(event, StreamEvent::Started { .. });
                 if matches!(event, StreamEvent::Queued { .. }) {
                     waiting = Some(event.clone());
                     redraw.reset();

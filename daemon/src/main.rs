@@ -473,7 +473,10 @@ async fn run(
     // the unit's), and the manager's new daemon would then find it running and fail. So a
     // managed daemon lets go as it exits, as it always did.
     let managed = mythosd::supervisor::restart_command().is_some();
-    let (early, late) = if managed {
+    // On Windows a pipe name lives as long as any of its instances, the old daemon's streams'
+    // among them: a new daemon could not create it until they ended, so letting go early
+    // only made a restart wait and fail there.
+    let (early, late) = if managed || cfg!(not(unix)) {
         (None, Some(handed))
     } else {
         (Some(handed), None)
