@@ -1138,6 +1138,20 @@ async fn every_provider_rate_limited_is_a_429_not_to_retry() {
             .post(path, &user("claude-sonnet-5-5", "busy", stream))
             .await;
         assert_rate_limited(&r, path, &format!("{path} stream={stream}"));
+        // The failure names its record, as an answer does: `mythos why` explains it.
+        let id = r
+            .header("x-mythos-request")
+            .unwrap_or_else(|| panic!("{path} stream={stream}: no x-mythos-request"));
+        assert_eq!(
+            r.header("request-id"),
+            Some(format!("req_mythos_{id}").as_str())
+        );
+        let why = w.env.mythos(&["why", id]);
+        let out = String::from_utf8_lossy(&why.stdout);
+        assert!(
+            why.status.success() && out.contains("rate"),
+            "why {id}: {out}"
+        );
         let asked: Vec<u64> = [&w.mocks.anthropic, &w.mocks.deepseek, &w.mocks.openai]
             .iter()
             .map(|m| m.stats().requests)

@@ -29,6 +29,8 @@ pub struct ApiError {
     /// Whether the daemon already retried (and failed over) for this request: then the SDK
     /// must not retry it again on its own.
     pub retried: bool,
+    /// The request's record (`mythos why`), when an attempt of it had started.
+    pub record: Option<u64>,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             message: message.into(),
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         }
     }
 
@@ -53,6 +56,7 @@ impl ApiError {
                 .into(),
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl ApiError {
             message,
             retry_at_unix_ms,
             retried,
+            record: None,
         }
     }
 
@@ -81,6 +86,15 @@ impl ApiError {
         let body = self.body(dialect);
         let mut headers = HeaderMap::new();
         retry_headers(&mut headers, self.retried, self.retry_at_unix_ms);
+        // As on an answer: the failure is looked into with `mythos why` (and the SDKs show
+        // `request-id` in their error).
+        if let Some(record) = self.record {
+            headers.insert("x-mythos-request", HeaderValue::from(record));
+            if let Ok(id) = HeaderValue::from_str(&format!("req_mythos_{record}")) {
+                headers.insert("request-id", id.clone());
+                headers.insert("x-request-id", id);
+            }
+        }
         (status_in(dialect, self.status), headers, axum::Json(body)).into_response()
     }
 }

@@ -224,6 +224,7 @@ async fn body_deadline(
             message,
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         }
         .into_response(dialect)
     };
@@ -341,6 +342,7 @@ fn over_budget(refusal: Refusal, len: usize, dialect: Dialect) -> Response {
             message,
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         },
         Refusal::Busy { .. } => ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -350,6 +352,7 @@ fn over_budget(refusal: Refusal, len: usize, dialect: Dialect) -> Response {
                 mythos_protocol::clock::now_unix_ms() + memory::RETRY_AFTER.as_millis() as u64,
             ),
             retried: false,
+            record: None,
         },
     }
     .into_response(dialect)
@@ -637,6 +640,7 @@ pub fn routes(front: Arc<Front>) -> Routes {
                             ),
                             retry_at_unix_ms: None,
                             retried: false,
+                            record: None,
                         }
                         .into_response(Dialect::Openai),
                     }
@@ -723,6 +727,7 @@ pub fn routes(front: Arc<Front>) -> Routes {
                 ),
                 retry_at_unix_ms: None,
                 retried: false,
+                record: None,
             };
             e.into_response(dialect)
         })
@@ -793,6 +798,7 @@ async fn local_host_only(State(front): State<Arc<Front>>, req: Request, next: Ne
             ),
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         };
         return e.into_response(dialect_of(req.uri().path()));
     }
@@ -887,6 +893,7 @@ pub fn json_body(body: &Bytes) -> Result<serde_json::Value, ApiError> {
             ),
             retry_at_unix_ms: None,
             retried: false,
+            record: None,
         });
     }
     serde_json::from_slice(body).map_err(|e| {
@@ -926,6 +933,7 @@ fn rejected(e: axum::extract::rejection::BytesRejection, dialect: Dialect) -> Re
         },
         retry_at_unix_ms: None,
         retried: false,
+        record: None,
     }
     .into_response(dialect)
 }

@@ -102,6 +102,8 @@ pub struct Routed {
     pub reroutes: u32,
     /// The token counts of the attempt in progress, as its provider last reported them.
     attempt_usage: Option<Usage>,
+    /// The request's record id once the router has numbered it (0 before).
+    record: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Routed {
@@ -209,9 +211,11 @@ pub fn start(
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let token = ctx.hard_stop.child_token();
     let router = ctx.router();
+    let record = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let emitter = Emitter::new(0, tx.clone())
         .with_shutdown(ctx.hard_stop.clone())
-        .with_stuck_flag(stuck.0);
+        .with_stuck_flag(stuck.0)
+        .with_record_slot(record.clone());
     let route_token = token.clone();
     let route: RouteFuture = Box::pin(async move {
         let run = AssertUnwindSafe(router.route(chat, emitter, route_token));
@@ -228,7 +232,9 @@ pub fn start(
             let _ = tx.send(Response::Event { id: 0, event }).await;
         }
     });
-    Ok(Routed::new(rx, route, token, ctx.streams.clone()))
+    let mut routed = Routed::new(rx, route, token, ctx.streams.clone());
+    routed.record = record;
+    Ok(routed)
 }
 
 impl Routed {
@@ -287,6 +293,16 @@ impl Routed {
             streams,
             reroutes: 0,
             attempt_usage: None,
+            record: Arc::default(),
+        }
+    }
+
+    /// A routing failure, naming the request's record if it has one.
+    fn failed(&self, kind: ErrorKind, message: String, retry_at_unix_ms: Option<u64>) -> ApiError {
+        let record = self.record.load(std::sync::atomic::Ordering::Relaxed);
+        ApiError {
+            record: (record != 0).then_some(record),
+            ..ApiError::from_route(kind, message, retry_at_unix_ms)
         }
     }
 
@@ -420,7 +436,7 @@ impl Routed {
                     kind,
                     message,
                     retry_at_unix_ms,
-                }) => return Err(ApiError::from_route(kind, message, retry_at_unix_ms)),
+                }) => return Err(self.failed(kind, message, retry_at_unix_ms)),
                 Some(_) => continue,
                 None => return Err(vanished()),
             }
@@ -438,7 +454,7 @@ impl Routed {
                     kind,
                     message,
                     retry_at_unix_ms,
-                }) => return Err(ApiError::from_route(kind, message, retry_at_unix_ms)),
+                }) => return Err(self.failed(kind, message, retry_at_unix_ms)),
                 Some(ev) => answer.apply(&ev),
                 None => return Err(vanished()),
             }

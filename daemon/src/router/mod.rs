@@ -92,6 +92,8 @@ pub struct Emitter {
     cancel: Option<CancellationToken>,
     /// A send gave up after [`CLIENT_READ_TIMEOUT`]: the client stopped reading.
     stuck: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the request's record id goes once it has one (0 until then).
+    record: Option<Arc<AtomicU64>>,
 }
 
 /// The context window `cfg`'s provider has for `req`: an Anthropic provider asked for the
@@ -142,7 +144,15 @@ impl Emitter {
             shutdown: None,
             cancel: None,
             stuck: Arc::default(),
+            record: None,
         }
+    }
+
+    /// Store the request's record id in `slot` as soon as it is numbered: the HTTP front end
+    /// names the record on an error response too, where no `started` event carried it.
+    pub fn with_record_slot(mut self, slot: Arc<AtomicU64>) -> Self {
+        self.record = Some(slot);
+        self
     }
 
     /// Whether a send gave up because the client read nothing for [`CLIENT_READ_TIMEOUT`].
@@ -791,6 +801,9 @@ impl Router {
             };
             let _ = tokio::time::timeout(STOP_GRACE, out.send(refused)).await;
             return;
+        }
+        if let Some(slot) = &out.record {
+            slot.store(rec.id, Ordering::Relaxed);
         }
         let mut moved = None;
         let mut result = self
