@@ -121,20 +121,6 @@ fn is_word(piece: &str) -> bool {
         .any(|c| c.is_alphanumeric() || (!c.is_ascii() && !c.is_whitespace()))
 }
 
-/// Common words of three letters or more that begin longer words ("the" → "theory"): an
-/// answer cut after one of them was more likely cut after a whole word, and a continuation
-/// that starts with a space and a longer word ("the" + " theory") goes on rather than repeats.
-const WHOLE_WORDS: [&str; 96] = [
-    "the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "her", "was", "one",
-    "our", "out", "use", "has", "his", "how", "man", "new", "now", "old", "see", "two", "way",
-    "who", "its", "did", "get", "may", "him", "own", "say", "she", "too", "let", "put", "end",
-    "far", "few", "got", "run", "set", "try", "ask", "big", "add", "off", "per", "yes", "yet",
-    "also", "some", "them", "then", "than", "they", "this", "that", "what", "when", "with", "have",
-    "from", "more", "will", "your", "here", "there", "these", "other", "which", "their", "about",
-    "would", "could", "should", "after", "over", "into", "only", "just", "like", "time", "make",
-    "each", "even", "most", "such", "well", "work", "part", "take", "back", "call",
-];
-
 /// The cut words that are tails for `held`: all of them when it is glued to the word the answer
 /// was cut in (it starts with no space), else none. A short start (see [`Seam::short_start`])
 /// counts only when `held` repeats it letter for letter, capitals included.
@@ -165,11 +151,6 @@ pub struct Seam {
     /// Continued in words, the answer ended in a letter or a digit: a repeat of two or more
     /// words may end inside a word ("Hello wo" → "Hello world").
     ends_in_word: bool,
-    /// The word the answer was cut in (its letters, folded), when it is not a common whole
-    /// word: a continuation asked in words that starts with a space and a longer word
-    /// beginning with it repeats it ("wizar" + " wizard" is "wizard"; the duplicate reached
-    /// clients in 4 of 4 such continuations of a chaos run).
-    spaced_cut: Option<String>,
     /// The partial answer ended in whitespace: what follows a dropped repeat needs none of its
     /// own before it.
     ends_in_space: bool,
@@ -273,10 +254,6 @@ impl Seam {
                 cut_words.push(fold(&word));
             }
         }
-        let spaced_cut = cut_words
-            .first()
-            .filter(|w| w.chars().all(char::is_alphabetic) && !WHOLE_WORDS.contains(&w.as_str()))
-            .cloned();
         let mut short_start = None;
         let mut letters = partial.chars();
         if ends_in_word
@@ -293,7 +270,6 @@ impl Seam {
             cut_words,
             short_start,
             ends_in_word,
-            spaced_cut,
             ends_in_space: partial.ends_with(char::is_whitespace),
             newlines_at_end: partial
                 .chars()
@@ -319,7 +295,6 @@ impl Seam {
             cut_words: Vec::new(),
             short_start: None,
             ends_in_word: false,
-            spaced_cut: None,
             ends_in_space: false,
             newlines_at_end: 0,
             prefill_ends_in_word: false,
@@ -349,12 +324,7 @@ impl Seam {
             return Text::default();
         }
         let cut_words = glued(&self.cut_words, self.short_start.as_deref(), &self.held);
-        // After a space, the cut word counts only as the start of a longer word.
-        let spaced = self
-            .spaced_cut
-            .as_ref()
-            .filter(|_| self.held.starts_with(char::is_whitespace));
-        let tails = || self.tails.iter().chain(cut_words).chain(spaced);
+        let tails = || self.tails.iter().chain(cut_words);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
         // tail of two or more words after an answer cut inside a word.
         let mid_word_ok = |t: &String| {
@@ -380,12 +350,6 @@ impl Seam {
         // The longest tail the held text repeats in full, followed by a word boundary (or not,
         // where it may end inside a word).
         let repeat = tails().filter(|t| {
-            if spaced == Some(*t) && held.starts_with(t.as_str()) {
-                return held[t.len()..]
-                    .chars()
-                    .next()
-                    .is_some_and(char::is_alphanumeric);
-            }
             held.starts_with(t.as_str())
                 && (mid_word_ok(t)
                     || held[t.len()..]
@@ -689,24 +653,11 @@ mod tests {
         let mut s = Seam::new("The serv", true);
         assert_eq!(s.push("serv".into()), "");
         assert_eq!(s.flush(), "");
-        // With a space and the whole word, it is a repeat too (found by a chaos run: "wizar
-        // wizard18" reached the client), unless the cut word is a common whole word the
-        // next one may begin with, or what follows is not a longer word.
-        assert_eq!(seen("The serv", &[" server is up."]), "The server is up.");
+        // With a space, it is a new word: only whole tails count, as before.
         assert_eq!(
-            seen("tulip35 wizar", &[" ", "wiz", "ard18 next"]),
-            "tulip35 wizard18 next"
+            seen("The serv", &[" server is up."]),
+            "The serv server is up."
         );
-        assert_eq!(seen("Read the", &[" theory."]), "Read the theory.");
-        assert_eq!(
-            seen("Read them", &[" themselves."]),
-            "Read them themselves."
-        );
-        assert_eq!(seen("The serv", &[" serv is up."]), "The serv serv is up.");
-        assert_eq!(seen("The serv", &[" service is up."]), "The service is up.");
-        assert_eq!(seen("The serv", &[" with a fix."]), "The serv with a fix.");
-        // After a prefill the model goes on exactly: a space starts the next word.
-        assert_eq!(seen_exact("The serv", &[" server"]), "The serv server");
     }
 
     /// What a glued cut word must not take: the rest of a word or a number that begins like
