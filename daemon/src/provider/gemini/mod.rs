@@ -304,6 +304,7 @@ impl SchemaCache {
             // The dialect marker names a draft the API does not claim; the rest is the schema.
             if let Some(o) = original.as_object_mut() {
                 o.remove("$schema");
+                inline_top_ref(o);
             }
             Some(Schema::Json(raw(&original)?))
         } else if empty_object {
@@ -317,6 +318,31 @@ impl SchemaCache {
         }
         map.insert(schema_json.to_string(), cleaned.clone());
         Ok(cleaned)
+    }
+}
+
+/// A schema that is only a `$ref` to one of its own definitions (a recursive tree, zod's
+/// named schemas) takes that definition's fields at its top, its definitions kept for the
+/// references inside: `parametersJsonSchema` must describe an object at its top, and a bare
+/// `$ref` there is refused (as the simulated Gemini's checks say).
+fn inline_top_ref(o: &mut Map<String, Value>) {
+    if o.contains_key("type") {
+        return;
+    }
+    let target = o.get("$ref").and_then(Value::as_str).and_then(|r| {
+        let (defs, name) = if let Some(n) = r.strip_prefix("#/$defs/") {
+            ("$defs", n)
+        } else {
+            ("definitions", r.strip_prefix("#/definitions/")?)
+        };
+        o.get(defs)?.get(name)?.as_object().cloned()
+    });
+    if let Some(target) = target {
+        o.remove("$ref");
+        for (k, v) in target {
+            // Siblings of the `$ref` (a description) describe this use of it.
+            o.entry(k).or_insert(v);
+        }
     }
 }
 

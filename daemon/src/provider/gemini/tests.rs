@@ -362,6 +362,18 @@ fn schema_cleaning() {
                       "$ref": "#/$defs/N"});
     let s = clean_schema(&tree).to_string();
     assert!(s.len() < 2000 && !s.contains("$ref"), "{s}");
+    // Sent whole, its top is the object the `$ref` names (a bare `$ref` is refused there),
+    // its definitions kept for the references inside.
+    let Some(Schema::Json(sent)) = cache.get(&tree.to_string()).unwrap() else {
+        panic!("a recursive tree goes as JSON Schema")
+    };
+    let sent: Value = serde_json::from_str(sent.get()).unwrap();
+    assert_eq!(sent["type"], "object", "{sent}");
+    assert_eq!(sent["properties"]["kids"]["items"]["$ref"], "#/$defs/N");
+    assert!(
+        sent.get("$ref").is_none() && sent["$defs"]["N"].is_object(),
+        "{sent}"
+    );
     // One that refers to itself eight times would expand to 8^8 (16 million) copies within
     // the depth limit: the node budget stops it at a size a request can carry, at once.
     let props: serde_json::Map<String, Value> = (0..8)
