@@ -531,9 +531,10 @@ mod tests {
         })
     }
 
-    /// A daemon on its way out (a restart's) refuses a request before any attempt of it began,
-    /// after it queued or at once: that request was never the daemon's, and is sent again to
-    /// the next one (`NotDelivered`). `mythos ask` failed with "run the command again".
+    /// A daemon on its way out (a restart's) refuses a request before any attempt of it was
+    /// made, after it queued or at once: no provider saw it, and it is sent again to the next
+    /// daemon (`NotDelivered`). `mythos ask` failed with "run the command again". A stream the
+    /// daemon cut at its drain's deadline is not: a provider may have had (and billed) it.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_request_refused_by_a_stopping_daemon_before_it_began_is_not_delivered() {
@@ -541,7 +542,7 @@ mod tests {
         use mythos_protocol::{ChatRequest, ErrorKind, StreamEvent};
         let refused = StreamEvent::Error {
             kind: ErrorKind::ShuttingDown,
-            message: "mythosd is shutting down".into(),
+            message: mythos_protocol::REFUSED_WHILE_STOPPING.into(),
             retry_at_unix_ms: None,
         };
         let queued = StreamEvent::Queued {
@@ -556,10 +557,17 @@ mod tests {
             record: 0,
             setup_us: 0,
         };
+        // Cut by the drain's deadline: a provider may have had it, whatever came before.
+        let cut = StreamEvent::Error {
+            kind: ErrorKind::ShuttingDown,
+            message: "mythosd is shutting down and could not finish this answer".into(),
+            retry_at_unix_ms: None,
+        };
         for (tag, events, delivered) in [
             ("at-once", vec![refused.clone()], false),
             ("queued", vec![queued, refused.clone()], false),
             ("begun", vec![started, refused.clone()], true),
+            ("cut", vec![cut], true),
         ] {
             let (dir, socket) = scratch_socket(tag);
             let _daemon = fake_daemon(socket.clone(), true, events).await;

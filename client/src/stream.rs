@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mythos_protocol::{
     ChatRequest, DoneInfo, ErrorKind, Request, RequestId, RerouteMode, Response, StreamEvent,
+    REFUSED_WHILE_STOPPING,
 };
 
 use crate::connection::Connection;
@@ -189,9 +190,10 @@ pub async fn run(
             }
         };
         match resp {
-            // Refused before any attempt began (at once, or while it waited for capacity), by a
-            // daemon on its way out (a restart): the next one is already serving or about to,
-            // and takes the request as if it were new.
+            // Refused before any attempt was made, by a daemon on its way out (a restart): no
+            // provider saw it, and the next daemon, already serving or about to, takes it as
+            // new. A stream the stopping daemon cut (its message differs) is not sent again:
+            // a provider may have had it.
             Ok(Response::Event {
                 id: got,
                 event:
@@ -200,7 +202,7 @@ pub async fn run(
                         message,
                         ..
                     },
-            }) if got == id && !began => {
+            }) if got == id && !began && message == REFUSED_WHILE_STOPPING => {
                 conn.mark_broken();
                 return Ok(Ended::NotDelivered(Failure::new(message)));
             }

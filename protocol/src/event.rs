@@ -302,6 +302,11 @@ pub enum ErrorKind {
     ContextLength,
 }
 
+/// The message of a `shutting_down` error that refuses a request before any attempt of it
+/// was made (the daemon was stopping when it came): no provider saw it, and a client may send
+/// it again to the next daemon. A stream the daemon had to cut says something else.
+pub const REFUSED_WHILE_STOPPING: &str = "mythosd is shutting down";
+
 impl ErrorKind {
     /// Short snake_case name for display.
     pub fn as_str(self) -> &'static str {

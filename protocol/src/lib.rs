@@ -68,7 +68,10 @@ pub mod startup;
 #[cfg(feature = "codec")]
 pub mod codec;
 
-pub use event::{DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Text, Usage};
+pub use event::{
+    DoneInfo, ErrorKind, FinishReason, RerouteMode, StreamEvent, Text, Usage,
+    REFUSED_WHILE_STOPPING,
+};
 pub use hello::{negotiate, Encoding, Hello, HelloReply};
 pub use reports::{
     Attempt, BreakerState, CandidateScore, Failover, ModelLimits, ProviderStatus, QuotaStatus,

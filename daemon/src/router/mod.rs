@@ -796,7 +796,7 @@ impl Router {
             // recorded, as it never ran.
             let refused = StreamEvent::Error {
                 kind: ErrorKind::ShuttingDown,
-                message: "mythosd is shutting down".into(),
+                message: mythos_protocol::REFUSED_WHILE_STOPPING.into(),
                 retry_at_unix_ms: None,
             };
             let _ = tokio::time::timeout(STOP_GRACE, out.send(refused)).await;

@@ -158,8 +158,10 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
             // `Retry-After: 0` (some gateways' default) says no more than no header: asked
             // again at once, a provider limiting most requests was hammered, each `429`
             // spending an attempt, until requests failed while it answered others.
-            let said = f.retry_after.filter(|d| *d >= MIN_RATE_LIMIT_HINT);
-            effect.pause = Some(said.unwrap_or(DEFAULT_PAUSE));
+            effect.pause = Some(match f.retry_after {
+                Some(d) if !d.is_zero() => d.max(MIN_RATE_LIMIT_HINT),
+                _ => DEFAULT_PAUSE,
+            });
             if f.pinned && can_retry {
                 // The pause is waited out in the queue, visibly.
                 Next::Retry {
@@ -235,9 +237,9 @@ pub const MIN_TOLD_PAUSE: Duration = Duration::from_secs(1);
 /// How long a `429` without `Retry-After` pauses a provider.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(2);
 
-/// The shortest wait a `429` can ask for: below it (`Retry-After: 0`) it asks for none, which
-/// is no advice, and is taken as a `429` without the header. A quota's `retry-after-ms` of a
-/// few hundred milliseconds is advice, and taken.
+/// The shortest pause a `429` gets when it asks for one (a `retry-after-ms` of a few): a
+/// quota's few hundred milliseconds are advice, and taken. One that asks for none
+/// (`Retry-After: 0`) gives no advice and is taken as a `429` without the header.
 pub const MIN_RATE_LIMIT_HINT: Duration = Duration::from_millis(50);
 
 #[cfg(test)]

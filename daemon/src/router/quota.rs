@@ -122,8 +122,9 @@ pub struct Quota {
     /// Its requests quota is learnt, not announced (see [`Quota::rate_limited`]): each answer
     /// takes one from it, as no header will.
     learnt: bool,
-    /// The largest request (each kind apart, as reserved) the provider answered: one no larger
-    /// is never "larger than the quota", whatever the figures announced since say.
+    /// The largest request (each kind apart, as reserved) the provider answered: one whose
+    /// output is no larger is never "larger than the quota", whatever the output figures
+    /// announced since say (see [`Quota::room`]).
     proven: Cost,
 }
 
@@ -457,7 +458,9 @@ impl Quota {
                 // once (or all went elsewhere) though the provider had just served one the same
                 // size. What it has served waits for a full bucket instead, as a prompt larger
                 // than the input limit does.
-                if cost_here > self.proven.get(kind) {
+                // Output tokens only: OpenAI refuses a prompt and `max_tokens` over its
+                // tokens-per-minute figure outright, and input is capped above already.
+                if kind != QuotaKind::OutputTokens || cost_here > self.proven.get(kind) {
                     return Room::Never;
                 }
                 cost_here = l;
@@ -1051,6 +1054,14 @@ mod tests {
             q.room(Cost::request(1_000, 32_000), now),
             Room::At(_)
         ));
+        // OpenAI's combined figure refuses a prompt and `max_tokens` over it outright: what
+        // went once (before the figure was known) stays "never" there.
+        let mut r = RateLimits::default();
+        r.quotas[QuotaKind::Tokens.index()] = a(10_000, 10_000);
+        let mut q = Quota::default();
+        let s = q.reserve(Cost::request(1_000, 32_000));
+        q.observe(s, &r, true, now);
+        assert_eq!(q.room(Cost::request(1_000, 32_000), now), Room::Never);
     }
 
     /// A server that announces what is left but not when it comes back (no reset header):

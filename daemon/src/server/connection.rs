@@ -517,7 +517,10 @@ async fn handle(
                 },
             };
             if ctx.draining.is_cancelled() {
-                refuse(ErrorKind::ShuttingDown, "mythosd is shutting down")
+                refuse(
+                    ErrorKind::ShuttingDown,
+                    mythos_protocol::REFUSED_WHILE_STOPPING,
+                )
             } else if seat.reserve {
                 refuse(
                     ErrorKind::Internal,
