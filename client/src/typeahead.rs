@@ -1,49 +1,42 @@
-//! Lines typed at the terminal while the chat is busy (an answer streaming): kept out of the
-//! answer on the screen and asked next, in order.
+//! What is typed at the terminal while the chat is busy (an answer streaming): kept out of the
+//! answer on the screen, and waiting in the editor at the next prompt.
 //!
 //! Between two prompts the terminal is in its ordinary (canonical) mode, where it echoes what
 //! is typed: a question typed while an answer streamed appeared in the middle of the answer.
 //! And rustyline reads the terminal 1,024 bytes at a time and drops what it read past the line
 //! it returns (without its `buffer-redux` feature, gone from rustyline 19): of two lines typed
 //! ahead, the second was lost. So while busy the echo is off, and before the next prompt the
-//! complete lines typed meanwhile are taken here, one `read` each (canonical mode hands over one
-//! line per read), leaving rustyline only the line still being typed, which it then shows in
-//! its editor as if typed there.
+//! complete lines typed meanwhile are taken here (canonical mode hands over one line per
+//! `read`), leaving rustyline the line still being typed. All of it goes into the editor, to be
+//! sent with Enter: nothing is sent unseen. A paste's line breaks and a typed Enter look the
+//! same here, and a paste sent line by line was several questions.
 
-use std::collections::VecDeque;
-
-/// What was typed ahead, in order.
+/// What was typed ahead.
 #[derive(Debug, Default)]
 pub struct TypedAhead {
-    lines: VecDeque<String>,
-    /// Ctrl-D was typed on an empty line: the chat ends once the lines before it are done.
+    /// The complete lines, as typed (each with its line break).
+    text: String,
+    /// Ctrl-D was typed on an empty line.
     eof: bool,
 }
 
-/// One line (or the end) typed ahead.
+/// What to do with what was typed ahead.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Typed {
-    /// A complete line, without its newline.
-    Line(String),
-    /// Ctrl-D on an empty line.
+    /// Put this in the editor.
+    Text(String),
+    /// Ctrl-D, with nothing typed before it: the chat ends.
     Eof,
 }
 
 impl TypedAhead {
-    /// Whether anything was typed ahead.
-    pub fn has_next(&self) -> bool {
-        !self.lines.is_empty() || self.eof
-    }
-
-    /// The next thing typed ahead, if any.
-    pub fn next(&mut self) -> Option<Typed> {
-        if let Some(line) = self.lines.pop_front() {
-            return Some(Typed::Line(line));
+    /// Take what was typed ahead, if anything.
+    pub fn take(&mut self) -> Option<Typed> {
+        let eof = std::mem::take(&mut self.eof);
+        if !self.text.is_empty() {
+            return Some(Typed::Text(std::mem::take(&mut self.text)));
         }
-        if std::mem::take(&mut self.eof) {
-            return Some(Typed::Eof);
-        }
-        None
+        eof.then_some(Typed::Eof)
     }
 
     /// Add what one canonical-mode read returned: a line ending in a newline, a line ended by
@@ -57,10 +50,8 @@ impl TypedAhead {
             self.eof = true;
             return;
         }
-        let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        self.lines
-            .push_back(String::from_utf8_lossy(line).into_owned());
+        self.text
+            .push_str(&String::from_utf8_lossy(bytes).replace('\r', ""));
     }
 }
 
@@ -154,17 +145,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_come_in_order_and_the_end_after_them() {
+    fn lines_are_kept_as_typed_and_the_end_only_alone() {
         let mut ahead = TypedAhead::default();
         ahead.push_read(b"second question\n");
         ahead.push_read(b"third\r\n");
         ahead.push_read(b"ended by ctrl-d");
         ahead.push_read(b"");
         ahead.push_read(b"after the end\n");
-        assert_eq!(ahead.next(), Some(Typed::Line("second question".into())));
-        assert_eq!(ahead.next(), Some(Typed::Line("third".into())));
-        assert_eq!(ahead.next(), Some(Typed::Line("ended by ctrl-d".into())));
-        assert_eq!(ahead.next(), Some(Typed::Eof));
-        assert_eq!(ahead.next(), None);
+        assert_eq!(
+            ahead.take(),
+            Some(Typed::Text(
+                "second question\nthird\nended by ctrl-d".into()
+            ))
+        );
+        assert_eq!(ahead.take(), None);
+        ahead.push_read(b"");
+        assert_eq!(ahead.take(), Some(Typed::Eof));
     }
 }

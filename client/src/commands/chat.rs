@@ -347,7 +347,7 @@ enum LineSource {
     Editor {
         editor: Box<Editor<(), DefaultHistory>>,
         history: Option<PathBuf>,
-        /// Lines typed while the last one was being answered, to be read before the editor.
+        /// What was typed while the last line was being answered, for the editor.
         ahead: TypedAhead,
     },
     /// Lines from stdin; `prompt`: shown on stderr first (a terminal rustyline does not
@@ -425,25 +425,20 @@ impl LineSource {
 
     fn read(&mut self, prompt: &str) -> Result<ReadLine, Failure> {
         match self {
-            LineSource::Editor { ahead, .. } if ahead.has_next() => match ahead.next() {
-                Some(Typed::Line(line)) => {
-                    // Shown as the editor shows a line it returns, where it shows it.
-                    let shown = format!("{prompt}{line}\n");
-                    if io::stdout().is_terminal() {
-                        print(&shown)?;
-                    } else {
-                        eprint!("{shown}");
-                    }
-                    Ok(ReadLine::Line(line))
+            LineSource::Editor { editor, ahead, .. } => {
+                // What was typed while the last answer streamed waits in the editor.
+                let initial = match ahead.take() {
+                    Some(Typed::Eof) => return Ok(ReadLine::Eof),
+                    Some(Typed::Text(text)) => text,
+                    None => String::new(),
+                };
+                match editor.readline_with_initial(prompt, (&initial, "")) {
+                    Ok(line) => Ok(ReadLine::Line(line)),
+                    Err(ReadlineError::Interrupted) => Ok(ReadLine::Interrupted),
+                    Err(ReadlineError::Eof) => Ok(ReadLine::Eof),
+                    Err(e) => Err(Failure::new(format!("cannot read input: {e}"))),
                 }
-                Some(Typed::Eof) | None => Ok(ReadLine::Eof),
-            },
-            LineSource::Editor { editor, .. } => match editor.readline(prompt) {
-                Ok(line) => Ok(ReadLine::Line(line)),
-                Err(ReadlineError::Interrupted) => Ok(ReadLine::Interrupted),
-                Err(ReadlineError::Eof) => Ok(ReadLine::Eof),
-                Err(e) => Err(Failure::new(format!("cannot read input: {e}"))),
-            },
+            }
             LineSource::Plain { stdin, prompt: p } => {
                 if *p {
                     use std::io::Write;
@@ -466,7 +461,8 @@ impl LineSource {
     /// Keep what is typed from now on off the screen, for [`LineSource::resume`] to read:
     /// the chat is busy (an answer streams) and the terminal would echo it into the answer.
     fn quiet(&self) -> Option<Quiet> {
-        self.interactive().then(Quiet::hold)
+        // Only for the editor, which takes it back; plain lines (`TERM=dumb`) keep their echo.
+        matches!(self, LineSource::Editor { .. }).then(Quiet::hold)
     }
 
     /// The chat is ready for the next line: take the lines typed meanwhile.
