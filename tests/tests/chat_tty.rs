@@ -489,6 +489,28 @@ fn a_dumb_terminal_gets_plain_text() {
     assert_eq!(tty.quit(), 0);
 }
 
+/// `TERM=dumb` with stdout on the terminal: rustyline reads plain lines there and ignores the
+/// text it is given to start a line with, so a line typed while an answer streamed is not held
+/// back (it was taken from the terminal with the echo off and never seen again) but read and
+/// answered as the plain source does. `DUMB` too: rustyline compares without case.
+#[test]
+fn a_dumb_terminal_loses_no_line_typed_during_an_answer() {
+    for term in ["dumb", "DUMB"] {
+        let mut tty = Tty::start(&["chat", "--demo"], 200, &[("TERM", term)]);
+        tty.prompt(0);
+        let start = tty.output.len();
+        tty.type_text("tell me\r");
+        tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
+        tty.type_text("second question\r");
+        tty.wait_for(
+            start,
+            "simulated answer to \"second question\"",
+            Duration::from_secs(20),
+        );
+        assert_eq!(tty.quit(), 0);
+    }
+}
+
 /// A line typed with a leading space stays out of the history file, as in a shell (the editor
 /// is set up for it, but the chat trimmed the line first and every line was kept).
 #[test]

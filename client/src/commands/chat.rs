@@ -349,6 +349,10 @@ enum LineSource {
         history: Option<PathBuf>,
         /// What was typed while the last line was being answered, for the editor.
         ahead: TypedAhead,
+        /// A terminal rustyline cannot drive (`TERM=dumb` with stdout on the terminal): it
+        /// reads plain lines there and ignores the text given to start the line with, so what
+        /// was typed ahead would be lost; nothing is held back, as for [`LineSource::Plain`].
+        unsupported: bool,
     },
     /// Lines from stdin; `prompt`: shown on stderr first (a terminal rustyline does not
     /// support, such as `TERM=dumb`, with stdout in a file: rustyline would write its prompt
@@ -369,8 +373,12 @@ impl LineSource {
         }
         // rustyline's list of terminals it cannot drive (it then reads plain lines and
         // prompts on stdout).
-        let unsupported =
-            std::env::var("TERM").is_ok_and(|t| ["dumb", "cons25", "emacs"].contains(&t.as_str()));
+        // rustyline compares without case.
+        let unsupported = std::env::var("TERM").is_ok_and(|t| {
+            ["dumb", "cons25", "emacs"]
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(&t))
+        });
         if unsupported && !io::stdout().is_terminal() {
             return LineSource::Plain {
                 stdin: io::stdin().lock(),
@@ -413,6 +421,7 @@ impl LineSource {
             editor: Box::new(editor),
             history,
             ahead: TypedAhead::default(),
+            unsupported,
         }
     }
 
@@ -462,7 +471,14 @@ impl LineSource {
     /// the chat is busy (an answer streams) and the terminal would echo it into the answer.
     fn quiet(&self) -> Option<Quiet> {
         // Only for the editor, which takes it back; plain lines (`TERM=dumb`) keep their echo.
-        matches!(self, LineSource::Editor { .. }).then(Quiet::hold)
+        matches!(
+            self,
+            LineSource::Editor {
+                unsupported: false,
+                ..
+            }
+        )
+        .then(Quiet::hold)
     }
 
     /// The chat is ready for the next line: take the lines typed meanwhile.
