@@ -11,6 +11,26 @@
 //! sent with Enter: nothing is sent unseen. A paste's line breaks and a typed Enter look the
 //! same here, and a paste sent line by line was several questions.
 
+/// How long no new line must come, once something was typed ahead, before the prompt is
+/// back: a paste arriving line by line has shorter gaps.
+#[cfg(unix)]
+const PASTE_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The longest the prompt waits for a paste still arriving.
+#[cfg(unix)]
+const PASTE_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Bytes typed on stdin and not read yet (a line not finished counts).
+#[cfg(unix)]
+fn pending_bytes() -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`; a failure leaves it 0.
+    if unsafe { libc::ioctl(0, libc::FIONREAD as _, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
 /// What was typed ahead.
 #[derive(Debug, Default)]
 pub struct TypedAhead {
@@ -50,8 +70,13 @@ impl TypedAhead {
             self.eof = true;
             return;
         }
-        self.text
-            .push_str(&String::from_utf8_lossy(bytes).replace('\r', ""));
+        // Bracketed-paste markers, should a terminal send them in the moment the mode was on:
+        // they are no part of the message.
+        let text = String::from_utf8_lossy(bytes)
+            .replace('\r', "")
+            .replace("\x1b[200~", "")
+            .replace("\x1b[201~", "");
+        self.text.push_str(&text);
     }
 }
 
@@ -96,15 +121,27 @@ impl Quiet {
         #[cfg(unix)]
         if self.saved.is_some() {
             let mut buf = vec![0u8; 8192];
+            // Once something was typed, more may be on its way: a paste that arrives line by
+            // line (over ssh) and is still arriving as the answer ends. What came after the
+            // prompt was back went to the editor in raw mode, where each line break is Enter:
+            // most of a 60-line paste was sent unseen. So lines are taken until none has come
+            // for a moment, within a bound.
+            let started = std::time::Instant::now();
             loop {
+                let typing = !ahead.text.is_empty() || pending_bytes() > 0;
+                let wait = if !typing || started.elapsed() > PASTE_MAX {
+                    0
+                } else {
+                    PASTE_QUIET.as_millis() as libc::c_int
+                };
                 let mut fds = libc::pollfd {
                     fd: 0,
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                // SAFETY: one pollfd owned here; a zero timeout never blocks. In canonical mode
-                // stdin is readable only once a line is complete (or Ctrl-D was typed).
-                let ready = unsafe { libc::poll(&mut fds, 1, 0) };
+                // SAFETY: one pollfd owned here. In canonical mode stdin is readable only once
+                // a line is complete (or Ctrl-D was typed).
+                let ready = unsafe { libc::poll(&mut fds, 1, wait) };
                 if ready != 1 || fds.revents & libc::POLLIN == 0 {
                     break;
                 }
@@ -159,6 +196,10 @@ mod tests {
             ))
         );
         assert_eq!(ahead.take(), None);
+        let mut ahead = TypedAhead::default();
+        ahead.push_read(b"\x1b[200~pasted\n");
+        ahead.push_read(b"lines\x1b[201~\n");
+        assert_eq!(ahead.take(), Some(Typed::Text("pasted\nlines\n".into())));
         ahead.push_read(b"");
         assert_eq!(ahead.take(), Some(Typed::Eof));
     }

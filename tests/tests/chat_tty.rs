@@ -573,3 +573,43 @@ fn what_is_typed_while_an_answer_streams_waits_in_the_editor() {
     tty.wait_for(at, "and a third one\". mythos", Duration::from_secs(20));
     assert_eq!(tty.quit(), 0);
 }
+
+/// A paste that arrives line by line (over ssh) and is still arriving when the answer ends
+/// waits in the editor whole: the lines that came after the prompt was back went to the editor
+/// in raw mode, where each line break is Enter, and most of a 60-line paste was sent unseen.
+#[test]
+fn a_paste_still_arriving_when_the_answer_ends_waits_in_the_editor() {
+    let mut tty = Tty::start(&["chat", "--demo"], 120, &[]);
+    tty.prompt(0);
+    let start = tty.output.len();
+    tty.type_text("tell me\r");
+    tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
+    // The answer takes about 1.7 s: the paste begins before its end and goes on after.
+    std::thread::sleep(Duration::from_millis(1200));
+    for i in 0..40 {
+        tty.type_text(&format!("L{i:02}\r"));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let at = tty.wait_for(start, "[sim-", Duration::from_secs(20));
+    tty.wait_for(at, "L39", Duration::from_secs(10));
+    tty.pump(Duration::from_millis(500));
+    let screen = tty.screen();
+    let shown = screen.join("\n");
+    assert_eq!(
+        shown.matches("This is a simulated answer").count(),
+        1,
+        "a line was sent unseen:\n{shown}"
+    );
+    let footer = screen
+        .iter()
+        .position(|l| l.starts_with("[sim-"))
+        .expect("the footer");
+    let waiting: Vec<String> = (0..40).map(|i| format!("L{i:02}")).collect();
+    let mut expected = vec![format!("> {}", waiting[0])];
+    expected.extend(waiting[1..].iter().cloned());
+    assert_eq!(screen[footer + 1..footer + 41], expected[..], "{shown}");
+    // Ctrl-C clears the editor; Ctrl-D on the empty line then quits.
+    tty.type_text("\x03");
+    tty.prompt(tty.output.len());
+    assert_eq!(tty.quit(), 0);
+}
