@@ -625,6 +625,18 @@ async fn a_fault_for_a_paused_provider_says_it_waits_for_the_pause() {
     );
 }
 
+/// Mock providers whose `anthropic` streams an answer over seconds: long enough to stop a
+/// daemon in the middle of it.
+async fn slow_anthropic() -> Mocks {
+    let mocks = Mocks::start().await;
+    mocks.anthropic.set_delays(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(40),
+    );
+    mocks.anthropic.set_answer_repeat(2);
+    mocks
+}
+
 /// The record `id` as the daemon on `env`'s socket tells it.
 async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
     let mut c = env.connect().await;
@@ -644,12 +656,8 @@ async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
     use std::time::{Duration, Instant};
-    let mocks = Mocks::start().await;
     // The answers the old daemon finishes take seconds; the new daemon's go to the others.
-    mocks
-        .anthropic
-        .set_delays(Duration::from_millis(5), Duration::from_millis(40));
-    mocks.anthropic.set_answer_repeat(2);
+    let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     // One fixed address for both daemons, as the default port is: the new one binds it while
     // the old one still streams an answer on a connection to it.
@@ -816,11 +824,7 @@ async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_daemon_keeps_its_socket_while_it_finishes_its_streams() {
     use std::time::{Duration, Instant};
-    let mocks = Mocks::start().await;
-    mocks
-        .anthropic
-        .set_delays(Duration::from_millis(5), Duration::from_millis(40));
-    mocks.anthropic.set_answer_repeat(2);
+    let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
     let mut managed = env.start_daemon(&[]);

@@ -166,12 +166,7 @@ async fn restart_service(g: &Globals, cmd: &[String], old_pid: u32) -> Result<u8
         if let Ok(mut conn) = Connection::connect(&g.target).await {
             if let Ok(report) = status::fetch(&mut conn).await {
                 if report.pid != old_pid {
-                    print(&format!(
-                        "mythosd running on {} (pid {})\n",
-                        g.target.socket.display(),
-                        report.pid
-                    ))?;
-                    return Ok(EXIT_OK);
+                    return say_running(g, report.pid);
                 }
             }
         }
@@ -186,10 +181,14 @@ async fn restart_service(g: &Globals, cmd: &[String], old_pid: u32) -> Result<u8
 async fn start(g: &Globals) -> Result<u8, Failure> {
     let mut conn = Connection::connect_or_start(&g.target).await?;
     let report = status::fetch(&mut conn).await?;
+    say_running(g, report.pid)
+}
+
+/// "mythosd running on SOCKET (pid N)".
+fn say_running(g: &Globals, pid: u32) -> Result<u8, Failure> {
     print(&format!(
-        "mythosd running on {} (pid {})\n",
-        g.target.socket.display(),
-        report.pid
+        "mythosd running on {} (pid {pid})\n",
+        g.target.socket.display()
     ))?;
     Ok(EXIT_OK)
 }
@@ -237,12 +236,7 @@ async fn restart(g: &Globals) -> Result<u8, Failure> {
             }
         }
     }
-    print(&format!(
-        "mythosd running on {} (pid {})\n",
-        g.target.socket.display(),
-        report.pid
-    ))?;
-    Ok(EXIT_OK)
+    say_running(g, report.pid)
 }
 
 /// Ask the running daemon to shut down. `None`: none runs; else its pid, if known.
