@@ -31,6 +31,48 @@ fn pending_bytes() -> libc::c_int {
     n
 }
 
+/// The echo put back when the chat is killed while it is off (`kill`, a closed terminal,
+/// Ctrl-\\): no destructor runs then, and a shell that does not restore the terminal itself
+/// (dash) left the user typing blind.
+#[cfg(unix)]
+mod on_signal {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Once, OnceLock};
+
+    /// The terminal's settings with its echo on (the same at every hold).
+    static SAVED: OnceLock<libc::termios> = OnceLock::new();
+    /// The echo is off now.
+    static HELD: AtomicBool = AtomicBool::new(false);
+
+    /// The echo is about to go off; `saved` has it on.
+    pub fn arm(saved: libc::termios) {
+        let _ = SAVED.set(saved);
+        static HANDLERS: Once = Once::new();
+        HANDLERS.call_once(|| {
+            for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                // SAFETY: the handler only loads two atomics, calls tcsetattr and re-raises the
+                // signal's default action, all async-signal-safe.
+                let _ = unsafe {
+                    signal_hook::low_level::register(sig, move || {
+                        if HELD.load(Ordering::Acquire) {
+                            if let Some(t) = SAVED.get() {
+                                libc::tcsetattr(0, libc::TCSANOW, t);
+                            }
+                        }
+                        let _ = signal_hook::low_level::emulate_default_handler(sig);
+                    })
+                };
+            }
+        });
+        HELD.store(true, Ordering::Release);
+    }
+
+    /// The echo is back.
+    pub fn disarm() {
+        HELD.store(false, Ordering::Release);
+    }
+}
+
 /// What was typed ahead.
 #[derive(Debug, Default)]
 pub struct TypedAhead {
@@ -105,7 +147,9 @@ impl Quiet {
                 let saved = t;
                 // ISIG stays: Ctrl-C still interrupts the answer.
                 t.c_lflag &= !(libc::ECHO | libc::ECHONL);
+                on_signal::arm(saved);
                 if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                    on_signal::disarm();
                     return Quiet { saved: None };
                 }
                 Quiet { saved: Some(saved) }
@@ -166,6 +210,7 @@ impl Quiet {
         if let Some(saved) = self.saved.take() {
             // SAFETY: puts back the settings read in `hold`. TCSANOW: what was typed stays.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+            on_signal::disarm();
         }
     }
 }

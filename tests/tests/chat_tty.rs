@@ -613,3 +613,32 @@ fn a_paste_still_arriving_when_the_answer_ends_waits_in_the_editor() {
     tty.prompt(tty.output.len());
     assert_eq!(tty.quit(), 0);
 }
+
+/// The chat killed while an answer streams (`kill`, a closed terminal, Ctrl-\) leaves the
+/// terminal's echo on: it is off while an answer streams, no destructor runs on such a signal,
+/// and under a shell that does not restore the terminal (dash) the user typed blind.
+#[test]
+fn killed_while_an_answer_streams_the_chat_leaves_the_echo_on() {
+    for sig in [libc::SIGTERM, libc::SIGQUIT] {
+        let mut tty = Tty::start(&["chat", "--demo"], 80, &[]);
+        tty.prompt(0);
+        let start = tty.output.len();
+        tty.type_text("tell me\r");
+        tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(tty.child.id() as libc::pid_t, sig) };
+        let status = tty.child.wait().expect("wait");
+        assert!(!status.success(), "{sig}: {status:?}");
+        // SAFETY: tcgetattr on the terminal's master descriptor, into a termios owned here.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::tcgetattr(tty.master.as_raw_fd(), &mut t) },
+            0
+        );
+        assert_ne!(
+            t.c_lflag & libc::ECHO,
+            0,
+            "signal {sig}: the echo is left off"
+        );
+    }
+}
