@@ -583,9 +583,8 @@ fn a_paste_still_arriving_when_the_answer_ends_waits_in_the_editor() {
     tty.prompt(0);
     let start = tty.output.len();
     tty.type_text("tell me\r");
-    tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
-    // The answer takes about 1.7 s: the paste begins before its end and goes on after.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Near the answer's end (it streams for about 1.7 s): the paste (1 s) goes on after it.
+    tty.wait_for(start, "the next provider", Duration::from_secs(10));
     for i in 0..40 {
         tty.type_text(&format!("L{i:02}\r"));
         std::thread::sleep(Duration::from_millis(25));

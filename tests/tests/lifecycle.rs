@@ -846,7 +846,15 @@ async fn a_managed_daemon_keeps_its_socket_while_it_finishes_its_streams() {
     // SIGTERM, as launchd (and systemd) stop it.
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
     unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The drain has begun once the socket refuses connections.
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the drain never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         managed.child.try_wait().unwrap().is_none(),
         "the daemon did not wait for its stream"
