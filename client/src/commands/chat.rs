@@ -366,24 +366,17 @@ enum LineSource {
 impl LineSource {
     fn new() -> LineSource {
         if !io::stdin().is_terminal() {
-            return LineSource::Plain {
-                stdin: io::stdin().lock(),
-                prompt: false,
-            };
+            return LineSource::plain(false);
         }
-        // rustyline's list of terminals it cannot drive (it then reads plain lines and
-        // prompts on stdout).
-        // rustyline compares without case.
+        // rustyline's list of terminals it cannot drive, compared as it does, without case (it
+        // then reads plain lines and prompts on stdout).
         let unsupported = std::env::var("TERM").is_ok_and(|t| {
             ["dumb", "cons25", "emacs"]
                 .iter()
                 .any(|u| u.eq_ignore_ascii_case(&t))
         });
         if unsupported && !io::stdout().is_terminal() {
-            return LineSource::Plain {
-                stdin: io::stdin().lock(),
-                prompt: true,
-            };
+            return LineSource::plain(true);
         }
         // `mythos chat > answers.md`: the prompt and the line being typed belong on the
         // terminal (rustyline writes them to stdout, so the user typed blind and the file got
@@ -404,10 +397,7 @@ impl LineSource {
             })
             .unwrap_or_default();
         let Ok(mut editor) = Editor::<(), DefaultHistory>::with_config(config) else {
-            return LineSource::Plain {
-                stdin: io::stdin().lock(),
-                prompt: false,
-            };
+            return LineSource::plain(false);
         };
         let dir = mythos_protocol::paths::state_dir();
         let history = std::fs::create_dir_all(&dir)
@@ -422,6 +412,14 @@ impl LineSource {
             history,
             ahead: TypedAhead::default(),
             unsupported,
+        }
+    }
+
+    /// Lines from stdin, with a prompt on stderr if `prompt`.
+    fn plain(prompt: bool) -> LineSource {
+        LineSource::Plain {
+            stdin: io::stdin().lock(),
+            prompt,
         }
     }
 
@@ -659,11 +657,23 @@ fn to_terminal_aside() -> bool {
     io::stdin().is_terminal() && !io::stdout().is_terminal()
 }
 
+/// The style of what [`say`] writes, for where it goes.
+fn say_style() -> Style {
+    if to_terminal_aside() {
+        Style::stderr()
+    } else {
+        Style::stdout()
+    }
+}
+
 /// What a command says (help, status, a pin, a mistake): on the terminal, not in a file of
 /// answers.
 fn say(text: &str) -> Result<(), Failure> {
     if to_terminal_aside() {
-        eprint!("{text}");
+        // As `eprint_line`: a closed stderr must not end the chat (`eprint!` panics).
+        use std::io::Write;
+        let mut err = io::stderr().lock();
+        let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
         Ok(())
     } else {
         print(text)
@@ -743,12 +753,7 @@ impl Session<'_> {
         let report = interruptible(rt, status::fetch(conn))?;
         // `mythos chat > answers.md`: the banner is for the person at the terminal, not for
         // the file that collects the answers.
-        let to_file = !io::stdout().is_terminal();
-        let style = if to_file {
-            Style::stderr()
-        } else {
-            Style::stdout()
-        };
+        let style = say_style();
         let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
         let mut line = format!("mythos chat · {}", names.join(", "));
         if demo {
@@ -762,17 +767,11 @@ impl Session<'_> {
                 )),
             }
         }
-        let text = format!(
-            "{}\n{}",
+        say(&format!(
+            "{}\n{}\n",
             style.bold(&line),
             style.dim("/help for commands, Ctrl-D to quit")
-        );
-        if to_file {
-            super::eprint_line(&text);
-            Ok(())
-        } else {
-            print(&format!("{text}\n"))
-        }
+        ))
     }
 
     /// Pin to `name` if the daemon knows such a provider.
@@ -797,12 +796,7 @@ impl Session<'_> {
         let rt = self.rt;
         let conn = self.connection()?;
         let report = interruptible(rt, status::fetch(conn))?;
-        let style = if to_terminal_aside() {
-            Style::stderr()
-        } else {
-            Style::stdout()
-        };
-        say(&status_text(&report, style, &self.keys_here()))
+        say(&status_text(&report, say_style(), &self.keys_here()))
     }
 
     /// The key variables of this shell the daemon may lack (none for the private demo daemon,
