@@ -555,6 +555,27 @@ async fn piped_chat_pins_by_any_capitals_and_fails_on_an_unknown_provider() {
     assert_eq!(answered, 2, "{out:?}");
 }
 
+/// `mythos chat < questions.txt > answers.md`: each answer is a paragraph of its own. They ran
+/// together on one line, the second glued to the first's last sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_chat_sets_answers_apart_with_a_blank_line() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _daemon = env.start_daemon(&[]);
+    let out = env.mythos_with_stdin(&["chat"], "first question\nsecond question\n");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = text.split("\n\n").collect();
+    assert_eq!(answers.len(), 2, "{text:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| !a.trim().is_empty() && !a.starts_with('\n')),
+        "{text:?}"
+    );
+    assert!(text.ends_with('\n') && !text.ends_with("\n\n"), "{text:?}");
+}
+
 /// A piped conversation with a command written wrong (`/task cod`, `/fault` with an unknown
 /// fault, a `/word` that is no command, `/save` where nothing can be written) ends with exit
 /// status 1 and says why on stderr, while the rest is still answered: it exited 0, and a

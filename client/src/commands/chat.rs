@@ -515,6 +515,9 @@ struct Session<'a> {
     task: TaskKind,
     show_thinking: bool,
     raw: bool,
+    /// An answer was written to stdout already: in a file (`chat > answers.md`) the next one
+    /// begins after a blank line, or the two ran together as one paragraph.
+    answered: bool,
 }
 
 fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> {
@@ -534,6 +537,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
         task: opts.task,
         show_thinking: opts.show_thinking,
         raw: opts.raw,
+        answered: false,
     };
     if let Some(name) = s.pin.clone() {
         // A provider the daemon does not know is a mistake to say now, not a failure on every
@@ -860,6 +864,10 @@ impl Session<'_> {
         });
         let pinned = pin.is_some();
         let opts = PrinterOptions::for_terminal(self.show_thinking).raw(self.raw);
+        // At a terminal the prompt and the footer set answers apart; in a file nothing did.
+        if self.answered && !io::stdout().is_terminal() {
+            print("\n")?;
+        }
         for attempt in 0..2 {
             let messages = self.convo.messages().to_vec();
             let task = self.task;
@@ -911,6 +919,7 @@ impl Session<'_> {
                     printer.finish()?;
                     let style = printer.side_style();
                     printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
+                    self.answered = true;
                     let kept = self.convo.answer(&turn.text);
                     if !kept {
                         printer.note(&style.dim("(empty answer: not kept in the conversation)"))?;
