@@ -21,6 +21,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const ALREADY_RUNNING_GRACE: Duration = Duration::from_secs(3);
 /// Overall bound on starting a daemon, including waiting for a previous one to finish exiting.
 const START_DEADLINE: Duration = Duration::from_secs(15);
+/// Bound on starting the daemon through its service manager: a restart there waits for the
+/// old daemon's streams (10 s by default) before the new one starts.
+#[cfg(unix)]
+const MANAGED_START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What became of a daemon we spawned.
 #[derive(Debug)]
@@ -156,8 +160,19 @@ pub fn start_failure(started: Started, bin: &Path, socket: &Path) -> Failure {
     }
 }
 
-/// Start the shared daemon for `target` and connect to it.
+/// Start the shared daemon for `target` and connect to it: through the service manager that
+/// ran the last one, if one did, else as a process of its own.
 pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
+    #[cfg(unix)]
+    if let Some(command) =
+        std::fs::read_to_string(mythos_protocol::paths::instance_lock_path(&target.socket))
+            .ok()
+            .and_then(|text| mythos_protocol::paths::start_command(&text))
+    {
+        if let Some(done) = start_managed(target, &command).await {
+            return done;
+        }
+    }
     let bin = find_daemon()?;
     let deadline = Instant::now() + START_DEADLINE;
     loop {
@@ -197,6 +212,69 @@ pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Fai
                 }
             }
             other => return Err(start_failure(other, &bin, &target.socket)),
+        }
+    }
+}
+
+/// Ask the service manager that runs the daemon to start it (`systemctl --user start`, which
+/// waits for a restart in progress; `launchctl kickstart`), and connect once it serves. A
+/// daemon still finishing its streams refuses connections meanwhile, so both are tried again
+/// until it has gone and the next one answers. `None` when the manager cannot be asked at all
+/// (no such command, the unit or agent no longer installed): the caller starts a daemon
+/// itself, as it would with no manager.
+#[cfg(unix)]
+async fn start_managed(target: &Target, command: &[String]) -> Option<Result<Connection, Failure>> {
+    use std::io::IsTerminal as _;
+    let deadline = Instant::now() + MANAGED_START_DEADLINE;
+    let shown = command.join(" ");
+    // Whether the manager took the command once: a failure after that is its answer.
+    let mut worked = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let run = Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let why = match tokio::time::timeout(left, run).await {
+            Ok(Ok(out)) if out.status.success() => None,
+            Ok(Ok(out)) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", left.as_secs())),
+        };
+        let status = if command[0] == "systemctl" {
+            "systemctl --user status mythosd".to_string()
+        } else {
+            format!("launchctl print {}", command[command.len() - 1])
+        };
+        if let Some(why) = why {
+            if !worked {
+                // Never worked: the manager is not there for us; start one ourselves.
+                return None;
+            }
+            return Some(Err(
+                Failure::new(format!("`{shown}` failed: {why}")).hint(format!("see `{status}`"))
+            ));
+        }
+        if !worked {
+            worked = true;
+            if std::io::stderr().is_terminal() {
+                eprintln!("mythos: starting mythosd through its service manager ({shown})…");
+            }
+        }
+        match connect_with_retry(target, ALREADY_RUNNING_GRACE.min(left)).await {
+            Ok(c) => return Some(Ok(c)),
+            Err(e @ ConnectError::Incompatible { .. }) => return Some(Err(e.into_failure(target))),
+            Err(e) if Instant::now() >= deadline => {
+                return Some(Err(e.into_failure(target).hint(format!(
+                    "mythosd runs under a service manager, which did not start it within {} s \
+                     (`{shown}`); see `{status}`",
+                    MANAGED_START_DEADLINE.as_secs()
+                ))))
+            }
+            Err(_) => {}
         }
     }
 }

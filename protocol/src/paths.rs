@@ -112,9 +112,116 @@ pub fn systemd_restart(cgroup: &str) -> Option<Vec<String>> {
     None
 }
 
+/// What a daemon its service manager runs writes into its instance lock file, read by a
+/// client that finds no daemon answering: start it through the manager, never with a daemon of
+/// its own. One a client started while the manager's was finishing its streams (`systemctl
+/// restart`) took the socket first once the old one exited; the manager's then failed as
+/// "already running", and the one left serving had the shell's environment instead of the
+/// unit's keys, with simulated providers where the keys were missing.
+const STARTED_BY: &str = "started-by:";
+
+/// The lock file's text for a daemon restarted by `restart` (see [`systemd_restart`] and the
+/// launchd agent's `launchctl kickstart -k gui/UID/LABEL`): the command that starts it again
+/// if it is not running. `None` where a client could not run it (a system unit needs root)
+/// or the command is not one of those.
+pub fn managed_marker(restart: &[String]) -> Option<String> {
+    let start: Vec<&str> = match restart
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["systemctl", "--user", "restart", unit] => vec!["systemctl", "--user", "start", unit],
+        ["launchctl", "kickstart", "-k", target] => vec!["launchctl", "kickstart", target],
+        _ => return None,
+    };
+    let line = format!("{STARTED_BY} {}\n", start.join(" "));
+    start_command(&line).is_some().then_some(line)
+}
+
+/// The command in a lock file's text that starts the daemon through its service manager, if
+/// the text holds one. Only the two exact shapes [`managed_marker`] writes are taken, with
+/// names in a plain alphabet: the file is private, but what a client runs is never more than
+/// what it could have built itself.
+pub fn start_command(lock_text: &str) -> Option<Vec<String>> {
+    let line = lock_text.lines().next()?.strip_prefix(STARTED_BY)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '-' | ':'))
+    };
+    let ok = match words.as_slice() {
+        ["systemctl", "--user", "start", unit] => {
+            plain(unit)
+                && (*unit == "mythosd.service"
+                    || (unit.starts_with("mythosd@") && unit.ends_with(".service")))
+        }
+        ["launchctl", "kickstart", target] => {
+            let mut parts = target.split('/');
+            parts.next() == Some("gui")
+                && parts
+                    .next()
+                    .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+                && parts.next() == Some("dev.mythos.mythosd")
+                && parts.next().is_none()
+        }
+        _ => false,
+    };
+    ok.then(|| words.iter().map(|w| w.to_string()).collect())
+}
+
 #[cfg(test)]
 mod systemd_tests {
     use super::*;
+
+    #[test]
+    fn a_managed_daemon_says_how_to_start_it_and_nothing_else_is_run() {
+        let words = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let user = managed_marker(&words(&[
+            "systemctl",
+            "--user",
+            "restart",
+            "mythosd.service",
+        ]))
+        .unwrap();
+        assert_eq!(user, "started-by: systemctl --user start mythosd.service\n");
+        assert_eq!(
+            start_command(&user).unwrap(),
+            ["systemctl", "--user", "start", "mythosd.service"]
+        );
+        let agent = managed_marker(&words(&[
+            "launchctl",
+            "kickstart",
+            "-k",
+            "gui/501/dev.mythos.mythosd",
+        ]))
+        .unwrap();
+        assert_eq!(
+            start_command(&agent).unwrap(),
+            ["launchctl", "kickstart", "gui/501/dev.mythos.mythosd"]
+        );
+        // A system unit needs root to start: a client goes on as before.
+        assert_eq!(
+            managed_marker(&words(&["systemctl", "restart", "mythosd@alice.service"])),
+            None
+        );
+        // Nothing but those shapes, with plain names, is ever taken from the file.
+        for text in [
+            "",
+            "\n",
+            "started-by: systemctl --user start other.service\n",
+            "started-by: systemctl --user start mythosd.service; rm -rf ~\n",
+            "started-by: systemctl --user start mythosd.service extra\n",
+            "started-by: sh -c mythosd\n",
+            "started-by: launchctl kickstart gui/501/evil.agent\n",
+            "started-by: launchctl kickstart gui/5o1/dev.mythos.mythosd\n",
+            "started-by: launchctl kickstart -k gui/501/dev.mythos.mythosd\n",
+            "systemctl --user start mythosd.service\n",
+        ] {
+            assert_eq!(start_command(text), None, "{text:?}");
+        }
+    }
 
     #[test]
     fn only_the_mythosd_unit_is_restarted_and_with_its_manager() {

@@ -658,6 +658,123 @@ async fn slow_anthropic() -> Mocks {
     mocks
 }
 
+/// A service manager restarts its daemon (`systemctl restart`; here the launchd agent, by its
+/// label) while an answer streams: a client run meanwhile finds the old daemon refusing
+/// connections, asks the manager for the next one (as the old daemon's lock file says to) and
+/// is answered by it. It used to start a daemon of its own, which took the socket as the old
+/// one exited: the manager's then failed as "already running", and the one left serving had
+/// the shell's environment instead of the unit's keys (simulated providers where they were
+/// missing).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_starts_a_managed_daemon_through_its_manager() {
+    use std::time::{Duration, Instant};
+    let mocks = slow_anthropic().await;
+    let mut env = mocks.env();
+    env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
+    let mut managed = env.start_daemon(&[]);
+    let lock = mythos_protocol::paths::instance_lock_path(&env.socket);
+    let marker = std::fs::read_to_string(&lock).unwrap();
+    assert!(
+        marker.starts_with("started-by: launchctl kickstart gui/"),
+        "{marker:?}"
+    );
+    // A stand-in for launchd: it notes how it was asked and, running one instance of its
+    // agent, starts the next daemon once the last one has let go of the socket.
+    let bin = env.dir.path().join("manager-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = env.dir.path().join("launchctl.log");
+    let pid_file = env.dir.path().join("agent.pid");
+    let script = format!(
+        "#!/bin/sh\n\
+         echo \"$@\" >> '{log}'\n\
+         [ \"$1\" = kickstart ] || exit 1\n\
+         while ! flock -n '{lock}' true; do sleep 0.05; done\n\
+         XPC_SERVICE_NAME=dev.mythos.mythosd '{daemon}' < /dev/null > /dev/null 2>&1 &\n\
+         echo $! > '{pid}'\n",
+        log = log.display(),
+        lock = lock.display(),
+        daemon = mythos_tests::bin("mythosd").display(),
+        pid = pid_file.display(),
+    );
+    let launchctl = bin.join("launchctl");
+    std::fs::write(&launchctl, script).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&launchctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    let mut c = env.connect().await;
+    let mut long = ChatRequest::user_text(1, "the long one");
+    long.pin = Some(mythos_protocol::Pin {
+        provider: Some("anthropic".into()),
+        model: None,
+    });
+    let stream = tokio::spawn(async move { c.chat(long).await });
+    let t0 = Instant::now();
+    while mocks.anthropic.stats().requests < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stream never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the drain never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A client of the user's shell, run during the drain.
+    let mut ask = env.command("mythos");
+    ask.env_remove("XPC_SERVICE_NAME")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args(["ask", "--provider", "deepseek", "asked during the restart"]);
+    let out = tokio::task::spawn_blocking(move || ask.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let events = stream.await.unwrap();
+    let _ = tokio::task::spawn_blocking(move || managed.child.wait()).await;
+    let agent: Option<libc::pid_t> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let marker = std::fs::read_to_string(&lock).unwrap_or_default();
+    if let Some(pid) = agent {
+        // SAFETY: as above; the pid is the stand-in manager's daemon, ours to stop.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("asked during the restart"),
+        "{out:?}"
+    );
+    let asked = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        asked.starts_with("kickstart gui/") && asked.contains("/dev.mythos.mythosd"),
+        "the client did not ask the manager: {asked:?}"
+    );
+    assert!(agent.is_some(), "the manager started no daemon");
+    // The daemon serving now is the manager's, not one the client started.
+    assert!(marker.starts_with("started-by: launchctl"), "{marker:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, StreamEvent::Done(_))),
+        "{events:?}"
+    );
+}
+
 /// The record `id` as the daemon on `env`'s socket tells it.
 async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
     let mut c = env.connect().await;

@@ -260,6 +260,18 @@ pub async fn bind(path: &Path) -> Result<Bound, BindError> {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
+        // How a client starts this daemon again if it finds none answering: through its
+        // service manager, if one runs it; an empty file otherwise (what a managed daemon
+        // wrote before is no longer true). A failure here only costs that advice.
+        {
+            use std::io::Write as _;
+            let marker = crate::supervisor::restart_command()
+                .and_then(|c| mythos_protocol::paths::managed_marker(&c))
+                .unwrap_or_default();
+            let _ = lock
+                .set_len(0)
+                .and_then(|()| (&lock).write_all(marker.as_bytes()));
+        }
 
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
