@@ -407,8 +407,24 @@ async fn run(
         let _ = std::fs::remove_file(&address_file);
     }
     let mut front_end = None;
+    // A service manager starts the next daemon only once this one has exited (see `managed`
+    // below), so a managed daemon's HTTP port would refuse connections for its whole drain (up
+    // to 10 s), longer than the SDKs' two quick retries: agents failed. A second descriptor of
+    // the listening socket, never accepted from, keeps the port listening after the front end
+    // closes its own: a request made during the drain waits in the kernel's queue, and the
+    // exit resets it, which the SDKs retry as a connection error, by then on the next daemon.
+    let managed = mythosd::supervisor::restart_command().is_some();
+    let mut held_port = None;
     match mythosd::http::bind(&prepared.config.http).await {
         Ok(Some(listener)) => {
+            if managed {
+                match hold_port(&listener) {
+                    Ok(held) => held_port = Some(held),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hold the HTTP port through a drain")
+                    }
+                }
+            }
             match mythosd::http::start(
                 ctx.clone(),
                 prepared.config.http.clone(),
@@ -472,7 +488,6 @@ async fn run(
     // client that finds no daemon start an unmanaged one meanwhile (with the shell's keys, not
     // the unit's), and the manager's new daemon would then find it running and fail. So a
     // managed daemon lets go as it exits, as it always did.
-    let managed = mythosd::supervisor::restart_command().is_some();
     // On Windows a pipe name lives as long as any of its instances, the old daemon's streams'
     // among them: a new daemon could not create it until they ended, so letting go early
     // only made a restart wait and fail there.
@@ -513,8 +528,25 @@ async fn run(
         state.close().await;
     }
     ctx.stop_sims();
+    // Connections waiting on the held port are reset now, and retried on the next daemon.
+    drop(held_port);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS
+}
+
+/// A second descriptor of `listener`'s socket, which keeps the port listening until it is
+/// dropped (see its use in [`run`]).
+fn hold_port(listener: &tokio::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        Ok(listener.as_fd().try_clone_to_owned()?.into())
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsSocket;
+        Ok(listener.as_socket().try_clone_to_owned()?.into())
+    }
 }
 
 /// What a stopping daemon lets go of for the next one (see [`hand_over`]).

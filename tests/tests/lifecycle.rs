@@ -775,6 +775,109 @@ async fn a_client_starts_a_managed_daemon_through_its_manager() {
     );
 }
 
+/// A service manager restarts its daemon while an answer streams: an agent's HTTP request made
+/// during the drain is not refused (it was, for up to the drain's 10 s, longer than the SDKs'
+/// two quick retries); it waits, is reset when the old daemon exits (a connection error, which
+/// the SDKs retry), and the retry is answered by the next daemon at the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_restart_keeps_the_http_port_listening() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let mocks = slow_anthropic().await;
+    let mut env = mocks.env();
+    env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    env.var("MYTHOS_HTTP_LISTEN", listen.clone());
+    let mut managed = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    let mut c = env.connect().await;
+    let mut long = ChatRequest::user_text(1, "the long one");
+    long.pin = Some(mythos_protocol::Pin {
+        provider: Some("anthropic".into()),
+        model: None,
+    });
+    let stream = tokio::spawn(async move { c.chat(long).await });
+    let t0 = Instant::now();
+    while mocks.anthropic.stats().requests < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stream never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the drain never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // An agent's request during the drain.
+    let body = serde_json::json!({"model": "deepseek", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "asked during the restart"}]})
+    .to_string();
+    let request = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: {listen}\r\nx-api-key: {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = std::net::TcpStream::connect(&listen)
+        .expect("the HTTP port refused a connection during the drain");
+    tcp.write_all(request.as_bytes()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        let end = tcp.read_to_end(&mut got);
+        (got, end.err().map(|e| e.kind()))
+    });
+    let status = tokio::task::spawn_blocking(move || managed.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (got, end) = waited.await.unwrap();
+    assert!(
+        got.is_empty(),
+        "the draining daemon answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_ne!(
+        end,
+        Some(std::io::ErrorKind::WouldBlock),
+        "the request was still held 30 s on"
+    );
+    let events = stream.await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, StreamEvent::Done(_))),
+        "{events:?}"
+    );
+
+    // The manager starts the next daemon; the SDK's retry is answered there.
+    let _next = env.start_daemon(&[]);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", &token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the retry");
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("asked during the restart"));
+}
+
 /// The record `id` as the daemon on `env`'s socket tells it.
 async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
     let mut c = env.connect().await;
