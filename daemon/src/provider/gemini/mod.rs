@@ -678,7 +678,8 @@ fn model_parts<'a>(
 
 /// `schema` with only what Gemini's `parameters` accepts: unknown keywords removed at every
 /// level, local `$ref`s inlined (unresolvable ones become a bare object), `const` as a
-/// one-value `enum`, `oneOf` as `anyOf`, and `"type": ["string", "null"]` as a nullable string.
+/// one-value `enum`, `oneOf` as `anyOf`, a one-part `allOf` as its part, and
+/// `"type": ["string", "null"]` as a nullable string.
 /// A property Gemini cannot express (an object without properties, such as a map of
 /// `additionalProperties`, or an array of them) is left out; an object left with none at the
 /// top is a function without parameters (see [`SchemaCache`]).
@@ -802,6 +803,33 @@ fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value 
             },
             "const" => {
                 out.insert("enum".into(), json!([v]));
+            }
+            // The subset has no `allOf`. Pydantic wraps a `$ref` given a description in one
+            // of one part: that part is the type, with this node's own words over it. Parts
+            // to combine are more than the cleaning can say: sent whole. Dropped, the field
+            // was left untyped (any value, an enum lost).
+            "allOf" => match v.as_array().map(Vec::as_slice) {
+                Some([one]) => {
+                    if let Value::Object(inner) = clean(one, defs, depth, c) {
+                        for (ik, iv) in inner {
+                            out.entry(ik).or_insert(iv);
+                        }
+                    }
+                }
+                _ => c.lossy = true,
+            },
+            // Keys beyond the named properties, of some type (labels, headers): the subset
+            // cannot allow them, so the model could not send any. `false` only forbids them,
+            // which the cleaned schema does anyway. (An object with no properties at all is
+            // left out below, which also counts as a loss.)
+            "additionalProperties"
+                if v.as_bool() != Some(false)
+                    && obj
+                        .get("properties")
+                        .and_then(Value::as_object)
+                        .is_some_and(|p| !p.is_empty()) =>
+            {
+                c.lossy = true;
             }
             k if SCHEMA_FIELDS.contains(&k) => {
                 out.insert(k.to_string(), v.clone());

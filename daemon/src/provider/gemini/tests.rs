@@ -553,6 +553,69 @@ fn schemas_the_subset_cannot_hold_go_as_json_schema() {
     assert_eq!(gen["responseMimeType"], "application/json");
 }
 
+/// `allOf`, which the subset does not have: Pydantic's wrapper of one `$ref` (a field with a
+/// description beside its type) is that type, cleaned; several parts, or a map of extra keys
+/// beside named properties, go whole as JSON Schema. Both were dropped, silently: the field
+/// became untyped (any value, the enum lost), the extra keys impossible.
+#[test]
+fn all_of_and_extra_keys_are_kept_or_sent_whole() {
+    let mut chat = ChatRequest::user_text(1, "go");
+    let wrapped = r##"{"type":"object","definitions":{"Mode":{"type":"string","enum":["fast","safe"]}},
+        "properties":{"mode":{"allOf":[{"$ref":"#/definitions/Mode"}],"description":"how to run"}},
+        "required":["mode"]}"##;
+    let parts = r#"{"type":"object","properties":{"job":{"allOf":[
+        {"type":"object","properties":{"name":{"type":"string"}},"required":["name"]},
+        {"type":"object","properties":{"tries":{"type":"integer"}},"required":["tries"]}]}},
+        "required":["job"]}"#;
+    let extra = r#"{"type":"object","properties":{"labels":{"type":"object",
+        "properties":{"team":{"type":"string"}},"additionalProperties":{"type":"string"}}},
+        "required":["labels"]}"#;
+    let closed = r#"{"type":"object","properties":{"path":{"type":"string"}},
+        "additionalProperties":false}"#;
+    for (name, schema) in [
+        ("wrapped", wrapped),
+        ("parts", parts),
+        ("extra", extra),
+        ("closed", closed),
+    ] {
+        chat.tools.push(ToolSpec {
+            name: name.into(),
+            description: "d".into(),
+            input_schema_json: schema.into(),
+        });
+    }
+    let (_, v) = build_for(&chat, None);
+    let decls = &v["tools"][0]["functionDeclarations"];
+    assert_eq!(
+        decls[0]["parameters"]["properties"]["mode"],
+        json!({"type": "string", "enum": ["fast", "safe"], "description": "how to run"}),
+        "{}",
+        decls[0]
+    );
+    assert!(
+        decls[0].get("parametersJsonSchema").is_none(),
+        "{}",
+        decls[0]
+    );
+    for (i, schema) in [(1, parts), (2, extra)] {
+        assert_eq!(
+            decls[i]["parametersJsonSchema"],
+            serde_json::from_str::<Value>(schema).unwrap()
+        );
+        assert!(decls[i].get("parameters").is_none(), "{}", decls[i]);
+    }
+    // A closed object says nothing the model needs: cleaned as before.
+    assert_eq!(
+        decls[3]["parameters"]["properties"]["path"]["type"],
+        "string"
+    );
+    assert!(
+        decls[3].get("parametersJsonSchema").is_none(),
+        "{}",
+        decls[3]
+    );
+}
+
 /// Structured output: JSON mode with the schema cleaned to the API's subset; a continuation
 /// gets the schema in words instead.
 #[test]
