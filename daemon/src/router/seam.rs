@@ -23,7 +23,9 @@
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat; but a repeat
 //! of [`PREFILL_MID_WORD_WORDS`] words or more that ends inside a word is one (a model that
-//! started over: an exact continuation never begins with the answer's last four words). Line
+//! started over: an exact continuation never begins with the answer's last four words). So is
+//! an answer of one word that a model starting over repeats glued to it ("garnet38" →
+//! "garnet38 is"), when that word rarely doubles in real text (see `restart_word`). Line
 //! breaks the partial answer already ends with are not shown again after a dropped repeat.
 //!
 //! Nor is a tail whose words end the answer in a pattern that comes at least twice, the tail's
@@ -46,6 +48,9 @@ pub const MAX_CUT_WORD: usize = 32;
 /// After a prefill, a repeat that ends inside a word counts when it has this many words: an
 /// exact continuation does not begin with the answer's last four words.
 pub const PREFILL_MID_WORD_WORDS: usize = 4;
+/// After a prefill, the shortest one-word answer a restart is told from for repeating it glued
+/// (see `restart_word`): three-letter doubles are words ("TomTom", "bonbon").
+pub const MIN_RESTART_WORD: usize = 4;
 /// Whitespace held at the start of a continuation beyond this is let go: no repeat waits behind
 /// that much of it.
 pub const MAX_HELD_SPACE: usize = 256;
@@ -134,6 +139,36 @@ fn glued<'a>(cut_words: &'a [String], short_start: Option<&str>, held: &str) -> 
     }
 }
 
+/// A one-word answer as a restart repeats it: raw, and folded as the tails are.
+#[derive(Debug)]
+struct RestartWord {
+    raw: String,
+    folded: String,
+}
+
+/// After a prefill, the whole answer when it is a word that a server ignoring the prefill
+/// repeats glued to it ("garnet38" + "garnet38 is" showed "garnet38garnet38 is"). An exact
+/// continuation may begin like the answer too ("Cous" + "cous", "ffff" + "ffff", "2020" +
+/// "2020"), so only a word that rarely doubles in real text counts: [`MIN_RESTART_WORD`]
+/// characters or more, a letter, a capital first or a digit (reduplicated words and hex are in
+/// small letters, and a doubled word's second half is), and no pattern of its own ("HAHA" +
+/// "HAHA!"). It must then be repeated exactly and end where a word does (see [`Seam::push`]).
+/// The price: a one-word answer whose text really doubles it loses one copy ("WikiWiki is").
+fn restart_word(partial: &str) -> Option<RestartWord> {
+    let cs: Vec<char> = partial.chars().take(MAX_CUT_WORD + 1).collect();
+    let n = cs.len();
+    let periodic = || (1..n).any(|q| n.is_multiple_of(q) && (q..n).all(|i| cs[i] == cs[i - q]));
+    let ok = (MIN_RESTART_WORD..=MAX_CUT_WORD).contains(&n)
+        && !cs.iter().any(|c| c.is_whitespace())
+        && cs.iter().any(|c| c.is_alphabetic())
+        && (cs[0].is_uppercase() || cs.iter().any(|c| c.is_numeric()))
+        && !periodic();
+    ok.then(|| RestartWord {
+        raw: partial.to_string(),
+        folded: fold(partial),
+    })
+}
+
 /// Watches the start of a continuation.
 #[derive(Debug)]
 pub struct Seam {
@@ -161,6 +196,10 @@ pub struct Seam {
     /// [`PREFILL_MID_WORD_WORDS`] words or more may still end inside a word (a model that
     /// started over), which an exact continuation never begins with.
     prefill_ends_in_word: bool,
+    /// After a prefill, the whole answer when it is one word that a restart repeated glued to
+    /// it is told from the word's rest (see `restart_word`): taken for a repeat only when the
+    /// continuation starts with it letter for letter.
+    restart_word: Option<RestartWord>,
     /// The whole partial answer, folded, when it is a tail: after a prefill, a model that starts
     /// over after two or more words repeats it from its first character to a point inside a
     /// word ("Let me o" → "Let me open"), which an exact continuation never begins with (one
@@ -282,6 +321,7 @@ impl Seam {
                     .chars()
                     .next_back()
                     .is_some_and(char::is_alphanumeric),
+            restart_word: (!in_words).then(|| restart_word(partial)).flatten(),
             whole,
             held: String::new(),
             done: false,
@@ -298,6 +338,7 @@ impl Seam {
             ends_in_space: false,
             newlines_at_end: 0,
             prefill_ends_in_word: false,
+            restart_word: None,
             whole: None,
             held: String::new(),
             done: true,
@@ -324,7 +365,14 @@ impl Seam {
             return Text::default();
         }
         let cut_words = glued(&self.cut_words, self.short_start.as_deref(), &self.held);
-        let tails = || self.tails.iter().chain(cut_words);
+        // The one-word answer a restart repeats, while the held text is, letter for letter, its
+        // start or starts with it.
+        let restart = self
+            .restart_word
+            .as_ref()
+            .filter(|w| w.raw.starts_with(self.held.as_str()) || self.held.starts_with(&w.raw))
+            .map(|w| &w.folded);
+        let tails = || self.tails.iter().chain(cut_words).chain(restart);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
         // tail of two or more words after an answer cut inside a word.
         let mid_word_ok = |t: &String| {
@@ -417,7 +465,19 @@ impl Seam {
         let f = fold(&held);
         let f = f.trim_end();
         let cut_words = glued(&self.cut_words, self.short_start.as_deref(), &held);
-        if !f.is_empty() && self.tails.iter().chain(cut_words).any(|t| t == f) {
+        let restart = self
+            .restart_word
+            .as_ref()
+            .filter(|w| held.trim_end() == w.raw)
+            .map(|w| &w.folded);
+        if !f.is_empty()
+            && self
+                .tails
+                .iter()
+                .chain(cut_words)
+                .chain(restart)
+                .any(|t| t == f)
+        {
             // Nothing but the repeat: drop it all.
             return String::new();
         }
@@ -629,6 +689,62 @@ mod tests {
         assert_eq!(s.flush(), "");
     }
 
+    /// An Anthropic-format server that ignores the prefill starts over; after an answer of one
+    /// word it repeats that word glued to it ("garnet38garnet38" reached clients). The word is
+    /// taken for a restart only when repeated letter for letter and followed by no letter or
+    /// digit, and only when it has four characters or more, a capital first or a digit, and is
+    /// no pattern of its own ("HAHA"): a word's rest that begins like its start is kept.
+    #[test]
+    fn a_restart_of_a_one_word_answer_after_a_prefill_is_shown_once() {
+        assert_eq!(
+            seen_exact("garnet38", &["garnet38 tulip35 wizard18."]),
+            "garnet38 tulip35 wizard18."
+        );
+        assert_eq!(
+            seen_exact("garnet38", &["gar", "net38", " tulip35."]),
+            "garnet38 tulip35."
+        );
+        assert_eq!(seen_exact("This", &["This is"]), "This is");
+        assert_eq!(seen_exact("Here", &["Here's how."]), "Here's how.");
+        assert_eq!(seen_exact("Sure", &["Sure", ",", " here."]), "Sure, here.");
+        // Nothing but the word, then the end (or a tool call).
+        assert_eq!(seen_exact("garnet38", &["garnet38"]), "garnet38");
+        // Asked in words it was caught already.
+        assert_eq!(
+            seen("garnet38", &["garnet38 tulip35."]),
+            "garnet38 tulip35."
+        );
+    }
+
+    /// What the restart of a one-word answer must not take, after a prefill.
+    #[test]
+    fn a_one_word_answer_continued_exactly_is_kept() {
+        for (partial, rest) in [
+            // The word's rest: other capitals, or more letters or digits after the repeat.
+            ("Cous", "cous is a dish."),
+            ("Item", "Item2 = 3"),
+            ("Garnet", "Garnet38 is red."),
+            // Small letters without a digit: reduplicated words, hex, code.
+            ("cous", "cous is a dish."),
+            ("ffff", "ffff is -1"),
+            ("import", "import os"),
+            // A pattern of its own, numbers, short words, CJK, a spaced repeat.
+            ("HAHA", "HAHA!"),
+            ("2020", "2020 was long."),
+            ("Tom", "Tom is a maker."),
+            ("谢谢", "谢谢你。"),
+            ("Bora", " Bora is an island."),
+        ] {
+            assert_eq!(
+                seen_exact(partial, &[rest]),
+                format!("{partial}{rest}"),
+                "{partial:?}"
+            );
+        }
+        // The rest of a word whose answer had more than one word is the rest.
+        assert_eq!(seen_exact("Dinner: Cous", &["Cous"]), "Dinner: CousCous");
+    }
+
     /// Cut inside a word, a continuation that starts with no space is glued to it: a repeat of
     /// the cut word, or of a longer tail ending in it, is dropped even though it ends inside a
     /// word; a real continuation of the word is untouched.
@@ -684,7 +800,6 @@ mod tests {
         }
         // After a prefill the model goes on exactly: a word's rest is never cut.
         assert_eq!(seen_exact("The serv", &["server"]), "The servserver");
-        assert_eq!(seen_exact("This", &["This is"]), "ThisThis is");
         assert_eq!(seen_exact("T", &["This"]), "TThis");
         // A start in small letters is as likely a word's first letters ("co" → "coconut").
         assert_eq!(seen("co", &["conut."]), "coconut.");
