@@ -23,7 +23,9 @@
 //! a prefill (Anthropic) goes on exactly where the text stopped, so there a word's rest that
 //! begins like its start ("I like the co" → "conut") is the rest, never a repeat; but a repeat
 //! of [`PREFILL_MID_WORD_WORDS`] words or more that ends inside a word is one (a model that
-//! started over: an exact continuation never begins with the answer's last four words). So is
+//! started over: an exact continuation never begins with the answer's last four words), and so
+//! is one of two or more glued to the word the answer was cut in ("jumps ov" → "jumps over":
+//! an exact continuation does not join that word to the answer's last words again). So is
 //! an answer of one word that a model starting over repeats glued to it ("garnet38" →
 //! "garnet38 is"), when that word rarely doubles in real text (see `restart_word`). Line
 //! breaks the partial answer already ends with are not shown again after a dropped repeat.
@@ -193,18 +195,14 @@ pub struct Seam {
     /// same line breaks must not show them twice.
     newlines_at_end: usize,
     /// After a prefill, the answer ended in a letter or a digit: a repeat of
-    /// [`PREFILL_MID_WORD_WORDS`] words or more may still end inside a word (a model that
-    /// started over), which an exact continuation never begins with.
+    /// [`PREFILL_MID_WORD_WORDS`] words or more, or of two or more glued to the cut word, may
+    /// still end inside a word (a model that started over or repeated the last words), which an
+    /// exact continuation never begins with.
     prefill_ends_in_word: bool,
     /// After a prefill, the whole answer when it is one word that a restart repeated glued to
     /// it is told from the word's rest (see `restart_word`): taken for a repeat only when the
     /// continuation starts with it letter for letter.
     restart_word: Option<RestartWord>,
-    /// The whole partial answer, folded, when it is a tail: after a prefill, a model that starts
-    /// over after two or more words repeats it from its first character to a point inside a
-    /// word ("Let me o" → "Let me open"), which an exact continuation never begins with (one
-    /// that goes on with a space and the same words is text that repeats itself).
-    whole: Option<String>,
     held: String,
     done: bool,
 }
@@ -258,9 +256,6 @@ impl Seam {
         if partial.len() <= RESTART_MAX {
             push(partial, in_words);
         }
-        let whole = (partial.len() <= RESTART_MAX)
-            .then(|| fold(partial).trim_end().to_string())
-            .filter(|w| tails.contains(w));
         tails.sort_by_key(String::len);
         let ends_in_word = in_words
             && partial
@@ -322,7 +317,6 @@ impl Seam {
                     .next_back()
                     .is_some_and(char::is_alphanumeric),
             restart_word: (!in_words).then(|| restart_word(partial)).flatten(),
-            whole,
             held: String::new(),
             done: false,
         }
@@ -339,7 +333,6 @@ impl Seam {
             newlines_at_end: 0,
             prefill_ends_in_word: false,
             restart_word: None,
-            whole: None,
             held: String::new(),
             done: true,
         }
@@ -374,16 +367,20 @@ impl Seam {
             .map(|w| &w.folded);
         let tails = || self.tails.iter().chain(cut_words).chain(restart);
         // Where a repeat may end inside a word: the cut word glued to the continuation, or a
-        // tail of two or more words after an answer cut inside a word.
+        // tail of two or more words after an answer cut inside a word. After a prefill, such a
+        // tail glued to the cut word ("jumps ov" + "jumps over") is a repeat: an exact
+        // continuation would have to join the cut word to the answer's own last words again
+        // ("ovjumps"), which text does not (text that goes on with its pattern is no tail). One
+        // after a space may be text that repeats itself ("the" + " jumps over the" + "reafter"),
+        // unless it is [`PREFILL_MID_WORD_WORDS`] words long; the cut word alone may be the
+        // word's rest ("co" + "conut").
         let mid_word_ok = |t: &String| {
             cut_words.contains(t)
                 || (self.ends_in_word && t.contains(' '))
                 || (self.prefill_ends_in_word && {
                     let words = t.split(' ').filter(|w| is_word(w)).count();
                     words >= PREFILL_MID_WORD_WORDS
-                        || (words >= 2
-                            && self.whole.as_ref() == Some(t)
-                            && !self.held.starts_with(char::is_whitespace))
+                        || (words >= 2 && !self.held.starts_with(char::is_whitespace))
                 })
         };
         // A repeat could still be longer than what is held, or held may end exactly where a
@@ -853,6 +850,52 @@ mod tests {
         assert_eq!(
             seen("    return a + b\n", &["return a + b\n\n    def g():"]),
             "    return a + b\n\n    def g():"
+        );
+    }
+
+    /// After a prefill cut inside a word, a model that repeats the last two or three words
+    /// glued to the cut, finishing the word, is shown once: an exact continuation never glues
+    /// the answer's last words to its cut word ("jumps ov" + "jumps over" showed "jumps
+    /// ovjumps over"). A repeat of the cut word alone is kept: it is as likely the word's rest
+    /// ("co" + "conut", "The bar" + "barian"), and so is a repeat after a space.
+    #[test]
+    fn a_repeat_of_two_or_three_words_after_a_prefill_cut_mid_word_is_dropped() {
+        let p = "The quick brown fox jumps ov";
+        for pieces in [
+            &["jumps over the lazy dog and runs away."][..],
+            &["fox jumps over the lazy dog and runs away."][..],
+            &["brown fox jumps over the lazy dog and runs away."][..],
+            &["Fox", " jumps", " ov", "er the lazy dog and runs away."][..],
+        ] {
+            assert_eq!(seen_exact(p, pieces), FULL, "{pieces:?}");
+        }
+        // Kept: the rest of the word, a rest that begins like it, a repeat after a space, text
+        // that goes on with its pattern, a number's and an identifier's rest.
+        assert_eq!(seen_exact(p, &["er the lazy dog and runs away."]), FULL);
+        assert_eq!(
+            seen_exact("The bar", &["barian hordes"]),
+            "The barbarian hordes"
+        );
+        assert_eq!(
+            seen_exact("jumps over the", &[" jumps over the", "reafter"]),
+            "jumps over the jumps over thereafter"
+        );
+        assert_eq!(seen_exact("ha ha ha", &["ha ha"]), "ha ha haha ha");
+        assert_eq!(
+            seen_exact("It was very", &[" very", " good."]),
+            "It was very very good."
+        );
+        assert_eq!(
+            seen_exact("It was very very", &[" very good."]),
+            "It was very very very good."
+        );
+        assert_eq!(
+            seen_exact("The year was 20", &["20 was long"]),
+            "The year was 2020 was long"
+        );
+        assert_eq!(
+            seen_exact("let ab = ab", &["ab + 1;"]),
+            "let ab = abab + 1;"
         );
     }
 
