@@ -773,6 +773,29 @@ mod tests {
         );
     }
 
+    /// A word after a space that begins like the word the answer ended in is kept, in both
+    /// modes: most answers are cut after a whole word, and the next may begin like it ("int" +
+    /// " interval", "ein" + " Eintrag"). From the text alone this cannot be told from a model
+    /// that re-sends a word cut in half with a space before it ("wizar" + " wizard18"), which
+    /// shows the word twice: the lesser harm (a fix that dropped such words was reverted for
+    /// deleting real text, 9f78846).
+    #[test]
+    fn a_word_after_a_space_that_begins_like_the_cut_word_is_kept() {
+        for (partial, rest) in [
+            ("int x; int", " interval = 5;"),
+            ("typedef int", " int32_t;"),
+            ("Das ist ein", " Eintrag."),
+            ("Read the", " theory."),
+            ("The value is 12", " 1234 now."),
+            ("The wizard", " wizardry."),
+            ("let x = self.con", "\nconfig = 1"),
+        ] {
+            for seen in [seen, seen_exact] {
+                assert_eq!(seen(partial, &[rest]), format!("{partial}{rest}"));
+            }
+        }
+    }
+
     /// What a glued cut word must not take: the rest of a word or a number that begins like
     /// its start. A prefill's continuation (Anthropic) is always the rest; in words, a cut word
     /// of under three letters or with a digit is too likely to be (found by a review).
