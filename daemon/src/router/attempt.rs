@@ -394,8 +394,14 @@ impl Router {
                     )
                 )
             {
-                // Another block began, or the answer is complete: the calls are whole.
-                if let Some(name) = broken_call(&held) {
+                // Another block began, or the answer is complete: the calls are whole. Unless
+                // the provider stopped at the request's `max_tokens` inside one: that is the
+                // answer as the client asked for it (a direct call gives it so, and agents ask
+                // again with more room), which no other provider would answer otherwise. Taken
+                // for a broken call, it was asked of every provider five times, each spending
+                // the whole `max_tokens`, opened their breakers, and failed with a 502.
+                let cut_at_limit = delta.is_none() && end.finish == Some(FinishReason::MaxTokens);
+                if let Some(name) = broken_call(&held).filter(|_| !cut_at_limit) {
                     // Not shown yet: made again, here or elsewhere. Shown, an agent got
                     // `{}` or a string for its tool's input (weak local models write such).
                     end.error = Some(ProviderError::new(

@@ -3847,6 +3847,50 @@ async fn a_tool_call_with_broken_arguments_is_made_again() {
         .any(|e| matches!(e, StreamEvent::ToolCallStart { .. })));
 }
 
+/// A provider that stops at the request's `max_tokens` inside a tool call (an agent writing a
+/// big file) has answered as asked: the call goes out as it stands, with the `max_tokens`
+/// finish a direct call gives, once, and no fault. Taken for broken arguments, it was asked of
+/// every provider five times, each spending the whole `max_tokens`, opened their breakers and
+/// failed (found by a chaos run).
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        (
+            10,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: "call_1".into(),
+                name: "write_file".into(),
+            }),
+        ),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: r#"{"path":"big.rs","content":"fn main() {"#.into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
+    ])]);
+    let ev = ask(&h.router, req("x")).await;
+    let args: String = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, r#"{"path":"big.rs","content":"fn main() {"#, "{ev:?}");
+    let Some(StreamEvent::Done(d)) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(d.finish, FinishReason::MaxTokens);
+    assert_eq!(d.provider, "alpha");
+    assert_eq!(h.router.health().providers[0].failures, 0);
+    assert_eq!(h.scripts[1].calls(), 0);
+}
+
 /// What a token quota counts of a request is the output asked for where it is sent: the
 /// client's `max_tokens` clamped to the model's limit, or that whole limit for a client that
 /// named none (see `up_to_model_limit`). Counted at 128,000 (Claude Code asks for that), a
