@@ -26,6 +26,11 @@ pub struct AnthropicDecoder {
     /// The server tool block being read: its content-block index, its start (JSON), and the
     /// input its deltas add up to. It goes out whole at its stop.
     server_block: Option<(u32, String, String)>,
+    /// A tool call's input given whole in its start (content-block index, JSON), not yet
+    /// sent: it goes out at the block's stop unless `input_json_delta`s came, which replace it
+    /// (as the official SDK's accumulator does). The API itself starts with `{}` and streams
+    /// the input; servers that speak its format may not.
+    start_input: Option<(u32, String)>,
     done: bool,
 }
 
@@ -94,6 +99,8 @@ struct Block<'a> {
     thinking: Option<Str<'a>>,
     #[serde(default, borrow)]
     data: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    input: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +148,12 @@ fn server_block(start: &str, input: &str) -> Result<String, ProviderError> {
     Ok(block.to_string())
 }
 
+/// Whether `json` is an object with at least one key (the API's own start says `{}`).
+fn has_keys(json: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+        .is_ok_and(|m| !m.is_empty())
+}
+
 fn finish_reason(s: &str) -> FinishReason {
     match s {
         "end_turn" => FinishReason::Stop,
@@ -178,6 +191,16 @@ impl AnthropicDecoder {
         out.push(Delta::Usage(self.usage));
     }
 
+    /// Send a tool call's input given whole in its start (see `start_input`).
+    fn flush_start_input(&mut self, out: &mut Vec<Delta>) {
+        if let Some((at, json)) = self.start_input.take() {
+            out.push(Delta::ToolCallArgs {
+                index: self.tool_number(Some(at)),
+                json,
+            });
+        }
+    }
+
     fn tool_number(&self, block: Option<u32>) -> u32 {
         block
             .and_then(|b| self.tool_blocks.iter().position(|&t| t == b))
@@ -209,12 +232,19 @@ impl WireDecoder for AnthropicDecoder {
                     })?;
                     match b.ty.as_str() {
                         "tool_use" => {
-                            self.tool_blocks.push(parsed.index.unwrap_or(0));
+                            self.flush_start_input(out);
+                            let at = parsed.index.unwrap_or(0);
+                            self.tool_blocks.push(at);
                             out.push(Delta::ToolCallStart {
                                 index: self.tool_blocks.len() as u32 - 1,
                                 id: b.id.map(Str::into_string).unwrap_or_default(),
                                 name: b.name.map(Str::into_string).unwrap_or_default(),
                             });
+                            // Left out, the call went to the client as `{}` and the agent ran
+                            // its tool with no arguments (found by a chaos run).
+                            if let Some(input) = b.input.filter(|i| has_keys(i.get())) {
+                                self.start_input = Some((at, input.get().to_string()));
+                            }
                         }
                         "text" => {
                             if let Some(t) = b.text.filter(|t| !t.is_empty()) {
@@ -260,6 +290,9 @@ impl WireDecoder for AnthropicDecoder {
                                 }
                             }
                             _ => {
+                                if self.start_input.as_ref().map(|s| s.0) == parsed.index {
+                                    self.start_input = None;
+                                }
                                 if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
                                     out.push(Delta::ToolCallArgs {
                                         index: self.tool_number(parsed.index),
@@ -289,6 +322,8 @@ impl WireDecoder for AnthropicDecoder {
                 }
             }
             "message_delta" => {
+                // A block's stop that never came: its input still goes before the finish.
+                self.flush_start_input(out);
                 if let Some(d) = parsed.delta {
                     if let Some(r) = d.stop_reason {
                         let finish = match d.stop_sequence {
@@ -306,6 +341,9 @@ impl WireDecoder for AnthropicDecoder {
                 }
             }
             "content_block_stop" => {
+                if self.start_input.as_ref().map(|s| s.0) == parsed.index {
+                    self.flush_start_input(out);
+                }
                 if let Some((at, start, input)) = self.server_block.take() {
                     if Some(at) == parsed.index {
                         out.push(Delta::ServerBlock(server_block(&start, &input)?));
@@ -356,6 +394,67 @@ mod tests {
         d.push(body.as_bytes(), &mut out).unwrap();
         d.finish(&mut out).unwrap();
         out
+    }
+
+    /// A server of Anthropic's format that gives a tool call's input whole in its start, with
+    /// no `input_json_delta`: the call carries it (it went out as `{}`, and the agent ran its
+    /// tool with no arguments). Deltas, when they come, are the input, as in the official
+    /// SDK's accumulator; the API's own empty start is nothing.
+    #[test]
+    fn a_tool_input_given_whole_in_its_start_is_kept() {
+        let start = |i: u32, input: &str| {
+            format!(
+                "event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":{i},\
+                 \"content_block\":{{\"type\":\"tool_use\",\"id\":\"t{i}\",\"name\":\"read\",\
+                 \"input\":{input}}}}}\n\n"
+            )
+        };
+        let delta = |i: u32, json: &str| {
+            format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{i},\
+                 \"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}\n\n",
+                serde_json::to_string(json).unwrap()
+            )
+        };
+        let stop = |i: u32| {
+            format!(
+                "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{i}}}\n\n"
+            )
+        };
+        let body = [
+            start(0, r#"{"path":"a.rs"}"#),
+            stop(0),
+            start(1, "{}"),
+            delta(1, r#"{"path":"#),
+            delta(1, r#""b.rs"}"#),
+            stop(1),
+            start(2, r#"{"path":"stale"}"#),
+            delta(2, r#"{"path":"c.rs"}"#),
+            stop(2),
+            // No stop before the finish: the input still goes first.
+            start(3, r#"{"path":"d.rs"}"#),
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n".into(),
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into(),
+        ]
+        .concat();
+        let args: Vec<(u32, String)> = decode(&body)
+            .into_iter()
+            .filter_map(|d| match d {
+                Delta::ToolCallArgs { index, json } => Some((index, json)),
+                _ => None,
+            })
+            .collect();
+        let want = |i: u32, j: &str| (i, j.to_string());
+        assert_eq!(
+            args,
+            [
+                want(0, r#"{"path":"a.rs"}"#),
+                want(1, r#"{"path":"#),
+                want(1, r#""b.rs"}"#),
+                want(2, r#"{"path":"c.rs"}"#),
+                want(3, r#"{"path":"d.rs"}"#),
+            ]
+        );
     }
 
     /// A web search as Anthropic's streaming documentation shows it (no SDK test suite records
