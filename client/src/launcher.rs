@@ -173,21 +173,6 @@ pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Fai
             return done;
         }
     }
-    // The daemon makes its own directory, not a tree: a socket path whose directory's parent
-    // does not exist is mistyped (`--socket /nonexistent/dir/s.sock` made both directories and
-    // a second daemon there, found by a chaos helper).
-    #[cfg(unix)]
-    if let Some(dir) = target.socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let above = dir.parent().filter(|d| !d.as_os_str().is_empty());
-        if !dir.exists() && above.is_some_and(|a| !a.exists()) {
-            return Err(Failure::new(format!(
-                "no mythosd at {}, and no directory {} to start one in",
-                target.socket.display(),
-                above.unwrap_or(dir).display()
-            ))
-            .hint("check the socket path (--socket or MYTHOS_SOCKET)"));
-        }
-    }
     let bin = find_daemon()?;
     let deadline = Instant::now() + START_DEADLINE;
     loop {

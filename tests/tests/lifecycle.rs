@@ -555,28 +555,6 @@ async fn piped_chat_pins_by_any_capitals_and_fails_on_an_unknown_provider() {
     assert_eq!(answered, 2, "{out:?}");
 }
 
-/// A mistyped socket path (`--socket /nonexistent/dir/s.sock`) is said to be one: the client
-/// made the whole tree and started a second daemon there. The daemon's own directory, one
-/// level, is still made (a fresh runtime directory has none yet).
-#[test]
-fn a_socket_path_under_a_missing_directory_starts_no_daemon() {
-    let env = TestEnv::new();
-    let typo = env
-        .dir
-        .path()
-        .join("nonexistent")
-        .join("dir")
-        .join("s.sock");
-    let out = env.mythos(&["--socket", typo.to_str().unwrap(), "status"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no mythosd at") && err.contains("nonexistent"),
-        "{err}"
-    );
-    assert!(!env.dir.path().join("nonexistent").exists());
-}
-
 /// `mythos chat < questions.txt > answers.md`: each answer is a paragraph of its own. They ran
 /// together on one line, the second glued to the first's last sentence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
