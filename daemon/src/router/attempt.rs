@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::Lease;
 use super::cancel::CancelWatch;
 use super::seam::Seam;
+use super::word_hold::WordHold;
 use super::{human, Emitter, Router};
 use crate::provider::{Delta, DeltaStream, PrefillBlock, ProviderError, UpstreamRequest};
 use crate::wake::WakeFlag;
@@ -226,6 +227,9 @@ impl Router {
             }
             _ => Seam::open(),
         };
+        // After the seam: the text's last word waits for what follows it, so a cut never leaves
+        // half a word to continue from.
+        let mut words = WordHold::default();
         // The latest token: the mean gap between tokens is its distance from the first one
         // (`t0 + ttft`) over the count of gaps (their sum telescopes), so a token costs one
         // clock reading.
@@ -373,9 +377,25 @@ impl Router {
                 _ => true,
             };
             if flush {
-                let rest = seam.flush();
+                let rest = words.push(seam.flush().into());
                 if !rest.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: rest.into() });
+                    events.push(StreamEvent::TextDelta { text: rest });
+                }
+            }
+            // The held word goes out before anything but more text (and what is no event).
+            if !matches!(
+                delta,
+                Some(
+                    Delta::Text(_)
+                        | Delta::RateLimits(_)
+                        | Delta::Model(_)
+                        | Delta::KeepAlive
+                        | Delta::Usage(_)
+                )
+            ) {
+                let word = words.flush();
+                if !word.is_empty() {
+                    events.push(StreamEvent::TextDelta { text: word });
                 }
             }
             // More of a refusal held back is held with it.
@@ -457,9 +477,10 @@ impl Router {
                     provider = %p.cfg.name,
                     "answer cut at {mib} MiB: the provider ignores max_tokens"
                 );
-                let rest = seam.flush();
+                let mut rest = words.push(seam.flush().into());
+                rest.push_str(&words.flush());
                 if !rest.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: rest.into() });
+                    events.push(StreamEvent::TextDelta { text: rest });
                 }
                 end.finish = Some(FinishReason::MaxTokens);
                 if !self
@@ -488,7 +509,11 @@ impl Router {
                             skip_ws.clear();
                         }
                     }
-                    let t = if t.is_empty() { t } else { seam.push(t) };
+                    let t = if t.is_empty() {
+                        t
+                    } else {
+                        words.push(seam.push(t))
+                    };
                     if !t.is_empty() {
                         events.push(StreamEvent::TextDelta { text: t });
                     }
