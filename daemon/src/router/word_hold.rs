@@ -28,34 +28,54 @@ pub struct WordHold {
 }
 
 impl WordHold {
-    /// What of `text` (after what was held) goes out now.
-    pub fn push(&mut self, text: Text) -> Text {
-        if text.is_empty() {
+    /// What of `text` (after what was held) goes out now. Tokens mostly begin with their
+    /// space, so the usual case moves the held word out and `text` in, copying nothing.
+    pub fn push(&mut self, mut text: Text) -> Text {
+        if text.is_empty() || !std::mem::replace(&mut self.started, true) {
             return text;
         }
-        let mut all = if self.held.is_empty() {
-            text
-        } else {
-            let mut all = std::mem::take(&mut self.held);
-            all.push_str(&text);
-            all
-        };
-        if !std::mem::replace(&mut self.started, true) {
-            return all;
+        let cut = unfinished_from(&text);
+        if cut == text.len() {
+            // It ends where a word does: everything goes.
+            return self.join(text);
         }
-        let cut = unfinished_from(&all);
-        if cut < all.len() {
-            self.held = Text::from(&all[cut..]);
-            all.truncate(cut);
+        if cut > 0 {
+            let rest = Text::from(&text[cut..]);
+            text.truncate(cut);
+            let out = self.join(text);
+            self.held = rest;
+            return out;
         }
-        all
+        if !text.starts_with(in_word) || self.held.is_empty() {
+            // A new word (after its space): the held one is whole.
+            return std::mem::replace(&mut self.held, text);
+        }
+        // The held word goes on, unless it is too long to be one.
+        if self.held.len() + text.len() > MAX_HELD_BYTES {
+            return self.join(text);
+        }
+        self.held.push_str(&text);
+        Text::default()
     }
 
     /// Everything held: the answer goes on with something else, or is complete.
     pub fn flush(&mut self) -> Text {
         std::mem::take(&mut self.held)
     }
+
+    /// What is held, then `text`.
+    fn join(&mut self, text: Text) -> Text {
+        if self.held.is_empty() {
+            return text;
+        }
+        let mut all = std::mem::take(&mut self.held);
+        all.push_str(&text);
+        all
+    }
 }
+
+/// The most a held word may take, spaces before it included (32 letters of up to two bytes).
+const MAX_HELD_BYTES: usize = 2 * MAX_HELD_WORD;
 
 /// A character of a word that may go on in the next token.
 fn in_word(c: char) -> bool {
@@ -65,6 +85,27 @@ fn in_word(c: char) -> bool {
 /// Where the word `text` ends in begins, with the spaces before it; `text.len()` when it does
 /// not end in one that may go on (or in one too long to hold).
 fn unfinished_from(text: &str) -> usize {
+    // ASCII first, a byte at a time: most tokens are; a letter beyond it takes the long way.
+    let bytes = text.as_bytes();
+    let mut start = bytes.len();
+    while start > 0 && bytes.len() - start <= MAX_HELD_WORD {
+        let b = bytes[start - 1];
+        if b >= 0x80 {
+            return unfinished_from_chars(text);
+        }
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'\'') {
+            break;
+        }
+        start -= 1;
+    }
+    if start == bytes.len() || bytes.len() - start > MAX_HELD_WORD {
+        return bytes.len();
+    }
+    text[..start].trim_end_matches([' ', '\t']).len()
+}
+
+/// [`unfinished_from`] for text whose last word is not all ASCII.
+fn unfinished_from_chars(text: &str) -> usize {
     let mut start = text.len();
     for (n, (i, c)) in text.char_indices().rev().enumerate() {
         if !in_word(c) {
@@ -123,6 +164,16 @@ mod tests {
             let (out, rest) = run(&["A", &format!(" is {word}")]);
             assert_eq!((out[1].as_str(), rest.trim()), (" is", word), "{word:?}");
         }
+    }
+
+    #[test]
+    fn a_word_in_several_tokens_waits_whole_and_a_long_one_goes() {
+        let (out, rest) = run(&["A", " extra", "ordin", "ary", " day"]);
+        assert_eq!(out, ["A", "", "", "", " extraordinary"]);
+        assert_eq!(rest, " day");
+        let piece = "x".repeat(20);
+        let (out, _) = run(&["A", " ", &piece, &piece, &piece, " end"]);
+        assert_eq!(out.concat().len(), 1 + 1 + 60, "{out:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use mythos_protocol::{ChatRequest, Request, Response, SimFault, StreamEvent};
 use mythos_tests::{RawClient, TestEnv};
 use mythosd::config::{Api, ProviderConfig, Secret};
 use mythosd::provider::{http_client, Delta, HttpTransport, Transport, UpstreamRequest};
-use mythosd::sim::{answer_for, Flavor, SimChaos, SimOptions, SimProvider, SimQuota};
+use mythosd::sim::{answer_for, chunk_answer, Flavor, SimChaos, SimOptions, SimProvider, SimQuota};
 
 /// The simulated provider holds the connection this long after its last frame before it cuts
 /// it (see `daemon/src/sim/wire.rs`).
@@ -372,14 +372,14 @@ async fn via_once(c: &mut RawClient, id: u64, prompt: &str) -> (f64, f64, u64) {
     c.send(Request::Chat(ChatRequest::user_text(id, prompt)))
         .await;
     let mut ttft = None;
-    let mut chunks = 0;
+    let mut answer = String::new();
     loop {
         match c.recv().await {
             Response::Event {
-                event: StreamEvent::TextDelta { .. },
+                event: StreamEvent::TextDelta { text },
                 ..
             } => {
-                chunks += 1;
+                answer.push_str(&text);
                 ttft.get_or_insert_with(|| t0.elapsed());
             }
             Response::Event {
@@ -395,7 +395,18 @@ async fn via_once(c: &mut RawClient, id: u64, prompt: &str) -> (f64, f64, u64) {
             _ => {}
         }
     }
-    (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
+    (
+        ms(ttft.unwrap_or_default()),
+        ms(t0.elapsed()),
+        relayed(&answer),
+    )
+}
+
+/// The chunks the mock streamed `answer` in, which the daemon relayed: the daemon sends the
+/// client fewer events than that (a word waits for what follows it, and joins punctuation
+/// that came on its own), and a figure per event would charge a relayed chunk's cost to fewer.
+fn relayed(answer: &str) -> u64 {
+    chunk_answer(answer).len() as u64
 }
 
 /// (ttft, total, chunks) of one streamed Chat Completions request through the daemon's HTTP
@@ -422,7 +433,7 @@ async fn http_once(c: &reqwest::Client, base: &str, token: &str, prompt: &str) -
     );
     let mut stream = resp.bytes_stream();
     let mut ttft = None;
-    let mut chunks = 0;
+    let mut answer = String::new();
     let mut tail: Vec<u8> = Vec::new();
     let mut done = false;
     while let Some(piece) = stream.next().await {
@@ -433,13 +444,19 @@ async fn http_once(c: &reqwest::Client, base: &str, token: &str, prompt: &str) -
             if frame.contains("[DONE]") {
                 done = true;
             } else if frame.contains("\"content\":\"") && !frame.contains("\"content\":\"\"") {
-                chunks += 1;
+                let json = frame.trim().trim_start_matches("data:").trim();
+                let v: serde_json::Value = serde_json::from_str(json).expect("an SSE chunk");
+                answer.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
                 ttft.get_or_insert_with(|| t0.elapsed());
             }
         }
     }
     assert!(done, "the HTTP stream ended without [DONE]");
-    (ms(ttft.unwrap_or_default()), ms(t0.elapsed()), chunks)
+    (
+        ms(ttft.unwrap_or_default()),
+        ms(t0.elapsed()),
+        relayed(&answer),
+    )
 }
 
 /// `per` requests through the HTTP front end on each of `conc` workers.
