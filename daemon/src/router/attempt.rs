@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::admission::Lease;
 use super::cancel::CancelWatch;
 use super::seam::Seam;
-use super::word_hold::WordHold;
 use super::{human, Emitter, Router};
 use crate::provider::{Delta, DeltaStream, PrefillBlock, ProviderError, UpstreamRequest};
 use crate::wake::WakeFlag;
@@ -227,9 +226,6 @@ impl Router {
             }
             _ => Seam::open(),
         };
-        // After the seam: the text's last word waits for what follows it, so a cut never leaves
-        // half a word to continue from.
-        let mut words = WordHold::default();
         // The latest token: the mean gap between tokens is its distance from the first one
         // (`t0 + ttft`) over the count of gaps (their sum telescopes), so a token costs one
         // clock reading.
@@ -377,25 +373,9 @@ impl Router {
                 _ => true,
             };
             if flush {
-                let rest = words.push(seam.flush().into());
+                let rest = seam.flush();
                 if !rest.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: rest });
-                }
-            }
-            // The held word goes out before anything but more text (and what is no event).
-            if !matches!(
-                delta,
-                Some(
-                    Delta::Text(_)
-                        | Delta::RateLimits(_)
-                        | Delta::Model(_)
-                        | Delta::KeepAlive
-                        | Delta::Usage(_)
-                )
-            ) {
-                let word = words.flush();
-                if !word.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: word });
+                    events.push(StreamEvent::TextDelta { text: rest.into() });
                 }
             }
             // More of a refusal held back is held with it.
@@ -477,10 +457,9 @@ impl Router {
                     provider = %p.cfg.name,
                     "answer cut at {mib} MiB: the provider ignores max_tokens"
                 );
-                let mut rest = words.push(seam.flush().into());
-                rest.push_str(&words.flush());
+                let rest = seam.flush();
                 if !rest.is_empty() {
-                    events.push(StreamEvent::TextDelta { text: rest });
+                    events.push(StreamEvent::TextDelta { text: rest.into() });
                 }
                 end.finish = Some(FinishReason::MaxTokens);
                 if !self
@@ -509,11 +488,7 @@ impl Router {
                             skip_ws.clear();
                         }
                     }
-                    let t = if t.is_empty() {
-                        t
-                    } else {
-                        words.push(seam.push(t))
-                    };
+                    let t = if t.is_empty() { t } else { seam.push(t) };
                     if !t.is_empty() {
                         events.push(StreamEvent::TextDelta { text: t });
                     }

@@ -35,7 +35,6 @@ pub mod retry;
 pub mod score;
 pub mod seam;
 pub mod wallclock;
-pub mod word_hold;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
