@@ -149,6 +149,18 @@ impl Router {
         };
 
         let cap = answer_cap(upstream.max_tokens);
+        // The client asked for more output than this provider's model writes (an agent's
+        // 32,000 at a model of 8,192): its `max_tokens` finish is the model's limit, not the
+        // client's, and another provider may have room for what it cut.
+        let clamped = upstream
+            .chat
+            .max_tokens
+            .is_some_and(|asked| p.cfg.output_limit() < asked);
+        // Tool calls cut by the client's own `max_tokens` are as whole as they will get: the
+        // answer as asked (see the held check below).
+        let calls_done = |held: &[StreamEvent], finish: &Option<FinishReason>| {
+            calls_whole(held) || (*finish == Some(FinishReason::MaxTokens) && !clamped)
+        };
         let mut answer_bytes = partial.text.len();
         let deadline = tokio::time::sleep_until(t0 + ttft_limit);
         tokio::pin!(deadline);
@@ -285,7 +297,7 @@ impl Router {
                         alarm.mark();
                         continue;
                     }
-                    if end.finish.is_none() || !calls_whole(&held) {
+                    if end.finish.is_none() || !calls_done(&held, &end.finish) {
                         end.error = Some(stalled(waiting_for, limit));
                         return end;
                     }
@@ -300,7 +312,7 @@ impl Router {
                 // the body ended, it fell silent, a last chunk was garbled): the answer is
                 // whole, and it ends here as it would have. Failing over would have another
                 // provider "continue" a finished answer, which writes more text, billed again.
-                Some(Err(e)) if end.finish.is_some() && calls_whole(&held) => {
+                Some(Err(e)) if end.finish.is_some() && calls_done(&held, &end.finish) => {
                     end.broke_after_finish = true;
                     tracing::debug!(
                         provider = %p.cfg.name,
@@ -401,7 +413,21 @@ impl Router {
                 // for a broken call, it was asked of every provider five times, each spending
                 // the whole `max_tokens`, opened their breakers, and failed with a 502.
                 let cut_at_limit = delta.is_none() && end.finish == Some(FinishReason::MaxTokens);
-                if let Some(name) = broken_call(&held).filter(|_| !cut_at_limit) {
+                if let Some(name) = broken_call(&held).filter(|_| !cut_at_limit || clamped) {
+                    if cut_at_limit {
+                        // Cut at the model's limit, below the client's: one with more room
+                        // makes it whole; no fault of this provider's.
+                        end.error = Some(ProviderError::new(
+                            ErrorKind::ContextLength,
+                            format!(
+                                "{}: its call to `{name}` needs more output than the model's \
+                                 limit of {} tokens",
+                                p.cfg.name,
+                                p.cfg.output_limit()
+                            ),
+                        ));
+                        return end;
+                    }
                     // Not shown yet: made again, here or elsewhere. Shown, an agent got
                     // `{}` or a string for its tool's input (weak local models write such).
                     end.error = Some(ProviderError::new(

@@ -3889,6 +3889,83 @@ async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
     assert_eq!(d.provider, "alpha");
     assert_eq!(h.router.health().providers[0].failures, 0);
     assert_eq!(h.scripts[1].calls(), 0);
+
+    // The same cut, then the connection lost instead of the stream's end: still the answer,
+    // from one request.
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Stream(vec![
+        call_start(),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: r#"{"path":"big.rs","#.into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
+        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
+    ])]);
+    let ev = ask(&h.router, req("x")).await;
+    assert!(
+        matches!(ev.last(), Some(StreamEvent::Done(d)) if d.finish == FinishReason::MaxTokens),
+        "{ev:?}"
+    );
+    assert_eq!((h.scripts[0].calls(), h.scripts[1].calls()), (1, 0));
+
+    // Cut at the model's own limit, below what the client asked for (an agent's 32,000 at a
+    // model of 1,000): another provider with room makes the call whole, and the first is not
+    // blamed (found by a review).
+    let h = harness_with(2, no_jitter(), |i, c| {
+        if i == 0 {
+            c.max_output_tokens = Some(1_000);
+        }
+    });
+    h.scripts[0].push([Step::Stream(vec![
+        call_start(),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: r#"{"path":"big.rs","#.into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
+    ])]);
+    h.scripts[1].push([Step::Stream(vec![
+        call_start(),
+        (
+            10,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: r#"{"path":"big.rs"}"#.into(),
+            }),
+        ),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
+    let mut asked = req("x");
+    asked.max_tokens = Some(32_000);
+    let ev = ask(&h.router, asked).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    let args: String = ev
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, r#"{"path":"big.rs"}"#);
+    assert_eq!(h.router.health().providers[0].failures, 0);
+}
+
+fn call_start() -> (u64, Result<Delta, ProviderError>) {
+    (
+        10,
+        Ok(Delta::ToolCallStart {
+            index: 0,
+            id: "call_1".into(),
+            name: "write_file".into(),
+        }),
+    )
 }
 
 /// What a token quota counts of a request is the output asked for where it is sent: the
