@@ -290,10 +290,15 @@ impl WireDecoder for AnthropicDecoder {
                                 }
                             }
                             _ => {
-                                if self.start_input.as_ref().map(|s| s.0) == parsed.index {
+                                let j = d.partial_json.filter(|j| !j.is_empty());
+                                // Only input that comes replaces the start's: the API's first
+                                // delta is often empty, and the SDK keeps the start's then.
+                                if j.is_some()
+                                    && self.start_input.as_ref().map(|s| s.0) == parsed.index
+                                {
                                     self.start_input = None;
                                 }
-                                if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
+                                if let Some(j) = j {
                                     out.push(Delta::ToolCallArgs {
                                         index: self.tool_number(parsed.index),
                                         json: j.into_string(),
@@ -423,6 +428,7 @@ mod tests {
         };
         let body = [
             start(0, r#"{"path":"a.rs"}"#),
+            delta(0, ""),
             stop(0),
             start(1, "{}"),
             delta(1, r#"{"path":"#),
