@@ -417,14 +417,15 @@ async fn run(
     let mut held_port = None;
     match mythosd::http::bind(&prepared.config.http).await {
         Ok(Some(listener)) => {
-            if managed {
-                match hold_port(&listener) {
-                    Ok(held) => held_port = Some(held),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot hold the HTTP port through a drain")
-                    }
-                }
-            }
+            let held = if managed {
+                hold_port(&listener)
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "cannot hold the HTTP port through a drain"),
+                    )
+                    .ok()
+            } else {
+                None
+            };
             match mythosd::http::start(
                 ctx.clone(),
                 prepared.config.http.clone(),
@@ -434,7 +435,9 @@ async fn run(
             )
             .await
             {
-                Ok(f) => front_end = Some(f),
+                // Held only for a front end that serves: otherwise the port would take
+                // connections nobody ever accepts, for the daemon's whole life.
+                Ok(f) => (front_end, held_port) = (Some(f), held),
                 Err(e) => {
                     tracing::error!(error = %e, "the HTTP front end cannot start");
                     ctx.add_note(format!("the HTTP front end cannot start: {e}"));
@@ -482,6 +485,7 @@ async fn run(
         socket_id,
         socket_lost,
         lock,
+        held_port,
     };
     // A service manager starts the next daemon only once this one has exited (`systemctl
     // restart`, `launchctl kickstart -k`): letting go at the drain's start would only let a
@@ -528,8 +532,6 @@ async fn run(
         state.close().await;
     }
     ctx.stop_sims();
-    // Connections waiting on the held port are reset now, and retried on the next daemon.
-    drop(held_port);
     tracing::info!("mythosd stopped");
     ExitCode::SUCCESS
 }
@@ -558,6 +560,8 @@ struct Handed {
     socket_id: std::sync::Arc<std::sync::Mutex<Option<socket::SocketId>>>,
     socket_lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     lock: socket::InstanceLock,
+    /// The managed daemon's HTTP port, held through its drain (see `run`).
+    held_port: Option<std::net::TcpListener>,
 }
 
 /// At the drain's start, with both listeners closed, let go of everything a new daemon needs,
@@ -595,6 +599,10 @@ async fn hand_over(h: Handed) {
         let id = *h.socket_id.lock().unwrap_or_else(|e| e.into_inner());
         socket::Bound::remove_socket(&h.socket_path, id);
     }
+    // The port before the lock: a daemon that takes the lock must find the port free, or it
+    // ran without its front end for good. Connections waiting on it are reset now, and retried
+    // on the next daemon.
+    drop(h.held_port);
     h.lock.release();
     tracing::info!(
         in_flight = h.ctx.router().in_flight(),
