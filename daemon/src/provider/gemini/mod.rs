@@ -744,6 +744,7 @@ fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value 
         return out;
     }
     let mut out = Map::new();
+    let mut all_of = None;
     for (k, v) in obj {
         match k.as_str() {
             "properties" => {
@@ -808,16 +809,8 @@ fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value 
             // of one part: that part is the type, with this node's own words over it. Parts
             // to combine are more than the cleaning can say: sent whole. Dropped, the field
             // was left untyped (any value, an enum lost).
-            "allOf" => match v.as_array().map(Vec::as_slice) {
-                Some([one]) => {
-                    if let Value::Object(inner) = clean(one, defs, depth, c) {
-                        for (ik, iv) in inner {
-                            out.entry(ik).or_insert(iv);
-                        }
-                    }
-                }
-                _ => c.lossy = true,
-            },
+            // Taken after this node's own keys (below), which it must not overwrite.
+            "allOf" => all_of = Some(v),
             // Keys beyond the named properties, of some type (labels, headers): the subset
             // cannot allow them, so the model could not send any. `false` only forbids them,
             // which the cleaned schema does anyway. (An object with no properties at all is
@@ -835,6 +828,30 @@ fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value 
                 out.insert(k.to_string(), v.clone());
             }
             _ => {}
+        }
+    }
+    // The subset has no `allOf`. Pydantic wraps a `$ref` given a description in one of one
+    // part: that part is the type, with this node's own words over it. Parts to combine, or
+    // a part that says otherwise than the node (properties of both), are more than one
+    // keyword can hold: sent whole. Dropped, the field was left untyped (any value, an enum
+    // lost).
+    if let Some(v) = all_of {
+        match v.as_array().map(Vec::as_slice) {
+            Some([one]) => {
+                if let Value::Object(inner) = clean(one, defs, depth, c) {
+                    for (ik, iv) in inner {
+                        match out.get(&ik) {
+                            None => {
+                                out.insert(ik, iv);
+                            }
+                            Some(_) if matches!(ik.as_str(), "description" | "title") => {}
+                            Some(mine) if *mine != iv => c.lossy = true,
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            _ => c.lossy = true,
         }
     }
     // `properties` and `required` are for objects only: Gemini refuses them on another type

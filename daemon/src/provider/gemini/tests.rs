@@ -572,11 +572,16 @@ fn all_of_and_extra_keys_are_kept_or_sent_whole() {
         "required":["labels"]}"#;
     let closed = r#"{"type":"object","properties":{"path":{"type":"string"}},
         "additionalProperties":false}"#;
+    // A part with properties beside the node's own: both count (found by a review: the
+    // part's went, silently).
+    let beside = r#"{"type":"object","properties":{"a":{"type":"string"}},
+        "allOf":[{"type":"object","properties":{"b":{"type":"integer"}},"required":["b"]}]}"#;
     for (name, schema) in [
         ("wrapped", wrapped),
         ("parts", parts),
         ("extra", extra),
         ("closed", closed),
+        ("beside", beside),
     ] {
         chat.tools.push(ToolSpec {
             name: name.into(),
@@ -597,7 +602,7 @@ fn all_of_and_extra_keys_are_kept_or_sent_whole() {
         "{}",
         decls[0]
     );
-    for (i, schema) in [(1, parts), (2, extra)] {
+    for (i, schema) in [(1, parts), (2, extra), (4, beside)] {
         assert_eq!(
             decls[i]["parametersJsonSchema"],
             serde_json::from_str::<Value>(schema).unwrap()
