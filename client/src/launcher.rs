@@ -164,11 +164,7 @@ pub fn start_failure(started: Started, bin: &Path, socket: &Path) -> Failure {
 /// ran the last one, if one did, else as a process of its own.
 pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Failure> {
     #[cfg(unix)]
-    if let Some(command) =
-        std::fs::read_to_string(mythos_protocol::paths::instance_lock_path(&target.socket))
-            .ok()
-            .and_then(|text| mythos_protocol::paths::start_command(&text))
-    {
+    if let Some(command) = managed_start_command(&target.socket) {
         if let Some(done) = start_managed(target, &command).await {
             return done;
         }
@@ -216,6 +212,26 @@ pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Fai
     }
 }
 
+/// The command that starts the daemon through its service manager, as the last daemon on
+/// `socket` left it in its lock file: only from a file of this user's (the socket may be in a
+/// shared directory), and for this user's launchd domain.
+#[cfg(unix)]
+fn managed_start_command(socket: &Path) -> Option<Vec<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let file = std::fs::File::open(mythos_protocol::paths::instance_lock_path(socket)).ok()?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if file.metadata().ok()?.uid() != uid {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text).ok()?;
+    let command = mythos_protocol::paths::start_command(&text)?;
+    let ours = command[0] != "launchctl" || command[2] == format!("gui/{uid}/dev.mythos.mythosd");
+    ours.then_some(command)
+}
+
 /// Ask the service manager that runs the daemon to start it (`systemctl --user start`, which
 /// waits for a restart in progress; `launchctl kickstart`), and connect once it serves. A
 /// daemon still finishing its streams refuses connections meanwhile, so both are tried again
@@ -238,19 +254,24 @@ async fn start_managed(target: &Target, command: &[String]) -> Option<Result<Con
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .output();
-        let why = match tokio::time::timeout(left, run).await {
-            Ok(Ok(out)) if out.status.success() => None,
-            Ok(Ok(out)) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {} s", left.as_secs())),
+        let (why, timed_out) = match tokio::time::timeout(left, run).await {
+            Ok(Ok(out)) if out.status.success() => (None, false),
+            Ok(Ok(out)) => (
+                Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+                false,
+            ),
+            Ok(Err(e)) => (Some(e.to_string()), false),
+            Err(_) => (Some(format!("no answer within {} s", left.as_secs())), true),
         };
         let status = if command[0] == "systemctl" {
-            "systemctl --user status mythosd".to_string()
+            format!("systemctl --user status {}", command[command.len() - 1])
         } else {
             format!("launchctl print {}", command[command.len() - 1])
         };
         if let Some(why) = why {
-            if !worked {
+            // A manager that is there but slow (a restart waiting out its stop timeout) is
+            // still the one to start it: a daemon of our own would race it again.
+            if !worked && !timed_out {
                 // Never worked: the manager is not there for us; start one ourselves.
                 return None;
             }
