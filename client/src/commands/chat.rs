@@ -868,6 +868,8 @@ impl Session<'_> {
         if self.answered && !io::stdout().is_terminal() {
             print("\n")?;
         }
+        // Also when this answer fails part way: what it printed stays in the file.
+        self.answered = true;
         for attempt in 0..2 {
             let messages = self.convo.messages().to_vec();
             let task = self.task;
@@ -919,7 +921,6 @@ impl Session<'_> {
                     printer.finish()?;
                     let style = printer.side_style();
                     printer.note(&style.dim(&done.footer().unwrap_or_default()))?;
-                    self.answered = true;
                     let kept = self.convo.answer(&turn.text);
                     if !kept {
                         printer.note(&style.dim("(empty answer: not kept in the conversation)"))?;
