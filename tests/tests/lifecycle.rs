@@ -668,7 +668,6 @@ async fn slow_anthropic() -> Mocks {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_starts_a_managed_daemon_through_its_manager() {
-    use std::time::{Duration, Instant};
     let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
@@ -704,31 +703,7 @@ async fn a_client_starts_a_managed_daemon_through_its_manager() {
         std::fs::set_permissions(&launchctl, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    let mut c = env.connect().await;
-    let mut long = ChatRequest::user_text(1, "the long one");
-    long.pin = Some(mythos_protocol::Pin {
-        provider: Some("anthropic".into()),
-        model: None,
-    });
-    let stream = tokio::spawn(async move { c.chat(long).await });
-    let t0 = Instant::now();
-    while mocks.anthropic.stats().requests < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stream never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the drain never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stream = drain_with_a_long_answer(&env, &mocks, &managed).await;
 
     // A client of the user's shell, run during the drain.
     let mut ask = env.command("mythos");
@@ -782,7 +757,7 @@ async fn a_client_starts_a_managed_daemon_through_its_manager() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_restart_keeps_the_http_port_listening() {
     use std::io::{Read, Write};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
@@ -794,31 +769,7 @@ async fn a_managed_restart_keeps_the_http_port_listening() {
     env.var("MYTHOS_HTTP_LISTEN", listen.clone());
     let mut managed = env.start_daemon(&[]);
     let (base, token) = env.http();
-    let mut c = env.connect().await;
-    let mut long = ChatRequest::user_text(1, "the long one");
-    long.pin = Some(mythos_protocol::Pin {
-        provider: Some("anthropic".into()),
-        model: None,
-    });
-    let stream = tokio::spawn(async move { c.chat(long).await });
-    let t0 = Instant::now();
-    while mocks.anthropic.stats().requests < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stream never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the drain never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stream = drain_with_a_long_answer(&env, &mocks, &managed).await;
 
     // An agent's request during the drain.
     let body = serde_json::json!({"model": "deepseek", "max_tokens": 100,
@@ -876,6 +827,44 @@ async fn a_managed_restart_keeps_the_http_port_listening() {
         .await
         .unwrap()
         .contains("asked during the restart"));
+}
+
+/// A long answer streaming from `daemon` (pinned to the slow Anthropic mock), which is then
+/// sent SIGTERM, as launchd and systemd stop it; returns once its drain has begun (its socket
+/// refuses connections), with the answer's events to come.
+#[cfg(unix)]
+async fn drain_with_a_long_answer(
+    env: &TestEnv,
+    mocks: &Mocks,
+    daemon: &Daemon,
+) -> tokio::task::JoinHandle<Vec<StreamEvent>> {
+    use std::time::{Duration, Instant};
+    let mut c = env.connect().await;
+    let mut long = ChatRequest::user_text(1, "the long one");
+    long.pin = Some(mythos_protocol::Pin {
+        provider: Some("anthropic".into()),
+        model: None,
+    });
+    let stream = tokio::spawn(async move { c.chat(long).await });
+    let t0 = Instant::now();
+    while mocks.anthropic.stats().requests < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stream never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the drain never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream
 }
 
 /// The record `id` as the daemon on `env`'s socket tells it.
@@ -1064,38 +1053,11 @@ async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
 /// daemon in its place (with the shell's keys), which the manager's would then find running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_daemon_keeps_its_socket_while_it_finishes_its_streams() {
-    use std::time::{Duration, Instant};
     let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
     let mut managed = env.start_daemon(&[]);
-    let mut c = env.connect().await;
-    let mut long = ChatRequest::user_text(1, "the long one");
-    long.pin = Some(mythos_protocol::Pin {
-        provider: Some("anthropic".into()),
-        model: None,
-    });
-    let stream = tokio::spawn(async move { c.chat(long).await });
-    let t0 = Instant::now();
-    while mocks.anthropic.stats().requests < 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stream never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // SIGTERM, as launchd (and systemd) stop it.
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(managed.child.id() as libc::pid_t, libc::SIGTERM) };
-    // The drain has begun once the socket refuses connections.
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the drain never began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stream = drain_with_a_long_answer(&env, &mocks, &managed).await;
     assert!(
         managed.child.try_wait().unwrap().is_none(),
         "the daemon did not wait for its stream"

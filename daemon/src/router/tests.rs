@@ -3855,33 +3855,10 @@ async fn a_tool_call_with_broken_arguments_is_made_again() {
 #[tokio::test(start_paused = true)]
 async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
     let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Stream(vec![
-        (
-            10,
-            Ok(Delta::ToolCallStart {
-                index: 0,
-                id: "call_1".into(),
-                name: "write_file".into(),
-            }),
-        ),
-        (
-            10,
-            Ok(Delta::ToolCallArgs {
-                index: 0,
-                json: r#"{"path":"big.rs","content":"fn main() {"#.into(),
-            }),
-        ),
-        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
-    ])]);
+    let cut = r#"{"path":"big.rs","content":"fn main() {"#;
+    h.scripts[0].push([call_step(cut, FinishReason::MaxTokens, None)]);
     let ev = ask(&h.router, req("x")).await;
-    let args: String = ev
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(args, r#"{"path":"big.rs","content":"fn main() {"#, "{ev:?}");
+    assert_eq!(call_args(&ev), cut, "{ev:?}");
     let Some(StreamEvent::Done(d)) = ev.last() else {
         panic!("{ev:?}")
     };
@@ -3893,18 +3870,8 @@ async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
     // The same cut, then the connection lost instead of the stream's end: still the answer,
     // from one request.
     let h = harness(2, no_jitter());
-    h.scripts[0].push([Step::Stream(vec![
-        call_start(),
-        (
-            10,
-            Ok(Delta::ToolCallArgs {
-                index: 0,
-                json: r#"{"path":"big.rs","#.into(),
-            }),
-        ),
-        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
-        (10, Err(ProviderError::new(ErrorKind::Network, "lost"))),
-    ])]);
+    let lost = ProviderError::new(ErrorKind::Network, "lost");
+    h.scripts[0].push([call_step(cut, FinishReason::MaxTokens, Some(lost))]);
     let ev = ask(&h.router, req("x")).await;
     assert!(
         matches!(ev.last(), Some(StreamEvent::Done(d)) if d.finish == FinishReason::MaxTokens),
@@ -3920,52 +3887,46 @@ async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
             c.max_output_tokens = Some(1_000);
         }
     });
-    h.scripts[0].push([Step::Stream(vec![
-        call_start(),
-        (
-            10,
-            Ok(Delta::ToolCallArgs {
-                index: 0,
-                json: r#"{"path":"big.rs","#.into(),
-            }),
-        ),
-        (0, Ok(Delta::Finish(FinishReason::MaxTokens))),
-    ])]);
-    h.scripts[1].push([Step::Stream(vec![
-        call_start(),
-        (
-            10,
-            Ok(Delta::ToolCallArgs {
-                index: 0,
-                json: r#"{"path":"big.rs"}"#.into(),
-            }),
-        ),
-        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
-    ])]);
+    let whole = r#"{"path":"big.rs","content":"fn main() {}"}"#;
+    h.scripts[0].push([call_step(cut, FinishReason::MaxTokens, None)]);
+    h.scripts[1].push([call_step(whole, FinishReason::ToolUse, None)]);
     let mut asked = req("x");
     asked.max_tokens = Some(32_000);
     let ev = ask(&h.router, asked).await;
     assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
-    let args: String = ev
-        .iter()
+    assert_eq!(call_args(&ev), whole);
+    assert_eq!(h.router.health().providers[0].failures, 0);
+}
+
+/// A stream of one call to `write_file` with arguments `args`, ended by `finish` and then
+/// `then`, if any.
+fn call_step(args: &str, finish: FinishReason, then: Option<ProviderError>) -> Step {
+    let start = Delta::ToolCallStart {
+        index: 0,
+        id: "call_1".into(),
+        name: "write_file".into(),
+    };
+    let args = Delta::ToolCallArgs {
+        index: 0,
+        json: args.into(),
+    };
+    let mut items = vec![
+        (10, Ok(start)),
+        (10, Ok(args)),
+        (0, Ok(Delta::Finish(finish))),
+    ];
+    items.extend(then.map(|e| (10, Err(e))));
+    Step::Stream(items)
+}
+
+/// The arguments of the calls in `ev`, joined.
+fn call_args(ev: &[StreamEvent]) -> String {
+    ev.iter()
         .filter_map(|e| match e {
             StreamEvent::ToolCallDelta { json, .. } => Some(json.as_str()),
             _ => None,
         })
-        .collect();
-    assert_eq!(args, r#"{"path":"big.rs"}"#);
-    assert_eq!(h.router.health().providers[0].failures, 0);
-}
-
-fn call_start() -> (u64, Result<Delta, ProviderError>) {
-    (
-        10,
-        Ok(Delta::ToolCallStart {
-            index: 0,
-            id: "call_1".into(),
-            name: "write_file".into(),
-        }),
-    )
+        .collect()
 }
 
 /// What a token quota counts of a request is the output asked for where it is sent: the
