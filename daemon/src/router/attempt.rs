@@ -152,10 +152,14 @@ impl Router {
         // The client asked for more output than this provider's model writes (an agent's
         // 32,000 at a model of 8,192): its `max_tokens` finish is the model's limit, not the
         // client's, and another provider may have room for what it cut.
-        let clamped = upstream
-            .chat
-            .max_tokens
-            .is_some_and(|asked| p.cfg.output_limit() < asked);
+        // Only while another provider has more room, and the request may go there: else this
+        // is as much as the client can get anywhere, and it gets it.
+        let clamped = upstream.chat.max_tokens.is_some_and(|asked| {
+            let mine = p.cfg.output_limit();
+            mine < asked
+                && upstream.chat.pin.is_none()
+                && self.providers.iter().any(|o| o.cfg.output_limit() > mine)
+        });
         // Tool calls cut by the client's own `max_tokens` are as whole as they will get: the
         // answer as asked (see the held check below).
         let calls_done = |held: &[StreamEvent], finish: &Option<FinishReason>| {
