@@ -243,6 +243,11 @@ async fn start_managed(target: &Target, command: &[String]) -> Option<Result<Con
     use std::io::IsTerminal as _;
     let deadline = Instant::now() + MANAGED_START_DEADLINE;
     let shown = command.join(" ");
+    let status = if command[0] == "systemctl" {
+        format!("systemctl --user status {}", command[command.len() - 1])
+    } else {
+        format!("launchctl print {}", command[command.len() - 1])
+    };
     // Whether the manager took the command once: a failure after that is its answer.
     let mut worked = false;
     loop {
@@ -262,11 +267,6 @@ async fn start_managed(target: &Target, command: &[String]) -> Option<Result<Con
             ),
             Ok(Err(e)) => (Some(e.to_string()), false),
             Err(_) => (Some(format!("no answer within {} s", left.as_secs())), true),
-        };
-        let status = if command[0] == "systemctl" {
-            format!("systemctl --user status {}", command[command.len() - 1])
-        } else {
-            format!("launchctl print {}", command[command.len() - 1])
         };
         if let Some(why) = why {
             // A manager that is there but slow (a restart waiting out its stop timeout) is

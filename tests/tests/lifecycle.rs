@@ -761,12 +761,7 @@ async fn a_managed_restart_keeps_the_http_port_listening() {
     let mocks = slow_anthropic().await;
     let mut env = mocks.env();
     env.var("XPC_SERVICE_NAME", "dev.mythos.mythosd");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    env.var("MYTHOS_HTTP_LISTEN", listen.clone());
+    let listen = fixed_http_address(&mut env);
     let mut managed = env.start_daemon(&[]);
     let (base, token) = env.http();
     let stream = drain_with_a_long_answer(&env, &mocks, &managed).await;
@@ -867,6 +862,18 @@ async fn drain_with_a_long_answer(
     stream
 }
 
+/// A free loopback address, set as the HTTP front end's for every daemon `env` starts (the
+/// default port is fixed too): a restart's next daemon serves at the same address.
+fn fixed_http_address(env: &mut TestEnv) -> String {
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    env.var("MYTHOS_HTTP_LISTEN", listen.clone());
+    listen
+}
+
 /// The record `id` as the daemon on `env`'s socket tells it.
 async fn record(env: &TestEnv, id: u64) -> mythos_protocol::RequestRecord {
     let mut c = env.connect().await;
@@ -891,12 +898,7 @@ async fn a_restart_serves_at_once_while_the_old_daemon_finishes_its_streams() {
     let mut env = mocks.env();
     // One fixed address for both daemons, as the default port is: the new one binds it while
     // the old one still streams an answer on a connection to it.
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    env.var("MYTHOS_HTTP_LISTEN", listen.clone());
+    let listen = fixed_http_address(&mut env);
     let mut old = env.start_daemon(&[]);
     let old_pid = old.child.id();
     let (base, token) = env.http();

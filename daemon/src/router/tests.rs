@@ -3890,9 +3890,7 @@ async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
     let whole = r#"{"path":"big.rs","content":"fn main() {}"}"#;
     h.scripts[0].push([call_step(cut, FinishReason::MaxTokens, None)]);
     h.scripts[1].push([call_step(whole, FinishReason::ToolUse, None)]);
-    let mut asked = req("x");
-    asked.max_tokens = Some(32_000);
-    let ev = ask(&h.router, asked).await;
+    let ev = ask(&h.router, asking_for(32_000)).await;
     assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
     assert_eq!(call_args(&ev), whole);
     assert_eq!(h.router.health().providers[0].failures, 0);
@@ -3900,12 +3898,18 @@ async fn a_tool_call_cut_at_max_tokens_is_the_answer() {
     // No provider has more room: the cut call is as much as the client can get, and it gets it.
     let h = harness_with(2, no_jitter(), |_, c| c.max_output_tokens = Some(1_000));
     h.scripts[0].push([call_step(cut, FinishReason::MaxTokens, None)]);
-    let mut asked = req("x");
-    asked.max_tokens = Some(32_000);
-    let ev = ask(&h.router, asked).await;
+    let ev = ask(&h.router, asking_for(32_000)).await;
     assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
     assert_eq!(call_args(&ev), cut);
     assert_eq!(h.scripts[1].calls(), 0);
+}
+
+/// A request whose client asks for `max_tokens` of output.
+fn asking_for(max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        max_tokens: Some(max_tokens),
+        ..req("x")
+    }
 }
 
 /// A stream of one call to `write_file` with arguments `args`, ended by `finish` and then

@@ -805,10 +805,6 @@ fn clean(schema: &Value, defs: &Value, depth: usize, c: &mut Cleaning) -> Value 
             "const" => {
                 out.insert("enum".into(), json!([v]));
             }
-            // The subset has no `allOf`. Pydantic wraps a `$ref` given a description in one
-            // of one part: that part is the type, with this node's own words over it. Parts
-            // to combine are more than the cleaning can say: sent whole. Dropped, the field
-            // was left untyped (any value, an enum lost).
             // Taken after this node's own keys (below), which it must not overwrite.
             "allOf" => all_of = Some(v),
             // Keys beyond the named properties, of some type (labels, headers): the subset
