@@ -444,7 +444,9 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
 /// assistant turn that called the tools), then a `user` message with the tools' images, then
 /// the user's own text and images.
 fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut Vec<Msg<'a>>) {
-    // DeepSeek reads no files: a PDF there is named in words (a `file` part is a `400`).
+    // DeepSeek reads no files and sees no images: they are named in words there (a `file` or
+    // `image_url` part is a `400`, "unknown variant `image_url`", and a screenshot in Claude
+    // Code's turn failed the attempt on every try).
     let document = |source: &'a ImageSource, title: Option<&'a str>| {
         if deepseek {
             Part::Text {
@@ -457,6 +459,17 @@ fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut
             document_part(source, title)
         }
     };
+    let image = |source: &'a ImageSource| {
+        if source.is_document() {
+            document(source, None)
+        } else if deepseek {
+            Part::Text {
+                text: Cow::Borrowed("[An image was attached; this model cannot see it.]\n"),
+            }
+        } else {
+            image_part(source)
+        }
+    };
     let mut parts: Vec<Part<'a>> = Vec::new();
     let mut tool_images: Vec<Part<'a>> = Vec::new();
     for block in content {
@@ -466,7 +479,7 @@ fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut
                     text: Cow::Borrowed(text),
                 });
             }
-            ContentBlock::Image { source } => parts.push(image_part(source)),
+            ContentBlock::Image { source } => parts.push(image(source)),
             ContentBlock::Document { source, title } => {
                 parts.push(document(source, title.as_deref()))
             }
@@ -496,13 +509,7 @@ fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut
                     tool_images.push(Part::Text {
                         text: Cow::Owned(format!("Images returned by tool call {tool_use_id}:")),
                     });
-                    tool_images.extend(images.iter().map(|i| {
-                        if i.is_document() {
-                            document(i, None)
-                        } else {
-                            image_part(i)
-                        }
-                    }));
+                    tool_images.extend(images.iter().map(image));
                 }
             }
             ContentBlock::Thinking { .. }
@@ -839,6 +846,65 @@ mod tests {
         // Plain text stays a plain string.
         let v = body_for(&openai("gpt-4o"), &ChatRequest::user_text(1, "hi"));
         assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    /// DeepSeek refuses `image_url` parts ("unknown variant `image_url`", a `400`): a request
+    /// with a screenshot that reached it after the providers that see images were busy failed
+    /// there on every try (found by a helper replaying Claude Code). Images are named in words,
+    /// in the user's turn and among a tool's results, as PDFs already were.
+    #[test]
+    fn deepseek_gets_images_named_in_words() {
+        let mut chat = ChatRequest::user_text(1, "what is on it?");
+        chat.messages[0]
+            .content
+            .push(ContentBlock::Image { source: png() });
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![ContentBlock::ToolUse {
+                id: "c1".into(),
+                name: "shot".into(),
+                input_json: "{}".into(),
+            }],
+        });
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "c1".into(),
+                content: "here".into(),
+                is_error: false,
+                images: vec![png()],
+            }],
+        });
+        let deepseek = ProviderConfig::new(
+            "deepseek",
+            Api::Openai,
+            "https://api.deepseek.com",
+            "deepseek-chat",
+        );
+        let body = build(
+            &deepseek,
+            &UpstreamRequest {
+                chat: &chat,
+                model: "deepseek-chat",
+                max_tokens: 100,
+                prefill: None,
+                prefill_blocks: &[],
+                format_in_words: false,
+            },
+        )
+        .unwrap()
+        .body;
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("image_url"), "{text}");
+        assert_eq!(
+            text.matches("[An image was attached; this model cannot see it.]")
+                .count(),
+            2,
+            "{text}"
+        );
+        // Elsewhere they stay images.
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(v["messages"][0]["content"][1]["type"], "image_url");
     }
 
     #[test]
