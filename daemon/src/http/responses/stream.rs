@@ -618,7 +618,13 @@ impl ResponsesEncoder {
 
     /// End with `response.failed`.
     fn fail(&mut self, out: &mut BytesMut, kind: ErrorKind, message: &str) {
-        self.close(out, "incomplete");
+        // The item cut short gets no `done` events, as from the live API: Codex records each
+        // finished item in its history at once and retries a failed turn, so the half answer
+        // went to the model again beside the whole one. It stays in the failed response's
+        // output, `incomplete`.
+        if let Some(n) = self.open.take() {
+            self.items[n].1 = "incomplete";
+        }
         let code = openai_type(kind, status_of(kind))
             .1
             .unwrap_or("server_error");
