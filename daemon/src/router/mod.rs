@@ -1362,8 +1362,23 @@ impl Router {
                     .max((limit / 4).clamp(1, MIN_CONTINUATION_TOKENS)),
                 None => limit,
             };
+            // A client's own prefill (a final assistant turn of text: "answer from here", which
+            // Anthropic continues) is, for a provider asked in words, the start of the answer to
+            // go on from, as mythos's own continuations are: sent as it stood, a model answered
+            // from the beginning and the client got the prefill twice (found by a helper
+            // replaying Anthropic-format requests). What the client sees then passes the seam.
+            let client_prefill = (p.cfg.api != crate::config::Api::Anthropic)
+                .then(|| client_prefill(req))
+                .flatten();
+            let (chat, prefill) = match client_prefill {
+                Some((without, pre)) => (
+                    std::borrow::Cow::Owned(without),
+                    Some(pre + prefill.as_deref().unwrap_or_default()),
+                ),
+                None => (std::borrow::Cow::Borrowed(req), prefill),
+            };
             let upstream = UpstreamRequest {
-                chat: req,
+                chat: &chat,
                 model: &model,
                 max_tokens,
                 prefill: prefill.as_deref(),
@@ -1853,6 +1868,29 @@ impl Router {
         }
         (err, back_at)
     }
+}
+
+/// A final assistant turn of text alone that the client sent, and the conversation without it.
+/// Anthropic continues such a turn (a prefill); the other formats have no prefill and are asked
+/// in words, as for the daemon's own continuations.
+fn client_prefill(req: &ChatRequest) -> Option<(ChatRequest, String)> {
+    let last = req.messages.last()?;
+    if last.role != mythos_protocol::Role::Assistant {
+        return None;
+    }
+    let mut text = String::new();
+    for block in &last.content {
+        match block {
+            ContentBlock::Text { text: t } => text.push_str(t),
+            _ => return None,
+        }
+    }
+    if text.trim().is_empty() {
+        return None;
+    }
+    let mut without = req.clone();
+    without.messages.pop();
+    Some((without, text))
 }
 
 /// How long a request that needs what only some providers do (Anthropic's server tools, a

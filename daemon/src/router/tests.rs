@@ -4247,3 +4247,41 @@ async fn a_429_with_retry_after_zero_pauses_as_one_without_it() {
         t0.elapsed()
     );
 }
+
+/// A client's prefill (a final assistant turn of text, which Anthropic continues) goes to a
+/// provider asked in words as the start of the answer, and what the model repeats of it is not
+/// shown again: sent as a plain assistant turn, the model answered from the beginning and the
+/// client got "Task 2: I willTask 2: I will gamma" (found by a helper). At Anthropic it stays
+/// the client's own turn.
+#[tokio::test(start_paused = true)]
+async fn a_clients_prefill_is_continued_in_words_elsewhere() {
+    let h = harness(2, no_jitter());
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Overloaded, None))]);
+    h.scripts[1].push([answer(&["Task 2:", " I will", " gamma", " delta."])]);
+    let mut prefilled = req("id=2 list the tasks");
+    prefilled.messages.push(mythos_protocol::Message {
+        role: mythos_protocol::Role::Assistant,
+        content: vec![ContentBlock::Text {
+            text: "Task 2: I will".into(),
+        }],
+    });
+    let ev = ask(&h.router, prefilled).await;
+    assert_eq!(final_text(&ev), " gamma delta.");
+    assert_eq!(*h.scripts[0].prefills.lock().unwrap(), vec![None]);
+    assert_eq!(
+        *h.scripts[1].prefills.lock().unwrap(),
+        vec![Some("Task 2: I will".to_string())]
+    );
+    // An exact continuation goes through whole.
+    h.scripts[0].push([Step::Fail(err(ErrorKind::Overloaded, None))]);
+    h.scripts[1].push([answer(&[" gamma", " delta."])]);
+    let mut prefilled = req("id=3 list the tasks");
+    prefilled.messages.push(mythos_protocol::Message {
+        role: mythos_protocol::Role::Assistant,
+        content: vec![ContentBlock::Text {
+            text: "Task 2: I will".into(),
+        }],
+    });
+    let ev = ask(&h.router, prefilled).await;
+    assert_eq!(final_text(&ev), " gamma delta.");
+}

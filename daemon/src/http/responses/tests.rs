@@ -465,7 +465,11 @@ fn a_failure_after_the_start_ends_failed() {
     // The half message is never given as finished: Codex would keep it in its history and
     // send it again beside the retried turn's answer (found by a helper reading codex-rs).
     assert!(acc.done.is_empty(), "{:?}", acc.types);
-    assert!(!acc.types.iter().any(|t| t.ends_with(".done")), "{:?}", acc.types);
+    assert!(
+        !acc.types.iter().any(|t| t.ends_with(".done")),
+        "{:?}",
+        acc.types
+    );
 }
 
 #[test]
