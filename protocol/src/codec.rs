@@ -402,7 +402,7 @@ mod tests {
         let text = std::str::from_utf8(&bytes[4..]).unwrap();
         assert_eq!(
             text,
-            r#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}],"system":null,"task":"chat","pin":null,"max_tokens":null,"temperature":null,"tools":[],"options":{"system_blocks":[],"stop":[],"top_p":null,"tool_choice":null,"parallel_tool_calls":null,"thinking":null,"user":null,"cache_points":[],"up_to_model_limit":false,"response_format":null,"anthropic_beta":[],"context_management":null,"server_tools":[],"cache_automatically":false,"reasoning_effort":null}}}"#
+            r#"{"chat":{"id":1,"messages":[{"role":"user","content":[{"text":{"text":"hi"}}]}],"system":null,"task":"chat","pin":null,"max_tokens":null,"temperature":null,"tools":[],"options":{"system_blocks":[],"stop":[],"top_p":null,"tool_choice":null,"parallel_tool_calls":null,"thinking":null,"user":null,"cache_points":[],"up_to_model_limit":false,"response_format":null,"anthropic_beta":[],"context_management":null,"server_tools":[],"cache_automatically":false,"reasoning_effort":null,"native":[]}}}"#
         );
         // Editor clients may leave optional fields out.
         let short: Request = decode_payload(

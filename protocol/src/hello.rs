@@ -127,7 +127,7 @@ mod tests {
         let json = serde_json::to_string(&hello).unwrap();
         assert_eq!(
             json,
-            r#"{"magic":"mythos","protocol":8,"build":"0.1.0","encodings":["bincode","json"]}"#
+            r#"{"magic":"mythos","protocol":9,"build":"0.1.0","encodings":["bincode","json"]}"#
         );
         let reply = HelloReply::Accepted {
             protocol: 1,
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn unknown_encodings_are_skipped_and_the_next_one_is_chosen() {
         let hello: Hello = serde_json::from_str(
-            r#"{"magic":"mythos","protocol":8,"build":"9","encodings":["msgpack","json"]}"#,
+            r#"{"magic":"mythos","protocol":9,"build":"9","encodings":["msgpack","json"]}"#,
         )
         .unwrap();
         assert_eq!(hello.encodings, [Encoding::Json]);

@@ -78,9 +78,9 @@ pub use reports::{
     RequestRecord, StatusReport, UsageReport, UsageRow,
 };
 pub use request::{
-    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Pin,
-    Request, RequestId, ResponseFormat, Role, SimFault, SystemBlock, TaskKind, Thinking,
-    ToolChoice, ToolSpec, PDF,
+    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message,
+    NativeField, Pin, Request, RequestId, ResponseFormat, Role, SimFault, SystemBlock, TaskKind,
+    Thinking, ToolChoice, ToolSpec, PDF,
 };
 pub use response::Response;
 pub use startup::StartupLine;
@@ -108,7 +108,7 @@ pub const PROVIDER_KEY_VARIABLES: [&str; 12] = [
 pub const MAGIC: &str = "mythos";
 
 /// Version of the message model after the hello. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Cap on a hello frame. Hellos are tiny; a larger length prefix means the peer is not a mythos
 /// client (an HTTP request's `GET ` reads as a 1.2 GB length, for instance).

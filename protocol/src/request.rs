@@ -151,6 +151,25 @@ pub struct ChatOptions {
     /// budget for the others.
     #[serde(default)]
     pub reasoning_effort: Option<String>,
+    /// Fields of the client's own API that have no provider-neutral form, passed on as sent to
+    /// providers of that API only: Anthropic's `mcp_servers` and `container` (a request with
+    /// either goes to an Anthropic provider, as for server tools) and `top_k`; OpenAI's `seed`,
+    /// `frequency_penalty`, `presence_penalty` and `logit_bias`. Dropped, an MCP server's tools
+    /// were silently missing and a pinned request lost its sampling settings.
+    #[serde(default, deserialize_with = "crate::budget::vec")]
+    pub native: Vec<NativeField>,
+}
+
+/// A top-level field of one provider API's request body, passed on as the client sent it (see
+/// [`ChatOptions::native`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeField {
+    /// The API it belongs to: `anthropic` or `openai`.
+    pub api: String,
+    /// The field's name.
+    pub name: String,
+    /// Its value, as JSON text (the binary encoding cannot carry a JSON tree).
+    pub json: String,
 }
 
 /// The shape an answer must take.

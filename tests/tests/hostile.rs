@@ -408,7 +408,7 @@ async fn other_users_can_neither_pose_as_the_daemon_nor_reach_it() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::set_permissions(&env.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let hello = br#"{"magic":"mythos","protocol":8,"build":"x","encodings":["json"]}"#;
+    let hello = br#"{"magic":"mythos","protocol":9,"build":"x","encodings":["json"]}"#;
     let script = format!(
         "import socket,struct,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
          sys.stdout.write('connected ')\nh={:?}.encode()\n\

@@ -738,14 +738,18 @@ async fn a_refusal_cut_mid_stream_still_reaches_each_api_whole() {
 
 /// Claude Code's beta features (`anthropic-beta`: 1M-token context, interleaved thinking,
 /// context management) and its `context_management` reach an Anthropic provider as it sent
-/// them, and no other provider.
+/// them, and no other provider; so do Anthropic's `mcp_servers` and `top_k` (dropped before:
+/// an MCP server's tools were silently missing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_betas_reach_anthropic_only() {
     let w = World::start().await;
     let cm = json!({"edits": [{"type": "clear_tool_uses_20250919"}]});
+    let mcp = json!([{"type": "url", "url": "https://mcp.example/sse", "name": "example"}]);
     for model in ["anthropic", "openai"] {
         let mut req = user(model, "with betas", true);
         req["context_management"] = cm.clone();
+        req["mcp_servers"] = mcp.clone();
+        req["top_k"] = json!(5);
         let r = w
             .send(
                 w.http
@@ -777,13 +781,13 @@ async fn anthropic_betas_reach_anthropic_only() {
                 )
             );
             assert_eq!(seen.body["context_management"], cm);
+            assert_eq!(seen.body["mcp_servers"], mcp);
+            assert_eq!(seen.body["top_k"], 5);
         } else {
             assert_eq!(seen.anthropic_beta, None);
-            assert!(
-                seen.body.get("context_management").is_none(),
-                "{}",
-                seen.body
-            );
+            for field in ["context_management", "mcp_servers", "top_k"] {
+                assert!(seen.body.get(field).is_none(), "{}", seen.body);
+            }
         }
     }
 }
@@ -895,6 +899,28 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     assert_eq!(r.status, 200, "{}", r.body);
     let sent = w.mocks.openai.requests().pop().expect("to OpenAI");
     assert!(sent.body.get("tools").is_none(), "{}", sent.body);
+}
+
+/// A Chat Completions client's `seed` and penalties reach an OpenAI-format provider as sent
+/// (they were dropped even when pinned there), and no other provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sampling_settings_reach_openai_only() {
+    let w = World::start().await;
+    for model in ["openai", "anthropic"] {
+        let mut req = user(model, "seeded", true);
+        req["seed"] = json!(42);
+        req["presence_penalty"] = json!(0.25);
+        let r = w.post("/v1/chat/completions", &req).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.body);
+        if model == "openai" {
+            let sent = w.mocks.openai.requests().pop().expect("to OpenAI");
+            assert_eq!(sent.body["seed"], 42, "{}", sent.body);
+            assert_eq!(sent.body["presence_penalty"], 0.25);
+        } else {
+            let sent = w.mocks.anthropic.requests().pop().expect("to Anthropic");
+            assert!(sent.body.get("seed").is_none(), "{}", sent.body);
+        }
+    }
 }
 
 /// A PDF that Claude Code's Read tool returned, and one the user attached, reach the model in

@@ -159,7 +159,7 @@ async fn json_frames_for_editor_clients() {
     // The JSON wire form is plain enough to write by hand.
     let s = connect_raw(&env.socket).await;
     let mut raw = s;
-    let hello = br#"{"magic":"mythos","protocol":8,"build":"vim","encodings":["json"]}"#;
+    let hello = br#"{"magic":"mythos","protocol":9,"build":"vim","encodings":["json"]}"#;
     raw.write_all(&(hello.len() as u32).to_be_bytes())
         .await
         .unwrap();

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use mythos_protocol::{ChatRequest, ErrorKind, ResponseFormat};
+use mythos_protocol::{ChatRequest, ErrorKind, NativeField, ResponseFormat};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -74,6 +74,39 @@ pub(crate) fn raw_json<'a>(text: &'a str, what: &str) -> Result<&'a RawValue, Pr
             format!("invalid JSON in {what}: {e}"),
         )
     })
+}
+
+/// The client's own fields for one API (see `ChatOptions::native`), written flat into that
+/// API's body (`#[serde(flatten)]`). Only the names in `allowed` go, so nothing a socket client
+/// names can stand beside a field the adapter writes itself (a second `model`); text that is
+/// not JSON is left out (the HTTP front ends send only what they parsed).
+pub(crate) struct NativeFields<'a> {
+    /// The request's fields, of every API.
+    pub fields: &'a [NativeField],
+    /// The API: `anthropic` or `openai`.
+    pub api: &'static str,
+    /// The names this API takes.
+    pub allowed: &'static [&'static str],
+}
+
+impl NativeFields<'_> {
+    fn each(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.fields
+            .iter()
+            .filter(|f| f.api == self.api && self.allowed.contains(&f.name.as_str()))
+            .filter_map(|f| Some((f.name.as_str(), serde_json::from_str(&f.json).ok()?)))
+    }
+}
+
+impl Serialize for NativeFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        for (name, value) in self.each() {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// An empty JSON object, for arguments that are missing or unusable.

@@ -966,7 +966,11 @@ impl Router {
         // PDF or an image is read by Anthropic, OpenAI and Gemini, not by DeepSeek nor most
         // local servers: a request naming a "small" model (background work, often sent to
         // DeepSeek) answered about a PDF it was only told of.
-        let server_tools = !req.options.server_tools.is_empty();
+        // An MCP server's tools and a code-execution container are Anthropic's alike.
+        let server_tools = !req.options.server_tools.is_empty()
+            || req.options.native.iter().any(|f| {
+                f.api == "anthropic" && matches!(f.name.as_str(), "mcp_servers" | "container")
+            });
         let prefer = if server_tools || attachments {
             candidates
                 .iter()

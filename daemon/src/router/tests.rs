@@ -3099,6 +3099,38 @@ async fn server_tools_go_to_anthropic_first() {
     );
 }
 
+/// So does a request naming an MCP server or a code-execution container (Anthropic's
+/// `mcp_servers`, `container`): elsewhere the model would have none of the server's tools and
+/// nobody would say so. Anthropic's `top_k` alone binds nothing.
+#[tokio::test(start_paused = true)]
+async fn mcp_servers_go_to_anthropic_first() {
+    let h = harness_with(2, no_jitter(), |i, cfg| {
+        if i == 0 {
+            cfg.priority = 5;
+        }
+    });
+    let native = |name: &str, json: &str| mythos_protocol::NativeField {
+        api: "anthropic".into(),
+        name: name.into(),
+        json: json.into(),
+    };
+    let mut top_k = req("plain");
+    top_k.options.native = vec![native("top_k", "5")];
+    assert_eq!(done_provider(&ask(&h.router, top_k).await), Some("beta"));
+    for field in [
+        native(
+            "mcp_servers",
+            r#"[{"type":"url","url":"https://x","name":"x"}]"#,
+        ),
+        native("container", r#""container_1""#),
+    ] {
+        let mut mcp = req("use the server");
+        mcp.options.native = vec![field];
+        let ev = ask(&h.router, mcp).await;
+        assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    }
+}
+
 /// A web search runs at Anthropic between its call and its results, with nothing but pings for
 /// longer than text may pause (20 s here, the stall limit 15 s): the answer is not cut and sent
 /// elsewhere, where the client would get an error, since the search cannot be taken back.

@@ -1,8 +1,8 @@
 //! An OpenAI Chat Completions request → [`ChatRequest`].
 
 use mythos_protocol::{
-    ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Role, Thinking, ToolChoice,
-    ToolSpec,
+    ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, NativeField, Role, Thinking,
+    ToolChoice, ToolSpec,
 };
 use serde_json::Value;
 
@@ -236,6 +236,22 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         _ => Vec::new(),
     };
     options.top_p = obj.get("top_p").and_then(Value::as_f64).map(|v| v as f32);
+    // OpenAI's own sampling settings, with no form elsewhere: passed on to OpenAI-format
+    // providers as they came.
+    for name in [
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+    ] {
+        if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
+            options.native.push(NativeField {
+                api: "openai".into(),
+                name: name.into(),
+                json: v.to_string(),
+            });
+        }
+    }
     options.user = obj
         .get("user")
         .and_then(Value::as_str)

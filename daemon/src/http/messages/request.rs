@@ -1,10 +1,11 @@
 //! An Anthropic Messages request → [`ChatRequest`]. Lenient the way the API is documented to
-//! be: what has no provider-neutral meaning (server tools, `top_k`, files by id) is dropped
-//! with a debug line, never refused.
+//! be: what has no provider-neutral meaning goes to Anthropic providers only, as sent (server
+//! tools, `mcp_servers`, `container`, `top_k`), or is dropped with a debug line (files by id),
+//! never refused.
 
 use mythos_protocol::{
-    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message, Role,
-    SystemBlock, Thinking, ToolChoice, ToolSpec,
+    CachePoint, CacheTtl, ChatOptions, ChatRequest, ContentBlock, ImageSource, Message,
+    NativeField, Role, SystemBlock, Thinking, ToolChoice, ToolSpec,
 };
 use serde_json::Value;
 
@@ -167,6 +168,17 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .get("context_management")
         .filter(|c| c.is_object())
         .map(Value::to_string);
+    // Anthropic's own, with no form elsewhere: passed on to Anthropic providers as they came
+    // (an MCP server's tools and a code-execution container bind the request to them).
+    for name in ["mcp_servers", "container", "top_k"] {
+        if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
+            options.native.push(NativeField {
+                api: "anthropic".into(),
+                name: name.into(),
+                json: v.to_string(),
+            });
+        }
+    }
     // `output_config.format` since structured outputs left beta; `output_format` before.
     options.response_format = match obj.get("output_config").and_then(|c| c.get("format")) {
         Some(f) => response_format(Some(f), "output_config.format")?,

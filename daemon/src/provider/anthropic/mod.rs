@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::wire::{format_instruction, raw_json, to_bytes, tool_input};
+use super::wire::{format_instruction, raw_json, to_bytes, tool_input, NativeFields};
 use super::{
     key_or_empty, secret_header, Built, PrefillBlock, ProviderError, ToolNames, UpstreamRequest,
 };
@@ -88,7 +88,13 @@ struct Body<'a> {
     /// `anthropic-beta`, which goes with it).
     #[serde(skip_serializing_if = "Option::is_none")]
     context_management: Option<&'a RawValue>,
+    /// The client's `mcp_servers`, `container` and `top_k`, as it sent them.
+    #[serde(flatten)]
+    native: NativeFields<'a>,
 }
+
+/// The Anthropic fields a client's request may carry through (see `ChatOptions::native`).
+pub const NATIVE: &[&str] = &["mcp_servers", "container", "top_k"];
 
 /// `output_config`: structured output (`{"format": {"type": "json_schema", "schema"}}`).
 #[derive(Serialize)]
@@ -507,6 +513,11 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         tool_choice: None,
         output_config,
         context_management,
+        native: NativeFields {
+            fields: &opts.native,
+            api: "anthropic",
+            allowed: NATIVE,
+        },
     };
     match (chat.temperature, thinking) {
         // Anthropic's range is 0 to 1; OpenAI-format clients may send up to 2.
@@ -1134,6 +1145,48 @@ mod tests {
         let v = body(&chat, "claude-sonnet-4-5", 100, None);
         assert!(v.get("output_config").is_none());
         assert!(v["system"].as_str().unwrap().contains("JSON object"));
+    }
+
+    /// Anthropic's own fields a client sent go on as sent (an MCP server's tools were silently
+    /// missing); only the names this API takes, only valid JSON, and never another API's.
+    #[test]
+    fn the_clients_own_anthropic_fields_go_as_sent() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        let field = |api: &str, name: &str, json: &str| mythos_protocol::NativeField {
+            api: api.into(),
+            name: name.into(),
+            json: json.into(),
+        };
+        chat.options.native = vec![
+            field(
+                "anthropic",
+                "mcp_servers",
+                r#"[{"type":"url","url":"https://m","name":"m"}]"#,
+            ),
+            field("anthropic", "top_k", "5"),
+            field("anthropic", "container", r#"{"id":"c1"}"#),
+            field("anthropic", "model", r#""other""#),
+            field("anthropic", "top_k", "{not json"),
+            field("openai", "seed", "7"),
+        ];
+        let v = body(&chat, "claude-sonnet-4-5", 100, None);
+        assert_eq!(v["mcp_servers"][0]["url"], "https://m");
+        assert_eq!(v["top_k"], 5);
+        assert_eq!(v["container"], json!({"id": "c1"}));
+        assert_eq!(v["model"], "claude-sonnet-4-5");
+        assert!(v.get("seed").is_none());
+        // Written once each: the body stays one JSON object with unique keys.
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "claude-sonnet-4-5",
+            max_tokens: 100,
+            prefill: None,
+            prefill_blocks: &[],
+            format_in_words: false,
+        };
+        let text = String::from_utf8(build(&cfg(), &req).unwrap().body.to_vec()).unwrap();
+        assert_eq!(text.matches("\"model\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"top_k\"").count(), 1, "{text}");
     }
 
     fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {

@@ -20,7 +20,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::continuation::CONTINUE_INSTRUCTION;
-use super::wire::{format_instruction, raw_json, system_text, to_bytes, with_instruction, DataUrl};
+use super::wire::{
+    format_instruction, raw_json, system_text, to_bytes, with_instruction, DataUrl, NativeFields,
+};
 use super::{secret_header, Built, ProviderError, ToolNames, UpstreamRequest};
 use crate::config::{is_silent_reasoner, ProviderConfig};
 
@@ -125,7 +127,18 @@ struct Body<'a> {
     parallel_tool_calls: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Format<'a>>,
+    /// The client's `seed`, penalties and `logit_bias`, as it sent them.
+    #[serde(flatten)]
+    native: NativeFields<'a>,
 }
+
+/// The OpenAI fields a client's request may carry through (see `ChatOptions::native`).
+pub const NATIVE: &[&str] = &[
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+];
 
 /// `response_format`: JSON mode, or a schema.
 #[derive(Serialize)]
@@ -361,6 +374,12 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         tool_choice: None,
         parallel_tool_calls: None,
         response_format: format,
+        native: NativeFields {
+            fields: &opts.native,
+            api: "openai",
+            // DeepSeek documents the penalties only.
+            allowed: if deepseek { &NATIVE[1..3] } else { NATIVE },
+        },
     };
     if reasoning {
         // Reasoning models count their hidden reasoning in this, and refuse `max_tokens`.
@@ -905,6 +924,42 @@ mod tests {
         // Elsewhere they stay images.
         let v = body_for(&openai("gpt-4o"), &chat);
         assert_eq!(v["messages"][0]["content"][1]["type"], "image_url");
+    }
+
+    /// OpenAI's own sampling settings a client sent go on as sent (they were dropped even when
+    /// the request was pinned to an OpenAI provider); DeepSeek documents the penalties only.
+    #[test]
+    fn the_clients_own_openai_fields_go_as_sent() {
+        let mut chat = ChatRequest::user_text(1, "hi");
+        let field = |api: &str, name: &str, json: &str| mythos_protocol::NativeField {
+            api: api.into(),
+            name: name.into(),
+            json: json.into(),
+        };
+        chat.options.native = vec![
+            field("openai", "seed", "7"),
+            field("openai", "frequency_penalty", "0.5"),
+            field("openai", "presence_penalty", "-0.5"),
+            field("openai", "logit_bias", r#"{"50256":-100}"#),
+            field("openai", "stream", "false"),
+            field("anthropic", "top_k", "5"),
+        ];
+        let v = body_for(&openai("gpt-4o"), &chat);
+        assert_eq!(v["seed"], 7);
+        assert_eq!(v["frequency_penalty"], 0.5);
+        assert_eq!(v["presence_penalty"], -0.5);
+        assert_eq!(v["logit_bias"], json!({"50256": -100}));
+        assert_eq!(v["stream"], true);
+        assert!(v.get("top_k").is_none());
+        let deepseek = ProviderConfig::new(
+            "deepseek",
+            Api::Openai,
+            "https://api.deepseek.com",
+            "deepseek-chat",
+        );
+        let v = body_for(&deepseek, &chat);
+        assert_eq!(v["frequency_penalty"], 0.5);
+        assert!(v.get("seed").is_none() && v.get("logit_bias").is_none());
     }
 
     #[test]
