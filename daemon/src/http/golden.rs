@@ -220,7 +220,7 @@ fn responses_stream_bytes() {
         let echo = Map::new();
         let custom = vec!["apply_patch".to_string()];
         let got = encode(
-            || ResponsesEncoder::start_with(&head, echo.clone(), custom.clone()),
+            || ResponsesEncoder::start_with(&head, echo.clone(), custom.clone(), false),
             &events,
         );
         check("responses", name, &got);

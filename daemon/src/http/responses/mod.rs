@@ -39,8 +39,12 @@ async fn serve(
     let (mut routed, head) =
         super::begin(&front, parsed.chat, &parsed.model, arrival, &mut headers).await?;
     if parsed.stream {
-        let (encoder, first) =
-            stream::ResponsesEncoder::start_with(&head, parsed.echo, parsed.custom_tools);
+        let (encoder, first) = stream::ResponsesEncoder::start_with(
+            &head,
+            parsed.echo,
+            parsed.custom_tools,
+            parsed.local_shell,
+        );
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder).await;
         return Ok((StatusCode::OK, headers, body).into_response());
@@ -48,8 +52,9 @@ async fn serve(
     let (answer, done) = routed.collect().await?;
     let mut meta = Meta::new(&head, parsed.echo);
     meta.custom = parsed.custom_tools.clone();
+    meta.local_shell = parsed.local_shell;
     let (status, incomplete) = stream::outcome(&done.finish);
-    let items = items(&answer, head.record, &meta.custom);
+    let items = items(&answer, head.record, &meta);
     // Only the item the limit cut short is incomplete, as in the stream.
     let last = items.len().saturating_sub(1);
     let state = State {
@@ -73,7 +78,7 @@ async fn serve(
 }
 
 /// A whole answer as output items, numbered as the stream would number them.
-fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
+fn items(answer: &Answer, record: u64, meta: &Meta) -> Vec<Item> {
     let mut out = Vec::with_capacity(answer.blocks.len());
     for b in &answer.blocks {
         let n = out.len();
@@ -101,8 +106,8 @@ fn items(answer: &Answer, record: u64, custom: &[String]) -> Vec<Item> {
                 text: text.clone(),
             },
             Block::Tool { id, name, args } => Item::Call {
-                custom: custom.contains(name),
-                id: Item::id("fc", record, n),
+                kind: meta.call_kind(name),
+                id: Item::id(meta.call_kind(name).prefix(), record, n),
                 call_id: id.clone(),
                 name: name.clone(),
                 args: if args.is_empty() {

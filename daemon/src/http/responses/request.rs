@@ -2,8 +2,9 @@
 //!
 //! mythosd keeps no responses: a client must send the whole conversation as `input` every turn
 //! (Codex does, with `store: false`). So `previous_response_id` and `conversation` are refused
-//! with a 400 that says so, rather than silently answering without the history. Input items and
-//! tools with no provider-neutral meaning (hosted tools, `local_shell`, `custom` tools, item
+//! with a 400 that says so, rather than silently answering without the history. `custom` tools
+//! and Codex's `local_shell` are offered upstream as functions and their calls shown in their
+//! own item types; input items and tools with no provider-neutral meaning (hosted tools, item
 //! references) are dropped with a debug line, as the other translators do.
 
 use mythos_protocol::{
@@ -35,6 +36,59 @@ pub struct Parsed {
     /// `apply_patch`): offered upstream as functions taking `{"input": string}`, and their
     /// calls returned as `custom_tool_call` items.
     pub custom_tools: Vec<String>,
+    /// The request offered Codex's `local_shell` tool: offered upstream as the function
+    /// [`LOCAL_SHELL`], its calls returned as `local_shell_call` items.
+    pub local_shell: bool,
+}
+
+/// The function Codex's `local_shell` tool is offered upstream as.
+pub const LOCAL_SHELL: &str = "local_shell";
+
+/// `local_shell` as a function: its arguments are the `exec` action's fields.
+fn local_shell_tool() -> ToolSpec {
+    ToolSpec {
+        name: LOCAL_SHELL.into(),
+        description: "Run a command on the user's machine and get its output. Give the program \
+                      and its arguments as a list (for a shell pipeline: [\"bash\", \"-lc\", \
+                      \"...\"])."
+            .into(),
+        input_schema_json: json!({
+            "type": "object",
+            "properties": {
+                "command": {"type": "array", "items": {"type": "string"},
+                            "description": "The program and its arguments."},
+                "working_directory": {"type": "string"},
+                "timeout_ms": {"type": "integer"},
+            },
+            "required": ["command"],
+        })
+        .to_string(),
+    }
+}
+
+/// A `local_shell_call`'s `exec` action from the function's arguments: the fields Codex reads
+/// (`command` a list of strings; a single string is split off as `bash -lc`).
+pub fn shell_action(args: &str) -> Value {
+    let a: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+    let command = match a.get("command") {
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => json!(s),
+                other => json!(other.to_string()),
+            })
+            .collect(),
+        Some(Value::String(line)) => vec![json!("bash"), json!("-lc"), json!(line)],
+        _ => Vec::new(),
+    };
+    json!({
+        "type": "exec",
+        "command": command,
+        "timeout_ms": a.get("timeout_ms").and_then(Value::as_u64),
+        "working_directory": a.get("working_directory").and_then(Value::as_str),
+        "env": a.get("env").filter(|e| e.is_object()).cloned().unwrap_or_else(|| json!({})),
+        "user": Value::Null,
+    })
 }
 
 /// The function a `custom` tool is offered upstream as: one string argument carrying the
@@ -121,6 +175,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     let mut tools = Vec::new();
     let mut offered = Vec::new();
     let mut custom_tools = Vec::new();
+    let mut local_shell = false;
     for t in obj
         .get("tools")
         .and_then(Value::as_array)
@@ -128,6 +183,14 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .flatten()
     {
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+        if kind == "local_shell" {
+            if !local_shell {
+                tools.push(local_shell_tool());
+                local_shell = true;
+                offered.push(t.clone());
+            }
+            continue;
+        }
         if kind == "custom" {
             if let Some(spec) = custom_tool(t) {
                 custom_tools.push(spec.name.clone());
@@ -277,6 +340,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         stream,
         echo,
         custom_tools,
+        local_shell,
     })
 }
 
@@ -371,8 +435,33 @@ fn input_item(
                 }],
             });
         }
-        "function_call_output" | "custom_tool_call_output" => {
-            let id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| {
+        "local_shell_call" => {
+            // Codex's shell call, as the model made it: the function it was offered as.
+            let id = item
+                .get("call_id")
+                .or_else(|| item.get("id"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("input.{i}: a local_shell_call needs a call_id"))
+                })?;
+            let mut action = item.get("action").cloned().unwrap_or_else(|| json!({}));
+            if let Some(a) = action.as_object_mut() {
+                a.remove("type");
+                a.retain(|_, v| !v.is_null());
+            }
+            messages.push(Message {
+                role: Role::Assistant,
+                content: vec![ContentBlock::ToolUse {
+                    id: id.into(),
+                    name: LOCAL_SHELL.into(),
+                    input_json: action.to_string(),
+                }],
+            });
+        }
+        "function_call_output" | "custom_tool_call_output" | "local_shell_call_output" => {
+            // A `local_shell_call_output` names its call by `id`.
+            let id = item.get("call_id").or_else(|| item.get("id"));
+            let id = id.and_then(Value::as_str).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "input.{i}.call_id: a function_call_output needs the call_id it answers"
                 ))
@@ -565,7 +654,10 @@ mod tests {
                     {"type": "input_image", "image_url": "data:image/jpeg;base64,/9j/"},
                     {"type": "input_file", "filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}
                 ]},
-                {"type": "local_shell_call", "call_id": "c3"},
+                {"type": "local_shell_call", "id": "lsh_1", "call_id": "c3", "status": "completed",
+                 "action": {"type": "exec", "command": ["ls", "-a"], "timeout_ms": null,
+                            "working_directory": "/w", "env": {}, "user": null}},
+                {"type": "function_call_output", "call_id": "c3", "output": ".git"},
                 {"type": "message", "role": "assistant",
                  "content": [{"type": "output_text", "text": "Done."}]},
                 {"role": "user", "content": "thanks"}
@@ -584,19 +676,23 @@ mod tests {
         assert_eq!(c.options.thinking.unwrap().budget_tokens, Some(8192));
         assert_eq!(
             c.tools.len(),
-            2,
-            "hosted tools are dropped, custom ones kept"
+            3,
+            "hosted tools are dropped, custom ones and the local shell kept"
         );
         assert_eq!(c.tools[0].name, "shell");
-        assert_eq!(c.tools[1].name, "apply_patch");
+        assert_eq!(c.tools[1].name, LOCAL_SHELL);
+        assert_eq!(c.tools[2].name, "apply_patch");
         assert_eq!(p.custom_tools, ["apply_patch"]);
-        assert_eq!(p.echo["tools"].as_array().unwrap().len(), 2);
+        assert!(p.local_shell);
+        assert_eq!(p.echo["tools"].as_array().unwrap().len(), 3);
         assert_eq!(p.echo["store"], json!(false));
 
         let roles: Vec<Role> = c.messages.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,
             [
+                Role::User,
+                Role::Assistant,
                 Role::User,
                 Role::Assistant,
                 Role::User,
@@ -650,8 +746,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(c.messages[3].joined_text(), "Done.");
-        assert_eq!(c.messages[4].joined_text(), "thanks");
+        // The shell call is the function it was offered as, with its output after it (dropped,
+        // its output was a tool result with no call, which providers refuse with a 400).
+        assert_eq!(
+            c.messages[3].content,
+            [ContentBlock::ToolUse {
+                id: "c3".into(),
+                name: LOCAL_SHELL.into(),
+                input_json: r#"{"command":["ls","-a"],"working_directory":"/w","env":{}}"#.into(),
+            }]
+        );
+        assert!(matches!(&c.messages[4].content[0],
+            ContentBlock::ToolResult { tool_use_id, content, .. } if tool_use_id == "c3" && content == ".git"));
+        assert_eq!(c.messages[5].joined_text(), "Done.");
+        assert_eq!(c.messages[6].joined_text(), "thanks");
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct Meta {
     pub echo: Map<String, Value>,
     /// The request's `custom` tools (see [`super::request::Parsed::custom_tools`]).
     pub custom: Vec<String>,
+    /// The request offered Codex's `local_shell` tool (see
+    /// [`super::request::Parsed::local_shell`]).
+    pub local_shell: bool,
 }
 
 impl Meta {
@@ -108,6 +111,18 @@ impl Meta {
             record: head.record,
             echo,
             custom: Vec::new(),
+            local_shell: false,
+        }
+    }
+
+    /// How a call of the tool `name` is shown to this request's client.
+    pub fn call_kind(&self, name: &str) -> CallKind {
+        if self.local_shell && name == super::request::LOCAL_SHELL {
+            CallKind::LocalShell
+        } else if self.custom.iter().any(|c| c == name) {
+            CallKind::Custom
+        } else {
+            CallKind::Function
         }
     }
 
@@ -241,9 +256,31 @@ pub enum Item {
         name: String,
         /// Arguments, JSON text.
         args: String,
-        /// A `custom` tool's call: shown as `custom_tool_call` with the raw `input`.
-        custom: bool,
+        /// What the client offered the tool as.
+        kind: CallKind,
     },
+}
+
+impl CallKind {
+    /// The prefix of its items' ids, as the live API's.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            CallKind::Function => "fc",
+            CallKind::Custom => "ctc",
+            CallKind::LocalShell => "lsh",
+        }
+    }
+}
+
+/// What a tool the client offered is, so its calls are shown in the item type it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// A function: `function_call` with JSON arguments.
+    Function,
+    /// A `custom` tool: `custom_tool_call` with the raw `input`.
+    Custom,
+    /// Codex's `local_shell`: `local_shell_call` with an `exec` action.
+    LocalShell,
 }
 
 /// Marks an `encrypted_content` that holds an Anthropic thinking signature (and not OpenAI's
@@ -295,9 +332,22 @@ impl Item {
             Item::Call {
                 id,
                 call_id,
+                args,
+                kind: CallKind::LocalShell,
+                ..
+            } => json!({
+                "id": id,
+                "type": "local_shell_call",
+                "status": status,
+                "call_id": call_id,
+                "action": super::request::shell_action(args),
+            }),
+            Item::Call {
+                id,
+                call_id,
                 name,
                 args,
-                custom: true,
+                kind: CallKind::Custom,
             } => json!({
                 "id": id,
                 "type": "custom_tool_call",
@@ -311,7 +361,7 @@ impl Item {
                 call_id,
                 name,
                 args,
-                custom: false,
+                kind: CallKind::Function,
             } => json!({
                 "id": id,
                 "type": "function_call",
@@ -371,7 +421,7 @@ pub struct ResponsesEncoder {
 impl ResponsesEncoder {
     /// The encoder and the opening `response.created` and `response.in_progress` frames.
     pub fn start(head: &Head, echo: Map<String, Value>) -> (Self, BytesMut) {
-        Self::start_with(head, echo, Vec::new())
+        Self::start_with(head, echo, Vec::new(), false)
     }
 
     /// [`Self::start`] for a request offering the `custom` tools named in `custom`.
@@ -379,9 +429,11 @@ impl ResponsesEncoder {
         head: &Head,
         echo: Map<String, Value>,
         custom: Vec<String>,
+        local_shell: bool,
     ) -> (Self, BytesMut) {
         let mut meta = Meta::new(head, echo);
         meta.custom = custom;
+        meta.local_shell = local_shell;
         let mut enc = ResponsesEncoder {
             meta,
             model: head.model.clone(),
@@ -559,12 +611,8 @@ impl ResponsesEncoder {
             if parts.iter().all(|p| p.is_empty()) {
                 parts = vec!["{}".into()];
             }
-            let custom = self.meta.custom.contains(&name);
-            let id = Item::id(
-                if custom { "ctc" } else { "fc" },
-                self.meta.record,
-                self.items.len(),
-            );
+            let kind = self.meta.call_kind(&name);
+            let id = Item::id(kind.prefix(), self.meta.record, self.items.len());
             let args = parts.concat();
             let n = self.add(
                 out,
@@ -573,10 +621,10 @@ impl ResponsesEncoder {
                     call_id,
                     name: name.clone(),
                     args: args.clone(),
-                    custom,
+                    kind,
                 },
             );
-            if custom {
+            if kind != CallKind::Function {
                 // What Codex acts on is the finished item.
                 let item = self.items[n].0.json("completed");
                 self.emit(

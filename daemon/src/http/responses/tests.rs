@@ -532,7 +532,7 @@ fn a_whole_answer_numbers_items_as_the_stream_does() {
             args: String::new(),
         },
     ];
-    let got = items(&answer, 3, &[]);
+    let got = items(&answer, 3, &super::stream::Meta::new(&head(), Map::new()));
     assert_eq!(
         got.len(),
         4,
@@ -603,4 +603,57 @@ fn keepalive_is_an_event_in_sequence() {
     assert_eq!(data["sequence_number"], 2);
     assert_eq!(data["response"]["status"], "in_progress");
     assert!(!text.contains(": keep-alive"));
+}
+
+/// Codex's `local_shell` tool, offered upstream as a function: the model's call comes back as
+/// the `local_shell_call` item Codex runs, with its `exec` action. Dropped before, the model had
+/// no shell, and a history with one had a tool output answering no call (a `400` upstream).
+#[test]
+fn a_local_shell_call_comes_back_as_codex_reads_it() {
+    let (mut enc, mut out) = ResponsesEncoder::start_with(&head(), Map::new(), Vec::new(), true);
+    for ev in [
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "call_9".into(),
+            name: super::request::LOCAL_SHELL.into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 0,
+            json: r#"{"command":["rg","-n","fn main"],"#.into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 0,
+            json: r#""working_directory":"/src","timeout_ms":5000}"#.into(),
+        },
+        done(FinishReason::ToolUse, Usage::default()),
+    ] {
+        enc.event(ev, &mut out);
+    }
+    let frames = frames(&out);
+    let types: Vec<&str> = frames.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(
+        !types.iter().any(|t| t.contains("function_call")),
+        "{types:?}"
+    );
+    let (_, done_item) = frames
+        .iter()
+        .find(|(e, _)| e == "response.output_item.done")
+        .expect("the call's item");
+    let item = &done_item["item"];
+    assert_eq!(item["type"], "local_shell_call");
+    assert_eq!(item["call_id"], "call_9");
+    assert_eq!(item["status"], "completed");
+    assert_eq!(
+        item["action"],
+        json!({"type": "exec", "command": ["rg", "-n", "fn main"], "timeout_ms": 5000,
+               "working_directory": "/src", "env": {}, "user": null})
+    );
+    // The finished response lists it the same way.
+    let (_, completed) = frames.last().unwrap();
+    assert_eq!(completed["response"]["output"][0], *item);
+    // A command given as one line runs through a shell.
+    assert_eq!(
+        super::request::shell_action(r#"{"command":"ls | wc -l"}"#)["command"],
+        json!(["bash", "-lc", "ls | wc -l"])
+    );
 }
