@@ -901,6 +901,29 @@ async fn web_search_reaches_anthropic_and_its_blocks_come_back() {
     assert!(sent.body.get("tools").is_none(), "{}", sent.body);
 }
 
+/// A history whose tool results and calls do not pair up (a client that trimmed old turns, an
+/// agent that crashed between a call and its result) is answered by every provider: the stray
+/// result is kept as text, the unanswered call gets a result saying none was recorded. Real
+/// APIs (and the simulators, which check as they do) refuse such a history with a 400, so it
+/// failed everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_tool_results_and_unanswered_calls_are_answered() {
+    let w = World::start().await;
+    for model in ["anthropic", "openai"] {
+        let req = json!({"model": model, "max_tokens": 512, "stream": true, "messages": [
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_trimmed", "content": "old output"},
+                {"type": "text", "text": "earlier"}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_lost", "name": "shell", "input": {}}]},
+            {"role": "user", "content": "stray pieces"}
+        ]});
+        let r = w.post("/v1/messages", &req).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.body);
+        assert_eq!(messages_stream(&r.body).text(), answer_for("stray pieces"));
+    }
+}
+
 /// A Chat Completions client's `seed` and penalties reach an OpenAI-format provider as sent
 /// (they were dropped even when pinned there), and no other provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 //!   and what it says about the provider;
 //! - [`budget`]: per-provider retry budgets;
 //! - [`score`]: the ranking;
+//! - [`tool_pairs`]: tool calls and results paired as every provider requires;
 //! - this module: the loop that carries a request through attempts, and `attempt`, which
 //!   streams one attempt under the watchdog.
 //!
@@ -34,6 +35,7 @@ pub mod quota;
 pub mod retry;
 pub mod score;
 pub mod seam;
+pub mod tool_pairs;
 pub mod wallclock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -760,8 +762,10 @@ impl Router {
 
     /// Serve one chat request to the end: exactly one `done` or `error` event is sent (unless
     /// the client is gone).
-    pub async fn route(&self, req: ChatRequest, mut out: Emitter, cancel: CancellationToken) {
+    pub async fn route(&self, mut req: ChatRequest, mut out: Emitter, cancel: CancellationToken) {
         out.cancel = Some(cancel.clone());
+        // A stray tool result or an unanswered call is a 400 at every provider: kept in words.
+        tool_pairs::pair_tool_calls(&mut req);
         // Counted down however the request ends, a panic included.
         let _in_flight = InFlight::enter(&self.in_flight);
         let start = Instant::now();

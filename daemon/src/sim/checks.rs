@@ -145,6 +145,7 @@ fn anthropic(req: &Value) -> Result<Features, String> {
         }
     }
     let messages = blocks(&req["messages"]);
+    anthropic_tool_pairs(messages)?;
     for (i, m) in messages.iter().enumerate() {
         for (j, b) in blocks(&m["content"]).iter().enumerate() {
             let at = format!("messages.{i}.content.{j}");
@@ -259,6 +260,85 @@ fn anthropic(req: &Value) -> Result<Features, String> {
     Ok(f)
 }
 
+/// Anthropic's pairing rule, in its words: each `tool_result` answers a `tool_use` of the message
+/// just before it, and each `tool_use` (but in the last message) is answered in the next.
+fn anthropic_tool_pairs(messages: &[Value]) -> Result<(), String> {
+    let ids = |m: &Value, ty: &str, key: &str| -> Vec<String> {
+        blocks(&m["content"])
+            .iter()
+            .filter(|b| b["type"] == ty)
+            .filter_map(|b| b[key].as_str().map(String::from))
+            .collect()
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let results = ids(m, "tool_result", "tool_use_id");
+        let called = match i.checked_sub(1) {
+            Some(j) if messages[j]["role"] == "assistant" => ids(&messages[j], "tool_use", "id"),
+            _ => Vec::new(),
+        };
+        if let Some(stray) = results.iter().find(|r| !called.contains(r)) {
+            return Err(format!(
+                "messages.{i}.content.0: unexpected `tool_use_id` found in `tool_result` blocks: \
+                 {stray}. Each `tool_result` block must have a corresponding `tool_use` block in \
+                 the previous message."
+            ));
+        }
+        let calls = ids(m, "tool_use", "id");
+        if let (Some(next), false) = (messages.get(i + 1), calls.is_empty()) {
+            let answered = ids(next, "tool_result", "tool_use_id");
+            let missing: Vec<&str> = calls
+                .iter()
+                .filter(|c| !answered.contains(c))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "messages.{}: `tool_use` ids were found without `tool_result` blocks \
+                     immediately after: {}. Each `tool_use` block must have a corresponding \
+                     `tool_result` block in the next message.",
+                    i + 1,
+                    missing.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Chat Completions rule, in OpenAI's words: `tool` messages answer the `tool_calls` of the
+/// assistant message before them, and every call is answered before the next other message.
+fn openai_tool_pairs(messages: &[Value]) -> Result<(), String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut in_calls = false;
+    for (i, m) in messages.iter().enumerate() {
+        if m["role"] == "tool" {
+            let id = m["tool_call_id"].as_str().unwrap_or("");
+            if !in_calls || !open.iter().any(|c| c == id) {
+                return Err(format!(
+                    "Invalid parameter: messages with role 'tool' must be a response to a \
+                     preceeding message with 'tool_calls' (messages[{i}])."
+                ));
+            }
+            open.retain(|c| c != id);
+            continue;
+        }
+        if !open.is_empty() {
+            return Err(format!(
+                "An assistant message with 'tool_calls' must be followed by tool messages \
+                 responding to each 'tool_call_id'. The following tool_call_ids did not have \
+                 response messages: {}",
+                open.join(", ")
+            ));
+        }
+        open = blocks(&m["tool_calls"])
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect();
+        in_calls = m["role"] == "assistant" && !open.is_empty();
+    }
+    Ok(())
+}
+
 fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
     let mut f = Features {
         reasoning: flavor == Flavor::DeepSeek
@@ -268,6 +348,10 @@ fn openai(flavor: Flavor, req: &Value) -> Result<Features, String> {
                 || req["thinking"]["type"] == "enabled"),
         ..Features::default()
     };
+    // Gemini pairs calls by name and order, which its conversion to this shape does not keep.
+    if flavor != Flavor::Gemini {
+        openai_tool_pairs(blocks(&req["messages"]))?;
+    }
     for (i, m) in blocks(&req["messages"]).iter().enumerate() {
         for part in blocks(&m["content"]) {
             if part["type"] == "file" {
