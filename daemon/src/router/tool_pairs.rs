@@ -16,7 +16,7 @@ pub const NO_RESULT: &str = "No result was recorded for this tool call.";
 
 /// Pair every tool call and result in `chat` (see the module doc); returns how many pieces were
 /// changed. A well-formed conversation is not touched (no allocation beyond one id list per
-/// assistant turn with calls).
+/// assistant turn with calls). The client's prompt-cache breakpoints move with their blocks.
 pub fn pair_tool_calls(chat: &mut ChatRequest) -> usize {
     let mut changed = 0;
     let mut k = 0;
@@ -26,55 +26,9 @@ pub fn pair_tool_calls(chat: &mut ChatRequest) -> usize {
             Some(prev) if prev.role == Role::Assistant => call_ids(prev),
             _ => Vec::new(),
         };
-        let m = &mut chat.messages[k];
-        match m.role {
-            Role::User => changed += results_to_text(m, &calls),
-            Role::Assistant => {
-                let own = call_ids(m);
-                let last = k + 1 == chat.messages.len();
-                if !own.is_empty() && !last {
-                    let next = &chat.messages[k + 1];
-                    let answered: Vec<&str> = if next.role == Role::User {
-                        next.content
-                            .iter()
-                            .filter_map(|b| match b {
-                                ContentBlock::ToolResult { tool_use_id, .. } => {
-                                    Some(tool_use_id.as_str())
-                                }
-                                _ => None,
-                            })
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    let missing: Vec<ContentBlock> = own
-                        .iter()
-                        .filter(|id| !answered.contains(&id.as_str()))
-                        .map(|id| ContentBlock::ToolResult {
-                            tool_use_id: id.clone(),
-                            content: NO_RESULT.into(),
-                            is_error: true,
-                            images: Vec::new(),
-                        })
-                        .collect();
-                    if !missing.is_empty() {
-                        changed += missing.len();
-                        if next.role == Role::User {
-                            // Results go first in their turn, as Anthropic requires.
-                            let content = &mut chat.messages[k + 1].content;
-                            content.splice(0..0, missing);
-                        } else {
-                            chat.messages.insert(
-                                k + 1,
-                                Message {
-                                    role: Role::User,
-                                    content: missing,
-                                },
-                            );
-                        }
-                    }
-                }
-            }
+        match chat.messages[k].role {
+            Role::User => changed += results_to_text(chat, k, &calls),
+            Role::Assistant => changed += answer_calls(chat, k),
         }
         k += 1;
     }
@@ -82,6 +36,71 @@ pub fn pair_tool_calls(chat: &mut ChatRequest) -> usize {
         tracing::debug!(changed, "tool calls and results paired in words");
     }
     changed
+}
+
+/// Give each call of assistant turn `k` (unless it is the last turn) a result in the next turn,
+/// first in it (as Anthropic requires), or in a turn of its own; returns how many were missing.
+fn answer_calls(chat: &mut ChatRequest, k: usize) -> usize {
+    let own = call_ids(&chat.messages[k]);
+    if own.is_empty() || k + 1 == chat.messages.len() {
+        return 0;
+    }
+    let next = &chat.messages[k + 1];
+    let next_is_user = next.role == Role::User;
+    let answered: Vec<&str> = if next_is_user {
+        next.content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::ToolResult { tool_use_id, .. } => Some(tool_use_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let missing: Vec<ContentBlock> = own
+        .iter()
+        .filter(|id| !answered.contains(&id.as_str()))
+        .map(|id| ContentBlock::ToolResult {
+            tool_use_id: id.clone(),
+            content: NO_RESULT.into(),
+            is_error: true,
+            images: Vec::new(),
+        })
+        .collect();
+    let n = missing.len();
+    if n == 0 {
+        return 0;
+    }
+    let at = (k + 1) as u32;
+    if next_is_user {
+        chat.messages[k + 1].content.splice(0..0, missing);
+        for p in chat
+            .options
+            .cache_points
+            .iter_mut()
+            .filter(|p| p.message == at)
+        {
+            p.block += n as u32;
+        }
+    } else {
+        chat.messages.insert(
+            k + 1,
+            Message {
+                role: Role::User,
+                content: missing,
+            },
+        );
+        for p in chat
+            .options
+            .cache_points
+            .iter_mut()
+            .filter(|p| p.message >= at)
+        {
+            p.message += 1;
+        }
+    }
+    n
 }
 
 /// The ids of the tool calls in `m`.
@@ -95,43 +114,62 @@ fn call_ids(m: &Message) -> Vec<String> {
         .collect()
 }
 
-/// Turn each tool result in `m` that answers none of `calls` into text (its images stay, as
-/// images); returns how many.
-fn results_to_text(m: &mut Message, calls: &[String]) -> usize {
+/// Turn each tool result in user turn `k` that answers none of `calls` into text (its images
+/// stay, as images), after the turn's other blocks, so that the results that do answer a call
+/// stay first; returns how many.
+fn results_to_text(chat: &mut ChatRequest, k: usize, calls: &[String]) -> usize {
+    let m = &mut chat.messages[k];
     let stray = |b: &ContentBlock| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if !calls.contains(tool_use_id));
     if !m.content.iter().any(stray) {
         return 0;
     }
-    let mut n = 0;
-    let mut out = Vec::with_capacity(m.content.len());
-    for b in std::mem::take(&mut m.content) {
-        match b {
-            ContentBlock::ToolResult {
-                tool_use_id,
-                content,
-                is_error,
-                images,
-            } if !calls.contains(&tool_use_id) => {
-                n += 1;
-                let what = if is_error { "error" } else { "result" };
-                out.push(ContentBlock::Text {
-                    text: format!("[The {what} of tool call {tool_use_id}:]\n{content}"),
-                });
-                out.extend(images.into_iter().map(|source| {
-                    if source.is_document() {
-                        ContentBlock::Document {
-                            source,
-                            title: None,
-                        }
-                    } else {
-                        ContentBlock::Image { source }
-                    }
-                }));
+    let old = std::mem::take(&mut m.content);
+    // Where each old block ends up: kept blocks in order, then each stray one's text.
+    let kept = old.iter().filter(|b| !stray(b)).count();
+    let mut moved = Vec::with_capacity(old.len());
+    let mut out = Vec::with_capacity(old.len());
+    let mut tail = Vec::new();
+    for b in old {
+        if !stray(&b) {
+            moved.push(out.len());
+            out.push(b);
+            continue;
+        }
+        let ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+            images,
+        } = b
+        else {
+            unreachable!("a stray block is a tool result")
+        };
+        moved.push(kept + tail.len());
+        let what = if is_error { "error" } else { "result" };
+        tail.push(ContentBlock::Text {
+            text: format!("[The {what} of tool call {tool_use_id}:]\n{content}"),
+        });
+        tail.extend(images.into_iter().map(|source| {
+            if source.is_document() {
+                ContentBlock::Document {
+                    source,
+                    title: None,
+                }
+            } else {
+                ContentBlock::Image { source }
             }
-            other => out.push(other),
+        }));
+    }
+    let n = moved.len() - kept;
+    out.extend(tail);
+    m.content = out;
+    for p in chat.options.cache_points.iter_mut() {
+        if p.message as usize == k {
+            if let Some(&to) = moved.get(p.block as usize) {
+                p.block = to as u32;
+            }
         }
     }
-    m.content = out;
     n
 }
 
@@ -228,5 +266,56 @@ mod tests {
         chat.messages.push(turn(Role::Assistant, vec![call("a")]));
         assert_eq!(pair_tool_calls(&mut chat), 0);
         assert_eq!(chat.messages.len(), 2);
+    }
+
+    /// A stray result before one that answers a call becomes text after it: results go first
+    /// in their turn (found by a review).
+    #[test]
+    fn results_stay_first_after_a_stray_one() {
+        let mut chat = ChatRequest::user_text(1, "list");
+        chat.messages.push(turn(Role::Assistant, vec![call("a")]));
+        chat.messages.push(turn(
+            Role::User,
+            vec![result("zz", "old"), text("see"), result("a", "1")],
+        ));
+        assert_eq!(pair_tool_calls(&mut chat), 1);
+        assert_eq!(
+            chat.messages[2].content,
+            [
+                text("see"),
+                result("a", "1"),
+                text("[The result of tool call zz:]\nold")
+            ]
+        );
+    }
+
+    /// The client's cache breakpoints stay on the blocks they were set on when blocks are
+    /// added or moved (found by a review).
+    #[test]
+    fn cache_points_follow_their_blocks() {
+        let point = |message: u32, block: u32| mythos_protocol::CachePoint {
+            message,
+            block,
+            ttl: mythos_protocol::CacheTtl::Default,
+        };
+        let mut chat = ChatRequest::user_text(1, "list");
+        chat.messages.push(turn(Role::Assistant, vec![call("a")]));
+        chat.messages.push(turn(
+            Role::User,
+            vec![result("zz", "old"), text("one"), text("two")],
+        ));
+        chat.messages.push(turn(Role::Assistant, vec![call("b")]));
+        chat.messages.push(turn(Role::Assistant, vec![text("so")]));
+        chat.messages.push(turn(Role::User, vec![text("last")]));
+        chat.options.cache_points = vec![point(2, 2), point(2, 0), point(4, 0), point(5, 0)];
+        pair_tool_calls(&mut chat);
+        let at = |p: &mythos_protocol::CachePoint| {
+            chat.messages[p.message as usize].content[p.block as usize].clone()
+        };
+        let points = chat.options.cache_points.clone();
+        assert_eq!(at(&points[0]), text("two"));
+        assert_eq!(at(&points[1]), text("[The result of tool call zz:]\nold"));
+        assert_eq!(at(&points[2]), text("so"));
+        assert_eq!(at(&points[3]), text("last"));
     }
 }

@@ -516,7 +516,12 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         native: NativeFields {
             fields: &opts.native,
             api: "anthropic",
-            allowed: NATIVE,
+            // `top_k` is refused beside thinking, as a set `temperature` is.
+            allowed: if thinking.is_some() {
+                &NATIVE[..2]
+            } else {
+                NATIVE
+            },
         },
     };
     match (chat.temperature, thinking) {
@@ -1187,6 +1192,15 @@ mod tests {
         let text = String::from_utf8(build(&cfg(), &req).unwrap().body.to_vec()).unwrap();
         assert_eq!(text.matches("\"model\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"top_k\"").count(), 1, "{text}");
+        // Thinking refuses `top_k`, as it refuses a set `temperature` (found by a review).
+        chat.options.thinking = Some(mythos_protocol::Thinking {
+            budget_tokens: Some(2000),
+            display: true,
+        });
+        let v = body(&chat, "claude-sonnet-4-5", 8000, None);
+        assert!(v.get("thinking").is_some());
+        assert!(v.get("top_k").is_none(), "{v}");
+        assert_eq!(v["mcp_servers"][0]["url"], "https://m");
     }
 
     fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {

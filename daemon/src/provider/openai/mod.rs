@@ -140,6 +140,27 @@ pub const NATIVE: &[&str] = &[
     "logit_bias",
 ];
 
+/// Which of [`NATIVE`] `cfg`'s model takes. Reasoning models refuse the penalties and
+/// `logit_bias` ("Unsupported parameter", a `400`), as they refuse `temperature`; DeepSeek
+/// documents the penalties only; `logit_bias` goes to OpenAI's own API (and OpenRouter's)
+/// alone, since other servers' token ids differ and some refuse it (Groq).
+fn native_allowed(
+    cfg: &ProviderConfig,
+    reasoning: bool,
+    deepseek: bool,
+) -> &'static [&'static str] {
+    let url = cfg.base_url.to_ascii_lowercase();
+    if reasoning {
+        &[]
+    } else if deepseek {
+        &NATIVE[1..3]
+    } else if url.contains("api.openai.com") || url.contains("openrouter.ai") {
+        NATIVE
+    } else {
+        &NATIVE[..3]
+    }
+}
+
 /// `response_format`: JSON mode, or a schema.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -377,8 +398,7 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         native: NativeFields {
             fields: &opts.native,
             api: "openai",
-            // DeepSeek documents the penalties only.
-            allowed: if deepseek { &NATIVE[1..3] } else { NATIVE },
+            allowed: native_allowed(cfg, reasoning, deepseek),
         },
     };
     if reasoning {
@@ -960,6 +980,17 @@ mod tests {
         let v = body_for(&deepseek, &chat);
         assert_eq!(v["frequency_penalty"], 0.5);
         assert!(v.get("seed").is_none() && v.get("logit_bias").is_none());
+        // Reasoning models refuse all but the prompt ("Unsupported parameter", a 400), as
+        // they refuse `temperature` (found by a review).
+        let v = body_for(&openai("o3-mini"), &chat);
+        for name in NATIVE {
+            assert!(v.get(name).is_none(), "{name}: {v}");
+        }
+        // Other servers' token ids differ, and some refuse `logit_bias` (Groq).
+        let local = ProviderConfig::new("local", Api::Openai, "http://127.0.0.1:8080/v1", "qwen");
+        let v = body_for(&local, &chat);
+        assert_eq!(v["seed"], 7);
+        assert!(v.get("logit_bias").is_none(), "{v}");
     }
 
     #[test]
