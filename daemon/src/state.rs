@@ -685,12 +685,17 @@ fn query_usage(conn: &Connection, days: u32) -> rusqlite::Result<Vec<UsageRow>> 
     let now_ms = mythos_protocol::clock::now_unix_ms();
     let since = utc_day(now_ms.saturating_sub(u64::from(days.max(1) - 1) * 86_400_000));
     let mut stmt = conn.prepare(
-        "SELECT day, COALESCE(provider, '(failed)'), COUNT(*), SUM(input_tokens),
-                SUM(output_tokens), SUM(cost_usd),
+        // Requests the client cancelled are no failure: counted as failed, a soak run's
+        // 1,973 deliberate cancels showed as 2,195 failures beside 376 real ones.
+        "SELECT day,
+                COALESCE(provider, CASE json_extract(json, '$.error')
+                                       WHEN 'cancelled' THEN '(cancelled)'
+                                       ELSE '(failed)' END) AS who,
+                COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd),
                 SUM(COALESCE(json_extract(json, '$.usage.cache_read_input_tokens'), 0)
                     + COALESCE(json_extract(json, '$.usage.cache_creation_input_tokens'), 0))
          FROM requests WHERE day >= ?1
-         GROUP BY day, provider ORDER BY day DESC, provider",
+         GROUP BY day, who ORDER BY day DESC, who",
     )?;
     let rows = stmt.query_map([since], |r| {
         Ok(UsageRow {
@@ -940,6 +945,29 @@ mod tests {
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(rows[0].input_tokens, 20);
         assert_eq!(rows[0].cached_tokens, 82_000);
+    }
+
+    /// A request the client cancelled is counted as cancelled, not as a failure.
+    #[tokio::test]
+    async fn usage_tells_cancelled_from_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _thread) = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let now = mythos_protocol::clock::now_unix_ms();
+        for (id, error) in [
+            (1, Some(mythos_protocol::ErrorKind::Cancelled)),
+            (2, Some(mythos_protocol::ErrorKind::Cancelled)),
+            (3, Some(mythos_protocol::ErrorKind::ServerError)),
+        ] {
+            let mut rec = record_with_id(id);
+            rec.unix_ms = now;
+            rec.provider = None;
+            rec.error = error;
+            store.record(rec);
+        }
+        let rows = store.usage(1).await.rows;
+        let count = |who: &str| rows.iter().find(|r| r.provider == who).map(|r| r.requests);
+        assert_eq!(count("(cancelled)"), Some(2), "{rows:?}");
+        assert_eq!(count("(failed)"), Some(1), "{rows:?}");
     }
 
     /// A daemon run as a service for months keeps [`RECORD_DAYS`] of history, not every
