@@ -234,7 +234,10 @@ impl Seam {
             let pieces = f.split(' ').count();
             let words = f.split(' ').filter(|w| is_word(w)).count();
             let long = words >= 1 && (pieces >= MIN_WORDS || f.chars().count() >= MIN_CHARS);
-            let short_ok = any_length && f.chars().any(char::is_alphanumeric);
+            // A lone `{` too: the JSON prefill Anthropic's docs recommend, which a model asked
+            // in words starts over from (`{{"a": 1}` reached the client); JSON never doubles
+            // it (found by a review).
+            let short_ok = any_length && (f.chars().any(char::is_alphanumeric) || f == "{");
             if !f.is_empty()
                 && (long || short_ok)
                 && !ends_periodic(f.split(' ').count())
@@ -771,6 +774,18 @@ mod tests {
             seen("The serv", &[" server is up."]),
             "The serv server is up."
         );
+    }
+
+    /// An answer that is only the `{` of a JSON object (a client's prefill), continued in words
+    /// by a model that starts the object over, shows one brace; one that goes on exactly is
+    /// kept whole, and after a prefill the rest is always the rest.
+    #[test]
+    fn a_json_brace_started_over_is_shown_once() {
+        assert_eq!(seen("{", &["{\"a\"", ": 1}"]), "{\"a\": 1}");
+        assert_eq!(seen("{", &["\n  {\"a\": 1}"]), "{\"a\": 1}");
+        assert_eq!(seen("{", &["\"a\": 1}"]), "{\"a\": 1}");
+        assert_eq!(seen("[", &["[1, 2], [3]]"]), "[[1, 2], [3]]");
+        assert_eq!(seen_exact("{", &["{\"a\": 1}"]), "{{\"a\": 1}");
     }
 
     /// A word after a space that begins like the word the answer ended in is kept, in both
