@@ -172,6 +172,17 @@ pub struct NativeField {
     pub json: String,
 }
 
+impl NativeField {
+    /// The field `name` of `api`, with its value as JSON text.
+    pub fn new(api: &str, name: &str, json: impl Into<String>) -> Self {
+        NativeField {
+            api: api.into(),
+            name: name.into(),
+            json: json.into(),
+        }
+    }
+}
+
 /// The shape an answer must take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

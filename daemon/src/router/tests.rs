@@ -3109,11 +3109,8 @@ async fn mcp_servers_go_to_anthropic_first() {
             cfg.priority = 5;
         }
     });
-    let native = |name: &str, json: &str| mythos_protocol::NativeField {
-        api: "anthropic".into(),
-        name: name.into(),
-        json: json.into(),
-    };
+    let native =
+        |name: &str, json: &str| mythos_protocol::NativeField::new("anthropic", name, json);
     let mut top_k = req("plain");
     top_k.options.native = vec![native("top_k", "5")];
     assert_eq!(done_provider(&ask(&h.router, top_k).await), Some("beta"));
@@ -4281,6 +4278,16 @@ async fn a_429_with_retry_after_zero_pauses_as_one_without_it() {
     );
 }
 
+/// A request whose last turn is the assistant's text `pre` (a client's prefill).
+fn prefilled(question: &str, pre: &str) -> ChatRequest {
+    let mut r = req(question);
+    r.messages.push(mythos_protocol::Message {
+        role: mythos_protocol::Role::Assistant,
+        content: vec![ContentBlock::Text { text: pre.into() }],
+    });
+    r
+}
+
 /// A client's prefill (a final assistant turn of text, which Anthropic continues) goes to a
 /// provider asked in words as the start of the answer, and what the model repeats of it is not
 /// shown again: sent as a plain assistant turn, the model answered from the beginning and the
@@ -4291,14 +4298,11 @@ async fn a_clients_prefill_is_continued_in_words_elsewhere() {
     let h = harness(2, no_jitter());
     h.scripts[0].push([Step::Fail(err(ErrorKind::Overloaded, None))]);
     h.scripts[1].push([answer(&["Task 2:", " I will", " gamma", " delta."])]);
-    let mut prefilled = req("id=2 list the tasks");
-    prefilled.messages.push(mythos_protocol::Message {
-        role: mythos_protocol::Role::Assistant,
-        content: vec![ContentBlock::Text {
-            text: "Task 2: I will".into(),
-        }],
-    });
-    let ev = ask(&h.router, prefilled).await;
+    let ev = ask(
+        &h.router,
+        prefilled("id=2 list the tasks", "Task 2: I will"),
+    )
+    .await;
     assert_eq!(final_text(&ev), " gamma delta.");
     assert_eq!(*h.scripts[0].prefills.lock().unwrap(), vec![None]);
     assert_eq!(
@@ -4308,14 +4312,11 @@ async fn a_clients_prefill_is_continued_in_words_elsewhere() {
     // An exact continuation goes through whole.
     h.scripts[0].push([Step::Fail(err(ErrorKind::Overloaded, None))]);
     h.scripts[1].push([answer(&[" gamma", " delta."])]);
-    let mut prefilled = req("id=3 list the tasks");
-    prefilled.messages.push(mythos_protocol::Message {
-        role: mythos_protocol::Role::Assistant,
-        content: vec![ContentBlock::Text {
-            text: "Task 2: I will".into(),
-        }],
-    });
-    let ev = ask(&h.router, prefilled).await;
+    let ev = ask(
+        &h.router,
+        prefilled("id=3 list the tasks", "Task 2: I will"),
+    )
+    .await;
     assert_eq!(final_text(&ev), " gamma delta.");
 }
 

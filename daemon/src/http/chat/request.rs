@@ -245,11 +245,9 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         "logit_bias",
     ] {
         if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
-            options.native.push(NativeField {
-                api: "openai".into(),
-                name: name.into(),
-                json: v.to_string(),
-            });
+            options
+                .native
+                .push(NativeField::new("openai", name, v.to_string()));
         }
     }
     options.user = obj

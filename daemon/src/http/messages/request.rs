@@ -172,11 +172,9 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     // (an MCP server's tools and a code-execution container bind the request to them).
     for name in ["mcp_servers", "container", "top_k"] {
         if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
-            options.native.push(NativeField {
-                api: "anthropic".into(),
-                name: name.into(),
-                json: v.to_string(),
-            });
+            options
+                .native
+                .push(NativeField::new("anthropic", name, v.to_string()));
         }
     }
     // `output_config.format` since structured outputs left beta; `output_format` before.

@@ -1157,11 +1157,7 @@ mod tests {
     #[test]
     fn the_clients_own_anthropic_fields_go_as_sent() {
         let mut chat = ChatRequest::user_text(1, "hi");
-        let field = |api: &str, name: &str, json: &str| mythos_protocol::NativeField {
-            api: api.into(),
-            name: name.into(),
-            json: json.into(),
-        };
+        let field = mythos_protocol::NativeField::new;
         chat.options.native = vec![
             field(
                 "anthropic",
