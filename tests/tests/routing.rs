@@ -332,18 +332,15 @@ async fn every_provider_down_is_a_clear_failure() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("server_error") || err.contains("500"), "{err}");
-    // Every one failed again and again: all are cooling down. The next request is still tried
-    // (a storm that fails most attempts answers some; see `panicking` in admission), a few at
-    // a time, and fails fast with what each provider said.
+    // Every one failed again and again and answered nothing: all are cooling down, so the
+    // next request fails fast and says when one is back (a storm that still answers some
+    // attempts is tried through; see `panicking` in admission).
     let t0 = std::time::Instant::now();
     let out = w.env.mythos(&["ask", "hello?"]);
     assert!(!out.status.success());
     assert!(t0.elapsed() < Duration::from_secs(3));
-    let err = stderr(&out);
-    assert!(err.contains("every provider failed"), "{err}");
-    for name in ["anthropic", "deepseek", "openai"] {
-        assert!(err.contains(&format!("{name}: ")), "{err}");
-    }
+    assert!(stderr(&out).contains("cooling down"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(" s left"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use mythos_protocol::TaskKind;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::health::{secs_left, Breaker, HealthBook};
+use super::health::{secs_left, Breaker, HealthBook, ProviderHealth, BREAKER_HORIZON};
 use super::policy::Disable;
 use super::quota::{Cost, Room};
 
@@ -230,15 +230,26 @@ impl WaitQueue {
 /// While every provider is cooling down, how many streams each may still have at once.
 pub const PANIC_IN_FLIGHT: u32 = 2;
 
+/// Whether provider `p` answered any of its recent attempts (within the breaker's horizon):
+/// failing often, not dead.
+fn answering(p: &ProviderHealth, now: Instant) -> bool {
+    p.recent
+        .iter()
+        .any(|&(t, fault)| !fault && now.saturating_duration_since(t) <= BREAKER_HORIZON)
+}
+
 impl HealthBook {
     /// Whether every candidate of `want` is cooling down after its faults (none closed, none
     /// being probed, none paused by its quota alone): a breaker then no longer steers requests
     /// to a better provider, it only fails them, and turns a partial outage into a whole one.
     /// In a soak run with 75 % of attempts failing at every provider, every breaker opened and
     /// requests failed at once, "first back in 46 s", for two minutes, where one attempt in
-    /// four would have been answered. So each such provider still takes a few attempts at a
-    /// time ([`PANIC_IN_FLIGHT`]), as a load balancer's panic mode does; a fault among them
-    /// moves no breaker, and the probe at the cooldown's end still decides when it closes.
+    /// four would have been answered. So each such provider that still answers some requests
+    /// (see [`answering`]) takes a few attempts at a time ([`PANIC_IN_FLIGHT`]), as a load
+    /// balancer's panic mode does; a fault among them moves no breaker, and the probe at the
+    /// cooldown's end still decides when it closes. A provider that answers nothing waits out
+    /// its cooldown as before: kept busy, a dead world took 20-30 s to fail each request and
+    /// got 40 times the traffic (a paired storm run).
     fn panicking(&self, want: &Want) -> bool {
         let open = |j: &usize| matches!(self.providers[*j].breaker, Breaker::Open { .. });
         !want.pinned
@@ -271,9 +282,11 @@ impl HealthBook {
                     }
                     None => return (Avail::Never, "account cannot pay (billing)".into()),
                 },
-                // Every candidate failing: a few attempts at a time still go (see `panicking`).
-                Breaker::Open { .. } if panic && p.in_flight < PANIC_IN_FLIGHT => {}
-                Breaker::Open { .. } if panic => {
+                // Every candidate failing: a few attempts at a time still go to those that
+                // answer some (see `panicking`).
+                Breaker::Open { .. }
+                    if panic && answering(p, now) && p.in_flight < PANIC_IN_FLIGHT => {}
+                Breaker::Open { .. } if panic && answering(p, now) => {
                     later = true;
                     why.push(format!(
                         "every provider is failing: {PANIC_IN_FLIGHT} of its streams at a time"

@@ -3612,8 +3612,7 @@ async fn a_reader_whose_key_was_rejected_is_not_waited_for() {
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
 }
 
-/// As with a rejected key (a 500 is retried on the same provider too: 3.2 s in all), with beta's breaker open (an outage) instead of a rejected key. Once alpha's breaker opens too,
-/// every provider is cooling down and beta is tried anyway (see `panicking`): it answers.
+/// As with a rejected key (a 500 is retried on the same provider too: 3.2 s in all), with beta's breaker open (an outage) instead of a rejected key.
 #[tokio::test(start_paused = true)]
 async fn a_hard_failure_beside_an_open_breaker_ends_after_the_rounds() {
     let h = harness(2, no_jitter());
@@ -3625,7 +3624,7 @@ async fn a_hard_failure_beside_an_open_breaker_ends_after_the_rounds() {
     let c0 = h.scripts[0].calls();
     let t0 = Instant::now();
     let ev = ask(&h.router, req("hi")).await;
-    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    assert!(error_kind(&ev).is_some(), "{ev:?}");
     let calls = h.scripts[0].calls() - c0;
     assert!(
         t0.elapsed() < Duration::from_secs(4) && calls <= 8,
@@ -4329,6 +4328,10 @@ async fn a_clients_prefill_is_continued_in_words_elsewhere() {
 async fn with_every_breaker_open_requests_are_still_tried() {
     let h = harness(2, no_jitter());
     for i in 0..2 {
+        // Answering some of its attempts lately: failing often, not dead.
+        h.router
+            .health()
+            .record_attempt(i, false, false, Instant::now());
         trip(&h, i);
     }
     // Flaky, not dead: every other attempt answers.
@@ -4349,11 +4352,29 @@ async fn with_every_breaker_open_requests_are_still_tried() {
     assert_eq!(answered, 6);
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     // The breakers are still open: the probe at each cooldown's end decides.
-    let book = h.router.health();
-    for i in 0..2 {
-        assert!(matches!(
-            book.providers[i].breaker,
-            super::health::Breaker::Open { .. }
-        ));
+    {
+        let book = h.router.health();
+        for i in 0..2 {
+            assert!(matches!(
+                book.providers[i].breaker,
+                super::health::Breaker::Open { .. }
+            ));
+        }
     }
+    // Providers that answered nothing lately are dead, not flaky: they wait out their
+    // cooldowns as before (here a request waits for the probe at the end), not kept busy with
+    // attempts that only add load (a paired storm run: 40 times the traffic, and a dead world
+    // took 20-30 s to fail each request).
+    let h = harness(2, no_jitter());
+    for i in 0..2 {
+        trip(&h, i);
+    }
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("dead")).await;
+    assert!(
+        t0.elapsed() >= Duration::from_secs(29),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 1, "{ev:?}");
 }

@@ -214,6 +214,21 @@ struct GenerationConfig<'a> {
     /// Or, when the cleaning would lose part of it, the schema as JSON Schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     response_json_schema: Option<&'a RawValue>,
+    /// A Chat client's `seed` (see `ChatOptions::native`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    /// A Messages client's `top_k`. (Penalties are not sent: some Gemini models refuse them.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<i64>,
+}
+
+/// A whole-number field the client sent in its own API (see `ChatOptions::native`).
+fn native_int(chat: &mythos_protocol::ChatRequest, api: &str, name: &str) -> Option<i64> {
+    chat.options
+        .native
+        .iter()
+        .find(|f| f.api == api && f.name == name)
+        .and_then(|f| f.json.trim().parse().ok())
 }
 
 #[derive(Serialize)]
@@ -466,6 +481,8 @@ pub fn build_cached(
             .then_some("application/json"),
         response_schema: Schema::open_api(&response_schema),
         response_json_schema: Schema::json(&response_schema),
+        seed: native_int(chat, "openai", "seed"),
+        top_k: native_int(chat, "anthropic", "top_k"),
     };
     if let Some(t) = opts.thinking {
         if supports_thinking(req.model) {

@@ -673,3 +673,22 @@ fn structured_output() {
     );
     assert!(v["generationConfig"].get("responseSchema").is_none());
 }
+
+/// A Chat client's `seed` and a Messages client's `top_k` reach Gemini's generation settings
+/// (they were dropped); the penalties do not, since some Gemini models refuse them.
+#[test]
+fn seed_and_top_k_reach_the_generation_config() {
+    let mut chat = ChatRequest::user_text(1, "hi");
+    chat.options.native = vec![
+        mythos_protocol::NativeField::new("openai", "seed", "42"),
+        mythos_protocol::NativeField::new("openai", "presence_penalty", "0.5"),
+        mythos_protocol::NativeField::new("anthropic", "top_k", "7"),
+    ];
+    let (_, v) = build_for(&chat, None);
+    let g = &v["generationConfig"];
+    assert_eq!(g["seed"], 42, "{v}");
+    assert_eq!(g["topK"], 7, "{v}");
+    assert!(g.get("presencePenalty").is_none(), "{v}");
+    let (_, v) = build_for(&ChatRequest::user_text(1, "hi"), None);
+    assert!(v["generationConfig"].get("seed").is_none(), "{v}");
+}
