@@ -1177,15 +1177,8 @@ mod tests {
         assert_eq!(v["model"], "claude-sonnet-4-5");
         assert!(v.get("seed").is_none());
         // Written once each: the body stays one JSON object with unique keys.
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "claude-sonnet-4-5",
-            max_tokens: 100,
-            prefill: None,
-            prefill_blocks: &[],
-            format_in_words: false,
-        };
-        let text = String::from_utf8(build(&cfg(), &req).unwrap().body.to_vec()).unwrap();
+        let text =
+            String::from_utf8(built(&chat, "claude-sonnet-4-5", 100, None).body.to_vec()).unwrap();
         assert_eq!(text.matches("\"model\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"top_k\"").count(), 1, "{text}");
         // Thinking refuses `top_k`, as it refuses a set `temperature` (found by a review).
@@ -1200,6 +1193,11 @@ mod tests {
     }
 
     fn body(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Value {
+        serde_json::from_slice(&built(chat, model, max_tokens, prefill).body).unwrap()
+    }
+
+    /// The request as built for `model`.
+    fn built(chat: &ChatRequest, model: &str, max_tokens: u32, prefill: Option<&str>) -> Built {
         let req = UpstreamRequest {
             chat,
             model,
@@ -1208,7 +1206,7 @@ mod tests {
             prefill_blocks: &[],
             format_in_words: false,
         };
-        serde_json::from_slice(&build(&cfg(), &req).unwrap().body).unwrap()
+        build(&cfg(), &req).unwrap()
     }
 
     /// A web search's answer continued: the final assistant turn holds its text in pieces with
@@ -1637,15 +1635,7 @@ mod tests {
                 input_json: "{}".into(),
             }],
         });
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "claude-sonnet-4-5",
-            max_tokens: 100,
-            prefill: None,
-            prefill_blocks: &[],
-            format_in_words: false,
-        };
-        let b = build(&cfg(), &req).unwrap();
+        let b = built(&chat, "claude-sonnet-4-5", 100, None);
         let v: Value = serde_json::from_slice(&b.body).unwrap();
         let wire_long = v["tools"][0]["name"].as_str().unwrap();
         let wire_read = v["tools"][1]["name"].as_str().unwrap();
