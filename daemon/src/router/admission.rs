@@ -284,12 +284,14 @@ impl HealthBook {
                 },
                 // Every candidate failing: a few attempts at a time still go to those that
                 // answer some (see `panicking`).
-                Breaker::Open { .. }
-                    if panic && answering(p, now) && p.in_flight < PANIC_IN_FLIGHT => {}
-                Breaker::Open { .. } if panic && answering(p, now) => {
-                    later = true;
+                // Said either way, so that `mythos status` shows why a provider cooling down
+                // still answers (a storm run found it silent about it).
+                Breaker::Open { until, .. } if panic && answering(p, now) => {
+                    later = p.in_flight >= PANIC_IN_FLIGHT;
                     why.push(format!(
-                        "every provider is failing: {PANIC_IN_FLIGHT} of its streams at a time"
+                        "cooling down, {} s left, but so is every provider: still tried, \
+                         {PANIC_IN_FLIGHT} at a time",
+                        secs_left(until, now)
                     ));
                 }
                 Breaker::Open { until, .. } => {

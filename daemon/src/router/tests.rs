@@ -4351,6 +4351,10 @@ async fn with_every_breaker_open_requests_are_still_tried() {
     }
     assert_eq!(answered, 6);
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    // `mythos status` says why providers cooling down still answer.
+    for p in h.router.status() {
+        assert!(p.note.contains("still tried, 2 at a time"), "{}", p.note);
+    }
     // The breakers are still open: the probe at each cooldown's end decides.
     {
         let book = h.router.health();
