@@ -283,9 +283,8 @@ impl HealthBook {
                     None => return (Avail::Never, "account cannot pay (billing)".into()),
                 },
                 // Every candidate failing: a few attempts at a time still go to those that
-                // answer some (see `panicking`).
-                // Said either way, so that `mythos status` shows why a provider cooling down
-                // still answers (a storm run found it silent about it).
+                // answer some (see `panicking`), and the note says so, so that `mythos status`
+                // shows why a provider cooling down still answers.
                 Breaker::Open { until, .. } if panic && answering(p, now) => {
                     later = p.in_flight >= PANIC_IN_FLIGHT;
                     why.push(format!(

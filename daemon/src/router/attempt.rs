@@ -151,9 +151,8 @@ impl Router {
         let cap = answer_cap(upstream.max_tokens);
         // The client asked for more output than this provider's model writes (an agent's
         // 32,000 at a model of 8,192): its `max_tokens` finish is the model's limit, not the
-        // client's, and another provider may have room for what it cut.
-        // Only while another provider has more room, and the request may go there: else this
-        // is as much as the client can get anywhere, and it gets it.
+        // client's, while another provider has more room and the request may go there (else
+        // this is as much as the client can get anywhere, and it gets it).
         let clamped = upstream.chat.max_tokens.is_some_and(|asked| {
             let mine = p.cfg.output_limit();
             mine < asked

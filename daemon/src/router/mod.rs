@@ -119,13 +119,12 @@ fn context_window(cfg: &ProviderConfig, req: &ChatRequest) -> Option<u64> {
 /// APIs do (and OpenRouter's); DeepSeek does not, nor do most servers of open models.
 fn reads_attachments(cfg: &ProviderConfig) -> bool {
     use crate::config::Api;
-    let url = cfg.base_url.to_ascii_lowercase();
     if crate::provider::openai::is_deepseek(cfg, &cfg.model) {
         return false;
     }
     match cfg.api {
         Api::Anthropic | Api::Gemini => true,
-        Api::Openai => url.contains("api.openai.com") || url.contains("openrouter.ai"),
+        Api::Openai => crate::provider::openai::is_openai_or_openrouter(cfg),
     }
 }
 
@@ -972,9 +971,11 @@ impl Router {
         // DeepSeek) answered about a PDF it was only told of.
         // An MCP server's tools and a code-execution container are Anthropic's alike.
         let server_tools = !req.options.server_tools.is_empty()
-            || req.options.native.iter().any(|f| {
-                f.api == "anthropic" && matches!(f.name.as_str(), "mcp_servers" | "container")
-            });
+            || req
+                .options
+                .native
+                .iter()
+                .any(crate::provider::anthropic::binds);
         let prefer = if server_tools || attachments {
             candidates
                 .iter()
@@ -1089,6 +1090,10 @@ impl Router {
         let mut same_may_wait = false;
         let mut pending_reroute = carried.reroute;
         let max_attempts = (1 + self.cfg.retry_backoff.len()) * (plan.candidates.len() + 1);
+        // The conversation without the client's own prefill, and that prefill, for providers
+        // asked in words (see `client_prefill`): split once, at the first such attempt, not
+        // copied again at every one.
+        let mut split_prefill: Option<Option<(ChatRequest, String)>> = None;
         let steps = &self.cfg.retry_backoff;
         let jitter = self.cfg.retry_jitter;
 
@@ -1375,18 +1380,21 @@ impl Router {
             // go on from, as mythos's own continuations are: sent as it stood, a model answered
             // from the beginning and the client got the prefill twice (found by a helper
             // replaying Anthropic-format requests). What the client sees then passes the seam.
-            let client_prefill = (p.cfg.api != crate::config::Api::Anthropic)
-                .then(|| client_prefill(req))
-                .flatten();
-            let (chat, prefill) = match client_prefill {
+            let split = match p.cfg.api {
+                crate::config::Api::Anthropic => None,
+                _ => split_prefill
+                    .get_or_insert_with(|| client_prefill(req))
+                    .as_ref(),
+            };
+            let (chat, prefill) = match split {
                 Some((without, pre)) => (
-                    std::borrow::Cow::Owned(without),
-                    Some(pre + prefill.as_deref().unwrap_or_default()),
+                    without,
+                    Some(format!("{pre}{}", prefill.as_deref().unwrap_or_default())),
                 ),
-                None => (std::borrow::Cow::Borrowed(req), prefill),
+                None => (req, prefill),
             };
             let upstream = UpstreamRequest {
-                chat: &chat,
+                chat,
                 model: &model,
                 max_tokens,
                 prefill: prefill.as_deref(),

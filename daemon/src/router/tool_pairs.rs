@@ -21,15 +21,10 @@ pub fn pair_tool_calls(chat: &mut ChatRequest) -> usize {
     let mut changed = 0;
     let mut k = 0;
     while k < chat.messages.len() {
-        // The calls of the turn before this one, if it was the assistant's.
-        let calls: Vec<String> = match k.checked_sub(1).map(|j| &chat.messages[j]) {
-            Some(prev) if prev.role == Role::Assistant => call_ids(prev),
-            _ => Vec::new(),
+        changed += match chat.messages[k].role {
+            Role::User => results_to_text(chat, k),
+            Role::Assistant => answer_calls(chat, k),
         };
-        match chat.messages[k].role {
-            Role::User => changed += results_to_text(chat, k, &calls),
-            Role::Assistant => changed += answer_calls(chat, k),
-        }
         k += 1;
     }
     if changed > 0 {
@@ -38,31 +33,32 @@ pub fn pair_tool_calls(chat: &mut ChatRequest) -> usize {
     changed
 }
 
+/// The ids of the tool calls in `m`, borrowed (this runs for every request: nothing is copied
+/// unless something must change).
+fn call_ids(m: &Message) -> impl Iterator<Item = &str> {
+    m.content.iter().filter_map(|b| match b {
+        ContentBlock::ToolUse { id, .. } => Some(id.as_str()),
+        _ => None,
+    })
+}
+
 /// Give each call of assistant turn `k` (unless it is the last turn) a result in the next turn,
 /// first in it (as Anthropic requires), or in a turn of its own; returns how many were missing.
 fn answer_calls(chat: &mut ChatRequest, k: usize) -> usize {
-    let own = call_ids(&chat.messages[k]);
-    if own.is_empty() || k + 1 == chat.messages.len() {
+    let Some(next) = chat.messages.get(k + 1) else {
         return 0;
-    }
-    let next = &chat.messages[k + 1];
-    let next_is_user = next.role == Role::User;
-    let answered: Vec<&str> = if next_is_user {
-        next.content
-            .iter()
-            .filter_map(|b| match b {
-                ContentBlock::ToolResult { tool_use_id, .. } => Some(tool_use_id.as_str()),
-                _ => None,
-            })
-            .collect()
-    } else {
-        Vec::new()
     };
-    let missing: Vec<ContentBlock> = own
-        .iter()
-        .filter(|id| !answered.contains(&id.as_str()))
+    let next_is_user = next.role == Role::User;
+    let answered = |id: &str| {
+        next_is_user
+            && next.content.iter().any(
+                |b| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if tool_use_id == id),
+            )
+    };
+    let missing: Vec<ContentBlock> = call_ids(&chat.messages[k])
+        .filter(|id| !answered(id))
         .map(|id| ContentBlock::ToolResult {
-            tool_use_id: id.clone(),
+            tool_use_id: id.to_string(),
             content: NO_RESULT.into(),
             is_error: true,
             images: Vec::new(),
@@ -103,34 +99,30 @@ fn answer_calls(chat: &mut ChatRequest, k: usize) -> usize {
     n
 }
 
-/// The ids of the tool calls in `m`.
-fn call_ids(m: &Message) -> Vec<String> {
-    m.content
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::ToolUse { id, .. } => Some(id.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Turn each tool result in user turn `k` that answers none of `calls` into text (its images
-/// stay, as images), after the turn's other blocks, so that the results that do answer a call
-/// stay first; returns how many.
-fn results_to_text(chat: &mut ChatRequest, k: usize, calls: &[String]) -> usize {
-    let m = &mut chat.messages[k];
-    let stray = |b: &ContentBlock| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if !calls.contains(tool_use_id));
-    if !m.content.iter().any(stray) {
+/// Turn each tool result in user turn `k` that answers none of the calls of the assistant turn
+/// just before it into text (its images stay, as images), after the turn's other blocks, so
+/// that the results that do answer a call stay first; returns how many.
+fn results_to_text(chat: &mut ChatRequest, k: usize) -> usize {
+    let prev = k
+        .checked_sub(1)
+        .map(|j| &chat.messages[j])
+        .filter(|m| m.role == Role::Assistant);
+    let called = |id: &str| prev.is_some_and(|m| call_ids(m).any(|c| c == id));
+    let is_stray = |b: &ContentBlock| matches!(b, ContentBlock::ToolResult { tool_use_id, .. } if !called(tool_use_id));
+    if !chat.messages[k].content.iter().any(is_stray) {
         return 0;
     }
+    let strays: Vec<bool> = chat.messages[k].content.iter().map(is_stray).collect();
+    let stray = |n: usize| strays[n];
+    let m = &mut chat.messages[k];
     let old = std::mem::take(&mut m.content);
     // Where each old block ends up: kept blocks in order, then each stray one's text.
-    let kept = old.iter().filter(|b| !stray(b)).count();
+    let kept = strays.iter().filter(|s| !**s).count();
     let mut moved = Vec::with_capacity(old.len());
     let mut out = Vec::with_capacity(old.len());
     let mut tail = Vec::new();
-    for b in old {
-        if !stray(&b) {
+    for (n, b) in old.into_iter().enumerate() {
+        if !stray(n) {
             moved.push(out.len());
             out.push(b);
             continue;

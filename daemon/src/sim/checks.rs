@@ -308,12 +308,12 @@ fn anthropic_tool_pairs(messages: &[Value]) -> Result<(), String> {
 /// The Chat Completions rule, in OpenAI's words: `tool` messages answer the `tool_calls` of the
 /// assistant message before them, and every call is answered before the next other message.
 fn openai_tool_pairs(messages: &[Value]) -> Result<(), String> {
+    // The calls of the last assistant turn still waiting for their `tool` message.
     let mut open: Vec<String> = Vec::new();
-    let mut in_calls = false;
     for (i, m) in messages.iter().enumerate() {
         if m["role"] == "tool" {
             let id = m["tool_call_id"].as_str().unwrap_or("");
-            if !in_calls || !open.iter().any(|c| c == id) {
+            if !open.iter().any(|c| c == id) {
                 return Err(format!(
                     "Invalid parameter: messages with role 'tool' must be a response to a \
                      preceeding message with 'tool_calls' (messages[{i}])."
@@ -334,7 +334,6 @@ fn openai_tool_pairs(messages: &[Value]) -> Result<(), String> {
             .iter()
             .filter_map(|c| c["id"].as_str().map(String::from))
             .collect();
-        in_calls = m["role"] == "assistant" && !open.is_empty();
     }
     Ok(())
 }

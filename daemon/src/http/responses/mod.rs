@@ -105,17 +105,20 @@ fn items(answer: &Answer, record: u64, meta: &Meta) -> Vec<Item> {
                 id: Item::id("msg", record, n),
                 text: text.clone(),
             },
-            Block::Tool { id, name, args } => Item::Call {
-                kind: meta.call_kind(name),
-                id: Item::id(meta.call_kind(name).prefix(), record, n),
-                call_id: id.clone(),
-                name: name.clone(),
-                args: if args.is_empty() {
-                    "{}".into()
-                } else {
-                    args.clone()
-                },
-            },
+            Block::Tool { id, name, args } => {
+                let kind = meta.call_kind(name);
+                Item::Call {
+                    kind,
+                    id: Item::id(kind.prefix(), record, n),
+                    call_id: id.clone(),
+                    name: name.clone(),
+                    args: if args.is_empty() {
+                        "{}".into()
+                    } else {
+                        args.clone()
+                    },
+                }
+            }
         });
     }
     out

@@ -459,8 +459,11 @@ fn input_item(
             });
         }
         "function_call_output" | "custom_tool_call_output" | "local_shell_call_output" => {
-            // A `local_shell_call_output` names its call by `id`.
-            let id = item.get("call_id").or_else(|| item.get("id"));
+            // A `local_shell_call_output` names its call by `id`; the others' `id` is their own.
+            let id = match kind {
+                "local_shell_call_output" => item.get("call_id").or_else(|| item.get("id")),
+                _ => item.get("call_id"),
+            };
             let id = id.and_then(Value::as_str).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "input.{i}.call_id: a function_call_output needs the call_id it answers"

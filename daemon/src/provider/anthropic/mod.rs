@@ -94,7 +94,14 @@ struct Body<'a> {
 }
 
 /// The Anthropic fields a client's request may carry through (see `ChatOptions::native`).
+/// The first two name what only Anthropic can serve (see [`binds`]).
 pub const NATIVE: &[&str] = &["mcp_servers", "container", "top_k"];
+
+/// Whether `f` asks for what runs at Anthropic alone (an MCP server's tools, a code-execution
+/// container): such a request goes to an Anthropic provider first, as for server tools.
+pub fn binds(f: &mythos_protocol::NativeField) -> bool {
+    f.api == "anthropic" && NATIVE[..2].contains(&f.name.as_str())
+}
 
 /// `output_config`: structured output (`{"format": {"type": "json_schema", "schema"}}`).
 #[derive(Serialize)]

@@ -149,16 +149,21 @@ fn native_allowed(
     reasoning: bool,
     deepseek: bool,
 ) -> &'static [&'static str] {
-    let url = cfg.base_url.to_ascii_lowercase();
     if reasoning {
         &[]
     } else if deepseek {
         &NATIVE[1..3]
-    } else if url.contains("api.openai.com") || url.contains("openrouter.ai") {
+    } else if is_openai_or_openrouter(cfg) {
         NATIVE
     } else {
         &NATIVE[..3]
     }
+}
+
+/// Whether `cfg` is OpenAI's own API or OpenRouter's, rather than another server of the format.
+pub fn is_openai_or_openrouter(cfg: &ProviderConfig) -> bool {
+    let url = cfg.base_url.to_ascii_lowercase();
+    url.contains("api.openai.com") || url.contains("openrouter.ai")
 }
 
 /// `response_format`: JSON mode, or a schema.
@@ -398,7 +403,11 @@ pub fn build(cfg: &ProviderConfig, req: &UpstreamRequest<'_>) -> Result<Built, P
         native: NativeFields {
             fields: &opts.native,
             api: "openai",
-            allowed: native_allowed(cfg, reasoning, deepseek),
+            allowed: if opts.native.is_empty() {
+                &[]
+            } else {
+                native_allowed(cfg, reasoning, deepseek)
+            },
         },
     };
     if reasoning {
@@ -920,20 +929,7 @@ mod tests {
             "https://api.deepseek.com",
             "deepseek-chat",
         );
-        let body = build(
-            &deepseek,
-            &UpstreamRequest {
-                chat: &chat,
-                model: "deepseek-chat",
-                max_tokens: 100,
-                prefill: None,
-                prefill_blocks: &[],
-                format_in_words: false,
-            },
-        )
-        .unwrap()
-        .body;
-        let text = String::from_utf8(body.to_vec()).unwrap();
+        let text = body_for(&deepseek, &chat).to_string();
         assert!(!text.contains("image_url"), "{text}");
         assert_eq!(
             text.matches("[An image was attached; this model cannot see it.]")
