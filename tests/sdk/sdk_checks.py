@@ -565,6 +565,40 @@ def openai_tools() -> None:
     check(served == "anthropic", f"served by {served}, not by the pinned provider")
 
 
+def openai_legacy_functions() -> None:
+    """The deprecated `functions` / `function_call` (OpenAI still serves them): the call comes
+    back as `function_call`, and the `function` turn that answers it (no call id) goes on."""
+    client, _ = openai_client()
+    model = model_of("anthropic")
+    function = OPENAI_TOOL["function"]
+    messages: list[dict[str, Any]] = user(env("MYTHOS_PROMPT"))
+    chunks = list(
+        client.chat.completions.create(  # type: ignore[call-overload]
+            model=model, messages=messages, functions=[function], stream=True
+        )
+    )
+    name = arguments = ""
+    for c in chunks:
+        delta = c.choices[0].delta if c.choices else None
+        check(not (delta and delta.tool_calls), f"tool_calls to a functions client: {c}")
+        if delta and delta.function_call:
+            name += delta.function_call.name or ""
+            arguments += delta.function_call.arguments or ""
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    check(finishes == ["function_call"], f"finish reasons {finishes}")
+    check(name == "record", f"function {name!r}")
+    check(json.loads(arguments) == {"text": env("MYTHOS_EXPECT")}, f"arguments {arguments!r}")
+    messages.append({"role": "assistant", "content": None, "function_call": {"name": name, "arguments": arguments}})
+    messages.append({"role": "function", "name": name, "content": "noted"})
+    final = client.chat.completions.create(  # type: ignore[call-overload]
+        model=model, messages=messages, functions=[function]
+    )
+    choice = final.choices[0]
+    check(choice.finish_reason == "stop", f"finish_reason {choice.finish_reason}: {choice.message}")
+    check(not choice.message.function_call and not choice.message.tool_calls, f"a second call: {choice.message}")
+    check(bool(choice.message.content), "no final text")
+
+
 def openai_failover_text() -> None:
     client, _ = openai_client()
     prompt = env("MYTHOS_PROMPT")
@@ -727,6 +761,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
         openai_create,
         openai_stream,
         openai_tools,
+        openai_legacy_functions,
         openai_failover_text,
         openai_failover_tool,
         openai_pinned_failure,

@@ -393,6 +393,37 @@ async fn openai_tools_on_the_anthropic_format_provider() {
     );
 }
 
+/// A client of the deprecated `functions` gets its call and goes on with the `function` turn
+/// that answers it: Anthropic sees a paired `tool_use` and `tool_result`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_legacy_functions_round_trip() {
+    let Some(w) = World::start().await else {
+        return;
+    };
+    w.run("openai_legacy_functions", "call: note this down")
+        .await;
+    assert_eq!(
+        w.requests(),
+        [("anthropic", 2), ("deepseek", 0), ("openai", 0)]
+    );
+    let first = &w.mocks.anthropic.requests()[0];
+    assert_eq!(first.body["tools"][0]["name"], "record", "{}", first.body);
+    let second = w.mocks.anthropic.requests().pop().expect("the second turn");
+    let blocks: Vec<serde_json::Value> = second.body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let use_ = blocks.iter().find(|b| b["type"] == "tool_use");
+    let result = blocks.iter().find(|b| b["type"] == "tool_result");
+    let (Some(use_), Some(result)) = (use_, result) else {
+        panic!("no tool_use and tool_result in {}", second.body);
+    };
+    assert_eq!(use_["id"], result["tool_use_id"], "{}", second.body);
+    assert_eq!(result["content"], "noted", "{result}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_failover_mid_text() {
     let Some(w) = World::start().await else {

@@ -37,6 +37,7 @@ async fn serve(
         super::begin(&front, parsed.chat, &parsed.model, arrival, &mut headers).await?;
     if parsed.stream {
         let (encoder, first) = stream::ChatEncoder::start(&head, parsed.include_usage);
+        let encoder = encoder.legacy_functions(parsed.legacy_functions);
         super::sse_headers(&mut headers);
         let body = routed.into_body(first.freeze(), encoder).await;
         return Ok((StatusCode::OK, headers, body).into_response());
@@ -70,7 +71,12 @@ async fn serve(
     if !thinking.is_empty() {
         message["reasoning_content"] = json!(thinking);
     }
-    if !tool_calls.is_empty() {
+    if parsed.legacy_functions {
+        // One call, as `function_call` (the request asked for no parallel calls).
+        if let Some(call) = tool_calls.first_mut() {
+            message["function_call"] = call["function"].take();
+        }
+    } else if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
     let body = json!({
@@ -80,7 +86,10 @@ async fn serve(
         "model": done.model,
         "system_fingerprint": null,
         "choices": [{"index": 0, "message": message, "logprobs": null,
-                     "finish_reason": openai_finish(&done.finish, answer.has_tools())}],
+                     "finish_reason": stream::legacy_finish(
+                         openai_finish(&done.finish, answer.has_tools()),
+                         parsed.legacy_functions,
+                     )}],
         "usage": openai_usage(&done.usage),
     });
     relay::finished_headers(&mut headers, &done, routed.reroutes);

@@ -23,6 +23,9 @@ pub struct Parsed {
     pub stream: bool,
     /// `stream_options.include_usage: true`: a last chunk carries the usage.
     pub include_usage: bool,
+    /// The client offered its tools as the deprecated `functions` (no `tools`): a call comes
+    /// back as `function_call` with `finish_reason: "function_call"`, one per answer.
+    pub legacy_functions: bool,
 }
 
 /// A thinking budget for an OpenAI `reasoning_effort` (`none`, or a word this does not know:
@@ -61,6 +64,9 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     };
     let mut system_parts: Vec<String> = Vec::new();
     let mut messages: Vec<Message> = Vec::with_capacity(raw.len());
+    // The deprecated `function_call` turns carry no call id: each gets one here, and the
+    // `function` turn after it (which names the function, not the call) answers it.
+    let mut legacy_calls: Vec<(String, String)> = Vec::new();
     for (i, m) in raw.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         match role {
@@ -136,18 +142,47 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
                         input_json: args.into(),
                     });
                 }
+                if let Some(call) = m.get("function_call").filter(|c| !c.is_null()) {
+                    let Some(name) = call.get("name").and_then(Value::as_str) else {
+                        return Err(ApiError::bad_request(format!(
+                            "messages.{i}.function_call.name: field required"
+                        )));
+                    };
+                    let id = format!("call_legacy_{i}");
+                    content.push(ContentBlock::ToolUse {
+                        id: id.clone(),
+                        name: name.into(),
+                        input_json: legacy_arguments(call).into(),
+                    });
+                    legacy_calls.push((name.into(), id));
+                }
                 messages.push(Message {
                     role: Role::Assistant,
                     content,
                 });
             }
             "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("messages.{i}.tool_call_id: field required"))
-                    })?;
+                let id = match m.get("tool_call_id").and_then(Value::as_str) {
+                    Some(id) => id.to_string(),
+                    // The deprecated form: the result of the last call of the function it
+                    // names that has none yet.
+                    None if role == "function" => {
+                        let name = m.get("name").and_then(Value::as_str).ok_or_else(|| {
+                            ApiError::bad_request(format!("messages.{i}.name: field required"))
+                        })?;
+                        match legacy_calls.iter().rposition(|(n, _)| n == name) {
+                            Some(at) => legacy_calls.remove(at).1,
+                            // No call to answer: kept as a result of its own, which the
+                            // pairing before routing turns into text.
+                            None => format!("call_legacy_{i}"),
+                        }
+                    }
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "messages.{i}.tool_call_id: field required"
+                        )))
+                    }
+                };
                 let (content, images) = match m.get("content") {
                     Some(Value::String(s)) => (s.clone(), Vec::new()),
                     Some(Value::Array(parts)) => (
@@ -159,7 +194,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
                 messages.push(Message {
                     role: Role::User,
                     content: vec![ContentBlock::ToolResult {
-                        tool_use_id: id.into(),
+                        tool_use_id: id,
                         content,
                         is_error: false,
                         images,
@@ -184,16 +219,24 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     }
 
     let mut tools = Vec::new();
-    for t in obj
-        .get("tools")
+    let offered = obj.get("tools").and_then(Value::as_array);
+    // The deprecated `functions` (OpenAI still serves them): the same functions, unwrapped.
+    let legacy = obj
+        .get("functions")
         .and_then(Value::as_array)
+        .filter(|_| offered.is_none_or(|t| t.is_empty()));
+    let functions = offered
         .into_iter()
         .flatten()
-    {
-        let Some(f) = t.get("function") else {
-            tracing::debug!("dropped a tool that is not a function");
-            continue;
-        };
+        .filter_map(|t| {
+            let f = t.get("function");
+            if f.is_none() {
+                tracing::debug!("dropped a tool that is not a function");
+            }
+            f
+        })
+        .chain(legacy.into_iter().flatten());
+    for f in functions {
         let Some(name) = f.get("name").and_then(Value::as_str) else {
             continue;
         };
@@ -211,7 +254,10 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             input_schema_json: schema.to_string(),
         });
     }
-    options.tool_choice = match obj.get("tool_choice") {
+    options.tool_choice = match obj.get("tool_choice").or_else(|| {
+        // `function_call` is `tool_choice`'s deprecated form, with the same words.
+        legacy.and(obj.get("function_call"))
+    }) {
         Some(Value::String(s)) => match s.as_str() {
             "auto" => Some(ToolChoice::Auto),
             "required" => Some(ToolChoice::Any),
@@ -221,11 +267,16 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         Some(v) => v
             .get("function")
             .and_then(|f| f.get("name"))
+            .or_else(|| v.get("name"))
             .and_then(Value::as_str)
             .map(|n| ToolChoice::Tool { name: n.into() }),
         None => None,
     };
     options.parallel_tool_calls = obj.get("parallel_tool_calls").and_then(Value::as_bool);
+    if legacy.is_some() {
+        // A `function_call` message holds one call.
+        options.parallel_tool_calls = Some(false);
+    }
     options.stop = match obj.get("stop") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
@@ -298,7 +349,18 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         model,
         stream,
         include_usage,
+        legacy_functions: legacy.is_some(),
     })
+}
+
+/// A deprecated `function_call`'s arguments: a JSON string as the API sends them (an object
+/// from a lenient client is taken as it is); none, or blank, are `{}`.
+fn legacy_arguments(call: &Value) -> String {
+    match call.get("arguments") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(v @ Value::Object(_)) => v.to_string(),
+        _ => "{}".into(),
+    }
 }
 
 fn image_part(p: &Value) -> Option<ImageSource> {
@@ -485,5 +547,89 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.messages[2].content.len(), 2);
+    }
+
+    /// A client of the deprecated `functions`: they are its tools, `function_call` its tool
+    /// choice, and each `function` turn answers the call before it that named its function
+    /// (neither carries an id). They used to be dropped: the model had no tools at all.
+    #[test]
+    fn deprecated_functions_are_tools() {
+        let body = json!({
+            "model": "gpt-4o",
+            "functions": [{"name": "get_weather", "description": "Weather",
+                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                          {"name": "get_time", "parameters": {"type": "object"}}],
+            "function_call": {"name": "get_weather"},
+            "messages": [
+                {"role": "user", "content": "weather and time in Paris?"},
+                {"role": "assistant", "content": null,
+                 "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"role": "function", "name": "get_weather", "content": "sunny"},
+                {"role": "assistant", "content": null,
+                 "function_call": {"name": "get_time", "arguments": ""}},
+                {"role": "function", "name": "get_time", "content": "noon"}
+            ]
+        });
+        let p = parse(&body).unwrap();
+        assert!(p.legacy_functions);
+        let c = &p.chat;
+        let names: Vec<_> = c.tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["get_weather", "get_time"]);
+        assert_eq!(c.tools[0].description, "Weather");
+        assert_eq!(
+            c.options.tool_choice,
+            Some(ToolChoice::Tool {
+                name: "get_weather".into()
+            })
+        );
+        assert_eq!(c.options.parallel_tool_calls, Some(false));
+        let mut calls = Vec::new();
+        let mut results = Vec::new();
+        for b in c.messages.iter().flat_map(|m| &m.content) {
+            match b {
+                ContentBlock::ToolUse { id, input_json, .. } => calls.push((id, input_json)),
+                ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } => results.push((tool_use_id, content)),
+                _ => {}
+            }
+        }
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1, "{\"city\":\"Paris\"}");
+        assert_eq!(calls[1].1, "{}");
+        assert_eq!(
+            results,
+            [
+                (calls[0].0, &"sunny".to_string()),
+                (calls[1].0, &"noon".to_string())
+            ]
+        );
+        assert_ne!(calls[0].0, calls[1].0);
+
+        // `tools` beside them win, as OpenAI takes `tools` first; `function_call: "none"`.
+        let both = json!({
+            "model": "gpt-4o", "function_call": "none",
+            "tools": [{"type": "function", "function": {"name": "new"}}],
+            "functions": [{"name": "old"}],
+            "messages": [{"role": "user", "content": "hi"}]
+        });
+        let p = parse(&both).unwrap();
+        assert!(!p.legacy_functions);
+        assert_eq!(p.chat.tools.len(), 1);
+        assert_eq!(p.chat.tools[0].name, "new");
+        assert_eq!(
+            p.chat.options.tool_choice, None,
+            "function_call is only with functions"
+        );
+        let none = json!({
+            "model": "gpt-4o", "function_call": "none", "functions": [{"name": "old"}],
+            "messages": [{"role": "user", "content": "hi"}]
+        });
+        assert_eq!(
+            parse(&none).unwrap().chat.options.tool_choice,
+            Some(ToolChoice::None)
+        );
     }
 }

@@ -55,6 +55,10 @@ enum Delta<'a> {
     ToolCalls {
         tool_calls: [ToolCall<'a>; 1],
     },
+    /// The deprecated form, for a client that offered `functions`.
+    FunctionCall {
+        function_call: Function<'a>,
+    },
     /// `{}`, with the finish reason.
     Empty {},
 }
@@ -82,6 +86,8 @@ pub struct ChatEncoder {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Calls go out as the deprecated `function_call` (see [`ChatEncoder::legacy_functions`]).
+    legacy: bool,
     visible: bool,
     /// Router tool index → dense index in this answer, and whether the call has had any
     /// arguments.
@@ -100,6 +106,7 @@ impl ChatEncoder {
             created: mythos_protocol::clock::now_unix_ms() / 1000,
             model: head.model.clone(),
             include_usage,
+            legacy: false,
             visible: false,
             tools: Vec::new(),
             content: None,
@@ -126,6 +133,13 @@ impl ChatEncoder {
         (enc, out)
     }
 
+    /// Calls go out as the deprecated `function_call`, one per answer, ending with
+    /// `finish_reason: "function_call"`: the client offered its tools as `functions`.
+    pub fn legacy_functions(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
     fn chunk(&self, out: &mut BytesMut, delta: Delta<'_>, finish: Option<&str>) {
         let choice = Choice {
             index: 0,
@@ -138,6 +152,14 @@ impl ChatEncoder {
 
     /// A fragment of call `n`'s arguments.
     fn arguments(&self, out: &mut BytesMut, n: usize, arguments: &str) {
+        if self.legacy {
+            let function_call = Function {
+                name: None,
+                arguments,
+            };
+            self.chunk(out, Delta::FunctionCall { function_call }, None);
+            return;
+        }
         let call = ToolCall {
             index: n,
             id: None,
@@ -184,6 +206,14 @@ impl ChatEncoder {
     }
 }
 
+/// `finish` as a client of the deprecated `functions` knows it.
+pub fn legacy_finish(finish: &'static str, legacy: bool) -> &'static str {
+    match finish {
+        "tool_calls" if legacy => "function_call",
+        other => other,
+    }
+}
+
 impl Encoder for ChatEncoder {
     fn event(&mut self, ev: StreamEvent, out: &mut BytesMut) -> bool {
         match ev {
@@ -213,6 +243,20 @@ impl Encoder for ChatEncoder {
             },
             // Chat Completions has no way to carry either back.
             StreamEvent::ThinkingSignature { .. } | StreamEvent::RedactedThinking { .. } => {}
+            StreamEvent::ToolCallStart { name, .. } if self.legacy && !self.tools.is_empty() => {
+                // Asked for one call at a time (`parallel_tool_calls: false`); a provider that
+                // sent another anyway has it dropped, as the deprecated form holds one.
+                tracing::warn!(tool = %name, "dropped a second call: the client takes one `function_call`");
+            }
+            StreamEvent::ToolCallStart { index, name, .. } if self.legacy => {
+                self.visible = true;
+                self.tools.push((index, false));
+                let function_call = Function {
+                    name: Some(&name),
+                    arguments: "",
+                };
+                self.chunk(out, Delta::FunctionCall { function_call }, None);
+            }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.visible = true;
                 let n = self.tools.len();
@@ -276,7 +320,10 @@ impl Encoder for ChatEncoder {
                         self.arguments(out, n, "{}");
                     }
                 }
-                let finish = openai_finish(&done.finish, !self.tools.is_empty());
+                let finish = legacy_finish(
+                    openai_finish(&done.finish, !self.tools.is_empty()),
+                    self.legacy,
+                );
                 self.chunk(out, Delta::Empty {}, Some(finish));
                 if self.include_usage {
                     self.write(out, &[], Some(openai_usage(&done.usage)));
@@ -391,6 +438,73 @@ mod tests {
         };
         assert!(enc.event(StreamEvent::Done(Box::new(done)), &mut out));
         assert_eq!(args(&out), ["{}", r#"{"x":1}"#]);
+    }
+
+    /// A client of the deprecated `functions` gets its call as `function_call` deltas (name
+    /// first, then the arguments) and `finish_reason: "function_call"`; a second call, which it
+    /// could not hold, is not sent.
+    #[test]
+    fn a_legacy_client_gets_one_function_call() {
+        let (enc, _) = ChatEncoder::start(&Head::for_test(), false);
+        let mut enc = enc.legacy_functions(true);
+        let mut out = BytesMut::new();
+        for ev in [
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "get_weather".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                json: r#"{"city":"#.into(),
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "b".into(),
+                name: "other".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                json: r#"{"x":1}"#.into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                json: r#""Paris"}"#.into(),
+            },
+        ] {
+            enc.event(ev, &mut out);
+        }
+        let done = mythos_protocol::DoneInfo {
+            finish: mythos_protocol::FinishReason::ToolUse,
+            usage: mythos_protocol::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 0,
+            provider: "p".into(),
+            model: "m".into(),
+            record: 1,
+        };
+        assert!(enc.event(StreamEvent::Done(Box::new(done)), &mut out));
+        let chunks: Vec<Value> = std::str::from_utf8(&out)
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .collect();
+        let (mut name, mut args, mut finish) = (String::new(), String::new(), None);
+        for c in &chunks {
+            let delta = &c["choices"][0]["delta"];
+            assert!(delta.get("tool_calls").is_none(), "{c}");
+            if let Some(f) = delta.get("function_call") {
+                name.push_str(f["name"].as_str().unwrap_or(""));
+                args.push_str(f["arguments"].as_str().unwrap());
+            }
+            if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+        assert_eq!(name, "get_weather");
+        assert_eq!(args, r#"{"city":"Paris"}"#);
+        assert_eq!(finish.as_deref(), Some("function_call"));
     }
 
     /// Reasoning, then a restart elsewhere that reasons again: the client's accumulated
