@@ -152,7 +152,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
                     content.push(ContentBlock::ToolUse {
                         id: id.clone(),
                         name: name.into(),
-                        input_json: legacy_arguments(call).into(),
+                        input_json: legacy_arguments(call),
                     });
                     legacy_calls.push((name.into(), id));
                 }
