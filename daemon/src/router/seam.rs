@@ -185,20 +185,21 @@ pub struct Seam {
     /// its next letters ("T" → "This": "TThis" reached clients in a chaos run). It is the last
     /// of `cut_words`, and counts only when repeated exactly: "A" → "ardvarks" goes on.
     short_start: Option<String>,
-    /// Continued in words, the answer ended in a letter or a digit: a repeat of two or more
-    /// words may end inside a word ("Hello wo" → "Hello world").
-    ends_in_word: bool,
+    /// Continued in words, the answer ended inside a token (in a letter or a digit, or in
+    /// punctuation with no space after it): a repeat of two or more words may end inside a word
+    /// ("Hello wo" → "Hello world", "use os." → "use os.path").
+    ends_in_token: bool,
     /// The partial answer ended in whitespace: what follows a dropped repeat needs none of its
     /// own before it.
     ends_in_space: bool,
     /// Line breaks in the whitespace the partial answer ends with: a repeat followed by the
     /// same line breaks must not show them twice.
     newlines_at_end: usize,
-    /// After a prefill, the answer ended in a letter or a digit: a repeat of
+    /// After a prefill, the answer ended inside a token (as `ends_in_token`): a repeat of
     /// [`PREFILL_MID_WORD_WORDS`] words or more, or of two or more glued to the cut word, may
     /// still end inside a word (a model that started over or repeated the last words), which an
     /// exact continuation never begins with.
-    prefill_ends_in_word: bool,
+    prefill_ends_in_token: bool,
     /// After a prefill, the whole answer when it is one word that a restart repeated glued to
     /// it is told from the word's rest (see `restart_word`): taken for a repeat only when the
     /// continuation starts with it letter for letter.
@@ -302,11 +303,19 @@ impl Seam {
             cut_words.push(fold(partial));
             short_start = Some(partial.to_string());
         }
+        // Cut inside a token: after a letter or a digit, or after punctuation inside one
+        // ("use os.", "about 1,", "join("), where the text goes on with no space. A repeat of
+        // the last words there is followed by the token's rest ("use os.use os.path" reached
+        // clients: 24 of 24 such cuts in a chaos run were shown twice).
+        let ends_in_token = partial
+            .chars()
+            .next_back()
+            .is_some_and(|c| !c.is_whitespace());
         Seam {
             tails,
             cut_words,
             short_start,
-            ends_in_word,
+            ends_in_token: in_words && ends_in_token,
             ends_in_space: partial.ends_with(char::is_whitespace),
             newlines_at_end: partial
                 .chars()
@@ -314,11 +323,7 @@ impl Seam {
                 .take_while(|c| c.is_whitespace())
                 .filter(|&c| c == '\n')
                 .count(),
-            prefill_ends_in_word: !in_words
-                && partial
-                    .chars()
-                    .next_back()
-                    .is_some_and(char::is_alphanumeric),
+            prefill_ends_in_token: !in_words && ends_in_token,
             restart_word: (!in_words).then(|| restart_word(partial)).flatten(),
             held: String::new(),
             done: false,
@@ -331,10 +336,10 @@ impl Seam {
             tails: Vec::new(),
             cut_words: Vec::new(),
             short_start: None,
-            ends_in_word: false,
+            ends_in_token: false,
             ends_in_space: false,
             newlines_at_end: 0,
-            prefill_ends_in_word: false,
+            prefill_ends_in_token: false,
             restart_word: None,
             held: String::new(),
             done: true,
@@ -379,8 +384,8 @@ impl Seam {
         // word's rest ("co" + "conut").
         let mid_word_ok = |t: &String| {
             cut_words.contains(t)
-                || (self.ends_in_word && t.contains(' '))
-                || (self.prefill_ends_in_word && {
+                || (self.ends_in_token && t.contains(' '))
+                || (self.prefill_ends_in_token && {
                     let words = t.split(' ').filter(|w| is_word(w)).count();
                     words >= PREFILL_MID_WORD_WORDS
                         || (words >= 2 && !self.held.starts_with(char::is_whitespace))
@@ -1031,6 +1036,61 @@ mod tests {
             ),
             FULL
         );
+    }
+
+    /// An answer cut inside a token after punctuation ("use os.", "about 1,", "join(") and
+    /// continued on another provider that repeats its last words or starts over, in words or
+    /// after a prefill: every word once. An exact continuation goes on untouched. Found by a
+    /// chaos run: 24 of 24 such cuts showed the repeat ("…use os.use os.path.join(…").
+    #[test]
+    fn a_repeat_after_a_cut_inside_a_token_is_dropped() {
+        let whole = "To fix it, use os.path.join(base, name) and call self.config.load() on \
+                     about 1,000 entries; expect 3.5 seconds.";
+        for cut in [
+            "use os.",
+            "call self.",
+            "self.config.",
+            "about 1,",
+            "expect 3.",
+            "join(",
+        ] {
+            let at = whole.find(cut).unwrap() + cut.len();
+            let (shown, rest) = whole.split_at(at);
+            // The last two to five words again, or the whole answer.
+            let words: Vec<&str> = shown.split(' ').collect();
+            let mut repeats: Vec<String> = (2..=5)
+                .filter(|&k| k <= words.len())
+                .map(|k| format!("{}{rest}", words[words.len() - k..].join(" ")))
+                .collect();
+            repeats.push(whole.to_string());
+            for in_words in [true, false] {
+                for again in &repeats {
+                    assert_eq!(
+                        seen_as(shown, &[again.as_str()], in_words),
+                        whole,
+                        "cut after {cut:?}, continued {again:?}, in words: {in_words}"
+                    );
+                    // In small pieces too.
+                    let pieces: Vec<String> = again
+                        .chars()
+                        .collect::<Vec<_>>()
+                        .chunks(3)
+                        .map(|c| c.iter().collect())
+                        .collect();
+                    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                    assert_eq!(
+                        seen_as(shown, &pieces, in_words),
+                        whole,
+                        "{cut:?} in pieces"
+                    );
+                }
+                assert_eq!(
+                    seen_as(shown, &[rest], in_words),
+                    whole,
+                    "exact after {cut:?}"
+                );
+            }
+        }
     }
 
     #[test]
