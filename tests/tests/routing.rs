@@ -186,6 +186,44 @@ async fn overloaded_529_fails_over_at_once() {
     assert_eq!(a.state, mythos_protocol::BreakerState::Closed, "one fault");
 }
 
+/// One provider's odd refusal (a proxy's `418`, `421`, `451`, or a `400` for something only it
+/// refuses) does not end the session while others answer: each request is answered elsewhere.
+/// A request two providers refuse with `400` is the client's to fix, and says so. Found by a
+/// chaos run: a `418` went to the client as a `400` while three providers were healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_providers_refusal_is_not_the_sessions_end() {
+    let (w, _daemon) = world("").await;
+    let mut c = w.env.connect().await;
+    for (n, code) in [418, 421, 451, 400].into_iter().enumerate() {
+        w.anthropic.inject([SimFault::Status { code }]);
+        let prompt = format!("refused {code}");
+        let ev = c.chat(ChatRequest::user_text(n as u64 + 1, &prompt)).await;
+        assert_eq!(text_of(&ev), answer_for(&prompt), "{code}: {ev:?}");
+        if code == 400 {
+            // Not asked again there: the same request would be refused the same way.
+            assert_ne!(done_provider(&ev), "anthropic", "{code}");
+        }
+    }
+    w.anthropic.inject([SimFault::Status { code: 400 }]);
+    w.deepseek.inject([SimFault::Status { code: 400 }]);
+    let ev = c.chat(ChatRequest::user_text(9, "bad everywhere")).await;
+    assert!(
+        matches!(
+            ev.last(),
+            Some(StreamEvent::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            })
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(
+        w.openai.stats().requests,
+        0,
+        "a third provider is not asked"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mid_stream_disconnect_continues_with_the_exact_text() {
     let (w, _daemon) = world("").await;

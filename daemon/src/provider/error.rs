@@ -78,7 +78,13 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
         // A redirect (not followed: it would take the key along) is the configuration's
         // fault, like a wrong path: retrying it cannot help, the next provider can.
         300..=399 => ErrorKind::NotFound,
-        400..=499 => ErrorKind::BadRequest,
+        // A wrong method or a model taken away: this entry's configuration, like a 404.
+        405 | 410 => ErrorKind::NotFound,
+        400 | 422 => ErrorKind::BadRequest,
+        // Any other 4xx (418, 421, 425, 451…) is a server's or a proxy's own refusal, not a
+        // verdict on the request: the request failed there and goes elsewhere. As a
+        // `BadRequest` it went to the client as a 400 while other providers were healthy
+        // (found by a chaos run).
         _ => ErrorKind::ServerError,
     }
 }
@@ -263,6 +269,10 @@ mod tests {
         );
         assert_eq!(k(422, None, Some("unprocessable")), ErrorKind::BadRequest);
         assert_eq!(k(409, None, None), ErrorKind::ServerError);
+        assert_eq!(k(418, None, Some("I'm a teapot")), ErrorKind::ServerError);
+        assert_eq!(k(451, None, None), ErrorKind::ServerError);
+        assert_eq!(k(410, None, None), ErrorKind::NotFound);
+        assert_eq!(k(400, None, None), ErrorKind::BadRequest);
         assert_eq!(k(408, None, None), ErrorKind::Timeout);
         assert_eq!(
             k(500, Some("overloaded_error"), None),

@@ -1531,6 +1531,10 @@ impl Router {
                     status: err.status,
                     retry_after: err.retry_after.map(|d| d.min(self.cfg.max_cooldown)),
                     prefill_rejected: crate::provider::error::is_prefill_rejection(&err.message),
+                    refused_elsewhere: j
+                        .errors
+                        .iter()
+                        .any(|(c, e)| *c != i && e.kind == ErrorKind::BadRequest),
                     native_format,
                     attachments: plan.attachments,
                     connected: !connect_failure,

@@ -86,6 +86,9 @@ pub struct Facts {
     pub retry_after: Option<Duration>,
     /// Whether the provider's message says it refuses a prefill (only read for a `400`).
     pub prefill_rejected: bool,
+    /// Another provider already refused this request as bad (a `400`): the request is, not
+    /// the provider's taste.
+    pub refused_elsewhere: bool,
     /// The attempt asked for structured output with the API's own field.
     pub native_format: bool,
     /// The request holds images or documents, which not every provider reads (DeepSeek,
@@ -144,6 +147,10 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
         // An image or a PDF this provider cannot read: another may. Only when every one
         // refuses is the `400` the client's.
         ErrorKind::BadRequest if f.attachments && !f.progressed => away,
+        // A second opinion: providers refuse what others take (a tool schema, a parameter, a
+        // message shape), and a session must not end on one provider's taste while another
+        // would answer. A request two providers refuse is the client's to fix.
+        ErrorKind::BadRequest if !f.progressed && f.alternative && !f.refused_elsewhere => away,
         ErrorKind::BadRequest | ErrorKind::Protocol => Next::Surface,
         ErrorKind::ContextLength => away,
         ErrorKind::Auth => {
@@ -252,6 +259,7 @@ mod tests {
             status: None,
             retry_after: None,
             prefill_rejected: false,
+            refused_elsewhere: false,
             native_format: false,
             attachments: false,
             connected: true,
@@ -574,11 +582,45 @@ mod tests {
                 true,
                 None,
             ),
-            // 4xx.
+            // 4xx. A 400 gets a second opinion from another provider (blaming neither); a
+            // request two providers refuse is the client's.
             (
                 "400",
                 Facts {
                     status: Some(400),
+                    ..f(BadRequest)
+                },
+                Next::FailOver,
+                false,
+                None,
+            ),
+            (
+                "400 refused elsewhere too",
+                Facts {
+                    status: Some(400),
+                    refused_elsewhere: true,
+                    ..f(BadRequest)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            (
+                "400 with no other provider",
+                Facts {
+                    status: Some(400),
+                    alternative: false,
+                    ..f(BadRequest)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            (
+                "400 after text went out",
+                Facts {
+                    status: Some(400),
+                    progressed: true,
                     ..f(BadRequest)
                 },
                 Next::Surface,

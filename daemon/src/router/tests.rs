@@ -712,7 +712,8 @@ async fn a_continuation_that_repeats_the_tail_is_shown_once() {
 
 /// A provider that refuses the structured output asked with its API's field (a schema keyword
 /// it lacks) is asked again at once with the schema in words, not failed: the client gets its
-/// answer from the provider it would have had. A 400 for anything else still goes back.
+/// answer from the provider it would have had. A 400 for anything else gets a second opinion
+/// from another provider, and goes back when that one refuses too.
 #[tokio::test(start_paused = true)]
 async fn a_refused_response_format_is_asked_again_in_words() {
     let h = harness(2, no_jitter());
@@ -726,16 +727,20 @@ async fn a_refused_response_format_is_asked_again_in_words() {
     assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
     assert_eq!(*h.scripts[0].in_words.lock().unwrap(), [false, true]);
     assert_eq!(h.scripts[1].calls(), 0);
-    // The same 400 in words: the client's error, once.
+    // The same 400 in words, and from the second opinion: the client's error.
     h.scripts[0].push(vec![Step::Fail(err(ErrorKind::BadRequest, None)); 2]);
+    h.scripts[1].push(vec![Step::Fail(err(ErrorKind::BadRequest, None)); 2]);
     let ev = ask(&h.router, r).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
     assert_eq!(h.scripts[0].calls(), 4);
-    // Without a format, a 400 is not retried.
+    assert_eq!(*h.scripts[1].in_words.lock().unwrap(), [false, true]);
+    // Without a format, a 400 is not retried where it came from.
     h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
     let ev = ask(&h.router, req("plain")).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest));
     assert_eq!(h.scripts[0].calls(), 5);
+    assert_eq!(h.scripts[1].calls(), 3);
 }
 
 /// Asking again in words is not a retry: a client that sends the same bad structured request
@@ -1052,16 +1057,28 @@ async fn every_provider_failing_mid_stream_is_an_error_not_a_clean_end() {
     }
 }
 
+/// A 400 is one provider's verdict: providers refuse what others take (a schema keyword, a
+/// parameter, a message shape), so another is asked before the client hears it. A request
+/// two providers refuse is the client's, and goes back without trying every provider. Neither
+/// provider is blamed.
 #[tokio::test(start_paused = true)]
-async fn bad_request_is_surfaced_not_failed_over() {
-    let h = harness(2, no_jitter());
+async fn bad_request_gets_a_second_opinion_then_is_surfaced() {
+    let h = harness(3, no_jitter());
     h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
     let ev = ask(&h.router, req("x")).await;
-    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest));
-    assert_eq!(h.scripts[1].calls(), 0);
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, req("y")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
+    assert_eq!(h.scripts[0].calls(), 2);
+    assert_eq!(h.scripts[1].calls(), 2);
+    assert_eq!(h.scripts[2].calls(), 0, "a third provider is not asked");
     let book = h.router.health();
-    assert_eq!(book.providers[0].failures, 0);
-    assert_eq!(book.state_of(0, Instant::now()).0, BreakerState::Closed);
+    for p in 0..2 {
+        assert_eq!(book.providers[p].failures, 0);
+        assert_eq!(book.state_of(p, Instant::now()).0, BreakerState::Closed);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -1582,10 +1599,11 @@ async fn a_probe_is_released_whatever_ends_it() {
     let h = harness(2, no_jitter());
     let until = trip(&h, 0);
     tokio::time::advance(until - Instant::now()).await;
-    // The probe meets the caller's own 400: no verdict, the next request probes instead.
+    // The probe meets a 400, no verdict on the provider (the other answers): the next request
+    // probes instead.
     h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
     let ev = ask(&h.router, req("probe 1")).await;
-    assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest));
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
     // A 404: a fault of this entry; the breaker opens again instead of staying half-open.
     h.scripts[0].push([Step::Fail(err(ErrorKind::NotFound, None))]);
     let ev = ask(&h.router, req("probe 2")).await;
@@ -3402,7 +3420,7 @@ fn a_pdf_is_estimated_by_its_pages() {
 
 /// A provider that cannot read an attachment (DeepSeek and many local servers answer a PDF
 /// or an image with a `400`) hands the request to one that can; the client sees the `400`
-/// only when every provider refused. A `400` without attachments is the client's at once.
+/// only when every provider refused. A `400` without attachments gets one second opinion.
 #[tokio::test(start_paused = true)]
 async fn an_attachment_one_provider_refuses_goes_to_another() {
     let h = harness(2, no_jitter());
@@ -3422,9 +3440,10 @@ async fn an_attachment_one_provider_refuses_goes_to_another() {
     let ev = ask(&h.router, with_pdf).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
     h.scripts[0].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
     let ev = ask(&h.router, req("plain")).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::BadRequest), "{ev:?}");
-    assert_eq!(h.scripts[1].calls(), 2);
+    assert_eq!(h.scripts[1].calls(), 3);
 }
 
 /// A PDF goes to a provider that reads it even when one that does not (DeepSeek) ranks
