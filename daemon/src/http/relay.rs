@@ -834,6 +834,20 @@ pub fn stop_sequence(finish: &FinishReason) -> Option<&str> {
     }
 }
 
+/// Why a stream that already showed text ends in an error when the answer had to start over:
+/// `from` gave up the answer (the provider that failed, or the one that then refused to go on
+/// with it: then `from` is `to`), and `to` starts afresh, which a client cannot show after
+/// what it has.
+pub fn restart_message(from: &str, to: &str, reason: &str) -> String {
+    let how = if from == to {
+        // `reason` says only that `to` refused to go on.
+        format!("the answer broke off and {to} could not continue it")
+    } else {
+        format!("{from} failed mid-answer ({reason}) and {to} could not continue it")
+    };
+    format!("{how}; the answer must be asked again")
+}
+
 /// Chat Completions' `finish_reason` for a finish.
 pub fn openai_finish(finish: &FinishReason, tools: bool) -> &'static str {
     match finish {
@@ -908,6 +922,21 @@ pub fn openai_usage(u: &Usage) -> OpenaiUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restart after a provider refused to go on with a cut answer (it is both `from` and
+    /// `to`) does not blame it for the cut: a chaos run read "o2 failed mid-answer and o2 could
+    /// not continue it" where a2 had failed.
+    #[test]
+    fn a_restart_names_who_failed_only_when_it_is_known() {
+        assert_eq!(
+            restart_message("a2", "o2", "connection lost"),
+            "a2 failed mid-answer (connection lost) and o2 could not continue it; the answer \
+             must be asked again"
+        );
+        let m = restart_message("o2", "o2", "o2 cannot continue a partial answer");
+        assert!(!m.contains("o2 failed"), "{m}");
+        assert!(m.contains("o2 could not continue it"), "{m}");
+    }
 
     #[test]
     fn head_headers_say_who_served_and_what_it_cost() {

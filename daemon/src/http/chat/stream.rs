@@ -282,12 +282,10 @@ impl Encoder for ChatEncoder {
                 mode: RerouteMode::Restart,
                 from,
                 to,
+                reason,
                 ..
             } if self.visible => {
-                let message = format!(
-                    "{from} failed mid-answer and {to} could not continue it; the answer must be \
-                     asked again"
-                );
+                let message = crate::http::relay::restart_message(&from, &to, &reason);
                 Self::error(
                     out,
                     error_body(

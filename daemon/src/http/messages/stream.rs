@@ -412,6 +412,7 @@ impl Encoder for MessagesEncoder {
                 mode: RerouteMode::Restart,
                 from,
                 to,
+                reason,
                 ..
             } => {
                 if self.visible {
@@ -420,10 +421,7 @@ impl Encoder for MessagesEncoder {
                     self.error(
                         out,
                         "api_error",
-                        &format!(
-                            "{from} failed mid-answer and {to} could not continue it; the \
-                             answer must be asked again"
-                        ),
+                        &crate::http::relay::restart_message(&from, &to, &reason),
                     );
                     return true;
                 }

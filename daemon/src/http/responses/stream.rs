@@ -846,6 +846,7 @@ impl Encoder for ResponsesEncoder {
                 mode: RerouteMode::Restart,
                 from,
                 to,
+                reason,
                 ..
             } => {
                 if self.visible {
@@ -854,10 +855,7 @@ impl Encoder for ResponsesEncoder {
                     self.fail(
                         out,
                         ErrorKind::ServerError,
-                        &format!(
-                            "{from} failed mid-answer and {to} could not continue it; the \
-                             answer must be asked again"
-                        ),
+                        &crate::http::relay::restart_message(&from, &to, &reason),
                     );
                     return true;
                 }
