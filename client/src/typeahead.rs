@@ -145,8 +145,11 @@ impl Quiet {
                     return Quiet { saved: None };
                 }
                 let saved = t;
-                // ISIG stays: Ctrl-C still interrupts the answer.
+                // ISIG stays: Ctrl-C still interrupts the answer. NOFLSH: without it the
+                // terminal throws away what was typed ahead when Ctrl-C comes (found by a
+                // helper: a half-typed question gone after cancelling the answer).
                 t.c_lflag &= !(libc::ECHO | libc::ECHONL);
+                t.c_lflag |= libc::NOFLSH;
                 on_signal::arm(saved);
                 if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
                     on_signal::disarm();

@@ -574,6 +574,40 @@ fn what_is_typed_while_an_answer_streams_waits_in_the_editor() {
     assert_eq!(tty.quit(), 0);
 }
 
+/// Ctrl-C during an answer cancels the answer, not what was typed meanwhile: it waits in the
+/// editor as it would have after a finished answer. The terminal threw it away (its input is
+/// flushed at an interrupt unless told not to).
+#[test]
+fn what_is_typed_ahead_survives_cancelling_the_answer() {
+    let mut tty = Tty::start(&["chat", "--demo"], 200, &[]);
+    tty.prompt(0);
+    let start = tty.output.len();
+    tty.type_text("tell me\r");
+    tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
+    tty.type_text("second question\r");
+    tty.type_text("half typed");
+    tty.pump(Duration::from_millis(200));
+    tty.type_text("\x03");
+    let at = tty.wait_for(start, "cancelled", Duration::from_secs(10));
+    let at = tty.prompt(at);
+    tty.wait_for(at, "half typed", Duration::from_secs(5));
+    tty.pump(Duration::from_millis(200));
+    let screen = tty.screen();
+    let prompt = screen
+        .iter()
+        .rposition(|l| l.starts_with("> second question"))
+        .unwrap_or_else(|| panic!("the typed-ahead line at the prompt:\n{}", screen.join("\n")));
+    assert_eq!(
+        screen[prompt..],
+        ["> second question", "half typed"],
+        "the screen:\n{}",
+        screen.join("\n")
+    );
+    tty.type_text("\r");
+    tty.wait_for(at, "half typed\". mythos", Duration::from_secs(20));
+    assert_eq!(tty.quit(), 0);
+}
+
 /// A paste that arrives line by line (over ssh) and is still arriving when the answer ends
 /// waits in the editor whole: the lines that came after the prompt was back went to the editor
 /// in raw mode, where each line break is Enter, and most of a 60-line paste was sent unseen.
