@@ -388,7 +388,14 @@ impl HealthBook {
                 let (eligible, note, back_at) = match p.breaker {
                     Breaker::Disabled {
                         why: Disable::Auth, ..
-                    } => (false, "key rejected (401/403)".to_string(), None),
+                    } => (
+                        false,
+                        format!(
+                            "key rejected (401/403); `mythos reset {}` once it is fixed",
+                            p.name
+                        ),
+                        None,
+                    ),
                     Breaker::Disabled {
                         why: Disable::Billing,
                         until,
@@ -506,7 +513,14 @@ impl HealthBook {
     /// One request's outcome at provider `i` (once per request and provider).
     pub fn record_outcome(&mut self, i: usize, ok: bool, now: Instant) {
         let hl = self.cfg.health_half_life;
-        self.providers[i].success.observe(ok, now, hl);
+        let p = &mut self.providers[i];
+        p.success.observe(ok, now, hl);
+        if ok && matches!(p.breaker, Breaker::Disabled { .. }) {
+            // An answer (a request pinned to it) shows the key and the account work again:
+            // it stayed out of routing, "key rejected", while it answered (found by a helper).
+            p.breaker = Breaker::Closed;
+            p.recent.clear();
+        }
     }
 
     /// One attempt ended, as a fault or not; `probe` if it was the half-open probe. Opens the

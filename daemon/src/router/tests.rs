@@ -1092,6 +1092,21 @@ async fn auth_failure_marks_unusable_and_fails_over() {
         h.router.health().state_of(0, Instant::now()).0,
         BreakerState::Unusable
     );
+    // A request pinned to it is still sent; its answer shows the key works again, and the
+    // provider is back in routing (it stayed "key rejected" while it answered).
+    let mut pinned = req("pinned");
+    pinned.pin = Some(Pin {
+        provider: Some("alpha".into()),
+        model: None,
+    });
+    let ev = ask(&h.router, pinned).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(
+        h.router.health().state_of(0, Instant::now()).0,
+        BreakerState::Closed
+    );
+    let ev = ask(&h.router, req("after")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
 }
 
 #[tokio::test(start_paused = true)]
