@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -174,7 +175,13 @@ pub struct StateStore {
     tx: std_mpsc::Sender<Cmd>,
     /// The state thread, woken by a read so that it does not wait out [`WRITE_WINDOW`].
     thread: std::thread::Thread,
+    /// Why the last write failed, while writes fail (a full disk): for `status`.
+    trouble: Arc<Mutex<Option<String>>>,
 }
+
+/// Request records kept in memory while they cannot be written (a full disk), to be written
+/// once they can; beyond this many the oldest are given up.
+const MAX_UNSAVED: usize = 10_000;
 
 impl Drop for StateStore {
     /// The last handle going away ends the thread's wait for more writes: the sender is
@@ -232,10 +239,12 @@ impl StateStore {
             )
             .map_err(err)? as u64;
         let (tx, rx) = std_mpsc::channel();
+        let trouble = Arc::new(Mutex::new(None));
+        let seen = trouble.clone();
         let thread = std::thread::Builder::new()
             .name("mythosd-state".into())
             .spawn(move || {
-                let closed = run(conn, rx, window, prune_every, parked, &lock);
+                let closed = run(conn, rx, window, prune_every, parked, &lock, &seen);
                 // Held until the last write is on disk and the database is closed.
                 drop(lock);
                 if let Some(ack) = closed {
@@ -247,6 +256,7 @@ impl StateStore {
             StateStore {
                 tx,
                 thread: thread.thread().clone(),
+                trouble,
             },
             Loaded {
                 health,
@@ -403,6 +413,17 @@ impl StateStore {
     }
 }
 
+impl StateStore {
+    /// While writes fail (a full disk, a database gone read-only): why, and how many request
+    /// records wait in memory; `None` once they are written again.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 impl RecordSink for StateStore {
     fn record(&self, rec: RequestRecord) {
         let _ = self.tx.send(Cmd::Record(Box::new(rec)));
@@ -525,21 +546,44 @@ fn run(
     prune_every: Duration,
     parked: Option<std_mpsc::Sender<()>>,
     lock: &std::fs::File,
+    trouble: &Mutex<Option<String>>,
 ) -> Option<oneshot::Sender<()>> {
     let mut closing = None;
     let mut pruned_at = Instant::now();
+    // Records a failed write left unwritten, written with the next batch: a full disk lost
+    // every record of its time, and nothing but the log said so (found by a helper).
+    let mut unsaved: Vec<Box<RequestRecord>> = Vec::new();
+    let mut given_up = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         gather(&rx, &mut batch, window, parked.as_ref());
         let mut replies = Vec::new();
+        let batch: Vec<Cmd> = batch
+            .into_iter()
+            .filter_map(|cmd| match cmd {
+                Cmd::Record(rec) => {
+                    unsaved.push(rec);
+                    None
+                }
+                other => Some(other),
+            })
+            .collect();
+        if unsaved.len() > MAX_UNSAVED {
+            let over = unsaved.len() - MAX_UNSAVED;
+            given_up += over;
+            unsaved.drain(..over);
+        }
         let result = (|| -> rusqlite::Result<()> {
             // The write lock at the start: with another daemon on the database (a restart's
             // hand-over), a deferred transaction that read first could not upgrade to write
             // and would fail at once instead of waiting out the busy timeout.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for rec in &unsaved {
+                insert_record(&tx, rec)?;
+            }
             for cmd in batch {
                 match cmd {
-                    Cmd::Record(rec) => insert_record(&tx, &rec)?,
+                    Cmd::Record(_) => {}
                     Cmd::SaveHealth(list) => save_health(&tx, list)?,
                     Cmd::HandOver {
                         health,
@@ -563,8 +607,29 @@ fn run(
             }
             tx.commit()
         })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot write state");
+        {
+            let mut trouble = trouble.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => {
+                    if trouble.take().is_some() {
+                        tracing::info!(records = unsaved.len(), "state written again");
+                    }
+                    unsaved.clear();
+                    given_up = 0;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write state");
+                    let lost = if given_up > 0 {
+                        format!(", {given_up} older ones given up")
+                    } else {
+                        String::new()
+                    };
+                    *trouble = Some(format!(
+                        "cannot save request records ({e}): {} kept in memory until it can{lost}",
+                        unsaved.len()
+                    ));
+                }
+            }
         }
         if pruned_at.elapsed() >= prune_every {
             pruned_at = Instant::now();
@@ -997,6 +1062,42 @@ mod tests {
         recent.unix_ms = now - (RECORD_DAYS - 2) * 86_400_000;
         store.record(recent);
         assert_eq!(store.why(Some(2)).await.map(|r| r.id), Some(2));
+    }
+
+    /// Records that cannot be written (a full disk; here another writer holding the database
+    /// past the busy timeout) are kept and written once writes work again, and meanwhile
+    /// `trouble` says so for `status`: a full disk lost every record of its time and only the
+    /// log said so (found by a helper).
+    #[tokio::test]
+    async fn records_that_cannot_be_written_wait_and_are_said_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, _, _thread) = StateStore::open_with(
+            &path,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+            None,
+            lock(&path).unwrap(),
+        )
+        .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        store.record(record_with_id(1));
+        let deadline = Instant::now() + BUSY_TIMEOUT * 3;
+        let trouble = loop {
+            if let Some(t) = store.trouble() {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "no trouble reported");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(trouble.contains("1 kept in memory"), "{trouble}");
+        other.execute_batch("COMMIT").unwrap();
+        drop(other);
+        store.record(record_with_id(2));
+        assert_eq!(store.why(Some(1)).await.map(|r| r.id), Some(1));
+        assert_eq!(store.why(Some(2)).await.map(|r| r.id), Some(2));
+        assert_eq!(store.trouble(), None);
     }
 
     fn record_with_id(id: u64) -> RequestRecord {

@@ -136,6 +136,7 @@ impl Context {
             .iter()
             .cloned()
             .chain(later)
+            .chain(self.state.as_ref().and_then(StateStore::trouble))
             .chain(self.config_notes_lock().all())
             .collect()
     }
