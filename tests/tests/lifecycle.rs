@@ -646,6 +646,25 @@ async fn a_fault_for_a_paused_provider_says_it_waits_for_the_pause() {
     );
 }
 
+/// `/fault` on a provider the next message does not go to says which one it goes to: the
+/// fault waited, armed, and the answers came cleanly from the first-ranked provider, as if the
+/// command did nothing (found by a helper trying the demo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_for_a_provider_not_first_in_line_says_who_is() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon(&["--simulate"]);
+    let out = env.mythos_with_stdin(
+        &["chat"],
+        "/fault sim-gemini 500\n/fault sim-anthropic 500\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("will fail")).collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].contains("sim-anthropic ranks first"), "{said}");
+    assert!(!lines[1].contains("ranks first"), "{said}");
+}
+
 /// Mock providers whose `anthropic` streams an answer over seconds: long enough to stop a
 /// daemon in the middle of it.
 async fn slow_anthropic() -> Mocks {

@@ -832,13 +832,29 @@ impl Session<'_> {
                         p.state != BreakerState::Closed
                             || p.cooldown_left_ms.is_some_and(|ms| ms > 0)
                     });
-                match paused {
-                    Some(p) => say(&format!(
+                // Nor does a fault on a provider the next message does not go to (another
+                // ranks first): it waits, armed, and fires some time later (found by a helper).
+                let first = report.as_ref().and_then(|r| {
+                    r.providers
+                        .iter()
+                        .find(|p| {
+                            p.state == BreakerState::Closed
+                                && p.cooldown_left_ms.is_none_or(|ms| ms == 0)
+                        })
+                        .filter(|p| p.name != provider)
+                });
+                match (paused, first) {
+                    (Some(p), _) => say(&format!(
                         "{provider} will fail its next request, which waits for the end of its \
                          pause ({})\n",
                         p.note
                     )),
-                    None => say(&format!("{provider} will fail its next request\n")),
+                    (None, Some(first)) => say(&format!(
+                        "{provider} will fail its next request, when it gets one: {} ranks first \
+                         now and takes the next message (`/fault {}` … to fail that one)\n",
+                        first.name, first.name
+                    )),
+                    (None, None) => say(&format!("{provider} will fail its next request\n")),
                 }
             }
             other => Err(unexpected(other, "ok")),
