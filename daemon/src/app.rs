@@ -320,14 +320,14 @@ pub fn plan_reload(config: &Config, old: &[ProviderConfig], simulate: bool) -> R
         if real_before == 0 {
             return ReloadPlan::Simulated;
         }
+        let source = match &config.file {
+            Some(f) => format!("{} names none", f.display()),
+            None => "there is no config file".to_string(),
+        };
         return ReloadPlan::Refuse(format!(
-            "the new config has no provider ({} names none, and no API key is in mythosd's \
+            "the new config has no provider ({source}, and no API key is in mythosd's \
              environment) while {real_before} run now: it would switch to the simulated \
-             providers",
-            config
-                .file
-                .as_ref()
-                .map_or("no config file".to_string(), |f| f.display().to_string())
+             providers"
         ));
     }
     let mut providers = config.providers.clone();

@@ -424,7 +424,7 @@ impl Config {
         let missing: Vec<String> = self
             .skipped
             .iter()
-            .map(|s| format!("`{}` needs {} ({})", s.provider, s.variable, s.why))
+            .map(|s| format!("`{}` needs {}, which {}", s.provider, s.variable, s.why))
             .collect();
         Err(ConfigError::Unusable {
             path: self.file.clone().unwrap_or_default(),
@@ -1299,8 +1299,8 @@ fn is_variable_name(name: &str) -> bool {
 /// says so (in the log and in `mythos status`). A name that looks like a key is not shown.
 fn shown_variable(name: String) -> String {
     if looks_like_key(&name) {
-        "named in `api_key_env` (not shown: it looks like a key itself; a key goes in `api_key`, \
-         its variable's name in `api_key_env`)"
+        "the variable its `api_key_env` names (not shown: that looks like a key itself; a key goes \
+         in `api_key`, its variable's name in `api_key_env`)"
             .into()
     } else {
         name
