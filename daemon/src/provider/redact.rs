@@ -119,18 +119,35 @@ fn mask_key_runs(text: &str, key: &str) -> String {
     out
 }
 
-/// Redact, replace control characters, then cut to [`MAX_PROVIDER_TEXT`] characters.
+/// Redact, put on one line, replace control characters, then cut to [`MAX_PROVIDER_TEXT`]
+/// characters.
 ///
-/// Control characters (all but newline and tab) become U+FFFD: an error message or a model
-/// name is printed to terminals (`mythos ask`, `status`, `why`) and an escape sequence in it
-/// (`ESC ] 52`, which writes the clipboard; `ESC [ 2J`) would act on the user's terminal.
+/// An error message or a model name is printed to terminals (`mythos ask`, `status`, `why`)
+/// as one line: control characters become U+FFFD, since an escape sequence in it (`ESC ] 52`,
+/// which writes the clipboard; `ESC [ 2J`) would act on the user's terminal, and each run of
+/// whitespace one space, since a line break in it printed a line of the provider's choosing
+/// ("\r\nfake: line", found by a helper; an HTML error page's indentation).
 pub fn provider_text(text: &str, key: Option<&Secret>) -> String {
     let mut clean = redact(text, key);
-    if clean.chars().any(is_unprintable) {
-        clean = clean
-            .chars()
-            .map(|c| if is_unprintable(c) { '\u{fffd}' } else { c })
-            .collect();
+    if clean
+        .chars()
+        .any(|c| is_unprintable(c) || (c.is_whitespace() && c != ' '))
+        || clean.contains("  ")
+    {
+        let mut out = String::with_capacity(clean.len());
+        let mut space = false;
+        for c in clean.trim().chars() {
+            if c.is_whitespace() {
+                if !space {
+                    out.push(' ');
+                }
+                space = true;
+                continue;
+            }
+            space = false;
+            out.push(if is_unprintable(c) { '\u{fffd}' } else { c });
+        }
+        clean = out;
     }
     match clean.char_indices().nth(MAX_PROVIDER_TEXT) {
         Some((at, _)) => format!("{}…", &clean[..at]),
@@ -199,7 +216,11 @@ mod tests {
             clean.starts_with("bad \u{fffd}]0;PWNED\u{fffd}"),
             "{clean:?}"
         );
-        assert!(clean.ends_with(" end\n\tnext"), "{clean:?}");
+        assert!(clean.ends_with(" end next"), "one line: {clean:?}");
+        assert_eq!(
+            provider_text("bad gateway\r\nfake: line\n\n  <p>\t</p>", None),
+            "bad gateway fake: line <p> </p>"
+        );
     }
 
     /// A tool call's id and name keep their exact text unless they hold the key itself.
