@@ -352,9 +352,14 @@ pub fn error_hint(
             "set {KEY_VARS} (then run `mythos daemon restart`), or add providers to {}",
             config.display()
         )),
+        // The key may be any of the usual variables, one the config names (`api_key_env`) or
+        // the config's own `api_key`: the hint named only the usual variables (found by a
+        // helper whose key was in the config).
         ErrorKind::Auth => Some(format!(
-            "check the provider's API key ({KEY_VARS}); mythosd reads keys when it starts, so \
-             run `mythos daemon restart` after changing one"
+            "check that provider's API key: its variable ({KEY_VARS}, or the one its \
+             `api_key_env` names) or its `api_key` in {}; mythosd reads keys when it starts, so \
+             run `mythos daemon restart` after changing one",
+            config.display()
         )),
         ErrorKind::AllCoolingDown => Some(match back_in {
             Some(t) => format!(
