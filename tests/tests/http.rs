@@ -1446,6 +1446,30 @@ async fn an_unknown_path_is_a_404_in_the_dialect() {
     assert_eq!(w.total_requests(), 0);
 }
 
+/// A served path asked with another method (`GET /v1/messages`) is a 405 in the API's own
+/// shape, saying which method it takes: it was an empty body, which SDKs report as a bare
+/// status (found by a helper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_is_a_405_in_the_dialect() {
+    let w = World::start().await;
+    for (path, anthropic) in [("/v1/messages", true), ("/v1/chat/completions", false)] {
+        let r = w
+            .send(
+                w.http
+                    .get(format!("{}{path}", w.base))
+                    .header("x-api-key", &w.token),
+            )
+            .await;
+        assert_eq!(r.status, 405, "{path}: {}", r.body);
+        let v = r.json();
+        if anthropic {
+            assert_eq!(v["type"], "error", "{path}: {v}");
+        }
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("takes POST"), "{path}: {message}");
+    }
+}
+
 /// A web page cannot read the daemon through DNS rebinding: a request whose Host is not a
 /// loopback name is refused, even on routes that need no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,8 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             kind: ErrorKind::Auth,
             message: "mythosd needs its local token: send it as `x-api-key` or \
-                      `Authorization: Bearer` (see `mythos token`, or `eval \"$(mythos env claude)\"`)"
+                      `Authorization: Bearer` (`mythos token` prints it; `mythos env claude` or `mythos env openai` \
+                      sets an agent up)"
                 .into(),
             retry_at_unix_ms: None,
             retried: false,

@@ -731,6 +731,30 @@ pub fn routes(front: Arc<Front>) -> Routes {
             };
             e.into_response(dialect)
         })
+        // A path served with another method (`GET /v1/messages`): the error in the API's shape,
+        // not an empty 405 (found by a helper).
+        .method_not_allowed_fallback(|req: Request| async move {
+            let dialect = dialect_of(req.uri().path());
+            let e = ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                kind: mythos_protocol::ErrorKind::BadRequest,
+                message: format!(
+                    "{} {} is not served: {} takes {}",
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().path(),
+                    if req.uri().path() == "/v1/models" || req.uri().path() == "/health" {
+                        "GET"
+                    } else {
+                        "POST"
+                    }
+                ),
+                retry_at_unix_ms: None,
+                retried: false,
+                record: None,
+            };
+            e.into_response(dialect)
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             front.clone(),

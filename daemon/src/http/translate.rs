@@ -146,6 +146,37 @@ pub fn text_of(parts: &[Value]) -> String {
 
 /// A non-negative integer field that fits in u32 (larger values are clamped, not refused: the
 /// router clamps output limits to each model anyway).
+/// An array field that must be there, its error as the APIs word it: missing, or not an array
+/// (`"messages": "hi"` said "field required" of a field that was there).
+pub fn array_field<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a Vec<Value>, ApiError> {
+    match obj.get(key) {
+        Some(Value::Array(a)) => Ok(a),
+        None | Some(Value::Null) => Err(ApiError::bad_request(format!("{key}: field required"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key}: expected an array of messages"
+        ))),
+    }
+}
+
+/// An output limit (`max_tokens` and kin): absent or `null` is none; otherwise a whole number
+/// of at least 1, as every provider requires (`0` and `-5` were taken as "no limit" instead of
+/// the `400` the APIs answer; found by a helper).
+pub fn token_limit(v: &Value, key: &str) -> Result<Option<u32>, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => match n.as_u64().filter(|&n| n >= 1) {
+            Some(n) => Ok(Some(n.min(u32::MAX as u64) as u32)),
+            None => Err(ApiError::bad_request(format!(
+                "{key}: expected a whole number of at least 1, got {n}"
+            ))),
+        },
+    }
+}
+
+/// A non-negative integer field, if it is one.
 pub fn u32_field(v: &Value, key: &str) -> Option<u32> {
     v.get(key)
         .and_then(Value::as_u64)

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    attached_file, data_url_image, merge_same_role, object_and_model, response_format, text_of,
-    u32_field,
+    array_field, attached_file, data_url_image, merge_same_role, object_and_model, response_format,
+    text_of, token_limit,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -53,10 +53,7 @@ pub fn known_effort(effort: &str) -> Option<String> {
 /// Translate a Chat Completions request body.
 pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     let (obj, model) = object_and_model(body)?;
-    let raw = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("messages: field required"))?;
+    let raw = array_field(obj, "messages")?;
     // Chat Completions cannot place prompt-cache breakpoints: Anthropic gets them placed.
     let mut options = ChatOptions {
         cache_automatically: true,
@@ -327,8 +324,10 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let max_tokens =
-        u32_field(body, "max_completion_tokens").or_else(|| u32_field(body, "max_tokens"));
+    let max_tokens = match token_limit(body, "max_completion_tokens")? {
+        Some(n) => Some(n),
+        None => token_limit(body, "max_tokens")?,
+    };
     // An agent that sends no output limit expects the whole answer, not the daemon's default.
     options.up_to_model_limit = true;
     Ok(Parsed {

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::http::errors::ApiError;
 use crate::http::translate::{
-    add_to_tool_result, data_url_image, merge_same_role, object_and_model, response_format,
-    text_of, u32_field,
+    add_to_tool_result, array_field, data_url_image, merge_same_role, object_and_model,
+    response_format, text_of, token_limit, u32_field,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -29,10 +29,7 @@ pub struct Parsed {
 /// Translate a Messages request body.
 pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
     let (obj, model) = object_and_model(body)?;
-    let raw_messages = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("messages: field required"))?;
+    let raw_messages = array_field(obj, "messages")?;
     let mut options = ChatOptions::default();
 
     // System: a string, or text blocks (each may end a cache prefix).
@@ -65,9 +62,15 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => {
+            Some(other) => {
                 return Err(ApiError::bad_request(format!(
-                    "messages.{mi}.role: expected `user` or `assistant`, got {other:?}"
+                    "messages.{mi}.role: expected `user` or `assistant`, got \"{}\"",
+                    other.escape_debug()
+                )))
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "messages.{mi}.role: field required (`user` or `assistant`)"
                 )))
             }
         };
@@ -206,7 +209,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
             system,
             task: Default::default(),
             pin: None,
-            max_tokens: u32_field(body, "max_tokens"),
+            max_tokens: token_limit(body, "max_tokens")?,
             temperature: obj
                 .get("temperature")
                 .and_then(Value::as_f64)
@@ -401,6 +404,49 @@ fn content_block(b: &Value, mi: usize) -> Result<Option<ContentBlock>, ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Errors say what is wrong with a field that is there: an array that is not one, a role
+    /// quoted as sent (not Rust's `Some("wizard")`), an output limit that no provider takes.
+    #[test]
+    fn bad_fields_are_named_as_they_are() {
+        let err = |body: serde_json::Value| parse(&body).unwrap_err().message;
+        let m = |messages: serde_json::Value, extra: serde_json::Value| {
+            let mut b = serde_json::json!({"model": "m", "max_tokens": 10, "messages": messages});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            b
+        };
+        let e = err(m(serde_json::json!("hi"), serde_json::json!({})));
+        assert!(e.contains("messages: expected an array"), "{e}");
+        let e = err(m(
+            serde_json::json!([{"role": "wizard", "content": "x"}]),
+            serde_json::json!({}),
+        ));
+        assert!(e.contains(r#"got "wizard""#) && !e.contains("Some("), "{e}");
+        let e = err(m(
+            serde_json::json!([{"content": "x"}]),
+            serde_json::json!({}),
+        ));
+        assert!(e.contains("messages.0.role: field required"), "{e}");
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!("many"),
+        ] {
+            let e = err(m(
+                serde_json::json!([{"role": "user", "content": "x"}]),
+                serde_json::json!({"max_tokens": bad}),
+            ));
+            assert!(e.contains("max_tokens: expected a whole number"), "{e}");
+        }
+        let ok = parse(&m(
+            serde_json::json!([{"role": "user", "content": "x"}]),
+            serde_json::json!({"max_tokens": 1}),
+        ))
+        .unwrap();
+        assert_eq!(ok.chat.max_tokens, Some(1));
+    }
     use serde_json::json;
 
     #[test]

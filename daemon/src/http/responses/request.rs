@@ -17,7 +17,7 @@ use crate::http::chat::request::budget_for_effort;
 use crate::http::errors::ApiError;
 use crate::http::translate::{
     add_to_tool_result, attached_file, data_url_image, merge_same_role, object_and_model,
-    response_format, text_of, u32_field,
+    response_format, text_of, token_limit,
 };
 
 /// What the front end needs besides the [`ChatRequest`].
@@ -279,7 +279,7 @@ pub fn parse(body: &Value) -> Result<Parsed, ApiError> {
         .get("temperature")
         .and_then(Value::as_f64)
         .map(|v| v as f32);
-    let max_tokens = u32_field(body, "max_output_tokens");
+    let max_tokens = token_limit(body, "max_output_tokens")?;
 
     let field = |k: &str| obj.get(k).cloned().unwrap_or(Value::Null);
     let mut echo = Map::new();
