@@ -552,61 +552,73 @@ fn run(
     let mut pruned_at = Instant::now();
     // Records a failed write left unwritten, written with the next batch: a full disk lost
     // every record of its time, and nothing but the log said so (found by a helper).
-    let mut unsaved: Vec<Box<RequestRecord>> = Vec::new();
+    // Serialized once, when they come.
+    let mut unsaved: Vec<(Box<RequestRecord>, String)> = Vec::new();
     let mut given_up = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         gather(&rx, &mut batch, window, parked.as_ref());
+        // Writes first, then every other command is answered, whatever the writes did: a
+        // failed write (a full disk) used to drop the batch's reads and the acks a restart
+        // and a stop wait for (found by a review).
         let mut replies = Vec::new();
-        let batch: Vec<Cmd> = batch
-            .into_iter()
-            .filter_map(|cmd| match cmd {
+        let mut healths = Vec::new();
+        let mut next_records = Vec::new();
+        for cmd in batch {
+            match cmd {
                 Cmd::Record(rec) => {
-                    unsaved.push(rec);
-                    None
+                    let json = serde_json::to_string(&rec).unwrap_or_default();
+                    unsaved.push((rec, json));
                 }
-                other => Some(other),
-            })
-            .collect();
+                Cmd::SaveHealth(list) => healths.push(list),
+                Cmd::HandOver {
+                    health,
+                    next_record,
+                    ack,
+                } => {
+                    healths.push(health);
+                    next_records.push(next_record);
+                    replies.push(Cmd::HandOver {
+                        health: Vec::new(),
+                        next_record,
+                        ack,
+                    });
+                }
+                other => replies.push(other),
+            }
+        }
         if unsaved.len() > MAX_UNSAVED {
             let over = unsaved.len() - MAX_UNSAVED;
             given_up += over;
             unsaved.drain(..over);
         }
-        let result = (|| -> rusqlite::Result<()> {
-            // The write lock at the start: with another daemon on the database (a restart's
-            // hand-over), a deferred transaction that read first could not upgrade to write
-            // and would fail at once instead of waiting out the busy timeout.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for rec in &unsaved {
-                insert_record(&tx, rec)?;
-            }
-            for cmd in batch {
-                match cmd {
-                    Cmd::Record(_) => {}
-                    Cmd::SaveHealth(list) => save_health(&tx, list)?,
-                    Cmd::HandOver {
-                        health,
-                        next_record,
-                        ack,
-                    } => {
-                        save_health(&tx, health)?;
-                        tx.execute(
-                            "INSERT INTO meta(key, value) VALUES ('next_record', ?1)
-                             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
-                            [next_record as i64],
-                        )?;
-                        replies.push(Cmd::HandOver {
-                            health: Vec::new(),
-                            next_record,
-                            ack,
-                        });
-                    }
-                    other => replies.push(other),
+        let result = if unsaved.is_empty() {
+            Ok(())
+        } else {
+            write(&mut conn, |tx| {
+                unsaved
+                    .iter()
+                    .try_for_each(|(rec, json)| insert_record(tx, rec, json))
+            })
+        };
+        if !healths.is_empty() || !next_records.is_empty() {
+            let saved = write(&mut conn, |tx| {
+                for list in healths {
+                    save_health(tx, list)?;
                 }
+                for next_record in next_records {
+                    tx.execute(
+                        "INSERT INTO meta(key, value) VALUES ('next_record', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                        [next_record as i64],
+                    )?;
+                }
+                Ok(())
+            });
+            if let Err(e) = saved {
+                tracing::error!(error = %e, "cannot write provider health");
             }
-            tx.commit()
-        })();
+        }
         {
             let mut trouble = trouble.lock().unwrap_or_else(|e| e.into_inner());
             match result {
@@ -705,8 +717,24 @@ fn reclaim(lock: &std::fs::File) -> bool {
     false
 }
 
-fn insert_record(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<()> {
-    let json = serde_json::to_string(rec).unwrap_or_default();
+/// Run `f` in a write transaction and commit it.
+fn write(
+    conn: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    // The write lock at the start: with another daemon on the database (a restart's
+    // hand-over), a deferred transaction that read first could not upgrade to write and would
+    // fail at once instead of waiting out the busy timeout.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    f(&tx)?;
+    tx.commit()
+}
+
+fn insert_record(
+    tx: &rusqlite::Transaction<'_>,
+    rec: &RequestRecord,
+    json: &str,
+) -> rusqlite::Result<()> {
     // Prepared once per connection (rusqlite's statement cache), not once per record.
     let mut insert = tx.prepare_cached(
         "INSERT OR REPLACE INTO requests(id, unix_ms, day, provider, input_tokens, output_tokens,
@@ -1100,6 +1128,60 @@ mod tests {
         assert_eq!(store.trouble(), None);
     }
 
+    /// A database that is full (its page limit standing in for a full disk) with records
+    /// waiting: reads, the hand-over a restart waits for and the close are still answered.
+    /// A failed write returned before them, and the next daemon ran without saved state
+    /// (found by a review).
+    #[test]
+    fn a_full_database_still_answers_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let lockf = lock(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        migrate(&conn).unwrap();
+        let pages: i64 = conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 3)
+            .unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let trouble = Mutex::new(None);
+        let thread = std::thread::spawn(move || {
+            let closed = run(
+                conn,
+                rx,
+                Duration::ZERO,
+                Duration::from_secs(3600),
+                None,
+                &lockf,
+                &trouble,
+            );
+            (closed, trouble.into_inner().unwrap())
+        });
+        for id in 1..=400 {
+            let mut r = record_with_id(id);
+            r.provider = Some("x".repeat(500));
+            tx.send(Cmd::Record(Box::new(r))).unwrap();
+        }
+        let (why, answer) = oneshot::channel();
+        tx.send(Cmd::Why(None, why)).unwrap();
+        assert!(answer.blocking_recv().is_ok(), "the read was dropped");
+        let (ack, acked) = oneshot::channel();
+        tx.send(Cmd::HandOver {
+            health: vec![],
+            next_record: 999,
+            ack,
+        })
+        .unwrap();
+        assert!(acked.blocking_recv().is_ok(), "the hand-over was dropped");
+        let (ack, _closed) = oneshot::channel();
+        tx.send(Cmd::Close(ack)).unwrap();
+        let (closed, trouble) = thread.join().unwrap();
+        assert!(closed.is_some(), "the close was dropped");
+        let trouble = trouble.expect("the failure is said");
+        assert!(trouble.contains("kept in memory"), "{trouble}");
+    }
+
     fn record_with_id(id: u64) -> RequestRecord {
         RequestRecord {
             id,
@@ -1222,7 +1304,8 @@ mod tests {
         let start = std::time::Instant::now();
         let tx = conn.transaction().unwrap();
         for id in n..2 * n {
-            insert_record(&tx, &rec(id)).unwrap();
+            let r = rec(id);
+            insert_record(&tx, &r, &serde_json::to_string(&r).unwrap()).unwrap();
         }
         tx.commit().unwrap();
         let cached = start.elapsed().as_secs_f64() * 1e6 / n as f64;

@@ -80,11 +80,12 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
         300..=399 => ErrorKind::NotFound,
         // A wrong method or a model taken away: this entry's configuration, like a 404.
         405 | 410 => ErrorKind::NotFound,
-        400 | 422 => ErrorKind::BadRequest,
-        // Any other 4xx (418, 421, 425, 451…) is a server's or a proxy's own refusal, not a
-        // verdict on the request: the request failed there and goes elsewhere. As a
-        // `BadRequest` it went to the client as a 400 while other providers were healthy
-        // (found by a chaos run).
+        // Any other 4xx (418, 421, 451, a proxy's 407 or 415) is a refusal of this request
+        // there, like a 400: it gets a second opinion elsewhere (see `policy::decide`) rather
+        // than going to the client while other providers are healthy (found by a chaos run),
+        // and no fault: retried as a 5xx, one proxy refusing some content opened the breaker
+        // for every request (found by a review).
+        400..=499 => ErrorKind::BadRequest,
         _ => ErrorKind::ServerError,
     }
 }
@@ -269,8 +270,8 @@ mod tests {
         );
         assert_eq!(k(422, None, Some("unprocessable")), ErrorKind::BadRequest);
         assert_eq!(k(409, None, None), ErrorKind::ServerError);
-        assert_eq!(k(418, None, Some("I'm a teapot")), ErrorKind::ServerError);
-        assert_eq!(k(451, None, None), ErrorKind::ServerError);
+        assert_eq!(k(418, None, Some("I'm a teapot")), ErrorKind::BadRequest);
+        assert_eq!(k(451, None, None), ErrorKind::BadRequest);
         assert_eq!(k(410, None, None), ErrorKind::NotFound);
         assert_eq!(k(400, None, None), ErrorKind::BadRequest);
         assert_eq!(k(408, None, None), ErrorKind::Timeout);

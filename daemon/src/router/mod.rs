@@ -471,6 +471,10 @@ struct Journey {
     unreachable_probes: Vec<usize>,
     /// Refused the response format asked natively (a `400`): asked in words from then on.
     format_in_words: Vec<usize>,
+    /// Asked to start over after refusing a continuation (a `400`): once each. A client's
+    /// own prefill is a continuation too, and a request refused for another reason was
+    /// started over until the attempts ran out (found by a review: 11 requests for one 400).
+    restarted: Vec<usize>,
     /// Retries on each provider: (index, count).
     retries: Vec<(usize, u32)>,
     /// Every error, in order.
@@ -1531,6 +1535,7 @@ impl Router {
                     status: err.status,
                     retry_after: err.retry_after.map(|d| d.min(self.cfg.max_cooldown)),
                     prefill_rejected: crate::provider::error::is_prefill_rejection(&err.message),
+                    restarted_here: j.restarted.contains(&i),
                     refused_elsewhere: j
                         .errors
                         .iter()
@@ -1669,7 +1674,21 @@ impl Router {
             };
             j.errors.push((i, err.clone()));
             match next {
-                Next::Surface => break 'request Err((err, None)),
+                Next::Surface => {
+                    let mut err = err;
+                    if err.kind == ErrorKind::BadRequest {
+                        // The second opinion agreed: both providers' words, the first often
+                        // in the client's own API's terms.
+                        if let Some((_, first)) = j
+                            .errors
+                            .iter()
+                            .find(|(c, e)| *c != i && e.kind == ErrorKind::BadRequest)
+                        {
+                            err.message = format!("{}; {}", first.message, err.message);
+                        }
+                    }
+                    break 'request Err((err, None));
+                }
                 Next::Retry { after } => {
                     tracing::info!(provider = %p.cfg.name, error = %err,
                                    wait_ms = after.as_millis() as u64, "retrying");
@@ -1700,6 +1719,7 @@ impl Router {
                     same_may_wait = true;
                 }
                 Next::Restart => {
+                    push_once(&mut j.restarted, i);
                     same = Some(i);
                     restart = true;
                     pending_reroute = Some((
@@ -1875,6 +1895,9 @@ impl Router {
                 summary.push(line);
             }
         }
+        // A request one provider refused as bad and another then failed to answer (a 429, a
+        // stall) ends with the last failure's kind: the second opinion is unknown, and a
+        // client told to come back later may find it takes the request.
         let mut err = last;
         err.message = format!("every provider failed ({})", summary.join("; "));
         if let Some(why) = &j.unavailable {

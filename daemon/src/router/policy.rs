@@ -89,6 +89,8 @@ pub struct Facts {
     /// Another provider already refused this request as bad (a `400`): the request is, not
     /// the provider's taste.
     pub refused_elsewhere: bool,
+    /// This request already started over here after a refused continuation.
+    pub restarted_here: bool,
     /// The attempt asked for structured output with the API's own field.
     pub native_format: bool,
     /// The request holds images or documents, which not every provider reads (DeepSeek,
@@ -133,7 +135,7 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
     };
     let next = match f.kind {
         ErrorKind::Cancelled | ErrorKind::Internal | ErrorKind::ShuttingDown => Next::Surface,
-        ErrorKind::BadRequest if f.continuation && !f.progressed => {
+        ErrorKind::BadRequest if f.continuation && !f.progressed && !f.restarted_here => {
             // Most likely the continuation itself was refused; start over on the same provider.
             effect.no_prefill = f.prefill_rejected;
             Next::Restart
@@ -142,7 +144,9 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
         // tools, models without it): a `400` to a request that asked for it natively is
         // retried once with the schema in words rather than handed to the client. A `400`
         // for another reason comes back the same and goes to the client then.
-        ErrorKind::BadRequest if f.native_format && !f.progressed => Next::InWords,
+        ErrorKind::BadRequest if f.native_format && !f.progressed && !f.refused_elsewhere => {
+            Next::InWords
+        }
         ErrorKind::BadRequest if f.status == Some(422) => away,
         // An image or a PDF this provider cannot read: another may. Only when every one
         // refuses is the `400` the client's.
@@ -260,6 +264,7 @@ mod tests {
             retry_after: None,
             prefill_rejected: false,
             refused_elsewhere: false,
+            restarted_here: false,
             native_format: false,
             attachments: false,
             connected: true,
@@ -610,6 +615,30 @@ mod tests {
                 Facts {
                     status: Some(400),
                     alternative: false,
+                    ..f(BadRequest)
+                },
+                Next::Surface,
+                false,
+                None,
+            ),
+            (
+                "400 to a continuation, already started over here",
+                Facts {
+                    status: Some(400),
+                    continuation: true,
+                    restarted_here: true,
+                    ..f(BadRequest)
+                },
+                Next::FailOver,
+                false,
+                None,
+            ),
+            (
+                "400 to structured output, refused elsewhere too",
+                Facts {
+                    status: Some(400),
+                    native_format: true,
+                    refused_elsewhere: true,
                     ..f(BadRequest)
                 },
                 Next::Surface,
