@@ -513,11 +513,15 @@ impl HealthBook {
     /// One request's outcome at provider `i` (once per request and provider).
     pub fn record_outcome(&mut self, i: usize, ok: bool, now: Instant) {
         let hl = self.cfg.health_half_life;
+        self.providers[i].success.observe(ok, now, hl);
+    }
+
+    /// Back in routing after its key was rejected or its account could not pay, once a
+    /// request pinned to it was answered: it stayed out, "key rejected", while it answered
+    /// (found by a helper).
+    pub fn enable(&mut self, i: usize) {
         let p = &mut self.providers[i];
-        p.success.observe(ok, now, hl);
-        if ok && matches!(p.breaker, Breaker::Disabled { .. }) {
-            // An answer (a request pinned to it) shows the key and the account work again:
-            // it stayed out of routing, "key rejected", while it answered (found by a helper).
+        if matches!(p.breaker, Breaker::Disabled { .. }) {
             p.breaker = Breaker::Closed;
             p.recent.clear();
         }

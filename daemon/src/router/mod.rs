@@ -1482,10 +1482,17 @@ impl Router {
                 unreachable.retain(|&u| u != i);
                 let cost = p.cfg.cost(&end.usage);
                 let tokens = end.usage.input_tokens + end.usage.output_tokens;
+                let pinned = plan.pinned;
                 lease.finish(|book, now| {
                     book.record_attempt(i, false, probe, now);
                     if take_outcome {
                         book.record_outcome(i, true, now);
+                    }
+                    if pinned {
+                        // Sent there with its key rejected (or its account not paying): the
+                        // answer shows both work again. Only a pinned request counts: one
+                        // that began before the key was refused proves nothing now.
+                        book.enable(i);
                     }
                     book.record_latency(i, elapsed, now);
                     if tokens > 0 {
