@@ -41,20 +41,26 @@ mod on_signal {
 
     /// The terminal's settings with its echo on (the same at every hold).
     static SAVED: OnceLock<libc::termios> = OnceLock::new();
+    /// And with it off, as a hold sets them (put back after a stop, Ctrl-Z then `fg`).
+    static QUIET: OnceLock<libc::termios> = OnceLock::new();
     /// The echo is off now.
     static HELD: AtomicBool = AtomicBool::new(false);
 
-    /// The echo is about to go off; `saved` has it on.
-    pub fn arm(saved: libc::termios) {
+    /// The echo is about to go off; `saved` has it on, `quiet` off.
+    pub fn arm(saved: libc::termios, quiet: libc::termios) {
         let _ = SAVED.set(saved);
+        let _ = QUIET.set(quiet);
         static HANDLERS: Once = Once::new();
         HANDLERS.call_once(|| {
-            for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                // SAFETY: the handler only loads two atomics, calls tcsetattr and re-raises the
-                // signal's default action, all async-signal-safe.
+            for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGTSTP] {
+                // SAFETY: the handler only loads atomics, calls tcflush and tcsetattr and
+                // re-raises the signal's default action, all async-signal-safe.
                 let _ = unsafe {
                     signal_hook::low_level::register(sig, move || {
                         if HELD.load(Ordering::Acquire) {
+                            // What was typed ahead goes with the chat: kept (NOFLSH), the
+                            // shell would read it next, as commands (found by a review).
+                            libc::tcflush(0, libc::TCIFLUSH);
                             if let Some(t) = SAVED.get() {
                                 libc::tcsetattr(0, libc::TCSANOW, t);
                             }
@@ -63,6 +69,17 @@ mod on_signal {
                     })
                 };
             }
+            // Back from a stop (`fg`) while an answer streams: the echo off again.
+            // SAFETY: as above.
+            let _ = unsafe {
+                signal_hook::low_level::register(libc::SIGCONT, || {
+                    if HELD.load(Ordering::Acquire) {
+                        if let Some(t) = QUIET.get() {
+                            libc::tcsetattr(0, libc::TCSANOW, t);
+                        }
+                    }
+                })
+            };
         });
         HELD.store(true, Ordering::Release);
     }
@@ -150,7 +167,7 @@ impl Quiet {
                 // helper: a half-typed question gone after cancelling the answer).
                 t.c_lflag &= !(libc::ECHO | libc::ECHONL);
                 t.c_lflag |= libc::NOFLSH;
-                on_signal::arm(saved);
+                on_signal::arm(saved, t);
                 if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
                     on_signal::disarm();
                     return Quiet { saved: None };

@@ -658,10 +658,38 @@ fn killed_while_an_answer_streams_the_chat_leaves_the_echo_on() {
         let start = tty.output.len();
         tty.type_text("tell me\r");
         tty.wait_for(start, "This is a simulated", Duration::from_secs(10));
+        // A line typed ahead: kept for the chat's next prompt (NOFLSH), it must not be left
+        // for the shell to run once the chat is gone.
+        tty.type_text("echo typed-ahead\r");
+        tty.pump(Duration::from_millis(200));
+        // SAFETY: ptsname_r writes the slave's path into a buffer owned here.
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(
+            unsafe { libc::ptsname_r(tty.master.as_raw_fd(), name.as_mut_ptr(), name.len()) },
+            0
+        );
+        let slave_path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&slave_path)
+            .expect("the terminal");
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
         unsafe { libc::kill(tty.child.id() as libc::pid_t, sig) };
         let status = tty.child.wait().expect("wait");
         assert!(!status.success(), "{sig}: {status:?}");
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::FIONREAD as _, &mut waiting) },
+            0
+        );
+        assert_eq!(
+            waiting, 0,
+            "signal {sig}: typed-ahead text left for the shell"
+        );
         // SAFETY: tcgetattr on the terminal's master descriptor, into a termios owned here.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         assert_eq!(
