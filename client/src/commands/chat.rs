@@ -834,7 +834,9 @@ impl Session<'_> {
                     });
                 // Nor does a fault on a provider the next message does not go to (another
                 // ranks first): it waits, armed, and fires some time later (found by a helper).
-                let first = report.as_ref().and_then(|r| {
+                // A pinned chat sends the next message to its pin: that one is first.
+                let pinned = self.pin.is_some();
+                let first = report.as_ref().filter(|_| !pinned).and_then(|r| {
                     r.providers
                         .iter()
                         .find(|p| {

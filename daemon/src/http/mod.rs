@@ -743,7 +743,7 @@ pub fn routes(front: Arc<Front>) -> Routes {
                     req.method(),
                     req.uri().path(),
                     req.uri().path(),
-                    if req.uri().path() == "/v1/models" || req.uri().path() == "/health" {
+                    if ["/v1/models", "/health", "/metrics"].contains(&req.uri().path()) {
                         "GET"
                     } else {
                         "POST"

@@ -835,13 +835,12 @@ pub fn stop_sequence(finish: &FinishReason) -> Option<&str> {
 }
 
 /// Why a stream that already showed text ends in an error when the answer had to start over:
-/// `from` gave up the answer (the provider that failed, or the one that then refused to go on
-/// with it: then `from` is `to`), and `to` starts afresh, which a client cannot show after
-/// what it has.
+/// `from` gave up the answer for `reason` (the provider that failed, or one that then refused
+/// to go on with it; `from` is `to` when one provider starts over), and `to` starts afresh,
+/// which a client cannot show after what it has.
 pub fn restart_message(from: &str, to: &str, reason: &str) -> String {
     let how = if from == to {
-        // `reason` says only that `to` refused to go on.
-        format!("the answer broke off and {to} could not continue it")
+        format!("{to} could not go on with the answer ({reason})")
     } else {
         format!("{from} failed mid-answer ({reason}) and {to} could not continue it")
     };
@@ -935,7 +934,10 @@ mod tests {
         );
         let m = restart_message("o2", "o2", "o2 cannot continue a partial answer");
         assert!(!m.contains("o2 failed"), "{m}");
-        assert!(m.contains("o2 could not continue it"), "{m}");
+        assert!(m.contains("o2 could not go on with the answer"), "{m}");
+        // One provider, retried after a cut: its reason is kept.
+        let m = restart_message("a", "a", "connection lost mid-stream");
+        assert!(m.contains("(connection lost mid-stream)"), "{m}");
     }
 
     #[test]

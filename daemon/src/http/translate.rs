@@ -144,8 +144,6 @@ pub fn text_of(parts: &[Value]) -> String {
     texts.join("\n\n")
 }
 
-/// A non-negative integer field that fits in u32 (larger values are clamped, not refused: the
-/// router clamps output limits to each model anyway).
 /// An array field that must be there, its error as the APIs word it: missing, or not an array
 /// (`"messages": "hi"` said "field required" of a field that was there).
 pub fn array_field<'a>(
@@ -161,22 +159,25 @@ pub fn array_field<'a>(
     }
 }
 
-/// An output limit (`max_tokens` and kin): absent or `null` is none; otherwise a whole number
-/// of at least 1, as every provider requires (`0` and `-5` were taken as "no limit" instead of
-/// the `400` the APIs answer; found by a helper).
+/// An output limit (`max_tokens` and kin): absent, `null` or negative (LM Studio's documented
+/// `-1`) is none; a whole number (also written `4096.0`) of at least 1 is the limit; `0` or
+/// text is the client's error, as the APIs answer (both were taken as "no limit"; found by
+/// a helper).
 pub fn token_limit(v: &Value, key: &str) -> Result<Option<u32>, ApiError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => match n.as_u64().filter(|&n| n >= 1) {
-            Some(n) => Ok(Some(n.min(u32::MAX as u64) as u32)),
-            None => Err(ApiError::bad_request(format!(
-                "{key}: expected a whole number of at least 1, got {n}"
-            ))),
-        },
+    let Some(n) = v.get(key).filter(|n| !n.is_null()) else {
+        return Ok(None);
+    };
+    match n.as_f64() {
+        Some(f) if f < 0.0 => Ok(None),
+        Some(f) if f >= 1.0 && f.fract() == 0.0 => Ok(Some(f.min(u32::MAX as f64) as u32)),
+        _ => Err(ApiError::bad_request(format!(
+            "{key}: expected a whole number of at least 1, got {n}"
+        ))),
     }
 }
 
-/// A non-negative integer field, if it is one.
+/// A non-negative integer field that fits in u32 (larger values are clamped, not refused: the
+/// router clamps output limits to each model anyway).
 pub fn u32_field(v: &Value, key: &str) -> Option<u32> {
     v.get(key)
         .and_then(Value::as_u64)

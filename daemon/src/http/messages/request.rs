@@ -431,7 +431,7 @@ mod tests {
         assert!(e.contains("messages.0.role: field required"), "{e}");
         for bad in [
             serde_json::json!(0),
-            serde_json::json!(-5),
+            serde_json::json!(2.5),
             serde_json::json!("many"),
         ] {
             let e = err(m(
@@ -446,6 +446,18 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.chat.max_tokens, Some(1));
+        // LM Studio's "no limit", and a whole number written as a float.
+        for (given, limit) in [
+            (serde_json::json!(-1), None),
+            (serde_json::json!(4096.0), Some(4096)),
+        ] {
+            let p = parse(&m(
+                serde_json::json!([{"role": "user", "content": "x"}]),
+                serde_json::json!({"max_tokens": given}),
+            ))
+            .unwrap();
+            assert_eq!(p.chat.max_tokens, limit);
+        }
     }
     use serde_json::json;
 
