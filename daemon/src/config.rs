@@ -1419,11 +1419,50 @@ fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
             }
             None => e.message().trim().to_string(),
         };
+        let message = match did_you_mean(e.message()) {
+            Some(near) => format!("{} (did you mean `{near}`?)", message.trim_end()),
+            None => message,
+        };
         ConfigError::Parse {
             path: path.to_path_buf(),
             message: message.replace('\n', " "),
         }
     })
+}
+
+/// For serde's "unknown field `cooldwn_secs`, expected one of `a`, `b`…", the known field
+/// nearest the unknown one, when it is near enough to be a typo (found by a helper: the whole
+/// list was given, the fix left to find in it).
+fn did_you_mean(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let (_, expected) = rest.split_once("expected")?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (edit_distance(unknown, known), known))
+        .filter(|&(d, known)| d > 0 && d <= 2.max(known.len() / 4))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -1870,6 +1909,16 @@ priority = 7
         assert!(msg.contains("line 3"), "{msg}");
         assert!(msg.contains("cooldwn"), "{msg}");
         assert!(!msg.contains('\n'), "one line: {msg}");
+        // A typo gets its fix named; a word far from every field gets none.
+        let e = load("[routing]\ncooldwn_secs = 3\n", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("did you mean `cooldown_secs`?"),
+            "{e}"
+        );
+        let e = load("[[provider]]\nname = \"x\"\nprioritty = 3\n", &env).unwrap_err();
+        assert!(e.to_string().contains("did you mean `priority`?"), "{e}");
+        let e = load("[routing]\nzebra = 3\n", &env).unwrap_err();
+        assert!(!e.to_string().contains("did you mean"), "{e}");
 
         let e = load("[[provider]]\nname = \"x\"\npriority = \"high\"\n", &env).unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
