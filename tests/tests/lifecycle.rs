@@ -576,6 +576,35 @@ async fn piped_chat_sets_answers_apart_with_a_blank_line() {
     assert!(text.ends_with('\n') && !text.ends_with("\n\n"), "{text:?}");
 }
 
+/// `/save ~/notes.md` writes under the home directory, as a shell reads the name (it failed
+/// with "No such file or directory"), and a second save says it replaced the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_reads_a_home_path_and_says_when_it_replaces() {
+    let mocks = Mocks::start().await;
+    let mut env = mocks.env();
+    let home = env.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    env.var("HOME", &home.display().to_string());
+    let _daemon = env.start_daemon(&[]);
+    let out = env.mythos_with_stdin(
+        &["chat"],
+        "the question\n/save ~/notes.md\n/save ~/notes.md\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let saved: Vec<&str> = said.lines().filter(|l| l.starts_with("saved to")).collect();
+    assert_eq!(
+        saved,
+        [
+            "saved to ~/notes.md",
+            "saved to ~/notes.md (the file there was replaced)"
+        ],
+        "{said}"
+    );
+    let notes = std::fs::read_to_string(home.join("notes.md")).expect("the file");
+    assert!(notes.contains("the question"), "{notes}");
+}
+
 /// A piped conversation with a command written wrong (`/task cod`, `/fault` with an unknown
 /// fault, a `/word` that is no command, `/save` where nothing can be written) ends with exit
 /// status 1 and says why on stderr, while the rest is still answered: it exited 0, and a

@@ -621,10 +621,24 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 },
             },
             Input::Save(None) => mistake("/save needs a file name"),
-            Input::Save(Some(path)) => match std::fs::write(&path, s.convo.markdown()) {
-                Ok(()) => say(&format!("saved to {path}\n")),
-                Err(e) => Err(Failure::new(format!("cannot write {path}: {e}"))),
-            },
+            Input::Save(Some(path)) => {
+                // `~/notes.md` as a shell reads it; a file already there is said to be replaced
+                // (both found by a helper: "No such file or directory", and a silent overwrite).
+                let full = match path.strip_prefix("~/") {
+                    Some(rest) => std::env::var_os("HOME")
+                        .map(|home| std::path::Path::new(&home).join(rest))
+                        .unwrap_or_else(|| path.clone().into()),
+                    None => path.clone().into(),
+                };
+                let replaced = full.exists();
+                match std::fs::write(&full, s.convo.markdown()) {
+                    Ok(()) if replaced => {
+                        say(&format!("saved to {path} (the file there was replaced)\n"))
+                    }
+                    Ok(()) => say(&format!("saved to {path}\n")),
+                    Err(e) => Err(Failure::new(format!("cannot write {path}: {e}"))),
+                }
+            }
             Input::Retry => match s.convo.take_last_question() {
                 Some(q) => s.turn(&q),
                 None => say("nothing to retry yet\n"),
