@@ -584,7 +584,7 @@ async fn save_reads_a_home_path_and_says_when_it_replaces() {
     let mut env = mocks.env();
     let home = env.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    env.var("HOME", &home.display().to_string());
+    env.var("HOME", home.display().to_string());
     let _daemon = env.start_daemon(&[]);
     let out = env.mythos_with_stdin(
         &["chat"],
