@@ -42,10 +42,6 @@ const KNOWN_PREFIXES: [&str; 14] = [
 /// that contains it. Shorter keys are masked only where they stand whole, in their own case.
 pub const MIN_KEY_RUN: usize = 8;
 
-/// Texts up to this long look for the key's windows in a list rather than a set (see
-/// `mask_key_runs`).
-const SHORT_TEXT: usize = 64;
-
 /// Remove the configured key, and anything shaped like an API key, from `text`.
 ///
 /// The key is masked as it stands, and also in another case (`SK-PROJ-…`) or in part (`proj-…`
@@ -91,28 +87,14 @@ fn mask_key_runs(text: &str, key: &str) -> String {
         }
         u64::from_le_bytes(w)
     };
+    let windows: std::collections::HashSet<u64> = body.windows(MIN_KEY_RUN).map(window).collect();
     let bytes = text.as_bytes();
     let mut covered = vec![false; bytes.len()];
     let mut any = false;
-    if bytes.len() <= SHORT_TEXT {
-        // A short text (a model name, once per answer): each of its windows looked for among
-        // the key's in a list, which costs less than hashing every window of the key into a
-        // set (~4,000 instructions a request).
-        let windows: Vec<u64> = body.windows(MIN_KEY_RUN).map(window).collect();
-        for (at, w) in bytes.windows(MIN_KEY_RUN).enumerate() {
-            if windows.contains(&window(w)) {
-                covered[at..at + MIN_KEY_RUN].fill(true);
-                any = true;
-            }
-        }
-    } else {
-        let windows: std::collections::HashSet<u64> =
-            body.windows(MIN_KEY_RUN).map(window).collect();
-        for (at, w) in bytes.windows(MIN_KEY_RUN).enumerate() {
-            if windows.contains(&window(w)) {
-                covered[at..at + MIN_KEY_RUN].fill(true);
-                any = true;
-            }
+    for (at, w) in bytes.windows(MIN_KEY_RUN).enumerate() {
+        if windows.contains(&window(w)) {
+            covered[at..at + MIN_KEY_RUN].fill(true);
+            any = true;
         }
     }
     if !any {
@@ -304,8 +286,6 @@ mod tests {
             "{r}"
         );
         assert!(r.ends_with(" / tail=***."), "{r}");
-        // A short text (a model name) is looked through another way: the same result.
-        assert_eq!(provider_text("gpt-23456789ABCDEF", Some(&key)), "gpt-***");
         // Keys without a known prefix: any run of eight characters, in any case.
         let key = Secret::new("localpass-SECRETPASS-xyz");
         let r = redact("got LOCALPASS-secretpass-XYZ and secretpass-x", Some(&key));
