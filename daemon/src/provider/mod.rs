@@ -422,11 +422,6 @@ impl Transport for HttpTransport {
     fn open(&self, req: &UpstreamRequest<'_>) -> OpenFuture {
         let name = self.cfg.name.clone();
         let key = self.cfg.api_key.clone();
-        // The configured model, which the answer names back: checked when the config was
-        // read (no control characters), it needs no scrubbing when it comes back as it went
-        // (redacting it cost ~4,000 instructions a request). A client's pinned name is
-        // scrubbed as any other.
-        let asked = (req.model == self.cfg.model).then(|| self.cfg.model.clone());
         let built = match self.cfg.api {
             Api::Anthropic => anthropic::build(&self.cfg, req),
             Api::Openai => openai::build(&self.cfg, req),
@@ -501,7 +496,6 @@ impl Transport for HttpTransport {
             // Everything the provider can put into our words leaves here scrubbed of keys.
             let stream = opened.await.map_err(|e| scrub(e, key.as_ref()))?;
             Ok(Box::pin(stream.map(move |item| match item {
-                Ok(Delta::Model(m)) if asked.as_deref() == Some(m.as_str()) => Ok(Delta::Model(m)),
                 Ok(Delta::Model(m)) => Ok(Delta::Model(redact::provider_text(&m, key.as_ref()))),
                 // The client sees the tool names it defined, not the ones the API needed.
                 Ok(Delta::ToolCallStart { index, id, name }) => {
