@@ -379,6 +379,19 @@ mod tests {
         assert!(enc.content.is_some() && enc.reasoning.is_some_and(|t| t.is_some()));
     }
 
+    /// The end of an answer that called tools.
+    fn tool_use_done() -> StreamEvent {
+        StreamEvent::Done(Box::new(mythos_protocol::DoneInfo {
+            finish: mythos_protocol::FinishReason::ToolUse,
+            usage: mythos_protocol::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 0,
+            provider: "p".into(),
+            model: "m".into(),
+            record: 1,
+        }))
+    }
+
     /// A call that got no arguments (Claude streams none for a tool without parameters) adds
     /// up to `"{}"`, as OpenAI streams it; one that got some adds up to exactly those.
     #[test]
@@ -425,16 +438,7 @@ mod tests {
         ] {
             enc.event(ev, &mut out);
         }
-        let done = mythos_protocol::DoneInfo {
-            finish: mythos_protocol::FinishReason::ToolUse,
-            usage: mythos_protocol::Usage::default(),
-            cost_usd: 0.0,
-            latency_ms: 0,
-            provider: "p".into(),
-            model: "m".into(),
-            record: 1,
-        };
-        assert!(enc.event(StreamEvent::Done(Box::new(done)), &mut out));
+        assert!(enc.event(tool_use_done(), &mut out));
         assert_eq!(args(&out), ["{}", r#"{"x":1}"#]);
     }
 
@@ -472,16 +476,7 @@ mod tests {
         ] {
             enc.event(ev, &mut out);
         }
-        let done = mythos_protocol::DoneInfo {
-            finish: mythos_protocol::FinishReason::ToolUse,
-            usage: mythos_protocol::Usage::default(),
-            cost_usd: 0.0,
-            latency_ms: 0,
-            provider: "p".into(),
-            model: "m".into(),
-            record: 1,
-        };
-        assert!(enc.event(StreamEvent::Done(Box::new(done)), &mut out));
+        assert!(enc.event(tool_use_done(), &mut out));
         let chunks: Vec<Value> = std::str::from_utf8(&out)
             .unwrap()
             .split("\n\n")
