@@ -839,12 +839,18 @@ pub fn stop_sequence(finish: &FinishReason) -> Option<&str> {
 /// to go on with it; `from` is `to` when one provider starts over), and `to` starts afresh,
 /// which a client cannot show after what it has.
 pub fn restart_message(from: &str, to: &str, reason: &str) -> String {
-    let how = if from == to {
-        format!("{to} could not go on with the answer ({reason})")
+    // Who cut the answer is not always `from` (a provider that refused to go on with it is
+    // `from` too): the reason says what happened, in its provider's name (a chaos run read
+    // "a2 failed mid-answer" of a provider that had only refused the continuation).
+    let why = if reason.starts_with(from) {
+        reason.to_string()
     } else {
-        format!("{from} failed mid-answer ({reason}) and {to} could not continue it")
+        format!("{from}: {reason}")
     };
-    format!("{how}; the answer must be asked again")
+    format!(
+        "the answer was cut and could not be continued ({why}); it starts over on {to}, so it \
+         must be asked again"
+    )
 }
 
 /// Chat Completions' `finish_reason` for a finish.
@@ -929,15 +935,13 @@ mod tests {
     fn a_restart_names_who_failed_only_when_it_is_known() {
         assert_eq!(
             restart_message("a2", "o2", "connection lost"),
-            "a2 failed mid-answer (connection lost) and o2 could not continue it; the answer \
-             must be asked again"
+            "the answer was cut and could not be continued (a2: connection lost); it starts \
+             over on o2, so it must be asked again"
         );
-        let m = restart_message("o2", "o2", "o2 cannot continue a partial answer");
-        assert!(!m.contains("o2 failed"), "{m}");
-        assert!(m.contains("o2 could not go on with the answer"), "{m}");
-        // One provider, retried after a cut: its reason is kept.
-        let m = restart_message("a", "a", "connection lost mid-stream");
-        assert!(m.contains("(connection lost mid-stream)"), "{m}");
+        // A provider that refused the continuation is not said to have failed mid-answer.
+        let m = restart_message("a2", "o2", "a2 cannot continue a partial answer");
+        assert!(!m.contains("failed"), "{m}");
+        assert!(m.contains("(a2 cannot continue a partial answer)"), "{m}");
     }
 
     #[test]

@@ -1534,6 +1534,7 @@ impl Router {
                     ..want.clone()
                 };
                 let alternative = !plan.pinned && book.any_soon(&others, now, SOON);
+                let any_other = !plan.pinned && !others.candidates.is_empty();
                 let ph = &mut book.providers[i];
                 let healthy = !ph.recent.iter().any(|(_, fault)| *fault);
                 let budget = ph.budget.allows(now);
@@ -1559,6 +1560,7 @@ impl Router {
                     healthy,
                     budget,
                     alternative,
+                    others: any_other,
                     backoff: retry::backoff(steps, jitter, retries_here as usize, fastrand::f64())
                         .unwrap_or_default(),
                     quick: retry::backoff(steps, jitter, 0, fastrand::f64()).unwrap_or_default(),

@@ -117,6 +117,8 @@ pub struct Facts {
     pub budget: bool,
     /// Another provider could take the request right now.
     pub alternative: bool,
+    /// Another provider could take it at all, now or after a wait (a rate limit, a cooldown).
+    pub others: bool,
     /// Backoff before the next retry on this provider (jittered by the caller).
     pub backoff: Duration,
     /// Backoff of a quick retry (the first step).
@@ -154,7 +156,9 @@ pub fn decide(f: &Facts) -> (Next, Effect) {
         // A second opinion: providers refuse what others take (a tool schema, a parameter, a
         // message shape), and a session must not end on one provider's taste while another
         // would answer. A request two providers refuse is the client's to fix.
-        ErrorKind::BadRequest if !f.progressed && f.alternative && !f.refused_elsewhere => away,
+        // One that must be waited for is still asked (a 418 from one provider went to the
+        // client while the others were rate limited for a few seconds; found by a chaos run).
+        ErrorKind::BadRequest if !f.progressed && f.others && !f.refused_elsewhere => away,
         ErrorKind::BadRequest | ErrorKind::Protocol => Next::Surface,
         ErrorKind::ContextLength => away,
         ErrorKind::Auth => {
@@ -277,6 +281,7 @@ mod tests {
             healthy: true,
             budget: true,
             alternative: true,
+            others: true,
             backoff: Duration::from_millis(500),
             quick: Duration::from_millis(100),
         }
@@ -600,6 +605,17 @@ mod tests {
                 None,
             ),
             (
+                "400 while the others wait out a rate limit",
+                Facts {
+                    status: Some(400),
+                    alternative: false,
+                    ..f(BadRequest)
+                },
+                Next::FailOver,
+                false,
+                None,
+            ),
+            (
                 "400 refused elsewhere too",
                 Facts {
                     status: Some(400),
@@ -615,6 +631,7 @@ mod tests {
                 Facts {
                     status: Some(400),
                     alternative: false,
+                    others: false,
                     ..f(BadRequest)
                 },
                 Next::Surface,

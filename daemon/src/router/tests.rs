@@ -4366,6 +4366,23 @@ async fn a_clients_prefill_is_continued_in_words_elsewhere() {
     assert_eq!(final_text(&ev), " gamma delta.");
 }
 
+/// A 400 from the one provider free while the others wait out a rate limit gets its second
+/// opinion after the wait: it went to the client at once, a 400 no client retries, where a
+/// few seconds' wait had the request answered (found by a chaos run).
+#[tokio::test(start_paused = true)]
+async fn a_second_opinion_waits_for_a_rate_limited_provider() {
+    let h = harness(2, no_jitter());
+    // Alpha rate limited for 5 s (beta answers that request).
+    h.scripts[0].push([Step::Fail(err(ErrorKind::RateLimited, Some(5)))]);
+    let ev = ask(&h.router, req("pause alpha")).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+    // Beta refuses the next: alpha is asked once its pause is over.
+    h.scripts[1].push([Step::Fail(err(ErrorKind::BadRequest, None))]);
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(done_provider(&ev), Some("alpha"), "{ev:?}");
+    assert_eq!(h.scripts[0].calls(), 2);
+}
+
 /// A request with a client's prefill that providers refuse (a `400`) costs a request at each
 /// of two providers and one start-over: it was started over at the second until the attempts
 /// ran out (11 requests for one bad request; found by a review).
