@@ -630,7 +630,13 @@ fn run(
                     given_up = 0;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot write state");
+                    // Once when it starts, not at every batch: on a full disk the log would
+                    // fill what little room is left.
+                    if trouble.is_none() {
+                        tracing::error!(error = %e, "cannot write state");
+                    } else {
+                        tracing::debug!(error = %e, "still cannot write state");
+                    }
                     let lost = if given_up > 0 {
                         format!(", {given_up} older ones given up")
                     } else {
