@@ -312,7 +312,8 @@ pub struct RoutingConfig {
     /// Anthropic streams a tool's input one whole key and value at a time, so a file written
     /// as one argument arrives after tens of seconds with nothing but pings: the gap allowed
     /// between text tokens would kill that healthy call and have the next provider write it
-    /// again.
+    /// again. A request that offers tools is allowed it everywhere on a provider not yet seen
+    /// to stream a call's arguments (local servers and Gemini send a call whole once written).
     pub tool_stall_timeout: Duration,
 }
 

@@ -1007,6 +1007,7 @@ mod tests {
             last_error: None,
             no_prefill: false,
             no_prefill_until_unix_ms: None,
+            calls_streamed: vec!["deepseek-chat".into()],
             quota: None,
             success_counts: Some((1.0, 1.0)),
             saved_unix_ms: 1,

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mythos_protocol::{ErrorKind, FinishReason, StreamEvent, Usage};
+use mythos_protocol::{ChatRequest, ErrorKind, FinishReason, StreamEvent, ToolChoice, Usage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -124,8 +124,23 @@ impl Router {
     ) -> AttemptEnd {
         let i = lease.index;
         let p = &self.providers[i];
-        let (ttft_limit, gap_limit) = self.health().watchdog(i, input_tokens);
+        let (ttft_limit, gap_limit, whole_calls) = {
+            let book = self.health();
+            let (ttft, gap) = book.watchdog(i, input_tokens);
+            (
+                ttft,
+                gap,
+                offers_tools(upstream.chat) && !book.streams_calls(i, upstream.model),
+            )
+        };
         let tool_limit = self.cfg.tool_stall_timeout;
+        // A provider not known to stream its tool calls may be writing one, unseen, in any
+        // silence (see `HealthBook::streams_calls`): it is allowed a tool call's silence.
+        let (ttft_limit, quiet_limit) = if whole_calls {
+            (ttft_limit.max(tool_limit), gap_limit.max(tool_limit))
+        } else {
+            (ttft_limit, gap_limit)
+        };
         let t0 = Instant::now();
         let mut end = AttemptEnd {
             usage: Usage::default(),
@@ -249,6 +264,12 @@ impl Router {
         let mut tool_pauses = Duration::ZERO;
         let mut waiting_for = "no first token";
         let mut limit = ttft_limit;
+        // The limit is a tool call's (or a server tool's): its pauses are not the text's pace.
+        let mut in_call = false;
+        // The call the last argument fragment was for: a second fragment in a row for the
+        // same call shows the provider streams them (see `HealthBook::streams_calls`).
+        let mut args_of: Option<u32> = None;
+        let mut learning = whole_calls;
         let mut events: Vec<StreamEvent> = Vec::with_capacity(2);
         // Tool-call and refusal events not yet shown: they are still being streamed.
         let mut held: Vec<StreamEvent> = Vec::new();
@@ -343,25 +364,44 @@ impl Router {
                             self.changed.notify_one();
                         }
                     }
-                    // A pause in a tool call is not the pace of the provider's tokens: left
-                    // out of the mean gap, it would stretch the limit for the next text.
-                    Some(before) if limit > gap_limit => tool_pauses += now - before,
+                    // A pause in a tool call (or before a call that came whole) is not the
+                    // pace of the provider's tokens: left out of the mean gap, it would
+                    // stretch the limit for the next text.
+                    Some(before)
+                        if (in_call && limit > gap_limit)
+                            || (whole_calls
+                                && matches!(delta, Some(Delta::ToolCallStart { .. }))) =>
+                    {
+                        tool_pauses += now - before
+                    }
                     Some(_) => gaps += 1,
                 }
                 last_progress = Some(now);
+                match delta {
+                    Some(Delta::ToolCallArgs { index, .. }) if learning => {
+                        if args_of.replace(index) == Some(index) {
+                            self.health().learn_streams_calls(i, upstream.model);
+                            learning = false;
+                        }
+                    }
+                    Some(Delta::ToolCallStart { .. }) => args_of = None,
+                    _ => {}
+                }
                 // A tool call's arguments may pause far longer than text does (see
                 // `tool_stall_timeout`); the limit is back to the gap's at the next text.
-                (waiting_for, limit) = match delta {
+                (waiting_for, limit, in_call) = match delta {
                     Some(Delta::ToolCallStart { .. } | Delta::ToolCallArgs { .. }) => {
-                        ("silent in a tool call", gap_limit.max(tool_limit))
+                        ("silent in a tool call", gap_limit.max(tool_limit), true)
                     }
                     // A server tool (a web search, a fetch, code running at Anthropic) works
                     // in silence between its call and its result, pings aside; after the
                     // result, the text's pace is expected again.
-                    Some(Delta::ServerBlock(ref json)) if is_server_call(json) => {
-                        ("silent while a server tool ran", gap_limit.max(tool_limit))
-                    }
-                    _ => ("silent", gap_limit),
+                    Some(Delta::ServerBlock(ref json)) if is_server_call(json) => (
+                        "silent while a server tool ran",
+                        gap_limit.max(tool_limit),
+                        true,
+                    ),
+                    _ => ("silent", quiet_limit, false),
                 };
                 watch_from = now;
                 // The timer fires early and is re-armed when the limit grew (above); when it
@@ -572,7 +612,8 @@ impl Router {
                     end.finish = Some(r);
                     // Only the terminator is left to come: a tool call's allowance is over.
                     let now = Instant::now();
-                    (waiting_for, limit, watch_from) = ("silent after its finish", gap_limit, now);
+                    (waiting_for, limit, watch_from, in_call) =
+                        ("silent after its finish", gap_limit, now, false);
                     if now + limit < deadline.deadline() {
                         deadline.as_mut().reset(now + limit);
                         alarm.mark();
@@ -751,6 +792,11 @@ struct ServerKind<'a> {
     tool_use_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     name: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The model may answer with a tool call: tools are offered and not forbidden.
+fn offers_tools(chat: &ChatRequest) -> bool {
+    !chat.tools.is_empty() && !matches!(chat.options.tool_choice, Some(ToolChoice::None))
 }
 
 /// Whether a server tool's block is its call (`server_tool_use`, `mcp_tool_use`), after which

@@ -220,7 +220,13 @@ pub struct ProviderHealth {
     pub last_error: Option<String>,
     /// The provider rejected an assistant prefill; until then, continue with a restart instead.
     pub no_prefill_until: Option<Instant>,
+    /// Models of this provider seen to stream a tool call's arguments a piece at a time (see
+    /// [`HealthBook::streams_calls`]); at most [`MAX_CALL_MODELS`], the latest last.
+    pub calls_streamed: Vec<String>,
 }
+
+/// The most models per provider [`ProviderHealth::calls_streamed`] remembers.
+pub const MAX_CALL_MODELS: usize = 16;
 
 impl ProviderHealth {
     /// What a request estimated at `cost` takes from this provider's quotas: its output as the
@@ -258,6 +264,7 @@ impl ProviderHealth {
             last_selected: None,
             last_error: None,
             no_prefill_until: None,
+            calls_streamed: Vec::new(),
         }
     }
 }
@@ -679,6 +686,27 @@ impl HealthBook {
         (first, adapt(&p.gap, c.stall_timeout))
     }
 
+    /// Whether `model` on provider `i` is known to stream a tool call's arguments as it writes
+    /// them (OpenAI's and Anthropic's own servers do). Until it is seen to, a request that
+    /// offers tools allows it the tool-call silence everywhere: a local server (Ollama,
+    /// vLLM's parsers, LM Studio) and Gemini send a call whole once written, after a silence as
+    /// long as the arguments take to write, and the gap allowed between tokens cut every
+    /// file a local model wrote, on every attempt.
+    pub fn streams_calls(&self, i: usize, model: &str) -> bool {
+        self.providers[i].calls_streamed.iter().any(|m| m == model)
+    }
+
+    /// `model` on provider `i` streamed a tool call's arguments a piece at a time.
+    pub fn learn_streams_calls(&mut self, i: usize, model: &str) {
+        let seen = &mut self.providers[i].calls_streamed;
+        if !seen.iter().any(|m| m == model) {
+            if seen.len() >= MAX_CALL_MODELS {
+                seen.remove(0);
+            }
+            seen.push(model.to_string());
+        }
+    }
+
     /// Public breaker state and cooldown left.
     pub fn state_of(&self, i: usize, now: Instant) -> (BreakerState, Option<Duration>) {
         let p = &self.providers[i];
@@ -799,6 +827,7 @@ impl HealthBook {
                     last_error: p.last_error.clone(),
                     no_prefill: p.no_prefill_until.is_some_and(|t| t > now),
                     no_prefill_until_unix_ms: p.no_prefill_until.filter(|&t| t > now).map(to_unix),
+                    calls_streamed: p.calls_streamed.clone(),
                     saved_unix_ms: now_unix_ms,
                 }
             })
@@ -889,6 +918,8 @@ impl HealthBook {
                 // Saved before refusals expired: give it the full period from now.
                 None => s.no_prefill.then(|| now + NO_PREFILL_FOR),
             };
+            p.calls_streamed = s.calls_streamed.clone();
+            p.calls_streamed.truncate(MAX_CALL_MODELS);
         }
     }
 
@@ -948,6 +979,9 @@ pub struct SavedHealth {
     /// Prefill rejected until then.
     #[serde(default)]
     pub no_prefill_until_unix_ms: Option<u64>,
+    /// Models seen to stream tool-call arguments (see [`HealthBook::streams_calls`]).
+    #[serde(default)]
+    pub calls_streamed: Vec<String>,
     /// When this was written.
     pub saved_unix_ms: u64,
 }

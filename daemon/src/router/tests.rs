@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mythos_protocol::{
     BreakerState, ChatRequest, ErrorKind, FinishReason, Pin, RerouteMode, Response, StreamEvent,
-    TaskKind, Usage,
+    TaskKind, ToolSpec, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -444,6 +444,133 @@ async fn a_tool_input_that_comes_after_a_long_silence_is_not_killed() {
         "{took:?}"
     );
     assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+}
+
+/// A local server (Ollama, vLLM's tool parsers, LM Studio) or Gemini sends a tool call whole
+/// once it is written: the model writes a file in silence, for as long as the file takes. Such
+/// a call must finish where it started, on every provider not yet seen to stream its calls'
+/// arguments (it was cut at the gap limit on every attempt, and a sole local provider could
+/// never write a file); once a model has streamed a call a piece at a time, a silence after
+/// its text is a stall again at the text's limit, and that is remembered across a restart.
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_sent_whole_after_a_long_silence_is_waited_for() {
+    // History: tokens 10 ms apart, so the gap limit is the floor. A harness each time: a
+    // slow answer ranks the provider below the other.
+    let warm = || async {
+        let h = harness(2, no_jitter());
+        h.scripts[0].push([answer(&["one", " two", " three", " four"])]);
+        assert_eq!(
+            done_provider(&ask(&h.router, req("hi")).await),
+            Some("alpha")
+        );
+        h
+    };
+    let h = warm().await;
+    let gap_limit = h.router.health().watchdog(0, 0).1;
+    assert_eq!(gap_limit, Duration::from_secs(5));
+    let tool_limit = RoutingConfig::default().tool_stall_timeout;
+    let mut with_tools = req("write a.rs");
+    with_tools.tools.push(ToolSpec {
+        name: "write_file".into(),
+        description: String::new(),
+        input_schema_json: r#"{"type":"object"}"#.into(),
+    });
+    let start = |delay: u64, id: &str| {
+        (
+            delay,
+            Ok(Delta::ToolCallStart {
+                index: 0,
+                id: id.into(),
+                name: "write_file".into(),
+            }),
+        )
+    };
+    let args = |json: &str| {
+        (
+            0,
+            Ok(Delta::ToolCallArgs {
+                index: 0,
+                json: json.into(),
+            }),
+        )
+    };
+    let whole = r#"{"path":"a.rs","content":"fn main() {}"}"#;
+    let silence =
+        |items: &mut Vec<_>| items.extend((0..1_000).map(|_| (4_000, Ok(Delta::KeepAlive))));
+
+    // After its text, and as the whole answer: 40 s of silence, then the call, whole.
+    for first in [Some("I'll write it."), None] {
+        let mut items: Vec<_> = first.map(text).into_iter().collect();
+        items.extend([start(40_000, "t1"), args(whole)]);
+        items.push((0, Ok(Delta::Finish(FinishReason::ToolUse))));
+        h.scripts[0].push([Step::Stream(items)]);
+        let ev = ask(&h.router, with_tools.clone()).await;
+        assert_eq!(done_provider(&ev), Some("alpha"), "{first:?}: {ev:?}");
+        assert!(
+            !ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+            "{first:?}: {ev:?}"
+        );
+    }
+    // The silence was not the text's pace: the gap limit is still the floor.
+    assert_eq!(h.router.health().watchdog(0, 0).1, gap_limit);
+    // Silence beyond a tool call's allowance is still a stall.
+    let h = warm().await;
+    let mut items = vec![text("I'll write it.")];
+    silence(&mut items);
+    h.scripts[0].push([Step::Stream(items.clone())]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, with_tools.clone()).await;
+    let took = t0.elapsed();
+    assert!(
+        took >= tool_limit && took < tool_limit + Duration::from_secs(2),
+        "{took:?} {ev:?}"
+    );
+    assert_eq!(done_provider(&ev), Some("beta"));
+    // Without tools offered, no call can be on its way: the text's limit.
+    let h = warm().await;
+    h.scripts[0].push([Step::Stream(items.clone())]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("hi")).await;
+    let took = t0.elapsed();
+    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+    assert!(
+        took >= gap_limit && took < gap_limit + Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // The model streams a call's arguments a piece at a time: from then on, the text's limit.
+    let h = warm().await;
+    h.scripts[0].push([Step::Stream(vec![
+        text("Writing."),
+        start(10, "t2"),
+        args(r#"{"path":"#),
+        args(r#""a.rs"}"#),
+        (0, Ok(Delta::Finish(FinishReason::ToolUse))),
+    ])]);
+    assert_eq!(
+        done_provider(&ask(&h.router, with_tools.clone()).await),
+        Some("alpha")
+    );
+    assert!(h.router.health().streams_calls(0, "alpha-model"));
+    h.scripts[0].push([Step::Stream(items.clone())]);
+    let t0 = Instant::now();
+    let ev = ask(&h.router, with_tools.clone()).await;
+    let took = t0.elapsed();
+    assert!(ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })));
+    assert!(
+        took >= gap_limit && took < gap_limit + Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // Remembered across a restart, for that model only.
+    let saved = h.router.health().save(Instant::now(), 1_000_000);
+    let h2 = harness(2, no_jitter());
+    h2.router
+        .health()
+        .restore(&saved, Instant::now(), 1_000_000);
+    assert!(h2.router.health().streams_calls(0, "alpha-model"));
+    assert!(!h2.router.health().streams_calls(0, "another-model"));
+    assert!(!h2.router.health().streams_calls(1, "beta-model"));
 }
 
 /// The finish reason came and then the stream broke before its terminator (cut, garbled, or
