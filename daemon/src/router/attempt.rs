@@ -379,7 +379,8 @@ impl Router {
                 last_progress = Some(now);
                 match delta {
                     Some(Delta::ToolCallArgs { index, .. }) if learning => {
-                        if args_of.replace(index) == Some(index) {
+                        let again = args_of.replace(index) == Some(index);
+                        if again {
                             self.health().learn_streams_calls(i, upstream.model);
                             learning = false;
                         }
