@@ -351,6 +351,9 @@ pub fn plan_reload(config: &Config, old: &[ProviderConfig], simulate: bool) -> R
     }
 }
 
+/// How long a reload waits for the config file to be read.
+const CONFIG_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Re-read the config file (SIGHUP), as a start would read it: providers are rebuilt and health
 /// carries over (the same book when the same providers stay, in any order; by name otherwise); a provider
 /// whose key changed gets a fresh chance after a 401. What a config that loaded leads to is
@@ -362,9 +365,21 @@ pub async fn reload(ctx: &Context, opts: &Options) -> Result<(), String> {
         ctx.reload_refused(why.clone());
         Err(why)
     };
-    let config = match Config::load(&opts.config) {
-        Ok(c) => c,
-        Err(e) => return refuse(e.to_string()),
+    // Read on a blocking thread, for a while at most: a config on a network mount that hangs
+    // must not hold the worker that serves status and streams.
+    let path = opts.config.clone();
+    let loading = tokio::task::spawn_blocking(move || Config::load(&path));
+    let config = match tokio::time::timeout(CONFIG_READ_TIMEOUT, loading).await {
+        Ok(Ok(Ok(c))) => c,
+        Ok(Ok(Err(e))) => return refuse(e.to_string()),
+        Ok(Err(e)) => return refuse(format!("reading the config failed: {e}")),
+        Err(_) => {
+            return refuse(format!(
+                "{} could not be read within {} s (a network mount that hangs?)",
+                opts.config.display(),
+                CONFIG_READ_TIMEOUT.as_secs()
+            ))
+        }
     };
     let old = ctx.router();
     let old_configs: Vec<ProviderConfig> = old.providers().iter().map(|p| p.cfg.clone()).collect();

@@ -665,20 +665,12 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (parsed, source, text) = match std::fs::read(file) {
-            Ok(bytes) => {
+        let (parsed, source, text) = match read_file(file)? {
+            Some(bytes) => {
                 let text = utf8(bytes, file)?;
                 (parse(&text, file)?, Some(file.to_path_buf()), text)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (FileConfig::default(), None, String::new())
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: file.to_path_buf(),
-                    source,
-                })
-            }
+            None => (FileConfig::default(), None, String::new()),
         };
         let err = |message: String| ConfigError::Parse {
             path: file.to_path_buf(),
@@ -1329,6 +1321,69 @@ fn line_col(text: &str, offset: usize) -> String {
 
 /// The file as text; bytes that are not UTF-8 are refused with their place, which an editor
 /// saving in Latin-1 needs to be found.
+/// The most a config file may hold: a real one is a few KiB, and a 20 MB one (five million
+/// retry delays) held a reload for 8 s.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The config file's bytes; `None` when there is none. Only a regular file is read: opening a
+/// FIFO waits for a writer, and a reload held the daemon (status, `/health`, every new
+/// request) until one came. It is opened without waiting and checked once open, so a file
+/// swapped for a FIFO after a check cannot hold it either.
+fn read_file(file: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
+    use std::io::{Error, ErrorKind, Read};
+    let failed = |source| ConfigError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut open, libc::O_NONBLOCK);
+    let f = match open.open(file) {
+        Ok(f) => f,
+        // A link to nothing is a mistake to point out, not "no config file".
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return match std::fs::read_link(file) {
+                Ok(to) => Err(failed(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "it is a symbolic link to {}, which does not exist",
+                        to.display()
+                    ),
+                ))),
+                Err(_) => Ok(None),
+            };
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let meta = f.metadata().map_err(failed)?;
+    let too_big = |len: u64| {
+        failed(Error::other(format!(
+            "it holds {len} bytes, and a config file may hold at most {} KiB",
+            MAX_CONFIG_BYTES >> 10
+        )))
+    };
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO or a device?)"
+        };
+        return Err(failed(Error::other(format!("it is {what}"))));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
 fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
         let good = e.utf8_error().valid_up_to();
@@ -1484,6 +1539,49 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, text).unwrap();
         Config::load_with(&path, env)
+    }
+
+    /// Only a regular file of a sane size is read, and the error says what is wrong: a FIFO
+    /// held a reload (and the daemon with it) until something wrote to it, a 20 MB file held
+    /// it for 8 s, and a link to nothing was taken for "no config file".
+    #[cfg(unix)]
+    #[test]
+    fn only_a_regular_file_of_a_sane_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_of(&[]);
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let e = Config::load_with(&fifo, &env).unwrap_err().to_string();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            e.contains("fifo.toml") && e.contains("not a regular file"),
+            "{e}"
+        );
+
+        let e = Config::load_with(dir.path(), &env).unwrap_err().to_string();
+        assert!(e.contains("it is a directory"), "{e}");
+
+        let big = dir.path().join("big.toml");
+        let mut text = "[routing]\nretry_backoff_ms = [".to_string();
+        text.push_str(&"100,".repeat(300_000));
+        text.push_str("100]\n");
+        std::fs::write(&big, text).unwrap();
+        let e = Config::load_with(&big, &env).unwrap_err().to_string();
+        assert!(e.contains("at most 1024 KiB"), "{e}");
+
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(dir.path().join("gone.toml"), &link).unwrap();
+        let e = Config::load_with(&link, &env).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && e.contains("gone.toml"),
+            "{e}"
+        );
+
+        // A file that is not there is still fine (the environment's providers).
+        let none = Config::load_with(&dir.path().join("none.toml"), &env).unwrap();
+        assert!(none.file.is_none());
     }
 
     #[test]

@@ -650,7 +650,7 @@ async fn handle(
             Ok(()) => Response::Ok,
             Err(message) => Response::Error {
                 kind: ErrorKind::BadRequest,
-                message: format!("the config was not reloaded: {message}"),
+                message: format!("the config was not reloaded (the one in force stays): {message}"),
             },
         },
         Request::Http => {
