@@ -27,6 +27,9 @@ pub(super) struct Partial {
     pub server_blocks: Vec<PrefillBlock>,
     /// A tool call (or a refusal) was started: the answer cannot be continued, only restarted.
     pub tool_started: bool,
+    /// A whole tool call was shown: an answer that breaks after it ends there (see
+    /// `Router::route`).
+    pub call_shown: bool,
     /// Anything at all was sent to the client (text, thinking, tool call).
     pub emitted: bool,
 }
@@ -484,6 +487,9 @@ impl Router {
                     return end;
                 }
                 partial.tool_started = true;
+                partial.call_shown |= held
+                    .iter()
+                    .any(|e| matches!(e, StreamEvent::ToolCallStart { .. }));
                 events.append(&mut held);
             }
             let Some(delta) = delta else {

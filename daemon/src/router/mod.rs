@@ -1475,6 +1475,30 @@ impl Router {
                 },
             });
 
+            // A stream that broke after a whole tool call was shown (cut, stalled or garbled in
+            // the text or thinking after it, or in a next call, never shown) ends at that call:
+            // the agent runs it and the model goes on from its result. No provider can continue
+            // an answer holding a call without its result, and the client has the call, so it
+            // cannot start over either: the turn failed while a healthy provider was free
+            // (found by a helper's agent run). The provider is still blamed for the break.
+            let broke_after_call = match end.error.take() {
+                Some(e) if partial.call_shown && e.kind != ErrorKind::Cancelled => {
+                    end.finish = Some(FinishReason::ToolUse);
+                    if let Some(a) = rec.attempts.last_mut() {
+                        a.detail = format!("{}; the answer ends at its whole tool call", e.message);
+                    }
+                    tracing::info!(
+                        provider = %p.cfg.name,
+                        error = %e.message,
+                        "the answer broke after a whole tool call; it ends there"
+                    );
+                    true
+                }
+                e => {
+                    end.error = e;
+                    false
+                }
+            };
             let Some(err) = end.error else {
                 let probe = lease.probe;
                 let take_outcome = !j.outcome_taken.contains(&i);
@@ -1484,9 +1508,9 @@ impl Router {
                 let tokens = end.usage.input_tokens + end.usage.output_tokens;
                 let pinned = plan.pinned;
                 lease.finish(|book, now| {
-                    book.record_attempt(i, false, probe, now);
+                    book.record_attempt(i, broke_after_call, probe, now);
                     if take_outcome {
-                        book.record_outcome(i, true, now);
+                        book.record_outcome(i, !broke_after_call, now);
                     }
                     if pinned {
                         // Sent there with its key rejected (or its account not paying): the

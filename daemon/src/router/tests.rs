@@ -573,6 +573,97 @@ async fn a_tool_call_sent_whole_after_a_long_silence_is_waited_for() {
     assert!(!h2.router.health().streams_calls(1, "beta-model"));
 }
 
+/// An answer that breaks after a whole tool call was shown (in the text or thinking after it,
+/// or inside a later call, never shown) ends at that call, on the provider that wrote it: the
+/// agent runs the call and the model goes on from its result. It cannot be continued (no
+/// provider takes a call without its result) nor started over (the client has the call):
+/// every such break failed the agent's turn while another provider was healthy. The provider
+/// is still blamed. A break after only a refusal, or before any call, is not such an end.
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_breaks_after_a_whole_tool_call_ends_at_it() {
+    let call = |index: u32, id: &str| {
+        [
+            (
+                10,
+                Ok(Delta::ToolCallStart {
+                    index,
+                    id: id.into(),
+                    name: "read".into(),
+                }),
+            ),
+            (
+                10,
+                Ok(Delta::ToolCallArgs {
+                    index,
+                    json: r#"{"path":"a.rs"}"#.into(),
+                }),
+            ),
+        ]
+    };
+    let cut = || {
+        (
+            10,
+            Err(ProviderError::new(
+                ErrorKind::Network,
+                "connection lost mid-stream",
+            )),
+        )
+    };
+    let stall = || (1_000_000, Ok(Delta::KeepAlive));
+    let garbled = || {
+        (
+            10,
+            Err(ProviderError::malformed("expected value at line 1")),
+        )
+    };
+    for (what, after) in [
+        ("cut in the text after it", vec![text("Now the"), cut()]),
+        (
+            "stalled in the thinking after it",
+            vec![(10, Ok(Delta::Thinking("Next I".into()))), stall()],
+        ),
+        ("cut inside a later call after text", {
+            let [start, _] = call(1, "t2");
+            vec![text("And"), start, cut()]
+        }),
+        ("garbled in the text after it", vec![text("So"), garbled()]),
+    ] {
+        let h = harness(2, no_jitter());
+        let mut items = vec![text("Let me look.")];
+        items.extend(call(0, "t1"));
+        items.extend(after);
+        h.scripts[0].push([Step::Stream(items)]);
+        let ev = ask(&h.router, req("fix it")).await;
+        assert_eq!(done_provider(&ev), Some("alpha"), "{what}: {ev:?}");
+        assert!(
+            matches!(ev.last(), Some(StreamEvent::Done(d)) if d.finish == FinishReason::ToolUse),
+            "{what}: {ev:?}"
+        );
+        let starts: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::ToolCallStart { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, ["t1"], "{what}: only the whole call");
+        assert!(
+            !ev.iter().any(|e| matches!(e, StreamEvent::Rerouted { .. })),
+            "{what}: {ev:?}"
+        );
+        assert_eq!(h.scripts[1].calls(), 0, "{what}");
+        assert_eq!(h.router.health().providers[0].failures, 1, "{what}: blamed");
+    }
+
+    // A cut before the call was whole: made again elsewhere, as before.
+    let h = harness(2, no_jitter());
+    let [start, _] = call(0, "t1");
+    h.scripts[0].push([Step::Stream(vec![text("Let me look."), start, cut()])]);
+    h.scripts[1].push([answer(&["It is fine."])]);
+    let ev = ask(&h.router, req("fix it")).await;
+    assert_eq!(done_provider(&ev), Some("beta"), "{ev:?}");
+}
+
 /// The finish reason came and then the stream broke before its terminator (cut, garbled, or
 /// silent): the answer is whole, so it ends on the provider that wrote it. Another provider
 /// asked to "continue" a finished answer writes more text, and it is billed twice.
