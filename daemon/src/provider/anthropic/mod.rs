@@ -974,10 +974,7 @@ fn tool_id(id: &str) -> Cow<'_, str> {
     if !id.is_empty() && id.chars().all(fits) {
         return Cow::Borrowed(id);
     }
-    // FNV-1a: stable across runs and builds, which a conversation's turns need.
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = crate::provider::toolnames::fnv1a64(id.as_bytes());
     let kept: String = id
         .chars()
         .map(|c| if fits(c) { c } else { '_' })

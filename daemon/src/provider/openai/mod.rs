@@ -195,7 +195,7 @@ struct StreamOptions {
 struct Msg<'a> {
     role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<&'a str>,
+    tool_call_id: Option<Cow<'a, str>>,
     content: Content<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<Vec<ToolCall<'a>>>,
@@ -251,7 +251,7 @@ enum Url<'a> {
 
 #[derive(Serialize)]
 struct ToolCall<'a> {
-    id: &'a str,
+    id: Cow<'a, str>,
     #[serde(rename = "type")]
     kind: &'static str,
     function: CallFunction<'a>,
@@ -549,7 +549,7 @@ fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut
                     Cow::Borrowed(content.as_str())
                 };
                 messages.push(Msg {
-                    tool_call_id: Some(tool_use_id),
+                    tool_call_id: Some(call_id(tool_use_id)),
                     ..Msg::new("tool", Content::Text(text))
                 });
                 if !images.is_empty() {
@@ -592,6 +592,28 @@ fn user_messages<'a>(content: &'a [ContentBlock], deepseek: bool, messages: &mut
     }
 }
 
+/// The longest tool-call id OpenAI takes (`string too long. Expected a string with maximum
+/// length 40`); other providers' ids are longer (Vertex's `toolu_vrtx_…`, a gateway's
+/// `call_0_<uuid>`), and a conversation holding one was refused on every turn once it failed
+/// over to an OpenAI-format provider (found by a helper's agent run).
+const MAX_CALL_ID: usize = 40;
+
+/// A tool call's id as OpenAI takes it: a longer one becomes its first characters and a hash
+/// of the whole, the same wherever it occurs (the call and its result), so two ids cannot
+/// become one.
+fn call_id(id: &str) -> Cow<'_, str> {
+    if id.len() <= MAX_CALL_ID {
+        return Cow::Borrowed(id);
+    }
+    let hash = crate::provider::toolnames::fnv1a64(id.as_bytes());
+    // 16 hex digits and `_` leave 23 bytes of the original (whole characters only).
+    let mut kept = MAX_CALL_ID - 17;
+    while !id.is_char_boundary(kept) {
+        kept -= 1;
+    }
+    Cow::Owned(format!("{}_{hash:016x}", &id[..kept]))
+}
+
 /// An assistant turn: its text and tool calls (and, for DeepSeek, its reasoning).
 fn assistant_message<'a>(
     content: &'a [ContentBlock],
@@ -610,7 +632,7 @@ fn assistant_message<'a>(
                 name,
                 input_json,
             } => tool_calls.push(ToolCall {
-                id,
+                id: call_id(id),
                 kind: "function",
                 function: CallFunction {
                     name: names.wire(name),
@@ -894,6 +916,52 @@ mod tests {
         // Plain text stays a plain string.
         let v = body_for(&openai("gpt-4o"), &ChatRequest::user_text(1, "hi"));
         assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    /// OpenAI takes tool-call ids of up to 40 characters: longer ones from other providers
+    /// (Vertex's `toolu_vrtx_…`, `call_0_<uuid>`) are shortened the same way in the call and
+    /// in its result, two long ids that begin alike stay apart, and short ones pass as they are.
+    #[test]
+    fn long_tool_call_ids_are_shortened_alike_in_call_and_result() {
+        let long = "call_0_51ac2b2e-7dc8-4d35-9a54-5b5f0b0f1d11";
+        let twin = "call_0_51ac2b2e-7dc8-4d35-9a54-5b5f0b0f1d12";
+        let mut chat = ChatRequest::user_text(1, "read both");
+        let call = |id: &str| ContentBlock::ToolUse {
+            id: id.into(),
+            name: "read".into(),
+            input_json: "{}".into(),
+        };
+        let result = |id: &str| ContentBlock::ToolResult {
+            tool_use_id: id.into(),
+            content: "ok".into(),
+            is_error: false,
+            images: Vec::new(),
+        };
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            content: vec![call(long), call(twin), call("c1")],
+        });
+        chat.messages.push(Message {
+            role: Role::User,
+            content: vec![result(long), result(twin), result("c1")],
+        });
+        let v = body_for(&openai("gpt-4o"), &chat);
+        let m = v["messages"].as_array().unwrap();
+        let calls: Vec<&str> = m[1]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        let results: Vec<&str> = m[2..5]
+            .iter()
+            .map(|r| r["tool_call_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(calls, results);
+        assert!(calls.iter().all(|id| id.len() <= 40), "{calls:?}");
+        assert!(calls[0].starts_with("call_0_51ac2b2e"), "{calls:?}");
+        assert_ne!(calls[0], calls[1]);
+        assert_eq!(calls[2], "c1");
     }
 
     /// DeepSeek refuses `image_url` parts ("unknown variant `image_url`", a `400`): a request
