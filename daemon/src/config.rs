@@ -679,6 +679,35 @@ impl Config {
         let check = Checker::new(&text, file);
         check.file(&parsed)?;
 
+        let listen_env = env(crate::http::config::LISTEN_ENV);
+        let http = parsed
+            .http
+            .resolve(listen_env.clone())
+            .map_err(|(key, why)| match (&listen_env, key) {
+                // The value came from the environment: the file is not at fault.
+                (Some(_), "listen") => ConfigError::Env {
+                    variable: crate::http::config::LISTEN_ENV,
+                    message: why,
+                },
+                _ => check.fail("http", None, key, why),
+            })?;
+        // A shell set up for an agent (`eval "$(mythos env claude)"`, often in a shell's rc
+        // file) points the provider's base-URL variable at mythosd itself: a daemon started
+        // from it sent that provider's requests to its own front end, which refused them with
+        // a 401 and marked the provider's key rejected (found by a helper).
+        let base_url_env = |variable: &str| {
+            env(variable).filter(|url| {
+                let own = http.enabled && points_at(url, http.listen);
+                if own {
+                    tracing::warn!(
+                        variable,
+                        url = %url,
+                        "points at mythosd's own HTTP front end, not at the provider: ignored"
+                    );
+                }
+                !own
+            })
+        };
         let mut providers: Vec<ProviderConfig> = Vec::new();
         let mut skipped: Vec<Skipped> = Vec::new();
         let mut skip = |provider: &str, variable: String, why| {
@@ -741,7 +770,7 @@ impl Config {
                 b.name,
                 over.and_then(|o| o.api).unwrap_or(b.api),
                 over.and_then(|o| o.base_url.clone())
-                    .or_else(|| env(b.url_env))
+                    .or_else(|| base_url_env(b.url_env))
                     .unwrap_or_else(|| b.base_url.to_string()),
                 over.and_then(|o| o.model.clone())
                     .or_else(|| env(b.model_env))
@@ -918,18 +947,6 @@ impl Config {
                 )
             });
         }
-        let listen_env = env(crate::http::config::LISTEN_ENV);
-        let http = parsed
-            .http
-            .resolve(listen_env.clone())
-            .map_err(|(key, why)| match (&listen_env, key) {
-                // The value came from the environment: the file is not at fault.
-                (Some(_), "listen") => ConfigError::Env {
-                    variable: crate::http::config::LISTEN_ENV,
-                    message: why,
-                },
-                _ => check.fail("http", None, key, why),
-            })?;
         Ok(Config {
             providers,
             routing,
@@ -1321,6 +1338,23 @@ fn line_col(text: &str, offset: usize) -> String {
 
 /// The file as text; bytes that are not UTF-8 are refused with their place, which an editor
 /// saving in Latin-1 needs to be found.
+/// Whether `url` is an address of a server listening on `listen` on this machine (a loopback
+/// name or address, or the listening address itself, at its port).
+fn points_at(url: &str, listen: std::net::SocketAddr) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if url.port_or_known_default() != Some(listen.port()) {
+        return false;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified() || ip == listen.ip(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// The most a config file may hold: a real one is a few KiB, and a 20 MB one (five million
 /// retry delays) held a reload for 8 s.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -1582,6 +1616,46 @@ mod tests {
         // A file that is not there is still fine (the environment's providers).
         let none = Config::load_with(&dir.path().join("none.toml"), &env).unwrap();
         assert!(none.file.is_none());
+    }
+
+    /// `eval "$(mythos env claude)"` in a shell (or its rc file) points `ANTHROPIC_BASE_URL` at
+    /// mythosd itself; a daemon started from that shell must still send Anthropic's requests
+    /// to Anthropic, not to its own front end (a 401 that marked the key rejected).
+    #[test]
+    fn a_base_url_pointing_at_mythosd_itself_is_ignored() {
+        let anthropic_at = |url: &'static str| {
+            move |k: &str| match k {
+                "ANTHROPIC_API_KEY" => Some("sk-ant-a".to_string()),
+                "ANTHROPIC_BASE_URL" => Some(url.to_string()),
+                _ => None,
+            }
+        };
+        for own in [
+            "http://127.0.0.1:7626",
+            "http://localhost:7626/",
+            "http://[::1]:7626",
+            "http://0.0.0.0:7626/v1",
+        ] {
+            let env = anthropic_at(own);
+            let c = load("", &env).unwrap();
+            assert_eq!(
+                c.providers[0].base_url, "https://api.anthropic.com",
+                "{own}"
+            );
+        }
+        // Another port, or another machine, is a provider (a proxy, a local gateway).
+        for other in ["http://127.0.0.1:7627", "https://proxy.example:7626"] {
+            let env = anthropic_at(other);
+            let c = load("", &env).unwrap();
+            assert_eq!(c.providers[0].base_url, other);
+        }
+        // The daemon's own address is where it listens.
+        let env = env_of(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-a"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9000"),
+        ]);
+        let c = load("[http]\nlisten = \"127.0.0.1:9000\"\n", &env).unwrap();
+        assert_eq!(c.providers[0].base_url, "https://api.anthropic.com");
     }
 
     #[test]
