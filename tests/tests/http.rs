@@ -1371,6 +1371,52 @@ async fn health_needs_no_token() {
     assert_eq!(v["notes"], serde_json::json!([]), "{v}");
 }
 
+/// With `allow_remote`, another machine must show the token for `/metrics` and `/health`
+/// too (they answered it without: the user's providers, spending and set-up for anyone on
+/// the network), while this machine still reads them freely; and the address `mythos env`
+/// prints is loopback, not `0.0.0.0` (which `NO_PROXY` did not cover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_machine_needs_the_token_for_metrics_and_health() {
+    // This machine's own address on its network (no packet is sent to connect UDP).
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let Some(own) = own else {
+        eprintln!("skipped: this machine has no address but loopback");
+        return;
+    };
+    let mocks = Mocks::start().await;
+    let mut env = mocks.env();
+    env.var("MYTHOS_HTTP_LISTEN", "0.0.0.0:0");
+    env.write_config("[http]\nallow_remote = true\n");
+    let _daemon = env.start_daemon(&[]);
+    let (base, token) = env.http();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let port = base.rsplit(':').next().unwrap();
+    let remote = format!("http://{own}:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for path in ["/metrics", "/health"] {
+        let get = |url: String| http.get(url);
+        let local = get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(local.status(), 200, "{path} from this machine");
+        let bare = get(format!("{remote}{path}")).send().await.unwrap();
+        assert_eq!(bare.status(), 401, "{path} from another address, no token");
+        let with = get(format!("{remote}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            with.status(),
+            200,
+            "{path} from another address, with the token"
+        );
+    }
+}
+
 /// A configured provider that cannot be used (its key variable unset) is said in `/health`,
 /// not only in `mythos status`: it is why every request goes elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

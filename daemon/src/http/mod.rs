@@ -40,7 +40,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router as Routes;
 use mythos_protocol::ChatRequest;
@@ -161,11 +161,23 @@ pub async fn start(
 ) -> std::io::Result<FrontEnd> {
     let token = token::load_or_create(state_dir)?;
     let addr = listener.local_addr()?;
-    let published = format!("{addr}\n");
+    let mut local = addr;
+    // Listening on every address (`0.0.0.0`, with `allow_remote`): this machine's clients
+    // reach it on loopback. `http://0.0.0.0:…` printed by `mythos env` was not covered by its
+    // `NO_PROXY`, so a configured proxy saw the token (found by a helper).
+    if local.ip().is_unspecified() {
+        local.set_ip(match local.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let published = format!("{local}\n");
     if publish {
         token::write_private(&state_dir.join(token::ADDRESS_FILE), published.as_bytes())?;
     }
-    let _ = ctx.front_end.set((format!("http://{addr}"), token.clone()));
+    let _ = ctx
+        .front_end
+        .set((format!("http://{local}"), token.clone()));
     let front = Arc::new(Front::new(ctx.clone(), cfg, token));
     let app = routes(front);
     let draining = ctx.draining.clone();
@@ -403,13 +415,20 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     loop {
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             conn = listener.accept() => conn,
             _ = draining.cancelled() => break,
         };
         let seat = io.seat().clone();
+        // Another machine (`allow_remote`): marked, so what loopback may read without the
+        // token (`/metrics`, `/health`) asks it for one.
+        let app = if peer.ip().is_loopback() {
+            app.clone()
+        } else {
+            app.clone().layer(axum::Extension(RemotePeer))
+        };
         let svc = listener::Seated::new(
-            hyper_util::service::TowerToHyperService::new(app.clone()),
+            hyper_util::service::TowerToHyperService::new(app),
             seat.clone(),
         );
         let io = crate::metrics::CountedIo::new(io, metrics.clone(), crate::metrics::Front::Http);
@@ -654,57 +673,74 @@ pub fn routes(front: Arc<Front>) -> Routes {
         .route_layer(middleware::from_fn_with_state(front.clone(), authorize));
     Routes::new()
         .merge(api)
-        // No token: scrapers are configured once and the figures hold no secret (provider
-        // names, counts, timings); the listener is loopback-only.
+        // No token from this machine: scrapers are configured once and the figures hold no
+        // secret (provider names, counts, timings). Another machine (`allow_remote`) must
+        // show the token: they are this user's spending and set-up, not the network's.
         .route(
             "/metrics",
-            get(|State(f): State<Arc<Front>>| async move {
-                let mut text = f
-                    .ctx
-                    .metrics
-                    .render(&f.ctx.status_report(), f.ctx.conns.len());
-                crate::metrics::gauge(
-                    &mut text,
-                    "mythos_request_memory_bytes",
-                    "Bytes of requests held in memory (bodies being read, requests being \
+            get(
+                |State(f): State<Arc<Front>>,
+                 remote: Option<axum::Extension<RemotePeer>>,
+                 headers: HeaderMap| async move {
+                    if let Some(refused) = remote_without_token(&f, remote.is_some(), &headers) {
+                        return refused;
+                    }
+                    let mut text = f
+                        .ctx
+                        .metrics
+                        .render(&f.ctx.status_report(), f.ctx.conns.len());
+                    crate::metrics::gauge(
+                        &mut text,
+                        "mythos_request_memory_bytes",
+                        "Bytes of requests held in memory (bodies being read, requests being \
                      answered), over both front ends.",
-                    f.ctx.memory.used() as f64,
-                );
-                crate::metrics::gauge(
+                        f.ctx.memory.used() as f64,
+                    );
+                    crate::metrics::gauge(
                     &mut text,
                     "mythos_request_memory_limit_bytes",
                     "The most bytes of requests held at once ([server] max_request_memory_mib).",
                     f.ctx.memory.limit() as f64,
                 );
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    text,
-                )
-            }),
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response()
+                },
+            ),
         )
         .route(
             "/health",
-            get(|State(f): State<Arc<Front>>| async move {
-                let router = f.ctx.router();
-                let status = router.status();
-                let usable = status
-                    .iter()
-                    .filter(|p| p.state == mythos_protocol::BreakerState::Closed)
-                    .count();
-                axum::Json(json!({
-                    "status": if f.ctx.draining.is_cancelled() { "draining" } else { "ok" },
-                    "providers": status.len(),
-                    "usable": usable,
-                    "simulated": router.is_simulated(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                    // A provider skipped for want of its key is why an agent's requests all
-                    // go elsewhere: said here too, for set-ups that only look at /health.
-                    "notes": f.ctx.notes(),
-                }))
-            }),
+            get(
+                |State(f): State<Arc<Front>>,
+                 remote: Option<axum::Extension<RemotePeer>>,
+                 headers: HeaderMap| async move {
+                    if let Some(refused) = remote_without_token(&f, remote.is_some(), &headers) {
+                        return refused;
+                    }
+                    let router = f.ctx.router();
+                    let status = router.status();
+                    let usable = status
+                        .iter()
+                        .filter(|p| p.state == mythos_protocol::BreakerState::Closed)
+                        .count();
+                    axum::Json(json!({
+                        "status": if f.ctx.draining.is_cancelled() { "draining" } else { "ok" },
+                        "providers": status.len(),
+                        "usable": usable,
+                        "simulated": router.is_simulated(),
+                        "version": env!("CARGO_PKG_VERSION"),
+                        // A provider skipped for want of its key is why an agent's requests all
+                        // go elsewhere: said here too, for set-ups that only look at /health.
+                        "notes": f.ctx.notes(),
+                    }))
+                    .into_response()
+                },
+            ),
         )
         .fallback(|req: Request| async move {
             let dialect = dialect_of(req.uri().path());
@@ -827,6 +863,21 @@ async fn local_host_only(State(front): State<Arc<Front>>, req: Request, next: Ne
         return e.into_response(dialect_of(req.uri().path()));
     }
     next.run(req).await
+}
+
+/// A connection from another machine (see `serve`).
+#[derive(Debug, Clone, Copy)]
+struct RemotePeer;
+
+/// The refusal of a request from another machine without the token, to what loopback reads
+/// freely.
+fn remote_without_token(front: &Front, remote: bool, headers: &HeaderMap) -> Option<Response> {
+    let ok = !remote
+        || presented(headers)
+            .into_iter()
+            .flatten()
+            .any(|t| token::matches(t, &front.token));
+    (!ok).then(|| ApiError::unauthorized().into_response(Dialect::Openai))
 }
 
 async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
