@@ -60,6 +60,12 @@ pub enum ConnectError {
     },
     /// Something answered, but the hello did not complete.
     Handshake(String),
+    /// The daemon took the connection and never answered the hello: it hangs (stopped with
+    /// SIGSTOP, deadlocked). `mythos daemon stop` and `restart` end it by signal.
+    Unresponsive {
+        /// Its process id, if the OS tells us the peer of a local socket.
+        pid: Option<u32>,
+    },
     /// The socket, its directory or the process serving it is not this user's: nothing is
     /// sent to it. (Unix; a named pipe's security is the OS's.)
     #[cfg_attr(not(unix), allow(dead_code))]
@@ -106,6 +112,16 @@ impl ConnectError {
                 "another user may be posing as mythosd: remove that socket or its directory, or \
                  point MYTHOS_SOCKET (or XDG_RUNTIME_DIR) at a directory only you can write",
             ),
+            ConnectError::Unresponsive { pid } => Failure::new(format!(
+                "mythosd{} at {} does not answer (no reply to the hello within {} s)",
+                pid.map_or_else(String::new, |p| format!(" (pid {p})")),
+                target.socket.display(),
+                HELLO_TIMEOUT.as_secs()
+            ))
+            .hint(match pid {
+                Some(_) => "`mythos daemon restart` ends it and starts a new one",
+                None => "end the mythosd process, then run the command again",
+            }),
             ConnectError::Handshake(why) => Failure::new(format!(
                 "protocol error talking to {}: {why}",
                 target.socket.display()
@@ -402,12 +418,7 @@ async fn handshake(stream: Stream, encodings: &[Encoding]) -> Result<Connection,
         framed.next().await.transpose()
     };
     let reply = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
-        Err(_) => {
-            return Err(ConnectError::Handshake(format!(
-                "no answer to the hello within {} s",
-                HELLO_TIMEOUT.as_secs()
-            )))
-        }
+        Err(_) => return Err(ConnectError::Unresponsive { pid }),
         Ok(Err(e)) => return Err(ConnectError::Handshake(format!("hello failed: {e}"))),
         Ok(Ok(None)) => {
             return Err(ConnectError::Handshake(

@@ -1136,3 +1136,48 @@ async fn a_managed_daemon_keeps_its_socket_while_it_finishes_its_streams() {
     assert!(status.success(), "{status:?}");
     assert!(!env.socket.exists(), "the socket file is left behind");
 }
+
+/// A daemon that hangs (stopped with SIGSTOP, deadlocked) answers no hello: `mythos status`
+/// says so and names the way out, and `mythos daemon restart` takes it, ending the old one by
+/// signal and starting a new one. Before, status, stop and restart all failed, each pointing
+/// at `restart` (found by a helper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_daemon_is_ended_by_restart() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let mut old = env.start_daemon(&[]);
+    let old_pid = old.child.id();
+    old.signal(libc::SIGSTOP);
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = env.command("mythos");
+        cmd.args(args);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let out = run(&["status"]).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("pid {old_pid}"))
+            && err.contains("does not answer")
+            && err.contains("mythos daemon restart"),
+        "{err}"
+    );
+
+    let out = run(&["daemon", "restart"]).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let new_pid = env.connect().await.status().await.pid;
+    assert_ne!(new_pid, old_pid, "{said}");
+    // The old one is gone (reaped here: it was this test's child).
+    let status = old.child.wait().expect("wait for the old daemon");
+    assert!(!status.success(), "{status:?}");
+}

@@ -253,6 +253,16 @@ async fn ask_to_stop(g: &Globals) -> Result<Option<Option<u32>>, Failure> {
             terminate(pid, &build)?;
             Some(pid)
         }
+        // A daemon that hangs (SIGSTOP, a deadlock) cannot be asked either: it is ended by
+        // signal, the way out its own error message names (found by a helper: `stop` and
+        // `restart` failed and told the user to run `restart`).
+        Err(ConnectError::Unresponsive { pid: Some(pid) }) => {
+            eprint_line(&format!(
+                "mythosd (pid {pid}) does not answer; ending it by signal"
+            ));
+            end_unresponsive(pid).await?;
+            Some(pid)
+        }
         Err(ConnectError::Incompatible { build, .. }) => {
             return Err(Failure::new(format!(
                 "mythosd {build} speaks another protocol and cannot be asked to stop by this client"
@@ -382,6 +392,36 @@ fn terminate(pid: u32, build: &str) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// End a daemon that does not answer: SIGTERM (its orderly shutdown, if only its socket
+/// hangs), then SIGKILL if it is still there a few seconds later (a stopped or deadlocked
+/// process never acts on SIGTERM).
+#[cfg(unix)]
+async fn end_unresponsive(pid: u32) -> Result<(), Failure> {
+    terminate(pid, "that does not answer")?;
+    let deadline = Instant::now() + UNRESPONSIVE_GRACE;
+    while process_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+    if process_alive(pid) {
+        let p = i32::try_from(pid).map_err(|_| Failure::new(format!("bad pid {pid}")))?;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(p, libc::SIGKILL) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Failure::new(format!("cannot end mythosd (pid {pid}): {e}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn end_unresponsive(pid: u32) -> Result<(), Failure> {
+    Err(Failure::new(format!("mythosd (pid {pid}) does not answer"))
+        .hint("end the mythosd process (Task Manager), then run the command again"))
+}
+
+/// How long a daemon that does not answer has to act on SIGTERM before it is killed.
+const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(3);
 
 #[cfg(not(unix))]
 fn terminate(pid: u32, build: &str) -> Result<(), Failure> {
