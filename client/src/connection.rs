@@ -38,6 +38,9 @@ pub struct Target {
     pub socket: PathBuf,
     /// Encodings offered in the hello, most preferred first.
     pub encodings: Vec<Encoding>,
+    /// Variables a daemon started for this target gets besides this process's own (a
+    /// restart's: the old daemon's, see `commands::daemon`).
+    pub daemon_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 /// Why connecting (without starting anything) failed.
@@ -585,6 +588,7 @@ mod tests {
             let target = Target {
                 socket,
                 encodings: vec![Encoding::Bincode],
+                daemon_env: Vec::new(),
             };
             let mut conn = Connection::connect(&target).await.unwrap();
             let id = conn.next_id();
@@ -652,6 +656,7 @@ mod tests {
         let target = Target {
             socket,
             encodings: vec![Encoding::Bincode, Encoding::Json],
+            daemon_env: Vec::new(),
         };
         let mut conn = Connection::connect(&target).await.unwrap();
         assert_eq!(conn.daemon_build, "fake");
@@ -694,6 +699,7 @@ mod tests {
         let target = Target {
             socket,
             encodings: vec![Encoding::Json],
+            daemon_env: Vec::new(),
         };
         let err = Connection::connect(&target).await.unwrap_err();
         assert!(matches!(

@@ -174,6 +174,7 @@ pub(crate) async fn start_and_connect(target: &Target) -> Result<Connection, Fai
     loop {
         let mut cmd = daemon_command(&bin);
         cmd.arg("--socket").arg(&target.socket);
+        cmd.envs(target.daemon_env.iter().map(|(k, v)| (k, v)));
         // Its own process group: the daemon outlives this client and the terminal's Ctrl-C.
         #[cfg(unix)]
         cmd.process_group(0);

@@ -260,6 +260,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 .clone()
                 .unwrap_or_else(mythos_protocol::paths::socket_path),
             encodings: encodings(cli.json_frames)?,
+            daemon_env: Vec::new(),
         },
     };
     // One thread is plenty for a client; the REPL blocks on it between turns.

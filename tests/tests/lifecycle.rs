@@ -1181,3 +1181,46 @@ async fn a_hung_daemon_is_ended_by_restart() {
     let status = old.child.wait().expect("wait for the old daemon");
     assert!(!status.success(), "{status:?}");
 }
+
+/// `mythos daemon restart` from a shell without the keys (another terminal, an editor's task)
+/// brings back the same providers: the new daemon keeps the old one's variables where the
+/// shell lacks them. It switched to the simulated providers without a word, and agents got
+/// "This is a simulated answer" (found by a helper). The shell's own values still win.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_shell_without_the_keys_keeps_the_providers() {
+    let mocks = Mocks::start().await;
+    let env = mocks.env();
+    let _old = env.start_daemon(&[]);
+    let names = |report: &mythos_protocol::StatusReport| {
+        let mut n: Vec<String> = report.providers.iter().map(|p| p.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let before = env.connect().await.status().await;
+    assert!(!before.simulated);
+
+    let mut restart = env.command("mythos");
+    restart.args(["daemon", "restart"]);
+    for k in ["ANTHROPIC", "DEEPSEEK", "OPENAI"] {
+        restart.env_remove(format!("{k}_API_KEY"));
+        restart.env_remove(format!("{k}_BASE_URL"));
+    }
+    let out = tokio::task::spawn_blocking(move || restart.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = env.connect().await.status().await;
+    assert_ne!(after.pid, before.pid);
+    assert!(!after.simulated, "{:?}", names(&after));
+    assert_eq!(names(&after), names(&before));
+    // And it reaches the same mocks: an answer from one of them.
+    let mut c = env.connect().await;
+    let events = c.chat(ChatRequest::user_text(1, "still there?")).await;
+    assert_eq!(mythos_tests::text_of(&events), answer_for("still there?"));
+}

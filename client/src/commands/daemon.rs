@@ -213,6 +213,19 @@ async fn stop(g: &Globals) -> Result<u8, Failure> {
 /// serves while the old one finishes its streams in flight (up to its drain time). Waiting
 /// for the old one to exit left agents' connections refused for that long.
 async fn restart(g: &Globals) -> Result<u8, Failure> {
+    // The new daemon keeps the old one's environment where this shell lacks a variable: a
+    // restart from a shell without the keys switched a daemon with real providers to the
+    // simulated ones, without a word (found by a helper). This shell's own values win (a new
+    // key is how a user says "fixed").
+    let mut target = g.target.clone();
+    if let Some(pid) = Connection::connect(&g.target)
+        .await
+        .ok()
+        .and_then(|c| c.daemon_pid)
+    {
+        target.daemon_env = inherited_env(pid);
+    }
+    let g = &Globals { target };
     let old = ask_to_stop(g).await?;
     if old.is_some() && !wait_until_handed_over(g, old.flatten()).await? {
         // An older daemon lets go at its exit only; the start below waits for that in turn
@@ -237,6 +250,42 @@ async fn restart(g: &Globals) -> Result<u8, Failure> {
         }
     }
     say_running(g, report.pid)
+}
+
+/// The variables of process `pid` that a daemon reads (provider keys, base URLs and models,
+/// `MYTHOS_*`) and this process lacks (Linux, where `/proc` shows a process of the same user
+/// its environment; elsewhere none).
+fn inherited_env(pid: u32) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(all) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return Vec::new();
+        };
+        all.split(|&b| b == 0)
+            .filter_map(|kv| {
+                let eq = kv.iter().position(|&b| b == b'=')?;
+                let (k, v) = (&kv[..eq], &kv[eq + 1..]);
+                let name = std::str::from_utf8(k).ok()?;
+                let read = name.starts_with("MYTHOS_")
+                    || ["_API_KEY", "_KEY", "_BASE_URL", "_MODEL"]
+                        .iter()
+                        .any(|end| name.ends_with(end))
+                    || mythos_protocol::PROVIDER_KEY_VARIABLES.contains(&name);
+                (read && !v.is_empty() && std::env::var_os(name).is_none()).then(|| {
+                    (
+                        std::ffi::OsStr::from_bytes(k).to_os_string(),
+                        std::ffi::OsStr::from_bytes(v).to_os_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        Vec::new()
+    }
 }
 
 /// Ask the running daemon to shut down. `None`: none runs; else its pid, if known.
@@ -499,6 +548,7 @@ mod restart_tests {
             target: crate::connection::Target {
                 socket,
                 encodings: vec![mythos_protocol::Encoding::Json],
+                daemon_env: Vec::new(),
             },
         };
         let mut gone = std::process::Command::new("true").spawn().unwrap();

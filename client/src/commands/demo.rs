@@ -61,6 +61,7 @@ impl PrivateDaemon {
             target: Target {
                 socket: socket.clone(),
                 encodings: encodings.to_vec(),
+                daemon_env: Vec::new(),
             },
             dir,
             child: None,
@@ -460,6 +461,7 @@ mod tests {
             target: Target {
                 socket: a.join("demo.sock"),
                 encodings: vec![Encoding::Bincode],
+                daemon_env: Vec::new(),
             },
         };
         drop(guard);
