@@ -470,6 +470,7 @@ async fn end_unresponsive(pid: u32) -> Result<(), Failure> {
 }
 
 /// How long a daemon that does not answer has to act on SIGTERM before it is killed.
+#[cfg(unix)]
 const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(3);
 
 #[cfg(not(unix))]
