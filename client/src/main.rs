@@ -140,8 +140,12 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Agent {
     /// Claude Code and the Anthropic SDKs (ANTHROPIC_BASE_URL, ANTHROPIC_AUTH_TOKEN).
+    #[value(alias = "anthropic", alias = "claude-code")]
     Claude,
-    /// Codex CLI, aider, opencode, the OpenAI SDKs (OPENAI_BASE_URL, OPENAI_API_KEY).
+    /// Codex CLI, aider, opencode, the OpenAI SDKs (OPENAI_BASE_URL, OPENAI_API_KEY). Also
+    /// taken by those agents' names: `mythos env codex` was answered "did you mean claude?"
+    /// (found by a helper).
+    #[value(alias = "codex", alias = "aider", alias = "opencode")]
     Openai,
 }
 

@@ -522,11 +522,14 @@ async fn handle(
                     mythos_protocol::REFUSED_WHILE_STOPPING,
                 )
             } else if seat.reserve {
+                // Overloaded, not internal: it is no bug (it was shown with "this is a bug in
+                // mythosd"), and the limit is often the open-file limit's (found by a helper).
                 refuse(
-                    ErrorKind::Internal,
+                    ErrorKind::Overloaded,
                     &format!(
                         "mythosd is at its limit of {} connections, all of them streaming: this \
-                         one may ask for status but not chat (raise [server] max_connections)",
+                         one may ask for status but not chat (raise [server] max_connections, \
+                         or the open-file limit it is fitted under: `ulimit -n`, LimitNOFILE)",
                         ctx.conns.max()
                     ),
                 )
