@@ -676,71 +676,64 @@ pub fn routes(front: Arc<Front>) -> Routes {
         // No token from this machine: scrapers are configured once and the figures hold no
         // secret (provider names, counts, timings). Another machine (`allow_remote`) must
         // show the token: they are this user's spending and set-up, not the network's.
-        .route(
-            "/metrics",
-            get(
-                |State(f): State<Arc<Front>>,
-                 remote: Option<axum::Extension<RemotePeer>>,
-                 headers: HeaderMap| async move {
-                    if let Some(refused) = remote_without_token(&f, remote.is_some(), &headers) {
-                        return refused;
-                    }
-                    let mut text = f
-                        .ctx
-                        .metrics
-                        .render(&f.ctx.status_report(), f.ctx.conns.len());
-                    crate::metrics::gauge(
-                        &mut text,
-                        "mythos_request_memory_bytes",
-                        "Bytes of requests held in memory (bodies being read, requests being \
+        .merge(
+            Routes::new()
+                .route(
+                    "/metrics",
+                    get(|State(f): State<Arc<Front>>| async move {
+                        let mut text = f
+                            .ctx
+                            .metrics
+                            .render(&f.ctx.status_report(), f.ctx.conns.len());
+                        crate::metrics::gauge(
+                            &mut text,
+                            "mythos_request_memory_bytes",
+                            "Bytes of requests held in memory (bodies being read, requests being \
                      answered), over both front ends.",
-                        f.ctx.memory.used() as f64,
-                    );
-                    crate::metrics::gauge(
+                            f.ctx.memory.used() as f64,
+                        );
+                        crate::metrics::gauge(
                     &mut text,
                     "mythos_request_memory_limit_bytes",
                     "The most bytes of requests held at once ([server] max_request_memory_mib).",
                     f.ctx.memory.limit() as f64,
                 );
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        text,
-                    )
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            text,
+                        )
+                            .into_response()
+                    }),
+                )
+                .route(
+                    "/health",
+                    get(|State(f): State<Arc<Front>>| async move {
+                        let router = f.ctx.router();
+                        let status = router.status();
+                        let usable = status
+                            .iter()
+                            .filter(|p| p.state == mythos_protocol::BreakerState::Closed)
+                            .count();
+                        axum::Json(json!({
+                            "status": if f.ctx.draining.is_cancelled() { "draining" } else { "ok" },
+                            "providers": status.len(),
+                            "usable": usable,
+                            "simulated": router.is_simulated(),
+                            "version": env!("CARGO_PKG_VERSION"),
+                            // A provider skipped for want of its key is why an agent's requests all
+                            // go elsewhere: said here too, for set-ups that only look at /health.
+                            "notes": f.ctx.notes(),
+                        }))
                         .into_response()
-                },
-            ),
-        )
-        .route(
-            "/health",
-            get(
-                |State(f): State<Arc<Front>>,
-                 remote: Option<axum::Extension<RemotePeer>>,
-                 headers: HeaderMap| async move {
-                    if let Some(refused) = remote_without_token(&f, remote.is_some(), &headers) {
-                        return refused;
-                    }
-                    let router = f.ctx.router();
-                    let status = router.status();
-                    let usable = status
-                        .iter()
-                        .filter(|p| p.state == mythos_protocol::BreakerState::Closed)
-                        .count();
-                    axum::Json(json!({
-                        "status": if f.ctx.draining.is_cancelled() { "draining" } else { "ok" },
-                        "providers": status.len(),
-                        "usable": usable,
-                        "simulated": router.is_simulated(),
-                        "version": env!("CARGO_PKG_VERSION"),
-                        // A provider skipped for want of its key is why an agent's requests all
-                        // go elsewhere: said here too, for set-ups that only look at /health.
-                        "notes": f.ctx.notes(),
-                    }))
-                    .into_response()
-                },
-            ),
+                    }),
+                )
+                .route_layer(middleware::from_fn_with_state(
+                    front.clone(),
+                    token_from_afar,
+                )),
         )
         .fallback(|req: Request| async move {
             let dialect = dialect_of(req.uri().path());
@@ -869,15 +862,12 @@ async fn local_host_only(State(front): State<Arc<Front>>, req: Request, next: Ne
 #[derive(Debug, Clone, Copy)]
 struct RemotePeer;
 
-/// The refusal of a request from another machine without the token, to what loopback reads
-/// freely.
-fn remote_without_token(front: &Front, remote: bool, headers: &HeaderMap) -> Option<Response> {
-    let ok = !remote
-        || presented(headers)
-            .into_iter()
-            .flatten()
-            .any(|t| token::matches(t, &front.token));
-    (!ok).then(|| ApiError::unauthorized().into_response(Dialect::Openai))
+/// What loopback reads freely (`/metrics`, `/health`) needs the token from another machine.
+async fn token_from_afar(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
+    if req.extensions().get::<RemotePeer>().is_some() {
+        return authorize(State(front), req, next).await;
+    }
+    next.run(req).await
 }
 
 async fn authorize(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
