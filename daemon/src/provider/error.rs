@@ -24,6 +24,11 @@ pub struct ProviderError {
     pub message: String,
     /// Quotas announced in the error response's headers (a 429 usually says when it resets).
     pub limits: Option<Box<RateLimits>>,
+    /// No connection was made (a name that did not resolve, a refused or unroutable connect,
+    /// a failed TLS handshake): the request never reached the provider. When no provider can
+    /// be reached this machine is offline; a connection reset after the request was written
+    /// is not that, but the provider's (or its proxy's) fault.
+    pub unreached: bool,
 }
 
 impl ProviderError {
@@ -35,6 +40,15 @@ impl ProviderError {
             retry_after: None,
             message: message.into(),
             limits: None,
+            unreached: false,
+        }
+    }
+
+    /// A connection that could not be made: nothing reached the provider.
+    pub fn unreached(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProviderError {
+            unreached: true,
+            ..Self::new(kind, message)
         }
     }
 

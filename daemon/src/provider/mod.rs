@@ -342,6 +342,34 @@ mod request_tests {
         assert!(e.message.contains("a gzip-encoded body where"), "{e:?}");
     }
 
+    /// A provider that cannot be reached is told from one that reads the request and drops
+    /// the connection: only the first can mean this machine is offline (every provider of a
+    /// helper's run resetting after the request was "this machine looks offline", no provider
+    /// blamed, no retry).
+    #[tokio::test]
+    async fn a_connection_never_made_is_told_from_one_dropped_after_the_request() {
+        use tokio::io::AsyncReadExt;
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}/v1", closed.local_addr().unwrap());
+        drop(closed);
+        let e = open_error(&transport(Api::Openai, &refused, "m")).await;
+        assert_eq!((e.kind, e.unreached), (ErrorKind::Network, true), "{e:?}");
+        assert!(e.message.contains("cannot connect"), "{e:?}");
+
+        let dropper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", dropper.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = dropper.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                drop(c);
+            }
+        });
+        let e = open_error(&transport(Api::Openai, &base, "m")).await;
+        assert_eq!((e.kind, e.unreached), (ErrorKind::Network, false), "{e:?}");
+    }
+
     /// A `429` without `Retry-After` whose headers say the requests quota is spent for 15 s
     /// asks for those 15 s (the router's default pause is 2 s, and requests went back into
     /// the spent quota until its reset: found by a chaos run).
@@ -800,7 +828,12 @@ fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderE
         detail = s.to_string();
         source = s.source();
     }
-    ProviderError::new(kind, format!("{name}: {what} ({detail})"))
+    let message = format!("{name}: {what} ({detail})");
+    if e.is_connect() && !mid_stream {
+        ProviderError::unreached(kind, message)
+    } else {
+        ProviderError::new(kind, message)
+    }
 }
 
 /// A local resource shortage somewhere in `e`'s causes (too many open files, no memory for
@@ -934,6 +967,7 @@ async fn error_from_response(
         retry_after,
         message,
         limits: Some(Box::new(limits)),
+        unreached: false,
     }
 }
 

@@ -1540,8 +1540,11 @@ impl Router {
             };
 
             // Decide what the failure means; the lease is still held, so nothing changed yet.
-            let connect_failure =
-                !end.opened && err.status.is_none() && err.kind == ErrorKind::Network;
+            // Only a connection never made: every provider resetting the connection after
+            // reading the request (a proxy or load balancer in trouble) is not this machine
+            // being offline, and a pass over them in 5 ms said so, with `x-should-retry: false`
+            // to the SDKs (found by a helper's chaos run).
+            let connect_failure = !end.opened && err.status.is_none() && err.unreached;
             let retries_here = j.retries_at(i);
             let facts = {
                 let now = Instant::now();

@@ -83,6 +83,7 @@ fn err(kind: ErrorKind, retry_after: Option<u64>) -> ProviderError {
         retry_after: retry_after.map(Duration::from_secs),
         message: format!("scripted {}", kind.as_str()),
         limits: None,
+        unreached: false,
     }
 }
 
@@ -107,7 +108,7 @@ fn answer_with(limits: RateLimits, words: &[&str]) -> Step {
 }
 
 fn connect_refused() -> ProviderError {
-    ProviderError::new(ErrorKind::Network, "cannot connect (refused)")
+    ProviderError::unreached(ErrorKind::Network, "cannot connect (refused)")
 }
 
 impl Script {
@@ -1817,6 +1818,32 @@ async fn offline_is_not_blamed_on_providers() {
     // Back online: the primary answers straight away.
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(done_provider(&ev), Some("alpha"));
+}
+
+/// Every provider reading the request and resetting the connection (a proxy or load balancer
+/// in trouble) is no offline machine: the providers are retried and blamed like any failure,
+/// and the error names them. It was "this machine looks offline" after one pass of 5 ms,
+/// with `x-should-retry: false` to the SDKs (found by a helper's chaos run).
+#[tokio::test(start_paused = true)]
+async fn providers_that_drop_the_request_are_not_an_offline_machine() {
+    let h = harness(3, no_jitter());
+    let reset = || ProviderError::new(ErrorKind::Network, "request failed (connection reset)");
+    for s in &h.scripts {
+        s.push(vec![Step::Fail(reset()); 20]);
+    }
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("x")).await;
+    assert_eq!(error_kind(&ev), Some(ErrorKind::Network), "{ev:?}");
+    assert!(
+        calls(&h).iter().sum::<usize>() > 3,
+        "retried: {:?}",
+        calls(&h)
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(500), "with backoff");
+    assert!(
+        (0..3).any(|i| h.router.health().providers[i].failures > 0),
+        "the providers are blamed"
+    );
 }
 
 /// Defect 4: one slow first token opened the breaker; a long prompt got a short-chat timeout.
