@@ -25,6 +25,7 @@ pub mod sse;
 pub mod toolnames;
 #[cfg(test)]
 mod transcripts;
+mod whole;
 mod wire;
 
 /// The instructions that ask a model for JSON in words (the simulated providers read them).
@@ -342,6 +343,58 @@ mod request_tests {
         assert!(e.message.contains("a gzip-encoded body where"), "{e:?}");
     }
 
+    /// A server that ignores `stream: true` and answers the whole `chat.completion` gives
+    /// that answer, not a failure; one that labels its event stream JSON is read as the
+    /// stream it is (found by a helper's chaos run: the answer in hand was failed over, and
+    /// the provider cooled down).
+    #[tokio::test]
+    async fn a_whole_answer_or_a_mislabeled_stream_is_read_as_the_answer() {
+        let ok = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let whole = r#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,
+            "message":{"role":"assistant","content":"all of it"},"finish_reason":"stop"}]}"#;
+        let base = raw_provider(vec![ok(whole), ok(TWO_EVENTS)]).await;
+        let t = transport(Api::Openai, &base, "m");
+        for want in ["all of it", "ab"] {
+            let text = answer_text(&t).await;
+            assert_eq!(text.as_deref(), Ok(want));
+        }
+    }
+
+    const TWO_EVENTS: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+                              data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"},\"finish_reason\":\"stop\"}]}\n\n\
+                              data: [DONE]\n\n";
+
+    /// The text of the answer opened on `t`, or its error.
+    async fn answer_text(t: &HttpTransport) -> Result<String, ProviderError> {
+        let chat = ChatRequest::user_text(1, "hi");
+        let req = UpstreamRequest {
+            chat: &chat,
+            model: "m",
+            max_tokens: 10,
+            prefill: None,
+            prefill_blocks: &[],
+            format_in_words: false,
+        };
+        let mut s = t.open(&req).await?;
+        let mut text = String::new();
+        let mut finished = false;
+        while let Some(d) = s.next().await {
+            match d? {
+                Delta::Text(t) => text.push_str(&t),
+                Delta::Finish(_) => finished = true,
+                _ => {}
+            }
+        }
+        assert!(finished, "{text}");
+        Ok(text)
+    }
+
     /// A provider that cannot be reached is told from one that reads the request and drops
     /// the connection: only the first can mean this machine is offline (every provider of a
     /// helper's run resetting after the request was "this machine looks offline", no provider
@@ -483,43 +536,57 @@ impl Transport for HttpTransport {
                 if !status.is_success() {
                     return Err(error_from_response(&name, api, key.as_ref(), resp, limits).await);
                 }
-                if let Some(ty) = not_a_stream(resp.headers()) {
-                    // A login page, a proxy's notice, an error or a whole answer in JSON: said
-                    // as what it is, not as a stream that "ended without [DONE]".
-                    let mut e = error_from_response(&name, api, key.as_ref(), resp, limits).await;
-                    if e.kind == ErrorKind::ServerError {
-                        e.kind = ErrorKind::Malformed;
+                let Some(ty) = not_a_stream(resp.headers()) else {
+                    // The quotas come first, so the router counts this response before any
+                    // content.
+                    let first = Delta::RateLimits(Box::new(limits));
+                    return Ok(decoded(api, name, resp.bytes_stream(), first));
+                };
+                let mut resp = resp;
+                let mut body = Vec::new();
+                if ty == "application/json" {
+                    // Read as a stream after all when it is one (a proxy that labels every
+                    // body JSON), as a stream's events when it is a whole answer.
+                    let first = resp.chunk().await.ok().flatten().unwrap_or_default();
+                    if looks_like_events(&first) {
+                        let first_bytes = futures_util::stream::iter([Ok(first)]);
+                        let first = Delta::RateLimits(Box::new(limits));
+                        return Ok(decoded(
+                            api,
+                            name,
+                            first_bytes.chain(resp.bytes_stream()),
+                            first,
+                        ));
                     }
-                    e.message.push_str(&format!(
-                        " ({ty} where an event stream was asked for: is base_url the API's?)"
-                    ));
-                    return Err(e);
+                    body.extend_from_slice(&first);
+                    read_capped(
+                        &mut resp,
+                        &mut body,
+                        whole::WHOLE_ANSWER_CAP,
+                        WHOLE_ANSWER_TIME,
+                    )
+                    .await;
+                    if let Some(events) = whole::as_stream(api, &body) {
+                        tracing::info!(
+                            provider = %name,
+                            "answered whole where a stream was asked for: read as one"
+                        );
+                        let events = futures_util::stream::iter([Ok(bytes::Bytes::from(events))]);
+                        let first = Delta::RateLimits(Box::new(limits));
+                        return Ok(decoded(api, name, events, first));
+                    }
                 }
-                // The quotas come first, so the router counts this response before any content.
-                let first = Delta::RateLimits(Box::new(limits));
-                Ok(match api {
-                    Api::Anthropic => body_stream(
-                        name,
-                        resp,
-                        decode::StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
-                        first,
-                    ),
-                    Api::Openai => body_stream(
-                        name,
-                        resp,
-                        decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
-                        first,
-                    ),
-                    // The seed keeps made-up call ids apart across responses.
-                    Api::Gemini => body_stream(
-                        name,
-                        resp,
-                        decode::StreamDecoder::new(gemini::stream::GeminiDecoder::new(
-                            fastrand::u64(..),
-                        )),
-                        first,
-                    ),
-                })
+                // A login page, a proxy's notice or an error in JSON: said as what it is, not
+                // as a stream that "ended without [DONE]".
+                let mut e =
+                    error_from_partly_read(&name, api, key.as_ref(), resp, body, limits).await;
+                if e.kind == ErrorKind::ServerError {
+                    e.kind = ErrorKind::Malformed;
+                }
+                e.message.push_str(&format!(
+                    " ({ty} where an event stream was asked for: is base_url the API's?)"
+                ));
+                Err(e)
             };
             // Everything the provider can put into our words leaves here scrubbed of keys.
             let stream = opened.await.map_err(|e| scrub(e, key.as_ref()))?;
@@ -584,13 +651,59 @@ struct BodyStream<D: decode::WireDecoder, B> {
 // decoder is plain data.
 impl<D: decode::WireDecoder, B: Unpin> Unpin for BodyStream<D, B> {}
 
-fn body_stream<D: decode::WireDecoder + 'static>(
-    name: String,
-    resp: reqwest::Response,
-    decoder: decode::StreamDecoder<D>,
-    first: Delta,
-) -> DeltaStream {
-    Box::pin(BodyStream::new(name, resp.bytes_stream(), decoder, first))
+/// The deltas of `body` read as `api`'s event stream, after `first`.
+fn decoded<B>(api: Api, name: String, body: B, first: Delta) -> DeltaStream
+where
+    B: Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + Send + 'static,
+{
+    use decode::StreamDecoder;
+    match api {
+        Api::Anthropic => Box::pin(BodyStream::new(
+            name,
+            body,
+            StreamDecoder::new(anthropic::stream::AnthropicDecoder::default()),
+            first,
+        )),
+        Api::Openai => Box::pin(BodyStream::new(
+            name,
+            body,
+            StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+            first,
+        )),
+        // The seed keeps made-up call ids apart across responses.
+        Api::Gemini => Box::pin(BodyStream::new(
+            name,
+            body,
+            StreamDecoder::new(gemini::stream::GeminiDecoder::new(fastrand::u64(..))),
+            first,
+        )),
+    }
+}
+
+/// How long a whole answer's body may take to arrive once its headers have.
+const WHOLE_ANSWER_TIME: Duration = Duration::from_secs(30);
+
+/// Whether a body's first bytes are an event stream's (a line of `data:`, `event:`, `id:`, or
+/// a `:` comment), whatever its content type says.
+fn looks_like_events(first: &[u8]) -> bool {
+    let start = first.trim_ascii_start();
+    [&b"data:"[..], b"event:", b"id:", b":"]
+        .iter()
+        .any(|p| start.starts_with(p))
+}
+
+/// Read more of `resp` into `body`, up to `cap` bytes and for `time` at most.
+async fn read_capped(resp: &mut reqwest::Response, body: &mut Vec<u8>, cap: usize, time: Duration) {
+    let read = async {
+        while body.len() < cap {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    };
+    // A provider that sends its status and then stalls must not hold us up.
+    let _ = tokio::time::timeout(time, read).await;
 }
 
 impl<D, B> BodyStream<D, B>
@@ -718,10 +831,10 @@ mod body_tests {
     }
 
     fn openai(reads: Vec<Result<&'static str, std::io::Error>>) -> DeltaStream {
-        body_stream(
+        decoded(
+            Api::Openai,
             "p".into(),
-            response(reads),
-            decode::StreamDecoder::new(openai::stream::OpenAiDecoder::default()),
+            response(reads).bytes_stream(),
             Delta::KeepAlive,
         )
     }
@@ -900,6 +1013,18 @@ async fn error_from_response(
     resp: reqwest::Response,
     limits: ratelimit::RateLimits,
 ) -> ProviderError {
+    error_from_partly_read(name, api, key, resp, Vec::new(), limits).await
+}
+
+/// [`error_from_response`] for a response whose first bytes, `body`, were read already.
+async fn error_from_partly_read(
+    name: &str,
+    api: Api,
+    key: Option<&Secret>,
+    resp: reqwest::Response,
+    mut body: Vec<u8>,
+    limits: ratelimit::RateLimits,
+) -> ProviderError {
     let status = resp.status().as_u16();
     let moved_to = resp
         .status()
@@ -912,18 +1037,8 @@ async fn error_from_response(
                 .take(200)
                 .collect::<String>()
         });
-    let mut body = Vec::new();
     let mut resp = resp;
-    let read = async {
-        while let Ok(Some(chunk)) = resp.chunk().await {
-            body.extend_from_slice(&chunk);
-            if body.len() >= ERROR_BODY_CAP {
-                break;
-            }
-        }
-    };
-    // A provider that sends an error status and then stalls must not hold us up.
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    read_capped(&mut resp, &mut body, ERROR_BODY_CAP, Duration::from_secs(5)).await;
     let google = (api == Api::Gemini)
         .then(|| gemini::GoogleError::parse(&body))
         .flatten();
