@@ -115,6 +115,22 @@ fn raise_fd_limit() -> Option<u64> {
     None
 }
 
+/// sysexits' "configuration error": the systemd unit's `RestartPreventExitStatus` names it.
+const EX_CONFIG: u8 = 78;
+
+/// The exit for a failure that starting again cannot mend: `code`, except as the launchd
+/// agent, whose `KeepAlive` (it has no `RestartPreventExitStatus`) starts it again every ten
+/// seconds after any unsuccessful exit, logging the same error each time; there it is a
+/// success, after the error was said.
+fn lasting_failure(code: u8) -> ExitCode {
+    let launchd = mythosd::supervisor::restart_command().is_some_and(|c| c[0] == "launchctl");
+    if launchd {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(code)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     private_files();
@@ -326,15 +342,8 @@ async fn run(
                 return ExitCode::from(3);
             }
             // Exit status 3 ("already running", as `mythos daemon status` says "not running"):
-            // a script that starts one learns it did not. Not as the launchd agent, whose
-            // `KeepAlive` would start it again every ten seconds after any unsuccessful exit.
-            let launchd =
-                mythosd::supervisor::restart_command().is_some_and(|c| c[0] == "launchctl");
-            return if launchd {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            };
+            // a script that starts one learns it did not.
+            return lasting_failure(3);
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot bind");
@@ -357,7 +366,9 @@ async fn run(
             eprintln!("mythosd: {e}");
             drop(bound.listener);
             socket::Bound::remove_socket(&bound.path, bound.id);
-            return ExitCode::FAILURE;
+            // The configuration (a bad file, no usable provider): starting again cannot help
+            // until it is mended, and the units do not restart on this status.
+            return lasting_failure(EX_CONFIG);
         }
     };
     let ctx = prepared.ctx.clone();

@@ -200,6 +200,31 @@ fn a_bad_config_file_names_the_file_line_and_field() {
     assert!(err.contains("retry_backof_ms"), "{err}");
 }
 
+/// A config file a restart cannot mend ends the daemon with status 78, and the systemd unit
+/// does not restart it on that status (nor on 3, another daemon on the socket): it was
+/// restarted every 2 s until systemd gave up, saying "start request repeated too quickly"
+/// instead of the file's error.
+#[test]
+fn a_bad_config_file_is_a_failure_the_unit_does_not_restart() {
+    let env = TestEnv::new();
+    env.write_config("[routing]\ncooldown_secs = \"soon\"\n");
+    let out = env
+        .command("mythosd")
+        .arg("--notify-stdout")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{out:?}"
+    );
+    let unit = include_str!("../../packaging/systemd/mythosd.service");
+    assert!(
+        unit.lines().any(|l| l == "RestartPreventExitStatus=3 78"),
+        "{unit}"
+    );
+}
+
 #[test]
 fn with_no_keys_the_simulated_providers_answer() {
     let env = TestEnv::new();
