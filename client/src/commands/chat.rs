@@ -617,7 +617,11 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                 None => say("nothing to copy yet\n"),
                 Some(answer) => match copy_to_clipboard(&last_code_block(&answer)) {
                     Ok(tool) => say(&format!("copied (with {tool})\n")),
-                    Err(e) => say(&format!("cannot copy: {e}\n")),
+                    // To stderr: a chat whose output goes to a file keeps only the answers.
+                    Err(e) => {
+                        eprintln!("cannot copy: {e}");
+                        Ok(())
+                    }
                 },
             },
             Input::Save(None) => mistake("/save needs a file name"),

@@ -356,9 +356,16 @@ pub fn usage_text(report: &UsageReport, days: u32, style: Style) -> String {
         cached += r.cached_tokens;
         outp += r.output_tokens;
         cost += r.cost_usd;
+        // Requests no provider answered come as `(cancelled)` and `(failed)`: said as what
+        // they are, set apart from the providers' names.
+        let who = match r.provider.as_str() {
+            "(cancelled)" => ("none: cancelled".to_string(), Tint::Dim),
+            "(failed)" => ("none: failed".to_string(), Tint::Dim),
+            name => plain(name),
+        };
         table.row(vec![
             plain(&r.day),
-            plain(&r.provider),
+            who,
             plain(fmt_count(r.requests)),
             plain(fmt_count(r.input_tokens)),
             plain(fmt_count(r.cached_tokens)),
@@ -562,6 +569,12 @@ DAY         PROVIDER       REQUESTS  INPUT  CACHED  OUTPUT     COST
 total                            15  1,500  15,000     150  $0.2512
 ";
         assert_eq!(text, expected);
+        // Requests no provider answered are not a provider's row.
+        let report = UsageReport {
+            rows: vec![row("2025-11-24", "(cancelled)", 2, 0.0)],
+        };
+        let text = usage_text(&report, 7, Style::PLAIN);
+        assert!(text.contains("2025-11-24  none: cancelled"), "{text}");
         assert_eq!(
             usage_text(&UsageReport { rows: vec![] }, 7, Style::PLAIN),
             "no requests in the last 7 days\n"
