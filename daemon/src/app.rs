@@ -27,6 +27,9 @@ pub struct Options {
     pub simulate: bool,
     /// The process's file descriptor limit, if known: the connection cap is fitted under it.
     pub fd_limit: Option<u64>,
+    /// Why the log directory cannot be written, if it cannot: `mythos status` says so, since
+    /// the daemon then logs to a stderr that nobody may read.
+    pub log_failure: Option<String>,
 }
 
 /// The connection cap: the configured one, lowered so that everything it lets in fits in the
@@ -132,7 +135,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         tracing::warn!(provider = %s.provider, variable = %s.variable, "{s}");
     }
     let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = opts.log_failure.iter().cloned().collect();
     let mut held_elsewhere = false;
     let opened = match std::fs::create_dir_all(&opts.state_dir) {
         Ok(()) => open_state(&opts.state_dir.join("state.db"))

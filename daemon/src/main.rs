@@ -143,7 +143,7 @@ fn main() -> ExitCode {
         .state_dir
         .clone()
         .unwrap_or_else(mythos_protocol::paths::state_dir);
-    let opts = Options {
+    let mut opts = Options {
         config: args
             .config
             .clone()
@@ -151,6 +151,7 @@ fn main() -> ExitCode {
         state_dir: state_dir.clone(),
         simulate: args.simulate,
         fd_limit,
+        log_failure: None,
     };
 
     // Logs: a daily file under the state dir, plus stderr in the foreground.
@@ -171,10 +172,14 @@ fn main() -> ExitCode {
     let appender: Box<dyn std::io::Write + Send> = match appender {
         Ok(a) => Box::new(a),
         Err(e) => {
-            eprintln!(
-                "mythosd: cannot write logs in {}: {e}; logging to stderr only",
+            let why = format!(
+                "cannot write logs in {}: {e}; logging to stderr only (which a daemon started \
+                 by a `mythos` command does not have: `mythosd --foreground` shows them)",
                 log_dir.display()
             );
+            // Said once here (the stderr layer below carries the rest), and in `status`.
+            eprintln!("mythosd: {why}");
+            opts.log_failure = Some(why);
             Box::new(std::io::sink())
         }
     };

@@ -225,6 +225,20 @@ fn a_bad_config_file_is_a_failure_the_unit_does_not_restart() {
     );
 }
 
+/// A log directory that cannot be written is said in `status`: the daemon a command started
+/// has no stderr, so its one line about it reached nobody.
+#[test]
+fn status_says_when_the_logs_cannot_be_written() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::write(env.state.join("logs"), b"not a directory").unwrap();
+    let out = env.mythos(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cannot write logs in"), "{text}");
+    env.mythos(&["daemon", "stop"]);
+}
+
 #[test]
 fn with_no_keys_the_simulated_providers_answer() {
     let env = TestEnv::new();
