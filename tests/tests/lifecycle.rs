@@ -1207,13 +1207,20 @@ async fn a_hung_daemon_is_ended_by_restart() {
         "{err}"
     );
 
+    let t0 = std::time::Instant::now();
     let out = run(&["daemon", "restart"]).await;
+    let took = t0.elapsed();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
+    // One hello timeout (10 s) and the signal's grace (3 s), not two timeouts (it took 23 s).
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "{took:?}: {said}"
+    );
     let new_pid = env.connect().await.status().await.pid;
     assert_ne!(new_pid, old_pid, "{said}");
     // The old one is gone (reaped here: it was this test's child).

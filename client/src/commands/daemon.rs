@@ -38,10 +38,11 @@ pub async fn run(g: &Globals, action: Action) -> Result<u8, Failure> {
         Action::Start => start(g).await,
         Action::Stop => stop(g).await,
         Action::Restart => {
-            if let Some((cmd, pid)) = service_restart(g).await {
+            let (service, hung) = service_restart(g).await;
+            if let Some((cmd, pid)) = service {
                 return restart_service(g, &cmd, pid).await;
             }
-            restart(g).await
+            restart(g, hung).await
         }
         Action::Reload => reload(g).await,
         Action::Status { json } => match Connection::connect(&g.target).await {
@@ -98,23 +99,30 @@ async fn reload(g: &Globals) -> Result<u8, Failure> {
 
 /// The command that restarts the running daemon through its service manager, if one runs it:
 /// as the daemon says, or (a daemon of an older build, which does not) as its cgroup says.
-async fn service_restart(g: &Globals) -> Option<(Vec<String>, u32)> {
-    let pid = match Connection::connect(&g.target).await {
+/// Also the failure to connect when the daemon did not answer its hello, so that the restart
+/// does not wait for that hello a second time (it took two timeouts, 23 s: found by a helper).
+async fn service_restart(g: &Globals) -> (Option<(Vec<String>, u32)>, Option<ConnectError>) {
+    let (pid, hung) = match Connection::connect(&g.target).await {
         Ok(mut conn) => match status::fetch(&mut conn).await {
             Ok(report) => {
                 if let Some(cmd) = report.restart_command.filter(|c| is_service_restart(c)) {
-                    return Some((cmd, report.pid));
+                    return (Some((cmd, report.pid)), None);
                 }
-                Some(report.pid)
+                (Some(report.pid), None)
             }
-            Err(_) => conn.daemon_pid,
+            Err(_) => (conn.daemon_pid, None),
         },
-        Err(ConnectError::Incompatible { pid, .. }) => pid,
-        Err(_) => None,
-    }?;
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let cmd = mythos_protocol::paths::systemd_restart(&cgroup).filter(|c| is_service_restart(c))?;
-    Some((cmd, pid))
+        Err(ConnectError::Incompatible { pid, .. }) => (pid, None),
+        Err(e @ ConnectError::Unresponsive { pid }) => (pid, Some(e)),
+        Err(_) => (None, None),
+    };
+    let cmd = pid.and_then(|pid| {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let cmd =
+            mythos_protocol::paths::systemd_restart(&cgroup).filter(|c| is_service_restart(c))?;
+        Some((cmd, pid))
+    });
+    (cmd, hung)
 }
 
 /// Whether `cmd` is one of the two restarts a daemon may ask for: this client runs what the
@@ -212,21 +220,28 @@ async fn stop(g: &Globals) -> Result<u8, Failure> {
 /// its socket, its lock, the HTTP port and the state as its drain begins, so the new one
 /// serves while the old one finishes its streams in flight (up to its drain time). Waiting
 /// for the old one to exit left agents' connections refused for that long.
-async fn restart(g: &Globals) -> Result<u8, Failure> {
+async fn restart(g: &Globals, hung: Option<ConnectError>) -> Result<u8, Failure> {
     // The new daemon keeps the old one's environment where this shell lacks a variable: a
     // restart from a shell without the keys switched a daemon with real providers to the
     // simulated ones, without a word (found by a helper). This shell's own values win (a new
     // key is how a user says "fixed").
     let mut target = g.target.clone();
-    if let Some(pid) = Connection::connect(&g.target)
-        .await
-        .ok()
-        .and_then(|c| c.daemon_pid)
-    {
+    // One connection, used for both: a daemon that does not answer cost two hello timeouts
+    // (23 s) before it was ended (found by a helper).
+    let connected = match hung {
+        Some(e) => Err(e),
+        None => Connection::connect(&g.target).await,
+    };
+    let old_pid = match &connected {
+        Ok(c) => c.daemon_pid,
+        Err(ConnectError::Unresponsive { pid } | ConnectError::Incompatible { pid, .. }) => *pid,
+        Err(_) => None,
+    };
+    if let Some(pid) = old_pid {
         target.daemon_env = inherited_env(pid);
     }
     let g = &Globals { target };
-    let old = ask_to_stop(g).await?;
+    let old = stop_connected(g, connected).await?;
     if old.is_some() && !wait_until_handed_over(g, old.flatten()).await? {
         // An older daemon lets go at its exit only; the start below waits for that in turn
         // (a daemon that finds the socket still held retries until it is free).
@@ -290,7 +305,15 @@ fn inherited_env(pid: u32) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
 
 /// Ask the running daemon to shut down. `None`: none runs; else its pid, if known.
 async fn ask_to_stop(g: &Globals) -> Result<Option<Option<u32>>, Failure> {
-    let pid = match Connection::connect(&g.target).await {
+    stop_connected(g, Connection::connect(&g.target).await).await
+}
+
+/// [`ask_to_stop`] with the connection (or the failure to make one) in hand.
+async fn stop_connected(
+    g: &Globals,
+    connected: Result<Connection, ConnectError>,
+) -> Result<Option<Option<u32>>, Failure> {
+    let pid = match connected {
         Err(ConnectError::NotRunning) => return Ok(None),
         // A daemon of another protocol version cannot be asked in words; a signal works for
         // any version (SIGTERM is its orderly shutdown).
