@@ -62,6 +62,10 @@ struct ChoiceDelta<'a> {
     content: Option<Str<'a>>,
     #[serde(default, borrow)]
     reasoning_content: Option<Str<'a>>,
+    /// Ollama's, OpenRouter's and newer vLLM's name for `reasoning_content` (vLLM sends both,
+    /// alike: only one is taken).
+    #[serde(default, borrow)]
+    reasoning: Option<Str<'a>>,
     #[serde(default, borrow)]
     refusal: Option<Str<'a>>,
     #[serde(default, borrow)]
@@ -200,7 +204,14 @@ impl OpenAiDecoder {
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(d) = choice.delta {
-                if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
+                // Read, the thinking is also what keeps the watchdog from taking a model that
+                // reasons for a minute (gpt-oss on Ollama, R1 on OpenRouter) for a silent one:
+                // ignored, it was cut at the first token's limit, on every attempt.
+                let reasoning = d
+                    .reasoning_content
+                    .filter(|t| !t.is_empty())
+                    .or(d.reasoning.filter(|t| !t.is_empty()));
+                if let Some(t) = reasoning {
                     out.push(Delta::Thinking(t.into_text()));
                 }
                 if let Some(t) = d.content.filter(|t| !t.is_empty()) {
@@ -313,6 +324,27 @@ mod tests {
             c["id"] = id.into();
         }
         serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [c]}}]}).to_string()
+    }
+
+    /// Ollama's and OpenRouter's `reasoning` is thinking, as DeepSeek's `reasoning_content`
+    /// is; a delta with both (vLLM) gives it once.
+    #[test]
+    fn reasoning_under_either_name_is_thinking_once() {
+        let out = deltas(&[
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"Need"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning":" to","reasoning_content":" to"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":" answer."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#,
+        ]);
+        let thinking: String = out
+            .iter()
+            .filter_map(|d| match d {
+                Delta::Thinking(t) => Some(t.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(thinking, "Need to answer.");
+        assert!(out.contains(&Delta::Text("Hi".into())), "{out:?}");
     }
 
     /// Servers that repeat a call's id and name on every chunk of its arguments (DeepSeek,
