@@ -345,6 +345,19 @@ mod tests {
             .collect();
         assert_eq!(thinking, "Need to answer.");
         assert!(out.contains(&Delta::Text("Hi".into())), "{out:?}");
+        // As Ollama sends it, the same chunk again and again.
+        let ollama = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-oss:20b","choices":[{"index":0,"delta":{"content":"","reasoning":"hmm "}}]}"#;
+        let out = deltas(&[
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-oss:20b","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            ollama,
+            ollama,
+            ollama,
+        ]);
+        let n = out
+            .iter()
+            .filter(|d| matches!(d, Delta::Thinking(_)))
+            .count();
+        assert_eq!(n, 3, "{out:?}");
     }
 
     /// Servers that repeat a call's id and name on every chunk of its arguments (DeepSeek,
