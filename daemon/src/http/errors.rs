@@ -63,9 +63,16 @@ impl ApiError {
 
     /// A routing failure: the daemon tried what it could.
     pub fn from_route(kind: ErrorKind, message: String, retry_at_unix_ms: Option<u64>) -> Self {
+        // Every provider cooling down is a refusal, not the end of the daemon's retries: the
+        // SDK's own retry (after `retry-after`, when known) keeps an agent's session through an
+        // outage of every provider, where `x-should-retry: false` ended it (found by a
+        // helper's run).
         let retried = !matches!(
             kind,
-            ErrorKind::ShuttingDown | ErrorKind::Internal | ErrorKind::Cancelled
+            ErrorKind::ShuttingDown
+                | ErrorKind::Internal
+                | ErrorKind::Cancelled
+                | ErrorKind::AllCoolingDown
         );
         ApiError {
             status: status_of(kind),
@@ -297,7 +304,9 @@ mod tests {
         assert!(e.retried);
         let r = e.into_response(Dialect::Anthropic);
         assert_eq!(r.headers()["x-should-retry"], "false");
-        let e = ApiError::from_route(ErrorKind::ShuttingDown, "x".into(), None);
-        assert!(!e.retried);
+        for kind in [ErrorKind::ShuttingDown, ErrorKind::AllCoolingDown] {
+            let e = ApiError::from_route(kind, "x".into(), None);
+            assert!(!e.retried, "{kind:?}");
+        }
     }
 }

@@ -230,6 +230,14 @@ impl WaitQueue {
 /// While every provider is cooling down, how many streams each may still have at once.
 pub const PANIC_IN_FLIGHT: u32 = 2;
 
+/// While every provider is cooling down, how often one that answers nothing is tried anyway,
+/// one attempt at a time: an outage that ended is found within seconds, where waiting out the
+/// cooldowns (30 s, doubled per failed probe) refused every request for up to four minutes
+/// after the providers were back (a helper's run: the first answer 55 s after a 35 s outage
+/// of every provider ended). A dead world gets one attempt per provider this often, not the
+/// storm that kept every provider busy did (40 times the traffic).
+pub const PANIC_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// Whether provider `p` answered any of its recent attempts (within the breaker's horizon):
 /// failing often, not dead.
 fn answering(p: &ProviderHealth, now: Instant) -> bool {
@@ -291,6 +299,24 @@ impl HealthBook {
                         "cooling down, {} s left, but so is every provider: still tried, \
                          {PANIC_IN_FLIGHT} at a time",
                         secs_left(until, now)
+                    ));
+                }
+                // Answering nothing lately: tried once in a while, one attempt at a time (see
+                // `PANIC_PROBE_EVERY`); an answer closes its breaker.
+                Breaker::Open { until, .. } if panic => {
+                    let next = p
+                        .last_selected
+                        .map_or(now, |t| super::health::after(t, PANIC_PROBE_EVERY))
+                        .min(until);
+                    later = p.in_flight > 0;
+                    if next > now {
+                        at = Some(next);
+                    }
+                    why.push(format!(
+                        "cooling down, {} s left, but so is every provider: tried once every \
+                         {} s",
+                        secs_left(until, now),
+                        PANIC_PROBE_EVERY.as_secs()
                     ));
                 }
                 Breaker::Open { until, .. } => {
@@ -447,6 +473,10 @@ impl HealthBook {
                 *probing = true;
                 true
             }
+            // Tried while cooling down (every provider is, or the request is pinned there):
+            // its answer is as fresh a verdict as the probe's, and closes the breaker; its
+            // fault moves nothing.
+            Breaker::Open { .. } => true,
             _ => false,
         };
         let seq = p.quota.reserve(p.quota_cost(want.cost));

@@ -588,7 +588,7 @@ impl HealthBook {
     /// whether the breaker closed.
     pub fn probe_answered(&mut self, i: usize, now: Instant) -> bool {
         let p = &mut self.providers[i];
-        if !matches!(p.breaker, Breaker::HalfOpen { .. }) {
+        if !matches!(p.breaker, Breaker::HalfOpen { .. } | Breaker::Open { .. }) {
             return false;
         }
         p.breaker = Breaker::Closed;

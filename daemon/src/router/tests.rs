@@ -3918,15 +3918,18 @@ async fn a_hard_failure_beside_an_open_breaker_ends_after_the_rounds() {
     }
     trip(&h, 1);
     h.scripts[0].push(vec![Step::Fail(err(ErrorKind::ServerError, None)); 100]);
+    // Still down: tried once when alpha's breaker opens too (every provider cooling down).
+    h.scripts[1].push(vec![Step::Fail(err(ErrorKind::ServerError, None)); 100]);
     let c0 = h.scripts[0].calls();
     let t0 = Instant::now();
     let ev = ask(&h.router, req("hi")).await;
     assert!(error_kind(&ev).is_some(), "{ev:?}");
     let calls = h.scripts[0].calls() - c0;
     assert!(
-        t0.elapsed() < Duration::from_secs(4) && calls <= 8,
-        "{:?} {calls} calls",
-        t0.elapsed()
+        t0.elapsed() < Duration::from_secs(4) && calls <= 8 && h.scripts[1].calls() <= 1,
+        "{:?} {calls} calls, {} at beta",
+        t0.elapsed(),
+        h.scripts[1].calls()
     );
 }
 
@@ -4681,34 +4684,60 @@ async fn with_every_breaker_open_requests_are_still_tried() {
     }
     assert_eq!(answered, 6);
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    // `mythos status` says why providers cooling down still answer.
-    for p in h.router.status() {
-        assert!(p.note.contains("still tried, 2 at a time"), "{}", p.note);
-    }
-    // The breakers are still open: the probe at each cooldown's end decides.
-    {
-        let book = h.router.health();
-        for i in 0..2 {
-            assert!(matches!(
-                book.providers[i].breaker,
-                super::health::Breaker::Open { .. }
-            ));
-        }
-    }
-    // Providers that answered nothing lately are dead, not flaky: they wait out their
-    // cooldowns as before (here a request waits for the probe at the end), not kept busy with
-    // attempts that only add load (a paired storm run: 40 times the traffic, and a dead world
-    // took 20-30 s to fail each request).
+    // An answer while cooling down is as fresh a verdict as a probe's: the breaker that the
+    // first request found open is closed (it stayed open for the whole cooldown, and two
+    // streams at a time was all a recovered provider was given: a helper's run saw 1,120 of
+    // 1,137 requests refused while two providers were healthy again).
+    assert!(
+        (0..2).any(|i| h.router.health().state_of(i, Instant::now()).0 == BreakerState::Closed),
+        "{:?}",
+        h.router.status()
+    );
+    // Providers that answered nothing lately are dead, not flaky: not kept busy with attempts
+    // that only add load (a paired storm run: 40 times the traffic), but tried one attempt at
+    // a time, once every few seconds, so that the end of an outage is found within seconds
+    // and not when the cooldowns (doubled per failed probe) run out: a helper's run saw every
+    // request refused for 55 s after an outage of every provider had ended.
     let h = harness(2, no_jitter());
+    for s in &h.scripts {
+        s.push(vec![Step::Fail(err(ErrorKind::Overloaded, None)); 100]);
+    }
     for i in 0..2 {
         trip(&h, i);
     }
     let t0 = Instant::now();
-    let ev = ask(&h.router, req("dead")).await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let r = h.router.clone();
+        tasks.push(tokio::spawn(async move {
+            ask(&r, req(&format!("dead {n}"))).await
+        }));
+    }
+    for t in tasks {
+        let ev = t.await.unwrap();
+        assert!(error_kind(&ev).is_some(), "{ev:?}");
+    }
+    let calls = h.scripts[0].calls() + h.scripts[1].calls();
+    let spacings = t0.elapsed().as_secs() / admission::PANIC_PROBE_EVERY.as_secs() + 1;
     assert!(
-        t0.elapsed() >= Duration::from_secs(29),
+        calls as u64 <= 2 * spacings,
+        "{calls} attempts in {:?}",
+        t0.elapsed()
+    );
+    // The outage ends: the next request is answered within a spacing, and the breaker closes.
+    for s in &h.scripts {
+        s.steps.lock().unwrap().clear();
+    }
+    let t0 = Instant::now();
+    let ev = ask(&h.router, req("back")).await;
+    assert!(done_provider(&ev).is_some(), "{ev:?}");
+    assert!(
+        t0.elapsed() <= admission::PANIC_PROBE_EVERY,
         "{:?}",
         t0.elapsed()
     );
-    assert_eq!(h.scripts[0].calls() + h.scripts[1].calls(), 1, "{ev:?}");
+    let closed = (0..2)
+        .filter(|&i| h.router.health().state_of(i, Instant::now()).0 == BreakerState::Closed)
+        .count();
+    assert_eq!(closed, 1);
 }
