@@ -125,16 +125,30 @@ async fn open_state(
     }
 }
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is wrong or leaves no usable provider: mended by hand, not by a restart.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (the HTTPS client, the simulated providers).
+    #[error("{0}")]
+    Other(String),
+}
+
 /// Load config, open state, start simulated providers if needed, build the router.
-pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
-    let config = Config::load(&opts.config).map_err(|e| e.to_string())?;
+pub async fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    let config = Config::load(&opts.config).map_err(|e| StartError::Config(e.to_string()))?;
     if !opts.simulate {
-        config.check_usable().map_err(|e| e.to_string())?;
+        config
+            .check_usable()
+            .map_err(|e| StartError::Config(e.to_string()))?;
     }
     for s in &config.skipped {
         tracing::warn!(provider = %s.provider, variable = %s.variable, "{s}");
     }
-    let client = http_client().map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
+    let client = http_client()
+        .map_err(|e| StartError::Other(format!("cannot set up the HTTPS client: {e}")))?;
     let mut notes: Vec<String> = opts.log_failure.iter().cloned().collect();
     let mut held_elsewhere = false;
     let opened = match std::fs::create_dir_all(&opts.state_dir) {
@@ -175,7 +189,7 @@ pub async fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         crate::sim::start_builtin()
             .await
-            .map_err(|e| format!("cannot start simulated providers: {e}"))?
+            .map_err(|e| StartError::Other(format!("cannot start simulated providers: {e}")))?
     } else {
         (config.providers.clone(), HashMap::new())
     };

@@ -373,7 +373,10 @@ async fn run(
             socket::Bound::remove_socket(&bound.path, bound.id);
             // The configuration (a bad file, no usable provider): starting again cannot help
             // until it is mended, and the units do not restart on this status.
-            return lasting_failure(EX_CONFIG);
+            return match e {
+                app::StartError::Config(_) => lasting_failure(EX_CONFIG),
+                app::StartError::Other(_) => ExitCode::FAILURE,
+            };
         }
     };
     let ctx = prepared.ctx.clone();

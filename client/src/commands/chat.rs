@@ -22,7 +22,7 @@ use rustyline::{Behavior, Config, Editor};
 use tokio::runtime::Runtime;
 
 use super::demo::PrivateDaemon;
-use super::{print, status, stream_failure, unexpected, Globals};
+use super::{eprint_line, print, status, stream_failure, unexpected, Globals};
 use crate::connection::{Connection, Target};
 use crate::error::{Failure, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::render::{status_text, PrinterOptions, StreamPrinter, Style};
@@ -619,7 +619,7 @@ fn repl(rt: &Runtime, target: Target, opts: ChatOptions) -> Result<u8, Failure> 
                     Ok(tool) => say(&format!("copied (with {tool})\n")),
                     // To stderr: a chat whose output goes to a file keeps only the answers.
                     Err(e) => {
-                        eprintln!("cannot copy: {e}");
+                        eprint_line(&format!("cannot copy: {e}"));
                         Ok(())
                     }
                 },

@@ -160,7 +160,10 @@ fn endpoint(cfg: &ProviderConfig, model: &str) -> String {
 /// reports at start-up rather than running on a client without its timeouts.
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
+        // Under the watchdog's floor (5 s): a connect that hangs (Wi-Fi without internet, a
+        // dead VPN) is a connect failure, which says "offline" when no provider can be
+        // reached, not a silent provider blamed by the watchdog (found by a review).
+        .connect_timeout(Duration::from_secs(4))
         .pool_idle_timeout(Duration::from_secs(90))
         // Enough warm connections for every session on one machine; a burst of 1,000 streams
         // would otherwise leave 1,000 idle connections and their buffers (~100 MiB) behind.
@@ -547,7 +550,19 @@ impl Transport for HttpTransport {
                 if ty == "application/json" {
                     // Read as a stream after all when it is one (a proxy that labels every
                     // body JSON), as a stream's events when it is a whole answer.
-                    let first = resp.chunk().await.ok().flatten().unwrap_or_default();
+                    // Blank lines may come first: looked past, a few at most.
+                    let mut first = bytes::BytesMut::new();
+                    for _ in 0..8 {
+                        match resp.chunk().await {
+                            Ok(Some(more)) => first.extend_from_slice(&more),
+                            Ok(None) => break,
+                            Err(e) => return Err(transport_error(&name, e, true)),
+                        }
+                        if !first.trim_ascii_start().is_empty() {
+                            break;
+                        }
+                    }
+                    let first = first.freeze();
                     if looks_like_events(&first) {
                         let first_bytes = futures_util::stream::iter([Ok(first)]);
                         let first = Delta::RateLimits(Box::new(limits));
@@ -559,13 +574,22 @@ impl Transport for HttpTransport {
                         ));
                     }
                     body.extend_from_slice(&first);
-                    read_capped(
+                    let read = read_capped(
                         &mut resp,
                         &mut body,
                         whole::WHOLE_ANSWER_CAP,
                         WHOLE_ANSWER_TIME,
                     )
                     .await;
+                    if let Some(why) = read.incomplete() {
+                        return Err(ProviderError::new(
+                            ErrorKind::Malformed,
+                            format!(
+                                "{name} answered a whole JSON document where an event stream \
+                                 was asked for, and it was {why}"
+                            ),
+                        ));
+                    }
                     if let Some(events) = whole::as_stream(api, &body) {
                         tracing::info!(
                             provider = %name,
@@ -692,18 +716,51 @@ fn looks_like_events(first: &[u8]) -> bool {
         .any(|p| start.starts_with(p))
 }
 
+/// How [`read_capped`] ended.
+enum BodyRead {
+    /// The body's end.
+    Whole,
+    /// At the cap, with more to come.
+    Capped(usize),
+    /// Out of time.
+    Slow(Duration),
+    /// The connection broke.
+    Broken,
+}
+
+impl BodyRead {
+    /// Why the body is not whole, in words; `None` when it is.
+    fn incomplete(&self) -> Option<String> {
+        match self {
+            BodyRead::Whole => None,
+            BodyRead::Capped(cap) => Some(format!("larger than {} MiB", cap >> 20)),
+            BodyRead::Slow(t) => Some(format!("not whole after {} s", t.as_secs())),
+            BodyRead::Broken => Some("cut before its end".into()),
+        }
+    }
+}
+
 /// Read more of `resp` into `body`, up to `cap` bytes and for `time` at most.
-async fn read_capped(resp: &mut reqwest::Response, body: &mut Vec<u8>, cap: usize, time: Duration) {
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    body: &mut Vec<u8>,
+    cap: usize,
+    time: Duration,
+) -> BodyRead {
     let read = async {
         while body.len() < cap {
             match resp.chunk().await {
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                _ => break,
+                Ok(None) => return BodyRead::Whole,
+                Err(_) => return BodyRead::Broken,
             }
         }
+        BodyRead::Capped(cap)
     };
     // A provider that sends its status and then stalls must not hold us up.
-    let _ = tokio::time::timeout(time, read).await;
+    tokio::time::timeout(time, read)
+        .await
+        .unwrap_or(BodyRead::Slow(time))
 }
 
 impl<D, B> BodyStream<D, B>
@@ -942,7 +999,10 @@ fn transport_error(name: &str, e: reqwest::Error, mid_stream: bool) -> ProviderE
         source = s.source();
     }
     let message = format!("{name}: {what} ({detail})");
-    if e.is_connect() && !mid_stream {
+    // A certificate refused is a TLS server that answered (a proxy inspecting TLS, a wrong
+    // host): not an unreachable one.
+    let certificate = detail.to_ascii_lowercase().contains("certificate");
+    if e.is_connect() && !mid_stream && !certificate {
         ProviderError::unreached(kind, message)
     } else {
         ProviderError::new(kind, message)
@@ -1038,7 +1098,8 @@ async fn error_from_partly_read(
                 .collect::<String>()
         });
     let mut resp = resp;
-    read_capped(&mut resp, &mut body, ERROR_BODY_CAP, Duration::from_secs(5)).await;
+    // An error is said from what came, whole or not.
+    let _ = read_capped(&mut resp, &mut body, ERROR_BODY_CAP, Duration::from_secs(5)).await;
     let google = (api == Api::Gemini)
         .then(|| gemini::GoogleError::parse(&body))
         .flatten();

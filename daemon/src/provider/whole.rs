@@ -65,6 +65,17 @@ fn openai(v: Value, out: &mut Vec<u8>) -> Option<()> {
             "content" | "refusal" | "reasoning_content" if val.is_string() => {
                 delta.insert(k, val);
             }
+            // Parts (Mistral's reasoning models, some compatible servers): the text parts are
+            // the content, the thinking parts the reasoning. Anything else is not read as an
+            // empty answer.
+            "content" if val.is_array() => {
+                let (text, thinking) = content_parts(&val)?;
+                delta.insert(k, Value::String(text));
+                if !thinking.is_empty() {
+                    delta.insert("reasoning_content".into(), Value::String(thinking));
+                }
+            }
+            "content" if !val.is_null() => return None,
             // vLLM's and OpenRouter's name for the reasoning.
             "reasoning" if val.is_string() => {
                 delta.entry("reasoning_content").or_insert(val);
@@ -110,6 +121,28 @@ fn openai(v: Value, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+/// The text and the thinking of a content given as parts, or `None` for a part of another
+/// kind (an image, audio: not an answer this can carry).
+fn content_parts(parts: &Value) -> Option<(String, String)> {
+    let (mut text, mut thinking) = (String::new(), String::new());
+    for part in parts.as_array()? {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(part.get("text")?.as_str()?),
+            Some("thinking") => match part.get("thinking")? {
+                Value::String(t) => thinking.push_str(t),
+                Value::Array(inner) => {
+                    for t in inner {
+                        thinking.push_str(t.get("text")?.as_str()?);
+                    }
+                }
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    Some((text, thinking))
+}
+
 /// A `message` as its stream: each block whole in its start (the decoder takes a text, a
 /// thinking, a tool call's input there, as the API sends a server tool's result), a thinking
 /// block's signature in its delta, then the stop reason.
@@ -144,11 +177,32 @@ fn anthropic(v: Value, out: &mut Vec<u8>) -> Option<()> {
             }
             _ => None,
         };
+        // A text's citations come in deltas of their own, as the stream sends them.
+        let citations = match &mut block {
+            Value::Object(b) if b.get("type").and_then(Value::as_str) == Some("text") => {
+                match b.remove("citations") {
+                    Some(Value::Array(c)) => c,
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
         event(
             out,
             Some("content_block_start"),
             &json!({"type": "content_block_start", "index": index, "content_block": block}),
         );
+        for citation in citations {
+            event(
+                out,
+                Some("content_block_delta"),
+                &json!({
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "citations_delta", "citation": citation},
+                }),
+            );
+        }
         if let Some(sig) = signature.filter(Value::is_string) {
             event(
                 out,
@@ -190,12 +244,10 @@ fn gemini(v: Value, out: &mut Vec<u8>) -> Option<()> {
         Value::Array(chunks) => chunks,
         one => vec![one],
     };
-    let answers = |c: &Value| {
-        c.is_object()
-            && c.get("error").is_none()
-            && (c.get("candidates").is_some() || c.get("promptFeedback").is_some())
-    };
-    if chunks.is_empty() || !chunks.iter().all(answers) {
+    // Each a response (a last one may carry only the usage), one at least an answer.
+    let response = |c: &Value| c.is_object() && c.get("error").is_none();
+    let answers = |c: &Value| c.get("candidates").is_some() || c.get("promptFeedback").is_some();
+    if !chunks.iter().all(response) || !chunks.iter().any(answers) {
         return None;
     }
     for c in &chunks {
@@ -311,6 +363,46 @@ mod tests {
                 Delta::Text(" you".into()),
                 Delta::Finish(FinishReason::Stop)
             ]
+        );
+    }
+
+    /// Found by a review: content in parts read as an empty answer; a Gemini array's last
+    /// usage-only chunk failed the whole; a text's citations were dropped.
+    #[test]
+    fn parts_a_last_usage_chunk_and_citations_are_kept() {
+        let parts = r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",
+            "content":[{"type":"thinking","thinking":[{"type":"text","text":"why"}]},
+            {"type":"text","text":"Because."}]},"finish_reason":"stop"}]}"#;
+        let (deltas, clean) = read(Api::Openai, OpenAiDecoder::default(), parts);
+        assert!(clean);
+        assert!(
+            deltas.contains(&Delta::Thinking("why".into())),
+            "{deltas:?}"
+        );
+        assert!(
+            deltas.contains(&Delta::Text("Because.".into())),
+            "{deltas:?}"
+        );
+        let image = r#"{"choices":[{"index":0,"message":{"content":[{"type":"image_url"}]}}]}"#;
+        assert!(as_stream(Api::Openai, image.as_bytes()).is_none());
+
+        let array = r#"[{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},
+            "finishReason":"STOP"}]},{"usageMetadata":{"promptTokenCount":3}}]"#;
+        let (deltas, clean) = read(Api::Gemini, GeminiDecoder::new(1), array);
+        assert!(clean);
+        assert!(deltas.contains(&Delta::Text("Hi".into())), "{deltas:?}");
+
+        let cited = r#"{"type":"message","role":"assistant","model":"claude","content":[
+            {"type":"text","text":"It is blue.","citations":[{"type":"char_location",
+            "cited_text":"blue","document_index":0,"start_char_index":0,"end_char_index":4}]}],
+            "stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":2}}"#;
+        let (deltas, clean) = read(Api::Anthropic, AnthropicDecoder::default(), cited);
+        assert!(clean);
+        assert!(
+            deltas
+                .iter()
+                .any(|d| matches!(d, Delta::Citation(c) if c.contains("cited_text"))),
+            "{deltas:?}"
         );
     }
 

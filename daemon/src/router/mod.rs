@@ -1880,10 +1880,20 @@ impl Router {
             v
         };
         if !j.unreachable.is_empty() && j.unreachable.len() == distinct.len() {
+            // With the last failure's words: a name that does not resolve and a refused
+            // connection are not fixed alike.
+            let last = j
+                .errors
+                .last()
+                .map(|(_, e)| format!(": {}", e.message))
+                .unwrap_or_default();
             return (
                 ProviderError::new(
                     ErrorKind::Offline,
-                    "cannot reach any provider: this machine looks offline (no provider was blamed)",
+                    format!(
+                        "cannot reach any provider: this machine looks offline (no provider \
+                         was blamed){last}"
+                    ),
                 ),
                 None,
             );

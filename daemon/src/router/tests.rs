@@ -1806,6 +1806,11 @@ async fn offline_is_not_blamed_on_providers() {
     let t0 = Instant::now();
     let ev = ask(&h.router, req("x")).await;
     assert_eq!(error_kind(&ev), Some(ErrorKind::Offline));
+    // With what went wrong: a name that does not resolve is not mended as a refusal is.
+    assert!(
+        format!("{ev:?}").contains("cannot connect (refused)"),
+        "{ev:?}"
+    );
     assert_eq!(calls(&h), [1, 1, 1], "no retries into a dead network");
     assert!(t0.elapsed() < Duration::from_millis(50));
     for i in 0..3 {
