@@ -88,6 +88,9 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
         408 => ErrorKind::Timeout,
         // 409 is a lock or conflict on the provider's side; the official SDKs retry it.
         409 => ErrorKind::ServerError,
+        // "Too Early": try again later. Taken for a refusal of the request, two of them went
+        // to the client as a 400 while other providers were healthy (found by a helper).
+        425 => ErrorKind::ServerError,
         413 => ErrorKind::ContextLength,
         // A redirect (not followed: it would take the key along) is the configuration's
         // fault, like a wrong path: retrying it cannot help, the next provider can.
@@ -284,6 +287,7 @@ mod tests {
         );
         assert_eq!(k(422, None, Some("unprocessable")), ErrorKind::BadRequest);
         assert_eq!(k(409, None, None), ErrorKind::ServerError);
+        assert_eq!(k(425, None, None), ErrorKind::ServerError);
         assert_eq!(k(418, None, Some("I'm a teapot")), ErrorKind::BadRequest);
         assert_eq!(k(451, None, None), ErrorKind::BadRequest);
         assert_eq!(k(410, None, None), ErrorKind::NotFound);
