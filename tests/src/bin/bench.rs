@@ -208,7 +208,10 @@ fn spawn_self(
     let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut url = String::new();
     out.read_line(&mut url).expect("the process's address");
-    assert!(url.starts_with("http://"), "{args:?} said {url:?}");
+    assert!(
+        url.starts_with("http://") || url.starts_with("unix:"),
+        "{args:?} said {url:?}"
+    );
     (child, control, out, url.trim().to_string())
 }
 
@@ -278,6 +281,183 @@ fn serve_floor(upstream: &str) {
         let addr = listener.local_addr().expect("its address");
         println!("http://{addr}");
         axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+/// The socket path's counterpart of [`FloorProcess`] (`bench --serve-socket-floor URL PATH`): a
+/// bare relay that speaks the daemon's own protocol on a Unix socket (the hello, bincode frames
+/// through the protocol crate's codec), posts each chat request to the mock with the daemon's
+/// HTTP client, reads the SSE body with the least parsing that yields text (each `data:` line
+/// into a borrowed struct of the delta alone) and writes its text deltas back as frames, once
+/// per upstream read, then `done`. No routing, health, records, metrics or translation: what
+/// any relay that turns a provider's stream into this protocol's frames pays per request on
+/// this machine, beside which mythosd's socket rows are read.
+struct SocketFloorProcess {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl SocketFloorProcess {
+    fn start(upstream: &str, socket: &Path) -> SocketFloorProcess {
+        SocketFloorProcess::start_under(&[], upstream, socket)
+    }
+
+    /// The relay under `wrapper` (callgrind).
+    fn start_under(wrapper: &[String], upstream: &str, socket: &Path) -> SocketFloorProcess {
+        let path = socket.to_str().expect("a socket path in UTF-8");
+        let (child, _stdin, _out, _) =
+            spawn_self(wrapper, &["--serve-socket-floor", upstream, path]);
+        SocketFloorProcess {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SocketFloorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `bench --serve-socket-floor URL PATH`: the relay of [`SocketFloorProcess`].
+fn serve_socket_floor(upstream: &str, path: &str) {
+    use futures_util::SinkExt;
+    use mythos_protocol::codec::FrameCodec;
+    use mythos_protocol::{
+        ContentBlock, DoneInfo, Encoding, FinishReason, Hello, HelloReply, MAX_FRAME_LEN,
+        MAX_HELLO_LEN, PROTOCOL_VERSION,
+    };
+    use tokio_util::codec::Framed;
+
+    /// The least of a Chat Completions chunk that carries its text.
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow)]
+        choices: Vec<Choice<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<DeltaText<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct DeltaText<'a> {
+        #[serde(borrow, default)]
+        content: Option<std::borrow::Cow<'a, str>>,
+    }
+
+    let endpoint = format!("{}/chat/completions", upstream.trim_end_matches('/'));
+    let _ = std::fs::remove_file(path);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let client = http_client().expect("http client");
+        let listener = tokio::net::UnixListener::bind(path).expect("bind the socket floor");
+        println!("unix:{path}");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (client, endpoint) = (client.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                let mut hello = Framed::new(
+                    stream,
+                    FrameCodec::<Hello, HelloReply>::new(Encoding::Json, MAX_HELLO_LEN),
+                );
+                let Some(Ok(_)) = hello.next().await else {
+                    return;
+                };
+                let accepted = HelloReply::Accepted {
+                    protocol: PROTOCOL_VERSION,
+                    build: "floor".into(),
+                    encoding: Encoding::Bincode,
+                };
+                if hello.send(accepted).await.is_err() {
+                    return;
+                }
+                let mut framed = hello.map_codec(|_| {
+                    FrameCodec::<Request, Response>::new(Encoding::Bincode, MAX_FRAME_LEN)
+                });
+                while let Some(Ok(Request::Chat(req))) = framed.next().await {
+                    let prompt = match req.messages.first().and_then(|m| m.content.first()) {
+                        Some(ContentBlock::Text { text }) => text.as_str(),
+                        _ => "",
+                    };
+                    let body = serde_json::json!({
+                        "model": "m",
+                        "stream": true,
+                        "messages": [{"role": "user", "content": prompt}],
+                    });
+                    let Ok(resp) = client
+                        .post(&endpoint)
+                        .header("authorization", "Bearer floor")
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    let mut upstream = resp.bytes_stream();
+                    let mut pending: Vec<u8> = Vec::new();
+                    while let Some(Ok(bytes)) = upstream.next().await {
+                        pending.extend_from_slice(&bytes);
+                        let mut used = 0;
+                        while let Some(end) = pending[used..].windows(2).position(|w| w == b"\n\n")
+                        {
+                            let event = &pending[used..used + end];
+                            used += end + 2;
+                            let Some(data) = event.strip_prefix(b"data: ") else {
+                                continue;
+                            };
+                            let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+                                continue;
+                            };
+                            let text = chunk.choices.into_iter().find_map(|c| c.delta?.content);
+                            if let Some(text) = text.filter(|t| !t.is_empty()) {
+                                let event = StreamEvent::TextDelta {
+                                    text: (&*text).into(),
+                                };
+                                if framed
+                                    .feed(Response::Event { id: req.id, event })
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                        pending.drain(..used);
+                        if framed.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    let done = DoneInfo {
+                        finish: FinishReason::Stop,
+                        usage: Default::default(),
+                        cost_usd: 0.0,
+                        latency_ms: 0,
+                        provider: "floor".into(),
+                        model: "m".into(),
+                        record: 0,
+                    };
+                    let event = StreamEvent::Done(Box::new(done));
+                    if framed
+                        .send(Response::Event { id: req.id, event })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
     });
 }
 
@@ -715,32 +895,42 @@ async fn callgrind() -> Vec<Row> {
         Duration::from_secs(300),
     );
     let floor = FloorProcess::start_under(&wrapper(&dir.join("floor.out")), &sim.base_url());
+    let socket_floor = SocketFloorProcess::start_under(
+        &wrapper(&dir.join("socket-floor.out")),
+        &sim.base_url(),
+        &env.socket.with_file_name("floor.sock"),
+    );
     let (base, token) = env.http();
     let prompt = "benchmark prompt";
     // Warm-up: connection pools, lazily built tables, the first state transaction.
     load_via(&env.socket, 1, 5, prompt).await;
     load_http(&base, &token, 1, 5, prompt).await;
     load_http(&floor.url, &token, 1, 5, prompt).await;
+    load_via(&socket_floor.socket, 1, 5, prompt).await;
     let mut daemon_dumps = Dumps::new(daemon.child.id(), dir.join("callgrind.out"));
     let mut floor_dumps = Dumps::new(floor.child.id(), dir.join("floor.out"));
+    let mut socket_floor_dumps = Dumps::new(socket_floor.child.id(), dir.join("socket-floor.out"));
     daemon_dumps.dump();
     floor_dumps.dump();
+    socket_floor_dumps.dump();
     const REQUESTS: usize = 40;
     const LONG: usize = 10;
     let mut rows: Vec<Row> = Vec::new();
-    for front in ["socket", "HTTP", "floor"] {
+    // Each floor's figures go beside the rows of its front, as their "direct" column.
+    for front in ["socket", "socket floor", "HTTP", "floor"] {
         let mut phase = Vec::new();
         for repeat in [1, LONG] {
             sim.set_answer_repeat(repeat);
             let (_, _, chunks, _) = match front {
                 "socket" => load_via(&env.socket, 1, REQUESTS, prompt).await,
+                "socket floor" => load_via(&socket_floor.socket, 1, REQUESTS, prompt).await,
                 "HTTP" => load_http(&base, &token, 1, REQUESTS, prompt).await,
                 _ => load_http(&floor.url, &token, 1, REQUESTS, prompt).await,
             };
-            let dumps = if front == "floor" {
-                &mut floor_dumps
-            } else {
-                &mut daemon_dumps
+            let dumps = match front {
+                "floor" => &mut floor_dumps,
+                "socket floor" => &mut socket_floor_dumps,
+                _ => &mut daemon_dumps,
             };
             phase.push((chunks as f64, dumps.dump()));
         }
@@ -748,18 +938,21 @@ async fn callgrind() -> Vec<Row> {
         let ((c1, i1), (c2, i2)) = (phase[0], phase[1]);
         let per_chunk = (i2 - i1) / (c2 - c1);
         let per_request = (i1 - per_chunk * c1) / REQUESTS as f64;
-        if front == "floor" {
-            // Beside the HTTP rows, as their "direct" column.
+        if front.ends_with("floor") {
             let n = rows.len();
             rows[n - 2].direct = Some(Stat::one(per_chunk));
             rows[n - 1].direct = Some(Stat::one(per_request));
+            let what = if front == "floor" {
+                "; direct: a bare axum + reqwest relay (`FloorProcess`), which passes the \
+                 mock's bytes through unparsed"
+            } else {
+                "; direct: a bare relay of the protocol's frames with reqwest and the least SSE \
+                 parsing (`SocketFloorProcess`)"
+            };
             for row in &mut rows[n - 2..] {
-                row.note.push_str(
-                    "; direct: a bare axum + reqwest relay (`FloorProcess`), which passes the \
-                     mock's bytes through unparsed",
-                );
+                row.note.push_str(what);
             }
-            break;
+            continue;
         }
         let note = format!(
             "callgrind; {REQUESTS} requests of {:.0} and of {:.0} chunks, one at a time",
@@ -785,10 +978,11 @@ async fn callgrind() -> Vec<Row> {
     }
     drop(daemon);
     drop(floor);
+    drop(socket_floor);
     eprintln!(
         "bench: the dumps are in {} (callgrind.out.N: 1 warm-up, 2-3 socket short/long, 4-5 HTTP \
-         short/long; floor.out.N: 1 warm-up, 2-3 the bare relay short/long); read one with \
-         callgrind_annotate",
+         short/long; floor.out.N and socket-floor.out.N: 1 warm-up, 2-3 the bare relays \
+         short/long); read one with callgrind_annotate",
         dir.display()
     );
     rows
@@ -918,6 +1112,11 @@ fn main() {
     // The floor relay builds the runtime the daemon has, not the bench's.
     if let Some(at) = args.iter().position(|a| a == "--serve-floor") {
         serve_floor(args.get(at + 1).expect("--serve-floor URL"));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--serve-socket-floor") {
+        let arg = |i: usize| args.get(at + i).expect("--serve-socket-floor URL PATH");
+        serve_socket_floor(arg(1), arg(2));
         return;
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -1124,21 +1323,36 @@ async fn bench(args: Vec<String>) {
     // `FloorProcess` beside them, measured the same way in the same run.
     let (base_url, token) = env.http();
     let floor = FloorProcess::start(&sim.base_url());
+    let socket_floor =
+        SocketFloorProcess::start(&sim.base_url(), &env.socket.with_file_name("floor.sock"));
+    let daemon_socket = env.socket.to_str().expect("a socket path in UTF-8");
+    let floor_socket = socket_floor
+        .socket
+        .to_str()
+        .expect("a socket path in UTF-8");
     for (front, conc) in [("socket", 1), ("socket", 10), ("HTTP", 1), ("HTTP", 10)] {
         let per = SETUP_REQUESTS / conc;
         let (mut daemon, mut bare, mut short) = (Solved::default(), Solved::default(), 0.0);
         for _ in 0..reps {
-            let mut targets = vec![(pid, base_url.as_str(), &mut daemon)];
-            if front == "HTTP" {
-                targets.push((floor.child.id(), floor.url.as_str(), &mut bare));
-            }
+            // The address is a socket's path for the socket rows, a URL for the HTTP ones.
+            let targets = if front == "HTTP" {
+                vec![
+                    (pid, base_url.as_str(), &mut daemon),
+                    (floor.child.id(), floor.url.as_str(), &mut bare),
+                ]
+            } else {
+                vec![
+                    (pid, daemon_socket, &mut daemon),
+                    (socket_floor.child.id(), floor_socket, &mut bare),
+                ]
+            };
             for (pid, base, out) in targets {
                 let mut phase = Vec::new();
                 for repeat in [1, SETUP_LONG] {
                     sim.set_answer_repeat(repeat);
                     let cpu0 = cpu_secs(pid);
                     let (_, _, chunks, _) = if front == "socket" {
-                        load_via(&env.socket, conc, per, prompt).await
+                        load_via(Path::new(base), conc, per, prompt).await
                     } else {
                         load_http(base, &token, conc, per, prompt).await
                     };
@@ -1160,7 +1374,8 @@ async fn bench(args: Vec<String>) {
             if front == "HTTP" {
                 "; direct: a bare axum + reqwest relay on one worker (`FloorProcess`)"
             } else {
-                ""
+                "; direct: a bare relay of the protocol's frames, reqwest and the least SSE \
+                 parsing, on one worker (`SocketFloorProcess`)"
             }
         );
         let bare_stat = |v: Vec<f64>| (!v.is_empty()).then(|| Stat::of(v));
@@ -1186,6 +1401,7 @@ async fn bench(args: Vec<String>) {
         });
     }
     drop(floor);
+    drop(socket_floor);
 
     if o.overhead_only {
         // Sections 1, 1b and 2 alone: the quick loop while tuning the relay.
