@@ -283,18 +283,22 @@ mod request_tests {
         base
     }
 
-    /// What opening a request on `t` fails with.
-    async fn open_error(t: &HttpTransport) -> ProviderError {
-        let chat = ChatRequest::user_text(1, "hi");
-        let req = UpstreamRequest {
-            chat: &chat,
+    /// The request of these tests: a one-word question to model `m`.
+    fn hi(chat: &ChatRequest) -> UpstreamRequest<'_> {
+        UpstreamRequest {
+            chat,
             model: "m",
             max_tokens: 10,
             prefill: None,
             prefill_blocks: &[],
             format_in_words: false,
-        };
-        match t.open(&req).await {
+        }
+    }
+
+    /// What opening a request on `t` fails with.
+    async fn open_error(t: &HttpTransport) -> ProviderError {
+        let chat = ChatRequest::user_text(1, "hi");
+        match t.open(&hi(&chat)).await {
             Err(e) => e,
             Ok(_) => panic!("taken for an answer"),
         }
@@ -376,15 +380,7 @@ mod request_tests {
     /// The text of the answer opened on `t`, or its error.
     async fn answer_text(t: &HttpTransport) -> Result<String, ProviderError> {
         let chat = ChatRequest::user_text(1, "hi");
-        let req = UpstreamRequest {
-            chat: &chat,
-            model: "m",
-            max_tokens: 10,
-            prefill: None,
-            prefill_blocks: &[],
-            format_in_words: false,
-        };
-        let mut s = t.open(&req).await?;
+        let mut s = t.open(&hi(&chat)).await?;
         let mut text = String::new();
         let mut finished = false;
         while let Some(d) = s.next().await {

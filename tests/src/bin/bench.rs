@@ -358,10 +358,18 @@ fn serve_socket_floor(upstream: &str, path: &str) {
         .expect("runtime");
     runtime.block_on(async move {
         let client = http_client().expect("http client");
-        let listener = tokio::net::UnixListener::bind(path).expect("bind the socket floor");
+        // The daemon's kind of listener (a named pipe on Windows), which the bench's client
+        // connects to by the same name.
+        use interprocess::local_socket::traits::tokio::Listener as _;
+        use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+        let name = path.to_fs_name::<GenericFilePath>().expect("socket name");
+        let listener = ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .expect("bind the socket floor");
         println!("unix:{path}");
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok(stream) = listener.accept().await else {
                 continue;
             };
             let (client, endpoint) = (client.clone(), endpoint.clone());
