@@ -246,17 +246,24 @@ impl Drop for FloorProcess {
     }
 }
 
-/// `bench --serve-floor URL`: the relay of [`FloorProcess`] to the mock at `URL`.
-fn serve_floor(upstream: &str) {
-    use axum::body::{Body, Bytes};
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::response::IntoResponse;
+/// What both bare relays share: the mock's Chat Completions endpoint under `upstream`, and a
+/// runtime of one worker, as the daemon's.
+fn floor_setup(upstream: &str) -> (String, tokio::runtime::Runtime) {
     let endpoint = format!("{}/chat/completions", upstream.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
+    (endpoint, runtime)
+}
+
+/// `bench --serve-floor URL`: the relay of [`FloorProcess`] to the mock at `URL`.
+fn serve_floor(upstream: &str) {
+    use axum::body::{Body, Bytes};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let (endpoint, runtime) = floor_setup(upstream);
     runtime.block_on(async move {
         let client = http_client().expect("http client");
         let relay = move |headers: HeaderMap, body: Bytes| {
@@ -285,7 +292,7 @@ fn serve_floor(upstream: &str) {
 }
 
 /// The socket path's counterpart of [`FloorProcess`] (`bench --serve-socket-floor URL PATH`): a
-/// bare relay that speaks the daemon's own protocol on a Unix socket (the hello, bincode frames
+/// bare relay that speaks the daemon's own protocol on its kind of local socket (the hello, bincode frames
 /// through the protocol crate's codec), posts each chat request to the mock with the daemon's
 /// HTTP client, reads the SSE body with the least parsing that yields text (each `data:` line
 /// into a borrowed struct of the delta alone) and writes its text deltas back as frames, once
@@ -349,13 +356,8 @@ fn serve_socket_floor(upstream: &str, path: &str) {
         content: Option<std::borrow::Cow<'a, str>>,
     }
 
-    let endpoint = format!("{}/chat/completions", upstream.trim_end_matches('/'));
     let _ = std::fs::remove_file(path);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (endpoint, runtime) = floor_setup(upstream);
     runtime.block_on(async move {
         let client = http_client().expect("http client");
         // The daemon's kind of listener (a named pipe on Windows), which the bench's client
